@@ -1,0 +1,174 @@
+//! `IdentityBinding`: assigns an identity to a VM or scale set (tutorial step 2); the agent on the
+//! VM reports the token it obtained through IMDS (tutorial step 4, first half).
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::*;
+
+/// Desired binding of a `UserAssignedIdentity` to a VM or a VM scale set.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "uami.dev",
+    version = "v1alpha1",
+    kind = "IdentityBinding",
+    namespaced,
+    status = "IdentityBindingStatus",
+    shortname = "idb",
+    category = "azureidentity",
+    doc = "Assigns a user-assigned identity to a virtual machine or scale set, and reports the token the VM's agent obtained for it.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,
+    printcolumn = r#"{"name":"VM","type":"string","jsonPath":".spec.target.virtualMachine.name"}"#,
+    printcolumn = r#"{"name":"Scale Set","type":"string","jsonPath":".spec.target.virtualMachineScaleSet.name"}"#,
+    printcolumn = r#"{"name":"Token Expires","type":"string","priority":1,"jsonPath":".status.token.expiresOn"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","priority":1,"jsonPath":".status.targetResourceId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityBindingSpec {
+    /// The `UserAssignedIdentity` (same namespace) to assign. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("identityRef is immutable; create a new binding").reason(Reason::FieldValueForbidden))]
+    pub identity_ref: IdentityRef,
+
+    /// The VM or scale set that receives the identity: exactly one of `virtualMachine` and
+    /// `virtualMachineScaleSet`. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("target is immutable; create a new binding").reason(Reason::FieldValueForbidden))]
+    pub target: BindingTarget,
+
+    /// What the agent on the VM checks with the identity's token.
+    #[serde(default)]
+    pub token_check: TokenCheck,
+
+    /// `Delete` (default) removes the identity from the VM when this object is deleted; `Orphan`
+    /// leaves it assigned.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Exactly one VM or scale set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) == 1").message("exactly one of virtualMachine or virtualMachineScaleSet must be set"))]
+pub struct BindingTarget {
+    /// A single virtual machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<ComputeRef>,
+    /// A virtual machine scale set (every instance gets the identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine_scale_set: Option<ComputeRef>,
+}
+
+/// Coordinates of a VM or scale set in Azure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeRef {
+    /// Subscription id (a GUID); defaults to the controller's configured subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: Option<String>,
+    /// Resource group of the VM or scale set.
+    #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
+    pub resource_group: String,
+    /// Name of the VM or scale set (1-64 characters).
+    #[schemars(length(min = 1, max = 64), pattern(VM_NAME_PATTERN))]
+    pub name: String,
+}
+
+/// The token check the agent performs on the VM.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCheck {
+    /// Resource (audience) to request a token for through IMDS.
+    #[serde(default = "default_token_resource")]
+    #[schemars(length(min = 1, max = 512), pattern(r"^(https?|api)://\S+$"))]
+    pub resource: String,
+}
+
+impl Default for TokenCheck {
+    fn default() -> Self {
+        Self {
+            resource: default_token_resource(),
+        }
+    }
+}
+
+/// The default token audience: Azure Resource Manager.
+pub fn default_token_resource() -> String {
+    "https://management.azure.com/".to_string()
+}
+
+/// Observed state of the binding.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityBindingStatus {
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: `Assigned` (controller), `TokenAcquired` (agent), `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Conditions,
+    /// ARM resource id of the VM or scale set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_resource_id: Option<String>,
+    /// Whether the identity is currently assigned to the target in Azure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<bool>,
+    /// Metadata of the token the agent obtained through IMDS on a VM (never the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenStatus>,
+    /// Per-instance token metadata for a scale set, keyed by instance id (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
+    #[schemars(length(max = 100))]
+    pub instances: Vec<InstanceTokenStatus>,
+}
+
+/// Token metadata reported by the agent. Never contains the token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenStatus {
+    /// Audience the token was issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Token type, normally `Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// Client id the token was requested with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Tenant (`tid` claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Object id of the identity (`oid` claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    /// Expiry time of the token (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_on: Option<String>,
+    /// Start of the token's validity (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// The agent (VM or instance) that obtained the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_by: Option<String>,
+}
+
+/// Token metadata of one scale set instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceTokenStatus {
+    /// Scale set instance id.
+    pub instance_id: String,
+    /// Whether the instance obtained a token.
+    pub acquired: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Token metadata (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenStatus>,
+}

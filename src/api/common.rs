@@ -1,0 +1,66 @@
+//! Types and validation patterns shared by the kinds.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A GUID such as a subscription id, tenant id, client id or principal id.
+pub const GUID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// Resource group names: 1-90 characters, letters, digits, `-`, `_`, `.`, `(`, `)`, not ending in `.`.
+pub const RESOURCE_GROUP_PATTERN: &str = r"^[-\w.()]*[-\w()]$";
+/// User-assigned identity names: 3-128 characters, letters, digits, `-` and `_`, starting with a letter or digit.
+pub const IDENTITY_NAME_PATTERN: &str = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,127}$";
+/// Linux VM and scale set names: 1-64 characters, letters, digits, `_`, `.`, `-`; start with a
+/// letter or digit, end with a letter, digit or `_`.
+pub const VM_NAME_PATTERN: &str = r"^[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,62}[a-zA-Z0-9_])?$";
+/// Kubernetes object names (DNS-1123 subdomain).
+pub const K8S_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Azure location names such as `eastus` or `West Europe`.
+pub const LOCATION_PATTERN: &str = r"^[a-zA-Z0-9][a-zA-Z0-9 ]{1,63}$";
+/// An ARM resource id below a subscription.
+pub const RESOURCE_ID_PATTERN: &str = r"^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[^/]+)*$";
+
+/// What happens in Azure when the Kubernetes object is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Undo in Azure what this object did (delete the identity, remove the binding, delete the role
+    /// assignment). Adopted role assignments are never deleted.
+    #[default]
+    Delete,
+    /// Leave Azure untouched; only the Kubernetes object goes away.
+    Orphan,
+}
+
+/// A reference to a `UserAssignedIdentity` in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct IdentityRef {
+    /// Name of the `UserAssignedIdentity` in the same namespace.
+    #[schemars(length(min = 1, max = 253), pattern(K8S_NAME_PATTERN))]
+    pub name: String,
+}
+
+/// Conditions in the Kubernetes `metav1.Condition` shape, a list-map keyed by `type` so that the
+/// controller and the agent can each own their own conditions under server-side apply.
+pub type Conditions = Vec<Condition>;
+
+/// Schema hook for `conditions` fields: a list-map keyed by `type`.
+pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema.insert(
+        "description".into(),
+        "Conditions in the metav1.Condition shape, keyed by type. Ready summarises the object."
+            .into(),
+    );
+    schema
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}

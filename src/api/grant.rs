@@ -1,0 +1,143 @@
+//! `RoleGrant`: an Azure role assignment for an identity (tutorial step 3); the agent reports
+//! whether the identity's token really reads the scope (tutorial step 4, second half).
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::*;
+
+/// Desired role assignment of a `UserAssignedIdentity` at an Azure scope.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "uami.dev",
+    version = "v1alpha1",
+    kind = "RoleGrant",
+    namespaced,
+    status = "RoleGrantStatus",
+    shortname = "grant",
+    category = "azureidentity",
+    doc = "Grants an Azure role to a user-assigned identity at a scope, and reports whether the identity's token really has access.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
+    printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".status.scope"}"#,
+    printcolumn = r#"{"name":"Access","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"AccessVerified\")].status"}"#,
+    printcolumn = r#"{"name":"Assignment","type":"string","priority":1,"jsonPath":".status.roleAssignmentId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleGrantSpec {
+    /// The `UserAssignedIdentity` (same namespace) that receives the role. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("identityRef is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
+    pub identity_ref: IdentityRef,
+
+    /// The role: a built-in role name such as `Reader`, a role definition GUID, or a full role
+    /// definition id (`/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}`
+    /// or `/providers/Microsoft.Authorization/roleDefinitions/{guid}`). Immutable.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("role is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new(r"!self.startsWith('/') || self.matches('^(/subscriptions/[0-9a-fA-F-]{36})?/providers/Microsoft.Authorization/roleDefinitions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')").message("a role given as an id must be /subscriptions/{guid}/providers/Microsoft.Authorization/roleDefinitions/{guid} or /providers/Microsoft.Authorization/roleDefinitions/{guid}"))]
+    pub role: String,
+
+    /// Where the role applies: exactly one of `resourceGroup`, `subscription` and `resourceId`.
+    /// Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("scope is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
+    pub scope: GrantScope,
+
+    /// Have the agent on the bound VMs read the scope with the identity's token and report the
+    /// result in `AccessVerified`.
+    #[serde(default = "default_true")]
+    pub verify_access: bool,
+
+    /// `Delete` (default) deletes the role assignment when this object is deleted (never an
+    /// adopted one); `Orphan` leaves it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Exactly one Azure scope.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.resourceGroup) ? 1 : 0) + (has(self.subscription) ? 1 : 0) + (has(self.resourceId) ? 1 : 0) == 1").message("exactly one of resourceGroup, subscription or resourceId must be set"))]
+pub struct GrantScope {
+    /// A resource group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<ResourceGroupScope>,
+    /// A whole subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<SubscriptionScope>,
+    /// Any ARM resource id below a subscription, such as a storage account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), pattern(RESOURCE_ID_PATTERN))]
+    pub resource_id: Option<String>,
+}
+
+/// A resource group scope.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceGroupScope {
+    /// Subscription id (a GUID); defaults to the controller's configured subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: Option<String>,
+    /// Resource group name.
+    #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
+    pub name: String,
+}
+
+/// A subscription scope.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionScope {
+    /// Subscription id (a GUID).
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: String,
+}
+
+/// Observed state of the role assignment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleGrantStatus {
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: `Granted` (controller), `AccessVerified` (agent), `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Conditions,
+    /// The ARM scope the role is assigned at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// ARM id of the role assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_assignment_id: Option<String>,
+    /// ARM id of the resolved role definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_definition_id: Option<String>,
+    /// Principal id the role is assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    /// True when the assignment already existed under another name and was adopted: the
+    /// controller never deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<bool>,
+    /// Result of the agent's access check (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessStatus>,
+}
+
+/// Result of reading the granted scope with the identity's token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessStatus {
+    /// Whether the read succeeded.
+    pub verified: bool,
+    /// HTTP status of the read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i32>,
+    /// The agent (VM or instance) that checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_by: Option<String>,
+}

@@ -1,0 +1,139 @@
+//! `GrantPolicy` (cluster-scoped): which namespaces may grant which roles at which scopes, and bind
+//! identities to which VMs and scale sets. No policy, no grant.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::*;
+
+/// Allows namespaces to use roles at scopes, and to bind identities to VMs and scale sets.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "uami.dev",
+    version = "v1alpha1",
+    kind = "GrantPolicy",
+    status = "GrantPolicyStatus",
+    category = "azureidentity",
+    doc = "Cluster-wide policy: which namespaces may grant which Azure roles at which scopes, and bind identities to which VMs and scale sets. A RoleGrant or IdentityBinding that no policy allows is refused.",
+    printcolumn = r#"{"name":"Namespaces","type":"string","jsonPath":".spec.namespaces"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantPolicySpec {
+    /// Namespaces this policy applies to; `*` means every namespace.
+    #[schemars(length(min = 1, max = 256))]
+    #[schemars(inner(pattern(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")))]
+    pub namespaces: Vec<String>,
+
+    /// Role grants allowed: each rule pairs roles with scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_grants: Vec<RoleGrantRule>,
+
+    /// Identity bindings allowed: VMs and scale sets the namespaces may bind identities to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_bindings: Vec<BindingRule>,
+}
+
+/// Roles allowed at scopes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleGrantRule {
+    /// Allowed roles: built-in role names (`Reader`) or role definition GUIDs. No wildcard: a
+    /// powerful role must be named to be allowed.
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(inner(length(min = 1, max = 512)))]
+    pub roles: Vec<String>,
+    /// Scopes at which those roles may be granted.
+    #[schemars(length(min = 1, max = 256))]
+    pub scopes: Vec<ScopeRule>,
+}
+
+/// A scope pattern: exactly one of `resourceGroup`, `subscription`, `resourceIdPrefix`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.resourceGroup) ? 1 : 0) + (has(self.subscription) ? 1 : 0) + (has(self.resourceIdPrefix) ? 1 : 0) == 1").message("exactly one of resourceGroup, subscription or resourceIdPrefix must be set"))]
+pub struct ScopeRule {
+    /// Resource groups (grants at the group, not the subscription).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<ResourceGroupPattern>,
+    /// The whole subscription (grants at the subscription itself; allows nothing below it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<SubscriptionPattern>,
+    /// Resource ids starting with this prefix (compared case-insensitively).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), pattern(RESOURCE_ID_PATTERN))]
+    pub resource_id_prefix: Option<String>,
+}
+
+/// Resource groups in a subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceGroupPattern {
+    /// Subscription id (a GUID); defaults to the controller's configured subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: Option<String>,
+    /// Resource group name, or `*` for every group of the subscription.
+    #[schemars(length(min = 1, max = 90), pattern(r"^(\*|[-\w.()]*[-\w()])$"))]
+    pub name: String,
+}
+
+/// A subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionPattern {
+    /// Subscription id (a GUID).
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: String,
+}
+
+/// VMs or scale sets that identities may be bound to: exactly one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) == 1").message("exactly one of virtualMachine or virtualMachineScaleSet must be set"))]
+pub struct BindingRule {
+    /// Virtual machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<ComputePattern>,
+    /// Virtual machine scale sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine_scale_set: Option<ComputePattern>,
+}
+
+/// VMs or scale sets by resource group and name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputePattern {
+    /// Subscription id (a GUID); defaults to the controller's configured subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: Option<String>,
+    /// Resource group name.
+    #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
+    pub resource_group: String,
+    /// VM or scale set name, or `*` (the default) for all of them in the group.
+    #[serde(default = "star")]
+    #[schemars(
+        length(min = 1, max = 64),
+        pattern(r"^(\*|[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,62}[a-zA-Z0-9_])?)$")
+    )]
+    pub name: String,
+}
+
+fn star() -> String {
+    "*".to_string()
+}
+
+/// Observed state of the policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantPolicyStatus {
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Conditions,
+}

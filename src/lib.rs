@@ -1,0 +1,4 @@
+//! uami-controller: declarative Azure user-assigned managed identities for Kubernetes.
+#![forbid(unsafe_code)]
+
+pub mod api;
