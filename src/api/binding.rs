@@ -117,6 +117,10 @@ pub struct IdentityBindingStatus {
     /// Whether the identity is currently assigned to the target in Azure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned: Option<bool>,
+    /// True when the identity was already assigned to the target before this binding assigned
+    /// it: the controller then never removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<bool>,
     /// Metadata of the token the agent obtained through IMDS on a VM (never the token itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenStatus>,

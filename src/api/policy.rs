@@ -54,10 +54,10 @@ pub struct RoleGrantRule {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.resourceGroup) ? 1 : 0) + (has(self.subscription) ? 1 : 0) + (has(self.resourceIdPrefix) ? 1 : 0) == 1").message("exactly one of resourceGroup, subscription or resourceIdPrefix must be set"))]
 pub struct ScopeRule {
-    /// Resource groups (grants at the group, not the subscription).
+    /// Resource groups: grants at the group and below it, not at the subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_group: Option<ResourceGroupPattern>,
-    /// The whole subscription (grants at the subscription itself; allows nothing below it).
+    /// A subscription: grants at the subscription and anywhere below it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<SubscriptionPattern>,
     /// Resource ids starting with this prefix (compared case-insensitively).

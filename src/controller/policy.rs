@@ -1,0 +1,329 @@
+//! GrantPolicy evaluation: pure functions that decide whether a namespace may grant a role at a
+//! scope, or bind an identity to a VM or scale set. No policy, no grant.
+//!
+//! A scope rule allows its scope and everything below it (a narrower grant is never more
+//! powerful). Roles are never matched by wildcard: a policy must name a role (by built-in name or
+//! role definition GUID) for it to be allowed.
+
+use crate::api::policy::{BindingRule, ComputePattern, GrantPolicy, ScopeRule};
+
+/// A role as resolved from ARM: its definition GUID and its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedRole {
+    /// Trailing GUID of the role definition id.
+    pub guid: String,
+    /// `roleName` of the definition, such as `Reader`.
+    pub name: String,
+}
+
+/// The kind of compute target of a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// `Microsoft.Compute/virtualMachines`.
+    VirtualMachine,
+    /// `Microsoft.Compute/virtualMachineScaleSets`.
+    VirtualMachineScaleSet,
+}
+
+/// A binding target with its subscription resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedTarget {
+    /// VM or scale set.
+    pub kind: TargetKind,
+    /// Subscription id.
+    pub subscription_id: String,
+    /// Resource group.
+    pub resource_group: String,
+    /// VM or scale set name.
+    pub name: String,
+}
+
+/// Outcome of a policy check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by the named policy.
+    Allowed(String),
+    /// Denied, with a message saying what no policy allows.
+    Denied(String),
+}
+
+impl Decision {
+    /// Whether the request is allowed.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allowed(_))
+    }
+}
+
+fn namespace_matches(policy: &GrantPolicy, namespace: &str) -> bool {
+    policy
+        .spec
+        .namespaces
+        .iter()
+        .any(|n| n == "*" || n == namespace)
+}
+
+fn eq_ci(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// `scope` (an ARM scope such as `/subscriptions/s/resourceGroups/rg`) is `prefix` or below it,
+/// compared case-insensitively on whole path segments.
+pub fn scope_within(scope: &str, prefix: &str) -> bool {
+    let scope = scope.trim_end_matches('/');
+    let prefix = prefix.trim_end_matches('/');
+    if scope.len() < prefix.len() || !eq_ci(&scope[..prefix.len()], prefix) {
+        return false;
+    }
+    scope.len() == prefix.len() || scope.as_bytes()[prefix.len()] == b'/'
+}
+
+fn scope_rule_matches(rule: &ScopeRule, scope: &str, default_subscription: Option<&str>) -> bool {
+    if let Some(rg) = &rule.resource_group {
+        let Some(sub) = rg.subscription_id.as_deref().or(default_subscription) else {
+            return false;
+        };
+        if rg.name == "*" {
+            let sub_scope = format!("/subscriptions/{sub}");
+            let parts: Vec<&str> = scope.trim_matches('/').split('/').collect();
+            return parts.len() >= 4
+                && eq_ci(parts[2], "resourceGroups")
+                && scope_within(scope, &sub_scope);
+        }
+        return scope_within(
+            scope,
+            &format!("/subscriptions/{sub}/resourceGroups/{}", rg.name),
+        );
+    }
+    if let Some(sub) = &rule.subscription {
+        return scope_within(scope, &format!("/subscriptions/{}", sub.subscription_id));
+    }
+    if let Some(prefix) = &rule.resource_id_prefix {
+        return scope_within(scope, prefix);
+    }
+    false
+}
+
+fn role_matches(allowed: &str, role: &ResolvedRole) -> bool {
+    let allowed = allowed.trim();
+    let allowed_guid = allowed.rsplit('/').next().unwrap_or(allowed);
+    eq_ci(allowed, &role.name) || eq_ci(allowed_guid, &role.guid)
+}
+
+/// May `namespace` grant `role` at `scope` (an ARM scope id)?
+pub fn check_grant(
+    policies: &[GrantPolicy],
+    namespace: &str,
+    role: &ResolvedRole,
+    scope: &str,
+    default_subscription: Option<&str>,
+) -> Decision {
+    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
+        for rule in &policy.spec.role_grants {
+            let role_ok = rule.roles.iter().any(|r| role_matches(r, role));
+            let scope_ok = rule
+                .scopes
+                .iter()
+                .any(|s| scope_rule_matches(s, scope, default_subscription));
+            if role_ok && scope_ok {
+                return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
+            }
+        }
+    }
+    Decision::Denied(format!(
+        "no GrantPolicy allows namespace {namespace} to grant role {} at {scope}",
+        role.name
+    ))
+}
+
+fn compute_pattern_matches(
+    pattern: &ComputePattern,
+    target: &ResolvedTarget,
+    default_subscription: Option<&str>,
+) -> bool {
+    let sub_ok = match pattern.subscription_id.as_deref().or(default_subscription) {
+        Some(sub) => eq_ci(sub, &target.subscription_id),
+        None => false,
+    };
+    sub_ok
+        && eq_ci(&pattern.resource_group, &target.resource_group)
+        && (pattern.name == "*" || eq_ci(&pattern.name, &target.name))
+}
+
+fn binding_rule_matches(
+    rule: &BindingRule,
+    target: &ResolvedTarget,
+    default_subscription: Option<&str>,
+) -> bool {
+    let pattern = match target.kind {
+        TargetKind::VirtualMachine => rule.virtual_machine.as_ref(),
+        TargetKind::VirtualMachineScaleSet => rule.virtual_machine_scale_set.as_ref(),
+    };
+    pattern.is_some_and(|p| compute_pattern_matches(p, target, default_subscription))
+}
+
+/// May `namespace` bind identities to `target`?
+pub fn check_binding(
+    policies: &[GrantPolicy],
+    namespace: &str,
+    target: &ResolvedTarget,
+    default_subscription: Option<&str>,
+) -> Decision {
+    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
+        if policy
+            .spec
+            .identity_bindings
+            .iter()
+            .any(|r| binding_rule_matches(r, target, default_subscription))
+        {
+            return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    let kind = match target.kind {
+        TargetKind::VirtualMachine => "virtual machine",
+        TargetKind::VirtualMachineScaleSet => "scale set",
+    };
+    Decision::Denied(format!(
+        "no GrantPolicy allows namespace {namespace} to bind identities to {kind} {}/{}",
+        target.resource_group, target.name
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::policy::GrantPolicySpec;
+
+    const SUB: &str = "6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c";
+
+    fn policy(spec: serde_json::Value) -> GrantPolicy {
+        let spec: GrantPolicySpec = serde_json::from_value(spec).unwrap();
+        GrantPolicy::new("p", spec)
+    }
+
+    fn reader() -> ResolvedRole {
+        ResolvedRole {
+            guid: "acdd72a7-3385-48ef-bd42-f606fba81ae7".into(),
+            name: "Reader".into(),
+        }
+    }
+
+    fn owner() -> ResolvedRole {
+        ResolvedRole {
+            guid: "8e3af657-a8ff-443c-a75c-2fe8c4bcb635".into(),
+            name: "Owner".into(),
+        }
+    }
+
+    fn rg_scope(rg: &str) -> String {
+        format!("/subscriptions/{SUB}/resourceGroups/{rg}")
+    }
+
+    #[test]
+    fn no_policy_no_grant() {
+        let d = check_grant(&[], "team-a", &reader(), &rg_scope("DevTest"), Some(SUB));
+        assert!(matches!(d, Decision::Denied(m) if m.contains("team-a") && m.contains("Reader")));
+    }
+
+    #[test]
+    fn reader_on_one_group_does_not_allow_owner_or_the_subscription() {
+        let p = policy(serde_json::json!({"namespaces": ["team-a"], "roleGrants": [
+            {"roles": ["Reader"], "scopes": [{"resourceGroup": {"name": "DevTest"}}]}]}));
+        let ps = [p];
+        assert!(
+            check_grant(&ps, "team-a", &reader(), &rg_scope("devtest"), Some(SUB)).is_allowed()
+        );
+        assert!(
+            check_grant(
+                &ps,
+                "team-a",
+                &reader(),
+                &format!(
+                    "{}/providers/Microsoft.Storage/storageAccounts/x",
+                    rg_scope("DevTest")
+                ),
+                Some(SUB)
+            )
+            .is_allowed()
+        );
+        assert!(
+            !check_grant(&ps, "team-a", &owner(), &rg_scope("DevTest"), Some(SUB)).is_allowed()
+        );
+        assert!(
+            !check_grant(
+                &ps,
+                "team-a",
+                &reader(),
+                &format!("/subscriptions/{SUB}"),
+                Some(SUB)
+            )
+            .is_allowed()
+        );
+        assert!(
+            !check_grant(&ps, "team-a", &reader(), &rg_scope("DevTest2"), Some(SUB)).is_allowed()
+        );
+        assert!(
+            !check_grant(&ps, "team-b", &reader(), &rg_scope("DevTest"), Some(SUB)).is_allowed()
+        );
+        // Without a default subscription a rule without subscriptionId matches nothing.
+        assert!(!check_grant(&ps, "team-a", &reader(), &rg_scope("DevTest"), None).is_allowed());
+    }
+
+    #[test]
+    fn roles_match_by_name_or_guid_and_groups_by_wildcard() {
+        let p = policy(serde_json::json!({"namespaces": ["*"], "roleGrants": [
+            {"roles": ["acdd72a7-3385-48ef-bd42-f606fba81ae7"],
+             "scopes": [{"resourceGroup": {"subscriptionId": SUB, "name": "*"}}]}]}));
+        let ps = [p];
+        assert!(check_grant(&ps, "any", &reader(), &rg_scope("Prod"), None).is_allowed());
+        assert!(
+            !check_grant(
+                &ps,
+                "any",
+                &reader(),
+                &format!("/subscriptions/{SUB}"),
+                None
+            )
+            .is_allowed()
+        );
+    }
+
+    #[test]
+    fn bindings_match_kind_group_and_name() {
+        let p = policy(
+            serde_json::json!({"namespaces": ["team-a"], "identityBindings": [
+            {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}},
+            {"virtualMachineScaleSet": {"resourceGroup": "Pool"}}]}),
+        );
+        let ps = [p];
+        let vm = |name: &str| ResolvedTarget {
+            kind: TargetKind::VirtualMachine,
+            subscription_id: SUB.into(),
+            resource_group: "DevTest".into(),
+            name: name.into(),
+        };
+        assert!(check_binding(&ps, "team-a", &vm("myvm"), Some(SUB)).is_allowed());
+        assert!(!check_binding(&ps, "team-a", &vm("otherVM"), Some(SUB)).is_allowed());
+        let vmss = ResolvedTarget {
+            kind: TargetKind::VirtualMachineScaleSet,
+            subscription_id: SUB.into(),
+            resource_group: "Pool".into(),
+            name: "any".into(),
+        };
+        assert!(check_binding(&ps, "team-a", &vmss, Some(SUB)).is_allowed());
+        let vm_in_pool = ResolvedTarget {
+            kind: TargetKind::VirtualMachine,
+            ..vmss
+        };
+        assert!(!check_binding(&ps, "team-a", &vm_in_pool, Some(SUB)).is_allowed());
+    }
+
+    #[test]
+    fn scope_within_respects_segments() {
+        assert!(scope_within(
+            "/subscriptions/a/resourceGroups/rg",
+            "/subscriptions/A"
+        ));
+        assert!(!scope_within("/subscriptions/ab", "/subscriptions/a"));
+        assert!(scope_within("/subscriptions/a/", "/subscriptions/a"));
+    }
+}
