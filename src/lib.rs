@@ -3,3 +3,4 @@
 
 pub mod api;
 pub mod controller;
+pub mod telemetry;
