@@ -1,3 +1,5 @@
 //! The controller: reconciles identities, bindings and grants against Azure Resource Manager.
 
+pub mod config;
 pub mod policy;
+pub mod reasons;

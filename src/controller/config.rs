@@ -1,0 +1,169 @@
+//! The controller's configuration: one clap struct with environment fallbacks, read once at
+//! start-up. Nothing else reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::telemetry::logging::LogFormat;
+
+/// How the controller authenticates to Azure Resource Manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CredentialMode {
+    /// Workload identity: a federated token file exchanged at the authority host (AKS).
+    WorkloadIdentity,
+    /// A service principal's client secret.
+    ClientSecret,
+    /// The managed identity of the node, through IMDS.
+    ManagedIdentity,
+}
+
+/// `uami-controller run`: reconcile identities, bindings and grants against ARM.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Kubeconfig to use; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Azure Resource Manager endpoint.
+    #[arg(
+        long,
+        env = "UAMI_ARM_ENDPOINT",
+        default_value = "https://management.azure.com/"
+    )]
+    pub arm_endpoint: url::Url,
+
+    /// Audience of ARM tokens.
+    #[arg(
+        long,
+        env = "UAMI_ARM_AUDIENCE",
+        default_value = "https://management.azure.com/"
+    )]
+    pub arm_audience: String,
+
+    /// Microsoft Entra authority host.
+    #[arg(
+        long,
+        env = "AZURE_AUTHORITY_HOST",
+        default_value = "https://login.microsoftonline.com/"
+    )]
+    pub authority_host: url::Url,
+
+    /// IMDS endpoint (for the managed-identity credential mode).
+    #[arg(
+        long,
+        env = "UAMI_IMDS_ENDPOINT",
+        default_value = "http://169.254.169.254"
+    )]
+    pub imds_endpoint: url::Url,
+
+    /// How to authenticate to ARM.
+    #[arg(
+        long,
+        value_enum,
+        env = "UAMI_CREDENTIAL",
+        default_value = "workload-identity"
+    )]
+    pub credential: CredentialMode,
+
+    /// Tenant id of the controller's identity.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub tenant_id: Option<String>,
+
+    /// Client id of the controller's identity.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// File holding the client secret (client-secret mode).
+    #[arg(long, env = "AZURE_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Federated token file (workload-identity mode); re-read on every exchange.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub federated_token_file: Option<PathBuf>,
+
+    /// Subscription used where a spec names none.
+    #[arg(long, env = "UAMI_DEFAULT_SUBSCRIPTION")]
+    pub default_subscription: Option<String>,
+
+    /// Period of the drift check of each object (jittered by up to 10%).
+    #[arg(long, env = "UAMI_RESYNC_PERIOD", default_value = "10m", value_parser = parse_duration)]
+    pub resync_period: Duration,
+
+    /// Objects reconciled at once, per kind.
+    #[arg(long, env = "UAMI_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+
+    /// ARM reads per second per subscription (ARM allows 25).
+    #[arg(long, env = "UAMI_ARM_READS_PER_SECOND", default_value_t = 20.0)]
+    pub arm_reads_per_second: f64,
+
+    /// ARM writes and deletes per second per subscription (ARM allows 10).
+    #[arg(long, env = "UAMI_ARM_WRITES_PER_SECOND", default_value_t = 8.0)]
+    pub arm_writes_per_second: f64,
+
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "UAMI_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+
+    /// Log format.
+    #[arg(long, value_enum, env = "UAMI_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Elect a leader through a Lease so that only one replica reconciles.
+    #[arg(long, env = "UAMI_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "UAMI_LEASE_NAME", default_value = "uami-controller")]
+    pub lease_name: String,
+
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "uami-system")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    pub holder_identity: Option<String>,
+
+    /// Lease duration.
+    #[arg(long, env = "UAMI_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+}
+
+/// Parse `90s`, `10m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s, 10m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! Condition reasons and Event reasons, in one place. Each is a static CamelCase string: they are
+//! part of the API that dashboards and alerts match on.
+
+/// The object is reconciled and, where asked, verified.
+pub const READY: &str = "Ready";
+/// The identity was created by this controller.
+pub const CREATED: &str = "Created";
+/// An existing identity or role assignment was taken over.
+pub const ADOPTED: &str = "Adopted";
+/// An identity with this name exists in Azure and belongs to someone else.
+pub const ALREADY_EXISTS: &str = "AlreadyExists";
+/// No subscription in the spec and no default configured.
+pub const NO_SUBSCRIPTION: &str = "NoSubscription";
+/// The referenced `UserAssignedIdentity` does not exist.
+pub const IDENTITY_NOT_FOUND: &str = "IdentityNotFound";
+/// The referenced identity exists but is not ready yet (no principal or client id).
+pub const WAITING_FOR_IDENTITY: &str = "WaitingForIdentity";
+/// No GrantPolicy allows the request.
+pub const DENIED_BY_POLICY: &str = "DeniedByPolicy";
+/// The role name or id does not resolve to a role definition.
+pub const ROLE_NOT_FOUND: &str = "RoleNotFound";
+/// Entra has not replicated the new principal yet; retried with a bound.
+pub const PRINCIPAL_NOT_FOUND: &str = "PrincipalNotFound";
+/// The role assignment exists.
+pub const GRANTED: &str = "Granted";
+/// The identity is assigned to the VM or scale set.
+pub const ASSIGNED: &str = "Assigned";
+/// A change to the VM or scale set is being written or its operation polled.
+pub const ASSIGNING: &str = "Assigning";
+/// The VM or scale set does not exist.
+pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+/// Waiting for the agent on the VM to report a token.
+pub const AWAITING_TOKEN: &str = "AwaitingToken";
+/// Waiting for the agent on the VM to report the access check.
+pub const AWAITING_ACCESS_CHECK: &str = "AwaitingAccessCheck";
+/// The agent reported a failure (its own condition carries the detail).
+pub const AGENT_REPORTED_FAILURE: &str = "AgentReportedFailure";
+/// Deletion waits for bindings and grants that use this identity.
+pub const WAITING_FOR_DEPENDENTS: &str = "WaitingForDependents";
+/// Azure throttled the request; retried after `Retry-After`.
+pub const THROTTLED: &str = "Throttled";
+/// The controller lacks an Azure permission.
+pub const FORBIDDEN: &str = "Forbidden";
+/// A Kubernetes API call failed.
+pub const KUBERNETES_ERROR: &str = "KubernetesError";
+/// The location in Azure differs from the spec (location is immutable in Azure).
+pub const LOCATION_MISMATCH: &str = "LocationMismatch";
