@@ -9,7 +9,16 @@ use uami_controller::api;
 
 #[test]
 fn committed_crds_match_generated() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    check_crd_dir("crds");
+}
+
+#[test]
+fn helm_chart_crds_match_generated() {
+    check_crd_dir("deploy/helm/uami-controller/crds");
+}
+
+fn check_crd_dir(relative: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let mut expected_files = Vec::new();
     for crd in api::crds() {
         let name = api::crd_file_name(&crd);
@@ -19,7 +28,7 @@ fn committed_crds_match_generated() {
         let generated = api::crd_yaml(&crd).unwrap();
         assert!(
             committed == generated,
-            "crds/{name} differs from the generated CRD; run `cargo run -- crds --out-dir crds` and commit"
+            "{relative}/{name} differs from the generated CRD; run `cargo run -- crds --out-dir {relative}` and commit"
         );
         expected_files.push(name);
     }
