@@ -120,13 +120,12 @@ mod tests {
         assert!(!contained_in(&changed, &current));
         let missing = json!({"conditions": [{"type": "Granted", "status": "True"}]});
         assert!(!contained_in(&missing, &current));
-        assert!(
-            needs_update(
-                &json!({"principalId": "p"}),
-                Some(&current),
-                &["roleAssignmentId"]
-            ) == false
+        let unchanged = needs_update(
+            &json!({"principalId": "p"}),
+            Some(&current),
+            &["roleAssignmentId"],
         );
+        assert!(!unchanged);
         let with_owned = json!({"roleAssignmentId": "x", "principalId": "p"});
         assert!(needs_update(
             &json!({"principalId": "p"}),
