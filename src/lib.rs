@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod azure;
 pub mod controller;
 pub mod telemetry;

@@ -1,7 +1,14 @@
 //! The controller: reconciles identities, bindings and grants against Azure Resource Manager.
 
+pub mod binding;
 pub mod config;
+pub mod context;
+pub mod error;
+pub mod grant;
+pub mod identity;
 pub mod leader;
 pub mod policy;
 pub mod reasons;
+pub mod run;
 pub mod status;
+pub mod target_writer;

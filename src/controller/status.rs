@@ -103,6 +103,47 @@ pub fn needs_update(
         .any(|k| current.get(*k).is_some() && desired.get(*k).is_none())
 }
 
+/// The conditions of the given types from `current`: the ones this field manager owns. Applying
+/// only these keeps the agent's conditions the agent's.
+pub fn own_conditions(
+    current: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+    types: &[&str],
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    current
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| types.contains(&c.type_.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A condition reason for an ARM error: `Throttled` for 429, `Forbidden` for 401/403, else the
+/// ARM error code (CamelCase already), else `AzureError`.
+pub fn arm_reason(e: &crate::azure::ArmError) -> String {
+    match e.status() {
+        Some(429) => return super::reasons::THROTTLED.to_string(),
+        Some(401) | Some(403) => return super::reasons::FORBIDDEN.to_string(),
+        _ => {}
+    }
+    let code: String = e
+        .code()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if code.is_empty() || !code.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        "AzureError".to_string()
+    } else {
+        code
+    }
+}
+
+/// The current time as a condition timestamp.
+pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,249 @@
+//! Placeholder of the ARM client surface the controller calls; the client itself lands with
+//! the azure module.
+#![allow(missing_docs, clippy::too_many_arguments)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+#[error("ARM {status:?} {code}: {message}")]
+pub struct ArmError {
+    pub status: Option<u16>,
+    pub code: String,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl ArmError {
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+    pub fn category(&self) -> &'static str {
+        "Other"
+    }
+}
+
+pub mod identity {
+    use std::collections::BTreeMap;
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct Identity {
+        pub id: String,
+        pub name: String,
+        pub location: String,
+        pub tags: BTreeMap<String, String>,
+        pub client_id: String,
+        pub principal_id: String,
+        pub tenant_id: String,
+    }
+}
+
+pub mod roles {
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct RoleDefinition {
+        pub id: String,
+        pub name: String,
+        pub role_name: String,
+        pub role_type: String,
+    }
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct RoleAssignment {
+        pub id: String,
+        pub name: String,
+        pub scope: String,
+        pub role_definition_id: String,
+        pub principal_id: String,
+        pub principal_type: Option<String>,
+    }
+    pub fn assignment_name(
+        scope: &str,
+        principal_id: &str,
+        role_definition_guid: &str,
+    ) -> uuid::Uuid {
+        let s = format!(
+            "{}|{}|{}",
+            scope.to_lowercase(),
+            principal_id.to_lowercase(),
+            role_definition_guid.to_lowercase()
+        );
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, s.as_bytes())
+    }
+    pub fn role_definition_guid(id_or_guid: &str) -> Option<String> {
+        let g = id_or_guid.rsplit('/').next()?;
+        uuid::Uuid::parse_str(g).ok().map(|u| u.to_string())
+    }
+}
+
+pub mod compute {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::ArmError;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum TargetKind {
+        VirtualMachine,
+        VirtualMachineScaleSet,
+    }
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct ComputeTarget {
+        pub kind: TargetKind,
+        pub subscription: String,
+        pub resource_group: String,
+        pub name: String,
+    }
+    impl ComputeTarget {
+        pub fn id(&self) -> String {
+            let t = match self.kind {
+                TargetKind::VirtualMachine => "virtualMachines",
+                TargetKind::VirtualMachineScaleSet => "virtualMachineScaleSets",
+            };
+            format!(
+                "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{t}/{}",
+                self.subscription, self.resource_group, self.name
+            )
+        }
+        pub fn key(&self) -> String {
+            self.id().to_lowercase()
+        }
+    }
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct UserAssignedInfo {
+        pub principal_id: Option<String>,
+        pub client_id: Option<String>,
+    }
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct ComputeIdentity {
+        pub type_: String,
+        pub principal_id: Option<String>,
+        pub user_assigned: BTreeMap<String, UserAssignedInfo>,
+    }
+    impl ComputeIdentity {
+        pub fn has_user_assigned(&self, id: &str) -> bool {
+            self.user_assigned
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case(id))
+        }
+        pub fn has_system_assigned(&self) -> bool {
+            self.type_.contains("SystemAssigned")
+        }
+    }
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct ComputeResource {
+        pub id: String,
+        pub etag: Option<String>,
+        pub identity: ComputeIdentity,
+        pub provisioning_state: Option<String>,
+    }
+    pub fn build_identity_patch(
+        _current: &ComputeIdentity,
+        _add: &[String],
+        _remove: &[String],
+    ) -> Option<serde_json::Value> {
+        None
+    }
+    pub enum PatchOutcome {
+        Done(ComputeResource),
+        InProgress {
+            poll: url::Url,
+            retry_after: Option<Duration>,
+        },
+    }
+    pub enum OperationStatus {
+        InProgress { retry_after: Option<Duration> },
+        Succeeded,
+        Failed(ArmError),
+    }
+}
+
+use compute::{ComputeResource, ComputeTarget, OperationStatus, PatchOutcome};
+use identity::Identity;
+use roles::{RoleAssignment, RoleDefinition};
+
+#[async_trait]
+pub trait IdentityApi: Send + Sync {
+    async fn get_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<Option<Identity>, ArmError>;
+    async fn create_or_update_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Identity, ArmError>;
+    async fn update_identity_tags(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Identity, ArmError>;
+    async fn delete_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<(), ArmError>;
+}
+
+#[async_trait]
+pub trait RoleApi: Send + Sync {
+    async fn get_role_definition(
+        &self,
+        scope: &str,
+        guid: &str,
+    ) -> Result<Option<RoleDefinition>, ArmError>;
+    async fn find_role_definition(
+        &self,
+        scope: &str,
+        role_name: &str,
+    ) -> Result<Option<RoleDefinition>, ArmError>;
+    async fn get_role_assignment(
+        &self,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<RoleAssignment>, ArmError>;
+    async fn create_role_assignment(
+        &self,
+        scope: &str,
+        name: &str,
+        role_definition_id: &str,
+        principal_id: &str,
+    ) -> Result<RoleAssignment, ArmError>;
+    async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<(), ArmError>;
+    async fn list_role_assignments_for_principal(
+        &self,
+        scope: &str,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignment>, ArmError>;
+}
+
+#[async_trait]
+pub trait ComputeApi: Send + Sync {
+    async fn get_compute(
+        &self,
+        target: &ComputeTarget,
+    ) -> Result<Option<ComputeResource>, ArmError>;
+    async fn patch_identity(
+        &self,
+        target: &ComputeTarget,
+        body: &serde_json::Value,
+        if_match: Option<&str>,
+    ) -> Result<PatchOutcome, ArmError>;
+    async fn poll_operation(&self, url: &url::Url) -> Result<OperationStatus, ArmError>;
+}

@@ -1,0 +1,511 @@
+//! `IdentityBinding` reconciler: resolve (target, identity, policy) -> read the VM or scale set
+//! -> submit the missing change to the target's writer -> status.
+//!
+//! The binding never PATCHes the target itself; [`TargetWriter`](super::target_writer) merges
+//! the changes of every binding of one target into one write. `Ready` also needs the agent on the
+//! VM to report a token (`TokenAcquired`, written by the agent's own field manager).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::context::{Context, object_key};
+use super::error::{ReconcileError, backoff};
+use super::policy::{self, Decision, ResolvedTarget};
+use super::reasons;
+use super::status::{apply_status, arm_reason, needs_update, now, own_conditions};
+use super::target_writer::{Outcome, Want};
+use crate::api::conditions::{self, NewCondition, set_condition, types};
+use crate::api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
+use crate::azure::compute::{ComputeTarget, TargetKind};
+
+/// Finalizer of bindings.
+pub const FINALIZER: &str = "uami.dev/binding";
+
+/// Conditions this controller writes on a binding (the agent writes `TokenAcquired`).
+const OWN: &[&str] = &[types::ASSIGNED, types::READY];
+
+/// The target of a binding, with the subscription resolved.
+pub fn target_of(
+    obj: &IdentityBinding,
+    default_subscription: Option<&str>,
+) -> Option<ComputeTarget> {
+    let t = &obj.spec.target;
+    let (kind, r) = match (&t.virtual_machine, &t.virtual_machine_scale_set) {
+        (Some(r), _) => (TargetKind::VirtualMachine, r),
+        (None, Some(r)) => (TargetKind::VirtualMachineScaleSet, r),
+        (None, None) => return None,
+    };
+    Some(ComputeTarget {
+        kind,
+        subscription: r
+            .subscription_id
+            .clone()
+            .or_else(|| default_subscription.map(str::to_string))?,
+        resource_group: r.resource_group.clone(),
+        name: r.name.clone(),
+    })
+}
+
+fn resolved(target: &ComputeTarget) -> ResolvedTarget {
+    ResolvedTarget {
+        kind: match target.kind {
+            TargetKind::VirtualMachine => policy::TargetKind::VirtualMachine,
+            TargetKind::VirtualMachineScaleSet => policy::TargetKind::VirtualMachineScaleSet,
+        },
+        subscription_id: target.subscription.clone(),
+        resource_group: target.resource_group.clone(),
+        name: target.name.clone(),
+    }
+}
+
+/// Entry point: finalizer handling around apply and cleanup.
+pub async fn reconcile(
+    obj: Arc<IdentityBinding>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<IdentityBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = object_key(&*obj);
+    let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer);
+    match &result {
+        Ok(_) => ctx.record_success(&key),
+        Err(e) => {
+            if let ReconcileError::Arm { source, .. } = e {
+                let reason = arm_reason(source);
+                let status = not_ready(&obj, types::READY, &reason, &e.to_string());
+                let _ = write_status(&obj, &ctx, status).await;
+            }
+        }
+    }
+    result
+}
+
+async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let resync = Action::requeue(ctx.settings.jittered_resync());
+    let Some(target) = target_of(&obj, ctx.settings.default_subscription.as_deref()) else {
+        let status = not_ready(
+            &obj,
+            types::READY,
+            reasons::NO_SUBSCRIPTION,
+            "the target has no subscriptionId and the controller has no default subscription",
+        );
+        write_status(&obj, ctx, status).await?;
+        return Ok(Action::await_change());
+    };
+    if let Decision::Denied(message) = policy::check_binding(
+        &ctx.policies(),
+        &ns,
+        &resolved(&target),
+        ctx.settings.default_subscription.as_deref(),
+    ) {
+        if !reason_is(&obj, reasons::DENIED_BY_POLICY) {
+            ctx.event(
+                &*obj,
+                true,
+                reasons::DENIED_BY_POLICY,
+                "CheckPolicy",
+                message.clone(),
+            )
+            .await;
+        }
+        let mut status = not_ready(&obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, &message);
+        status.target_resource_id = Some(target.id());
+        set(
+            &obj,
+            &mut status,
+            types::READY,
+            false,
+            reasons::DENIED_BY_POLICY,
+            &message,
+        );
+        write_status(&obj, ctx, status).await?;
+        // Policies are watched: a policy change reconciles again.
+        return Ok(Action::await_change());
+    }
+    let identity_name = &obj.spec.identity_ref.name;
+    let Some(identity) = ctx.identity(&ns, identity_name) else {
+        let message =
+            format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
+        write_status(
+            &obj,
+            ctx,
+            waiting(&obj, &target, reasons::IDENTITY_NOT_FOUND, &message),
+        )
+        .await?;
+        return Ok(resync);
+    };
+    let Some(identity_id) = identity
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_id.clone())
+        .filter(|_| {
+            conditions::is_true(
+                identity
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default(),
+                types::READY,
+            )
+        })
+    else {
+        let message = format!("UserAssignedIdentity {identity_name} is not ready yet");
+        write_status(
+            &obj,
+            ctx,
+            waiting(&obj, &target, reasons::WAITING_FOR_IDENTITY, &message),
+        )
+        .await?;
+        return Ok(resync);
+    };
+
+    let key = object_key(&*obj);
+    let fingerprint = format!(
+        "{:?}/{}",
+        obj.metadata.generation,
+        identity_id.to_lowercase()
+    );
+    let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
+    if assigned_before && ctx.recently_checked(&key, &fingerprint) {
+        // A pass caused by a status write (ours or the agent's): only the summary can change.
+        let status = summary(&obj, &target, obj.status.as_ref().and_then(|s| s.adopted));
+        write_status(&obj, ctx, status).await?;
+        return Ok(resync);
+    }
+
+    let current = ctx
+        .azure
+        .compute
+        .get_compute(&target)
+        .await
+        .map_err(ReconcileError::arm("GetTarget"))?;
+    let Some(current) = current else {
+        ctx.forget_checked(&key);
+        let message = format!("{} does not exist", target.id());
+        if !reason_is(&obj, reasons::TARGET_NOT_FOUND) {
+            ctx.event(
+                &*obj,
+                true,
+                reasons::TARGET_NOT_FOUND,
+                "GetTarget",
+                message.clone(),
+            )
+            .await;
+        }
+        write_status(
+            &obj,
+            ctx,
+            waiting(&obj, &target, reasons::TARGET_NOT_FOUND, &message),
+        )
+        .await?;
+        return Ok(resync);
+    };
+    let me = ObjectRef::from_obj(&*obj);
+    if current.identity.has_user_assigned(&identity_id) {
+        let outcome = ctx.writer.outcome(&target, &identity_id);
+        ctx.writer.forget(&target, &identity_id);
+        let adopted = match obj.status.as_ref().and_then(|s| s.adopted) {
+            Some(a) => a,
+            // First sight: assigned although this binding never asked for it means someone else
+            // put it there, so it is never removed by this controller.
+            None => !assigned_before && outcome.is_none(),
+        };
+        if matches!(outcome, Some(Outcome::Done)) {
+            ctx.event(
+                &*obj,
+                false,
+                reasons::ASSIGNED,
+                "AssignIdentity",
+                format!("assigned {identity_name} to {}", target.id()),
+            )
+            .await;
+        }
+        ctx.mark_checked(&key, fingerprint);
+        write_status(&obj, ctx, summary_assigned(&obj, &target, adopted)).await?;
+        return Ok(resync);
+    }
+    ctx.forget_checked(&key);
+    match ctx.writer.outcome(&target, &identity_id) {
+        Some(Outcome::Pending) => {
+            write_status(&obj, ctx, assigning(&obj, &target)).await?;
+            Ok(resync)
+        }
+        Some(Outcome::Failed {
+            code,
+            message,
+            retryable,
+            retry_after,
+        }) => {
+            ctx.writer.forget(&target, &identity_id);
+            let attempts = ctx.record_failure(&format!("{key}/write"));
+            ctx.event(
+                &*obj,
+                true,
+                "AssignFailed",
+                "AssignIdentity",
+                format!("{code}: {message}"),
+            )
+            .await;
+            let mut status = not_ready(&obj, types::ASSIGNED, &code, &message);
+            set(&obj, &mut status, types::READY, false, &code, &message);
+            status.target_resource_id = Some(target.id());
+            write_status(&obj, ctx, status).await?;
+            if retryable {
+                Ok(Action::requeue(backoff(
+                    attempts.saturating_sub(1),
+                    retry_after,
+                )))
+            } else {
+                Ok(resync)
+            }
+        }
+        other => {
+            if assigned_before && other.is_none() {
+                tracing::info!(binding = %key, target = %target.id(), "identity no longer assigned; repairing drift");
+                ctx.event(&*obj, true, "DriftDetected", "AssignIdentity", format!("{identity_name} was removed from {} outside the controller; assigning it again", target.id())).await;
+            }
+            ctx.writer.submit(&target, &identity_id, Want::Present, me);
+            write_status(&obj, ctx, assigning(&obj, &target)).await?;
+            Ok(resync)
+        }
+    }
+}
+
+async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let key = object_key(&*obj);
+    ctx.forget_checked(&key);
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan
+        || obj.status.as_ref().and_then(|s| s.adopted) == Some(true)
+    {
+        return Ok(Action::await_change());
+    }
+    let Some(target) = target_of(&obj, ctx.settings.default_subscription.as_deref()) else {
+        return Ok(Action::await_change());
+    };
+    let Some(identity_id) = ctx
+        .identity(&ns, &obj.spec.identity_ref.name)
+        .and_then(|i| i.status.as_ref().and_then(|s| s.resource_id.clone()))
+    else {
+        return Ok(Action::await_change());
+    };
+    // Another live binding of the same identity to the same target keeps it assigned.
+    let shared = ctx.stores.bindings.state().iter().any(|b| {
+        b.meta().deletion_timestamp.is_none()
+            && b.uid() != obj.uid()
+            && b.namespace().as_deref() == Some(ns.as_str())
+            && b.spec.identity_ref.name == obj.spec.identity_ref.name
+            && target_of(b, ctx.settings.default_subscription.as_deref())
+                .is_some_and(|t| t.key() == target.key())
+    });
+    if shared {
+        return Ok(Action::await_change());
+    }
+    let current = ctx
+        .azure
+        .compute
+        .get_compute(&target)
+        .await
+        .map_err(ReconcileError::arm("GetTarget"))?;
+    let Some(current) = current.filter(|c| c.identity.has_user_assigned(&identity_id)) else {
+        ctx.writer.forget(&target, &identity_id);
+        return Ok(Action::await_change());
+    };
+    let _ = current;
+    match ctx.writer.outcome(&target, &identity_id) {
+        Some(Outcome::Pending) => {}
+        Some(Outcome::Failed {
+            code,
+            message,
+            retry_after,
+            ..
+        }) => {
+            ctx.writer.forget(&target, &identity_id);
+            let attempts = ctx.record_failure(&format!("{key}/write"));
+            let status = not_ready(
+                &obj,
+                types::READY,
+                &code,
+                &format!("removing the identity failed: {message}"),
+            );
+            write_status(&obj, ctx, status).await?;
+            return Ok(Action::requeue(backoff(
+                attempts.saturating_sub(1),
+                retry_after,
+            )));
+        }
+        _ => ctx.writer.submit(
+            &target,
+            &identity_id,
+            Want::Absent,
+            ObjectRef::from_obj(&*obj),
+        ),
+    }
+    // The writer reconciles this binding again when the removal is done.
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+fn reason_is(obj: &IdentityBinding, reason: &str) -> bool {
+    obj.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, types::READY))
+        .is_some_and(|c| c.reason == reason)
+}
+
+/// A status that starts from the controller's own fields of the current status.
+fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
+    let current = obj.status.as_ref();
+    IdentityBindingStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: own_conditions(current.map(|s| &s.conditions), OWN),
+        target_resource_id: current.and_then(|s| s.target_resource_id.clone()),
+        assigned: current.and_then(|s| s.assigned),
+        adopted: current.and_then(|s| s.adopted),
+        token: None,
+        instances: Vec::new(),
+    }
+}
+
+fn set(
+    obj: &IdentityBinding,
+    status: &mut IdentityBindingStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) {
+    set_condition(
+        &mut status.conditions,
+        NewCondition::new(type_, ok, reason, message),
+        obj.metadata.generation,
+        now(),
+    );
+}
+
+fn not_ready(
+    obj: &IdentityBinding,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) -> IdentityBindingStatus {
+    let mut status = base(obj);
+    set(obj, &mut status, type_, false, reason, message);
+    status
+}
+
+fn waiting(
+    obj: &IdentityBinding,
+    target: &ComputeTarget,
+    reason: &str,
+    message: &str,
+) -> IdentityBindingStatus {
+    let mut status = base(obj);
+    status.target_resource_id = Some(target.id());
+    set(obj, &mut status, types::ASSIGNED, false, reason, message);
+    set(obj, &mut status, types::READY, false, reason, message);
+    status
+}
+
+fn assigning(obj: &IdentityBinding, target: &ComputeTarget) -> IdentityBindingStatus {
+    let message = format!("assigning the identity to {}", target.id());
+    waiting(obj, target, reasons::ASSIGNING, &message)
+}
+
+fn summary_assigned(
+    obj: &IdentityBinding,
+    target: &ComputeTarget,
+    adopted: bool,
+) -> IdentityBindingStatus {
+    let mut status = base(obj);
+    status.assigned = Some(true);
+    status.adopted = Some(adopted);
+    status.target_resource_id = Some(target.id());
+    let message = if adopted {
+        format!(
+            "the identity was already assigned to {}; it will not be removed on deletion",
+            target.id()
+        )
+    } else {
+        format!("the identity is assigned to {}", target.id())
+    };
+    set(
+        obj,
+        &mut status,
+        types::ASSIGNED,
+        true,
+        reasons::ASSIGNED,
+        &message,
+    );
+    ready_from_agent(obj, &mut status);
+    status
+}
+
+fn summary(
+    obj: &IdentityBinding,
+    target: &ComputeTarget,
+    adopted: Option<bool>,
+) -> IdentityBindingStatus {
+    summary_assigned(obj, target, adopted.unwrap_or(false))
+}
+
+/// `Ready` of an assigned binding follows the agent's `TokenAcquired`.
+fn ready_from_agent(obj: &IdentityBinding, status: &mut IdentityBindingStatus) {
+    let token = obj
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, types::TOKEN_ACQUIRED).cloned());
+    let (ok, reason, message) = match token {
+        Some(c) if c.status == conditions::status::TRUE => (
+            true,
+            reasons::READY.to_string(),
+            "the identity is assigned and the agent on the VM obtained a token with it".to_string(),
+        ),
+        Some(c) => (
+            false,
+            c.reason.clone(),
+            format!("the agent could not obtain a token: {}", c.message),
+        ),
+        None => (
+            false,
+            reasons::AWAITING_TOKEN.to_string(),
+            "the identity is assigned; waiting for the agent on the VM to report a token"
+                .to_string(),
+        ),
+    };
+    set(obj, status, types::READY, ok, &reason, &message);
+}
+
+async fn write_status(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    status: IdentityBindingStatus,
+) -> Result<(), ReconcileError> {
+    let owned = [
+        "targetResourceId",
+        "assigned",
+        "adopted",
+        "observedGeneration",
+    ];
+    if !needs_update(&status, obj.status.as_ref(), &owned) {
+        return Ok(());
+    }
+    let api: Api<IdentityBinding> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    apply_status(&api, obj, &status)
+        .await
+        .map_err(ReconcileError::kube("PatchStatus"))
+}

@@ -1,0 +1,544 @@
+//! `RoleGrant` reconciler: resolve (identity, scope, role, policy) -> read the role assignment by
+//! its deterministic name -> create it when missing -> status.
+//!
+//! The assignment's name is a UUIDv5 over (scope, principalId, role definition GUID), so a crash
+//! between the PUT and the status write never creates a second assignment. An assignment made by
+//! someone else for the same (scope, principal, role) answers `RoleAssignmentExists`: it is
+//! adopted, marked `adopted`, and never deleted.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+
+use super::context::{Context, object_key};
+use super::error::{ReconcileError, backoff};
+use super::policy::{self, Decision, ResolvedRole};
+use super::reasons;
+use super::status::{apply_status, arm_reason, needs_update, now, own_conditions};
+use crate::api::conditions::{self, NewCondition, set_condition, types};
+use crate::api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
+use crate::azure::roles::{RoleAssignment, RoleDefinition, assignment_name, role_definition_guid};
+
+/// Finalizer of grants.
+pub const FINALIZER: &str = "uami.dev/grant";
+
+/// Conditions this controller writes on a grant (the agent writes `AccessVerified`).
+const OWN: &[&str] = &[types::GRANTED, types::READY];
+
+/// Consecutive `PrincipalNotFound` answers retried with backoff before the grant waits for the
+/// next resync instead (Entra replication normally takes seconds, rarely minutes).
+pub const PRINCIPAL_NOT_FOUND_ATTEMPTS: u32 = 12;
+
+/// The ARM scope of a grant, with the subscription resolved.
+pub fn scope_of(obj: &RoleGrant, default_subscription: Option<&str>) -> Option<String> {
+    let s = &obj.spec.scope;
+    if let Some(rg) = &s.resource_group {
+        let sub = rg
+            .subscription_id
+            .clone()
+            .or_else(|| default_subscription.map(str::to_string))?;
+        return Some(format!("/subscriptions/{sub}/resourceGroups/{}", rg.name));
+    }
+    if let Some(sub) = &s.subscription {
+        return Some(format!("/subscriptions/{}", sub.subscription_id));
+    }
+    s.resource_id.clone()
+}
+
+/// The subscription of an ARM scope.
+pub fn subscription_of(scope: &str) -> Option<&str> {
+    let mut parts = scope.split('/').filter(|p| !p.is_empty());
+    match (parts.next(), parts.next()) {
+        (Some(s), Some(id)) if s.eq_ignore_ascii_case("subscriptions") => Some(id),
+        _ => None,
+    }
+}
+
+/// The role assignment id of `name` at `scope`.
+pub fn assignment_id(scope: &str, name: &str) -> String {
+    format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}")
+}
+
+/// Split a role assignment id into (scope, name).
+pub fn split_assignment_id(id: &str) -> Option<(&str, &str)> {
+    let marker = "/providers/microsoft.authorization/roleassignments/";
+    let at = id.to_lowercase().rfind(marker)?;
+    Some((&id[..at], &id[at + marker.len()..]))
+}
+
+/// Entry point: finalizer handling around apply and cleanup.
+pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<RoleGrant> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = object_key(&*obj);
+    let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer);
+    match &result {
+        Ok(_) => ctx.record_success(&key),
+        Err(e) => {
+            if let ReconcileError::Arm { source, .. } = e {
+                let reason = arm_reason(source);
+                let mut status = base(&obj);
+                set(
+                    &obj,
+                    &mut status,
+                    types::READY,
+                    false,
+                    &reason,
+                    &e.to_string(),
+                );
+                let _ = write_status(&obj, &ctx, status).await;
+            }
+        }
+    }
+    result
+}
+
+async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let key = object_key(&*obj);
+    let resync = Action::requeue(ctx.settings.jittered_resync());
+    let identity_name = &obj.spec.identity_ref.name;
+    let Some(identity) = ctx.identity(&ns, identity_name) else {
+        let message =
+            format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
+        write_status(
+            &obj,
+            ctx,
+            waiting(&obj, reasons::IDENTITY_NOT_FOUND, &message),
+        )
+        .await?;
+        return Ok(resync);
+    };
+    let Some(principal_id) = identity
+        .status
+        .as_ref()
+        .and_then(|s| s.principal_id.clone())
+        .filter(|p| !p.is_empty())
+    else {
+        let message = format!("UserAssignedIdentity {identity_name} has no principalId yet");
+        write_status(
+            &obj,
+            ctx,
+            waiting(&obj, reasons::WAITING_FOR_IDENTITY, &message),
+        )
+        .await?;
+        return Ok(resync);
+    };
+    let Some(scope) = scope_of(&obj, ctx.settings.default_subscription.as_deref()) else {
+        write_status(
+            &obj,
+            ctx,
+            waiting(
+                &obj,
+                reasons::NO_SUBSCRIPTION,
+                "the scope has no subscriptionId and the controller has no default subscription",
+            ),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    };
+    let Some(subscription) = subscription_of(&scope).map(str::to_string) else {
+        write_status(
+            &obj,
+            ctx,
+            waiting(
+                &obj,
+                reasons::NO_SUBSCRIPTION,
+                "the scope is not inside a subscription",
+            ),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    };
+    let Some(role) = ctx
+        .resolve_role(&subscription, &obj.spec.role)
+        .await
+        .map_err(ReconcileError::arm("ResolveRole"))?
+    else {
+        let message = format!(
+            "role {} is not a role definition in subscription {subscription}",
+            obj.spec.role
+        );
+        if !reason_is(&obj, reasons::ROLE_NOT_FOUND) {
+            ctx.event(
+                &*obj,
+                true,
+                reasons::ROLE_NOT_FOUND,
+                "ResolveRole",
+                message.clone(),
+            )
+            .await;
+        }
+        write_status(&obj, ctx, waiting(&obj, reasons::ROLE_NOT_FOUND, &message)).await?;
+        return Ok(resync);
+    };
+    let guid = role_definition_guid(&role.id)
+        .or_else(|| role_definition_guid(&role.name))
+        .unwrap_or_default();
+    let resolved = ResolvedRole {
+        guid: guid.clone(),
+        name: role.role_name.clone(),
+    };
+    if let Decision::Denied(message) = policy::check_grant(
+        &ctx.policies(),
+        &ns,
+        &resolved,
+        &scope,
+        ctx.settings.default_subscription.as_deref(),
+    ) {
+        if !reason_is(&obj, reasons::DENIED_BY_POLICY) {
+            ctx.event(
+                &*obj,
+                true,
+                reasons::DENIED_BY_POLICY,
+                "CheckPolicy",
+                message.clone(),
+            )
+            .await;
+        }
+        let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
+        status.scope = Some(scope);
+        write_status(&obj, ctx, status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let name = assignment_name(&scope, &principal_id, &guid).to_string();
+    let fingerprint = format!(
+        "{:?}/{}/{}/{}",
+        obj.metadata.generation,
+        principal_id,
+        guid,
+        scope.to_lowercase()
+    );
+    let granted_before = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, types::GRANTED));
+    if granted_before && ctx.recently_checked(&key, &fingerprint) {
+        let status = granted(
+            &obj,
+            &scope,
+            &role,
+            &principal_id,
+            current_assignment_id(&obj),
+            obj.status.as_ref().and_then(|s| s.adopted).unwrap_or(false),
+        );
+        write_status(&obj, ctx, status).await?;
+        return Ok(resync);
+    }
+
+    let roles = &ctx.azure.roles;
+    // An adopted assignment lives under someone else's name: look it up among the principal's.
+    let adopted_before = obj.status.as_ref().and_then(|s| s.adopted) == Some(true);
+    if adopted_before && let Some(found) = find_matching(ctx, &scope, &principal_id, &guid).await? {
+        ctx.mark_checked(&key, fingerprint);
+        write_status(
+            &obj,
+            ctx,
+            granted(&obj, &scope, &role, &principal_id, Some(found.id), true),
+        )
+        .await?;
+        return Ok(resync);
+    }
+    if let Some(existing) = roles
+        .get_role_assignment(&scope, &name)
+        .await
+        .map_err(ReconcileError::arm("GetRoleAssignment"))?
+    {
+        ctx.mark_checked(&key, fingerprint);
+        write_status(
+            &obj,
+            ctx,
+            granted(&obj, &scope, &role, &principal_id, Some(existing.id), false),
+        )
+        .await?;
+        return Ok(resync);
+    }
+    if granted_before {
+        ctx.event(&*obj, true, "DriftDetected", "CreateRoleAssignment", format!("the role assignment at {scope} was removed outside the controller; creating it again")).await;
+    }
+    ctx.forget_checked(&key);
+    let definition_id = format!(
+        "/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
+    );
+    match roles
+        .create_role_assignment(&scope, &name, &definition_id, &principal_id)
+        .await
+    {
+        Ok(created) => {
+            ctx.record_success(&format!("{key}/principal"));
+            ctx.event(
+                &*obj,
+                false,
+                reasons::GRANTED,
+                "CreateRoleAssignment",
+                format!("granted {} at {scope}", role.role_name),
+            )
+            .await;
+            ctx.mark_checked(&key, fingerprint);
+            let id = if created.id.is_empty() {
+                assignment_id(&scope, &name)
+            } else {
+                created.id
+            };
+            write_status(
+                &obj,
+                ctx,
+                granted(&obj, &scope, &role, &principal_id, Some(id), false),
+            )
+            .await?;
+            Ok(resync)
+        }
+        Err(e) if e.code() == "RoleAssignmentExists" => {
+            let Some(found) = find_matching(ctx, &scope, &principal_id, &guid).await? else {
+                return Err(ReconcileError::Arm {
+                    step: "CreateRoleAssignment",
+                    source: e,
+                });
+            };
+            ctx.event(&*obj, false, reasons::ADOPTED, "AdoptRoleAssignment", format!("an assignment of {} at {scope} already existed ({}); adopted, it will not be deleted", role.role_name, found.name)).await;
+            ctx.mark_checked(&key, fingerprint);
+            write_status(
+                &obj,
+                ctx,
+                granted(&obj, &scope, &role, &principal_id, Some(found.id), true),
+            )
+            .await?;
+            Ok(resync)
+        }
+        Err(e) if e.code() == "PrincipalNotFound" => {
+            let attempts = ctx.record_failure(&format!("{key}/principal"));
+            let (message, next) = if attempts < PRINCIPAL_NOT_FOUND_ATTEMPTS {
+                (
+                    format!(
+                        "Entra ID does not know principal {principal_id} yet (new identities take a while to replicate); attempt {attempts}, retrying"
+                    ),
+                    Action::requeue(
+                        backoff(attempts.saturating_sub(1), e.retry_after())
+                            .min(std::time::Duration::from_secs(60)),
+                    ),
+                )
+            } else {
+                (
+                    format!(
+                        "Entra ID still does not know principal {principal_id} after {attempts} attempts; retrying at the next resync"
+                    ),
+                    resync,
+                )
+            };
+            let mut status = waiting(&obj, reasons::PRINCIPAL_NOT_FOUND, &message);
+            status.scope = Some(scope);
+            status.principal_id = Some(principal_id);
+            write_status(&obj, ctx, status).await?;
+            Ok(next)
+        }
+        Err(e) => Err(ReconcileError::Arm {
+            step: "CreateRoleAssignment",
+            source: e,
+        }),
+    }
+}
+
+async fn find_matching(
+    ctx: &Context,
+    scope: &str,
+    principal_id: &str,
+    guid: &str,
+) -> Result<Option<RoleAssignment>, ReconcileError> {
+    let list = ctx
+        .azure
+        .roles
+        .list_role_assignments_for_principal(scope, principal_id)
+        .await
+        .map_err(ReconcileError::arm("ListRoleAssignments"))?;
+    Ok(list.into_iter().find(|a| {
+        a.scope
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(scope.trim_end_matches('/'))
+            && role_definition_guid(&a.role_definition_id)
+                .is_some_and(|g| g.eq_ignore_ascii_case(guid))
+            && a.principal_id.eq_ignore_ascii_case(principal_id)
+    }))
+}
+
+async fn cleanup(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
+    ctx.forget_checked(&object_key(&*obj));
+    let status = obj.status.as_ref();
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan
+        || status.and_then(|s| s.adopted) == Some(true)
+    {
+        return Ok(Action::await_change());
+    }
+    let Some(id) = status.and_then(|s| s.role_assignment_id.clone()) else {
+        // Never granted (denied, waiting, failed): nothing in Azure to undo.
+        return Ok(Action::await_change());
+    };
+    let Some((scope, name)) = split_assignment_id(&id) else {
+        return Ok(Action::await_change());
+    };
+    ctx.azure
+        .roles
+        .delete_role_assignment(scope, name)
+        .await
+        .map_err(ReconcileError::arm("DeleteRoleAssignment"))?;
+    ctx.event(
+        &*obj,
+        false,
+        "Revoked",
+        "DeleteRoleAssignment",
+        format!("deleted role assignment {name} at {scope}"),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn current_assignment_id(obj: &RoleGrant) -> Option<String> {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.role_assignment_id.clone())
+}
+
+fn reason_is(obj: &RoleGrant, reason: &str) -> bool {
+    obj.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, types::READY))
+        .is_some_and(|c| c.reason == reason)
+}
+
+fn base(obj: &RoleGrant) -> RoleGrantStatus {
+    let current = obj.status.as_ref();
+    RoleGrantStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: own_conditions(current.map(|s| &s.conditions), OWN),
+        scope: current.and_then(|s| s.scope.clone()),
+        role_assignment_id: current.and_then(|s| s.role_assignment_id.clone()),
+        role_definition_id: current.and_then(|s| s.role_definition_id.clone()),
+        principal_id: current.and_then(|s| s.principal_id.clone()),
+        adopted: current.and_then(|s| s.adopted),
+        access: None,
+    }
+}
+
+fn set(
+    obj: &RoleGrant,
+    status: &mut RoleGrantStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) {
+    set_condition(
+        &mut status.conditions,
+        NewCondition::new(type_, ok, reason, message),
+        obj.metadata.generation,
+        now(),
+    );
+}
+
+fn waiting(obj: &RoleGrant, reason: &str, message: &str) -> RoleGrantStatus {
+    let mut status = base(obj);
+    set(obj, &mut status, types::GRANTED, false, reason, message);
+    set(obj, &mut status, types::READY, false, reason, message);
+    status
+}
+
+fn granted(
+    obj: &RoleGrant,
+    scope: &str,
+    role: &RoleDefinition,
+    principal_id: &str,
+    id: Option<String>,
+    adopted: bool,
+) -> RoleGrantStatus {
+    let mut status = base(obj);
+    status.scope = Some(scope.to_string());
+    status.role_assignment_id = id;
+    status.role_definition_id = Some(role.id.clone());
+    status.principal_id = Some(principal_id.to_string());
+    status.adopted = Some(adopted);
+    let message = if adopted {
+        format!(
+            "{} at {scope} was already assigned; adopted, never deleted by this controller",
+            role.role_name
+        )
+    } else {
+        format!("{} is assigned at {scope}", role.role_name)
+    };
+    set(
+        obj,
+        &mut status,
+        types::GRANTED,
+        true,
+        reasons::GRANTED,
+        &message,
+    );
+    let (ok, reason, message) = if !obj.spec.verify_access {
+        (true, reasons::READY.to_string(), message)
+    } else {
+        match obj.status.as_ref().and_then(|s| conditions::find(&s.conditions, types::ACCESS_VERIFIED)) {
+            Some(c) if c.status == conditions::status::TRUE => (true, reasons::READY.to_string(), format!("{message}; the agent verified access with the identity's token")),
+            Some(c) => (false, c.reason.clone(), format!("granted, but the agent's access check did not pass yet: {}", c.message)),
+            None => (false, reasons::AWAITING_ACCESS_CHECK.to_string(), "granted; waiting for an agent on a VM bound to this identity to verify access (or set verifyAccess: false)".to_string()),
+        }
+    };
+    set(obj, &mut status, types::READY, ok, &reason, &message);
+    status
+}
+
+async fn write_status(
+    obj: &RoleGrant,
+    ctx: &Context,
+    status: RoleGrantStatus,
+) -> Result<(), ReconcileError> {
+    let owned = [
+        "scope",
+        "roleAssignmentId",
+        "roleDefinitionId",
+        "principalId",
+        "adopted",
+        "observedGeneration",
+    ];
+    if !needs_update(&status, obj.status.as_ref(), &owned) {
+        return Ok(());
+    }
+    let api: Api<RoleGrant> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    apply_status(&api, obj, &status)
+        .await
+        .map_err(ReconcileError::kube("PatchStatus"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_and_ids() {
+        assert_eq!(
+            subscription_of("/subscriptions/abc/resourceGroups/x"),
+            Some("abc")
+        );
+        assert_eq!(subscription_of("/providers/x"), None);
+        let id = assignment_id("/subscriptions/s/resourceGroups/DevTest", "n1");
+        assert_eq!(
+            split_assignment_id(&id),
+            Some(("/subscriptions/s/resourceGroups/DevTest", "n1"))
+        );
+        assert_eq!(
+            split_assignment_id(
+                "/subscriptions/s/providers/microsoft.authorization/roleassignments/n2"
+            ),
+            Some(("/subscriptions/s", "n2"))
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! `UserAssignedIdentity` reconciler: resolve -> plan (pure) -> ensure (write only on a diff) ->
+//! status (one patch).
+//!
+//! Ownership in Azure is recorded with a tag (`uami.dev-owner: <namespace>/<name>`), so a
+//! restart never mistakes the controller's own identity for a foreign one, and a foreign identity
+//! is never silently taken over: that needs `adoptExisting`, which also tags it
+//! `uami.dev-adopted`, and an adopted identity is never deleted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Resource, ResourceExt};
+
+use super::context::Context;
+use super::error::ReconcileError;
+use super::reasons;
+use super::status::{FIELD_MANAGER, apply_status, needs_update};
+use crate::api::conditions::{NewCondition, set_condition, types};
+use crate::api::{
+    DeletionPolicy, UserAssignedIdentity, UserAssignedIdentitySpec, UserAssignedIdentityStatus,
+};
+use crate::azure::identity::Identity;
+
+/// Finalizer of identities.
+pub const FINALIZER: &str = "uami.dev/identity";
+/// Tag naming the Kubernetes object that owns an identity.
+pub const OWNER_TAG: &str = "uami.dev-owner";
+/// Tag marking an identity that was adopted, never to be deleted by the controller.
+pub const ADOPTED_TAG: &str = "uami.dev-adopted";
+
+/// What to do about the identity in Azure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Create it with these tags.
+    Create { tags: BTreeMap<String, String> },
+    /// It is ours (or being adopted) and its tags differ: write these.
+    UpdateTags {
+        tags: BTreeMap<String, String>,
+        adopting: bool,
+    },
+    /// Nothing to write.
+    InSync,
+    /// Do not touch it: `reason` and `message` for the Ready condition.
+    Refuse {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The owner tag value of an object.
+pub fn owner_value(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+fn normalise_location(l: &str) -> String {
+    l.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Decide what to write (pure).
+pub fn plan(spec: &UserAssignedIdentitySpec, owner: &str, current: Option<&Identity>) -> Plan {
+    let mut desired = spec.tags.clone();
+    desired.insert(OWNER_TAG.to_string(), owner.to_string());
+    let Some(current) = current else {
+        return Plan::Create { tags: desired };
+    };
+    let current_owner = current.tags.get(OWNER_TAG).map(String::as_str);
+    let adopting = match current_owner {
+        Some(o) if o == owner => false,
+        Some(other) => {
+            return Plan::Refuse {
+                reason: reasons::ALREADY_EXISTS,
+                message: format!("the identity exists in Azure and is managed by {other}"),
+            };
+        }
+        None if spec.adopt_existing => true,
+        None => {
+            return Plan::Refuse {
+                reason: reasons::ALREADY_EXISTS,
+                message: "the identity exists in Azure and was not created by this object; set spec.adoptExisting: true to take it over".into(),
+            };
+        }
+    };
+    if normalise_location(&current.location) != normalise_location(&spec.location) {
+        return Plan::Refuse {
+            reason: reasons::LOCATION_MISMATCH,
+            message: format!(
+                "the identity is in {} but spec.location is {}",
+                current.location, spec.location
+            ),
+        };
+    }
+    if adopting || current.tags.contains_key(ADOPTED_TAG) {
+        desired.insert(ADOPTED_TAG.to_string(), "true".to_string());
+    }
+    if adopting || current.tags != desired {
+        Plan::UpdateTags {
+            tags: desired,
+            adopting,
+        }
+    } else {
+        Plan::InSync
+    }
+}
+
+/// Entry point of the controller: finalizer handling around apply and cleanup.
+pub async fn reconcile(
+    obj: Arc<UserAssignedIdentity>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<UserAssignedIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Finalizer(other.to_string()),
+    })
+}
+
+struct Coordinates {
+    subscription: String,
+    resource_group: String,
+    name: String,
+}
+
+fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<Coordinates> {
+    let subscription = obj
+        .spec
+        .subscription_id
+        .clone()
+        .or_else(|| ctx.settings.default_subscription.clone())?;
+    Some(Coordinates {
+        subscription,
+        resource_group: obj.spec.resource_group.clone(),
+        name: obj.azure_name(),
+    })
+}
+
+async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let owner = owner_value(&ns, &obj.name_any());
+    let Some(at) = coordinates(&obj, ctx) else {
+        let status = not_ready(
+            &obj,
+            reasons::NO_SUBSCRIPTION,
+            "spec.subscriptionId is not set and the controller has no default subscription",
+        );
+        write_status(&obj, ctx, status).await?;
+        return Ok(Action::await_change());
+    };
+    let ids = &ctx.azure.identities;
+    let current = ids
+        .get_identity(&at.subscription, &at.resource_group, &at.name)
+        .await
+        .map_err(ReconcileError::arm("GetIdentity"))?;
+    let identity = match plan(&obj.spec, &owner, current.as_ref()) {
+        Plan::Create { tags } => {
+            let created = ids
+                .create_or_update_identity(
+                    &at.subscription,
+                    &at.resource_group,
+                    &at.name,
+                    &obj.spec.location,
+                    &tags,
+                )
+                .await
+                .map_err(ReconcileError::arm("CreateIdentity"))?;
+            ctx.event(
+                &*obj,
+                false,
+                reasons::CREATED,
+                "CreateIdentity",
+                format!("created identity {}", created.id),
+            )
+            .await;
+            created
+        }
+        Plan::UpdateTags { tags, adopting } => {
+            let updated = ids
+                .update_identity_tags(&at.subscription, &at.resource_group, &at.name, &tags)
+                .await
+                .map_err(ReconcileError::arm("UpdateIdentity"))?;
+            if adopting {
+                ctx.event(
+                    &*obj,
+                    false,
+                    reasons::ADOPTED,
+                    "AdoptIdentity",
+                    format!("adopted existing identity {}", updated.id),
+                )
+                .await;
+            }
+            updated
+        }
+        Plan::InSync => current.unwrap_or_default(),
+        Plan::Refuse { reason, message } => {
+            if !condition_is(&obj, reason) {
+                ctx.event(&*obj, true, reason, "ReconcileIdentity", message.clone())
+                    .await;
+            }
+            write_status(&obj, ctx, not_ready(&obj, reason, &message)).await?;
+            // A foreign identity may be removed or re-tagged in Azure: look again now and then.
+            return Ok(Action::requeue(ctx.settings.jittered_resync()));
+        }
+    };
+    if let Some(export) = &obj.spec.export_to {
+        export_config_map(&obj, ctx, &export.config_map, &identity).await?;
+    }
+    let mut status = UserAssignedIdentityStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: current_conditions(&obj),
+        resource_id: Some(identity.id.clone()),
+        client_id: Some(identity.client_id.clone()),
+        principal_id: Some(identity.principal_id.clone()),
+        tenant_id: Some(identity.tenant_id.clone()),
+    };
+    set_condition(
+        &mut status.conditions,
+        NewCondition::new(
+            types::READY,
+            true,
+            reasons::READY,
+            format!("identity {} exists", at.name),
+        ),
+        obj.metadata.generation,
+        now(),
+    );
+    write_status(&obj, ctx, status).await?;
+    Ok(Action::requeue(ctx.settings.jittered_resync()))
+}
+
+async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let dependents = dependents(ctx, &ns, &name);
+    if !dependents.is_empty() {
+        let message = format!(
+            "deletion waits for {} that use this identity",
+            dependents.join(", ")
+        );
+        write_status(
+            &obj,
+            ctx,
+            not_ready(&obj, reasons::WAITING_FOR_DEPENDENTS, &message),
+        )
+        .await?;
+        return Ok(Action::requeue(std::time::Duration::from_secs(5)));
+    }
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Action::await_change());
+    }
+    let Some(at) = coordinates(&obj, ctx) else {
+        return Ok(Action::await_change());
+    };
+    let ids = &ctx.azure.identities;
+    let current = ids
+        .get_identity(&at.subscription, &at.resource_group, &at.name)
+        .await
+        .map_err(ReconcileError::arm("GetIdentity"))?;
+    let Some(current) = current else {
+        return Ok(Action::await_change());
+    };
+    let ours =
+        current.tags.get(OWNER_TAG).map(String::as_str) == Some(owner_value(&ns, &name).as_str());
+    if ours && !current.tags.contains_key(ADOPTED_TAG) {
+        ids.delete_identity(&at.subscription, &at.resource_group, &at.name)
+            .await
+            .map_err(ReconcileError::arm("DeleteIdentity"))?;
+        ctx.event(
+            &*obj,
+            false,
+            "Deleted",
+            "DeleteIdentity",
+            format!("deleted identity {}", current.id),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Bindings and grants in `namespace` that reference identity `name`.
+fn dependents(ctx: &Context, namespace: &str, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in ctx.stores.bindings.state() {
+        if b.namespace().as_deref() == Some(namespace) && b.spec.identity_ref.name == name {
+            out.push(format!("IdentityBinding {}", b.name_any()));
+        }
+    }
+    for g in ctx.stores.grants.state() {
+        if g.namespace().as_deref() == Some(namespace) && g.spec.identity_ref.name == name {
+            out.push(format!("RoleGrant {}", g.name_any()));
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn export_config_map(
+    obj: &UserAssignedIdentity,
+    ctx: &Context,
+    name: &str,
+    identity: &Identity,
+) -> Result<(), ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let owner = obj.controller_owner_ref(&());
+    let cm = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {"app.kubernetes.io/managed-by": "uami-controller"},
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "data": {
+            "clientId": identity.client_id,
+            "principalId": identity.principal_id,
+            "tenantId": identity.tenant_id,
+            "resourceId": identity.id,
+        },
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .map_err(ReconcileError::kube("ExportConfigMap"))?;
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn current_conditions(
+    obj: &UserAssignedIdentity,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    obj.status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default()
+}
+
+fn condition_is(obj: &UserAssignedIdentity, reason: &str) -> bool {
+    current_conditions(obj)
+        .iter()
+        .any(|c| c.type_ == types::READY && c.reason == reason)
+}
+
+/// Status with `Ready=False` and the ids kept from the current status.
+fn not_ready(
+    obj: &UserAssignedIdentity,
+    reason: &str,
+    message: &str,
+) -> UserAssignedIdentityStatus {
+    let mut status = obj.status.clone().unwrap_or_default();
+    status.observed_generation = obj.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        NewCondition::new(types::READY, false, reason, message),
+        obj.metadata.generation,
+        now(),
+    );
+    status
+}
+
+async fn write_status(
+    obj: &UserAssignedIdentity,
+    ctx: &Context,
+    status: UserAssignedIdentityStatus,
+) -> Result<(), ReconcileError> {
+    let owned = [
+        "resourceId",
+        "clientId",
+        "principalId",
+        "tenantId",
+        "observedGeneration",
+    ];
+    if !needs_update(&status, obj.status.as_ref(), &owned) {
+        return Ok(());
+    }
+    let api: Api<UserAssignedIdentity> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    apply_status(&api, obj, &status)
+        .await
+        .map_err(ReconcileError::kube("PatchStatus"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(adopt: bool) -> UserAssignedIdentitySpec {
+        serde_json::from_value(serde_json::json!({
+            "resourceGroup": "DevTest", "location": "eastus", "adoptExisting": adopt, "tags": {"team": "a"}
+        }))
+        .unwrap()
+    }
+
+    fn azure(tags: &[(&str, &str)], location: &str) -> Identity {
+        Identity {
+            location: location.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plans() {
+        let owner = "ns/id";
+        assert!(
+            matches!(plan(&spec(false), owner, None), Plan::Create { tags } if tags[OWNER_TAG] == owner && tags["team"] == "a")
+        );
+        let ours = azure(&[(OWNER_TAG, owner), ("team", "a")], "East US");
+        assert_eq!(plan(&spec(false), owner, Some(&ours)), Plan::InSync);
+        let drifted = azure(&[(OWNER_TAG, owner), ("team", "b")], "eastus");
+        assert!(matches!(
+            plan(&spec(false), owner, Some(&drifted)),
+            Plan::UpdateTags {
+                adopting: false,
+                ..
+            }
+        ));
+        let foreign = azure(&[("team", "a")], "eastus");
+        assert!(
+            matches!(plan(&spec(false), owner, Some(&foreign)), Plan::Refuse { reason, .. } if reason == reasons::ALREADY_EXISTS)
+        );
+        assert!(
+            matches!(plan(&spec(true), owner, Some(&foreign)), Plan::UpdateTags { adopting: true, tags } if tags[ADOPTED_TAG] == "true")
+        );
+        let other_owner = azure(&[(OWNER_TAG, "other/x")], "eastus");
+        assert!(matches!(
+            plan(&spec(true), owner, Some(&other_owner)),
+            Plan::Refuse { .. }
+        ));
+        let elsewhere = azure(&[(OWNER_TAG, owner), ("team", "a")], "westeurope");
+        assert!(
+            matches!(plan(&spec(false), owner, Some(&elsewhere)), Plan::Refuse { reason, .. } if reason == reasons::LOCATION_MISMATCH)
+        );
+        let adopted = azure(
+            &[(OWNER_TAG, owner), ("team", "a"), (ADOPTED_TAG, "true")],
+            "eastus",
+        );
+        assert_eq!(plan(&spec(true), owner, Some(&adopted)), Plan::InSync);
+    }
+}

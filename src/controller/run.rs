@@ -1,0 +1,203 @@
+//! Wiring: one `kube::runtime::Controller` per kind sharing one [`Context`], the watches that
+//! requeue dependents (a binding or grant when its identity changes, all of them when a
+//! GrantPolicy changes, a binding when its target's writer finishes), and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::context::{AzureApis, Context, Settings, Stores, object_key};
+use super::error::{ReconcileError, backoff};
+use super::target_writer::{TargetWriter, WriterConfig};
+use super::{binding, grant, identity};
+use crate::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
+use crate::telemetry::metrics::ReconcileMetrics;
+
+/// Everything the controllers need besides the Kubernetes client.
+pub struct ControllerParts {
+    /// The Azure APIs.
+    pub azure: AzureApis,
+    /// Reconciler settings.
+    pub settings: Settings,
+    /// Reconcile metrics.
+    pub metrics: ReconcileMetrics,
+    /// Concurrent reconciles per kind.
+    pub concurrency: u16,
+    /// Target writer tuning.
+    pub writer: WriterConfig,
+}
+
+fn unbounded<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+fn error_policy<K>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let attempts = ctx.record_failure(&object_key(&*obj));
+    let wait = backoff(attempts.saturating_sub(1), err.retry_after());
+    tracing::warn!(
+        kind = %K::kind(&()),
+        namespace = obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        step = err.category(),
+        error = %err,
+        retry_in = ?wait,
+        "reconcile failed"
+    );
+    Action::requeue(wait)
+}
+
+macro_rules! timed {
+    ($kind:expr, $f:path) => {
+        |obj, ctx: Arc<Context>| async move {
+            let started = Instant::now();
+            let result = $f(obj, ctx.clone()).await;
+            let label = match &result {
+                Ok(_) => "success",
+                Err(e) => e.category(),
+            };
+            ctx.metrics.observe($kind, label, started.elapsed());
+            result
+        }
+    };
+}
+
+/// Run the three controllers until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run_controllers(
+    client: Client,
+    parts: ControllerParts,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let wc = watcher::Config::default().any_semantic();
+    let cfg = ControllerConfig::default().concurrency(parts.concurrency);
+
+    let identities: Api<UserAssignedIdentity> = Api::all(client.clone());
+    let bindings: Api<IdentityBinding> = Api::all(client.clone());
+    let grants: Api<RoleGrant> = Api::all(client.clone());
+    let policies: Api<GrantPolicy> = Api::all(client.clone());
+
+    let id_ctrl = Controller::new(identities.clone(), wc.clone()).with_config(cfg.clone());
+    let b_ctrl = Controller::new(bindings, wc.clone()).with_config(cfg.clone());
+    let g_ctrl = Controller::new(grants, wc.clone()).with_config(cfg);
+    let (policy_store, policy_writer) = reflector::store::<GrantPolicy>();
+
+    let stores = Stores {
+        identities: id_ctrl.store(),
+        bindings: b_ctrl.store(),
+        grants: g_ctrl.store(),
+        policies: policy_store,
+    };
+    let (writer, written) = TargetWriter::new(parts.azure.compute.clone(), parts.writer);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        parts.azure,
+        parts.settings,
+        stores.clone(),
+        writer,
+        parts.metrics,
+    ));
+
+    // A GrantPolicy change re-evaluates every binding and grant.
+    let (b_all_tx, b_all_rx) = mpsc::unbounded_channel::<()>();
+    let (g_all_tx, g_all_rx) = mpsc::unbounded_channel::<()>();
+    let policy_watch = reflector::reflector(policy_writer, watcher(policies, wc.clone()))
+        .touched_objects()
+        .for_each(move |ev| {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "GrantPolicy watch error");
+            } else {
+                let _ = b_all_tx.send(());
+                let _ = g_all_tx.send(());
+            }
+            futures::future::ready(())
+        });
+
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    let b_store = stores.bindings.clone();
+    let b_run = b_ctrl
+        .watches(
+            identities.clone(),
+            wc.clone(),
+            move |id: UserAssignedIdentity| {
+                dependents(&b_store, &id, |b: &IdentityBinding| {
+                    &b.spec.identity_ref.name
+                })
+            },
+        )
+        .reconcile_all_on(unbounded(b_all_rx))
+        .reconcile_on(unbounded(written))
+        .graceful_shutdown_on(signal(&shutdown_tx))
+        .run(
+            timed!("IdentityBinding", binding::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let g_store = stores.grants.clone();
+    let g_run = g_ctrl
+        .watches(identities, wc, move |id: UserAssignedIdentity| {
+            dependents(&g_store, &id, |g: &RoleGrant| &g.spec.identity_ref.name)
+        })
+        .reconcile_all_on(unbounded(g_all_rx))
+        .graceful_shutdown_on(signal(&shutdown_tx))
+        .run(
+            timed!("RoleGrant", grant::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let id_run = id_ctrl
+        .graceful_shutdown_on(signal(&shutdown_tx))
+        .run(
+            timed!("UserAssignedIdentity", identity::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let policy_task = tokio::spawn(policy_watch);
+    let stopper = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight reconciles");
+        let _ = shutdown_tx.send(());
+    };
+    tokio::join!(stopper, id_run, b_run, g_run);
+    policy_task.abort();
+}
+
+fn dependents<K>(
+    store: &reflector::Store<K>,
+    identity: &UserAssignedIdentity,
+    identity_ref: impl Fn(&K) -> &String,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let ns = identity.namespace();
+    let name = identity.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace() == ns && *identity_ref(o) == name)
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
+}

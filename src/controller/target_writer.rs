@@ -1,0 +1,308 @@
+//! One writer per VM / scale set. Bindings do not PATCH compute resources themselves: they submit
+//! what they want (identity present or absent) and the writer of that target merges every pending
+//! change into one `identity` PATCH with `If-Match` on the etag, polls the long-running operation
+//! in its own task (no reconcile worker waits on it), and then asks the bindings involved to
+//! reconcile again. Five bindings to one VM cost one PATCH, not five racing ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::reflector::ObjectRef;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::api::IdentityBinding;
+use crate::azure::ArmError;
+use crate::azure::ComputeApi;
+use crate::azure::compute::{ComputeTarget, OperationStatus, PatchOutcome, build_identity_patch};
+
+/// What a binding wants for its identity on its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// The identity is assigned.
+    Present,
+    /// The identity is not assigned.
+    Absent,
+}
+
+/// The result of the last write that carried a binding's change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Submitted, not written yet.
+    Pending,
+    /// Written (or already in the wanted state).
+    Done,
+    /// The write failed: ARM code and message, whether retrying may help.
+    Failed {
+        /// ARM error code, or a short label.
+        code: String,
+        /// Message for the condition.
+        message: String,
+        /// Whether a later attempt may succeed.
+        retryable: bool,
+        /// `Retry-After` when ARM gave one.
+        retry_after: Option<Duration>,
+    },
+}
+
+#[derive(Default)]
+struct TargetState {
+    /// identity id (lowercase) -> (id as given, want, requesters).
+    pending: BTreeMap<String, (String, Want, Vec<ObjectRef<IdentityBinding>>)>,
+    running: bool,
+}
+
+/// Tuning of the writer.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// How long the writer waits for more changes before it writes.
+    pub batch_window: Duration,
+    /// Attempts on `412 Precondition Failed` before the batch fails.
+    pub max_precondition_retries: u32,
+    /// Poll interval when ARM gives no `Retry-After`.
+    pub default_poll: Duration,
+    /// Upper bound on a poll interval.
+    pub max_poll: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            batch_window: Duration::from_millis(200),
+            max_precondition_retries: 5,
+            default_poll: Duration::from_secs(2),
+            max_poll: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The per-target writers.
+pub struct TargetWriter {
+    compute: Arc<dyn ComputeApi>,
+    config: WriterConfig,
+    targets: Mutex<HashMap<String, TargetState>>,
+    outcomes: Mutex<HashMap<(String, String), Outcome>>,
+    notify: mpsc::UnboundedSender<ObjectRef<IdentityBinding>>,
+}
+
+impl TargetWriter {
+    /// A writer over `compute`; finished bindings are sent on the returned receiver (feed it to
+    /// the binding controller's `reconcile_on`).
+    pub fn new(
+        compute: Arc<dyn ComputeApi>,
+        config: WriterConfig,
+    ) -> (
+        Arc<Self>,
+        mpsc::UnboundedReceiver<ObjectRef<IdentityBinding>>,
+    ) {
+        let (notify, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Self {
+                compute,
+                config,
+                targets: Mutex::new(HashMap::new()),
+                outcomes: Mutex::new(HashMap::new()),
+                notify,
+            }),
+            rx,
+        )
+    }
+
+    /// The outcome of the last write that carried `identity_id` on `target`, if any.
+    pub fn outcome(&self, target: &ComputeTarget, identity_id: &str) -> Option<Outcome> {
+        self.outcomes
+            .lock()
+            .get(&(target.key(), identity_id.to_lowercase()))
+            .cloned()
+    }
+
+    /// Forget the outcome (after the binding saw it).
+    pub fn forget(&self, target: &ComputeTarget, identity_id: &str) {
+        self.outcomes
+            .lock()
+            .remove(&(target.key(), identity_id.to_lowercase()));
+    }
+
+    /// Ask for `identity_id` to be `want` on `target`; `requester` is reconciled when the write
+    /// that carries this change finishes.
+    pub fn submit(
+        self: &Arc<Self>,
+        target: &ComputeTarget,
+        identity_id: &str,
+        want: Want,
+        requester: ObjectRef<IdentityBinding>,
+    ) {
+        let key = target.key();
+        let id_key = identity_id.to_lowercase();
+        self.outcomes
+            .lock()
+            .insert((key.clone(), id_key.clone()), Outcome::Pending);
+        let start = {
+            let mut targets = self.targets.lock();
+            let state = targets.entry(key.clone()).or_default();
+            let entry = state
+                .pending
+                .entry(id_key)
+                .or_insert_with(|| (identity_id.to_string(), want, Vec::new()));
+            entry.1 = want;
+            if !entry.2.contains(&requester) {
+                entry.2.push(requester);
+            }
+            if state.running {
+                false
+            } else {
+                state.running = true;
+                true
+            }
+        };
+        if start {
+            let this = Arc::clone(self);
+            let target = target.clone();
+            tokio::spawn(async move { this.drive(target).await });
+        }
+    }
+
+    /// Whether a write for `target` is queued or in flight.
+    pub fn busy(&self, target: &ComputeTarget) -> bool {
+        self.targets
+            .lock()
+            .get(&target.key())
+            .is_some_and(|s| s.running)
+    }
+
+    async fn drive(self: Arc<Self>, target: ComputeTarget) {
+        let key = target.key();
+        loop {
+            tokio::time::sleep(self.config.batch_window).await;
+            let batch = {
+                let mut targets = self.targets.lock();
+                let Some(state) = targets.get_mut(&key) else {
+                    return;
+                };
+                if state.pending.is_empty() {
+                    state.running = false;
+                    targets.remove(&key);
+                    return;
+                }
+                std::mem::take(&mut state.pending)
+            };
+            let outcome = match self.write(&target, &batch).await {
+                Ok(()) => Outcome::Done,
+                Err(WriteError::Arm(e)) => {
+                    tracing::warn!(target = %target.id(), code = e.code(), error = %e, "identity write failed");
+                    failed(&e)
+                }
+                Err(WriteError::TargetGone) => Outcome::Failed {
+                    code: "ResourceNotFound".into(),
+                    message: format!("{} does not exist", target.id()),
+                    retryable: false,
+                    retry_after: None,
+                },
+            };
+            for (id_key, (_, _, requesters)) in batch {
+                // A newer submission for the same identity keeps its Pending outcome.
+                let still_pending = self
+                    .targets
+                    .lock()
+                    .get(&key)
+                    .is_some_and(|s| s.pending.contains_key(&id_key));
+                if !still_pending {
+                    self.outcomes
+                        .lock()
+                        .insert((key.clone(), id_key), outcome.clone());
+                }
+                for r in requesters {
+                    let _ = self.notify.send(r);
+                }
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        target: &ComputeTarget,
+        batch: &BTreeMap<String, (String, Want, Vec<ObjectRef<IdentityBinding>>)>,
+    ) -> Result<(), WriteError> {
+        let add: Vec<String> = batch
+            .values()
+            .filter(|(_, w, _)| *w == Want::Present)
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        let remove: Vec<String> = batch
+            .values()
+            .filter(|(_, w, _)| *w == Want::Absent)
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        let mut attempt = 0;
+        loop {
+            let Some(current) = self.compute.get_compute(target).await? else {
+                return Err(WriteError::TargetGone);
+            };
+            let Some(body) = build_identity_patch(&current.identity, &add, &remove) else {
+                return Ok(());
+            };
+            match self
+                .compute
+                .patch_identity(target, &body, current.etag.as_deref())
+                .await
+            {
+                Ok(PatchOutcome::Done(_)) => return Ok(()),
+                Ok(PatchOutcome::InProgress { poll, retry_after }) => {
+                    return Ok(self.poll(&poll, retry_after).await?);
+                }
+                Err(e)
+                    if e.status() == Some(412)
+                        && attempt < self.config.max_precondition_retries =>
+                {
+                    attempt += 1;
+                    tracing::debug!(target = %target.id(), attempt, "etag changed; reading again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn poll(
+        &self,
+        url: &url::Url,
+        mut retry_after: Option<Duration>,
+    ) -> Result<(), ArmError> {
+        loop {
+            let wait = retry_after
+                .unwrap_or(self.config.default_poll)
+                .min(self.config.max_poll);
+            tokio::time::sleep(wait).await;
+            match self.compute.poll_operation(url).await? {
+                OperationStatus::Succeeded => return Ok(()),
+                OperationStatus::Failed(e) => return Err(e),
+                OperationStatus::InProgress { retry_after: r } => retry_after = r,
+            }
+        }
+    }
+}
+
+enum WriteError {
+    Arm(ArmError),
+    TargetGone,
+}
+
+impl From<ArmError> for WriteError {
+    fn from(e: ArmError) -> Self {
+        WriteError::Arm(e)
+    }
+}
+
+/// The failed outcome of an ARM error.
+pub fn failed(e: &ArmError) -> Outcome {
+    Outcome::Failed {
+        code: if e.code().is_empty() {
+            e.category().to_string()
+        } else {
+            e.code().to_string()
+        },
+        message: e.to_string(),
+        retryable: e.is_retryable(),
+        retry_after: e.retry_after(),
+    }
+}
