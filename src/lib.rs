@@ -1,6 +1,7 @@
 //! uami-controller: declarative Azure user-assigned managed identities for Kubernetes.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod azure;
 pub mod controller;
