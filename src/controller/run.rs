@@ -20,6 +20,7 @@ use crate::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
 use crate::telemetry::metrics::ReconcileMetrics;
 
 /// Everything the controllers need besides the Kubernetes client.
+#[derive(Clone)]
 pub struct ControllerParts {
     /// The Azure APIs.
     pub azure: AzureApis,
@@ -200,4 +201,55 @@ where
         .filter(|o| o.namespace() == ns && *identity_ref(o) == name)
         .map(|o| ObjectRef::from_obj(&**o))
         .collect()
+}
+
+/// Run the controllers, under leader election when `lease` is set: only while this replica holds
+/// the Lease. Losing the Lease stops the controllers (in-flight reconciles finish) and the
+/// replica campaigns again; cancelling `stop` stops everything and releases the Lease.
+pub async fn run_with_leadership(
+    client: Client,
+    parts: ControllerParts,
+    lease: Option<super::leader::LeaseConfig>,
+    stop: tokio_util::sync::CancellationToken,
+    ready: impl Fn(bool) + Send + Sync + 'static,
+) {
+    let Some(lease) = lease else {
+        parts.metrics.leader.set(1);
+        ready(true);
+        let s = stop.clone();
+        run_controllers(client, parts, async move { s.cancelled().await }).await;
+        return;
+    };
+    let campaign_stop = stop.child_token();
+    let (mut leading, campaign) =
+        super::leader::campaign(client.clone(), lease, campaign_stop.clone());
+    // A follower is ready: it serves metrics and takes over when the leader goes.
+    ready(true);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = leading.wait_for(|l| *l) => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        parts.metrics.leader.set(1);
+        let mut watch = leading.clone();
+        let s = stop.clone();
+        let lost = async move {
+            tokio::select! {
+                _ = s.cancelled() => {}
+                _ = watch.wait_for(|l| !*l) => {}
+            }
+        };
+        run_controllers(client.clone(), parts.clone(), lost).await;
+        parts.metrics.leader.set(0);
+        if stop.is_cancelled() {
+            break;
+        }
+        tracing::warn!("leadership lost; controllers stopped, campaigning again");
+    }
+    campaign_stop.cancel();
+    let _ = campaign.await;
 }
