@@ -6,6 +6,8 @@
 //! IMDS and ARM are behind the small traits [`TokenSource`] and [`AccessProbe`], so the loop is
 //! the same against a real VM and the emulator.
 
+pub mod config;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;

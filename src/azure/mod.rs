@@ -146,11 +146,34 @@ pub mod compute {
         pub provisioning_state: Option<String>,
     }
     pub fn build_identity_patch(
-        _current: &ComputeIdentity,
-        _add: &[String],
-        _remove: &[String],
+        current: &ComputeIdentity,
+        add: &[String],
+        remove: &[String],
     ) -> Option<serde_json::Value> {
-        None
+        let mut changes = serde_json::Map::new();
+        let mut remaining: Vec<String> = current.user_assigned.keys().cloned().collect();
+        for id in add {
+            if !current.has_user_assigned(id) {
+                changes.insert(id.clone(), serde_json::json!({}));
+                remaining.push(id.clone());
+            }
+        }
+        for id in remove {
+            if current.has_user_assigned(id) {
+                changes.insert(id.clone(), serde_json::Value::Null);
+                remaining.retain(|r| !r.eq_ignore_ascii_case(id));
+            }
+        }
+        if changes.is_empty() {
+            return None;
+        }
+        let type_ = match (current.has_system_assigned(), remaining.is_empty()) {
+            (true, false) => "SystemAssigned, UserAssigned",
+            (true, true) => "SystemAssigned",
+            (false, false) => "UserAssigned",
+            (false, true) => "None",
+        };
+        Some(serde_json::json!({"identity": {"type": type_, "userAssignedIdentities": changes}}))
     }
     pub enum PatchOutcome {
         Done(ComputeResource),
