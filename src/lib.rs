@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod azure;
 pub mod controller;
 pub mod telemetry;

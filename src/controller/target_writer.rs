@@ -413,6 +413,7 @@ mod tests {
 
     fn precondition_failed() -> ArmError {
         ArmError {
+            operation: "VirtualMachines_Update",
             status: Some(412),
             code: "PreconditionFailed".into(),
             message: "etag mismatch".into(),

@@ -1,0 +1,464 @@
+//! Token credentials for the controller, and the IMDS client the agent (and the managed-identity
+//! credential) use.
+//!
+//! The controller signs in to ARM in one of three modes chosen by configuration: a client secret,
+//! workload identity (a federated token file exchanged at Entra ID, re-read on every exchange
+//! because kubelet rotates it), or the managed identity of its node through IMDS. Every endpoint is
+//! configurable, so the same code talks to Azure or to the emulator. Tokens are cached per scope
+//! by [`CachingCredential`] and never appear in `Debug`, `Display`, logs or error text.
+//!
+//! The two token calls are written here on the project's one reqwest client rather than taken
+//! from the `azure_identity` crate: that crate brings its own HTTP pipeline and runtime
+//! abstraction, and its IMDS credential does not expose the retry policy, the per-VM rate and
+//! concurrency limits, or the token metadata the agent reports.
+
+pub mod imds;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex as AsyncMutex;
+use url::Url;
+
+pub use imds::{
+    IdentitySelector, ImdsClient, ImdsError, ImdsRetryPolicy, ImdsToken, InstanceCompute,
+};
+
+/// A source of bearer tokens for a scope such as `https://management.azure.com/.default`.
+#[async_trait]
+pub trait TokenCredential: Send + Sync {
+    /// A token valid for `scope`.
+    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError>;
+}
+
+/// A bearer token and its expiry. `Debug` and `Display` never show the token.
+#[derive(Clone)]
+pub struct AccessToken {
+    /// The token; read it with `ExposeSecret` only to build a request header.
+    pub token: SecretString,
+    /// When it expires.
+    pub expires_on: jiff::Timestamp,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token", &"<redacted>")
+            .field("expires_on", &self.expires_on)
+            .finish()
+    }
+}
+
+impl fmt::Display for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "access token <redacted> expiring at {}", self.expires_on)
+    }
+}
+
+/// Why no token could be obtained. Never carries a secret, an assertion or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Entra ID refused the exchange.
+    #[error("token request rejected by Entra ID: HTTP {status}, error {error}{}", aadsts.map(|n| format!(", AADSTS{n}")).unwrap_or_default())]
+    Aad {
+        /// HTTP status.
+        status: u16,
+        /// OAuth error code, such as `invalid_client`.
+        error: String,
+        /// The AADSTS number, when given.
+        aadsts: Option<u32>,
+    },
+    /// Entra ID could not be reached.
+    #[error("token endpoint unreachable: {0}")]
+    Transport(String),
+    /// The federated token file could not be read.
+    #[error("cannot read the federated token file {path}: {reason}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The response was not a token response.
+    #[error("invalid token response: {0}")]
+    InvalidResponse(String),
+    /// IMDS failed.
+    #[error("managed identity: {0}")]
+    Imds(#[from] ImdsError),
+}
+
+/// Which credential the controller uses, with its endpoints.
+#[derive(Clone)]
+pub enum CredentialConfig {
+    /// An app registration's client secret.
+    ClientSecret {
+        /// Authority host, such as `https://login.microsoftonline.com/`.
+        authority_host: Url,
+        /// Tenant id.
+        tenant_id: String,
+        /// Application (client) id.
+        client_id: String,
+        /// The secret.
+        client_secret: SecretString,
+    },
+    /// Workload identity: a federated service account token exchanged at Entra ID.
+    WorkloadIdentity {
+        /// Authority host (`AZURE_AUTHORITY_HOST`).
+        authority_host: Url,
+        /// Tenant id (`AZURE_TENANT_ID`).
+        tenant_id: String,
+        /// Client id (`AZURE_CLIENT_ID`).
+        client_id: String,
+        /// The projected token (`AZURE_FEDERATED_TOKEN_FILE`), read on every exchange.
+        token_file: PathBuf,
+    },
+    /// The managed identity of the machine, through IMDS.
+    ManagedIdentity {
+        /// IMDS base URL.
+        imds_endpoint: Url,
+        /// Which identity; `System` for the system-assigned one.
+        selector: IdentitySelector,
+    },
+}
+
+impl fmt::Debug for CredentialConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialConfig::ClientSecret {
+                tenant_id,
+                client_id,
+                ..
+            } => f
+                .debug_struct("ClientSecret")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("client_secret", &"<redacted>")
+                .finish(),
+            CredentialConfig::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+                ..
+            } => f
+                .debug_struct("WorkloadIdentity")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("token_file", token_file)
+                .finish(),
+            CredentialConfig::ManagedIdentity {
+                imds_endpoint,
+                selector,
+            } => f
+                .debug_struct("ManagedIdentity")
+                .field("imds_endpoint", &imds_endpoint.as_str())
+                .field("selector", selector)
+                .finish(),
+        }
+    }
+}
+
+/// Build the configured credential, cached per scope until `refresh_margin` before expiry.
+pub fn build_credential(
+    config: CredentialConfig,
+    http: reqwest::Client,
+    refresh_margin: Duration,
+) -> Arc<dyn TokenCredential> {
+    let inner: Arc<dyn TokenCredential> = match config {
+        CredentialConfig::ClientSecret {
+            authority_host,
+            tenant_id,
+            client_id,
+            client_secret,
+        } => Arc::new(AadCredential {
+            http,
+            endpoint: token_endpoint(&authority_host, &tenant_id),
+            client_id,
+            proof: Proof::Secret(client_secret),
+        }),
+        CredentialConfig::WorkloadIdentity {
+            authority_host,
+            tenant_id,
+            client_id,
+            token_file,
+        } => Arc::new(AadCredential {
+            http,
+            endpoint: token_endpoint(&authority_host, &tenant_id),
+            client_id,
+            proof: Proof::AssertionFile(token_file),
+        }),
+        CredentialConfig::ManagedIdentity {
+            imds_endpoint,
+            selector,
+        } => Arc::new(ManagedIdentityCredential {
+            imds: ImdsClient::new(http, imds_endpoint, ImdsRetryPolicy::default()),
+            selector,
+        }),
+    };
+    Arc::new(CachingCredential::new(inner, refresh_margin))
+}
+
+fn token_endpoint(authority_host: &Url, tenant_id: &str) -> String {
+    format!(
+        "{}/{tenant_id}/oauth2/v2.0/token",
+        authority_host.as_str().trim_end_matches('/')
+    )
+}
+
+enum Proof {
+    Secret(SecretString),
+    AssertionFile(PathBuf),
+}
+
+/// Client credentials at Entra ID's v2 token endpoint, with a secret or a federated assertion.
+struct AadCredential {
+    http: reqwest::Client,
+    endpoint: String,
+    client_id: String,
+    proof: Proof,
+}
+
+#[derive(serde::Deserialize)]
+struct AadToken {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct AadError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_codes: Vec<u32>,
+    #[serde(default)]
+    error_description: String,
+}
+
+#[async_trait]
+impl TokenCredential for AadCredential {
+    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
+        let mut form: Vec<(&str, String)> = vec![
+            ("grant_type", "client_credentials".into()),
+            ("client_id", self.client_id.clone()),
+            ("scope", scope.to_string()),
+        ];
+        match &self.proof {
+            Proof::Secret(s) => form.push(("client_secret", s.expose_secret().to_string())),
+            Proof::AssertionFile(path) => {
+                let assertion =
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|e| AuthError::TokenFile {
+                            path: path.clone(),
+                            reason: e.kind().to_string(),
+                        })?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push(("client_assertion", assertion.trim().to_string()));
+            }
+        }
+        let resp = self
+            .http
+            .post(&self.endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| AuthError::Transport(without_url(&e)))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| AuthError::Transport(without_url(&e)))?;
+        if status != 200 {
+            let err: AadError = serde_json::from_slice(&body).unwrap_or_default();
+            let aadsts = err.error_codes.first().copied().or_else(|| {
+                let d = &err.error_description;
+                let i = d.find("AADSTS")? + 6;
+                d[i..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            });
+            return Err(AuthError::Aad {
+                status,
+                error: err.error,
+                aadsts,
+            });
+        }
+        let t: AadToken = serde_json::from_slice(&body)
+            .map_err(|_| AuthError::InvalidResponse("not a token response".into()))?;
+        let expires_in = t
+            .expires_in
+            .and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .unwrap_or(3600);
+        Ok(AccessToken {
+            token: SecretString::from(t.access_token),
+            expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in),
+        })
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    e.to_string()
+}
+
+/// The managed identity of this machine, through IMDS.
+pub struct ManagedIdentityCredential {
+    imds: ImdsClient,
+    selector: IdentitySelector,
+}
+
+#[async_trait]
+impl TokenCredential for ManagedIdentityCredential {
+    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
+        let resource = scope_to_resource(scope);
+        let t = self.imds.token(&resource, &self.selector, false).await?;
+        Ok(AccessToken {
+            token: t.access_token,
+            expires_on: t.expires_on,
+        })
+    }
+}
+
+/// Caches tokens per scope until `margin` before expiry; concurrent callers share one refresh.
+pub struct CachingCredential {
+    inner: Arc<dyn TokenCredential>,
+    margin: Duration,
+    cache: AsyncMutex<std::collections::HashMap<String, AccessToken>>,
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+impl CachingCredential {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn TokenCredential>, margin: Duration) -> Self {
+        Self {
+            inner,
+            margin,
+            cache: AsyncMutex::new(std::collections::HashMap::new()),
+            refreshes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many tokens were fetched (not served from the cache).
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl TokenCredential for CachingCredential {
+    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
+        // Holding the lock across the fetch coalesces concurrent refreshes into one exchange.
+        let mut cache = self.cache.lock().await;
+        let now = jiff::Timestamp::now();
+        if let Some(t) = cache.get(scope) {
+            let margin = jiff::SignedDuration::from_secs(self.margin.as_secs() as i64);
+            if t.expires_on - margin > now {
+                return Ok(t.clone());
+            }
+        }
+        let fresh = self.inner.get_token(scope).await?;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cache.insert(scope.to_string(), fresh.clone());
+        Ok(fresh)
+    }
+}
+
+/// `https://management.azure.com/.default` -> `https://management.azure.com/` (IMDS's resource).
+pub fn scope_to_resource(scope: &str) -> String {
+    match scope.strip_suffix("/.default") {
+        Some(base) => format!("{base}/"),
+        None => scope.to_string(),
+    }
+}
+
+/// Claims of a JWT that status may show, decoded without verifying the signature (the token was
+/// just received from IMDS or Entra ID over the channel that authenticates them).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct JwtClaims {
+    /// Tenant.
+    #[serde(default)]
+    pub tid: Option<String>,
+    /// Object id of the principal.
+    #[serde(default)]
+    pub oid: Option<String>,
+    /// Audience.
+    #[serde(default)]
+    pub aud: Option<String>,
+    /// Application id.
+    #[serde(default)]
+    pub appid: Option<String>,
+    /// Expiry (epoch seconds).
+    #[serde(default)]
+    pub exp: Option<i64>,
+    /// Not before (epoch seconds).
+    #[serde(default)]
+    pub nbf: Option<i64>,
+}
+
+/// Decode the claims of `token` without verifying it; `None` if it is not a JWT.
+pub fn decode_claims(token: &SecretString) -> Option<JwtClaims> {
+    jsonwebtoken::dangerous::insecure_decode::<JwtClaims>(token.expose_secret())
+        .ok()
+        .map(|d| d.claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_and_config_never_show_secrets() {
+        let t = AccessToken {
+            token: SecretString::from("eyJhbGciOi.secret-part.sig"),
+            expires_on: jiff::Timestamp::UNIX_EPOCH,
+        };
+        for s in [format!("{t:?}"), format!("{t}")] {
+            assert!(!s.contains("secret-part"), "{s}");
+        }
+        let c = CredentialConfig::ClientSecret {
+            authority_host: Url::parse("https://login.microsoftonline.com/").unwrap(),
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            client_secret: SecretString::from("very-secret-value"),
+        };
+        assert!(!format!("{c:?}").contains("very-secret-value"));
+    }
+
+    #[test]
+    fn scopes_map_to_resources() {
+        assert_eq!(
+            scope_to_resource("https://management.azure.com/.default"),
+            "https://management.azure.com/"
+        );
+        assert_eq!(
+            scope_to_resource("https://vault.azure.net"),
+            "https://vault.azure.net"
+        );
+    }
+
+    #[test]
+    fn aad_error_names_code_and_number_only() {
+        let e = AuthError::Aad {
+            status: 400,
+            error: "invalid_request".into(),
+            aadsts: Some(70021),
+        };
+        assert_eq!(
+            e.to_string(),
+            "token request rejected by Entra ID: HTTP 400, error invalid_request, AADSTS70021"
+        );
+    }
+}

@@ -1,0 +1,808 @@
+//! [`ArmClient`]: the REST calls behind the resource-family traits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use url::Url;
+
+use super::compute::{
+    ComputeIdentity, ComputeResource, ComputeTarget, OperationStatus, PatchOutcome,
+    UserAssignedInfo,
+};
+use super::identity::Identity;
+use super::roles::{RoleAssignment, RoleDefinition};
+use super::throttle::{OpKind, SubscriptionThrottle, ThrottleConfig};
+use super::{ArmError, ComputeApi, IdentityApi, ResourceGroupApi, RoleApi, api_versions};
+use crate::auth::TokenCredential;
+
+/// Settings of the ARM client.
+#[derive(Clone, Debug)]
+pub struct ArmClientOptions {
+    /// ARM endpoint, such as `https://management.azure.com/`.
+    pub endpoint: Url,
+    /// Token scope, such as `https://management.azure.com/.default`.
+    pub scope: String,
+    /// Client-side rate limits per subscription.
+    pub throttle: ThrottleConfig,
+    /// A 429 whose `Retry-After` is at most this long is waited out and retried here.
+    pub max_inline_retry_after: Duration,
+    /// How many times a 429 is retried here before it is returned.
+    pub max_inline_retries: u32,
+}
+
+impl Default for ArmClientOptions {
+    fn default() -> Self {
+        Self {
+            endpoint: Url::parse("https://management.azure.com/")
+                .unwrap_or_else(|_| unreachable!()),
+            scope: "https://management.azure.com/.default".into(),
+            throttle: ThrottleConfig::default(),
+            max_inline_retry_after: Duration::from_secs(10),
+            max_inline_retries: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+/// ARM request metrics: by operation and status code, latency, throttling.
+#[derive(Clone)]
+pub struct ArmMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OperationLabels, Histogram>,
+    throttled: Family<OperationLabels, Counter>,
+}
+
+impl ArmMetrics {
+    /// Create and register under `uami_arm_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::unregistered();
+        registry.register(
+            "uami_arm_requests",
+            "ARM requests by operation and HTTP status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "uami_arm_request_duration_seconds",
+            "ARM request latency",
+            m.latency.clone(),
+        );
+        registry.register(
+            "uami_arm_throttled",
+            "ARM answers 429 by operation",
+            m.throttled.clone(),
+        );
+        m
+    }
+
+    fn unregistered() -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            }),
+            throttled: Family::default(),
+        }
+    }
+}
+
+/// The ARM REST client.
+#[derive(Clone)]
+pub struct ArmClient {
+    http: reqwest::Client,
+    opts: ArmClientOptions,
+    credential: Arc<dyn TokenCredential>,
+    throttle: SubscriptionThrottle,
+    metrics: ArmMetrics,
+}
+
+struct Response {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+fn subscription_of(path: &str) -> String {
+    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    match (parts.next(), parts.next()) {
+        (Some(s), Some(id)) if s.eq_ignore_ascii_case("subscriptions") => id.to_lowercase(),
+        _ => "tenant".into(),
+    }
+}
+
+impl ArmClient {
+    /// A client over `http` (share one pooled client with timeouts across the process).
+    pub fn new(
+        http: reqwest::Client,
+        opts: ArmClientOptions,
+        credential: Arc<dyn TokenCredential>,
+        registry: Option<&mut Registry>,
+    ) -> Self {
+        let metrics = match registry {
+            Some(r) => ArmMetrics::register(r),
+            None => ArmMetrics::unregistered(),
+        };
+        Self {
+            http,
+            throttle: SubscriptionThrottle::new(opts.throttle),
+            opts,
+            credential,
+            metrics,
+        }
+    }
+
+    fn url(&self, path: &str, api_version: &str, query: &[(&str, &str)]) -> Url {
+        let mut url = self.opts.endpoint.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/{}", path.trim_start_matches('/')));
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("api-version", api_version);
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Response, ArmError> {
+        let kind = match method {
+            Method::GET | Method::HEAD => OpKind::Read,
+            Method::DELETE => OpKind::Delete,
+            _ => OpKind::Write,
+        };
+        let subscription = subscription_of(url.path());
+        let mut attempt = 0;
+        loop {
+            self.throttle.acquire(&subscription, kind).await;
+            let token = self
+                .credential
+                .get_token(&self.opts.scope)
+                .await
+                .map_err(|e| ArmError::local(operation, "NoCredential", e.to_string()))?;
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.token.expose_secret());
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(etag) = if_match {
+                req = req.header(reqwest::header::IF_MATCH, etag);
+            }
+            let started = Instant::now();
+            let result = req.send().await;
+            let labels = OperationLabels {
+                operation: operation.into(),
+            };
+            self.metrics
+                .latency
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.metrics
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            operation: operation.into(),
+                            code: "transport".into(),
+                        })
+                        .inc();
+                    return Err(ArmError::transport(operation, &e));
+                }
+            };
+            let status = resp.status().as_u16();
+            self.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    operation: operation.into(),
+                    code: status.to_string(),
+                })
+                .inc();
+            let headers = resp.headers().clone();
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| ArmError::transport(operation, &e))?;
+            if status == 429 {
+                self.metrics.throttled.get_or_create(&labels).inc();
+                let wait = retry_after(&headers).unwrap_or(Duration::from_secs(1));
+                if attempt < self.opts.max_inline_retries
+                    && wait <= self.opts.max_inline_retry_after
+                {
+                    attempt += 1;
+                    tracing::debug!(operation, ?wait, "ARM throttled; waiting");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(ArmError::from_response(
+                    operation,
+                    status,
+                    &body,
+                    Some(wait),
+                ));
+            }
+            return Ok(Response {
+                status,
+                headers,
+                body,
+            });
+        }
+    }
+
+    fn json(operation: &'static str, r: &Response) -> Result<Value, ArmError> {
+        serde_json::from_slice(&r.body).map_err(|_| {
+            ArmError::local(
+                operation,
+                "InvalidResponse",
+                "the response body is not JSON",
+            )
+        })
+    }
+
+    fn fail(operation: &'static str, r: &Response) -> ArmError {
+        ArmError::from_response(operation, r.status, &r.body, retry_after(&r.headers))
+    }
+
+    async fn list_all(&self, operation: &'static str, first: Url) -> Result<Vec<Value>, ArmError> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            let r = self.send(operation, Method::GET, url, None, None).await?;
+            if r.status != 200 {
+                return Err(Self::fail(operation, &r));
+            }
+            let v = Self::json(operation, &r)?;
+            out.extend(v["value"].as_array().cloned().unwrap_or_default());
+            pages += 1;
+            next = v["nextLink"]
+                .as_str()
+                .and_then(|s| Url::parse(s).ok())
+                .filter(|_| pages < 1000);
+        }
+        Ok(out)
+    }
+}
+
+fn identity_path(subscription: &str, rg: &str, name: &str) -> String {
+    format!(
+        "/subscriptions/{subscription}/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
+}
+
+fn parse_identity(v: &Value) -> Identity {
+    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
+    Identity {
+        id: s(&v["id"]),
+        name: s(&v["name"]),
+        location: s(&v["location"]),
+        tags: v["tags"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        client_id: s(&v["properties"]["clientId"]),
+        principal_id: s(&v["properties"]["principalId"]),
+        tenant_id: s(&v["properties"]["tenantId"]),
+    }
+}
+
+#[async_trait]
+impl IdentityApi for ArmClient {
+    async fn get_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<Option<Identity>, ArmError> {
+        const OP: &str = "UserAssignedIdentities_Get";
+        let url = self.url(
+            &identity_path(subscription, resource_group, name),
+            api_versions::MANAGED_IDENTITY,
+            &[],
+        );
+        let r = self.send(OP, Method::GET, url, None, None).await?;
+        match r.status {
+            200 => Ok(Some(parse_identity(&Self::json(OP, &r)?))),
+            404 => Ok(None),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+
+    async fn create_or_update_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Identity, ArmError> {
+        const OP: &str = "UserAssignedIdentities_CreateOrUpdate";
+        let url = self.url(
+            &identity_path(subscription, resource_group, name),
+            api_versions::MANAGED_IDENTITY,
+            &[],
+        );
+        let body = json!({"location": location, "tags": tags});
+        let r = self.send(OP, Method::PUT, url, Some(&body), None).await?;
+        match r.status {
+            200 | 201 => Ok(parse_identity(&Self::json(OP, &r)?)),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+
+    async fn update_identity_tags(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Identity, ArmError> {
+        const OP: &str = "UserAssignedIdentities_Update";
+        let url = self.url(
+            &identity_path(subscription, resource_group, name),
+            api_versions::MANAGED_IDENTITY,
+            &[],
+        );
+        let body = json!({"tags": tags});
+        let r = self.send(OP, Method::PATCH, url, Some(&body), None).await?;
+        match r.status {
+            200 => Ok(parse_identity(&Self::json(OP, &r)?)),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+
+    async fn delete_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<(), ArmError> {
+        const OP: &str = "UserAssignedIdentities_Delete";
+        let url = self.url(
+            &identity_path(subscription, resource_group, name),
+            api_versions::MANAGED_IDENTITY,
+            &[],
+        );
+        let r = self.send(OP, Method::DELETE, url, None, None).await?;
+        match r.status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+}
+
+fn parse_definition(v: &Value) -> RoleDefinition {
+    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
+    RoleDefinition {
+        id: s(&v["id"]),
+        name: s(&v["name"]),
+        role_name: s(&v["properties"]["roleName"]),
+        role_type: s(&v["properties"]["type"]),
+    }
+}
+
+fn parse_assignment(v: &Value) -> RoleAssignment {
+    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
+    RoleAssignment {
+        id: s(&v["id"]),
+        name: s(&v["name"]),
+        scope: s(&v["properties"]["scope"]),
+        role_definition_id: s(&v["properties"]["roleDefinitionId"]),
+        principal_id: s(&v["properties"]["principalId"]),
+        principal_type: v["properties"]["principalType"]
+            .as_str()
+            .map(str::to_string),
+    }
+}
+
+fn scope_path(scope: &str) -> String {
+    format!("/{}", scope.trim_matches('/'))
+}
+
+#[async_trait]
+impl RoleApi for ArmClient {
+    async fn get_role_definition(
+        &self,
+        scope: &str,
+        guid: &str,
+    ) -> Result<Option<RoleDefinition>, ArmError> {
+        const OP: &str = "RoleDefinitions_Get";
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}",
+            scope_path(scope)
+        );
+        let r = self
+            .send(
+                OP,
+                Method::GET,
+                self.url(&path, api_versions::AUTHORIZATION, &[]),
+                None,
+                None,
+            )
+            .await?;
+        match r.status {
+            200 => Ok(Some(parse_definition(&Self::json(OP, &r)?))),
+            404 => Ok(None),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+
+    async fn find_role_definition(
+        &self,
+        scope: &str,
+        role_name: &str,
+    ) -> Result<Option<RoleDefinition>, ArmError> {
+        const OP: &str = "RoleDefinitions_List";
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleDefinitions",
+            scope_path(scope)
+        );
+        let filter = format!("roleName eq '{}'", role_name.replace('\'', "''"));
+        let url = self.url(&path, api_versions::AUTHORIZATION, &[("$filter", &filter)]);
+        let all = self.list_all(OP, url).await?;
+        let matching: Vec<RoleDefinition> = all
+            .iter()
+            .map(parse_definition)
+            .filter(|d| d.role_name.eq_ignore_ascii_case(role_name))
+            .collect();
+        match matching.len() {
+            0 => Ok(None),
+            1 => Ok(matching.into_iter().next()),
+            n => Err(ArmError::local(
+                OP,
+                "AmbiguousRoleName",
+                format!("{n} role definitions are named {role_name}; use the role definition id"),
+            )),
+        }
+    }
+
+    async fn get_role_assignment(
+        &self,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<RoleAssignment>, ArmError> {
+        const OP: &str = "RoleAssignments_Get";
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
+            scope_path(scope)
+        );
+        let r = self
+            .send(
+                OP,
+                Method::GET,
+                self.url(&path, api_versions::AUTHORIZATION, &[]),
+                None,
+                None,
+            )
+            .await?;
+        match r.status {
+            200 => Ok(Some(parse_assignment(&Self::json(OP, &r)?))),
+            404 => Ok(None),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+
+    async fn create_role_assignment(
+        &self,
+        scope: &str,
+        name: &str,
+        role_definition_id: &str,
+        principal_id: &str,
+    ) -> Result<RoleAssignment, ArmError> {
+        const OP: &str = "RoleAssignments_Create";
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
+            scope_path(scope)
+        );
+        let body = json!({"properties": {
+            "roleDefinitionId": role_definition_id,
+            "principalId": principal_id,
+            "principalType": "ServicePrincipal",
+            "description": "managed by uami-controller",
+        }});
+        let r = self
+            .send(
+                OP,
+                Method::PUT,
+                self.url(&path, api_versions::AUTHORIZATION, &[]),
+                Some(&body),
+                None,
+            )
+            .await?;
+        match r.status {
+            200 | 201 => Ok(parse_assignment(&Self::json(OP, &r)?)),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+
+    async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<(), ArmError> {
+        const OP: &str = "RoleAssignments_Delete";
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
+            scope_path(scope)
+        );
+        let r = self
+            .send(
+                OP,
+                Method::DELETE,
+                self.url(&path, api_versions::AUTHORIZATION, &[]),
+                None,
+                None,
+            )
+            .await?;
+        match r.status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+
+    async fn list_role_assignments_for_principal(
+        &self,
+        scope: &str,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignment>, ArmError> {
+        const OP: &str = "RoleAssignments_ListForScope";
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments",
+            scope_path(scope)
+        );
+        let filter = format!("principalId eq '{principal_id}'");
+        let url = self.url(&path, api_versions::AUTHORIZATION, &[("$filter", &filter)]);
+        Ok(self
+            .list_all(OP, url)
+            .await?
+            .iter()
+            .map(parse_assignment)
+            .collect())
+    }
+}
+
+fn parse_compute(v: &Value, headers_etag: Option<String>) -> ComputeResource {
+    let identity = &v["identity"];
+    let user_assigned = identity["userAssignedIdentities"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        UserAssignedInfo {
+                            principal_id: v["principalId"].as_str().map(str::to_string),
+                            client_id: v["clientId"].as_str().map(str::to_string),
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ComputeResource {
+        id: v["id"].as_str().unwrap_or_default().to_string(),
+        etag: v["etag"].as_str().map(str::to_string).or(headers_etag),
+        identity: ComputeIdentity {
+            type_: identity["type"].as_str().unwrap_or("None").to_string(),
+            principal_id: identity["principalId"].as_str().map(str::to_string),
+            user_assigned,
+        },
+        provisioning_state: v["properties"]["provisioningState"]
+            .as_str()
+            .map(str::to_string),
+    }
+}
+
+fn compute_ops(target: &ComputeTarget) -> (&'static str, &'static str) {
+    match target.kind {
+        super::compute::TargetKind::VirtualMachine => {
+            ("VirtualMachines_Get", "VirtualMachines_Update")
+        }
+        super::compute::TargetKind::VirtualMachineScaleSet => (
+            "VirtualMachineScaleSets_Get",
+            "VirtualMachineScaleSets_Update",
+        ),
+    }
+}
+
+#[async_trait]
+impl ComputeApi for ArmClient {
+    async fn get_compute(
+        &self,
+        target: &ComputeTarget,
+    ) -> Result<Option<ComputeResource>, ArmError> {
+        let (op, _) = compute_ops(target);
+        let r = self
+            .send(
+                op,
+                Method::GET,
+                self.url(&target.id(), api_versions::COMPUTE, &[]),
+                None,
+                None,
+            )
+            .await?;
+        match r.status {
+            200 => {
+                let etag = r
+                    .headers
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Ok(Some(parse_compute(&Self::json(op, &r)?, etag)))
+            }
+            404 => Ok(None),
+            _ => Err(Self::fail(op, &r)),
+        }
+    }
+
+    async fn patch_identity(
+        &self,
+        target: &ComputeTarget,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<PatchOutcome, ArmError> {
+        let (_, op) = compute_ops(target);
+        let r = self
+            .send(
+                op,
+                Method::PATCH,
+                self.url(&target.id(), api_versions::COMPUTE, &[]),
+                Some(body),
+                if_match,
+            )
+            .await?;
+        if !matches!(r.status, 200 | 201 | 202) {
+            return Err(Self::fail(op, &r));
+        }
+        let header = |name: &str| {
+            r.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| Url::parse(s).ok())
+        };
+        let poll = header("azure-asyncoperation").or_else(|| header("location"));
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let state = v["properties"]["provisioningState"]
+            .as_str()
+            .unwrap_or("Succeeded");
+        let terminal = matches!(state, "Succeeded" | "Failed" | "Canceled");
+        match poll {
+            Some(poll) if r.status == 202 || !terminal => Ok(PatchOutcome::InProgress {
+                poll,
+                retry_after: retry_after(&r.headers),
+            }),
+            _ => Ok(PatchOutcome::Done(parse_compute(&v, None))),
+        }
+    }
+
+    async fn poll_operation(&self, url: &Url) -> Result<OperationStatus, ArmError> {
+        const OP: &str = "AsyncOperation_Get";
+        let r = self.send(OP, Method::GET, url.clone(), None, None).await?;
+        if r.status == 202 {
+            return Ok(OperationStatus::InProgress {
+                retry_after: retry_after(&r.headers),
+            });
+        }
+        if !matches!(r.status, 200 | 204) {
+            return Err(Self::fail(OP, &r));
+        }
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        match v["status"].as_str() {
+            Some("Succeeded") | None => Ok(OperationStatus::Succeeded),
+            Some("Failed") | Some("Canceled") => {
+                let code = v["error"]["code"]
+                    .as_str()
+                    .unwrap_or("OperationFailed")
+                    .to_string();
+                let message = v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the long-running operation failed")
+                    .to_string();
+                Ok(OperationStatus::Failed(ArmError {
+                    operation: OP,
+                    status: Some(200),
+                    code,
+                    message,
+                    retry_after: None,
+                }))
+            }
+            Some(_) => Ok(OperationStatus::InProgress {
+                retry_after: retry_after(&r.headers),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl ResourceGroupApi for ArmClient {
+    async fn get_resource_group(
+        &self,
+        subscription: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ArmError> {
+        const OP: &str = "ResourceGroups_Get";
+        let path = format!("/subscriptions/{subscription}/resourcegroups/{name}");
+        let r = self
+            .send(
+                OP,
+                Method::GET,
+                self.url(&path, api_versions::RESOURCES, &[]),
+                None,
+                None,
+            )
+            .await?;
+        match r.status {
+            200 => Ok(Some(Self::json(OP, &r)?)),
+            404 => Ok(None),
+            _ => Err(Self::fail(OP, &r)),
+        }
+    }
+}
+
+/// The agent's access check: `GET {scope}` with `token`, returning the HTTP status (200 when the
+/// identity may read the scope, 403 before the grant takes effect).
+pub async fn probe_access(
+    http: &reqwest::Client,
+    arm_endpoint: &Url,
+    scope: &str,
+    token: &SecretString,
+) -> Result<u16, ArmError> {
+    const OP: &str = "AccessProbe";
+    let segments: Vec<&str> = scope.split('/').filter(|s| !s.is_empty()).collect();
+    let api_version = match segments.len() {
+        2 => "2022-12-01",
+        4 if segments[2].eq_ignore_ascii_case("resourceGroups") => api_versions::RESOURCES,
+        _ if scope.to_lowercase().contains("/microsoft.managedidentity/") => {
+            api_versions::MANAGED_IDENTITY
+        }
+        _ if scope.to_lowercase().contains("/microsoft.compute/") => api_versions::COMPUTE,
+        _ => api_versions::RESOURCES,
+    };
+    let mut url = arm_endpoint.clone();
+    url.set_path(&scope_path(scope));
+    url.query_pairs_mut()
+        .append_pair("api-version", api_version);
+    let resp = http
+        .get(url)
+        .bearer_auth(token.expose_secret())
+        .send()
+        .await
+        .map_err(|e| ArmError::transport(OP, &e))?;
+    Ok(resp.status().as_u16())
+}
