@@ -6,4 +6,5 @@ pub mod api;
 pub mod auth;
 pub mod azure;
 pub mod controller;
+pub mod emulator;
 pub mod telemetry;

@@ -4,7 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use uami_controller::agent::config::AgentArgs;
+use uami_controller::controller::config::{CredentialMode, RunArgs};
+use uami_controller::telemetry::{admin, logging};
 
 /// Declarative Azure user-assigned managed identities for Kubernetes.
 #[derive(Parser, Debug)]
@@ -22,12 +27,35 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Reconcile identities, bindings and grants against Azure Resource Manager.
+    Run(Box<RunArgs>),
+    /// On a VM: obtain tokens through IMDS for the identities bound to it and verify access.
+    Agent(Box<AgentArgs>),
+    /// A local Azure (ARM, Entra ID token endpoint, IMDS per VM) described by a world file.
+    Emulator {
+        /// The world file (see examples/emulator-world.yaml).
+        #[arg(long, default_value = "examples/emulator-world.yaml")]
+        world: PathBuf,
+        /// ARM and AAD listen address (overrides the world file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -35,9 +63,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crds { out_dir } => crds(out_dir),
+        Command::Crds { out_dir } => crds(out_dir).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Agent(args) => agent(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Emulator { world, listen } => {
+            emulator(world, listen).await.map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -54,5 +87,178 @@ fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Cancelled on SIGTERM or Ctrl-C.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutdown signal received");
+        t.cancel();
+    });
+    token
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use uami_controller::auth::{CredentialConfig, IdentitySelector};
+    use uami_controller::controller::{app, leader::LeaseConfig, target_writer::WriterConfig};
+    logging::init(args.log_format, "info");
+    let client = kube_client(args.kubeconfig.as_ref()).await?;
+    let need = |v: &Option<String>, what: &str| {
+        v.clone()
+            .with_context(|| format!("{what} is required for --credential {:?}", args.credential))
+    };
+    let credential = match args.credential {
+        CredentialMode::ClientSecret => {
+            let file = args.client_secret_file.as_ref().context("--client-secret-file is required for --credential client-secret")?;
+            let secret = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            CredentialConfig::ClientSecret {
+                authority_host: args.authority_host.clone(),
+                tenant_id: need(&args.tenant_id, "--tenant-id")?,
+                client_id: need(&args.client_id, "--client-id")?,
+                client_secret: secrecy::SecretString::from(secret.trim().to_string()),
+            }
+        }
+        CredentialMode::WorkloadIdentity => CredentialConfig::WorkloadIdentity {
+            authority_host: args.authority_host.clone(),
+            tenant_id: need(&args.tenant_id, "--tenant-id (AZURE_TENANT_ID)")?,
+            client_id: need(&args.client_id, "--client-id (AZURE_CLIENT_ID)")?,
+            token_file: args.federated_token_file.clone().context("--federated-token-file (AZURE_FEDERATED_TOKEN_FILE) is required for workload identity")?,
+        },
+        CredentialMode::ManagedIdentity => CredentialConfig::ManagedIdentity {
+            imds_endpoint: args.imds_endpoint.clone(),
+            selector: match &args.client_id {
+                Some(id) => IdentitySelector::ClientId(id.clone()),
+                None => IdentitySelector::System,
+            },
+        },
+    };
+    let holder = args
+        .holder_identity
+        .clone()
+        .unwrap_or_else(|| format!("uami-controller-{}", uuid::Uuid::new_v4()));
+    let opts = app::ControllerOptions {
+        arm_endpoint: args.arm_endpoint.clone(),
+        arm_scope: format!("{}/.default", args.arm_audience.trim_end_matches('/')),
+        credential,
+        default_subscription: args.default_subscription.clone(),
+        resync_period: args.resync_period,
+        concurrency: args.concurrency,
+        reads_per_second: args.arm_reads_per_second,
+        writes_per_second: args.arm_writes_per_second,
+        lease: args.leader_election.then(|| {
+            LeaseConfig::new(
+                &args.lease_name,
+                &args.lease_namespace,
+                &holder,
+                args.lease_duration,
+            )
+        }),
+        writer: WriterConfig::default(),
+    };
+    let stop = shutdown_token();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let handle = app::start(client, opts, &mut registry, stop.clone(), |_| {});
+    let state = admin::AdminState::new(registry);
+    state.set_ready(true);
+    let s = stop.clone();
+    let addr = admin::serve(args.admin_listen, state, async move { s.cancelled().await }).await?;
+    tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
+    handle.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    use uami_controller::agent::{self, AgentSettings};
+    logging::init(args.log_format, "info");
+    let client = kube_client(args.kubeconfig.as_ref()).await?;
+    let stop = shutdown_token();
+    let settings = AgentSettings {
+        interval: args.interval,
+        refresh_margin: args.refresh_margin,
+    };
+    let (agent, handle) = agent::start(
+        client,
+        args.imds_endpoint.clone(),
+        args.arm_endpoint.clone(),
+        settings,
+        Default::default(),
+        stop.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot learn this VM from IMDS: {e}"))?;
+    tracing::info!(vm = %agent.whoami().target_id(), "agent started");
+    let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
+    state.set_ready(true);
+    let s = stop.clone();
+    admin::serve(args.admin_listen, state, async move { s.cancelled().await }).await?;
+    handle.await?;
+    Ok(())
+}
+
+async fn emulator(world: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    use uami_controller::emulator;
+    logging::init(logging::LogFormat::Text, "info");
+    let mut w = emulator::World::from_file(&world)?;
+    if let Some(l) = listen {
+        w.listen = l;
+    }
+    let emu = emulator::start(w).await?;
+    println!("ARM:       {}", emu.arm_endpoint());
+    println!(
+        "Entra ID:  {}{}/oauth2/v2.0/token",
+        emu.authority_host(),
+        emu.tenant_id()
+    );
+    for name in emu.imds_names() {
+        if let Some(url) = emu.imds_endpoint(&name) {
+            println!("IMDS {name}: {url}");
+        }
+    }
+    println!(
+        "Admin:     {}_emulator/counts, /_emulator/state, /_emulator/journal, /_emulator/faults",
+        emu.arm_endpoint()
+    );
+    shutdown_token().cancelled().await;
+    emu.shutdown().await;
     Ok(())
 }

@@ -687,7 +687,7 @@ impl ComputeApi for ArmClient {
                 if_match,
             )
             .await?;
-        if !matches!(r.status, 200 | 201 | 202) {
+        if !(200..=202).contains(&r.status) {
             return Err(Self::fail(op, &r));
         }
         let header = |name: &str| {

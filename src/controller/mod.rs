@@ -1,5 +1,6 @@
 //! The controller: reconciles identities, bindings and grants against Azure Resource Manager.
 
+pub mod app;
 pub mod binding;
 pub mod config;
 pub mod context;

@@ -1,0 +1,105 @@
+//! Assemble a running controller from its options: the HTTP client, the credential, the ARM
+//! client, metrics, and the controllers under leader election. `uami-controller run`, the demo
+//! and the tests all start it through [`start`], so they run the same code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use super::context::{AzureApis, Settings};
+use super::leader::LeaseConfig;
+use super::run::{ControllerParts, run_with_leadership};
+use super::target_writer::WriterConfig;
+use crate::auth::{CredentialConfig, build_credential};
+use crate::azure::throttle::{Rate, ThrottleConfig};
+use crate::azure::{ArmClient, ArmClientOptions};
+use crate::telemetry::metrics::ReconcileMetrics;
+
+/// Everything a controller needs besides the Kubernetes client.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// ARM endpoint.
+    pub arm_endpoint: url::Url,
+    /// Token scope for ARM.
+    pub arm_scope: String,
+    /// How to sign in.
+    pub credential: CredentialConfig,
+    /// Subscription used where a spec names none.
+    pub default_subscription: Option<String>,
+    /// Drift check period (jittered).
+    pub resync_period: Duration,
+    /// Concurrent reconciles per kind.
+    pub concurrency: u16,
+    /// ARM reads per second per subscription.
+    pub reads_per_second: f64,
+    /// ARM writes (and deletes) per second per subscription.
+    pub writes_per_second: f64,
+    /// Leader election, when several replicas run.
+    pub lease: Option<LeaseConfig>,
+    /// Per-target writer tuning.
+    pub writer: WriterConfig,
+}
+
+/// One shared HTTP client with timeouts, for ARM, Entra ID and IMDS.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Start the controller; it runs until `stop` is cancelled (then finishes in-flight reconciles
+/// and releases its Lease). `ready` is told when it may serve.
+pub fn start(
+    client: kube::Client,
+    opts: ControllerOptions,
+    registry: &mut Registry,
+    stop: CancellationToken,
+    ready: impl Fn(bool) + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let http = http_client();
+    let credential = build_credential(
+        opts.credential.clone(),
+        http.clone(),
+        Duration::from_secs(300),
+    );
+    let rate = |per_second: f64| Rate {
+        per_second: per_second.max(0.1),
+        burst: (per_second * 5.0).ceil().max(1.0) as u32,
+    };
+    let arm = Arc::new(ArmClient::new(
+        http,
+        ArmClientOptions {
+            endpoint: opts.arm_endpoint.clone(),
+            scope: opts.arm_scope.clone(),
+            throttle: ThrottleConfig {
+                reads: rate(opts.reads_per_second),
+                writes: rate(opts.writes_per_second),
+                deletes: rate(opts.writes_per_second),
+            },
+            ..ArmClientOptions::default()
+        },
+        credential,
+        Some(registry),
+    ));
+    let metrics = ReconcileMetrics::register(registry);
+    let parts = ControllerParts {
+        azure: AzureApis {
+            identities: arm.clone(),
+            roles: arm.clone(),
+            compute: arm,
+        },
+        settings: Settings {
+            default_subscription: opts.default_subscription.clone(),
+            resync_period: opts.resync_period,
+        },
+        metrics,
+        concurrency: opts.concurrency,
+        writer: opts.writer.clone(),
+    };
+    tokio::spawn(run_with_leadership(client, parts, opts.lease, stop, ready))
+}

@@ -1,0 +1,265 @@
+//! The Entra ID (AAD) v2 token endpoint: client credentials with a client secret or a federated
+//! assertion, answering JWTs the emulator signs (HS256 with a key made at start). Failures answer
+//! the AADSTS error shapes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{Exchange, Inner};
+
+/// Claims of tokens the emulator issues.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    pub aud: String,
+    pub iss: String,
+    pub tid: String,
+    pub oid: String,
+    pub sub: String,
+    pub appid: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+}
+
+/// Issue a signed token for `oid` (application `appid`) and `audience`.
+pub fn issue(inner: &Inner, oid: &str, appid: &str, audience: &str) -> String {
+    let now = jiff::Timestamp::now().as_second();
+    let tenant = &inner.world.tenant_id;
+    let claims = Claims {
+        aud: audience.to_string(),
+        iss: format!("https://sts.windows.net/{tenant}/"),
+        tid: tenant.clone(),
+        oid: oid.to_string(),
+        sub: oid.to_string(),
+        appid: appid.to_string(),
+        iat: now,
+        nbf: now - 5,
+        exp: now + inner.world.token_lifetime_seconds as i64,
+    };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&inner.key),
+    )
+    .unwrap_or_default();
+    inner.tokens.lock().push(token.clone());
+    token
+}
+
+/// Verify a token the emulator issued; `Err(code, message)` in ARM's terms.
+pub fn verify(inner: &Inner, token: &str) -> Result<Claims, (&'static str, String)> {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.validate_aud = false;
+    v.leeway = 0;
+    v.set_required_spec_claims(&["exp"]);
+    match jsonwebtoken::decode::<Claims>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(&inner.key),
+        &v,
+    ) {
+        Ok(d) => Ok(d.claims),
+        Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => Err((
+            "ExpiredAuthenticationToken",
+            "The access token expiry UTC time is earlier than current UTC time.".into(),
+        )),
+        Err(_) => Err((
+            "InvalidAuthenticationToken",
+            "The access token is invalid.".into(),
+        )),
+    }
+}
+
+fn aad_error(
+    status: StatusCode,
+    error: &str,
+    number: u32,
+    description: &str,
+) -> (StatusCode, Value) {
+    (
+        status,
+        json!({
+            "error": error,
+            "error_description": format!("AADSTS{number}: {description}"),
+            "error_codes": [number],
+            "timestamp": jiff::Timestamp::now().to_string(),
+            "trace_id": uuid::Uuid::new_v4().to_string(),
+            "correlation_id": uuid::Uuid::new_v4().to_string(),
+        }),
+    )
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`.
+pub async fn token(
+    State(inner): State<Arc<Inner>>,
+    Path(tenant): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let (status, resp) = exchange(&inner, &tenant, &form);
+    let mut recorded = resp.clone();
+    if recorded.get("access_token").is_some() {
+        recorded["access_token"] = json!("<redacted>");
+    }
+    let request: serde_json::Map<String, Value> = form
+        .iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "grant_type" | "client_id" | "scope" | "client_assertion_type"
+            )
+        })
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    inner.count(Exchange {
+        operation: "Aad_Token".into(),
+        method: "POST".into(),
+        path: format!("/{tenant}/oauth2/v2.0/token"),
+        query: String::new(),
+        status: status.as_u16(),
+        request: Some(Value::Object(request)),
+        response: Some(recorded),
+    });
+    (status, axum::Json(resp)).into_response()
+}
+
+fn exchange(inner: &Inner, tenant: &str, form: &HashMap<String, String>) -> (StatusCode, Value) {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if !tenant.eq_ignore_ascii_case(&inner.world.tenant_id) {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    if get("grant_type") != "client_credentials" {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
+    }
+    let scope = get("scope");
+    let Some(resource) = scope.strip_suffix("/.default") else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            &format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
+        );
+    };
+    let client_id = get("client_id");
+    let Some(sp) = inner
+        .world
+        .service_principals
+        .iter()
+        .find(|s| s.client_id.eq_ignore_ascii_case(client_id))
+    else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!("Application with identifier '{client_id}' was not found in the directory."),
+        );
+    };
+    if let Some(secret) = form.get("client_secret") {
+        if sp.client_secret.as_deref() != Some(secret.as_str()) {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+            );
+        }
+    } else if let Some(assertion) = form.get("client_assertion") {
+        if get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "Invalid client_assertion_type.",
+            );
+        }
+        #[derive(serde::Deserialize)]
+        struct Assertion {
+            #[serde(default)]
+            iss: String,
+            #[serde(default)]
+            sub: String,
+            #[serde(default)]
+            aud: Value,
+            #[serde(default)]
+            exp: i64,
+        }
+        let Ok(a) =
+            jsonwebtoken::dangerous::insecure_decode::<Assertion>(assertion).map(|d| d.claims)
+        else {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "JWT token is invalid or malformed.",
+            );
+        };
+        if a.exp <= jiff::Timestamp::now().as_second() {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                700024,
+                "Client assertion is not within its valid time range.",
+            );
+        }
+        let auds: Vec<String> = match &a.aud {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(v) => v
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let matched = sp
+            .federated_credentials
+            .iter()
+            .any(|f| f.issuer == a.iss && f.subject == a.sub && auds.contains(&f.audience));
+        if !matched {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                70021,
+                &format!(
+                    "No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{}'.",
+                    a.iss,
+                    a.sub,
+                    auds.join(",")
+                ),
+            );
+        }
+    } else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        );
+    }
+    let token = issue(
+        inner,
+        &sp.principal_id,
+        &sp.client_id,
+        &format!("{resource}/"),
+    );
+    let lifetime = inner.world.token_lifetime_seconds;
+    (
+        StatusCode::OK,
+        json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
+    )
+}

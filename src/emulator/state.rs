@@ -1,0 +1,316 @@
+//! The emulated Azure state: resource groups, identities, role assignments, VMs and scale sets
+//! with their pending long-running operations.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A resource group.
+#[derive(Clone, Debug)]
+pub struct Rg {
+    pub subscription: String,
+    pub name: String,
+    pub location: String,
+    pub tags: Value,
+}
+
+/// A user-assigned identity.
+#[derive(Clone, Debug)]
+pub struct IdentityState {
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    pub tags: Value,
+    pub client_id: String,
+    pub principal_id: String,
+    pub tenant_id: String,
+    pub created: Instant,
+}
+
+impl IdentityState {
+    /// The id as ARM returns it (lower-case `resourcegroups`, as the official example shows).
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourcegroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            self.subscription, self.resource_group, self.name
+        )
+    }
+
+    /// The resource body.
+    pub fn json(&self) -> Value {
+        json!({
+            "id": self.id(),
+            "name": self.name,
+            "type": "Microsoft.ManagedIdentity/userAssignedIdentities",
+            "location": self.location,
+            "tags": self.tags,
+            "properties": {
+                "tenantId": self.tenant_id,
+                "principalId": self.principal_id,
+                "clientId": self.client_id,
+            }
+        })
+    }
+}
+
+/// A role assignment.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    pub name: String,
+    pub scope: String,
+    pub role_guid: String,
+    pub principal_id: String,
+    pub principal_type: String,
+    pub description: Option<String>,
+    pub effective_at: Instant,
+    pub created_on: String,
+}
+
+impl Assignment {
+    /// Full id.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}",
+            self.scope.trim_end_matches('/'),
+            self.name
+        )
+    }
+
+    /// The resource body.
+    pub fn json(&self) -> Value {
+        let mut props = json!({
+            "roleDefinitionId": format!("/providers/Microsoft.Authorization/roleDefinitions/{}", self.role_guid),
+            "principalId": self.principal_id,
+            "principalType": self.principal_type,
+            "scope": self.scope,
+            "createdOn": self.created_on,
+            "updatedOn": self.created_on,
+        });
+        if let Some(d) = &self.description {
+            props["description"] = json!(d);
+        }
+        json!({
+            "id": self.id(),
+            "type": "Microsoft.Authorization/roleAssignments",
+            "name": self.name,
+            "properties": props,
+        })
+    }
+}
+
+/// VM or scale set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeKind {
+    Vm,
+    ScaleSet,
+}
+
+/// A VM or scale set.
+#[derive(Clone, Debug)]
+pub struct Compute {
+    pub kind: ComputeKind,
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    pub vm_id: String,
+    /// Principal id of the system-assigned identity, when enabled.
+    pub system_principal: Option<String>,
+    /// Assigned user identities: lower-case id -> id as written.
+    pub user_assigned: BTreeMap<String, String>,
+    pub etag: u64,
+    /// Operation in progress, if any.
+    pub pending: Option<String>,
+    /// Instance names (scale sets).
+    pub instances: Vec<String>,
+}
+
+impl Compute {
+    /// Id.
+    pub fn id(&self) -> String {
+        let t = match self.kind {
+            ComputeKind::Vm => "virtualMachines",
+            ComputeKind::ScaleSet => "virtualMachineScaleSets",
+        };
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{t}/{}",
+            self.subscription, self.resource_group, self.name
+        )
+    }
+
+    /// The `identity.type` of the current state.
+    pub fn identity_type(&self) -> &'static str {
+        match (
+            self.system_principal.is_some(),
+            !self.user_assigned.is_empty(),
+        ) {
+            (true, true) => "SystemAssigned, UserAssigned",
+            (true, false) => "SystemAssigned",
+            (false, true) => "UserAssigned",
+            (false, false) => "None",
+        }
+    }
+
+    /// The etag as sent (quoted).
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.etag)
+    }
+
+    /// The resource body.
+    pub fn json(&self, identities: &BTreeMap<String, IdentityState>, tenant: &str) -> Value {
+        let mut v = json!({
+            "id": self.id(),
+            "name": self.name,
+            "type": match self.kind { ComputeKind::Vm => "Microsoft.Compute/virtualMachines", ComputeKind::ScaleSet => "Microsoft.Compute/virtualMachineScaleSets" },
+            "location": self.location,
+            "etag": self.etag(),
+            "properties": {
+                "provisioningState": if self.pending.is_some() { "Updating" } else { "Succeeded" },
+            },
+        });
+        match self.kind {
+            ComputeKind::Vm => {
+                v["properties"]["vmId"] = json!(self.vm_id);
+                v["properties"]["storageProfile"] = json!({"osDisk": {"osType": "Linux"}});
+            }
+            ComputeKind::ScaleSet => {
+                v["properties"]["uniqueId"] = json!(self.vm_id);
+                v["sku"] = json!({"name": "Standard_D2s_v3", "tier": "Standard", "capacity": self.instances.len()});
+            }
+        }
+        if self.identity_type() != "None" {
+            let mut identity = json!({"type": self.identity_type()});
+            if let Some(p) = &self.system_principal {
+                identity["principalId"] = json!(p);
+                identity["tenantId"] = json!(tenant);
+            }
+            if !self.user_assigned.is_empty() {
+                let map: serde_json::Map<String, Value> = self
+                    .user_assigned
+                    .iter()
+                    .map(|(key, id)| {
+                        let info = identities.get(key).map(
+                            |i| json!({"principalId": i.principal_id, "clientId": i.client_id}),
+                        );
+                        (id.clone(), info.unwrap_or_else(|| json!({})))
+                    })
+                    .collect();
+                identity["userAssignedIdentities"] = Value::Object(map);
+            }
+            v["identity"] = identity;
+        }
+        v
+    }
+}
+
+/// A long-running operation.
+#[derive(Clone, Debug)]
+pub struct Operation {
+    pub compute: String,
+    pub location: String,
+    pub subscription: String,
+    /// The identity change to apply when it succeeds.
+    pub change: IdentityChange,
+    pub polls_left: u32,
+    pub fail: bool,
+    pub due: Instant,
+    pub started: String,
+    pub outcome: Option<Result<(), (String, String)>>,
+}
+
+/// The final identity state a PATCH asked for.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityChange {
+    pub system: bool,
+    pub user_assigned: BTreeMap<String, String>,
+}
+
+/// The whole state.
+#[derive(Default)]
+pub struct State {
+    pub rgs: BTreeMap<(String, String), Rg>,
+    pub identities: BTreeMap<String, IdentityState>,
+    pub assignments: BTreeMap<String, Assignment>,
+    pub computes: BTreeMap<String, Compute>,
+    pub operations: BTreeMap<String, Operation>,
+    /// Principals of service principals declared in the world.
+    pub service_principals: Vec<String>,
+}
+
+impl State {
+    /// Finish operations whose time has come (also done by polling).
+    pub fn settle(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .operations
+            .iter()
+            .filter(|(_, o)| o.outcome.is_none() && now >= o.due)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in due {
+            self.finish(&id);
+        }
+    }
+
+    /// Finish one operation: apply its change, or fail it.
+    pub fn finish(&mut self, op_id: &str) {
+        let Some(op) = self.operations.get_mut(op_id) else {
+            return;
+        };
+        if op.outcome.is_some() {
+            return;
+        }
+        let key = op.compute.clone();
+        if op.fail {
+            op.outcome = Some(Err((
+                "InternalExecutionError".into(),
+                "An internal execution error occurred. Please retry later.".into(),
+            )));
+        } else {
+            op.outcome = Some(Ok(()));
+        }
+        let change = op.change.clone();
+        let failed = op.fail;
+        if let Some(c) = self.computes.get_mut(&key) {
+            if c.pending.as_deref() == Some(op_id) {
+                c.pending = None;
+            }
+            if !failed {
+                c.system_principal = match (change.system, c.system_principal.take()) {
+                    (true, Some(p)) => Some(p),
+                    (true, None) => Some(uuid::Uuid::new_v4().to_string()),
+                    (false, _) => None,
+                };
+                c.user_assigned = change.user_assigned;
+                c.etag += 1;
+            }
+        }
+    }
+
+    /// Whether `principal` exists in the directory.
+    pub fn principal_exists(&self, principal: &str) -> bool {
+        self.service_principals
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(principal))
+            || self
+                .identities
+                .values()
+                .any(|i| i.principal_id.eq_ignore_ascii_case(principal))
+            || self.computes.values().any(|c| {
+                c.system_principal
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(principal))
+            })
+    }
+
+    /// The identity with this principal id.
+    pub fn identity_by_principal(&self, principal: &str) -> Option<&IdentityState> {
+        self.identities
+            .values()
+            .find(|i| i.principal_id.eq_ignore_ascii_case(principal))
+    }
+}
+
+/// Default LRO completion when nobody polls.
+pub const LRO_DEADLINE: Duration = Duration::from_secs(5);
