@@ -7,4 +7,5 @@ pub mod auth;
 pub mod azure;
 pub mod controller;
 pub mod emulator;
+pub mod sandbox;
 pub mod telemetry;

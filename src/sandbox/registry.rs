@@ -1,0 +1,211 @@
+//! The resources the sandbox serves: built-in kinds, and every kind a CustomResourceDefinition
+//! declares, with what discovery, validation and the Table printer need.
+
+use serde_json::{Value, json};
+
+/// One served resource.
+#[derive(Clone, Debug)]
+pub struct ResourceDef {
+    /// API group ("" for core).
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Plural name (the URL segment).
+    pub plural: String,
+    /// Singular name.
+    pub singular: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Short names.
+    pub short_names: Vec<String>,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Whether `/status` is a subresource.
+    pub status_subresource: bool,
+    /// `openAPIV3Schema` of a custom resource.
+    pub schema: Option<Value>,
+    /// `additionalPrinterColumns` of a custom resource.
+    pub printer_columns: Vec<Value>,
+    /// The CRD that defines it.
+    pub crd: Option<String>,
+}
+
+impl ResourceDef {
+    /// `group/version`, or `version` for core.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `plural.group` (as in error messages).
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// `Kind.group` (as in 422 messages).
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    /// Discovery entries (the resource and its status subresource).
+    pub fn discovery(&self) -> Vec<Value> {
+        let mut out = vec![json!({
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "shortNames": self.short_names,
+            "categories": self.categories,
+            "storageVersionHash": "",
+        })];
+        if self.status_subresource {
+            out.push(json!({
+                "name": format!("{}/status", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": self.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        out
+    }
+}
+
+fn builtin(
+    group: &str,
+    version: &str,
+    plural: &str,
+    kind: &str,
+    namespaced: bool,
+    short: &[&str],
+) -> ResourceDef {
+    ResourceDef {
+        group: group.into(),
+        version: version.into(),
+        plural: plural.into(),
+        singular: kind.to_lowercase(),
+        kind: kind.into(),
+        namespaced,
+        short_names: short.iter().map(|s| s.to_string()).collect(),
+        categories: Vec::new(),
+        status_subresource: false,
+        schema: None,
+        printer_columns: Vec::new(),
+        crd: None,
+    }
+}
+
+/// The built-in resources.
+pub fn builtins() -> Vec<ResourceDef> {
+    let mut ns = builtin("", "v1", "namespaces", "Namespace", false, &["ns"]);
+    ns.status_subresource = true;
+    vec![
+        ns,
+        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"]),
+        builtin("", "v1", "events", "Event", true, &["ev"]),
+        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
+        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
+        {
+            let mut crd = builtin(
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                "CustomResourceDefinition",
+                false,
+                &["crd", "crds"],
+            );
+            crd.status_subresource = true;
+            crd
+        },
+    ]
+}
+
+/// The resources a CRD declares (its served versions), or an error message.
+pub fn from_crd(crd: &Value) -> Result<Vec<ResourceDef>, String> {
+    let spec = &crd["spec"];
+    let group = spec["group"].as_str().ok_or("spec.group: Required value")?;
+    let names = &spec["names"];
+    let plural = names["plural"]
+        .as_str()
+        .ok_or("spec.names.plural: Required value")?;
+    let kind = names["kind"]
+        .as_str()
+        .ok_or("spec.names.kind: Required value")?;
+    let expected = format!("{plural}.{group}");
+    if crd["metadata"]["name"].as_str() != Some(expected.as_str()) {
+        return Err(format!(
+            "metadata.name: Invalid value: {:?}: must be spec.names.plural+\".\"+spec.group",
+            crd["metadata"]["name"].as_str().unwrap_or_default()
+        ));
+    }
+    let namespaced = match spec["scope"].as_str() {
+        Some("Namespaced") => true,
+        Some("Cluster") => false,
+        _ => {
+            return Err(
+                "spec.scope: Unsupported value: supported values: \"Cluster\", \"Namespaced\""
+                    .into(),
+            );
+        }
+    };
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let versions = spec["versions"]
+        .as_array()
+        .ok_or("spec.versions: Required value")?;
+    let mut out = Vec::new();
+    for v in versions
+        .iter()
+        .filter(|v| v["served"].as_bool() == Some(true))
+    {
+        out.push(ResourceDef {
+            group: group.into(),
+            version: v["name"].as_str().unwrap_or_default().into(),
+            plural: plural.into(),
+            singular: names["singular"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| kind.to_lowercase()),
+            kind: kind.into(),
+            namespaced,
+            short_names: strings(&names["shortNames"]),
+            categories: strings(&names["categories"]),
+            status_subresource: v["subresources"]["status"].is_object(),
+            schema: v["schema"]["openAPIV3Schema"]
+                .as_object()
+                .map(|_| v["schema"]["openAPIV3Schema"].clone()),
+            printer_columns: v["additionalPrinterColumns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            crd: Some(expected.clone()),
+        });
+    }
+    if out.is_empty() {
+        return Err(
+            "spec.versions: Invalid value: must have exactly one version marked as served".into(),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,588 @@
+//! Server-side apply and field ownership: field sets in the FieldsV1 form, the merge of an
+//! applied configuration (list-maps merged by their keys, other lists atomic), conflicts between
+//! managers, and `metadata.managedFields` bookkeeping for applies and plain writes.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+/// One element of a field path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Elem {
+    /// An object field.
+    F(String),
+    /// A list-map entry, by its keys (canonical JSON object).
+    K(String),
+}
+
+/// A field path.
+pub type Path = Vec<Elem>;
+
+/// A set of owned paths; a path to a list-map entry means the entry itself (".").
+pub type FieldSet = BTreeSet<Path>;
+
+const UNOWNED_META: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+];
+
+fn child_schema<'a>(schema: Option<&'a Value>, field: &str) -> Option<&'a Value> {
+    let s = schema?;
+    s["properties"]
+        .get(field)
+        .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+}
+
+/// The keys of a list-map schema.
+fn map_keys(schema: Option<&Value>) -> Option<Vec<String>> {
+    let s = schema?;
+    if s["x-kubernetes-list-type"] != json!("map") {
+        return None;
+    }
+    Some(
+        s["x-kubernetes-list-map-keys"]
+            .as_array()?
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+fn key_of(item: &Value, keys: &[String]) -> String {
+    let mut m = Map::new();
+    for k in keys {
+        m.insert(k.clone(), item.get(k).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(m).to_string()
+}
+
+/// The field set of `value` (an applied configuration or an object), below `path`.
+pub fn fields(
+    value: &Value,
+    schema: Option<&Value>,
+    path: &mut Path,
+    out: &mut FieldSet,
+    top: bool,
+) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                if top && matches!(k.as_str(), "apiVersion" | "kind") {
+                    continue;
+                }
+                if path.len() == 1
+                    && path[0] == Elem::F("metadata".into())
+                    && UNOWNED_META.contains(&k.as_str())
+                {
+                    continue;
+                }
+                path.push(Elem::F(k.clone()));
+                fields(v, child_schema(schema, k), path, out, false);
+                path.pop();
+            }
+        }
+        Value::Array(items) => match map_keys(schema) {
+            Some(keys) => {
+                let item_schema = schema.and_then(|s| s.get("items"));
+                for item in items {
+                    path.push(Elem::K(key_of(item, &keys)));
+                    out.insert(path.clone());
+                    fields(item, item_schema, path, out, false);
+                    path.pop();
+                }
+            }
+            None => {
+                out.insert(path.clone());
+            }
+        },
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+/// The value at `path`, if present.
+pub fn get<'a>(value: &'a Value, path: &[Elem], schema: Option<&Value>) -> Option<&'a Value> {
+    let Some((first, rest)) = path.split_first() else {
+        return Some(value);
+    };
+    match first {
+        Elem::F(k) => get(value.get(k)?, rest, child_schema(schema, k)),
+        Elem::K(key) => {
+            let keys = map_keys(schema)?;
+            let item = value
+                .as_array()?
+                .iter()
+                .find(|i| key_of(i, &keys) == *key)?;
+            get(item, rest, schema.and_then(|s| s.get("items")))
+        }
+    }
+}
+
+/// Remove the value at `path`.
+pub fn remove(value: &mut Value, path: &[Elem], schema: Option<&Value>) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    match first {
+        Elem::F(k) => {
+            if rest.is_empty() {
+                if let Some(m) = value.as_object_mut() {
+                    m.remove(k);
+                }
+            } else if let Some(child) = value.get_mut(k) {
+                remove(child, rest, child_schema(schema, k));
+                // An object emptied by removing owned fields goes too.
+                if child.as_object().is_some_and(|m| m.is_empty())
+                    && let Some(m) = value.as_object_mut()
+                {
+                    m.remove(k);
+                }
+            }
+        }
+        Elem::K(key) => {
+            let Some(keys) = map_keys(schema) else {
+                return;
+            };
+            let item_schema = schema.and_then(|s| s.get("items"));
+            if let Some(items) = value.as_array_mut() {
+                if rest.is_empty() {
+                    items.retain(|i| key_of(i, &keys) != *key);
+                } else if let Some(item) = items.iter_mut().find(|i| key_of(i, &keys) == *key) {
+                    remove(item, rest, item_schema);
+                }
+            }
+        }
+    }
+}
+
+/// Merge `intent` into `target`: objects field by field, list-maps entry by entry, the rest
+/// replaced.
+pub fn merge(target: &mut Value, intent: &Value, schema: Option<&Value>) {
+    if let (Some(t), Value::Object(i)) = (target.as_object_mut(), intent) {
+        for (k, v) in i {
+            let s = child_schema(schema, k);
+            match t.get_mut(k) {
+                Some(existing) => merge(existing, v, s),
+                None => {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        return;
+    }
+    if let (Some(keys), Some(t), Some(i)) =
+        (map_keys(schema), target.as_array_mut(), intent.as_array())
+    {
+        let item_schema = schema.and_then(|s| s.get("items"));
+        for item in i {
+            let key = key_of(item, &keys);
+            match t.iter_mut().find(|x| key_of(x, &keys) == key) {
+                Some(existing) => merge(existing, item, item_schema),
+                None => t.push(item.clone()),
+            }
+        }
+        return;
+    }
+    *target = intent.clone();
+}
+
+/// A managedFields entry.
+#[derive(Clone, Debug)]
+pub struct Manager {
+    /// Manager name.
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    /// `status` or "".
+    pub subresource: String,
+    /// apiVersion of the write.
+    pub api_version: String,
+    /// Time of the last change.
+    pub time: String,
+    /// Owned fields.
+    pub fields: FieldSet,
+}
+
+fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = json!({});
+    for path in set {
+        let mut cur = &mut root;
+        for (i, e) in path.iter().enumerate() {
+            let k = match e {
+                Elem::F(f) => format!("f:{f}"),
+                Elem::K(key) => format!("k:{key}"),
+            };
+            let Some(obj) = cur.as_object_mut() else {
+                break;
+            };
+            cur = obj.entry(k).or_insert_with(|| json!({}));
+            if i == path.len() - 1
+                && matches!(e, Elem::K(_))
+                && let Some(o) = cur.as_object_mut()
+            {
+                o.insert(".".into(), json!({}));
+            }
+        }
+    }
+    root
+}
+
+fn from_fields_v1(v: &Value, path: &mut Path, out: &mut FieldSet) {
+    let Some(map) = v.as_object() else { return };
+    if (map.is_empty() || map.contains_key(".")) && !path.is_empty() {
+        out.insert(path.clone());
+    }
+    for (k, child) in map {
+        let elem = if let Some(f) = k.strip_prefix("f:") {
+            Elem::F(f.to_string())
+        } else if let Some(key) = k.strip_prefix("k:") {
+            Elem::K(key.to_string())
+        } else {
+            continue;
+        };
+        path.push(elem);
+        from_fields_v1(child, path, out);
+        path.pop();
+    }
+}
+
+/// Parse `metadata.managedFields`.
+pub fn managers(obj: &Value) -> Vec<Manager> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    let mut set = FieldSet::new();
+                    from_fields_v1(&m["fieldsV1"], &mut Vec::new(), &mut set);
+                    Manager {
+                        manager: m["manager"].as_str().unwrap_or_default().to_string(),
+                        operation: m["operation"].as_str().unwrap_or("Update").to_string(),
+                        subresource: m["subresource"].as_str().unwrap_or_default().to_string(),
+                        api_version: m["apiVersion"].as_str().unwrap_or_default().to_string(),
+                        time: m["time"].as_str().unwrap_or_default().to_string(),
+                        fields: set,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Write `managers` into `metadata.managedFields`.
+pub fn set_managers(obj: &mut Value, managers: &[Manager]) {
+    let list: Vec<Value> = managers
+        .iter()
+        .filter(|m| !m.fields.is_empty())
+        .map(|m| {
+            let mut e = json!({
+                "manager": m.manager,
+                "operation": m.operation,
+                "apiVersion": m.api_version,
+                "time": m.time,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": to_fields_v1(&m.fields),
+            });
+            if !m.subresource.is_empty() {
+                e["subresource"] = json!(m.subresource);
+            }
+            e
+        })
+        .collect();
+    if let Some(meta) = obj.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        if list.is_empty() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), Value::Array(list));
+        }
+    }
+}
+
+fn is_prefix(a: &[Elem], b: &[Elem]) -> bool {
+    a.len() <= b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// A field another manager owns with a different value.
+#[derive(Clone, Debug)]
+pub struct Conflict {
+    /// The other manager.
+    pub manager: String,
+    /// The field, as `.status.conditions[type="Ready"].status`.
+    pub field: String,
+}
+
+/// Render a path as the apiserver does in conflict messages.
+pub fn render(path: &[Elem]) -> String {
+    let mut s = String::new();
+    for e in path {
+        match e {
+            Elem::F(f) => {
+                s.push('.');
+                s.push_str(f);
+            }
+            Elem::K(key) => {
+                let v: Value = serde_json::from_str(key).unwrap_or(Value::Null);
+                let parts: Vec<String> = v
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                    .unwrap_or_default();
+                s.push_str(&format!("[{}]", parts.join(",")));
+            }
+        }
+    }
+    s
+}
+
+/// Server-side apply of `intent` by `manager` onto `live` (`None` when creating). Returns the new
+/// object or the conflicts (when not forced).
+#[allow(clippy::too_many_arguments)]
+pub fn apply(
+    live: Option<&Value>,
+    intent: &Value,
+    schema: Option<&Value>,
+    manager: &str,
+    subresource: &str,
+    api_version: &str,
+    now: &str,
+    force: bool,
+) -> Result<Value, Vec<Conflict>> {
+    let mut intent = intent.clone();
+    // An apply to /status manages only status; to the main resource, everything but status
+    // when status is a subresource (the caller strips it).
+    if subresource == "status"
+        && let Some(m) = intent.as_object_mut()
+    {
+        m.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "status" | "metadata"));
+        if let Some(meta) = m.get_mut("metadata").and_then(|x| x.as_object_mut()) {
+            meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace"));
+        }
+    }
+    let mut intent_set = FieldSet::new();
+    fields(&intent, schema, &mut Vec::new(), &mut intent_set, true);
+    let mut obj = live.cloned().unwrap_or_else(|| json!({}));
+    let mut all = managers(&obj);
+    // Conflicts: fields another manager owns, set here to a different value.
+    let mut conflicts = Vec::new();
+    for path in &intent_set {
+        let mine = get(&intent, path, schema);
+        let theirs = get(&obj, path, schema);
+        if theirs.is_none() || theirs == mine || mine.is_some_and(|m| m.is_object()) {
+            continue;
+        }
+        for m in &all {
+            if (m.manager != manager || m.subresource != subresource) && m.fields.contains(path) {
+                conflicts.push(Conflict {
+                    manager: m.manager.clone(),
+                    field: render(path),
+                });
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        return Err(conflicts);
+    }
+    if force {
+        for m in all
+            .iter_mut()
+            .filter(|m| m.manager != manager || m.subresource != subresource)
+        {
+            m.fields.retain(|p| {
+                let differs = get(&intent, p, schema).is_some()
+                    && get(&intent, p, schema) != get(&obj, p, schema);
+                !(intent_set.contains(p) && differs)
+            });
+        }
+    }
+    // Fields this manager owned before and no longer applies, owned by nobody else: removed.
+    let previous: FieldSet = all
+        .iter()
+        .filter(|m| m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
+        .flat_map(|m| m.fields.iter().cloned())
+        .collect();
+    let others: Vec<&Manager> = all
+        .iter()
+        .filter(|m| {
+            !(m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
+        })
+        .collect();
+    let mut dropped: Vec<&Path> = previous
+        .iter()
+        .filter(|p| !intent_set.contains(*p))
+        .filter(|p| {
+            !others
+                .iter()
+                .any(|o| o.fields.iter().any(|f| is_prefix(p, f)))
+        })
+        .collect();
+    // Remove deepest first.
+    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in dropped {
+        remove(&mut obj, p, schema);
+    }
+    merge(&mut obj, &intent, schema);
+    let mut all: Vec<Manager> = all
+        .into_iter()
+        .filter(|m| {
+            !(m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
+        })
+        .collect();
+    all.push(Manager {
+        manager: manager.to_string(),
+        operation: "Apply".into(),
+        subresource: subresource.to_string(),
+        api_version: api_version.to_string(),
+        time: now.to_string(),
+        fields: intent_set,
+    });
+    set_managers(&mut obj, &all);
+    Ok(obj)
+}
+
+/// After a plain write (create, update, patch) by `manager`: it owns what it changed; fields that
+/// no longer exist are owned by nobody.
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    schema: Option<&Value>,
+    manager: &str,
+    subresource: &str,
+    api_version: &str,
+    now: &str,
+) {
+    let mut new_set = FieldSet::new();
+    fields(new, schema, &mut Vec::new(), &mut new_set, true);
+    let changed: FieldSet = new_set
+        .iter()
+        .filter(|p| old.is_none_or(|o| get(o, p, schema) != get(new, p, schema)))
+        .cloned()
+        .collect();
+    let mut all = old.map(managers).unwrap_or_default();
+    for m in all.iter_mut() {
+        m.fields.retain(|p| {
+            new_set.contains(p)
+                && !(changed.contains(p) && !(m.manager == manager && m.operation == "Update"))
+        });
+    }
+    if !changed.is_empty() {
+        match all.iter_mut().find(|m| {
+            m.manager == manager && m.operation == "Update" && m.subresource == subresource
+        }) {
+            Some(m) => {
+                m.fields.extend(changed);
+                m.time = now.to_string();
+            }
+            None => all.push(Manager {
+                manager: manager.to_string(),
+                operation: "Update".into(),
+                subresource: subresource.to_string(),
+                api_version: api_version.to_string(),
+                time: now.to_string(),
+                fields: changed,
+            }),
+        }
+    }
+    set_managers(new, &all);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Value {
+        json!({"properties": {"status": {"properties": {
+            "conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"], "items": {"properties": {"type": {}, "status": {}}}},
+            "token": {"properties": {"expiresOn": {}}},
+            "principalId": {}
+        }}}})
+    }
+
+    #[test]
+    fn two_managers_own_their_own_conditions() {
+        let s = schema();
+        let a = json!({"apiVersion": "v", "kind": "K", "status": {"conditions": [{"type": "Ready", "status": "True"}], "principalId": "p"}});
+        let obj = apply(
+            Some(&json!({"metadata": {"name": "x"}})),
+            &a,
+            Some(&s),
+            "controller",
+            "status",
+            "v",
+            "t",
+            true,
+        )
+        .unwrap();
+        let b = json!({"apiVersion": "v", "kind": "K", "status": {"conditions": [{"type": "TokenAcquired", "status": "True"}], "token": {"expiresOn": "t1"}}});
+        let obj = apply(Some(&obj), &b, Some(&s), "agent", "status", "v", "t", true).unwrap();
+        let conds = obj["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.len(), 2, "{obj}");
+        // The controller re-applies without principalId: only its own field goes.
+        let a2 = json!({"apiVersion": "v", "kind": "K", "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+        let obj = apply(
+            Some(&obj),
+            &a2,
+            Some(&s),
+            "controller",
+            "status",
+            "v",
+            "t",
+            true,
+        )
+        .unwrap();
+        assert!(obj["status"].get("principalId").is_none(), "{obj}");
+        assert_eq!(obj["status"]["token"]["expiresOn"], "t1");
+        let conds = obj["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.len(), 2);
+        assert!(
+            conds
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "False")
+        );
+        let ms = managers(&obj);
+        assert_eq!(ms.len(), 2);
+    }
+
+    #[test]
+    fn conflicts_without_force() {
+        let s = schema();
+        let a = json!({"status": {"principalId": "p"}});
+        let obj = apply(
+            Some(&json!({})),
+            &a,
+            Some(&s),
+            "one",
+            "status",
+            "v",
+            "t",
+            false,
+        )
+        .unwrap();
+        let b = json!({"status": {"principalId": "q"}});
+        let err = apply(Some(&obj), &b, Some(&s), "two", "status", "v", "t", false).unwrap_err();
+        assert_eq!(err[0].manager, "one");
+        assert_eq!(err[0].field, ".status.principalId");
+        let same = json!({"status": {"principalId": "p"}});
+        assert!(
+            apply(
+                Some(&obj),
+                &same,
+                Some(&s),
+                "two",
+                "status",
+                "v",
+                "t",
+                false
+            )
+            .is_ok(),
+            "equal values share ownership"
+        );
+    }
+}

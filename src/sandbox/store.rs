@@ -1,0 +1,131 @@
+//! The in-memory object store: objects by resource, namespace and name; one global
+//! resourceVersion counter; a bounded history of watch events (older resourceVersions answer
+//! 410 Gone) and a broadcast that feeds every watcher.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::registry::{ResourceDef, builtins};
+
+/// A watch event.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// resourceVersion of the change.
+    pub rv: u64,
+    /// (group, plural).
+    pub resource: (String, String),
+    /// Namespace ("" for cluster-scoped).
+    pub namespace: String,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// The object after the change (before, for DELETED).
+    pub object: Arc<Value>,
+}
+
+/// Objects of one resource: (namespace, name) -> object.
+pub type Objects = BTreeMap<(String, String), Arc<Value>>;
+
+/// The store.
+pub struct Store {
+    /// Last resourceVersion handed out.
+    pub rv: u64,
+    /// Served resources.
+    pub resources: Vec<ResourceDef>,
+    /// Objects by (group, plural).
+    pub objects: HashMap<(String, String), Objects>,
+    /// Retained events, oldest first.
+    pub log: VecDeque<Arc<Event>>,
+    /// Oldest resourceVersion a watch may start from.
+    pub oldest: u64,
+    /// Events retained.
+    pub window: usize,
+    /// Live feed.
+    pub tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Store {
+    /// A store with the built-in resources and the default namespaces.
+    pub fn new(window: usize) -> Self {
+        let (tx, _) = broadcast::channel(65_536);
+        let mut s = Self {
+            rv: 1,
+            resources: builtins(),
+            objects: HashMap::new(),
+            log: VecDeque::new(),
+            oldest: 1,
+            window: window.max(1),
+            tx,
+        };
+        for ns in ["default", "kube-system", "kube-public"] {
+            let rv = s.next_rv();
+            let obj = json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(), "resourceVersion": rv.to_string(), "creationTimestamp": super::now(), "labels": {"kubernetes.io/metadata.name": ns}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            });
+            s.objects
+                .entry(("".into(), "namespaces".into()))
+                .or_default()
+                .insert((String::new(), ns.to_string()), Arc::new(obj));
+        }
+        s.oldest = s.rv;
+        s
+    }
+
+    /// The next resourceVersion.
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    /// The served resource of `group`/`version` named `plural`.
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
+        self.resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
+    }
+
+    /// Record a change and tell the watchers.
+    pub fn emit(
+        &mut self,
+        rv: u64,
+        def: &ResourceDef,
+        namespace: &str,
+        kind: &'static str,
+        object: Arc<Value>,
+    ) {
+        let ev = Arc::new(Event {
+            rv,
+            resource: (def.group.clone(), def.plural.clone()),
+            namespace: namespace.to_string(),
+            kind,
+            object,
+        });
+        self.log.push_back(ev.clone());
+        while self.log.len() > self.window {
+            if let Some(e) = self.log.pop_front() {
+                self.oldest = e.rv;
+            }
+        }
+        let _ = self.tx.send(ev);
+    }
+
+    /// Forget the whole history: every older resourceVersion now answers 410 Gone.
+    pub fn compact(&mut self) {
+        self.log.clear();
+        self.rv += 1;
+        self.oldest = self.rv;
+    }
+
+    /// Whether the namespace exists.
+    pub fn namespace_exists(&self, ns: &str) -> bool {
+        self.objects
+            .get(&("".to_string(), "namespaces".to_string()))
+            .is_some_and(|o| o.contains_key(&(String::new(), ns.to_string())))
+    }
+}

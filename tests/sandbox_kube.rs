@@ -1,0 +1,384 @@
+//! The sandbox as kube-rs sees it: the project's CRDs installed from `crds/`; create, list,
+//! watch in order and resumed after a forced disconnect; server-side apply of status by two field
+//! managers that keep each other's conditions; a finalizer holding deletion; 409 on a stale
+//! update; 410 handled by `kube::runtime::watcher` relisting; 422 with a readable message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use uami_controller::api::{IdentityBinding, UserAssignedIdentity};
+use uami_controller::sandbox::{self, SandboxOptions};
+
+async fn sandbox() -> sandbox::Sandbox {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    sb
+}
+
+fn identity(name: &str) -> UserAssignedIdentity {
+    serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
+        "metadata": {"name": name},
+        "spec": {"subscriptionId": "6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c", "resourceGroup": "DevTest", "location": "eastus"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn create_list_and_defaults() {
+    let sb = sandbox().await;
+    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let created = api
+        .create(&PostParams::default(), &identity("one"))
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.metadata.uid.is_some());
+    assert_eq!(
+        created.spec.deletion_policy,
+        uami_controller::api::DeletionPolicy::Delete,
+        "schema default applied"
+    );
+    api.create(&PostParams::default(), &identity("two"))
+        .await
+        .unwrap();
+    let list = api.list(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = list
+        .items
+        .iter()
+        .map(|i| i.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, vec!["one", "two"]);
+    let page = api.list(&ListParams::default().limit(1)).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let token = page.metadata.continue_.clone().unwrap();
+    let next = api
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(next.items[0].metadata.name.as_deref(), Some("two"));
+    let err = api
+        .create(&PostParams::default(), &identity("one"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_objects_get_422_naming_the_field() {
+    let sb = sandbox().await;
+    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let mut bad = identity("bad");
+    bad.spec.subscription_id = Some("not-a-guid".into());
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    let kube::Error::Api(s) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(s.code, 422);
+    assert_eq!(s.reason, "Invalid");
+    assert!(
+        s.message
+            .contains("UserAssignedIdentity.uami.dev \"bad\" is invalid: spec.subscriptionId"),
+        "{}",
+        s.message
+    );
+    // An immutable field, checked by a CEL transition rule.
+    let ok = api
+        .create(&PostParams::default(), &identity("okay"))
+        .await
+        .unwrap();
+    let mut moved = ok.clone();
+    moved.spec.resource_group = "Elsewhere".into();
+    let err = api
+        .replace("okay", &PostParams::default(), &moved)
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else { panic!() };
+    assert_eq!(s.code, 422, "{}", s.message);
+    assert!(s.message.contains("spec.resourceGroup"), "{}", s.message);
+}
+
+#[tokio::test]
+async fn stale_update_is_a_conflict() {
+    let sb = sandbox().await;
+    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let first = api
+        .create(&PostParams::default(), &identity("xyz"))
+        .await
+        .unwrap();
+    let mut a = first.clone();
+    a.spec.tags.insert("k".into(), "1".into());
+    let updated = api
+        .replace("xyz", &PostParams::default(), &a)
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.metadata.generation,
+        Some(2),
+        "spec change bumps generation"
+    );
+    let mut b = first.clone();
+    b.spec.tags.insert("k".into(), "2".into());
+    let err = api
+        .replace("xyz", &PostParams::default(), &b)
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else { panic!() };
+    assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+    assert!(
+        s.message.contains("the object has been modified"),
+        "{}",
+        s.message
+    );
+}
+
+#[tokio::test]
+async fn two_field_managers_keep_their_own_conditions() {
+    let sb = sandbox().await;
+    let api: Api<IdentityBinding> = Api::namespaced(sb.client(), "default");
+    let b: IdentityBinding = serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "metadata": {"name": "b"},
+        "spec": {"identityRef": {"name": "i"}, "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}}
+    })).unwrap();
+    api.create(&PostParams::default(), &b).await.unwrap();
+    let cond = |t: &str, s: &str| json!({"type": t, "status": s, "reason": "R", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    let controller = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"conditions": [cond("Ready", "False"), cond("Assigned", "True")], "assigned": true}});
+    api.patch_status(
+        "b",
+        &PatchParams::apply("uami-controller").force(),
+        &Patch::Apply(&controller),
+    )
+    .await
+    .unwrap();
+    let agent = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"conditions": [cond("TokenAcquired", "True")], "token": {"clientId": "c"}}});
+    api.patch_status(
+        "b",
+        &PatchParams::apply("uami-agent").force(),
+        &Patch::Apply(&agent),
+    )
+    .await
+    .unwrap();
+    let controller2 = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"conditions": [cond("Ready", "True"), cond("Assigned", "True")], "assigned": true}});
+    let after = api
+        .patch_status(
+            "b",
+            &PatchParams::apply("uami-controller").force(),
+            &Patch::Apply(&controller2),
+        )
+        .await
+        .unwrap();
+    let status = after.status.unwrap();
+    let types: Vec<_> = status
+        .conditions
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect();
+    assert!(
+        types.contains(&("Ready".into(), "True".into())),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("TokenAcquired".into(), "True".into())),
+        "{types:?}"
+    );
+    assert_eq!(status.token.unwrap().client_id.as_deref(), Some("c"));
+    let managers: Vec<_> = after
+        .metadata
+        .managed_fields
+        .unwrap()
+        .iter()
+        .map(|m| m.manager.clone().unwrap())
+        .collect();
+    assert!(
+        managers.contains(&"uami-controller".to_string())
+            && managers.contains(&"uami-agent".to_string()),
+        "{managers:?}"
+    );
+    assert_eq!(
+        after.metadata.generation,
+        Some(1),
+        "status writes do not bump generation"
+    );
+    // Without force, changing a field another manager owns is a conflict.
+    let steal = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"token": {"clientId": "other"}}});
+    let err = api
+        .patch_status("b", &PatchParams::apply("intruder"), &Patch::Apply(&steal))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else { panic!() };
+    assert_eq!(s.code, 409, "{}", s.message);
+    assert!(s.message.contains("uami-agent"), "{}", s.message);
+}
+
+#[tokio::test]
+async fn a_finalizer_holds_deletion() {
+    let sb = sandbox().await;
+    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let mut i = identity("held");
+    i.metadata.finalizers = Some(vec!["uami.dev/identity".into()]);
+    api.create(&PostParams::default(), &i).await.unwrap();
+    api.delete("held", &DeleteParams::default()).await.unwrap();
+    let held = api.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let err = api.get("held").await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn watch_in_order_and_resume_after_disconnect() {
+    let sb = sandbox().await;
+    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    api.create(&PostParams::default(), &identity("wat1"))
+        .await
+        .unwrap();
+    api.patch(
+        "wat1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"tags": {"a": "b"}}})),
+    )
+    .await
+    .unwrap();
+    api.delete("wat1", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut last_rv = String::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Added(o) => {
+                last_rv = o.metadata.resource_version.clone().unwrap();
+                seen.push("ADDED")
+            }
+            WatchEvent::Modified(o) => {
+                last_rv = o.metadata.resource_version.clone().unwrap();
+                seen.push("MODIFIED")
+            }
+            WatchEvent::Deleted(o) => {
+                last_rv = o.metadata.resource_version.clone().unwrap();
+                seen.push("DELETED")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, vec!["ADDED", "MODIFIED", "DELETED"]);
+    sb.disconnect_watches();
+    // Resume from the last resourceVersion: only what happened after it arrives.
+    api.create(&PostParams::default(), &identity("wat2"))
+        .await
+        .unwrap();
+    let mut resumed = api
+        .watch(&WatchParams::default(), &last_rv)
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), resumed.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("wat2")),
+        other => panic!("{other:?}"),
+    }
+    // An expired resourceVersion answers 410 Gone.
+    sb.compact();
+    let mut expired = api
+        .watch(&WatchParams::default(), &last_rv)
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), expired.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Error(e) => assert_eq!(e.code, 410),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_runtime_watcher_relists_after_410() {
+    let sb = sandbox().await;
+    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    api.create(&PostParams::default(), &identity("rel1"))
+        .await
+        .unwrap();
+    let mut objects = watcher(api.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(10), objects.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.metadata.name.as_deref(), Some("rel1"));
+    // Expire the history and cut the watch: the watcher must relist and still see new objects.
+    sb.compact();
+    sb.disconnect_watches();
+    api.create(&PostParams::default(), &identity("rel2"))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    let mut saw_410 = false;
+    while !names.contains(&"rel2".to_string()) {
+        // The watcher reports the 410 as an error item, then relists on the next poll.
+        match tokio::time::timeout(Duration::from_secs(20), objects.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Ok(o) => names.push(o.metadata.name.unwrap()),
+            Err(e) => {
+                saw_410 |= format!("{e:?}").contains("code: 410");
+            }
+        }
+    }
+    assert!(saw_410, "the watch was told its resourceVersion expired");
+    assert!(
+        sb.audit()
+            .iter()
+            .filter(|a| a.verb == "list" && a.resource == "userassignedidentities")
+            .count()
+            >= 2,
+        "relisted"
+    );
+}
