@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod azure;
 pub mod controller;
+pub mod demo;
 pub mod emulator;
 pub mod sandbox;
 pub mod telemetry;

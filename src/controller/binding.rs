@@ -343,10 +343,14 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
                 &format!("removing the identity failed: {message}"),
             );
             write_status(&obj, ctx, status).await?;
-            return Ok(Action::requeue(backoff(
-                attempts.saturating_sub(1),
-                retry_after,
-            )));
+            return Err(ReconcileError::Waiting {
+                step: "UnassignIdentity",
+                message: format!(
+                    "removing the identity from {} failed ({code}); retrying",
+                    target.id()
+                ),
+                retry: backoff(attempts.saturating_sub(1), retry_after),
+            });
         }
         _ => ctx.writer.submit(
             &target,
@@ -355,8 +359,13 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
             ObjectRef::from_obj(&*obj),
         ),
     }
-    // The writer reconciles this binding again when the removal is done.
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // The finalizer stays until the identity is off the VM; the writer reconciles this binding
+    // again when the removal is done.
+    Err(ReconcileError::Waiting {
+        step: "UnassignIdentity",
+        message: format!("removing the identity from {}", target.id()),
+        retry: Duration::from_secs(30),
+    })
 }
 
 fn reason_is(obj: &IdentityBinding, reason: &str) -> bool {

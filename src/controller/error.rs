@@ -26,6 +26,17 @@ pub enum ReconcileError {
         #[source]
         source: ArmError,
     },
+    /// Cleanup must wait (for dependents, or for an Azure change in flight); the finalizer stays
+    /// and the object is looked at again after `retry`.
+    #[error("{step}: {message}")]
+    Waiting {
+        /// The step, such as `WaitingForDependents`.
+        step: &'static str,
+        /// What it waits for.
+        message: String,
+        /// When to look again.
+        retry: Duration,
+    },
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -54,7 +65,9 @@ impl ReconcileError {
     /// Static category: the step that failed.
     pub fn category(&self) -> &'static str {
         match self {
-            ReconcileError::Kube { step, .. } | ReconcileError::Arm { step, .. } => step,
+            ReconcileError::Kube { step, .. }
+            | ReconcileError::Arm { step, .. }
+            | ReconcileError::Waiting { step, .. } => step,
             ReconcileError::Finalizer(_) => "Finalizer",
         }
     }
@@ -63,6 +76,7 @@ impl ReconcileError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ReconcileError::Arm { source, .. } => source.retry_after(),
+            ReconcileError::Waiting { retry, .. } => Some(*retry),
             _ => None,
         }
     }

@@ -258,7 +258,11 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
             not_ready(&obj, reasons::WAITING_FOR_DEPENDENTS, &message),
         )
         .await?;
-        return Ok(Action::requeue(std::time::Duration::from_secs(5)));
+        return Err(ReconcileError::Waiting {
+            step: "WaitingForDependents",
+            message,
+            retry: std::time::Duration::from_secs(2),
+        });
     }
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());

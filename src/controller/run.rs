@@ -44,6 +44,10 @@ fn error_policy<K>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Context>) -> Acti
 where
     K: Resource<DynamicType = ()>,
 {
+    if let ReconcileError::Waiting { retry, message, .. } = err {
+        tracing::info!(kind = %K::kind(&()), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), %message, "waiting");
+        return Action::requeue(*retry);
+    }
     let attempts = ctx.record_failure(&object_key(&*obj));
     let wait = backoff(attempts.saturating_sub(1), err.retry_after());
     tracing::warn!(

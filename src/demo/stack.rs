@@ -1,0 +1,261 @@
+//! The whole world in one process: the embedded Kubernetes API, the Azure emulator, the
+//! controller and one agent per emulated VM, wired exactly as they would be on a cluster (the
+//! controller signs in to the emulator's Entra ID with a client secret, the agents use their VM's
+//! IMDS). The demo and the end-to-end tests start it through [`Stack::start`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::AgentSettings;
+use crate::auth::{CredentialConfig, ImdsRetryPolicy};
+use crate::controller::app::{self, ControllerOptions};
+use crate::controller::leader::LeaseConfig;
+use crate::controller::target_writer::WriterConfig;
+use crate::emulator::{self, Emulator, World};
+use crate::sandbox::{self, Sandbox, SandboxOptions};
+
+/// Why the stack could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// The emulator failed.
+    #[error("emulator: {0}")]
+    Emulator(#[from] emulator::EmulatorError),
+    /// The sandbox failed.
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] sandbox::SandboxError),
+    /// A Kubernetes call failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The world has no controller service principal with a secret.
+    #[error("the world declares no service principal with a client secret for the controller")]
+    NoControllerPrincipal,
+    /// An object could not be read.
+    #[error("{0}")]
+    Input(String),
+    /// An agent could not start.
+    #[error("agent: {0}")]
+    Agent(String),
+}
+
+/// How to start the stack.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    /// The emulated Azure.
+    pub world: World,
+    /// The controller's drift check period.
+    pub resync_period: Duration,
+    /// How often agents look at every binding.
+    pub agent_interval: Duration,
+    /// Start the controller.
+    pub controller: bool,
+    /// Start one agent per VM and scale set instance.
+    pub agents: bool,
+}
+
+impl StackOptions {
+    /// The tutorial's world with the given resync period.
+    pub fn tutorial(resync_period: Duration) -> Result<Self, StackError> {
+        Ok(Self {
+            world: World::tutorial()?,
+            resync_period,
+            agent_interval: Duration::from_secs(2),
+            controller: true,
+            agents: true,
+        })
+    }
+}
+
+/// A running stack.
+pub struct Stack {
+    /// The Kubernetes API.
+    pub sandbox: Sandbox,
+    /// The Azure emulator.
+    pub emulator: Emulator,
+    /// The controller's metrics.
+    pub registry: Arc<Mutex<Registry>>,
+    opts: StackOptions,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The options the stack's controller runs with.
+pub fn controller_options(
+    world: &World,
+    arm: &url::Url,
+    authority: &url::Url,
+    resync: Duration,
+) -> Result<ControllerOptions, StackError> {
+    let sp = world
+        .service_principals
+        .iter()
+        .find(|s| s.client_secret.is_some())
+        .ok_or(StackError::NoControllerPrincipal)?;
+    Ok(ControllerOptions {
+        arm_endpoint: arm.clone(),
+        arm_scope: "https://management.azure.com/.default".into(),
+        credential: CredentialConfig::ClientSecret {
+            authority_host: authority.clone(),
+            tenant_id: world.tenant_id.clone(),
+            client_id: sp.client_id.clone(),
+            client_secret: secrecy::SecretString::from(
+                sp.client_secret.clone().unwrap_or_default(),
+            ),
+        },
+        default_subscription: world.subscriptions.first().map(|s| s.id.clone()),
+        resync_period: resync,
+        concurrency: 4,
+        reads_per_second: 20.0,
+        writes_per_second: 8.0,
+        lease: None,
+        writer: WriterConfig {
+            batch_window: Duration::from_millis(300),
+            default_poll: Duration::from_millis(500),
+            ..WriterConfig::default()
+        },
+    })
+}
+
+impl Stack {
+    /// Start everything.
+    pub async fn start(opts: StackOptions) -> Result<Self, StackError> {
+        let sandbox = sandbox::start(SandboxOptions::default()).await?;
+        let crds: Vec<Value> = crate::api::crds()
+            .into_iter()
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .collect();
+        sandbox.install(crds)?;
+        let emulator = emulator::start(opts.world.clone()).await?;
+        let mut stack = Self {
+            sandbox,
+            emulator,
+            registry: Arc::new(Mutex::new(Registry::default())),
+            opts,
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        };
+        if stack.opts.controller {
+            let h = stack.start_controller(None, stack.stop.child_token())?;
+            stack.tasks.push(h);
+        }
+        if stack.opts.agents {
+            for name in stack.emulator.imds_names() {
+                stack.start_agent(&name).await?;
+            }
+        }
+        Ok(stack)
+    }
+
+    /// Start (another) controller; with `holder` set it runs under leader election.
+    pub fn start_controller(
+        &self,
+        holder: Option<&str>,
+        stop: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, StackError> {
+        let mut opts = controller_options(
+            &self.opts.world,
+            &self.emulator.arm_endpoint(),
+            &self.emulator.authority_host(),
+            self.opts.resync_period,
+        )?;
+        opts.lease = holder
+            .map(|h| LeaseConfig::new("uami-controller", "default", h, Duration::from_secs(4)));
+        let client = self
+            .sandbox
+            .client_as(&format!("controller-{}", holder.unwrap_or("main")));
+        let mut registry = self.registry.lock();
+        Ok(app::start(client, opts, &mut registry, stop, |_| {}))
+    }
+
+    /// Start the agent of one VM or scale set instance.
+    pub async fn start_agent(&mut self, vm: &str) -> Result<(), StackError> {
+        let Some(imds) = self.emulator.imds_endpoint(vm) else {
+            return Err(StackError::Agent(format!("no VM {vm}")));
+        };
+        let settings = AgentSettings {
+            interval: self.opts.agent_interval,
+            refresh_margin: Duration::from_secs(300),
+        };
+        let policy = ImdsRetryPolicy {
+            delta: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            gone_for: Duration::from_secs(3),
+            ..ImdsRetryPolicy::default()
+        };
+        let (_, handle) = crate::agent::start(
+            self.sandbox.client_as(&format!("agent-{vm}")),
+            imds,
+            self.emulator.arm_endpoint(),
+            settings,
+            policy,
+            self.stop.child_token(),
+        )
+        .await
+        .map_err(|e| StackError::Agent(e.to_string()))?;
+        self.tasks.push(handle);
+        Ok(())
+    }
+
+    /// An admin client of the Kubernetes API.
+    pub fn client(&self) -> kube::Client {
+        self.sandbox.client()
+    }
+
+    /// Server-side apply every object of a multi-document YAML, as `kubectl apply
+    /// --server-side` does.
+    pub async fn apply_yaml(&self, yaml: &str) -> Result<Vec<DynamicObject>, StackError> {
+        use serde::Deserialize;
+        let client = self.client();
+        let mut out = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+            let v = Value::deserialize(doc).map_err(|e| StackError::Input(e.to_string()))?;
+            if v.is_null() {
+                continue;
+            }
+            let obj: DynamicObject =
+                serde_json::from_value(v.clone()).map_err(|e| StackError::Input(e.to_string()))?;
+            let tm = obj
+                .types
+                .clone()
+                .ok_or_else(|| StackError::Input("an object without apiVersion/kind".into()))?;
+            let gvk =
+                GroupVersionKind::try_from(&tm).map_err(|e| StackError::Input(e.to_string()))?;
+            let (ar, caps) = kube::discovery::pinned_kind(&client, &gvk).await?;
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+                (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                    Api::namespaced_with(client.clone(), ns, &ar)
+                }
+                (kube::discovery::Scope::Namespaced, None) => {
+                    Api::default_namespaced_with(client.clone(), &ar)
+                }
+                (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
+            };
+            out.push(
+                api.patch(
+                    &name,
+                    &PatchParams::apply("uami-demo").force(),
+                    &Patch::Apply(&v),
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stop everything.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self.emulator.shutdown().await;
+        self.sandbox.shutdown().await;
+    }
+}
