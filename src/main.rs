@@ -31,6 +31,34 @@ enum Command {
     Run(Box<RunArgs>),
     /// On a VM: obtain tokens through IMDS for the identities bound to it and verify access.
     Agent(Box<AgentArgs>),
+    /// The tutorial end to end on the embedded defaults: Kubernetes API, Azure emulator,
+    /// controller and the VM's agent in one process.
+    Demo {
+        /// Give up (exit 1) when not everything is Ready after this long.
+        #[arg(long, default_value = "120s", value_parser = uami_controller::controller::config::parse_duration)]
+        timeout: std::time::Duration,
+        /// Leave everything running and write a kubeconfig for kubectl.
+        #[arg(long)]
+        keep_running: bool,
+        /// Where `--keep-running` writes the kubeconfig.
+        #[arg(long, default_value = "uami-demo.kubeconfig")]
+        kubeconfig: PathBuf,
+        /// Log level of the components (their logs go to stderr).
+        #[arg(long, default_value = "error")]
+        log: String,
+    },
+    /// An in-memory Kubernetes API server for kubectl and kube-rs, with this project's CRDs.
+    Sandbox {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        /// Where to write the kubeconfig.
+        #[arg(long, default_value = "sandbox.kubeconfig")]
+        kubeconfig: PathBuf,
+        /// Do not install the project's CRDs.
+        #[arg(long)]
+        no_crds: bool,
+    },
     /// A local Azure (ARM, Entra ID token endpoint, IMDS per VM) described by a world file.
     Emulator {
         /// The world file (see examples/emulator-world.yaml).
@@ -70,6 +98,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Emulator { world, listen } => {
             emulator(world, listen).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Demo { timeout, keep_running, kubeconfig, log } => {
+            demo(timeout, keep_running, kubeconfig, &log).await
+        }
+        Command::Sandbox { listen, kubeconfig, no_crds } => {
+            sandbox(listen, kubeconfig, no_crds).await.map(|()| ExitCode::SUCCESS)
         }
     }
 }
@@ -260,5 +294,35 @@ async fn emulator(world: PathBuf, listen: Option<std::net::SocketAddr>) -> anyho
     );
     shutdown_token().cancelled().await;
     emu.shutdown().await;
+    Ok(())
+}
+
+async fn demo(timeout: std::time::Duration, keep_running: bool, kubeconfig: PathBuf, log: &str) -> anyhow::Result<ExitCode> {
+    use uami_controller::demo::run::{DemoOptions, run};
+    logging::init(logging::LogFormat::Text, log);
+    let mut out = std::io::stdout();
+    match run(DemoOptions { timeout, keep_running, kubeconfig }, &mut out).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn sandbox(listen: std::net::SocketAddr, kubeconfig: PathBuf, no_crds: bool) -> anyhow::Result<()> {
+    use uami_controller::sandbox::{self, SandboxOptions};
+    logging::init(logging::LogFormat::Text, "info");
+    let sb = sandbox::start(SandboxOptions { listen, ..SandboxOptions::default() }).await?;
+    if !no_crds {
+        let crds = uami_controller::api::crds().into_iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+        sb.install(crds)?;
+    }
+    sb.write_kubeconfig(&kubeconfig, "admin")?;
+    println!("Kubernetes API: {}", sb.url());
+    println!("kubeconfig:     {}", kubeconfig.display());
+    println!("Try: kubectl --kubeconfig {} api-resources", kubeconfig.display());
+    shutdown_token().cancelled().await;
+    sb.shutdown().await;
     Ok(())
 }

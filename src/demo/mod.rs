@@ -2,3 +2,4 @@
 //! the end-to-end tests) run on.
 
 pub mod stack;
+pub mod run;
