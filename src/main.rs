@@ -99,12 +99,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator { world, listen } => {
             emulator(world, listen).await.map(|()| ExitCode::SUCCESS)
         }
-        Command::Demo { timeout, keep_running, kubeconfig, log } => {
-            demo(timeout, keep_running, kubeconfig, &log).await
-        }
-        Command::Sandbox { listen, kubeconfig, no_crds } => {
-            sandbox(listen, kubeconfig, no_crds).await.map(|()| ExitCode::SUCCESS)
-        }
+        Command::Demo {
+            timeout,
+            keep_running,
+            kubeconfig,
+            log,
+        } => demo(timeout, keep_running, kubeconfig, &log).await,
+        Command::Sandbox {
+            listen,
+            kubeconfig,
+            no_crds,
+        } => sandbox(listen, kubeconfig, no_crds)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -297,11 +304,25 @@ async fn emulator(world: PathBuf, listen: Option<std::net::SocketAddr>) -> anyho
     Ok(())
 }
 
-async fn demo(timeout: std::time::Duration, keep_running: bool, kubeconfig: PathBuf, log: &str) -> anyhow::Result<ExitCode> {
+async fn demo(
+    timeout: std::time::Duration,
+    keep_running: bool,
+    kubeconfig: PathBuf,
+    log: &str,
+) -> anyhow::Result<ExitCode> {
     use uami_controller::demo::run::{DemoOptions, run};
     logging::init(logging::LogFormat::Text, log);
     let mut out = std::io::stdout();
-    match run(DemoOptions { timeout, keep_running, kubeconfig }, &mut out).await {
+    match run(
+        DemoOptions {
+            timeout,
+            keep_running,
+            kubeconfig,
+        },
+        &mut out,
+    )
+    .await
+    {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("demo failed: {e}");
@@ -310,18 +331,32 @@ async fn demo(timeout: std::time::Duration, keep_running: bool, kubeconfig: Path
     }
 }
 
-async fn sandbox(listen: std::net::SocketAddr, kubeconfig: PathBuf, no_crds: bool) -> anyhow::Result<()> {
+async fn sandbox(
+    listen: std::net::SocketAddr,
+    kubeconfig: PathBuf,
+    no_crds: bool,
+) -> anyhow::Result<()> {
     use uami_controller::sandbox::{self, SandboxOptions};
     logging::init(logging::LogFormat::Text, "info");
-    let sb = sandbox::start(SandboxOptions { listen, ..SandboxOptions::default() }).await?;
+    let sb = sandbox::start(SandboxOptions {
+        listen,
+        ..SandboxOptions::default()
+    })
+    .await?;
     if !no_crds {
-        let crds = uami_controller::api::crds().into_iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+        let crds = uami_controller::api::crds()
+            .into_iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()?;
         sb.install(crds)?;
     }
     sb.write_kubeconfig(&kubeconfig, "admin")?;
     println!("Kubernetes API: {}", sb.url());
     println!("kubeconfig:     {}", kubeconfig.display());
-    println!("Try: kubectl --kubeconfig {} api-resources", kubeconfig.display());
+    println!(
+        "Try: kubectl --kubeconfig {} api-resources",
+        kubeconfig.display()
+    );
     shutdown_token().cancelled().await;
     sb.shutdown().await;
     Ok(())

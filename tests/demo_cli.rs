@@ -12,12 +12,28 @@ fn the_demo_runs_the_tutorial_and_exits_zero() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
-    for needle in ["Everything is Ready", "clientId:", "expiresOn:", "audience:   https://management.azure.com/", "httpStatus: 200", "verified:   true", "Reader", "AccessVerified=True"] {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    for needle in [
+        "Everything is Ready",
+        "clientId:",
+        "expiresOn:",
+        "audience:   https://management.azure.com/",
+        "httpStatus: 200",
+        "verified:   true",
+        "Reader",
+        "AccessVerified=True",
+    ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
     // A JWT starts with the base64 of '{"': never printed.
-    assert!(!stdout.contains("eyJ") && !stderr.contains("eyJ"), "a token was printed:\n{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("eyJ") && !stderr.contains("eyJ"),
+        "a token was printed:\n{stdout}\n{stderr}"
+    );
 }
 
 #[test]
@@ -28,5 +44,8 @@ fn the_demo_fails_clearly_when_time_runs_out() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("demo failed: not everything was Ready"), "{stderr}");
+    assert!(
+        stderr.contains("demo failed: not everything was Ready"),
+        "{stderr}"
+    );
 }

@@ -1,5 +1,5 @@
 //! The demo: the tutorial end to end on the embedded defaults, and the in-process stack it (and
 //! the end-to-end tests) run on.
 
-pub mod stack;
 pub mod run;
+pub mod stack;

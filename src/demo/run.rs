@@ -49,7 +49,10 @@ fn conditions(v: &Value) -> BTreeMap<String, (String, String)> {
                 .map(|c| {
                     (
                         c["type"].as_str().unwrap_or_default().to_string(),
-                        (c["status"].as_str().unwrap_or_default().to_string(), c["reason"].as_str().unwrap_or_default().to_string()),
+                        (
+                            c["status"].as_str().unwrap_or_default().to_string(),
+                            c["reason"].as_str().unwrap_or_default().to_string(),
+                        ),
                     )
                 })
                 .collect()
@@ -60,26 +63,50 @@ fn conditions(v: &Value) -> BTreeMap<String, (String, String)> {
 async fn snapshot(stack: &Stack) -> Vec<(String, Value)> {
     let c = stack.client();
     let mut out = Vec::new();
-    if let Ok(o) = Api::<UserAssignedIdentity>::namespaced(c.clone(), "tutorial").get("my-identity").await {
-        out.push(("UserAssignedIdentity/my-identity".to_string(), serde_json::to_value(o).unwrap_or_default()));
+    if let Ok(o) = Api::<UserAssignedIdentity>::namespaced(c.clone(), "tutorial")
+        .get("my-identity")
+        .await
+    {
+        out.push((
+            "UserAssignedIdentity/my-identity".to_string(),
+            serde_json::to_value(o).unwrap_or_default(),
+        ));
     }
-    if let Ok(o) = Api::<IdentityBinding>::namespaced(c.clone(), "tutorial").get("my-identity-on-myvm").await {
-        out.push(("IdentityBinding/my-identity-on-myvm".to_string(), serde_json::to_value(o).unwrap_or_default()));
+    if let Ok(o) = Api::<IdentityBinding>::namespaced(c.clone(), "tutorial")
+        .get("my-identity-on-myvm")
+        .await
+    {
+        out.push((
+            "IdentityBinding/my-identity-on-myvm".to_string(),
+            serde_json::to_value(o).unwrap_or_default(),
+        ));
     }
-    if let Ok(o) = Api::<RoleGrant>::namespaced(c, "tutorial").get("my-identity-reads-devtest").await {
-        out.push(("RoleGrant/my-identity-reads-devtest".to_string(), serde_json::to_value(o).unwrap_or_default()));
+    if let Ok(o) = Api::<RoleGrant>::namespaced(c, "tutorial")
+        .get("my-identity-reads-devtest")
+        .await
+    {
+        out.push((
+            "RoleGrant/my-identity-reads-devtest".to_string(),
+            serde_json::to_value(o).unwrap_or_default(),
+        ));
     }
     out
 }
 
 fn all_ready(snap: &[(String, Value)]) -> bool {
-    snap.len() == 3 && snap.iter().all(|(_, v)| conditions(v).get("Ready").is_some_and(|(s, _)| s == "True"))
+    snap.len() == 3
+        && snap
+            .iter()
+            .all(|(_, v)| conditions(v).get("Ready").is_some_and(|(s, _)| s == "True"))
 }
 
 fn describe(snap: &[(String, Value)]) -> String {
     snap.iter()
         .map(|(name, v)| {
-            let conds: Vec<String> = conditions(v).iter().map(|(t, (s, r))| format!("{t}={s} ({r})")).collect();
+            let conds: Vec<String> = conditions(v)
+                .iter()
+                .map(|(t, (s, r))| format!("{t}={s} ({r})"))
+                .collect();
             format!("  {name}: {}", conds.join(", "))
         })
         .collect::<Vec<_>>()
@@ -88,11 +115,17 @@ fn describe(snap: &[(String, Value)]) -> String {
 
 /// Run the demo, writing to `out`.
 pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
-    writeln!(out, "Starting the embedded Kubernetes API, the Azure emulator (subscription, resource group DevTest, VM myVM), the controller and myVM's agent...")?;
+    writeln!(
+        out,
+        "Starting the embedded Kubernetes API, the Azure emulator (subscription, resource group DevTest, VM myVM), the controller and myVM's agent..."
+    )?;
     let stack = Stack::start(StackOptions::tutorial(Duration::from_secs(30))?).await?;
     writeln!(out, "  Kubernetes API: {}", stack.sandbox.url())?;
     writeln!(out, "  Azure (ARM):    {}", stack.emulator.arm_endpoint())?;
-    writeln!(out, "Applying examples/tutorial.yaml (identity, binding to myVM, Reader on DevTest)...")?;
+    writeln!(
+        out,
+        "Applying examples/tutorial.yaml (identity, binding to myVM, Reader on DevTest)..."
+    )?;
     stack.apply_yaml(TUTORIAL).await?;
     let started = Instant::now();
     let mut seen: BTreeMap<String, BTreeMap<String, (String, String)>> = BTreeMap::new();
@@ -103,7 +136,11 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
             let before = seen.entry(name.clone()).or_default();
             for (t, (s, r)) in &now {
                 if before.get(t) != Some(&(s.clone(), r.clone())) {
-                    writeln!(out, "  [{:>5.1}s] {name}: {t}={s} ({r})", started.elapsed().as_secs_f64())?;
+                    writeln!(
+                        out,
+                        "  [{:>5.1}s] {name}: {t}={s} ({r})",
+                        started.elapsed().as_secs_f64()
+                    )?;
                 }
             }
             *before = now;
@@ -118,20 +155,43 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    writeln!(out, "\nEverything is Ready after {:.1}s.\n", started.elapsed().as_secs_f64())?;
-    let get = |name: &str| snap.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    writeln!(
+        out,
+        "\nEverything is Ready after {:.1}s.\n",
+        started.elapsed().as_secs_f64()
+    )?;
+    let get = |name: &str| {
+        snap.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let identity = get("UserAssignedIdentity/my-identity");
     let binding = get("IdentityBinding/my-identity-on-myvm");
     let grant = get("RoleGrant/my-identity-reads-devtest");
     let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     writeln!(out, "Identity (step 1, az identity create):")?;
-    writeln!(out, "  resourceId:  {}", s(&identity["status"]["resourceId"]))?;
+    writeln!(
+        out,
+        "  resourceId:  {}",
+        s(&identity["status"]["resourceId"])
+    )?;
     writeln!(out, "  clientId:    {}", s(&identity["status"]["clientId"]))?;
-    writeln!(out, "  principalId: {}", s(&identity["status"]["principalId"]))?;
+    writeln!(
+        out,
+        "  principalId: {}",
+        s(&identity["status"]["principalId"])
+    )?;
     writeln!(out, "  tenantId:    {}", s(&identity["status"]["tenantId"]))?;
     let state = stack.emulator.state();
-    let vm = state["computes"].as_array().and_then(|a| a.iter().find(|c| c["name"] == "myVM").cloned()).unwrap_or_default();
-    writeln!(out, "VM myVM (step 2, az vm identity assign), as Azure sees it:")?;
+    let vm = state["computes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "myVM").cloned())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "VM myVM (step 2, az vm identity assign), as Azure sees it:"
+    )?;
     writeln!(out, "  identity.type: {}", s(&vm["identity"]["type"]))?;
     if let Some(m) = vm["identity"]["userAssignedIdentities"].as_object() {
         for (id, info) in m {
@@ -139,12 +199,27 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         }
     }
     writeln!(out, "Role assignment (step 3, az role assignment create):")?;
-    writeln!(out, "  id:                {}", s(&grant["status"]["roleAssignmentId"]))?;
-    writeln!(out, "  roleDefinitionId:  {} (Reader)", s(&grant["status"]["roleDefinitionId"]))?;
+    writeln!(
+        out,
+        "  id:                {}",
+        s(&grant["status"]["roleAssignmentId"])
+    )?;
+    writeln!(
+        out,
+        "  roleDefinitionId:  {} (Reader)",
+        s(&grant["status"]["roleDefinitionId"])
+    )?;
     writeln!(out, "  scope:             {}", s(&grant["status"]["scope"]))?;
-    writeln!(out, "  principalId:       {}", s(&grant["status"]["principalId"]))?;
+    writeln!(
+        out,
+        "  principalId:       {}",
+        s(&grant["status"]["principalId"])
+    )?;
     let token = &binding["status"]["token"];
-    writeln!(out, "Token from IMDS on myVM (step 4, metadata only; the token itself is never stored):")?;
+    writeln!(
+        out,
+        "Token from IMDS on myVM (step 4, metadata only; the token itself is never stored):"
+    )?;
     writeln!(out, "  audience:   {}", s(&token["resource"]))?;
     writeln!(out, "  clientId:   {}", s(&token["clientId"]))?;
     writeln!(out, "  tenantId:   {}", s(&token["tenantId"]))?;
@@ -152,15 +227,34 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
     writeln!(out, "  expiresOn:  {}", s(&token["expiresOn"]))?;
     writeln!(out, "  checkedBy:  {}", s(&token["checkedBy"]))?;
     let access = &grant["status"]["access"];
-    writeln!(out, "Verified access (step 4, GET resource group DevTest with the identity's token):")?;
+    writeln!(
+        out,
+        "Verified access (step 4, GET resource group DevTest with the identity's token):"
+    )?;
     writeln!(out, "  verified:   {}", access["verified"])?;
     writeln!(out, "  httpStatus: {}", access["httpStatus"])?;
     writeln!(out, "  checkedBy:  {}", s(&access["checkedBy"]))?;
     let counts = stack.emulator.counts();
-    writeln!(out, "ARM requests the controller made: {} writes, {} in all.", counts.writes(), counts.0.iter().filter(|((o, _), _)| !o.starts_with("Imds") && !o.starts_with("Aad")).map(|(_, n)| n).sum::<u64>())?;
+    writeln!(
+        out,
+        "ARM requests the controller made: {} writes, {} in all.",
+        counts.writes(),
+        counts
+            .0
+            .iter()
+            .filter(|((o, _), _)| !o.starts_with("Imds") && !o.starts_with("Aad"))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    )?;
     if opts.keep_running {
         stack.sandbox.write_kubeconfig(&opts.kubeconfig, "admin")?;
-        writeln!(out, "\nEverything keeps running. Explore with:\n  kubectl --kubeconfig {} get azureidentity -A\nARM (emulator): {}  (admin counts: {}_emulator/counts)\nPress Ctrl-C to stop.", opts.kubeconfig.display(), stack.emulator.arm_endpoint(), stack.emulator.arm_endpoint())?;
+        writeln!(
+            out,
+            "\nEverything keeps running. Explore with:\n  kubectl --kubeconfig {} get azureidentity -A\nARM (emulator): {}  (admin counts: {}_emulator/counts)\nPress Ctrl-C to stop.",
+            opts.kubeconfig.display(),
+            stack.emulator.arm_endpoint(),
+            stack.emulator.arm_endpoint()
+        )?;
         out.flush()?;
         let _ = tokio::signal::ctrl_c().await;
     }
