@@ -86,3 +86,4 @@ pub fn tutorial_yaml() -> String {
     ))
     .unwrap()
 }
+pub mod armspec;
