@@ -171,8 +171,20 @@ pub const TUTORIAL_CONTROLLER_SECRET: &str = "emulator-local-secret";
 
 impl World {
     /// Parse a world file's YAML.
+    /// The world may also be wrapped in a ConfigMap, under the key `world.yaml`.
     pub fn from_yaml_str(yaml: &str) -> Result<Self, EmulatorError> {
-        serde_yaml_ng::from_str(yaml).map_err(|e| EmulatorError::World(e.to_string()))
+        let v: serde_json::Value =
+            serde_yaml_ng::from_str(yaml).map_err(|e| EmulatorError::World(e.to_string()))?;
+        let inner = if v["kind"] == "ConfigMap" {
+            let text = v["data"]["world.yaml"].as_str().ok_or_else(|| {
+                EmulatorError::World("a ConfigMap world needs data.\"world.yaml\"".into())
+            })?;
+            serde_yaml_ng::from_str(text)
+                .map_err(|e| EmulatorError::World(format!("data.\"world.yaml\": {e}")))?
+        } else {
+            v
+        };
+        serde_json::from_value(inner).map_err(|e| EmulatorError::World(e.to_string()))
     }
 
     /// Read a world file.

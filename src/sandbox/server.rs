@@ -167,7 +167,12 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let user = token.and_then(|t| shared.users.lock().get(&t).cloned());
+    // kubectl sends no bearer token to a plain-HTTP server: on loopback such requests are served
+    // as `system:anonymous` (like an insecure local port); a wrong token is still refused.
+    let user = match token {
+        Some(t) => shared.users.lock().get(&t).cloned(),
+        None => Some("system:anonymous".to_string()),
+    };
     let Some(user) = user else {
         return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
     };
@@ -265,6 +270,7 @@ fn discovery(shared: &Shared, segs: &[&str]) -> Option<Response> {
             }
             json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": versions, "preferredVersion": versions[0]})
         }
+        ["openapi", "v2"] => table::openapi_v2(&store.resources),
         ["openapi", "v3"] => {
             let mut paths = serde_json::Map::new();
             let mut gvs: Vec<(String, String)> = store
@@ -427,6 +433,7 @@ fn dispatch(
         ));
     }
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+    STRICT.with(|s| s.set(q.get("fieldValidation").is_some_and(|f| f == "Strict")));
     match verb {
         "get" => {
             let store = shared.store.lock();
@@ -707,6 +714,12 @@ fn invalid(def: &ResourceDef, name: &str, causes: Vec<validate::Cause>) -> ApiEr
     e
 }
 
+thread_local! {
+    /// `fieldValidation=Strict` of the request being handled (requests are handled
+    /// synchronously under the store lock, so one thread sees one request at a time).
+    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Admission of a custom resource: prune, default, validate.
 fn admit(
     def: &ResourceDef,
@@ -717,6 +730,25 @@ fn admit(
     let Some(schema) = &def.schema else {
         return Ok(());
     };
+    if STRICT.with(|s| s.get()) {
+        let mut unknown = Vec::new();
+        validate::unknown_fields(obj, schema, "", &mut unknown);
+        if !unknown.is_empty() {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|u| format!("unknown field \"{u}\""))
+                .collect();
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                format!(
+                    "{} in body: strict decoding error: {}",
+                    def.qualified_kind(),
+                    list.join(", ")
+                ),
+            ));
+        }
+    }
     validate::prune(obj, schema, true);
     validate::default(obj, schema);
     let causes = validate::validate(obj, old, schema);

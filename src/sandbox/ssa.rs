@@ -298,6 +298,11 @@ pub fn set_managers(obj: &mut Value, managers: &[Manager]) {
             e
         })
         .collect();
+    if obj.get("metadata").is_none()
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.insert("metadata".into(), json!({}));
+    }
     if let Some(meta) = obj.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         if list.is_empty() {
             meta.remove("managedFields");

@@ -234,12 +234,85 @@ pub fn openapi_v3(resources: &[ResourceDef], group: &str, version: &str) -> Valu
             json!([{"group": def.group, "version": def.version, "kind": def.kind}]);
         schemas.insert(schema_name(def), s);
     }
+    // Operations carry their kind and the `fieldValidation` parameter: kubectl reads them to
+    // learn that the server validates fields itself.
+    let mut paths = Map::new();
+    for def in resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let prefix = if def.group.is_empty() {
+            format!("/api/{}", def.version)
+        } else {
+            format!("/apis/{}/{}", def.group, def.version)
+        };
+        let collection = if def.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", def.plural)
+        } else {
+            format!("{prefix}/{}", def.plural)
+        };
+        let gvk = json!({"group": def.group, "version": def.version, "kind": def.kind});
+        let op = |action: &str| {
+            json!({
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": [
+                    {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                    {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                ],
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(def))}}}}},
+            })
+        };
+        paths.insert(collection.clone(), json!({"post": op("post")}));
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"put": op("put"), "patch": op("patch")}),
+        );
+    }
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
-        "paths": {},
+        "paths": paths,
         "components": {"schemas": schemas},
     })
+}
+
+fn refs_to_v2(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                *r = r.replace("#/components/schemas/", "#/definitions/");
+            }
+            for x in m.values_mut() {
+                refs_to_v2(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(refs_to_v2),
+        _ => {}
+    }
+}
+
+/// The OpenAPI v2 (Swagger) document of every served kind.
+pub fn openapi_v2(resources: &[ResourceDef]) -> Value {
+    let mut definitions = Map::new();
+    let mut gvs: Vec<(String, String)> = resources
+        .iter()
+        .map(|r| (r.group.clone(), r.version.clone()))
+        .collect();
+    gvs.sort();
+    gvs.dedup();
+    for (g, v) in gvs {
+        let doc = openapi_v3(resources, &g, &v);
+        if let Some(schemas) = doc["components"]["schemas"].as_object() {
+            for (k, s) in schemas {
+                let mut s = s.clone();
+                refs_to_v2(&mut s);
+                definitions.insert(k.clone(), s);
+            }
+        }
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": definitions})
 }
 
 #[cfg(test)]

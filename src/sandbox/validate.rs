@@ -68,6 +68,41 @@ pub fn prune(value: &mut Value, schema: &Value, root: bool) {
     }
 }
 
+/// Fields the schema does not declare (what pruning would drop), as `spec.foo` paths.
+pub fn unknown_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) {
+    if schema["x-kubernetes-preserve-unknown-fields"] == json!(true) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema["properties"].as_object() {
+                for (k, v) in map {
+                    if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                        continue;
+                    }
+                    let p = join_path(path, k);
+                    match props.get(k) {
+                        Some(s) => unknown_fields(v, s, &p, out),
+                        None => out.push(p),
+                    }
+                }
+            } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for (k, v) in map {
+                    unknown_fields(v, ap, &join_path(path, k), out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    unknown_fields(item, s, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Fill `default`s of missing properties, recursively into present objects.
 pub fn default(value: &mut Value, schema: &Value) {
     match value {

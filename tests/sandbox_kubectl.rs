@@ -1,0 +1,186 @@
+//! A real kubectl against the sandbox: `apply -f examples/`, `get` with the printer columns and
+//! the shared category, `explain`, server-side apply, `delete`, and invalid objects refused with
+//! the API server's message. kubectl comes from `scripts/install-tools.sh` (`.tools/bin`) or
+//! `$UAMI_KUBECTL`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use uami_controller::sandbox::{self, SandboxOptions};
+
+fn kubectl_bin() -> PathBuf {
+    let path = std::env::var_os("UAMI_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/kubectl"));
+    assert!(
+        path.exists(),
+        "kubectl not found at {}: run scripts/install-tools.sh (or set UAMI_KUBECTL)",
+        path.display()
+    );
+    path
+}
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(kubectl_bin());
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+        out
+    }
+}
+
+async fn setup() -> (sandbox::Sandbox, Kubectl, tempfile::TempDir) {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sb.write_kubeconfig(&kubeconfig, "admin").unwrap();
+    (sb, Kubectl { kubeconfig }, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_gets_explains_and_deletes() {
+    let (sb, k, _dir) = setup().await;
+    let resources = k.ok(&["api-resources", "--api-group=uami.dev"]).await;
+    for line in [
+        "userassignedidentities",
+        "uami",
+        "identitybindings",
+        "idb",
+        "rolegrants",
+        "grant",
+        "grantpolicies",
+    ] {
+        assert!(resources.contains(line), "{resources}");
+    }
+    let out = k.ok(&["apply", "-f", "examples/"]).await;
+    assert!(
+        out.contains("userassignedidentity.uami.dev/my-identity created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("grantpolicy.uami.dev/tutorial-devtest-reader created"),
+        "{out}"
+    );
+    // Applying again changes nothing.
+    let again = k.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
+    assert!(again.contains("my-identity unchanged"), "{again}");
+
+    let get = k.ok(&["get", "uami", "-n", "tutorial"]).await;
+    let header = get.lines().next().unwrap();
+    for col in ["NAME", "READY", "REASON", "CLIENT ID", "AGE"] {
+        assert!(header.contains(col), "{get}");
+    }
+    assert!(get.contains("my-identity"), "{get}");
+    let grants = k.ok(&["get", "grant", "-n", "tutorial"]).await;
+    assert!(
+        grants.lines().next().unwrap().contains("ROLE") && grants.contains("Reader"),
+        "{grants}"
+    );
+    let all = k.ok(&["get", "azureidentity", "-A"]).await;
+    for kind in [
+        "userassignedidentity.uami.dev/my-identity",
+        "identitybinding.uami.dev/my-identity-on-myvm",
+        "rolegrant.uami.dev/my-identity-reads-devtest",
+        "grantpolicy.uami.dev/tutorial-devtest-reader",
+    ] {
+        assert!(all.contains(kind), "{all}");
+    }
+
+    let explain = k.ok(&["explain", "userassignedidentity.spec"]).await;
+    assert!(
+        explain.contains("azureName")
+            && explain.contains("deletionPolicy")
+            && explain.contains("Defaults to metadata.name"),
+        "{explain}"
+    );
+
+    let ssa = k
+        .ok(&["apply", "--server-side", "-f", "examples/tutorial.yaml"])
+        .await;
+    assert!(ssa.contains("serverside-applied"), "{ssa}");
+
+    let del = k
+        .ok(&[
+            "delete",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    assert!(del.contains("deleted"), "{del}");
+    let (ok, _, err) = k
+        .run(&[
+            "get",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_shows_the_api_servers_refusals() {
+    let (sb, k, dir) = setup().await;
+    let ns = dir.path().join("ns.yaml");
+    std::fs::write(
+        &ns,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n",
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", ns.to_str().unwrap()]).await;
+    let two_targets = dir.path().join("bad.yaml");
+    std::fs::write(&two_targets, "apiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {name: bad, namespace: demo}\nspec:\n  identityRef: {name: x}\n  target:\n    virtualMachine: {resourceGroup: DevTest, name: a}\n    virtualMachineScaleSet: {resourceGroup: DevTest, name: b}\n").unwrap();
+    let (ok, _, err) = k.run(&["apply", "-f", two_targets.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("spec.target")
+            && err.contains("exactly one of virtualMachine or virtualMachineScaleSet"),
+        "{err}"
+    );
+    let bad_guid = dir.path().join("guid.yaml");
+    std::fs::write(&bad_guid, "apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {name: guid, namespace: demo}\nspec: {subscriptionId: nope, resourceGroup: DevTest, location: eastus}\n").unwrap();
+    let (ok, _, err) = k.run(&["apply", "-f", bad_guid.to_str().unwrap()]).await;
+    assert!(!ok && err.contains("spec.subscriptionId"), "{err}");
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, "apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {name: typo, namespace: demo}\nspec: {resourceGroup: DevTest, location: eastus, tagz: {a: b}}\n").unwrap();
+    let (ok, _, err) = k.run(&["apply", "-f", typo.to_str().unwrap()]).await;
+    assert!(!ok && err.contains("unknown field \"spec.tagz\""), "{err}");
+    // An immutable field, changed.
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {name: moving, namespace: demo}\nspec: {resourceGroup: DevTest, location: eastus}\n").unwrap();
+    k.ok(&["apply", "-f", good.to_str().unwrap()]).await;
+    std::fs::write(&good, "apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {name: moving, namespace: demo}\nspec: {resourceGroup: Other, location: eastus}\n").unwrap();
+    let (ok, _, err) = k.run(&["apply", "-f", good.to_str().unwrap()]).await;
+    assert!(
+        !ok && err.contains("spec.resourceGroup") && err.contains("immutable"),
+        "{err}"
+    );
+    sb.shutdown().await;
+}
