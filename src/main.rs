@@ -256,6 +256,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let settings = AgentSettings {
         interval: args.interval,
         refresh_margin: args.refresh_margin,
+        recheck: args.interval.max(std::time::Duration::from_secs(60)),
     };
     let (agent, handle) = agent::start(
         client,

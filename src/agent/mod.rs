@@ -123,6 +123,9 @@ pub struct AgentSettings {
     pub interval: Duration,
     /// Renew a cached token this long before it expires (at most half its lifetime).
     pub refresh_margin: Duration,
+    /// Ask IMDS again this often even with a cached token, to notice an identity that was
+    /// removed from the VM (the cached token is kept when IMDS still answers).
+    pub recheck: Duration,
 }
 
 impl Default for AgentSettings {
@@ -130,8 +133,15 @@ impl Default for AgentSettings {
         Self {
             interval: Duration::from_secs(30),
             refresh_margin: Duration::from_secs(300),
+            recheck: Duration::from_secs(300),
         }
     }
+}
+
+struct Cached {
+    token: Token,
+    renew_at: jiff::Timestamp,
+    checked: std::time::Instant,
 }
 
 /// The agent's state.
@@ -141,7 +151,7 @@ pub struct Agent {
     probe: Arc<dyn AccessProbe>,
     settings: AgentSettings,
     me: Whoami,
-    cache: Mutex<HashMap<(String, String), (Token, jiff::Timestamp)>>,
+    cache: Mutex<HashMap<(String, String), Cached>>,
 }
 
 impl Agent {
@@ -237,8 +247,8 @@ impl Agent {
         self.cache
             .lock()
             .values()
-            .filter_map(|(_, renew_at)| {
-                let secs = renew_at.as_second() - now.as_second();
+            .filter_map(|c| {
+                let secs = c.renew_at.as_second() - now.as_second();
                 (secs >= 0).then(|| Duration::from_secs(secs as u64 + 1))
             })
             .min()
@@ -332,13 +342,26 @@ impl Agent {
     async fn token(&self, client_id: &str, resource: &str) -> Result<Token, TokenFailure> {
         let key = (client_id.to_lowercase(), resource.to_string());
         let now = jiff::Timestamp::now();
-        if let Some((t, renew_at)) = self.cache.lock().get(&key)
-            && now < *renew_at
-        {
+        let cached = self
+            .cache
+            .lock()
+            .get(&key)
+            .filter(|c| now < c.renew_at)
+            .map(|c| (c.token.clone(), c.checked.elapsed() < self.settings.recheck));
+        if let Some((t, true)) = &cached {
             return Ok(t.clone());
         }
         match self.imds.token(client_id, resource).await {
-            Ok(t) => {
+            Ok(fetched) => {
+                if let Some((t, _)) = cached {
+                    // Still assigned: keep the token in use (no renewal, no status change);
+                    // only note the check.
+                    if let Some(c) = self.cache.lock().get_mut(&key) {
+                        c.checked = std::time::Instant::now();
+                    }
+                    return Ok(t);
+                }
+                let t = fetched;
                 let lifetime = (t.expires_on.as_second() - now.as_second()).max(0) as u64;
                 let margin = self
                     .settings
@@ -346,7 +369,14 @@ impl Agent {
                     .min(Duration::from_secs(lifetime / 2));
                 let renew_at =
                     t.expires_on - jiff::SignedDuration::from_secs(margin.as_secs() as i64);
-                self.cache.lock().insert(key, (t.clone(), renew_at));
+                self.cache.lock().insert(
+                    key,
+                    Cached {
+                        token: t.clone(),
+                        renew_at,
+                        checked: std::time::Instant::now(),
+                    },
+                );
                 Ok(t)
             }
             Err(e) => {

@@ -181,6 +181,7 @@ impl Stack {
         let settings = AgentSettings {
             interval: self.opts.agent_interval,
             refresh_margin: Duration::from_secs(300),
+            recheck: self.opts.agent_interval,
         };
         let policy = ImdsRetryPolicy {
             delta: Duration::from_millis(100),
