@@ -1,0 +1,151 @@
+//! The chart's roles against what the code really calls: the controller (under leader election)
+//! and the agent run the tutorial from creation to deletion on the sandbox, whose audit log
+//! records every call by user. Every call must be allowed by the rendered ClusterRole / Role of
+//! that component, and every permission the roles grant must have been used (the only exception
+//! is listed and explained below).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kube::api::DeleteParams;
+use serde::Deserialize;
+use serde_json::Value;
+use support::*;
+use tokio_util::sync::CancellationToken;
+use uami_controller::demo::stack::{Stack, StackOptions};
+
+type Perm = (String, String, String);
+
+fn granted(role_name_part: &str) -> BTreeSet<Perm> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/manifests/uami-controller.yaml"
+    ))
+    .unwrap();
+    let mut out = BTreeSet::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc).unwrap();
+        if !matches!(v["kind"].as_str(), Some("ClusterRole" | "Role"))
+            || !v["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .contains(role_name_part)
+        {
+            continue;
+        }
+        for rule in v["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        out.insert((
+                            g.as_str().unwrap().into(),
+                            r.as_str().unwrap().into(),
+                            verb.as_str().unwrap().into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn used(stack: &Stack, user: &str) -> BTreeSet<Perm> {
+    let mut out = BTreeSet::new();
+    for r in stack.sandbox.audit().into_iter().filter(|r| r.user == user) {
+        let resource = if r.subresource.is_empty() {
+            r.resource.clone()
+        } else {
+            format!("{}/{}", r.resource, r.subresource)
+        };
+        out.insert((r.group.clone(), resource.clone(), r.verb.clone()));
+        // A server-side apply that creates its object needs `create` as well as `patch`.
+        if r.verb == "patch" && r.code == 201 {
+            out.insert((r.group.clone(), resource, "create".into()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_grant_exactly_what_the_code_calls() {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(2)).unwrap();
+    opts.controller = false;
+    opts.world.rbac_propagation_seconds = 0.5;
+    opts.world.lro_retry_after_seconds = 0;
+    let stack = Stack::start(opts).await.unwrap();
+    let stop = CancellationToken::new();
+    let controller = stack.start_controller(Some("rbac"), stop.clone()).unwrap();
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
+    ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dp = DeleteParams::default();
+    grants(&stack, "tutorial")
+        .delete("my-identity-reads-devtest", &dp)
+        .await
+        .unwrap();
+    bindings(&stack, "tutorial")
+        .delete("my-identity-on-myvm", &dp)
+        .await
+        .unwrap();
+    identities(&stack, "tutorial")
+        .delete("my-identity", &dp)
+        .await
+        .unwrap();
+    eventually(60, "deletion", || async {
+        identities(&stack, "tutorial")
+            .get_opt("my-identity")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), controller)
+        .await
+        .unwrap()
+        .unwrap();
+
+    for (component, user, role) in [
+        ("controller", "controller-rbac", "controller"),
+        ("agent", "agent-myVM", "agent"),
+    ] {
+        let granted_all: BTreeSet<Perm> = if component == "controller" {
+            granted("controller")
+                .union(&granted("leader-election"))
+                .cloned()
+                .collect()
+        } else {
+            granted(role)
+        };
+        let used = used(&stack, user);
+        let missing: Vec<_> = used.difference(&granted_all).collect();
+        assert!(
+            missing.is_empty(),
+            "{component} calls what its role does not grant: {missing:?}"
+        );
+        // kube's event recorder patches an Event when the same event repeats (a series); this run
+        // has no repeated event.
+        let allowed_unused: BTreeSet<Perm> = [(
+            "events.k8s.io".to_string(),
+            "events".to_string(),
+            "patch".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let unused: Vec<_> = granted_all
+            .difference(&used)
+            .filter(|p| !allowed_unused.contains(*p))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "{component}'s role grants what the code never calls: {unused:?}"
+        );
+    }
+    stack.stop().await;
+}

@@ -1,0 +1,117 @@
+//! Two controllers on one cluster: only the leader writes (Kubernetes and Azure); stopping it
+//! releases the Lease and the other takes over within the lease duration, with no duplicate
+//! Azure writes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use support::*;
+use tokio_util::sync::CancellationToken;
+use uami_controller::demo::stack::{Stack, StackOptions};
+
+const WRITES: &[&str] = &["create", "update", "patch", "delete"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_the_standby_takes_over() {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
+    opts.controller = false;
+    opts.agents = false;
+    opts.world.lro_retry_after_seconds = 0;
+    let stack = Stack::start(opts).await.unwrap();
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let a = stack.start_controller(Some("a"), stop_a.clone()).unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(stack.client(), "default");
+    eventually(20, "a leader", || async {
+        leases
+            .get("uami-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+            .filter(|h| h == "a")
+    })
+    .await;
+    let b = stack.start_controller(Some("b"), stop_b.clone()).unwrap();
+    let mut yaml = tutorial_yaml();
+    yaml = yaml.replace("verifyAccess: true", "verifyAccess: false");
+    stack.apply_yaml(&yaml).await.unwrap();
+    ready(&identities(&stack, "tutorial"), "my-identity", 60).await;
+    ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
+    eventually(60, "binding Assigned", || async {
+        let b = bindings(&stack, "tutorial")
+            .get("my-identity-on-myvm")
+            .await
+            .ok()?;
+        (condition(&b.status?.conditions, "Assigned")?.0 == "True").then_some(())
+    })
+    .await;
+
+    let audit = stack.sandbox.audit();
+    let wrote = |user: &str| {
+        audit
+            .iter()
+            .filter(|r| {
+                r.user == user && r.group == "uami.dev" && WRITES.contains(&r.verb.as_str())
+            })
+            .count()
+    };
+    assert!(wrote("controller-a") > 0, "the leader wrote");
+    assert_eq!(wrote("controller-b"), 0, "the standby wrote nothing");
+
+    // Stop the leader: it releases the Lease on the way out.
+    let writes_before = stack.emulator.counts().writes();
+    let stopped = Instant::now();
+    stop_a.cancel();
+    tokio::time::timeout(Duration::from_secs(20), a)
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(10, "b to lead", || async {
+        leases
+            .get("uami-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+            .filter(|h| h == "b")
+    })
+    .await;
+    let handover = stopped.elapsed();
+    assert!(
+        handover <= Duration::from_secs(4) + Duration::from_secs(2),
+        "hand-over took {handover:?}"
+    );
+    // The new leader reconciles new work, and the converged objects cost no Azure writes.
+    stack.apply_yaml("apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {name: after-handover, namespace: tutorial}\nspec: {resourceGroup: DevTest, location: eastus}\n").await.unwrap();
+    ready(&identities(&stack, "tutorial"), "after-handover", 60).await;
+    let writes_after = stack.emulator.counts().writes();
+    assert_eq!(
+        writes_after - writes_before,
+        1,
+        "only the new identity was written: {:?}",
+        stack.emulator.counts()
+    );
+    assert_eq!(
+        stack.emulator.state()["identities"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        stack
+            .sandbox
+            .audit()
+            .iter()
+            .any(|r| r.user == "controller-b"
+                && r.group == "uami.dev"
+                && WRITES.contains(&r.verb.as_str()))
+    );
+    stop_b.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), b).await;
+    stack.stop().await;
+}
