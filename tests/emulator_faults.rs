@@ -1,0 +1,538 @@
+//! The emulator's fault knobs, each shown to happen and to stop when switched off, and the VM
+//! identity PATCH semantics: add, remove, keep the system-assigned identity, 412 on a stale etag.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use uami_controller::emulator::faults::Throttling;
+use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_controller::emulator::{self, Emulator, Faults, World};
+
+struct T {
+    emu: Emulator,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl T {
+    async fn new(configure: impl FnOnce(&mut World)) -> Self {
+        let mut w = World::tutorial().unwrap();
+        w.lro_retry_after_seconds = 0;
+        configure(&mut w);
+        let emu = emulator::start(w).await.unwrap();
+        let token = emu.admin_token();
+        T {
+            emu,
+            http: reqwest::Client::new(),
+            token,
+        }
+    }
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}{}",
+            self.emu.arm_endpoint(),
+            path.trim_start_matches('/')
+        )
+    }
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> reqwest::Result<(u16, reqwest::header::HeaderMap, Value)> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(m) = if_match {
+            req = req.header("If-Match", m);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await?;
+        Ok((
+            status,
+            headers,
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        ))
+    }
+    async fn identity(&self, name: &str) -> Value {
+        let (s, _, v) = self.send(reqwest::Method::PUT, &format!("/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}?api-version=2023-01-31"), Some(json!({"location": "eastus"})), None).await.unwrap();
+        assert!(s == 201 || s == 200);
+        v
+    }
+}
+
+const RG: &str = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest?api-version=2024-03-01";
+const VM: &str = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2024-11-01";
+
+#[tokio::test]
+async fn throttling_answers_429_with_retry_after_until_switched_off() {
+    let t = T::new(|_| {}).await;
+    let (s, h, _) = t.send(reqwest::Method::GET, RG, None, None).await.unwrap();
+    assert_eq!(s, 200);
+    assert!(h.contains_key("x-ms-ratelimit-remaining-subscription-reads"));
+    t.emu.set_faults(Faults {
+        throttling: Some(Throttling { scale: 0.004 }),
+        ..Faults::default()
+    });
+    let mut saw = None;
+    for _ in 0..5 {
+        let (s, h, v) = t.send(reqwest::Method::GET, RG, None, None).await.unwrap();
+        if s == 429 {
+            saw = Some((h, v));
+            break;
+        }
+    }
+    let (h, v) = saw.expect("a 429");
+    assert_eq!(v["error"]["code"], "TooManyRequests");
+    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(h["x-ms-ratelimit-remaining-subscription-reads"], "0");
+    t.emu.set_faults(Faults::default());
+    assert_eq!(
+        t.send(reqwest::Method::GET, RG, None, None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn server_errors_dropped_connections_and_latency() {
+    let t = T::new(|_| {}).await;
+    t.emu.set_faults(Faults {
+        server_error_next: 1,
+        ..Faults::default()
+    });
+    assert_eq!(
+        t.send(reqwest::Method::GET, RG, None, None)
+            .await
+            .unwrap()
+            .0,
+        500
+    );
+    assert_eq!(
+        t.send(reqwest::Method::GET, RG, None, None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    t.emu.set_faults(Faults {
+        drop_connection_next: 1,
+        ..Faults::default()
+    });
+    assert!(
+        t.send(reqwest::Method::GET, RG, None, None).await.is_err(),
+        "the connection was dropped"
+    );
+    assert_eq!(
+        t.send(reqwest::Method::GET, RG, None, None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        t.emu.counts().get("ResourceGroups_Get", 0),
+        1,
+        "the drop is counted"
+    );
+    t.emu.set_faults(Faults {
+        server_error_rate: 1.0,
+        ..Faults::default()
+    });
+    assert_eq!(
+        t.send(reqwest::Method::GET, RG, None, None)
+            .await
+            .unwrap()
+            .0,
+        500
+    );
+    t.emu.set_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(
+        t.send(reqwest::Method::GET, RG, None, None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "the injected delay was applied"
+    );
+    t.emu.set_faults(Faults::default());
+    assert_eq!(
+        t.send(reqwest::Method::GET, RG, None, None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn principal_not_found_while_the_window_lasts() {
+    let t = T::new(|w| w.faults.principal_not_found_seconds = 600.0).await;
+    let id = t.identity("fresh").await;
+    let pid = id["properties"]["principalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"properties": {"roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"), "principalId": pid, "principalType": "ServicePrincipal"}});
+    let path = format!(
+        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments/{}?api-version=2022-04-01",
+        uuid::Uuid::new_v4()
+    );
+    let (s, _, v) = t
+        .send(reqwest::Method::PUT, &path, Some(body.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("PrincipalNotFound"))
+    );
+    t.emu.set_faults(Faults::default());
+    assert_eq!(
+        t.send(reqwest::Method::PUT, &path, Some(body.clone()), None)
+            .await
+            .unwrap()
+            .0,
+        201
+    );
+    // The same triple under another name: RoleAssignmentExists; a non-GUID name: InvalidRoleAssignmentId.
+    let other = format!(
+        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments/{}?api-version=2022-04-01",
+        uuid::Uuid::new_v4()
+    );
+    let (s, _, v) = t
+        .send(reqwest::Method::PUT, &other, Some(body.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("RoleAssignmentExists"))
+    );
+    let bad = format!(
+        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments/not-a-guid?api-version=2022-04-01"
+    );
+    let (s, _, v) = t
+        .send(reqwest::Method::PUT, &bad, Some(body), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("InvalidRoleAssignmentId"))
+    );
+}
+
+async fn poll(t: &T, headers: &reqwest::header::HeaderMap) -> Value {
+    let url = headers["azure-asyncoperation"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    loop {
+        let v: Value = t
+            .http
+            .get(&url)
+            .bearer_auth(&t.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] != "InProgress" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn vm_patch_semantics() {
+    let t = T::new(|w| {
+        if let Some(vm) = w.subscriptions[0].resource_groups[0]
+            .virtual_machines
+            .first_mut()
+        {
+            vm.system_assigned = true;
+        }
+    })
+    .await;
+    let a = t.identity("ida").await["id"].as_str().unwrap().to_string();
+    let b = t.identity("idb").await["id"].as_str().unwrap().to_string();
+    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    assert_eq!(vm["identity"]["type"], "SystemAssigned");
+    let etag = vm["etag"].as_str().unwrap().to_string();
+    // Add two, keeping the system-assigned identity.
+    let (s, h, _) = t.send(reqwest::Method::PATCH, VM, Some(json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {a.clone(): {}, b.clone(): {}}}})), Some(&etag)).await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(poll(&t, &h).await["status"], "Succeeded");
+    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    assert_eq!(vm["identity"]["type"], "SystemAssigned, UserAssigned");
+    assert_eq!(
+        vm["identity"]["userAssignedIdentities"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(vm["identity"]["principalId"].is_string());
+    // The old etag is stale now: 412.
+    let (s, _, v) = t
+        .send(
+            reqwest::Method::PATCH,
+            VM,
+            Some(json!({"identity": {"type": "SystemAssigned"}})),
+            Some(&etag),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (412, Some("PreconditionFailed"))
+    );
+    // Remove one with null; the other and the system identity stay.
+    let etag = vm["etag"].as_str().unwrap().to_string();
+    let (s, h, _) = t.send(reqwest::Method::PATCH, VM, Some(json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {a.clone(): null}}})), Some(&etag)).await.unwrap();
+    assert_eq!(s, 200);
+    poll(&t, &h).await;
+    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let keys: Vec<String> = vm["identity"]["userAssignedIdentities"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, vec![b.clone()]);
+    assert_eq!(vm["identity"]["type"], "SystemAssigned, UserAssigned");
+    // A type that leaves out SystemAssigned removes the system identity.
+    let (_, h, _) = t.send(reqwest::Method::PATCH, VM, Some(json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {b.clone(): {}}}})), None).await.unwrap();
+    poll(&t, &h).await;
+    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    assert_eq!(vm["identity"]["type"], "UserAssigned");
+    assert!(vm["identity"]["principalId"].is_null());
+    // A failing long-running operation changes nothing.
+    t.emu.set_faults(Faults {
+        lro_fail_next: 1,
+        ..Faults::default()
+    });
+    let (_, h, _) = t
+        .send(
+            reqwest::Method::PATCH,
+            VM,
+            Some(json!({"identity": {"type": "None"}})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(poll(&t, &h).await["status"], "Failed");
+    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    assert_eq!(vm["identity"]["type"], "UserAssigned");
+    // Concurrent writes: AnotherOperationInProgress while one is pending, when switched on.
+    t.emu.set_faults(Faults {
+        another_operation_in_progress: true,
+        ..Faults::default()
+    });
+    let (s1, h1, _) = t
+        .send(
+            reqwest::Method::PATCH,
+            VM,
+            Some(json!({"identity": {"type": "None"}})),
+            None,
+        )
+        .await
+        .unwrap();
+    let (s2, _, v2) = t
+        .send(
+            reqwest::Method::PATCH,
+            VM,
+            Some(json!({"identity": {"type": "None"}})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s1, 200);
+    assert_eq!(
+        (s2, v2["error"]["code"].as_str()),
+        (409, Some("AnotherOperationInProgress"))
+    );
+    poll(&t, &h1).await;
+    t.emu.set_faults(Faults::default());
+    let (s, h, _) = t
+        .send(
+            reqwest::Method::PATCH,
+            VM,
+            Some(json!({"identity": {"type": "None"}})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    poll(&t, &h).await;
+}
+
+#[tokio::test]
+async fn imds_faults_and_rules() {
+    let t = T::new(|_| {}).await;
+    let imds = t.emu.imds_endpoint("myVM").unwrap();
+    let get = |meta: bool, client: &str| {
+        let mut req = t
+            .http
+            .get(format!("{imds}metadata/identity/oauth2/token"))
+            .query(&[
+                ("api-version", "2018-02-01"),
+                ("resource", "https://management.azure.com/"),
+                ("client_id", client),
+            ]);
+        if meta {
+            req = req.header("Metadata", "true");
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = get(false, "x").await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("bad_request_102")));
+    let (s, v) = get(true, "00000000-0000-0000-0000-000000000001").await;
+    assert_eq!(s, 400, "identity not assigned: {v}");
+    t.emu.set_faults(Faults {
+        imds_throttle_next: 1,
+        imds_gone_next: 1,
+        ..Faults::default()
+    });
+    assert_eq!(get(true, "x").await.0, 429);
+    assert_eq!(get(true, "x").await.0, 410);
+    assert_eq!(get(true, "x").await.0, 400, "faults used up");
+    // The admin endpoint changes faults at run time.
+    let url = format!("{}_emulator/faults", t.emu.arm_endpoint());
+    let resp = t
+        .http
+        .put(&url)
+        .json(&json!({"imdsServerErrorNext": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(get(true, "x").await.0, 500);
+    let f: Value = t.http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(f["imdsServerErrorNext"], 0);
+    let counts: Value = t
+        .http
+        .get(format!("{}_emulator/counts", t.emu.arm_endpoint()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        counts["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["operation"] == "Imds_Token" && c["status"] == 429 && c["count"] == 1)
+    );
+}
+
+#[tokio::test]
+async fn aad_client_assertions_and_refusals() {
+    let t = T::new(|_| {}).await;
+    let token_url = format!(
+        "{}{}/oauth2/v2.0/token",
+        t.emu.authority_host(),
+        t.emu.tenant_id()
+    );
+    let assertion = |iss: &str, sub: &str| {
+        let now = jiff::Timestamp::now().as_second();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &json!({"iss": iss, "sub": sub, "aud": "api://AzureADTokenExchange", "exp": now + 600, "iat": now}), &jsonwebtoken::EncodingKey::from_secret(b"cluster-key")).unwrap()
+    };
+    let exchange = |a: String| {
+        let http = t.http.clone();
+        let url = token_url.clone();
+        async move {
+            let r = http
+                .post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    (
+                        "client_id",
+                        uami_controller::emulator::world::TUTORIAL_CONTROLLER_CLIENT_ID,
+                    ),
+                    ("scope", "https://management.azure.com/.default"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", a.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = exchange(assertion(
+        "https://oidc.emulator.local/",
+        "system:serviceaccount:uami-system:uami-controller",
+    ))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let claims =
+        jsonwebtoken::dangerous::insecure_decode::<Value>(v["access_token"].as_str().unwrap())
+            .unwrap()
+            .claims;
+    for c in ["aud", "iss", "tid", "oid", "appid", "iat", "nbf", "exp"] {
+        assert!(claims.get(c).is_some(), "claim {c}: {claims}");
+    }
+    let (s, v) = exchange(assertion(
+        "https://oidc.emulator.local/",
+        "system:serviceaccount:other:sa",
+    ))
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS70021")
+    );
+    let r = t
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_id",
+                uami_controller::emulator::world::TUTORIAL_CONTROLLER_CLIENT_ID,
+            ),
+            ("scope", "https://management.azure.com/.default"),
+            ("client_secret", "wrong"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // ARM refuses a missing or foreign token.
+    let r = t.http.get(t.url(RG)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = t
+        .http
+        .get(t.url(RG))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
