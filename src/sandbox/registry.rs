@@ -26,6 +26,8 @@ pub struct ResourceDef {
     pub status_subresource: bool,
     /// `openAPIV3Schema` of a custom resource.
     pub schema: Option<Value>,
+    /// The schema, compiled once for validation.
+    pub compiled: Option<std::sync::Arc<super::validate::Compiled>>,
     /// `additionalPrinterColumns` of a custom resource.
     pub printer_columns: Vec<Value>,
     /// The CRD that defines it.
@@ -104,6 +106,7 @@ fn builtin(
         categories: Vec::new(),
         status_subresource: false,
         schema: None,
+        compiled: None,
         printer_columns: Vec::new(),
         crd: None,
     }
@@ -195,6 +198,9 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceDef>, String> {
             schema: v["schema"]["openAPIV3Schema"]
                 .as_object()
                 .map(|_| v["schema"]["openAPIV3Schema"].clone()),
+            compiled: v["schema"]["openAPIV3Schema"].as_object().map(|_| {
+                std::sync::Arc::new(super::validate::compile(&v["schema"]["openAPIV3Schema"]))
+            }),
             printer_columns: v["additionalPrinterColumns"]
                 .as_array()
                 .cloned()

@@ -751,7 +751,10 @@ fn admit(
     }
     validate::prune(obj, schema, true);
     validate::default(obj, schema);
-    let causes = validate::validate(obj, old, schema);
+    let causes = match &def.compiled {
+        Some(c) => validate::validate(obj, old, c),
+        None => validate::validate(obj, old, &validate::compile(schema)),
+    };
     if causes.is_empty() {
         Ok(())
     } else {

@@ -171,23 +171,43 @@ fn join_path(base: &str, prop: &str) -> String {
     }
 }
 
-/// Validate `object` (and `old` for transition rules) against `schema`.
-pub fn validate(object: &Value, old: Option<&Value>, schema: &Value) -> Vec<Cause> {
-    let mut causes = Vec::new();
+/// A CRD schema compiled once: the JSON Schema validator and the CEL rules.
+pub struct Compiled {
+    json: Result<jsonschema::Validator, String>,
+    cel: kube_cel::CompiledSchema,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
+}
+
+/// Compile `schema` (an `openAPIV3Schema`).
+pub fn compile(schema: &Value) -> Compiled {
+    let mut js = to_json_schema(schema);
     // metadata is checked by the server itself, not by the CRD schema.
+    if let Some(props) = js.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        props.remove("metadata");
+    }
+    Compiled {
+        json: jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft4)
+            .should_validate_formats(true)
+            .build(&js)
+            .map_err(|e| e.to_string()),
+        cel: kube_cel::compile_schema(schema),
+    }
+}
+
+/// Validate `object` (and `old` for transition rules) against the compiled schema.
+pub fn validate(object: &Value, old: Option<&Value>, compiled: &Compiled) -> Vec<Cause> {
+    let mut causes = Vec::new();
     let mut for_schema = object.clone();
     if let Some(m) = for_schema.as_object_mut() {
         m.remove("metadata");
     }
-    let mut js = to_json_schema(schema);
-    if let Some(props) = js.get_mut("properties").and_then(|p| p.as_object_mut()) {
-        props.remove("metadata");
-    }
-    match jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft4)
-        .should_validate_formats(true)
-        .build(&js)
-    {
+    match &compiled.json {
         Ok(validator) => {
             for e in validator.iter_errors(&for_schema) {
                 let path = e
@@ -283,7 +303,7 @@ pub fn validate(object: &Value, old: Option<&Value>, schema: &Value) -> Vec<Caus
         }),
     }
     if causes.is_empty()
-        && let Err(errors) = kube_cel::validate(schema, object, old)
+        && let Err(errors) = kube_cel::validate_compiled(&compiled.cel, object, old)
     {
         for e in errors.into_vec() {
             let field = e.field_path.trim_start_matches('.').to_string();
