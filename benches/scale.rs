@@ -175,7 +175,7 @@ async fn controller_bench(n: usize) {
             )
         {
             println!(
-                "controller: not converged after 600 s: {ready}/{n} grants Ready, {assigned} bindings assigned"
+                "controller: not converged within the limit (BENCH_LIMIT, default 600 s): {ready}/{n} grants Ready, {assigned} bindings assigned"
             );
             for g in grants
                 .list(&ListParams::default())

@@ -48,6 +48,12 @@ where
         tracing::info!(kind = %K::kind(&()), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), %message, "waiting");
         return Action::requeue(*retry);
     }
+    if let ReconcileError::Finalizer(message) = err {
+        // Adding or removing the finalizer raced a cache that had not seen our last write yet
+        // (the JSON patch's test failed): look again shortly, without growing the backoff.
+        tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), %message, "finalizer patch raced the cache");
+        return Action::requeue(std::time::Duration::from_millis(500));
+    }
     let attempts = ctx.record_failure(&object_key(&*obj));
     let wait = backoff(attempts.saturating_sub(1), err.retry_after());
     tracing::warn!(

@@ -76,7 +76,7 @@ struct Target {
 
 enum Parsed {
     Discovery(Response),
-    Resource(Target),
+    Resource(Box<Target>),
     NotFound,
 }
 
@@ -117,23 +117,23 @@ fn parse(store: &Store, segs: &[&str], base: &str) -> Parsed {
         && let Some(def) = find_def(store, group, version, rest[2]).filter(|d| d.namespaced)
     {
         {
-            return Parsed::Resource(Target {
+            return Parsed::Resource(Box::new(Target {
                 def,
                 namespace: Some(rest[1].to_string()),
                 name: rest.get(3).map(|s| s.to_string()),
                 subresource: rest.get(4).map(|s| s.to_string()),
-            });
+            }));
         }
     }
     let Some(def) = find_def(store, group, version, rest[0]) else {
         return Parsed::NotFound;
     };
-    Parsed::Resource(Target {
+    Parsed::Resource(Box::new(Target {
         def,
         namespace: None,
         name: rest.get(1).map(|s| s.to_string()),
         subresource: rest.get(2).map(|s| s.to_string()),
-    })
+    }))
 }
 
 fn verb(method: &Method, t: &Target, q: &HashMap<String, String>) -> &'static str {
