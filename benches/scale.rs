@@ -246,6 +246,12 @@ async fn controller_bench(n: usize) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo test --all-targets` runs bench targets too: only `cargo bench` (which passes
+    // `--bench`) measures.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("scale: run with `cargo bench --bench scale`");
+        return;
+    }
     if std::env::var("BENCH_DEBUG").is_ok() {
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::WARN)

@@ -15,7 +15,8 @@ use uami_controller::emulator::Faults;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_is_denied_until_the_grant_propagates_then_verified() {
     let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
-    opts.world.rbac_propagation_seconds = 4.0;
+    // Long enough that the first check falls inside it even on a loaded machine.
+    opts.world.rbac_propagation_seconds = 10.0;
     opts.world.lro_retry_after_seconds = 0;
     opts.agent_interval = Duration::from_millis(700);
     let stack = Stack::start(opts).await.unwrap();

@@ -157,7 +157,7 @@ async fn azure_failures_end_in_ready() {
     let stack = stack(60, |o| {
         o.agents = false;
         o.world.faults = Faults {
-            principal_not_found_seconds: 3.0,
+            principal_not_found_seconds: 15.0,
             lro_fail_next: 1,
             throttling: Some(Throttling { scale: 0.04 }),
             server_error_next: 1,
