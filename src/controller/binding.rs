@@ -24,6 +24,10 @@ use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
 use crate::azure::compute::{ComputeTarget, TargetKind};
 
+/// How soon an object waiting for its identity looks again. The trigger from the identity watch
+/// can arrive before the identity cache has the change, so waiting does not rely on it alone.
+const WAIT_FOR_IDENTITY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Finalizer of bindings.
 pub const FINALIZER: &str = "uami.dev/binding";
 
@@ -146,7 +150,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             waiting(&obj, &target, reasons::IDENTITY_NOT_FOUND, &message),
         )
         .await?;
-        return Ok(resync);
+        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
     };
     let Some(identity_id) = identity
         .status
@@ -170,7 +174,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             waiting(&obj, &target, reasons::WAITING_FOR_IDENTITY, &message),
         )
         .await?;
-        return Ok(resync);
+        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
     };
 
     let key = object_key(&*obj);

@@ -22,6 +22,10 @@ use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
 use crate::azure::roles::{RoleAssignment, RoleDefinition, assignment_name, role_definition_guid};
 
+/// How soon an object waiting for its identity looks again. The trigger from the identity watch
+/// can arrive before the identity cache has the change, so waiting does not rely on it alone.
+const WAIT_FOR_IDENTITY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Finalizer of grants.
 pub const FINALIZER: &str = "uami.dev/grant";
 
@@ -117,7 +121,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             waiting(&obj, reasons::IDENTITY_NOT_FOUND, &message),
         )
         .await?;
-        return Ok(resync);
+        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
     };
     let Some(principal_id) = identity
         .status
@@ -132,7 +136,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             waiting(&obj, reasons::WAITING_FOR_IDENTITY, &message),
         )
         .await?;
-        return Ok(resync);
+        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
     };
     let Some(scope) = scope_of(&obj, ctx.settings.default_subscription.as_deref()) else {
         write_status(
