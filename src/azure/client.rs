@@ -24,6 +24,7 @@ use super::roles::{RoleAssignment, RoleDefinition};
 use super::throttle::{OpKind, SubscriptionThrottle, ThrottleConfig};
 use super::{ArmError, ComputeApi, IdentityApi, ResourceGroupApi, RoleApi, api_versions};
 use crate::auth::TokenCredential;
+use crate::telemetry::metrics::ArmBudgetMetrics;
 
 /// Settings of the ARM client.
 #[derive(Clone, Debug)]
@@ -70,12 +71,14 @@ pub struct ArmMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<OperationLabels, Histogram>,
     throttled: Family<OperationLabels, Counter>,
+    budget: ArmBudgetMetrics,
 }
 
 impl ArmMetrics {
     /// Create and register under `uami_arm_`.
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::unregistered();
+        let mut m = Self::unregistered();
+        m.budget = ArmBudgetMetrics::register(registry);
         registry.register(
             "uami_arm_requests",
             "ARM requests by operation and HTTP status",
@@ -101,6 +104,7 @@ impl ArmMetrics {
                 Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             }),
             throttled: Family::default(),
+            budget: ArmBudgetMetrics::default(),
         }
     }
 }
@@ -235,6 +239,7 @@ impl ArmClient {
                 })
                 .inc();
             let headers = resp.headers().clone();
+            self.metrics.budget.observe(&subscription, &headers);
             let body = resp
                 .bytes()
                 .await
