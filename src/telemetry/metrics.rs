@@ -132,7 +132,11 @@ impl ArmBudgetMetrics {
             if !BUDGET_KINDS.contains(&kind) {
                 continue;
             }
-            let Some(n) = value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()) else {
+            let Some(n) = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+            else {
                 continue;
             };
             self.remaining
