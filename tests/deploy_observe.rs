@@ -269,12 +269,10 @@ fn check_expr(expr: &Expr, known: &Known, errors: &mut Vec<String>) -> BTreeSet<
             let lhs = check_expr(&b.lhs, known, errors);
             let rhs = check_expr(&b.rhs, known, errors);
             let op = b.op.to_string();
-            if let Some(m) = &b.modifier {
-                if let Some(matching) = &m.matching {
-                    let l = labels_of(matching.labels());
-                    for missing in l.iter().filter(|x| !lhs.contains(*x) || !rhs.contains(*x)) {
-                        errors.push(format!("matching on `{missing}` missing on a side: {expr}"));
-                    }
+            if let Some(matching) = b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+                let l = labels_of(matching.labels());
+                for missing in l.iter().filter(|x| !lhs.contains(*x) || !rhs.contains(*x)) {
+                    errors.push(format!("matching on `{missing}` missing on a side: {expr}"));
                 }
             }
             match op.as_str() {
