@@ -927,13 +927,14 @@ async fn after_the_tutorial_every_metric_and_label_the_queries_use_exists() {
             .then_some(())
     })
     .await;
+    if recorder.task.is_some() {
+        // A recording shows a spell of throttling, then the quiet steady state.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+    }
     stack.emulator.set_faults(Faults::default());
-    tokio::time::sleep(Duration::from_secs(if recorder.task.is_some() {
-        20
-    } else {
-        0
-    }))
-    .await;
+    if recorder.task.is_some() {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
 
     let controller = ksm::parse_exposition(&controller_metrics(&stack));
     let objs = objects(&stack).await;
