@@ -670,6 +670,81 @@ fn a_query_naming_a_missing_metric_or_label_is_caught() {
     );
 }
 
+// ---- kube-state-metrics config, typed after its Go structs (pkg/customresourcestate) --------
+// kube-state-metrics ignores unknown fields, so a misspelt field would silently do nothing.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct KsmConfig {
+    kind: String,
+    spec: KsmSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct KsmSpec {
+    resources: Vec<KsmResource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct KsmResource {
+    group_version_kind: BTreeMap<String, String>,
+    #[serde(default)]
+    metric_name_prefix: Option<String>,
+    #[serde(default)]
+    resource_plural: Option<String>,
+    #[serde(default)]
+    common_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    labels_from_path: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    error_log_v: Option<u8>,
+    metrics: Vec<KsmMetric>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct KsmMetric {
+    name: String,
+    help: String,
+    each: KsmEach,
+    #[serde(default)]
+    common_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    labels_from_path: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    error_log_v: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct KsmEach {
+    #[serde(rename = "type")]
+    type_: String,
+    gauge: KsmGauge,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct KsmGauge {
+    path: Vec<String>,
+    #[serde(default)]
+    labels_from_path: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    value_from: Vec<String>,
+    #[serde(default)]
+    nil_is_zero: bool,
+    #[serde(default)]
+    label_from_key: Option<String>,
+}
+
 /// The CRD schema of a kind, from crds/.
 fn crd_schema(group: &str, kind: &str) -> Value {
     for entry in std::fs::read_dir(root().join("crds")).unwrap() {
@@ -732,6 +807,20 @@ fn schema_at(schema: &Value, path: &[String]) -> Result<Value, String> {
 #[test]
 fn kube_state_metrics_paths_exist_in_the_crd_schemas() {
     let config = rendered().ksm_config;
+    let typed: KsmConfig = serde_json::from_value(config.clone())
+        .unwrap_or_else(|e| panic!("not a CustomResourceStateMetrics config: {e}"));
+    assert_eq!(typed.kind, "CustomResourceStateMetrics");
+    assert!(
+        typed
+            .spec
+            .resources
+            .iter()
+            .all(|r| r.metrics.iter().all(|m| m.each.type_ == "Gauge"))
+    );
+    let mut misspelt = config.clone();
+    misspelt["spec"]["resources"][0]["metrics"][0]["each"]["gauge"]["valuefrom"] =
+        serde_json::json!(["x"]);
+    assert!(serde_json::from_value::<KsmConfig>(misspelt).is_err());
     let declared = ksm::declared(&config);
     assert!(declared.len() >= 12, "{declared:?}");
     let mut kinds = BTreeSet::new();
