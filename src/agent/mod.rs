@@ -109,11 +109,22 @@ pub trait TokenSource: Send + Sync {
     async fn token(&self, client_id: &str, resource: &str) -> Result<Token, TokenFailure>;
 }
 
+/// Why an access check could not run: the condition's reason and message (never a token).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct CheckFailure {
+    /// Condition reason: `UnsupportedScope` for a resource type the check cannot read,
+    /// `CheckFailed` otherwise.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+}
+
 /// A GET of an ARM scope with a bearer token.
 #[async_trait]
 pub trait AccessProbe: Send + Sync {
-    /// The HTTP status of `GET {scope}` with `token`, or a transport failure message.
-    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, String>;
+    /// The HTTP status of `GET {scope}` with `token`, or why it could not be sent.
+    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, CheckFailure>;
 }
 
 /// Agent settings.
@@ -329,7 +340,10 @@ impl Agent {
                 }
                 let outcome = match &arm_token {
                     Ok(t) => self.probe.probe(&scope, &t.secret).await,
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(CheckFailure {
+                        reason: "CheckFailed".into(),
+                        message: e.to_string(),
+                    }),
                 };
                 if let Err(e) = self.write_grant(&g, &scope, outcome).await {
                     tracing::warn!(grant = %g.name_any(), namespace = %ns, error = %e, "could not write grant status");
@@ -472,7 +486,7 @@ impl Agent {
         &self,
         g: &RoleGrant,
         scope: &str,
-        outcome: Result<u16, String>,
+        outcome: Result<u16, CheckFailure>,
     ) -> kube::Result<()> {
         let current = g.status.clone().unwrap_or_default();
         let mut own: Vec<_> = current
@@ -524,12 +538,12 @@ impl Agent {
                     checked_by: Some(checked_by),
                 }),
             ),
-            Err(message) => (
+            Err(failure) => (
                 NewCondition::new(
                     types::ACCESS_VERIFIED,
                     false,
-                    "CheckFailed",
-                    format!("{checked_by}: {message}"),
+                    &failure.reason,
+                    format!("{checked_by}: {}", failure.message),
                 ),
                 None,
             ),
@@ -684,10 +698,21 @@ impl ArmProbe {
 
 #[async_trait]
 impl AccessProbe for ArmProbe {
-    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, String> {
+    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, CheckFailure> {
         crate::azure::probe_access(&self.http, &self.endpoint, scope, token)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| CheckFailure {
+                reason: if e.code() == "UnsupportedScope" {
+                    "UnsupportedScope".into()
+                } else {
+                    "CheckFailed".into()
+                },
+                message: if e.code() == "UnsupportedScope" {
+                    e.message.clone()
+                } else {
+                    e.to_string()
+                },
+            })
     }
 }
 

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::compute::{
-    ComputeIdentity, ComputeResource, ComputeTarget, OperationStatus, PatchOutcome,
-    UserAssignedInfo,
+    ComputeIdentity, ComputeResource, ComputeTarget, LroKind, LroPoll, OperationStatus,
+    PatchOutcome, UserAssignedInfo,
 };
 use super::identity::Identity;
 use super::roles::{RoleAssignment, RoleDefinition};
@@ -189,6 +189,15 @@ impl ArmClient {
             Method::DELETE => OpKind::Delete,
             _ => OpKind::Write,
         };
+        // The ARM token goes only to the ARM endpoint's origin, whatever URL a response named.
+        if url.origin() != self.opts.endpoint.origin() {
+            return Err(ArmError::untrusted_origin(
+                operation,
+                "request",
+                &url,
+                &self.opts.endpoint,
+            ));
+        }
         let subscription = subscription_of(url.path());
         let mut attempt = 0;
         loop {
@@ -284,11 +293,42 @@ impl ArmClient {
         ArmError::from_response(operation, r.status, &r.body, retry_after(&r.headers))
     }
 
+    /// A URL that ARM named in a response (`nextLink`, `Azure-AsyncOperation`, `Location`),
+    /// resolved against the endpoint, refused unless it is on the ARM endpoint's origin (scheme,
+    /// host and port), so the bearer token is never sent anywhere else.
+    fn follow(&self, operation: &'static str, what: &str, link: &str) -> Result<Url, ArmError> {
+        let url = self.opts.endpoint.join(link.trim()).map_err(|_| {
+            ArmError::local(
+                operation,
+                "InvalidResponse",
+                format!("ARM returned a {what} that is not a URL"),
+            )
+        })?;
+        if url.origin() != self.opts.endpoint.origin() {
+            return Err(ArmError::untrusted_origin(
+                operation,
+                what,
+                &url,
+                &self.opts.endpoint,
+            ));
+        }
+        Ok(url)
+    }
+
+    /// Every page of a list: `value` of each page, following `nextLink` until there is none.
     async fn list_all(&self, operation: &'static str, first: Url) -> Result<Vec<Value>, ArmError> {
+        const MAX_PAGES: usize = 1000;
         let mut out = Vec::new();
         let mut next = Some(first);
         let mut pages = 0;
         while let Some(url) = next.take() {
+            if pages == MAX_PAGES {
+                return Err(ArmError::local(
+                    operation,
+                    "TooManyPages",
+                    format!("the list did not end after {MAX_PAGES} pages"),
+                ));
+            }
             let r = self.send(operation, Method::GET, url, None, None).await?;
             if r.status != 200 {
                 return Err(Self::fail(operation, &r));
@@ -296,10 +336,10 @@ impl ArmClient {
             let v = Self::json(operation, &r)?;
             out.extend(v["value"].as_array().cloned().unwrap_or_default());
             pages += 1;
-            next = v["nextLink"]
-                .as_str()
-                .and_then(|s| Url::parse(s).ok())
-                .filter(|_| pages < 1000);
+            next = match v["nextLink"].as_str().filter(|s| !s.trim().is_empty()) {
+                Some(link) => Some(self.follow(operation, "nextLink", link)?),
+                None => None,
+            };
         }
         Ok(out)
     }
@@ -699,9 +739,20 @@ impl ComputeApi for ArmClient {
             r.headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|s| Url::parse(s).ok())
+                .map(str::to_string)
         };
-        let poll = header("azure-asyncoperation").or_else(|| header("location"));
+        // D3: poll `Azure-AsyncOperation` when present, otherwise `Location`.
+        let poll = match (header("azure-asyncoperation"), header("location")) {
+            (Some(u), _) => Some(LroPoll {
+                url: self.follow(op, "Azure-AsyncOperation", &u)?,
+                kind: LroKind::AsyncOperation,
+            }),
+            (None, Some(u)) => Some(LroPoll {
+                url: self.follow(op, "Location", &u)?,
+                kind: LroKind::Location,
+            }),
+            (None, None) => None,
+        };
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         let state = v["properties"]["provisioningState"]
             .as_str()
@@ -712,13 +763,35 @@ impl ComputeApi for ArmClient {
                 poll,
                 retry_after: retry_after(&r.headers),
             }),
+            None if r.status == 202 => Err(ArmError::local(
+                op,
+                "InvalidResponse",
+                "ARM accepted the request (202) without a Location or Azure-AsyncOperation to poll",
+            )),
             _ => Ok(PatchOutcome::Done(parse_compute(&v, None))),
         }
     }
 
-    async fn poll_operation(&self, url: &Url) -> Result<OperationStatus, ArmError> {
+    async fn poll_operation(&self, poll: &LroPoll) -> Result<OperationStatus, ArmError> {
+        if poll.kind == LroKind::Location {
+            // D3: the Location URL answers 202 while the operation runs, 200 or 204 when it
+            // succeeded, and the operation's error (4xx/5xx with ARM's envelope) when it failed.
+            const OP: &str = "LocationOperation_Get";
+            let r = self
+                .send(OP, Method::GET, poll.url.clone(), None, None)
+                .await?;
+            return Ok(match r.status {
+                202 => OperationStatus::InProgress {
+                    retry_after: retry_after(&r.headers),
+                },
+                200 | 201 | 204 => OperationStatus::Succeeded,
+                _ => OperationStatus::Failed(Self::fail(OP, &r)),
+            });
+        }
         const OP: &str = "AsyncOperation_Get";
-        let r = self.send(OP, Method::GET, url.clone(), None, None).await?;
+        let r = self
+            .send(OP, Method::GET, poll.url.clone(), None, None)
+            .await?;
         if r.status == 202 {
             return Ok(OperationStatus::InProgress {
                 retry_after: retry_after(&r.headers),
@@ -780,8 +853,71 @@ impl ResourceGroupApi for ArmClient {
     }
 }
 
-/// The agent's access check: `GET {scope}` with `token`, returning the HTTP status (200 when the
-/// identity may read the scope, 403 before the grant takes effect).
+/// The resource types whose api-version the access check knows, as `(namespace/type,
+/// api-version)`. ARM refuses a GET whose api-version its provider does not serve, so every
+/// provider needs its own.
+pub const ACCESS_CHECK_PROVIDERS: &[(&str, &str)] = &[
+    ("Microsoft.Storage/storageAccounts", api_versions::STORAGE),
+    ("Microsoft.KeyVault/vaults", api_versions::KEY_VAULT),
+    (
+        "Microsoft.ManagedIdentity/userAssignedIdentities",
+        api_versions::MANAGED_IDENTITY,
+    ),
+    ("Microsoft.Compute/virtualMachines", api_versions::COMPUTE),
+    (
+        "Microsoft.Compute/virtualMachineScaleSets",
+        api_versions::COMPUTE,
+    ),
+];
+
+/// The api-version to read `scope` with: subscriptions, resource groups and the resource types
+/// of [`ACCESS_CHECK_PROVIDERS`]. Anything else is refused with code `UnsupportedScope` and a
+/// message naming the resource type.
+pub fn access_check_api_version(scope: &str) -> Result<&'static str, ArmError> {
+    const OP: &str = "AccessProbe";
+    let segments: Vec<&str> = scope.split('/').filter(|s| !s.is_empty()).collect();
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    match segments.as_slice() {
+        [s, _] if eq(s, "subscriptions") => return Ok(api_versions::SUBSCRIPTIONS),
+        [s, _, r, _] if eq(s, "subscriptions") && eq(r, "resourceGroups") => {
+            return Ok(api_versions::RESOURCES);
+        }
+        _ => {}
+    }
+    // The resource type is the namespace after the last `providers` and the type segments
+    // (every other segment after it: `type/name[/childType/childName]`).
+    let resource_type = segments
+        .iter()
+        .rposition(|s| eq(s, "providers"))
+        .filter(|i| segments.len() > i + 3)
+        .map(|i| {
+            let rest = &segments[i + 1..];
+            let mut parts = vec![rest[0]];
+            parts.extend(rest[1..].iter().step_by(2));
+            parts.join("/")
+        });
+    if let Some(t) = &resource_type
+        && let Some((_, version)) = ACCESS_CHECK_PROVIDERS.iter().find(|(k, _)| eq(k, t))
+    {
+        return Ok(version);
+    }
+    let known: Vec<&str> = ACCESS_CHECK_PROVIDERS.iter().map(|(k, _)| *k).collect();
+    Err(ArmError::local(
+        OP,
+        "UnsupportedScope",
+        format!(
+            "access checks read subscriptions, resource groups and {}; {} is not one of them, so the grant was made but its access cannot be verified (set verifyAccess: false for this scope)",
+            known.join(", "),
+            resource_type
+                .map(|t| format!("resource type {t}"))
+                .unwrap_or_else(|| "this scope".into()),
+        ),
+    ))
+}
+
+/// The agent's access check: `GET {scope}` with `token` and the api-version of the scope's
+/// provider, returning the HTTP status (200 when the identity may read the scope, 403 before
+/// the grant takes effect).
 pub async fn probe_access(
     http: &reqwest::Client,
     arm_endpoint: &Url,
@@ -789,18 +925,10 @@ pub async fn probe_access(
     token: &SecretString,
 ) -> Result<u16, ArmError> {
     const OP: &str = "AccessProbe";
-    let segments: Vec<&str> = scope.split('/').filter(|s| !s.is_empty()).collect();
-    let api_version = match segments.len() {
-        2 => "2022-12-01",
-        4 if segments[2].eq_ignore_ascii_case("resourceGroups") => api_versions::RESOURCES,
-        _ if scope.to_lowercase().contains("/microsoft.managedidentity/") => {
-            api_versions::MANAGED_IDENTITY
-        }
-        _ if scope.to_lowercase().contains("/microsoft.compute/") => api_versions::COMPUTE,
-        _ => api_versions::RESOURCES,
-    };
+    let api_version = access_check_api_version(scope)?;
     let mut url = arm_endpoint.clone();
-    url.set_path(&scope_path(scope));
+    let base = url.path().trim_end_matches('/').to_string();
+    url.set_path(&format!("{base}{}", scope_path(scope)));
     url.query_pairs_mut()
         .append_pair("api-version", api_version);
     let resp = http
@@ -810,4 +938,49 @@ pub async fn probe_access(
         .await
         .map_err(|e| ArmError::transport(OP, &e))?;
     Ok(resp.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_checks_use_the_providers_api_version() {
+        let sub = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c";
+        let rg = format!("{sub}/resourceGroups/DevTest");
+        assert_eq!(
+            access_check_api_version(sub),
+            Ok(api_versions::SUBSCRIPTIONS)
+        );
+        assert_eq!(access_check_api_version(&rg), Ok(api_versions::RESOURCES));
+        assert_eq!(
+            access_check_api_version(&format!(
+                "{rg}/providers/microsoft.storage/storageaccounts/devtestdata"
+            )),
+            Ok(api_versions::STORAGE)
+        );
+        assert_eq!(
+            access_check_api_version(&format!("{rg}/providers/Microsoft.KeyVault/vaults/kv1")),
+            Ok(api_versions::KEY_VAULT)
+        );
+        let e = access_check_api_version(&format!(
+            "{rg}/providers/Microsoft.Network/virtualNetworks/vnet1"
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), "UnsupportedScope");
+        assert!(
+            e.message.contains("Microsoft.Network/virtualNetworks"),
+            "{e}"
+        );
+        let child = access_check_api_version(&format!(
+            "{rg}/providers/Microsoft.Storage/storageAccounts/a/blobServices/default"
+        ))
+        .unwrap_err();
+        assert!(
+            child
+                .message
+                .contains("Microsoft.Storage/storageAccounts/blobServices"),
+            "{child}"
+        );
+    }
 }

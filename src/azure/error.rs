@@ -1,6 +1,9 @@
 //! The ARM error: HTTP status, the envelope's `error.code` and message, and `Retry-After`.
 //! Classified retryable or terminal by code, as the Azure Service Operator does: known retryable
 //! codes, known fatal codes, otherwise fatal on 400 and retryable on anything else.
+//!
+//! Only the envelope's `code` and `message` are kept: the rest of a response body (details,
+//! inner errors, HTML from a proxy) never reaches conditions, events or logs.
 
 use std::time::Duration;
 
@@ -46,6 +49,26 @@ const RETRYABLE: &[&str] = &[
     "GatewayTimeout",
 ];
 
+/// The code of [`ArmError::untrusted_origin`].
+pub const UNTRUSTED_ORIGIN: &str = "UntrustedOrigin";
+
+/// Errors raised on this side that trying again cannot fix.
+const LOCAL_TERMINAL: &[&str] = &["NoCredential", UNTRUSTED_ORIGIN, "UnsupportedScope"];
+
+/// ARM's messages are short; a longer one is cut (at a character boundary).
+fn bounded(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let mut end = MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 const FATAL: &[&str] = &[
     "BadRequest",
     "BadRequestFormat",
@@ -86,10 +109,10 @@ impl ArmError {
             message: String,
         }
         let (code, message) = match serde_json::from_slice::<Envelope>(body) {
-            Ok(Envelope { error: Some(b) }) => (b.code, b.message),
+            Ok(Envelope { error: Some(b) }) => (b.code, bounded(b.message)),
             _ => (
                 String::new(),
-                String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+                format!("HTTP {status} without an ARM error body"),
             ),
         };
         Self {
@@ -99,6 +122,26 @@ impl ArmError {
             message,
             retry_after,
         }
+    }
+
+    /// A URL named in an ARM response (`what`: `nextLink`, `Azure-AsyncOperation`, `Location`)
+    /// that is not on the ARM endpoint's origin. It is never requested: the ARM token would go
+    /// with it. Terminal.
+    pub fn untrusted_origin(
+        operation: &'static str,
+        what: &str,
+        url: &url::Url,
+        endpoint: &url::Url,
+    ) -> Self {
+        Self::local(
+            operation,
+            UNTRUSTED_ORIGIN,
+            format!(
+                "refused to follow the {what} on {} because it is not the ARM endpoint {}; the ARM token is sent only to the ARM endpoint",
+                url.origin().ascii_serialization(),
+                endpoint.origin().ascii_serialization()
+            ),
+        )
     }
 
     /// A transport failure (connection refused or reset, timeout).
@@ -149,7 +192,7 @@ impl ArmError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         let Some(status) = self.status else {
-            return self.code != "NoCredential";
+            return !LOCAL_TERMINAL.contains(&self.code.as_str());
         };
         if status == 429 || status >= 500 || status == 412 {
             return true;
@@ -220,7 +263,26 @@ mod tests {
         assert_eq!(e.to_string(), "Op: HTTP 404 ResourceGroupNotFound: m");
         let raw = ArmError::from_response("Op", 502, b"<html>bad gateway</html>", None);
         assert_eq!(raw.code(), "");
-        assert!(raw.message.contains("bad gateway"));
+        assert_eq!(raw.message, "HTTP 502 without an ARM error body");
         assert_eq!(raw.category(), "ServerError");
+        let extra = ArmError::from_response(
+            "Op",
+            400,
+            br#"{"error":{"code":"InvalidParameter","message":"m","target":"t","details":[{"code":"x","message":"inner-secret"}],"innererror":{"errordetail":"stack-dump"}},"debug":"raw"}"#,
+            None,
+        );
+        let shown = extra.to_string();
+        assert_eq!(shown, "Op: HTTP 400 InvalidParameter: m");
+        let long = ArmError::from_response(
+            "Op",
+            400,
+            format!(
+                r#"{{"error":{{"code":"C","message":"{}"}}}}"#,
+                "é".repeat(2000)
+            )
+            .as_bytes(),
+            None,
+        );
+        assert!(long.message.len() <= 1030);
     }
 }

@@ -10,7 +10,10 @@ pub mod throttle;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-pub use client::{ArmClient, ArmClientOptions, ArmMetrics, probe_access};
+pub use client::{
+    ACCESS_CHECK_PROVIDERS, ArmClient, ArmClientOptions, ArmMetrics, access_check_api_version,
+    probe_access,
+};
 pub use error::ArmError;
 
 /// API versions used for each resource family.
@@ -23,6 +26,12 @@ pub mod api_versions {
     pub const COMPUTE: &str = "2024-11-01";
     /// `Microsoft.Resources` resource groups.
     pub const RESOURCES: &str = "2024-03-01";
+    /// `Microsoft.Resources` subscriptions (`Subscriptions_Get`).
+    pub const SUBSCRIPTIONS: &str = "2022-12-01";
+    /// `Microsoft.Storage` storage accounts.
+    pub const STORAGE: &str = "2023-05-01";
+    /// `Microsoft.KeyVault` vaults.
+    pub const KEY_VAULT: &str = "2023-07-01";
 }
 
 pub mod identity {
@@ -165,18 +174,39 @@ pub mod compute {
         if changes.is_empty() {
             return None;
         }
+        // ARM-NOTES §2.4 (D2): removing the last user-assigned identity sends the type alone,
+        // `SystemAssigned` when the VM keeps its system identity and `None` otherwise, with no
+        // `userAssignedIdentities` map (Compute refuses null entries next to those types).
         let type_ = match (current.has_system_assigned(), remaining.is_empty()) {
             (true, false) => "SystemAssigned, UserAssigned",
-            (true, true) => "SystemAssigned",
+            (true, true) => {
+                return Some(serde_json::json!({"identity": {"type": "SystemAssigned"}}));
+            }
             (false, false) => "UserAssigned",
-            (false, true) => "None",
+            (false, true) => return Some(serde_json::json!({"identity": {"type": "None"}})),
         };
         Some(serde_json::json!({"identity": {"type": type_, "userAssignedIdentities": changes}}))
+    }
+    /// How ARM reports a long-running operation (ARM-NOTES §2.4, D3).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum LroKind {
+        /// `Azure-AsyncOperation`: the URL answers 200 with `{"status": ...}`.
+        AsyncOperation,
+        /// `Location`: the URL answers 202 while running and 200/204 when done.
+        Location,
+    }
+    /// Where and how to poll a long-running operation.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct LroPoll {
+        /// The URL, on the ARM endpoint's origin.
+        pub url: url::Url,
+        /// Its form.
+        pub kind: LroKind,
     }
     pub enum PatchOutcome {
         Done(ComputeResource),
         InProgress {
-            poll: url::Url,
+            poll: LroPoll,
             retry_after: Option<Duration>,
         },
     }
@@ -187,7 +217,7 @@ pub mod compute {
     }
 }
 
-use compute::{ComputeResource, ComputeTarget, OperationStatus, PatchOutcome};
+use compute::{ComputeResource, ComputeTarget, LroPoll, OperationStatus, PatchOutcome};
 use identity::Identity;
 use roles::{RoleAssignment, RoleDefinition};
 
@@ -266,7 +296,7 @@ pub trait ComputeApi: Send + Sync {
         body: &serde_json::Value,
         if_match: Option<&str>,
     ) -> Result<PatchOutcome, ArmError>;
-    async fn poll_operation(&self, url: &url::Url) -> Result<OperationStatus, ArmError>;
+    async fn poll_operation(&self, poll: &LroPoll) -> Result<OperationStatus, ArmError>;
 }
 
 /// Resource groups.
@@ -278,4 +308,62 @@ pub trait ResourceGroupApi: Send + Sync {
         subscription: &str,
         name: &str,
     ) -> Result<Option<serde_json::Value>, ArmError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compute::{ComputeIdentity, UserAssignedInfo, build_identity_patch};
+    use serde_json::json;
+
+    const ID1: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id1";
+    const ID2: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id2";
+
+    fn vm(system: bool, ids: &[&str]) -> ComputeIdentity {
+        ComputeIdentity {
+            type_: match (system, ids.is_empty()) {
+                (true, true) => "SystemAssigned",
+                (true, false) => "SystemAssigned, UserAssigned",
+                (false, false) => "UserAssigned",
+                (false, true) => "None",
+            }
+            .into(),
+            principal_id: system.then(|| "sys".to_string()),
+            user_assigned: ids
+                .iter()
+                .map(|i| (i.to_string(), UserAssignedInfo::default()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn removing_the_last_user_identity_sends_the_type_alone() {
+        assert_eq!(
+            build_identity_patch(&vm(false, &[ID1]), &[], &[ID1.into()]),
+            Some(json!({"identity": {"type": "None"}}))
+        );
+        assert_eq!(
+            build_identity_patch(&vm(true, &[ID1]), &[], &[ID1.into()]),
+            Some(json!({"identity": {"type": "SystemAssigned"}}))
+        );
+    }
+
+    #[test]
+    fn removing_one_of_two_names_it_with_null_and_adding_uses_an_empty_object() {
+        assert_eq!(
+            build_identity_patch(&vm(true, &[ID1, ID2]), &[], &[ID1.into()]),
+            Some(
+                json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {ID1: null}}})
+            )
+        );
+        assert_eq!(
+            build_identity_patch(&vm(false, &[]), &[ID2.into()], &[]),
+            Some(
+                json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {ID2: {}}}})
+            )
+        );
+        assert_eq!(
+            build_identity_patch(&vm(false, &[ID1]), &[ID1.into()], &[]),
+            None
+        );
+    }
 }

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use crate::api::IdentityBinding;
 use crate::azure::ArmError;
 use crate::azure::ComputeApi;
-use crate::azure::compute::{ComputeTarget, OperationStatus, PatchOutcome, build_identity_patch};
+use crate::azure::compute::{
+    ComputeTarget, LroPoll, OperationStatus, PatchOutcome, build_identity_patch,
+};
 
 /// What a binding wants for its identity on its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,11 +265,7 @@ impl TargetWriter {
         }
     }
 
-    async fn poll(
-        &self,
-        url: &url::Url,
-        mut retry_after: Option<Duration>,
-    ) -> Result<(), ArmError> {
+    async fn poll(&self, url: &LroPoll, mut retry_after: Option<Duration>) -> Result<(), ArmError> {
         loop {
             let wait = retry_after
                 .unwrap_or(self.config.default_poll)
@@ -392,14 +390,17 @@ mod tests {
             self.etag.fetch_add(1, Ordering::SeqCst);
             if self.lro {
                 Ok(PatchOutcome::InProgress {
-                    poll: url::Url::parse("http://arm.invalid/op/1").unwrap(),
+                    poll: LroPoll {
+                        url: url::Url::parse("http://arm.invalid/op/1").unwrap(),
+                        kind: crate::azure::compute::LroKind::Location,
+                    },
                     retry_after: Some(Duration::from_millis(10)),
                 })
             } else {
                 Ok(PatchOutcome::Done(ComputeResource::default()))
             }
         }
-        async fn poll_operation(&self, _: &url::Url) -> Result<OperationStatus, ArmError> {
+        async fn poll_operation(&self, _: &LroPoll) -> Result<OperationStatus, ArmError> {
             let n = self.polls.fetch_add(1, Ordering::SeqCst);
             Ok(if n == 0 {
                 OperationStatus::InProgress {

@@ -10,7 +10,11 @@ mod aad;
 mod arm;
 pub mod faults;
 mod imds;
+pub mod knobs;
+mod lro;
+mod paging;
 pub mod rbac;
+mod resources;
 pub mod state;
 pub mod world;
 
@@ -30,6 +34,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use faults::Faults;
+pub use knobs::{Knobs, LroForm};
 pub use world::World;
 
 use state::{Assignment, Compute, ComputeKind, Rg, State};
@@ -138,6 +143,7 @@ pub(crate) struct Inner {
     pub world: World,
     pub state: Mutex<State>,
     pub faults: Mutex<Faults>,
+    pub knobs: Mutex<Knobs>,
     pub rng: Mutex<StdRng>,
     pub counts: Mutex<Counts>,
     pub journal: Mutex<Vec<Exchange>>,
@@ -274,6 +280,7 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     let seed = world.faults.seed;
     let inner = Arc::new(Inner {
         faults: Mutex::new(world.faults.clone()),
+        knobs: Mutex::new(world.knobs.clone()),
         rng: Mutex::new(StdRng::seed_from_u64(seed)),
         state: Mutex::new(state),
         counts: Mutex::new(Counts::default()),
@@ -370,6 +377,7 @@ pub(crate) fn app(inner: Arc<Inner>) -> Router {
         .route("/_emulator/journal", get(admin_journal))
         .route("/_emulator/imds", get(admin_imds))
         .route("/_emulator/faults", get(admin_faults).put(admin_set_faults))
+        .route("/_emulator/knobs", get(admin_knobs).put(admin_set_knobs))
         .route("/{tenant}/oauth2/v2.0/token", post(aad::token))
         .fallback(arm::handle)
         .with_state(inner)
@@ -406,6 +414,28 @@ async fn admin_imds(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Value> {
         .map(|(k, v)| (k.clone(), v.stats.clone()))
         .collect();
     axum::Json(serde_json::to_value(stats).unwrap_or_default())
+}
+
+async fn admin_knobs(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Knobs> {
+    axum::Json(inner.knobs.lock().clone())
+}
+
+async fn admin_set_knobs(
+    AxState(inner): AxState<Arc<Inner>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match serde_json::from_slice::<Knobs>(&body) {
+        Ok(k) => {
+            *inner.knobs.lock() = k.clone();
+            axum::Json(k).into_response()
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 async fn admin_faults(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Faults> {
@@ -502,6 +532,16 @@ impl Emulator {
     pub fn set_faults(&self, f: Faults) {
         *self.inner.rng.lock() = StdRng::seed_from_u64(f.seed);
         *self.inner.faults.lock() = f;
+    }
+
+    /// Replace the behaviour knobs (LRO forms, page size, link base).
+    pub fn set_knobs(&self, k: Knobs) {
+        *self.inner.knobs.lock() = k;
+    }
+
+    /// The behaviour knobs.
+    pub fn knobs(&self) -> Knobs {
+        self.inner.knobs.lock().clone()
     }
 
     /// The fault settings.

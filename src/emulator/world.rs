@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EmulatorError;
 use super::faults::Faults;
+use super::knobs::Knobs;
 
 /// The emulated Azure.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,6 +42,9 @@ pub struct World {
     /// Faults at start (changeable at run time).
     #[serde(default)]
     pub faults: Faults,
+    /// Behaviour knobs at start (changeable at run time).
+    #[serde(default)]
+    pub knobs: Knobs,
 }
 
 /// A service principal that signs in with a secret or a federated token.
@@ -100,6 +104,12 @@ pub struct ResourceGroup {
     /// VM scale sets.
     #[serde(default)]
     pub virtual_machine_scale_sets: Vec<ScaleSet>,
+    /// Names of storage accounts (served for GET).
+    #[serde(default)]
+    pub storage_accounts: Vec<String>,
+    /// Names of key vaults (served for GET).
+    #[serde(default)]
+    pub key_vaults: Vec<String>,
 }
 
 /// A VM.
