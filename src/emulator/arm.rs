@@ -568,9 +568,12 @@ fn finish(
     path: &str,
     query: &str,
     request: Option<Value>,
-    a: Answer,
+    mut a: Answer,
     remaining: Option<(&'static str, u64)>,
 ) -> Response {
+    if a.status.as_u16() >= 400 && inner.knobs.lock().inner_errors {
+        super::knobs::add_inner_error(&mut a.body);
+    }
     inner.count(Exchange {
         operation: op.into(),
         method: method.to_string(),

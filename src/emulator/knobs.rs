@@ -31,6 +31,29 @@ pub struct Knobs {
     /// Base URL written into `nextLink`, `Azure-AsyncOperation` and `Location` instead of the
     /// emulator's own ARM URL (to test that clients refuse links to another origin).
     pub link_base: Option<String>,
+    /// Error answers also carry `details` and an `innererror` with an exception dump, as
+    /// Compute's `CloudError` allows; clients must show only `code` and `message`.
+    pub inner_errors: bool,
+}
+
+/// Text of the exception dump in `innererror` when `innerErrors` is on (tests search for it).
+pub const INNER_ERROR_DUMP: &str = "emulator-inner-error-dump";
+
+/// Add `details` and `innererror` to an ARM error envelope.
+pub fn add_inner_error(body: &mut serde_json::Value) {
+    if let Some(error) = body.get_mut("error").and_then(|e| e.as_object_mut()) {
+        error.insert(
+            "details".into(),
+            serde_json::json!([{"code": "InternalDiagnostics", "message": format!("{INNER_ERROR_DUMP}: request trace 0f1e2d3c")}]),
+        );
+        error.insert(
+            "innererror".into(),
+            serde_json::json!({
+                "exceptiontype": "System.InvalidOperationException",
+                "errordetail": format!("{INNER_ERROR_DUMP}: at Frontdoor.Handlers.Dispatch(Request r) in handler.cs:line 412"),
+            }),
+        );
+    }
 }
 
 impl Knobs {

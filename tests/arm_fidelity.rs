@@ -1,0 +1,701 @@
+//! Where the controller, the agent and the emulator behave as real ARM does: the body that
+//! removes the last user-assigned identity, long-running operations in the `Location` form,
+//! paged lists followed through `nextLink`, access checks with each provider's api-version, and
+//! error answers reduced to ARM's code and message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::api::{Api, DeleteParams, ListParams};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use support::*;
+use uami_controller::auth::{AccessToken, AuthError, TokenCredential};
+use uami_controller::azure::{ArmClient, ArmClientOptions, RoleApi, api_versions, probe_access};
+use uami_controller::demo::stack::{Stack, StackOptions};
+use uami_controller::emulator::knobs::INNER_ERROR_DUMP;
+use uami_controller::emulator::world::{InitialAssignment, ScaleSet, TUTORIAL_SUBSCRIPTION};
+use uami_controller::emulator::{Emulator, Knobs, LroForm, World};
+
+const SUB: &str = TUTORIAL_SUBSCRIPTION;
+const CONTROLLER: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+
+fn rg_scope() -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/DevTest")
+}
+
+/// A fixed bearer token (the emulator's administrator's, or a principal's).
+struct Fixed(String);
+
+#[async_trait]
+impl TokenCredential for Fixed {
+    async fn get_token(&self, _: &str) -> Result<AccessToken, AuthError> {
+        Ok(AccessToken {
+            token: SecretString::from(self.0.clone()),
+            expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600),
+        })
+    }
+}
+
+fn arm_client(emulator: &Emulator, token: String) -> ArmClient {
+    ArmClient::new(
+        reqwest::Client::new(),
+        ArmClientOptions {
+            endpoint: emulator.arm_endpoint(),
+            ..Default::default()
+        },
+        Arc::new(Fixed(token)),
+        None,
+    )
+}
+
+/// The request bodies of `operation` in the journal, in order.
+fn requests(emulator: &Emulator, operation: &str) -> Vec<Value> {
+    emulator
+        .journal()
+        .into_iter()
+        .filter(|e| e.operation == operation)
+        .filter_map(|e| e.request)
+        .collect()
+}
+
+fn user_assigned(state: &Value, name: &str) -> usize {
+    compute(state, name)["identity"]["userAssignedIdentities"]
+        .as_object()
+        .map_or(0, |m| m.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_user_identity_sends_the_type_alone() {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
+    opts.world.lro_retry_after_seconds = 0;
+    opts.world.rbac_propagation_seconds = 0.2;
+    // A scale set with a system-assigned identity beside the tutorial's VM without one.
+    opts.world.subscriptions[0].resource_groups[0]
+        .virtual_machine_scale_sets
+        .push(ScaleSet {
+            name: "web".into(),
+            instances: 1,
+            system_assigned: true,
+        });
+    let stack = Stack::start(opts).await.unwrap();
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    stack
+        .apply_yaml(
+            r#"
+apiVersion: uami.dev/v1alpha1
+kind: GrantPolicy
+metadata:
+  name: tutorial-web
+spec:
+  namespaces: ["tutorial"]
+  identityBindings:
+    - virtualMachineScaleSet:
+        resourceGroup: DevTest
+        name: web
+---
+apiVersion: uami.dev/v1alpha1
+kind: IdentityBinding
+metadata:
+  name: my-identity-on-web
+  namespace: tutorial
+spec:
+  identityRef:
+    name: my-identity
+  target:
+    virtualMachineScaleSet:
+      resourceGroup: DevTest
+      name: web
+"#,
+        )
+        .await
+        .unwrap();
+    eventually(60, "the identity on myVM and web", || async {
+        let s = stack.emulator.state();
+        (user_assigned(&s, "myVM") == 1 && user_assigned(&s, "web") == 1).then_some(())
+    })
+    .await;
+    let dp = DeleteParams::default();
+    let api = bindings(&stack, "tutorial");
+    api.delete("my-identity-on-myvm", &dp).await.unwrap();
+    api.delete("my-identity-on-web", &dp).await.unwrap();
+    let state = eventually(60, "both unassigned", || async {
+        let s = stack.emulator.state();
+        (user_assigned(&s, "myVM") == 0 && user_assigned(&s, "web") == 0).then_some(s)
+    })
+    .await;
+    assert!(compute(&state, "myVM").get("identity").is_none(), "{state}");
+    assert_eq!(compute(&state, "web")["identity"]["type"], "SystemAssigned");
+    assert_eq!(
+        requests(&stack.emulator, "VirtualMachines_Update").last(),
+        Some(&json!({"identity": {"type": "None"}})),
+        "ARM-NOTES 2.4: the type alone when only user-assigned identities were present"
+    );
+    assert_eq!(
+        requests(&stack.emulator, "VirtualMachineScaleSets_Update").last(),
+        Some(&json!({"identity": {"type": "SystemAssigned"}})),
+        "ARM-NOTES 2.4: SystemAssigned alone when a system identity exists"
+    );
+    let refused = stack.emulator.counts().get("VirtualMachines_Update", 400)
+        + stack
+            .emulator
+            .counts()
+            .get("VirtualMachineScaleSets_Update", 400);
+    assert_eq!(refused, 0);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn compute_refuses_user_identities_next_to_none_or_system_assigned() {
+    let emulator = uami_controller::emulator::start(World::tutorial().unwrap())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let vm = format!(
+        "{}subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2024-11-01",
+        emulator.arm_endpoint()
+    );
+    let id = format!(
+        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/gone"
+    );
+    for body in [
+        json!({"identity": {"type": "None", "userAssignedIdentities": {id.clone(): null}}}),
+        json!({"identity": {"type": "SystemAssigned", "userAssignedIdentities": {id.clone(): null}}}),
+        json!({"identity": {"type": "None", "userAssignedIdentities": {}}}),
+    ] {
+        let r = http
+            .patch(&vm)
+            .bearer_auth(emulator.admin_token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "InvalidParameter", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("should not be provided"),
+            "{v}"
+        );
+    }
+    let ok = http
+        .patch(&vm)
+        .bearer_auth(emulator.admin_token())
+        .json(&json!({"identity": {"type": "None"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_running_operations_in_the_location_form_are_polled_to_the_end() {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
+    opts.world.lro_retry_after_seconds = 0;
+    opts.world.lro_polls = 2;
+    opts.world.rbac_propagation_seconds = 0.2;
+    opts.world.knobs = Knobs {
+        lro_forms: BTreeMap::from([
+            ("VirtualMachines_Update".to_string(), LroForm::Location),
+            (
+                "VirtualMachineScaleSets_Update".to_string(),
+                LroForm::Location,
+            ),
+        ]),
+        ..Default::default()
+    };
+    let stack = Stack::start(opts).await.unwrap();
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
+    assert_eq!(user_assigned(&stack.emulator.state(), "myVM"), 1);
+    let counts = stack.emulator.counts();
+    assert_eq!(counts.get("VirtualMachines_Update", 202), 1, "{counts:?}");
+    assert_eq!(
+        counts.get("LocationOperation_Get", 202),
+        2,
+        "two polls while running: {counts:?}"
+    );
+    assert_eq!(counts.get("LocationOperation_Get", 200), 1, "{counts:?}");
+    assert_eq!(counts.total("AsyncOperation_Get"), 0, "{counts:?}");
+    // The Location URL stays on the emulator's own origin.
+    let patch = stack
+        .emulator
+        .journal()
+        .into_iter()
+        .find(|e| e.operation == "LocationOperation_Get")
+        .unwrap();
+    assert!(patch.query.contains("monitor=true"), "{patch:?}");
+    // Removal goes the same way.
+    bindings(&stack, "tutorial")
+        .delete("my-identity-on-myvm", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "unassigned", || async {
+        (user_assigned(&stack.emulator.state(), "myVM") == 0).then_some(())
+    })
+    .await;
+    eventually(30, "the removal's operation polled to the end", || async {
+        (stack.emulator.counts().get("LocationOperation_Get", 200) == 2).then_some(())
+    })
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn every_list_is_followed_through_next_link() {
+    let mut world = World::tutorial().unwrap();
+    world.knobs.page_size = 1;
+    let emulator = uami_controller::emulator::start(world).await.unwrap();
+    let client = arm_client(&emulator, emulator.admin_token());
+    // The controller's principal holds four role assignments on DevTest: four pages of one.
+    let found = client
+        .list_role_assignments_for_principal(&rg_scope(), CONTROLLER)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 4, "{found:?}");
+    let pages: Vec<_> = emulator
+        .journal()
+        .into_iter()
+        .filter(|e| e.operation == "RoleAssignments_ListForScope")
+        .collect();
+    assert_eq!(pages.len(), 4);
+    assert!(!pages[0].query.contains("skiptoken"));
+    for p in &pages[1..] {
+        assert!(
+            p.query.contains("%24skiptoken=") && p.query.contains("principalId"),
+            "the filter is kept on every page: {}",
+            p.query
+        );
+    }
+    assert!(
+        pages[3]
+            .response
+            .as_ref()
+            .unwrap()
+            .get("nextLink")
+            .is_none()
+    );
+    // Role names resolve through pages too.
+    let reader = client
+        .find_role_definition(&format!("/subscriptions/{SUB}"), "Reader")
+        .await
+        .unwrap();
+    assert_eq!(reader.unwrap().name, "acdd72a7-3385-48ef-bd42-f606fba81ae7");
+    // Unfiltered, the built-in roles come one per page, each page linking to the next.
+    let http = reqwest::Client::new();
+    let mut next = Some(format!(
+        "{}subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions?api-version=2022-04-01",
+        emulator.arm_endpoint()
+    ));
+    let mut names = Vec::new();
+    while let Some(url) = next.take() {
+        let v: Value = http
+            .get(&url)
+            .bearer_auth(emulator.admin_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["value"].as_array().unwrap().len(), 1, "{v}");
+        names.push(v["value"][0]["properties"]["roleName"].clone());
+        next = v["nextLink"].as_str().map(str::to_string);
+        if let Some(n) = &next {
+            assert!(n.starts_with(emulator.arm_endpoint().as_str()), "{n}");
+        }
+    }
+    assert!(names.len() >= 8, "{names:?}");
+    emulator.shutdown().await;
+}
+
+/// Principals with Reader on one scope each, and one with nothing.
+const ON_SUB: &str = "11111111-0000-0000-0000-000000000001";
+const ON_RG: &str = "11111111-0000-0000-0000-000000000002";
+const ON_SA: &str = "11111111-0000-0000-0000-000000000003";
+const ON_KV: &str = "11111111-0000-0000-0000-000000000004";
+const NOBODY: &str = "11111111-0000-0000-0000-000000000005";
+
+fn storage_id() -> String {
+    format!(
+        "{}/providers/Microsoft.Storage/storageAccounts/devtestdata",
+        rg_scope()
+    )
+}
+
+fn vault_id() -> String {
+    format!(
+        "{}/providers/Microsoft.KeyVault/vaults/devtest-kv",
+        rg_scope()
+    )
+}
+
+fn world_with_resources() -> World {
+    let mut world = World::tutorial().unwrap();
+    let rg = &mut world.subscriptions[0].resource_groups[0];
+    rg.storage_accounts.push("devtestdata".into());
+    rg.key_vaults.push("devtest-kv".into());
+    for (principal, scope) in [
+        (ON_SUB, format!("/subscriptions/{SUB}")),
+        (ON_RG, rg_scope()),
+        (ON_SA, storage_id()),
+        (ON_KV, vault_id()),
+    ] {
+        world.role_assignments.push(InitialAssignment {
+            principal_id: principal.into(),
+            role: "Reader".into(),
+            scope,
+        });
+    }
+    world
+}
+
+#[tokio::test]
+async fn access_checks_read_each_scope_with_its_providers_api_version() {
+    let emulator = uami_controller::emulator::start(world_with_resources())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let arm = emulator.arm_endpoint();
+    let token =
+        |p: &str| SecretString::from(emulator.issue_token(p, "https://management.azure.com/"));
+    for (principal, scope, operation, version) in [
+        (
+            ON_SUB,
+            format!("/subscriptions/{SUB}"),
+            "Subscriptions_Get",
+            api_versions::SUBSCRIPTIONS,
+        ),
+        (
+            ON_RG,
+            rg_scope(),
+            "ResourceGroups_Get",
+            api_versions::RESOURCES,
+        ),
+        (
+            ON_SA,
+            storage_id(),
+            "StorageAccounts_GetProperties",
+            api_versions::STORAGE,
+        ),
+        (ON_KV, vault_id(), "Vaults_Get", api_versions::KEY_VAULT),
+    ] {
+        emulator.reset_counts();
+        assert_eq!(
+            probe_access(&http, &arm, &scope, &token(NOBODY))
+                .await
+                .unwrap(),
+            403,
+            "{scope}: read, then refused by RBAC"
+        );
+        assert_eq!(
+            probe_access(&http, &arm, &scope, &token(principal))
+                .await
+                .unwrap(),
+            200,
+            "{scope}"
+        );
+        let journal = emulator.journal();
+        assert_eq!(journal.len(), 2);
+        for e in &journal {
+            assert_eq!(e.operation, operation);
+            assert!(
+                e.query.contains(&format!("api-version={version}")),
+                "{}",
+                e.query
+            );
+        }
+        assert_eq!(
+            journal[1].response.as_ref().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_lowercase(),
+            scope.to_lowercase()
+        );
+    }
+    // The Resources api-version every scope used to get is refused by the other providers, as
+    // ARM refuses it.
+    for scope in [storage_id(), vault_id()] {
+        let r = http
+            .get(format!(
+                "{}{}?api-version={}",
+                arm.as_str().trim_end_matches('/'),
+                scope,
+                api_versions::RESOURCES
+            ))
+            .bearer_auth(token(ON_SUB).expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{scope}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "InvalidApiVersionParameter");
+    }
+    // A provider the check does not know: refused here, with no request sent.
+    emulator.reset_counts();
+    let vnet = format!(
+        "{}/providers/Microsoft.Network/virtualNetworks/vnet1",
+        rg_scope()
+    );
+    let e = probe_access(&http, &arm, &vnet, &token(ON_SUB))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "UnsupportedScope");
+    assert!(
+        e.message.contains("Microsoft.Network/virtualNetworks"),
+        "{e}"
+    );
+    assert!(emulator.journal().is_empty());
+    emulator.shutdown().await;
+}
+
+trait Expose {
+    fn expose(&self) -> String;
+}
+
+impl Expose for SecretString {
+    fn expose(&self) -> String {
+        secrecy::ExposeSecret::expose_secret(self).to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_verifies_a_storage_account_and_names_a_scope_it_cannot_check() {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
+    opts.world = world_with_resources();
+    opts.world.lro_retry_after_seconds = 0;
+    opts.world.rbac_propagation_seconds = 0.2;
+    opts.agent_interval = Duration::from_millis(700);
+    let stack = Stack::start(opts).await.unwrap();
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    let grant = |name: &str, id: &str| {
+        format!(
+            r#"
+apiVersion: uami.dev/v1alpha1
+kind: RoleGrant
+metadata:
+  name: {name}
+  namespace: tutorial
+spec:
+  identityRef:
+    name: my-identity
+  role: Reader
+  scope:
+    resourceId: {id}
+"#
+        )
+    };
+    let vnet = format!(
+        "{}/providers/Microsoft.Network/virtualNetworks/vnet1",
+        rg_scope()
+    );
+    stack
+        .apply_yaml(&grant("reads-storage", &storage_id()))
+        .await
+        .unwrap();
+    stack
+        .apply_yaml(&grant("reads-vault", &vault_id()))
+        .await
+        .unwrap();
+    stack.apply_yaml(&grant("reads-vnet", &vnet)).await.unwrap();
+    let api = grants(&stack, "tutorial");
+    for name in ["reads-storage", "reads-vault"] {
+        let s = ready(&api, name, 60).await.status.unwrap();
+        assert_eq!(
+            condition(&s.conditions, "AccessVerified").unwrap().0,
+            "True"
+        );
+        assert_eq!(s.access.unwrap().http_status, Some(200));
+    }
+    let unsupported = eventually(60, "AccessVerified=False, UnsupportedScope", || async {
+        let s = api.get("reads-vnet").await.ok()?.status?;
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "AccessVerified" && c.reason == "UnsupportedScope")?
+            .clone();
+        Some((s, c))
+    })
+    .await;
+    assert_eq!(unsupported.1.status, "False");
+    assert!(
+        unsupported
+            .1
+            .message
+            .contains("Microsoft.Network/virtualNetworks"),
+        "{}",
+        unsupported.1.message
+    );
+    assert_eq!(
+        condition(&unsupported.0.conditions, "Granted").unwrap().0,
+        "True",
+        "the grant itself was made"
+    );
+    let journal = stack.emulator.journal();
+    for (op, version) in [
+        ("StorageAccounts_GetProperties", api_versions::STORAGE),
+        ("Vaults_Get", api_versions::KEY_VAULT),
+    ] {
+        assert!(
+            journal.iter().any(|e| e.operation == op
+                && e.status == 200
+                && e.query.contains(&format!("api-version={version}"))),
+            "{op}"
+        );
+    }
+    assert!(
+        !journal.iter().any(|e| e.path.eq_ignore_ascii_case(&vnet)),
+        "no access check was sent for the unsupported scope"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_and_events_carry_arm_code_and_message_only() {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
+    opts.world.knobs.inner_errors = true;
+    // Resource group Other, where the controller may create identities but not assign them.
+    opts.world.subscriptions[0].resource_groups.push(
+        uami_controller::emulator::world::ResourceGroup {
+            name: "Other".into(),
+            location: "eastus".into(),
+            virtual_machines: Vec::new(),
+            virtual_machine_scale_sets: Vec::new(),
+            storage_accounts: Vec::new(),
+            key_vaults: Vec::new(),
+        },
+    );
+    opts.world.role_assignments.push(InitialAssignment {
+        principal_id: CONTROLLER.into(),
+        role: "Managed Identity Contributor".into(),
+        scope: format!("/subscriptions/{SUB}/resourceGroups/Other"),
+    });
+    let stack = Stack::start(opts).await.unwrap();
+    // The controller holds no role in resource group Elsewhere, and may not assign identities
+    // of Other: ARM answers 403 with its envelope, here with details and an inner exception
+    // dump besides code and message.
+    stack
+        .apply_yaml(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: errors
+---
+apiVersion: uami.dev/v1alpha1
+kind: GrantPolicy
+metadata:
+  name: errors-elsewhere
+spec:
+  namespaces: ["errors"]
+  roleGrants:
+    - roles: ["Reader"]
+      scopes:
+        - resourceGroup:
+            name: Elsewhere
+  identityBindings:
+    - virtualMachine:
+        resourceGroup: DevTest
+        name: myVM
+---
+apiVersion: uami.dev/v1alpha1
+kind: UserAssignedIdentity
+metadata:
+  name: errors-id
+  namespace: errors
+spec:
+  resourceGroup: Other
+  location: eastus
+---
+apiVersion: uami.dev/v1alpha1
+kind: RoleGrant
+metadata:
+  name: reads-elsewhere
+  namespace: errors
+spec:
+  identityRef:
+    name: errors-id
+  role: Reader
+  scope:
+    resourceGroup:
+      name: Elsewhere
+---
+apiVersion: uami.dev/v1alpha1
+kind: IdentityBinding
+metadata:
+  name: on-myvm
+  namespace: errors
+spec:
+  identityRef:
+    name: errors-id
+  target:
+    virtualMachine:
+      resourceGroup: DevTest
+      name: myVM
+"#,
+        )
+        .await
+        .unwrap();
+    let refused = |v: Value| {
+        let c = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        (c["status"] == "False" && c["message"].as_str()?.contains("does not have")).then_some(v)
+    };
+    let grant = eventually(60, "the grant refused with ARM's message", || async {
+        refused(
+            serde_json::to_value(grants(&stack, "errors").get("reads-elsewhere").await.ok()?)
+                .ok()?,
+        )
+    })
+    .await;
+    let binding = eventually(60, "the binding refused with ARM's message", || async {
+        refused(serde_json::to_value(bindings(&stack, "errors").get("on-myvm").await.ok()?).ok()?)
+    })
+    .await;
+    let answered = stack
+        .emulator
+        .journal()
+        .into_iter()
+        .filter_map(|e| e.response)
+        .any(|r| r.to_string().contains(INNER_ERROR_DUMP));
+    assert!(answered, "the emulator did send the inner error");
+    for v in [&grant, &binding] {
+        let text = v["status"].to_string();
+        assert!(
+            text.contains("AuthorizationFailed") || text.contains("Forbidden"),
+            "{text}"
+        );
+        assert!(!text.contains(INNER_ERROR_DUMP), "{text}");
+        assert!(!text.contains("InternalDiagnostics"), "{text}");
+        assert!(!text.contains("innererror"), "{text}");
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(stack.client(), "errors");
+    let listed = eventually(30, "the binding's AssignFailed event", || async {
+        let l = events.list(&ListParams::default()).await.ok()?;
+        l.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("AssignFailed"))
+            .then_some(l)
+    })
+    .await;
+    let events_text = serde_json::to_string(&listed.items).unwrap();
+    assert!(
+        events_text.contains("LinkedAuthorizationFailed: "),
+        "{events_text}"
+    );
+    assert!(!events_text.contains(INNER_ERROR_DUMP), "{events_text}");
+    stack.stop().await;
+}
