@@ -944,6 +944,57 @@ pub async fn probe_access(
 mod tests {
     use super::*;
 
+    struct NoToken;
+
+    #[async_trait]
+    impl TokenCredential for NoToken {
+        async fn get_token(
+            &self,
+            _: &str,
+        ) -> Result<crate::auth::AccessToken, crate::auth::AuthError> {
+            Err(crate::auth::AuthError::InvalidResponse("none".into()))
+        }
+    }
+
+    #[test]
+    fn only_links_on_the_endpoints_origin_are_followed() {
+        let client = ArmClient::new(
+            reqwest::Client::new(),
+            ArmClientOptions {
+                endpoint: Url::parse("https://management.azure.com/").unwrap(),
+                ..Default::default()
+            },
+            Arc::new(NoToken),
+            None,
+        );
+        let ok = client
+            .follow(
+                "Op",
+                "nextLink",
+                "https://management.azure.com/subscriptions/s?$skiptoken=1",
+            )
+            .unwrap();
+        assert_eq!(ok.host_str(), Some("management.azure.com"));
+        let relative = client
+            .follow("Op", "Location", "/subscriptions/s/operations/1")
+            .unwrap();
+        assert_eq!(
+            relative.as_str(),
+            "https://management.azure.com/subscriptions/s/operations/1"
+        );
+        for foreign in [
+            "http://management.azure.com/subscriptions/s",
+            "https://management.azure.com:8443/subscriptions/s",
+            "https://evil.example/subscriptions/s",
+            "https://management.azure.com.evil.example/x",
+            "//evil.example/x",
+        ] {
+            let e = client.follow("Op", "nextLink", foreign).unwrap_err();
+            assert_eq!(e.code(), crate::azure::error::UNTRUSTED_ORIGIN, "{foreign}");
+            assert!(!e.is_retryable());
+        }
+    }
+
     #[test]
     fn access_checks_use_the_providers_api_version() {
         let sub = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c";
