@@ -1,5 +1,7 @@
 //! Every ARM request the controller sent while the tutorial converged (and was deleted), and
-//! every answer the emulator gave, validated against the official OpenAPI documents.
+//! every answer the emulator gave, validated against the official OpenAPI documents, Compute
+//! included (the 2024-11-01 documents), each request's api-version against the document it
+//! matched.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -8,21 +10,82 @@ use std::time::Duration;
 
 use kube::api::DeleteParams;
 use serde_json::json;
+use std::collections::BTreeMap;
+
 use support::armspec::{Specs, validate_journal};
 use support::*;
 use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::emulator::Exchange;
+use uami_controller::emulator::world::ScaleSet;
+use uami_controller::emulator::{Exchange, Knobs, LroForm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_requests_and_emulator_answers_follow_the_specs() {
     let mut opts = StackOptions::tutorial(Duration::from_secs(3)).unwrap();
     opts.world.rbac_propagation_seconds = 0.5;
     opts.world.lro_retry_after_seconds = 0;
+    // A scale set too, its PATCH answered in the Location form (the VM's in the
+    // Azure-AsyncOperation form).
+    opts.world.subscriptions[0].resource_groups[0]
+        .virtual_machine_scale_sets
+        .push(ScaleSet {
+            name: "web".into(),
+            instances: 1,
+            system_assigned: true,
+        });
+    opts.world.knobs = Knobs {
+        lro_forms: BTreeMap::from([(
+            "VirtualMachineScaleSets_Update".to_string(),
+            LroForm::Location,
+        )]),
+        ..Default::default()
+    };
     let stack = Stack::start(opts).await.unwrap();
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    stack
+        .apply_yaml(
+            r#"
+apiVersion: uami.dev/v1alpha1
+kind: GrantPolicy
+metadata:
+  name: tutorial-web
+spec:
+  namespaces: ["tutorial"]
+  identityBindings:
+    - virtualMachineScaleSet:
+        resourceGroup: DevTest
+        name: web
+---
+apiVersion: uami.dev/v1alpha1
+kind: IdentityBinding
+metadata:
+  name: my-identity-on-web
+  namespace: tutorial
+spec:
+  identityRef:
+    name: my-identity
+  target:
+    virtualMachineScaleSet:
+      resourceGroup: DevTest
+      name: web
+"#,
+        )
+        .await
+        .unwrap();
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
+    eventually(60, "the identity on web", || async {
+        let s = stack.emulator.state();
+        compute(&s, "web")["identity"]["userAssignedIdentities"]
+            .as_object()
+            .is_some_and(|m| m.len() == 1)
+            .then_some(())
+    })
+    .await;
     let dp = DeleteParams::default();
+    bindings(&stack, "tutorial")
+        .delete("my-identity-on-web", &dp)
+        .await
+        .unwrap();
     grants(&stack, "tutorial")
         .delete("my-identity-reads-devtest", &dp)
         .await
@@ -60,6 +123,8 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
         "RoleDefinitions_List",
         "VirtualMachines_Get",
         "VirtualMachines_Update",
+        "VirtualMachineScaleSets_Get",
+        "VirtualMachineScaleSets_Update",
     ] {
         assert!(
             journal.iter().any(|e| e.operation == op),
@@ -67,6 +132,12 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
         );
     }
     assert!(checked >= 15, "only {checked} exchanges checked");
+    assert!(
+        journal
+            .iter()
+            .any(|e| e.operation == "VirtualMachineScaleSets_Update" && e.status == 202),
+        "the Location form was exercised"
+    );
     eprintln!("checked {checked} exchanges; not covered by a stored document: {unchecked:?}");
     stack.stop().await;
 }
@@ -88,14 +159,59 @@ fn the_checker_catches_a_wrong_body() {
     let errors = specs.validate(&bad).unwrap();
     assert!(errors.iter().any(|e| e.contains("request")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("response")), "{errors:?}");
-    let vm = Exchange {
-        operation: "VirtualMachines_Update".into(),
-        method: "PATCH".into(),
-        path: "/x".into(),
-        query: String::new(),
-        status: 200,
-        request: Some(json!({"identity": {"type": "UserAssigned,SystemAssigned"}})),
-        response: None,
-    };
-    assert!(!specs.validate(&vm).unwrap().is_empty());
+    let patch =
+        |query: &str, request: serde_json::Value, response: Option<serde_json::Value>| Exchange {
+            operation: "VirtualMachines_Update".into(),
+            method: "PATCH".into(),
+            path: "/x".into(),
+            query: query.into(),
+            status: 200,
+            request: Some(request),
+            response,
+        };
+    let current = "api-version=2024-11-01";
+    let id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a";
+    // The official enum has no "UserAssigned,SystemAssigned".
+    let errors = specs
+        .validate(&patch(
+            current,
+            json!({"identity": {"type": "UserAssigned,SystemAssigned"}}),
+            None,
+        ))
+        .unwrap();
+    assert!(errors.iter().any(|e| e.contains("request")), "{errors:?}");
+    // A null entry removes an identity (D2), and passes.
+    let errors = specs
+        .validate(&patch(
+            current,
+            json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {id: null, "/x/y": {}}}}),
+            None,
+        ))
+        .unwrap();
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the key that is no identity id: {errors:?}"
+    );
+    // Another Compute api-version than the document's.
+    let errors = specs
+        .validate(&patch(
+            "api-version=2023-03-01",
+            json!({"identity": {"type": "None"}}),
+            None,
+        ))
+        .unwrap();
+    assert!(
+        errors.iter().any(|e| e.contains("api-version 2023-03-01")),
+        "{errors:?}"
+    );
+    // A VirtualMachine must have a location (Resource's `required`).
+    let errors = specs
+        .validate(&patch(
+            current,
+            json!({"identity": {"type": "None"}}),
+            Some(json!({"id": "/x", "name": "vm", "properties": {}})),
+        ))
+        .unwrap();
+    assert!(errors.iter().any(|e| e.contains("location")), "{errors:?}");
 }

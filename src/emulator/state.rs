@@ -173,7 +173,8 @@ impl Compute {
         match self.kind {
             ComputeKind::Vm => {
                 v["properties"]["vmId"] = json!(self.vm_id);
-                v["properties"]["storageProfile"] = json!({"osDisk": {"osType": "Linux"}});
+                v["properties"]["storageProfile"] =
+                    json!({"osDisk": {"osType": "Linux", "createOption": "FromImage"}});
             }
             ComputeKind::ScaleSet => {
                 v["properties"]["uniqueId"] = json!(self.vm_id);

@@ -1,8 +1,9 @@
 //! Checks recorded ARM exchanges against the official OpenAPI documents in
-//! `../shared/arm-specs/`: the request body against the operation's body parameter, the response
-//! body against the schema of its status code (or `default` for errors). Compute is checked
-//! against the `VirtualMachineIdentity` definitions quoted in ARM-NOTES.md section 2.4, since its
-//! full document is not stored.
+//! `shared/arm-specs/` (found by walking up from the project, or at `UAMI_ARM_SPECS`): the
+//! request's api-version against the document the operation matched, the request body against
+//! the operation's body parameter, the response body against the schema of its status code (or
+//! `default` for errors). Compute is checked against the official Compute 2024-11-01 documents
+//! (`virtualMachine.json`, `virtualMachineScaleSet.json`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -16,7 +17,70 @@ const SPECS: &[&str] = &[
     "specification/authorization/resource-manager/Microsoft.Authorization/stable/2022-04-01/authorization-RoleAssignmentsCalls.json",
     "specification/authorization/resource-manager/Microsoft.Authorization/stable/2022-04-01/authorization-RoleDefinitionsCalls.json",
     "specification/imds/data-plane/InstanceMetadataService/stable/2023-07-01/imds.json",
+    "specification/compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01/virtualMachine.json",
+    "specification/compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01/virtualMachineScaleSet.json",
 ];
+
+/// Where the specifications are: `UAMI_ARM_SPECS`, or the first `shared/arm-specs` found walking
+/// up from the project directory (the project may sit in a worktree below the shared folder).
+pub fn specs_root() -> PathBuf {
+    if let Ok(dir) = std::env::var("UAMI_ARM_SPECS") {
+        return PathBuf::from(dir);
+    }
+    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
+    start
+        .ancestors()
+        .map(|a| a.join("shared/arm-specs"))
+        .find(|p| p.join("specification").is_dir())
+        .unwrap_or_else(|| start.join("../shared/arm-specs"))
+}
+
+/// The api-versions a request may carry when it matched `doc` (a document of `info.version`).
+/// A request must use the document's version, except where a stored source says an older
+/// version has the same shape:
+/// - the MSI document is 2026-05-31 and the controller sends 2023-01-31; ARM-NOTES section 1:
+///   "Identity shape is the same" (2026-05-31 only adds optional `assignmentRestrictions`,
+///   2024-11-30 `isolationScope`, neither sent);
+/// - the IMDS data-plane document is 2023-07-01; D1: the token endpoint takes
+///   `api-version=2018-02-01` or later.
+fn version_accepted(doc_version: &str, file: &Path, requested: &str) -> bool {
+    let file = file.to_string_lossy();
+    if requested == doc_version {
+        return true;
+    }
+    if file.contains("/msi/") {
+        return requested == "2023-01-31";
+    }
+    if file.contains("/imds/") {
+        return requested >= "2018-02-01" && requested <= doc_version;
+    }
+    false
+}
+
+/// D2 (ARM-NOTES section 2.4): a PATCH removes one user-assigned identity by setting its key to
+/// `null`. The official `UserAssignedIdentities` schema types every value as an object, so the
+/// null entries are taken out before the body is validated (and checked to name identity ids).
+fn without_null_identity_entries(body: &Value) -> (Value, Vec<String>) {
+    let mut body = body.clone();
+    let mut errors = Vec::new();
+    if let Some(map) = body
+        .pointer_mut("/identity/userAssignedIdentities")
+        .and_then(Value::as_object_mut)
+    {
+        for k in map.keys() {
+            if !k
+                .to_lowercase()
+                .contains("/providers/microsoft.managedidentity/userassignedidentities/")
+            {
+                errors.push(format!(
+                    "request userAssignedIdentities key {k} is not an identity id"
+                ));
+            }
+        }
+        map.retain(|_, v| !v.is_null());
+    }
+    (body, errors)
+}
 
 /// The emulator's names for operations the documents name otherwise.
 fn spec_operation(op: &str) -> &str {
@@ -30,13 +94,14 @@ fn spec_operation(op: &str) -> &str {
 pub struct Specs {
     root: PathBuf,
     files: HashMap<PathBuf, Value>,
-    ops: HashMap<String, (PathBuf, Value)>,
+    /// operationId -> (document, document version, operation).
+    ops: HashMap<String, (PathBuf, String, Value)>,
 }
 
 impl Specs {
     /// Load from `../shared/arm-specs` beside the project.
     pub fn load() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/arm-specs");
+        let root = specs_root();
         assert!(
             root.exists(),
             "the ARM specifications are expected at {}",
@@ -50,13 +115,15 @@ impl Specs {
         for rel in SPECS {
             let path = root.join(rel);
             let doc = s.file(&path).clone();
+            let version = doc["info"]["version"].as_str().unwrap().to_string();
             for (_, methods) in doc["paths"].as_object().unwrap() {
                 for (m, op) in methods.as_object().unwrap() {
                     if m == "parameters" {
                         continue;
                     }
                     if let Some(id) = op["operationId"].as_str() {
-                        s.ops.insert(id.to_string(), (path.clone(), op.clone()));
+                        s.ops
+                            .insert(id.to_string(), (path.clone(), version.clone(), op.clone()));
                     }
                 }
             }
@@ -123,15 +190,24 @@ impl Specs {
 
     /// Errors of one exchange; `None` when no stored document covers its operation.
     pub fn validate(&mut self, ex: &Exchange) -> Option<Vec<String>> {
-        if ex.operation.starts_with("VirtualMachines_")
-            || ex.operation.starts_with("VirtualMachineScaleSets_")
-        {
-            return Some(compute_check(ex));
-        }
-        let (file, op) = self.ops.get(spec_operation(&ex.operation)).cloned()?;
+        let (file, doc_version, op) = self.ops.get(spec_operation(&ex.operation)).cloned()?;
         let canon = file.canonicalize().unwrap_or(file);
         let mut errors = Vec::new();
-        if let Some(body) = &ex.request {
+        let query: HashMap<String, String> =
+            serde_urlencoded::from_str(&ex.query).unwrap_or_default();
+        match query.get("api-version") {
+            Some(v) if version_accepted(&doc_version, &canon, v) => {}
+            Some(v) => errors.push(format!(
+                "api-version {v} is not the version of the document it matched ({doc_version}, {})",
+                canon.file_name().unwrap().to_string_lossy()
+            )),
+            None => errors.push("no api-version".into()),
+        }
+        let request = ex.request.as_ref().map(without_null_identity_entries);
+        if let Some((_, key_errors)) = &request {
+            errors.extend(key_errors.iter().cloned());
+        }
+        if let Some((body, _)) = &request {
             let params = self.resolve(&canon, &op["parameters"], &mut Vec::new());
             if let Some(p) = params
                 .as_array()
@@ -145,6 +221,12 @@ impl Specs {
                         .map(|e| format!("request {e}")),
                 );
             }
+        }
+        // D3: a long-running operation may first answer 201 or 202 (202 with a `Location` and
+        // no body); the document lists the final answer.
+        let lro = op["x-ms-long-running-operation"] == json!(true);
+        if lro && ex.status == 202 && ex.response.is_none() {
+            return Some(errors);
         }
         if let Some(body) = &ex.response {
             let responses = self.resolve(&canon, &op["responses"], &mut Vec::new());
@@ -167,63 +249,6 @@ impl Specs {
         }
         Some(errors)
     }
-}
-
-/// ARM-NOTES.md section 2.4: `VirtualMachineIdentity` / `VirtualMachineScaleSetIdentity`.
-fn identity_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "principalId": {"type": "string"},
-            "tenantId": {"type": "string"},
-            "type": {"type": "string", "enum": ["SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned", "None"]},
-            "userAssignedIdentities": {"type": "object", "additionalProperties": {
-                "anyOf": [{"type": "null"}, {"type": "object", "properties": {"principalId": {"type": "string"}, "clientId": {"type": "string"}}}]
-            }}
-        }
-    })
-}
-
-fn compute_check(ex: &Exchange) -> Vec<String> {
-    let mut errors = Vec::new();
-    let body_schema = json!({"type": "object", "properties": {"identity": identity_schema(), "etag": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"}, "location": {"type": "string"}}});
-    if let Some(b) = &ex.request {
-        errors.extend(
-            Specs::check(&body_schema, b)
-                .into_iter()
-                .map(|e| format!("request {e}")),
-        );
-        // A PATCH's identity must say its final type and name identities by their ARM ids.
-        if let Some(id) = b.get("identity") {
-            if id.get("type").is_none() {
-                errors.push("request identity.type missing".into());
-            }
-            for k in id["userAssignedIdentities"]
-                .as_object()
-                .into_iter()
-                .flat_map(|m| m.keys())
-            {
-                if !k
-                    .to_lowercase()
-                    .contains("/providers/microsoft.managedidentity/userassignedidentities/")
-                {
-                    errors.push(format!(
-                        "request userAssignedIdentities key {k} is not an identity id"
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(b) = &ex.response
-        && ex.status == 200
-    {
-        errors.extend(
-            Specs::check(&body_schema, b)
-                .into_iter()
-                .map(|e| format!("response {e}")),
-        );
-    }
-    errors
 }
 
 /// Validate a journal: (errors, exchanges validated, operations without a stored document).
