@@ -7,10 +7,21 @@
 //! configurable, so the same code talks to Azure or to the emulator. Tokens are cached per scope
 //! by [`CachingCredential`] and never appear in `Debug`, `Display`, logs or error text.
 //!
-//! The two token calls are written here on the project's one reqwest client rather than taken
-//! from the `azure_identity` crate: that crate brings its own HTTP pipeline and runtime
-//! abstraction, and its IMDS credential does not expose the retry policy, the per-VM rate and
-//! concurrency limits, or the token metadata the agent reports.
+//! The token calls are written here rather than taken from the `azure_identity` crate (checked
+//! at 1.0.0, the current release), because it cannot talk to every endpoint this controller must
+//! be pointed at, and the controller keeps one code path for Azure and the emulator:
+//! - client secret and workload identity: `ClientSecretCredential` and `ClientAssertionCredential`
+//!   (which `WorkloadIdentityCredential` wraps) take a custom authority host through
+//!   `ClientOptions::cloud`, but `get_authority_host` refuses any host whose scheme is not
+//!   `https` ("authority host doesn't use HTTPS scheme"). The emulator's Entra ID endpoint, like
+//!   any local stand-in, is plain HTTP on loopback.
+//! - managed identity: `VirtualMachineManagedIdentityCredential` sends to the constant
+//!   `http://169.254.169.254/metadata/identity/oauth2/token`; `IMDS_ENDPOINT` only selects the
+//!   Azure Arc flow. The `--imds-endpoint` this controller takes (and the emulator's per-VM IMDS)
+//!   cannot be used, and its retry policy, per-VM rate and concurrency limits and the token
+//!   metadata the agent reports are not exposed.
+//! Its HTTP stack would not have been the obstacle: azure_core 1.0 sends through reqwest 0.13
+//! with rustls, the client this project uses.
 
 pub mod imds;
 
