@@ -20,6 +20,7 @@
 //!   Azure Arc flow. The `--imds-endpoint` this controller takes (and the emulator's per-VM IMDS)
 //!   cannot be used, and its retry policy, per-VM rate and concurrency limits and the token
 //!   metadata the agent reports are not exposed.
+//!
 //! Its HTTP stack would not have been the obstacle: azure_core 1.0 sends through reqwest 0.13
 //! with rustls, the client this project uses.
 

@@ -527,10 +527,11 @@ pub async fn handle(
             dropped()
         }
         Ok((mut answer, remaining)) => {
-            if op.contains("_List") && answer.status == StatusCode::OK {
-                if let Err(refused) = paging::page(&inner, &path, &query, &mut answer.body) {
-                    answer = refused.into();
-                }
+            if op.contains("_List")
+                && answer.status == StatusCode::OK
+                && let Err(refused) = paging::page(&inner, &path, &query, &mut answer.body)
+            {
+                answer = refused.into();
             }
             finish(
                 &inner,
