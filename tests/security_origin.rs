@@ -181,6 +181,10 @@ async fn a_binding_names_the_refused_url_and_the_token_stays_home() {
         lro_forms: BTreeMap::from([("VirtualMachines_Update".to_string(), LroForm::Location)]),
         ..Default::default()
     };
+    // The refused operations end without a change when the emulator settles them, so the VM
+    // never shows the identity (a binding that looks again after its operation settled would
+    // otherwise find it assigned).
+    opts.world.faults.lro_fail_next = 1000;
     let stack = Stack::start(opts).await.unwrap();
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     let api = bindings(&stack, "tutorial");
@@ -201,6 +205,25 @@ async fn a_binding_names_the_refused_url_and_the_token_stays_home() {
     assert!(
         message.contains(elsewhere.base.trim_end_matches('/')),
         "{message}"
+    );
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(stack.client(), "tutorial");
+    let refused = eventually(30, "the AssignFailed event", || async {
+        let l = events.list(&Default::default()).await.ok()?;
+        l.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("AssignFailed")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("UntrustedOrigin: "))
+        })
+    })
+    .await;
+    assert!(
+        refused
+            .note
+            .unwrap()
+            .contains(elsewhere.base.trim_end_matches('/')),
+        "the event names the refused origin"
     );
     assert_eq!(elsewhere.connections.load(Ordering::SeqCst), 0);
     assert!(elsewhere.received.lock().is_empty());
