@@ -8,6 +8,8 @@
 //! It authenticates (a bearer token per user) and records an audit log of every request; it
 //! does not authorize (the audit log is how tests check which calls a component makes).
 
+mod events;
+mod protobuf;
 mod registry;
 mod server;
 mod ssa;

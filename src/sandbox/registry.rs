@@ -44,6 +44,16 @@ impl ResourceDef {
         }
     }
 
+    /// Where its objects are stored: (group, plural), except that both Event APIs share one
+    /// store.
+    pub fn key(&self) -> (String, String) {
+        if super::events::is_event(self) {
+            (super::events::STORAGE_GROUP.into(), self.plural.clone())
+        } else {
+            (self.group.clone(), self.plural.clone())
+        }
+    }
+
     /// `plural.group` (as in error messages).
     pub fn qualified(&self) -> String {
         if self.group.is_empty() {
@@ -112,7 +122,16 @@ fn builtin(
     }
 }
 
-/// The built-in resources.
+const RBAC: &str = "rbac.authorization.k8s.io";
+const ADMISSION: &str = "admissionregistration.k8s.io";
+
+fn with_status(mut def: ResourceDef) -> ResourceDef {
+    def.status_subresource = true;
+    def
+}
+
+/// The built-in resources: those the controller and agent use, and every kind the chart
+/// installs (stored and served; nothing runs Deployments or DaemonSets).
 pub fn builtins() -> Vec<ResourceDef> {
     let mut ns = builtin("", "v1", "namespaces", "Namespace", false, &["ns"]);
     ns.status_subresource = true;
@@ -122,6 +141,59 @@ pub fn builtins() -> Vec<ResourceDef> {
         builtin("", "v1", "events", "Event", true, &["ev"]),
         builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
+        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
+        with_status(builtin("", "v1", "services", "Service", true, &["svc"])),
+        with_status(builtin(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            &["deploy"],
+        )),
+        with_status(builtin(
+            "apps",
+            "v1",
+            "daemonsets",
+            "DaemonSet",
+            true,
+            &["ds"],
+        )),
+        builtin(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+            &["netpol"],
+        ),
+        builtin(RBAC, "v1", "roles", "Role", true, &[]),
+        builtin(RBAC, "v1", "rolebindings", "RoleBinding", true, &[]),
+        builtin(RBAC, "v1", "clusterroles", "ClusterRole", false, &[]),
+        builtin(
+            RBAC,
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+        ),
+        with_status(builtin(
+            ADMISSION,
+            "v1",
+            "validatingadmissionpolicies",
+            "ValidatingAdmissionPolicy",
+            false,
+            &[],
+        )),
+        builtin(
+            ADMISSION,
+            "v1",
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
+            false,
+            &[],
+        ),
         {
             let mut crd = builtin(
                 "apiextensions.k8s.io",

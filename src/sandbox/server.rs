@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::registry::{ResourceDef, from_crd};
 use super::store::{Event, Store};
-use super::{AuditRecord, Shared, now, ssa, table, validate};
+use super::{AuditRecord, Shared, events, now, ssa, table, validate};
 
 /// A Kubernetes `Status` error.
 pub struct ApiError {
@@ -177,6 +177,16 @@ pub async fn handle(
         return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
     };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segs == ["openapi", "v2"] && !accepts_json(&headers) {
+        // The OpenAPI v2 document is served as JSON only: a client asking for protobuf alone
+        // is told so rather than handed JSON it would parse as protobuf.
+        return ApiError::new(
+            406,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json",
+        )
+        .into_response();
+    }
     if let Some(resp) = discovery(&shared, &segs) {
         return resp;
     }
@@ -310,7 +320,7 @@ fn kind_list(def: &ResourceDef) -> String {
 }
 
 fn with_type(def: &ResourceDef, obj: &Value) -> Value {
-    let mut o = obj.clone();
+    let mut o = events::from_storage(def, obj);
     o["apiVersion"] = json!(def.api_version());
     o["kind"] = json!(def.kind);
     o
@@ -383,11 +393,13 @@ fn matches_fields(obj: &Value, selector: &str) -> bool {
                 },
             };
             let actual = match k.trim() {
-                "metadata.name" => obj["metadata"]["name"].as_str(),
-                "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
+                "metadata.name" => obj["metadata"]["name"].as_str().map(str::to_string),
+                "metadata.namespace" => obj["metadata"]["namespace"].as_str().map(str::to_string),
+                "status.phase" => obj["status"]["phase"].as_str().map(str::to_string),
+                k if obj["kind"] == "Event" => events::field(obj, k),
                 _ => None,
             };
-            (actual == Some(v.trim())) != neg
+            (actual.as_deref() == Some(v.trim())) != neg
         })
 }
 
@@ -396,6 +408,13 @@ fn selected(obj: &Value, q: &HashMap<String, String>) -> bool {
         .is_none_or(|s| matches_labels(obj, s))
         && q.get("fieldSelector")
             .is_none_or(|s| matches_fields(obj, s))
+}
+
+fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|a| a.contains("json") || a.contains("*/*") || a.trim().is_empty())
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
@@ -458,7 +477,7 @@ fn dispatch(
                 &manager(q, headers),
                 dry_run,
             )?;
-            Ok(json_response(status, &out))
+            Ok(json_response(status, &with_type(&t.def, &out)))
         }
         "update" => {
             let obj = parse_body(body, headers)?;
@@ -474,7 +493,7 @@ fn dispatch(
                 &manager(q, headers),
                 dry_run,
             )?;
-            Ok(json_response(StatusCode::OK, &out))
+            Ok(json_response(StatusCode::OK, &with_type(&t.def, &out)))
         }
         "patch" => {
             let ct = headers
@@ -496,7 +515,7 @@ fn dispatch(
                 headers,
                 dry_run,
             )?;
-            Ok(json_response(status, &out))
+            Ok(json_response(status, &with_type(&t.def, &out)))
         }
         "delete" => {
             let mut store = shared.store.lock();
@@ -507,13 +526,13 @@ fn dispatch(
                 t.name.as_deref().unwrap_or_default(),
                 dry_run,
             )?;
-            Ok(json_response(StatusCode::OK, &out))
+            Ok(json_response(StatusCode::OK, &with_type(&t.def, &out)))
         }
         "deletecollection" => {
             let mut store = shared.store.lock();
             let names: Vec<(String, String)> = store
                 .objects
-                .get(&(t.def.group.clone(), t.def.plural.clone()))
+                .get(&t.def.key())
                 .map(|o| {
                     o.iter()
                         .filter(|((n, _), obj)| {
@@ -559,6 +578,18 @@ fn parse_body(body: &Bytes, headers: &HeaderMap) -> Result<Value, ApiError> {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    if super::protobuf::is_protobuf(ct) {
+        return super::protobuf::decode(body).map_err(|e| match e {
+            super::protobuf::DecodeError::Malformed(m) => ApiError::new(
+                400,
+                "BadRequest",
+                format!("the body of the request was in an unknown format: {m}"),
+            ),
+            super::protobuf::DecodeError::Unsupported(m) => {
+                ApiError::new(415, "UnsupportedMediaType", m)
+            }
+        });
+    }
     let parsed = if ct.contains("yaml") {
         serde_yaml_ng::from_slice::<Value>(body).map_err(|e| e.to_string())
     } else {
@@ -582,7 +613,7 @@ fn parse_body(body: &Bytes, headers: &HeaderMap) -> Result<Value, ApiError> {
 fn get_obj(store: &Store, def: &ResourceDef, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
     store
         .objects
-        .get(&(def.group.clone(), def.plural.clone()))
+        .get(&def.key())
         .and_then(|o| o.get(&(ns.to_string(), name.to_string())))
         .cloned()
         .ok_or_else(|| ApiError::not_found(def, name))
@@ -628,10 +659,7 @@ fn list(
     let ns = t.namespace.clone();
     let mut items: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
-    if let Some(objs) = store
-        .objects
-        .get(&(t.def.group.clone(), t.def.plural.clone()))
-    {
+    if let Some(objs) = store.objects.get(&t.def.key()) {
         let iter = objs
             .iter()
             .filter(|((n, _), _)| ns.as_ref().is_none_or(|x| x == n))
@@ -777,10 +805,11 @@ fn create(
     store: &mut Store,
     def: &ResourceDef,
     ns: Option<&str>,
-    mut obj: Value,
+    obj: Value,
     mgr: &str,
     dry_run: bool,
 ) -> Result<(StatusCode, Value), ApiError> {
+    let mut obj = events::to_storage(def, obj);
     let ns = if def.namespaced {
         let body_ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
         let ns = ns
@@ -823,7 +852,7 @@ fn create(
             }
         }
     }
-    let key = (def.group.clone(), def.plural.clone());
+    let key = def.key();
     if store
         .objects
         .get(&key)
@@ -1033,7 +1062,7 @@ fn commit(
     }
     let rv = store.next_rv();
     new["metadata"]["resourceVersion"] = json!(rv.to_string());
-    let key = (def.group.clone(), def.plural.clone());
+    let key = def.key();
     let finalized = new["metadata"]["deletionTimestamp"].is_string()
         && new["metadata"]["finalizers"]
             .as_array()
@@ -1062,12 +1091,13 @@ fn update(
     def: &ResourceDef,
     ns: &str,
     name: &str,
-    mut obj: Value,
+    obj: Value,
     subresource: Option<&str>,
     mgr: &str,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
     let old = get_obj(store, def, ns, name)?;
+    let mut obj = events::to_storage(def, obj);
     if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
         return Err(ApiError::new(
             400,
@@ -1185,7 +1215,7 @@ fn patch(
                 // The applier owns what it applied (not an Update entry).
                 created["metadata"]["managedFields"] = mf;
                 if !dry_run {
-                    let key = (def.group.clone(), def.plural.clone());
+                    let key = def.key();
                     let real_ns = created["metadata"]["namespace"]
                         .as_str()
                         .unwrap_or_default()
@@ -1211,7 +1241,8 @@ fn patch(
         }
     } else {
         let old = existing.ok_or_else(|| ApiError::not_found(def, name))?;
-        let mut new = old.as_ref().clone();
+        // A patch applies to the object in the shape of the API it was sent to.
+        let mut new = events::from_storage(def, &old);
         if ct.starts_with("application/json-patch+json") {
             let ops: Value = serde_json::from_slice(body).map_err(|e| {
                 ApiError::new(
@@ -1263,6 +1294,7 @@ fn patch(
                 ),
             ));
         }
+        let mut new = events::to_storage(def, new);
         if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
             && Some(rv) != old["metadata"]["resourceVersion"].as_str()
         {
@@ -1333,7 +1365,7 @@ fn delete(
         let arc = Arc::new(new.clone());
         store
             .objects
-            .entry((def.group.clone(), def.plural.clone()))
+            .entry(def.key())
             .or_default()
             .insert((ns.to_string(), name.to_string()), arc.clone());
         store.emit(rv, def, ns, "MODIFIED", arc);
@@ -1342,10 +1374,7 @@ fn delete(
     if dry_run {
         return Ok(old.as_ref().clone());
     }
-    if let Some(o) = store
-        .objects
-        .get_mut(&(def.group.clone(), def.plural.clone()))
-    {
+    if let Some(o) = store.objects.get_mut(&def.key()) {
         o.remove(&(ns.to_string(), name.to_string()));
     }
     let rv = store.next_rv();
@@ -1407,7 +1436,7 @@ fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respo
         s.push('\n');
         Ok(Bytes::from(s))
     };
-    let key = (def.group.clone(), def.plural.clone());
+    let key = def.key();
     let matches = {
         let ns = ns.clone();
         let name = name.clone();
@@ -1438,7 +1467,7 @@ fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respo
                 }
             }
             _ => {
-                if let Some(objs) = store.objects.get(&(def.group.clone(), def.plural.clone())) {
+                if let Some(objs) = store.objects.get(&def.key()) {
                     for ((n, nm), obj) in objs {
                         if ns.as_ref().is_none_or(|x| x == n)
                             && name.as_ref().is_none_or(|x| x == nm)

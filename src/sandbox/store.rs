@@ -101,7 +101,7 @@ impl Store {
     ) {
         let ev = Arc::new(Event {
             rv,
-            resource: (def.group.clone(), def.plural.clone()),
+            resource: def.key(),
             namespace: namespace.to_string(),
             kind,
             object,

@@ -87,6 +87,9 @@ fn cell(v: Option<Value>, type_: &str) -> Value {
 
 /// A `meta.k8s.io/v1` Table of `objects`.
 pub fn table(def: &ResourceDef, objects: &[Value], rv: &str) -> Value {
+    if super::events::is_event(def) {
+        return super::events::table(objects, rv);
+    }
     let mut columns = vec![
         json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
     ];
