@@ -9,6 +9,7 @@
 //! does not authorize (the audit log is how tests check which calls a component makes).
 
 mod events;
+mod namespace;
 mod protobuf;
 mod registry;
 mod server;

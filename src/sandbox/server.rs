@@ -14,18 +14,18 @@ use serde_json::{Value, json};
 
 use super::registry::{ResourceDef, from_crd};
 use super::store::{Event, Store};
-use super::{AuditRecord, Shared, events, now, ssa, table, validate};
+use super::{AuditRecord, Shared, events, namespace, now, ssa, table, validate};
 
 /// A Kubernetes `Status` error.
 pub struct ApiError {
-    code: u16,
-    reason: &'static str,
-    message: String,
-    details: Option<Value>,
+    pub(super) code: u16,
+    pub(super) reason: &'static str,
+    pub(super) message: String,
+    pub(super) details: Option<Value>,
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             reason,
@@ -34,7 +34,7 @@ impl ApiError {
         }
     }
 
-    fn not_found(def: &ResourceDef, name: &str) -> Self {
+    pub(super) fn not_found(def: &ResourceDef, name: &str) -> Self {
         let mut e = Self::new(
             404,
             "NotFound",
@@ -828,6 +828,9 @@ fn create(
             e.details = Some(json!({"name": ns, "kind": "namespaces"}));
             return Err(e);
         }
+        if namespace::terminating(store, &ns) {
+            return Err(namespace::forbidden(&ns));
+        }
         ns
     } else {
         String::new()
@@ -897,9 +900,8 @@ fn create(
             store.resources.extend(defs);
         }
     }
-    if def.plural == "namespaces" {
-        obj["status"] = json!({"phase": "Active"});
-        obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    if def.group.is_empty() && def.plural == "namespaces" {
+        namespace::on_create(&mut obj, &name);
     }
     if def.status_subresource
         && def.plural != "customresourcedefinitions"
@@ -1074,6 +1076,7 @@ fn commit(
         }
         store.emit(rv, def, ns, "DELETED", arc);
         after_delete(store, def, &new);
+        namespace::content_changed(store, ns);
     } else {
         store
             .objects
@@ -1340,13 +1343,16 @@ fn after_delete(store: &mut Store, def: &ResourceDef, obj: &Value) {
     }
 }
 
-fn delete(
+pub(super) fn delete(
     store: &mut Store,
     def: &ResourceDef,
     ns: &str,
     name: &str,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    if def.group.is_empty() && def.plural == "namespaces" {
+        return namespace::delete_namespace(store, def, name, dry_run);
+    }
     let old = get_obj(store, def, ns, name)?;
     let has_finalizers = old["metadata"]["finalizers"]
         .as_array()
@@ -1382,35 +1388,7 @@ fn delete(
     gone["metadata"]["resourceVersion"] = json!(rv.to_string());
     store.emit(rv, def, ns, "DELETED", Arc::new(gone.clone()));
     after_delete(store, def, &gone);
-    if def.plural == "namespaces" {
-        // Everything in the namespace goes with it (finalizers still hold their objects).
-        let keys: Vec<((String, String), Vec<String>)> = store
-            .objects
-            .iter()
-            .map(|(k, o)| {
-                (
-                    k.clone(),
-                    o.keys()
-                        .filter(|(n, _)| n == name)
-                        .map(|(_, x)| x.clone())
-                        .collect(),
-                )
-            })
-            .collect();
-        for ((group, plural), names) in keys {
-            let Some(d) = store
-                .resources
-                .iter()
-                .find(|r| r.group == group && r.plural == plural && r.namespaced)
-                .cloned()
-            else {
-                continue;
-            };
-            for n in names {
-                let _ = delete(store, &d, name, &n, false);
-            }
-        }
-    }
+    namespace::content_changed(store, ns);
     Ok(gone)
 }
 
