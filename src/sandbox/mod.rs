@@ -8,6 +8,8 @@
 //! It authenticates (a bearer token per user) and records an audit log of every request; it
 //! does not authorize (the audit log is how tests check which calls a component makes).
 
+mod admission;
+mod authz;
 mod events;
 mod namespace;
 mod protobuf;
@@ -29,6 +31,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+pub use authz::UserInfo;
 use store::Store;
 
 /// The current time as the apiserver writes it.
@@ -102,7 +105,7 @@ pub struct AuditRecord {
 
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
-    pub users: Mutex<HashMap<String, String>>,
+    pub users: Mutex<HashMap<String, UserInfo>>,
     pub audit: Mutex<Vec<AuditRecord>>,
     pub base: String,
     pub disconnect: tokio::sync::watch::Sender<u64>,
@@ -137,7 +140,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         store: Mutex::new(Store::new(opts.history)),
         users: Mutex::new(HashMap::from([(
             uuid::Uuid::new_v4().to_string(),
-            "admin".to_string(),
+            UserInfo::admin("admin"),
         )])),
         audit: Mutex::new(Vec::new()),
         base: format!("http://{addr}"),
@@ -170,15 +173,32 @@ impl Sandbox {
         self.addr
     }
 
-    /// The bearer token of `user` (made on first use).
+    /// The bearer token of the administrator `user` (made on first use; a member of
+    /// `system:masters`, so RBAC does not apply).
     pub fn token(&self, user: &str) -> String {
+        self.token_for(UserInfo::admin(user))
+    }
+
+    /// The bearer token of `user` (made on first use for that user name, groups and extra).
+    pub fn token_for(&self, user: UserInfo) -> String {
         let mut users = self.shared.users.lock();
-        if let Some((t, _)) = users.iter().find(|(_, u)| u.as_str() == user) {
+        if let Some((t, _)) = users.iter().find(|(_, u)| {
+            u.username == user.username && u.groups == user.groups && u.extra == user.extra
+        }) {
             return t.clone();
         }
         let t = uuid::Uuid::new_v4().to_string();
-        users.insert(t.clone(), user.to_string());
+        users.insert(t.clone(), user);
         t
+    }
+
+    /// A token of the service account `namespace`/`name` (user
+    /// `system:serviceaccount:NAMESPACE:NAME`, groups `system:serviceaccounts`,
+    /// `system:serviceaccounts:NAMESPACE`, `system:authenticated`), authorized by RBAC. With
+    /// `node`, the token is one bound to a pod on that node: `request.userInfo.extra` carries
+    /// `authentication.kubernetes.io/node-name`.
+    pub fn service_account_token(&self, namespace: &str, name: &str, node: Option<&str>) -> String {
+        self.token_for(UserInfo::service_account(namespace, name, node))
     }
 
     /// A client as the admin user.
@@ -186,33 +206,75 @@ impl Sandbox {
         self.client_as("admin")
     }
 
-    /// A client as `user` (its own bearer token, so the audit log tells users apart).
+    /// A client as the administrator `user` (its own bearer token, so the audit log tells
+    /// users apart).
     pub fn client_as(&self, user: &str) -> kube::Client {
+        self.client_with_token(self.token(user))
+    }
+
+    /// A client as a service account (see [`Sandbox::service_account_token`]).
+    pub fn client_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: Option<&str>,
+    ) -> kube::Client {
+        self.client_with_token(self.service_account_token(namespace, name, node))
+    }
+
+    fn client_with_token(&self, token: String) -> kube::Client {
         let mut config = kube::Config::new(self.url().as_str().parse().unwrap_or_default());
-        config.auth_info.token = Some(secrecy::SecretString::from(self.token(user)));
+        config.auth_info.token = Some(secrecy::SecretString::from(token));
         config.default_namespace = "default".into();
         kube::Client::try_from(config)
             .unwrap_or_else(|_| unreachable!("a plain-HTTP client over a valid URL always builds"))
     }
 
-    /// A kubeconfig for `user`.
-    pub fn kubeconfig_yaml(&self, user: &str) -> String {
+    fn kubeconfig_with_token(&self, user: &str, namespace: &str, token: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: {user}\n    namespace: default\ncurrent-context: sandbox\nusers:\n- name: {user}\n  user:\n    token: {}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: {user}\n    namespace: {namespace}\ncurrent-context: sandbox\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
             self.shared.base,
-            self.token(user)
+        )
+    }
+
+    /// A kubeconfig for the administrator `user`.
+    pub fn kubeconfig_yaml(&self, user: &str) -> String {
+        self.kubeconfig_with_token(user, "default", &self.token(user))
+    }
+
+    /// A kubeconfig for the service account `namespace`/`name` (its default namespace is
+    /// `namespace`).
+    pub fn service_account_kubeconfig_yaml(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: Option<&str>,
+    ) -> String {
+        let token = self.service_account_token(namespace, name, node);
+        self.kubeconfig_with_token(
+            &format!("system:serviceaccount:{namespace}:{name}"),
+            namespace,
+            &token,
         )
     }
 
     /// Write a kubeconfig for `user` to `path` (readable by the owner only).
     pub fn write_kubeconfig(&self, path: &Path, user: &str) -> std::io::Result<()> {
-        std::fs::write(path, self.kubeconfig_yaml(user))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        }
-        Ok(())
+        write_private(path, &self.kubeconfig_yaml(user))
+    }
+
+    /// Write a kubeconfig for a service account to `path` (readable by the owner only).
+    pub fn write_service_account_kubeconfig(
+        &self,
+        path: &Path,
+        namespace: &str,
+        name: &str,
+        node: Option<&str>,
+    ) -> std::io::Result<()> {
+        write_private(
+            path,
+            &self.service_account_kubeconfig_yaml(namespace, name, node),
+        )
     }
 
     /// Every request so far.
@@ -275,4 +337,14 @@ impl Sandbox {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }

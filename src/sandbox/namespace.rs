@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::now;
 use super::registry::ResourceDef;
 use super::server::{ApiError, delete};
 use super::store::Store;
-use super::now;
 
 /// The finalizer the namespace controller owns.
 pub const FINALIZER: &str = "kubernetes";
@@ -47,7 +47,9 @@ pub fn forbidden(ns: &str) -> ApiError {
     let message =
         format!("unable to create new content in namespace {ns} because it is being terminated");
     let mut e = ApiError::new(403, "Forbidden", message.clone());
-    e.details = Some(json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}]}));
+    e.details = Some(
+        json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}]}),
+    );
     e
 }
 

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use super::registry::{ResourceDef, from_crd};
 use super::store::{Event, Store};
-use super::{AuditRecord, Shared, events, namespace, now, ssa, table, validate};
+use super::{
+    AuditRecord, Shared, UserInfo, admission, authz, events, namespace, now, ssa, table, validate,
+};
 
 /// A Kubernetes `Status` error.
 pub struct ApiError {
@@ -168,10 +170,11 @@ pub async fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     // kubectl sends no bearer token to a plain-HTTP server: on loopback such requests are served
-    // as `system:anonymous` (like an insecure local port); a wrong token is still refused.
+    // as `system:anonymous` in `system:masters` (like an insecure local port); a wrong token is
+    // still refused.
     let user = match token {
         Some(t) => shared.users.lock().get(&t).cloned(),
-        None => Some("system:anonymous".to_string()),
+        None => Some(UserInfo::admin("system:anonymous")),
     };
     let Some(user) = user else {
         return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
@@ -207,15 +210,30 @@ pub async fn handle(
         Parsed::Resource(t) => t,
     };
     let v = verb(&method, &target, &q);
-    let resp = match v {
-        "watch" => watch(&shared, &target, &q),
-        _ => match dispatch(&shared, &method, &target, &q, &headers, &body, v) {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
+    let allowed = authz::authorize(
+        &shared.store.lock(),
+        &user,
+        &authz::Attributes {
+            verb: v,
+            group: &target.def.group,
+            resource: &target.def.plural,
+            subresource: target.subresource.as_deref().unwrap_or_default(),
+            namespace: target.namespace.as_deref().unwrap_or_default(),
+            name: target.name.as_deref().unwrap_or_default(),
         },
+    );
+    let resp = match (allowed, v) {
+        (Err(e), _) => e.into_response(),
+        (Ok(()), "watch") => watch(&shared, &target, &q),
+        (Ok(()), _) => admission::with_user(&user, || {
+            match dispatch(&shared, &method, &target, &q, &headers, &body, v) {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        }),
     };
     shared.audit.lock().push(AuditRecord {
-        user,
+        user: user.username,
         verb: v.to_string(),
         group: target.def.group.clone(),
         version: target.def.version.clone(),
@@ -924,6 +942,7 @@ fn create(
     meta.insert("generation".into(), json!(1));
     meta.remove("deletionTimestamp");
     meta.remove("managedFields");
+    admission::validate(store, def, "CREATE", None, &obj, None, dry_run)?;
     ssa::record_update(
         None,
         &mut obj,
@@ -1013,6 +1032,7 @@ fn commit(
         m.remove("managedFields");
     }
     admit(def, &mut new, Some(old), name)?;
+    admission::validate(store, def, "UPDATE", subresource, &new, Some(old), dry_run)?;
     if old["metadata"]["deletionTimestamp"].is_string() {
         let old_f: Vec<Value> = old["metadata"]["finalizers"]
             .as_array()

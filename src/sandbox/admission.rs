@@ -1,0 +1,461 @@
+//! ValidatingAdmissionPolicy (`admissionregistration.k8s.io/v1`) as the API server evaluates
+//! it, on every create and update (including the status subresource) after schema validation:
+//! each ValidatingAdmissionPolicyBinding selects its policy; the policy's `matchConstraints`
+//! (resource rules with operations, resources and subresources, scope, exclusions, namespace
+//! and object label selectors) and the binding's `matchResources` pick the requests;
+//! `matchConditions`, then `variables` (in order, as `variables.NAME`), then `validations` are
+//! evaluated with CEL (the Kubernetes CEL library from `kube-cel`) over `object`, `oldObject`,
+//! `request` (with `userInfo.extra`), and `namespaceObject`. A failed validation under
+//! `validationActions: [Deny]` refuses the request with its `message` or `messageExpression`
+//! and `reason` (403 Forbidden by default); an expression that errors refuses it under
+//! `failurePolicy: Fail` (the default) and is skipped under `Ignore`. Parameters (`paramKind`)
+//! are not supported: a policy that declares them is treated as an error of that policy.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kube_cel::KubeCelExt;
+use kube_cel::cel::objects::{Key, Map};
+use kube_cel::cel::{Context, Program, Value as Cel};
+use serde_json::{Value, json};
+
+use super::authz::UserInfo;
+use super::registry::ResourceDef;
+use super::server::ApiError;
+use super::store::Store;
+
+const GROUP: &str = "admissionregistration.k8s.io";
+
+thread_local! {
+    /// The user of the request being handled (requests are handled synchronously under the
+    /// store lock, so one thread sees one request at a time).
+    static USER: RefCell<Option<UserInfo>> = const { RefCell::new(None) };
+}
+
+/// Run `f` as a request of `user`.
+pub fn with_user<R>(user: &UserInfo, f: impl FnOnce() -> R) -> R {
+    USER.with(|u| *u.borrow_mut() = Some(user.clone()));
+    let out = f();
+    USER.with(|u| *u.borrow_mut() = None);
+    out
+}
+
+fn current_user() -> UserInfo {
+    USER.with(|u| u.borrow().clone())
+        .unwrap_or_else(|| UserInfo::admin("system:admin"))
+}
+
+/// JSON to a CEL value (integers stay integers).
+pub fn to_cel(v: &Value) -> Cel {
+    match v {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Cel::Int(i),
+            None => n
+                .as_u64()
+                .map(Cel::UInt)
+                .unwrap_or_else(|| Cel::Float(n.as_f64().unwrap_or_default())),
+        },
+        Value::String(s) => Cel::String(Arc::new(s.clone())),
+        Value::Array(a) => Cel::List(Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(m) => {
+            let map: HashMap<Key, Cel> = m
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
+                .collect();
+            Cel::Map(Map { map: Arc::new(map) })
+        }
+    }
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect()
+}
+
+fn has(v: &Value, want: &str) -> bool {
+    strings(v).iter().any(|s| *s == want || *s == "*")
+}
+
+/// The request as the rules see it.
+struct Request<'a> {
+    def: &'a ResourceDef,
+    operation: &'a str,
+    subresource: &'a str,
+    namespace: &'a str,
+}
+
+fn rule_matches(rule: &Value, r: &Request) -> bool {
+    if !has(&rule["apiGroups"], &r.def.group)
+        || !has(&rule["apiVersions"], &r.def.version)
+        || !has(&rule["operations"], r.operation)
+    {
+        return false;
+    }
+    let resource_ok = strings(&rule["resources"]).iter().any(|res| {
+        let (rr, rs) = res.split_once('/').unwrap_or((res, ""));
+        (rr == "*" || rr == r.def.plural)
+            && ((rs.is_empty() && r.subresource.is_empty())
+                || rs == "*"
+                || (!rs.is_empty() && rs == r.subresource))
+    });
+    let scope_ok = match rule["scope"].as_str().unwrap_or("*") {
+        "Cluster" => !r.def.namespaced,
+        "Namespaced" => r.def.namespaced,
+        _ => true,
+    };
+    resource_ok && scope_ok
+}
+
+fn selector_matches(selector: &Value, labels: &Value) -> bool {
+    if !selector.is_object() {
+        return true;
+    }
+    let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
+    let labels_ok = selector["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| get(k) == v.as_str()));
+    let exprs_ok = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values = strings(&e["values"]);
+            match e["operator"].as_str() {
+                Some("In") => get(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => get(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => get(key).is_some(),
+                Some("DoesNotExist") => get(key).is_none(),
+                _ => false,
+            }
+        });
+    labels_ok && exprs_ok
+}
+
+fn resources_match(m: &Value, r: &Request, object: &Value, ns_object: &Value) -> bool {
+    let rules = m["resourceRules"].as_array();
+    if !rules.is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, r))) {
+        return false;
+    }
+    if m["excludeResourceRules"]
+        .as_array()
+        .is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, r)))
+    {
+        return false;
+    }
+    let ns_ok = !r.def.namespaced
+        || selector_matches(&m["namespaceSelector"], &ns_object["metadata"]["labels"]);
+    ns_ok && selector_matches(&m["objectSelector"], &object["metadata"]["labels"])
+}
+
+fn eval(ctx: &Context, expr: &str) -> Result<Cel, String> {
+    let program = Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
+    program.execute(ctx).map_err(|e| e.to_string())
+}
+
+fn denial(r: &Request, name: &str, reason: &str, message: String) -> ApiError {
+    let (code, reason) = match reason {
+        "Unauthorized" => (401, "Unauthorized"),
+        "Invalid" => (422, "Invalid"),
+        "RequestEntityTooLarge" => (413, "RequestEntityTooLarge"),
+        _ => (403, "Forbidden"),
+    };
+    let qualified = r.def.qualified();
+    let mut e = ApiError::new(
+        code,
+        reason,
+        format!("{qualified} \"{name}\" is forbidden: {message}"),
+    );
+    e.details = Some(json!({"name": name, "group": r.def.group, "kind": r.def.plural}));
+    e
+}
+
+/// Evaluate every bound policy for a create (`old` None) or update of `object`.
+pub fn validate(
+    store: &Store,
+    def: &ResourceDef,
+    operation: &str,
+    subresource: Option<&str>,
+    object: &Value,
+    old: Option<&Value>,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    if def.group == GROUP {
+        return Ok(());
+    }
+    let Some(bindings) = store
+        .objects
+        .get(&(
+            GROUP.to_string(),
+            "validatingadmissionpolicybindings".to_string(),
+        ))
+        .filter(|b| !b.is_empty())
+    else {
+        return Ok(());
+    };
+    let policies = store
+        .objects
+        .get(&(GROUP.to_string(), "validatingadmissionpolicies".to_string()));
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let r = Request {
+        def,
+        operation,
+        subresource: subresource.unwrap_or_default(),
+        namespace,
+    };
+    let ns_object = store
+        .objects
+        .get(&(String::new(), "namespaces".to_string()))
+        .and_then(|o| o.get(&(String::new(), r.namespace.to_string())))
+        .map(|o| o.as_ref().clone())
+        .unwrap_or(Value::Null);
+    let user = current_user();
+    let mut ctx: Option<Context> = None;
+    for ((_, binding_name), binding) in bindings.iter() {
+        let bspec = &binding["spec"];
+        let policy_name = bspec["policyName"].as_str().unwrap_or_default();
+        let Some(policy) = policies.and_then(|p| p.get(&(String::new(), policy_name.to_string())))
+        else {
+            continue;
+        };
+        let spec = &policy["spec"];
+        if !resources_match(&spec["matchConstraints"], &r, object, &ns_object) {
+            continue;
+        }
+        if bspec["matchResources"].is_object()
+            && bspec["matchResources"]["resourceRules"].is_array()
+            && !resources_match(&bspec["matchResources"], &r, object, &ns_object)
+        {
+            continue;
+        }
+        let deny = has(&bspec["validationActions"], "Deny");
+        let fail_closed = spec["failurePolicy"].as_str() != Some("Ignore");
+        let prefix = format!(
+            "ValidatingAdmissionPolicy '{policy_name}' with binding '{binding_name}' denied request"
+        );
+        let ctx = ctx.get_or_insert_with(|| {
+            let mut c = Context::default();
+            c.register_all();
+            c.add_variable_from_value("object", to_cel(object));
+            c.add_variable_from_value("oldObject", old.map(to_cel).unwrap_or(Cel::Null));
+            c.add_variable_from_value("namespaceObject", to_cel(&ns_object));
+            let request = json!({
+                "kind": {"group": def.group, "version": def.version, "kind": def.kind},
+                "resource": {"group": def.group, "version": def.version, "resource": def.plural},
+                "requestKind": {"group": def.group, "version": def.version, "kind": def.kind},
+                "requestResource": {"group": def.group, "version": def.version, "resource": def.plural},
+                "subResource": r.subresource,
+                "name": name,
+                "namespace": namespace,
+                "operation": operation,
+                "userInfo": user.to_json(),
+                "dryRun": dry_run,
+            });
+            c.add_variable_from_value("request", to_cel(&request));
+            c
+        });
+        // An error under failurePolicy Fail refuses; under Ignore the policy is skipped.
+        let failed = |message: String| -> Result<(), ApiError> {
+            if fail_closed && deny {
+                Err(denial(
+                    &r,
+                    name,
+                    "Forbidden",
+                    format!("{prefix}: {message}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if spec["paramKind"].is_object() {
+            failed("policies with parameters are not supported".into())?;
+            continue;
+        }
+        let mut applies = true;
+        let mut errored = false;
+        for mc in spec["matchConditions"].as_array().into_iter().flatten() {
+            let expr = mc["expression"].as_str().unwrap_or_default();
+            match eval(ctx, expr) {
+                Ok(Cel::Bool(true)) => {}
+                Ok(Cel::Bool(false)) => {
+                    applies = false;
+                    break;
+                }
+                Ok(other) => {
+                    failed(format!(
+                        "matchCondition '{}' returned {other:?}, not a bool",
+                        mc["name"].as_str().unwrap_or_default()
+                    ))?;
+                    errored = true;
+                    break;
+                }
+                Err(e) => {
+                    failed(format!(
+                        "matchCondition '{}' resulted in error: {e}",
+                        mc["name"].as_str().unwrap_or_default()
+                    ))?;
+                    errored = true;
+                    break;
+                }
+            }
+        }
+        if !applies || errored {
+            continue;
+        }
+        let mut vars: HashMap<Key, Cel> = HashMap::new();
+        let mut scoped = ctx.new_inner_scope();
+        for v in spec["variables"].as_array().into_iter().flatten() {
+            let vname = v["name"].as_str().unwrap_or_default().to_string();
+            scoped.add_variable_from_value(
+                "variables",
+                Cel::Map(Map {
+                    map: Arc::new(vars.clone()),
+                }),
+            );
+            // A variable that errors is left unset: a validation that uses it errors in turn.
+            if let Ok(val) = eval(&scoped, v["expression"].as_str().unwrap_or_default()) {
+                vars.insert(Key::String(Arc::new(vname)), val);
+            }
+        }
+        scoped.add_variable_from_value(
+            "variables",
+            Cel::Map(Map {
+                map: Arc::new(vars),
+            }),
+        );
+        for val in spec["validations"].as_array().into_iter().flatten() {
+            let expr = val["expression"].as_str().unwrap_or_default();
+            match eval(&scoped, expr) {
+                Ok(Cel::Bool(true)) => {}
+                Ok(Cel::Bool(false)) => {
+                    if !deny {
+                        continue;
+                    }
+                    let message = val["messageExpression"]
+                        .as_str()
+                        .and_then(|me| match eval(&scoped, me) {
+                            Ok(Cel::String(s)) if !s.trim().is_empty() => Some(s.to_string()),
+                            _ => None,
+                        })
+                        .or_else(|| val["message"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| format!("failed expression: {expr}"));
+                    return Err(denial(
+                        &r,
+                        name,
+                        val["reason"].as_str().unwrap_or("Forbidden"),
+                        format!("{prefix}: {message}"),
+                    ));
+                }
+                Ok(other) => {
+                    failed(format!(
+                        "expression '{expr}' returned {other:?}, not a bool"
+                    ))?;
+                }
+                Err(e) => failed(format!("expression '{expr}' resulted in error: {e}"))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::server::create_object;
+    use serde::Deserialize;
+
+    /// A store holding the chart's rendered admission policies and a binding in `ns`.
+    fn store() -> (Store, ResourceDef) {
+        let mut s = Store::new(1000);
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/manifests/uami-controller.yaml"
+        ))
+        .unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap();
+            if v["apiVersion"] == "admissionregistration.k8s.io/v1"
+                || v["kind"] == "CustomResourceDefinition"
+            {
+                create_object(&mut s, v).unwrap();
+            }
+        }
+        let def = s
+            .resources
+            .iter()
+            .find(|r| r.plural == "identitybindings")
+            .cloned()
+            .unwrap();
+        (s, def)
+    }
+
+    fn binding(vm: &str, status: Value) -> Value {
+        json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
+               "metadata": {"name": "b", "namespace": "ns"},
+               "spec": {"identityRef": {"name": "id"}, "target": {"virtualMachine": {"resourceGroup": "rg", "name": vm}}},
+               "status": status})
+    }
+
+    fn check(
+        s: &Store,
+        def: &ResourceDef,
+        user: &UserInfo,
+        old: &Value,
+        new: &Value,
+    ) -> Result<(), String> {
+        with_user(user, || {
+            validate(s, def, "UPDATE", Some("status"), new, Some(old), false)
+        })
+        .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn the_chart_policy_keeps_the_agent_to_its_own_status() {
+        let (s, def) = store();
+        let agent = UserInfo::service_account("uami-system", "uami-agent", Some("myvm"));
+        let old = binding(
+            "myVM",
+            json!({"assigned": true, "targetResourceId": "/x/myVM",
+            "conditions": [{"type": "Assigned", "status": "True", "reason": "Assigned"}]}),
+        );
+        // Its own writes pass.
+        let mut own = old.clone();
+        own["status"]["token"] = json!({"resource": "https://management.azure.com/"});
+        own["status"]["conditions"] = json!([{"type": "Assigned", "status": "True", "reason": "Assigned"},
+                                            {"type": "TokenAcquired", "status": "True", "reason": "TokenAcquired"}]);
+        check(&s, &def, &agent, &old, &own).unwrap();
+        // Controller-owned fields and conditions do not.
+        let mut forged = own.clone();
+        forged["status"]["assigned"] = json!(false);
+        let e = check(&s, &def, &agent, &old, &forged).unwrap_err();
+        assert!(
+            e.contains("status.assigned is written by the controller only"),
+            "{e}"
+        );
+        assert!(e.contains("ValidatingAdmissionPolicy 'uami-controller-agent-bindings' with binding 'uami-controller-agent-bindings' denied request"), "{e}");
+        let mut forged = own.clone();
+        forged["status"]["adopted"] = json!(true);
+        assert!(check(&s, &def, &agent, &old, &forged).is_err());
+        let mut forged = own.clone();
+        forged["status"]["conditions"][0]["status"] = json!("False");
+        let e = check(&s, &def, &agent, &old, &forged).unwrap_err();
+        assert!(e.contains("Assigned, Ready conditions"), "{e}");
+        // Another node's agent may not write this VM's binding.
+        let other = UserInfo::service_account("uami-system", "uami-agent", Some("othervm"));
+        let e = check(&s, &def, &other, &old, &own).unwrap_err();
+        assert!(
+            e.contains("the agent on node othervm may write only the bindings of its own VM"),
+            "{e}"
+        );
+        // The controller is not the agent.
+        let controller = UserInfo::service_account("uami-system", "uami-controller", None);
+        check(&s, &def, &controller, &old, &forged).unwrap();
+    }
+}
