@@ -1,8 +1,9 @@
 //! The chart's roles against what the code really calls: the controller (under leader election)
-//! and the agent run the tutorial from creation to deletion on the sandbox, whose audit log
-//! records every call by user. Every call must be allowed by the rendered ClusterRole / Role of
-//! that component, and every permission the roles grant must have been used (the only exception
-//! is listed and explained below).
+//! and the agent run the tutorial from creation to deletion on the sandbox as the chart's service
+//! accounts, with the rendered RBAC objects and admission policies installed and enforced (a
+//! call the roles do not allow is answered 403). The audit log records every call by user: every
+//! call must have been allowed, and every permission the roles grant must have been used (the
+//! only exception is listed and explained below).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -19,15 +20,21 @@ use uami_controller::demo::stack::{Stack, StackOptions};
 
 type Perm = (String, String, String);
 
-fn granted(role_name_part: &str) -> BTreeSet<Perm> {
+fn manifests() -> Vec<Value> {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/manifests/uami-controller.yaml"
     ))
     .unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn granted(role_name_part: &str) -> BTreeSet<Perm> {
     let mut out = BTreeSet::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let v = Value::deserialize(doc).unwrap();
+    for v in manifests() {
         if !matches!(v["kind"].as_str(), Some("ClusterRole" | "Role"))
             || !v["metadata"]["name"]
                 .as_str()
@@ -74,9 +81,29 @@ fn used(stack: &Stack, user: &str) -> BTreeSet<Perm> {
 async fn roles_grant_exactly_what_the_code_calls() {
     let mut opts = StackOptions::tutorial(Duration::from_secs(2)).unwrap();
     opts.controller = false;
+    opts.agents = false;
+    opts.service_accounts = Some("uami-system".into());
     opts.world.rbac_propagation_seconds = 0.5;
     opts.world.lro_retry_after_seconds = 0;
-    let stack = Stack::start(opts).await.unwrap();
+    let mut stack = Stack::start(opts).await.unwrap();
+    // The chart's service accounts, roles, bindings and admission policies, enforced.
+    let mut objects = vec![serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "uami-system"}})];
+    objects.extend(manifests().into_iter().filter(|v| {
+        matches!(
+            v["kind"].as_str(),
+            Some(
+                "ServiceAccount"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "Role"
+                    | "RoleBinding"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
+        )
+    }));
+    stack.sandbox.install(objects).unwrap();
+    stack.start_agent("myVM").await.unwrap();
     let stop = CancellationToken::new();
     let controller = stack.start_controller(Some("rbac"), stop.clone()).unwrap();
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
@@ -112,9 +139,23 @@ async fn roles_grant_exactly_what_the_code_calls() {
         .unwrap();
 
     for (component, user, role) in [
-        ("controller", "controller-rbac", "controller"),
-        ("agent", "agent-myVM", "agent"),
+        (
+            "controller",
+            "system:serviceaccount:uami-system:uami-controller",
+            "controller",
+        ),
+        ("agent", "system:serviceaccount:uami-system:uami-agent", "agent"),
     ] {
+        let refused: Vec<_> = stack
+            .sandbox
+            .audit()
+            .into_iter()
+            .filter(|r| r.user == user && r.code == 403)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{component} was refused by RBAC or admission: {refused:?}"
+        );
         let granted_all: BTreeSet<Perm> = if component == "controller" {
             granted("controller")
                 .union(&granted("leader-election"))

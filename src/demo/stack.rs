@@ -57,6 +57,11 @@ pub struct StackOptions {
     pub controller: bool,
     /// Start one agent per VM and scale set instance.
     pub agents: bool,
+    /// Run the controller and the agents as the chart's service accounts of this namespace
+    /// (`uami-controller`, and `uami-agent` with tokens bound to each agent's node), authorized
+    /// by the RBAC objects in the sandbox, with the controller's Lease in that namespace. `None`
+    /// runs them as administrators.
+    pub service_accounts: Option<String>,
 }
 
 impl StackOptions {
@@ -68,6 +73,7 @@ impl StackOptions {
             agent_interval: Duration::from_secs(2),
             controller: true,
             agents: true,
+            service_accounts: None,
         })
     }
 }
@@ -164,11 +170,18 @@ impl Stack {
             &self.emulator.authority_host(),
             self.opts.resync_period,
         )?;
-        opts.lease = holder
-            .map(|h| LeaseConfig::new("uami-controller", "default", h, Duration::from_secs(4)));
-        let client = self
-            .sandbox
-            .client_as(&format!("controller-{}", holder.unwrap_or("main")));
+        let lease_namespace = self.opts.service_accounts.as_deref().unwrap_or("default");
+        opts.lease = holder.map(|h| {
+            LeaseConfig::new("uami-controller", lease_namespace, h, Duration::from_secs(4))
+        });
+        let client = match &self.opts.service_accounts {
+            Some(ns) => self
+                .sandbox
+                .client_for_service_account(ns, "uami-controller", None),
+            None => self
+                .sandbox
+                .client_as(&format!("controller-{}", holder.unwrap_or("main"))),
+        };
         let mut registry = self.registry.lock();
         Ok(app::start(client, opts, &mut registry, stop, |_| {}))
     }
@@ -189,8 +202,15 @@ impl Stack {
             gone_for: Duration::from_secs(3),
             ..ImdsRetryPolicy::default()
         };
+        let client = match &self.opts.service_accounts {
+            Some(ns) => {
+                self.sandbox
+                    .client_for_service_account(ns, "uami-agent", Some(&node_name(vm)))
+            }
+            None => self.sandbox.client_as(&format!("agent-{vm}")),
+        };
         let (_, handle) = crate::agent::start(
-            self.sandbox.client_as(&format!("agent-{vm}")),
+            client,
             imds,
             self.emulator.arm_endpoint(),
             settings,
@@ -258,5 +278,27 @@ impl Stack {
         }
         self.emulator.shutdown().await;
         self.sandbox.shutdown().await;
+    }
+}
+
+/// The Kubernetes node name of a VM or scale set instance (`NAME_ID`) as AKS names nodes: the
+/// VM name, or the scale set name followed by the instance id in base 36 on 6 characters, in
+/// lower case.
+pub fn node_name(vm: &str) -> String {
+    match vm.rsplit_once('_').map(|(ss, id)| (ss, id.parse::<u64>())) {
+        Some((ss, Ok(mut id))) => {
+            let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+            let mut suffix = Vec::new();
+            while id > 0 {
+                suffix.push(digits[(id % 36) as usize] as char);
+                id /= 36;
+            }
+            while suffix.len() < 6 {
+                suffix.push('0');
+            }
+            suffix.reverse();
+            format!("{}{}", ss.to_lowercase(), suffix.into_iter().collect::<String>())
+        }
+        _ => vm.to_lowercase(),
     }
 }
