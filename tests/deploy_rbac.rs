@@ -12,29 +12,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube::api::DeleteParams;
-use serde::Deserialize;
-use serde_json::Value;
 use support::*;
 use tokio_util::sync::CancellationToken;
 use uami_controller::demo::stack::{Stack, StackOptions};
 
 type Perm = (String, String, String);
 
-fn manifests() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/manifests/uami-controller.yaml"
-    ))
-    .unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
 fn granted(role_name_part: &str) -> BTreeSet<Perm> {
     let mut out = BTreeSet::new();
-    for v in manifests() {
+    for v in chart_manifests() {
         if !matches!(v["kind"].as_str(), Some("ClusterRole" | "Role"))
             || !v["metadata"]["name"]
                 .as_str()
@@ -81,29 +67,10 @@ fn used(stack: &Stack, user: &str) -> BTreeSet<Perm> {
 async fn roles_grant_exactly_what_the_code_calls() {
     let mut opts = StackOptions::tutorial(Duration::from_secs(2)).unwrap();
     opts.controller = false;
-    opts.agents = false;
-    opts.service_accounts = Some("uami-system".into());
     opts.world.rbac_propagation_seconds = 0.5;
     opts.world.lro_retry_after_seconds = 0;
-    let mut stack = Stack::start(opts).await.unwrap();
-    // The chart's service accounts, roles, bindings and admission policies, enforced.
-    let mut objects = vec![serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "uami-system"}})];
-    objects.extend(manifests().into_iter().filter(|v| {
-        matches!(
-            v["kind"].as_str(),
-            Some(
-                "ServiceAccount"
-                    | "ClusterRole"
-                    | "ClusterRoleBinding"
-                    | "Role"
-                    | "RoleBinding"
-                    | "ValidatingAdmissionPolicy"
-                    | "ValidatingAdmissionPolicyBinding"
-            )
-        )
-    }));
-    stack.sandbox.install(objects).unwrap();
-    stack.start_agent("myVM").await.unwrap();
+    opts.agents = true;
+    let stack = enforced_stack(opts).await;
     let stop = CancellationToken::new();
     let controller = stack.start_controller(Some("rbac"), stop.clone()).unwrap();
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
@@ -144,7 +111,11 @@ async fn roles_grant_exactly_what_the_code_calls() {
             "system:serviceaccount:uami-system:uami-controller",
             "controller",
         ),
-        ("agent", "system:serviceaccount:uami-system:uami-agent", "agent"),
+        (
+            "agent",
+            "system:serviceaccount:uami-system:uami-agent",
+            "agent",
+        ),
     ] {
         let refused: Vec<_> = stack
             .sandbox

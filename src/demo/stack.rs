@@ -158,6 +158,14 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Start a controller that stops with the stack; with `holder` set it runs under leader
+    /// election.
+    pub fn spawn_controller(&mut self, holder: Option<&str>) -> Result<(), StackError> {
+        let h = self.start_controller(holder, self.stop.child_token())?;
+        self.tasks.push(h);
+        Ok(())
+    }
+
     /// Start (another) controller; with `holder` set it runs under leader election.
     pub fn start_controller(
         &self,
@@ -172,7 +180,12 @@ impl Stack {
         )?;
         let lease_namespace = self.opts.service_accounts.as_deref().unwrap_or("default");
         opts.lease = holder.map(|h| {
-            LeaseConfig::new("uami-controller", lease_namespace, h, Duration::from_secs(4))
+            LeaseConfig::new(
+                "uami-controller",
+                lease_namespace,
+                h,
+                Duration::from_secs(4),
+            )
         });
         let client = match &self.opts.service_accounts {
             Some(ns) => self
@@ -297,7 +310,11 @@ pub fn node_name(vm: &str) -> String {
                 suffix.push('0');
             }
             suffix.reverse();
-            format!("{}{}", ss.to_lowercase(), suffix.into_iter().collect::<String>())
+            format!(
+                "{}{}",
+                ss.to_lowercase(),
+                suffix.into_iter().collect::<String>()
+            )
         }
         _ => vm.to_lowercase(),
     }

@@ -156,8 +156,12 @@ pub fn remove(value: &mut Value, path: &[Elem], schema: Option<&Value>) {
             if let Some(items) = value.as_array_mut() {
                 if rest.is_empty() {
                     items.retain(|i| key_of(i, &keys) != *key);
-                } else if let Some(item) = items.iter_mut().find(|i| key_of(i, &keys) == *key) {
-                    remove(item, rest, item_schema);
+                } else if let Some(pos) = items.iter().position(|i| key_of(i, &keys) == *key) {
+                    remove(&mut items[pos], rest, item_schema);
+                    // An entry emptied by removing owned fields goes too.
+                    if items[pos].as_object().is_some_and(|m| m.is_empty()) {
+                        items.remove(pos);
+                    }
                 }
             }
         }

@@ -87,3 +87,56 @@ pub fn tutorial_yaml() -> String {
     .unwrap()
 }
 pub mod armspec;
+
+/// The chart rendered with default values (`deploy/manifests/uami-controller.yaml`).
+pub fn chart_manifests() -> Vec<Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/manifests/uami-controller.yaml"
+    ))
+    .unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A stack whose controller and agents run as the chart's service accounts of `uami-system`,
+/// with the chart's service accounts, roles, bindings and admission policies installed (and so
+/// enforced by the sandbox). The controller runs under leader election as `holder`.
+pub async fn enforced_stack(mut opts: uami_controller::demo::stack::StackOptions) -> Stack {
+    let controller = opts.controller;
+    let agents = opts.agents;
+    opts.controller = false;
+    opts.agents = false;
+    opts.service_accounts = Some("uami-system".into());
+    let mut stack = Stack::start(opts).await.unwrap();
+    let mut objects = vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "uami-system"}}),
+    ];
+    objects.extend(chart_manifests().into_iter().filter(|v| {
+        matches!(
+            v["kind"].as_str(),
+            Some(
+                "ServiceAccount"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "Role"
+                    | "RoleBinding"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
+        )
+    }));
+    stack.sandbox.install(objects).unwrap();
+    if agents {
+        for name in stack.emulator.imds_names() {
+            stack.start_agent(&name).await.unwrap();
+        }
+    }
+    if controller {
+        stack.spawn_controller(Some("main")).unwrap();
+    }
+    stack
+}

@@ -1,0 +1,227 @@
+//! The agent writes only what is its own. Threat: a compromised node uses its agent's service
+//! account to forge the status the controller acts on (`roleAssignmentId`, `adopted`,
+//! `assigned`, the `Assigned` / `Granted` conditions) and so steer the controller's deletes, or
+//! to write the bindings of another node's VM. The chart's ValidatingAdmissionPolicies refuse
+//! it; the sandbox enforces them (and the chart's RBAC) as an API server would, with the
+//! controller and the agent running as the chart's service accounts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+use support::*;
+use uami_controller::api::{IdentityBinding, RoleGrant};
+use uami_controller::demo::stack::StackOptions;
+
+const NS: &str = "tutorial";
+const GRANT: &str = "my-identity-reads-devtest";
+const BINDING: &str = "my-identity-on-myvm";
+
+/// Server-side apply of `status` as the agent does it (forced, its own field manager).
+async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    status: Value,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({"apiVersion": "uami.dev/v1alpha1", "kind": kind, "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply("uami-agent").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+fn refused(r: Result<(), kube::Error>, code: u16, needle: &str) {
+    match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, code, "{s:?}");
+            assert!(s.message.contains(needle), "{}", s.message);
+        }
+        other => panic!("expected {code} containing {needle:?}, got {other:?}"),
+    }
+}
+
+fn cond(v: &Value, type_: &str) -> Value {
+    v["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_cannot_forge_controller_owned_status() {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(30)).unwrap();
+    opts.world.rbac_propagation_seconds = 0.5;
+    opts.world.lro_retry_after_seconds = 0;
+    let stack = enforced_stack(opts).await;
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    // The agent's own writes pass under enforcement: the token and the verified access.
+    let grant = ready(&grants(&stack, NS), GRANT, 60).await;
+    let binding = ready(&bindings(&stack, NS), BINDING, 60).await;
+    let grant = serde_json::to_value(&grant).unwrap();
+    let binding = serde_json::to_value(&binding).unwrap();
+    assert_eq!(cond(&binding, "TokenAcquired")["status"], "True");
+    assert_eq!(cond(&grant, "AccessVerified")["status"], "True");
+    let assignment = grant["status"]["roleAssignmentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let agent = stack
+        .sandbox
+        .client_for_service_account("uami-system", "uami-agent", Some("myvm"));
+    let agent_grants: Api<RoleGrant> = Api::namespaced(agent.clone(), NS);
+    let agent_bindings: Api<IdentityBinding> = Api::namespaced(agent.clone(), NS);
+    let sub = "6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c";
+    let other = format!(
+        "/subscriptions/{sub}/providers/Microsoft.Authorization/roleAssignments/00000000-0000-0000-0000-000000000bad"
+    );
+
+    // Forged controller-owned fields and conditions are refused.
+    refused(
+        apply_status(
+            &agent_grants,
+            GRANT,
+            "RoleGrant",
+            json!({"roleAssignmentId": other}),
+        )
+        .await,
+        403,
+        "status.roleAssignmentId is written by the controller only",
+    );
+    refused(
+        apply_status(&agent_grants, GRANT, "RoleGrant", json!({"adopted": true})).await,
+        403,
+        "status.adopted is written by the controller only",
+    );
+    let mut granted = cond(&grant, "Granted");
+    granted["status"] = json!("False");
+    granted["reason"] = json!("Forged");
+    refused(
+        apply_status(
+            &agent_grants,
+            GRANT,
+            "RoleGrant",
+            json!({"conditions": [granted]}),
+        )
+        .await,
+        403,
+        "the Granted, Ready conditions are written by the controller only",
+    );
+    refused(
+        apply_status(
+            &agent_bindings,
+            BINDING,
+            "IdentityBinding",
+            json!({"assigned": false}),
+        )
+        .await,
+        403,
+        "status.assigned is written by the controller only",
+    );
+    refused(
+        apply_status(
+            &agent_bindings,
+            BINDING,
+            "IdentityBinding",
+            json!({"adopted": true}),
+        )
+        .await,
+        403,
+        "status.adopted is written by the controller only",
+    );
+    let mut assigned = cond(&binding, "Assigned");
+    assigned["status"] = json!("False");
+    refused(
+        apply_status(
+            &agent_bindings,
+            BINDING,
+            "IdentityBinding",
+            json!({"conditions": [assigned]}),
+        )
+        .await,
+        403,
+        "the Assigned, Ready conditions are written by the controller only",
+    );
+    // A merge patch is held to the same rule.
+    refused(
+        agent_grants
+            .patch_status(
+                GRANT,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"roleAssignmentId": other}})),
+            )
+            .await
+            .map(|_| ()),
+        403,
+        "denied request: status.roleAssignmentId is written by the controller only",
+    );
+    // RBAC: the agent may not write the spec at all.
+    refused(
+        agent_grants
+            .patch(
+                GRANT,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"role": "Owner"}})),
+            )
+            .await
+            .map(|_| ()),
+        403,
+        "User \"system:serviceaccount:uami-system:uami-agent\" cannot patch resource \"rolegrants\" in API group \"uami.dev\" in the namespace \"tutorial\"",
+    );
+
+    // Its own fields still pass when written by hand: the access and AccessVerified.
+    let mut verified = cond(&grant, "AccessVerified");
+    verified["message"] = json!("checked again");
+    apply_status(
+        &agent_grants,
+        GRANT,
+        "RoleGrant",
+        json!({"access": grant["status"]["access"], "conditions": [verified]}),
+    )
+    .await
+    .unwrap();
+
+    // Another node's agent may not write this VM's binding, not even its own fields.
+    let elsewhere: Api<IdentityBinding> = Api::namespaced(
+        stack
+            .sandbox
+            .client_for_service_account("uami-system", "uami-agent", Some("othervm")),
+        NS,
+    );
+    refused(
+        apply_status(
+            &elsewhere,
+            BINDING,
+            "IdentityBinding",
+            json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "othervm"}}),
+        )
+        .await,
+        403,
+        "the agent on node othervm may write only the bindings of its own VM",
+    );
+
+    // Nothing forged reached the objects.
+    let after = serde_json::to_value(grants(&stack, NS).get(GRANT).await.unwrap()).unwrap();
+    assert_eq!(after["status"]["roleAssignmentId"], assignment.as_str());
+    assert!(after["status"]["adopted"].is_null() || after["status"]["adopted"] == false);
+    assert_eq!(cond(&after, "Granted")["status"], "True");
+    let after = serde_json::to_value(bindings(&stack, NS).get(BINDING).await.unwrap()).unwrap();
+    assert_eq!(after["status"]["assigned"], true);
+    assert_eq!(cond(&after, "Assigned")["status"], "True");
+    assert_ne!(after["status"]["token"]["checkedBy"], "othervm");
+    stack.stop().await;
+}
