@@ -18,6 +18,7 @@ mod server;
 mod ssa;
 mod store;
 mod table;
+mod tls;
 mod validate;
 
 use std::collections::HashMap;
@@ -68,6 +69,9 @@ pub struct SandboxOptions {
     pub listen: SocketAddr,
     /// Watch events kept for resuming watches; older resourceVersions answer 410 Gone.
     pub history: usize,
+    /// Listen address of the HTTPS port (for kubectl with a token: kubectl sends credentials
+    /// only over TLS).
+    pub https_listen: SocketAddr,
 }
 
 impl Default for SandboxOptions {
@@ -75,6 +79,7 @@ impl Default for SandboxOptions {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             history: 50_000,
+            https_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -115,6 +120,7 @@ pub(crate) struct Shared {
 pub struct Sandbox {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    https: tls::Https,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -149,6 +155,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let router = app(shared.clone());
+    let https = tls::serve(opts.https_listen, router.clone(), stop.clone()).await?;
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { s.cancelled().await })
@@ -157,6 +164,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     Ok(Sandbox {
         shared,
         addr,
+        https,
         stop,
         task,
     })
@@ -171,6 +179,16 @@ impl Sandbox {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTPS URL (same API; for clients that send credentials only over TLS).
+    pub fn https_url(&self) -> url::Url {
+        url::Url::parse(&format!("https://{}", self.https.addr)).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// The HTTPS port's certificate (PEM), its own certificate authority.
+    pub fn ca_pem(&self) -> &str {
+        &self.https.ca_pem
     }
 
     /// The bearer token of the administrator `user` (made on first use; a member of
@@ -237,13 +255,25 @@ impl Sandbox {
         )
     }
 
+    /// A kubeconfig over HTTPS (kubectl sends the token only over TLS).
+    fn https_kubeconfig_with_token(&self, user: &str, namespace: &str, token: &str) -> String {
+        let ca = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            self.https.ca_pem.as_bytes(),
+        );
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: {user}\n    namespace: {namespace}\ncurrent-context: sandbox\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
+            self.https_url().as_str().trim_end_matches('/'),
+        )
+    }
+
     /// A kubeconfig for the administrator `user`.
     pub fn kubeconfig_yaml(&self, user: &str) -> String {
         self.kubeconfig_with_token(user, "default", &self.token(user))
     }
 
     /// A kubeconfig for the service account `namespace`/`name` (its default namespace is
-    /// `namespace`).
+    /// `namespace`), over the HTTPS port.
     pub fn service_account_kubeconfig_yaml(
         &self,
         namespace: &str,
@@ -251,7 +281,7 @@ impl Sandbox {
         node: Option<&str>,
     ) -> String {
         let token = self.service_account_token(namespace, name, node);
-        self.kubeconfig_with_token(
+        self.https_kubeconfig_with_token(
             &format!("system:serviceaccount:{namespace}:{name}"),
             namespace,
             &token,
@@ -336,6 +366,7 @@ impl Sandbox {
         self.disconnect_watches();
         self.stop.cancel();
         let _ = self.task.await;
+        let _ = self.https.task.await;
     }
 }
 

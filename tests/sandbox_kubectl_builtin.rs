@@ -1,0 +1,477 @@
+//! What people type in their first minutes, with the real kubectl 1.33 against the sandbox:
+//! events from the controller in `kubectl describe` and `kubectl get events`; kubectl's typed
+//! commands (protobuf) for namespaces, ConfigMaps, service accounts and RBAC objects; namespace
+//! deletion through `Terminating` with the controller's cleanup; `kubectl apply -f
+//! deploy/manifests/`; a service account's kubeconfig authorized by RBAC; and the chart's
+//! admission policy refusing the agent's forged status. kubectl comes from
+//! `scripts/install-tools.sh` (`.tools/bin`) or `$UAMI_KUBECTL`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use uami_controller::demo::stack::{Stack, StackOptions};
+use uami_controller::sandbox::{self, Sandbox, SandboxOptions};
+
+fn kubectl_bin() -> PathBuf {
+    let path = std::env::var_os("UAMI_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/kubectl"));
+    assert!(
+        path.exists(),
+        "kubectl not found at {}: run scripts/install-tools.sh (or set UAMI_KUBECTL)",
+        path.display()
+    );
+    path
+}
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(kubectl_bin());
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    async fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        assert!(!ok, "kubectl {args:?} should have failed:\n{out}\n{err}");
+        err
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a).await).unwrap()
+    }
+}
+
+/// A kubeconfig without credentials: kubectl on loopback as it comes.
+fn anonymous_kubeconfig(url: &url::Url, path: &Path) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster:\n    server: {url}\ncontexts:\n- name: s\n  context:\n    cluster: s\n    user: u\n    namespace: default\ncurrent-context: s\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+async fn sandbox_with_crds() -> (Sandbox, Kubectl, tempfile::TempDir) {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    anonymous_kubeconfig(&sb.url(), &kubeconfig);
+    (sb, Kubectl { kubeconfig }, dir)
+}
+
+async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(30)).unwrap();
+    opts.world.rbac_propagation_seconds = 0.5;
+    opts.world.lro_retry_after_seconds = 0;
+    let stack = Stack::start(opts).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    stack
+        .sandbox
+        .write_kubeconfig(&kubeconfig, "admin")
+        .unwrap();
+    (stack, Kubectl { kubeconfig }, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_and_get_events_show_the_controllers_events() {
+    let (stack, k, _dir) = stack_kubectl().await;
+    k.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
+    ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
+    // The controller records through events.k8s.io/v1; kubectl reads core v1.
+    let describe = k
+        .ok(&[
+            "describe",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    let events = describe.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        events.contains("Granted") && events.contains("uami-controller"),
+        "{describe}"
+    );
+    let get = k.ok(&["get", "events", "-n", "tutorial"]).await;
+    let header = get.lines().next().unwrap();
+    for col in ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"] {
+        assert!(header.contains(col), "{get}");
+    }
+    assert!(
+        get.contains("rolegrant/my-identity-reads-devtest") && get.contains("Granted"),
+        "{get}"
+    );
+    // One store: the core view and the events.k8s.io view list the same events, each in its
+    // own shape.
+    let core = k.json(&["get", "events.v1.", "-n", "tutorial"]).await;
+    let new = k
+        .json(&["get", "events.v1.events.k8s.io", "-n", "tutorial"])
+        .await;
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(!names(&core).is_empty());
+    assert_eq!(names(&core), names(&new));
+    assert!(
+        core["items"][0]["involvedObject"]["name"].is_string(),
+        "{core}"
+    );
+    assert!(core["items"][0]["message"].is_string(), "{core}");
+    assert!(new["items"][0]["regarding"]["name"].is_string(), "{new}");
+    assert!(new["items"][0]["note"].is_string(), "{new}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_create_and_delete_commands_work() {
+    let (sb, k, _dir) = sandbox_with_crds().await;
+    assert_eq!(
+        k.ok(&["create", "namespace", "team-a"]).await.trim(),
+        "namespace/team-a created"
+    );
+    k.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        "team-a",
+        "--from-literal=region=eastus",
+        "--from-literal=tier=dev",
+    ])
+    .await;
+    let cm = k
+        .json(&["get", "configmap", "settings", "-n", "team-a"])
+        .await;
+    assert_eq!(cm["data"]["region"], "eastus");
+    assert_eq!(cm["data"]["tier"], "dev");
+    k.ok(&["create", "serviceaccount", "robot", "-n", "team-a"])
+        .await;
+    k.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "team-a",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "-n",
+        "team-a",
+        "--role=reader",
+        "--serviceaccount=team-a:robot",
+    ])
+    .await;
+    let rb = k
+        .json(&["get", "rolebinding", "robot-reads", "-n", "team-a"])
+        .await;
+    assert_eq!(rb["roleRef"]["name"], "reader");
+    assert_eq!(rb["subjects"][0]["name"], "robot");
+    // kubectl waits until the namespace is gone.
+    let del = k.ok(&["delete", "namespace", "team-a"]).await;
+    assert!(del.contains("namespace \"team-a\" deleted"), "{del}");
+    let err = k.fails(&["get", "namespace", "team-a"]).await;
+    assert!(err.contains("namespaces \"team-a\" not found"), "{err}");
+    let err = k
+        .fails(&["get", "configmap", "settings", "-n", "team-a"])
+        .await;
+    assert!(err.contains("not found"), "{err}");
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_terminates_through_the_controllers_cleanup() {
+    let (stack, k, _dir) = stack_kubectl().await;
+    k.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
+    let grant = ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
+    ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
+    let principal = grant.status.unwrap().principal_id.unwrap();
+    assert!(
+        !stack.emulator.state()["identities"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    k.ok(&["delete", "namespace", "tutorial", "--wait=false"])
+        .await;
+    let ns = k.json(&["get", "namespace", "tutorial"]).await;
+    assert_eq!(ns["status"]["phase"], "Terminating", "{ns}");
+    assert!(ns["metadata"]["deletionTimestamp"].is_string(), "{ns}");
+    assert_eq!(ns["spec"]["finalizers"], serde_json::json!(["kubernetes"]));
+    let get = k.ok(&["get", "namespace", "tutorial"]).await;
+    assert!(get.contains("Terminating"), "{get}");
+    // No new content while terminating.
+    let err = k
+        .fails(&["create", "configmap", "late", "-n", "tutorial"])
+        .await;
+    assert!(
+        err.contains(
+            "unable to create new content in namespace tutorial because it is being terminated"
+        ),
+        "{err}"
+    );
+    // The controller's finalizers run: Azure is cleaned up, then the namespace goes.
+    eventually(60, "the namespace to disappear", || async {
+        let (ok, _, err) = k.run(&["get", "namespace", "tutorial"]).await;
+        (!ok && err.contains("not found")).then_some(())
+    })
+    .await;
+    let s = stack.emulator.state();
+    assert!(s["identities"].as_array().unwrap().is_empty(), "{s}");
+    assert!(
+        !s["roleAssignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["properties"]["principalId"] == principal.as_str()),
+        "{s}"
+    );
+    assert!(compute(&s, "myVM")["identity"]["userAssignedIdentities"].is_null());
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_the_rendered_chart_succeeds() {
+    let (sb, k, _dir) = sandbox_with_crds().await;
+    k.ok(&["create", "namespace", "uami-system"]).await;
+    let out = k.ok(&["apply", "-f", "deploy/manifests/"]).await;
+    for line in [
+        "serviceaccount/uami-agent created",
+        "clusterrole.rbac.authorization.k8s.io/uami-controller-controller created",
+        "clusterrolebinding.rbac.authorization.k8s.io/uami-controller-agent created",
+        "role.rbac.authorization.k8s.io/uami-controller-leader-election created",
+        "rolebinding.rbac.authorization.k8s.io/uami-controller-leader-election created",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/uami-controller-agent-bindings created",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/uami-controller-agent-grants created",
+        "deployment.apps/uami-controller-controller created",
+        "daemonset.apps/uami-controller-agent created",
+    ] {
+        assert!(out.contains(line), "{line}:\n{out}");
+    }
+    // Again: nothing changes.
+    let again = k.ok(&["apply", "-f", "deploy/manifests/"]).await;
+    assert!(
+        again.contains("clusterrole.rbac.authorization.k8s.io/uami-controller-agent unchanged"),
+        "{again}"
+    );
+    let roles = k.ok(&["get", "clusterroles"]).await;
+    assert!(roles.contains("uami-controller-agent"), "{roles}");
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
+    let (sb, admin, dir) = sandbox_with_crds().await;
+    admin.ok(&["create", "namespace", "uami-system"]).await;
+    admin.ok(&["create", "namespace", "team-a"]).await;
+    admin.ok(&["apply", "-f", "deploy/manifests/"]).await;
+    admin.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
+    let agent = Kubectl {
+        kubeconfig: dir.path().join("agent"),
+    };
+    sb.write_service_account_kubeconfig(&agent.kubeconfig, "uami-system", "uami-agent", None)
+        .unwrap();
+    // What the agent's ClusterRole grants.
+    let list = agent.ok(&["get", "identitybindings", "-A"]).await;
+    assert!(list.contains("my-identity-on-myvm"), "{list}");
+    // And nothing else, answered as the API server words it.
+    let err = agent
+        .fails(&[
+            "delete",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    assert!(
+        err.contains("Error from server (Forbidden): rolegrants.uami.dev \"my-identity-reads-devtest\" is forbidden: User \"system:serviceaccount:uami-system:uami-agent\" cannot delete resource \"rolegrants\" in API group \"uami.dev\" in the namespace \"tutorial\""),
+        "{err}"
+    );
+    let err = agent.fails(&["get", "configmaps", "-n", "team-a"]).await;
+    assert!(
+        err.contains(
+            "cannot list resource \"configmaps\" in API group \"\" in the namespace \"team-a\""
+        ),
+        "{err}"
+    );
+    let err = agent.fails(&["get", "namespaces"]).await;
+    assert!(err.contains("at the cluster scope"), "{err}");
+    // A RoleBinding in one namespace grants there only.
+    admin
+        .ok(&[
+            "create",
+            "role",
+            "cm-reader",
+            "-n",
+            "team-a",
+            "--verb=list",
+            "--resource=configmaps",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "create",
+            "rolebinding",
+            "agent-reads-cm",
+            "-n",
+            "team-a",
+            "--role=cm-reader",
+            "--serviceaccount=uami-system:uami-agent",
+        ])
+        .await;
+    agent.ok(&["get", "configmaps", "-n", "team-a"]).await;
+    agent.fails(&["get", "configmaps", "-n", "tutorial"]).await;
+    // kubectl on loopback without a token stays an administrator.
+    admin
+        .ok(&[
+            "delete",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_policy_refuses_the_agents_forged_status() {
+    let (sb, admin, dir) = sandbox_with_crds().await;
+    admin.ok(&["create", "namespace", "uami-system"]).await;
+    admin.ok(&["apply", "-f", "deploy/manifests/"]).await;
+    admin.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
+    // The controller's status (written here by the administrator).
+    let id = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/providers/Microsoft.Authorization/roleAssignments/1b4a4d4e-0000-0000-0000-000000000001";
+    admin
+        .ok(&[
+            "patch",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!("{{\"status\":{{\"roleAssignmentId\":\"{id}\",\"adopted\":false}}}}"),
+        ])
+        .await;
+    // kubectl patch reads the object first: let the agent read it, and more. The policy holds
+    // whatever RBAC allows.
+    admin
+        .ok(&[
+            "create",
+            "clusterrole",
+            "grant-status-editor",
+            "--verb=get,patch,update",
+            "--resource=rolegrants.uami.dev/status",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "create",
+            "clusterrolebinding",
+            "agent-edits-grant-status",
+            "--clusterrole=grant-status-editor",
+            "--serviceaccount=uami-system:uami-agent",
+        ])
+        .await;
+    let agent = Kubectl {
+        kubeconfig: dir.path().join("agent"),
+    };
+    sb.write_service_account_kubeconfig(
+        &agent.kubeconfig,
+        "uami-system",
+        "uami-agent",
+        Some("myvm"),
+    )
+    .unwrap();
+    let err = agent
+        .fails(&[
+            "patch",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            "{\"status\":{\"adopted\":true}}",
+        ])
+        .await;
+    assert!(
+        err.contains("rolegrants.uami.dev \"my-identity-reads-devtest\" is forbidden: ValidatingAdmissionPolicy 'uami-controller-agent-grants' with binding 'uami-controller-agent-grants' denied request: status.adopted is written by the controller only"),
+        "{err}"
+    );
+    // Its own field passes.
+    agent
+        .ok(&[
+            "patch",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            "{\"status\":{\"access\":{\"verified\":true,\"httpStatus\":200,\"checkedBy\":\"myVM\"}}}",
+        ])
+        .await;
+    let g = admin
+        .json(&[
+            "get",
+            "rolegrant",
+            "my-identity-reads-devtest",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    assert_eq!(g["status"]["adopted"], false);
+    assert_eq!(g["status"]["roleAssignmentId"], id);
+    assert_eq!(g["status"]["access"]["verified"], true);
+    sb.shutdown().await;
+}
