@@ -58,6 +58,14 @@ enum Command {
         /// Do not install the project's CRDs.
         #[arg(long)]
         no_crds: bool,
+        /// Listen address of the HTTPS port (kubectl sends tokens only over TLS).
+        #[arg(long, default_value = "127.0.0.1:6444")]
+        https_listen: std::net::SocketAddr,
+        /// Write a kubeconfig for a service account, authorized by the RBAC objects applied to
+        /// the sandbox: `NAMESPACE:NAME=PATH`, or `NAMESPACE:NAME@NODE=PATH` for a token bound
+        /// to a pod on NODE. Repeatable.
+        #[arg(long, value_name = "NAMESPACE:NAME[@NODE]=PATH")]
+        service_account_kubeconfig: Vec<String>,
     },
     /// A local Azure (ARM, Entra ID token endpoint, IMDS per VM) described by a world file.
     Emulator {
@@ -109,9 +117,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             kubeconfig,
             no_crds,
-        } => sandbox(listen, kubeconfig, no_crds)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+            https_listen,
+            service_account_kubeconfig,
+        } => sandbox(
+            listen,
+            https_listen,
+            kubeconfig,
+            no_crds,
+            &service_account_kubeconfig,
+        )
+        .await
+        .map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -334,13 +350,41 @@ async fn demo(
 
 async fn sandbox(
     listen: std::net::SocketAddr,
+    https_listen: std::net::SocketAddr,
     kubeconfig: PathBuf,
     no_crds: bool,
+    service_accounts: &[String],
 ) -> anyhow::Result<()> {
     use uami_controller::sandbox::{self, SandboxOptions};
     logging::init(logging::LogFormat::Text, "info");
+    // NAMESPACE:NAME[@NODE]=PATH
+    let mut accounts = Vec::new();
+    for spec in service_accounts {
+        let parsed = spec.split_once('=').and_then(|(who, path)| {
+            let (who, node) = match who.split_once('@') {
+                Some((w, n)) => (w, Some(n.to_string())),
+                None => (who, None),
+            };
+            let (ns, name) = who.split_once(':')?;
+            (!ns.is_empty() && !name.is_empty() && !path.is_empty()).then(|| {
+                (
+                    ns.to_string(),
+                    name.to_string(),
+                    node,
+                    PathBuf::from(path),
+                )
+            })
+        });
+        match parsed {
+            Some(a) => accounts.push(a),
+            None => anyhow::bail!(
+                "--service-account-kubeconfig {spec:?}: expected NAMESPACE:NAME=PATH or NAMESPACE:NAME@NODE=PATH"
+            ),
+        }
+    }
     let sb = sandbox::start(SandboxOptions {
         listen,
+        https_listen,
         ..SandboxOptions::default()
     })
     .await?;
@@ -352,8 +396,15 @@ async fn sandbox(
         sb.install(crds)?;
     }
     sb.write_kubeconfig(&kubeconfig, "admin")?;
-    println!("Kubernetes API: {}", sb.url());
+    println!("Kubernetes API: {} (and {})", sb.url(), sb.https_url());
     println!("kubeconfig:     {}", kubeconfig.display());
+    for (ns, name, node, path) in &accounts {
+        sb.write_service_account_kubeconfig(path, ns, name, node.as_deref())?;
+        println!(
+            "kubeconfig of system:serviceaccount:{ns}:{name}: {}",
+            path.display()
+        );
+    }
     println!(
         "Try: kubectl --kubeconfig {} api-resources",
         kubeconfig.display()

@@ -41,7 +41,8 @@ pub fn with_user<R>(user: &UserInfo, f: impl FnOnce() -> R) -> R {
     out
 }
 
-fn current_user() -> UserInfo {
+/// The user of the request being handled (an administrator outside a request).
+pub fn current_user() -> UserInfo {
     USER.with(|u| u.borrow().clone())
         .unwrap_or_else(|| UserInfo::admin("system:admin"))
 }

@@ -1214,6 +1214,19 @@ fn patch(
                 if subresource.is_some() {
                     return Err(ApiError::not_found(def, name));
                 }
+                // An apply that creates needs `create` as well as `patch`.
+                authz::authorize(
+                    store,
+                    &admission::current_user(),
+                    &authz::Attributes {
+                        verb: "create",
+                        group: &def.group,
+                        resource: &def.plural,
+                        subresource: "",
+                        namespace: ns,
+                        name: "",
+                    },
+                )?;
                 intent["metadata"]["name"] = json!(name);
                 let applied = ssa::apply(
                     None,
