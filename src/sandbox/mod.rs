@@ -1,12 +1,15 @@
 //! An embedded, in-memory Kubernetes API server: enough of kube-apiserver for kube-rs clients
-//! and controllers and for kubectl (discovery, OpenAPI v3, Tables), serving namespaces,
-//! ConfigMaps, Events, Leases, CustomResourceDefinitions and every kind the CRDs declare, with
-//! watch, optimistic concurrency, server-side apply, finalizers, the status subresource and
-//! schema + CEL validation. Plain HTTP on loopback with bearer tokens.
+//! and controllers and for kubectl (discovery, OpenAPI v3, Tables, the protobuf bodies of
+//! kubectl's typed commands), serving namespaces (with termination), ConfigMaps, Events (one
+//! store for both APIs), Leases, the kinds the chart installs, CustomResourceDefinitions and
+//! every kind the CRDs declare, with watch, optimistic concurrency, server-side apply,
+//! finalizers, the status subresource and schema + CEL validation. Plain HTTP and HTTPS on
+//! loopback with bearer tokens.
 //!
 //! Tests start it in-process with [`start`] on port 0; users run `uami-controller sandbox`.
-//! It authenticates (a bearer token per user) and records an audit log of every request; it
-//! does not authorize (the audit log is how tests check which calls a component makes).
+//! It authenticates (a bearer token per user), authorizes service accounts with RBAC, evaluates
+//! ValidatingAdmissionPolicies, and records an audit log of every request (how tests check
+//! which calls a component makes).
 
 mod admission;
 mod authz;
