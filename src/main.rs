@@ -366,14 +366,8 @@ async fn sandbox(
                 None => (who, None),
             };
             let (ns, name) = who.split_once(':')?;
-            (!ns.is_empty() && !name.is_empty() && !path.is_empty()).then(|| {
-                (
-                    ns.to_string(),
-                    name.to_string(),
-                    node,
-                    PathBuf::from(path),
-                )
-            })
+            (!ns.is_empty() && !name.is_empty() && !path.is_empty())
+                .then(|| (ns.to_string(), name.to_string(), node, PathBuf::from(path)))
         });
         match parsed {
             Some(a) => accounts.push(a),

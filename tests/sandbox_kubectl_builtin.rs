@@ -315,6 +315,36 @@ async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
     };
     sb.write_service_account_kubeconfig(&agent.kubeconfig, "uami-system", "uami-agent", None)
         .unwrap();
+    // Who it is, and what it may do, as kubectl asks.
+    let who = agent.ok(&["auth", "whoami"]).await;
+    assert!(
+        who.contains("system:serviceaccount:uami-system:uami-agent")
+            && who.contains("system:serviceaccounts:uami-system"),
+        "{who}"
+    );
+    let yes = agent
+        .ok(&[
+            "auth",
+            "can-i",
+            "patch",
+            "rolegrants.uami.dev",
+            "--subresource=status",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    assert_eq!(yes.trim(), "yes");
+    let (ok, no, _) = agent
+        .run(&[
+            "auth",
+            "can-i",
+            "delete",
+            "rolegrants.uami.dev",
+            "-n",
+            "tutorial",
+        ])
+        .await;
+    assert!(!ok && no.trim() == "no", "{no}");
     // What the agent's ClusterRole grants.
     let list = agent.ok(&["get", "identitybindings", "-A"]).await;
     assert!(list.contains("my-identity-on-myvm"), "{list}");

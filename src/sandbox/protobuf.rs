@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_pb::api::authorization::v1 as authorization;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
@@ -112,6 +113,36 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
             let mut o = object(b.metadata);
             o.insert("subjects".into(), subjects(b.subjects));
             o.insert("roleRef".into(), role_ref(b.role_ref));
+            o
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            let r = k8s_pb::api::authentication::v1::SelfSubjectReview::decode(raw.as_slice())
+                .map_err(bad)?;
+            object(r.metadata)
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            let r = authorization::SelfSubjectAccessReview::decode(raw.as_slice()).map_err(bad)?;
+            let mut o = object(r.metadata);
+            let spec = r.spec.unwrap_or_default();
+            let mut s = Map::new();
+            if let Some(a) = spec.resource_attributes {
+                let mut m = Map::new();
+                put(&mut m, "namespace", a.namespace);
+                put(&mut m, "verb", a.verb);
+                put(&mut m, "group", a.group);
+                put(&mut m, "version", a.version);
+                put(&mut m, "resource", a.resource);
+                put(&mut m, "subresource", a.subresource);
+                put(&mut m, "name", a.name);
+                s.insert("resourceAttributes".into(), Value::Object(m));
+            }
+            if let Some(a) = spec.non_resource_attributes {
+                let mut m = Map::new();
+                put(&mut m, "path", a.path);
+                put(&mut m, "verb", a.verb);
+                s.insert("nonResourceAttributes".into(), Value::Object(m));
+            }
+            o.insert("spec".into(), Value::Object(s));
             o
         }
         _ => {

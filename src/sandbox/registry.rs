@@ -194,6 +194,22 @@ pub fn builtins() -> Vec<ResourceDef> {
             false,
             &[],
         ),
+        builtin(
+            "authentication.k8s.io",
+            "v1",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            false,
+            &[],
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+            &[],
+        ),
         {
             let mut crd = builtin(
                 "apiextensions.k8s.io",
