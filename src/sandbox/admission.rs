@@ -1,5 +1,6 @@
 //! ValidatingAdmissionPolicy (`admissionregistration.k8s.io/v1`) as the API server evaluates
-//! it, on every create and update (including the status subresource) after schema validation:
+//! it, on every create, update (including the status subresource) and delete, after schema
+//! validation:
 //! each ValidatingAdmissionPolicyBinding selects its policy; the policy's `matchConstraints`
 //! (resource rules with operations, resources and subresources, scope, exclusions, namespace
 //! and object label selectors) and the binding's `matchResources` pick the requests;
@@ -177,13 +178,13 @@ fn denial(r: &Request, name: &str, reason: &str, message: String) -> ApiError {
     e
 }
 
-/// Evaluate every bound policy for a create (`old` None) or update of `object`.
+/// Evaluate every bound policy for a create (`old` None), update, or delete (`object` None).
 pub fn validate(
     store: &Store,
     def: &ResourceDef,
     operation: &str,
     subresource: Option<&str>,
-    object: &Value,
+    object: Option<&Value>,
     old: Option<&Value>,
     dry_run: bool,
 ) -> Result<(), ApiError> {
@@ -203,8 +204,12 @@ pub fn validate(
     let policies = store
         .objects
         .get(&(GROUP.to_string(), "validatingadmissionpolicies".to_string()));
-    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    // The object the selectors and the request's name look at (the old one on DELETE).
+    let subject = object.or(old).unwrap_or(&Value::Null);
+    let namespace = subject["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let name = subject["metadata"]["name"].as_str().unwrap_or_default();
     let r = Request {
         def,
         operation,
@@ -227,12 +232,12 @@ pub fn validate(
             continue;
         };
         let spec = &policy["spec"];
-        if !resources_match(&spec["matchConstraints"], &r, object, &ns_object) {
+        if !resources_match(&spec["matchConstraints"], &r, subject, &ns_object) {
             continue;
         }
         if bspec["matchResources"].is_object()
             && bspec["matchResources"]["resourceRules"].is_array()
-            && !resources_match(&bspec["matchResources"], &r, object, &ns_object)
+            && !resources_match(&bspec["matchResources"], &r, subject, &ns_object)
         {
             continue;
         }
@@ -244,7 +249,7 @@ pub fn validate(
         let ctx = ctx.get_or_insert_with(|| {
             let mut c = Context::default();
             c.register_all();
-            c.add_variable_from_value("object", to_cel(object));
+            c.add_variable_from_value("object", object.map(to_cel).unwrap_or(Cel::Null));
             c.add_variable_from_value("oldObject", old.map(to_cel).unwrap_or(Cel::Null));
             c.add_variable_from_value("namespaceObject", to_cel(&ns_object));
             let request = json!({
@@ -412,7 +417,15 @@ mod tests {
         new: &Value,
     ) -> Result<(), String> {
         with_user(user, || {
-            validate(s, def, "UPDATE", Some("status"), new, Some(old), false)
+            validate(
+                s,
+                def,
+                "UPDATE",
+                Some("status"),
+                Some(new),
+                Some(old),
+                false,
+            )
         })
         .map_err(|e| e.message)
     }
@@ -454,6 +467,17 @@ mod tests {
         assert!(
             e.contains("the agent on node othervm may write only the bindings of its own VM"),
             "{e}"
+        );
+        // Nor delete it, whatever RBAC allows.
+        let e = with_user(&agent, || {
+            validate(&s, &def, "DELETE", None, None, Some(&old), false)
+        })
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("the agent may not create or delete identitybindings"),
+            "{}",
+            e.message
         );
         // The controller is not the agent.
         let controller = UserInfo::service_account("uami-system", "uami-controller", None);

@@ -66,6 +66,7 @@ pub fn delete_namespace(
         .and_then(|o| o.get(&(String::new(), name.to_string())))
         .cloned()
         .ok_or_else(|| ApiError::not_found(def, name))?;
+    super::admission::validate(store, def, "DELETE", None, None, Some(&old), dry_run)?;
     if dry_run || old["metadata"]["deletionTimestamp"].is_string() {
         return Ok(old.as_ref().clone());
     }

@@ -957,7 +957,7 @@ fn create(
     meta.insert("generation".into(), json!(1));
     meta.remove("deletionTimestamp");
     meta.remove("managedFields");
-    admission::validate(store, def, "CREATE", None, &obj, None, dry_run)?;
+    admission::validate(store, def, "CREATE", None, Some(&obj), None, dry_run)?;
     ssa::record_update(
         None,
         &mut obj,
@@ -1047,7 +1047,15 @@ fn commit(
         m.remove("managedFields");
     }
     admit(def, &mut new, Some(old), name)?;
-    admission::validate(store, def, "UPDATE", subresource, &new, Some(old), dry_run)?;
+    admission::validate(
+        store,
+        def,
+        "UPDATE",
+        subresource,
+        Some(&new),
+        Some(old),
+        dry_run,
+    )?;
     if old["metadata"]["deletionTimestamp"].is_string() {
         let old_f: Vec<Value> = old["metadata"]["finalizers"]
             .as_array()
@@ -1402,6 +1410,7 @@ pub(super) fn delete(
         return namespace::delete_namespace(store, def, name, dry_run);
     }
     let old = get_obj(store, def, ns, name)?;
+    admission::validate(store, def, "DELETE", None, None, Some(&old), dry_run)?;
     let has_finalizers = old["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty());
