@@ -97,6 +97,9 @@ fn round_trip<T: DeserializeOwned + Serialize>(doc: &Value) -> Result<(), String
 }
 
 fn validate(doc: &Value) -> Result<(), String> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
     use k8s_openapi::api::core::v1::{Service, ServiceAccount};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -115,6 +118,8 @@ fn validate(doc: &Value) -> Result<(), String> {
         "RoleBinding" => round_trip::<RoleBinding>(doc),
         "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(doc),
         "GrantPolicy" => round_trip::<uami_controller::api::policy::GrantPolicy>(doc),
+        "ValidatingAdmissionPolicy" => round_trip::<ValidatingAdmissionPolicy>(doc),
+        "ValidatingAdmissionPolicyBinding" => round_trip::<ValidatingAdmissionPolicyBinding>(doc),
         other => Err(format!("unexpected kind {other}")),
     }
 }
