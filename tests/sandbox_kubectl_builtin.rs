@@ -187,6 +187,19 @@ async fn typed_create_and_delete_commands_work() {
         .await;
     k.ok(&[
         "create",
+        "secret",
+        "generic",
+        "sp",
+        "-n",
+        "team-a",
+        "--from-literal=clientSecret=not-a-real-secret",
+    ])
+    .await;
+    let secret = k.json(&["get", "secret", "sp", "-n", "team-a"]).await;
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(secret["data"]["clientSecret"], "bm90LWEtcmVhbC1zZWNyZXQ=");
+    k.ok(&[
+        "create",
         "role",
         "reader",
         "-n",

@@ -64,19 +64,24 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
                 o.insert("data".into(), json!(cm.data));
             }
             if !cm.binary_data.is_empty() {
-                let b: BTreeMap<String, String> = cm
-                    .binary_data
-                    .into_iter()
-                    .map(|(k, v)| {
-                        (
-                            k,
-                            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v),
-                        )
-                    })
-                    .collect();
-                o.insert("binaryData".into(), json!(b));
+                o.insert("binaryData".into(), json!(base64_values(cm.binary_data)));
             }
             if let Some(i) = cm.immutable {
+                o.insert("immutable".into(), json!(i));
+            }
+            o
+        }
+        ("v1", "Secret") => {
+            let secret = core::Secret::decode(raw.as_slice()).map_err(bad)?;
+            let mut o = object(secret.metadata);
+            if !secret.data.is_empty() {
+                o.insert("data".into(), json!(base64_values(secret.data)));
+            }
+            if !secret.string_data.is_empty() {
+                o.insert("stringData".into(), json!(secret.string_data));
+            }
+            put(&mut o, "type", secret.r#type);
+            if let Some(i) = secret.immutable {
                 o.insert("immutable".into(), json!(i));
             }
             o
@@ -154,6 +159,17 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
     obj.insert("apiVersion".into(), json!(api_version));
     obj.insert("kind".into(), json!(kind));
     Ok(Value::Object(obj))
+}
+
+fn base64_values(m: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    m.into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v),
+            )
+        })
+        .collect()
 }
 
 fn put(m: &mut Map<String, Value>, key: &str, v: Option<String>) {

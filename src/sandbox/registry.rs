@@ -142,6 +142,7 @@ pub fn builtins() -> Vec<ResourceDef> {
         builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
         builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
+        builtin("", "v1", "secrets", "Secret", true, &[]),
         with_status(builtin("", "v1", "services", "Service", true, &["svc"])),
         with_status(builtin(
             "apps",
@@ -223,6 +224,25 @@ pub fn builtins() -> Vec<ResourceDef> {
             crd
         },
     ]
+}
+
+/// What the API server does to a Secret on every write: `stringData` merged into `data`
+/// (base64), `type` defaulted to `Opaque`.
+pub fn normalize_secret(obj: &mut Value) {
+    if let Some(Value::Object(string_data)) =
+        obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        for (k, v) in string_data {
+            let text = v.as_str().unwrap_or_default().to_string();
+            obj["data"][k] = json!(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                text
+            ));
+        }
+    }
+    if obj["type"].as_str().is_none_or(|t| t.is_empty()) {
+        obj["type"] = json!("Opaque");
+    }
 }
 
 /// The resources a CRD declares (its served versions), or an error message.

@@ -936,6 +936,9 @@ fn create(
     if def.group.is_empty() && def.plural == "namespaces" {
         namespace::on_create(&mut obj, &name);
     }
+    if def.group.is_empty() && def.plural == "secrets" {
+        super::registry::normalize_secret(&mut obj);
+    }
     if def.status_subresource
         && def.plural != "customresourcedefinitions"
         && def.plural != "namespaces"
@@ -1047,6 +1050,9 @@ fn commit(
         m.remove("managedFields");
     }
     admit(def, &mut new, Some(old), name)?;
+    if def.group.is_empty() && def.plural == "secrets" {
+        super::registry::normalize_secret(&mut new);
+    }
     admission::validate(
         store,
         def,

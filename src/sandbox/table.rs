@@ -113,6 +113,7 @@ pub fn table(def: &ResourceDef, objects: &[Value], rv: &str) -> Value {
         let extra: &[(&str, &str)] = match def.plural.as_str() {
             "namespaces" => &[("Status", ".status.phase")],
             "configmaps" => &[],
+            "secrets" => &[("Type", ".type")],
             "leases" => &[("Holder", ".spec.holderIdentity")],
             "customresourcedefinitions" => &[],
             _ => &[],
@@ -121,7 +122,7 @@ pub fn table(def: &ResourceDef, objects: &[Value], rv: &str) -> Value {
             columns.push(json!({"name": n, "type": "string", "format": "", "description": "", "priority": 0}));
             getters.push((p.to_string(), "string".into()));
         }
-        if def.plural == "configmaps" {
+        if def.plural == "configmaps" || def.plural == "secrets" {
             columns.push(json!({"name": "Data", "type": "integer", "format": "", "description": "", "priority": 0}));
             getters.push(("#data".into(), "integer".into()));
         }
