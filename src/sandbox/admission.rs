@@ -483,4 +483,74 @@ mod tests {
         let controller = UserInfo::service_account("uami-system", "uami-controller", None);
         check(&s, &def, &controller, &old, &forged).unwrap();
     }
+
+    fn policy_store(failure_policy: &str) -> (Store, ResourceDef) {
+        let mut s = Store::new(100);
+        create_object(
+            &mut s,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                   "metadata": {"name": "p"},
+                   "spec": {"failurePolicy": failure_policy,
+                            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}]},
+                            "matchConditions": [{"name": "labelled", "expression": "has(object.metadata.labels)"}],
+                            "variables": [{"name": "size", "expression": "size(object.data)"}],
+                            "validations": [
+                                {"expression": "variables.size <= 1", "messageExpression": "'at most one key, got ' + string(variables.size)", "reason": "Invalid"},
+                                {"expression": "object.data.missing == 'x'"}]}}),
+        )
+        .unwrap();
+        create_object(
+            &mut s,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+                   "metadata": {"name": "b"}, "spec": {"policyName": "p", "validationActions": ["Deny"]}}),
+        )
+        .unwrap();
+        let def = s
+            .resources
+            .iter()
+            .find(|r| r.plural == "configmaps")
+            .cloned()
+            .unwrap();
+        (s, def)
+    }
+
+    #[test]
+    fn conditions_variables_messages_reasons_and_failure_policy() {
+        let (s, def) = policy_store("Fail");
+        let cm = |data: Value, labels: bool| {
+            let mut o = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}, "data": data});
+            if labels {
+                o["metadata"]["labels"] = json!({"a": "b"});
+            }
+            o
+        };
+        let run = |s: &Store, o: &Value| {
+            with_user(&UserInfo::admin("u"), || {
+                validate(s, &def, "CREATE", None, Some(o), None, false)
+            })
+        };
+        // matchConditions false: the policy does not apply.
+        run(&s, &cm(json!({"a": "1", "b": "2"}), false)).unwrap();
+        // A failed validation: its messageExpression over a variable, and its reason.
+        let e = run(&s, &cm(json!({"a": "1", "b": "2"}), true)).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .ends_with("denied request: at most one key, got 2"),
+            "{}",
+            e.message
+        );
+        // An expression that errors (no such key) refuses under Fail...
+        let e = run(&s, &cm(json!({"a": "1"}), true)).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message
+                .contains("expression 'object.data.missing == 'x'' resulted in error"),
+            "{}",
+            e.message
+        );
+        // ...and is skipped under Ignore.
+        let (s, _) = policy_store("Ignore");
+        run(&s, &cm(json!({"a": "1"}), true)).unwrap();
+    }
 }

@@ -19,6 +19,7 @@ use super::{
 };
 
 /// A Kubernetes `Status` error.
+#[derive(Debug)]
 pub struct ApiError {
     pub(super) code: u16,
     pub(super) reason: &'static str,
