@@ -130,6 +130,12 @@ fn with_status(mut def: ResourceDef) -> ResourceDef {
     def
 }
 
+/// In the `all` category (`kubectl get all`).
+fn in_all(mut def: ResourceDef) -> ResourceDef {
+    def.categories = vec!["all".into()];
+    def
+}
+
 /// The built-in resources: those the controller and agent use, and every kind the chart
 /// installs (stored and served; nothing runs Deployments or DaemonSets).
 pub fn builtins() -> Vec<ResourceDef> {
@@ -139,27 +145,34 @@ pub fn builtins() -> Vec<ResourceDef> {
         ns,
         builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"]),
         builtin("", "v1", "events", "Event", true, &["ev"]),
-        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
+        builtin("events.k8s.io", "v1", "events", "Event", true, &[]),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
         builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
         builtin("", "v1", "secrets", "Secret", true, &[]),
-        with_status(builtin("", "v1", "services", "Service", true, &["svc"])),
-        with_status(builtin(
+        in_all(with_status(builtin(
+            "",
+            "v1",
+            "services",
+            "Service",
+            true,
+            &["svc"],
+        ))),
+        in_all(with_status(builtin(
             "apps",
             "v1",
             "deployments",
             "Deployment",
             true,
             &["deploy"],
-        )),
-        with_status(builtin(
+        ))),
+        in_all(with_status(builtin(
             "apps",
             "v1",
             "daemonsets",
             "DaemonSet",
             true,
             &["ds"],
-        )),
+        ))),
         builtin(
             "networking.k8s.io",
             "v1",
