@@ -8,7 +8,8 @@
 //! evaluated with CEL (the Kubernetes CEL library from `kube-cel`) over `object`, `oldObject`,
 //! `request` (with `userInfo.extra`), and `namespaceObject`. A failed validation under
 //! `validationActions: [Deny]` refuses the request with its `message` or `messageExpression`
-//! and `reason` (403 Forbidden by default); an expression that errors refuses it under
+//! and `reason` (403 Forbidden by default), and under `Warn` adds a `Warning` header; an
+//! expression that errors refuses it under
 //! `failurePolicy: Fail` (the default) and is skipped under `Ignore`. Parameters (`paramKind`)
 //! are not supported: a policy that declares them is treated as an error of that policy.
 
@@ -32,11 +33,19 @@ thread_local! {
     /// The user of the request being handled (requests are handled synchronously under the
     /// store lock, so one thread sees one request at a time).
     static USER: RefCell<Option<UserInfo>> = const { RefCell::new(None) };
+    /// Warnings of `validationActions: [Warn]` for the request being handled.
+    static WARNINGS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The warnings (`Warning` headers) admission produced for the request just handled.
+pub fn take_warnings() -> Vec<String> {
+    WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
 /// Run `f` as a request of `user`.
 pub fn with_user<R>(user: &UserInfo, f: impl FnOnce() -> R) -> R {
     USER.with(|u| *u.borrow_mut() = Some(user.clone()));
+    WARNINGS.with(|w| w.borrow_mut().clear());
     let out = f();
     USER.with(|u| *u.borrow_mut() = None);
     out
@@ -242,6 +251,7 @@ pub fn validate(
             continue;
         }
         let deny = has(&bspec["validationActions"], "Deny");
+        let warn = has(&bspec["validationActions"], "Warn");
         let fail_closed = spec["failurePolicy"].as_str() != Some("Ignore");
         let prefix = format!(
             "ValidatingAdmissionPolicy '{policy_name}' with binding '{binding_name}' denied request"
@@ -341,7 +351,7 @@ pub fn validate(
             match eval(&scoped, expr) {
                 Ok(Cel::Bool(true)) => {}
                 Ok(Cel::Bool(false)) => {
-                    if !deny {
+                    if !deny && !warn {
                         continue;
                     }
                     let message = val["messageExpression"]
@@ -352,6 +362,16 @@ pub fn validate(
                         })
                         .or_else(|| val["message"].as_str().map(str::to_string))
                         .unwrap_or_else(|| format!("failed expression: {expr}"));
+                    if warn {
+                        WARNINGS.with(|w| {
+                            w.borrow_mut().push(format!(
+                                "Validation failed for ValidatingAdmissionPolicy '{policy_name}' with binding '{binding_name}': {message}"
+                            ))
+                        });
+                    }
+                    if !deny {
+                        continue;
+                    }
                     return Err(denial(
                         &r,
                         name,
@@ -552,5 +572,41 @@ mod tests {
         // ...and is skipped under Ignore.
         let (s, _) = policy_store("Ignore");
         run(&s, &cm(json!({"a": "1"}), true)).unwrap();
+        // Under Warn alone, a failed validation is a warning, not a refusal.
+        let (mut s, _) = policy_store("Fail");
+        let key = (
+            GROUP.to_string(),
+            "validatingadmissionpolicybindings".to_string(),
+        );
+        let b = s
+            .objects
+            .get(&key)
+            .unwrap()
+            .get(&(String::new(), "b".to_string()))
+            .unwrap()
+            .clone();
+        let mut warn_only = b.as_ref().clone();
+        warn_only["spec"]["validationActions"] = json!(["Warn"]);
+        s.objects
+            .get_mut(&key)
+            .unwrap()
+            .insert((String::new(), "b".to_string()), Arc::new(warn_only));
+        let warnings = with_user(&UserInfo::admin("u"), || {
+            validate(
+                &s,
+                &def,
+                "CREATE",
+                None,
+                Some(&cm(json!({"a": "1", "b": "2"}), true)),
+                None,
+                false,
+            )
+            .unwrap();
+            take_warnings()
+        });
+        assert_eq!(
+            warnings,
+            vec!["Validation failed for ValidatingAdmissionPolicy 'p' with binding 'b': at most one key, got 2".to_string()]
+        );
     }
 }

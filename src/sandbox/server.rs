@@ -231,10 +231,16 @@ pub async fn handle(
         (Err(e), _) => e.into_response(),
         (Ok(()), "watch") => watch(&shared, &target, &q),
         (Ok(()), _) => admission::with_user(&user, || {
-            match dispatch(&shared, &method, &target, &q, &headers, &body, v) {
+            let mut resp = match dispatch(&shared, &method, &target, &q, &headers, &body, v) {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
+            };
+            for w in admission::take_warnings() {
+                if let Ok(h) = axum::http::HeaderValue::from_str(&format!("299 - {w:?}")) {
+                    resp.headers_mut().append("warning", h);
+                }
             }
+            resp
         }),
     };
     shared.audit.lock().push(AuditRecord {
