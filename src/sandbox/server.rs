@@ -222,7 +222,11 @@ pub async fn handle(
                 group: &target.def.group,
                 resource: &target.def.plural,
                 subresource: target.subresource.as_deref().unwrap_or_default(),
-                namespace: target.namespace.as_deref().unwrap_or_default(),
+                // A request on a namespace object is in that namespace, as for the API server.
+                namespace: match (target.def.group.as_str(), target.def.plural.as_str()) {
+                    ("", "namespaces") => target.name.as_deref().unwrap_or_default(),
+                    _ => target.namespace.as_deref().unwrap_or_default(),
+                },
                 name: target.name.as_deref().unwrap_or_default(),
             },
         )
