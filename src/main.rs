@@ -236,6 +236,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         arm_endpoint: args.arm_endpoint.clone(),
         arm_scope: format!("{}/.default", args.arm_audience.trim_end_matches('/')),
         credential,
+        cluster_name: args.cluster_name.clone(),
         default_subscription: args.default_subscription.clone(),
         resync_period: args.resync_period,
         concurrency: args.concurrency,

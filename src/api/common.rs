@@ -19,8 +19,22 @@ pub const K8S_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Azure location names such as `eastus` or `West Europe`.
 pub const LOCATION_PATTERN: &str = r"^[a-zA-Z0-9][a-zA-Z0-9 ]{1,63}$";
-/// An ARM resource id below a subscription.
-pub const RESOURCE_ID_PATTERN: &str = r"^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[^/]+)*$";
+/// A canonical ARM resource id below a subscription: `/subscriptions/{guid}` and non-empty
+/// segments of ASCII letters, digits and `_.()~!$*+,;=:@-`, none of them `.` or `..`. No
+/// percent-encoding, empty segment, trailing `/`, `?`, `#`, whitespace, backslash or non-ASCII
+/// character: a URL builder or ARM would turn those into another id than the one a policy
+/// approved. Kept equal to [`crate::azure::scope::canonical_id_pattern`] by a test.
+pub const RESOURCE_ID_PATTERN: &str = r"^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$";
+
+/// The message of the CRD rule that refuses a non-canonical resource id.
+pub const RESOURCE_ID_MESSAGE: &str = "must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters";
+
+/// Tag names the controller writes itself start with this; users may not set them.
+pub const RESERVED_TAG_PREFIX: &str = "uami.dev-";
+
+/// Tags the controller may add to an identity (owner and adopted): with at most
+/// `50 - CONTROLLER_TAGS` user tags an identity stays within Azure's 50.
+pub const CONTROLLER_TAGS: usize = 2;
 
 /// What happens in Azure when the Kubernetes object is deleted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -68,9 +68,12 @@ pub struct GrantScope {
     /// A whole subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<SubscriptionScope>,
-    /// Any ARM resource id below a subscription, such as a storage account.
+    /// Any ARM resource id below a subscription, such as a storage account, in canonical form:
+    /// no `.` or `..` segments, empty segments, trailing `/`, percent-encoding, `?`, `#`,
+    /// whitespace, backslash or non-ASCII characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024), pattern(RESOURCE_ID_PATTERN))]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
     pub resource_id: Option<String>,
 }
 

@@ -33,6 +33,25 @@ pub struct GrantPolicySpec {
     /// Identity bindings allowed: VMs and scale sets the namespaces may bind identities to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identity_bindings: Vec<BindingRule>,
+
+    /// Resource groups from which the namespaces may adopt existing identities
+    /// (`adoptExisting: true`). Without a rule, adoption is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub identity_adoption: Vec<AdoptionRule>,
+}
+
+/// Resource groups whose existing identities may be adopted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionRule {
+    /// Subscription id (a GUID); defaults to the controller's configured subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: Option<String>,
+    /// Resource group name, or `*` for every group of the subscription.
+    #[schemars(length(min = 1, max = 90), pattern(r"^(\*|[-\w.()]*[-\w()])$"))]
+    pub resource_group: String,
 }
 
 /// Roles allowed at scopes.
@@ -60,9 +79,11 @@ pub struct ScopeRule {
     /// A subscription: grants at the subscription and anywhere below it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<SubscriptionPattern>,
-    /// Resource ids starting with this prefix (compared case-insensitively).
+    /// This resource id and everything below it, compared segment by segment and
+    /// case-insensitively (`.../DevTest` does not cover `.../DevTest2`). Canonical form only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024), pattern(RESOURCE_ID_PATTERN))]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
     pub resource_id_prefix: Option<String>,
 }
 

@@ -21,6 +21,7 @@ use super::compute::{
 };
 use super::identity::Identity;
 use super::roles::{RoleAssignment, RoleDefinition};
+use super::scope::ArmScope;
 use super::throttle::{OpKind, SubscriptionThrottle, ThrottleConfig};
 use super::{ArmError, ComputeApi, IdentityApi, ResourceGroupApi, RoleApi, api_versions};
 use crate::auth::TokenCredential;
@@ -184,6 +185,29 @@ impl ArmClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Response, ArmError> {
+        match if_match {
+            Some(etag) => {
+                self.send_with(
+                    operation,
+                    method,
+                    url,
+                    body,
+                    &[(reqwest::header::IF_MATCH, etag)],
+                )
+                .await
+            }
+            None => self.send_with(operation, method, url, body, &[]).await,
+        }
+    }
+
+    async fn send_with(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        headers: &[(reqwest::header::HeaderName, &str)],
+    ) -> Result<Response, ArmError> {
         let kind = match method {
             Method::GET | Method::HEAD => OpKind::Read,
             Method::DELETE => OpKind::Delete,
@@ -214,8 +238,8 @@ impl ArmClient {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            if let Some(etag) = if_match {
-                req = req.header(reqwest::header::IF_MATCH, etag);
+            for (name, value) in headers {
+                req = req.header(name.clone(), *value);
             }
             let started = Instant::now();
             let result = req.send().await;
@@ -393,7 +417,7 @@ impl IdentityApi for ArmClient {
         }
     }
 
-    async fn create_or_update_identity(
+    async fn create_identity(
         &self,
         subscription: &str,
         resource_group: &str,
@@ -408,7 +432,15 @@ impl IdentityApi for ArmClient {
             &[],
         );
         let body = json!({"location": location, "tags": tags});
-        let r = self.send(OP, Method::PUT, url, Some(&body), None).await?;
+        let r = self
+            .send_with(
+                OP,
+                Method::PUT,
+                url,
+                Some(&body),
+                &[(reqwest::header::IF_NONE_MATCH, "*")],
+            )
+            .await?;
         match r.status {
             200 | 201 => Ok(parse_identity(&Self::json(OP, &r)?)),
             _ => Err(Self::fail(OP, &r)),
@@ -484,6 +516,14 @@ fn scope_path(scope: &str) -> String {
     format!("/{}", scope.trim_matches('/'))
 }
 
+/// The path of a role API scope: only a canonical scope is sent, so the URL names exactly the
+/// scope the caller checked (a `..` segment would be resolved by the URL builder).
+fn canonical_scope_path(operation: &'static str, scope: &str) -> Result<String, ArmError> {
+    ArmScope::parse(scope)
+        .map(|s| s.to_string())
+        .map_err(|e| ArmError::local(operation, "InvalidScope", e.to_string()))
+}
+
 #[async_trait]
 impl RoleApi for ArmClient {
     async fn get_role_definition(
@@ -494,7 +534,7 @@ impl RoleApi for ArmClient {
         const OP: &str = "RoleDefinitions_Get";
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}",
-            scope_path(scope)
+            canonical_scope_path(OP, scope)?
         );
         let r = self
             .send(
@@ -520,7 +560,7 @@ impl RoleApi for ArmClient {
         const OP: &str = "RoleDefinitions_List";
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleDefinitions",
-            scope_path(scope)
+            canonical_scope_path(OP, scope)?
         );
         let filter = format!("roleName eq '{}'", role_name.replace('\'', "''"));
         let url = self.url(&path, api_versions::AUTHORIZATION, &[("$filter", &filter)]);
@@ -549,7 +589,7 @@ impl RoleApi for ArmClient {
         const OP: &str = "RoleAssignments_Get";
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
-            scope_path(scope)
+            canonical_scope_path(OP, scope)?
         );
         let r = self
             .send(
@@ -577,7 +617,7 @@ impl RoleApi for ArmClient {
         const OP: &str = "RoleAssignments_Create";
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
-            scope_path(scope)
+            canonical_scope_path(OP, scope)?
         );
         let body = json!({"properties": {
             "roleDefinitionId": role_definition_id,
@@ -604,7 +644,7 @@ impl RoleApi for ArmClient {
         const OP: &str = "RoleAssignments_Delete";
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
-            scope_path(scope)
+            canonical_scope_path(OP, scope)?
         );
         let r = self
             .send(
@@ -629,7 +669,7 @@ impl RoleApi for ArmClient {
         const OP: &str = "RoleAssignments_ListForScope";
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleAssignments",
-            scope_path(scope)
+            canonical_scope_path(OP, scope)?
         );
         let filter = format!("principalId eq '{principal_id}'");
         let url = self.url(&path, api_versions::AUTHORIZATION, &[("$filter", &filter)]);

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod error;
+pub mod scope;
 pub mod throttle;
 
 use async_trait::async_trait;
@@ -229,7 +230,9 @@ pub trait IdentityApi: Send + Sync {
         resource_group: &str,
         name: &str,
     ) -> Result<Option<Identity>, ArmError>;
-    async fn create_or_update_identity(
+    /// Create the identity; never overwrites one that exists (`If-None-Match: *`, ARM answers
+    /// 412 `PreconditionFailed`).
+    async fn create_identity(
         &self,
         subscription: &str,
         resource_group: &str,

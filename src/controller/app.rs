@@ -26,6 +26,8 @@ pub struct ControllerOptions {
     pub arm_scope: String,
     /// How to sign in.
     pub credential: CredentialConfig,
+    /// Name of this cluster, written into the owner tag of every identity.
+    pub cluster_name: String,
     /// Subscription used where a spec names none.
     pub default_subscription: Option<String>,
     /// Drift check period (jittered).
@@ -94,6 +96,7 @@ pub fn start(
             compute: arm,
         },
         settings: Settings {
+            cluster_name: opts.cluster_name.clone(),
             default_subscription: opts.default_subscription.clone(),
             resync_period: opts.resync_period,
         },

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -30,6 +30,49 @@ const WAIT_FOR_IDENTITY: std::time::Duration = std::time::Duration::from_secs(2)
 
 /// Finalizer of bindings.
 pub const FINALIZER: &str = "uami.dev/binding";
+
+/// Annotation on a binding recording the identity (ARM id) that this controller added to the
+/// binding's target. Only an identity recorded here is ever removed from a VM or scale set. It
+/// lives in the object's metadata, which the agent cannot write (it may patch only the status
+/// subresource, and writes through `/status` ignore metadata), unlike `status.adopted`.
+pub const ASSIGNED_ANNOTATION: &str = "uami.dev/assigned-identity";
+
+/// The identity this controller recorded adding to the target of `obj`, if any.
+pub fn recorded_identity(obj: &IdentityBinding) -> Option<&str> {
+    obj.meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ASSIGNED_ANNOTATION))
+        .map(String::as_str)
+}
+
+/// Record (or with `None` forget) that this controller added `identity_id` to the target.
+async fn record_identity(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    identity_id: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let api: Api<IdentityBinding> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: identity_id}}});
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(ReconcileError::kube("RecordAssignment"))?;
+    Ok(())
+}
+
+/// Where removing an identity from a target stands.
+enum Removal {
+    /// The identity is not on the target (any more).
+    Gone,
+    /// The writer is removing it.
+    Pending,
+}
 
 /// Conditions this controller writes on a binding (the agent writes `TokenAcquired`).
 const OWN: &[&str] = &[types::ASSIGNED, types::READY];
@@ -116,6 +159,42 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         &resolved(&target),
         ctx.settings.default_subscription.as_deref(),
     ) {
+        // A policy that stops allowing a binding revokes it: the identity this controller added
+        // is removed from the target.
+        if let Some(identity_id) = owned_identity(&obj, ctx) {
+            let removal = remove_identity(&obj, ctx, &target, &identity_id).await?;
+            let mut status = not_ready(&obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, &message);
+            status.target_resource_id = Some(target.id());
+            set(
+                &obj,
+                &mut status,
+                types::READY,
+                false,
+                reasons::DENIED_BY_POLICY,
+                &message,
+            );
+            return match removal {
+                Removal::Gone => {
+                    ctx.event(
+                        &*obj,
+                        true,
+                        reasons::DENIED_BY_POLICY,
+                        "RevokeAssignment",
+                        format!("{message}; removed the identity from {}", target.id()),
+                    )
+                    .await;
+                    record_identity(&obj, ctx, None).await?;
+                    status.assigned = Some(false);
+                    status.adopted = None;
+                    write_status(&obj, ctx, status).await?;
+                    Ok(Action::await_change())
+                }
+                Removal::Pending => {
+                    write_status(&obj, ctx, status).await?;
+                    Ok(Action::requeue(Duration::from_secs(30)))
+                }
+            };
+        }
         if !reason_is(&obj, reasons::DENIED_BY_POLICY) {
             ctx.event(
                 &*obj,
@@ -128,6 +207,10 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         }
         let mut status = not_ready(&obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, &message);
         status.target_resource_id = Some(target.id());
+        if recorded_identity(&obj).is_none() {
+            status.assigned = None;
+            status.adopted = None;
+        }
         set(
             &obj,
             &mut status,
@@ -221,14 +304,15 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
     let me = ObjectRef::from_obj(&*obj);
     if current.identity.has_user_assigned(&identity_id) {
         let outcome = ctx.writer.outcome(&target, &identity_id);
-        ctx.writer.forget(&target, &identity_id);
-        let adopted = match obj.status.as_ref().and_then(|s| s.adopted) {
-            Some(a) => a,
-            // First sight: assigned although this binding never asked for it means someone else
-            // put it there, so it is never removed by this controller.
-            None => !assigned_before && outcome.is_none(),
-        };
+        let mut ours =
+            recorded_identity(&obj).is_some_and(|r| r.eq_ignore_ascii_case(&identity_id));
         if matches!(outcome, Some(Outcome::Done)) {
+            // This controller's write put it there: record that before forgetting the outcome,
+            // so that only an identity it added is ever removed.
+            if !ours {
+                record_identity(&obj, ctx, Some(&identity_id)).await?;
+                ours = true;
+            }
             ctx.event(
                 &*obj,
                 false,
@@ -238,6 +322,10 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             )
             .await;
         }
+        ctx.writer.forget(&target, &identity_id);
+        // Assigned without a record of this controller adding it: someone else put it there,
+        // so it is never removed by this controller.
+        let adopted = !ours;
         ctx.mark_checked(&key, fingerprint);
         write_status(&obj, ctx, summary_assigned(&obj, &target, adopted)).await?;
         return Ok(resync);
@@ -289,24 +377,30 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
     }
 }
 
-async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+/// The identity this controller recorded adding to the target, when it is still the binding's
+/// identity (the identity's status is written by this controller only). A record naming another
+/// identity is not evidence and removes nothing.
+fn owned_identity(obj: &IdentityBinding, ctx: &Context) -> Option<String> {
+    let recorded = recorded_identity(obj)?;
     let ns = obj.namespace().unwrap_or_default();
-    let key = object_key(&*obj);
-    ctx.forget_checked(&key);
-    if obj.spec.deletion_policy == DeletionPolicy::Orphan
-        || obj.status.as_ref().and_then(|s| s.adopted) == Some(true)
-    {
-        return Ok(Action::await_change());
-    }
-    let Some(target) = target_of(&obj, ctx.settings.default_subscription.as_deref()) else {
-        return Ok(Action::await_change());
-    };
-    let Some(identity_id) = ctx
+    let current = ctx
         .identity(&ns, &obj.spec.identity_ref.name)
-        .and_then(|i| i.status.as_ref().and_then(|s| s.resource_id.clone()))
-    else {
-        return Ok(Action::await_change());
-    };
+        .and_then(|i| i.status.as_ref().and_then(|s| s.resource_id.clone()))?;
+    current
+        .eq_ignore_ascii_case(recorded)
+        .then(|| recorded.to_string())
+}
+
+/// Have the writer remove `identity_id` from `target`, unless another live binding of the same
+/// identity to the same target still wants it.
+async fn remove_identity(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    target: &ComputeTarget,
+    identity_id: &str,
+) -> Result<Removal, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let key = object_key(obj);
     // Another live binding of the same identity to the same target keeps it assigned.
     let shared = ctx.stores.bindings.state().iter().any(|b| {
         b.meta().deletion_timestamp.is_none()
@@ -315,22 +409,28 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
             && b.spec.identity_ref.name == obj.spec.identity_ref.name
             && target_of(b, ctx.settings.default_subscription.as_deref())
                 .is_some_and(|t| t.key() == target.key())
+            && policy::check_binding(
+                &ctx.policies(),
+                &ns,
+                &resolved(target),
+                ctx.settings.default_subscription.as_deref(),
+            )
+            .is_allowed()
     });
     if shared {
-        return Ok(Action::await_change());
+        return Ok(Removal::Gone);
     }
     let current = ctx
         .azure
         .compute
-        .get_compute(&target)
+        .get_compute(target)
         .await
         .map_err(ReconcileError::arm("GetTarget"))?;
-    let Some(current) = current.filter(|c| c.identity.has_user_assigned(&identity_id)) else {
-        ctx.writer.forget(&target, &identity_id);
-        return Ok(Action::await_change());
-    };
-    let _ = current;
-    match ctx.writer.outcome(&target, &identity_id) {
+    if !current.is_some_and(|c| c.identity.has_user_assigned(identity_id)) {
+        ctx.writer.forget(target, identity_id);
+        return Ok(Removal::Gone);
+    }
+    match ctx.writer.outcome(target, identity_id) {
         Some(Outcome::Pending) => {}
         Some(Outcome::Failed {
             code,
@@ -338,15 +438,15 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
             retry_after,
             ..
         }) => {
-            ctx.writer.forget(&target, &identity_id);
+            ctx.writer.forget(target, identity_id);
             let attempts = ctx.record_failure(&format!("{key}/write"));
             let status = not_ready(
-                &obj,
+                obj,
                 types::READY,
                 &code,
                 &format!("removing the identity failed: {message}"),
             );
-            write_status(&obj, ctx, status).await?;
+            write_status(obj, ctx, status).await?;
             return Err(ReconcileError::Waiting {
                 step: "UnassignIdentity",
                 message: format!(
@@ -356,20 +456,38 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
                 retry: backoff(attempts.saturating_sub(1), retry_after),
             });
         }
-        _ => ctx.writer.submit(
-            &target,
-            &identity_id,
-            Want::Absent,
-            ObjectRef::from_obj(&*obj),
-        ),
+        _ => ctx
+            .writer
+            .submit(target, identity_id, Want::Absent, ObjectRef::from_obj(obj)),
     }
-    // The finalizer stays until the identity is off the VM; the writer reconciles this binding
-    // again when the removal is done.
-    Err(ReconcileError::Waiting {
-        step: "UnassignIdentity",
-        message: format!("removing the identity from {}", target.id()),
-        retry: Duration::from_secs(30),
-    })
+    Ok(Removal::Pending)
+}
+
+async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let key = object_key(&*obj);
+    ctx.forget_checked(&key);
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Action::await_change());
+    }
+    // Only an identity this controller recorded adding is removed: a binding refused by policy,
+    // deleted before its first reconcile, or that found the identity already assigned, removes
+    // nothing. Status is not evidence.
+    let Some(identity_id) = owned_identity(&obj, ctx) else {
+        return Ok(Action::await_change());
+    };
+    let Some(target) = target_of(&obj, ctx.settings.default_subscription.as_deref()) else {
+        return Ok(Action::await_change());
+    };
+    match remove_identity(&obj, ctx, &target, &identity_id).await? {
+        Removal::Gone => Ok(Action::await_change()),
+        // The finalizer stays until the identity is off the VM; the writer reconciles this
+        // binding again when the removal is done.
+        Removal::Pending => Err(ReconcileError::Waiting {
+            step: "UnassignIdentity",
+            message: format!("removing the identity from {}", target.id()),
+            retry: Duration::from_secs(30),
+        }),
+    }
 }
 
 fn reason_is(obj: &IdentityBinding, reason: &str) -> bool {

@@ -82,6 +82,13 @@ pub struct RunArgs {
     #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
     pub federated_token_file: Option<PathBuf>,
 
+    /// Name of this cluster (required): identities are tagged
+    /// `uami.dev-owner: <cluster>/<namespace>/<name>`, so that two clusters with the same
+    /// namespaces never take over or delete each other's identities. 1-63 letters, digits, `.`,
+    /// `_` or `-`.
+    #[arg(long, env = "UAMI_CLUSTER_NAME", value_parser = parse_cluster_name)]
+    pub cluster_name: String,
+
     /// Subscription used where a spec names none.
     #[arg(long, env = "UAMI_DEFAULT_SUBSCRIPTION")]
     pub default_subscription: Option<String>,
@@ -131,6 +138,22 @@ pub struct RunArgs {
     pub lease_duration: Duration,
 }
 
+/// A cluster name: 1-63 ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit
+/// (no `/`, which separates the parts of the owner tag).
+pub fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a cluster name (1-63 letters, digits, '.', '_' or '-', starting with a letter or digit)"
+        ))
+    }
+}
+
 /// Parse `90s`, `10m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -165,5 +188,13 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert!(parse_cluster_name("aks-prod.westeurope").is_ok());
+        for bad in ["", "a/b", "-x", "é", &"x".repeat(64)] {
+            assert!(parse_cluster_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

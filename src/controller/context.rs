@@ -20,6 +20,9 @@ use crate::telemetry::metrics::ReconcileMetrics;
 /// Settings the reconcilers read.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Name of this cluster: part of the owner tag of every identity, so two clusters with the
+    /// same namespace and object names never take over each other's identities.
+    pub cluster_name: String,
     /// Subscription used where a spec names none.
     pub default_subscription: Option<String>,
     /// Period of the drift check, before jitter.

@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Resource, ResourceExt};
 
 use super::context::{Context, object_key};
 use super::error::{ReconcileError, backoff};
@@ -21,6 +21,7 @@ use super::status::{apply_status, arm_reason, needs_update, now, own_conditions}
 use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
 use crate::azure::roles::{RoleAssignment, RoleDefinition, assignment_name, role_definition_guid};
+use crate::azure::scope::ArmScope;
 
 /// How soon an object waiting for its identity looks again. The trigger from the identity watch
 /// can arrive before the identity cache has the change, so waiting does not rely on it alone.
@@ -36,20 +37,39 @@ const OWN: &[&str] = &[types::GRANTED, types::READY];
 /// next resync instead (Entra replication normally takes seconds, rarely minutes).
 pub const PRINCIPAL_NOT_FOUND_ATTEMPTS: u32 = 12;
 
-/// The ARM scope of a grant, with the subscription resolved.
-pub fn scope_of(obj: &RoleGrant, default_subscription: Option<&str>) -> Option<String> {
+/// Why a grant has no usable scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScopeProblem {
+    /// No subscription in the spec and no default configured.
+    NoSubscription,
+    /// The scope is not a canonical ARM scope (message says why).
+    Invalid(String),
+}
+
+/// The canonical ARM scope of a grant, with the subscription resolved. Every comparison, policy
+/// check and ARM URL uses this value, never the spec's text.
+pub fn scope_of(
+    obj: &RoleGrant,
+    default_subscription: Option<&str>,
+) -> Result<ArmScope, ScopeProblem> {
     let s = &obj.spec.scope;
-    if let Some(rg) = &s.resource_group {
+    let text = if let Some(rg) = &s.resource_group {
         let sub = rg
             .subscription_id
             .clone()
-            .or_else(|| default_subscription.map(str::to_string))?;
-        return Some(format!("/subscriptions/{sub}/resourceGroups/{}", rg.name));
-    }
-    if let Some(sub) = &s.subscription {
-        return Some(format!("/subscriptions/{}", sub.subscription_id));
-    }
-    s.resource_id.clone()
+            .or_else(|| default_subscription.map(str::to_string))
+            .ok_or(ScopeProblem::NoSubscription)?;
+        format!("/subscriptions/{sub}/resourceGroups/{}", rg.name)
+    } else if let Some(sub) = &s.subscription {
+        format!("/subscriptions/{}", sub.subscription_id)
+    } else if let Some(id) = &s.resource_id {
+        id.clone()
+    } else {
+        return Err(ScopeProblem::Invalid(
+            "exactly one of resourceGroup, subscription or resourceId must be set".into(),
+        ));
+    };
+    ArmScope::parse(&text).map_err(|e| ScopeProblem::Invalid(e.to_string()))
 }
 
 /// The subscription of an ARM scope.
@@ -111,6 +131,37 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
     let ns = obj.namespace().unwrap_or_default();
     let key = object_key(&*obj);
     let resync = Action::requeue(ctx.settings.jittered_resync());
+    // The scope is made canonical before anything compares it or sends it to ARM.
+    let scope = match scope_of(&obj, ctx.settings.default_subscription.as_deref()) {
+        Ok(scope) => scope,
+        Err(ScopeProblem::NoSubscription) => {
+            write_status(
+                &obj,
+                ctx,
+                waiting(
+                    &obj,
+                    reasons::NO_SUBSCRIPTION,
+                    "the scope has no subscriptionId and the controller has no default subscription",
+                ),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+        Err(ScopeProblem::Invalid(message)) => {
+            if !reason_is(&obj, reasons::INVALID_SCOPE) {
+                ctx.event(
+                    &*obj,
+                    true,
+                    reasons::INVALID_SCOPE,
+                    "CheckScope",
+                    message.clone(),
+                )
+                .await;
+            }
+            write_status(&obj, ctx, waiting(&obj, reasons::INVALID_SCOPE, &message)).await?;
+            return Ok(Action::await_change());
+        }
+    };
     let identity_name = &obj.spec.identity_ref.name;
     let Some(identity) = ctx.identity(&ns, identity_name) else {
         let message =
@@ -138,32 +189,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         .await?;
         return Ok(Action::requeue(WAIT_FOR_IDENTITY));
     };
-    let Some(scope) = scope_of(&obj, ctx.settings.default_subscription.as_deref()) else {
-        write_status(
-            &obj,
-            ctx,
-            waiting(
-                &obj,
-                reasons::NO_SUBSCRIPTION,
-                "the scope has no subscriptionId and the controller has no default subscription",
-            ),
-        )
-        .await?;
-        return Ok(Action::await_change());
-    };
-    let Some(subscription) = subscription_of(&scope).map(str::to_string) else {
-        write_status(
-            &obj,
-            ctx,
-            waiting(
-                &obj,
-                reasons::NO_SUBSCRIPTION,
-                "the scope is not inside a subscription",
-            ),
-        )
-        .await?;
-        return Ok(Action::await_change());
-    };
+    let subscription = scope.subscription().to_string();
     let Some(role) = ctx
         .resolve_role(&subscription, &obj.spec.role)
         .await
@@ -193,6 +219,12 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         guid: guid.clone(),
         name: role.role_name.clone(),
     };
+    let expected = Expected {
+        name: assignment_name(scope.as_str(), &principal_id, &guid).to_string(),
+        scope: scope.clone(),
+        principal_id: principal_id.clone(),
+        guid: guid.clone(),
+    };
     if let Decision::Denied(message) = policy::check_grant(
         &ctx.policies(),
         &ns,
@@ -200,7 +232,29 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         &scope,
         ctx.settings.default_subscription.as_deref(),
     ) {
-        if !reason_is(&obj, reasons::DENIED_BY_POLICY) {
+        // A policy that stops allowing a grant revokes it: the assignment this controller made
+        // is deleted (never an adopted one, never one another allowed grant still uses).
+        let checked = format!("denied/{}", expected.name);
+        let revoked = if ctx.recently_checked(&key, &checked) {
+            false
+        } else {
+            let revoked = revoke(&obj, ctx, &expected).await?;
+            ctx.mark_checked(&key, checked);
+            revoked
+        };
+        if revoked {
+            ctx.event(
+                &*obj,
+                true,
+                reasons::DENIED_BY_POLICY,
+                "RevokeRoleAssignment",
+                format!(
+                    "{message}; deleted role assignment {} at {scope}",
+                    expected.name
+                ),
+            )
+            .await;
+        } else if !reason_is(&obj, reasons::DENIED_BY_POLICY) {
             ctx.event(
                 &*obj,
                 true,
@@ -211,19 +265,23 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             .await;
         }
         let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
-        status.scope = Some(scope);
+        status.scope = Some(scope.to_string());
+        status.role_assignment_id = None;
+        status.adopted = None;
         write_status(&obj, ctx, status).await?;
         return Ok(Action::await_change());
     }
 
-    let name = assignment_name(&scope, &principal_id, &guid).to_string();
+    let name = expected.name.clone();
     let fingerprint = format!(
         "{:?}/{}/{}/{}",
         obj.metadata.generation,
         principal_id,
         guid,
-        scope.to_lowercase()
+        scope.as_str().to_lowercase()
     );
+    let scope_text = scope.to_string();
+    let scope = scope_text.as_str();
     let granted_before = obj
         .status
         .as_ref()
@@ -231,7 +289,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
     if granted_before && ctx.recently_checked(&key, &fingerprint) {
         let status = granted(
             &obj,
-            &scope,
+            scope,
             &role,
             &principal_id,
             current_assignment_id(&obj),
@@ -244,18 +302,18 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
     let roles = &ctx.azure.roles;
     // An adopted assignment lives under someone else's name: look it up among the principal's.
     let adopted_before = obj.status.as_ref().and_then(|s| s.adopted) == Some(true);
-    if adopted_before && let Some(found) = find_matching(ctx, &scope, &principal_id, &guid).await? {
+    if adopted_before && let Some(found) = find_matching(ctx, scope, &principal_id, &guid).await? {
         ctx.mark_checked(&key, fingerprint);
         write_status(
             &obj,
             ctx,
-            granted(&obj, &scope, &role, &principal_id, Some(found.id), true),
+            granted(&obj, scope, &role, &principal_id, Some(found.id), true),
         )
         .await?;
         return Ok(resync);
     }
     if let Some(existing) = roles
-        .get_role_assignment(&scope, &name)
+        .get_role_assignment(scope, &name)
         .await
         .map_err(ReconcileError::arm("GetRoleAssignment"))?
     {
@@ -263,7 +321,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         write_status(
             &obj,
             ctx,
-            granted(&obj, &scope, &role, &principal_id, Some(existing.id), false),
+            granted(&obj, scope, &role, &principal_id, Some(existing.id), false),
         )
         .await?;
         return Ok(resync);
@@ -276,7 +334,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         "/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
     );
     match roles
-        .create_role_assignment(&scope, &name, &definition_id, &principal_id)
+        .create_role_assignment(scope, &name, &definition_id, &principal_id)
         .await
     {
         Ok(created) => {
@@ -291,20 +349,20 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             .await;
             ctx.mark_checked(&key, fingerprint);
             let id = if created.id.is_empty() {
-                assignment_id(&scope, &name)
+                assignment_id(scope, &name)
             } else {
                 created.id
             };
             write_status(
                 &obj,
                 ctx,
-                granted(&obj, &scope, &role, &principal_id, Some(id), false),
+                granted(&obj, scope, &role, &principal_id, Some(id), false),
             )
             .await?;
             Ok(resync)
         }
         Err(e) if e.code() == "RoleAssignmentExists" => {
-            let Some(found) = find_matching(ctx, &scope, &principal_id, &guid).await? else {
+            let Some(found) = find_matching(ctx, scope, &principal_id, &guid).await? else {
                 return Err(ReconcileError::Arm {
                     step: "CreateRoleAssignment",
                     source: e,
@@ -315,7 +373,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             write_status(
                 &obj,
                 ctx,
-                granted(&obj, &scope, &role, &principal_id, Some(found.id), true),
+                granted(&obj, scope, &role, &principal_id, Some(found.id), true),
             )
             .await?;
             Ok(resync)
@@ -341,7 +399,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
                 )
             };
             let mut status = waiting(&obj, reasons::PRINCIPAL_NOT_FOUND, &message);
-            status.scope = Some(scope);
+            status.scope = Some(scope.to_string());
             status.principal_id = Some(principal_id);
             write_status(&obj, ctx, status).await?;
             Ok(next)
@@ -375,34 +433,146 @@ async fn find_matching(
     }))
 }
 
-async fn cleanup(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
-    ctx.forget_checked(&object_key(&*obj));
-    let status = obj.status.as_ref();
-    if obj.spec.deletion_policy == DeletionPolicy::Orphan
-        || status.and_then(|s| s.adopted) == Some(true)
-    {
-        return Ok(Action::await_change());
+/// The role assignment a grant stands for, recomputed from its spec and its identity: never
+/// taken from status, which another writer could have changed.
+struct Expected {
+    scope: ArmScope,
+    principal_id: String,
+    guid: String,
+    name: String,
+}
+
+/// Recompute what `obj` would have created. `None` when it cannot have created anything (no
+/// canonical scope, no identity with a principal, no such role).
+async fn expected(obj: &RoleGrant, ctx: &Context) -> Result<Option<Expected>, ReconcileError> {
+    let Ok(scope) = scope_of(obj, ctx.settings.default_subscription.as_deref()) else {
+        return Ok(None);
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    let Some(principal_id) = ctx
+        .identity(&ns, &obj.spec.identity_ref.name)
+        .and_then(|i| i.status.as_ref().and_then(|s| s.principal_id.clone()))
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(None);
+    };
+    let Some(role) = ctx
+        .resolve_role(scope.subscription(), &obj.spec.role)
+        .await
+        .map_err(ReconcileError::arm("ResolveRole"))?
+    else {
+        return Ok(None);
+    };
+    let Some(guid) = role_definition_guid(&role.id).or_else(|| role_definition_guid(&role.name))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Expected {
+        name: assignment_name(scope.as_str(), &principal_id, &guid).to_string(),
+        scope,
+        principal_id,
+        guid,
+    }))
+}
+
+/// Another live grant, allowed by policy, that stands for the same assignment: deleting this one
+/// must not revoke the other's access.
+async fn shared_with(
+    obj: &RoleGrant,
+    ctx: &Context,
+    exp: &Expected,
+) -> Result<Option<String>, ReconcileError> {
+    let default_sub = ctx.settings.default_subscription.as_deref();
+    for other in ctx.stores.grants.state() {
+        if other.uid() == obj.uid() || other.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let Ok(scope) = scope_of(&other, default_sub) else {
+            continue;
+        };
+        if !scope.same_as(&exp.scope) {
+            continue;
+        }
+        let ns = other.namespace().unwrap_or_default();
+        let same_principal = ctx
+            .identity(&ns, &other.spec.identity_ref.name)
+            .and_then(|i| i.status.as_ref().and_then(|s| s.principal_id.clone()))
+            .is_some_and(|p| p.eq_ignore_ascii_case(&exp.principal_id));
+        if !same_principal {
+            continue;
+        }
+        let Some(role) = ctx
+            .resolve_role(scope.subscription(), &other.spec.role)
+            .await
+            .map_err(ReconcileError::arm("ResolveRole"))?
+        else {
+            continue;
+        };
+        let resolved = ResolvedRole {
+            guid: role_definition_guid(&role.id).unwrap_or_default(),
+            name: role.role_name.clone(),
+        };
+        if !resolved.guid.eq_ignore_ascii_case(&exp.guid) {
+            continue;
+        }
+        if policy::check_grant(&ctx.policies(), &ns, &resolved, &scope, default_sub).is_allowed() {
+            return Ok(Some(format!("{ns}/{}", other.name_any())));
+        }
     }
-    let Some(id) = status.and_then(|s| s.role_assignment_id.clone()) else {
-        // Never granted (denied, waiting, failed): nothing in Azure to undo.
-        return Ok(Action::await_change());
+    Ok(None)
+}
+
+/// Delete the assignment `exp` stands for, if it exists under the deterministic name and really
+/// is that assignment (principal, role and scope checked), and no other allowed grant uses it.
+/// Returns whether something was deleted.
+async fn revoke(obj: &RoleGrant, ctx: &Context, exp: &Expected) -> Result<bool, ReconcileError> {
+    let roles = &ctx.azure.roles;
+    let Some(found) = roles
+        .get_role_assignment(exp.scope.as_str(), &exp.name)
+        .await
+        .map_err(ReconcileError::arm("GetRoleAssignment"))?
+    else {
+        return Ok(false);
     };
-    let Some((scope, name)) = split_assignment_id(&id) else {
-        return Ok(Action::await_change());
-    };
-    ctx.azure
-        .roles
-        .delete_role_assignment(scope, name)
+    let same_scope = ArmScope::parse(&found.scope).is_ok_and(|s| s.same_as(&exp.scope));
+    let same_role = role_definition_guid(&found.role_definition_id)
+        .is_some_and(|g| g.eq_ignore_ascii_case(&exp.guid));
+    let same_principal = found.principal_id.eq_ignore_ascii_case(&exp.principal_id);
+    if !(same_scope && same_role && same_principal) {
+        tracing::warn!(assignment = %found.id, "the assignment under this grant's name is not the one it stands for; left alone");
+        return Ok(false);
+    }
+    if let Some(other) = shared_with(obj, ctx, exp).await? {
+        tracing::info!(assignment = %found.id, %other, "assignment still used by another grant; kept");
+        return Ok(false);
+    }
+    roles
+        .delete_role_assignment(exp.scope.as_str(), &exp.name)
         .await
         .map_err(ReconcileError::arm("DeleteRoleAssignment"))?;
-    ctx.event(
-        &*obj,
-        false,
-        "Revoked",
-        "DeleteRoleAssignment",
-        format!("deleted role assignment {name} at {scope}"),
-    )
-    .await;
+    Ok(true)
+}
+
+async fn cleanup(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
+    ctx.forget_checked(&object_key(&*obj));
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Action::await_change());
+    }
+    // Only the assignment this grant would have created under its deterministic name is ever
+    // deleted: an adopted one lives under another name, and status is not evidence.
+    let Some(exp) = expected(&obj, ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    if revoke(&obj, ctx, &exp).await? {
+        ctx.event(
+            &*obj,
+            false,
+            "Revoked",
+            "DeleteRoleAssignment",
+            format!("deleted role assignment {} at {}", exp.name, exp.scope),
+        )
+        .await;
+    }
     Ok(Action::await_change())
 }
 

@@ -1,10 +1,13 @@
 //! `UserAssignedIdentity` reconciler: resolve -> plan (pure) -> ensure (write only on a diff) ->
 //! status (one patch).
 //!
-//! Ownership in Azure is recorded with a tag (`uami.dev-owner: <namespace>/<name>`), so a
-//! restart never mistakes the controller's own identity for a foreign one, and a foreign identity
-//! is never silently taken over: that needs `adoptExisting`, which also tags it
-//! `uami.dev-adopted`, and an adopted identity is never deleted.
+//! Ownership in Azure is recorded with a tag (`uami.dev-owner: <cluster>/<namespace>/<name>`),
+//! so a restart never mistakes the controller's own identity for a foreign one, two clusters never
+//! take over each other's identities, and a foreign identity is never silently taken over: that
+//! needs `adoptExisting` and a GrantPolicy rule that allows adoption from its resource group; the
+//! identity keeps its tags, gains `uami.dev-adopted`, and is never deleted. Creation sends
+//! `If-None-Match: *`, so an identity that appears between the read and the create is never
+//! overwritten.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::Context;
 use super::error::ReconcileError;
+use super::policy::{self, Decision};
 use super::reasons;
 use super::status::{FIELD_MANAGER, apply_status, needs_update};
 use crate::api::conditions::{NewCondition, set_condition, types};
@@ -52,9 +56,9 @@ pub enum Plan {
     },
 }
 
-/// The owner tag value of an object.
-pub fn owner_value(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+/// The owner tag value of an object of cluster `cluster`.
+pub fn owner_value(cluster: &str, namespace: &str, name: &str) -> String {
+    format!("{cluster}/{namespace}/{name}")
 }
 
 fn normalise_location(l: &str) -> String {
@@ -64,8 +68,14 @@ fn normalise_location(l: &str) -> String {
         .to_lowercase()
 }
 
-/// Decide what to write (pure).
-pub fn plan(spec: &UserAssignedIdentitySpec, owner: &str, current: Option<&Identity>) -> Plan {
+/// Decide what to write (pure). `may_adopt` says whether a GrantPolicy allows this object to
+/// adopt an identity that exists without an owner (`Err` carries the denial).
+pub fn plan(
+    spec: &UserAssignedIdentitySpec,
+    owner: &str,
+    current: Option<&Identity>,
+    may_adopt: Result<(), String>,
+) -> Plan {
     let mut desired = spec.tags.clone();
     desired.insert(OWNER_TAG.to_string(), owner.to_string());
     let Some(current) = current else {
@@ -80,11 +90,19 @@ pub fn plan(spec: &UserAssignedIdentitySpec, owner: &str, current: Option<&Ident
                 message: format!("the identity exists in Azure and is managed by {other}"),
             };
         }
-        None if spec.adopt_existing => true,
+        None if spec.adopt_existing => {
+            if let Err(message) = may_adopt {
+                return Plan::Refuse {
+                    reason: reasons::DENIED_BY_POLICY,
+                    message,
+                };
+            }
+            true
+        }
         None => {
             return Plan::Refuse {
                 reason: reasons::ALREADY_EXISTS,
-                message: "the identity exists in Azure and was not created by this object; set spec.adoptExisting: true to take it over".into(),
+                message: "the identity exists in Azure and was not created by this object; set spec.adoptExisting: true (and allow it in a GrantPolicy's identityAdoption) to take it over".into(),
             };
         }
     };
@@ -98,7 +116,11 @@ pub fn plan(spec: &UserAssignedIdentitySpec, owner: &str, current: Option<&Ident
         };
     }
     if adopting || current.tags.contains_key(ADOPTED_TAG) {
-        desired.insert(ADOPTED_TAG.to_string(), "true".to_string());
+        // An adopted identity keeps the tags it had; the spec's tags are added to them.
+        let mut merged = current.tags.clone();
+        merged.extend(desired);
+        merged.insert(ADOPTED_TAG.to_string(), "true".to_string());
+        desired = merged;
     }
     if adopting || current.tags != desired {
         Plan::UpdateTags {
@@ -152,7 +174,7 @@ fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<Coordinates>
 
 async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
-    let owner = owner_value(&ns, &obj.name_any());
+    let owner = owner_value(&ctx.settings.cluster_name, &ns, &obj.name_any());
     let Some(at) = coordinates(&obj, ctx) else {
         let status = not_ready(
             &obj,
@@ -167,10 +189,20 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         .get_identity(&at.subscription, &at.resource_group, &at.name)
         .await
         .map_err(ReconcileError::arm("GetIdentity"))?;
-    let identity = match plan(&obj.spec, &owner, current.as_ref()) {
+    let may_adopt = match policy::check_adoption(
+        &ctx.policies(),
+        &ns,
+        &at.subscription,
+        &at.resource_group,
+        ctx.settings.default_subscription.as_deref(),
+    ) {
+        Decision::Allowed(_) => Ok(()),
+        Decision::Denied(message) => Err(message),
+    };
+    let identity = match plan(&obj.spec, &owner, current.as_ref(), may_adopt) {
         Plan::Create { tags } => {
             let created = ids
-                .create_or_update_identity(
+                .create_identity(
                     &at.subscription,
                     &at.resource_group,
                     &at.name,
@@ -217,9 +249,6 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
             return Ok(Action::requeue(ctx.settings.jittered_resync()));
         }
     };
-    if let Some(export) = &obj.spec.export_to {
-        export_config_map(&obj, ctx, &export.config_map, &identity).await?;
-    }
     let mut status = UserAssignedIdentityStatus {
         observed_generation: obj.metadata.generation,
         conditions: current_conditions(&obj),
@@ -228,14 +257,38 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         principal_id: Some(identity.principal_id.clone()),
         tenant_id: Some(identity.tenant_id.clone()),
     };
-    set_condition(
-        &mut status.conditions,
-        NewCondition::new(
+    let ready = match &obj.spec.export_to {
+        Some(export) => match export_config_map(&obj, ctx, &export.config_map, &identity).await? {
+            Export::Written => NewCondition::new(
+                types::READY,
+                true,
+                reasons::READY,
+                format!("identity {} exists", at.name),
+            ),
+            Export::Refused(message) => {
+                if !condition_is(&obj, reasons::CONFIG_MAP_CONFLICT) {
+                    ctx.event(
+                        &*obj,
+                        true,
+                        reasons::CONFIG_MAP_CONFLICT,
+                        "ExportConfigMap",
+                        message.clone(),
+                    )
+                    .await;
+                }
+                NewCondition::new(types::READY, false, reasons::CONFIG_MAP_CONFLICT, message)
+            }
+        },
+        None => NewCondition::new(
             types::READY,
             true,
             reasons::READY,
             format!("identity {} exists", at.name),
         ),
+    };
+    set_condition(
+        &mut status.conditions,
+        ready,
         obj.metadata.generation,
         now(),
     );
@@ -278,8 +331,8 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
     let Some(current) = current else {
         return Ok(Action::await_change());
     };
-    let ours =
-        current.tags.get(OWNER_TAG).map(String::as_str) == Some(owner_value(&ns, &name).as_str());
+    let owner = owner_value(&ctx.settings.cluster_name, &ns, &name);
+    let ours = current.tags.get(OWNER_TAG).map(String::as_str) == Some(owner.as_str());
     if ours && !current.tags.contains_key(ADOPTED_TAG) {
         ids.delete_identity(&at.subscription, &at.resource_group, &at.name)
             .await
@@ -313,14 +366,41 @@ fn dependents(ctx: &Context, namespace: &str, name: &str) -> Vec<String> {
     out
 }
 
+/// What became of the export.
+enum Export {
+    /// The ConfigMap holds the ids.
+    Written,
+    /// The ConfigMap exists and is not this identity's: untouched.
+    Refused(String),
+}
+
+/// Publish the ids into ConfigMap `name`, which this identity owns (controller owner reference,
+/// so Kubernetes deletes it with the identity). A ConfigMap that exists without that reference
+/// belongs to someone else: it is refused, never written, so it is never adopted into the
+/// identity's garbage collection either.
 async fn export_config_map(
     obj: &UserAssignedIdentity,
     ctx: &Context,
     name: &str,
     identity: &Identity,
-) -> Result<(), ReconcileError> {
+) -> Result<Export, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = obj.uid().unwrap_or_default();
+    if let Some(existing) = api
+        .get_opt(name)
+        .await
+        .map_err(ReconcileError::kube("GetConfigMap"))?
+    {
+        let ours = existing.owner_references().iter().any(|r| {
+            r.controller == Some(true) && r.uid == uid && r.kind == UserAssignedIdentity::kind(&())
+        });
+        if !ours {
+            return Ok(Export::Refused(format!(
+                "ConfigMap {name} exists and was not created for this identity; it is left untouched (choose another spec.exportTo.configMap)"
+            )));
+        }
+    }
     let owner = obj.controller_owner_ref(&());
     let cm = serde_json::json!({
         "apiVersion": "v1",
@@ -345,7 +425,7 @@ async fn export_config_map(
     )
     .await
     .map_err(ReconcileError::kube("ExportConfigMap"))?;
-    Ok(())
+    Ok(Export::Written)
 }
 
 fn now() -> Time {
@@ -430,15 +510,15 @@ mod tests {
 
     #[test]
     fn plans() {
-        let owner = "ns/id";
+        let owner = "c1/ns/id";
         assert!(
-            matches!(plan(&spec(false), owner, None), Plan::Create { tags } if tags[OWNER_TAG] == owner && tags["team"] == "a")
+            matches!(plan(&spec(false), owner, None, Ok(())), Plan::Create { tags } if tags[OWNER_TAG] == owner && tags["team"] == "a")
         );
         let ours = azure(&[(OWNER_TAG, owner), ("team", "a")], "East US");
-        assert_eq!(plan(&spec(false), owner, Some(&ours)), Plan::InSync);
+        assert_eq!(plan(&spec(false), owner, Some(&ours), Ok(())), Plan::InSync);
         let drifted = azure(&[(OWNER_TAG, owner), ("team", "b")], "eastus");
         assert!(matches!(
-            plan(&spec(false), owner, Some(&drifted)),
+            plan(&spec(false), owner, Some(&drifted), Ok(())),
             Plan::UpdateTags {
                 adopting: false,
                 ..
@@ -446,24 +526,40 @@ mod tests {
         ));
         let foreign = azure(&[("team", "a")], "eastus");
         assert!(
-            matches!(plan(&spec(false), owner, Some(&foreign)), Plan::Refuse { reason, .. } if reason == reasons::ALREADY_EXISTS)
+            matches!(plan(&spec(false), owner, Some(&foreign), Ok(())), Plan::Refuse { reason, .. } if reason == reasons::ALREADY_EXISTS)
         );
         assert!(
-            matches!(plan(&spec(true), owner, Some(&foreign)), Plan::UpdateTags { adopting: true, tags } if tags[ADOPTED_TAG] == "true")
+            matches!(plan(&spec(true), owner, Some(&foreign), Ok(())), Plan::UpdateTags { adopting: true, tags } if tags[ADOPTED_TAG] == "true")
         );
         let other_owner = azure(&[(OWNER_TAG, "other/x")], "eastus");
         assert!(matches!(
-            plan(&spec(true), owner, Some(&other_owner)),
+            plan(&spec(true), owner, Some(&other_owner), Ok(())),
             Plan::Refuse { .. }
         ));
         let elsewhere = azure(&[(OWNER_TAG, owner), ("team", "a")], "westeurope");
         assert!(
-            matches!(plan(&spec(false), owner, Some(&elsewhere)), Plan::Refuse { reason, .. } if reason == reasons::LOCATION_MISMATCH)
+            matches!(plan(&spec(false), owner, Some(&elsewhere), Ok(())), Plan::Refuse { reason, .. } if reason == reasons::LOCATION_MISMATCH)
         );
         let adopted = azure(
             &[(OWNER_TAG, owner), ("team", "a"), (ADOPTED_TAG, "true")],
             "eastus",
         );
-        assert_eq!(plan(&spec(true), owner, Some(&adopted)), Plan::InSync);
+        assert_eq!(
+            plan(&spec(true), owner, Some(&adopted), Ok(())),
+            Plan::InSync
+        );
+        // Adoption needs a policy, keeps the identity's tags, and never takes another
+        // cluster's identity with the same namespace and name.
+        assert!(
+            matches!(plan(&spec(true), owner, Some(&foreign), Err("no".into())), Plan::Refuse { reason, .. } if reason == reasons::DENIED_BY_POLICY)
+        );
+        let tagged = azure(&[("cost-center", "42")], "eastus");
+        assert!(
+            matches!(plan(&spec(true), owner, Some(&tagged), Ok(())), Plan::UpdateTags { tags, .. } if tags["cost-center"] == "42" && tags["team"] == "a")
+        );
+        let other_cluster = azure(&[(OWNER_TAG, "c2/ns/id")], "eastus");
+        assert!(
+            matches!(plan(&spec(true), owner, Some(&other_cluster), Ok(())), Plan::Refuse { reason, .. } if reason == reasons::ALREADY_EXISTS)
+        );
     }
 }

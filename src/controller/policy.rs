@@ -6,6 +6,7 @@
 //! role definition GUID) for it to be allowed.
 
 use crate::api::policy::{BindingRule, ComputePattern, GrantPolicy, ScopeRule};
+use crate::azure::scope::ArmScope;
 
 /// A role as resolved from ARM: its definition GUID and its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,39 +67,36 @@ fn eq_ci(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-/// `scope` (an ARM scope such as `/subscriptions/s/resourceGroups/rg`) is `prefix` or below it,
-/// compared case-insensitively on whole path segments.
-pub fn scope_within(scope: &str, prefix: &str) -> bool {
-    let scope = scope.trim_end_matches('/');
-    let prefix = prefix.trim_end_matches('/');
-    if scope.len() < prefix.len() || !eq_ci(&scope[..prefix.len()], prefix) {
-        return false;
+/// `scope` is `outer` or below it: both parsed as canonical ARM scopes and compared segment by
+/// segment, case-insensitively (`.../DevTest2` is not inside `.../DevTest`). A scope that does
+/// not parse is inside nothing.
+pub fn scope_within(scope: &str, outer: &str) -> bool {
+    match (ArmScope::parse(scope), ArmScope::parse(outer)) {
+        (Ok(scope), Ok(outer)) => scope.is_within(&outer),
+        _ => false,
     }
-    scope.len() == prefix.len() || scope.as_bytes()[prefix.len()] == b'/'
 }
 
-fn scope_rule_matches(rule: &ScopeRule, scope: &str, default_subscription: Option<&str>) -> bool {
+fn scope_rule_matches(
+    rule: &ScopeRule,
+    scope: &ArmScope,
+    default_subscription: Option<&str>,
+) -> bool {
+    let within = |outer: &str| ArmScope::parse(outer).is_ok_and(|o| scope.is_within(&o));
     if let Some(rg) = &rule.resource_group {
         let Some(sub) = rg.subscription_id.as_deref().or(default_subscription) else {
             return false;
         };
         if rg.name == "*" {
-            let sub_scope = format!("/subscriptions/{sub}");
-            let parts: Vec<&str> = scope.trim_matches('/').split('/').collect();
-            return parts.len() >= 4
-                && eq_ci(parts[2], "resourceGroups")
-                && scope_within(scope, &sub_scope);
+            return scope.resource_group().is_some() && within(&format!("/subscriptions/{sub}"));
         }
-        return scope_within(
-            scope,
-            &format!("/subscriptions/{sub}/resourceGroups/{}", rg.name),
-        );
+        return within(&format!("/subscriptions/{sub}/resourceGroups/{}", rg.name));
     }
     if let Some(sub) = &rule.subscription {
-        return scope_within(scope, &format!("/subscriptions/{}", sub.subscription_id));
+        return within(&format!("/subscriptions/{}", sub.subscription_id));
     }
     if let Some(prefix) = &rule.resource_id_prefix {
-        return scope_within(scope, prefix);
+        return within(prefix);
     }
     false
 }
@@ -109,12 +107,12 @@ fn role_matches(allowed: &str, role: &ResolvedRole) -> bool {
     eq_ci(allowed, &role.name) || eq_ci(allowed_guid, &role.guid)
 }
 
-/// May `namespace` grant `role` at `scope` (an ARM scope id)?
+/// May `namespace` grant `role` at `scope` (a canonical ARM scope)?
 pub fn check_grant(
     policies: &[GrantPolicy],
     namespace: &str,
     role: &ResolvedRole,
-    scope: &str,
+    scope: &ArmScope,
     default_subscription: Option<&str>,
 ) -> Decision {
     for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
@@ -188,6 +186,31 @@ pub fn check_binding(
     ))
 }
 
+/// May `namespace` adopt an existing identity in `resource_group` of `subscription`?
+pub fn check_adoption(
+    policies: &[GrantPolicy],
+    namespace: &str,
+    subscription: &str,
+    resource_group: &str,
+    default_subscription: Option<&str>,
+) -> Decision {
+    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
+        let allowed = policy.spec.identity_adoption.iter().any(|rule| {
+            rule.subscription_id
+                .as_deref()
+                .or(default_subscription)
+                .is_some_and(|s| eq_ci(s, subscription))
+                && (rule.resource_group == "*" || eq_ci(&rule.resource_group, resource_group))
+        });
+        if allowed {
+            return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    Decision::Denied(format!(
+        "no GrantPolicy allows namespace {namespace} to adopt identities from resource group {resource_group}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,8 +237,12 @@ mod tests {
         }
     }
 
-    fn rg_scope(rg: &str) -> String {
-        format!("/subscriptions/{SUB}/resourceGroups/{rg}")
+    fn sc(s: &str) -> ArmScope {
+        ArmScope::parse(s).unwrap()
+    }
+
+    fn rg_scope(rg: &str) -> ArmScope {
+        sc(&format!("/subscriptions/{SUB}/resourceGroups/{rg}"))
     }
 
     #[test]
@@ -237,10 +264,10 @@ mod tests {
                 &ps,
                 "team-a",
                 &reader(),
-                &format!(
+                &sc(&format!(
                     "{}/providers/Microsoft.Storage/storageAccounts/x",
                     rg_scope("DevTest")
-                ),
+                )),
                 Some(SUB)
             )
             .is_allowed()
@@ -253,7 +280,7 @@ mod tests {
                 &ps,
                 "team-a",
                 &reader(),
-                &format!("/subscriptions/{SUB}"),
+                &sc(&format!("/subscriptions/{SUB}")),
                 Some(SUB)
             )
             .is_allowed()
@@ -280,7 +307,7 @@ mod tests {
                 &ps,
                 "any",
                 &reader(),
-                &format!("/subscriptions/{SUB}"),
+                &sc(&format!("/subscriptions/{SUB}")),
                 None
             )
             .is_allowed()
@@ -319,11 +346,49 @@ mod tests {
 
     #[test]
     fn scope_within_respects_segments() {
+        let s = |x: &str| format!("/subscriptions/{SUB}{x}");
         assert!(scope_within(
-            "/subscriptions/a/resourceGroups/rg",
-            "/subscriptions/A"
+            &s("/resourceGroups/rg"),
+            &format!("/SUBSCRIPTIONS/{}", SUB.to_uppercase())
         ));
-        assert!(!scope_within("/subscriptions/ab", "/subscriptions/a"));
-        assert!(scope_within("/subscriptions/a/", "/subscriptions/a"));
+        assert!(!scope_within(
+            &s("/resourceGroups/DevTest2"),
+            &s("/resourceGroups/DevTest")
+        ));
+        assert!(scope_within(
+            &s("/resourceGroups/devtest/x"),
+            &s("/resourceGroups/DevTest")
+        ));
+        // Not canonical: inside nothing.
+        assert!(!scope_within(&s("/"), &s("")));
+        assert!(!scope_within(
+            &s("/resourceGroups/DevTest/../.."),
+            &s("/resourceGroups/DevTest")
+        ));
+        // A non-ASCII character straddling the end of the policy's prefix: no panic, no match.
+        assert!(!scope_within(
+            &s("/resourceGroups/DevTeé"),
+            &s("/resourceGroups/DevTest")
+        ));
+    }
+
+    #[test]
+    fn a_resource_id_prefix_matches_whole_segments() {
+        let p = policy(serde_json::json!({"namespaces": ["*"], "roleGrants": [
+            {"roles": ["Reader"], "scopes": [{"resourceIdPrefix": format!("/subscriptions/{SUB}/resourceGroups/DevTest")}]}]}));
+        let ps = [p];
+        assert!(check_grant(&ps, "a", &reader(), &rg_scope("DEVTEST"), None).is_allowed());
+        assert!(!check_grant(&ps, "a", &reader(), &rg_scope("DevTest2"), None).is_allowed());
+    }
+
+    #[test]
+    fn adoption_needs_a_rule() {
+        let p = policy(serde_json::json!({"namespaces": ["team-a"],
+            "identityAdoption": [{"resourceGroup": "Shared"}]}));
+        let ps = [p];
+        assert!(check_adoption(&ps, "team-a", SUB, "shared", Some(SUB)).is_allowed());
+        assert!(!check_adoption(&ps, "team-a", SUB, "DevTest", Some(SUB)).is_allowed());
+        assert!(!check_adoption(&ps, "team-b", SUB, "Shared", Some(SUB)).is_allowed());
+        assert!(!check_adoption(&[], "team-a", SUB, "Shared", Some(SUB)).is_allowed());
     }
 }

@@ -45,3 +45,7 @@ pub const FORBIDDEN: &str = "Forbidden";
 pub const KUBERNETES_ERROR: &str = "KubernetesError";
 /// The location in Azure differs from the spec (location is immutable in Azure).
 pub const LOCATION_MISMATCH: &str = "LocationMismatch";
+/// The scope is not a canonical ARM scope; nothing is sent to ARM.
+pub const INVALID_SCOPE: &str = "InvalidScope";
+/// The ConfigMap named in `exportTo` exists and was not created for this identity.
+pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";

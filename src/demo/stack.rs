@@ -62,6 +62,8 @@ pub struct StackOptions {
     /// by the RBAC objects in the sandbox, with the controller's Lease in that namespace. `None`
     /// runs them as administrators.
     pub service_accounts: Option<String>,
+    /// The controller's cluster name (part of the identities' owner tag).
+    pub cluster_name: String,
 }
 
 impl StackOptions {
@@ -74,6 +76,7 @@ impl StackOptions {
             controller: true,
             agents: true,
             service_accounts: None,
+            cluster_name: "sandbox".into(),
         })
     }
 }
@@ -106,6 +109,7 @@ pub fn controller_options(
     Ok(ControllerOptions {
         arm_endpoint: arm.clone(),
         arm_scope: "https://management.azure.com/.default".into(),
+        cluster_name: "sandbox".into(),
         credential: CredentialConfig::ClientSecret {
             authority_host: authority.clone(),
             tenant_id: world.tenant_id.clone(),
@@ -178,6 +182,7 @@ impl Stack {
             &self.emulator.authority_host(),
             self.opts.resync_period,
         )?;
+        opts.cluster_name = self.opts.cluster_name.clone();
         let lease_namespace = self.opts.service_accounts.as_deref().unwrap_or("default");
         opts.lease = holder.map(|h| {
             LeaseConfig::new(

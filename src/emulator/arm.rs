@@ -795,7 +795,7 @@ async fn run(
         ("PUT", Route::ResourceGroup { sub, rg }) => rg_put(&mut st, sub, rg, body).into(),
         ("GET", Route::Identity { sub, rg, name }) => identity_get(&st, sub, rg, name).into(),
         ("PUT", Route::Identity { sub, rg, name }) => {
-            identity_put(inner, &mut st, sub, rg, name, body).into()
+            identity_put(inner, &mut st, sub, rg, name, headers, body).into()
         }
         ("PATCH", Route::Identity { sub, rg, name }) => {
             identity_patch(&mut st, sub, rg, name, body).into()
@@ -973,6 +973,7 @@ fn identity_put(
     sub: &str,
     rg: &str,
     name: &str,
+    headers: &HeaderMap,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
     if !valid_identity_name(name) {
@@ -1008,6 +1009,18 @@ fn identity_put(
         json!({})
     };
     let key = identity_key(sub, rg, name);
+    // As ARM: `If-None-Match: *` creates only; an existing resource answers 412.
+    let create_only = headers
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "*");
+    if create_only && st.identities.contains_key(&key) {
+        return arm_err(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "The condition specified using HTTP conditional header(s) is not met.",
+        );
+    }
     if let Some(existing) = st.identities.get_mut(&key) {
         if !eq(
             &existing.location.replace(' ', ""),
