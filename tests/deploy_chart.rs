@@ -46,6 +46,7 @@ fn run_helm(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Rendered with the one required value, `clusterName`, and the chart's defaults otherwise.
 fn render(extra: &[&str]) -> String {
     let mut args = vec![
         "template",
@@ -54,6 +55,8 @@ fn render(extra: &[&str]) -> String {
         "--namespace",
         "uami-system",
         "--include-crds",
+        "--set",
+        "clusterName=my-cluster",
     ];
     args.extend_from_slice(extra);
     run_helm(&args)
@@ -136,7 +139,7 @@ fn committed_manifests_match_the_chart() {
     let committed = std::fs::read_to_string(root().join(MANIFESTS)).unwrap();
     assert!(
         rendered == committed,
-        "{MANIFESTS} is out of date; regenerate it with:\n  .tools/bin/helm template uami-controller {CHART} --namespace uami-system --include-crds > {MANIFESTS}"
+        "{MANIFESTS} is out of date; regenerate it with:\n  .tools/bin/helm template uami-controller {CHART} --namespace uami-system --include-crds --set clusterName=my-cluster > {MANIFESTS}"
     );
 }
 
@@ -271,6 +274,9 @@ fn defaults_are_safe() {
             );
         }
     }
+    // Policy fails closed: no GrantPolicy unless a value turns the default one on.
+    assert!(!objects.iter().any(|o| o["kind"] == "GrantPolicy"));
+    let objects = docs(&render(&["--set", "defaultGrantPolicy.enabled=true"]));
     let policy = find(&objects, "GrantPolicy", "default");
     assert_eq!(
         policy["spec"]["roleGrants"][0]["roles"],
