@@ -235,12 +235,23 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         // A policy that stops allowing a grant revokes it: the assignment this controller made
         // is deleted (never an adopted one, never one another allowed grant still uses).
         let checked = format!("denied/{}", expected.name);
+        let mut next = Action::await_change();
         let revoked = if ctx.recently_checked(&key, &checked) {
             false
         } else {
-            let revoked = revoke(&obj, ctx, &expected).await?;
-            ctx.mark_checked(&key, checked);
-            revoked
+            match revoke(&obj, ctx, &expected).await {
+                Ok(revoked) => {
+                    ctx.mark_checked(&key, checked);
+                    revoked
+                }
+                Err(e) => {
+                    // Denied either way; whether something must be revoked is looked at again
+                    // at the next resync (the scope may not even be readable by the controller).
+                    tracing::warn!(grant = %key, error = %e, "could not check for an assignment to revoke");
+                    next = resync.clone();
+                    false
+                }
+            }
         };
         if revoked {
             ctx.event(
@@ -269,7 +280,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         status.role_assignment_id = None;
         status.adopted = None;
         write_status(&obj, ctx, status).await?;
-        return Ok(Action::await_change());
+        return Ok(next);
     }
 
     let name = expected.name.clone();

@@ -441,6 +441,11 @@ fn current_conditions(
         .unwrap_or_default()
 }
 
+/// Whether a GrantPolicy refused this identity (adoption): a policy change looks at it again.
+pub fn denied_by_policy(obj: &UserAssignedIdentity) -> bool {
+    condition_is(obj, reasons::DENIED_BY_POLICY)
+}
+
 fn condition_is(obj: &UserAssignedIdentity, reason: &str) -> bool {
     current_conditions(obj)
         .iter()

@@ -121,6 +121,9 @@ pub async fn run_controllers(
     // A GrantPolicy change re-evaluates every binding and grant.
     let (b_all_tx, b_all_rx) = mpsc::unbounded_channel::<()>();
     let (g_all_tx, g_all_rx) = mpsc::unbounded_channel::<()>();
+    // ... and every identity whose adoption a policy refused.
+    let (id_denied_tx, id_denied_rx) = mpsc::unbounded_channel::<ObjectRef<UserAssignedIdentity>>();
+    let id_store = stores.identities.clone();
     let policy_watch = reflector::reflector(policy_writer, watcher(policies, wc.clone()))
         .touched_objects()
         .for_each(move |ev| {
@@ -129,6 +132,11 @@ pub async fn run_controllers(
             } else {
                 let _ = b_all_tx.send(());
                 let _ = g_all_tx.send(());
+                for id in id_store.state() {
+                    if identity::denied_by_policy(&id) {
+                        let _ = id_denied_tx.send(ObjectRef::from_obj(&*id));
+                    }
+                }
             }
             futures::future::ready(())
         });
@@ -177,6 +185,7 @@ pub async fn run_controllers(
         .for_each(|_| futures::future::ready(()));
 
     let id_run = id_ctrl
+        .reconcile_on(unbounded(id_denied_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
             timed!("UserAssignedIdentity", identity::reconcile),
