@@ -920,6 +920,52 @@ async fn bindings_remove_only_identities_the_controller_added() {
     stack.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_deleted_before_its_first_reconcile_removes_nothing() {
+    let stack = stack(|o| o.controller = false).await;
+    let admin = Admin::new(&stack);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let first = stack.start_controller(None, stop.clone()).unwrap();
+    stack
+        .apply_yaml(&format!(
+            "{}{}{}",
+            namespace(NS),
+            policy(""),
+            identity("early", "")
+        ))
+        .await
+        .unwrap();
+    let (early, _) = ready_identity(&stack, NS, "early").await;
+    admin.assign_to_my_vm(&early).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), first).await;
+    // While no controller runs, a binding (finalizer already set) is created and deleted: the
+    // controller's first look at it is its cleanup.
+    let yaml = binding_in(NS, "early-b", "early").replace(
+        "namespace: apps}",
+        "namespace: apps, finalizers: [uami.dev/binding]}",
+    );
+    stack.apply_yaml(&yaml).await.unwrap();
+    let api = bindings(&stack, NS);
+    api.delete("early-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let second = stack.start_controller(None, stop.clone()).unwrap();
+    eventually(60, "early-b gone", || async {
+        api.get_opt("early-b").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        vm_has(&stack, &early),
+        "a binding that never assigned removed the identity"
+    );
+    assert_eq!(stack.emulator.counts().total("VirtualMachines_Update"), 1);
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+    stack.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Policy fails closed.
 

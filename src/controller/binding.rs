@@ -18,7 +18,7 @@ use super::context::{Context, object_key};
 use super::error::{ReconcileError, backoff};
 use super::policy::{self, Decision, ResolvedTarget};
 use super::reasons;
-use super::status::{apply_status, arm_reason, needs_update, now, own_conditions};
+use super::status::{FIELD_MANAGER, apply_status, arm_reason, needs_update, now, own_conditions};
 use super::target_writer::{Outcome, Want};
 use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
@@ -56,13 +56,13 @@ async fn record_identity(
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let patch =
         serde_json::json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: identity_id}}});
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(ReconcileError::kube("RecordAssignment"))?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
+        .await
+        .map_err(ReconcileError::kube("RecordAssignment"))?;
     Ok(())
 }
 
