@@ -78,7 +78,7 @@ impl ArmScope {
             ('\\', "a backslash"),
         ] {
             if scope.contains(c) {
-                return fail(&what.to_string());
+                return fail(what);
             }
         }
         let Some(rest) = scope.strip_prefix('/') else {
