@@ -65,6 +65,8 @@ fn render(extra: &[&str]) -> Vec<Value> {
         CHART,
         "--namespace",
         "uami-system",
+        "--set",
+        "clusterName=my-cluster",
     ];
     args.extend_from_slice(extra);
     serde_yaml_ng::Deserializer::from_str(&helm(&args))
