@@ -298,14 +298,14 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         .as_ref()
         .is_some_and(|s| conditions::is_true(&s.conditions, types::GRANTED));
     if granted_before && ctx.recently_checked(&key, &fingerprint) {
-        let status = granted(
-            &obj,
-            scope,
-            &role,
-            &principal_id,
-            current_assignment_id(&obj),
-            obj.status.as_ref().and_then(|s| s.adopted).unwrap_or(false),
-        );
+        let adopted = obj.status.as_ref().and_then(|s| s.adopted).unwrap_or(false);
+        // Our own assignment's id is recomputed, not copied from status.
+        let ours = assignment_id(scope, &name);
+        let id = match current_assignment_id(&obj) {
+            Some(current) if adopted || current.eq_ignore_ascii_case(&ours) => Some(current),
+            _ => Some(ours),
+        };
+        let status = granted(&obj, scope, &role, &principal_id, id, adopted);
         write_status(&obj, ctx, status).await?;
         return Ok(resync);
     }
