@@ -9,6 +9,7 @@
 mod aad;
 mod arm;
 pub mod faults;
+mod fic;
 mod imds;
 pub mod knobs;
 mod lro;

@@ -84,6 +84,17 @@ impl ResourceDef {
             "categories": self.categories,
             "storageVersionHash": "",
         })];
+        if self.plural == "serviceaccounts" && self.group.is_empty() {
+            out.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if self.status_subresource {
             out.push(json!({
                 "name": format!("{}/status", self.plural),
@@ -144,6 +155,7 @@ pub fn builtins() -> Vec<ResourceDef> {
     vec![
         ns,
         builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"]),
+        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
         builtin("", "v1", "events", "Event", true, &["ev"]),
         builtin("events.k8s.io", "v1", "events", "Event", true, &[]),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
