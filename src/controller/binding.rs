@@ -508,6 +508,7 @@ fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
         adopted: current.and_then(|s| s.adopted),
         token: None,
         instances: Vec::new(),
+        ..IdentityBindingStatus::default()
     }
 }
 
