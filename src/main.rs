@@ -251,6 +251,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         }),
         writer: WriterConfig::default(),
+        oidc_issuer: args.oidc_issuer.clone(),
+        authority_host: args.authority_host.clone(),
     };
     let stop = shutdown_token();
     let mut registry = prometheus_client::registry::Registry::default();

@@ -129,6 +129,8 @@ pub fn controller_options(
             default_poll: Duration::from_millis(500),
             ..WriterConfig::default()
         },
+        oidc_issuer: None,
+        authority_host: authority.clone(),
     })
 }
 
@@ -192,6 +194,8 @@ impl Stack {
                 Duration::from_secs(4),
             )
         });
+        // The sandbox is the cluster: its service account tokens carry its issuer.
+        opts.oidc_issuer = Some(self.sandbox.oidc_issuer());
         let client = match &self.opts.service_accounts {
             Some(ns) => self
                 .sandbox
