@@ -81,7 +81,12 @@ async fn roles_grant_exactly_what_the_code_calls() {
         .apply_yaml(include_str!("../examples/workload-identity.yaml"))
         .await
         .unwrap();
-    ready(&bindings(&stack, "workload"), "reporter-identity-for-reporter", 60).await;
+    ready(
+        &bindings(&stack, "workload"),
+        "reporter-identity-for-reporter",
+        60,
+    )
+    .await;
     ready(&grants(&stack, "workload"), "reporter-reads-devtest", 60).await;
     let dp = DeleteParams::default();
     bindings(&stack, "workload")
