@@ -510,3 +510,35 @@ async fn policy_mismatch_and_deletion_order() {
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_stops_allowing_takes_the_trust_back() {
+    let stack = stack(3, |_| {}).await;
+    stack.apply_yaml(EXAMPLE).await.unwrap();
+    ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
+    assert_eq!(fics(&stack).len(), 1);
+    Api::<uami_controller::api::GrantPolicy>::all(stack.client())
+        .delete("workload-reporter", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Seen at the latest on the next resync.
+    let b = eventually(30, "revoked", || async {
+        let b = bindings(&stack, NS)
+            .get("reporter-identity-for-reporter")
+            .await
+            .ok()?;
+        (reason(&b)?.1 == "DeniedByPolicy" && b.status.as_ref()?.assigned == Some(false))
+            .then_some(b)
+    })
+    .await;
+    assert!(b.status.unwrap().token.is_none());
+    assert!(fics(&stack).is_empty(), "{:?}", fics(&stack));
+    let sa = sa_api(&stack, NS).get("reporter").await.unwrap();
+    assert!(
+        !sa.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CLIENT_ID)
+    );
+    stack.stop().await;
+}

@@ -160,7 +160,7 @@ pub struct IdentityBindingStatus {
     /// Service account targets: each scope granted to the identity (by RoleGrants with
     /// `verifyAccess`), read with the exchanged token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["roleGrant"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     #[schemars(length(max = 100))]
     pub access: Vec<ScopeAccess>,
 }

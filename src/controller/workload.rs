@@ -53,6 +53,8 @@ pub const GRANT_FIELD_MANAGER: &str = "uami-token-exchange";
 
 /// Event reason of a repair (the VM path uses the same).
 const DRIFT_DETECTED: &str = "DriftDetected";
+/// Event reason when a policy stops allowing a binding and its trust is removed.
+const REVOKED: &str = "Revoked";
 /// How soon a binding whose token check did not fully pass looks again (a new role assignment
 /// takes a while to take effect).
 const RECHECK: Duration = Duration::from_secs(5);
@@ -229,12 +231,24 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
             )
             .await;
         }
-        write_status(
-            &obj,
-            ctx,
-            waiting(&obj, reasons::DENIED_BY_POLICY, &message),
-        )
-        .await?;
+        let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
+        if obj.status.as_ref().and_then(|s| s.assigned) == Some(true) {
+            // A policy no longer allows what this binding made: take it back.
+            remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+            ctx.forget_checked(&object_key(&*obj));
+            ctx.event(
+                &*obj,
+                true,
+                REVOKED,
+                "DeleteFederatedCredential",
+                format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
+            )
+            .await;
+            status.assigned = Some(false);
+            status.token = None;
+            status.access = Vec::new();
+        }
+        write_status(&obj, ctx, status).await?;
         return Ok(Action::await_change());
     }
     if let Some(other) = earlier_binding_of_service_account(ctx, &obj, &ns, &sa) {
@@ -765,6 +779,19 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
     else {
         return Ok(Action::await_change());
     };
+    remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+    Ok(Action::await_change())
+}
+
+/// Delete the credential this binding made (never an adopted one), then the service account's
+/// annotations when they still name this identity.
+async fn remove_trust(
+    ctx: &Context,
+    obj: &IdentityBinding,
+    id: &ReadyIdentity,
+    ns: &str,
+    sa: &str,
+) -> Result<(), ReconcileError> {
     let adopted = obj.status.as_ref().and_then(|s| s.adopted) == Some(true);
     let name = obj
         .status
@@ -779,16 +806,16 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
             .await
             .map_err(ReconcileError::arm("DeleteFederatedCredential"))?;
     }
-    let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+    let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(account) = sa_api
-        .get_opt(&sa)
+        .get_opt(sa)
         .await
         .map_err(ReconcileError::kube("GetServiceAccount"))?
         && account.annotations().get(CLIENT_ID_ANNOTATION) == Some(&id.client_id)
     {
         sa_api
             .patch(
-                &sa,
+                sa,
                 &PatchParams::default(),
                 &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
                     CLIENT_ID_ANNOTATION: null,
@@ -798,7 +825,7 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
             .await
             .map_err(ReconcileError::kube("AnnotateServiceAccount"))?;
     }
-    Ok(Action::await_change())
+    Ok(())
 }
 
 fn reason_is(obj: &IdentityBinding, reason: &str) -> bool {
