@@ -179,6 +179,25 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
         && r.verb == "create"
         && r.code == 201));
 
+    // Every federated identity credential request and answer follows the MSI document.
+    let (errors, checked, unchecked) = support::armspec::validate_journal(
+        &journal
+            .iter()
+            .filter(|e| e.operation.starts_with("FederatedIdentityCredentials_"))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    assert!(
+        checked >= 2 && unchecked.is_empty(),
+        "{checked} checked, {unchecked:?} not"
+    );
+    assert!(
+        journal
+            .iter()
+            .any(|e| e.operation == "FederatedIdentityCredentials_CreateOrUpdate")
+    );
+
     // Steady state: a few resyncs read, never write.
     stack.emulator.reset_counts();
     tokio::time::sleep(Duration::from_secs(8)).await;
