@@ -58,6 +58,8 @@ const REVOKED: &str = "Revoked";
 /// How soon a binding whose token check did not fully pass looks again (a new role assignment
 /// takes a while to take effect).
 const RECHECK: Duration = Duration::from_secs(5);
+/// How soon a binding whose token exchange was refused tries again.
+const RETRY_EXCHANGE: Duration = Duration::from_secs(30);
 /// How soon a binding waiting for its identity or service account looks again.
 const WAIT: Duration = Duration::from_secs(2);
 
@@ -334,7 +336,8 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
     annotate(ctx, &obj, &sa_api, &account, &id, assigned_before).await?;
 
     let check = check_token(ctx, &wl, &obj, &ns, &sa, &id).await;
-    let all_verified = check.token.is_some() && check.access.iter().all(|a| a.verified);
+    let exchanged = check.token.is_some();
+    let all_verified = exchanged && check.access.iter().all(|a| a.verified);
     let status = summary(&obj, &id, &credential, adopted, &check);
     if !assigned_before {
         ctx.event(
@@ -355,7 +358,12 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
         Ok(resync)
     } else {
         ctx.forget_checked(&key);
-        Ok(Action::requeue(RECHECK))
+        // A refused exchange needs a change somewhere; access only needs time to propagate.
+        Ok(Action::requeue(if exchanged {
+            RECHECK
+        } else {
+            RETRY_EXCHANGE
+        }))
     }
 }
 
