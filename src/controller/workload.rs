@@ -60,8 +60,11 @@ const REVOKED: &str = "Revoked";
 const RECHECK: Duration = Duration::from_secs(5);
 /// How soon a binding whose token exchange was refused tries again.
 const RETRY_EXCHANGE: Duration = Duration::from_secs(30);
-/// How soon a binding waiting for its identity or service account looks again.
+/// How soon a binding waiting for its identity looks again.
 const WAIT: Duration = Duration::from_secs(2);
+/// How soon a binding waiting for its service account looks again (service accounts are not
+/// watched).
+const WAIT_FOR_SERVICE_ACCOUNT: Duration = Duration::from_secs(5);
 
 /// Conditions this controller writes on a service account binding.
 const OWN: &[&str] = &[types::ASSIGNED, types::TOKEN_ACQUIRED, types::READY];
@@ -279,7 +282,7 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
             waiting(&obj, reasons::SERVICE_ACCOUNT_NOT_FOUND, &message),
         )
         .await?;
-        return Ok(Action::requeue(WAIT.max(Duration::from_secs(5))));
+        return Ok(Action::requeue(WAIT_FOR_SERVICE_ACCOUNT));
     };
 
     let key = object_key(&*obj);
