@@ -155,7 +155,6 @@ pub fn builtins() -> Vec<ResourceDef> {
     vec![
         ns,
         builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"]),
-        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
         builtin("", "v1", "events", "Event", true, &["ev"]),
         builtin("events.k8s.io", "v1", "events", "Event", true, &[]),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
