@@ -703,7 +703,7 @@ fn list(
         .and_then(|l| l.parse().ok())
         .filter(|l| *l > 0)
         .unwrap_or(usize::MAX);
-    let after: Option<(String, String)> = match q.get("continue").filter(|c| !c.is_empty()) {
+    let after: Option<(String, String, u64)> = match q.get("continue").filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => {
             let decoded =
@@ -725,9 +725,14 @@ fn list(
                 ));
             }
             let (n, name) = key.split_once('/').unwrap_or(("", key));
-            Some((n.to_string(), name.to_string()))
+            Some((n.to_string(), name.to_string(), rv.parse::<u64>().unwrap_or(0)))
         }
     };
+    // Every page of one list reports the resourceVersion of its first page, as kube-apiserver
+    // does. The pages are not a snapshot (there is no MVCC here), but a watch started from that
+    // resourceVersion replays every change made while the pages were read, so nothing is lost.
+    let list_rv = after.as_ref().map_or(store.rv, |(_, _, rv)| *rv);
+    let after = after.map(|(n, name, _)| (n, name));
     let ns = t.namespace.clone();
     let mut items: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
@@ -741,8 +746,6 @@ fn list(
                 continue;
             }
             if items.len() == limit {
-                let token = format!("{}|{n}/{name}", store.rv);
-                let _ = token;
                 break;
             }
             items.push(with_type(&t.def, obj));
@@ -761,14 +764,14 @@ fn list(
             next = more.then(|| {
                 base64::Engine::encode(
                     &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                    format!("{}|{last}", store.rv),
+                    format!("{list_rv}|{last}"),
                 )
             });
         } else {
             next = None;
         }
     }
-    let rv = store.rv.to_string();
+    let rv = list_rv.to_string();
     if wants_table(headers) {
         let raw: Vec<Value> = items;
         return Ok(json_response(
