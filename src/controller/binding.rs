@@ -25,10 +25,6 @@ use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
 use crate::azure::compute::{ComputeTarget, TargetKind};
 
-/// How soon an object waiting for its identity looks again. The trigger from the identity watch
-/// can arrive before the identity cache has the change, so waiting does not rely on it alone.
-const WAIT_FOR_IDENTITY: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Finalizer of bindings.
 pub const FINALIZER: &str = "uami.dev/binding";
 
@@ -119,7 +115,6 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<IdentityBinding> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = object_key(&*obj);
     let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
         match event {
             // Service accounts (workload identity) have their own path.
@@ -136,7 +131,7 @@ pub async fn reconcile(
     .await
     .map_err(ReconcileError::from_finalizer);
     match &result {
-        Ok(_) => ctx.record_success(&key),
+        Ok(_) => {}
         Err(e) => {
             if let ReconcileError::Arm { source, .. } = e {
                 let reason = arm_reason(source);
@@ -241,7 +236,8 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             waiting(&obj, &target, reasons::IDENTITY_NOT_FOUND, &message),
         )
         .await?;
-        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
+        // The identity's change wakes this object; the resync covers a missed event.
+        return Ok(resync);
     };
     let Some(identity_id) = identity
         .status
@@ -265,7 +261,8 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             waiting(&obj, &target, reasons::WAITING_FOR_IDENTITY, &message),
         )
         .await?;
-        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
+        // The identity's change wakes this object; the resync covers a missed event.
+        return Ok(resync);
     };
 
     let key = object_key(&*obj);
@@ -311,6 +308,8 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
     };
     let me = ObjectRef::from_obj(&*obj);
     if current.identity.has_user_assigned(&identity_id) {
+        // The write succeeded: a later failure starts its backoff from the beginning.
+        ctx.record_success(&format!("{key}/write"));
         let outcome = ctx.writer.outcome(&target, &identity_id);
         let mut ours =
             recorded_identity(&obj).is_some_and(|r| r.eq_ignore_ascii_case(&identity_id));
@@ -435,6 +434,7 @@ async fn remove_identity(
         .await
         .map_err(ReconcileError::arm("GetTarget"))?;
     if !current.is_some_and(|c| c.identity.has_user_assigned(identity_id)) {
+        ctx.record_success(&format!("{key}/write"));
         ctx.writer.forget(target, identity_id);
         return Ok(Removal::Gone);
     }

@@ -72,6 +72,16 @@ impl ReconcileError {
         }
     }
 
+    /// Whether retrying cannot succeed before something changes: an ARM answer that is not
+    /// retryable (a 4xx other than throttling and the transient codes, such as invalid input or
+    /// a conflict with a resource the controller does not own).
+    pub fn is_terminal(&self) -> bool {
+        match self {
+            ReconcileError::Arm { source, .. } => !source.is_retryable(),
+            _ => false,
+        }
+    }
+
     /// The wait the server asked for (`Retry-After`), if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

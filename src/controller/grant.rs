@@ -23,10 +23,6 @@ use crate::api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
 use crate::azure::roles::{RoleAssignment, RoleDefinition, assignment_name, role_definition_guid};
 use crate::azure::scope::ArmScope;
 
-/// How soon an object waiting for its identity looks again. The trigger from the identity watch
-/// can arrive before the identity cache has the change, so waiting does not rely on it alone.
-const WAIT_FOR_IDENTITY: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Finalizer of grants.
 pub const FINALIZER: &str = "uami.dev/grant";
 
@@ -97,7 +93,6 @@ pub fn split_assignment_id(id: &str) -> Option<(&str, &str)> {
 pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<RoleGrant> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = object_key(&*obj);
     let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
@@ -107,7 +102,7 @@ pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action,
     .await
     .map_err(ReconcileError::from_finalizer);
     match &result {
-        Ok(_) => ctx.record_success(&key),
+        Ok(_) => {}
         Err(e) => {
             if let ReconcileError::Arm { source, .. } = e {
                 let reason = arm_reason(source);
@@ -172,7 +167,8 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             waiting(&obj, reasons::IDENTITY_NOT_FOUND, &message),
         )
         .await?;
-        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
+        // The identity's change wakes this object; the resync covers a missed event.
+        return Ok(resync);
     };
     let Some(principal_id) = identity
         .status
@@ -187,7 +183,8 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             waiting(&obj, reasons::WAITING_FOR_IDENTITY, &message),
         )
         .await?;
-        return Ok(Action::requeue(WAIT_FOR_IDENTITY));
+        // The identity's change wakes this object; the resync covers a missed event.
+        return Ok(resync);
     };
     let subscription = scope.subscription().to_string();
     let Some(role) = ctx
@@ -328,6 +325,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         .await
         .map_err(ReconcileError::arm("GetRoleAssignment"))?
     {
+        ctx.record_success(&format!("{key}/principal"));
         ctx.mark_checked(&key, fingerprint);
         write_status(
             &obj,

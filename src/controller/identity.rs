@@ -19,12 +19,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::context::Context;
+use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::policy::{self, Decision};
 use super::reasons;
 use super::status::{FIELD_MANAGER, apply_status, needs_update};
-use crate::api::conditions::{NewCondition, set_condition, types};
+use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::{
     DeletionPolicy, UserAssignedIdentity, UserAssignedIdentitySpec, UserAssignedIdentityStatus,
 };
@@ -184,6 +184,24 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         write_status(&obj, ctx, status).await?;
         return Ok(Action::await_change());
     };
+    let key = object_key(&*obj);
+    let fingerprint = format!(
+        "{:?}/{}/{}/{}/{:?}",
+        obj.metadata.generation,
+        at.subscription.to_lowercase(),
+        at.resource_group.to_lowercase(),
+        at.name.to_lowercase(),
+        obj.spec.tags
+    );
+    let ready = obj.status.as_ref().is_some_and(|s| {
+        s.observed_generation == obj.metadata.generation
+            && s.resource_id.is_some()
+            && conditions::is_true(&s.conditions, types::READY)
+    });
+    if ready && obj.spec.export_to.is_none() && ctx.recently_checked(&key, &fingerprint) {
+        // A pass caused by our own status write: Azure was read moments ago.
+        return Ok(Action::requeue(ctx.settings.jittered_resync()));
+    }
     let ids = &ctx.azure.identities;
     let current = ids
         .get_identity(&at.subscription, &at.resource_group, &at.name)
@@ -293,10 +311,12 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         now(),
     );
     write_status(&obj, ctx, status).await?;
+    ctx.mark_checked(&key, fingerprint);
     Ok(Action::requeue(ctx.settings.jittered_resync()))
 }
 
 async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, ReconcileError> {
+    ctx.forget_checked(&object_key(&*obj));
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let dependents = dependents(ctx, &ns, &name);

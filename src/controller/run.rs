@@ -1,6 +1,7 @@
-//! Wiring: one `kube::runtime::Controller` per kind sharing one [`Context`], the watches that
-//! requeue dependents (a binding or grant when its identity changes, all of them when a
-//! GrantPolicy changes, a binding when its target's writer finishes), and graceful shutdown.
+//! Wiring: one watch and one shared store per kind, one `kube::runtime::Controller` per kind
+//! sharing one [`Context`], the triggers that requeue dependents (a binding or grant when its
+//! identity changes, all of them when a GrantPolicy changes, a binding when its target's writer
+//! finishes), and graceful shutdown.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,6 +49,12 @@ where
         tracing::info!(kind = %K::kind(&()), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), %message, "waiting");
         return Action::requeue(*retry);
     }
+    if err.is_terminal() {
+        // Retrying will not help until something changes: the object's spec (a new generation
+        // triggers a reconcile), a related object (its trigger), or Azure (seen at the resync).
+        tracing::warn!(kind = %K::kind(&()), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), step = err.category(), error = %err, "reconcile failed; not retrying before a change or the resync");
+        return Action::requeue(ctx.settings.jittered_resync());
+    }
     if let ReconcileError::Finalizer(message) = err {
         // Adding or removing the finalizer raced a cache that had not seen our last write yet
         // (the JSON patch's test failed): look again shortly, without growing the backoff.
@@ -72,9 +79,17 @@ macro_rules! timed {
     ($kind:expr, $f:path) => {
         |obj, ctx: Arc<Context>| async move {
             let started = Instant::now();
+            let key = object_key(&*obj);
             let result = $f(obj, ctx.clone()).await;
             let label = match &result {
-                Ok(_) => "success",
+                Ok(_) => {
+                    // A success ends the object's run of failures: the next failure starts the
+                    // backoff from the beginning.
+                    ctx.record_success(&key);
+                    "success"
+                }
+                // Waiting (for dependents, for Azure) is not a failure.
+                Err(ReconcileError::Waiting { .. }) => "waiting",
                 Err(e) => e.category(),
             };
             ctx.metrics.observe($kind, label, started.elapsed());
@@ -83,7 +98,45 @@ macro_rules! timed {
     };
 }
 
+/// Capacity of each shared store's event fan-out. A full buffer holds the reflector back until the
+/// slowest controller has taken its triggers (nothing is dropped).
+const SHARED_BUFFER: usize = 4096;
+
+/// Keep `writer`'s store current from a watch of `api`; watch errors are logged and retried with
+/// backoff.
+fn drive<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    tokio::spawn(
+        watcher(api, wc)
+            .default_backoff()
+            .reflect_shared(writer)
+            .for_each(move |ev| {
+                if let Err(e) = ev {
+                    tracing::warn!(kind = %kind, error = %e, "watch error");
+                }
+                futures::future::ready(())
+            }),
+    )
+}
+
 /// Run the three controllers until `shutdown` resolves; in-flight reconciles finish first.
+///
+/// Each kind has one watch and one store, shared by every controller that reads it: a binding or
+/// grant is triggered by its identity's change only after the identity store holds that change,
+/// so a reconcile never sees an identity older than the event that woke it.
 pub async fn run_controllers(
     client: Client,
     parts: ControllerParts,
@@ -97,15 +150,33 @@ pub async fn run_controllers(
     let grants: Api<RoleGrant> = Api::all(client.clone());
     let policies: Api<GrantPolicy> = Api::all(client.clone());
 
-    let id_ctrl = Controller::new(identities.clone(), wc.clone()).with_config(cfg.clone());
-    let b_ctrl = Controller::new(bindings, wc.clone()).with_config(cfg.clone());
-    let g_ctrl = Controller::new(grants, wc.clone()).with_config(cfg);
+    let (id_store, id_writer) = reflector::store_shared(SHARED_BUFFER);
+    let (b_store, b_writer) = reflector::store_shared(SHARED_BUFFER);
+    let (g_store, g_writer) = reflector::store_shared(SHARED_BUFFER);
     let (policy_store, policy_writer) = reflector::store::<GrantPolicy>();
+    let (
+        Some(id_for_ids),
+        Some(id_for_bindings),
+        Some(id_for_grants),
+        Some(b_for_bindings),
+        Some(g_for_grants),
+    ) = (
+        id_writer.subscribe(),
+        id_writer.subscribe(),
+        id_writer.subscribe(),
+        b_writer.subscribe(),
+        g_writer.subscribe(),
+    )
+    else {
+        // Shared writers always hand out subscriptions.
+        tracing::error!("shared stores refused a subscription; controllers not started");
+        return;
+    };
 
     let stores = Stores {
-        identities: id_ctrl.store(),
-        bindings: b_ctrl.store(),
-        grants: g_ctrl.store(),
+        identities: id_store.clone(),
+        bindings: b_store.clone(),
+        grants: g_store.clone(),
         policies: policy_store,
     };
     let (writer, written) = TargetWriter::new(parts.azure.compute.clone(), parts.writer);
@@ -123,23 +194,28 @@ pub async fn run_controllers(
     let (g_all_tx, g_all_rx) = mpsc::unbounded_channel::<()>();
     // ... and every identity whose adoption a policy refused.
     let (id_denied_tx, id_denied_rx) = mpsc::unbounded_channel::<ObjectRef<UserAssignedIdentity>>();
-    let id_store = stores.identities.clone();
-    let policy_watch = reflector::reflector(policy_writer, watcher(policies, wc.clone()))
-        .touched_objects()
-        .for_each(move |ev| {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "GrantPolicy watch error");
-            } else {
-                let _ = b_all_tx.send(());
-                let _ = g_all_tx.send(());
-                for id in id_store.state() {
-                    if identity::denied_by_policy(&id) {
-                        let _ = id_denied_tx.send(ObjectRef::from_obj(&*id));
-                    }
+    let denied_store = stores.identities.clone();
+    let policy_watch = reflector::reflector(
+        policy_writer,
+        watcher(policies, wc.clone())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear()),
+    )
+    .touched_objects()
+    .for_each(move |ev| {
+        if let Err(e) = ev {
+            tracing::warn!(error = %e, "GrantPolicy watch error");
+        } else {
+            let _ = b_all_tx.send(());
+            let _ = g_all_tx.send(());
+            for id in denied_store.state() {
+                if identity::denied_by_policy(&id) {
+                    let _ = id_denied_tx.send(ObjectRef::from_obj(&*id));
                 }
             }
-            futures::future::ready(())
-        });
+        }
+        futures::future::ready(())
+    });
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -149,17 +225,14 @@ pub async fn run_controllers(
         }
     };
 
-    let b_store = stores.bindings.clone();
-    let b_run = b_ctrl
-        .watches(
-            identities.clone(),
-            wc.clone(),
-            move |id: UserAssignedIdentity| {
-                dependents(&b_store, &id, |b: &IdentityBinding| {
-                    &b.spec.identity_ref.name
-                })
-            },
-        )
+    let b_deps = stores.bindings.clone();
+    let b_run = Controller::for_shared_stream(b_for_bindings, b_store)
+        .with_config(cfg.clone())
+        .watches_shared_stream(id_for_bindings, move |id: Arc<UserAssignedIdentity>| {
+            dependents(&b_deps, &id, |b: &IdentityBinding| {
+                &b.spec.identity_ref.name
+            })
+        })
         .reconcile_all_on(unbounded(b_all_rx))
         .reconcile_on(unbounded(written))
         .graceful_shutdown_on(signal(&shutdown_tx))
@@ -170,10 +243,11 @@ pub async fn run_controllers(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let g_store = stores.grants.clone();
-    let g_run = g_ctrl
-        .watches(identities, wc, move |id: UserAssignedIdentity| {
-            dependents(&g_store, &id, |g: &RoleGrant| &g.spec.identity_ref.name)
+    let g_deps = stores.grants.clone();
+    let g_run = Controller::for_shared_stream(g_for_grants, g_store)
+        .with_config(cfg.clone())
+        .watches_shared_stream(id_for_grants, move |id: Arc<UserAssignedIdentity>| {
+            dependents(&g_deps, &id, |g: &RoleGrant| &g.spec.identity_ref.name)
         })
         .reconcile_all_on(unbounded(g_all_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
@@ -184,7 +258,8 @@ pub async fn run_controllers(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let id_run = id_ctrl
+    let id_run = Controller::for_shared_stream(id_for_ids, id_store)
+        .with_config(cfg)
         .reconcile_on(unbounded(id_denied_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
@@ -194,14 +269,21 @@ pub async fn run_controllers(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let policy_task = tokio::spawn(policy_watch);
+    let reflectors = [
+        drive(identities, wc.clone(), id_writer),
+        drive(bindings, wc.clone(), b_writer),
+        drive(grants, wc, g_writer),
+        tokio::spawn(policy_watch),
+    ];
     let stopper = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight reconciles");
         let _ = shutdown_tx.send(());
     };
     tokio::join!(stopper, id_run, b_run, g_run);
-    policy_task.abort();
+    for r in reflectors {
+        r.abort();
+    }
 }
 
 fn dependents<K>(

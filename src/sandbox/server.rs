@@ -725,7 +725,11 @@ fn list(
                 ));
             }
             let (n, name) = key.split_once('/').unwrap_or(("", key));
-            Some((n.to_string(), name.to_string(), rv.parse::<u64>().unwrap_or(0)))
+            Some((
+                n.to_string(),
+                name.to_string(),
+                rv.parse::<u64>().unwrap_or(0),
+            ))
         }
     };
     // Every page of one list reports the resourceVersion of its first page, as kube-apiserver
