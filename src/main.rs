@@ -245,8 +245,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         default_subscription: args.default_subscription.clone(),
         resync_period: args.resync_period,
         concurrency: args.concurrency,
-        reads_per_second: args.arm_reads_per_second,
-        writes_per_second: args.arm_writes_per_second,
+        reads: (args.arm_reads_floor, args.arm_reads_ceiling),
+        writes: (args.arm_writes_floor, args.arm_writes_ceiling),
         lease: args.leader_election.then(|| {
             LeaseConfig::new(
                 &args.lease_name,

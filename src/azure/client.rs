@@ -136,6 +136,19 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// The remaining budget ARM reports for `kind` (`x-ms-ratelimit-remaining-subscription-*`).
+fn remaining_budget(headers: &reqwest::header::HeaderMap, kind: OpKind) -> Option<u64> {
+    let name = match kind {
+        OpKind::Read => "x-ms-ratelimit-remaining-subscription-reads",
+        OpKind::Write => "x-ms-ratelimit-remaining-subscription-writes",
+        OpKind::Delete => "x-ms-ratelimit-remaining-subscription-deletes",
+    };
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 fn subscription_of(path: &str) -> String {
     let mut parts = path.split('/').filter(|p| !p.is_empty());
     match (parts.next(), parts.next()) {
@@ -275,6 +288,10 @@ impl ArmClient {
                 .inc();
             let headers = resp.headers().clone();
             self.metrics.budget.observe(&subscription, &headers);
+            if let Some(remaining) = remaining_budget(&headers, kind) {
+                self.throttle
+                    .observe(&subscription, kind, remaining, Instant::now());
+            }
             let body = resp
                 .bytes()
                 .await
@@ -282,6 +299,9 @@ impl ArmClient {
             if status == 429 {
                 self.metrics.throttled.get_or_create(&labels).inc();
                 let wait = retry_after(&headers).unwrap_or(Duration::from_secs(1));
+                // Nothing of this kind goes to the subscription before Retry-After has passed.
+                self.throttle
+                    .throttled(&subscription, kind, wait, Instant::now());
                 if attempt < self.opts.max_inline_retries
                     && wait <= self.opts.max_inline_retry_after
                 {

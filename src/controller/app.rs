@@ -14,7 +14,7 @@ use super::run::{ControllerParts, run_with_leadership};
 use super::target_writer::WriterConfig;
 use super::workload::WorkloadSettings;
 use crate::auth::{CredentialConfig, build_credential};
-use crate::azure::throttle::{Rate, ThrottleConfig};
+use crate::azure::throttle::{Pacing, ThrottleConfig};
 use crate::azure::{ArmClient, ArmClientOptions};
 use crate::telemetry::metrics::ReconcileMetrics;
 
@@ -35,10 +35,11 @@ pub struct ControllerOptions {
     pub resync_period: Duration,
     /// Concurrent reconciles per kind.
     pub concurrency: u16,
-    /// ARM reads per second per subscription.
-    pub reads_per_second: f64,
-    /// ARM writes (and deletes) per second per subscription.
-    pub writes_per_second: f64,
+    /// ARM reads per second per subscription: (floor, ceiling). The pace falls from the
+    /// ceiling to the floor as the remaining budget ARM reports runs low.
+    pub reads: (f64, f64),
+    /// ARM writes (and deletes) per second per subscription: (floor, ceiling).
+    pub writes: (f64, f64),
     /// Leader election, when several replicas run.
     pub lease: Option<LeaseConfig>,
     /// Per-target writer tuning.
@@ -74,9 +75,11 @@ pub fn start(
         http.clone(),
         Duration::from_secs(300),
     );
-    let rate = |per_second: f64| Rate {
-        per_second: per_second.max(0.1),
-        burst: (per_second * 5.0).ceil().max(1.0) as u32,
+    let defaults = ThrottleConfig::default();
+    let pacing = |(floor, ceiling): (f64, f64), assumed: Pacing| Pacing {
+        floor: floor.max(0.1),
+        ceiling: ceiling.max(floor.max(0.1)),
+        budget: assumed.budget,
     };
     let arm = Arc::new(ArmClient::new(
         http,
@@ -84,9 +87,9 @@ pub fn start(
             endpoint: opts.arm_endpoint.clone(),
             scope: opts.arm_scope.clone(),
             throttle: ThrottleConfig {
-                reads: rate(opts.reads_per_second),
-                writes: rate(opts.writes_per_second),
-                deletes: rate(opts.writes_per_second),
+                reads: pacing(opts.reads, defaults.reads),
+                writes: pacing(opts.writes, defaults.writes),
+                deletes: pacing(opts.writes, defaults.deletes),
             },
             ..ArmClientOptions::default()
         },

@@ -107,13 +107,24 @@ pub struct RunArgs {
     #[arg(long, env = "UAMI_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
 
-    /// ARM reads per second per subscription (ARM allows 25).
-    #[arg(long, env = "UAMI_ARM_READS_PER_SECOND", default_value_t = 20.0)]
-    pub arm_reads_per_second: f64,
+    /// ARM reads per second per subscription once the remaining budget ARM reports runs low
+    /// (ARM refills 25/s).
+    #[arg(long, env = "UAMI_ARM_READS_FLOOR", default_value_t = 20.0)]
+    pub arm_reads_floor: f64,
 
-    /// ARM writes and deletes per second per subscription (ARM allows 10).
-    #[arg(long, env = "UAMI_ARM_WRITES_PER_SECOND", default_value_t = 8.0)]
-    pub arm_writes_per_second: f64,
+    /// ARM reads per second per subscription at most, while budget remains (ARM's bucket: 250).
+    #[arg(long, env = "UAMI_ARM_READS_CEILING", default_value_t = 250.0)]
+    pub arm_reads_ceiling: f64,
+
+    /// ARM writes (and deletes) per second per subscription once the remaining budget ARM
+    /// reports runs low (ARM refills 10/s).
+    #[arg(long, env = "UAMI_ARM_WRITES_FLOOR", default_value_t = 8.0)]
+    pub arm_writes_floor: f64,
+
+    /// ARM writes (and deletes) per second per subscription at most, while budget remains
+    /// (ARM's bucket: 200).
+    #[arg(long, env = "UAMI_ARM_WRITES_CEILING", default_value_t = 100.0)]
+    pub arm_writes_ceiling: f64,
 
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "UAMI_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]

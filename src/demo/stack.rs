@@ -121,8 +121,8 @@ pub fn controller_options(
         default_subscription: world.subscriptions.first().map(|s| s.id.clone()),
         resync_period: resync,
         concurrency: 4,
-        reads_per_second: 20.0,
-        writes_per_second: 8.0,
+        reads: (20.0, 250.0),
+        writes: (8.0, 100.0),
         lease: None,
         writer: WriterConfig {
             batch_window: Duration::from_millis(300),
