@@ -1,46 +1,262 @@
-//! Benchmarks that print counts and ratios (no pass/fail timing): run with
-//! `cargo bench --bench scale` (or `-- sandbox` / `-- controller` for one part).
+//! The scale benchmark: `cargo bench --bench scale` prints one table (counts and ratios, no
+//! pass/fail timing). `cargo bench --bench scale -- a` (or `b`, `c`) runs one scenario.
 //!
-//! - sandbox: 10,000 custom resources created through the API with three watchers open; the
-//!   create rate, a full list, events per watcher, and resident memory per object.
-//! - controller: N identities reconciled against the emulator; ARM requests per object to
-//!   converge, ARM reads per object per resync and writes in the steady state; VM PATCHes for
-//!   many bindings to one VM.
+//! - (a) 1000 identity sets (identity, Reader grant, binding) over 100 VMs in a generated
+//!   emulator world, ARM throttling on (`BENCH_SCALE` multiplies ARM's buckets, default 2).
+//! - (b) 100 sets on one VM: identities and grants first, the bindings once those are Ready
+//!   (so one VM PATCH can carry them), then one resync period of steady state.
+//! - (c) 10,000 identities that exist before the controller starts: start-up to the first
+//!   reconcile and the controller's memory.
+//!
+//! The sandbox and the emulator run in this process; the controller runs as its own process
+//! (`uami-controller run`, the binary cargo builds with the bench) against them, so its resident
+//! memory is read from `/proc/<pid>/status` apart from theirs. Agent checks are off: a binding
+//! counts as converged when `Assigned=True` (its `Ready` needs the agent's token), identities
+//! and grants when `Ready=True`. Every scenario is bounded by `BENCH_LIMIT` seconds (default 600).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::json;
-use uami_controller::api::UserAssignedIdentity;
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::sandbox::{self, SandboxOptions};
+use serde_json::{Value, json};
+use uami_controller::api::conditions::is_true;
+use uami_controller::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
+use uami_controller::emulator::faults::Throttling;
+use uami_controller::emulator::world::{
+    ResourceGroup, Subscription, TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_CONTROLLER_SECRET,
+    TUTORIAL_SUBSCRIPTION as SUB, VirtualMachine,
+};
+use uami_controller::emulator::{self, Emulator, World};
+use uami_controller::sandbox::{self, Sandbox, SandboxOptions};
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+const NS: &str = "bench";
+/// ARM's write bucket (ARM-NOTES §4): 200 burst, then 10 per second.
+const WRITE_BURST: f64 = 200.0;
+const WRITE_REFILL: f64 = 10.0;
+
+fn limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("BENCH_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(600),
+    )
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Scenario {
+    name: &'static str,
+    sets: usize,
+    vms: usize,
+    /// Identities only (no grants or bindings).
+    identities_only: bool,
+    /// Bindings applied after identities and grants are Ready.
+    bindings_later: bool,
+    /// ARM throttling scale (1 = ARM's buckets).
+    scale: f64,
+    resync: Duration,
+    /// Wait one resync after convergence and count ARM requests.
+    steady: bool,
+    /// Extra controller flags.
+    flags: Vec<String>,
+}
+
+#[derive(Default)]
+struct Row {
+    name: String,
+    objects: usize,
+    converged: usize,
+    ready: Option<f64>,
+    bound: f64,
+    reads: u64,
+    writes: u64,
+    throttled: u64,
+    patches: u64,
+    vms: usize,
+    kube: usize,
+    rss_peak_kib: u64,
+    rss_kib: u64,
+    startup: Option<f64>,
+    steady: Option<(u64, u64, usize)>,
+    note: String,
+}
+
+fn world(vms: usize, scale: f64) -> World {
+    let mut w = World::tutorial().unwrap();
+    w.rbac_propagation_seconds = 0.5;
+    w.lro_retry_after_seconds = 0;
+    w.subscriptions = vec![Subscription {
+        id: SUB.into(),
+        resource_groups: vec![ResourceGroup {
+            name: "DevTest".into(),
+            location: "eastus".into(),
+            virtual_machines: (0..vms)
+                .map(|i| VirtualMachine {
+                    name: format!("vm-{i:03}"),
+                    system_assigned: false,
+                    imds_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                })
+                .collect(),
+            virtual_machine_scale_sets: Vec::new(),
+        }],
+    }];
+    w.faults.throttling = Some(Throttling { scale });
+    w
 }
 
 fn identity(i: usize) -> UserAssignedIdentity {
     serde_json::from_value(json!({
         "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
-        "metadata": {"name": format!("identity-{i:05}")},
-        "spec": {"subscriptionId": "6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c", "resourceGroup": "DevTest", "location": "eastus", "tags": {"n": i.to_string()}}
+        "metadata": {"name": format!("id-{i:05}"), "namespace": NS},
+        "spec": {"resourceGroup": "DevTest", "location": "eastus"}
     }))
     .unwrap()
 }
 
-async fn sandbox_bench(n: usize) {
+fn grant(i: usize) -> RoleGrant {
+    serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "RoleGrant",
+        "metadata": {"name": format!("g-{i:05}"), "namespace": NS},
+        "spec": {"identityRef": {"name": format!("id-{i:05}")}, "role": "Reader",
+                 "scope": {"resourceGroup": {"name": "DevTest"}}, "verifyAccess": false}
+    }))
+    .unwrap()
+}
+
+fn binding(i: usize, vms: usize) -> IdentityBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
+        "metadata": {"name": format!("b-{i:05}"), "namespace": NS},
+        "spec": {"identityRef": {"name": format!("id-{i:05}")},
+                 "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": format!("vm-{:03}", i % vms)}}}
+    }))
+    .unwrap()
+}
+
+async fn create_all<K>(api: &Api<K>, objects: Vec<K>)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    futures::stream::iter(objects)
+        .for_each_concurrent(16, |o| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &o).await.unwrap();
+            }
+        })
+        .await;
+}
+
+fn converged_identities(items: &[UserAssignedIdentity]) -> usize {
+    items
+        .iter()
+        .filter(|o| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| is_true(&s.conditions, "Ready"))
+        })
+        .count()
+}
+
+async fn converged(sb: &Sandbox, with_grants: bool, with_bindings: bool) -> usize {
+    let client = sb.client();
+    let lp = ListParams::default();
+    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
+    let mut n = converged_identities(&ids.list(&lp).await.unwrap().items);
+    if with_grants {
+        let api: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
+        n += api
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|o| {
+                o.status
+                    .as_ref()
+                    .is_some_and(|s| is_true(&s.conditions, "Ready"))
+            })
+            .count();
+    }
+    if with_bindings {
+        let api: Api<IdentityBinding> = Api::namespaced(client, NS);
+        n += api
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|o| {
+                o.status
+                    .as_ref()
+                    .is_some_and(|s| is_true(&s.conditions, "Assigned"))
+            })
+            .count();
+    }
+    n
+}
+
+/// Wait until `want` objects have converged or the deadline passes; returns how many did.
+async fn wait_converged(
+    sb: &Sandbox,
+    grants: bool,
+    bindings: bool,
+    want: usize,
+    deadline: Instant,
+) -> usize {
+    loop {
+        let n = converged(sb, grants, bindings).await;
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn arm_counts(em: &Emulator) -> (u64, u64, u64, u64) {
+    let c = em.counts();
+    let throttled =
+        c.0.iter()
+            .filter(|((o, s), _)| !o.starts_with("Aad") && !o.starts_with("Imds") && *s == 429)
+            .map(|(_, n)| n)
+            .sum();
+    (
+        c.reads(),
+        c.writes(),
+        throttled,
+        c.total("VirtualMachines_Update"),
+    )
+}
+
+fn controller_requests(sb: &Sandbox) -> usize {
+    sb.audit().iter().filter(|a| a.user == "controller").count()
+}
+
+async fn run(s: &Scenario) -> Row {
+    let mut row = Row {
+        name: s.name.into(),
+        ..Row::default()
+    };
     let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.install(
         uami_controller::api::crds()
@@ -49,199 +265,212 @@ async fn sandbox_bench(n: usize) {
             .collect(),
     )
     .unwrap();
-    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
-    let seen: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
-    for counter in &seen {
-        let c = counter.clone();
-        let w = watcher(
-            Api::<UserAssignedIdentity>::all(sb.client()),
-            watcher::Config::default(),
-        )
-        .applied_objects();
-        tokio::spawn(async move {
-            let mut w = w.boxed();
-            while let Ok(Some(_)) = w.try_next().await {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+    let em = emulator::start(world(s.vms, s.scale)).await.unwrap();
+    let client = sb.client();
+    let ns: Value = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}});
+    let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nsapi
+        .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
+        .await
+        .unwrap();
+    let policy: GrantPolicy = serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "GrantPolicy", "metadata": {"name": "bench"},
+        "spec": {"namespaces": [NS],
+                 "roleGrants": [{"roles": ["Reader"], "scopes": [{"resourceGroup": {"name": "DevTest"}}]}],
+                 "identityBindings": (0..s.vms).map(|i| json!({"virtualMachine": {"resourceGroup": "DevTest", "name": format!("vm-{i:03}")}})).collect::<Vec<_>>()}
+    }))
+    .unwrap();
+    Api::<GrantPolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let n = s.sets;
+    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
+    let grants: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
+    let bindings: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+    create_all(&ids, (0..n).map(identity).collect()).await;
+    if !s.identities_only {
+        create_all(&grants, (0..n).map(grant).collect()).await;
+        if !s.bindings_later {
+            create_all(&bindings, (0..n).map(|i| binding(i, s.vms)).collect()).await;
+        }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = rss_kib();
+    row.objects = if s.identities_only { n } else { 3 * n };
+    em.reset_counts();
+
+    // The controller, as its own process.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    sb.write_kubeconfig(&kubeconfig, "controller").unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
+    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
     let started = Instant::now();
-    futures::stream::iter(0..n)
-        .for_each_concurrent(16, |i| {
-            let api = api.clone();
-            async move {
-                api.create(&PostParams::default(), &identity(i))
-                    .await
-                    .unwrap();
-            }
-        })
-        .await;
-    let create = started.elapsed();
-    let started = Instant::now();
-    let listed = api.list(&ListParams::default()).await.unwrap().items.len();
-    let list = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.iter().any(|c| c.load(Ordering::Relaxed) < n) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+        .arg("run")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--arm-endpoint", em.arm_endpoint().as_str()])
+        .args(["--authority-host", em.authority_host().as_str()])
+        .args(["--credential", "client-secret"])
+        .args(["--tenant-id", &World::tutorial().unwrap().tenant_id])
+        .args(["--client-id", TUTORIAL_CONTROLLER_CLIENT_ID])
+        .arg("--client-secret-file")
+        .arg(&secret)
+        .args(["--default-subscription", SUB])
+        .args(["--resync-period", &format!("{}s", s.resync.as_secs())])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(&s.flags)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap_or(0);
+
+    // Start-up: until the controller's first write to the API (its first reconcile).
+    let deadline = started + limit();
+    let mut seen = sb.audit().len();
+    while row.startup.is_none() && Instant::now() < deadline {
+        let new = sb.audit_from(seen);
+        seen += new.len();
+        if new
+            .iter()
+            .any(|a| a.user == "controller" && (a.verb == "patch" || a.verb == "create"))
+        {
+            row.startup = Some(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rss_after = rss_kib();
-    println!(
-        "sandbox: {n} objects created in {:.2}s ({:.0}/s, 16 clients)",
-        create.as_secs_f64(),
-        n as f64 / create.as_secs_f64()
-    );
-    println!(
-        "sandbox: list of {listed} objects in {:.0} ms",
-        list.as_secs_f64() * 1000.0
-    );
-    println!(
-        "sandbox: events per watcher: {:?} (expected {n} each)",
-        seen.iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect::<Vec<_>>()
-    );
-    println!(
-        "sandbox: resident memory grew {} KiB: {:.1} KiB per object (store, watch history and three watchers' caches)",
-        rss_after.saturating_sub(rss_before),
-        rss_after.saturating_sub(rss_before) as f64 / n as f64
-    );
+    let grants_on = !s.identities_only;
+    let want = if s.bindings_later { 2 * n } else { row.objects };
+    let mut got = wait_converged(
+        &sb,
+        grants_on,
+        grants_on && !s.bindings_later,
+        want,
+        deadline,
+    )
+    .await;
+    if s.bindings_later && got >= want {
+        create_all(&bindings, (0..n).map(|i| binding(i, s.vms)).collect()).await;
+        got = wait_converged(&sb, true, true, row.objects, deadline).await;
+    }
+    if got >= row.objects {
+        row.ready = Some(started.elapsed().as_secs_f64());
+    }
+    row.converged = got;
+    let (reads, writes, throttled, patches) = arm_counts(&em);
+    row.reads = reads;
+    row.writes = writes;
+    row.throttled = throttled;
+    row.patches = patches;
+    row.vms = if s.identities_only { 0 } else { s.vms };
+    row.kube = controller_requests(&sb);
+    if std::env::var("BENCH_DEBUG").is_ok() {
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for a in sb.audit().iter().filter(|a| a.user == "controller") {
+            *by.entry(format!(
+                "{} {} {} {}",
+                a.verb, a.resource, a.subresource, a.code
+            ))
+            .or_default() += 1;
+        }
+        eprintln!("{}: Kubernetes requests by the controller: {by:#?}", s.name);
+        eprintln!("{}: ARM: {:?}", s.name, em.counts());
+    }
+    // Writes needed: every identity, every role assignment, one PATCH per VM.
+    let needed = if s.identities_only {
+        n as f64
+    } else {
+        (2 * n + s.vms) as f64
+    };
+    row.bound = ((needed - WRITE_BURST * s.scale).max(0.0)) / (WRITE_REFILL * s.scale);
+    row.rss_peak_kib = proc_status_kib(pid, "VmHWM:");
+    row.rss_kib = proc_status_kib(pid, "VmRSS:");
+    if s.steady && row.ready.is_some() {
+        em.reset_counts();
+        let before = controller_requests(&sb);
+        tokio::time::sleep(s.resync.mul_f64(1.1)).await;
+        let (r, w, _, _) = arm_counts(&em);
+        row.steady = Some((r, w, controller_requests(&sb) - before));
+        row.rss_kib = proc_status_kib(pid, "VmRSS:");
+        row.rss_peak_kib = proc_status_kib(pid, "VmHWM:");
+    }
+    if row.ready.is_none() {
+        row.note = format!("{got}/{} converged within BENCH_LIMIT", row.objects);
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    em.shutdown().await;
     sb.shutdown().await;
+    row
 }
 
-async fn controller_bench(n: usize) {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(5)).unwrap();
-    opts.agents = false;
-    opts.world.lro_retry_after_seconds = 0;
-    let stack = Stack::start(opts).await.unwrap();
-    let mut yaml = String::from(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {name: bench}\nspec:\n  namespaces: [bench]\n  roleGrants: [{roles: [Reader], scopes: [{resourceGroup: {name: DevTest}}]}]\n  identityBindings: [{virtualMachine: {resourceGroup: DevTest, name: myVM}}]\n",
+fn print(rows: &[Row], scenarios: &[Scenario]) {
+    println!();
+    println!(
+        "| scenario | objects | time to Ready | lower bound | ratio | ARM reads/obj | ARM writes/obj | 429s | VM PATCHes/VM | Kubernetes requests/obj | controller RSS (peak) | start-up to first reconcile |"
     );
-    for i in 0..n {
-        yaml.push_str(&format!("---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: id-{i:04}, namespace: bench}}\nspec: {{resourceGroup: DevTest, location: eastus}}\n---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: g-{i:04}, namespace: bench}}\nspec: {{identityRef: {{name: id-{i:04}}}, role: Reader, scope: {{resourceGroup: {{name: DevTest}}}}, verifyAccess: false}}\n"));
-    }
-    for i in 0..20.min(n) {
-        yaml.push_str(&format!("---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: b-{i:04}, namespace: bench}}\nspec: {{identityRef: {{name: id-{i:04}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: myVM}}}}}}\n"));
-    }
-    let started = Instant::now();
-    stack.apply_yaml(&yaml).await.unwrap();
-    if std::env::var("BENCH_DEBUG").is_ok() {
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in rows {
+        let o = r.objects as f64;
+        let ready = r
+            .ready
+            .map_or_else(|| "not converged".to_string(), |t| format!("{t:.1} s"));
+        let ratio = match r.ready {
+            Some(t) if r.bound >= 1.0 => format!("{:.2}", t / r.bound),
+            _ => "n/a".into(),
+        };
+        let patches = if r.vms == 0 {
+            "n/a".into()
+        } else {
+            format!("{:.2}", r.patches as f64 / r.vms as f64)
+        };
         println!(
-            "controller: applied in {:.1}s",
-            started.elapsed().as_secs_f64()
+            "| {} | {} | {ready} | {:.1} s | {ratio} | {:.2} | {:.2} | {} | {patches} | {:.2} | {:.1} MiB ({:.1} MiB) | {} |",
+            r.name,
+            r.objects,
+            r.bound,
+            r.reads as f64 / o,
+            r.writes as f64 / o,
+            r.throttled,
+            r.kube as f64 / o,
+            r.rss_kib as f64 / 1024.0,
+            r.rss_peak_kib as f64 / 1024.0,
+            r.startup
+                .map_or_else(|| "n/a".to_string(), |t| format!("{t:.2} s")),
         );
     }
-    let grants: Api<uami_controller::api::RoleGrant> = Api::namespaced(stack.client(), "bench");
-    let bindings: Api<uami_controller::api::IdentityBinding> =
-        Api::namespaced(stack.client(), "bench");
-    loop {
-        let ready = grants
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|g| {
-                g.status.as_ref().is_some_and(|s| {
-                    uami_controller::api::conditions::is_true(&s.conditions, "Ready")
-                })
-            })
-            .count();
-        let assigned = bindings
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|b| b.status.as_ref().is_some_and(|s| s.assigned == Some(true)))
-            .count();
-        if ready == n && assigned == 20.min(n) {
-            break;
-        }
-        if std::env::var("BENCH_DEBUG").is_ok() {
-            println!(
-                "controller: {:.1}s {ready}/{n} ready, {assigned} assigned, {:?}",
-                started.elapsed().as_secs_f64(),
-                stack.emulator.counts().writes()
-            );
-        }
-        if started.elapsed()
-            > Duration::from_secs(
-                std::env::var("BENCH_LIMIT")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(600),
-            )
-        {
-            println!(
-                "controller: not converged within the limit (BENCH_LIMIT, default 600 s): {ready}/{n} grants Ready, {assigned} bindings assigned"
-            );
-            for g in grants
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter(|g| {
-                    !g.status.as_ref().is_some_and(|s| {
-                        uami_controller::api::conditions::is_true(&s.conditions, "Ready")
-                    })
-                })
-                .take(3)
-            {
-                println!(
-                    "controller:   {:?}: {:?}",
-                    g.metadata.name,
-                    g.status.as_ref().map(|s| s
-                        .conditions
-                        .iter()
-                        .map(|c| (c.type_.clone(), c.reason.clone()))
-                        .collect::<Vec<_>>())
-                );
+    println!();
+    for (r, s) in rows.iter().zip(scenarios) {
+        println!(
+            "{}: ARM throttling at {}x ARM's buckets (writes {} burst, {}/s); resync {} s; controller flags {:?}{}",
+            r.name,
+            s.scale,
+            WRITE_BURST * s.scale,
+            WRITE_REFILL * s.scale,
+            s.resync.as_secs(),
+            s.flags,
+            if r.note.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", r.note)
             }
-            break;
+        );
+        if let Some((reads, writes, kube)) = r.steady {
+            println!(
+                "{}: steady state over one resync: {writes} ARM writes, {:.2} ARM reads and {:.2} Kubernetes requests per object",
+                r.name,
+                reads as f64 / r.objects as f64,
+                kube as f64 / r.objects as f64
+            );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let converge = started.elapsed();
-    let c = stack.emulator.counts();
-    let arm: u64 =
-        c.0.iter()
-            .filter(|((o, _), _)| !o.starts_with("Aad") && !o.starts_with("Imds"))
-            .map(|(_, v)| v)
-            .sum();
-    println!(
-        "controller: {n} identities + {n} grants + {} bindings converged in {:.1}s",
-        20.min(n),
-        converge.as_secs_f64()
-    );
-    println!(
-        "controller: {arm} ARM requests to converge ({:.2} per identity+grant), {} writes, {} VM PATCHes for {} bindings to one VM",
-        arm as f64 / n as f64,
-        c.writes(),
-        c.total("VirtualMachines_Update"),
-        20.min(n)
-    );
-    println!(
-        "controller: role definition lookups: {} (cached per subscription and role)",
-        c.total("RoleDefinitions_List")
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.emulator.reset_counts();
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let c = stack.emulator.counts();
-    let reads: u64 =
-        c.0.iter()
-            .filter(|((o, _), _)| !o.starts_with("Aad") && !o.starts_with("Imds"))
-            .map(|(_, v)| v)
-            .sum();
-    println!(
-        "controller: steady state over 12 s (resync 5 s, about 2.4 resyncs): {} writes, {reads} reads = {:.2} reads per object per resync",
-        c.writes(),
-        reads as f64 / (2.0 * n as f64 + 20.0) / 2.4
-    );
-    stack.stop().await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -252,23 +481,65 @@ async fn main() {
         println!("scale: run with `cargo bench --bench scale`");
         return;
     }
-    if std::env::var("BENCH_DEBUG").is_ok() {
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .init();
-    }
-    let which = std::env::args()
+    let which: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .unwrap_or_default();
-    if which.is_empty() || which == "sandbox" {
-        sandbox_bench(10_000).await;
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let scale = env_f64("BENCH_SCALE", 2.0);
+    let flags = |extra: &[&str]| {
+        let mut f = vec!["--concurrency".to_string(), "16".to_string()];
+        f.extend(extra.iter().map(|s| s.to_string()));
+        f
+    };
+    let all = vec![
+        Scenario {
+            name: "a",
+            sets: env_f64("BENCH_SETS", 1000.0) as usize,
+            vms: 100,
+            identities_only: false,
+            bindings_later: false,
+            scale,
+            resync: Duration::from_secs(600),
+            steady: false,
+            flags: flags(&[]),
+        },
+        Scenario {
+            name: "b",
+            sets: 100,
+            vms: 1,
+            identities_only: false,
+            bindings_later: true,
+            scale: 1.0,
+            resync: Duration::from_secs(30),
+            steady: true,
+            flags: flags(&[]),
+        },
+        Scenario {
+            name: "c",
+            sets: 10_000,
+            vms: 0,
+            identities_only: true,
+            bindings_later: false,
+            scale: 100.0,
+            resync: Duration::from_secs(600),
+            steady: false,
+            flags: flags(&[
+                "--arm-writes-ceiling",
+                "2000",
+                "--arm-reads-ceiling",
+                "5000",
+            ]),
+        },
+    ];
+    let scenarios: Vec<Scenario> = all
+        .into_iter()
+        .filter(|s| which.is_empty() || which.iter().any(|w| w == s.name))
+        .collect();
+    let mut rows = Vec::new();
+    for s in &scenarios {
+        let row = run(s).await;
+        eprintln!("scale: scenario {} done", s.name);
+        rows.push(row);
     }
-    if which.is_empty() || which == "controller" {
-        let n = std::env::var("BENCH_IDENTITIES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(100);
-        controller_bench(n).await;
-    }
+    print(&rows, &scenarios);
 }

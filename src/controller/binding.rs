@@ -254,6 +254,10 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             )
         })
     else {
+        if identity.status.is_none() && obj.status.is_none() {
+            // The identity is being created right now and its change wakes this binding.
+            return Ok(resync);
+        }
         let message = format!("UserAssignedIdentity {identity_name} is not ready yet");
         write_status(
             &obj,

@@ -176,6 +176,11 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
         .and_then(|s| s.principal_id.clone())
         .filter(|p| !p.is_empty())
     else {
+        if identity.status.is_none() && obj.status.is_none() {
+            // The identity is being created right now and its change wakes this grant: a status
+            // saying so would be stale before anyone reads it.
+            return Ok(resync);
+        }
         let message = format!("UserAssignedIdentity {identity_name} has no principalId yet");
         write_status(
             &obj,

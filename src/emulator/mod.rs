@@ -113,6 +113,17 @@ impl Counts {
             .sum()
     }
 
+    /// ARM reads (every ARM operation that is not a write), any status.
+    pub fn reads(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|((o, _), _)| {
+                !arm::is_write(o) && !o.starts_with("Aad") && !o.starts_with("Imds")
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Requests answered `status`, any operation.
     pub fn with_status(&self, status: u16) -> u64 {
         self.0

@@ -328,6 +328,16 @@ impl Sandbox {
         self.shared.audit.lock().clone()
     }
 
+    /// The requests after the first `from`.
+    pub fn audit_from(&self, from: usize) -> Vec<AuditRecord> {
+        self.shared
+            .audit
+            .lock()
+            .get(from..)
+            .map(<[AuditRecord]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Apply every CRD in `dir` (`*.yaml`).
     pub async fn install_crds_from_dir(&self, dir: &Path) -> Result<(), SandboxError> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)
