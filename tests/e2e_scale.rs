@@ -8,6 +8,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -15,6 +17,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use support::*;
 use uami_controller::api::UserAssignedIdentity;
+use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::sandbox::{self, SandboxOptions};
 
 fn identity(ns: &str, i: usize) -> UserAssignedIdentity {
@@ -80,12 +83,14 @@ async fn every_watcher_sees_every_change_in_order_under_concurrent_writes() {
                             s.out_of_order.push((p, rv));
                         }
                         s.previous = rv;
-                        s.last.insert(o.metadata.name.clone().unwrap_or_default(), rv);
+                        s.last
+                            .insert(o.metadata.name.clone().unwrap_or_default(), rv);
                     }
                     watcher::Event::InitApply(o) => {
                         let rv = rv_of(&o);
                         s.previous = s.previous.max(rv);
-                        s.last.insert(o.metadata.name.clone().unwrap_or_default(), rv);
+                        s.last
+                            .insert(o.metadata.name.clone().unwrap_or_default(), rv);
                     }
                     watcher::Event::Delete(o) => {
                         s.last.remove(&o.metadata.name.clone().unwrap_or_default());
@@ -145,4 +150,75 @@ async fn every_watcher_sees_every_change_in_order_under_concurrent_writes() {
         t.abort();
     }
     sb.shutdown().await;
+}
+
+/// 100 identity sets (identity, Reader grant, binding) on one VM, applied at once: every
+/// identity and grant becomes Ready and every binding is assigned, the VM carries all 100
+/// identities, and Azure holds one role assignment per grant. A generous deadline, no timing claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_identity_sets_on_one_vm_all_become_ready() {
+    const N: usize = 100;
+    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
+    opts.agents = false;
+    opts.world.lro_retry_after_seconds = 0;
+    opts.world.rbac_propagation_seconds = 0.5;
+    let stack = Stack::start(opts).await.unwrap();
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: scale}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {name: scale}\nspec:\n  namespaces: [scale]\n  roleGrants: [{roles: [Reader], scopes: [{resourceGroup: {name: DevTest}}]}]\n  identityBindings: [{virtualMachine: {resourceGroup: DevTest, name: myVM}}]\n",
+    );
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: id-{i:03}, namespace: scale}}\nspec: {{resourceGroup: DevTest, location: eastus}}\n---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: g-{i:03}, namespace: scale}}\nspec: {{identityRef: {{name: id-{i:03}}}, role: Reader, scope: {{resourceGroup: {{name: DevTest}}}}, verifyAccess: false}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: b-{i:03}, namespace: scale}}\nspec: {{identityRef: {{name: id-{i:03}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: myVM}}}}}}\n"
+        ));
+    }
+    stack.apply_yaml(&yaml).await.unwrap();
+    let (ids, grants, binds) = (
+        identities(&stack, "scale"),
+        support::grants(&stack, "scale"),
+        bindings(&stack, "scale"),
+    );
+    let lp = ListParams::default();
+    let not_converged = eventually(300, "every identity, grant and binding", || async {
+        let i = ids.list(&lp).await.ok()?.items;
+        let g = grants.list(&lp).await.ok()?.items;
+        let b = binds.list(&lp).await.ok()?.items;
+        let pending: Vec<String> = i
+            .iter()
+            .filter(|o| {
+                !o.status.as_ref().is_some_and(|s| {
+                    condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
+                })
+            })
+            .map(|o| format!("identity {:?}", o.metadata.name))
+            .chain(
+                g.iter()
+                    .filter(|o| {
+                        !o.status.as_ref().is_some_and(|s| {
+                            condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
+                        })
+                    })
+                    .map(|o| format!("grant {:?}", o.metadata.name)),
+            )
+            .chain(
+                b.iter()
+                    .filter(|o| !o.status.as_ref().is_some_and(|s| s.assigned == Some(true)))
+                    .map(|o| format!("binding {:?}", o.metadata.name)),
+            )
+            .collect();
+        (i.len() == N && g.len() == N && b.len() == N && pending.is_empty()).then_some(pending)
+    })
+    .await;
+    assert!(not_converged.is_empty());
+    // Azure agrees: the VM carries every identity, and each grant's assignment exists.
+    let state = stack.emulator.state();
+    let vm = compute(&state, "myVM");
+    let assigned = vm["identity"]["userAssignedIdentities"]
+        .as_object()
+        .map_or(0, |m| m.len());
+    assert_eq!(assigned, N, "{vm}");
+    for g in grants.list(&lp).await.unwrap().items {
+        let status = g.status.unwrap();
+        assert!(status.role_assignment_id.is_some(), "{:?}", g.metadata.name);
+    }
+    stack.stop().await;
 }
