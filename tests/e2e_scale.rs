@@ -201,7 +201,7 @@ async fn a_hundred_identity_sets_on_one_vm_all_become_ready() {
             )
             .chain(
                 b.iter()
-                    .filter(|o| !o.status.as_ref().is_some_and(|s| s.assigned == Some(true)))
+                    .filter(|o| o.status.as_ref().is_none_or(|s| s.assigned != Some(true)))
                     .map(|o| format!("binding {:?}", o.metadata.name)),
             )
             .collect();
