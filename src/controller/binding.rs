@@ -283,6 +283,26 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         return Ok(resync);
     }
 
+    if matches!(
+        ctx.writer.outcome(&target, &identity_id),
+        Some(Outcome::Done)
+    ) {
+        // The writer's PATCH carrying this identity just succeeded: no need to read the VM again.
+        ctx.writer.forget(&target, &identity_id);
+        ctx.record_success(&format!("{key}/write"));
+        let adopted = obj.status.as_ref().and_then(|s| s.adopted).unwrap_or(false);
+        ctx.event(
+            &*obj,
+            false,
+            reasons::ASSIGNED,
+            "AssignIdentity",
+            format!("assigned {identity_name} to {}", target.id()),
+        )
+        .await;
+        ctx.mark_checked(&key, fingerprint);
+        write_status(&obj, ctx, summary_assigned(&obj, &target, adopted)).await?;
+        return Ok(resync);
+    }
     let current = ctx
         .azure
         .compute
