@@ -58,7 +58,8 @@ struct TargetState {
 /// Tuning of the writer.
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
-    /// How long the writer waits for more changes before it writes.
+    /// How long the writer waits for more changes before it writes; while changes keep coming
+    /// it waits another window, ten at most.
     pub batch_window: Duration,
     /// Attempts on `412 Precondition Failed` before the batch fails.
     pub max_precondition_retries: u32,
@@ -176,7 +177,17 @@ impl TargetWriter {
     async fn drive(self: Arc<Self>, target: ComputeTarget) {
         let key = target.key();
         loop {
-            tokio::time::sleep(self.config.batch_window).await;
+            // Collect while changes keep arriving: a window with no new change closes the batch,
+            // and ten windows at most bound the wait.
+            let mut seen = 0;
+            for _ in 0..10 {
+                tokio::time::sleep(self.config.batch_window).await;
+                let queued = self.targets.lock().get(&key).map_or(0, |s| s.pending.len());
+                if queued == seen {
+                    break;
+                }
+                seen = queued;
+            }
             let batch = {
                 let mut targets = self.targets.lock();
                 let Some(state) = targets.get_mut(&key) else {
