@@ -107,6 +107,8 @@ fn world(vms: usize, scale: f64) -> World {
                 })
                 .collect(),
             virtual_machine_scale_sets: Vec::new(),
+            storage_accounts: Vec::new(),
+            key_vaults: Vec::new(),
         }],
     }];
     w.faults.throttling = Some(Throttling { scale });

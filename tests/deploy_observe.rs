@@ -583,7 +583,7 @@ fn dashboard_is_sane_grafana_json_with_the_panels_operators_need() {
         "uami_rolegrant_status_condition",
         "token_expires_on - time() < 3600",
         "sum by (kind) (rate(uami_reconciles_total",
-        "sum by (kind, result) (rate(uami_reconciles_total{result!=\"success\"}",
+        "sum by (kind, result) (rate(uami_reconciles_total{result!~\"success|waiting\"}",
         "sum by (operation, code) (rate(uami_arm_requests_total",
         "uami_arm_throttled_total",
         "uami_arm_ratelimit_remaining",
