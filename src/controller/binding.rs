@@ -288,9 +288,14 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         Some(Outcome::Done)
     ) {
         // The writer's PATCH carrying this identity just succeeded: no need to read the VM again.
+        // Record that this controller added it before forgetting the outcome, so that only an
+        // identity it added is ever removed.
+        if !recorded_identity(&obj).is_some_and(|r| r.eq_ignore_ascii_case(&identity_id)) {
+            record_identity(&obj, ctx, Some(&identity_id)).await?;
+        }
         ctx.writer.forget(&target, &identity_id);
         ctx.record_success(&format!("{key}/write"));
-        let adopted = obj.status.as_ref().and_then(|s| s.adopted).unwrap_or(false);
+        let adopted = false;
         ctx.event(
             &*obj,
             false,
