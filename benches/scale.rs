@@ -542,6 +542,7 @@ async fn main() {
         let row = run(s).await;
         eprintln!("scale: scenario {} done", s.name);
         rows.push(row);
+        // The table so far, so that an interrupted run still reports what it measured.
+        print(&rows, &scenarios[..rows.len()]);
     }
-    print(&rows, &scenarios);
 }
