@@ -311,6 +311,7 @@ async fn run(s: &Scenario) -> Row {
     let started = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"))
         .arg("run")
+        .args(["--cluster-name", "bench"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--arm-endpoint", em.arm_endpoint().as_str()])
@@ -336,6 +337,12 @@ async fn run(s: &Scenario) -> Row {
     let deadline = started + limit();
     let mut seen = sb.audit().len();
     while row.startup.is_none() && Instant::now() < deadline {
+        if let Ok(Some(exit)) = child.try_wait() {
+            panic!(
+                "the controller exited ({exit}); see {}",
+                dir.join("controller.log").display()
+            );
+        }
         let new = sb.audit_from(seen);
         seen += new.len();
         if new
