@@ -1023,6 +1023,16 @@ async fn after_the_tutorial_every_metric_and_label_the_queries_use_exists() {
         tokio::time::sleep(Duration::from_secs(15)).await;
     }
     stack.emulator.set_faults(Faults::default());
+    // The agent may have checked access while ARM throttled it (a 429 in status): once the
+    // throttling ends its next check reads the scope again.
+    eventually(90, "access verified again after the throttling", || async {
+        let g = grants(&stack, "tutorial")
+            .get("my-identity-reads-devtest")
+            .await
+            .ok()?;
+        g.status?.access?.verified.then_some(())
+    })
+    .await;
     if recorder.task.is_some() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
