@@ -251,6 +251,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         }),
         writer: WriterConfig::default(),
+        instance: Some(holder.clone()),
+        arm_timeout: args.arm_timeout,
     };
     let stop = shutdown_token();
     let mut registry = prometheus_client::registry::Registry::default();

@@ -42,13 +42,33 @@ pub struct ControllerOptions {
     pub lease: Option<LeaseConfig>,
     /// Per-target writer tuning.
     pub writer: WriterConfig,
+    /// This replica's name (the pod name), sent in the `User-Agent` of every ARM request so
+    /// that ARM's request logs tell replicas apart; defaults to the Lease holder.
+    pub instance: Option<String>,
+    /// How long one ARM request may take before the client gives up on it.
+    pub arm_timeout: Duration,
+}
+
+/// The `User-Agent` of the controller's requests.
+pub fn user_agent(instance: Option<&str>) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match instance {
+        Some(i) => format!("uami-controller/{version} ({i})"),
+        None => format!("uami-controller/{version}"),
+    }
 }
 
 /// One shared HTTP client with timeouts, for ARM, Entra ID and IMDS.
 pub fn http_client() -> reqwest::Client {
+    http_client_with(&user_agent(None), Duration::from_secs(60))
+}
+
+/// [`http_client`] with a `User-Agent` and a request timeout.
+pub fn http_client_with(user_agent: &str, timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
+        .user_agent(user_agent)
+        .connect_timeout(Duration::from_secs(10).min(timeout))
+        .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .unwrap_or_default()
@@ -63,7 +83,11 @@ pub fn start(
     stop: CancellationToken,
     ready: impl Fn(bool) + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let http = http_client();
+    let instance = opts
+        .instance
+        .clone()
+        .or_else(|| opts.lease.as_ref().map(|l| l.holder.clone()));
+    let http = http_client_with(&user_agent(instance.as_deref()), opts.arm_timeout);
     let credential = build_credential(
         opts.credential.clone(),
         http.clone(),

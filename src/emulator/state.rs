@@ -216,6 +216,8 @@ pub struct Operation {
     pub change: IdentityChange,
     pub polls_left: u32,
     pub fail: bool,
+    /// Polls answer 500 until the operation finishes on its own at `due`.
+    pub late: bool,
     pub due: Instant,
     pub started: String,
     pub outcome: Option<Result<(), (String, String)>>,

@@ -111,12 +111,45 @@ pub struct AuditRecord {
     pub code: u16,
 }
 
+/// Watch faults: what a real API server does under load or during an upgrade. Changed at run
+/// time with [`Sandbox::set_watch_faults`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WatchFaults {
+    /// Each watch is closed after a random time up to this long (never when zero).
+    pub close_within: std::time::Duration,
+    /// Fraction of resumed watches (from a resourceVersion) answered 410 Gone.
+    pub gone_rate: f64,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+/// Watch faults and their random generator, with counts of what was injected.
+pub(crate) struct WatchChaos {
+    pub faults: WatchFaults,
+    pub rng: rand::rngs::StdRng,
+    pub closed: u64,
+    pub gone: u64,
+}
+
+impl WatchChaos {
+    fn new(faults: WatchFaults) -> Self {
+        use rand::SeedableRng;
+        Self {
+            rng: rand::rngs::StdRng::seed_from_u64(faults.seed),
+            faults,
+            closed: 0,
+            gone: 0,
+        }
+    }
+}
+
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub users: Mutex<HashMap<String, UserInfo>>,
     pub audit: Mutex<Vec<AuditRecord>>,
     pub base: String,
     pub disconnect: tokio::sync::watch::Sender<u64>,
+    pub watch_chaos: Mutex<WatchChaos>,
 }
 
 /// A running sandbox.
@@ -154,6 +187,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         audit: Mutex::new(Vec::new()),
         base: format!("http://{addr}"),
         disconnect,
+        watch_chaos: Mutex::new(WatchChaos::new(WatchFaults::default())),
     });
     let stop = CancellationToken::new();
     let s = stop.clone();
@@ -346,6 +380,18 @@ impl Sandbox {
     /// Close every open watch (clients see the stream end and resume).
     pub fn disconnect_watches(&self) {
         self.shared.disconnect.send_modify(|e| *e += 1);
+    }
+
+    /// Close watches at random and answer 410 Gone to some resumes (`WatchFaults::default()`
+    /// turns it off).
+    pub fn set_watch_faults(&self, faults: WatchFaults) {
+        *self.shared.watch_chaos.lock() = WatchChaos::new(faults);
+    }
+
+    /// Watches closed at random and resumes answered 410, since the last `set_watch_faults`.
+    pub fn watch_faults_injected(&self) -> (u64, u64) {
+        let c = self.shared.watch_chaos.lock();
+        (c.closed, c.gone)
     }
 
     /// Forget the watch history: resuming from an older resourceVersion answers 410 Gone.
