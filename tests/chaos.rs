@@ -1,0 +1,833 @@
+//! Crash safety with real process kills: the controller runs as its own OS process (the built
+//! binary) against the sandbox and the emulator, with Azure's failure modes on (including writes
+//! that fail after they were applied) and watches closed at random; it is killed with SIGKILL at
+//! seeded random moments during convergence and during deletion and restarted each time. The
+//! invariants are then checked from the emulator's state and journal: everything Ready, no
+//! duplicate identity or role assignment, every VM holding exactly its bound identities (plus
+//! one assigned out of band), and after deletion nothing the controller created left behind.
+//!
+//! `ci_chaos_run` is the small version; `full_chaos_run` (ignored) is 50 sets over 5 VMs with 10
+//! kills during convergence and 5 during deletion:
+//! `cargo test --release --test chaos full_chaos_run -- --ignored --nocapture`
+//! (`CHAOS_SEED=<n>` replays a run).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{DeleteParams, ListParams};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use support::*;
+use uami_controller::demo::stack::{Stack, StackOptions};
+use uami_controller::emulator::world::{
+    TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_CONTROLLER_SECRET, TUTORIAL_SUBSCRIPTION as SUB,
+    TUTORIAL_TENANT, VirtualMachine,
+};
+use uami_controller::emulator::{Faults, faults::Throttling};
+use uami_controller::sandbox::WatchFaults;
+
+const RG: &str = "DevTest";
+const OOB: &str = "out-of-band";
+
+/// One chaos run.
+#[derive(Clone, Debug)]
+struct Scenario {
+    seed: u64,
+    /// Namespaces, each with `sets` (identity, Reader grant, binding) sets.
+    namespaces: Vec<String>,
+    sets: usize,
+    vms: usize,
+    kills_converging: u32,
+    kills_deleting: u32,
+    /// Azure faults during the run.
+    faults: Faults,
+    /// Watch faults during the run.
+    watch: WatchFaults,
+    /// Azure names shared by the same set index in every namespace (all but the first
+    /// namespace's are refused with AlreadyExists).
+    shared_azure_names: bool,
+    /// Upper bound on convergence and on deletion.
+    deadline: Duration,
+    /// Kills happen at a random moment within this long after a (re)start.
+    kill_within: Duration,
+    /// Controller's ARM request timeout.
+    arm_timeout: &'static str,
+}
+
+fn realistic_faults(seed: u64) -> Faults {
+    Faults {
+        throttling: Some(Throttling { scale: 0.5 }),
+        server_error_rate: 0.03,
+        drop_connection_rate: 0.02,
+        applied_then_drop_rate: 0.03,
+        applied_then_error_rate: 0.03,
+        applied_then_slow_rate: 0.02,
+        slow_answer_ms: 4_000,
+        principal_not_found_seconds: 4.0,
+        another_operation_in_progress: true,
+        lro_fail_next: 2,
+        lro_late_rate: 0.1,
+        seed,
+        ..Faults::default()
+    }
+}
+
+fn realistic_watch(seed: u64) -> WatchFaults {
+    WatchFaults {
+        close_within: Duration::from_secs(20),
+        gone_rate: 0.2,
+        seed,
+    }
+}
+
+fn seed(default: u64) -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn vm(i: usize) -> String {
+    format!("vm-{i}")
+}
+
+/// What a run measured.
+#[derive(Debug, Default)]
+struct Report {
+    seed: u64,
+    objects: usize,
+    time_to_ready: Duration,
+    time_to_deleted: Duration,
+    kills_converging: u32,
+    kills_deleting: u32,
+    injected: BTreeMap<String, u64>,
+    watches_closed: u64,
+    resumes_gone: u64,
+    duplicates: Vec<String>,
+    orphans: Vec<String>,
+}
+
+impl Report {
+    fn print(&self, name: &str) {
+        println!(
+            "chaos {name}: seed {} | {} objects Ready after {:.1}s with {} kills | deleted after {:.1}s with {} kills | faults injected {:?}, watches closed {}, resumes answered 410 {} | duplicates {} | orphans {}",
+            self.seed,
+            self.objects,
+            self.time_to_ready.as_secs_f64(),
+            self.kills_converging,
+            self.time_to_deleted.as_secs_f64(),
+            self.kills_deleting,
+            self.injected,
+            self.watches_closed,
+            self.resumes_gone,
+            self.duplicates.len(),
+            self.orphans.len()
+        );
+    }
+}
+
+/// The controller as a separate process.
+struct ControllerProcess {
+    child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl ControllerProcess {
+    fn new(args: Vec<String>, log: PathBuf) -> Self {
+        Self {
+            child: None,
+            args,
+            log,
+            starts: 0,
+        }
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+            .args(&self.args)
+            .env("RUST_LOG", "uami_controller=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no Lease release, in-flight requests cut wherever they are.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn stop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The arguments of `uami-controller run` against the stack.
+fn controller_args(stack: &Stack, dir: &Path, user: &str, arm_timeout: &str) -> Vec<String> {
+    let kubeconfig = dir.join(format!("{user}.kubeconfig"));
+    stack.sandbox.write_kubeconfig(&kubeconfig, user).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
+    [
+        "run",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--credential",
+        "client-secret",
+        "--tenant-id",
+        TUTORIAL_TENANT,
+        "--client-id",
+        TUTORIAL_CONTROLLER_CLIENT_ID,
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--arm-endpoint",
+        stack.emulator.arm_endpoint().as_str(),
+        "--authority-host",
+        stack.emulator.authority_host().as_str(),
+        "--default-subscription",
+        SUB,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--arm-timeout",
+        arm_timeout,
+        "--holder-identity",
+        user,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn start_stack(vms: usize) -> Stack {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(600)).unwrap();
+    opts.controller = false;
+    opts.agents = true;
+    opts.agent_interval = Duration::from_secs(2);
+    opts.world.rbac_propagation_seconds = 0.5;
+    opts.world.lro_retry_after_seconds = 0;
+    let rg = &mut opts.world.subscriptions[0].resource_groups[0];
+    rg.virtual_machines = (0..vms)
+        .map(|i| VirtualMachine {
+            name: vm(i),
+            system_assigned: i % 2 == 0,
+            imds_listen: "127.0.0.1:0".parse().unwrap(),
+        })
+        .collect();
+    Stack::start(opts).await.unwrap()
+}
+
+fn arm_url(stack: &Stack, path: &str, api_version: &str) -> String {
+    format!(
+        "{}{}?api-version={api_version}",
+        stack.emulator.arm_endpoint(),
+        path.trim_start_matches('/')
+    )
+}
+
+fn vm_path(name: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/{name}"
+    )
+}
+
+fn identity_path(name: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
+}
+
+/// An identity created and assigned to vm-0 by someone else, as an administrator would.
+async fn out_of_band_identity(stack: &Stack) -> Value {
+    let http = reqwest::Client::new();
+    let token = stack.emulator.admin_token();
+    let created: Value = http
+        .put(arm_url(stack, &identity_path(OOB), "2023-01-31"))
+        .bearer_auth(&token)
+        .json(&json!({"location": "eastus", "tags": {"team": "ops"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = http
+        .patch(arm_url(stack, &vm_path(&vm(0)), "2024-11-01"))
+        .bearer_auth(&token)
+        .json(&json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {created["id"].as_str().unwrap(): {}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually(30, "the out-of-band identity on vm-0", || async {
+        let state = stack.emulator.state();
+        vm_identities(&state, &vm(0))
+            .contains(&created["id"].as_str().unwrap().to_lowercase())
+            .then_some(())
+    })
+    .await;
+    created
+}
+
+/// The user-assigned identity ids (lower case) a VM holds.
+fn vm_identities(state: &Value, name: &str) -> BTreeSet<String> {
+    compute(state, name)["identity"]["userAssignedIdentities"]
+        .as_object()
+        .map(|m| m.keys().map(|k| k.to_lowercase()).collect())
+        .unwrap_or_default()
+}
+
+fn objects_yaml(s: &Scenario) -> String {
+    let mut yaml = String::new();
+    let vms: Vec<String> = (0..s.vms)
+        .map(|i| {
+            format!(
+                "{{virtualMachine: {{resourceGroup: {RG}, name: {}}}}}",
+                vm(i)
+            )
+        })
+        .collect();
+    yaml.push_str(&format!(
+        "apiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {{name: chaos}}\nspec:\n  namespaces: [{}]\n  roleGrants:\n  - roles: [Reader]\n    scopes: [{{resourceGroup: {{name: {RG}}}}}]\n  identityBindings: [{}]\n",
+        s.namespaces.join(", "),
+        vms.join(", ")
+    ));
+    for ns in &s.namespaces {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+        ));
+        for i in 0..s.sets {
+            let azure = if s.shared_azure_names {
+                format!(", azureName: shared-{i}")
+            } else {
+                format!(", azureName: {ns}-id-{i}")
+            };
+            yaml.push_str(&format!(
+                "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: id-{i}, namespace: {ns}}}\nspec: {{resourceGroup: {RG}, location: eastus{azure}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: grant-{i}, namespace: {ns}}}\nspec: {{identityRef: {{name: id-{i}}}, role: Reader, scope: {{resourceGroup: {{name: {RG}}}}}, verifyAccess: false}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: bind-{i}, namespace: {ns}}}\nspec: {{identityRef: {{name: id-{i}}}, target: {{virtualMachine: {{resourceGroup: {RG}, name: {}}}}}}}\n",
+                vm(i % s.vms)
+            ));
+        }
+    }
+    yaml
+}
+
+fn is_ready(v: &Value) -> bool {
+    v["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn reason(v: &Value) -> String {
+    v["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| format!("{}: {}", c["reason"], c["message"]))
+        .unwrap_or_else(|| "no Ready condition".into())
+}
+
+/// Every object of the three kinds, as JSON, with its kind.
+async fn all_objects(stack: &Stack, namespaces: &[String]) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for ns in namespaces {
+        for o in identities(stack, ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            out.push((
+                "UserAssignedIdentity".into(),
+                serde_json::to_value(o).unwrap(),
+            ));
+        }
+        for o in grants(stack, ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            out.push(("RoleGrant".into(), serde_json::to_value(o).unwrap()));
+        }
+        for o in bindings(stack, ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            out.push(("IdentityBinding".into(), serde_json::to_value(o).unwrap()));
+        }
+    }
+    out
+}
+
+/// Which objects must end Ready: with shared Azure names, only the first namespace's identities
+/// and their dependents; the others end `AlreadyExists`.
+fn must_be_ready(s: &Scenario, ns: &str) -> bool {
+    !s.shared_azure_names || ns == s.namespaces[0]
+}
+
+/// Kill the controller at random moments while `done` is false, at most `kills` times; then let it
+/// run until `done`. Returns the kills made, or `None` when `deadline` passed first.
+async fn kill_while<F, Fut>(
+    ctl: &mut ControllerProcess,
+    rng: &mut StdRng,
+    kills: u32,
+    within: Duration,
+    deadline: Duration,
+    what: &str,
+    mut done: F,
+) -> Option<u32>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    let mut made = 0;
+    while made < kills {
+        let wait = within.mul_f64(rng.random_range(0.1..1.0));
+        tokio::time::sleep(wait).await;
+        if done().await {
+            break;
+        }
+        ctl.kill();
+        made += 1;
+        ctl.start();
+        if Instant::now() > end {
+            return None;
+        }
+    }
+    loop {
+        if done().await {
+            return Some(made);
+        }
+        if Instant::now() > end {
+            eprintln!("timed out after {deadline:?} waiting for {what}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Wait for a future from synchronous code inside the multi-threaded runtime.
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+fn not_ready(s: &Scenario, objs: &[(String, Value)]) -> Vec<String> {
+    objs.iter()
+        .filter(|(_, o)| {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+            must_be_ready(s, ns) && !is_ready(o)
+        })
+        .map(|(k, o)| {
+            format!(
+                "{k} {}/{}: {}",
+                o["metadata"]["namespace"],
+                o["metadata"]["name"],
+                reason(o)
+            )
+        })
+        .collect()
+}
+
+/// Principal ids and resource ids the controller's identities had.
+#[derive(Default)]
+struct Created {
+    identity_ids: BTreeSet<String>,
+    /// identity id -> its role assignment id (lower case).
+    assignments: BTreeMap<String, String>,
+    principals: BTreeSet<String>,
+}
+
+async fn run(s: Scenario, name: &str) -> Report {
+    let mut report = Report {
+        seed: s.seed,
+        ..Report::default()
+    };
+    let mut rng = StdRng::seed_from_u64(s.seed);
+    let stack = start_stack(s.vms).await;
+    let dir = tempfile::tempdir().unwrap();
+    let oob = out_of_band_identity(&stack).await;
+    let oob_id = oob["id"].as_str().unwrap().to_lowercase();
+    let oob_principal = oob["properties"]["principalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let log = dir.path().join("controller.log");
+    let mut ctl = ControllerProcess::new(
+        controller_args(&stack, dir.path(), "controller", s.arm_timeout),
+        log.clone(),
+    );
+    stack.emulator.set_faults(s.faults.clone());
+    stack.sandbox.set_watch_faults(s.watch.clone());
+    ctl.start();
+    let started = Instant::now();
+    stack.apply_yaml(&objects_yaml(&s)).await.unwrap();
+    let expected = s.namespaces.len() * s.sets * 3;
+
+    // Convergence, with kills.
+    let namespaces = s.namespaces.clone();
+    let sc = s.clone();
+    let stack_ref = &stack;
+    report.kills_converging = kill_while(
+        &mut ctl,
+        &mut rng,
+        s.kills_converging,
+        s.kill_within,
+        s.deadline,
+        "convergence",
+        || {
+            let namespaces = namespaces.clone();
+            let sc = sc.clone();
+            async move {
+                let objs = all_objects(stack_ref, &namespaces).await;
+                objs.len() == expected
+                    && objs.iter().all(|(_, o)| {
+                        let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+                        !must_be_ready(&sc, ns) || is_ready(o)
+                    })
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "not converged (seed {}; log {}): {:?}",
+            s.seed,
+            log.display(),
+            not_ready(&s, &futures_block(all_objects(&stack, &s.namespaces)))
+        )
+    });
+    report.time_to_ready = started.elapsed();
+    report.objects = expected;
+
+    // Invariants once Ready, from Azure's state.
+    let objs = all_objects(&stack, &s.namespaces).await;
+    let state = stack.emulator.state();
+    let mut created = Created::default();
+    let az_identities = state["identities"].as_array().unwrap().clone();
+    let az_assignments = state["roleAssignments"].as_array().unwrap().clone();
+    let mut want_on_vm: BTreeMap<String, BTreeSet<String>> =
+        (0..s.vms).map(|i| (vm(i), BTreeSet::new())).collect();
+    want_on_vm.get_mut(&vm(0)).unwrap().insert(oob_id.clone());
+    for (kind, o) in &objs {
+        let ns = o["metadata"]["namespace"].as_str().unwrap();
+        let n = o["metadata"]["name"].as_str().unwrap();
+        if !must_be_ready(&s, ns) {
+            assert!(
+                !is_ready(o),
+                "{kind} {ns}/{n} shares an Azure name with another namespace and must not be Ready"
+            );
+            continue;
+        }
+        match kind.as_str() {
+            "UserAssignedIdentity" => {
+                let id = o["status"]["resourceId"].as_str().unwrap().to_lowercase();
+                let principal = o["status"]["principalId"].as_str().unwrap().to_string();
+                let same: Vec<&Value> = az_identities
+                    .iter()
+                    .filter(|i| i["id"].as_str().unwrap().to_lowercase() == id)
+                    .collect();
+                if same.len() != 1
+                    || same[0]["properties"]["principalId"].as_str() != Some(principal.as_str())
+                {
+                    report.duplicates.push(format!(
+                        "{ns}/{n}: {} Azure identities for {id}",
+                        same.len()
+                    ));
+                }
+                created.identity_ids.insert(id);
+                created.principals.insert(principal);
+            }
+            "RoleGrant" => {
+                let principal = o["status"]["principalId"].as_str().unwrap().to_lowercase();
+                assert_eq!(
+                    o["status"]["adopted"],
+                    json!(false),
+                    "{ns}/{n} adopted its own assignment"
+                );
+                let n_assign = az_assignments
+                    .iter()
+                    .filter(|a| {
+                        a["properties"]["principalId"]
+                            .as_str()
+                            .unwrap()
+                            .to_lowercase()
+                            == principal
+                    })
+                    .count();
+                let identity = objs.iter().find(|(k, i)| {
+                    k == "UserAssignedIdentity"
+                        && i["metadata"]["namespace"] == ns
+                        && i["metadata"]["name"] == o["spec"]["identityRef"]["name"]
+                });
+                if let (Some(a), Some(identity)) = (
+                    az_assignments.iter().find(|a| {
+                        a["properties"]["principalId"]
+                            .as_str()
+                            .unwrap()
+                            .to_lowercase()
+                            == principal
+                    }),
+                    identity,
+                ) {
+                    created.assignments.insert(
+                        identity.1["status"]["resourceId"]
+                            .as_str()
+                            .unwrap()
+                            .to_lowercase(),
+                        a["id"].as_str().unwrap().to_lowercase(),
+                    );
+                }
+                if n_assign != 1 {
+                    report.duplicates.push(format!(
+                        "{ns}/{n}: {n_assign} role assignments for principal {principal}"
+                    ));
+                }
+            }
+            _ => {
+                let target = o["spec"]["target"]["virtualMachine"]["name"]
+                    .as_str()
+                    .unwrap();
+                let identity = objs
+                    .iter()
+                    .find(|(k, i)| {
+                        k == "UserAssignedIdentity"
+                            && i["metadata"]["namespace"] == ns
+                            && i["metadata"]["name"] == o["spec"]["identityRef"]["name"]
+                    })
+                    .unwrap();
+                let id = identity.1["status"]["resourceId"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase();
+                assert_eq!(o["status"]["assigned"], json!(true), "{ns}/{n}");
+                want_on_vm.get_mut(target).unwrap().insert(id);
+            }
+        }
+    }
+    for (vm_name, want) in &want_on_vm {
+        let have = vm_identities(&state, vm_name);
+        assert_eq!(
+            &have,
+            want,
+            "{vm_name} must hold exactly its bound identities and the out-of-band one (seed {}; log {})",
+            s.seed,
+            log.display()
+        );
+    }
+    assert!(
+        report.duplicates.is_empty(),
+        "duplicates (seed {}): {:?}",
+        s.seed,
+        report.duplicates
+    );
+
+    // Deletion, with kills.
+    let started = Instant::now();
+    for ns in &s.namespaces {
+        let dp = DeleteParams::default();
+        let lp = ListParams::default();
+        bindings(&stack, ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        grants(&stack, ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        identities(&stack, ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+    }
+    report.kills_deleting = kill_while(
+        &mut ctl,
+        &mut rng,
+        s.kills_deleting,
+        s.kill_within,
+        s.deadline,
+        "deletion",
+        || {
+            let namespaces = namespaces.clone();
+            async move { all_objects(stack_ref, &namespaces).await.is_empty() }
+        },
+    )
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "not deleted (seed {}; log {}): {:?}",
+            s.seed,
+            log.display(),
+            futures_block(all_objects(&stack, &s.namespaces))
+                .iter()
+                .map(|(k, o)| format!(
+                    "{k} {}/{}: {}",
+                    o["metadata"]["namespace"],
+                    o["metadata"]["name"],
+                    reason(o)
+                ))
+                .collect::<Vec<_>>()
+        )
+    });
+    report.time_to_deleted = started.elapsed();
+    // Give late long-running operations their time, then look at what is left.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    ctl.stop();
+    let state = stack.emulator.state();
+    for i in state["identities"].as_array().unwrap() {
+        let id = i["id"].as_str().unwrap().to_lowercase();
+        if id != oob_id {
+            report.orphans.push(format!("identity {id}"));
+        }
+    }
+    for a in state["roleAssignments"].as_array().unwrap() {
+        let p = a["properties"]["principalId"]
+            .as_str()
+            .unwrap()
+            .to_lowercase();
+        if created.principals.contains(&p) {
+            report.orphans.push(format!("role assignment {}", a["id"]));
+        }
+    }
+    for i in 0..s.vms {
+        for id in vm_identities(&state, &vm(i)) {
+            if id != oob_id || i != 0 {
+                report.orphans.push(format!("{} still holds {id}", vm(i)));
+            }
+        }
+    }
+    let oob_now = state["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"].as_str().unwrap().to_lowercase() == oob_id)
+        .cloned()
+        .expect("the out-of-band identity still exists");
+    assert_eq!(oob_now["properties"]["principalId"], json!(oob_principal));
+    assert_eq!(oob_now["tags"], json!({"team": "ops"}), "untouched");
+    assert!(
+        vm_identities(&state, &vm(0)).contains(&oob_id),
+        "still on vm-0"
+    );
+
+    // Deletion order, from the journal: an identity is deleted only after its role assignment
+    // was deleted and a VM PATCH removed it.
+    let journal = stack.emulator.journal();
+    let applied = |e: &uami_controller::emulator::Exchange| {
+        matches!(e.status, 200 | 201 | 204)
+            || e.fault
+                .as_deref()
+                .is_some_and(|f| f.starts_with("appliedThen"))
+    };
+    for (n, ex) in journal.iter().enumerate() {
+        if ex.operation != "UserAssignedIdentities_Delete" || !applied(ex) {
+            continue;
+        }
+        let id = ex.path.to_lowercase();
+        let Some(assignment) = created.assignments.get(&id) else {
+            continue;
+        };
+        let before = &journal[..n];
+        assert!(
+            before
+                .iter()
+                .any(|e| e.operation == "RoleAssignments_Delete"
+                    && e.path.to_lowercase() == *assignment
+                    && applied(e)),
+            "identity {id} deleted before its role assignment {assignment} (seed {})",
+            s.seed
+        );
+        assert!(
+            before
+                .iter()
+                .any(|e| e.operation == "VirtualMachines_Update"
+                    && applied(e)
+                    && e.request.as_ref().is_some_and(|r| {
+                        r["identity"]["userAssignedIdentities"]
+                            .as_object()
+                            .is_some_and(|m| {
+                                m.iter().any(|(k, v)| k.to_lowercase() == id && v.is_null())
+                            })
+                    })),
+            "identity {id} deleted before a VM PATCH removed it (seed {})",
+            s.seed
+        );
+    }
+    report.injected = stack.emulator.injected();
+    let (closed, gone) = stack.sandbox.watch_faults_injected();
+    report.watches_closed = closed;
+    report.resumes_gone = gone;
+    report.print(name);
+    assert!(
+        report.orphans.is_empty(),
+        "orphans (seed {}; log {}): {:?}",
+        s.seed,
+        log.display(),
+        report.orphans
+    );
+    let _ = std::fs::copy(&log, std::env::temp_dir().join(format!("chaos-{name}.log")));
+    stack.stop().await;
+    report
+}
+
+fn scenario(seed: u64, sets: usize, vms: usize, kills: (u32, u32)) -> Scenario {
+    Scenario {
+        seed,
+        namespaces: vec!["chaos".into()],
+        sets,
+        vms,
+        kills_converging: kills.0,
+        kills_deleting: kills.1,
+        faults: realistic_faults(seed),
+        watch: realistic_watch(seed),
+        shared_azure_names: false,
+        deadline: Duration::from_secs(240),
+        kill_within: Duration::from_secs(4),
+        arm_timeout: "3s",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_chaos_run() {
+    let s = scenario(seed(7), 10, 5, (4, 2));
+    let r = run(s, "ci").await;
+    assert!(
+        r.kills_converging >= 1,
+        "the controller was killed while converging"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the full chaos run: 50 sets over 5 VMs, 15 kills; run it with --ignored"]
+async fn full_chaos_run() {
+    let mut s = scenario(seed(2026), 50, 5, (10, 5));
+    s.deadline = Duration::from_secs(600);
+    let r = run(s, "full").await;
+    assert_eq!(r.kills_converging, 10);
+    assert_eq!(r.kills_deleting, 5);
+}
