@@ -477,7 +477,8 @@ async fn run(s: Scenario, name: &str) -> Report {
         .unwrap()
         .to_string();
 
-    let log = dir.path().join("controller.log");
+    let log = std::env::temp_dir().join(format!("chaos-{name}-{}.log", s.seed));
+    let _ = std::fs::remove_file(&log);
     let mut ctl = ControllerProcess::new(
         controller_args(&stack, dir.path(), "controller", s.arm_timeout),
         log.clone(),
@@ -626,6 +627,12 @@ async fn run(s: Scenario, name: &str) -> Report {
                     .unwrap()
                     .to_lowercase();
                 assert_eq!(o["status"]["assigned"], json!(true), "{ns}/{n}");
+                assert_eq!(
+                    o["status"]["adopted"],
+                    json!(false),
+                    "{ns}/{n} adopted the assignment it made itself (seed {})",
+                    s.seed
+                );
                 want_on_vm.get_mut(target).unwrap().insert(id);
             }
         }
@@ -738,6 +745,10 @@ async fn run(s: Scenario, name: &str) -> Report {
     // Deletion order, from the journal: an identity is deleted only after its role assignment
     // was deleted and a VM PATCH removed it.
     let journal = stack.emulator.journal();
+    let _ = std::fs::write(
+        log.with_extension("journal.json"),
+        serde_json::to_string_pretty(&journal).unwrap(),
+    );
     let applied = |e: &uami_controller::emulator::Exchange| {
         matches!(e.status, 200 | 201 | 204)
             || e.fault
@@ -790,7 +801,6 @@ async fn run(s: Scenario, name: &str) -> Report {
         log.display(),
         report.orphans
     );
-    let _ = std::fs::copy(&log, std::env::temp_dir().join(format!("chaos-{name}.log")));
     stack.stop().await;
     report
 }

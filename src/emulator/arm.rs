@@ -1271,10 +1271,19 @@ fn compute_patch(
         )
         .into();
     }
-    let mut change = IdentityChange {
+    // As in ARM, a PATCH updates the model at once and the operation brings the VM to it: an
+    // update accepted while another runs builds on that one's goal, not on the state the
+    // running one has not applied yet (which would silently drop the running change).
+    let running = c
+        .pending
+        .as_ref()
+        .and_then(|p| st.operations.get(p))
+        .filter(|o| o.outcome.is_none())
+        .map(|o| o.change.clone());
+    let mut change = running.unwrap_or_else(|| IdentityChange {
         system: c.system_principal.is_some(),
         user_assigned: c.user_assigned.clone(),
-    };
+    });
     if let Some(identity) = body.get("identity").filter(|v| !v.is_null()) {
         let Some(t) = identity["type"].as_str() else {
             return arm_err(
@@ -1369,6 +1378,7 @@ fn compute_patch(
             polls_left: inner.world.lro_polls,
             fail,
             late,
+            seq: c.etag + 1,
             due: now + LRO_DEADLINE,
             started: jiff::Timestamp::now().to_string(),
             outcome: None,
@@ -1376,6 +1386,8 @@ fn compute_patch(
     );
     if let Some(cm) = st.computes.get_mut(&key) {
         cm.pending = Some(op_id.clone());
+        // The model changed: a writer holding the old etag gets 412.
+        cm.etag += 1;
     }
     let Some(cm) = st.computes.get(&key) else {
         return compute_missing(scope).into();

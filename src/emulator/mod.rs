@@ -238,6 +238,7 @@ fn build_state(world: &World) -> Result<State, EmulatorError> {
                     user_assigned: BTreeMap::new(),
                     etag: 1,
                     pending: None,
+                    applied_seq: 0,
                     instances: Vec::new(),
                 };
                 st.computes.insert(c.id().to_lowercase(), c);
@@ -254,6 +255,7 @@ fn build_state(world: &World) -> Result<State, EmulatorError> {
                     user_assigned: BTreeMap::new(),
                     etag: 1,
                     pending: None,
+                    applied_seq: 0,
                     instances: (0..ss.instances)
                         .map(|i| format!("{}_{i}", ss.name))
                         .collect(),
