@@ -841,3 +841,194 @@ async fn full_chaos_run() {
     assert_eq!(r.kills_converging, 10);
     assert_eq!(r.kills_deleting, 5);
 }
+
+/// The Lease holder, if any.
+async fn holder(stack: &Stack) -> Option<String> {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(stack.client(), "default");
+    leases
+        .get_opt("uami-controller")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+/// Send a signal to a process (`STOP`, `CONT`).
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// The replica a journal entry came from (`uami-controller/<version> (<replica>)`).
+fn replica(e: &uami_controller::emulator::Exchange) -> Option<String> {
+    let ua = e.client.as_deref()?;
+    let start = ua.rfind('(')?;
+    Some(ua[start + 1..].trim_end_matches(')').to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
+    let vms = 2;
+    let s = Scenario {
+        sets: 12,
+        vms,
+        ..scenario(seed(11), 12, vms, (0, 0))
+    };
+    let stack = start_stack(vms).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut faults = Faults {
+        latency_ms: 200,
+        seed: s.seed,
+        ..Faults::default()
+    };
+    stack.emulator.set_faults(faults.clone());
+    let args = |who: &str| {
+        let mut a = controller_args(&stack, dir.path(), who, "10s");
+        a.extend(
+            [
+                "--leader-election",
+                "--lease-namespace",
+                "default",
+                "--lease-duration",
+                "4s",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let log = |who: &str| std::env::temp_dir().join(format!("leader-{who}-{}.log", s.seed));
+    let mut a = ControllerProcess::new(args("a"), log("a"));
+    let mut b = ControllerProcess::new(args("b"), log("b"));
+    a.start();
+    eventually(30, "a to lead", || async {
+        (holder(&stack).await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    b.start();
+    stack.apply_yaml(&objects_yaml(&s)).await.unwrap();
+    eventually(60, "a's first ARM writes", || async {
+        let j = stack.emulator.journal();
+        (j.iter()
+            .filter(|e| replica(e).as_deref() == Some("a") && e.method != "GET")
+            .count()
+            >= 3)
+            .then_some(())
+    })
+    .await;
+
+    // The leader stalls (a long GC pause, a frozen node): its lease expires, b takes over; then
+    // it resumes with timers due and writes queued, and must not send any of them.
+    signal(a.child.as_ref().unwrap(), "STOP");
+    eventually(30, "b to lead", || async {
+        (holder(&stack).await.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    let b_started = eventually(30, "b's first ARM request", || async {
+        stack
+            .emulator
+            .journal()
+            .iter()
+            .find(|e| replica(e).as_deref() == Some("b"))
+            .map(|e| e.at_ms)
+    })
+    .await;
+    signal(a.child.as_ref().unwrap(), "CONT");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let late: Vec<String> = stack
+        .emulator
+        .journal()
+        .iter()
+        .filter(|e| replica(e).as_deref() == Some("a") && e.at_ms >= b_started)
+        .map(|e| format!("{} {} at {} ms", e.method, e.path, e.at_ms))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader reached ARM after the new one started at {b_started} ms: {late:?}"
+    );
+    assert_eq!(holder(&stack).await.as_deref(), Some("b"), "a stepped down");
+
+    // Now the new leader dies mid-convergence: a takes over once the lease expires.
+    b.kill();
+    let killed = Instant::now();
+    eventually(30, "a to lead again", || async {
+        (holder(&stack).await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover >= Duration::from_secs(2),
+        "a took over only after b's lease expired (after {takeover:?})"
+    );
+    faults.latency_ms = 0;
+    stack.emulator.set_faults(faults);
+    eventually(120, "everything Ready", || async {
+        let objs = all_objects(&stack, &s.namespaces).await;
+        (objs.len() == s.sets * 3 && objs.iter().all(|(_, o)| is_ready(o))).then_some(())
+    })
+    .await;
+
+    // Writes ordered by holder: a's term, b's term, a's term, never interleaved.
+    let journal = stack.emulator.journal();
+    let mut terms: Vec<String> = Vec::new();
+    for e in &journal {
+        if let Some(r) = replica(e)
+            && terms.last() != Some(&r)
+        {
+            terms.push(r);
+        }
+    }
+    assert_eq!(
+        terms,
+        ["a", "b", "a"],
+        "ARM requests by replica, in arrival order"
+    );
+    // No duplicates: one assignment per grant, each VM holds exactly its bound identities.
+    let state = stack.emulator.state();
+    let objs = all_objects(&stack, &s.namespaces).await;
+    let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (kind, o) in &objs {
+        if kind == "IdentityBinding" {
+            let id = objs
+                .iter()
+                .find(|(k, i)| {
+                    k == "UserAssignedIdentity"
+                        && i["metadata"]["name"] == o["spec"]["identityRef"]["name"]
+                })
+                .unwrap()
+                .1["status"]["resourceId"]
+                .as_str()
+                .unwrap()
+                .to_lowercase();
+            want.entry(
+                o["spec"]["target"]["virtualMachine"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default()
+            .insert(id);
+        }
+        if kind == "RoleGrant" {
+            let p = o["status"]["principalId"].as_str().unwrap();
+            let n = state["roleAssignments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["properties"]["principalId"] == json!(p))
+                .count();
+            assert_eq!(n, 1, "one assignment for {}", o["metadata"]["name"]);
+            assert_eq!(o["status"]["adopted"], json!(false));
+        }
+    }
+    for (vm_name, ids) in want {
+        assert_eq!(vm_identities(&state, &vm_name), ids, "{vm_name}");
+    }
+    a.stop();
+    stack.stop().await;
+}

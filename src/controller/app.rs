@@ -97,7 +97,7 @@ pub fn start(
         per_second: per_second.max(0.1),
         burst: (per_second * 5.0).ceil().max(1.0) as u32,
     };
-    let arm = Arc::new(ArmClient::new(
+    let arm = ArmClient::new(
         http,
         ArmClientOptions {
             endpoint: opts.arm_endpoint.clone(),
@@ -111,7 +111,11 @@ pub fn start(
         },
         credential,
         Some(registry),
-    ));
+    );
+    let arm = Arc::new(match &opts.lease {
+        Some(lease) => arm.with_fence(lease.fence.clone()),
+        None => arm,
+    });
     let metrics = ReconcileMetrics::register(registry);
     let parts = ControllerParts {
         azure: AzureApis {

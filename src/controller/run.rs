@@ -195,8 +195,11 @@ pub async fn run_controllers(
         .for_each(|_| futures::future::ready(()));
 
     let policy_task = tokio::spawn(policy_watch);
+    let writers = ctx.writer.clone();
     let stopper = async move {
         shutdown.await;
+        // Writers and their pollers stop at once: no VM write of this term starts or goes on.
+        writers.stop();
         tracing::info!("shutting down: finishing in-flight reconciles");
         let _ = shutdown_tx.send(());
     };
