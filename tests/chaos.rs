@@ -1098,3 +1098,108 @@ async fn the_same_azure_name_in_two_namespaces_leaves_nothing_assigned() {
     s.shared_azure_names = true;
     run(s, "shared-names").await;
 }
+
+/// The controller killed with SIGKILL while its writes are applied in Azure but their answers
+/// have not arrived: the restarted controller recognises its own identity, role assignment (by
+/// its deterministic name) and VM assignment, adopts none of them and creates no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_mid_put_creates_no_duplicate_and_adopts_nothing() {
+    let s = scenario(seed(40), 1, 1, (0, 0));
+    let stack = start_stack(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::env::temp_dir().join(format!("mid-put-{}.log", s.seed));
+    let mut ctl = ControllerProcess::new(
+        controller_args(&stack, dir.path(), "controller", "60s"),
+        log.clone(),
+    );
+    // Every write is applied at once and answered 30 s later.
+    stack.emulator.set_faults(Faults {
+        applied_then_slow_rate: 1.0,
+        slow_answer_ms: 30_000,
+        seed: s.seed,
+        ..Faults::default()
+    });
+    ctl.start();
+    stack.apply_yaml(&objects_yaml(&s)).await.unwrap();
+    let applied = |op: &'static str| {
+        let stack = &stack;
+        async move {
+            stack
+                .emulator
+                .injected()
+                .get("appliedThenSlow")
+                .copied()
+                .unwrap_or(0)
+                >= 1
+                && match op {
+                    "identity" => !stack.emulator.state()["identities"]
+                        .as_array()
+                        .unwrap()
+                        .is_empty(),
+                    "assignment" => stack.emulator.state()["roleAssignments"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|a| {
+                            a["properties"]["principalType"] == "ServicePrincipal"
+                                && a["properties"]["roleDefinitionId"]
+                                    .as_str()
+                                    .unwrap()
+                                    .ends_with("acdd72a7-3385-48ef-bd42-f606fba81ae7")
+                        }),
+                    _ => !vm_identities(&stack.emulator.state(), &vm(0)).is_empty(),
+                }
+        }
+    };
+    // Kill in the middle of the identity PUT: applied in Azure, answer not yet received.
+    eventually(60, "the identity PUT applied", || async {
+        applied("identity").await.then_some(())
+    })
+    .await;
+    ctl.kill();
+    // Answers come at once again for the identity; the assignment PUT and the VM PATCH are
+    // applied and then the controller dies before either answer arrives.
+    ctl.start();
+    eventually(
+        90,
+        "the role assignment PUT and the VM PATCH applied",
+        || async { (applied("assignment").await && applied("vm").await).then_some(()) },
+    )
+    .await;
+    ctl.kill();
+    stack.emulator.set_faults(Faults::default());
+    ctl.start();
+    let g = ready(&grants(&stack, "chaos"), "grant-0", 90).await;
+    let b = ready(&bindings(&stack, "chaos"), "bind-0", 90).await;
+    let gs = g.status.unwrap();
+    assert_eq!(
+        gs.adopted,
+        Some(false),
+        "the grant's own assignment is not adopted"
+    );
+    assert_eq!(
+        b.status.unwrap().adopted,
+        Some(false),
+        "the binding's own assignment is not adopted"
+    );
+    let state = stack.emulator.state();
+    let principal = gs.principal_id.unwrap();
+    let assignments: Vec<&Value> = state["roleAssignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["properties"]["principalId"] == json!(principal))
+        .collect();
+    assert_eq!(assignments.len(), 1, "{assignments:?}");
+    assert_eq!(
+        assignments[0]["id"].as_str().unwrap().to_lowercase(),
+        gs.role_assignment_id.unwrap().to_lowercase()
+    );
+    assert_eq!(
+        state["identities"].as_array().unwrap().len(),
+        1,
+        "one identity"
+    );
+    ctl.stop();
+    stack.stop().await;
+}
