@@ -1203,3 +1203,51 @@ async fn a_kill_mid_put_creates_no_duplicate_and_adopts_nothing() {
     ctl.stop();
     stack.stop().await;
 }
+
+/// The sandbox's watch faults: watches closed at random and resumes answered 410 Gone; a
+/// kube-rs watcher sees every object anyway (it resumes, or relists after the 410).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_closed_at_random_and_resumes_answered_410() {
+    use futures::TryStreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let stack = start_stack(1).await;
+    stack.sandbox.set_watch_faults(WatchFaults {
+        close_within: Duration::from_millis(400),
+        gone_rate: 0.5,
+        seed: 5,
+    });
+    stack
+        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: w}\n")
+        .await
+        .unwrap();
+    let api = identities(&stack, "w");
+    let mut seen = BTreeSet::new();
+    let stream = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut created = 0;
+    while seen.len() < 10 {
+        assert!(Instant::now() < deadline, "saw only {seen:?}");
+        if created < 10 {
+            stack
+                .apply_yaml(&format!("apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: w-{created}, namespace: w}}\nspec: {{resourceGroup: {RG}, location: eastus}}\n"))
+                .await
+                .unwrap();
+            created += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        if let Ok(Ok(Some(o))) =
+            tokio::time::timeout(Duration::from_millis(200), stream.try_next()).await
+        {
+            seen.insert(o.metadata.name.unwrap());
+        }
+    }
+    let (closed, gone) = stack.sandbox.watch_faults_injected();
+    assert!(closed >= 1, "watches closed: {closed}");
+    assert!(gone >= 1, "resumes answered 410: {gone}");
+    stack.sandbox.set_watch_faults(WatchFaults::default());
+    assert_eq!(stack.sandbox.watch_faults_injected(), (0, 0), "off");
+    stack.stop().await;
+}
