@@ -546,6 +546,10 @@ async fn run(s: Scenario, name: &str) -> Report {
     report.objects = expected;
 
     // Invariants once Ready, from Azure's state.
+    let _ = std::fs::write(
+        log.with_extension("ready.journal.json"),
+        serde_json::to_string_pretty(&stack.emulator.journal()).unwrap(),
+    );
     let objs = all_objects(&stack, &s.namespaces).await;
     let state = stack.emulator.state();
     let mut created = Created::default();
@@ -974,15 +978,28 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
 
     // Now the new leader dies mid-convergence: a takes over once the lease expires.
     b.kill();
-    let killed = Instant::now();
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(stack.client(), "default");
+    let last = leases.get("uami-controller").await.unwrap().spec.unwrap();
+    assert_eq!(last.holder_identity.as_deref(), Some("b"));
+    let b_renewed = last.renew_time.unwrap().0;
     eventually(30, "a to lead again", || async {
         (holder(&stack).await.as_deref() == Some("a")).then_some(())
     })
     .await;
-    let takeover = killed.elapsed();
+    let taken = leases.get("uami-controller").await.unwrap().spec.unwrap();
+    let expiry = b_renewed
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+            last.lease_duration_seconds.unwrap(),
+        )))
+        .unwrap();
     assert!(
-        takeover >= Duration::from_secs(2),
-        "a took over only after b's lease expired (after {takeover:?})"
+        taken.acquire_time.unwrap().0 >= expiry,
+        "a took the lease over only once b's had expired"
+    );
+    assert_eq!(
+        taken.lease_transitions,
+        last.lease_transitions.map(|t| t + 1)
     );
     faults.latency_ms = 0;
     stack.emulator.set_faults(faults);
@@ -1247,7 +1264,27 @@ async fn watches_closed_at_random_and_resumes_answered_410() {
     let (closed, gone) = stack.sandbox.watch_faults_injected();
     assert!(closed >= 1, "watches closed: {closed}");
     assert!(gone >= 1, "resumes answered 410: {gone}");
-    stack.sandbox.set_watch_faults(WatchFaults::default());
-    assert_eq!(stack.sandbox.watch_faults_injected(), (0, 0), "off");
+    // Switched off at run time over HTTP, as the emulator's faults are.
+    let url = format!("{}_sandbox/watch-faults", stack.sandbox.url());
+    let http = reqwest::Client::new();
+    let r = http
+        .put(&url)
+        .json(&json!({"goneRate": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let now: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (now["closeWithinMs"].as_u64(), now["gone"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let bad = http
+        .put(&url)
+        .json(&json!({"goneRates": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
     stack.stop().await;
 }

@@ -546,7 +546,7 @@ pub async fn handle(
             {
                 answer = refused.into();
             }
-            finish(
+            let resp = finish(
                 &inner,
                 Meta {
                     op,
@@ -560,7 +560,12 @@ pub async fn handle(
                 request,
                 answer,
                 remaining,
-            )
+            );
+            if fault == Some(fk::APPLIED_THEN_SLOW) {
+                let slow = inner.faults.lock().slow_answer();
+                tokio::time::sleep(slow).await;
+            }
+            resp
         }
     }
 }
@@ -878,7 +883,7 @@ async fn run(
     };
     // Failures after the write was applied: the caller cannot tell that it happened.
     if *method != Method::GET && answer.status.is_success() {
-        let (drop_now, drop_rate, err_now, err_rate, slow_now, slow_rate, slow) = {
+        let (drop_now, drop_rate, err_now, err_rate, slow_now, slow_rate) = {
             let mut f = inner.faults.lock();
             (
                 take_next(&mut f.applied_then_drop_next),
@@ -887,7 +892,6 @@ async fn run(
                 f.applied_then_error_rate,
                 take_next(&mut f.applied_then_slow_next),
                 f.applied_then_slow_rate,
-                f.slow_answer(),
             )
         };
         if drop_now || inner.chance(drop_rate) {
@@ -903,8 +907,9 @@ async fn run(
             ));
         }
         if slow_now || inner.chance(slow_rate) {
+            // Recorded now, answered after `slow` (see `handle`): a caller that gives up or
+            // dies meanwhile still leaves the applied write in the journal.
             inner.inject(fk::APPLIED_THEN_SLOW);
-            tokio::time::sleep(slow).await;
             return Ok((answer, remaining, Some(fk::APPLIED_THEN_SLOW)));
         }
     }

@@ -162,7 +162,57 @@ pub struct Sandbox {
 }
 
 fn app(shared: Arc<Shared>) -> Router {
-    Router::new().fallback(server::handle).with_state(shared)
+    Router::new()
+        .route(
+            "/_sandbox/watch-faults",
+            axum::routing::get(get_watch_faults).put(put_watch_faults),
+        )
+        .fallback(server::handle)
+        .with_state(shared)
+}
+
+/// `PUT /_sandbox/watch-faults` body: `{"closeWithinMs": 20000, "goneRate": 0.2, "seed": 1}`.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+struct WatchFaultsBody {
+    close_within_ms: u64,
+    gone_rate: f64,
+    seed: u64,
+}
+
+async fn get_watch_faults(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> axum::Json<Value> {
+    let c = shared.watch_chaos.lock();
+    axum::Json(serde_json::json!({
+        "closeWithinMs": c.faults.close_within.as_millis() as u64,
+        "goneRate": c.faults.gone_rate,
+        "seed": c.faults.seed,
+        "closed": c.closed,
+        "gone": c.gone,
+    }))
+}
+
+async fn put_watch_faults(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match serde_json::from_slice::<WatchFaultsBody>(&body) {
+        Ok(b) => {
+            *shared.watch_chaos.lock() = WatchChaos::new(WatchFaults {
+                close_within: std::time::Duration::from_millis(b.close_within_ms),
+                gone_rate: b.gone_rate,
+                seed: b.seed,
+            });
+            axum::Json(b).into_response()
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 /// Start the sandbox.
