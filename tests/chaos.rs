@@ -802,7 +802,11 @@ async fn run(s: Scenario, name: &str) -> Report {
                 .any(|e| e.operation == "VirtualMachines_Update"
                     && applied(e)
                     && e.request.as_ref().is_some_and(|r| {
-                        r["identity"]["userAssignedIdentities"]
+                        // `null` removes one identity; a type without UserAssigned removes all.
+                        matches!(
+                            r["identity"]["type"].as_str(),
+                            Some("None" | "SystemAssigned")
+                        ) || r["identity"]["userAssignedIdentities"]
                             .as_object()
                             .is_some_and(|m| {
                                 m.iter().any(|(k, v)| k.to_lowercase() == id && v.is_null())
