@@ -218,6 +218,8 @@ fn controller_args(stack: &Stack, dir: &Path, user: &str, arm_timeout: &str) -> 
         arm_timeout,
         "--holder-identity",
         user,
+        "--cluster-name",
+        "chaos",
     ]
     .iter()
     .map(|s| s.to_string())
