@@ -537,6 +537,10 @@ async fn run(s: Scenario, name: &str) -> Report {
     )
     .await
     .unwrap_or_else(|| {
+        let _ = std::fs::write(
+            log.with_extension("journal.json"),
+            serde_json::to_string_pretty(&stack.emulator.journal()).unwrap_or_default(),
+        );
         panic!(
             "not converged (seed {}; log {}): {:?}",
             s.seed,
