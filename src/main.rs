@@ -43,6 +43,10 @@ enum Command {
         /// Where `--keep-running` writes the kubeconfig.
         #[arg(long, default_value = "uami-demo.kubeconfig")]
         kubeconfig: PathBuf,
+        /// Then bind an identity to a service account (workload identity): federated identity
+        /// credential, service account annotations, and the token exchange proven.
+        #[arg(long)]
+        workload_identity: bool,
         /// Log level of the components (their logs go to stderr).
         #[arg(long, default_value = "error")]
         log: String,
@@ -111,8 +115,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             keep_running,
             kubeconfig,
+            workload_identity,
             log,
-        } => demo(timeout, keep_running, kubeconfig, &log).await,
+        } => demo(timeout, keep_running, kubeconfig, workload_identity, &log).await,
         Command::Sandbox {
             listen,
             kubeconfig,
@@ -253,6 +258,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         writer: WriterConfig::default(),
         instance: Some(holder.clone()),
         arm_timeout: args.arm_timeout,
+        oidc_issuer: args.oidc_issuer.clone(),
+        authority_host: args.authority_host.clone(),
     };
     let stop = shutdown_token();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -328,6 +335,7 @@ async fn demo(
     timeout: std::time::Duration,
     keep_running: bool,
     kubeconfig: PathBuf,
+    workload_identity: bool,
     log: &str,
 ) -> anyhow::Result<ExitCode> {
     use uami_controller::demo::run::{DemoOptions, run};
@@ -338,6 +346,7 @@ async fn demo(
             timeout,
             keep_running,
             kubeconfig,
+            workload_identity,
         },
         &mut out,
     )

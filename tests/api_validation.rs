@@ -393,6 +393,57 @@ fn bad_objects() -> Vec<Case> {
             ),
             "spec.target",
         ),
+        case(
+            "VM and service account at once",
+            with(
+                b.clone(),
+                "spec.target.serviceAccount",
+                Some(json!({"name": "app"})),
+            ),
+            "spec.target",
+        ),
+        case(
+            "service account name in upper case",
+            with(
+                b.clone(),
+                "spec.target",
+                Some(json!({"serviceAccount": {"name": "App"}})),
+            ),
+            "spec.target.serviceAccount.name",
+        ),
+        case(
+            "service account without a name",
+            with(
+                b.clone(),
+                "spec.target",
+                Some(json!({"serviceAccount": {}})),
+            ),
+            "spec.target.serviceAccount",
+        ),
+        update(
+            "service account changed",
+            with(
+                b.clone(),
+                "spec.target",
+                Some(json!({"serviceAccount": {"name": "app"}})),
+            ),
+            with(
+                b.clone(),
+                "spec.target",
+                Some(json!({"serviceAccount": {"name": "other"}})),
+            ),
+            "spec.target",
+        ),
+        update(
+            "VM target changed to a service account",
+            b.clone(),
+            with(
+                b.clone(),
+                "spec.target",
+                Some(json!({"serviceAccount": {"name": "app"}})),
+            ),
+            "spec.target",
+        ),
         update(
             "identity ref changed",
             b.clone(),
@@ -495,6 +546,35 @@ fn bad_objects() -> Vec<Case> {
             "spec.roleGrants[0].scopes[0]",
         ),
         case(
+            "policy rule for a VM and service accounts at once",
+            with(
+                p.clone(),
+                "spec.identityBindings.0.serviceAccount",
+                Some(json!({"resourceGroup": "DevTest"})),
+            ),
+            "spec.identityBindings[0]",
+        ),
+        case(
+            "policy service account rule without a resource group",
+            with(
+                p.clone(),
+                "spec.identityBindings",
+                Some(json!([{"serviceAccount": {"identityName": "x-id"}}])),
+            ),
+            "spec.identityBindings.0.serviceAccount",
+        ),
+        case(
+            "policy service account name not a DNS name",
+            with(
+                p.clone(),
+                "spec.identityBindings",
+                Some(
+                    json!([{"serviceAccount": {"resourceGroup": "DevTest", "serviceAccounts": ["App_1"]}}]),
+                ),
+            ),
+            "spec.identityBindings.0.serviceAccount.serviceAccounts.0",
+        ),
+        case(
             "policy binding rule with two targets",
             with(
                 p.clone(),
@@ -547,6 +627,18 @@ fn good_objects_and_unchanged_updates_are_accepted() {
             "spec.target",
             Some(
                 json!({"virtualMachineScaleSet": {"resourceGroup": "DevTest", "name": "my_scale.set"}}),
+            ),
+        ),
+        with(
+            binding(binding_spec()),
+            "spec.target",
+            Some(json!({"serviceAccount": {"name": "app.v1"}})),
+        ),
+        with(
+            policy(policy_spec()),
+            "spec.identityBindings",
+            Some(
+                json!([{"serviceAccount": {"resourceGroup": "DevTest", "identityName": "myUserAssignedIdentity", "serviceAccounts": ["app", "*"]}}, {"serviceAccount": {"subscriptionId": "6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c", "resourceGroup": "DevTest"}}]),
             ),
         ),
         grant(grant_spec()),

@@ -76,8 +76,33 @@ async fn roles_grant_exactly_what_the_code_calls() {
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The service account path too (workload identity), created and deleted.
+    stack
+        .apply_yaml(include_str!("../examples/workload-identity.yaml"))
+        .await
+        .unwrap();
+    ready(
+        &bindings(&stack, "workload"),
+        "reporter-identity-for-reporter",
+        60,
+    )
+    .await;
+    ready(&grants(&stack, "workload"), "reporter-reads-devtest", 60).await;
     let dp = DeleteParams::default();
+    bindings(&stack, "workload")
+        .delete("reporter-identity-for-reporter", &dp)
+        .await
+        .unwrap();
+    eventually(60, "service account binding deleted", || async {
+        bindings(&stack, "workload")
+            .get_opt("reporter-identity-for-reporter")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     grants(&stack, "tutorial")
         .delete("my-identity-reads-devtest", &dp)
         .await

@@ -161,7 +161,9 @@ async fn kubectl_shows_the_api_servers_refusals() {
     assert!(!ok);
     assert!(
         err.contains("spec.target")
-            && err.contains("exactly one of virtualMachine or virtualMachineScaleSet"),
+            && err.contains(
+                "exactly one of virtualMachine, virtualMachineScaleSet or serviceAccount"
+            ),
         "{err}"
     );
     let bad_guid = dir.path().join("guid.yaml");

@@ -1,5 +1,8 @@
 //! `IdentityBinding`: assigns an identity to a VM or scale set (tutorial step 2); the agent on the
-//! VM reports the token it obtained through IMDS (tutorial step 4, first half).
+//! VM reports the token it obtained through IMDS (tutorial step 4, first half). Or binds it to a
+//! Kubernetes service account (workload identity): a federated identity credential on the
+//! identity trusts the cluster's OIDC issuer for that service account, and the controller proves
+//! it by exchanging a service account token for an Entra ID token.
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -17,12 +20,13 @@ use super::common::*;
     status = "IdentityBindingStatus",
     shortname = "idb",
     category = "azureidentity",
-    doc = "Assigns a user-assigned identity to a virtual machine or scale set, and reports the token the VM's agent obtained for it.",
+    doc = "Assigns a user-assigned identity to a virtual machine or scale set, or binds it to a service account through a federated identity credential (workload identity), and reports the token obtained with it.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,
     printcolumn = r#"{"name":"VM","type":"string","jsonPath":".spec.target.virtualMachine.name"}"#,
     printcolumn = r#"{"name":"Scale Set","type":"string","jsonPath":".spec.target.virtualMachineScaleSet.name"}"#,
+    printcolumn = r#"{"name":"Service Account","type":"string","jsonPath":".spec.target.serviceAccount.name"}"#,
     printcolumn = r#"{"name":"Token Expires","type":"string","priority":1,"jsonPath":".status.token.expiresOn"}"#,
     printcolumn = r#"{"name":"Target","type":"string","priority":1,"jsonPath":".status.targetResourceId"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -33,8 +37,8 @@ pub struct IdentityBindingSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("identityRef is immutable; create a new binding").reason(Reason::FieldValueForbidden))]
     pub identity_ref: IdentityRef,
 
-    /// The VM or scale set that receives the identity: exactly one of `virtualMachine` and
-    /// `virtualMachineScaleSet`. Immutable.
+    /// What receives the identity: exactly one of `virtualMachine`, `virtualMachineScaleSet` and
+    /// `serviceAccount`. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("target is immutable; create a new binding").reason(Reason::FieldValueForbidden))]
     pub target: BindingTarget,
 
@@ -48,10 +52,10 @@ pub struct IdentityBindingSpec {
     pub deletion_policy: DeletionPolicy,
 }
 
-/// Exactly one VM or scale set.
+/// Exactly one VM, scale set or service account.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) == 1").message("exactly one of virtualMachine or virtualMachineScaleSet must be set"))]
+#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) == 1").message("exactly one of virtualMachine, virtualMachineScaleSet or serviceAccount must be set"))]
 pub struct BindingTarget {
     /// A single virtual machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +63,21 @@ pub struct BindingTarget {
     /// A virtual machine scale set (every instance gets the identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_machine_scale_set: Option<ComputeRef>,
+    /// A service account in the binding's namespace (workload identity): the identity gets a
+    /// federated identity credential for the cluster's OIDC issuer and
+    /// `system:serviceaccount:<namespace>:<name>`, and the service account the
+    /// `azure.workload.identity/client-id` and `azure.workload.identity/tenant-id` annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+}
+
+/// A service account in the binding's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    /// Name of the ServiceAccount.
+    #[schemars(length(min = 1, max = 253), pattern(K8S_NAME_PATTERN))]
+    pub name: String,
 }
 
 /// Coordinates of a VM or scale set in Azure.
@@ -77,11 +96,13 @@ pub struct ComputeRef {
     pub name: String,
 }
 
-/// The token check the agent performs on the VM.
+/// The token check: the agent's on a VM, or the controller's token exchange for a service
+/// account.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenCheck {
-    /// Resource (audience) to request a token for through IMDS.
+    /// Resource (audience) to request a token for (through IMDS, or at Entra ID for a service
+    /// account).
     #[serde(default = "default_token_resource")]
     #[schemars(length(min = 1, max = 512), pattern(r"^(https?|api)://\S+$"))]
     pub resource: String,
@@ -107,21 +128,28 @@ pub struct IdentityBindingStatus {
     /// The generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions: `Assigned` (controller), `TokenAcquired` (agent), `Ready`.
+    /// Conditions: `Assigned` (controller), `TokenAcquired` (the agent, or the controller's token
+    /// exchange for a service account), `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
-    /// ARM resource id of the VM or scale set.
+    /// ARM resource id of the VM or scale set; for a service account, of the federated identity
+    /// credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_resource_id: Option<String>,
-    /// Whether the identity is currently assigned to the target in Azure.
+    /// Whether the identity is currently assigned to the target in Azure (for a service account:
+    /// the federated identity credential exists and the service account is annotated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned: Option<bool>,
     /// True when the identity was already assigned to the target before this binding assigned
     /// it: the controller then never removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<bool>,
-    /// Metadata of the token the agent obtained through IMDS on a VM (never the token itself).
+    /// Name of the federated identity credential on the identity (service account targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_credential_name: Option<String>,
+    /// Metadata of the token the agent obtained through IMDS on a VM, or the controller obtained
+    /// by exchanging a service account token (`checkedBy: token-exchange`); never the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenStatus>,
     /// Per-instance token metadata for a scale set, keyed by instance id (bounded).
@@ -129,6 +157,27 @@ pub struct IdentityBindingStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
     #[schemars(length(max = 100))]
     pub instances: Vec<InstanceTokenStatus>,
+    /// Service account targets: each scope granted to the identity (by RoleGrants with
+    /// `verifyAccess`), read with the exchanged token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    #[schemars(length(max = 100))]
+    pub access: Vec<ScopeAccess>,
+}
+
+/// The result of reading one granted scope with the identity's token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeAccess {
+    /// The RoleGrant (same namespace) that granted the scope.
+    pub role_grant: String,
+    /// The ARM scope read.
+    pub scope: String,
+    /// Whether the read succeeded (HTTP 200).
+    pub verified: bool,
+    /// HTTP status of the read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i32>,
 }
 
 /// Token metadata reported by the agent. Never contains the token.

@@ -1,5 +1,5 @@
 //! `GrantPolicy` (cluster-scoped): which namespaces may grant which roles at which scopes, and bind
-//! identities to which VMs and scale sets. No policy, no grant.
+//! identities to which VMs, scale sets and service accounts. No policy, no grant.
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -30,7 +30,8 @@ pub struct GrantPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub role_grants: Vec<RoleGrantRule>,
 
-    /// Identity bindings allowed: VMs and scale sets the namespaces may bind identities to.
+    /// Identity bindings allowed: VMs and scale sets the namespaces may bind identities to, and
+    /// identities they may bind to their service accounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identity_bindings: Vec<BindingRule>,
 
@@ -109,10 +110,10 @@ pub struct SubscriptionPattern {
     pub subscription_id: String,
 }
 
-/// VMs or scale sets that identities may be bound to: exactly one of the two.
+/// What identities may be bound to: exactly one of VMs, scale sets, or service accounts.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) == 1").message("exactly one of virtualMachine or virtualMachineScaleSet must be set"))]
+#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) == 1").message("exactly one of virtualMachine, virtualMachineScaleSet or serviceAccount must be set"))]
 pub struct BindingRule {
     /// Virtual machines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +121,43 @@ pub struct BindingRule {
     /// Virtual machine scale sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_machine_scale_set: Option<ComputePattern>,
+    /// Service accounts (workload identity): which Azure identities may be bound to which
+    /// service accounts of the policy's namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountPattern>,
+}
+
+/// Identities, by their Azure coordinates, that may be bound to service accounts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountPattern {
+    /// Subscription id of the identities (a GUID); defaults to the controller's configured
+    /// subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(GUID_PATTERN))]
+    pub subscription_id: Option<String>,
+    /// Resource group of the identities.
+    #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
+    pub resource_group: String,
+    /// Azure name of the identity, or `*` (the default) for every identity in the group.
+    #[serde(default = "star")]
+    #[schemars(
+        length(min = 1, max = 128),
+        pattern(r"^(\*|[a-zA-Z0-9][a-zA-Z0-9_-]{2,127})$")
+    )]
+    pub identity_name: String,
+    /// Service account names, or `*` (the default) for every service account of the namespace.
+    #[serde(default = "stars")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(inner(
+        length(min = 1, max = 253),
+        pattern(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$")
+    ))]
+    pub service_accounts: Vec<String>,
+}
+
+fn stars() -> Vec<String> {
+    vec![star()]
 }
 
 /// VMs or scale sets by resource group and name.

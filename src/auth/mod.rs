@@ -24,6 +24,7 @@
 //! Its HTTP stack would not have been the obstacle: azure_core 1.0 sends through reqwest 0.13
 //! with rustls, the client this project uses.
 
+pub mod exchange;
 pub mod imds;
 
 use std::fmt;

@@ -1,5 +1,7 @@
 //! [`ArmClient`]: the REST calls behind the resource-family traits.
 
+mod federated;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

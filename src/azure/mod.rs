@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod error;
+pub mod federated;
 pub mod scope;
 pub mod throttle;
 

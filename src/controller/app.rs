@@ -12,6 +12,7 @@ use super::context::{AzureApis, Settings};
 use super::leader::LeaseConfig;
 use super::run::{ControllerParts, run_with_leadership};
 use super::target_writer::WriterConfig;
+use super::workload::WorkloadSettings;
 use crate::auth::{CredentialConfig, build_credential};
 use crate::azure::throttle::{Rate, ThrottleConfig};
 use crate::azure::{ArmClient, ArmClientOptions};
@@ -42,6 +43,10 @@ pub struct ControllerOptions {
     pub lease: Option<LeaseConfig>,
     /// Per-target writer tuning.
     pub writer: WriterConfig,
+    /// The cluster's OIDC issuer URL, for service account bindings (workload identity).
+    pub oidc_issuer: Option<String>,
+    /// Entra ID's authority host, where service account tokens are exchanged.
+    pub authority_host: url::Url,
     /// This replica's name (the pod name), sent in the `User-Agent` of every ARM request so
     /// that ARM's request logs tell replicas apart; defaults to the Lease holder.
     pub instance: Option<String>,
@@ -121,12 +126,22 @@ pub fn start(
         azure: AzureApis {
             identities: arm.clone(),
             roles: arm.clone(),
-            compute: arm,
+            compute: arm.clone(),
+            federated: arm,
         },
         settings: Settings {
             cluster_name: opts.cluster_name.clone(),
             default_subscription: opts.default_subscription.clone(),
             resync_period: opts.resync_period,
+            workload: opts
+                .oidc_issuer
+                .clone()
+                .map(|oidc_issuer| WorkloadSettings {
+                    oidc_issuer,
+                    authority_host: opts.authority_host.clone(),
+                    arm_endpoint: opts.arm_endpoint.clone(),
+                    http: http_client(),
+                }),
         },
         metrics,
         concurrency: opts.concurrency,

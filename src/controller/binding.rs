@@ -20,6 +20,7 @@ use super::policy::{self, Decision, ResolvedTarget};
 use super::reasons;
 use super::status::{FIELD_MANAGER, apply_status, arm_reason, needs_update, now, own_conditions};
 use super::target_writer::{Outcome, Want};
+use super::workload;
 use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
 use crate::azure::compute::{ComputeTarget, TargetKind};
@@ -121,6 +122,13 @@ pub async fn reconcile(
     let key = object_key(&*obj);
     let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
         match event {
+            // Service accounts (workload identity) have their own path.
+            FinalizerEvent::Apply(obj) if workload::is_service_account(&obj) => {
+                workload::apply(obj, &ctx).await
+            }
+            FinalizerEvent::Cleanup(obj) if workload::is_service_account(&obj) => {
+                workload::cleanup(obj, &ctx).await
+            }
             FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
             FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
         }
@@ -559,6 +567,7 @@ fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
         adopted: current.and_then(|s| s.adopted),
         token: None,
         instances: Vec::new(),
+        ..IdentityBindingStatus::default()
     }
 }
 

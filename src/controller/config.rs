@@ -89,6 +89,12 @@ pub struct RunArgs {
     #[arg(long, env = "UAMI_CLUSTER_NAME", value_parser = parse_cluster_name)]
     pub cluster_name: String,
 
+    /// The cluster's OIDC issuer URL (`az aks show --query oidcIssuerProfile.issuerUrl`), exactly
+    /// as its service account tokens carry it in `iss`. Needed for service account bindings
+    /// (workload identity); without it they are refused with `NoOidcIssuer`.
+    #[arg(long, env = "UAMI_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
     /// Subscription used where a spec names none.
     #[arg(long, env = "UAMI_DEFAULT_SUBSCRIPTION")]
     pub default_subscription: Option<String>,

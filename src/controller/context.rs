@@ -27,6 +27,8 @@ pub struct Settings {
     pub default_subscription: Option<String>,
     /// Period of the drift check, before jitter.
     pub resync_period: Duration,
+    /// Service account bindings (workload identity); `None` without `--oidc-issuer`.
+    pub workload: Option<super::workload::WorkloadSettings>,
 }
 
 impl Settings {
@@ -47,6 +49,8 @@ pub struct AzureApis {
     pub roles: Arc<dyn RoleApi>,
     /// VM and scale set identity.
     pub compute: Arc<dyn ComputeApi>,
+    /// Federated identity credentials (service account bindings).
+    pub federated: Arc<dyn crate::azure::federated::FederatedCredentialApi>,
 }
 
 /// Reflector stores of the four kinds.
@@ -78,6 +82,8 @@ pub struct Context {
     pub metrics: ReconcileMetrics,
     /// Event recorder.
     pub recorder: Recorder,
+    /// One federated identity credential writer at a time per identity.
+    pub fic_locks: super::workload::IdentityLocks,
     failures: Mutex<HashMap<String, u32>>,
     roles: Mutex<HashMap<(String, String), (RoleDefinition, Instant)>>,
     checked: Mutex<HashMap<String, (String, Instant)>>,
@@ -108,6 +114,7 @@ impl Context {
             writer,
             metrics,
             recorder,
+            fic_locks: super::workload::IdentityLocks::default(),
             failures: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),

@@ -13,3 +13,4 @@ pub mod reasons;
 pub mod run;
 pub mod status;
 pub mod target_writer;
+pub mod workload;

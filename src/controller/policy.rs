@@ -5,7 +5,9 @@
 //! powerful). Roles are never matched by wildcard: a policy must name a role (by built-in name or
 //! role definition GUID) for it to be allowed.
 
-use crate::api::policy::{BindingRule, ComputePattern, GrantPolicy, ScopeRule};
+use crate::api::policy::{
+    BindingRule, ComputePattern, GrantPolicy, ScopeRule, ServiceAccountPattern,
+};
 use crate::azure::scope::ArmScope;
 
 /// A role as resolved from ARM: its definition GUID and its name.
@@ -211,6 +213,59 @@ pub fn check_adoption(
     ))
 }
 
+/// A user-assigned identity by its Azure coordinates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedIdentity {
+    /// Subscription id.
+    pub subscription_id: String,
+    /// Resource group.
+    pub resource_group: String,
+    /// Azure name.
+    pub name: String,
+}
+
+fn service_account_pattern_matches(
+    pattern: &ServiceAccountPattern,
+    identity: &ResolvedIdentity,
+    service_account: &str,
+    default_subscription: Option<&str>,
+) -> bool {
+    let sub_ok = match pattern.subscription_id.as_deref().or(default_subscription) {
+        Some(sub) => eq_ci(sub, &identity.subscription_id),
+        None => false,
+    };
+    sub_ok
+        && eq_ci(&pattern.resource_group, &identity.resource_group)
+        && (pattern.identity_name == "*" || eq_ci(&pattern.identity_name, &identity.name))
+        && pattern
+            .service_accounts
+            .iter()
+            .any(|s| s == "*" || s == service_account)
+}
+
+/// May `namespace` bind `identity` to its service account `service_account` (workload identity)?
+pub fn check_service_account_binding(
+    policies: &[GrantPolicy],
+    namespace: &str,
+    identity: &ResolvedIdentity,
+    service_account: &str,
+    default_subscription: Option<&str>,
+) -> Decision {
+    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
+        if policy.spec.identity_bindings.iter().any(|r| {
+            r.service_account.as_ref().is_some_and(|p| {
+                service_account_pattern_matches(p, identity, service_account, default_subscription)
+            })
+        }) {
+            return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    Decision::Denied(format!(
+        "no GrantPolicy allows namespace {namespace} to bind identity {}/{} to service account {service_account}",
+        identity.resource_group, identity.name
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +397,55 @@ mod tests {
             ..vmss
         };
         assert!(!check_binding(&ps, "team-a", &vm_in_pool, Some(SUB)).is_allowed());
+    }
+
+    #[test]
+    fn service_account_bindings_match_namespace_identity_and_name() {
+        let p = policy(
+            serde_json::json!({"namespaces": ["team-a"], "identityBindings": [
+            {"serviceAccount": {"resourceGroup": "DevTest", "identityName": "app-id", "serviceAccounts": ["app"]}},
+            {"serviceAccount": {"resourceGroup": "Shared"}},
+            {"virtualMachine": {"resourceGroup": "DevTest"}}]}),
+        );
+        let ps = [p];
+        let id = |rg: &str, name: &str| ResolvedIdentity {
+            subscription_id: SUB.into(),
+            resource_group: rg.into(),
+            name: name.into(),
+        };
+        let allowed = |ns: &str, i: &ResolvedIdentity, sa: &str| {
+            check_service_account_binding(&ps, ns, i, sa, Some(SUB)).is_allowed()
+        };
+        assert!(allowed("team-a", &id("devtest", "APP-ID"), "app"));
+        assert!(!allowed("team-a", &id("DevTest", "app-id"), "other"));
+        assert!(!allowed("team-a", &id("DevTest", "admin-id"), "app"));
+        assert!(!allowed("team-b", &id("DevTest", "app-id"), "app"));
+        assert!(allowed("team-a", &id("Shared", "anything"), "anyone"));
+        // Another subscription, or no default: nothing matches.
+        let elsewhere = ResolvedIdentity {
+            subscription_id: "00000000-0000-0000-0000-000000000001".into(),
+            ..id("Shared", "x")
+        };
+        assert!(!allowed("team-a", &elsewhere, "app"));
+        assert!(
+            !check_service_account_binding(&ps, "team-a", &id("Shared", "x"), "app", None)
+                .is_allowed()
+        );
+        // A VM rule does not allow service accounts, and the refusal names what was asked.
+        let vm_only = [policy(
+            serde_json::json!({"namespaces": ["*"], "identityBindings": [
+            {"virtualMachine": {"resourceGroup": "DevTest"}}]}),
+        )];
+        let d = check_service_account_binding(
+            &vm_only,
+            "team-a",
+            &id("DevTest", "app-id"),
+            "app",
+            Some(SUB),
+        );
+        assert!(
+            matches!(d, Decision::Denied(m) if m.contains("service account app") && m.contains("DevTest/app-id"))
+        );
     }
 
     #[test]

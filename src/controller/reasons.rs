@@ -49,3 +49,17 @@ pub const LOCATION_MISMATCH: &str = "LocationMismatch";
 pub const INVALID_SCOPE: &str = "InvalidScope";
 /// The ConfigMap named in `exportTo` exists and was not created for this identity.
 pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
+/// The controller runs without `--oidc-issuer`, so service account bindings cannot be made.
+pub const NO_OIDC_ISSUER: &str = "NoOidcIssuer";
+/// The bound service account does not exist.
+pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
+/// The service account is already bound to another identity by an earlier binding.
+pub const SERVICE_ACCOUNT_IN_USE: &str = "ServiceAccountInUse";
+/// The identity has Azure's maximum of federated identity credentials.
+pub const FEDERATED_CREDENTIAL_LIMIT: &str = "FederatedCredentialLimitReached";
+/// A token of the service account was exchanged for a token of the identity.
+pub const TOKEN_ACQUIRED: &str = "TokenAcquired";
+/// The TokenRequest for the service account failed.
+pub const TOKEN_REQUEST_FAILED: &str = "TokenRequestFailed";
+/// The exchange at Entra ID failed without an AADSTS code.
+pub const TOKEN_EXCHANGE_FAILED: &str = "TokenExchangeFailed";

@@ -15,6 +15,8 @@ use crate::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 
 /// The tutorial's objects (the same file as `examples/tutorial.yaml`).
 pub const TUTORIAL: &str = include_str!("../../examples/tutorial.yaml");
+/// The service account path's objects (the same file as `examples/workload-identity.yaml`).
+pub const WORKLOAD_IDENTITY: &str = include_str!("../../examples/workload-identity.yaml");
 
 /// Demo options.
 #[derive(Clone, Debug)]
@@ -25,6 +27,8 @@ pub struct DemoOptions {
     pub keep_running: bool,
     /// Where to write the kubeconfig with `keep_running`.
     pub kubeconfig: PathBuf,
+    /// Then bind an identity to a service account (workload identity) and prove it.
+    pub workload_identity: bool,
 }
 
 /// Why the demo failed.
@@ -60,41 +64,90 @@ fn conditions(v: &Value) -> BTreeMap<String, (String, String)> {
         .unwrap_or_default()
 }
 
-async fn snapshot(stack: &Stack) -> Vec<(String, Value)> {
+/// The objects the demo waits for: (kind, namespace, name).
+type Watched = &'static [(&'static str, &'static str, &'static str)];
+
+const TUTORIAL_OBJECTS: Watched = &[
+    ("UserAssignedIdentity", "tutorial", "my-identity"),
+    ("IdentityBinding", "tutorial", "my-identity-on-myvm"),
+    ("RoleGrant", "tutorial", "my-identity-reads-devtest"),
+];
+
+const WORKLOAD_OBJECTS: Watched = &[
+    ("UserAssignedIdentity", "workload", "reporter-identity"),
+    (
+        "IdentityBinding",
+        "workload",
+        "reporter-identity-for-reporter",
+    ),
+    ("RoleGrant", "workload", "reporter-reads-devtest"),
+];
+
+async fn snapshot(stack: &Stack, watched: Watched) -> Vec<(String, Value)> {
     let c = stack.client();
     let mut out = Vec::new();
-    if let Ok(o) = Api::<UserAssignedIdentity>::namespaced(c.clone(), "tutorial")
-        .get("my-identity")
-        .await
-    {
-        out.push((
-            "UserAssignedIdentity/my-identity".to_string(),
-            serde_json::to_value(o).unwrap_or_default(),
-        ));
-    }
-    if let Ok(o) = Api::<IdentityBinding>::namespaced(c.clone(), "tutorial")
-        .get("my-identity-on-myvm")
-        .await
-    {
-        out.push((
-            "IdentityBinding/my-identity-on-myvm".to_string(),
-            serde_json::to_value(o).unwrap_or_default(),
-        ));
-    }
-    if let Ok(o) = Api::<RoleGrant>::namespaced(c, "tutorial")
-        .get("my-identity-reads-devtest")
-        .await
-    {
-        out.push((
-            "RoleGrant/my-identity-reads-devtest".to_string(),
-            serde_json::to_value(o).unwrap_or_default(),
-        ));
+    for (kind, ns, name) in watched {
+        let v = match *kind {
+            "UserAssignedIdentity" => Api::<UserAssignedIdentity>::namespaced(c.clone(), ns)
+                .get(name)
+                .await
+                .ok()
+                .map(serde_json::to_value),
+            "IdentityBinding" => Api::<IdentityBinding>::namespaced(c.clone(), ns)
+                .get(name)
+                .await
+                .ok()
+                .map(serde_json::to_value),
+            _ => Api::<RoleGrant>::namespaced(c.clone(), ns)
+                .get(name)
+                .await
+                .ok()
+                .map(serde_json::to_value),
+        };
+        if let Some(Ok(v)) = v {
+            out.push((format!("{kind}/{name}"), v));
+        }
     }
     out
 }
 
-fn all_ready(snap: &[(String, Value)]) -> bool {
-    snap.len() == 3
+/// Show conditions as they change until every watched object is Ready.
+async fn wait_ready(
+    stack: &Stack,
+    watched: Watched,
+    timeout: Duration,
+    out: &mut (dyn Write + Send),
+) -> Result<Result<(Vec<(String, Value)>, Duration), String>, DemoError> {
+    let started = Instant::now();
+    let mut seen: BTreeMap<String, BTreeMap<String, (String, String)>> = BTreeMap::new();
+    loop {
+        let snap = snapshot(stack, watched).await;
+        for (name, v) in &snap {
+            let now = conditions(v);
+            let before = seen.entry(name.clone()).or_default();
+            for (t, (s, r)) in &now {
+                if before.get(t) != Some(&(s.clone(), r.clone())) {
+                    writeln!(
+                        out,
+                        "  [{:>5.1}s] {name}: {t}={s} ({r})",
+                        started.elapsed().as_secs_f64()
+                    )?;
+                }
+            }
+            *before = now;
+        }
+        if all_ready(&snap, watched.len()) {
+            return Ok(Ok((snap, started.elapsed())));
+        }
+        if started.elapsed() > timeout {
+            return Ok(Err(describe(&snap)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn all_ready(snap: &[(String, Value)], expected: usize) -> bool {
+    snap.len() == expected
         && snap
             .iter()
             .all(|(_, v)| conditions(v).get("Ready").is_some_and(|(s, _)| s == "True"))
@@ -127,39 +180,20 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         "Applying examples/tutorial.yaml (identity, binding to myVM, Reader on DevTest)..."
     )?;
     stack.apply_yaml(TUTORIAL).await?;
-    let started = Instant::now();
-    let mut seen: BTreeMap<String, BTreeMap<String, (String, String)>> = BTreeMap::new();
-    let snap = loop {
-        let snap = snapshot(&stack).await;
-        for (name, v) in &snap {
-            let now = conditions(v);
-            let before = seen.entry(name.clone()).or_default();
-            for (t, (s, r)) in &now {
-                if before.get(t) != Some(&(s.clone(), r.clone())) {
-                    writeln!(
-                        out,
-                        "  [{:>5.1}s] {name}: {t}={s} ({r})",
-                        started.elapsed().as_secs_f64()
-                    )?;
-                }
-            }
-            *before = now;
+    let snap = match wait_ready(&stack, TUTORIAL_OBJECTS, opts.timeout, out).await? {
+        Ok((snap, took)) => {
+            writeln!(
+                out,
+                "\nEverything is Ready after {:.1}s.\n",
+                took.as_secs_f64()
+            )?;
+            snap
         }
-        if all_ready(&snap) {
-            break snap;
-        }
-        if started.elapsed() > opts.timeout {
-            let state = describe(&snap);
+        Err(state) => {
             stack.stop().await;
             return Err(DemoError::Timeout(opts.timeout, state));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    writeln!(
-        out,
-        "\nEverything is Ready after {:.1}s.\n",
-        started.elapsed().as_secs_f64()
-    )?;
     let get = |name: &str| {
         snap.iter()
             .find(|(n, _)| n == name)
@@ -246,6 +280,12 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
             .map(|(_, n)| n)
             .sum::<u64>()
     )?;
+    if opts.workload_identity
+        && let Err(e) = workload_part(&stack, opts.timeout, out).await
+    {
+        stack.stop().await;
+        return Err(e);
+    }
     if opts.keep_running {
         stack.sandbox.write_kubeconfig(&opts.kubeconfig, "admin")?;
         writeln!(
@@ -259,5 +299,91 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         let _ = tokio::signal::ctrl_c().await;
     }
     stack.stop().await;
+    Ok(())
+}
+
+/// The second part: the same identity, grant and check for a service account (workload
+/// identity), proven by the controller's token exchange.
+async fn workload_part(
+    stack: &Stack,
+    timeout: Duration,
+    out: &mut (dyn Write + Send),
+) -> Result<(), DemoError> {
+    writeln!(
+        out,
+        "\nWorkload identity: applying examples/workload-identity.yaml (service account workload/reporter, identity reporterIdentity bound to it, Reader on DevTest)..."
+    )?;
+    stack.apply_yaml(WORKLOAD_IDENTITY).await?;
+    let snap = match wait_ready(stack, WORKLOAD_OBJECTS, timeout, out).await? {
+        Ok((snap, took)) => {
+            writeln!(
+                out,
+                "\nThe service account binding is Ready after {:.1}s.\n",
+                took.as_secs_f64()
+            )?;
+            snap
+        }
+        Err(state) => return Err(DemoError::Timeout(timeout, state)),
+    };
+    let get = |name: &str| {
+        snap.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let binding = get("IdentityBinding/reporter-identity-for-reporter");
+    let grant = get("RoleGrant/reporter-reads-devtest");
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let fic_name = s(&binding["status"]["federatedCredentialName"]);
+    let state = stack.emulator.state();
+    let fic = state["federatedIdentityCredentials"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| s(&f["name"]) == fic_name).cloned())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "Federated identity credential (az identity federated-credential create), as Azure sees it:"
+    )?;
+    writeln!(out, "  name:      {}", s(&fic["name"]))?;
+    writeln!(
+        out,
+        "  issuer:    {} (the cluster's OIDC issuer)",
+        s(&fic["properties"]["issuer"])
+    )?;
+    writeln!(out, "  subject:   {}", s(&fic["properties"]["subject"]))?;
+    writeln!(out, "  audiences: {}", fic["properties"]["audiences"])?;
+    let sa =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(stack.client(), "workload")
+            .get("reporter")
+            .await
+            .map_err(StackError::from)?;
+    writeln!(
+        out,
+        "ServiceAccount workload/reporter, as the workload identity webhook reads it:"
+    )?;
+    for (k, v) in sa.metadata.annotations.unwrap_or_default() {
+        if k.starts_with("azure.workload.identity/") {
+            writeln!(out, "  {k}: {v}")?;
+        }
+    }
+    let token = &binding["status"]["token"];
+    writeln!(
+        out,
+        "Token exchanged for the service account's token (TokenRequest, then Entra ID; metadata only):"
+    )?;
+    writeln!(out, "  audience:   {}", s(&token["resource"]))?;
+    writeln!(out, "  clientId:   {}", s(&token["clientId"]))?;
+    writeln!(out, "  tenantId:   {}", s(&token["tenantId"]))?;
+    writeln!(out, "  objectId:   {}", s(&token["objectId"]))?;
+    writeln!(out, "  expiresOn:  {}", s(&token["expiresOn"]))?;
+    writeln!(out, "  checkedBy:  {}", s(&token["checkedBy"]))?;
+    let access = &grant["status"]["access"];
+    writeln!(
+        out,
+        "Verified access (GET resource group DevTest with the exchanged token):"
+    )?;
+    writeln!(out, "  verified:   {}", access["verified"])?;
+    writeln!(out, "  httpStatus: {}", access["httpStatus"])?;
+    writeln!(out, "  checkedBy:  {}", s(&access["checkedBy"]))?;
     Ok(())
 }

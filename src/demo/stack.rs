@@ -131,6 +131,8 @@ pub fn controller_options(
         },
         instance: None,
         arm_timeout: Duration::from_secs(60),
+        oidc_issuer: None,
+        authority_host: authority.clone(),
     })
 }
 
@@ -194,6 +196,8 @@ impl Stack {
                 Duration::from_secs(4),
             )
         });
+        // The sandbox is the cluster: its service account tokens carry its issuer.
+        opts.oidc_issuer = Some(self.sandbox.oidc_issuer());
         let client = match &self.opts.service_accounts {
             Some(ns) => self
                 .sandbox

@@ -1,6 +1,13 @@
 //! The Entra ID (AAD) v2 token endpoint: client credentials with a client secret or a federated
 //! assertion, answering JWTs the emulator signs (HS256 with a key made at start). Failures answer
 //! the AADSTS error shapes.
+//!
+//! A federated assertion is validated as Entra ID does: it must be a JWT signed with an asymmetric
+//! algorithm; its issuer, subject and audience must match a federated identity credential of the
+//! client (a world service principal's `federatedCredentials`, or a user-assigned identity's
+//! FICs), else AADSTS70021; the signature is checked against the issuer's keys, fetched from the
+//! issuer (`{iss}/.well-known/openid-configuration`, then its `jwks_uri`); and it must be within
+//! its validity time. Unsigned, symmetric or wrongly signed assertions are refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,7 +107,7 @@ pub async fn token(
     body: axum::body::Bytes,
 ) -> Response {
     let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let (status, resp) = exchange(&inner, &tenant, &form);
+    let (status, resp) = exchange(&inner, &tenant, &form).await;
     let mut recorded = resp.clone();
     if recorded.get("access_token").is_some() {
         recorded["access_token"] = json!("<redacted>");
@@ -128,7 +135,220 @@ pub async fn token(
     (status, axum::Json(resp)).into_response()
 }
 
-fn exchange(inner: &Inner, tenant: &str, form: &HashMap<String, String>) -> (StatusCode, Value) {
+/// Who may sign in: a world service principal or a user-assigned identity.
+struct Client {
+    principal_id: String,
+    client_id: String,
+    secret: Option<String>,
+    trusts: Vec<Trust>,
+}
+
+/// A federated identity credential as Entra ID matches it.
+struct Trust {
+    issuer: String,
+    subject: String,
+    audiences: Vec<String>,
+}
+
+fn find_client(inner: &Inner, client_id: &str) -> Option<Client> {
+    if let Some(sp) = inner
+        .world
+        .service_principals
+        .iter()
+        .find(|s| s.client_id.eq_ignore_ascii_case(client_id))
+    {
+        return Some(Client {
+            principal_id: sp.principal_id.clone(),
+            client_id: sp.client_id.clone(),
+            secret: sp.client_secret.clone(),
+            trusts: sp
+                .federated_credentials
+                .iter()
+                .map(|f| Trust {
+                    issuer: f.issuer.clone(),
+                    subject: f.subject.clone(),
+                    audiences: vec![f.audience.clone()],
+                })
+                .collect(),
+        });
+    }
+    let st = inner.state.lock();
+    let (key, identity) = st.identity_by_client(client_id)?;
+    let trusts = super::fic::of(&st, key)
+        .map(|m| {
+            m.values()
+                .map(|f| Trust {
+                    issuer: f.issuer.clone(),
+                    subject: f.subject.clone(),
+                    audiences: f.audiences.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Client {
+        principal_id: identity.principal_id.clone(),
+        client_id: identity.client_id.clone(),
+        secret: None,
+        trusts,
+    })
+}
+
+/// Signature algorithms Entra ID accepts on a federated assertion (asymmetric only).
+const ASSERTION_ALGORITHMS: &[jsonwebtoken::Algorithm] = &[
+    jsonwebtoken::Algorithm::RS256,
+    jsonwebtoken::Algorithm::RS384,
+    jsonwebtoken::Algorithm::RS512,
+    jsonwebtoken::Algorithm::PS256,
+    jsonwebtoken::Algorithm::PS384,
+    jsonwebtoken::Algorithm::PS512,
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::ES384,
+];
+
+fn http() -> &'static reqwest::Client {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// The signing keys of `issuer`, from its OIDC discovery document.
+async fn issuer_keys(issuer: &str) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+    let base = issuer.trim_end_matches('/');
+    let get = |url: String| async move {
+        let r = http()
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+        if !r.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", r.status().as_u16()));
+        }
+        r.json::<Value>()
+            .await
+            .map_err(|_| format!("GET {url}: not JSON"))
+    };
+    let config = get(format!("{base}/.well-known/openid-configuration")).await?;
+    let advertised = config["issuer"].as_str().unwrap_or_default();
+    if advertised.trim_end_matches('/') != base {
+        return Err(format!(
+            "the discovery document names issuer '{advertised}', not '{issuer}'"
+        ));
+    }
+    let jwks_uri = config["jwks_uri"]
+        .as_str()
+        .ok_or("the discovery document has no jwks_uri")?;
+    let jwks = get(jwks_uri.to_string()).await?;
+    serde_json::from_value(jwks).map_err(|_| "the JWKS is not a key set".to_string())
+}
+
+fn bad_signature() -> (StatusCode, Value) {
+    aad_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        700027,
+        "Client assertion failed signature validation.",
+    )
+}
+
+/// Validate a federated `assertion` against the client's `trusts`, as Entra ID does.
+async fn verify_assertion(trusts: &[Trust], assertion: &str) -> Result<(), (StatusCode, Value)> {
+    #[derive(serde::Deserialize)]
+    struct Assertion {
+        #[serde(default)]
+        iss: String,
+        #[serde(default)]
+        sub: String,
+        #[serde(default)]
+        aud: Value,
+    }
+    let malformed = || {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            "JWT token is invalid or malformed.",
+        )
+    };
+    // An unsigned token (`alg: none`) has no algorithm jsonwebtoken knows: malformed.
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| malformed())?;
+    if !ASSERTION_ALGORITHMS.contains(&header.alg) {
+        return Err(bad_signature());
+    }
+    let a: Assertion =
+        jsonwebtoken::dangerous::insecure_decode_claims(assertion).map_err(|_| malformed())?;
+    let auds: Vec<String> = match &a.aud {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(v) => v
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let Some(trust) = trusts.iter().find(|f| {
+        f.issuer == a.iss && f.subject == a.sub && f.audiences.iter().any(|x| auds.contains(x))
+    }) else {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            70021,
+            &format!(
+                "No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{}'.",
+                a.iss,
+                a.sub,
+                auds.join(",")
+            ),
+        ));
+    };
+    let keys = issuer_keys(&trust.issuer).await.map_err(|reason| {
+        aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            50166,
+            &format!("Request to External OIDC endpoint failed: {reason}"),
+        )
+    })?;
+    let jwk = match header.kid.as_deref() {
+        Some(kid) => keys.find(kid),
+        None => keys.keys.first(),
+    }
+    .ok_or_else(bad_signature)?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| bad_signature())?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.leeway = 0;
+    v.validate_nbf = true;
+    v.set_audience(&trust.audiences);
+    v.set_issuer(&[trust.issuer.as_str()]);
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    match jsonwebtoken::decode::<Value>(assertion, &key, &v) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature
+                    | jsonwebtoken::errors::ErrorKind::ImmatureSignature
+            ) =>
+        {
+            Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                700024,
+                "Client assertion is not within its valid time range.",
+            ))
+        }
+        Err(_) => Err(bad_signature()),
+    }
+}
+
+async fn exchange(
+    inner: &Inner,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> (StatusCode, Value) {
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     if !tenant.eq_ignore_ascii_case(&inner.world.tenant_id) {
         return aad_error(
@@ -158,12 +378,7 @@ fn exchange(inner: &Inner, tenant: &str, form: &HashMap<String, String>) -> (Sta
         );
     };
     let client_id = get("client_id");
-    let Some(sp) = inner
-        .world
-        .service_principals
-        .iter()
-        .find(|s| s.client_id.eq_ignore_ascii_case(client_id))
-    else {
+    let Some(sp) = find_client(inner, client_id) else {
         return aad_error(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
@@ -172,7 +387,7 @@ fn exchange(inner: &Inner, tenant: &str, form: &HashMap<String, String>) -> (Sta
         );
     };
     if let Some(secret) = form.get("client_secret") {
-        if sp.client_secret.as_deref() != Some(secret.as_str()) {
+        if sp.secret.as_deref() != Some(secret.as_str()) {
             return aad_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -190,59 +405,8 @@ fn exchange(inner: &Inner, tenant: &str, form: &HashMap<String, String>) -> (Sta
                 "Invalid client_assertion_type.",
             );
         }
-        #[derive(serde::Deserialize)]
-        struct Assertion {
-            #[serde(default)]
-            iss: String,
-            #[serde(default)]
-            sub: String,
-            #[serde(default)]
-            aud: Value,
-            #[serde(default)]
-            exp: i64,
-        }
-        let Ok(a) =
-            jsonwebtoken::dangerous::insecure_decode::<Assertion>(assertion).map(|d| d.claims)
-        else {
-            return aad_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                50027,
-                "JWT token is invalid or malformed.",
-            );
-        };
-        if a.exp <= jiff::Timestamp::now().as_second() {
-            return aad_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_client",
-                700024,
-                "Client assertion is not within its valid time range.",
-            );
-        }
-        let auds: Vec<String> = match &a.aud {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(v) => v
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let matched = sp
-            .federated_credentials
-            .iter()
-            .any(|f| f.issuer == a.iss && f.subject == a.sub && auds.contains(&f.audience));
-        if !matched {
-            return aad_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                70021,
-                &format!(
-                    "No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{}'.",
-                    a.iss,
-                    a.sub,
-                    auds.join(",")
-                ),
-            );
+        if let Err(refusal) = verify_assertion(&sp.trusts, assertion).await {
+            return refusal;
         }
     } else {
         return aad_error(

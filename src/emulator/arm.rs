@@ -20,7 +20,7 @@ use super::state::{
     Assignment, ComputeKind, IdentityChange, IdentityState, LRO_DEADLINE, Operation, Rg,
     State as Az,
 };
-use super::{Exchange, Inner};
+use super::{Exchange, Inner, fic};
 use super::{lro, paging, resources};
 
 /// Whether an operation id is an ARM write or delete.
@@ -47,6 +47,17 @@ enum Route {
     IdentityList {
         sub: String,
         rg: Option<String>,
+    },
+    Fic {
+        sub: String,
+        rg: String,
+        name: String,
+        fic: String,
+    },
+    FicList {
+        sub: String,
+        rg: String,
+        name: String,
     },
     Compute {
         kind: ComputeKind,
@@ -92,6 +103,18 @@ const MI_VERSIONS: &[&str] = &[
     "2026-04-30",
     "2026-05-31",
 ];
+/// Federated identity credentials arrived with 2022-01-31-preview.
+const FIC_VERSIONS: &[&str] = &[
+    "2022-01-31-preview",
+    "2023-01-31",
+    "2023-07-31-preview",
+    "2024-11-30",
+    "2025-01-31-preview",
+    "2026-04-30",
+    "2026-05-31",
+];
+const FIC_ACTION: &str =
+    "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials";
 const AUTH_VERSIONS: &[&str] = &[
     "2015-07-01",
     "2018-01-01-preview",
@@ -207,6 +230,26 @@ fn route(path: &str) -> Route {
                 sub: sub.to_string(),
                 rg: rg.to_string(),
                 name: name.to_string(),
+            }
+        }
+        [s, sub, r, rg, p, ns, t, name, f, rest @ ..]
+            if eq(s, "subscriptions")
+                && eq(r, "resourceGroups")
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.ManagedIdentity")
+                && eq(t, "userAssignedIdentities")
+                && eq(f, "federatedIdentityCredentials")
+                && rest.len() <= 1 =>
+        {
+            let (sub, rg, name) = (sub.to_string(), rg.to_string(), name.to_string());
+            match rest.first() {
+                Some(fic) => Route::Fic {
+                    sub,
+                    rg,
+                    name,
+                    fic: fic.to_string(),
+                },
+                None => Route::FicList { sub, rg, name },
             }
         }
         [s, sub, r, rg, p, ns, t, name]
@@ -338,6 +381,30 @@ fn describe(
             None,
             format!("/subscriptions/{sub}"),
             MI_VERSIONS,
+        ),
+        ("GET", Route::Fic { sub, rg, name, .. }) => (
+            "FederatedIdentityCredentials_Get",
+            Some(format!("{FIC_ACTION}/read")),
+            identity_scope(sub, rg, name),
+            FIC_VERSIONS,
+        ),
+        ("PUT", Route::Fic { sub, rg, name, .. }) => (
+            "FederatedIdentityCredentials_CreateOrUpdate",
+            Some(format!("{FIC_ACTION}/write")),
+            identity_scope(sub, rg, name),
+            FIC_VERSIONS,
+        ),
+        ("DELETE", Route::Fic { sub, rg, name, .. }) => (
+            "FederatedIdentityCredentials_Delete",
+            Some(format!("{FIC_ACTION}/delete")),
+            identity_scope(sub, rg, name),
+            FIC_VERSIONS,
+        ),
+        ("GET", Route::FicList { sub, rg, name }) => (
+            "FederatedIdentityCredentials_List",
+            Some(format!("{FIC_ACTION}/read")),
+            identity_scope(sub, rg, name),
+            FIC_VERSIONS,
         ),
         ("GET", Route::Compute { kind, .. }) => (
             if *kind == ComputeKind::Vm {
@@ -815,6 +882,22 @@ async fn run(
         }
     }
     let now = Instant::now();
+    if let Route::Fic { .. } | Route::FicList { .. } = r {
+        let step = {
+            let mut st = inner.state.lock();
+            match &action {
+                Some(action) if !authorized(&st, &claims.oid, action, scope, now) => {
+                    FicStep::Done(forbidden(&claims, action, scope))
+                }
+                _ => fic_begin(inner, &mut st, method, r, body),
+            }
+        };
+        let answer = match step {
+            FicStep::Done(a) => a,
+            FicStep::Write(guard) => fic_write(inner, guard, method, r, body).await,
+        };
+        return Ok((answer.into(), remaining, None));
+    }
     let answer = {
         let mut st = inner.state.lock();
         st.settle(now);
@@ -1147,7 +1230,81 @@ fn identity_patch(
     (StatusCode::OK, existing.json())
 }
 
+enum FicStep<'a> {
+    Done((StatusCode, Value)),
+    Write(fic::WriteGuard<'a>),
+}
+
+/// Federated identity credentials of an identity: reads answer at once; a write (PUT or DELETE)
+/// marks the identity busy for `ficWriteMs`, and a second write meanwhile is refused as Azure
+/// refuses it.
+fn fic_begin<'a>(
+    inner: &'a Inner,
+    st: &mut Az,
+    method: &Method,
+    r: &Route,
+    _body: Option<&Value>,
+) -> FicStep<'a> {
+    let (Route::Fic { sub, rg, name, .. } | Route::FicList { sub, rg, name }) = r else {
+        return FicStep::Done(arm_err(StatusCode::NOT_FOUND, "NotFound", "Not found."));
+    };
+    let key = identity_key(sub, rg, name);
+    let Some(identity) = st.identities.get(&key).cloned() else {
+        return FicStep::Done(identity_missing(rg, name));
+    };
+    FicStep::Done(match (method.as_str(), r) {
+        ("GET", Route::Fic { fic: f, .. }) => fic::get(st, &identity, &key, f),
+        ("GET", Route::FicList { .. }) => fic::list(st, &identity, &key),
+        ("PUT" | "DELETE", Route::Fic { .. }) => {
+            return match fic::WriteGuard::begin(inner, st, &key) {
+                Some(guard) => FicStep::Write(guard),
+                None => FicStep::Done(fic::concurrent_write(&identity.name)),
+            };
+        }
+        _ => arm_err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The method is not allowed.",
+        ),
+    })
+}
+
+async fn fic_write(
+    inner: &Inner,
+    guard: fic::WriteGuard<'_>,
+    method: &Method,
+    r: &Route,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let Route::Fic {
+        sub,
+        rg,
+        name,
+        fic: f,
+    } = r
+    else {
+        return arm_err(StatusCode::NOT_FOUND, "NotFound", "Not found.");
+    };
+    let delay = inner.faults.lock().fic_write_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let key = identity_key(sub, rg, name);
+    let answer = {
+        let mut st = inner.state.lock();
+        match st.identities.get(&key).cloned() {
+            None => identity_missing(rg, name),
+            Some(identity) if method == Method::PUT => fic::put(&mut st, &identity, &key, f, body),
+            Some(_) => fic::delete(&mut st, &key, f),
+        }
+    };
+    drop(guard);
+    answer
+}
+
 fn identity_delete(st: &mut Az, sub: &str, rg: &str, name: &str) -> (StatusCode, Value) {
+    // Its federated identity credentials go with it.
+    st.fics.remove(&identity_key(sub, rg, name));
     // As in Azure, VMs keep listing a deleted identity until they are updated.
     match st.identities.remove(&identity_key(sub, rg, name)) {
         Some(_) => (StatusCode::OK, Value::Null),

@@ -57,6 +57,10 @@ pub struct Faults {
     pub imds_gone_next: u32,
     /// The next N IMDS token requests answer 500.
     pub imds_server_error_next: u32,
+    /// Each federated identity credential write takes this many milliseconds; another write on
+    /// the same identity meanwhile answers 409
+    /// `ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity`.
+    pub fic_write_ms: u64,
     /// Seed of the random generator behind the rates.
     pub seed: u64,
 }

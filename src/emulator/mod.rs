@@ -9,6 +9,7 @@
 mod aad;
 mod arm;
 pub mod faults;
+mod fic;
 mod imds;
 pub mod knobs;
 mod lro;
@@ -498,6 +499,10 @@ fn dump(inner: &Inner) -> Value {
         "tenantId": tenant,
         "resourceGroups": st.rgs.values().map(|r| json!({"subscription": r.subscription, "name": r.name, "location": r.location})).collect::<Vec<_>>(),
         "identities": st.identities.values().map(|i| i.json()).collect::<Vec<_>>(),
+        "federatedIdentityCredentials": st.fics.iter().flat_map(|(key, fics)| {
+            let id = st.identities.get(key).map(|i| i.id()).unwrap_or_default();
+            fics.values().map(move |f| f.json(&id)).collect::<Vec<_>>()
+        }).collect::<Vec<_>>(),
         "roleAssignments": st.assignments.values().map(|a| a.json()).collect::<Vec<_>>(),
         "computes": st.computes.values().map(|c| c.json(&st.identities, tenant)).collect::<Vec<_>>(),
     })

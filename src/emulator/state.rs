@@ -245,6 +245,10 @@ pub struct State {
     pub operations: BTreeMap<String, Operation>,
     /// Principals of service principals declared in the world.
     pub service_principals: Vec<String>,
+    /// Federated identity credentials by identity key (lower-case id), then lower-case name.
+    pub fics: BTreeMap<String, BTreeMap<String, super::fic::Fic>>,
+    /// Identities (keys) with a federated identity credential write in progress.
+    pub fic_writes: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -312,6 +316,13 @@ impl State {
                     .as_deref()
                     .is_some_and(|p| p.eq_ignore_ascii_case(principal))
             })
+    }
+
+    /// The identity with this client id.
+    pub fn identity_by_client(&self, client_id: &str) -> Option<(&String, &IdentityState)> {
+        self.identities
+            .iter()
+            .find(|(_, i)| i.client_id.eq_ignore_ascii_case(client_id))
     }
 
     /// The identity with this principal id.

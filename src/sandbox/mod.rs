@@ -18,6 +18,7 @@ mod namespace;
 mod protobuf;
 mod registry;
 mod server;
+pub mod serviceaccount;
 mod ssa;
 mod store;
 mod table;
@@ -57,6 +58,9 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// The service account signing key could not be made.
+    #[error(transparent)]
+    Key(#[from] serviceaccount::KeyError),
     /// A file could not be read or parsed.
     #[error("{0}")]
     Input(String),
@@ -150,6 +154,7 @@ pub(crate) struct Shared {
     pub base: String,
     pub disconnect: tokio::sync::watch::Sender<u64>,
     pub watch_chaos: Mutex<WatchChaos>,
+    pub issuer: serviceaccount::Issuer,
 }
 
 /// A running sandbox.
@@ -228,6 +233,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         source,
     })?;
     let (disconnect, _) = tokio::sync::watch::channel(0);
+    let base = format!("http://{addr}");
     let shared = Arc::new(Shared {
         store: Mutex::new(Store::new(opts.history)),
         users: Mutex::new(HashMap::from([(
@@ -235,7 +241,8 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
             UserInfo::admin("admin"),
         )])),
         audit: Mutex::new(Vec::new()),
-        base: format!("http://{addr}"),
+        issuer: serviceaccount::Issuer::generate(&base)?,
+        base,
         disconnect,
         watch_chaos: Mutex::new(WatchChaos::new(WatchFaults::default())),
     });
@@ -392,6 +399,12 @@ impl Sandbox {
             path,
             &self.service_account_kubeconfig_yaml(namespace, name, node),
         )
+    }
+
+    /// The OIDC issuer URL of its service account tokens (`iss`), as `az aks show --query
+    /// oidcIssuerProfile.issuerUrl` gives for an AKS cluster.
+    pub fn oidc_issuer(&self) -> String {
+        self.shared.issuer.url.clone()
     }
 
     /// Every request so far.

@@ -84,6 +84,17 @@ impl ResourceDef {
             "categories": self.categories,
             "storageVersionHash": "",
         })];
+        if self.plural == "serviceaccounts" && self.group.is_empty() {
+            out.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if self.status_subresource {
             out.push(json!({
                 "name": format!("{}/status", self.plural),

@@ -313,6 +313,8 @@ fn discovery(shared: &Shared, segs: &[&str]) -> Option<Response> {
             }
             json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": versions, "preferredVersion": versions[0]})
         }
+        [".well-known", "openid-configuration"] => shared.issuer.openid_configuration(),
+        ["openid", "v1", "jwks"] => shared.issuer.jwks(),
         ["openapi", "v2"] => table::openapi_v2(&store.resources),
         ["openapi", "v3"] => {
             let mut paths = serde_json::Map::new();
@@ -475,6 +477,13 @@ fn dispatch(
             "the server could not find the requested resource",
         ));
     }
+    if t.subresource.as_deref() == Some("token")
+        && t.def.group.is_empty()
+        && t.def.plural == "serviceaccounts"
+        && verb == "create"
+    {
+        return token_request(shared, t, body, headers, &ns);
+    }
     if let Some(sub) = &t.subresource
         && !(sub == "status" && t.def.status_subresource)
     {
@@ -602,6 +611,25 @@ fn dispatch(
                 "the server does not allow this method on the requested resource",
             ))
         }
+    }
+}
+
+/// `POST .../serviceaccounts/{name}/token`: a TokenRequest answered with a signed token.
+fn token_request(
+    shared: &Shared,
+    t: &Target,
+    body: &Bytes,
+    headers: &HeaderMap,
+    ns: &str,
+) -> Result<Response, ApiError> {
+    let request = parse_body(body, headers)?;
+    let sa = {
+        let store = shared.store.lock();
+        get_obj(&store, &t.def, ns, t.name.as_deref().unwrap_or_default())?
+    };
+    match super::serviceaccount::token_request(&shared.issuer, &sa, &request) {
+        Ok(out) => Ok(json_response(StatusCode::CREATED, &out)),
+        Err((code, reason, message)) => Err(ApiError::new(code, reason, message)),
     }
 }
 

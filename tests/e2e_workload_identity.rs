@@ -1,0 +1,563 @@
+//! Service account bindings (workload identity) end to end on the sandbox and the emulator: the
+//! federated identity credential and the annotations appear, the token exchange is proven and
+//! reported, the steady state writes nothing, drift is repaired, the 21st credential is never
+//! attempted, writes on one identity are serialized, a mismatch shows AADSTS70021, deletion goes
+//! in order, and no token appears anywhere.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::*;
+use uami_controller::demo::stack::{Stack, StackOptions, controller_options};
+use uami_controller::emulator::Faults;
+use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+
+const EXAMPLE: &str = include_str!("../examples/workload-identity.yaml");
+const NS: &str = "workload";
+const CLIENT_ID: &str = "azure.workload.identity/client-id";
+const TENANT_ID: &str = "azure.workload.identity/tenant-id";
+
+async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
+    let mut opts = StackOptions::tutorial(Duration::from_secs(resync)).unwrap();
+    opts.world.rbac_propagation_seconds = 1.0;
+    opts.agents = false;
+    configure(&mut opts);
+    Stack::start(opts).await.unwrap()
+}
+
+fn fics(stack: &Stack) -> Vec<Value> {
+    stack.emulator.state()["federatedIdentityCredentials"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn sa_api(stack: &Stack, ns: &str) -> Api<ServiceAccount> {
+    Api::namespaced(stack.client(), ns)
+}
+
+async fn arm(stack: &Stack, method: reqwest::Method, path: &str, body: Option<Value>) -> u16 {
+    let url = format!(
+        "{}subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{path}{}api-version=2023-01-31",
+        stack.emulator.arm_endpoint(),
+        if path.contains('?') { "&" } else { "?" }
+    );
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(stack.emulator.admin_token());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+async fn events(stack: &Stack, ns: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(stack.client(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_binding_is_proven_by_the_token_exchange() {
+    let capture = Capture::default();
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(capture.clone())
+        .try_init();
+    let stack = stack(3, |_| {}).await;
+    stack.apply_yaml(EXAMPLE).await.unwrap();
+    let id = ready(&identities(&stack, NS), "reporter-identity", 60).await;
+    let id_status = id.status.clone().unwrap();
+    let b = ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
+    let s = b.status.clone().unwrap();
+    let name = s.federated_credential_name.clone().unwrap();
+    assert!(name.starts_with("k8s-workload-reporter-"), "{name}");
+    assert_eq!(s.assigned, Some(true));
+    assert_eq!(s.adopted, Some(false));
+    assert!(
+        s.target_resource_id
+            .unwrap()
+            .ends_with(&format!("/federatedIdentityCredentials/{name}"))
+    );
+    for t in ["Assigned", "TokenAcquired", "Ready"] {
+        assert_eq!(condition(&s.conditions, t).unwrap().0, "True", "{t}");
+    }
+    // The token's metadata, from the exchange.
+    let token = s.token.unwrap();
+    assert_eq!(token.checked_by.as_deref(), Some("token-exchange"));
+    assert_eq!(
+        token.resource.as_deref(),
+        Some("https://management.azure.com/")
+    );
+    assert_eq!(token.tenant_id, id_status.tenant_id);
+    assert_eq!(token.object_id, id_status.principal_id);
+    assert_eq!(token.client_id, id_status.client_id);
+    assert!(token.expires_on.is_some());
+    // The credential in Azure trusts exactly the service account of this cluster.
+    let all = fics(&stack);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["name"], name.as_str());
+    assert_eq!(
+        all[0]["properties"]["issuer"],
+        stack.sandbox.oidc_issuer().as_str()
+    );
+    assert_eq!(
+        all[0]["properties"]["subject"],
+        "system:serviceaccount:workload:reporter"
+    );
+    assert_eq!(
+        all[0]["properties"]["audiences"],
+        json!(["api://AzureADTokenExchange"])
+    );
+    // The service account carries what the workload identity webhook reads.
+    let sa = sa_api(&stack, NS).get("reporter").await.unwrap();
+    let ann = sa.metadata.annotations.clone().unwrap();
+    assert_eq!(ann.get(CLIENT_ID), id_status.client_id.as_ref());
+    assert_eq!(ann.get(TENANT_ID), id_status.tenant_id.as_ref());
+    // The grant is verified with the exchanged token, on the grant and on the binding.
+    let g = ready(&grants(&stack, NS), "reporter-reads-devtest", 60).await;
+    let access = g.status.unwrap().access.unwrap();
+    assert!(access.verified);
+    assert_eq!(access.checked_by.as_deref(), Some("token-exchange"));
+    let b = eventually(30, "binding access verified", || async {
+        let b = bindings(&stack, NS)
+            .get("reporter-identity-for-reporter")
+            .await
+            .ok()?;
+        let a = b.status.clone()?.access;
+        (a.len() == 1 && a[0].verified).then_some(b)
+    })
+    .await;
+    let a = &b.status.unwrap().access[0];
+    assert_eq!(a.role_grant, "reporter-reads-devtest");
+    assert_eq!(a.http_status, Some(200));
+    assert!(a.scope.ends_with("/resourceGroups/DevTest"), "{}", a.scope);
+    // The token requests were for the exchange audience and the shortest lifetime.
+    let journal = stack.emulator.journal();
+    assert!(journal.iter().any(|e| {
+        e.operation == "Aad_Token"
+            && e.status == 200
+            && e.request
+                .as_ref()
+                .is_some_and(|r| r["client_id"] == id_status.client_id.clone().unwrap().as_str())
+    }));
+    let audit = stack.sandbox.audit();
+    assert!(audit.iter().any(|r| r.resource == "serviceaccounts"
+        && r.subresource == "token"
+        && r.verb == "create"
+        && r.code == 201));
+
+    // Every federated identity credential request and answer follows the MSI document.
+    let (errors, checked, unchecked) = support::armspec::validate_journal(
+        &journal
+            .iter()
+            .filter(|e| e.operation.starts_with("FederatedIdentityCredentials_"))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    assert!(
+        checked >= 2 && unchecked.is_empty(),
+        "{checked} checked, {unchecked:?} not"
+    );
+    assert!(
+        journal
+            .iter()
+            .any(|e| e.operation == "FederatedIdentityCredentials_CreateOrUpdate")
+    );
+
+    // Steady state: a few resyncs read, never write.
+    stack.emulator.reset_counts();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let c = stack.emulator.counts();
+    assert_eq!(c.writes(), 0, "{c:?}");
+    assert!(
+        c.total("FederatedIdentityCredentials_Get") >= 1,
+        "resyncs read the credential: {c:?}"
+    );
+    let sa_patches = stack
+        .sandbox
+        .audit()
+        .iter()
+        .filter(|r| r.resource == "serviceaccounts" && r.verb == "patch")
+        .count();
+
+    // Drift: the credential deleted in Azure comes back; a changed annotation is restored.
+    assert_eq!(
+        arm(
+            &stack,
+            reqwest::Method::DELETE,
+            &format!("reporterIdentity/federatedIdentityCredentials/{name}"),
+            None
+        )
+        .await,
+        200
+    );
+    sa_api(&stack, NS)
+        .patch(
+            "reporter",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {CLIENT_ID: "00000000-0000-0000-0000-000000000000"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        30,
+        "credential recreated and annotation restored",
+        || async {
+            let back = fics(&stack).iter().any(|f| f["name"] == name.as_str());
+            let sa = sa_api(&stack, NS).get("reporter").await.ok()?;
+            let restored = sa.metadata.annotations?.get(CLIENT_ID) == id_status.client_id.as_ref();
+            (back && restored).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        stack
+            .emulator
+            .counts()
+            .get("FederatedIdentityCredentials_CreateOrUpdate", 201)
+            >= 1
+    );
+    assert!(
+        stack
+            .sandbox
+            .audit()
+            .iter()
+            .filter(|r| r.resource == "serviceaccounts" && r.verb == "patch")
+            .count()
+            > sa_patches + 1
+    );
+    let evs = events(&stack, NS).await;
+    assert!(
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("DriftDetected")),
+        "{evs:?}"
+    );
+
+    // No token, assertion or secret anywhere: status, events, logs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut haystack = String::new();
+    for b in bindings(&stack, NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        haystack.push_str(&serde_json::to_string(&b.status).unwrap());
+    }
+    for g in grants(&stack, NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        haystack.push_str(&serde_json::to_string(&g.status).unwrap());
+    }
+    haystack.push_str(&serde_json::to_string(&events(&stack, NS).await).unwrap());
+    haystack.push_str(&String::from_utf8_lossy(&capture.0.lock().unwrap()));
+    for t in stack.emulator.issued_tokens() {
+        assert!(!haystack.contains(&t), "an access token leaked");
+    }
+    // Every JWT (service account tokens included) starts with a base64 `{"`.
+    assert!(!haystack.contains("eyJ"), "a JWT leaked");
+    stack.stop().await;
+}
+
+fn binding_yaml(name: &str, identity: &str, sa: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, target: {{serviceAccount: {{name: {sa}}}}}}}\n"
+    )
+}
+
+fn base_yaml(identity_name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {{name: wi}}\nspec:\n  namespaces: [{NS}]\n  identityBindings:\n  - serviceAccount: {{resourceGroup: DevTest, identityName: {identity_name}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: shared, namespace: {NS}}}\nspec: {{resourceGroup: DevTest, location: eastus, azureName: {identity_name}}}\n"
+    )
+}
+
+fn reason(b: &uami_controller::api::IdentityBinding) -> Option<(String, String)> {
+    condition(&b.status.as_ref()?.conditions, "Ready")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_one_identity_are_serialized_and_the_21st_is_refused_without_a_write() {
+    let stack = stack(30, |o| {
+        // Every credential write takes a while: concurrent ones would be refused by Azure.
+        o.world.faults = Faults {
+            fic_write_ms: 300,
+            ..Faults::default()
+        };
+    })
+    .await;
+    stack
+        .apply_yaml(&base_yaml("sharedIdentity"))
+        .await
+        .unwrap();
+    ready(&identities(&stack, NS), "shared", 60).await;
+    // 15 credentials exist already (someone else's).
+    stack.emulator.set_faults(Faults::default());
+    for i in 0..15 {
+        let s = arm(&stack, reqwest::Method::PUT, &format!("sharedIdentity/federatedIdentityCredentials/other-{i}"), Some(json!({"properties": {"issuer": "https://elsewhere.example/", "subject": format!("ci:{i}"), "audiences": ["api://AzureADTokenExchange"]}}))).await;
+        assert_eq!(s, 201);
+    }
+    stack.emulator.set_faults(Faults {
+        fic_write_ms: 300,
+        ..Faults::default()
+    });
+    stack.emulator.reset_counts();
+    // Five bindings at once: five writes, one after the other, none refused.
+    let mut yaml = String::new();
+    for i in 0..5 {
+        yaml.push_str(&binding_yaml(&format!("b{i}"), "shared", &format!("sa{i}")));
+    }
+    stack.apply_yaml(&yaml).await.unwrap();
+    for i in 0..5 {
+        ready(&bindings(&stack, NS), &format!("b{i}"), 90).await;
+    }
+    let c = stack.emulator.counts();
+    assert_eq!(
+        c.get("FederatedIdentityCredentials_CreateOrUpdate", 201),
+        5,
+        "{c:?}"
+    );
+    assert_eq!(
+        c.get("FederatedIdentityCredentials_CreateOrUpdate", 409),
+        0,
+        "{c:?}"
+    );
+    assert_eq!(fics(&stack).len(), 20);
+    // The 21st: refused with a clear reason, and never sent to Azure.
+    stack.emulator.reset_counts();
+    stack
+        .apply_yaml(&binding_yaml("b21", "shared", "sa21"))
+        .await
+        .unwrap();
+    let b = eventually(30, "b21 refused", || async {
+        let b = bindings(&stack, NS).get("b21").await.ok()?;
+        (reason(&b)?.1 == "FederatedCredentialLimitReached").then_some(b)
+    })
+    .await;
+    let ready_cond = b
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready_cond.status, "False");
+    assert!(ready_cond.message.contains("20"), "{}", ready_cond.message);
+    assert_eq!(
+        stack
+            .emulator
+            .counts()
+            .total("FederatedIdentityCredentials_CreateOrUpdate"),
+        0
+    );
+    assert_eq!(fics(&stack).len(), 20);
+    // Deleting one binding frees a place: its credential goes, its annotation goes, and the
+    // 21st gets its credential.
+    bindings(&stack, NS)
+        .delete("b0", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "b0 gone", || async {
+        bindings(&stack, NS)
+            .get_opt("b0")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let sa0 = sa_api(&stack, NS).get("sa0").await.unwrap();
+    assert!(
+        !sa0.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CLIENT_ID)
+    );
+    assert!(
+        !fics(&stack)
+            .iter()
+            .any(|f| f["properties"]["subject"] == "system:serviceaccount:workload:sa0")
+    );
+    ready(&bindings(&stack, NS), "b21", 90).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_mismatch_and_deletion_order() {
+    // The controller is told an issuer that is not the one its cluster's tokens carry.
+    let stack = stack(30, |o| o.controller = false).await;
+    let mut opts = controller_options(
+        stack.emulator.world(),
+        &stack.emulator.arm_endpoint(),
+        &stack.emulator.authority_host(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    opts.oidc_issuer = Some(format!("{}/", stack.sandbox.oidc_issuer()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let controller = uami_controller::controller::app::start(
+        stack.sandbox.client_as("controller"),
+        opts,
+        &mut registry,
+        stop.clone(),
+        |_| {},
+    );
+    stack
+        .apply_yaml(&base_yaml("mismatchIdentity"))
+        .await
+        .unwrap();
+    ready(&identities(&stack, NS), "shared", 60).await;
+    // No policy for this identity: refused before any write.
+    stack.emulator.reset_counts();
+    stack
+        .apply_yaml(&format!(
+            "apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: other, namespace: {NS}}}\nspec: {{resourceGroup: DevTest, location: eastus, azureName: otherIdentity}}\n{}",
+            binding_yaml("denied", "other", "app2")
+        ))
+        .await
+        .unwrap();
+    ready(&identities(&stack, NS), "other", 60).await;
+    let denied = eventually(30, "denied", || async {
+        let b = bindings(&stack, NS).get("denied").await.ok()?;
+        (reason(&b)?.1 == "DeniedByPolicy").then_some(b)
+    })
+    .await;
+    assert!(
+        denied
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.message.contains("service account app2"))
+    );
+    assert_eq!(
+        stack
+            .emulator
+            .counts()
+            .total("FederatedIdentityCredentials_CreateOrUpdate"),
+        0
+    );
+    // The exchange is refused with AADSTS70021, shown as the reason.
+    stack
+        .apply_yaml(&binding_yaml("mismatch", "shared", "app"))
+        .await
+        .unwrap();
+    let b = eventually(60, "AADSTS70021", || async {
+        let b = bindings(&stack, NS).get("mismatch").await.ok()?;
+        (condition(&b.status.as_ref()?.conditions, "TokenAcquired")?.1 == "AADSTS70021")
+            .then_some(b)
+    })
+    .await;
+    let s = b.status.unwrap();
+    assert_eq!(
+        reason(&bindings(&stack, NS).get("mismatch").await.unwrap()).unwrap(),
+        ("False".into(), "AADSTS70021".into())
+    );
+    assert_eq!(condition(&s.conditions, "Assigned").unwrap().0, "True");
+    assert!(s.token.is_none());
+    // Deletion order: the identity waits for its binding; the credential goes before the
+    // identity.
+    identities(&stack, NS)
+        .delete("shared", &DeleteParams::default())
+        .await
+        .unwrap();
+    bindings(&stack, NS)
+        .delete("mismatch", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "identity gone", || async {
+        identities(&stack, NS)
+            .get_opt("shared")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let journal = stack.emulator.journal();
+    let pos = |op: &str| {
+        journal
+            .iter()
+            .position(|e| e.operation == op && e.status < 300)
+    };
+    let fic_delete = pos("FederatedIdentityCredentials_Delete").expect("credential deleted");
+    let id_delete = pos("UserAssignedIdentities_Delete").expect("identity deleted");
+    assert!(fic_delete < id_delete, "the credential goes first");
+    let sa = sa_api(&stack, NS).get("app").await.unwrap();
+    assert!(
+        !sa.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CLIENT_ID)
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_stops_allowing_takes_the_trust_back() {
+    let stack = stack(3, |_| {}).await;
+    stack.apply_yaml(EXAMPLE).await.unwrap();
+    ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
+    assert_eq!(fics(&stack).len(), 1);
+    Api::<uami_controller::api::GrantPolicy>::all(stack.client())
+        .delete("workload-reporter", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Seen at the latest on the next resync.
+    let b = eventually(30, "revoked", || async {
+        let b = bindings(&stack, NS)
+            .get("reporter-identity-for-reporter")
+            .await
+            .ok()?;
+        (reason(&b)?.1 == "DeniedByPolicy" && b.status.as_ref()?.assigned == Some(false))
+            .then_some(b)
+    })
+    .await;
+    assert!(b.status.unwrap().token.is_none());
+    assert!(fics(&stack).is_empty(), "{:?}", fics(&stack));
+    let sa = sa_api(&stack, NS).get("reporter").await.unwrap();
+    assert!(
+        !sa.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CLIENT_ID)
+    );
+    stack.stop().await;
+}
