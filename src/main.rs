@@ -256,6 +256,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         }),
         writer: WriterConfig::default(),
+        instance: Some(holder.clone()),
+        arm_timeout: args.arm_timeout,
         oidc_issuer: args.oidc_issuer.clone(),
         authority_host: args.authority_host.clone(),
     };

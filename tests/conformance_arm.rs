@@ -155,6 +155,7 @@ fn the_checker_catches_a_wrong_body() {
             json!({"properties": {"roleDefinitionId": "/r", "principalId": "p", "principalType": "Robot"}}),
         ),
         response: Some(json!({"properties": {"scope": 5}})),
+        ..Exchange::default()
     };
     let errors = specs.validate(&bad).unwrap();
     assert!(errors.iter().any(|e| e.contains("request")), "{errors:?}");
@@ -168,6 +169,7 @@ fn the_checker_catches_a_wrong_body() {
             status: 200,
             request: Some(request),
             response,
+            ..Exchange::default()
         };
     let current = "api-version=2024-11-01";
     let id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a";

@@ -264,7 +264,12 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
     let second = tokio_util::sync::CancellationToken::new();
     let h2 = stack.start_controller(None, second.clone()).unwrap();
     ready(&identities(&stack, NS), "restart", 90).await;
-    ready(&grants(&stack, NS), "restart", 90).await;
+    let g = ready(&grants(&stack, NS), "restart", 90).await;
+    assert_eq!(
+        g.status.unwrap().adopted,
+        Some(false),
+        "its own assignment, found again by name, is not adopted"
+    );
     eventually(90, "binding Assigned", || async {
         let b = bindings(&stack, NS).get("restart").await.ok()?;
         (condition(&b.status?.conditions, "Assigned")?.0 == "True").then_some(())

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use support::*;
@@ -64,7 +64,8 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
 
     // Stop the leader: it releases the Lease on the way out.
     let writes_before = stack.emulator.counts().writes();
-    let stopped = Instant::now();
+    let held = leases.get("uami-controller").await.unwrap().spec.unwrap();
+    assert_eq!(held.holder_identity.as_deref(), Some("a"));
     stop_a.cancel();
     tokio::time::timeout(Duration::from_secs(20), a)
         .await
@@ -80,10 +81,19 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
             .filter(|h| h == "b")
     })
     .await;
-    let handover = stopped.elapsed();
+    // b took over before a's lease could have expired: a released it on the way out.
+    let taken = leases.get("uami-controller").await.unwrap().spec.unwrap();
+    let expiry = held
+        .renew_time
+        .unwrap()
+        .0
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+            held.lease_duration_seconds.unwrap(),
+        )))
+        .unwrap();
     assert!(
-        handover <= Duration::from_secs(4) + Duration::from_secs(2),
-        "hand-over took {handover:?}"
+        taken.acquire_time.unwrap().0 < expiry,
+        "b acquired the lease before a's would have expired"
     );
     // The new leader reconciles new work, and the converged objects cost no Azure writes.
     stack.apply_yaml("apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {name: after-handover, namespace: tutorial}\nspec: {resourceGroup: DevTest, location: eastus}\n").await.unwrap();

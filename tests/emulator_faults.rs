@@ -240,7 +240,12 @@ async fn poll(t: &T, headers: &reqwest::header::HeaderMap) -> Value {
         .to_str()
         .unwrap()
         .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operation did not end within 30 s"
+        );
         let v: Value = t
             .http
             .get(&url)
@@ -443,5 +448,195 @@ async fn imds_faults_and_rules() {
             .unwrap()
             .iter()
             .any(|c| c["operation"] == "Imds_Token" && c["status"] == 429 && c["count"] == 1)
+    );
+}
+fn identity_path(name: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}?api-version=2023-01-31"
+    )
+}
+
+/// The identity names the emulator holds.
+fn identity_names(t: &T) -> Vec<String> {
+    t.emu.state()["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_fail_after_they_were_applied() {
+    let t = T::new(|_| {}).await;
+    let put = |name: &str| {
+        let path = identity_path(name);
+        let t = &t;
+        async move {
+            t.send(
+                reqwest::Method::PUT,
+                &path,
+                Some(json!({"location": "eastus"})),
+                None,
+            )
+            .await
+        }
+    };
+    // Applied, then the connection drops: the client sees an error, the identity exists.
+    t.emu.set_faults(Faults {
+        applied_then_drop_next: 1,
+        ..Faults::default()
+    });
+    assert!(put("dropped").await.is_err(), "the answer never arrives");
+    assert!(identity_names(&t).contains(&"dropped".to_string()));
+    // Applied, then 500.
+    t.emu.set_faults(Faults {
+        applied_then_error_next: 1,
+        ..Faults::default()
+    });
+    let (s, _, v) = put("errored").await.unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (500, Some("InternalServerError"))
+    );
+    assert!(identity_names(&t).contains(&"errored".to_string()));
+    // Applied, then answered after the client's timeout.
+    t.emu.set_faults(Faults {
+        applied_then_slow_next: 1,
+        slow_answer_ms: 3_000,
+        ..Faults::default()
+    });
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let r = impatient
+        .put(t.url(&identity_path("late")))
+        .bearer_auth(&t.token)
+        .json(&json!({"location": "eastus"}))
+        .send()
+        .await;
+    assert!(r.unwrap_err().is_timeout());
+    assert!(identity_names(&t).contains(&"late".to_string()));
+    // A read is never "applied then failed"; the counters are used up: the next write is clean.
+    let (s, _, _) = put("clean").await.unwrap();
+    assert_eq!(s, 201);
+    let injected = t.emu.injected();
+    for kind in ["appliedThenDrop", "appliedThenError", "appliedThenSlow"] {
+        assert_eq!(injected.get(kind), Some(&1), "{kind}: {injected:?}");
+    }
+    let journal = t.emu.journal();
+    assert!(
+        journal
+            .iter()
+            .any(|e| e.fault.as_deref() == Some("appliedThenDrop") && e.status == 0)
+    );
+    // The rate forms, seeded: about the given fraction, and none when switched off.
+    t.emu.set_faults(Faults {
+        applied_then_error_rate: 0.5,
+        seed: 3,
+        ..Faults::default()
+    });
+    let mut errors = 0;
+    for i in 0..40 {
+        let (s, _, _) = put(&format!("rate-{i}")).await.unwrap();
+        errors += u32::from(s == 500);
+    }
+    assert!((8..=32).contains(&errors), "{errors} of 40");
+    assert_eq!(
+        identity_names(&t)
+            .iter()
+            .filter(|n| n.starts_with("rate-"))
+            .count(),
+        40,
+        "every write was applied"
+    );
+    t.emu.set_faults(Faults::default());
+    for i in 0..10 {
+        assert_eq!(put(&format!("rate-{i}")).await.unwrap().0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_long_running_operation_succeeds_after_the_client_stopped_polling() {
+    let t = T::new(|_| {}).await;
+    let id = t.identity("late-lro").await;
+    let id = id["id"].as_str().unwrap().to_string();
+    t.emu.set_faults(Faults {
+        lro_late_next: 1,
+        ..Faults::default()
+    });
+    let (s, h, _) = t
+        .send(
+            reqwest::Method::PATCH,
+            VM,
+            Some(json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {id.clone(): {}}}})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    let url = h["azure-asyncoperation"].to_str().unwrap().to_string();
+    let r = t.http.get(&url).bearer_auth(&t.token).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        500,
+        "the status endpoint fails: the client gives up"
+    );
+    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    assert_eq!(vm["properties"]["provisioningState"], "Updating");
+    // The operation goes on without anyone polling and succeeds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+        if vm["properties"]["provisioningState"] == "Succeeded" {
+            assert!(vm["identity"]["userAssignedIdentities"].get(&id).is_some());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {vm}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(t.emu.injected().get("lroLate"), Some(&1));
+}
+
+#[tokio::test]
+async fn an_update_accepted_while_another_runs_keeps_the_running_change() {
+    let t = T::new(|w| w.lro_polls = 3).await;
+    let a = t.identity("first").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = t.identity("second").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, h0, _) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let etag = h0["etag"].to_str().unwrap().to_string();
+    let patch = |id: &str, with_etag: bool| {
+        let body =
+            json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {id: {}}}});
+        let m = with_etag.then(|| etag.clone());
+        let t = &t;
+        async move {
+            t.send(reqwest::Method::PATCH, VM, Some(body), m.as_deref())
+                .await
+        }
+    };
+    let (s1, h1, _) = patch(&a, true).await.unwrap();
+    assert_eq!(s1, 200);
+    // The accepted update changed the etag: a writer holding the old one is refused.
+    let (s, _, _) = patch(&b, true).await.unwrap();
+    assert_eq!(s, 412);
+    let (s2, h2, _) = patch(&b, false).await.unwrap();
+    assert_eq!(s2, 200);
+    poll(&t, &h2).await;
+    poll(&t, &h1).await;
+    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let assigned = vm["identity"]["userAssignedIdentities"]
+        .as_object()
+        .unwrap();
+    assert!(
+        assigned.contains_key(&a) && assigned.contains_key(&b),
+        "{vm}"
     );
 }

@@ -120,6 +120,7 @@ pub struct ArmClient {
     credential: Arc<dyn TokenCredential>,
     throttle: SubscriptionThrottle,
     metrics: ArmMetrics,
+    fence: Option<crate::controller::leader::Fence>,
 }
 
 struct Response {
@@ -175,7 +176,15 @@ impl ArmClient {
             opts,
             credential,
             metrics,
+            fence: None,
         }
+    }
+
+    /// Send requests only while `fence` allows (leader election): a request is refused past
+    /// the deadline and abandoned when its answer has not come by then.
+    pub fn with_fence(mut self, fence: crate::controller::leader::Fence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     fn url(&self, path: &str, api_version: &str, query: &[(&str, &str)]) -> Url {
@@ -257,7 +266,24 @@ impl ArmClient {
                 req = req.header(name.clone(), *value);
             }
             let started = Instant::now();
-            let result = req.send().await;
+            let result = match &self.fence {
+                None => req.send().await,
+                Some(fence) => {
+                    let not_leader = || {
+                        ArmError::local(
+                            operation,
+                            "NotLeader",
+                            "this replica no longer holds the leader lease",
+                        )
+                    };
+                    let Some(deadline) = fence.deadline() else {
+                        return Err(not_leader());
+                    };
+                    tokio::time::timeout_at(deadline, req.send())
+                        .await
+                        .map_err(|_| not_leader())?
+                }
+            };
             let labels = OperationLabels {
                 operation: operation.into(),
             };

@@ -48,13 +48,33 @@ pub struct ControllerOptions {
     pub oidc_issuer: Option<String>,
     /// Entra ID's authority host, where service account tokens are exchanged.
     pub authority_host: url::Url,
+    /// This replica's name (the pod name), sent in the `User-Agent` of every ARM request so
+    /// that ARM's request logs tell replicas apart; defaults to the Lease holder.
+    pub instance: Option<String>,
+    /// How long one ARM request may take before the client gives up on it.
+    pub arm_timeout: Duration,
+}
+
+/// The `User-Agent` of the controller's requests.
+pub fn user_agent(instance: Option<&str>) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match instance {
+        Some(i) => format!("uami-controller/{version} ({i})"),
+        None => format!("uami-controller/{version}"),
+    }
 }
 
 /// One shared HTTP client with timeouts, for ARM, Entra ID and IMDS.
 pub fn http_client() -> reqwest::Client {
+    http_client_with(&user_agent(None), Duration::from_secs(60))
+}
+
+/// [`http_client`] with a `User-Agent` and a request timeout.
+pub fn http_client_with(user_agent: &str, timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
+        .user_agent(user_agent)
+        .connect_timeout(Duration::from_secs(10).min(timeout))
+        .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .unwrap_or_default()
@@ -69,7 +89,11 @@ pub fn start(
     stop: CancellationToken,
     ready: impl Fn(bool) + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let http = http_client();
+    let instance = opts
+        .instance
+        .clone()
+        .or_else(|| opts.lease.as_ref().map(|l| l.holder.clone()));
+    let http = http_client_with(&user_agent(instance.as_deref()), opts.arm_timeout);
     let credential = build_credential(
         opts.credential.clone(),
         http.clone(),
@@ -81,7 +105,7 @@ pub fn start(
         ceiling: ceiling.max(floor.max(0.1)),
         budget: assumed.budget,
     };
-    let arm = Arc::new(ArmClient::new(
+    let arm = ArmClient::new(
         http,
         ArmClientOptions {
             endpoint: opts.arm_endpoint.clone(),
@@ -95,7 +119,11 @@ pub fn start(
         },
         credential,
         Some(registry),
-    ));
+    );
+    let arm = Arc::new(match &opts.lease {
+        Some(lease) => arm.with_fence(lease.fence.clone()),
+        None => arm,
+    });
     let metrics = ReconcileMetrics::register(registry);
     let parts = ControllerParts {
         azure: AzureApis {

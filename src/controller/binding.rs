@@ -164,7 +164,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
     ) {
         // A policy that stops allowing a binding revokes it: the identity this controller added
         // is removed from the target.
-        if let Some(identity_id) = owned_identity(&obj, ctx) {
+        if let Some(identity_id) = owned_identity(&obj, ctx).await? {
             let removal = remove_identity(&obj, ctx, &target, &identity_id).await?;
             let mut status = not_ready(&obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, &message);
             status.target_resource_id = Some(target.id());
@@ -406,8 +406,15 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
                 tracing::info!(binding = %key, target = %target.id(), "identity no longer assigned; repairing drift");
                 ctx.event(&*obj, true, "DriftDetected", "AssignIdentity", format!("{identity_name} was removed from {} outside the controller; assigning it again", target.id())).await;
             }
-            ctx.writer.submit(&target, &identity_id, Want::Present, me);
+            // Record the assignment before asking for it: after a crash between the write and
+            // its answer, or when the answer is lost (a timeout, a 500 after the fact), the
+            // identity found on the target is known as this controller's, not adopted, and is
+            // removed on deletion.
+            if !recorded_identity(&obj).is_some_and(|r| r.eq_ignore_ascii_case(&identity_id)) {
+                record_identity(&obj, ctx, Some(&identity_id)).await?;
+            }
             write_status(&obj, ctx, assigning(&obj, &target)).await?;
+            ctx.writer.submit(&target, &identity_id, Want::Present, me);
             Ok(resync)
         }
     }
@@ -416,15 +423,33 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
 /// The identity this controller recorded adding to the target, when it is still the binding's
 /// identity (the identity's status is written by this controller only). A record naming another
 /// identity is not evidence and removes nothing.
-fn owned_identity(obj: &IdentityBinding, ctx: &Context) -> Option<String> {
-    let recorded = recorded_identity(obj)?;
+///
+/// The identity is read from the API server, not the cache: right after a restart the identity
+/// cache may not be filled yet, and an identity that looks absent would leave its assignment
+/// behind (and the identity then deleted while still listed on the VM).
+async fn owned_identity(
+    obj: &IdentityBinding,
+    ctx: &Context,
+) -> Result<Option<String>, ReconcileError> {
+    let Some(recorded) = recorded_identity(obj) else {
+        return Ok(None);
+    };
     let ns = obj.namespace().unwrap_or_default();
-    let current = ctx
-        .identity(&ns, &obj.spec.identity_ref.name)
-        .and_then(|i| i.status.as_ref().and_then(|s| s.resource_id.clone()))?;
-    current
-        .eq_ignore_ascii_case(recorded)
-        .then(|| recorded.to_string())
+    let identities: Api<crate::api::UserAssignedIdentity> =
+        Api::namespaced(ctx.client.clone(), &ns);
+    let by_name = kube::api::ListParams::default()
+        .fields(&format!("metadata.name={}", obj.spec.identity_ref.name));
+    let current = identities
+        .list(&by_name)
+        .await
+        .map_err(ReconcileError::kube("GetIdentity"))?
+        .items
+        .into_iter()
+        .find(|i| i.name_any() == obj.spec.identity_ref.name)
+        .and_then(|i| i.status.and_then(|s| s.resource_id));
+    Ok(current
+        .filter(|c| c.eq_ignore_ascii_case(recorded))
+        .map(|_| recorded.to_string()))
 }
 
 /// Have the writer remove `identity_id` from `target`, unless another live binding of the same
@@ -437,8 +462,14 @@ async fn remove_identity(
 ) -> Result<Removal, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let key = object_key(obj);
-    // Another live binding of the same identity to the same target keeps it assigned.
-    let shared = ctx.stores.bindings.state().iter().any(|b| {
+    // Another live binding of the same identity to the same target keeps it assigned. Listed
+    // from the API server: a cache can miss a binding, or hold one already gone.
+    let live: Api<IdentityBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let live = live
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(ReconcileError::kube("ListBindings"))?;
+    let shared = live.items.iter().any(|b| {
         b.meta().deletion_timestamp.is_none()
             && b.uid() != obj.uid()
             && b.namespace().as_deref() == Some(ns.as_str())
@@ -462,7 +493,22 @@ async fn remove_identity(
         .get_compute(target)
         .await
         .map_err(ReconcileError::arm("GetTarget"))?;
-    if !current.is_some_and(|c| c.identity.has_user_assigned(identity_id)) {
+    let Some(current) = current else {
+        ctx.record_success(&format!("{key}/write"));
+        ctx.writer.forget(target, identity_id);
+        return Ok(Removal::Gone);
+    };
+    if !current.identity.has_user_assigned(identity_id) {
+        // Not listed, but an update still running may be the one that adds it (sent before a
+        // restart, or answered after the client gave up): the finalizer stays until the
+        // target is settled, so the identity is never deleted while it is being assigned.
+        if updating(current.provisioning_state.as_deref()) {
+            return Err(ReconcileError::Waiting {
+                step: "UnassignIdentity",
+                message: format!("{} is being updated; looking again", target.id()),
+                retry: Duration::from_secs(2),
+            });
+        }
         ctx.record_success(&format!("{key}/write"));
         ctx.writer.forget(target, identity_id);
         return Ok(Removal::Gone);
@@ -509,7 +555,7 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
     // Only an identity this controller recorded adding is removed: a binding refused by policy,
     // deleted before its first reconcile, or that found the identity already assigned, removes
     // nothing. Status is not evidence.
-    let Some(identity_id) = owned_identity(&obj, ctx) else {
+    let Some(identity_id) = owned_identity(&obj, ctx).await? else {
         return Ok(Action::await_change());
     };
     let Some(target) = target_of(&obj, ctx.settings.default_subscription.as_deref()) else {
@@ -525,6 +571,12 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
             retry: Duration::from_secs(30),
         }),
     }
+}
+
+/// Whether a provisioning state means an update is still running (terminal: `Succeeded`,
+/// `Failed`, `Canceled`; absent means done).
+fn updating(state: Option<&str>) -> bool {
+    state.is_some_and(|s| !["Succeeded", "Failed", "Canceled"].contains(&s))
 }
 
 fn reason_is(obj: &IdentityBinding, reason: &str) -> bool {

@@ -126,6 +126,11 @@ pub struct RunArgs {
     #[arg(long, env = "UAMI_ARM_WRITES_CEILING", default_value_t = 100.0)]
     pub arm_writes_ceiling: f64,
 
+    /// How long one ARM request may take before it is abandoned (and retried as a transport
+    /// error; every write is idempotent, so a retry after a lost answer is safe).
+    #[arg(long, env = "UAMI_ARM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub arm_timeout: Duration,
+
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "UAMI_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,

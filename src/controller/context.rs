@@ -219,6 +219,29 @@ impl Context {
             .identities
             .get(&ObjectRef::new(name).within(namespace))
     }
+
+    /// The identity from the cache, or from the API server when the cache does not have it
+    /// (right after a start the cache may not be filled yet). For deletions, which must not
+    /// take a cache miss for a missing identity.
+    pub async fn identity_or_fetch(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<UserAssignedIdentity>>, kube::Error> {
+        if let Some(i) = self.identity(namespace, name) {
+            return Ok(Some(i));
+        }
+        let api: kube::Api<UserAssignedIdentity> =
+            kube::Api::namespaced(self.client.clone(), namespace);
+        let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+        Ok(api
+            .list(&by_name)
+            .await?
+            .items
+            .into_iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name))
+            .map(Arc::new))
+    }
 }
 
 /// A key that names one object of one kind.

@@ -464,7 +464,9 @@ async fn expected(obj: &RoleGrant, ctx: &Context) -> Result<Option<Expected>, Re
     };
     let ns = obj.namespace().unwrap_or_default();
     let Some(principal_id) = ctx
-        .identity(&ns, &obj.spec.identity_ref.name)
+        .identity_or_fetch(&ns, &obj.spec.identity_ref.name)
+        .await
+        .map_err(ReconcileError::kube("GetIdentity"))?
         .and_then(|i| i.status.as_ref().and_then(|s| s.principal_id.clone()))
         .filter(|p| !p.is_empty())
     else {

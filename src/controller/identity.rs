@@ -319,7 +319,7 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
     ctx.forget_checked(&object_key(&*obj));
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    let dependents = dependents(ctx, &ns, &name);
+    let dependents = dependents(ctx, &ns, &name).await?;
     if !dependents.is_empty() {
         let message = format!(
             "deletion waits for {} that use this identity",
@@ -369,21 +369,38 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
     Ok(Action::await_change())
 }
 
-/// Bindings and grants in `namespace` that reference identity `name`.
-fn dependents(ctx: &Context, namespace: &str, name: &str) -> Vec<String> {
+/// Bindings and grants in `namespace` that reference identity `name`, listed from the API
+/// server rather than the caches: right after a restart a cache may not be filled yet, and an
+/// identity deleted while a binding still holds it stays listed on the VM.
+async fn dependents(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<String>, ReconcileError> {
+    let lp = kube::api::ListParams::default();
     let mut out = Vec::new();
-    for b in ctx.stores.bindings.state() {
-        if b.namespace().as_deref() == Some(namespace) && b.spec.identity_ref.name == name {
+    let bindings: Api<crate::api::IdentityBinding> = Api::namespaced(ctx.client.clone(), namespace);
+    for b in bindings
+        .list(&lp)
+        .await
+        .map_err(ReconcileError::kube("ListDependents"))?
+    {
+        if b.spec.identity_ref.name == name {
             out.push(format!("IdentityBinding {}", b.name_any()));
         }
     }
-    for g in ctx.stores.grants.state() {
-        if g.namespace().as_deref() == Some(namespace) && g.spec.identity_ref.name == name {
+    let grants: Api<crate::api::RoleGrant> = Api::namespaced(ctx.client.clone(), namespace);
+    for g in grants
+        .list(&lp)
+        .await
+        .map_err(ReconcileError::kube("ListDependents"))?
+    {
+        if g.spec.identity_ref.name == name {
             out.push(format!("RoleGrant {}", g.name_any()));
         }
     }
     out.sort();
-    out
+    Ok(out)
 }
 
 /// What became of the export.

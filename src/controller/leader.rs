@@ -4,9 +4,17 @@
 //! lease's `resourceVersion`, so two candidates can never both win; on shutdown the holder
 //! releases the lease so a standby takes over at once.
 //!
+//! Leadership fences Azure writes: the holder may act only until `renew_deadline` after the
+//! start of its last successful renewal, well before the lease can expire for the others
+//! (`lease_duration` after that renewal). The [`Fence`] carries that deadline to the ARM
+//! client, which refuses to send, and abandons in flight, any request past it; losing the
+//! lease, or failing to renew it in time, also stops the reconcilers, the per-VM writers and
+//! their pollers. So no write of an old leader reaches ARM once a new one can have started.
+//!
 //! Written here rather than taken from a crate because the published leader-election crates
 //! depend on older kube releases than this project's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -29,6 +37,38 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     /// How often the holder renews and a standby retries.
     pub retry_period: Duration,
+    /// How long after the start of a successful renewal the holder may still act (less than
+    /// `lease_duration`: the margin covers requests in flight and clock granularity).
+    pub renew_deadline: Duration,
+    /// Shared with the ARM client: until when this candidate may write.
+    pub fence: Fence,
+}
+
+/// Until when this replica may act as the leader. Cloned into the ARM client, which checks it
+/// before every request.
+#[derive(Clone, Debug, Default)]
+pub struct Fence(Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>);
+
+impl Fence {
+    /// A fence that allows nothing until leadership is granted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Allow acting until `until`.
+    pub fn grant_until(&self, until: tokio::time::Instant) {
+        *self.0.lock() = Some(until);
+    }
+
+    /// Allow nothing from now on.
+    pub fn revoke(&self) {
+        *self.0.lock() = None;
+    }
+
+    /// The deadline, when it has not passed.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.0.lock().filter(|d| *d > tokio::time::Instant::now())
+    }
 }
 
 impl LeaseConfig {
@@ -40,6 +80,8 @@ impl LeaseConfig {
             holder: holder.to_string(),
             lease_duration,
             retry_period: (lease_duration / 5).max(Duration::from_millis(200)),
+            renew_deadline: lease_duration * 2 / 3,
+            fence: Fence::new(),
         }
     }
 }
@@ -55,6 +97,12 @@ pub enum LeaderError {
         /// The API error.
         #[source]
         source: kube::Error,
+    },
+    /// The Lease API did not answer within the retry period.
+    #[error("lease {name}: no answer within the retry period")]
+    Timeout {
+        /// The lease.
+        name: String,
     },
 }
 
@@ -74,9 +122,14 @@ fn held_by_other(spec: &LeaseSpec, me: &str, at: Timestamp) -> bool {
     if holder == me {
         return false;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    let duration = k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+        spec.lease_duration_seconds.unwrap_or(0),
+    ));
     match spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) {
-        Some(renewed) => renewed.0.as_second() + duration > at.as_second(),
+        Some(renewed) => renewed
+            .0
+            .checked_add(duration)
+            .is_ok_and(|expiry| expiry > at),
         None => false,
     }
 }
@@ -169,17 +222,29 @@ pub fn campaign(
     let (tx, rx) = watch::channel(false);
     let handle = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+        let fence = cfg.fence.clone();
         let mut last_renewal: Option<tokio::time::Instant> = None;
         loop {
-            match try_acquire_or_renew(&api, &cfg).await {
+            let started = tokio::time::Instant::now();
+            // A renewal that hangs must not keep a stale leader going: it gives up in time.
+            let attempt =
+                tokio::time::timeout(cfg.retry_period, try_acquire_or_renew(&api, &cfg)).await;
+            let attempt = attempt.unwrap_or_else(|_| {
+                Err(LeaderError::Timeout {
+                    name: cfg.name.clone(),
+                })
+            });
+            match attempt {
                 Ok(true) => {
-                    last_renewal = Some(tokio::time::Instant::now());
+                    last_renewal = Some(started);
+                    fence.grant_until(started + cfg.renew_deadline);
                     if !*tx.borrow() {
                         tracing::info!(lease = %cfg.name, holder = %cfg.holder, "became leader");
                     }
                     let _ = tx.send(true);
                 }
                 Ok(false) => {
+                    fence.revoke();
                     last_renewal = None;
                     if *tx.borrow() {
                         tracing::warn!(lease = %cfg.name, "lost the lease to another candidate");
@@ -188,18 +253,35 @@ pub fn campaign(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lease renewal failed");
-                    let expired = last_renewal.is_none_or(|t| t.elapsed() >= cfg.lease_duration);
+                    let expired = last_renewal.is_none_or(|t| t.elapsed() >= cfg.renew_deadline);
                     if expired && *tx.borrow() {
-                        tracing::warn!(lease = %cfg.name, "leadership lapsed: renewals failed for a lease duration");
+                        fence.revoke();
+                        tracing::warn!(lease = %cfg.name, "leadership lapsed: no renewal within the renew deadline");
                         let _ = tx.send(false);
                     }
                 }
             }
+            // Sleep until the next attempt, but step down the moment the deadline passes.
+            let lapse = last_renewal.map(|t| t + cfg.renew_deadline);
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(cfg.retry_period) => {}
+                _ = tokio::time::sleep_until(started + cfg.retry_period) => {}
+                _ = async {
+                    match lapse {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if *tx.borrow() {
+                        fence.revoke();
+                        tracing::warn!(lease = %cfg.name, "leadership lapsed: no renewal within the renew deadline");
+                        let _ = tx.send(false);
+                    }
+                    last_renewal = None;
+                }
             }
         }
+        fence.revoke();
         let _ = tx.send(false);
         if let Err(e) = release(&api, &cfg).await {
             tracing::warn!(error = %e, "could not release the lease");

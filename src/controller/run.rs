@@ -277,12 +277,30 @@ pub async fn run_controllers(
         drive(grants, wc, g_writer),
         tokio::spawn(policy_watch),
     ];
+    let writers = ctx.writer.clone();
+    let mut stopped = shutdown_tx.subscribe();
     let stopper = async move {
         shutdown.await;
+        // Writers and their pollers stop at once: no VM write of this term starts or goes on.
+        writers.stop();
         tracing::info!("shutting down: finishing in-flight reconciles");
         let _ = shutdown_tx.send(());
     };
-    tokio::join!(stopper, id_run, b_run, g_run);
+    // Policy decisions wait for the GrantPolicy cache: right after a start an empty cache would
+    // deny (and revoke) everything that a policy allows.
+    let policies = stores.policies.clone();
+    let controllers = async move {
+        tokio::select! {
+            ready = policies.wait_until_ready() => {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            _ = stopped.recv() => return,
+        }
+        tokio::join!(id_run, b_run, g_run);
+    };
+    tokio::join!(stopper, controllers);
     for r in reflectors {
         r.abort();
     }

@@ -87,6 +87,7 @@ pub struct TargetWriter {
     targets: Mutex<HashMap<String, TargetState>>,
     outcomes: Mutex<HashMap<(String, String), Outcome>>,
     notify: mpsc::UnboundedSender<ObjectRef<IdentityBinding>>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl TargetWriter {
@@ -107,6 +108,7 @@ impl TargetWriter {
                 targets: Mutex::new(HashMap::new()),
                 outcomes: Mutex::new(HashMap::new()),
                 notify,
+                stop: tokio_util::sync::CancellationToken::new(),
             }),
             rx,
         )
@@ -159,11 +161,17 @@ impl TargetWriter {
                 true
             }
         };
-        if start {
+        if start && !self.stop.is_cancelled() {
             let this = Arc::clone(self);
             let target = target.clone();
             tokio::spawn(async move { this.drive(target).await });
         }
+    }
+
+    /// Stop every writer and poller now, abandoning writes in flight (leadership lost); later
+    /// submissions are dropped.
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 
     /// Whether a write for `target` is queued or in flight.
@@ -181,7 +189,10 @@ impl TargetWriter {
             // and ten windows at most bound the wait.
             let mut seen = 0;
             for _ in 0..10 {
-                tokio::time::sleep(self.config.batch_window).await;
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.config.batch_window) => {}
+                }
                 let queued = self.targets.lock().get(&key).map_or(0, |s| s.pending.len());
                 if queued == seen {
                     break;
@@ -200,7 +211,11 @@ impl TargetWriter {
                 }
                 std::mem::take(&mut state.pending)
             };
-            let outcome = match self.write(&target, &batch).await {
+            let written = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = self.write(&target, &batch) => r,
+            };
+            let outcome = match written {
                 Ok(()) => Outcome::Done,
                 Err(WriteError::Arm(e)) => {
                     tracing::warn!(target = %target.id(), code = e.code(), error = %e, "identity write failed");

@@ -129,6 +129,8 @@ pub fn controller_options(
             default_poll: Duration::from_millis(500),
             ..WriterConfig::default()
         },
+        instance: None,
+        arm_timeout: Duration::from_secs(60),
         oidc_issuer: None,
         authority_host: authority.clone(),
     })

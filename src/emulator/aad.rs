@@ -130,6 +130,7 @@ pub async fn token(
         status: status.as_u16(),
         request: Some(Value::Object(request)),
         response: Some(recorded),
+        ..Exchange::default()
     });
     (status, axum::Json(resp)).into_response()
 }

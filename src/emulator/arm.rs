@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::aad::{self, Claims};
-use super::faults::arm_limits;
+use super::faults::{arm_limits, kind as fk, take_next};
 use super::knobs::LroForm;
 use super::rbac;
 use super::state::{
@@ -533,6 +533,11 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let at_ms = inner.elapsed_ms();
+    let client = ["x-ms-client-request-id", "user-agent"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(str::to_string);
     let path = percent_encoding::percent_decode_str(uri.path())
         .decode_utf8_lossy()
         .to_string();
@@ -556,10 +561,15 @@ pub async fn handle(
         };
         return finish(
             &inner,
-            "Unknown",
-            &method,
-            &path,
-            &query_string,
+            Meta {
+                op: "Unknown",
+                method: &method,
+                path: &path,
+                query: &query_string,
+                client,
+                at_ms,
+                fault: None,
+            },
             request,
             Answer::from((status, body)),
             None,
@@ -581,7 +591,7 @@ pub async fn handle(
     )
     .await;
     match answer {
-        Err(()) => {
+        Err(fault) => {
             inner.count(Exchange {
                 operation: op.into(),
                 method: method.to_string(),
@@ -590,28 +600,52 @@ pub async fn handle(
                 status: 0,
                 request,
                 response: None,
+                fault: Some(fault.into()),
+                client,
+                at_ms,
             });
             dropped()
         }
-        Ok((mut answer, remaining)) => {
+        Ok((mut answer, remaining, fault)) => {
             if op.contains("_List")
                 && answer.status == StatusCode::OK
                 && let Err(refused) = paging::page(&inner, &path, &query, &mut answer.body)
             {
                 answer = refused.into();
             }
-            finish(
+            let resp = finish(
                 &inner,
-                op,
-                &method,
-                &path,
-                &query_string,
+                Meta {
+                    op,
+                    method: &method,
+                    path: &path,
+                    query: &query_string,
+                    client,
+                    at_ms,
+                    fault,
+                },
                 request,
                 answer,
                 remaining,
-            )
+            );
+            if fault == Some(fk::APPLIED_THEN_SLOW) {
+                let slow = inner.faults.lock().slow_answer();
+                tokio::time::sleep(slow).await;
+            }
+            resp
         }
     }
+}
+
+/// What the journal records about a request besides its bodies and status.
+struct Meta<'a> {
+    op: &'a str,
+    method: &'a Method,
+    path: &'a str,
+    query: &'a str,
+    client: Option<String>,
+    at_ms: u64,
+    fault: Option<&'static str>,
 }
 
 fn dropped() -> Response {
@@ -628,13 +662,9 @@ fn dropped() -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn finish(
     inner: &Inner,
-    op: &str,
-    method: &Method,
-    path: &str,
-    query: &str,
+    meta: Meta<'_>,
     request: Option<Value>,
     mut a: Answer,
     remaining: Option<(&'static str, u64)>,
@@ -643,10 +673,10 @@ fn finish(
         super::knobs::add_inner_error(&mut a.body);
     }
     inner.count(Exchange {
-        operation: op.into(),
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
+        operation: meta.op.into(),
+        method: meta.method.to_string(),
+        path: meta.path.to_string(),
+        query: meta.query.to_string(),
         status: a.status.as_u16(),
         request,
         response: if a.body.is_null() {
@@ -654,6 +684,9 @@ fn finish(
         } else {
             Some(a.body.clone())
         },
+        fault: meta.fault.map(str::to_string),
+        client: meta.client,
+        at_ms: meta.at_ms,
     });
     let mut resp = if a.body.is_null() {
         a.status.into_response()
@@ -744,7 +777,7 @@ async fn run(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     body: Option<&Value>,
-) -> Result<(Answer, Option<(&'static str, u64)>), ()> {
+) -> Result<(Answer, Option<(&'static str, u64)>, Option<&'static str>), &'static str> {
     let latency = inner.faults.lock().latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -760,6 +793,7 @@ async fn run(
                 )
                 .into(),
                 None,
+                None,
             ));
         }
         Some(v) if !versions.contains(&v.as_str()) => {
@@ -773,6 +807,7 @@ async fn run(
                     ),
                 )
                 .into(),
+                None,
                 None,
             ));
         }
@@ -791,6 +826,7 @@ async fn run(
             )
             .into(),
             None,
+            None,
         ));
     };
     let claims = match aad::verify(inner, token) {
@@ -799,13 +835,14 @@ async fn run(
             return Ok((
                 arm_err(StatusCode::UNAUTHORIZED, code, &message).into(),
                 None,
+                None,
             ));
         }
     };
     let aud = claims.aud.trim_end_matches('/');
     if !(eq(aud, "https://management.azure.com") || eq(aud, "https://management.core.windows.net"))
     {
-        return Ok((arm_err(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "The access token has been obtained for wrong audience or resource. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.azure.com/'.").into(), None));
+        return Ok((arm_err(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "The access token has been obtained for wrong audience or resource. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.azure.com/'.").into(), None, None));
     }
     let kind: &'static str = match *method {
         Method::GET => "reads",
@@ -818,34 +855,30 @@ async fn run(
         Err(wait) => {
             let mut a: Answer = arm_err(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "The request is being throttled as the limit has been reached for operation type. For more information, see https://aka.ms/armthrottling").into();
             a.headers.push(("retry-after", wait.as_secs().to_string()));
-            return Ok((a, Some((kind, 0))));
+            inner.inject(fk::THROTTLED);
+            return Ok((a, Some((kind, 0)), Some(fk::THROTTLED)));
         }
     };
     let remaining = Some((kind, remaining));
     {
-        let mut f = inner.faults.lock();
-        let drop_now = if f.drop_connection_next > 0 {
-            f.drop_connection_next -= 1;
-            true
-        } else {
-            false
+        let (drop_now, rate) = {
+            let mut f = inner.faults.lock();
+            (
+                take_next(&mut f.drop_connection_next),
+                f.drop_connection_rate,
+            )
         };
-        let rate = f.drop_connection_rate;
-        drop(f);
         if drop_now || inner.chance(rate) {
-            return Err(());
+            inner.inject(fk::DROP_CONNECTION);
+            return Err(fk::DROP_CONNECTION);
         }
-        let mut f = inner.faults.lock();
-        let fail_now = if f.server_error_next > 0 {
-            f.server_error_next -= 1;
-            true
-        } else {
-            false
+        let (fail_now, rate) = {
+            let mut f = inner.faults.lock();
+            (take_next(&mut f.server_error_next), f.server_error_rate)
         };
-        let rate = f.server_error_rate;
-        drop(f);
         if fail_now || inner.chance(rate) {
-            return Ok((arm_err(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "Encountered internal server error. Diagnostic information: timestamp, subscription id, tracking id, request correlation id.").into(), remaining));
+            inner.inject(fk::SERVER_ERROR);
+            return Ok((server_error().into(), remaining, Some(fk::SERVER_ERROR)));
         }
     }
     let now = Instant::now();
@@ -863,71 +896,115 @@ async fn run(
             FicStep::Done(a) => a,
             FicStep::Write(guard) => fic_write(inner, guard, method, r, body).await,
         };
-        return Ok((answer.into(), remaining));
+        return Ok((answer.into(), remaining, None));
     }
-    let mut st = inner.state.lock();
-    st.settle(now);
-    if let Some(action) = &action
-        && !authorized(&st, &claims.oid, action, scope, now)
-    {
-        return Ok((forbidden(&claims, action, scope).into(), remaining));
-    }
-    let answer = match (method.as_str(), r) {
-        ("GET", Route::Subscription { sub }) => subscription_get(inner, sub).into(),
-        ("GET", Route::ResourceGroup { sub, rg }) => rg_get(&st, sub, rg).into(),
-        ("PUT", Route::ResourceGroup { sub, rg }) => rg_put(&mut st, sub, rg, body).into(),
-        ("GET", Route::Identity { sub, rg, name }) => identity_get(&st, sub, rg, name).into(),
-        ("PUT", Route::Identity { sub, rg, name }) => {
-            identity_put(inner, &mut st, sub, rg, name, headers, body).into()
+    let answer = {
+        let mut st = inner.state.lock();
+        st.settle(now);
+        if let Some(action) = &action
+            && !authorized(&st, &claims.oid, action, scope, now)
+        {
+            return Ok((forbidden(&claims, action, scope).into(), remaining, None));
         }
-        ("PATCH", Route::Identity { sub, rg, name }) => {
-            identity_patch(&mut st, sub, rg, name, body).into()
+        match (method.as_str(), r) {
+            ("GET", Route::Subscription { sub }) => subscription_get(inner, sub).into(),
+            ("GET", Route::ResourceGroup { sub, rg }) => rg_get(&st, sub, rg).into(),
+            ("PUT", Route::ResourceGroup { sub, rg }) => rg_put(&mut st, sub, rg, body).into(),
+            ("GET", Route::Identity { sub, rg, name }) => identity_get(&st, sub, rg, name).into(),
+            ("PUT", Route::Identity { sub, rg, name }) => {
+                identity_put(inner, &mut st, sub, rg, name, headers, body).into()
+            }
+            ("PATCH", Route::Identity { sub, rg, name }) => {
+                identity_patch(&mut st, sub, rg, name, body).into()
+            }
+            ("DELETE", Route::Identity { sub, rg, name }) => {
+                identity_delete(&mut st, sub, rg, name).into()
+            }
+            ("GET", Route::IdentityList { sub, rg }) => {
+                identity_list(&st, &claims, sub, rg.as_deref(), now).into()
+            }
+            ("GET", Route::Compute { .. }) => compute_get(inner, &st, scope),
+            ("PATCH", Route::Compute { .. }) => {
+                compute_patch(inner, &mut st, &claims, scope, headers, body, now)
+            }
+            ("GET", Route::AsyncOp { id, .. })
+                if query.get("monitor").is_some_and(|m| m == "true") =>
+            {
+                lro::poll(inner, &mut st, id)
+            }
+            ("GET", Route::AsyncOp { id, .. }) => async_op(&mut st, id).into(),
+            (
+                "GET",
+                Route::Resource {
+                    sub,
+                    rg,
+                    type_,
+                    name,
+                },
+            ) => resources::get(inner, sub, rg, type_, name).into(),
+            ("GET", Route::Assignment { scope, name }) => assignment_get(&st, scope, name).into(),
+            ("PUT", Route::Assignment { scope, name }) => {
+                assignment_put(inner, &mut st, scope, name, body, now).into()
+            }
+            ("DELETE", Route::Assignment { scope, name }) => {
+                assignment_delete(&mut st, scope, name).into()
+            }
+            ("GET", Route::AssignmentList { scope }) => {
+                assignment_list(&st, scope, query.get("$filter").map(String::as_str)).into()
+            }
+            ("GET", Route::Definition { guid }) => definition_get(guid).into(),
+            ("GET", Route::DefinitionList { scope }) => {
+                definition_list(scope, query.get("$filter").map(String::as_str)).into()
+            }
+            _ => arm_err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "The method is not allowed.",
+            )
+            .into(),
         }
-        ("DELETE", Route::Identity { sub, rg, name }) => {
-            identity_delete(&mut st, sub, rg, name).into()
-        }
-        ("GET", Route::IdentityList { sub, rg }) => {
-            identity_list(&st, &claims, sub, rg.as_deref(), now).into()
-        }
-        ("GET", Route::Compute { .. }) => compute_get(inner, &st, scope),
-        ("PATCH", Route::Compute { .. }) => {
-            compute_patch(inner, &mut st, &claims, scope, headers, body, now)
-        }
-        ("GET", Route::AsyncOp { id, .. }) if query.get("monitor").is_some_and(|m| m == "true") => {
-            lro::poll(inner, &mut st, id)
-        }
-        ("GET", Route::AsyncOp { id, .. }) => async_op(&mut st, id).into(),
-        (
-            "GET",
-            Route::Resource {
-                sub,
-                rg,
-                type_,
-                name,
-            },
-        ) => resources::get(inner, sub, rg, type_, name).into(),
-        ("GET", Route::Assignment { scope, name }) => assignment_get(&st, scope, name).into(),
-        ("PUT", Route::Assignment { scope, name }) => {
-            assignment_put(inner, &mut st, scope, name, body, now).into()
-        }
-        ("DELETE", Route::Assignment { scope, name }) => {
-            assignment_delete(&mut st, scope, name).into()
-        }
-        ("GET", Route::AssignmentList { scope }) => {
-            assignment_list(&st, scope, query.get("$filter").map(String::as_str)).into()
-        }
-        ("GET", Route::Definition { guid }) => definition_get(guid).into(),
-        ("GET", Route::DefinitionList { scope }) => {
-            definition_list(scope, query.get("$filter").map(String::as_str)).into()
-        }
-        _ => arm_err(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "The method is not allowed.",
-        )
-        .into(),
     };
-    Ok((answer, remaining))
+    // Failures after the write was applied: the caller cannot tell that it happened.
+    if *method != Method::GET && answer.status.is_success() {
+        let (drop_now, drop_rate, err_now, err_rate, slow_now, slow_rate) = {
+            let mut f = inner.faults.lock();
+            (
+                take_next(&mut f.applied_then_drop_next),
+                f.applied_then_drop_rate,
+                take_next(&mut f.applied_then_error_next),
+                f.applied_then_error_rate,
+                take_next(&mut f.applied_then_slow_next),
+                f.applied_then_slow_rate,
+            )
+        };
+        if drop_now || inner.chance(drop_rate) {
+            inner.inject(fk::APPLIED_THEN_DROP);
+            return Err(fk::APPLIED_THEN_DROP);
+        }
+        if err_now || inner.chance(err_rate) {
+            inner.inject(fk::APPLIED_THEN_ERROR);
+            return Ok((
+                server_error().into(),
+                remaining,
+                Some(fk::APPLIED_THEN_ERROR),
+            ));
+        }
+        if slow_now || inner.chance(slow_rate) {
+            // Recorded now, answered after `slow` (see `handle`): a caller that gives up or
+            // dies meanwhile still leaves the applied write in the journal.
+            inner.inject(fk::APPLIED_THEN_SLOW);
+            return Ok((answer, remaining, Some(fk::APPLIED_THEN_SLOW)));
+        }
+    }
+    Ok((answer, remaining, None))
+}
+
+fn server_error() -> (StatusCode, Value) {
+    arm_err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalServerError",
+        "Encountered internal server error. Diagnostic information: timestamp, subscription id, tracking id, request correlation id.",
+    )
 }
 
 fn subscription_get(inner: &Inner, sub: &str) -> (StatusCode, Value) {
@@ -1345,6 +1422,7 @@ fn compute_patch(
         .into();
     };
     if c.pending.is_some() && inner.faults.lock().another_operation_in_progress {
+        inner.inject(fk::ANOTHER_OPERATION);
         return arm_err(
             StatusCode::CONFLICT,
             "AnotherOperationInProgress",
@@ -1355,10 +1433,19 @@ fn compute_patch(
         )
         .into();
     }
-    let mut change = IdentityChange {
+    // As in ARM, a PATCH updates the model at once and the operation brings the VM to it: an
+    // update accepted while another runs builds on that one's goal, not on the state the
+    // running one has not applied yet (which would silently drop the running change).
+    let running = c
+        .pending
+        .as_ref()
+        .and_then(|p| st.operations.get(p))
+        .filter(|o| o.outcome.is_none())
+        .map(|o| o.change.clone());
+    let mut change = running.unwrap_or_else(|| IdentityChange {
         system: c.system_principal.is_some(),
         user_assigned: c.user_assigned.clone(),
-    };
+    });
     if let Some(identity) = body.get("identity").filter(|v| !v.is_null()) {
         let Some(t) = identity["type"].as_str() else {
             return arm_err(
@@ -1428,15 +1515,21 @@ fn compute_patch(
         }
     }
     let op_id = uuid::Uuid::new_v4().to_string();
-    let fail = {
+    let (fail, late_now, late_rate) = {
         let mut f = inner.faults.lock();
-        if f.lro_fail_next > 0 {
-            f.lro_fail_next -= 1;
-            true
-        } else {
-            false
-        }
+        (
+            take_next(&mut f.lro_fail_next),
+            take_next(&mut f.lro_late_next),
+            f.lro_late_rate,
+        )
     };
+    let late = !fail && (late_now || inner.chance(late_rate));
+    if fail {
+        inner.inject(fk::LRO_FAIL);
+    }
+    if late {
+        inner.inject(fk::LRO_LATE);
+    }
     st.operations.insert(
         op_id.clone(),
         Operation {
@@ -1446,6 +1539,8 @@ fn compute_patch(
             change,
             polls_left: inner.world.lro_polls,
             fail,
+            late,
+            seq: c.etag + 1,
             due: now + LRO_DEADLINE,
             started: jiff::Timestamp::now().to_string(),
             outcome: None,
@@ -1453,6 +1548,8 @@ fn compute_patch(
     );
     if let Some(cm) = st.computes.get_mut(&key) {
         cm.pending = Some(op_id.clone());
+        // The model changed: a writer holding the old etag gets 412.
+        cm.etag += 1;
     }
     let Some(cm) = st.computes.get(&key) else {
         return compute_missing(scope).into();
@@ -1487,6 +1584,10 @@ fn async_op(st: &mut Az, id: &str) -> (StatusCode, Value) {
         );
     };
     if op.outcome.is_none() {
+        if op.late {
+            // The status endpoint fails while the operation runs; it finishes on its own.
+            return server_error();
+        }
         if op.polls_left > 0 {
             op.polls_left -= 1;
             return (
@@ -1584,6 +1685,9 @@ fn assignment_put(
     let young = st
         .identity_by_principal(principal)
         .is_some_and(|i| now.duration_since(i.created).as_secs_f64() < window);
+    if young {
+        inner.inject(fk::PRINCIPAL_NOT_FOUND);
+    }
     if !st.principal_exists(principal) || young {
         return arm_err(
             StatusCode::BAD_REQUEST,

@@ -113,6 +113,7 @@ async fn token(
         status: status.as_u16(),
         request: None,
         response: Some(recorded),
+        ..Exchange::default()
     });
     (status, axum::Json(body)).into_response()
 }
@@ -321,6 +322,7 @@ fn instance_answer(imds: Imds, headers: HeaderMap, wrap: bool) -> Response {
         status: status.as_u16(),
         request: None,
         response: Some(body.clone()),
+        ..Exchange::default()
     });
     (status, axum::Json(body)).into_response()
 }

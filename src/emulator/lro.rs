@@ -62,6 +62,14 @@ pub(super) fn poll(inner: &Inner, st: &mut State, id: &str) -> Answer {
         };
     };
     if op.outcome.is_none() {
+        if op.late {
+            // The status endpoint fails while the operation runs; it finishes on its own.
+            return Answer {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                body: json!({"error": {"code": "InternalServerError", "message": "Encountered internal server error."}}),
+                headers: Vec::new(),
+            };
+        }
         if op.polls_left > 0 {
             op.polls_left -= 1;
             let (sub, location) = (op.subscription.clone(), op.location.clone());

@@ -63,7 +63,7 @@ pub enum EmulatorError {
 
 /// One request and its answer, as recorded by the emulator. Tokens, secrets and assertions are
 /// never recorded.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Exchange {
     /// Operation id (the specs' operationId, or `Aad_Token`, `Imds_Token`, ...).
@@ -80,6 +80,14 @@ pub struct Exchange {
     pub request: Option<Value>,
     /// Response body (JSON), if any.
     pub response: Option<Value>,
+    /// The fault injected into this exchange, if any (a `faults::kind` name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// The caller as it named itself: `x-ms-client-request-id` when sent, else `User-Agent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Milliseconds since the emulator started, when the request arrived.
+    pub at_ms: u64,
 }
 
 /// Request counts by (operation, status).
@@ -164,10 +172,25 @@ pub(crate) struct Inner {
     pub arm_base: Mutex<String>,
     pub buckets: Mutex<HashMap<BucketKey, (f64, Instant)>>,
     pub imds_stats: Mutex<BTreeMap<String, imds::Limiter>>,
+    pub injected: Mutex<BTreeMap<String, u64>>,
+    pub started: Instant,
 }
 
 impl Inner {
-    pub fn count(&self, ex: Exchange) {
+    /// Count an injected fault by kind.
+    pub fn inject(&self, kind: &str) {
+        *self.injected.lock().entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    /// Milliseconds since start.
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn count(&self, mut ex: Exchange) {
+        if ex.at_ms == 0 {
+            ex.at_ms = self.elapsed_ms();
+        }
         *self
             .counts
             .lock()
@@ -227,6 +250,7 @@ fn build_state(world: &World) -> Result<State, EmulatorError> {
                     user_assigned: BTreeMap::new(),
                     etag: 1,
                     pending: None,
+                    applied_seq: 0,
                     instances: Vec::new(),
                 };
                 st.computes.insert(c.id().to_lowercase(), c);
@@ -243,6 +267,7 @@ fn build_state(world: &World) -> Result<State, EmulatorError> {
                     user_assigned: BTreeMap::new(),
                     etag: 1,
                     pending: None,
+                    applied_seq: 0,
                     instances: (0..ss.instances)
                         .map(|i| format!("{}_{i}", ss.name))
                         .collect(),
@@ -302,6 +327,8 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
         arm_base: Mutex::new(String::new()),
         buckets: Mutex::new(HashMap::new()),
         imds_stats: Mutex::new(BTreeMap::new()),
+        injected: Mutex::new(BTreeMap::new()),
+        started: Instant::now(),
         world,
     });
     let stop = CancellationToken::new();
@@ -401,12 +428,14 @@ async fn admin_counts(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Value> 
         c.0.iter()
             .map(|((o, s), n)| json!({"operation": o, "status": s, "count": n}))
             .collect();
-    axum::Json(json!({"counts": rows, "writes": c.writes()}))
+    let injected = inner.injected.lock().clone();
+    axum::Json(json!({"counts": rows, "writes": c.writes(), "injected": injected}))
 }
 
 async fn admin_reset(AxState(inner): AxState<Arc<Inner>>) -> axum::http::StatusCode {
     *inner.counts.lock() = Counts::default();
     inner.journal.lock().clear();
+    inner.injected.lock().clear();
     axum::http::StatusCode::NO_CONTENT
 }
 
@@ -528,10 +557,16 @@ impl Emulator {
         self.inner.counts.lock().clone()
     }
 
-    /// Forget the counts and the journal.
+    /// Forget the counts, the injected faults and the journal.
     pub fn reset_counts(&self) {
         *self.inner.counts.lock() = Counts::default();
         self.inner.journal.lock().clear();
+        self.inner.injected.lock().clear();
+    }
+
+    /// Faults injected so far, by kind (`faults::kind`).
+    pub fn injected(&self) -> BTreeMap<String, u64> {
+        self.inner.injected.lock().clone()
     }
 
     /// Every exchange since start or the last reset.

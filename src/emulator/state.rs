@@ -123,6 +123,8 @@ pub struct Compute {
     pub etag: u64,
     /// Operation in progress, if any.
     pub pending: Option<String>,
+    /// `seq` of the last operation applied.
+    pub applied_seq: u64,
     /// Instance names (scale sets).
     pub instances: Vec<String>,
 }
@@ -216,6 +218,11 @@ pub struct Operation {
     pub change: IdentityChange,
     pub polls_left: u32,
     pub fail: bool,
+    /// Polls answer 500 until the operation finishes on its own at `due`.
+    pub late: bool,
+    /// Order of acceptance on its compute: an older operation finishing after a newer one does
+    /// not undo it.
+    pub seq: u64,
     pub due: Instant,
     pub started: String,
     pub outcome: Option<Result<(), (String, String)>>,
@@ -277,11 +284,13 @@ impl State {
         }
         let change = op.change.clone();
         let failed = op.fail;
+        let seq = op.seq;
         if let Some(c) = self.computes.get_mut(&key) {
             if c.pending.as_deref() == Some(op_id) {
                 c.pending = None;
             }
-            if !failed {
+            if !failed && seq > c.applied_seq {
+                c.applied_seq = seq;
                 c.system_principal = match (change.system, c.system_principal.take()) {
                     (true, Some(p)) => Some(p),
                     (true, None) => Some(uuid::Uuid::new_v4().to_string()),

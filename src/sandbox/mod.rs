@@ -115,12 +115,45 @@ pub struct AuditRecord {
     pub code: u16,
 }
 
+/// Watch faults: what a real API server does under load or during an upgrade. Changed at run
+/// time with [`Sandbox::set_watch_faults`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WatchFaults {
+    /// Each watch is closed after a random time up to this long (never when zero).
+    pub close_within: std::time::Duration,
+    /// Fraction of resumed watches (from a resourceVersion) answered 410 Gone.
+    pub gone_rate: f64,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+/// Watch faults and their random generator, with counts of what was injected.
+pub(crate) struct WatchChaos {
+    pub faults: WatchFaults,
+    pub rng: rand::rngs::StdRng,
+    pub closed: u64,
+    pub gone: u64,
+}
+
+impl WatchChaos {
+    fn new(faults: WatchFaults) -> Self {
+        use rand::SeedableRng;
+        Self {
+            rng: rand::rngs::StdRng::seed_from_u64(faults.seed),
+            faults,
+            closed: 0,
+            gone: 0,
+        }
+    }
+}
+
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub users: Mutex<HashMap<String, UserInfo>>,
     pub audit: Mutex<Vec<AuditRecord>>,
     pub base: String,
     pub disconnect: tokio::sync::watch::Sender<u64>,
+    pub watch_chaos: Mutex<WatchChaos>,
     pub issuer: serviceaccount::Issuer,
 }
 
@@ -134,7 +167,57 @@ pub struct Sandbox {
 }
 
 fn app(shared: Arc<Shared>) -> Router {
-    Router::new().fallback(server::handle).with_state(shared)
+    Router::new()
+        .route(
+            "/_sandbox/watch-faults",
+            axum::routing::get(get_watch_faults).put(put_watch_faults),
+        )
+        .fallback(server::handle)
+        .with_state(shared)
+}
+
+/// `PUT /_sandbox/watch-faults` body: `{"closeWithinMs": 20000, "goneRate": 0.2, "seed": 1}`.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+struct WatchFaultsBody {
+    close_within_ms: u64,
+    gone_rate: f64,
+    seed: u64,
+}
+
+async fn get_watch_faults(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> axum::Json<Value> {
+    let c = shared.watch_chaos.lock();
+    axum::Json(serde_json::json!({
+        "closeWithinMs": c.faults.close_within.as_millis() as u64,
+        "goneRate": c.faults.gone_rate,
+        "seed": c.faults.seed,
+        "closed": c.closed,
+        "gone": c.gone,
+    }))
+}
+
+async fn put_watch_faults(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match serde_json::from_slice::<WatchFaultsBody>(&body) {
+        Ok(b) => {
+            *shared.watch_chaos.lock() = WatchChaos::new(WatchFaults {
+                close_within: std::time::Duration::from_millis(b.close_within_ms),
+                gone_rate: b.gone_rate,
+                seed: b.seed,
+            });
+            axum::Json(b).into_response()
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 /// Start the sandbox.
@@ -161,6 +244,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         issuer: serviceaccount::Issuer::generate(&base)?,
         base,
         disconnect,
+        watch_chaos: Mutex::new(WatchChaos::new(WatchFaults::default())),
     });
     let stop = CancellationToken::new();
     let s = stop.clone();
@@ -369,6 +453,18 @@ impl Sandbox {
     /// Close every open watch (clients see the stream end and resume).
     pub fn disconnect_watches(&self) {
         self.shared.disconnect.send_modify(|e| *e += 1);
+    }
+
+    /// Close watches at random and answer 410 Gone to some resumes (`WatchFaults::default()`
+    /// turns it off).
+    pub fn set_watch_faults(&self, faults: WatchFaults) {
+        *self.shared.watch_chaos.lock() = WatchChaos::new(faults);
+    }
+
+    /// Watches closed at random and resumes answered 410, since the last `set_watch_faults`.
+    pub fn watch_faults_injected(&self) -> (u64, u64) {
+        let c = self.shared.watch_chaos.lock();
+        (c.closed, c.gone)
     }
 
     /// Forget the watch history: resuming from an older resourceVersion answers 410 Gone.

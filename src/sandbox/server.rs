@@ -1572,6 +1572,7 @@ fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respo
         (live, replay, store.rv, gone)
     };
     let mut epoch = shared.disconnect.subscribe();
+    let (gone, close_after) = watch_chaos(&shared, gone, rv.is_some_and(|r| r != 0) && !initial);
     tokio::spawn(async move {
         if gone {
             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {} ({})", rv.unwrap_or(0), start_rv), "reason": "Expired", "code": 410});
@@ -1598,9 +1599,16 @@ fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respo
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
         let mut current = last_seen;
+        let chaos =
+            tokio::time::sleep(close_after.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
+        tokio::pin!(chaos);
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
+                _ = &mut chaos => {
+                    shared.watch_chaos.lock().closed += 1;
+                    break;
+                }
                 _ = epoch.changed() => break,
                 _ = tick.tick() => {
                     if bookmarks {
@@ -1636,6 +1644,22 @@ fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respo
         .header("transfer-encoding", "chunked")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Roll the watch faults for a new watch: whether a resume is answered 410 Gone, and when the
+/// watch will be closed.
+fn watch_chaos(shared: &Shared, gone: bool, resume: bool) -> (bool, Option<Duration>) {
+    use rand::Rng;
+    let mut c = shared.watch_chaos.lock();
+    let c = &mut *c;
+    let rate = c.faults.gone_rate;
+    let gone_now = !gone && resume && rate > 0.0 && c.rng.random::<f64>() < rate;
+    if gone_now {
+        c.gone += 1;
+    }
+    let within = c.faults.close_within;
+    let close = (!within.is_zero()).then(|| within.mul_f64(c.rng.random::<f64>().max(0.01)));
+    (gone || gone_now, close)
 }
 
 impl From<ApiError> for Response {
