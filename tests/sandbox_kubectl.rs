@@ -4,50 +4,12 @@
 //! `$UAMI_KUBECTL`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
+use std::path::Path;
+
+use support::kubectl::Kubectl;
 use uami_controller::sandbox::{self, SandboxOptions};
-
-fn kubectl_bin() -> PathBuf {
-    let path = std::env::var_os("UAMI_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/kubectl"));
-    assert!(
-        path.exists(),
-        "kubectl not found at {}: run scripts/install-tools.sh (or set UAMI_KUBECTL)",
-        path.display()
-    );
-    path
-}
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-}
-
-impl Kubectl {
-    async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let mut cmd = Command::new(kubectl_bin());
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args).await;
-        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
-        out
-    }
-}
 
 async fn setup() -> (sandbox::Sandbox, Kubectl, tempfile::TempDir) {
     let sb = sandbox::start(SandboxOptions::default()).await.unwrap();

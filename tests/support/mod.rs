@@ -87,6 +87,7 @@ pub fn tutorial_yaml() -> String {
     .unwrap()
 }
 pub mod armspec;
+pub mod kubectl;
 
 /// The chart rendered with default values (`deploy/manifests/uami-controller.yaml`).
 pub fn chart_manifests() -> Vec<Value> {
