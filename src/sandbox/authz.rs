@@ -316,33 +316,15 @@ mod tests {
                    "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": "sys"}]}),
         ]);
         let sa = UserInfo::service_account("sys", "agent", None);
-        assert!(allowed(
-            &s,
-            &sa,
-            &attrs("patch", "rolegrants", "status", "a", "x")
-        ));
+        let can =
+            |verb, resource, sub, ns, name| allowed(&s, &sa, &attrs(verb, resource, sub, ns, name));
+        assert!(can("patch", "rolegrants", "status", "a", "x"));
         // Only in the binding's namespace, only the subresource, only the named object.
-        assert!(!allowed(
-            &s,
-            &sa,
-            &attrs("patch", "rolegrants", "status", "b", "x")
-        ));
-        assert!(!allowed(
-            &s,
-            &sa,
-            &attrs("patch", "rolegrants", "", "a", "x")
-        ));
-        assert!(allowed(
-            &s,
-            &sa,
-            &attrs("get", "rolegrants", "", "a", "one")
-        ));
-        assert!(!allowed(
-            &s,
-            &sa,
-            &attrs("get", "rolegrants", "", "a", "two")
-        ));
-        assert!(!allowed(&s, &sa, &attrs("list", "rolegrants", "", "a", "")));
+        assert!(!can("patch", "rolegrants", "status", "b", "x"));
+        assert!(!can("patch", "rolegrants", "", "a", "x"));
+        assert!(can("get", "rolegrants", "", "a", "one"));
+        assert!(!can("get", "rolegrants", "", "a", "two"));
+        assert!(!can("list", "rolegrants", "", "a", ""));
         let other = UserInfo::service_account("sys", "other", None);
         let denied = authorize(
             &s,

@@ -472,17 +472,6 @@ impl Sandbox {
         self.shared.store.lock().compact();
     }
 
-    /// Objects stored, over all resources.
-    pub fn object_count(&self) -> usize {
-        self.shared
-            .store
-            .lock()
-            .objects
-            .values()
-            .map(|o| o.len())
-            .sum()
-    }
-
     /// Stop serving.
     pub async fn shutdown(self) {
         self.disconnect_watches();

@@ -19,10 +19,6 @@ use super::store::Store;
 /// The finalizer the namespace controller owns.
 pub const FINALIZER: &str = "kubernetes";
 
-fn namespaces_key() -> (String, String) {
-    (String::new(), "namespaces".into())
-}
-
 /// Fill in what the API server sets on a new namespace.
 pub fn on_create(obj: &mut Value, name: &str) {
     obj["status"] = json!({"phase": "Active"});
@@ -36,9 +32,7 @@ pub fn on_create(obj: &mut Value, name: &str) {
 /// Whether the namespace is being deleted.
 pub fn terminating(store: &Store, ns: &str) -> bool {
     store
-        .objects
-        .get(&namespaces_key())
-        .and_then(|o| o.get(&(String::new(), ns.to_string())))
+        .namespace(ns)
         .is_some_and(|n| n["metadata"]["deletionTimestamp"].is_string())
 }
 
@@ -61,10 +55,7 @@ pub fn delete_namespace(
     dry_run: bool,
 ) -> Result<Value, ApiError> {
     let old = store
-        .objects
-        .get(&namespaces_key())
-        .and_then(|o| o.get(&(String::new(), name.to_string())))
-        .cloned()
+        .namespace(name)
         .ok_or_else(|| ApiError::not_found(def, name))?;
     super::admission::validate(store, def, "DELETE", None, None, Some(&old), dry_run)?;
     if dry_run || old["metadata"]["deletionTimestamp"].is_string() {
@@ -76,13 +67,7 @@ pub fn delete_namespace(
     new["status"]["phase"] = json!("Terminating");
     let rv = store.next_rv();
     new["metadata"]["resourceVersion"] = json!(rv.to_string());
-    let arc = Arc::new(new.clone());
-    store
-        .objects
-        .entry(namespaces_key())
-        .or_default()
-        .insert((String::new(), name.to_string()), arc.clone());
-    store.emit(rv, def, "", "MODIFIED", arc);
+    store.put(rv, def, "", name, "MODIFIED", Arc::new(new.clone()));
     // Delete the content, kind by kind, through the normal path (finalizers hold objects).
     let content: Vec<(ResourceDef, String)> = store
         .resources
@@ -114,9 +99,7 @@ pub fn delete_namespace(
     }
     refresh(store, def, name);
     Ok(store
-        .objects
-        .get(&namespaces_key())
-        .and_then(|o| o.get(&(String::new(), name.to_string())))
+        .namespace(name)
         .map(|o| o.as_ref().clone())
         .unwrap_or(new))
 }
@@ -139,12 +122,7 @@ pub fn content_changed(store: &mut Store, ns: &str) {
 }
 
 fn refresh(store: &mut Store, def: &ResourceDef, name: &str) {
-    let Some(old) = store
-        .objects
-        .get(&namespaces_key())
-        .and_then(|o| o.get(&(String::new(), name.to_string())))
-        .cloned()
-    else {
+    let Some(old) = store.namespace(name) else {
         return;
     };
     // What remains, by resource, and the finalizers holding it.
@@ -185,17 +163,9 @@ fn refresh(store: &mut Store, def: &ResourceDef, name: &str) {
             .is_none_or(|f| f.is_empty());
         let arc = Arc::new(new);
         if spec_done && meta_done {
-            if let Some(o) = store.objects.get_mut(&namespaces_key()) {
-                o.remove(&(String::new(), name.to_string()));
-            }
-            store.emit(rv, def, "", "DELETED", arc);
+            store.take(rv, def, "", name, arc);
         } else {
-            store
-                .objects
-                .entry(namespaces_key())
-                .or_default()
-                .insert((String::new(), name.to_string()), arc.clone());
-            store.emit(rv, def, "", "MODIFIED", arc);
+            store.put(rv, def, "", name, "MODIFIED", arc);
         }
         return;
     }
@@ -204,34 +174,47 @@ fn refresh(store: &mut Store, def: &ResourceDef, name: &str) {
         return;
     }
     new["status"]["conditions"] = conds;
-    let arc = Arc::new(new);
-    store
-        .objects
-        .entry(namespaces_key())
-        .or_default()
-        .insert((String::new(), name.to_string()), arc.clone());
-    store.emit(rv, def, "", "MODIFIED", arc);
+    store.put(rv, def, "", name, "MODIFIED", Arc::new(new));
 }
 
+/// The namespace's conditions about what is left in it.
 fn conditions(remaining: &BTreeMap<String, usize>, finalizers: &BTreeMap<String, usize>) -> Value {
     let t = now();
-    let content = if remaining.is_empty() {
-        json!({"type": "NamespaceContentRemaining", "status": "False", "reason": "ContentRemoved", "message": "All content successfully removed", "lastTransitionTime": t})
-    } else {
-        let list: Vec<String> = remaining
+    // `False` with `done` when nothing is counted, else `True` with `left` and the counts.
+    let condition = |kind: &str,
+                     counts: &BTreeMap<String, usize>,
+                     done: [&str; 2],
+                     left: [&str; 2],
+                     verb: &str| {
+        if counts.is_empty() {
+            return json!({"type": kind, "status": "False", "reason": done[0], "message": done[1], "lastTransitionTime": t});
+        }
+        let list: Vec<String> = counts
             .iter()
-            .map(|(r, n)| format!("{r} has {n} resource instances"))
+            .map(|(what, n)| format!("{what} {verb} {n} resource instances"))
             .collect();
-        json!({"type": "NamespaceContentRemaining", "status": "True", "reason": "SomeResourcesRemain", "message": format!("Some resources are remaining: {}", list.join(", ")), "lastTransitionTime": t})
+        json!({"type": kind, "status": "True", "reason": left[0], "message": format!("{}: {}", left[1], list.join(", ")), "lastTransitionTime": t})
     };
-    let fin = if finalizers.is_empty() {
-        json!({"type": "NamespaceFinalizersRemaining", "status": "False", "reason": "ContentHasNoFinalizers", "message": "All content-preserving finalizers finished", "lastTransitionTime": t})
-    } else {
-        let list: Vec<String> = finalizers
-            .iter()
-            .map(|(f, n)| format!("{f} in {n} resource instances"))
-            .collect();
-        json!({"type": "NamespaceFinalizersRemaining", "status": "True", "reason": "SomeFinalizersRemain", "message": format!("Some content in the namespace has finalizers remaining: {}", list.join(", ")), "lastTransitionTime": t})
-    };
-    json!([content, fin])
+    json!([
+        condition(
+            "NamespaceContentRemaining",
+            remaining,
+            ["ContentRemoved", "All content successfully removed"],
+            ["SomeResourcesRemain", "Some resources are remaining"],
+            "has",
+        ),
+        condition(
+            "NamespaceFinalizersRemaining",
+            finalizers,
+            [
+                "ContentHasNoFinalizers",
+                "All content-preserving finalizers finished"
+            ],
+            [
+                "SomeFinalizersRemain",
+                "Some content in the namespace has finalizers remaining"
+            ],
+            "in",
+        ),
+    ])
 }

@@ -131,20 +131,19 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
             let spec = r.spec.unwrap_or_default();
             let mut s = Map::new();
             if let Some(a) = spec.resource_attributes {
-                let mut m = Map::new();
-                put(&mut m, "namespace", a.namespace);
-                put(&mut m, "verb", a.verb);
-                put(&mut m, "group", a.group);
-                put(&mut m, "version", a.version);
-                put(&mut m, "resource", a.resource);
-                put(&mut m, "subresource", a.subresource);
-                put(&mut m, "name", a.name);
+                let m = strings([
+                    ("namespace", a.namespace),
+                    ("verb", a.verb),
+                    ("group", a.group),
+                    ("version", a.version),
+                    ("resource", a.resource),
+                    ("subresource", a.subresource),
+                    ("name", a.name),
+                ]);
                 s.insert("resourceAttributes".into(), Value::Object(m));
             }
             if let Some(a) = spec.non_resource_attributes {
-                let mut m = Map::new();
-                put(&mut m, "path", a.path);
-                put(&mut m, "verb", a.verb);
+                let m = strings([("path", a.path), ("verb", a.verb)]);
                 s.insert("nonResourceAttributes".into(), Value::Object(m));
             }
             o.insert("spec".into(), Value::Object(s));
@@ -178,14 +177,24 @@ fn put(m: &mut Map<String, Value>, key: &str, v: Option<String>) {
     }
 }
 
+/// An object of the string fields that are set and not empty.
+fn strings<const N: usize>(fields: [(&str, Option<String>); N]) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (key, v) in fields {
+        put(&mut m, key, v);
+    }
+    m
+}
+
 fn object(md: Option<meta::ObjectMeta>) -> Map<String, Value> {
     let md = md.unwrap_or_default();
-    let mut m = Map::new();
-    put(&mut m, "name", md.name);
-    put(&mut m, "generateName", md.generate_name);
-    put(&mut m, "namespace", md.namespace);
-    put(&mut m, "resourceVersion", md.resource_version);
-    put(&mut m, "uid", md.uid);
+    let mut m = strings([
+        ("name", md.name),
+        ("generateName", md.generate_name),
+        ("namespace", md.namespace),
+        ("resourceVersion", md.resource_version),
+        ("uid", md.uid),
+    ]);
     if !md.labels.is_empty() {
         m.insert("labels".into(), json!(md.labels));
     }
@@ -200,11 +209,12 @@ fn object(md: Option<meta::ObjectMeta>) -> Map<String, Value> {
             .owner_references
             .into_iter()
             .map(|r| {
-                let mut o = Map::new();
-                put(&mut o, "apiVersion", r.api_version);
-                put(&mut o, "kind", r.kind);
-                put(&mut o, "name", r.name);
-                put(&mut o, "uid", r.uid);
+                let mut o = strings([
+                    ("apiVersion", r.api_version),
+                    ("kind", r.kind),
+                    ("name", r.name),
+                    ("uid", r.uid),
+                ]);
                 if let Some(c) = r.controller {
                     o.insert("controller".into(), json!(c));
                 }
@@ -247,12 +257,12 @@ fn subjects(subjects: Vec<rbac::Subject>) -> Value {
     let list: Vec<Value> = subjects
         .into_iter()
         .map(|s| {
-            let mut o = Map::new();
-            put(&mut o, "kind", s.kind);
-            put(&mut o, "apiGroup", s.api_group);
-            put(&mut o, "name", s.name);
-            put(&mut o, "namespace", s.namespace);
-            Value::Object(o)
+            Value::Object(strings([
+                ("kind", s.kind),
+                ("apiGroup", s.api_group),
+                ("name", s.name),
+                ("namespace", s.namespace),
+            ]))
         })
         .collect();
     json!(list)
@@ -260,11 +270,11 @@ fn subjects(subjects: Vec<rbac::Subject>) -> Value {
 
 fn role_ref(r: Option<rbac::RoleRef>) -> Value {
     let r = r.unwrap_or_default();
-    let mut o = Map::new();
-    put(&mut o, "apiGroup", r.api_group);
-    put(&mut o, "kind", r.kind);
-    put(&mut o, "name", r.name);
-    Value::Object(o)
+    Value::Object(strings([
+        ("apiGroup", r.api_group),
+        ("kind", r.kind),
+        ("name", r.name),
+    ]))
 }
 
 #[cfg(test)]

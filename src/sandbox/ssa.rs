@@ -351,19 +351,44 @@ pub fn render(path: &[Elem]) -> String {
     s
 }
 
-/// Server-side apply of `intent` by `manager` onto `live` (`None` when creating). Returns the new
+/// Who makes a change: the field manager, through which subresource and API version, when,
+/// and the schema that says which lists are maps.
+pub struct Writer<'a> {
+    /// The object's schema (`None`: every list is atomic).
+    pub schema: Option<&'a Value>,
+    /// Field manager.
+    pub manager: &'a str,
+    /// `status` or "".
+    pub subresource: &'a str,
+    /// apiVersion of the write.
+    pub api_version: String,
+    /// Time of the write.
+    pub time: String,
+}
+
+impl Writer<'_> {
+    /// Its managedFields entry for `operation` (`Apply` or `Update`), owning `fields`.
+    fn entry(&self, operation: &str, fields: FieldSet) -> Manager {
+        Manager {
+            manager: self.manager.to_string(),
+            operation: operation.into(),
+            subresource: self.subresource.to_string(),
+            api_version: self.api_version.clone(),
+            time: self.time.clone(),
+            fields,
+        }
+    }
+}
+
+/// Server-side apply of `intent` by `writer` onto `live` (`None` when creating). Returns the new
 /// object or the conflicts (when not forced).
-#[allow(clippy::too_many_arguments)]
 pub fn apply(
     live: Option<&Value>,
     intent: &Value,
-    schema: Option<&Value>,
-    manager: &str,
-    subresource: &str,
-    api_version: &str,
-    now: &str,
+    writer: &Writer,
     force: bool,
 ) -> Result<Value, Vec<Conflict>> {
+    let (schema, manager, subresource) = (writer.schema, writer.manager, writer.subresource);
     let mut intent = intent.clone();
     // An apply to /status manages only status; to the main resource, everything but status
     // when status is a subresource (the caller strips it).
@@ -444,29 +469,15 @@ pub fn apply(
             !(m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
         })
         .collect();
-    all.push(Manager {
-        manager: manager.to_string(),
-        operation: "Apply".into(),
-        subresource: subresource.to_string(),
-        api_version: api_version.to_string(),
-        time: now.to_string(),
-        fields: intent_set,
-    });
+    all.push(writer.entry("Apply", intent_set));
     set_managers(&mut obj, &all);
     Ok(obj)
 }
 
-/// After a plain write (create, update, patch) by `manager`: it owns what it changed; fields that
-/// no longer exist are owned by nobody.
-pub fn record_update(
-    old: Option<&Value>,
-    new: &mut Value,
-    schema: Option<&Value>,
-    manager: &str,
-    subresource: &str,
-    api_version: &str,
-    now: &str,
-) {
+/// After a plain write (create, update, patch) by `writer`: it owns what it changed; fields
+/// that no longer exist are owned by nobody.
+pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer) {
+    let (schema, manager, subresource) = (writer.schema, writer.manager, writer.subresource);
     let mut new_set = FieldSet::new();
     fields(new, schema, &mut Vec::new(), &mut new_set, true);
     let changed: FieldSet = new_set
@@ -487,16 +498,9 @@ pub fn record_update(
         }) {
             Some(m) => {
                 m.fields.extend(changed);
-                m.time = now.to_string();
+                m.time = writer.time.clone();
             }
-            None => all.push(Manager {
-                manager: manager.to_string(),
-                operation: "Update".into(),
-                subresource: subresource.to_string(),
-                api_version: api_version.to_string(),
-                time: now.to_string(),
-                fields: changed,
-            }),
+            None => all.push(writer.entry("Update", changed)),
         }
     }
     set_managers(new, &all);
@@ -514,6 +518,17 @@ mod tests {
         }}}})
     }
 
+    /// `manager` writing through /status.
+    fn by<'a>(schema: &'a Value, manager: &'a str) -> Writer<'a> {
+        Writer {
+            schema: Some(schema),
+            manager,
+            subresource: "status",
+            api_version: "v".into(),
+            time: "t".into(),
+        }
+    }
+
     #[test]
     fn two_managers_own_their_own_conditions() {
         let s = schema();
@@ -521,31 +536,17 @@ mod tests {
         let obj = apply(
             Some(&json!({"metadata": {"name": "x"}})),
             &a,
-            Some(&s),
-            "controller",
-            "status",
-            "v",
-            "t",
+            &by(&s, "controller"),
             true,
         )
         .unwrap();
         let b = json!({"apiVersion": "v", "kind": "K", "status": {"conditions": [{"type": "TokenAcquired", "status": "True"}], "token": {"expiresOn": "t1"}}});
-        let obj = apply(Some(&obj), &b, Some(&s), "agent", "status", "v", "t", true).unwrap();
+        let obj = apply(Some(&obj), &b, &by(&s, "agent"), true).unwrap();
         let conds = obj["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 2, "{obj}");
         // The controller re-applies without principalId: only its own field goes.
         let a2 = json!({"apiVersion": "v", "kind": "K", "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
-        let obj = apply(
-            Some(&obj),
-            &a2,
-            Some(&s),
-            "controller",
-            "status",
-            "v",
-            "t",
-            true,
-        )
-        .unwrap();
+        let obj = apply(Some(&obj), &a2, &by(&s, "controller"), true).unwrap();
         assert!(obj["status"].get("principalId").is_none(), "{obj}");
         assert_eq!(obj["status"]["token"]["expiresOn"], "t1");
         let conds = obj["status"]["conditions"].as_array().unwrap();
@@ -563,34 +564,14 @@ mod tests {
     fn conflicts_without_force() {
         let s = schema();
         let a = json!({"status": {"principalId": "p"}});
-        let obj = apply(
-            Some(&json!({})),
-            &a,
-            Some(&s),
-            "one",
-            "status",
-            "v",
-            "t",
-            false,
-        )
-        .unwrap();
+        let obj = apply(Some(&json!({})), &a, &by(&s, "one"), false).unwrap();
         let b = json!({"status": {"principalId": "q"}});
-        let err = apply(Some(&obj), &b, Some(&s), "two", "status", "v", "t", false).unwrap_err();
+        let err = apply(Some(&obj), &b, &by(&s, "two"), false).unwrap_err();
         assert_eq!(err[0].manager, "one");
         assert_eq!(err[0].field, ".status.principalId");
         let same = json!({"status": {"principalId": "p"}});
         assert!(
-            apply(
-                Some(&obj),
-                &same,
-                Some(&s),
-                "two",
-                "status",
-                "v",
-                "t",
-                false
-            )
-            .is_ok(),
+            apply(Some(&obj), &same, &by(&s, "two"), false).is_ok(),
             "equal values share ownership"
         );
     }

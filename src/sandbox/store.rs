@@ -25,6 +25,11 @@ pub struct Event {
     pub object: Arc<Value>,
 }
 
+/// Where namespaces are stored.
+fn namespaces_key() -> (String, String) {
+    (String::new(), "namespaces".into())
+}
+
 /// Objects of one resource: (namespace, name) -> object.
 pub type Objects = BTreeMap<(String, String), Arc<Value>>;
 
@@ -68,7 +73,7 @@ impl Store {
                 "status": {"phase": "Active"},
             });
             s.objects
-                .entry(("".into(), "namespaces".into()))
+                .entry(namespaces_key())
                 .or_default()
                 .insert((String::new(), ns.to_string()), Arc::new(obj));
         }
@@ -88,6 +93,56 @@ impl Store {
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
             .cloned()
+    }
+
+    /// The object `namespace`/`name` of `def`.
+    pub fn get(&self, def: &ResourceDef, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.objects
+            .get(&def.key())
+            .and_then(|o| o.get(&(namespace.to_string(), name.to_string())))
+            .cloned()
+    }
+
+    /// The namespace object `name`.
+    pub fn namespace(&self, name: &str) -> Option<Arc<Value>> {
+        self.objects
+            .get(&namespaces_key())
+            .and_then(|o| o.get(&(String::new(), name.to_string())))
+            .cloned()
+    }
+
+    /// Store `object` as `namespace`/`name` of `def` and tell the watchers it was `kind`
+    /// (`ADDED` or `MODIFIED`) at `rv`.
+    pub fn put(
+        &mut self,
+        rv: u64,
+        def: &ResourceDef,
+        namespace: &str,
+        name: &str,
+        kind: &'static str,
+        object: Arc<Value>,
+    ) {
+        self.objects
+            .entry(def.key())
+            .or_default()
+            .insert((namespace.to_string(), name.to_string()), object.clone());
+        self.emit(rv, def, namespace, kind, object);
+    }
+
+    /// Remove `namespace`/`name` of `def` and tell the watchers it was `DELETED` at `rv`
+    /// (`object` is its last state).
+    pub fn take(
+        &mut self,
+        rv: u64,
+        def: &ResourceDef,
+        namespace: &str,
+        name: &str,
+        object: Arc<Value>,
+    ) {
+        if let Some(o) = self.objects.get_mut(&def.key()) {
+            o.remove(&(namespace.to_string(), name.to_string()));
+        }
+        self.emit(rv, def, namespace, "DELETED", object);
     }
 
     /// Record a change and tell the watchers.
@@ -125,7 +180,7 @@ impl Store {
     /// Whether the namespace exists.
     pub fn namespace_exists(&self, ns: &str) -> bool {
         self.objects
-            .get(&("".to_string(), "namespaces".to_string()))
+            .get(&namespaces_key())
             .is_some_and(|o| o.contains_key(&(String::new(), ns.to_string())))
     }
 }

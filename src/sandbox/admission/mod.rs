@@ -22,6 +22,10 @@ use kube_cel::cel::objects::{Key, Map};
 use kube_cel::cel::{Context, Program, Value as Cel};
 use serde_json::{Value, json};
 
+mod matching;
+
+use matching::{Request, has, resources_match};
+
 use super::authz::UserInfo;
 use super::registry::ResourceDef;
 use super::server::ApiError;
@@ -81,93 +85,18 @@ pub fn to_cel(v: &Value) -> Cel {
     }
 }
 
-fn strings(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str())
-        .collect()
-}
-
-fn has(v: &Value, want: &str) -> bool {
-    strings(v).iter().any(|s| *s == want || *s == "*")
-}
-
-/// The request as the rules see it.
-struct Request<'a> {
-    def: &'a ResourceDef,
-    operation: &'a str,
-    subresource: &'a str,
-    namespace: &'a str,
-}
-
-fn rule_matches(rule: &Value, r: &Request) -> bool {
-    if !has(&rule["apiGroups"], &r.def.group)
-        || !has(&rule["apiVersions"], &r.def.version)
-        || !has(&rule["operations"], r.operation)
-    {
-        return false;
-    }
-    let resource_ok = strings(&rule["resources"]).iter().any(|res| {
-        let (rr, rs) = res.split_once('/').unwrap_or((res, ""));
-        (rr == "*" || rr == r.def.plural)
-            && ((rs.is_empty() && r.subresource.is_empty())
-                || rs == "*"
-                || (!rs.is_empty() && rs == r.subresource))
-    });
-    let scope_ok = match rule["scope"].as_str().unwrap_or("*") {
-        "Cluster" => !r.def.namespaced,
-        "Namespaced" => r.def.namespaced,
-        _ => true,
-    };
-    resource_ok && scope_ok
-}
-
-fn selector_matches(selector: &Value, labels: &Value) -> bool {
-    if !selector.is_object() {
-        return true;
-    }
-    let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
-    let labels_ok = selector["matchLabels"]
-        .as_object()
-        .is_none_or(|m| m.iter().all(|(k, v)| get(k) == v.as_str()));
-    let exprs_ok = selector["matchExpressions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .all(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values = strings(&e["values"]);
-            match e["operator"].as_str() {
-                Some("In") => get(key).is_some_and(|v| values.contains(&v)),
-                Some("NotIn") => get(key).is_none_or(|v| !values.contains(&v)),
-                Some("Exists") => get(key).is_some(),
-                Some("DoesNotExist") => get(key).is_none(),
-                _ => false,
-            }
-        });
-    labels_ok && exprs_ok
-}
-
-fn resources_match(m: &Value, r: &Request, object: &Value, ns_object: &Value) -> bool {
-    let rules = m["resourceRules"].as_array();
-    if !rules.is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, r))) {
-        return false;
-    }
-    if m["excludeResourceRules"]
-        .as_array()
-        .is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, r)))
-    {
-        return false;
-    }
-    let ns_ok = !r.def.namespaced
-        || selector_matches(&m["namespaceSelector"], &ns_object["metadata"]["labels"]);
-    ns_ok && selector_matches(&m["objectSelector"], &object["metadata"]["labels"])
-}
-
 fn eval(ctx: &Context, expr: &str) -> Result<Cel, String> {
     let program = Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
     program.execute(ctx).map_err(|e| e.to_string())
+}
+
+/// A CEL condition: its value, or why it has none (`what` names it in the message).
+fn eval_bool(ctx: &Context, expr: &str, what: &str) -> Result<bool, String> {
+    match eval(ctx, expr) {
+        Ok(Cel::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("{what} returned {other:?}, not a bool")),
+        Err(e) => Err(format!("{what} resulted in error: {e}")),
+    }
 }
 
 fn denial(r: &Request, name: &str, reason: &str, message: String) -> ApiError {
@@ -295,34 +224,26 @@ pub fn validate(
             continue;
         }
         let mut applies = true;
-        let mut errored = false;
         for mc in spec["matchConditions"].as_array().into_iter().flatten() {
             let expr = mc["expression"].as_str().unwrap_or_default();
-            match eval(ctx, expr) {
-                Ok(Cel::Bool(true)) => {}
-                Ok(Cel::Bool(false)) => {
+            let what = format!(
+                "matchCondition '{}'",
+                mc["name"].as_str().unwrap_or_default()
+            );
+            match eval_bool(ctx, expr, &what) {
+                Ok(true) => {}
+                Ok(false) => {
                     applies = false;
                     break;
                 }
-                Ok(other) => {
-                    failed(format!(
-                        "matchCondition '{}' returned {other:?}, not a bool",
-                        mc["name"].as_str().unwrap_or_default()
-                    ))?;
-                    errored = true;
-                    break;
-                }
-                Err(e) => {
-                    failed(format!(
-                        "matchCondition '{}' resulted in error: {e}",
-                        mc["name"].as_str().unwrap_or_default()
-                    ))?;
-                    errored = true;
+                Err(message) => {
+                    failed(message)?;
+                    applies = false;
                     break;
                 }
             }
         }
-        if !applies || errored {
+        if !applies {
             continue;
         }
         let mut vars: HashMap<Key, Cel> = HashMap::new();
@@ -348,9 +269,9 @@ pub fn validate(
         );
         for val in spec["validations"].as_array().into_iter().flatten() {
             let expr = val["expression"].as_str().unwrap_or_default();
-            match eval(&scoped, expr) {
-                Ok(Cel::Bool(true)) => {}
-                Ok(Cel::Bool(false)) => {
+            match eval_bool(&scoped, expr, &format!("expression '{expr}'")) {
+                Ok(true) => {}
+                Ok(false) => {
                     if !deny && !warn {
                         continue;
                     }
@@ -379,12 +300,7 @@ pub fn validate(
                         format!("{prefix}: {message}"),
                     ));
                 }
-                Ok(other) => {
-                    failed(format!(
-                        "expression '{expr}' returned {other:?}, not a bool"
-                    ))?;
-                }
-                Err(e) => failed(format!("expression '{expr}' resulted in error: {e}"))?,
+                Err(message) => failed(message)?,
             }
         }
     }
@@ -396,6 +312,14 @@ mod tests {
     use super::*;
     use crate::sandbox::server::create_object;
     use serde::Deserialize;
+
+    fn served(s: &Store, plural: &str) -> ResourceDef {
+        s.resources
+            .iter()
+            .find(|r| r.plural == plural)
+            .cloned()
+            .unwrap()
+    }
 
     /// A store holding the chart's rendered admission policies and a binding in `ns`.
     fn store() -> (Store, ResourceDef) {
@@ -413,12 +337,7 @@ mod tests {
                 create_object(&mut s, v).unwrap();
             }
         }
-        let def = s
-            .resources
-            .iter()
-            .find(|r| r.plural == "identitybindings")
-            .cloned()
-            .unwrap();
+        let def = served(&s, "identitybindings");
         (s, def)
     }
 
@@ -525,12 +444,7 @@ mod tests {
                    "metadata": {"name": "b"}, "spec": {"policyName": "p", "validationActions": ["Deny"]}}),
         )
         .unwrap();
-        let def = s
-            .resources
-            .iter()
-            .find(|r| r.plural == "configmaps")
-            .cloned()
-            .unwrap();
+        let def = served(&s, "configmaps");
         (s, def)
     }
 
@@ -553,22 +467,18 @@ mod tests {
         run(&s, &cm(json!({"a": "1", "b": "2"}), false)).unwrap();
         // A failed validation: its messageExpression over a variable, and its reason.
         let e = run(&s, &cm(json!({"a": "1", "b": "2"}), true)).unwrap_err();
+        let message = &e.message;
         assert_eq!(e.code, 422);
         assert!(
-            e.message
-                .ends_with("denied request: at most one key, got 2"),
-            "{}",
-            e.message
+            message.ends_with("denied request: at most one key, got 2"),
+            "{message}"
         );
         // An expression that errors (no such key) refuses under Fail...
         let e = run(&s, &cm(json!({"a": "1"}), true)).unwrap_err();
-        assert_eq!(e.code, 403);
-        assert!(
-            e.message
-                .contains("expression 'object.data.missing == 'x'' resulted in error"),
-            "{}",
-            e.message
-        );
+        let (code, message) = (e.code, &e.message);
+        assert_eq!(code, 403);
+        let expected = "expression 'object.data.missing == 'x'' resulted in error";
+        assert!(message.contains(expected), "{message}");
         // ...and is skipped under Ignore.
         let (s, _) = policy_store("Ignore");
         run(&s, &cm(json!({"a": "1"}), true)).unwrap();

@@ -1,0 +1,141 @@
+//! The Kubernetes `Status` errors the sandbox answers with, and the common ones built once.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::sandbox::registry::ResourceDef;
+use crate::sandbox::validate;
+
+/// A Kubernetes `Status` error.
+#[derive(Debug)]
+pub struct ApiError {
+    pub(in crate::sandbox) code: u16,
+    pub(in crate::sandbox) reason: &'static str,
+    pub(in crate::sandbox) message: String,
+    pub(in crate::sandbox) details: Option<Value>,
+}
+
+impl ApiError {
+    pub(in crate::sandbox) fn new(
+        code: u16,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 400 BadRequest.
+    pub(in crate::sandbox) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 400 for a body that does not parse.
+    pub(in crate::sandbox) fn unknown_format(e: impl std::fmt::Display) -> Self {
+        Self::bad_request(format!(
+            "the body of the request was in an unknown format: {e}"
+        ))
+    }
+
+    /// 404 for a path that names no served resource (or a subresource it does not have).
+    pub(in crate::sandbox) fn no_resource() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
+    /// The `details` that name the object `name` of `def`.
+    pub(in crate::sandbox) fn about(mut self, def: &ResourceDef, name: &str) -> Self {
+        self.details = Some(json!({"name": name, "group": def.group, "kind": def.plural}));
+        self
+    }
+
+    pub(in crate::sandbox) fn not_found(def: &ResourceDef, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", def.qualified()),
+        )
+        .about(def, name)
+    }
+
+    /// 409 for a write based on an older resourceVersion.
+    pub(in crate::sandbox) fn modified(def: &ResourceDef, name: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                def.qualified()
+            ),
+        )
+    }
+
+    /// 422 Invalid with its causes.
+    pub(in crate::sandbox) fn invalid(
+        def: &ResourceDef,
+        name: &str,
+        causes: Vec<validate::Cause>,
+    ) -> Self {
+        let lines: Vec<String> = causes.iter().map(|c| c.line()).collect();
+        let joined = if lines.len() == 1 {
+            lines[0].clone()
+        } else {
+            format!("[{}]", lines.join(", "))
+        };
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {joined}", def.qualified_kind()),
+        );
+        e.details = Some(json!({
+            "name": name, "group": def.group, "kind": def.kind,
+            "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
+        }));
+        e
+    }
+
+    /// 422 Invalid with one cause.
+    pub(in crate::sandbox) fn invalid_field(
+        def: &ResourceDef,
+        name: &str,
+        reason: &str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::invalid(
+            def,
+            name,
+            vec![validate::Cause {
+                reason: reason.into(),
+                field: field.into(),
+                message: message.into(),
+            }],
+        )
+    }
+
+    fn body(&self) -> Value {
+        let mut v = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            v["details"] = d.clone();
+        }
+        v
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body())).into_response()
+    }
+}

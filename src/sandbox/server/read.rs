@@ -1,0 +1,208 @@
+//! Reads: `get` of one object (as JSON or as a Table for kubectl) and `list` with label and
+//! field selectors, `limit` and `continue` pages.
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{ApiError, Request, get_obj, json_response, with_type};
+use crate::sandbox::{events, table};
+
+/// `GET` of one object.
+pub(super) fn get(req: &Request) -> Result<Response, ApiError> {
+    let t = req.target;
+    let store = req.shared.store.lock();
+    let obj = get_obj(&store, &t.def, t.ns(), t.name())?;
+    if wants_table(req.headers) {
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(&t.def, &[obj.as_ref().clone()], &store.rv.to_string()),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &with_type(&t.def, &obj)))
+}
+
+/// `GET` of a collection, one page at a time.
+pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
+    let (t, q) = (req.target, req.query);
+    let store = req.shared.store.lock();
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let after: Option<(String, String, u64)> = match q.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            let decoded =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok());
+            let Some((rv, key)) = decoded.as_deref().and_then(|d| d.split_once('|')) else {
+                return Err(ApiError::bad_request("continue key is not valid"));
+            };
+            if rv.parse::<u64>().unwrap_or(0) < store.oldest {
+                return Err(ApiError::new(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
+            }
+            let (n, name) = key.split_once('/').unwrap_or(("", key));
+            Some((
+                n.to_string(),
+                name.to_string(),
+                rv.parse::<u64>().unwrap_or(0),
+            ))
+        }
+    };
+    // Every page of one list reports the resourceVersion of its first page, as kube-apiserver
+    // does. The pages are not a snapshot (there is no MVCC here), but a watch started from that
+    // resourceVersion replays every change made while the pages were read, so nothing is lost.
+    let list_rv = after.as_ref().map_or(store.rv, |(_, _, rv)| *rv);
+    let after = after.map(|(n, name, _)| (n, name));
+    let ns = t.namespace.clone();
+    let mut items: Vec<Value> = Vec::new();
+    let mut next: Option<String> = None;
+    if let Some(objs) = store.objects.get(&t.def.key()) {
+        let iter = objs
+            .iter()
+            .filter(|((n, _), _)| ns.as_ref().is_none_or(|x| x == n))
+            .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a));
+        for ((n, name), obj) in iter {
+            if !selected(obj, q) {
+                continue;
+            }
+            if items.len() == limit {
+                break;
+            }
+            items.push(with_type(&t.def, obj));
+            next = Some(format!("{n}/{name}"));
+        }
+        // A continue token only when more items follow.
+        if items.len() == limit {
+            let last = next.clone().unwrap_or_default();
+            let (ln, lname) = last.split_once('/').unwrap_or(("", ""));
+            let more = objs
+                .iter()
+                .filter(|((n, _), _)| ns.as_ref().is_none_or(|x| x == n))
+                .any(|((n, name), obj)| {
+                    (n.as_str(), name.as_str()) > (ln, lname) && selected(obj, q)
+                });
+            next = more.then(|| {
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    format!("{list_rv}|{last}"),
+                )
+            });
+        } else {
+            next = None;
+        }
+    }
+    let rv = list_rv.to_string();
+    if wants_table(req.headers) {
+        let raw: Vec<Value> = items;
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(&t.def, &raw, &rv),
+        ));
+    }
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some(c) = next {
+        meta["continue"] = json!(c);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": t.def.api_version(), "kind": format!("{}List", t.def.kind), "metadata": meta, "items": items}),
+    ))
+}
+
+/// The values of a set requirement: `(a, b)`.
+fn values(set: &str) -> Vec<&str> {
+    set.trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(str::trim)
+        .collect()
+}
+
+fn matches_labels(obj: &Value, selector: &str) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
+    let mut reqs: Vec<String> = Vec::new();
+    let mut depth = 0;
+    let mut cur = String::new();
+    for c in selector.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                reqs.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    reqs.push(cur);
+    reqs.iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .all(|r| {
+            if let Some((k, v)) = r.split_once("!=") {
+                get(k.trim()) != Some(v.trim())
+            } else if let Some((k, v)) = r.split_once("==").or_else(|| r.split_once('=')) {
+                get(k.trim()) == Some(v.trim())
+            } else if let Some((k, set)) = r.split_once(" notin ") {
+                get(k.trim()).is_none_or(|v| !values(set).contains(&v))
+            } else if let Some((k, set)) = r.split_once(" in ") {
+                get(k.trim()).is_some_and(|v| values(set).contains(&v))
+            } else if let Some(k) = r.strip_prefix('!') {
+                get(k.trim()).is_none()
+            } else {
+                get(r).is_some()
+            }
+        })
+}
+
+fn matches_fields(obj: &Value, selector: &str) -> bool {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|r| {
+            let (k, v, neg) = match r.split_once("!=") {
+                Some((k, v)) => (k, v, true),
+                None => match r.split_once("==").or_else(|| r.split_once('=')) {
+                    Some((k, v)) => (k, v, false),
+                    None => return true,
+                },
+            };
+            let actual = match k.trim() {
+                "metadata.name" => obj["metadata"]["name"].as_str().map(str::to_string),
+                "metadata.namespace" => obj["metadata"]["namespace"].as_str().map(str::to_string),
+                "status.phase" => obj["status"]["phase"].as_str().map(str::to_string),
+                k if obj["kind"] == "Event" => events::field(obj, k),
+                _ => None,
+            };
+            (actual.as_deref() == Some(v.trim())) != neg
+        })
+}
+
+/// Whether `obj` matches the request's `labelSelector` and `fieldSelector`.
+pub(super) fn selected(obj: &Value, q: &HashMap<String, String>) -> bool {
+    q.get("labelSelector")
+        .is_none_or(|s| matches_labels(obj, s))
+        && q.get("fieldSelector")
+            .is_none_or(|s| matches_fields(obj, s))
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
