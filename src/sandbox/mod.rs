@@ -64,9 +64,15 @@ pub enum SandboxError {
     /// A file could not be read or parsed.
     #[error("{0}")]
     Input(String),
-    /// The client could not be built.
-    #[error("client: {0}")]
-    Client(String),
+    /// The listen address does not make a URL.
+    #[error("cannot serve at {url}: {source}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Error.
+        #[source]
+        source: url::ParseError,
+    },
 }
 
 /// Options.
@@ -161,6 +167,8 @@ pub(crate) struct Shared {
 pub struct Sandbox {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    url: url::Url,
+    https_url: url::Url,
     https: tls::Https,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -249,7 +257,11 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let router = app(shared.clone());
+    let parse =
+        |url: String| url::Url::parse(&url).map_err(|source| SandboxError::Url { url, source });
+    let url = parse(shared.base.clone())?;
     let https = tls::serve(opts.https_listen, router.clone(), stop.clone()).await?;
+    let https_url = parse(format!("https://{}", https.addr)).inspect_err(|_| stop.cancel())?;
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { s.cancelled().await })
@@ -258,6 +270,8 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     Ok(Sandbox {
         shared,
         addr,
+        url,
+        https_url,
         https,
         stop,
         task,
@@ -267,7 +281,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
 impl Sandbox {
     /// The server URL.
     pub fn url(&self) -> url::Url {
-        url::Url::parse(&self.shared.base).unwrap_or_else(|_| unreachable!())
+        self.url.clone()
     }
 
     /// The bound address.
@@ -277,7 +291,7 @@ impl Sandbox {
 
     /// The HTTPS URL (same API; for clients that send credentials only over TLS).
     pub fn https_url(&self) -> url::Url {
-        url::Url::parse(&format!("https://{}", self.https.addr)).unwrap_or_else(|_| unreachable!())
+        self.https_url.clone()
     }
 
     /// The HTTPS port's certificate (PEM), its own certificate authority.
