@@ -107,13 +107,12 @@ fn denial(r: &Request, name: &str, reason: &str, message: String) -> ApiError {
         _ => (403, "Forbidden"),
     };
     let qualified = r.def.qualified();
-    let mut e = ApiError::new(
+    ApiError::new(
         code,
         reason,
         format!("{qualified} \"{name}\" is forbidden: {message}"),
-    );
-    e.details = Some(json!({"name": name, "group": r.def.group, "kind": r.def.plural}));
-    e
+    )
+    .about(r.def, name)
 }
 
 /// Evaluate every bound policy for a create (`old` None), update, or delete (`object` None).
