@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::admission::Caller;
 use super::now;
 use super::registry::ResourceDef;
 use super::server::{ApiError, delete};
@@ -52,13 +53,13 @@ pub fn delete_namespace(
     store: &mut Store,
     def: &ResourceDef,
     name: &str,
-    dry_run: bool,
+    caller: &Caller,
 ) -> Result<Value, ApiError> {
     let old = store
         .namespace(name)
         .ok_or_else(|| ApiError::not_found(def, name))?;
-    super::admission::validate(store, def, "DELETE", None, None, Some(&old), dry_run)?;
-    if dry_run || old["metadata"]["deletionTimestamp"].is_string() {
+    super::admission::validate(store, def, "DELETE", None, None, Some(&old), caller)?;
+    if caller.dry_run || old["metadata"]["deletionTimestamp"].is_string() {
         return Ok(old.as_ref().clone());
     }
     let mut new = old.as_ref().clone();
@@ -95,7 +96,7 @@ pub fn delete_namespace(
         })
         .collect();
     for (d, n) in content {
-        let _ = delete(store, &d, name, &n, false);
+        let _ = delete(store, &d, name, &n, caller);
     }
     refresh(store, def, name);
     Ok(store

@@ -13,13 +13,13 @@
 //! `failurePolicy: Fail` (the default) and is skipped under `Ignore`. Parameters (`paramKind`)
 //! are not supported: a policy that declares them is treated as an error of that policy.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kube_cel::KubeCelExt;
 use kube_cel::cel::objects::{Key, Map};
 use kube_cel::cel::{Context, Program, Value as Cel};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 mod matching;
@@ -33,32 +33,30 @@ use super::store::Store;
 
 const GROUP: &str = "admissionregistration.k8s.io";
 
-thread_local! {
-    /// The user of the request being handled (requests are handled synchronously under the
-    /// store lock, so one thread sees one request at a time).
-    static USER: RefCell<Option<UserInfo>> = const { RefCell::new(None) };
-    /// Warnings of `validationActions: [Warn]` for the request being handled.
-    static WARNINGS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+/// Who makes a request, as its policies see it (`request.userInfo`, `request.dryRun`), and the
+/// warnings of `validationActions: [Warn]` admission gives it.
+pub struct Caller {
+    /// The user.
+    pub user: UserInfo,
+    /// Whether the request is a dry run.
+    pub dry_run: bool,
+    warnings: Mutex<Vec<String>>,
 }
 
-/// The warnings (`Warning` headers) admission produced for the request just handled.
-pub fn take_warnings() -> Vec<String> {
-    WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
-}
+impl Caller {
+    /// A request of `user`.
+    pub fn new(user: UserInfo, dry_run: bool) -> Self {
+        Self {
+            user,
+            dry_run,
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
 
-/// Run `f` as a request of `user`.
-pub fn with_user<R>(user: &UserInfo, f: impl FnOnce() -> R) -> R {
-    USER.with(|u| *u.borrow_mut() = Some(user.clone()));
-    WARNINGS.with(|w| w.borrow_mut().clear());
-    let out = f();
-    USER.with(|u| *u.borrow_mut() = None);
-    out
-}
-
-/// The user of the request being handled (an administrator outside a request).
-pub fn current_user() -> UserInfo {
-    USER.with(|u| u.borrow().clone())
-        .unwrap_or_else(|| UserInfo::admin("system:admin"))
+    /// The warnings (`Warning` headers) admission gave so far, taken.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock())
+    }
 }
 
 /// JSON to a CEL value (integers stay integers).
@@ -123,7 +121,7 @@ pub fn validate(
     subresource: Option<&str>,
     object: Option<&Value>,
     old: Option<&Value>,
-    dry_run: bool,
+    caller: &Caller,
 ) -> Result<(), ApiError> {
     if def.group == GROUP {
         return Ok(());
@@ -159,7 +157,6 @@ pub fn validate(
         .and_then(|o| o.get(&(String::new(), r.namespace.to_string())))
         .map(|o| o.as_ref().clone())
         .unwrap_or(Value::Null);
-    let user = current_user();
     let mut ctx: Option<Context> = None;
     for ((_, binding_name), binding) in bindings.iter() {
         let bspec = &binding["spec"];
@@ -199,8 +196,8 @@ pub fn validate(
                 "name": name,
                 "namespace": namespace,
                 "operation": operation,
-                "userInfo": user.to_json(),
-                "dryRun": dry_run,
+                "userInfo": caller.user.to_json(),
+                "dryRun": caller.dry_run,
             });
             c.add_variable_from_value("request", to_cel(&request));
             c
@@ -283,11 +280,9 @@ pub fn validate(
                         .or_else(|| val["message"].as_str().map(str::to_string))
                         .unwrap_or_else(|| format!("failed expression: {expr}"));
                     if warn {
-                        WARNINGS.with(|w| {
-                            w.borrow_mut().push(format!(
-                                "Validation failed for ValidatingAdmissionPolicy '{policy_name}' with binding '{binding_name}': {message}"
-                            ))
-                        });
+                        caller.warnings.lock().push(format!(
+                            "Validation failed for ValidatingAdmissionPolicy '{policy_name}' with binding '{binding_name}': {message}"
+                        ));
                     }
                     if !deny {
                         continue;
@@ -354,17 +349,16 @@ mod tests {
         old: &Value,
         new: &Value,
     ) -> Result<(), String> {
-        with_user(user, || {
-            validate(
-                s,
-                def,
-                "UPDATE",
-                Some("status"),
-                Some(new),
-                Some(old),
-                false,
-            )
-        })
+        let caller = Caller::new(user.clone(), false);
+        validate(
+            s,
+            def,
+            "UPDATE",
+            Some("status"),
+            Some(new),
+            Some(old),
+            &caller,
+        )
         .map_err(|e| e.message)
     }
 
@@ -407,10 +401,8 @@ mod tests {
             "{e}"
         );
         // Nor delete it, whatever RBAC allows.
-        let e = with_user(&agent, || {
-            validate(&s, &def, "DELETE", None, None, Some(&old), false)
-        })
-        .unwrap_err();
+        let caller = Caller::new(agent.clone(), false);
+        let e = validate(&s, &def, "DELETE", None, None, Some(&old), &caller).unwrap_err();
         assert!(
             e.message
                 .contains("the agent may not create or delete identitybindings"),
@@ -457,11 +449,8 @@ mod tests {
             }
             o
         };
-        let run = |s: &Store, o: &Value| {
-            with_user(&UserInfo::admin("u"), || {
-                validate(s, &def, "CREATE", None, Some(o), None, false)
-            })
-        };
+        let caller = Caller::new(UserInfo::admin("u"), false);
+        let run = |s: &Store, o: &Value| validate(s, &def, "CREATE", None, Some(o), None, &caller);
         // matchConditions false: the policy does not apply.
         run(&s, &cm(json!({"a": "1", "b": "2"}), false)).unwrap();
         // A failed validation: its messageExpression over a variable, and its reason.
@@ -500,19 +489,10 @@ mod tests {
             .get_mut(&key)
             .unwrap()
             .insert((String::new(), "b".to_string()), Arc::new(warn_only));
-        let warnings = with_user(&UserInfo::admin("u"), || {
-            validate(
-                &s,
-                &def,
-                "CREATE",
-                None,
-                Some(&cm(json!({"a": "1", "b": "2"}), true)),
-                None,
-                false,
-            )
-            .unwrap();
-            take_warnings()
-        });
+        let object = cm(json!({"a": "1", "b": "2"}), true);
+        let caller = Caller::new(UserInfo::admin("u"), false);
+        validate(&s, &def, "CREATE", None, Some(&object), None, &caller).unwrap();
+        let warnings = caller.take_warnings();
         assert_eq!(
             warnings,
             vec!["Validation failed for ValidatingAdmissionPolicy 'p' with binding 'b': at most one key, got 2".to_string()]

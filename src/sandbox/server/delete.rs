@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::read::selected;
 use super::{ApiError, Request, WriteOptions, get_obj, json_response, with_type};
+use crate::sandbox::admission::Caller;
 use crate::sandbox::registry::ResourceDef;
 use crate::sandbox::store::Store;
 use crate::sandbox::{admission, namespace, now};
@@ -17,7 +18,7 @@ use crate::sandbox::{admission, namespace, now};
 pub(super) fn delete_request(req: &Request, opts: &WriteOptions) -> Result<Response, ApiError> {
     let t = req.target;
     let mut store = req.shared.store.lock();
-    let out = delete(&mut store, &t.def, t.ns(), t.name(), opts.dry_run)?;
+    let out = delete(&mut store, &t.def, t.ns(), t.name(), &opts.caller)?;
     Ok(json_response(StatusCode::OK, &with_type(&t.def, &out)))
 }
 
@@ -38,7 +39,7 @@ pub(super) fn delete_collection(req: &Request, opts: &WriteOptions) -> Result<Re
         })
         .unwrap_or_default();
     for (n, name) in names {
-        delete(&mut store, &t.def, &n, &name, opts.dry_run)?;
+        delete(&mut store, &t.def, &n, &name, &opts.caller)?;
     }
     Ok(json_response(
         StatusCode::OK,
@@ -71,13 +72,14 @@ pub(in crate::sandbox) fn delete(
     def: &ResourceDef,
     ns: &str,
     name: &str,
-    dry_run: bool,
+    caller: &Caller,
 ) -> Result<Value, ApiError> {
     if def.group.is_empty() && def.plural == "namespaces" {
-        return namespace::delete_namespace(store, def, name, dry_run);
+        return namespace::delete_namespace(store, def, name, caller);
     }
     let old = get_obj(store, def, ns, name)?;
-    admission::validate(store, def, "DELETE", None, None, Some(&old), dry_run)?;
+    admission::validate(store, def, "DELETE", None, None, Some(&old), caller)?;
+    let dry_run = caller.dry_run;
     let has_finalizers = old["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty());

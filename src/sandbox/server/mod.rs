@@ -175,7 +175,7 @@ pub async fn handle(
     let resp = match (allowed, v) {
         (Err(e), _) => e.into_response(),
         (Ok(()), "watch") => watch::watch(&shared, &target, &q),
-        (Ok(()), _) => admission::with_user(&user, || {
+        (Ok(()), _) => {
             let req = Request {
                 shared: &shared,
                 target: &target,
@@ -183,17 +183,18 @@ pub async fn handle(
                 headers: &headers,
                 body: &body,
             };
-            let mut resp = match dispatch(&req, v) {
+            let opts = WriteOptions::of(&req, &user);
+            let mut resp = match dispatch(&req, &opts, v) {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
             };
-            for w in admission::take_warnings() {
+            for w in opts.caller.take_warnings() {
                 if let Ok(h) = axum::http::HeaderValue::from_str(&format!("299 - {w:?}")) {
                     resp.headers_mut().append("warning", h);
                 }
             }
             resp
-        }),
+        }
     };
     shared.audit.lock().push(AuditRecord {
         user: user.username,
@@ -218,31 +219,33 @@ struct Request<'a> {
     body: &'a Bytes,
 }
 
-/// What a write request asks for besides its body.
-#[derive(Clone, Debug)]
+/// Who writes and what the request asks for besides its body.
 struct WriteOptions {
     /// The field manager its changes are recorded under.
     manager: String,
-    /// `dryRun=All`: admit and answer, store nothing.
-    dry_run: bool,
     /// `fieldValidation=Strict`: unknown fields are refused instead of pruned.
     strict: bool,
+    /// The user and `dryRun=All` (admit and answer, store nothing), as admission sees them.
+    caller: admission::Caller,
 }
 
 impl WriteOptions {
-    fn of(req: &Request) -> Self {
+    fn of(req: &Request, user: &UserInfo) -> Self {
         Self {
             manager: manager(req.query, req.headers),
-            dry_run: req.query.get("dryRun").is_some_and(|d| d == "All"),
             strict: req
                 .query
                 .get("fieldValidation")
                 .is_some_and(|f| f == "Strict"),
+            caller: admission::Caller::new(
+                user.clone(),
+                req.query.get("dryRun").is_some_and(|d| d == "All"),
+            ),
         }
     }
 }
 
-fn dispatch(req: &Request, verb: &str) -> Result<Response, ApiError> {
+fn dispatch(req: &Request, opts: &WriteOptions, verb: &str) -> Result<Response, ApiError> {
     let t = req.target;
     if t.def.namespaced && t.name.is_some() && t.namespace.is_none() {
         return Err(ApiError::no_resource());
@@ -259,15 +262,14 @@ fn dispatch(req: &Request, verb: &str) -> Result<Response, ApiError> {
     {
         return Err(ApiError::no_resource());
     }
-    let opts = WriteOptions::of(req);
     match verb {
         "get" => read::get(req),
         "list" => read::list(req),
-        "create" => write::create_request(req, &opts),
-        "update" => write::update_request(req, &opts),
-        "patch" => patch::patch_request(req, &opts),
-        "delete" => delete::delete_request(req, &opts),
-        "deletecollection" => delete::delete_collection(req, &opts),
+        "create" => write::create_request(req, opts),
+        "update" => write::update_request(req, opts),
+        "patch" => patch::patch_request(req, opts),
+        "delete" => delete::delete_request(req, opts),
+        "deletecollection" => delete::delete_collection(req, opts),
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::write::{commit, create};
 use super::{ApiError, Request, Target, WriteOptions, get_obj, json_response, with_type, writer};
 use crate::sandbox::store::Store;
-use crate::sandbox::{admission, authz, events, ssa};
+use crate::sandbox::{authz, events, ssa};
 
 /// `PATCH` of one object (or its status).
 pub(super) fn patch_request(req: &Request, opts: &WriteOptions) -> Result<Response, ApiError> {
@@ -81,7 +81,7 @@ fn apply(
         }
         authz::authorize(
             store,
-            &admission::current_user(),
+            &opts.caller.user,
             &authz::Attributes {
                 verb: "create",
                 group: &def.group,
@@ -99,7 +99,7 @@ fn apply(
         let (status, mut created) = create(store, def, namespace, applied, opts)?;
         // The applier owns what it applied (not an Update entry).
         created["metadata"]["managedFields"] = mf;
-        if !opts.dry_run {
+        if !opts.caller.dry_run {
             let real_ns = created["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or_default()

@@ -13,6 +13,7 @@ use super::delete::after_delete;
 use super::{
     ApiError, Request, Target, WriteOptions, get_obj, json_response, parse_body, with_type, writer,
 };
+use crate::sandbox::UserInfo;
 use crate::sandbox::registry::{ResourceDef, from_crd, normalize_secret};
 use crate::sandbox::store::Store;
 use crate::sandbox::{admission, authz, events, namespace, now, serviceaccount, ssa, validate};
@@ -23,13 +24,13 @@ pub(super) fn create_request(req: &Request, opts: &WriteOptions) -> Result<Respo
     match t.def.plural.as_str() {
         "selfsubjectreviews" => {
             let mut out = parse_body(req.body, req.headers)?;
-            out["status"] = json!({"userInfo": admission::current_user().to_json()});
+            out["status"] = json!({"userInfo": opts.caller.user.to_json()});
             Ok(json_response(StatusCode::CREATED, &with_type(&t.def, &out)))
         }
         "selfsubjectaccessreviews" => {
             let obj = parse_body(req.body, req.headers)?;
             let store = req.shared.store.lock();
-            let out = authz::review(&store, &admission::current_user(), obj);
+            let out = authz::review(&store, &opts.caller.user, obj);
             Ok(json_response(StatusCode::CREATED, &with_type(&t.def, &out)))
         }
         _ => {
@@ -82,8 +83,8 @@ pub fn create_object(store: &mut Store, obj: Value) -> Result<Value, String> {
     let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
     let opts = WriteOptions {
         manager: "sandbox".into(),
-        dry_run: false,
         strict: false,
+        caller: admission::Caller::new(UserInfo::admin("system:admin"), false),
     };
     create(store, &def, ns.as_deref(), obj, &opts)
         .map(|(_, v)| v)
@@ -213,7 +214,7 @@ fn establish_crd(
 }
 
 /// Create `obj` (in namespace `ns`, else the body's) with admission, and store it unless
-/// `opts.dry_run`.
+/// `opts.caller.dry_run`.
 pub(super) fn create(
     store: &mut Store,
     def: &ResourceDef,
@@ -253,7 +254,7 @@ pub(super) fn create(
     obj["kind"] = json!(def.kind);
     admit(def, &mut obj, None, &name, opts.strict)?;
     if def.plural == "customresourcedefinitions" {
-        establish_crd(store, def, &mut obj, &name, opts.dry_run)?;
+        establish_crd(store, def, &mut obj, &name, opts.caller.dry_run)?;
     }
     if def.group.is_empty() && def.plural == "namespaces" {
         namespace::on_create(&mut obj, &name);
@@ -282,9 +283,9 @@ pub(super) fn create(
     meta.insert("generation".into(), json!(1));
     meta.remove("deletionTimestamp");
     meta.remove("managedFields");
-    admission::validate(store, def, "CREATE", None, Some(&obj), None, opts.dry_run)?;
+    admission::validate(store, def, "CREATE", None, Some(&obj), None, &opts.caller)?;
     ssa::record_update(None, &mut obj, &writer(def, &opts.manager, None));
-    if opts.dry_run {
+    if opts.caller.dry_run {
         return Ok((StatusCode::CREATED, obj));
     }
     let rv = store.next_rv();
@@ -361,7 +362,7 @@ pub(super) fn commit(
         subresource,
         Some(&new),
         Some(old),
-        opts.dry_run,
+        &opts.caller,
     )?;
     if old["metadata"]["deletionTimestamp"].is_string() {
         let old_f: Vec<Value> = old["metadata"]["finalizers"]
@@ -405,7 +406,7 @@ pub(super) fn commit(
     if strip(old) == strip(&new) {
         return Ok(old.clone());
     }
-    if opts.dry_run {
+    if opts.caller.dry_run {
         return Ok(new);
     }
     let rv = store.next_rv();
