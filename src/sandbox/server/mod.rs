@@ -12,6 +12,8 @@ mod discovery;
 mod error;
 mod patch;
 mod read;
+#[cfg(test)]
+mod tests;
 mod watch;
 mod write;
 

@@ -1,0 +1,94 @@
+//! Request options through HTTP: `fieldValidation=Strict`, `dryRun=All`, and the `Warning`
+//! headers of a `Warn` admission policy, each for the request that asks and no other.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::sandbox::{self, SandboxOptions};
+
+fn crd() -> Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "widgets.example.dev"},
+           "spec": {"group": "example.dev", "scope": "Namespaced",
+                    "names": {"plural": "widgets", "kind": "Widget"},
+                    "versions": [{"name": "v1", "served": true, "storage": true,
+                                  "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                                      "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}})
+}
+
+fn widget(name: &str) -> Value {
+    json!({"apiVersion": "example.dev/v1", "kind": "Widget",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"size": 1, "colour": "red"}})
+}
+
+#[tokio::test]
+async fn strict_validation_dry_run_and_warnings_apply_to_their_own_request() {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.install(vec![
+        crd(),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+               "metadata": {"name": "small"},
+               "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": ["example.dev"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["widgets"]}]},
+                        "validations": [{"expression": "request.dryRun || object.metadata.name != 'big'", "message": "big widgets are frowned upon"}]}}),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "small"}, "spec": {"policyName": "small", "validationActions": ["Warn"]}}),
+    ])
+    .unwrap();
+    let http = reqwest::Client::new();
+    let collection = format!("{}apis/example.dev/v1/namespaces/default/widgets", sb.url());
+    let token = sb.token("alice");
+    let post = |query: &str, body: Value| {
+        http.post(format!("{collection}{query}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+
+    // Strict: the unknown field is refused, and nothing is stored.
+    let resp = post("?fieldValidation=Strict", widget("a")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let status: Value = resp.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        "Widget.example.dev in body: strict decoding error: unknown field \"spec.colour\""
+    );
+    // Without it the field is pruned; the next request is not strict, nor is the library API.
+    let resp = post("", widget("a")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["spec"], json!({"size": 1}));
+    sb.install(vec![widget("b")]).unwrap();
+
+    // A dry run is admitted and answered but not stored; the policy sees `request.dryRun`.
+    let resp = post("?dryRun=All", widget("big")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(resp.headers().get("warning").is_none());
+    let get = http
+        .get(format!("{collection}/big"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::NOT_FOUND);
+
+    // A Warn policy that fails adds a Warning header to that response only.
+    let resp = post("", widget("big")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let warnings: Vec<&str> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|h| h.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "299 - \"Validation failed for ValidatingAdmissionPolicy 'small' with binding 'small': big widgets are frowned upon\""
+        ]
+    );
+    let resp = post("", widget("c")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(resp.headers().get("warning").is_none());
+    sb.shutdown().await;
+}
