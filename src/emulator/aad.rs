@@ -174,7 +174,7 @@ fn find_client(inner: &Inner, client_id: &str) -> Option<Client> {
     }
     let st = inner.state.lock();
     let (key, identity) = st.identity_by_client(client_id)?;
-    let trusts = super::fic::of(&st, key)
+    let trusts = super::arm::fic::of(&st, key)
         .map(|m| {
             m.values()
                 .map(|f| Trust {

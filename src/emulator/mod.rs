@@ -9,13 +9,9 @@
 mod aad;
 mod arm;
 pub mod faults;
-mod fic;
 mod imds;
 pub mod knobs;
-mod lro;
-mod paging;
 pub mod rbac;
-mod resources;
 pub mod state;
 pub mod world;
 

@@ -228,6 +228,18 @@ pub struct Operation {
     pub outcome: Option<Result<(), (String, String)>>,
 }
 
+/// What a poll found an operation doing.
+pub enum Progress<'a> {
+    /// No such operation.
+    Unknown,
+    /// Running, with its status endpoint failing until it finishes on its own.
+    Late,
+    /// Running.
+    Running(&'a Operation),
+    /// Finished (`outcome` is set).
+    Done(&'a Operation),
+}
+
 /// The final identity state a PATCH asked for.
 #[derive(Clone, Debug, Default)]
 pub struct IdentityChange {
@@ -246,7 +258,7 @@ pub struct State {
     /// Principals of service principals declared in the world.
     pub service_principals: Vec<String>,
     /// Federated identity credentials by identity key (lower-case id), then lower-case name.
-    pub fics: BTreeMap<String, BTreeMap<String, super::fic::Fic>>,
+    pub fics: BTreeMap<String, BTreeMap<String, super::arm::fic::Fic>>,
     /// Identities (keys) with a federated identity credential write in progress.
     pub fic_writes: std::collections::HashSet<String>,
 }
@@ -299,6 +311,29 @@ impl State {
                 c.user_assigned = change.user_assigned;
                 c.etag += 1;
             }
+        }
+    }
+
+    /// One poll of an operation: a running operation counts down its polls and finishes when
+    /// they run out.
+    pub fn progress(&mut self, op_id: &str) -> Progress<'_> {
+        let running = match self.operations.get_mut(op_id) {
+            None => return Progress::Unknown,
+            Some(op) if op.outcome.is_some() => false,
+            Some(op) if op.late => return Progress::Late,
+            Some(op) if op.polls_left > 0 => {
+                op.polls_left -= 1;
+                true
+            }
+            Some(_) => {
+                self.finish(op_id);
+                false
+            }
+        };
+        match self.operations.get(op_id) {
+            None => Progress::Unknown,
+            Some(op) if running => Progress::Running(op),
+            Some(op) => Progress::Done(op),
         }
     }
 

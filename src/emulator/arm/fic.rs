@@ -6,12 +6,16 @@
 //! fault makes a write take time, so that the rejection can be provoked.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::arm::arm_err;
-use super::state::{IdentityState, State as Az};
+use super::arm_err;
+use super::identities::{identity_key, identity_missing};
+use super::route::Route;
+use crate::emulator::Inner;
+use crate::emulator::state::{IdentityState, State as Az};
 
 /// At most this many federated identity credentials per identity.
 pub const MAX_PER_IDENTITY: usize = 20;
@@ -222,13 +226,13 @@ pub fn concurrent_write(identity: &str) -> (StatusCode, Value) {
 /// Marks a write on one identity in progress; the mark goes when this is dropped (also when the
 /// request is abandoned).
 pub struct WriteGuard<'a> {
-    inner: &'a super::Inner,
+    inner: &'a Inner,
     key: String,
 }
 
 impl<'a> WriteGuard<'a> {
     /// Mark `key` as being written; `None` when another write is in progress.
-    pub fn begin(inner: &'a super::Inner, st: &mut Az, key: &str) -> Option<Self> {
+    pub fn begin(inner: &'a Inner, st: &mut Az, key: &str) -> Option<Self> {
         st.fic_writes.insert(key.to_string()).then(|| Self {
             inner,
             key: key.to_string(),
@@ -240,6 +244,75 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         self.inner.state.lock().fic_writes.remove(&self.key);
     }
+}
+
+/// A request on the credentials of an identity: answered at once, or a write that holds the
+/// identity's write mark.
+pub(super) enum Step<'a> {
+    Done((StatusCode, Value)),
+    Write(WriteGuard<'a>),
+}
+
+/// Federated identity credentials of an identity: reads answer at once; a write (PUT or DELETE)
+/// marks the identity busy for `ficWriteMs`, and a second write meanwhile is refused as Azure
+/// refuses it.
+pub(super) fn begin<'a>(inner: &'a Inner, st: &mut Az, method: &Method, r: &Route) -> Step<'a> {
+    let (Route::Fic { sub, rg, name, .. } | Route::FicList { sub, rg, name }) = r else {
+        return Step::Done(arm_err(StatusCode::NOT_FOUND, "NotFound", "Not found."));
+    };
+    let key = identity_key(sub, rg, name);
+    let Some(identity) = st.identities.get(&key).cloned() else {
+        return Step::Done(identity_missing(rg, name));
+    };
+    Step::Done(match (method.as_str(), r) {
+        ("GET", Route::Fic { fic: f, .. }) => get(st, &identity, &key, f),
+        ("GET", Route::FicList { .. }) => list(st, &identity, &key),
+        ("PUT" | "DELETE", Route::Fic { .. }) => {
+            return match WriteGuard::begin(inner, st, &key) {
+                Some(guard) => Step::Write(guard),
+                None => Step::Done(concurrent_write(&identity.name)),
+            };
+        }
+        _ => arm_err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The method is not allowed.",
+        ),
+    })
+}
+
+/// A write: takes `ficWriteMs`, then applies.
+pub(super) async fn write(
+    inner: &Inner,
+    guard: WriteGuard<'_>,
+    method: &Method,
+    r: &Route,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let Route::Fic {
+        sub,
+        rg,
+        name,
+        fic: f,
+    } = r
+    else {
+        return arm_err(StatusCode::NOT_FOUND, "NotFound", "Not found.");
+    };
+    let delay = inner.faults.lock().fic_write_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let key = identity_key(sub, rg, name);
+    let answer = {
+        let mut st = inner.state.lock();
+        match st.identities.get(&key).cloned() {
+            None => identity_missing(rg, name),
+            Some(identity) if *method == Method::PUT => put(&mut st, &identity, &key, f, body),
+            Some(_) => delete(&mut st, &key, f),
+        }
+    };
+    drop(guard);
+    answer
 }
 
 #[cfg(test)]

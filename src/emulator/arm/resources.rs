@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::Inner;
+use crate::emulator::Inner;
 
 /// Resource types served here: (namespace/type, operation id, accepted api-versions).
 /// The api-version lists are those of the providers' stable releases; they are not checked

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::Inner;
+use crate::emulator::Inner;
 
 /// Cut a list answer `body` to the page the request's `$skiptoken` names; `Err` with ARM's
 /// envelope for a token this emulator did not issue.

@@ -1,0 +1,94 @@
+//! Subscriptions (GET) and resource groups (GET, PUT).
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{arm_err, eq};
+use crate::emulator::Inner;
+use crate::emulator::state::{Rg, State as Az};
+
+pub(super) fn subscription_get(inner: &Inner, sub: &str) -> (StatusCode, Value) {
+    match inner.world.subscriptions.iter().find(|s| eq(&s.id, sub)) {
+        Some(s) => (
+            StatusCode::OK,
+            json!({"id": format!("/subscriptions/{}", s.id), "subscriptionId": s.id, "tenantId": inner.world.tenant_id, "displayName": "Emulated subscription", "state": "Enabled"}),
+        ),
+        None => arm_err(
+            StatusCode::NOT_FOUND,
+            "SubscriptionNotFound",
+            &format!("The subscription '{sub}' could not be found."),
+        ),
+    }
+}
+
+fn rg_json(r: &Rg) -> Value {
+    json!({
+        "id": format!("/subscriptions/{}/resourceGroups/{}", r.subscription, r.name),
+        "name": r.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": r.location,
+        "tags": r.tags,
+        "properties": {"provisioningState": "Succeeded"},
+    })
+}
+
+pub(super) fn rg_missing(rg: &str) -> (StatusCode, Value) {
+    arm_err(
+        StatusCode::NOT_FOUND,
+        "ResourceGroupNotFound",
+        &format!("Resource group '{rg}' could not be found."),
+    )
+}
+
+pub(super) fn rg_get(st: &Az, sub: &str, rg: &str) -> (StatusCode, Value) {
+    match st.rgs.get(&(sub.to_lowercase(), rg.to_lowercase())) {
+        Some(r) => (StatusCode::OK, rg_json(r)),
+        None => rg_missing(rg),
+    }
+}
+
+pub(super) fn rg_put(
+    st: &mut Az,
+    sub: &str,
+    rg: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let Some(location) = body.and_then(|b| b["location"].as_str()) else {
+        return arm_err(
+            StatusCode::BAD_REQUEST,
+            "LocationRequired",
+            "The location property is required for this definition.",
+        );
+    };
+    let key = (sub.to_lowercase(), rg.to_lowercase());
+    let tags = body
+        .map(|b| b["tags"].clone())
+        .filter(|t| t.is_object())
+        .unwrap_or(json!({}));
+    let existed = st.rgs.contains_key(&key);
+    let entry = st.rgs.entry(key).or_insert_with(|| Rg {
+        subscription: sub.to_string(),
+        name: rg.to_string(),
+        location: location.to_string(),
+        tags: json!({}),
+    });
+    if existed && !eq(&entry.location.replace(' ', ""), &location.replace(' ', "")) {
+        return arm_err(
+            StatusCode::CONFLICT,
+            "InvalidResourceGroupLocation",
+            &format!(
+                "Invalid resource group location '{location}'. The Resource group already exists in location '{}'.",
+                entry.location
+            ),
+        );
+    }
+    entry.tags = tags;
+    (
+        if existed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        rg_json(entry),
+    )
+}
