@@ -394,15 +394,9 @@ fn dispatch(
             lro::poll(inner, st, id)
         }
         ("GET", Route::AsyncOp { id, .. }) => compute::async_op(st, id).into(),
-        (
-            "GET",
-            Route::Resource {
-                sub,
-                rg,
-                type_,
-                name,
-            },
-        ) => resources::get(inner, sub, rg, type_, name).into(),
+        ("GET", Route::Resource { sub, rg, ty, name }) => {
+            resources::get(inner, sub, rg, ty, name).into()
+        }
         ("GET", Route::Assignment { scope, name }) => {
             authorization::assignment_get(st, scope, name).into()
         }

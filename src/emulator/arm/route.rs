@@ -51,7 +51,7 @@ pub(super) enum Route {
     Resource {
         sub: String,
         rg: String,
-        type_: &'static str,
+        ty: &'static str,
         name: String,
     },
     Assignment {
@@ -81,16 +81,8 @@ const MI_VERSIONS: &[&str] = &[
     "2026-04-30",
     "2026-05-31",
 ];
-/// Federated identity credentials arrived with 2022-01-31-preview.
-const FIC_VERSIONS: &[&str] = &[
-    "2022-01-31-preview",
-    "2023-01-31",
-    "2023-07-31-preview",
-    "2024-11-30",
-    "2025-01-31-preview",
-    "2026-04-30",
-    "2026-05-31",
-];
+/// Federated identity credentials arrived with 2022-01-31-preview, the third release.
+const FIC_VERSIONS: &[&str] = MI_VERSIONS.split_at(2).1;
 const AUTH_VERSIONS: &[&str] = &[
     "2015-07-01",
     "2018-01-01-preview",
@@ -159,63 +151,57 @@ pub(super) fn route(path: &str) -> Route {
             _ => Route::Unknown,
         };
     }
-    match segs.as_slice() {
-        [s, sub] if eq(s, "subscriptions") => Route::Subscription {
-            sub: sub.to_string(),
-        },
-        [s, sub, r, rg] if eq(s, "subscriptions") && eq(r, "resourceGroups") => {
-            Route::ResourceGroup {
-                sub: sub.to_string(),
-                rg: rg.to_string(),
+    let [s, sub, rest @ ..] = segs.as_slice() else {
+        return Route::Unknown;
+    };
+    if !eq(s, "subscriptions") {
+        return Route::Unknown;
+    }
+    let sub = sub.to_string();
+    match rest {
+        [] => Route::Subscription { sub },
+        [p, ns, t] if eq(p, "providers") && managed_identity(ns, t) => {
+            Route::IdentityList { sub, rg: None }
+        }
+        [p, ns, l, _loc, o, id]
+            if eq(p, "providers")
+                && eq(ns, "Microsoft.Compute")
+                && eq(l, "locations")
+                && eq(o, "operations") =>
+        {
+            Route::AsyncOp {
+                sub,
+                id: id.to_string(),
             }
         }
-        [s, sub, p, ns, t]
-            if eq(s, "subscriptions")
-                && eq(p, "providers")
-                && eq(ns, "Microsoft.ManagedIdentity")
-                && eq(t, "userAssignedIdentities") =>
-        {
-            Route::IdentityList {
-                sub: sub.to_string(),
-                rg: None,
-            }
-        }
-        [s, sub, r, rg, p, ns, t]
-            if eq(s, "subscriptions")
-                && eq(r, "resourceGroups")
-                && eq(p, "providers")
-                && eq(ns, "Microsoft.ManagedIdentity")
-                && eq(t, "userAssignedIdentities") =>
-        {
-            Route::IdentityList {
-                sub: sub.to_string(),
-                rg: Some(rg.to_string()),
-            }
-        }
-        [s, sub, r, rg, p, ns, t, name]
-            if eq(s, "subscriptions")
-                && eq(r, "resourceGroups")
-                && eq(p, "providers")
-                && eq(ns, "Microsoft.ManagedIdentity")
-                && eq(t, "userAssignedIdentities") =>
-        {
-            Route::Identity {
-                sub: sub.to_string(),
-                rg: rg.to_string(),
-                name: name.to_string(),
-            }
-        }
-        [s, sub, r, rg, p, ns, t, name, f, rest @ ..]
-            if eq(s, "subscriptions")
-                && eq(r, "resourceGroups")
-                && eq(p, "providers")
-                && eq(ns, "Microsoft.ManagedIdentity")
-                && eq(t, "userAssignedIdentities")
-                && eq(f, "federatedIdentityCredentials")
-                && rest.len() <= 1 =>
-        {
-            let (sub, rg, name) = (sub.to_string(), rg.to_string(), name.to_string());
-            match rest.first() {
+        [r, rg, tail @ ..] if eq(r, "resourceGroups") => in_group(sub, rg.to_string(), tail),
+        _ => Route::Unknown,
+    }
+}
+
+fn managed_identity(namespace: &str, type_: &str) -> bool {
+    eq(namespace, "Microsoft.ManagedIdentity") && eq(type_, "userAssignedIdentities")
+}
+
+/// A path below `/subscriptions/{sub}/resourceGroups/{rg}`.
+fn in_group(sub: String, rg: String, tail: &[&str]) -> Route {
+    let [p, ns, t, rest @ ..] = tail else {
+        return if tail.is_empty() {
+            Route::ResourceGroup { sub, rg }
+        } else {
+            Route::Unknown
+        };
+    };
+    if !eq(p, "providers") {
+        return Route::Unknown;
+    }
+    let identity = managed_identity(ns, t);
+    let name = rest.first().map(|n| n.to_string()).unwrap_or_default();
+    match rest {
+        [] if identity => Route::IdentityList { sub, rg: Some(rg) },
+        [_] if identity => Route::Identity { sub, rg, name },
+        [_, f, fic @ ..] if identity && eq(f, "federatedIdentityCredentials") && fic.len() <= 1 => {
+            match fic.first() {
                 Some(fic) => Route::Fic {
                     sub,
                     rg,
@@ -225,49 +211,22 @@ pub(super) fn route(path: &str) -> Route {
                 None => Route::FicList { sub, rg, name },
             }
         }
-        [s, sub, r, rg, p, ns, t, name]
-            if eq(s, "subscriptions")
-                && eq(r, "resourceGroups")
-                && eq(p, "providers")
-                && eq(ns, "Microsoft.Compute")
-                && (eq(t, "virtualMachines") || eq(t, "virtualMachineScaleSets")) =>
-        {
-            Route::Compute {
-                kind: if eq(t, "virtualMachines") {
-                    ComputeKind::Vm
-                } else {
-                    ComputeKind::ScaleSet
-                },
-                sub: sub.to_string(),
-                rg: rg.to_string(),
-                name: name.to_string(),
-            }
-        }
-        [s, sub, r, rg, p, ns, t, name]
-            if eq(s, "subscriptions")
-                && eq(r, "resourceGroups")
-                && eq(p, "providers")
-                && resources::served(ns, t).is_some() =>
-        {
-            Route::Resource {
-                sub: sub.to_string(),
-                rg: rg.to_string(),
-                type_: resources::served(ns, t).map(|x| x.0).unwrap_or_default(),
-                name: name.to_string(),
-            }
-        }
-        [s, sub, p, ns, l, _loc, o, id]
-            if eq(s, "subscriptions")
-                && eq(p, "providers")
-                && eq(ns, "Microsoft.Compute")
-                && eq(l, "locations")
-                && eq(o, "operations") =>
-        {
-            Route::AsyncOp {
-                sub: sub.to_string(),
-                id: id.to_string(),
-            }
-        }
+        [_] if eq(ns, "Microsoft.Compute") && eq(t, "virtualMachines") => Route::Compute {
+            kind: ComputeKind::Vm,
+            sub,
+            rg,
+            name,
+        },
+        [_] if eq(ns, "Microsoft.Compute") && eq(t, "virtualMachineScaleSets") => Route::Compute {
+            kind: ComputeKind::ScaleSet,
+            sub,
+            rg,
+            name,
+        },
+        [_] => match resources::served(ns, t) {
+            Some((ty, _, _)) => Route::Resource { sub, rg, ty, name },
+            None => Route::Unknown,
+        },
         _ => Route::Unknown,
     }
 }
@@ -284,151 +243,165 @@ pub(super) struct Described {
     pub versions: &'static [&'static str],
 }
 
-fn op(
-    op: &'static str,
-    action: Option<String>,
-    scope: String,
-    versions: &'static [&'static str],
-) -> Described {
-    Described {
-        op,
-        action,
-        scope,
-        versions,
-    }
-}
-
 /// The operation `method` on `r` is; `None` when ARM has no such operation.
 pub(super) fn describe(method: &Method, r: &Route) -> Option<Described> {
-    const MI: &str = "Microsoft.ManagedIdentity/userAssignedIdentities";
-    const RA: &str = "Microsoft.Authorization/roleAssignments";
-    let m = method.as_str();
-    Some(match (m, r) {
-        ("GET", Route::Subscription { sub }) => op(
-            "Subscriptions_Get",
-            Some("Microsoft.Resources/subscriptions/read".into()),
+    type Ops = [(&'static str, &'static str, &'static str)];
+    let resource_ops;
+    // Per route: (method, operationId, verb of the RBAC action), the action's resource type,
+    // the scope it is checked at, and the accepted api-versions.
+    let (ops, action, scope, versions): (&Ops, Option<String>, String, &'static [&str]) = match r {
+        Route::Subscription { sub } => (
+            &[("GET", "Subscriptions_Get", "read")],
+            Some("Microsoft.Resources/subscriptions".into()),
             format!("/subscriptions/{sub}"),
             SUBSCRIPTION_VERSIONS,
         ),
-        (
-            "GET",
-            Route::Resource {
-                sub,
-                rg,
-                type_,
-                name,
-            },
-        ) => {
-            let (_, id, versions) = resources::by_type(type_);
-            op(
-                id,
-                Some(format!("{type_}/read")),
-                format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{type_}/{name}"),
-                versions,
-            )
+        Route::ResourceGroup { sub, rg } => (
+            &[
+                ("GET", "ResourceGroups_Get", "read"),
+                ("PUT", "ResourceGroups_CreateOrUpdate", "write"),
+            ],
+            Some("Microsoft.Resources/subscriptions/resourceGroups".into()),
+            format!("/subscriptions/{sub}/resourceGroups/{rg}"),
+            RESOURCES_VERSIONS,
+        ),
+        Route::Resource { ty, .. } => {
+            let (_, op, versions) = resources::by_type(ty);
+            resource_ops = [("GET", op, "read")];
+            (&resource_ops, Some(ty.to_string()), r.scope(), versions)
         }
-        ("GET" | "PUT", Route::ResourceGroup { sub, rg }) => {
-            let (id, verb) = if m == "GET" {
-                ("ResourceGroups_Get", "read")
-            } else {
-                ("ResourceGroups_CreateOrUpdate", "write")
-            };
-            op(
-                id,
-                Some(format!(
-                    "Microsoft.Resources/subscriptions/resourceGroups/{verb}"
-                )),
-                format!("/subscriptions/{sub}/resourceGroups/{rg}"),
-                RESOURCES_VERSIONS,
-            )
-        }
-        ("GET" | "PUT" | "PATCH" | "DELETE", Route::Identity { sub, rg, name }) => {
-            let (id, verb) = match m {
-                "GET" => ("UserAssignedIdentities_Get", "read"),
-                "PUT" => ("UserAssignedIdentities_CreateOrUpdate", "write"),
-                "PATCH" => ("UserAssignedIdentities_Update", "write"),
-                _ => ("UserAssignedIdentities_Delete", "delete"),
-            };
-            op(
-                id,
-                Some(format!("{MI}/{verb}")),
-                identity_scope(sub, rg, name),
-                MI_VERSIONS,
-            )
-        }
-        ("GET", Route::IdentityList { sub, rg: Some(rg) }) => op(
-            "UserAssignedIdentities_ListByResourceGroup",
+        Route::Identity { .. } => (
+            &[
+                ("GET", "UserAssignedIdentities_Get", "read"),
+                ("PUT", "UserAssignedIdentities_CreateOrUpdate", "write"),
+                ("PATCH", "UserAssignedIdentities_Update", "write"),
+                ("DELETE", "UserAssignedIdentities_Delete", "delete"),
+            ],
+            Some(MI.into()),
+            r.scope(),
+            MI_VERSIONS,
+        ),
+        Route::IdentityList { sub, rg: Some(rg) } => (
+            &[("GET", "UserAssignedIdentities_ListByResourceGroup", "read")],
             None,
             format!("/subscriptions/{sub}/resourceGroups/{rg}"),
             MI_VERSIONS,
         ),
-        ("GET", Route::IdentityList { sub, rg: None }) => op(
-            "UserAssignedIdentities_ListBySubscription",
+        Route::IdentityList { sub, rg: None } => (
+            &[("GET", "UserAssignedIdentities_ListBySubscription", "read")],
             None,
             format!("/subscriptions/{sub}"),
             MI_VERSIONS,
         ),
-        ("GET" | "PUT" | "DELETE", Route::Fic { sub, rg, name, .. })
-        | ("GET", Route::FicList { sub, rg, name }) => {
-            let (id, verb) = match (m, r) {
-                ("GET", Route::FicList { .. }) => ("FederatedIdentityCredentials_List", "read"),
-                ("GET", _) => ("FederatedIdentityCredentials_Get", "read"),
-                ("PUT", _) => ("FederatedIdentityCredentials_CreateOrUpdate", "write"),
-                _ => ("FederatedIdentityCredentials_Delete", "delete"),
-            };
-            op(
-                id,
-                Some(format!("{MI}/federatedIdentityCredentials/{verb}")),
-                identity_scope(sub, rg, name),
-                FIC_VERSIONS,
-            )
-        }
-        ("GET" | "PATCH", Route::Compute { kind, .. }) => {
-            let (id, verb) = match (m, kind) {
-                ("GET", ComputeKind::Vm) => ("VirtualMachines_Get", "read"),
-                ("GET", ComputeKind::ScaleSet) => ("VirtualMachineScaleSets_Get", "read"),
-                (_, ComputeKind::Vm) => ("VirtualMachines_Update", "write"),
-                (_, ComputeKind::ScaleSet) => ("VirtualMachineScaleSets_Update", "write"),
-            };
-            op(
-                id,
-                Some(format!("Microsoft.Compute/{}/{verb}", compute_type(*kind))),
-                compute_scope(r),
-                COMPUTE_VERSIONS,
-            )
-        }
+        Route::Fic { .. } => (
+            &[
+                ("GET", "FederatedIdentityCredentials_Get", "read"),
+                (
+                    "PUT",
+                    "FederatedIdentityCredentials_CreateOrUpdate",
+                    "write",
+                ),
+                ("DELETE", "FederatedIdentityCredentials_Delete", "delete"),
+            ],
+            Some(format!("{MI}/federatedIdentityCredentials")),
+            r.scope(),
+            FIC_VERSIONS,
+        ),
+        Route::FicList { .. } => (
+            &[("GET", "FederatedIdentityCredentials_List", "read")],
+            Some(format!("{MI}/federatedIdentityCredentials")),
+            r.scope(),
+            FIC_VERSIONS,
+        ),
+        Route::Compute { kind, .. } => (
+            match kind {
+                ComputeKind::Vm => &[
+                    ("GET", "VirtualMachines_Get", "read"),
+                    ("PATCH", "VirtualMachines_Update", "write"),
+                ],
+                ComputeKind::ScaleSet => &[
+                    ("GET", "VirtualMachineScaleSets_Get", "read"),
+                    ("PATCH", "VirtualMachineScaleSets_Update", "write"),
+                ],
+            },
+            Some(format!("Microsoft.Compute/{}", compute_type(*kind))),
+            r.scope(),
+            COMPUTE_VERSIONS,
+        ),
         // The caller that started an operation may poll it.
-        ("GET", Route::AsyncOp { sub, .. }) => op(
-            "AsyncOperation_Get",
+        Route::AsyncOp { sub, .. } => (
+            &[("GET", "AsyncOperation_Get", "read")],
             None,
             format!("/subscriptions/{sub}"),
             COMPUTE_VERSIONS,
         ),
-        ("GET" | "PUT" | "DELETE", Route::Assignment { scope, .. })
-        | ("GET", Route::AssignmentList { scope }) => {
-            let (id, verb) = match (m, r) {
-                ("GET", Route::AssignmentList { .. }) => ("RoleAssignments_ListForScope", "read"),
-                ("GET", _) => ("RoleAssignments_Get", "read"),
-                ("PUT", _) => ("RoleAssignments_Create", "write"),
-                _ => ("RoleAssignments_Delete", "delete"),
-            };
-            op(
-                id,
-                Some(format!("{RA}/{verb}")),
-                scope.clone(),
-                AUTH_VERSIONS,
-            )
-        }
+        Route::Assignment { scope, .. } => (
+            &[
+                ("GET", "RoleAssignments_Get", "read"),
+                ("PUT", "RoleAssignments_Create", "write"),
+                ("DELETE", "RoleAssignments_Delete", "delete"),
+            ],
+            Some("Microsoft.Authorization/roleAssignments".into()),
+            scope.clone(),
+            AUTH_VERSIONS,
+        ),
+        Route::AssignmentList { scope } => (
+            &[("GET", "RoleAssignments_ListForScope", "read")],
+            Some("Microsoft.Authorization/roleAssignments".into()),
+            scope.clone(),
+            AUTH_VERSIONS,
+        ),
         // Every principal of the tenant may read role definitions.
-        ("GET", Route::Definition { .. }) => {
-            op("RoleDefinitions_Get", None, "/".into(), AUTH_VERSIONS)
-        }
-        ("GET", Route::DefinitionList { scope }) => {
-            op("RoleDefinitions_List", None, scope.clone(), AUTH_VERSIONS)
-        }
-        _ => return None,
+        Route::Definition { .. } => (
+            &[("GET", "RoleDefinitions_Get", "read")],
+            None,
+            "/".into(),
+            AUTH_VERSIONS,
+        ),
+        Route::DefinitionList { scope } => (
+            &[("GET", "RoleDefinitions_List", "read")],
+            None,
+            scope.clone(),
+            AUTH_VERSIONS,
+        ),
+        Route::Unknown => return None,
+    };
+    let (_, op, verb) = ops.iter().find(|(m, _, _)| *m == method.as_str())?;
+    Some(Described {
+        op,
+        action: action.map(|a| format!("{a}/{verb}")),
+        scope,
+        versions,
     })
 }
+
+impl Route {
+    /// The scope of the resource a route names: an identity (or its credentials), a VM or scale
+    /// set, or another served resource; empty for other routes.
+    fn scope(&self) -> String {
+        let (sub, rg, ty, name) = match self {
+            Route::Identity { sub, rg, name }
+            | Route::Fic { sub, rg, name, .. }
+            | Route::FicList { sub, rg, name } => (sub, rg, MI.to_string(), name),
+            Route::Compute {
+                kind,
+                sub,
+                rg,
+                name,
+            } => (
+                sub,
+                rg,
+                format!("Microsoft.Compute/{}", compute_type(*kind)),
+                name,
+            ),
+            Route::Resource { sub, rg, ty, name } => (sub, rg, ty.to_string(), name),
+            _ => return String::new(),
+        };
+        format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{ty}/{name}")
+    }
+}
+
+const MI: &str = "Microsoft.ManagedIdentity/userAssignedIdentities";
 
 /// The scope of a user-assigned identity.
 pub(super) fn identity_scope(sub: &str, rg: &str, name: &str) -> String {
@@ -442,21 +415,6 @@ pub(super) fn compute_type(kind: ComputeKind) -> &'static str {
     match kind {
         ComputeKind::Vm => "virtualMachines",
         ComputeKind::ScaleSet => "virtualMachineScaleSets",
-    }
-}
-
-fn compute_scope(r: &Route) -> String {
-    match r {
-        Route::Compute {
-            kind,
-            sub,
-            rg,
-            name,
-        } => format!(
-            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{}/{name}",
-            compute_type(*kind)
-        ),
-        _ => String::new(),
     }
 }
 
@@ -475,47 +433,51 @@ mod tests {
 
     #[test]
     fn routes_follow_arm_url_shapes() {
-        assert!(matches!(
-            route("/subscriptions/s/resourcegroups/DevTest"),
-            Route::ResourceGroup { .. }
-        ));
-        assert!(matches!(
-            route(
-                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id1"
+        let rg = "/subscriptions/s/resourceGroups/rg/providers";
+        let cases = [
+            (
+                "/subscriptions/s/resourcegroups/DevTest".to_string(),
+                r#"ResourceGroup { sub: "s", rg: "DevTest" }"#,
             ),
-            Route::Identity { .. }
-        ));
-        assert!(matches!(
-            route("/subscriptions/s/providers/Microsoft.ManagedIdentity/userAssignedIdentities"),
-            Route::IdentityList { rg: None, .. }
-        ));
-        assert!(matches!(
-            route(
-                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+            (
+                format!("{rg}/Microsoft.ManagedIdentity/userAssignedIdentities/id1"),
+                r#"Identity { sub: "s", rg: "rg", name: "id1" }"#,
             ),
-            Route::Compute {
-                kind: ComputeKind::Vm,
-                ..
-            }
-        ));
-        assert!(matches!(
-            route(
-                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/x"
+            (
+                "/subscriptions/s/providers/Microsoft.ManagedIdentity/userAssignedIdentities"
+                    .into(),
+                r#"IdentityList { sub: "s", rg: None }"#,
             ),
-            Route::Assignment { .. }
-        ));
-        assert!(matches!(
-            route("/providers/Microsoft.Authorization/roleDefinitions/g"),
-            Route::Definition { .. }
-        ));
-        assert!(matches!(
-            route("/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions"),
-            Route::DefinitionList { .. }
-        ));
-        assert!(matches!(
-            route("/subscriptions/s/providers/Microsoft.Compute/locations/eastus/operations/o"),
-            Route::AsyncOp { .. }
-        ));
-        assert!(matches!(route("/nothing/here"), Route::Unknown));
+            (
+                format!(
+                    "{rg}/Microsoft.ManagedIdentity/userAssignedIdentities/id1/federatedIdentityCredentials/f"
+                ),
+                r#"Fic { sub: "s", rg: "rg", name: "id1", fic: "f" }"#,
+            ),
+            (
+                format!("{rg}/Microsoft.Compute/virtualMachines/vm"),
+                r#"Compute { kind: Vm, sub: "s", rg: "rg", name: "vm" }"#,
+            ),
+            (
+                format!("{rg}/Microsoft.Authorization/roleAssignments/x"),
+                r#"Assignment { scope: "/subscriptions/s/resourceGroups/rg", name: "x" }"#,
+            ),
+            (
+                "/providers/Microsoft.Authorization/roleDefinitions/g".into(),
+                r#"Definition { guid: "g" }"#,
+            ),
+            (
+                "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions".into(),
+                r#"DefinitionList { scope: "/subscriptions/s" }"#,
+            ),
+            (
+                "/subscriptions/s/providers/Microsoft.Compute/locations/eastus/operations/o".into(),
+                r#"AsyncOp { sub: "s", id: "o" }"#,
+            ),
+            ("/nothing/here".into(), "Unknown"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(format!("{:?}", route(&path)), want, "{path}");
+        }
     }
 }
