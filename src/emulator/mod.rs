@@ -7,11 +7,13 @@
 //! Tests start it in-process with [`start`] on port 0; users run `uami-controller emulator`.
 
 mod aad;
+mod admin;
 mod arm;
 pub mod faults;
 mod imds;
 pub mod knobs;
 pub mod rbac;
+mod start;
 pub mod state;
 pub mod world;
 
@@ -20,9 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
-use axum::extract::State as AxState;
-use axum::routing::{get, post};
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -32,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::Faults;
 pub use knobs::{Knobs, LroForm};
+pub use start::start;
 pub use world::World;
 
-use state::{Assignment, Compute, ComputeKind, Rg, State};
+use state::State;
 
 /// Principal id of the emulator's administrator: Owner at `/`, for tests and users acting as a
 /// human admin (`Emulator::admin_token`).
@@ -199,6 +199,47 @@ impl Inner {
         }
     }
 
+    /// Forget the counts, the injected faults and the journal.
+    pub fn reset(&self) {
+        *self.counts.lock() = Counts::default();
+        self.journal.lock().clear();
+        self.injected.lock().clear();
+    }
+
+    /// Replace the fault settings (and reseed the generator behind the rates).
+    pub fn set_faults(&self, f: Faults) {
+        *self.rng.lock() = StdRng::seed_from_u64(f.seed);
+        *self.faults.lock() = f;
+    }
+
+    /// Per-IMDS statistics.
+    pub fn imds_stats(&self) -> BTreeMap<String, ImdsStats> {
+        self.imds_stats
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.stats.clone()))
+            .collect()
+    }
+
+    /// A dump of the Azure state.
+    pub fn dump(&self) -> Value {
+        let inner = self;
+        let mut st = inner.state.lock();
+        st.settle(Instant::now());
+        let tenant = &inner.world.tenant_id;
+        json!({
+            "tenantId": tenant,
+            "resourceGroups": st.rgs.values().map(|r| json!({"subscription": r.subscription, "name": r.name, "location": r.location})).collect::<Vec<_>>(),
+            "identities": st.identities.values().map(|i| i.json()).collect::<Vec<_>>(),
+            "federatedIdentityCredentials": st.fics.iter().flat_map(|(key, fics)| {
+                let id = st.identities.get(key).map(|i| i.id()).unwrap_or_default();
+                fics.values().map(move |f| f.json(&id)).collect::<Vec<_>>()
+            }).collect::<Vec<_>>(),
+            "roleAssignments": st.assignments.values().map(|a| a.json()).collect::<Vec<_>>(),
+            "computes": st.computes.values().map(|c| c.json(&st.identities, tenant)).collect::<Vec<_>>(),
+        })
+    }
+
     /// Roll the dice for a rate fault.
     pub fn chance(&self, rate: f64) -> bool {
         rate > 0.0 && rand::Rng::random::<f64>(&mut *self.rng.lock()) < rate
@@ -212,307 +253,6 @@ pub struct Emulator {
     imds: BTreeMap<String, SocketAddr>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn build_state(world: &World) -> Result<State, EmulatorError> {
-    let mut st = State::default();
-    let now = Instant::now();
-    st.service_principals = world
-        .service_principals
-        .iter()
-        .map(|s| s.principal_id.clone())
-        .collect();
-    st.service_principals.push(ADMIN_PRINCIPAL.to_string());
-    for sub in &world.subscriptions {
-        for rg in &sub.resource_groups {
-            st.rgs.insert(
-                (sub.id.to_lowercase(), rg.name.to_lowercase()),
-                Rg {
-                    subscription: sub.id.clone(),
-                    name: rg.name.clone(),
-                    location: rg.location.clone(),
-                    tags: json!({}),
-                },
-            );
-            for vm in &rg.virtual_machines {
-                let c = Compute {
-                    kind: ComputeKind::Vm,
-                    subscription: sub.id.clone(),
-                    resource_group: rg.name.clone(),
-                    name: vm.name.clone(),
-                    location: rg.location.clone(),
-                    vm_id: uuid::Uuid::new_v4().to_string(),
-                    system_principal: vm.system_assigned.then(|| uuid::Uuid::new_v4().to_string()),
-                    user_assigned: BTreeMap::new(),
-                    etag: 1,
-                    pending: None,
-                    applied_seq: 0,
-                    instances: Vec::new(),
-                };
-                st.computes.insert(c.id().to_lowercase(), c);
-            }
-            for ss in &rg.virtual_machine_scale_sets {
-                let c = Compute {
-                    kind: ComputeKind::ScaleSet,
-                    subscription: sub.id.clone(),
-                    resource_group: rg.name.clone(),
-                    name: ss.name.clone(),
-                    location: rg.location.clone(),
-                    vm_id: uuid::Uuid::new_v4().to_string(),
-                    system_principal: ss.system_assigned.then(|| uuid::Uuid::new_v4().to_string()),
-                    user_assigned: BTreeMap::new(),
-                    etag: 1,
-                    pending: None,
-                    applied_seq: 0,
-                    instances: (0..ss.instances)
-                        .map(|i| format!("{}_{i}", ss.name))
-                        .collect(),
-                };
-                st.computes.insert(c.id().to_lowercase(), c);
-            }
-        }
-    }
-    let mut initial = world.role_assignments.clone();
-    initial.push(world::InitialAssignment {
-        principal_id: ADMIN_PRINCIPAL.into(),
-        role: "Owner".into(),
-        scope: "/".into(),
-    });
-    for (i, a) in initial.iter().enumerate() {
-        let role = rbac::find(&a.role).ok_or_else(|| {
-            EmulatorError::World(format!("roleAssignments[{i}]: unknown role {}", a.role))
-        })?;
-        let name = uuid::Uuid::new_v5(
-            &uuid::Uuid::NAMESPACE_OID,
-            format!("{}|{}|{}", a.scope, a.principal_id, role.guid).as_bytes(),
-        )
-        .to_string();
-        let asg = Assignment {
-            name,
-            scope: if a.scope == "/" {
-                "/".into()
-            } else {
-                a.scope.trim_end_matches('/').to_string()
-            },
-            role_guid: role.guid.to_string(),
-            principal_id: a.principal_id.clone(),
-            principal_type: "ServicePrincipal".into(),
-            description: None,
-            effective_at: now,
-            created_on: jiff::Timestamp::now().to_string(),
-        };
-        st.assignments.insert(asg.id().to_lowercase(), asg);
-    }
-    Ok(st)
-}
-
-/// Start the emulator: ARM and AAD on the world's listen address, one IMDS per VM and scale set
-/// instance.
-pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
-    let state = build_state(&world)?;
-    let seed = world.faults.seed;
-    let inner = Arc::new(Inner {
-        faults: Mutex::new(world.faults.clone()),
-        knobs: Mutex::new(world.knobs.clone()),
-        rng: Mutex::new(StdRng::seed_from_u64(seed)),
-        state: Mutex::new(state),
-        counts: Mutex::new(Counts::default()),
-        journal: Mutex::new(Vec::new()),
-        tokens: Mutex::new(Vec::new()),
-        key: uuid::Uuid::new_v4().as_bytes().to_vec(),
-        arm_base: Mutex::new(String::new()),
-        buckets: Mutex::new(HashMap::new()),
-        imds_stats: Mutex::new(BTreeMap::new()),
-        injected: Mutex::new(BTreeMap::new()),
-        started: Instant::now(),
-        world,
-    });
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    let listener = tokio::net::TcpListener::bind(inner.world.listen)
-        .await
-        .map_err(|source| EmulatorError::Bind {
-            addr: inner.world.listen,
-            source,
-        })?;
-    let arm_addr = listener
-        .local_addr()
-        .map_err(|source| EmulatorError::Bind {
-            addr: inner.world.listen,
-            source,
-        })?;
-    *inner.arm_base.lock() = format!("http://{arm_addr}/");
-    tasks.push(serve(listener, app(inner.clone()), stop.clone()));
-
-    let mut imds = BTreeMap::new();
-    let mut endpoints: Vec<(String, String, SocketAddr)> = Vec::new();
-    for sub in &inner.world.subscriptions {
-        for rg in &sub.resource_groups {
-            for vm in &rg.virtual_machines {
-                let id = format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}", sub.id, rg.name, vm.name).to_lowercase();
-                endpoints.push((vm.name.clone(), id, vm.imds_listen));
-            }
-            for ss in &rg.virtual_machine_scale_sets {
-                let id = format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}", sub.id, rg.name, ss.name).to_lowercase();
-                for i in 0..ss.instances {
-                    endpoints.push((
-                        format!("{}_{i}", ss.name),
-                        id.clone(),
-                        SocketAddr::from(([127, 0, 0, 1], 0)),
-                    ));
-                }
-            }
-        }
-    }
-    for (name, compute, addr) in endpoints {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| EmulatorError::Bind { addr, source })?;
-        let local = l
-            .local_addr()
-            .map_err(|source| EmulatorError::Bind { addr, source })?;
-        inner
-            .imds_stats
-            .lock()
-            .insert(name.clone(), imds::Limiter::default());
-        tasks.push(serve(
-            l,
-            imds::app(inner.clone(), name.clone(), compute),
-            stop.clone(),
-        ));
-        imds.insert(name, local);
-    }
-    Ok(Emulator {
-        inner,
-        arm_addr,
-        imds,
-        stop,
-        tasks,
-    })
-}
-
-fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    })
-}
-
-/// The ARM + AAD + admin router.
-pub(crate) fn app(inner: Arc<Inner>) -> Router {
-    Router::new()
-        .route("/_emulator/counts", get(admin_counts))
-        .route("/_emulator/reset", post(admin_reset))
-        .route("/_emulator/state", get(admin_state))
-        .route("/_emulator/journal", get(admin_journal))
-        .route("/_emulator/imds", get(admin_imds))
-        .route("/_emulator/faults", get(admin_faults).put(admin_set_faults))
-        .route("/_emulator/knobs", get(admin_knobs).put(admin_set_knobs))
-        .route("/{tenant}/oauth2/v2.0/token", post(aad::token))
-        .fallback(arm::handle)
-        .with_state(inner)
-}
-
-async fn admin_counts(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Value> {
-    let c = inner.counts.lock().clone();
-    let rows: Vec<Value> =
-        c.0.iter()
-            .map(|((o, s), n)| json!({"operation": o, "status": s, "count": n}))
-            .collect();
-    let injected = inner.injected.lock().clone();
-    axum::Json(json!({"counts": rows, "writes": c.writes(), "injected": injected}))
-}
-
-async fn admin_reset(AxState(inner): AxState<Arc<Inner>>) -> axum::http::StatusCode {
-    *inner.counts.lock() = Counts::default();
-    inner.journal.lock().clear();
-    inner.injected.lock().clear();
-    axum::http::StatusCode::NO_CONTENT
-}
-
-async fn admin_state(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Value> {
-    axum::Json(dump(&inner))
-}
-
-async fn admin_journal(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Value> {
-    axum::Json(serde_json::to_value(&*inner.journal.lock()).unwrap_or_default())
-}
-
-async fn admin_imds(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Value> {
-    let stats: BTreeMap<String, ImdsStats> = inner
-        .imds_stats
-        .lock()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.stats.clone()))
-        .collect();
-    axum::Json(serde_json::to_value(stats).unwrap_or_default())
-}
-
-async fn admin_knobs(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Knobs> {
-    axum::Json(inner.knobs.lock().clone())
-}
-
-async fn admin_set_knobs(
-    AxState(inner): AxState<Arc<Inner>>,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match serde_json::from_slice::<Knobs>(&body) {
-        Ok(k) => {
-            *inner.knobs.lock() = k.clone();
-            axum::Json(k).into_response()
-        }
-        Err(e) => (
-            axum::http::StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
-    }
-}
-
-async fn admin_faults(AxState(inner): AxState<Arc<Inner>>) -> axum::Json<Faults> {
-    axum::Json(inner.faults.lock().clone())
-}
-
-async fn admin_set_faults(
-    AxState(inner): AxState<Arc<Inner>>,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match serde_json::from_slice::<Faults>(&body) {
-        Ok(f) => {
-            *inner.rng.lock() = StdRng::seed_from_u64(f.seed);
-            *inner.faults.lock() = f.clone();
-            axum::Json(f).into_response()
-        }
-        Err(e) => (
-            axum::http::StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
-    }
-}
-
-fn dump(inner: &Inner) -> Value {
-    let mut st = inner.state.lock();
-    st.settle(Instant::now());
-    let tenant = &inner.world.tenant_id;
-    json!({
-        "tenantId": tenant,
-        "resourceGroups": st.rgs.values().map(|r| json!({"subscription": r.subscription, "name": r.name, "location": r.location})).collect::<Vec<_>>(),
-        "identities": st.identities.values().map(|i| i.json()).collect::<Vec<_>>(),
-        "federatedIdentityCredentials": st.fics.iter().flat_map(|(key, fics)| {
-            let id = st.identities.get(key).map(|i| i.id()).unwrap_or_default();
-            fics.values().map(move |f| f.json(&id)).collect::<Vec<_>>()
-        }).collect::<Vec<_>>(),
-        "roleAssignments": st.assignments.values().map(|a| a.json()).collect::<Vec<_>>(),
-        "computes": st.computes.values().map(|c| c.json(&st.identities, tenant)).collect::<Vec<_>>(),
-    })
 }
 
 impl Emulator {
@@ -555,9 +295,7 @@ impl Emulator {
 
     /// Forget the counts, the injected faults and the journal.
     pub fn reset_counts(&self) {
-        *self.inner.counts.lock() = Counts::default();
-        self.inner.journal.lock().clear();
-        self.inner.injected.lock().clear();
+        self.inner.reset();
     }
 
     /// Faults injected so far, by kind (`faults::kind`).
@@ -572,13 +310,12 @@ impl Emulator {
 
     /// A dump of the Azure state.
     pub fn state(&self) -> Value {
-        dump(&self.inner)
+        self.inner.dump()
     }
 
     /// Replace the fault settings.
     pub fn set_faults(&self, f: Faults) {
-        *self.inner.rng.lock() = StdRng::seed_from_u64(f.seed);
-        *self.inner.faults.lock() = f;
+        self.inner.set_faults(f);
     }
 
     /// Replace the behaviour knobs (LRO forms, page size, link base).
@@ -598,12 +335,7 @@ impl Emulator {
 
     /// Per-IMDS statistics.
     pub fn imds_stats(&self) -> BTreeMap<String, ImdsStats> {
-        self.inner
-            .imds_stats
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.stats.clone()))
-            .collect()
+        self.inner.imds_stats()
     }
 
     /// A token for any principal (RBAC still applies to it).

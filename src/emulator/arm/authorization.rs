@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::route::subscription_of;
-use super::{arm_err, eq};
+use super::{arm_err, bad_request, eq};
 use crate::emulator::aad::Claims;
 use crate::emulator::faults::kind as fk;
 use crate::emulator::state::{Assignment, State as Az};
@@ -73,8 +73,7 @@ pub(super) fn assignment_put(
     now: Instant,
 ) -> (StatusCode, Value) {
     if uuid::Uuid::parse_str(name).is_err() {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "InvalidRoleAssignmentId",
             &format!(
                 "The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID."
@@ -86,8 +85,7 @@ pub(super) fn assignment_put(
         props.and_then(|p| p["roleDefinitionId"].as_str()),
         props.and_then(|p| p["principalId"].as_str()),
     ) else {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "InvalidRequestContent",
             "The request content was invalid: properties.roleDefinitionId and properties.principalId are required.",
         );
@@ -98,8 +96,7 @@ pub(super) fn assignment_put(
         .to_string();
     let guid = def_id.rsplit('/').next().unwrap_or_default().to_lowercase();
     let Some(role) = rbac::find(&guid) else {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "RoleDefinitionDoesNotExist",
             &format!("The specified role definition with ID '{guid}' does not exist."),
         );
@@ -112,8 +109,7 @@ pub(super) fn assignment_put(
         inner.inject(fk::PRINCIPAL_NOT_FOUND);
     }
     if !st.principal_exists(principal) || young {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "PrincipalNotFound",
             &format!(
                 "Principal {} does not exist in the directory {}. Check that you have the correct principal ID. If you are creating this principal and then immediately assigning a role, this error might be related to a replication delay. In this case, set the role assignment principalType property to a value, such as ServicePrincipal, User, or Group.  See https://aka.ms/docs-principaltype",
@@ -131,8 +127,7 @@ pub(super) fn assignment_put(
         {
             return (StatusCode::OK, existing.json());
         }
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "RoleAssignmentUpdateNotPermitted",
             "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.",
         );
@@ -180,8 +175,7 @@ pub(super) fn assignment_list(st: &Az, scope: &str, filter: Option<&str>) -> (St
         .and_then(|f| f.strip_suffix('\''));
     let at_scope = filter == Some("atScope()");
     if filter.is_some() && principal.is_none() && !at_scope {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "UnsupportedQuery",
             &format!(
                 "The filter '{}' is not supported.",

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::authorization::authorized;
 use super::gate::server_error;
 use super::route::compute_type;
-use super::{Answer, arm_err, lro};
+use super::{Answer, arm_err, bad_request, lro};
 use crate::emulator::Inner;
 use crate::emulator::aad::Claims;
 use crate::emulator::faults::{kind as fk, take_next};
@@ -88,8 +88,7 @@ pub(super) fn compute_patch(
         .into();
     }
     let Some(body) = body.filter(|b| b.is_object()) else {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "InvalidRequestContent",
             "The request content was invalid and could not be deserialized.",
         )
@@ -122,15 +121,10 @@ pub(super) fn compute_patch(
     });
     if let Some(identity) = body.get("identity").filter(|v| !v.is_null()) {
         let Some(t) = identity["type"].as_str() else {
-            return arm_err(
-                StatusCode::BAD_REQUEST,
-                "InvalidParameter",
-                "Property 'identity.type' is required.",
-            )
-            .into();
+            return bad_request("InvalidParameter", "Property 'identity.type' is required.").into();
         };
         if !IDENTITY_TYPES.contains(&t) {
-            return arm_err(StatusCode::BAD_REQUEST, "InvalidParameter", &format!("The value '{t}' of parameter 'identity.type' is not valid. Allowed values are 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned', 'None'.")).into();
+            return bad_request("InvalidParameter", &format!("The value '{t}' of parameter 'identity.type' is not valid. Allowed values are 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned', 'None'.")).into();
         }
         let map = identity["userAssignedIdentities"].as_object();
         // Compute refuses any `userAssignedIdentities` next to `SystemAssigned` or `None`, null
@@ -152,8 +146,7 @@ pub(super) fn compute_patch(
                     change.user_assigned.remove(&lower);
                 } else {
                     if !st.identities.contains_key(&lower) {
-                        return arm_err(
-                            StatusCode::BAD_REQUEST,
+                        return bad_request(
                             "FailedIdentityOperation",
                             &format!(
                                 "Identity '{id}' does not exist or is not a user assigned identity."
@@ -180,8 +173,7 @@ pub(super) fn compute_patch(
             }
         }
         if t.contains("UserAssigned") && change.user_assigned.is_empty() {
-            return arm_err(
-                StatusCode::BAD_REQUEST,
+            return bad_request(
                 "InvalidParameter",
                 &format!("The identity type '{t}' requires at least one user assigned identity."),
             )

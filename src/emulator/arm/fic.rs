@@ -11,9 +11,9 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::arm_err;
 use super::identities::{identity_key, identity_missing};
 use super::route::Route;
+use super::{arm_err, bad_request, invalid_name};
 use crate::emulator::Inner;
 use crate::emulator::state::{IdentityState, State as Az};
 
@@ -51,10 +51,7 @@ impl Fic {
 
 /// The name rule of the MSI document: `^[a-zA-Z0-9]{1}[a-zA-Z0-9-_]{2,119}$`.
 pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && (3..=120).contains(&name.len())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    super::valid_name(name, 120)
 }
 
 /// Azure requires an `https` issuer; the emulator also takes `http` on loopback, where the
@@ -111,13 +108,9 @@ pub fn put(
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
     if !valid_name(name) {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
-            "InvalidResourceName",
-            &format!(
-                "Resource name '{name}' is invalid. The name must match ^[a-zA-Z0-9]{{1}}[a-zA-Z0-9-_]{{2,119}}$."
-            ),
-        );
+        return invalid_name(&format!(
+            "Resource name '{name}' is invalid. The name must match ^[a-zA-Z0-9]{{1}}[a-zA-Z0-9-_]{{2,119}}$."
+        ));
     }
     let props = body.map(|b| &b["properties"]);
     let issuer = props.and_then(|p| p["issuer"].as_str()).unwrap_or_default();
@@ -133,22 +126,19 @@ pub fn put(
         })
         .unwrap_or_default();
     if issuer.is_empty() || subject.is_empty() || audiences.is_empty() {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "InvalidRequestContent",
             "The request content was invalid: properties.issuer, properties.subject and properties.audiences are required.",
         );
     }
     if !valid_issuer(issuer) {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "BadRequest",
             &format!("The issuer '{issuer}' is invalid. The issuer must be an https URL."),
         );
     }
     if audiences.len() != 1 {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "BadRequest",
             "Only one audience is allowed in a federated identity credential.",
         );
@@ -159,8 +149,7 @@ pub fn put(
         .values()
         .any(|f| f.name.to_lowercase() != lower && f.issuer == issuer && f.subject == subject)
     {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "BadRequest",
             &format!(
                 "A federated identity credential with issuer '{issuer}' and subject '{subject}' already exists on this identity."
@@ -169,8 +158,7 @@ pub fn put(
     }
     let created = !existing.contains_key(&lower);
     if created && existing.len() >= MAX_PER_IDENTITY {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "BadRequest",
             &format!(
                 "A maximum of {MAX_PER_IDENTITY} federated identity credentials can be added to a user-assigned managed identity; '{}' has {}.",

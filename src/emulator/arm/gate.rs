@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
 use super::route::subscription_of;
-use super::{Answer, Ran, arm_err, eq};
+use super::{Answer, Ran, arm_err, bad_request, eq};
 use crate::emulator::Inner;
 use crate::emulator::aad::{self, Claims};
 use crate::emulator::faults::{arm_limits, kind as fk, take_next};
@@ -20,13 +20,11 @@ pub(super) fn api_version(
     versions: &[&str],
 ) -> Result<(), (StatusCode, Value)> {
     match query.get("api-version") {
-        None => Err(arm_err(
-            StatusCode::BAD_REQUEST,
+        None => Err(bad_request(
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         )),
-        Some(v) if !versions.contains(&v.as_str()) => Err(arm_err(
-            StatusCode::BAD_REQUEST,
+        Some(v) if !versions.contains(&v.as_str()) => Err(bad_request(
             "InvalidApiVersionParameter",
             &format!(
                 "The api-version '{v}' is invalid. The supported versions are '{}'.",

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{arm_err, eq};
+use super::{arm_err, bad_request, eq};
 use crate::emulator::Inner;
 use crate::emulator::state::{Rg, State as Az};
 
@@ -54,8 +54,7 @@ pub(super) fn rg_put(
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
     let Some(location) = body.and_then(|b| b["location"].as_str()) else {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "LocationRequired",
             "The location property is required for this definition.",
         );

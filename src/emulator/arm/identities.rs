@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::authorization::authorized;
 use super::groups::rg_missing;
 use super::route::identity_scope;
-use super::{arm_err, eq};
+use super::{arm_err, bad_request, eq, invalid_name, valid_name};
 use crate::emulator::Inner;
 use crate::emulator::aad::Claims;
 use crate::emulator::state::{IdentityState, State as Az};
@@ -41,18 +41,6 @@ pub(super) fn identity_get(st: &Az, sub: &str, rg: &str, name: &str) -> (StatusC
     }
 }
 
-fn valid_identity_name(name: &str) -> bool {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    (3..=128).contains(&name.len())
-        && ok_chars
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-}
-
 pub(super) fn identity_put(
     inner: &Inner,
     st: &mut Az,
@@ -62,29 +50,23 @@ pub(super) fn identity_put(
     headers: &HeaderMap,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    if !valid_identity_name(name) {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
-            "InvalidResourceName",
-            &format!(
-                "Resource name {name} is invalid. The name can be between 3 and 128 characters long, must start with a letter or number, and can contain only letters, numbers, hyphens and underscores."
-            ),
-        );
+    if !valid_name(name, 128) {
+        return invalid_name(&format!(
+            "Resource name {name} is invalid. The name can be between 3 and 128 characters long, must start with a letter or number, and can contain only letters, numbers, hyphens and underscores."
+        ));
     }
     let Some(rg_state) = st.rgs.get(&(sub.to_lowercase(), rg.to_lowercase())) else {
         return rg_missing(rg);
     };
     let rg_name = rg_state.name.clone();
     let Some(body) = body.filter(|b| b.is_object()) else {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "InvalidRequestContent",
             "The request content was invalid and could not be deserialized.",
         );
     };
     let Some(location) = body["location"].as_str() else {
-        return arm_err(
-            StatusCode::BAD_REQUEST,
+        return bad_request(
             "LocationRequired",
             "The location property is required for this definition.",
         );
@@ -112,8 +94,7 @@ pub(super) fn identity_put(
             &existing.location.replace(' ', ""),
             &location.replace(' ', ""),
         ) {
-            return arm_err(
-                StatusCode::BAD_REQUEST,
+            return bad_request(
                 "InvalidResourceLocation",
                 &format!(
                     "The resource '{name}' already exists in location '{}' in resource group '{rg}'. A resource with the same name cannot be created in location '{location}'. Please select a new resource name.",

@@ -49,6 +49,25 @@ pub fn arm_err(status: StatusCode, code: &str, message: &str) -> (StatusCode, Va
     (status, json!({"error": {"code": code, "message": message}}))
 }
 
+/// ARM's 400 with `code` and `message`.
+pub fn bad_request(code: &str, message: &str) -> (StatusCode, Value) {
+    arm_err(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// ARM's 400 `InvalidResourceName` with `message`.
+fn invalid_name(message: &str) -> (StatusCode, Value) {
+    bad_request("InvalidResourceName", message)
+}
+
+/// The name rule of user-assigned identities and their federated identity credentials: 3 to
+/// `max` letters, digits, hyphens and underscores, starting with a letter or digit.
+fn valid_name(name: &str, max: usize) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && (3..=max).contains(&name.len())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// An answer: status, JSON body (none when null) and headers.
 pub(super) struct Answer {
     pub(super) status: StatusCode,

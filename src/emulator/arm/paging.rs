@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::{arm_err, bad_request};
 use crate::emulator::Inner;
 
 /// Cut a list answer `body` to the page the request's `$skiptoken` names; `Err` with ARM's
@@ -23,9 +24,9 @@ pub(super) fn page(
     let start = match query.get("$skiptoken") {
         None => 0,
         Some(t) => t.parse::<usize>().map_err(|_| {
-            (
-                StatusCode::BAD_REQUEST,
-                json!({"error": {"code": "InvalidSkipToken", "message": format!("The skip token '{t}' is not valid.")}}),
+            bad_request(
+                "InvalidSkipToken",
+                &format!("The skip token '{t}' is not valid."),
             )
         })?,
     };
@@ -53,9 +54,10 @@ pub(super) fn page(
         let mut link = url::Url::parse(&base)
             .and_then(|b| b.join(path.trim_start_matches('/')))
             .map_err(|_| {
-                (
+                arm_err(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": {"code": "InternalServerError", "message": "bad link base"}}),
+                    "InternalServerError",
+                    "bad link base",
                 )
             })?;
         {

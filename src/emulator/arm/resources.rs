@@ -4,6 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::arm_err;
 use crate::emulator::Inner;
 
 /// Resource types served here: (namespace/type, operation id, accepted api-versions).
@@ -81,9 +82,12 @@ pub(super) fn get(
                 .map(|n| (s.id.clone(), r.name.clone(), r.location.clone(), n.clone()))
         });
     let Some((sub, rg, location, name)) = found else {
-        return (
+        return arm_err(
             StatusCode::NOT_FOUND,
-            json!({"error": {"code": "ResourceNotFound", "message": format!("The Resource '{type_}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix")}}),
+            "ResourceNotFound",
+            &format!(
+                "The Resource '{type_}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+            ),
         );
     };
     let id = format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{type_}/{name}");

@@ -1,0 +1,204 @@
+//! Starting the emulator: the initial state from the world, the ARM listener, and one IMDS
+//! listener per VM and scale set instance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Assignment, Compute, ComputeKind, Rg, State};
+use super::{
+    ADMIN_PRINCIPAL, Counts, Emulator, EmulatorError, Inner, World, admin, imds, rbac, world,
+};
+
+/// Start the emulator: ARM and AAD on the world's listen address, one IMDS per VM and scale set
+/// instance.
+pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
+    let state = initial_state(&world)?;
+    let seed = world.faults.seed;
+    let inner = Arc::new(Inner {
+        faults: Mutex::new(world.faults.clone()),
+        knobs: Mutex::new(world.knobs.clone()),
+        rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        state: Mutex::new(state),
+        counts: Mutex::new(Counts::default()),
+        journal: Mutex::new(Vec::new()),
+        tokens: Mutex::new(Vec::new()),
+        key: uuid::Uuid::new_v4().as_bytes().to_vec(),
+        arm_base: Mutex::new(String::new()),
+        buckets: Mutex::new(HashMap::new()),
+        imds_stats: Mutex::new(BTreeMap::new()),
+        injected: Mutex::new(BTreeMap::new()),
+        started: Instant::now(),
+        world,
+    });
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let (listener, arm_addr) = bind(inner.world.listen).await?;
+    *inner.arm_base.lock() = format!("http://{arm_addr}/");
+    tasks.push(serve(listener, admin::app(inner.clone()), stop.clone()));
+
+    let mut imds = BTreeMap::new();
+    let mut endpoints: Vec<(String, String, SocketAddr)> = Vec::new();
+    for sub in &inner.world.subscriptions {
+        for rg in &sub.resource_groups {
+            let id = |t: &str, name: &str| {
+                format!(
+                    "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{t}/{name}",
+                    sub.id, rg.name
+                )
+                .to_lowercase()
+            };
+            for vm in &rg.virtual_machines {
+                let id = id("virtualMachines", &vm.name);
+                endpoints.push((vm.name.clone(), id, vm.imds_listen));
+            }
+            for ss in &rg.virtual_machine_scale_sets {
+                let id = id("virtualMachineScaleSets", &ss.name);
+                for i in 0..ss.instances {
+                    endpoints.push((
+                        format!("{}_{i}", ss.name),
+                        id.clone(),
+                        SocketAddr::from(([127, 0, 0, 1], 0)),
+                    ));
+                }
+            }
+        }
+    }
+    for (name, compute, addr) in endpoints {
+        let (l, local) = bind(addr).await?;
+        inner
+            .imds_stats
+            .lock()
+            .insert(name.clone(), imds::Limiter::default());
+        tasks.push(serve(
+            l,
+            imds::app(inner.clone(), name.clone(), compute),
+            stop.clone(),
+        ));
+        imds.insert(name, local);
+    }
+    Ok(Emulator {
+        inner,
+        arm_addr,
+        imds,
+        stop,
+        tasks,
+    })
+}
+
+/// A listener on `addr` and the address it got.
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), EmulatorError> {
+    let bound = |source| EmulatorError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    })
+}
+
+/// The Azure state the world describes, with the emulator's administrator as Owner at `/`.
+fn initial_state(world: &World) -> Result<State, EmulatorError> {
+    let mut st = State::default();
+    let now = Instant::now();
+    st.service_principals = world
+        .service_principals
+        .iter()
+        .map(|s| s.principal_id.clone())
+        .collect();
+    st.service_principals.push(ADMIN_PRINCIPAL.to_string());
+    for sub in &world.subscriptions {
+        for rg in &sub.resource_groups {
+            st.rgs.insert(
+                (sub.id.to_lowercase(), rg.name.to_lowercase()),
+                Rg {
+                    subscription: sub.id.clone(),
+                    name: rg.name.clone(),
+                    location: rg.location.clone(),
+                    tags: json!({}),
+                },
+            );
+            let compute = |kind, name: &str, system_assigned: bool, instances| Compute {
+                kind,
+                subscription: sub.id.clone(),
+                resource_group: rg.name.clone(),
+                name: name.to_string(),
+                location: rg.location.clone(),
+                vm_id: uuid::Uuid::new_v4().to_string(),
+                system_principal: system_assigned.then(|| uuid::Uuid::new_v4().to_string()),
+                user_assigned: BTreeMap::new(),
+                etag: 1,
+                pending: None,
+                applied_seq: 0,
+                instances,
+            };
+            let vms = rg
+                .virtual_machines
+                .iter()
+                .map(|vm| compute(ComputeKind::Vm, &vm.name, vm.system_assigned, Vec::new()));
+            let scale_sets = rg.virtual_machine_scale_sets.iter().map(|ss| {
+                let instances = (0..ss.instances)
+                    .map(|i| format!("{}_{i}", ss.name))
+                    .collect();
+                compute(
+                    ComputeKind::ScaleSet,
+                    &ss.name,
+                    ss.system_assigned,
+                    instances,
+                )
+            });
+            for c in vms.chain(scale_sets) {
+                st.computes.insert(c.id().to_lowercase(), c);
+            }
+        }
+    }
+    let mut initial = world.role_assignments.clone();
+    initial.push(world::InitialAssignment {
+        principal_id: ADMIN_PRINCIPAL.into(),
+        role: "Owner".into(),
+        scope: "/".into(),
+    });
+    for (i, a) in initial.iter().enumerate() {
+        let role = rbac::find(&a.role).ok_or_else(|| {
+            EmulatorError::World(format!("roleAssignments[{i}]: unknown role {}", a.role))
+        })?;
+        let name = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("{}|{}|{}", a.scope, a.principal_id, role.guid).as_bytes(),
+        )
+        .to_string();
+        let asg = Assignment {
+            name,
+            scope: if a.scope == "/" {
+                "/".into()
+            } else {
+                a.scope.trim_end_matches('/').to_string()
+            },
+            role_guid: role.guid.to_string(),
+            principal_id: a.principal_id.clone(),
+            principal_type: "ServicePrincipal".into(),
+            description: None,
+            effective_at: now,
+            created_on: jiff::Timestamp::now().to_string(),
+        };
+        st.assignments.insert(asg.id().to_lowercase(), asg);
+    }
+    Ok(st)
+}
