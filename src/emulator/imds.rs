@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::faults::take_next;
 use super::state::ComputeKind;
 use super::{Exchange, ImdsStats, Inner, aad};
 
@@ -138,30 +139,32 @@ async fn token_answer(
         );
     };
     {
-        let mut f = imds.inner.faults.lock();
-        if f.imds_throttle_next > 0 {
-            f.imds_throttle_next -= 1;
-            return err(
+        let mut faults = imds.inner.faults.lock();
+        let f = &mut *faults;
+        let injected = [
+            (
+                &mut f.imds_throttle_next,
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
                 "Too many requests.",
-            );
-        }
-        if f.imds_gone_next > 0 {
-            f.imds_gone_next -= 1;
-            return err(
+            ),
+            (
+                &mut f.imds_gone_next,
                 StatusCode::GONE,
                 "service_unavailable",
                 "IMDS is going through updates.",
-            );
-        }
-        if f.imds_server_error_next > 0 {
-            f.imds_server_error_next -= 1;
-            return err(
+            ),
+            (
+                &mut f.imds_server_error_next,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "An unexpected error occurred.",
-            );
+            ),
+        ];
+        for (next, status, error, description) in injected {
+            if take_next(next) {
+                return err(status, error, description);
+            }
         }
     }
     if q.get("api-version").is_none_or(|v| v.is_empty()) {

@@ -2,117 +2,30 @@
 //! and notActions, and the check "may this principal perform this action at this scope", from the
 //! effective role assignments at the scope or any parent scope.
 
+use std::sync::LazyLock;
+
 use serde_json::{Value, json};
 
 /// A built-in role definition.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Role {
     /// Role definition GUID.
-    pub guid: &'static str,
+    pub guid: String,
     /// Role name.
-    pub name: &'static str,
+    pub name: String,
     /// Description.
-    pub description: &'static str,
+    pub description: String,
     /// Allowed actions (wildcards allowed).
-    pub actions: &'static [&'static str],
+    pub actions: Vec<String>,
     /// Excluded actions.
-    pub not_actions: &'static [&'static str],
+    pub not_actions: Vec<String>,
 }
 
-/// The built-in roles the emulator knows.
-pub const BUILT_IN: &[Role] = &[
-    Role {
-        guid: "acdd72a7-3385-48ef-bd42-f606fba81ae7",
-        name: "Reader",
-        description: "View all resources, but does not allow you to make any changes.",
-        actions: &["*/read"],
-        not_actions: &[],
-    },
-    Role {
-        guid: "b24988ac-6180-42a0-ab88-20f7382dd24c",
-        name: "Contributor",
-        description: "Grants full access to manage all resources, but does not allow you to assign roles in Azure RBAC.",
-        actions: &["*"],
-        not_actions: &[
-            "Microsoft.Authorization/*/Delete",
-            "Microsoft.Authorization/*/Write",
-            "Microsoft.Authorization/elevateAccess/Action",
-        ],
-    },
-    Role {
-        guid: "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
-        name: "Owner",
-        description: "Grants full access to manage all resources, including the ability to assign roles in Azure RBAC.",
-        actions: &["*"],
-        not_actions: &[],
-    },
-    Role {
-        guid: "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
-        name: "User Access Administrator",
-        description: "Lets you manage user access to Azure resources.",
-        actions: &["*/read", "Microsoft.Authorization/*", "Microsoft.Support/*"],
-        not_actions: &[],
-    },
-    Role {
-        guid: "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
-        name: "Role Based Access Control Administrator",
-        description: "Manage access to Azure resources by assigning roles using Azure RBAC.",
-        actions: &[
-            "Microsoft.Authorization/roleAssignments/write",
-            "Microsoft.Authorization/roleAssignments/delete",
-            "*/read",
-            "Microsoft.Support/*",
-        ],
-        not_actions: &[],
-    },
-    Role {
-        guid: "e40ec5ca-96e0-45a2-b4ff-59039f2c2b59",
-        name: "Managed Identity Contributor",
-        description: "Create, Read, Update, and Delete User Assigned Identity",
-        actions: &[
-            "Microsoft.ManagedIdentity/userAssignedIdentities/read",
-            "Microsoft.ManagedIdentity/userAssignedIdentities/write",
-            "Microsoft.ManagedIdentity/userAssignedIdentities/delete",
-            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/*",
-            "Microsoft.Authorization/*/read",
-            "Microsoft.Insights/alertRules/*",
-            "Microsoft.Resources/subscriptions/resourceGroups/read",
-            "Microsoft.Resources/deployments/*",
-            "Microsoft.Support/*",
-        ],
-        not_actions: &[],
-    },
-    Role {
-        guid: "f1a07417-d97a-45cb-824c-7a7467783830",
-        name: "Managed Identity Operator",
-        description: "Read and Assign User Assigned Identity",
-        actions: &[
-            "Microsoft.ManagedIdentity/userAssignedIdentities/*/read",
-            "Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action",
-            "Microsoft.Authorization/*/read",
-            "Microsoft.Insights/alertRules/*",
-            "Microsoft.Resources/subscriptions/resourceGroups/read",
-            "Microsoft.Resources/deployments/*",
-            "Microsoft.Support/*",
-        ],
-        not_actions: &[],
-    },
-    Role {
-        guid: "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
-        name: "Virtual Machine Contributor",
-        description: "Create and manage virtual machines, manage disks, install and run software, reset password of the root user of the virtual machine using VM extensions, and connect to Linux virtual machine using SSH public key authentication.",
-        actions: &[
-            "Microsoft.Authorization/*/read",
-            "Microsoft.Compute/virtualMachines/*",
-            "Microsoft.Compute/virtualMachineScaleSets/*",
-            "Microsoft.Compute/locations/*",
-            "Microsoft.Resources/subscriptions/resourceGroups/read",
-            "Microsoft.Resources/deployments/*",
-            "Microsoft.Support/*",
-        ],
-        not_actions: &[],
-    },
-];
+/// The built-in roles the emulator knows, with the actions Azure gives them
+/// (`builtin-roles.json`).
+pub static BUILT_IN: LazyLock<Vec<Role>> =
+    LazyLock::new(|| serde_json::from_str(include_str!("builtin-roles.json")).unwrap_or_default());
 
 /// The built-in role with this name or GUID (case-insensitive).
 pub fn find(name_or_guid: &str) -> Option<&'static Role> {
@@ -214,6 +127,24 @@ pub fn definition_json(role: &Role, subscription: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_in_roles_load() {
+        let names: Vec<&str> = BUILT_IN.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Reader",
+                "Contributor",
+                "Owner",
+                "User Access Administrator",
+                "Role Based Access Control Administrator",
+                "Managed Identity Contributor",
+                "Managed Identity Operator",
+                "Virtual Machine Contributor"
+            ]
+        );
+    }
 
     #[test]
     fn built_in_roles_mean_what_azure_says() {

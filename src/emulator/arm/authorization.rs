@@ -223,7 +223,7 @@ pub(super) fn definition_list(scope: &str, filter: Option<&str>) -> (StatusCode,
     };
     let value: Vec<Value> = rbac::BUILT_IN
         .iter()
-        .filter(|r| name.as_deref().is_none_or(|n| eq(r.name, n)))
+        .filter(|r| name.as_deref().is_none_or(|n| eq(&r.name, n)))
         .map(|r| rbac::definition_json(r, sub.as_deref()))
         .collect();
     (StatusCode::OK, json!({"value": value}))
