@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::identities::{identity_key, identity_missing};
+use super::identities::Ident;
 use super::route::Route;
 use super::{arm_err, bad_request, invalid_name};
 use crate::emulator::Inner;
@@ -248,9 +248,10 @@ pub(super) fn begin<'a>(inner: &'a Inner, st: &mut Az, method: &Method, r: &Rout
     let (Route::Fic { sub, rg, name, .. } | Route::FicList { sub, rg, name }) = r else {
         return Step::Done(arm_err(StatusCode::NOT_FOUND, "NotFound", "Not found."));
     };
-    let key = identity_key(sub, rg, name);
+    let id = Ident { sub, rg, name };
+    let key = id.key();
     let Some(identity) = st.identities.get(&key).cloned() else {
-        return Step::Done(identity_missing(rg, name));
+        return Step::Done(id.missing());
     };
     Step::Done(match (method.as_str(), r) {
         ("GET", Route::Fic { fic: f, .. }) => get(st, &identity, &key, f),
@@ -290,11 +291,12 @@ pub(super) async fn write(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let key = identity_key(sub, rg, name);
+    let id = Ident { sub, rg, name };
+    let key = id.key();
     let answer = {
         let mut st = inner.state.lock();
         match st.identities.get(&key).cloned() {
-            None => identity_missing(rg, name),
+            None => id.missing(),
             Some(identity) if *method == Method::PUT => put(&mut st, &identity, &key, f, body),
             Some(_) => delete(&mut st, &key, f),
         }

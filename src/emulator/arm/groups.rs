@@ -40,10 +40,18 @@ pub(super) fn rg_missing(rg: &str) -> (StatusCode, Value) {
     )
 }
 
+/// The resource group `rg` of `sub`, or the answer that it does not exist.
+pub(super) fn group<'a>(st: &'a Az, sub: &str, rg: &str) -> Result<&'a Rg, (StatusCode, Value)> {
+    st.rgs
+        .get(&(sub.to_lowercase(), rg.to_lowercase()))
+        .ok_or_else(|| rg_missing(rg))
+}
+
+/// `GET` of a resource group.
 pub(super) fn rg_get(st: &Az, sub: &str, rg: &str) -> (StatusCode, Value) {
-    match st.rgs.get(&(sub.to_lowercase(), rg.to_lowercase())) {
-        Some(r) => (StatusCode::OK, rg_json(r)),
-        None => rg_missing(rg),
+    match group(st, sub, rg) {
+        Ok(r) => (StatusCode::OK, rg_json(r)),
+        Err(missing) => missing,
     }
 }
 

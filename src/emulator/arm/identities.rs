@@ -7,58 +7,70 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::authorization::authorized;
-use super::groups::rg_missing;
+use super::groups::group;
 use super::route::identity_scope;
 use super::{arm_err, bad_request, eq, invalid_name, valid_name};
 use crate::emulator::Inner;
 use crate::emulator::aad::Claims;
 use crate::emulator::state::{IdentityState, State as Az};
 
-pub(super) fn identity_key(sub: &str, rg: &str, name: &str) -> String {
-    format!("/subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.managedidentity/userassignedidentities/{name}").to_lowercase()
+/// A user-assigned identity as its path names it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ident<'a> {
+    pub(super) sub: &'a str,
+    pub(super) rg: &'a str,
+    pub(super) name: &'a str,
 }
 
-pub(super) fn identity_missing(rg: &str, name: &str) -> (StatusCode, Value) {
-    arm_err(
-        StatusCode::NOT_FOUND,
-        "ResourceNotFound",
-        &format!(
-            "The Resource 'Microsoft.ManagedIdentity/userAssignedIdentities/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
-        ),
-    )
-}
-
-pub(super) fn identity_get(st: &Az, sub: &str, rg: &str, name: &str) -> (StatusCode, Value) {
-    if !st
-        .rgs
-        .contains_key(&(sub.to_lowercase(), rg.to_lowercase()))
-    {
-        return rg_missing(rg);
+impl Ident<'_> {
+    /// Its key in the state: the id, lower-case.
+    pub(super) fn key(&self) -> String {
+        let Ident { sub, rg, name } = self;
+        format!("/subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.managedidentity/userassignedidentities/{name}").to_lowercase()
     }
-    match st.identities.get(&identity_key(sub, rg, name)) {
+
+    /// The answer when it does not exist.
+    pub(super) fn missing(&self) -> (StatusCode, Value) {
+        let Ident { rg, name, .. } = self;
+        arm_err(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!(
+                "The Resource 'Microsoft.ManagedIdentity/userAssignedIdentities/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+            ),
+        )
+    }
+}
+
+/// `GET`.
+pub(super) fn get(st: &Az, id: Ident<'_>) -> (StatusCode, Value) {
+    if let Err(missing) = group(st, id.sub, id.rg) {
+        return missing;
+    }
+    match st.identities.get(&id.key()) {
         Some(i) => (StatusCode::OK, i.json()),
-        None => identity_missing(rg, name),
+        None => id.missing(),
     }
 }
 
-pub(super) fn identity_put(
+/// `PUT`: create (201) or update the tags (200); `If-None-Match: *` creates only.
+pub(super) fn put(
     inner: &Inner,
     st: &mut Az,
-    sub: &str,
-    rg: &str,
-    name: &str,
+    id: Ident<'_>,
     headers: &HeaderMap,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
+    let Ident { sub, rg, name } = id;
     if !valid_name(name, 128) {
         return invalid_name(&format!(
             "Resource name {name} is invalid. The name can be between 3 and 128 characters long, must start with a letter or number, and can contain only letters, numbers, hyphens and underscores."
         ));
     }
-    let Some(rg_state) = st.rgs.get(&(sub.to_lowercase(), rg.to_lowercase())) else {
-        return rg_missing(rg);
+    let rg_name = match group(st, sub, rg) {
+        Ok(r) => r.name.clone(),
+        Err(missing) => return missing,
     };
-    let rg_name = rg_state.name.clone();
     let Some(body) = body.filter(|b| b.is_object()) else {
         return bad_request(
             "InvalidRequestContent",
@@ -76,7 +88,7 @@ pub(super) fn identity_put(
     } else {
         json!({})
     };
-    let key = identity_key(sub, rg, name);
+    let key = id.key();
     // As ARM: `If-None-Match: *` creates only; an existing resource answers 412.
     let create_only = headers
         .get("if-none-match")
@@ -121,15 +133,10 @@ pub(super) fn identity_put(
     (StatusCode::CREATED, body)
 }
 
-pub(super) fn identity_patch(
-    st: &mut Az,
-    sub: &str,
-    rg: &str,
-    name: &str,
-    body: Option<&Value>,
-) -> (StatusCode, Value) {
-    let Some(existing) = st.identities.get_mut(&identity_key(sub, rg, name)) else {
-        return identity_missing(rg, name);
+/// `PATCH`: the tags.
+pub(super) fn patch(st: &mut Az, id: Ident<'_>, body: Option<&Value>) -> (StatusCode, Value) {
+    let Some(existing) = st.identities.get_mut(&id.key()) else {
+        return id.missing();
     };
     if let Some(tags) = body.map(|b| &b["tags"]).filter(|t| t.is_object()) {
         existing.tags = tags.clone();
@@ -137,29 +144,27 @@ pub(super) fn identity_patch(
     (StatusCode::OK, existing.json())
 }
 
-pub(super) fn identity_delete(st: &mut Az, sub: &str, rg: &str, name: &str) -> (StatusCode, Value) {
+/// `DELETE`: 200 when it existed, 204 when not.
+pub(super) fn delete(st: &mut Az, id: Ident<'_>) -> (StatusCode, Value) {
     // Its federated identity credentials go with it.
-    st.fics.remove(&identity_key(sub, rg, name));
+    st.fics.remove(&id.key());
     // As in Azure, VMs keep listing a deleted identity until they are updated.
-    match st.identities.remove(&identity_key(sub, rg, name)) {
+    match st.identities.remove(&id.key()) {
         Some(_) => (StatusCode::OK, Value::Null),
         None => (StatusCode::NO_CONTENT, Value::Null),
     }
 }
 
-pub(super) fn identity_list(
+/// The identities of a subscription or resource group the caller may read.
+pub(super) fn list(
     st: &Az,
     claims: &Claims,
     sub: &str,
     rg: Option<&str>,
     now: Instant,
 ) -> (StatusCode, Value) {
-    if let Some(rg) = rg
-        && !st
-            .rgs
-            .contains_key(&(sub.to_lowercase(), rg.to_lowercase()))
-    {
-        return rg_missing(rg);
+    if let Some(Err(missing)) = rg.map(|rg| group(st, sub, rg)) {
+        return missing;
     }
     let value: Vec<Value> = st
         .identities

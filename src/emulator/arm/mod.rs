@@ -31,6 +31,7 @@ use super::aad::Claims;
 use super::faults::kind as fk;
 use super::{Exchange, Inner};
 use gate::Injected;
+use identities::Ident;
 use route::{Described, Route};
 
 /// Whether an operation id is an ARM write or delete.
@@ -388,20 +389,18 @@ fn dispatch(
         ("GET", Route::Subscription { sub }) => groups::subscription_get(inner, sub).into(),
         ("GET", Route::ResourceGroup { sub, rg }) => groups::rg_get(st, sub, rg).into(),
         ("PUT", Route::ResourceGroup { sub, rg }) => groups::rg_put(st, sub, rg, body).into(),
-        ("GET", Route::Identity { sub, rg, name }) => {
-            identities::identity_get(st, sub, rg, name).into()
-        }
-        ("PUT", Route::Identity { sub, rg, name }) => {
-            identities::identity_put(inner, st, sub, rg, name, call.headers, body).into()
-        }
-        ("PATCH", Route::Identity { sub, rg, name }) => {
-            identities::identity_patch(st, sub, rg, name, body).into()
-        }
-        ("DELETE", Route::Identity { sub, rg, name }) => {
-            identities::identity_delete(st, sub, rg, name).into()
+        (m, Route::Identity { sub, rg, name }) => {
+            let id = Ident { sub, rg, name };
+            match m {
+                "GET" => identities::get(st, id),
+                "PUT" => identities::put(inner, st, id, call.headers, body),
+                "PATCH" => identities::patch(st, id, body),
+                _ => identities::delete(st, id),
+            }
+            .into()
         }
         ("GET", Route::IdentityList { sub, rg }) => {
-            identities::identity_list(st, claims, sub, rg.as_deref(), now).into()
+            identities::list(st, claims, sub, rg.as_deref(), now).into()
         }
         ("GET", Route::Compute { .. }) => compute::compute_get(inner, st, scope),
         ("PATCH", Route::Compute { .. }) => {
