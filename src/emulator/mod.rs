@@ -66,15 +66,17 @@ pub struct Exchange {
     pub operation: String,
     /// HTTP method.
     pub method: String,
-    /// Path.
+    /// Path, percent-decoded. IMDS paths start with the VM or instance name
+    /// (`myVM:/metadata/identity/oauth2/token`).
     pub path: String,
-    /// Query string.
+    /// Query string (for IMDS, re-encoded from the parameters it read).
     pub query: String,
-    /// Status answered (0 for a dropped connection).
+    /// Status answered, or 0 when the connection dropped before an answer (the faults
+    /// `dropConnection` and `appliedThenDrop`).
     pub status: u16,
-    /// Request body (JSON), if any.
+    /// Request body (JSON), if any; of an AAD token request only the fields that hold no secret.
     pub request: Option<Value>,
-    /// Response body (JSON), if any.
+    /// Response body (JSON), if any, with an access token replaced by `<redacted>`.
     pub response: Option<Value>,
     /// The fault injected into this exchange, if any (a `faults::kind` name).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -174,8 +174,6 @@ pub const TUTORIAL_SUBSCRIPTION: &str = "6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c";
 pub const TUTORIAL_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 /// The controller's client id in the tutorial world.
 pub const TUTORIAL_CONTROLLER_CLIENT_ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
-/// The controller's principal id in the tutorial world.
-pub const TUTORIAL_CONTROLLER_PRINCIPAL_ID: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 /// The controller's client secret in the tutorial world (a local test value).
 pub const TUTORIAL_CONTROLLER_SECRET: &str = "emulator-local-secret";
 

@@ -29,6 +29,7 @@ pub(super) fn authorized(
     })
 }
 
+/// ARM's 403 for a caller without `action` at `scope`.
 pub(super) fn forbidden(c: &Claims, action: &str, scope: &str) -> (StatusCode, Value) {
     arm_err(
         StatusCode::FORBIDDEN,
@@ -40,7 +41,7 @@ pub(super) fn forbidden(c: &Claims, action: &str, scope: &str) -> (StatusCode, V
     )
 }
 
-pub(super) fn assignment_key(scope: &str, name: &str) -> String {
+fn assignment_key(scope: &str, name: &str) -> String {
     format!(
         "{}/providers/microsoft.authorization/roleassignments/{}",
         scope.trim_end_matches('/'),
@@ -49,7 +50,7 @@ pub(super) fn assignment_key(scope: &str, name: &str) -> String {
     .to_lowercase()
 }
 
-pub(super) fn assignment_missing() -> (StatusCode, Value) {
+fn assignment_missing() -> (StatusCode, Value) {
     arm_err(
         StatusCode::NOT_FOUND,
         "RoleAssignmentNotFound",
@@ -57,6 +58,7 @@ pub(super) fn assignment_missing() -> (StatusCode, Value) {
     )
 }
 
+/// `GET` of a role assignment.
 pub(super) fn assignment_get(st: &Az, scope: &str, name: &str) -> (StatusCode, Value) {
     match st.assignments.get(&assignment_key(scope, name)) {
         Some(a) => (StatusCode::OK, a.json()),
@@ -64,6 +66,8 @@ pub(super) fn assignment_get(st: &Az, scope: &str, name: &str) -> (StatusCode, V
     }
 }
 
+/// `PUT` of a role assignment: created (201) once the principal exists in the directory,
+/// effective after `rbacPropagationSeconds`; the same assignment again answers 200.
 pub(super) fn assignment_put(
     inner: &Inner,
     st: &mut Az,
@@ -161,6 +165,7 @@ pub(super) fn assignment_put(
     (StatusCode::CREATED, body)
 }
 
+/// `DELETE` of a role assignment: 200 with it when it existed, 204 when not.
 pub(super) fn assignment_delete(st: &mut Az, scope: &str, name: &str) -> (StatusCode, Value) {
     match st.assignments.remove(&assignment_key(scope, name)) {
         Some(a) => (StatusCode::OK, a.json()),
@@ -168,6 +173,8 @@ pub(super) fn assignment_delete(st: &mut Az, scope: &str, name: &str) -> (Status
     }
 }
 
+/// The role assignments at, above and below `scope`, with `$filter` `atScope()` or
+/// `principalId eq '...'`.
 pub(super) fn assignment_list(st: &Az, scope: &str, filter: Option<&str>) -> (StatusCode, Value) {
     let filter = filter.map(str::trim);
     let principal = filter
@@ -200,6 +207,7 @@ pub(super) fn assignment_list(st: &Az, scope: &str, filter: Option<&str>) -> (St
     (StatusCode::OK, json!({"value": value}))
 }
 
+/// `GET` of a built-in role definition.
 pub(super) fn definition_get(guid: &str) -> (StatusCode, Value) {
     match rbac::find(guid).filter(|r| r.guid.eq_ignore_ascii_case(guid)) {
         Some(r) => (StatusCode::OK, rbac::definition_json(r, None)),
@@ -211,6 +219,7 @@ pub(super) fn definition_get(guid: &str) -> (StatusCode, Value) {
     }
 }
 
+/// The built-in role definitions, with `$filter` `roleName eq '...'`.
 pub(super) fn definition_list(scope: &str, filter: Option<&str>) -> (StatusCode, Value) {
     let name = filter
         .map(str::trim)

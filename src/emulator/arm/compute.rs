@@ -18,6 +18,7 @@ use crate::emulator::state::{
     ComputeKind, IdentityChange, LRO_DEADLINE, Operation, Progress, State as Az,
 };
 
+/// `GET` of a VM or scale set, with its etag.
 pub(super) fn compute_get(inner: &Inner, st: &Az, scope: &str) -> Answer {
     match st.computes.get(&scope.to_lowercase()) {
         Some(c) => {
@@ -33,7 +34,7 @@ pub(super) fn compute_get(inner: &Inner, st: &Az, scope: &str) -> Answer {
     }
 }
 
-pub(super) fn compute_missing(scope: &str) -> (StatusCode, Value) {
+fn compute_missing(scope: &str) -> (StatusCode, Value) {
     let name = scope.rsplit('/').next().unwrap_or_default();
     arm_err(
         StatusCode::NOT_FOUND,
@@ -44,7 +45,7 @@ pub(super) fn compute_missing(scope: &str) -> (StatusCode, Value) {
     )
 }
 
-pub(super) fn identity_type_refused(t: &str) -> (StatusCode, Value) {
+fn identity_type_refused(t: &str) -> (StatusCode, Value) {
     (
         StatusCode::BAD_REQUEST,
         json!({"error": {
@@ -62,7 +63,8 @@ const IDENTITY_TYPES: &[&str] = &[
     "None",
 ];
 
-#[allow(clippy::too_many_arguments)]
+/// `PATCH` of the identities of a VM or scale set (with `If-Match`): changes the model at
+/// once and starts the operation that brings the VM to it.
 pub(super) fn compute_patch(
     inner: &Inner,
     st: &mut Az,

@@ -7,6 +7,7 @@ use super::{arm_err, bad_request, eq};
 use crate::emulator::Inner;
 use crate::emulator::state::{Rg, State as Az};
 
+/// `GET` of a subscription of the world.
 pub(super) fn subscription_get(inner: &Inner, sub: &str) -> (StatusCode, Value) {
     match inner.world.subscriptions.iter().find(|s| eq(&s.id, sub)) {
         Some(s) => (
@@ -32,7 +33,7 @@ fn rg_json(r: &Rg) -> Value {
     })
 }
 
-pub(super) fn rg_missing(rg: &str) -> (StatusCode, Value) {
+fn rg_missing(rg: &str) -> (StatusCode, Value) {
     arm_err(
         StatusCode::NOT_FOUND,
         "ResourceGroupNotFound",
@@ -55,6 +56,8 @@ pub(super) fn rg_get(st: &Az, sub: &str, rg: &str) -> (StatusCode, Value) {
     }
 }
 
+/// `PUT` of a resource group: created (201) or its tags replaced (200); another location
+/// answers 409.
 pub(super) fn rg_put(
     st: &mut Az,
     sub: &str,
