@@ -49,19 +49,21 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     let mut endpoints: Vec<(String, String, SocketAddr)> = Vec::new();
     for sub in &inner.world.subscriptions {
         for rg in &sub.resource_groups {
-            let id = |t: &str, name: &str| {
+            let id = |kind: ComputeKind, name: &str| {
                 format!(
-                    "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{t}/{name}",
-                    sub.id, rg.name
+                    "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{}/{name}",
+                    sub.id,
+                    rg.name,
+                    kind.type_name()
                 )
                 .to_lowercase()
             };
             for vm in &rg.virtual_machines {
-                let id = id("virtualMachines", &vm.name);
+                let id = id(ComputeKind::Vm, &vm.name);
                 endpoints.push((vm.name.clone(), id, vm.imds_listen));
             }
             for ss in &rg.virtual_machine_scale_sets {
-                let id = id("virtualMachineScaleSets", &ss.name);
+                let id = id(ComputeKind::ScaleSet, &ss.name);
                 for i in 0..ss.instances {
                     endpoints.push((
                         format!("{}_{i}", ss.name),

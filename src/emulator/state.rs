@@ -107,6 +107,16 @@ pub enum ComputeKind {
     ScaleSet,
 }
 
+impl ComputeKind {
+    /// The resource type under `Microsoft.Compute`.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ComputeKind::Vm => "virtualMachines",
+            ComputeKind::ScaleSet => "virtualMachineScaleSets",
+        }
+    }
+}
+
 /// A VM or scale set.
 #[derive(Clone, Debug)]
 pub struct Compute {
@@ -132,13 +142,12 @@ pub struct Compute {
 impl Compute {
     /// Id.
     pub fn id(&self) -> String {
-        let t = match self.kind {
-            ComputeKind::Vm => "virtualMachines",
-            ComputeKind::ScaleSet => "virtualMachineScaleSets",
-        };
         format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{t}/{}",
-            self.subscription, self.resource_group, self.name
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{}/{}",
+            self.subscription,
+            self.resource_group,
+            self.kind.type_name(),
+            self.name
         )
     }
 
@@ -165,7 +174,7 @@ impl Compute {
         let mut v = json!({
             "id": self.id(),
             "name": self.name,
-            "type": match self.kind { ComputeKind::Vm => "Microsoft.Compute/virtualMachines", ComputeKind::ScaleSet => "Microsoft.Compute/virtualMachineScaleSets" },
+            "type": format!("Microsoft.Compute/{}", self.kind.type_name()),
             "location": self.location,
             "etag": self.etag(),
             "properties": {

@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 
 use super::authorization::authorized;
 use super::gate::server_error;
-use super::route::compute_type;
 use super::{Answer, arm_err, bad_request, lro};
 use crate::emulator::Inner;
 use crate::emulator::aad::Claims;
@@ -165,7 +164,7 @@ pub(super) fn compute_patch(
                             now,
                         )
                     {
-                        return arm_err(StatusCode::FORBIDDEN, "LinkedAuthorizationFailed", &format!("The client '{}' with object id '{}' has permission to perform action 'Microsoft.Compute/{}/write' on scope '{scope}'; however, it does not have permission to perform action(s) 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '{id}' (respectively) or the linked scope(s) are invalid.", claims.appid, claims.oid, compute_type(c.kind))).into();
+                        return arm_err(StatusCode::FORBIDDEN, "LinkedAuthorizationFailed", &format!("The client '{}' with object id '{}' has permission to perform action 'Microsoft.Compute/{}/write' on scope '{scope}'; however, it does not have permission to perform action(s) 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '{id}' (respectively) or the linked scope(s) are invalid.", claims.appid, claims.oid, c.kind.type_name())).into();
                     }
                     change
                         .user_assigned

@@ -324,7 +324,7 @@ pub(super) fn describe(method: &Method, r: &Route) -> Option<Described> {
                     ("PATCH", "VirtualMachineScaleSets_Update", "write"),
                 ],
             },
-            Some(format!("Microsoft.Compute/{}", compute_type(*kind))),
+            Some(format!("Microsoft.Compute/{}", kind.type_name())),
             r.scope(),
             COMPUTE_VERSIONS,
         ),
@@ -391,7 +391,7 @@ impl Route {
             } => (
                 sub,
                 rg,
-                format!("Microsoft.Compute/{}", compute_type(*kind)),
+                format!("Microsoft.Compute/{}", kind.type_name()),
                 name,
             ),
             Route::Resource { sub, rg, ty, name } => (sub, rg, ty.to_string(), name),
@@ -408,14 +408,6 @@ pub(super) fn identity_scope(sub: &str, rg: &str, name: &str) -> String {
     format!(
         "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
     )
-}
-
-/// The resource type segment of a VM or scale set.
-pub(super) fn compute_type(kind: ComputeKind) -> &'static str {
-    match kind {
-        ComputeKind::Vm => "virtualMachines",
-        ComputeKind::ScaleSet => "virtualMachineScaleSets",
-    }
 }
 
 /// The subscription (lower-case) a scope lies in, or `tenant`.
