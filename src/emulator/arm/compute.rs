@@ -14,7 +14,7 @@ use crate::emulator::aad::Claims;
 use crate::emulator::faults::{kind as fk, take_next};
 use crate::emulator::knobs::LroForm;
 use crate::emulator::state::{
-    ComputeKind, IdentityChange, LRO_DEADLINE, Operation, Progress, State as Az,
+    Compute, ComputeKind, IdentityChange, LRO_DEADLINE, Operation, Progress, State as Az,
 };
 
 /// `GET` of a VM or scale set, with its etag.
@@ -107,117 +107,11 @@ pub(super) fn compute_patch(
         )
         .into();
     }
-    // As in ARM, a PATCH updates the model at once and the operation brings the VM to it: an
-    // update accepted while another runs builds on that one's goal, not on the state the
-    // running one has not applied yet (which would silently drop the running change).
-    let running = c
-        .pending
-        .as_ref()
-        .and_then(|p| st.operations.get(p))
-        .filter(|o| o.outcome.is_none())
-        .map(|o| o.change.clone());
-    let mut change = running.unwrap_or_else(|| IdentityChange {
-        system: c.system_principal.is_some(),
-        user_assigned: c.user_assigned.clone(),
-    });
-    if let Some(identity) = body.get("identity").filter(|v| !v.is_null()) {
-        let Some(t) = identity["type"].as_str() else {
-            return bad_request("InvalidParameter", "Property 'identity.type' is required.").into();
-        };
-        if !IDENTITY_TYPES.contains(&t) {
-            return bad_request("InvalidParameter", &format!("The value '{t}' of parameter 'identity.type' is not valid. Allowed values are 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned', 'None'.")).into();
-        }
-        let map = identity["userAssignedIdentities"].as_object();
-        // Compute refuses any `userAssignedIdentities` next to `SystemAssigned` or `None`, null
-        // entries included: removing the last user-assigned identity is the type alone
-        // (ARM-NOTES §2.4, D2). The code and target follow the answer Compute gave for the
-        // older list form ("ResourceIdentity identityIds should not be provided if the type is
-        // \"SystemAssigned\"", Azure/aad-pod-identity#214); the wording for the dictionary form
-        // is unverified.
-        if matches!(t, "SystemAssigned" | "None") && !identity["userAssignedIdentities"].is_null() {
-            return identity_type_refused(t).into();
-        }
-        change.system = t.contains("SystemAssigned");
-        if matches!(t, "SystemAssigned" | "None") {
-            change.user_assigned.clear();
-        } else if let Some(map) = map {
-            for (id, v) in map {
-                let lower = id.to_lowercase();
-                if v.is_null() {
-                    change.user_assigned.remove(&lower);
-                } else {
-                    if !st.identities.contains_key(&lower) {
-                        return bad_request(
-                            "FailedIdentityOperation",
-                            &format!(
-                                "Identity '{id}' does not exist or is not a user assigned identity."
-                            ),
-                        )
-                        .into();
-                    }
-                    if !c.user_assigned.contains_key(&lower)
-                        && !authorized(
-                            st,
-                            &claims.oid,
-                            "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
-                            id,
-                            now,
-                        )
-                    {
-                        return arm_err(StatusCode::FORBIDDEN, "LinkedAuthorizationFailed", &format!("The client '{}' with object id '{}' has permission to perform action 'Microsoft.Compute/{}/write' on scope '{scope}'; however, it does not have permission to perform action(s) 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '{id}' (respectively) or the linked scope(s) are invalid.", claims.appid, claims.oid, c.kind.type_name())).into();
-                    }
-                    change
-                        .user_assigned
-                        .entry(lower)
-                        .or_insert_with(|| id.clone());
-                }
-            }
-        }
-        if t.contains("UserAssigned") && change.user_assigned.is_empty() {
-            return bad_request(
-                "InvalidParameter",
-                &format!("The identity type '{t}' requires at least one user assigned identity."),
-            )
-            .into();
-        }
-    }
-    let op_id = uuid::Uuid::new_v4().to_string();
-    let (fail, late_now, late_rate) = {
-        let mut f = inner.faults.lock();
-        (
-            take_next(&mut f.lro_fail_next),
-            take_next(&mut f.lro_late_next),
-            f.lro_late_rate,
-        )
+    let change = match requested_change(st, claims, scope, &c, body, now) {
+        Ok(change) => change,
+        Err(refused) => return refused.into(),
     };
-    let late = !fail && (late_now || inner.chance(late_rate));
-    if fail {
-        inner.inject(fk::LRO_FAIL);
-    }
-    if late {
-        inner.inject(fk::LRO_LATE);
-    }
-    st.operations.insert(
-        op_id.clone(),
-        Operation {
-            compute: key.clone(),
-            location: c.location.clone(),
-            subscription: c.subscription.clone(),
-            change,
-            polls_left: inner.world.lro_polls,
-            fail,
-            late,
-            seq: c.etag + 1,
-            due: now + LRO_DEADLINE,
-            started: jiff::Timestamp::now().to_string(),
-            outcome: None,
-        },
-    );
-    if let Some(cm) = st.computes.get_mut(&key) {
-        cm.pending = Some(op_id.clone());
-        // The model changed: a writer holding the old etag gets 412.
-        cm.etag += 1;
-    }
+    let op_id = start_operation(inner, st, &key, &c, change, now);
     let Some(cm) = st.computes.get(&key) else {
         return compute_missing(scope).into();
     };
@@ -240,6 +134,158 @@ pub(super) fn compute_patch(
         inner.world.lro_retry_after_seconds.to_string(),
     ));
     a
+}
+
+/// The identity state a PATCH asks for, checked as Compute checks it: the identity types, that
+/// each added identity exists, and that the caller may assign it (`assign/action`).
+fn requested_change(
+    st: &Az,
+    claims: &Claims,
+    scope: &str,
+    c: &Compute,
+    body: &Value,
+    now: Instant,
+) -> Result<IdentityChange, (StatusCode, Value)> {
+    // As in ARM, a PATCH updates the model at once and the operation brings the VM to it: an
+    // update accepted while another runs builds on that one's goal, not on the state the
+    // running one has not applied yet (which would silently drop the running change).
+    let running = c
+        .pending
+        .as_ref()
+        .and_then(|p| st.operations.get(p))
+        .filter(|o| o.outcome.is_none())
+        .map(|o| o.change.clone());
+    let mut change = running.unwrap_or_else(|| IdentityChange {
+        system: c.system_principal.is_some(),
+        user_assigned: c.user_assigned.clone(),
+    });
+    if let Some(identity) = body.get("identity").filter(|v| !v.is_null()) {
+        let Some(t) = identity["type"].as_str() else {
+            return Err(bad_request(
+                "InvalidParameter",
+                "Property 'identity.type' is required.",
+            ));
+        };
+        if !IDENTITY_TYPES.contains(&t) {
+            return Err(bad_request(
+                "InvalidParameter",
+                &format!(
+                    "The value '{t}' of parameter 'identity.type' is not valid. Allowed values are 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned', 'None'."
+                ),
+            ));
+        }
+        let map = identity["userAssignedIdentities"].as_object();
+        // Compute refuses any `userAssignedIdentities` next to `SystemAssigned` or `None`, null
+        // entries included: removing the last user-assigned identity is the type alone
+        // (ARM-NOTES §2.4, D2). The code and target follow the answer Compute gave for the
+        // older list form ("ResourceIdentity identityIds should not be provided if the type is
+        // \"SystemAssigned\"", Azure/aad-pod-identity#214); the wording for the dictionary form
+        // is unverified.
+        if matches!(t, "SystemAssigned" | "None") && !identity["userAssignedIdentities"].is_null() {
+            return Err(identity_type_refused(t));
+        }
+        change.system = t.contains("SystemAssigned");
+        if matches!(t, "SystemAssigned" | "None") {
+            change.user_assigned.clear();
+        } else if let Some(map) = map {
+            for (id, v) in map {
+                let lower = id.to_lowercase();
+                if v.is_null() {
+                    change.user_assigned.remove(&lower);
+                } else {
+                    if !st.identities.contains_key(&lower) {
+                        return Err(bad_request(
+                            "FailedIdentityOperation",
+                            &format!(
+                                "Identity '{id}' does not exist or is not a user assigned identity."
+                            ),
+                        ));
+                    }
+                    if !c.user_assigned.contains_key(&lower)
+                        && !authorized(
+                            st,
+                            &claims.oid,
+                            "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+                            id,
+                            now,
+                        )
+                    {
+                        return Err(arm_err(
+                            StatusCode::FORBIDDEN,
+                            "LinkedAuthorizationFailed",
+                            &format!(
+                                "The client '{}' with object id '{}' has permission to perform action 'Microsoft.Compute/{}/write' on scope '{scope}'; however, it does not have permission to perform action(s) 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '{id}' (respectively) or the linked scope(s) are invalid.",
+                                claims.appid,
+                                claims.oid,
+                                c.kind.type_name()
+                            ),
+                        ));
+                    }
+                    change
+                        .user_assigned
+                        .entry(lower)
+                        .or_insert_with(|| id.clone());
+                }
+            }
+        }
+        if t.contains("UserAssigned") && change.user_assigned.is_empty() {
+            return Err(bad_request(
+                "InvalidParameter",
+                &format!("The identity type '{t}' requires at least one user assigned identity."),
+            ));
+        }
+    }
+    Ok(change)
+}
+
+/// Start the operation that brings the VM or scale set at `key` to `change`: the model changes
+/// at once (a new etag), the operation finishes when polled or at its deadline. Its id.
+fn start_operation(
+    inner: &Inner,
+    st: &mut Az,
+    key: &str,
+    c: &Compute,
+    change: IdentityChange,
+    now: Instant,
+) -> String {
+    let op_id = uuid::Uuid::new_v4().to_string();
+    let (fail, late_now, late_rate) = {
+        let mut f = inner.faults.lock();
+        (
+            take_next(&mut f.lro_fail_next),
+            take_next(&mut f.lro_late_next),
+            f.lro_late_rate,
+        )
+    };
+    let late = !fail && (late_now || inner.chance(late_rate));
+    if fail {
+        inner.inject(fk::LRO_FAIL);
+    }
+    if late {
+        inner.inject(fk::LRO_LATE);
+    }
+    st.operations.insert(
+        op_id.clone(),
+        Operation {
+            compute: key.to_string(),
+            location: c.location.clone(),
+            subscription: c.subscription.clone(),
+            change,
+            polls_left: inner.world.lro_polls,
+            fail,
+            late,
+            seq: c.etag + 1,
+            due: now + LRO_DEADLINE,
+            started: jiff::Timestamp::now().to_string(),
+            outcome: None,
+        },
+    );
+    if let Some(cm) = st.computes.get_mut(key) {
+        cm.pending = Some(op_id.clone());
+        // The model changed: a writer holding the old etag gets 412.
+        cm.etag += 1;
+    }
+    op_id
 }
 
 /// A poll of the `Azure-AsyncOperation` URL.
