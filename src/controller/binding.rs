@@ -18,7 +18,7 @@ use super::context::{Context, object_key};
 use super::error::{ReconcileError, backoff};
 use super::policy::{self, Decision, ResolvedTarget};
 use super::reasons;
-use super::status::{FIELD_MANAGER, apply_status, arm_reason, needs_update, now, own_conditions};
+use super::status::{self, FIELD_MANAGER, arm_reason, now, own_conditions};
 use super::target_writer::{Outcome, Want};
 use super::workload;
 use crate::api::conditions::{self, NewCondition, set_condition, types};
@@ -591,7 +591,7 @@ fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
     let current = obj.status.as_ref();
     IdentityBindingStatus {
         observed_generation: obj.metadata.generation,
-        conditions: own_conditions(current.map(|s| &s.conditions), OWN),
+        conditions: own_conditions(obj, OWN),
         target_resource_id: current.and_then(|s| s.target_resource_id.clone()),
         assigned: current.and_then(|s| s.assigned),
         adopted: current.and_then(|s| s.adopted),
@@ -710,23 +710,18 @@ fn ready_from_agent(obj: &IdentityBinding, status: &mut IdentityBindingStatus) {
     set(obj, status, types::READY, ok, &reason, &message);
 }
 
+/// The status fields the controller owns on a binding to a VM or scale set.
+const OWNED: &[&str] = &[
+    "targetResourceId",
+    "assigned",
+    "adopted",
+    "observedGeneration",
+];
+
 async fn write_status(
     obj: &IdentityBinding,
     ctx: &Context,
     status: IdentityBindingStatus,
 ) -> Result<(), ReconcileError> {
-    let owned = [
-        "targetResourceId",
-        "assigned",
-        "adopted",
-        "observedGeneration",
-    ];
-    if !needs_update(&status, obj.status.as_ref(), &owned) {
-        return Ok(());
-    }
-    let api: Api<IdentityBinding> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    apply_status(&api, obj, &status)
-        .await
-        .map_err(ReconcileError::kube("PatchStatus"))
+    status::write(&ctx.client, obj, &status, OWNED).await
 }

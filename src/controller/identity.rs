@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -23,8 +22,8 @@ use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::policy::{self, Decision};
 use super::reasons;
-use super::status::{FIELD_MANAGER, apply_status, needs_update};
-use crate::api::conditions::{self, NewCondition, set_condition, types};
+use super::status::{self, FIELD_MANAGER, Reported, ready_reason_is};
+use crate::api::conditions::{self, NewCondition, types};
 use crate::api::{
     DeletionPolicy, UserAssignedIdentity, UserAssignedIdentitySpec, UserAssignedIdentityStatus,
 };
@@ -258,7 +257,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         }
         Plan::InSync => current.unwrap_or_default(),
         Plan::Refuse { reason, message } => {
-            if !condition_is(&obj, reason) {
+            if !ready_reason_is(&*obj, reason) {
                 ctx.event(&*obj, true, reason, "ReconcileIdentity", message.clone())
                     .await;
             }
@@ -269,7 +268,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
     };
     let mut status = UserAssignedIdentityStatus {
         observed_generation: obj.metadata.generation,
-        conditions: current_conditions(&obj),
+        conditions: obj.conditions().to_vec(),
         resource_id: Some(identity.id.clone()),
         client_id: Some(identity.client_id.clone()),
         principal_id: Some(identity.principal_id.clone()),
@@ -284,7 +283,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
                 format!("identity {} exists", at.name),
             ),
             Export::Refused(message) => {
-                if !condition_is(&obj, reasons::CONFIG_MAP_CONFLICT) {
+                if !ready_reason_is(&*obj, reasons::CONFIG_MAP_CONFLICT) {
                     ctx.event(
                         &*obj,
                         true,
@@ -304,12 +303,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
             format!("identity {} exists", at.name),
         ),
     };
-    set_condition(
-        &mut status.conditions,
-        ready,
-        obj.metadata.generation,
-        now(),
-    );
+    status::set(&mut status.conditions, obj.metadata.generation, ready);
     write_status(&obj, ctx, status).await?;
     ctx.mark_checked(&key, fingerprint);
     Ok(Action::requeue(ctx.settings.jittered_resync()))
@@ -465,28 +459,9 @@ async fn export_config_map(
     Ok(Export::Written)
 }
 
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-fn current_conditions(
-    obj: &UserAssignedIdentity,
-) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    obj.status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default()
-}
-
 /// Whether a GrantPolicy refused this identity (adoption): a policy change looks at it again.
 pub fn denied_by_policy(obj: &UserAssignedIdentity) -> bool {
-    condition_is(obj, reasons::DENIED_BY_POLICY)
-}
-
-fn condition_is(obj: &UserAssignedIdentity, reason: &str) -> bool {
-    current_conditions(obj)
-        .iter()
-        .any(|c| c.type_ == types::READY && c.reason == reason)
+    ready_reason_is(obj, reasons::DENIED_BY_POLICY)
 }
 
 /// Status with `Ready=False` and the ids kept from the current status.
@@ -497,35 +472,29 @@ fn not_ready(
 ) -> UserAssignedIdentityStatus {
     let mut status = obj.status.clone().unwrap_or_default();
     status.observed_generation = obj.metadata.generation;
-    set_condition(
+    status::set(
         &mut status.conditions,
-        NewCondition::new(types::READY, false, reason, message),
         obj.metadata.generation,
-        now(),
+        NewCondition::new(types::READY, false, reason, message),
     );
     status
 }
+
+/// The status fields the controller owns.
+const OWNED: &[&str] = &[
+    "resourceId",
+    "clientId",
+    "principalId",
+    "tenantId",
+    "observedGeneration",
+];
 
 async fn write_status(
     obj: &UserAssignedIdentity,
     ctx: &Context,
     status: UserAssignedIdentityStatus,
 ) -> Result<(), ReconcileError> {
-    let owned = [
-        "resourceId",
-        "clientId",
-        "principalId",
-        "tenantId",
-        "observedGeneration",
-    ];
-    if !needs_update(&status, obj.status.as_ref(), &owned) {
-        return Ok(());
-    }
-    let api: Api<UserAssignedIdentity> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    apply_status(&api, obj, &status)
-        .await
-        .map_err(ReconcileError::kube("PatchStatus"))
+    status::write(&ctx.client, obj, &status, OWNED).await
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod grant;
 pub mod identity;
 pub mod leader;
+pub mod outcome;
 pub mod policy;
 pub mod reasons;
 pub mod run;

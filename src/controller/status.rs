@@ -1,25 +1,169 @@
-//! Status writes: one server-side apply patch per reconcile with the controller's field manager,
-//! skipped when nothing the controller owns would change.
+//! Status writes, for every kind and for the agent.
+//!
+//! The controller writes the fields it owns with one forced server-side apply patch under its
+//! field manager, skipped when nothing it owns would change ([`write`]). The agent and the
+//! controller's token exchange report their checks the same way under their own field managers
+//! ([`report`]). Conditions are merged by [`set`], which keeps `lastTransitionTime` when the
+//! status of a condition does not change.
 
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::error::ReconcileError;
+use crate::api::conditions::{self, NewCondition, set_condition, types};
+use crate::api::grant::AccessStatus;
+use crate::api::{
+    IdentityBinding, IdentityBindingStatus, RoleGrant, RoleGrantStatus, UserAssignedIdentity,
+    UserAssignedIdentityStatus,
+};
 
 /// The controller's field manager.
 pub const FIELD_MANAGER: &str = "uami-controller";
 
-/// Apply `status` (only the fields the controller owns) to `obj` with the controller's field
-/// manager, forced: the controller is the only writer of these fields.
-pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> kube::Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize,
+/// A namespaced kind with a status subresource of conditions.
+pub trait Reported:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
 {
-    apply_status_as(api, obj, status, FIELD_MANAGER).await
+    /// The status type.
+    type Status: Serialize + Default;
+    /// The current status, if any.
+    fn reported(&self) -> Option<&Self::Status>;
+    /// The current conditions (empty without a status).
+    fn conditions(&self) -> &[Condition];
 }
 
-/// Apply `status` with the named field manager.
+macro_rules! reported {
+    ($kind:ty, $status:ty) => {
+        impl Reported for $kind {
+            type Status = $status;
+            fn reported(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+            fn conditions(&self) -> &[Condition] {
+                self.status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default()
+            }
+        }
+    };
+}
+reported!(UserAssignedIdentity, UserAssignedIdentityStatus);
+reported!(IdentityBinding, IdentityBindingStatus);
+reported!(RoleGrant, RoleGrantStatus);
+
+/// Merge `c` into `conditions` for `generation` (the object's `metadata.generation`).
+pub fn set(conditions: &mut Vec<Condition>, generation: Option<i64>, c: NewCondition) {
+    set_condition(conditions, c, generation, now());
+}
+
+/// Whether `obj`'s `Ready` condition has `reason`: a Warning Event is sent only when a reason is
+/// new.
+pub fn ready_reason_is<K: Reported>(obj: &K, reason: &str) -> bool {
+    conditions::find(obj.conditions(), types::READY).is_some_and(|c| c.reason == reason)
+}
+
+/// Write `desired` (only the fields the controller owns) as the status of `obj`, unless `obj`
+/// already holds it. `owned` names the top-level fields the controller owns: one present now but
+/// absent from `desired` is a removal, which needs a write too.
+pub async fn write<K: Reported>(
+    client: &Client,
+    obj: &K,
+    desired: &K::Status,
+    owned: &[&str],
+) -> Result<(), ReconcileError> {
+    if !needs_update(desired, obj.reported(), owned) {
+        return Ok(());
+    }
+    apply_status_as(&api_of(client, obj), obj, desired, FIELD_MANAGER)
+        .await
+        .map_err(ReconcileError::kube("PatchStatus"))
+}
+
+/// Report a check (`status`, holding only the reporter's fields) on `obj` under the reporter's
+/// field manager, unless `compare` (`status`, or the part of it worth a write) is already
+/// contained in the current status.
+pub async fn report<K: Reported>(
+    client: &Client,
+    obj: &K,
+    status: &serde_json::Value,
+    compare: &serde_json::Value,
+    manager: &str,
+) -> kube::Result<()> {
+    let current = match obj.reported() {
+        Some(s) => serde_json::to_value(s),
+        None => serde_json::to_value(K::Status::default()),
+    }
+    .unwrap_or_default();
+    if contained_in(compare, &current) {
+        return Ok(());
+    }
+    apply_status_as(&api_of(client, obj), obj, status, manager).await
+}
+
+/// The conditions of `c`'s type from `current`, with `c` merged: what a reporter that owns only
+/// that condition applies.
+pub fn own_condition(
+    current: &[Condition],
+    c: NewCondition,
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let mut own: Vec<Condition> = current
+        .iter()
+        .filter(|x| x.type_ == c.type_)
+        .cloned()
+        .collect();
+    set(&mut own, generation, c);
+    own
+}
+
+/// `AccessVerified` and `access` of a grant whose scope `who` read with the identity's token and
+/// got HTTP `code`.
+pub fn access_checked(
+    who: &str,
+    checked_by: String,
+    scope: &str,
+    code: u16,
+) -> (NewCondition, AccessStatus) {
+    let (reason, message) = match code {
+        200 => (
+            "AccessVerified",
+            format!("{who} read {scope} with the identity's token (HTTP 200)"),
+        ),
+        401 | 403 => (
+            "AccessDenied",
+            format!(
+                "{who} got HTTP {code} reading {scope}; a new role assignment can take minutes to take effect"
+            ),
+        ),
+        _ => (
+            "UnexpectedStatus",
+            format!("{who} got HTTP {code} reading {scope}"),
+        ),
+    };
+    (
+        NewCondition::new(types::ACCESS_VERIFIED, code == 200, reason, message),
+        AccessStatus {
+            verified: code == 200,
+            http_status: Some(code.into()),
+            checked_by: Some(checked_by),
+        },
+    )
+}
+
+fn api_of<K: Reported>(client: &Client, obj: &K) -> Api<K> {
+    Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default())
+}
+
+/// Apply `status` to `obj` with the named field manager, forced: each manager is the only writer
+/// of its fields.
 pub async fn apply_status_as<K, S>(
     api: &Api<K>,
     obj: &K,
@@ -103,20 +247,14 @@ pub fn needs_update(
         .any(|k| current.get(*k).is_some() && desired.get(*k).is_none())
 }
 
-/// The conditions of the given types from `current`: the ones this field manager owns. Applying
-/// only these keeps the agent's conditions the agent's.
-pub fn own_conditions(
-    current: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
-    types: &[&str],
-) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    current
-        .map(|cs| {
-            cs.iter()
-                .filter(|c| types.contains(&c.type_.as_str()))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
+/// The conditions of the given types from `obj`: the ones this field manager owns. Applying only
+/// these keeps the agent's conditions the agent's.
+pub fn own_conditions<K: Reported>(obj: &K, types: &[&str]) -> Vec<Condition> {
+    obj.conditions()
+        .iter()
+        .filter(|c| types.contains(&c.type_.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// A condition reason for an ARM error: `Throttled` for 429, `Forbidden` for 401/403, else the
@@ -140,8 +278,8 @@ pub fn arm_reason(e: &crate::azure::ArmError) -> String {
 }
 
 /// The current time as a condition timestamp.
-pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::policy::{self, Decision, ResolvedIdentity};
 use super::reasons;
-use super::status::{apply_status, needs_update, now, own_conditions};
+use super::status::{self, now, own_conditions};
 use crate::api::binding::{ScopeAccess, TokenStatus};
 use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::grant::AccessStatus;
@@ -850,7 +850,7 @@ fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
     let current = obj.status.as_ref();
     IdentityBindingStatus {
         observed_generation: obj.metadata.generation,
-        conditions: own_conditions(current.map(|s| &s.conditions), OWN),
+        conditions: own_conditions(obj, OWN),
         target_resource_id: current.and_then(|s| s.target_resource_id.clone()),
         assigned: current.and_then(|s| s.assigned),
         adopted: current.and_then(|s| s.adopted),
@@ -936,28 +936,23 @@ fn summary(
     status
 }
 
+/// The status fields the controller owns on a service account binding.
+const OWNED: &[&str] = &[
+    "targetResourceId",
+    "assigned",
+    "adopted",
+    "observedGeneration",
+    "federatedCredentialName",
+    "token",
+    "access",
+];
+
 async fn write_status(
     obj: &IdentityBinding,
     ctx: &Context,
     status: IdentityBindingStatus,
 ) -> Result<(), ReconcileError> {
-    let owned = [
-        "targetResourceId",
-        "assigned",
-        "adopted",
-        "observedGeneration",
-        "federatedCredentialName",
-        "token",
-        "access",
-    ];
-    if !needs_update(&status, obj.status.as_ref(), &owned) {
-        return Ok(());
-    }
-    let api: Api<IdentityBinding> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    apply_status(&api, obj, &status)
-        .await
-        .map_err(ReconcileError::kube("PatchStatus"))
+    status::write(&ctx.client, obj, &status, OWNED).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,233 @@
+//! `RoleGrant` reconciler: resolve (identity, scope, role, policy) -> plan (pure, [`plan`]) ->
+//! ensure the role assignment (read it by its deterministic name, create it when missing) ->
+//! status (one patch).
+//!
+//! The assignment's name is a UUIDv5 over (scope, principalId, role definition GUID), so a crash
+//! between the PUT and the status write never creates a second assignment. An assignment made by
+//! someone else for the same (scope, principal, role) answers `RoleAssignmentExists`: it is
+//! adopted, marked `adopted`, and never deleted.
+
+pub mod plan;
+mod revoke;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+
+use super::context::{Context, object_key};
+use super::error::ReconcileError;
+use super::outcome::Next;
+use super::status::{self, arm_reason};
+use crate::api::conditions::types;
+use crate::api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
+use plan::{Ensure, Found, Plan};
+pub use plan::{PRINCIPAL_NOT_FOUND_ATTEMPTS, ScopeProblem, assignment_id, scope_of};
+use revoke::{expected, find_matching, revoke};
+
+/// Finalizer of grants.
+pub const FINALIZER: &str = "uami.dev/grant";
+
+/// The status fields the controller owns.
+const OWNED: &[&str] = &[
+    "scope",
+    "roleAssignmentId",
+    "roleDefinitionId",
+    "principalId",
+    "adopted",
+    "observedGeneration",
+];
+
+/// Entry point: finalizer handling around apply and cleanup.
+pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<RoleGrant> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer);
+    if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
+        let mut status = plan::base(&obj);
+        let reason = arm_reason(source);
+        plan::set(
+            &obj,
+            &mut status,
+            types::READY,
+            false,
+            &reason,
+            &e.to_string(),
+        );
+        let _ = write_status(&obj, &ctx, status).await;
+    }
+    result
+}
+
+/// Resolve, plan, and carry the plan out.
+async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let key = object_key(&*obj);
+    let default_sub = ctx.settings.default_subscription.as_deref();
+    let identity = ctx.identity(&ns, &obj.spec.identity_ref.name);
+    let planned = match plan::resolve(&obj, default_sub, identity.as_deref()) {
+        Err(plan) => plan,
+        Ok(resolved) => {
+            let role = ctx
+                .resolve_role(resolved.scope.subscription(), &obj.spec.role)
+                .await
+                .map_err(ReconcileError::arm("ResolveRole"))?;
+            plan::plan(
+                &obj,
+                resolved,
+                role.as_ref(),
+                &ctx.policies(),
+                default_sub,
+                |fingerprint| ctx.recently_checked(&key, fingerprint),
+            )
+        }
+    };
+    let (status, note, next) = match planned {
+        Plan::Report { status, note, next } => (status, note, next),
+        Plan::Revoke {
+            expected,
+            message,
+            recently,
+            status,
+        } => {
+            let mut next = Next::AwaitChange;
+            let revoked = !recently
+                && match revoke(&obj, ctx, &expected).await {
+                    Ok(revoked) => {
+                        ctx.mark_checked(&key, expected.denied_fingerprint());
+                        revoked
+                    }
+                    Err(e) => {
+                        // Denied either way; whether something must be revoked is looked at
+                        // again at the next resync (the scope may not even be readable).
+                        tracing::warn!(grant = %key, error = %e, "could not check for an assignment to revoke");
+                        next = Next::Resync;
+                        false
+                    }
+                };
+            let note = plan::denied_note(&obj, &message, &expected, revoked);
+            (Some(status), note, next)
+        }
+        Plan::Ensure(e) => {
+            let found = ensure(&obj, ctx, &e).await?;
+            let settled = !matches!(found, Found::PrincipalNotFound { .. });
+            let (status, note, next) = plan::settle(&obj, &e, found);
+            if let Some(note) = note {
+                note.publish(ctx, &*obj).await;
+            }
+            if settled {
+                ctx.mark_checked(&key, e.fingerprint.clone());
+            }
+            (Some(status), None, next)
+        }
+    };
+    if let Some(note) = note {
+        note.publish(ctx, &*obj).await;
+    }
+    if let Some(status) = status {
+        write_status(&obj, ctx, status).await?;
+    }
+    Ok(next.action(ctx))
+}
+
+/// Read the assignment and create it when missing: what ARM said.
+async fn ensure(obj: &RoleGrant, ctx: &Context, e: &Ensure) -> Result<Found, ReconcileError> {
+    let key = object_key(obj);
+    let principal_key = format!("{key}/principal");
+    let exp = &e.expected;
+    let scope_text = exp.scope.to_string();
+    let scope = scope_text.as_str();
+    let roles = &ctx.azure.roles;
+    // An adopted assignment lives under someone else's name: look it up among the principal's.
+    if e.adopted_before
+        && let Some(found) = find_matching(ctx, scope, &exp.principal_id, &exp.guid).await?
+    {
+        return Ok(Found::Exists {
+            id: found.id,
+            adopted: true,
+        });
+    }
+    if let Some(existing) = roles
+        .get_role_assignment(scope, &exp.name)
+        .await
+        .map_err(ReconcileError::arm("GetRoleAssignment"))?
+    {
+        ctx.record_success(&principal_key);
+        return Ok(Found::Exists {
+            id: existing.id,
+            adopted: false,
+        });
+    }
+    if e.granted_before {
+        ctx.event(obj, true, "DriftDetected", "CreateRoleAssignment", format!("the role assignment at {scope} was removed outside the controller; creating it again")).await;
+    }
+    ctx.forget_checked(&key);
+    match roles
+        .create_role_assignment(scope, &exp.name, &e.definition_id, &exp.principal_id)
+        .await
+    {
+        Ok(created) => {
+            ctx.record_success(&principal_key);
+            Ok(Found::Created { id: created.id })
+        }
+        Err(err) if err.code() == "RoleAssignmentExists" => {
+            match find_matching(ctx, scope, &exp.principal_id, &exp.guid).await? {
+                Some(found) => Ok(Found::Taken(found)),
+                None => Err(ReconcileError::Arm {
+                    step: "CreateRoleAssignment",
+                    source: err,
+                }),
+            }
+        }
+        Err(err) if err.code() == "PrincipalNotFound" => Ok(Found::PrincipalNotFound {
+            attempts: ctx.record_failure(&principal_key),
+            retry_after: err.retry_after(),
+        }),
+        Err(err) => Err(ReconcileError::Arm {
+            step: "CreateRoleAssignment",
+            source: err,
+        }),
+    }
+}
+
+async fn cleanup(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
+    ctx.forget_checked(&object_key(&*obj));
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Action::await_change());
+    }
+    // Only the assignment this grant would have created under its deterministic name is ever
+    // deleted: an adopted one lives under another name, and status is not evidence.
+    let Some(exp) = expected(&obj, ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    if revoke(&obj, ctx, &exp).await? {
+        ctx.event(
+            &*obj,
+            false,
+            "Revoked",
+            "DeleteRoleAssignment",
+            format!("deleted role assignment {} at {}", exp.name, exp.scope),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    obj: &RoleGrant,
+    ctx: &Context,
+    status: RoleGrantStatus,
+) -> Result<(), ReconcileError> {
+    status::write(&ctx.client, obj, &status, OWNED).await
+}

@@ -1,0 +1,70 @@
+//! What a reconcile pass does besides writing status: the Event it publishes and when it looks at
+//! the object again. Plans (pure) return these; the short execution after a plan carries them out.
+
+use std::time::Duration;
+
+use kube::Resource;
+use kube::runtime::controller::Action;
+
+use super::context::Context;
+
+/// When to look at the object again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Only when something it watches changes.
+    AwaitChange,
+    /// At the next (jittered) drift check.
+    Resync,
+    /// After this long.
+    After(Duration),
+}
+
+impl Next {
+    /// The controller action.
+    pub fn action(self, ctx: &Context) -> Action {
+        match self {
+            Next::AwaitChange => Action::await_change(),
+            Next::Resync => Action::requeue(ctx.settings.jittered_resync()),
+            Next::After(d) => Action::requeue(d),
+        }
+    }
+}
+
+/// An Event to publish about the object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Warning (else Normal).
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// The action (step) the Event is about.
+    pub action: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+impl Note {
+    /// A Warning Event.
+    pub fn warning(reason: &str, action: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            reason: reason.to_string(),
+            action,
+            message: message.into(),
+        }
+    }
+
+    /// A Normal Event.
+    pub fn normal(reason: &str, action: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            warning: false,
+            ..Self::warning(reason, action, message)
+        }
+    }
+
+    /// Publish it about `obj`.
+    pub async fn publish<K: Resource<DynamicType = ()>>(self, ctx: &Context, obj: &K) {
+        ctx.event(obj, self.warning, &self.reason, self.action, self.message)
+            .await;
+    }
+}
