@@ -7,25 +7,26 @@
 //! the same against a real VM and the emulator.
 
 pub mod config;
+mod imds;
+mod report;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use secrecy::SecretString;
 
-use crate::api::binding::{InstanceTokenStatus, TokenStatus};
-use crate::api::conditions::{self, NewCondition, set_condition, types};
-use crate::api::grant::AccessStatus;
+use crate::api::binding::TokenStatus;
+use crate::api::conditions::{self, types};
 use crate::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
-use crate::controller::status::{contained_in, now};
+pub use imds::{ArmProbe, ImdsSource};
 
 /// The agent's field manager prefix; a scale set instance appends its instance id so that
 /// instances never remove each other's entries.
@@ -199,34 +200,15 @@ impl Agent {
     /// Run until `shutdown` resolves: watch bindings, grants and identities, and check every
     /// binding of this VM on each change and every `interval`.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let wc = watcher::Config::default().any_semantic();
         let (b_store, b_writer) = reflector::store::<IdentityBinding>();
         let (g_store, g_writer) = reflector::store::<RoleGrant>();
         let (i_store, i_writer) = reflector::store::<UserAssignedIdentity>();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let tx1 = tx.clone();
-        let tx2 = tx.clone();
-        let b = reflector::reflector(b_writer, watcher(Api::all(self.client.clone()), wc.clone()))
-            .touched_objects()
-            .for_each(move |_| {
-                let _ = tx.try_send(());
-                futures::future::ready(())
-            });
-        let g = reflector::reflector(g_writer, watcher(Api::all(self.client.clone()), wc.clone()))
-            .touched_objects()
-            .for_each(move |_| {
-                let _ = tx1.try_send(());
-                futures::future::ready(())
-            });
-        let i = reflector::reflector(i_writer, watcher(Api::all(self.client.clone()), wc))
-            .touched_objects()
-            .for_each(move |_| {
-                let _ = tx2.try_send(());
-                futures::future::ready(())
-            });
-        let watches = tokio::spawn(async move {
-            tokio::join!(b, g, i);
-        });
+        let watches = tokio::spawn(futures::future::join3(
+            watch(&self.client, b_writer, tx.clone()),
+            watch(&self.client, g_writer, tx.clone()),
+            watch(&self.client, i_writer, tx),
+        ));
         let this = self.clone();
         let main = async move {
             let _ = b_store.wait_until_ready().await;
@@ -399,321 +381,25 @@ impl Agent {
             }
         }
     }
-
-    async fn write_binding(
-        &self,
-        b: &IdentityBinding,
-        result: &Result<Token, TokenFailure>,
-    ) -> kube::Result<()> {
-        let generation = b.metadata.generation;
-        let current = b.status.clone().unwrap_or_default();
-        let mut own: Vec<_> = current
-            .conditions
-            .iter()
-            .filter(|c| c.type_ == types::TOKEN_ACQUIRED)
-            .cloned()
-            .collect();
-        let checked_by = self.me.checked_by();
-        let (cond, token) = match result {
-            Ok(t) => (
-                NewCondition::new(
-                    types::TOKEN_ACQUIRED,
-                    true,
-                    "TokenAcquired",
-                    format!(
-                        "{checked_by} obtained a token for {} through IMDS",
-                        t.meta.resource.clone().unwrap_or_default()
-                    ),
-                ),
-                Some(TokenStatus {
-                    checked_by: Some(checked_by.clone()),
-                    ..t.meta.clone()
-                }),
-            ),
-            Err(e) => (
-                NewCondition::new(
-                    types::TOKEN_ACQUIRED,
-                    false,
-                    &e.reason,
-                    format!("{checked_by}: {}", e.message),
-                ),
-                None,
-            ),
-        };
-        set_condition(&mut own, cond, generation, now());
-        let mut status = serde_json::json!({ "conditions": own });
-        match &self.me.scale_set {
-            None => {
-                if let Some(token) = token {
-                    status["token"] = serde_json::to_value(token).unwrap_or_default();
-                }
-            }
-            Some(_) => {
-                let known = current
-                    .instances
-                    .iter()
-                    .any(|i| i.instance_id == self.me.name);
-                if !known && current.instances.len() >= MAX_INSTANCES {
-                    tracing::warn!(binding = %b.name_any(), "instance list is full; not reporting this instance");
-                } else {
-                    let entry = InstanceTokenStatus {
-                        instance_id: self.me.name.clone(),
-                        acquired: result.is_ok(),
-                        reason: result.as_ref().err().map(|e| e.reason.clone()),
-                        token,
-                    };
-                    status["instances"] = serde_json::json!([entry]);
-                }
-            }
-        }
-        let current_json = serde_json::to_value(&current).unwrap_or_default();
-        if contained_in(&status, &current_json) {
-            return Ok(());
-        }
-        let api: Api<IdentityBinding> =
-            Api::namespaced(self.client.clone(), &b.namespace().unwrap_or_default());
-        apply(
-            &api,
-            &b.name_any(),
-            "IdentityBinding",
-            status,
-            &self.field_manager(),
-        )
-        .await
-    }
-
-    async fn write_grant(
-        &self,
-        g: &RoleGrant,
-        scope: &str,
-        outcome: Result<u16, CheckFailure>,
-    ) -> kube::Result<()> {
-        let current = g.status.clone().unwrap_or_default();
-        let mut own: Vec<_> = current
-            .conditions
-            .iter()
-            .filter(|c| c.type_ == types::ACCESS_VERIFIED)
-            .cloned()
-            .collect();
-        let checked_by = self.me.checked_by();
-        let (cond, access) = match outcome {
-            Ok(200) => (
-                NewCondition::new(
-                    types::ACCESS_VERIFIED,
-                    true,
-                    "AccessVerified",
-                    format!("{checked_by} read {scope} with the identity's token (HTTP 200)"),
-                ),
-                Some(AccessStatus {
-                    verified: true,
-                    http_status: Some(200),
-                    checked_by: Some(checked_by),
-                }),
-            ),
-            Ok(code @ (401 | 403)) => (
-                NewCondition::new(
-                    types::ACCESS_VERIFIED,
-                    false,
-                    "AccessDenied",
-                    format!(
-                        "{checked_by} got HTTP {code} reading {scope}; a new role assignment can take minutes to take effect"
-                    ),
-                ),
-                Some(AccessStatus {
-                    verified: false,
-                    http_status: Some(code.into()),
-                    checked_by: Some(checked_by),
-                }),
-            ),
-            Ok(code) => (
-                NewCondition::new(
-                    types::ACCESS_VERIFIED,
-                    false,
-                    "UnexpectedStatus",
-                    format!("{checked_by} got HTTP {code} reading {scope}"),
-                ),
-                Some(AccessStatus {
-                    verified: false,
-                    http_status: Some(code.into()),
-                    checked_by: Some(checked_by),
-                }),
-            ),
-            Err(failure) => (
-                NewCondition::new(
-                    types::ACCESS_VERIFIED,
-                    false,
-                    &failure.reason,
-                    format!("{checked_by}: {}", failure.message),
-                ),
-                None,
-            ),
-        };
-        set_condition(&mut own, cond, g.metadata.generation, now());
-        let mut status = serde_json::json!({ "conditions": own });
-        if let Some(access) = &access {
-            status["access"] = serde_json::to_value(access).unwrap_or_default();
-        }
-        // Several VMs may check one grant: `checkedBy` alone changing is not worth a write.
-        let mut compare = status.clone();
-        if let Some(a) = compare.get_mut("access").and_then(|a| a.as_object_mut()) {
-            a.remove("checkedBy");
-        }
-        let current_json = serde_json::to_value(&current).unwrap_or_default();
-        if contained_in(&compare, &current_json) {
-            return Ok(());
-        }
-        let api: Api<RoleGrant> =
-            Api::namespaced(self.client.clone(), &g.namespace().unwrap_or_default());
-        apply(&api, &g.name_any(), "RoleGrant", status, FIELD_MANAGER).await
-    }
 }
 
-async fn apply<K>(
-    api: &Api<K>,
-    name: &str,
-    kind: &str,
-    status: serde_json::Value,
-    manager: &str,
-) -> kube::Result<()>
+/// Mirror every object of kind `K` into `writer`, and nudge `wake` on each change.
+fn watch<K>(
+    client: &Client,
+    writer: reflector::store::Writer<K>,
+    wake: tokio::sync::mpsc::Sender<()>,
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
 {
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": kind,
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Token metadata from a JWT's claims, for status: tenant and object id.
-pub fn claims_meta(
-    claims: &BTreeMap<String, serde_json::Value>,
-) -> (Option<String>, Option<String>) {
-    let s = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    (s("tid"), s("oid"))
-}
-
-/// [`TokenSource`] over the VM's IMDS.
-pub struct ImdsSource {
-    imds: crate::auth::ImdsClient,
-}
-
-impl ImdsSource {
-    /// IMDS at `endpoint`.
-    pub fn new(
-        http: reqwest::Client,
-        endpoint: url::Url,
-        policy: crate::auth::ImdsRetryPolicy,
-    ) -> Self {
-        Self {
-            imds: crate::auth::ImdsClient::new(http, endpoint, policy),
-        }
-    }
-}
-
-fn timestamp(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-#[async_trait]
-impl TokenSource for ImdsSource {
-    async fn whoami(&self) -> Result<Whoami, TokenFailure> {
-        let c = self
-            .imds
-            .instance_compute()
-            .await
-            .map_err(|e| TokenFailure {
-                reason: "ImdsUnavailable".into(),
-                message: e.to_string(),
-            })?;
-        Ok(Whoami {
-            subscription_id: c.subscription_id,
-            resource_group: c.resource_group_name,
-            name: c.name,
-            scale_set: (!c.vm_scale_set_name.is_empty()).then_some(c.vm_scale_set_name),
+    let wc = watcher::Config::default().any_semantic();
+    reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), wc))
+        .touched_objects()
+        .for_each(move |_| {
+            let _ = wake.try_send(());
+            futures::future::ready(())
         })
-    }
-
-    async fn token(&self, client_id: &str, resource: &str) -> Result<Token, TokenFailure> {
-        let selector = crate::auth::IdentitySelector::ClientId(client_id.to_string());
-        match self.imds.token(resource, &selector, false).await {
-            Ok(t) => {
-                let claims = crate::auth::decode_claims(&t.access_token).unwrap_or_default();
-                Ok(Token {
-                    meta: TokenStatus {
-                        resource: Some(if t.resource.is_empty() {
-                            resource.to_string()
-                        } else {
-                            t.resource.clone()
-                        }),
-                        token_type: Some(t.token_type.clone()),
-                        client_id: Some(
-                            t.client_id.clone().unwrap_or_else(|| client_id.to_string()),
-                        ),
-                        tenant_id: claims.tid,
-                        object_id: claims.oid,
-                        expires_on: Some(timestamp(t.expires_on)),
-                        not_before: t.not_before.map(timestamp),
-                        checked_by: None,
-                    },
-                    expires_on: t.expires_on,
-                    secret: t.access_token,
-                })
-            }
-            Err(e) if e.is_identity_not_found() => Err(TokenFailure {
-                reason: "IdentityNotAssigned".into(),
-                message: format!("IMDS does not know identity {client_id} on this VM: {e}"),
-            }),
-            Err(crate::auth::ImdsError::Status { status: 429, .. }) => Err(TokenFailure {
-                reason: "ImdsThrottled".into(),
-                message: "IMDS kept answering 429 after retries".into(),
-            }),
-            Err(e) => Err(TokenFailure {
-                reason: "ImdsUnavailable".into(),
-                message: e.to_string(),
-            }),
-        }
-    }
-}
-
-/// [`AccessProbe`] over ARM.
-pub struct ArmProbe {
-    http: reqwest::Client,
-    endpoint: url::Url,
-}
-
-impl ArmProbe {
-    /// ARM at `endpoint`.
-    pub fn new(http: reqwest::Client, endpoint: url::Url) -> Self {
-        Self { http, endpoint }
-    }
-}
-
-#[async_trait]
-impl AccessProbe for ArmProbe {
-    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, CheckFailure> {
-        crate::azure::probe_access(&self.http, &self.endpoint, scope, token)
-            .await
-            .map_err(|e| CheckFailure {
-                reason: if e.code() == "UnsupportedScope" {
-                    "UnsupportedScope".into()
-                } else {
-                    "CheckFailed".into()
-                },
-                message: if e.code() == "UnsupportedScope" {
-                    e.message.clone()
-                } else {
-                    e.to_string()
-                },
-            })
-    }
 }
 
 /// Start an agent for the VM whose IMDS is at `imds_endpoint`; it runs until `stop` is

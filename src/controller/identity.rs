@@ -20,6 +20,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
+use super::outcome::Note;
 use super::policy::{self, Decision};
 use super::reasons;
 use super::status::{self, FIELD_MANAGER, Reported, ready_reason_is};
@@ -257,10 +258,9 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         }
         Plan::InSync => current.unwrap_or_default(),
         Plan::Refuse { reason, message } => {
-            if !ready_reason_is(&*obj, reason) {
-                ctx.event(&*obj, true, reason, "ReconcileIdentity", message.clone())
-                    .await;
-            }
+            Note::warning(reason, "ReconcileIdentity", message.clone())
+                .publish_once(ctx, &*obj)
+                .await;
             write_status(&obj, ctx, not_ready(&obj, reason, &message)).await?;
             // A foreign identity may be removed or re-tagged in Azure: look again now and then.
             return Ok(Action::requeue(ctx.settings.jittered_resync()));
@@ -283,16 +283,13 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
                 format!("identity {} exists", at.name),
             ),
             Export::Refused(message) => {
-                if !ready_reason_is(&*obj, reasons::CONFIG_MAP_CONFLICT) {
-                    ctx.event(
-                        &*obj,
-                        true,
-                        reasons::CONFIG_MAP_CONFLICT,
-                        "ExportConfigMap",
-                        message.clone(),
-                    )
-                    .await;
-                }
+                Note::warning(
+                    reasons::CONFIG_MAP_CONFLICT,
+                    "ExportConfigMap",
+                    message.clone(),
+                )
+                .publish_once(ctx, &*obj)
+                .await;
                 NewCondition::new(types::READY, false, reasons::CONFIG_MAP_CONFLICT, message)
             }
         },
@@ -371,30 +368,32 @@ async fn dependents(
     namespace: &str,
     name: &str,
 ) -> Result<Vec<String>, ReconcileError> {
-    let lp = kube::api::ListParams::default();
-    let mut out = Vec::new();
-    let bindings: Api<crate::api::IdentityBinding> = Api::namespaced(ctx.client.clone(), namespace);
-    for b in bindings
-        .list(&lp)
-        .await
-        .map_err(ReconcileError::kube("ListDependents"))?
-    {
-        if b.spec.identity_ref.name == name {
-            out.push(format!("IdentityBinding {}", b.name_any()));
-        }
-    }
-    let grants: Api<crate::api::RoleGrant> = Api::namespaced(ctx.client.clone(), namespace);
-    for g in grants
-        .list(&lp)
-        .await
-        .map_err(ReconcileError::kube("ListDependents"))?
-    {
-        if g.spec.identity_ref.name == name {
-            out.push(format!("RoleGrant {}", g.name_any()));
-        }
-    }
+    let mut out =
+        using::<crate::api::IdentityBinding>(ctx, namespace, name, |b| &b.spec.identity_ref.name)
+            .await?;
+    out.extend(
+        using::<crate::api::RoleGrant>(ctx, namespace, name, |g| &g.spec.identity_ref.name).await?,
+    );
     out.sort();
     Ok(out)
+}
+
+/// `Kind name` of each object of kind `K` in `namespace` whose identity is `name`.
+async fn using<K: Reported>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    identity_of: fn(&K) -> &String,
+) -> Result<Vec<String>, ReconcileError> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(ReconcileError::kube("ListDependents"))?
+        .into_iter()
+        .filter(|o| identity_of(o) == name)
+        .map(|o| format!("{} {}", K::kind(&()), o.name_any()))
+        .collect())
 }
 
 /// What became of the export.

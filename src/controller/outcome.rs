@@ -7,6 +7,7 @@ use kube::Resource;
 use kube::runtime::controller::Action;
 
 use super::context::Context;
+use super::status::{Reported, ready_reason_is};
 
 /// When to look at the object again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,14 @@ impl Note {
         Self {
             warning: false,
             ..Self::warning(reason, action, message)
+        }
+    }
+
+    /// Publish it about `obj` unless `obj`'s `Ready` condition already has this reason: a
+    /// condition that persists is reported once.
+    pub async fn publish_once<K: Reported>(self, ctx: &Context, obj: &K) {
+        if !ready_reason_is(obj, &self.reason) {
+            self.publish(ctx, obj).await;
         }
     }
 

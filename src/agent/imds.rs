@@ -1,0 +1,124 @@
+//! The agent's windows on the world: IMDS (who this VM is, tokens of its identities) and ARM
+//! (a GET of a granted scope with such a token).
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::{AccessProbe, CheckFailure, Token, TokenFailure, TokenSource, Whoami};
+use crate::api::binding::TokenStatus;
+
+/// [`TokenSource`] over the VM's IMDS.
+pub struct ImdsSource {
+    imds: crate::auth::ImdsClient,
+}
+
+impl ImdsSource {
+    /// IMDS at `endpoint`.
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: url::Url,
+        policy: crate::auth::ImdsRetryPolicy,
+    ) -> Self {
+        Self {
+            imds: crate::auth::ImdsClient::new(http, endpoint, policy),
+        }
+    }
+}
+
+fn timestamp(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[async_trait]
+impl TokenSource for ImdsSource {
+    async fn whoami(&self) -> Result<Whoami, TokenFailure> {
+        let c = self
+            .imds
+            .instance_compute()
+            .await
+            .map_err(|e| TokenFailure {
+                reason: "ImdsUnavailable".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Whoami {
+            subscription_id: c.subscription_id,
+            resource_group: c.resource_group_name,
+            name: c.name,
+            scale_set: (!c.vm_scale_set_name.is_empty()).then_some(c.vm_scale_set_name),
+        })
+    }
+
+    async fn token(&self, client_id: &str, resource: &str) -> Result<Token, TokenFailure> {
+        let selector = crate::auth::IdentitySelector::ClientId(client_id.to_string());
+        match self.imds.token(resource, &selector, false).await {
+            Ok(t) => {
+                let claims = crate::auth::decode_claims(&t.access_token).unwrap_or_default();
+                Ok(Token {
+                    meta: TokenStatus {
+                        resource: Some(if t.resource.is_empty() {
+                            resource.to_string()
+                        } else {
+                            t.resource.clone()
+                        }),
+                        token_type: Some(t.token_type.clone()),
+                        client_id: Some(
+                            t.client_id.clone().unwrap_or_else(|| client_id.to_string()),
+                        ),
+                        tenant_id: claims.tid,
+                        object_id: claims.oid,
+                        expires_on: Some(timestamp(t.expires_on)),
+                        not_before: t.not_before.map(timestamp),
+                        checked_by: None,
+                    },
+                    expires_on: t.expires_on,
+                    secret: t.access_token,
+                })
+            }
+            Err(e) if e.is_identity_not_found() => Err(TokenFailure {
+                reason: "IdentityNotAssigned".into(),
+                message: format!("IMDS does not know identity {client_id} on this VM: {e}"),
+            }),
+            Err(crate::auth::ImdsError::Status { status: 429, .. }) => Err(TokenFailure {
+                reason: "ImdsThrottled".into(),
+                message: "IMDS kept answering 429 after retries".into(),
+            }),
+            Err(e) => Err(TokenFailure {
+                reason: "ImdsUnavailable".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// [`AccessProbe`] over ARM.
+pub struct ArmProbe {
+    http: reqwest::Client,
+    endpoint: url::Url,
+}
+
+impl ArmProbe {
+    /// ARM at `endpoint`.
+    pub fn new(http: reqwest::Client, endpoint: url::Url) -> Self {
+        Self { http, endpoint }
+    }
+}
+
+#[async_trait]
+impl AccessProbe for ArmProbe {
+    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, CheckFailure> {
+        crate::azure::probe_access(&self.http, &self.endpoint, scope, token)
+            .await
+            .map_err(|e| CheckFailure {
+                reason: if e.code() == "UnsupportedScope" {
+                    "UnsupportedScope".into()
+                } else {
+                    "CheckFailed".into()
+                },
+                message: if e.code() == "UnsupportedScope" {
+                    e.message.clone()
+                } else {
+                    e.to_string()
+                },
+            })
+    }
+}

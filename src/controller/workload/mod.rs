@@ -1,0 +1,444 @@
+//! `IdentityBinding` to a service account (workload identity): resolve (identity, policy,
+//! service account) -> the federated identity credential that trusts the cluster's OIDC issuer
+//! for `system:serviceaccount:<ns>:<name>` (written only when it differs, one writer per
+//! identity at a time, never a 21st) -> the service account's `azure.workload.identity/*`
+//! annotations -> the token check -> status.
+//!
+//! The token check proves the binding the way a pod would: a TokenRequest for the service
+//! account (audience `api://AzureADTokenExchange`, the shortest lifetime Kubernetes allows),
+//! exchanged at Entra ID with the identity's client id, and each scope granted to the identity
+//! (RoleGrants with `verifyAccess`) read with the resulting token. Status gets the token's
+//! metadata and the access results, never the token or the assertion.
+
+mod credential;
+mod summary;
+mod token_check;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use super::context::{Context, object_key};
+use super::error::ReconcileError;
+use super::outcome::Note;
+use super::policy::{self, Decision, ResolvedIdentity};
+use super::reasons;
+use crate::api::conditions::{self, types};
+use crate::api::{DeletionPolicy, IdentityBinding, UserAssignedIdentity};
+use crate::azure::federated::{FederatedCredential, IdentityCoordinates};
+pub use credential::IdentityLocks;
+use credential::{Ensured, annotate, ensure_credential, remove_trust};
+use summary::{summary, wait, waiting, write_status};
+use token_check::check_token;
+
+/// The audience Entra ID expects on a federated service account token.
+pub const EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The annotation the workload identity webhook reads the client id from.
+pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+/// The annotation the workload identity webhook reads the tenant id from.
+pub const TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+/// At most this many federated identity credentials per identity (an Azure limit).
+pub const MAX_CREDENTIALS_PER_IDENTITY: usize = 20;
+/// The shortest token lifetime a TokenRequest may ask for (Kubernetes refuses less).
+pub const TOKEN_REQUEST_SECONDS: i64 = 600;
+/// `checkedBy` of a token the controller obtained by the exchange.
+pub const CHECKED_BY: &str = "token-exchange";
+/// The field manager of the access results the token check writes on RoleGrants.
+pub const GRANT_FIELD_MANAGER: &str = "uami-token-exchange";
+
+/// Event reason of a repair (the VM path uses the same).
+const DRIFT_DETECTED: &str = "DriftDetected";
+/// Event reason when a policy stops allowing a binding and its trust is removed.
+const REVOKED: &str = "Revoked";
+/// How soon a binding whose token check did not fully pass looks again (a new role assignment
+/// takes a while to take effect).
+const RECHECK: Duration = Duration::from_secs(5);
+/// How soon a binding whose token exchange was refused tries again.
+const RETRY_EXCHANGE: Duration = Duration::from_secs(30);
+/// How soon a binding waiting for its identity looks again.
+const WAIT: Duration = Duration::from_secs(2);
+/// How soon a binding waiting for its service account looks again (service accounts are not
+/// watched).
+const WAIT_FOR_SERVICE_ACCOUNT: Duration = Duration::from_secs(5);
+
+/// What service account bindings need to know about the cluster and Entra ID.
+#[derive(Clone, Debug)]
+pub struct WorkloadSettings {
+    /// The cluster's OIDC issuer URL, exactly as its tokens carry it in `iss`.
+    pub oidc_issuer: String,
+    /// Entra ID's authority host (`https://login.microsoftonline.com/`).
+    pub authority_host: url::Url,
+    /// The ARM endpoint the granted scopes are read from.
+    pub arm_endpoint: url::Url,
+    /// HTTP client for the exchange and the reads.
+    pub http: reqwest::Client,
+}
+
+/// Whether the binding targets a service account.
+pub fn is_service_account(obj: &IdentityBinding) -> bool {
+    obj.spec.target.service_account.is_some()
+}
+
+/// `system:serviceaccount:<namespace>:<name>`.
+pub fn subject(namespace: &str, service_account: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{service_account}")
+}
+
+const NAME_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2b7e_61c4_0d9a_4f3e_8c51_a6d2_19f0_7e44);
+
+/// The federated identity credential's name: readable, deterministic over (issuer, namespace,
+/// service account), and valid under `^[a-zA-Z0-9]{1}[a-zA-Z0-9-_]{2,119}$`.
+pub fn credential_name(issuer: &str, namespace: &str, service_account: &str) -> String {
+    let hash = uuid::Uuid::new_v5(
+        &NAME_NAMESPACE,
+        format!("{issuer}|{namespace}|{service_account}").as_bytes(),
+    )
+    .simple()
+    .to_string();
+    let readable: String = format!("{namespace}-{service_account}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(120 - "k8s-".len() - 1 - 8)
+        .collect();
+    format!("k8s-{readable}-{}", &hash[..8])
+}
+
+fn sa_name(obj: &IdentityBinding) -> String {
+    obj.spec
+        .target
+        .service_account
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default()
+}
+
+/// The identity's Azure side, from its status.
+struct ReadyIdentity {
+    id: String,
+    coordinates: IdentityCoordinates,
+    client_id: String,
+    tenant_id: String,
+}
+
+fn ready_identity(identity: &UserAssignedIdentity) -> Option<ReadyIdentity> {
+    let s = identity.status.as_ref()?;
+    if !conditions::is_true(&s.conditions, types::READY) {
+        return None;
+    }
+    known_identity(identity)
+}
+
+/// The identity's Azure side as its status last recorded it, ready or not (an identity being
+/// deleted is not Ready, but its credentials must still go first).
+fn known_identity(identity: &UserAssignedIdentity) -> Option<ReadyIdentity> {
+    let s = identity.status.as_ref()?;
+    let id = s.resource_id.clone()?;
+    Some(ReadyIdentity {
+        coordinates: IdentityCoordinates::from_id(&id)?,
+        id,
+        client_id: s.client_id.clone()?,
+        tenant_id: s.tenant_id.clone()?,
+    })
+}
+
+/// Apply a service account binding.
+pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let sa = sa_name(&obj);
+    let resync = Action::requeue(ctx.settings.jittered_resync());
+    let Some(wl) = ctx.settings.workload.clone() else {
+        let message = "the controller runs without --oidc-issuer: service account bindings need the cluster's OIDC issuer URL";
+        return wait(
+            &obj,
+            ctx,
+            reasons::NO_OIDC_ISSUER,
+            message,
+            Action::await_change(),
+        )
+        .await;
+    };
+    let identity_name = &obj.spec.identity_ref.name;
+    let Some(identity) = ctx.identity(&ns, identity_name) else {
+        let message =
+            format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
+        return wait(
+            &obj,
+            ctx,
+            reasons::IDENTITY_NOT_FOUND,
+            &message,
+            Action::requeue(WAIT),
+        )
+        .await;
+    };
+    let Some(id) = ready_identity(&identity) else {
+        let message = format!("UserAssignedIdentity {identity_name} is not ready yet");
+        return wait(
+            &obj,
+            ctx,
+            reasons::WAITING_FOR_IDENTITY,
+            &message,
+            Action::requeue(WAIT),
+        )
+        .await;
+    };
+    let resolved = ResolvedIdentity {
+        subscription_id: id.coordinates.subscription.clone(),
+        resource_group: id.coordinates.resource_group.clone(),
+        name: id.coordinates.name.clone(),
+    };
+    if let Decision::Denied(message) = policy::check_service_account_binding(
+        &ctx.policies(),
+        &ns,
+        &resolved,
+        &sa,
+        ctx.settings.default_subscription.as_deref(),
+    ) {
+        Note::warning(reasons::DENIED_BY_POLICY, "CheckPolicy", message.clone())
+            .publish_once(ctx, &*obj)
+            .await;
+        let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
+        if obj.status.as_ref().and_then(|s| s.assigned) == Some(true) {
+            // A policy no longer allows what this binding made: take it back.
+            remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+            ctx.forget_checked(&object_key(&*obj));
+            ctx.event(
+                &*obj,
+                true,
+                REVOKED,
+                "DeleteFederatedCredential",
+                format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
+            )
+            .await;
+            status.assigned = Some(false);
+            status.token = None;
+            status.access = Vec::new();
+        }
+        write_status(&obj, ctx, status).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(other) = earlier_binding_of_service_account(ctx, &obj, &ns, &sa) {
+        let message = format!(
+            "service account {sa} is already bound to identity {} by IdentityBinding {other}; a service account carries one client id",
+            other_identity(ctx, &ns, &other).unwrap_or_default()
+        );
+        return wait(&obj, ctx, reasons::SERVICE_ACCOUNT_IN_USE, &message, resync).await;
+    }
+    let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(account) = sa_api
+        .get_opt(&sa)
+        .await
+        .map_err(ReconcileError::kube("GetServiceAccount"))?
+    else {
+        let message = format!("ServiceAccount {sa} does not exist in namespace {ns}");
+        return wait(
+            &obj,
+            ctx,
+            reasons::SERVICE_ACCOUNT_NOT_FOUND,
+            &message,
+            Action::requeue(WAIT_FOR_SERVICE_ACCOUNT),
+        )
+        .await;
+    };
+
+    let key = object_key(&*obj);
+    let fingerprint = format!(
+        "{:?}/{}/{}",
+        obj.metadata.generation,
+        id.id.to_lowercase(),
+        wl.oidc_issuer
+    );
+    let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
+    if assigned_before && ctx.recently_checked(&key, &fingerprint) {
+        // A pass caused by a status write: nothing in Azure or on the service account to read.
+        return Ok(resync);
+    }
+
+    let desired = FederatedCredential {
+        name: credential_name(&wl.oidc_issuer, &ns, &sa),
+        id: String::new(),
+        issuer: wl.oidc_issuer.clone(),
+        subject: subject(&ns, &sa),
+        audiences: vec![EXCHANGE_AUDIENCE.to_string()],
+    };
+    let ensured = match ensure_credential(ctx, &obj, &id, desired, assigned_before).await? {
+        Ensured::Present {
+            credential,
+            adopted,
+        } => (credential, adopted),
+        Ensured::LimitReached(count) => {
+            ctx.forget_checked(&key);
+            let message = format!(
+                "identity {} already has {count} federated identity credentials, Azure's limit is {MAX_CREDENTIALS_PER_IDENTITY}; bind another identity or remove a binding of this one",
+                id.coordinates.name
+            );
+            Note::warning(
+                reasons::FEDERATED_CREDENTIAL_LIMIT,
+                "CreateFederatedCredential",
+                message.clone(),
+            )
+            .publish_once(ctx, &*obj)
+            .await;
+            return wait(
+                &obj,
+                ctx,
+                reasons::FEDERATED_CREDENTIAL_LIMIT,
+                &message,
+                resync,
+            )
+            .await;
+        }
+    };
+    let (credential, adopted) = ensured;
+    annotate(ctx, &obj, &sa_api, &account, &id, assigned_before).await?;
+
+    let check = check_token(ctx, &wl, &obj, &ns, &sa, &id).await;
+    let exchanged = check.token.is_some();
+    let all_verified = exchanged && check.access.iter().all(|a| a.verified);
+    let status = summary(&obj, &id, &credential, adopted, &check);
+    if !assigned_before {
+        ctx.event(
+            &*obj,
+            false,
+            reasons::ASSIGNED,
+            "CreateFederatedCredential",
+            format!(
+                "identity {identity_name} trusts service account {sa} through federated identity credential {}",
+                credential.name
+            ),
+        )
+        .await;
+    }
+    write_status(&obj, ctx, status).await?;
+    if all_verified {
+        ctx.mark_checked(&key, fingerprint);
+        Ok(resync)
+    } else {
+        ctx.forget_checked(&key);
+        // A refused exchange needs a change somewhere; access only needs time to propagate.
+        Ok(Action::requeue(if exchanged {
+            RECHECK
+        } else {
+            RETRY_EXCHANGE
+        }))
+    }
+}
+
+/// The oldest other live binding of a different identity to the same service account.
+fn earlier_binding_of_service_account(
+    ctx: &Context,
+    obj: &IdentityBinding,
+    ns: &str,
+    sa: &str,
+) -> Option<String> {
+    let mine = (obj.meta().creation_timestamp.clone(), obj.name_any());
+    ctx.stores
+        .bindings
+        .state()
+        .iter()
+        .filter(|b| {
+            b.uid() != obj.uid()
+                && b.meta().deletion_timestamp.is_none()
+                && b.namespace().as_deref() == Some(ns)
+                && b.spec.identity_ref.name != obj.spec.identity_ref.name
+                && b.spec
+                    .target
+                    .service_account
+                    .as_ref()
+                    .map(|s| s.name.as_str())
+                    == Some(sa)
+                && (b.meta().creation_timestamp.clone(), b.name_any()) < mine
+        })
+        .map(|b| b.name_any())
+        .min()
+}
+
+fn other_identity(ctx: &Context, ns: &str, binding: &str) -> Option<String> {
+    ctx.stores
+        .bindings
+        .state()
+        .iter()
+        .find(|b| b.namespace().as_deref() == Some(ns) && b.name_any() == binding)
+        .map(|b| b.spec.identity_ref.name.clone())
+}
+
+/// Clean up a service account binding: the credential goes, then the annotations, then the
+/// finalizer (so the identity, which waits for its bindings, goes last).
+pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let sa = sa_name(&obj);
+    ctx.forget_checked(&object_key(&*obj));
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Action::await_change());
+    }
+    // Another live binding of the same identity to the same service account keeps both.
+    let shared = ctx.stores.bindings.state().iter().any(|b| {
+        b.meta().deletion_timestamp.is_none()
+            && b.uid() != obj.uid()
+            && b.namespace().as_deref() == Some(ns.as_str())
+            && b.spec.identity_ref.name == obj.spec.identity_ref.name
+            && b.spec
+                .target
+                .service_account
+                .as_ref()
+                .map(|s| s.name.as_str())
+                == Some(sa.as_str())
+    });
+    if shared {
+        return Ok(Action::await_change());
+    }
+    let Some(id) = ctx
+        .identity(&ns, &obj.spec.identity_ref.name)
+        .and_then(|i| known_identity(&i))
+    else {
+        return Ok(Action::await_change());
+    };
+    remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && (3..=120).contains(&name.len())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }
+
+    #[test]
+    fn credential_names_are_deterministic_distinct_and_valid() {
+        let a = credential_name("https://oidc.example/x/", "team-a", "app");
+        assert_eq!(
+            a,
+            credential_name("https://oidc.example/x/", "team-a", "app")
+        );
+        assert!(a.starts_with("k8s-team-a-app-"), "{a}");
+        assert!(valid(&a), "{a}");
+        assert_ne!(
+            a,
+            credential_name("https://oidc.example/x/", "team-a", "app2")
+        );
+        assert_ne!(
+            a,
+            credential_name("https://oidc.example/y/", "team-a", "app")
+        );
+        // `team-a`/`b-c` and `team-a-b`/`c` read alike but differ.
+        assert_ne!(
+            credential_name("i", "team-a", "b-c"),
+            credential_name("i", "team-a-b", "c")
+        );
+        let long = credential_name("i", &"n".repeat(63), &format!("{}.x", "s".repeat(250)));
+        assert!(valid(&long), "{long} ({} chars)", long.len());
+    }
+
+    #[test]
+    fn subjects_name_the_service_account() {
+        assert_eq!(subject("team-a", "app"), "system:serviceaccount:team-a:app");
+    }
+}

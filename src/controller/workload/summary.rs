@@ -1,0 +1,138 @@
+//! The status of a service account binding: what it waits for, or what was made and what the
+//! token check found.
+
+use kube::runtime::controller::Action;
+
+use super::super::context::Context;
+use super::super::error::ReconcileError;
+use super::super::reasons;
+use super::super::status::{self, own_conditions};
+use super::token_check::TokenCheck;
+use super::{ReadyIdentity, sa_name};
+use crate::api::conditions::{NewCondition, types};
+use crate::api::{IdentityBinding, IdentityBindingStatus};
+use crate::azure::federated::FederatedCredential;
+
+/// Conditions this controller writes on a service account binding.
+const OWN: &[&str] = &[types::ASSIGNED, types::TOKEN_ACQUIRED, types::READY];
+
+pub(super) fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
+    let current = obj.status.as_ref();
+    IdentityBindingStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: own_conditions(obj, OWN),
+        target_resource_id: current.and_then(|s| s.target_resource_id.clone()),
+        assigned: current.and_then(|s| s.assigned),
+        adopted: current.and_then(|s| s.adopted),
+        federated_credential_name: current.and_then(|s| s.federated_credential_name.clone()),
+        token: current.and_then(|s| s.token.clone()),
+        access: current.map(|s| s.access.clone()).unwrap_or_default(),
+        ..IdentityBindingStatus::default()
+    }
+}
+
+fn set(obj: &IdentityBinding, status: &mut IdentityBindingStatus, c: NewCondition) {
+    status::set(&mut status.conditions, obj.metadata.generation, c);
+}
+
+/// Not assigned (yet): `Assigned` and `Ready` False with `reason`.
+pub(super) fn waiting(obj: &IdentityBinding, reason: &str, message: &str) -> IdentityBindingStatus {
+    let mut status = base(obj);
+    set(
+        obj,
+        &mut status,
+        NewCondition::new(types::ASSIGNED, false, reason, message),
+    );
+    set(
+        obj,
+        &mut status,
+        NewCondition::new(types::READY, false, reason, message),
+    );
+    status
+}
+
+pub(super) fn summary(
+    obj: &IdentityBinding,
+    id: &ReadyIdentity,
+    credential: &FederatedCredential,
+    adopted: bool,
+    check: &TokenCheck,
+) -> IdentityBindingStatus {
+    let mut status = base(obj);
+    status.assigned = Some(true);
+    status.adopted = Some(adopted);
+    status.federated_credential_name = Some(credential.name.clone());
+    status.target_resource_id = Some(if credential.id.is_empty() {
+        format!("{}/federatedIdentityCredentials/{}", id.id, credential.name)
+    } else {
+        credential.id.clone()
+    });
+    status.token = check.token.clone();
+    status.access = check.access.clone();
+    let sa = sa_name(obj);
+    let message = if adopted {
+        format!(
+            "federated identity credential {} already trusted service account {sa}; it will not be deleted with this binding",
+            credential.name
+        )
+    } else {
+        format!(
+            "federated identity credential {} trusts service account {sa}; the service account carries the identity's client id",
+            credential.name
+        )
+    };
+    set(
+        obj,
+        &mut status,
+        NewCondition::new(types::ASSIGNED, true, reasons::ASSIGNED, message),
+    );
+    set(obj, &mut status, check.condition.clone());
+    let ready = if check.token.is_some() {
+        NewCondition::new(
+            types::READY,
+            true,
+            reasons::READY,
+            "the identity trusts the service account and its token was exchanged for the identity's token",
+        )
+    } else {
+        NewCondition::new(
+            types::READY,
+            false,
+            &check.condition.reason,
+            format!("the token exchange failed: {}", check.condition.message),
+        )
+    };
+    set(obj, &mut status, ready);
+    status
+}
+
+/// The status fields the controller owns on a service account binding.
+const OWNED: &[&str] = &[
+    "targetResourceId",
+    "assigned",
+    "adopted",
+    "observedGeneration",
+    "federatedCredentialName",
+    "token",
+    "access",
+];
+
+/// Write the status of a binding that waits for `reason`, and look again `next`.
+pub(super) async fn wait(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    reason: &str,
+    message: &str,
+    next: Action,
+) -> Result<Action, ReconcileError> {
+    write_status(obj, ctx, waiting(obj, reason, message)).await?;
+    Ok(next)
+}
+
+pub(super) async fn write_status(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    status: IdentityBindingStatus,
+) -> Result<(), ReconcileError> {
+    status::write(&ctx.client, obj, &status, OWNED).await
+}
