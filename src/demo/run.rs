@@ -166,6 +166,72 @@ fn describe(snap: &[(String, Value)]) -> String {
         .join("\n")
 }
 
+/// Wait until every watched object is Ready and say so (`what` is Ready after ...), or fail
+/// with their last state.
+async fn ready(
+    stack: &Stack,
+    watched: Watched,
+    timeout: Duration,
+    out: &mut (dyn Write + Send),
+    what: &str,
+) -> Result<Vec<(String, Value)>, DemoError> {
+    match wait_ready(stack, watched, timeout, out).await? {
+        Ok((snap, took)) => {
+            writeln!(out, "\n{what} Ready after {:.1}s.\n", took.as_secs_f64())?;
+            Ok(snap)
+        }
+        Err(state) => Err(DemoError::Timeout(timeout, state)),
+    }
+}
+
+/// The object `name` (`Kind/name`) of a snapshot.
+fn object(snap: &[(String, Value)], name: &str) -> Value {
+    snap.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// A string field, or `-`.
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or("-").to_string()
+}
+
+/// The token metadata of a binding's status.
+fn print_token(out: &mut (dyn Write + Send), token: &Value) -> std::io::Result<()> {
+    print_fields(
+        out,
+        token,
+        &[
+            ("audience:   ", "resource"),
+            ("clientId:   ", "clientId"),
+            ("tenantId:   ", "tenantId"),
+            ("objectId:   ", "objectId"),
+            ("expiresOn:  ", "expiresOn"),
+            ("checkedBy:  ", "checkedBy"),
+        ],
+    )
+}
+
+/// One `label value` line for each (label, key) of `fields`, from the string fields of `v`.
+fn print_fields(
+    out: &mut (dyn Write + Send),
+    v: &Value,
+    fields: &[(&str, &str)],
+) -> std::io::Result<()> {
+    for (label, key) in fields {
+        writeln!(out, "  {label}{}", s(&v[*key]))?;
+    }
+    Ok(())
+}
+
+/// The access check of a grant's status.
+fn print_access(out: &mut (dyn Write + Send), access: &Value) -> std::io::Result<()> {
+    writeln!(out, "  verified:   {}", access["verified"])?;
+    writeln!(out, "  httpStatus: {}", access["httpStatus"])?;
+    writeln!(out, "  checkedBy:  {}", s(&access["checkedBy"]))
+}
+
 /// Run the demo, writing to `out`.
 pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     writeln!(
@@ -180,43 +246,27 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         "Applying examples/tutorial.yaml (identity, binding to myVM, Reader on DevTest)..."
     )?;
     stack.apply_yaml(TUTORIAL).await?;
-    let snap = match wait_ready(&stack, TUTORIAL_OBJECTS, opts.timeout, out).await? {
-        Ok((snap, took)) => {
-            writeln!(
-                out,
-                "\nEverything is Ready after {:.1}s.\n",
-                took.as_secs_f64()
-            )?;
-            snap
-        }
-        Err(state) => {
+    let snap = match ready(&stack, TUTORIAL_OBJECTS, opts.timeout, out, "Everything is").await {
+        Ok(snap) => snap,
+        Err(e) => {
             stack.stop().await;
-            return Err(DemoError::Timeout(opts.timeout, state));
+            return Err(e);
         }
     };
-    let get = |name: &str| {
-        snap.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let identity = get("UserAssignedIdentity/my-identity");
-    let binding = get("IdentityBinding/my-identity-on-myvm");
-    let grant = get("RoleGrant/my-identity-reads-devtest");
-    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let identity = object(&snap, "UserAssignedIdentity/my-identity");
+    let binding = object(&snap, "IdentityBinding/my-identity-on-myvm");
+    let grant = object(&snap, "RoleGrant/my-identity-reads-devtest");
     writeln!(out, "Identity (step 1, az identity create):")?;
-    writeln!(
+    print_fields(
         out,
-        "  resourceId:  {}",
-        s(&identity["status"]["resourceId"])
+        &identity["status"],
+        &[
+            ("resourceId:  ", "resourceId"),
+            ("clientId:    ", "clientId"),
+            ("principalId: ", "principalId"),
+            ("tenantId:    ", "tenantId"),
+        ],
     )?;
-    writeln!(out, "  clientId:    {}", s(&identity["status"]["clientId"]))?;
-    writeln!(
-        out,
-        "  principalId: {}",
-        s(&identity["status"]["principalId"])
-    )?;
-    writeln!(out, "  tenantId:    {}", s(&identity["status"]["tenantId"]))?;
     let state = stack.emulator.state();
     let vm = state["computes"]
         .as_array()
@@ -233,41 +283,34 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         }
     }
     writeln!(out, "Role assignment (step 3, az role assignment create):")?;
-    writeln!(
+    print_fields(
         out,
-        "  id:                {}",
-        s(&grant["status"]["roleAssignmentId"])
+        &grant["status"],
+        &[("id:                ", "roleAssignmentId")],
     )?;
     writeln!(
         out,
         "  roleDefinitionId:  {} (Reader)",
         s(&grant["status"]["roleDefinitionId"])
     )?;
-    writeln!(out, "  scope:             {}", s(&grant["status"]["scope"]))?;
-    writeln!(
+    print_fields(
         out,
-        "  principalId:       {}",
-        s(&grant["status"]["principalId"])
+        &grant["status"],
+        &[
+            ("scope:             ", "scope"),
+            ("principalId:       ", "principalId"),
+        ],
     )?;
-    let token = &binding["status"]["token"];
     writeln!(
         out,
         "Token from IMDS on myVM (step 4, metadata only; the token itself is never stored):"
     )?;
-    writeln!(out, "  audience:   {}", s(&token["resource"]))?;
-    writeln!(out, "  clientId:   {}", s(&token["clientId"]))?;
-    writeln!(out, "  tenantId:   {}", s(&token["tenantId"]))?;
-    writeln!(out, "  objectId:   {}", s(&token["objectId"]))?;
-    writeln!(out, "  expiresOn:  {}", s(&token["expiresOn"]))?;
-    writeln!(out, "  checkedBy:  {}", s(&token["checkedBy"]))?;
-    let access = &grant["status"]["access"];
+    print_token(out, &binding["status"]["token"])?;
     writeln!(
         out,
         "Verified access (step 4, GET resource group DevTest with the identity's token):"
     )?;
-    writeln!(out, "  verified:   {}", access["verified"])?;
-    writeln!(out, "  httpStatus: {}", access["httpStatus"])?;
-    writeln!(out, "  checkedBy:  {}", s(&access["checkedBy"]))?;
+    print_access(out, &grant["status"]["access"])?;
     let counts = stack.emulator.counts();
     writeln!(
         out,
@@ -314,26 +357,16 @@ async fn workload_part(
         "\nWorkload identity: applying examples/workload-identity.yaml (service account workload/reporter, identity reporterIdentity bound to it, Reader on DevTest)..."
     )?;
     stack.apply_yaml(WORKLOAD_IDENTITY).await?;
-    let snap = match wait_ready(stack, WORKLOAD_OBJECTS, timeout, out).await? {
-        Ok((snap, took)) => {
-            writeln!(
-                out,
-                "\nThe service account binding is Ready after {:.1}s.\n",
-                took.as_secs_f64()
-            )?;
-            snap
-        }
-        Err(state) => return Err(DemoError::Timeout(timeout, state)),
-    };
-    let get = |name: &str| {
-        snap.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let binding = get("IdentityBinding/reporter-identity-for-reporter");
-    let grant = get("RoleGrant/reporter-reads-devtest");
-    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let snap = ready(
+        stack,
+        WORKLOAD_OBJECTS,
+        timeout,
+        out,
+        "The service account binding is",
+    )
+    .await?;
+    let binding = object(&snap, "IdentityBinding/reporter-identity-for-reporter");
+    let grant = object(&snap, "RoleGrant/reporter-reads-devtest");
     let fic_name = s(&binding["status"]["federatedCredentialName"]);
     let state = stack.emulator.state();
     let fic = state["federatedIdentityCredentials"]
@@ -366,24 +399,15 @@ async fn workload_part(
             writeln!(out, "  {k}: {v}")?;
         }
     }
-    let token = &binding["status"]["token"];
     writeln!(
         out,
         "Token exchanged for the service account's token (TokenRequest, then Entra ID; metadata only):"
     )?;
-    writeln!(out, "  audience:   {}", s(&token["resource"]))?;
-    writeln!(out, "  clientId:   {}", s(&token["clientId"]))?;
-    writeln!(out, "  tenantId:   {}", s(&token["tenantId"]))?;
-    writeln!(out, "  objectId:   {}", s(&token["objectId"]))?;
-    writeln!(out, "  expiresOn:  {}", s(&token["expiresOn"]))?;
-    writeln!(out, "  checkedBy:  {}", s(&token["checkedBy"]))?;
-    let access = &grant["status"]["access"];
+    print_token(out, &binding["status"]["token"])?;
     writeln!(
         out,
         "Verified access (GET resource group DevTest with the exchanged token):"
     )?;
-    writeln!(out, "  verified:   {}", access["verified"])?;
-    writeln!(out, "  httpStatus: {}", access["httpStatus"])?;
-    writeln!(out, "  checkedBy:  {}", s(&access["checkedBy"]))?;
+    print_access(out, &grant["status"]["access"])?;
     Ok(())
 }
