@@ -3,10 +3,11 @@
 
 use kube::runtime::controller::Action;
 
+use super::super::binding::plan::base_with;
 use super::super::context::Context;
 use super::super::error::ReconcileError;
 use super::super::reasons;
-use super::super::status::{self, own_conditions};
+use super::super::status;
 use super::token_check::TokenCheck;
 use super::{ReadyIdentity, sa_name};
 use crate::api::conditions::{NewCondition, types};
@@ -19,15 +20,10 @@ const OWN: &[&str] = &[types::ASSIGNED, types::TOKEN_ACQUIRED, types::READY];
 pub(super) fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
     let current = obj.status.as_ref();
     IdentityBindingStatus {
-        observed_generation: obj.metadata.generation,
-        conditions: own_conditions(obj, OWN),
-        target_resource_id: current.and_then(|s| s.target_resource_id.clone()),
-        assigned: current.and_then(|s| s.assigned),
-        adopted: current.and_then(|s| s.adopted),
         federated_credential_name: current.and_then(|s| s.federated_credential_name.clone()),
         token: current.and_then(|s| s.token.clone()),
         access: current.map(|s| s.access.clone()).unwrap_or_default(),
-        ..IdentityBindingStatus::default()
+        ..base_with(obj, OWN)
     }
 }
 

@@ -1,0 +1,246 @@
+//! `IdentityBinding` reconciler: resolve (target, policy, identity) -> plan (pure, [`plan`]) ->
+//! read the VM or scale set and submit the missing change to the target's writer -> status.
+//!
+//! The binding never PATCHes the target itself; [`TargetWriter`](super::target_writer) merges
+//! the changes of every binding of one target into one write. `Ready` also needs the agent on the
+//! VM to report a token (`TokenAcquired`, written by the agent's own field manager). Bindings to a
+//! service account (workload identity) take their own path in [`workload`](super::workload).
+
+pub mod plan;
+mod removal;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+
+use super::context::{Context, object_key};
+use super::error::ReconcileError;
+use super::status::{self, arm_reason};
+use super::target_writer::{Outcome, Want};
+use super::workload;
+use crate::api::conditions::types;
+use crate::api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
+pub use plan::target_of;
+use plan::{Ensure, Found, Plan, Removal};
+pub use removal::{ASSIGNED_ANNOTATION, recorded_identity};
+use removal::{owned_identity, record_identity, recorded, remove_identity};
+
+/// Finalizer of bindings.
+pub const FINALIZER: &str = "uami.dev/binding";
+
+/// The status fields the controller owns on a binding to a VM or scale set.
+const OWNED: &[&str] = &[
+    "targetResourceId",
+    "assigned",
+    "adopted",
+    "observedGeneration",
+];
+
+/// Entry point: finalizer handling around apply and cleanup.
+pub async fn reconcile(
+    obj: Arc<IdentityBinding>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<IdentityBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+        match event {
+            // Service accounts (workload identity) have their own path.
+            FinalizerEvent::Apply(obj) if workload::is_service_account(&obj) => {
+                workload::apply(obj, &ctx).await
+            }
+            FinalizerEvent::Cleanup(obj) if workload::is_service_account(&obj) => {
+                workload::cleanup(obj, &ctx).await
+            }
+            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer);
+    if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
+        let reason = arm_reason(source);
+        let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());
+        let _ = write_status(&obj, &ctx, status).await;
+    }
+    result
+}
+
+/// Plan, and carry the plan out.
+async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let key = object_key(&*obj);
+    let planned = plan::plan(
+        &obj,
+        ctx.settings.default_subscription.as_deref(),
+        &ctx.policies(),
+        ctx.identity(&ns, &obj.spec.identity_ref.name).as_deref(),
+        |fingerprint| ctx.recently_checked(&key, fingerprint),
+    );
+    let (status, note, next) = match planned {
+        Plan::Report { status, note, next } => (status, note, next),
+        Plan::Revoke { target, message } => {
+            // A policy that stops allowing a binding revokes it: the identity this controller
+            // added is removed from the target.
+            let removal = match owned_identity(&obj, ctx).await? {
+                Some(identity_id) => Some(remove_identity(&obj, ctx, &target, &identity_id).await?),
+                None => None,
+            };
+            let (status, note, next) = plan::revoked(&obj, &target, &message, removal);
+            if let Some(note) = note {
+                note.publish(ctx, &*obj).await;
+            }
+            if removal == Some(Removal::Gone) {
+                record_identity(&obj, ctx, None).await?;
+            }
+            (Some(status), None, next)
+        }
+        Plan::Ensure(e) => {
+            let found = ensure(&obj, ctx, &e).await?;
+            let (status, note, next) = plan::settle(&obj, &e, &found);
+            if let Some(note) = note {
+                note.publish(ctx, &*obj).await;
+            }
+            if matches!(found, Found::Assigned { .. }) {
+                ctx.mark_checked(&key, e.fingerprint.clone());
+            }
+            write_status(&obj, ctx, status).await?;
+            if let Found::Submit { .. } = found {
+                ctx.writer.submit(
+                    &e.target,
+                    &e.identity_id,
+                    Want::Present,
+                    ObjectRef::from_obj(&*obj),
+                );
+            }
+            return Ok(next.action(ctx));
+        }
+    };
+    if let Some(note) = note {
+        note.publish(ctx, &*obj).await;
+    }
+    if let Some(status) = status {
+        write_status(&obj, ctx, status).await?;
+    }
+    Ok(next.action(ctx))
+}
+
+/// Where the identity stands on the target, from the writer and ARM; records that this
+/// controller added it before the writer's outcome is forgotten, so that only an identity it
+/// added is ever removed.
+async fn ensure(obj: &IdentityBinding, ctx: &Context, e: &Ensure) -> Result<Found, ReconcileError> {
+    let key = object_key(obj);
+    let write_key = format!("{key}/write");
+    let (target, identity_id) = (&e.target, e.identity_id.as_str());
+    let done = |outcome: Option<Outcome>| matches!(outcome, Some(Outcome::Done));
+    if done(ctx.writer.outcome(target, identity_id)) {
+        // The writer's PATCH carrying this identity just succeeded: no need to read the VM again.
+        if !recorded(obj, identity_id) {
+            record_identity(obj, ctx, Some(identity_id)).await?;
+        }
+        ctx.writer.forget(target, identity_id);
+        ctx.record_success(&write_key);
+        return Ok(Found::Assigned {
+            ours: true,
+            added: true,
+        });
+    }
+    let current = ctx
+        .azure
+        .compute
+        .get_compute(target)
+        .await
+        .map_err(ReconcileError::arm("GetTarget"))?;
+    let Some(current) = current else {
+        ctx.forget_checked(&key);
+        return Ok(Found::TargetNotFound);
+    };
+    if current.identity.has_user_assigned(identity_id) {
+        // The write succeeded: a later failure starts its backoff from the beginning.
+        ctx.record_success(&write_key);
+        let added = done(ctx.writer.outcome(target, identity_id));
+        let mut ours = recorded(obj, identity_id);
+        if added && !ours {
+            // This controller's write put it there.
+            record_identity(obj, ctx, Some(identity_id)).await?;
+            ours = true;
+        }
+        ctx.writer.forget(target, identity_id);
+        return Ok(Found::Assigned { ours, added });
+    }
+    ctx.forget_checked(&key);
+    match ctx.writer.outcome(target, identity_id) {
+        Some(Outcome::Pending) => Ok(Found::Pending),
+        Some(Outcome::Failed {
+            code,
+            message,
+            retryable,
+            retry_after,
+        }) => {
+            ctx.writer.forget(target, identity_id);
+            Ok(Found::Failed {
+                code,
+                message,
+                retryable,
+                retry_after,
+                attempts: ctx.record_failure(&write_key),
+            })
+        }
+        other => {
+            let drift = e.assigned_before && other.is_none();
+            if drift {
+                tracing::info!(binding = %key, target = %target.id(), "identity no longer assigned; repairing drift");
+            }
+            // Record the assignment before asking for it: after a crash between the write and
+            // its answer, or when the answer is lost (a timeout, a 500 after the fact), the
+            // identity found on the target is known as this controller's, not adopted, and is
+            // removed on deletion.
+            if !recorded(obj, identity_id) {
+                record_identity(obj, ctx, Some(identity_id)).await?;
+            }
+            Ok(Found::Submit { drift })
+        }
+    }
+}
+
+async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let key = object_key(&*obj);
+    ctx.forget_checked(&key);
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Action::await_change());
+    }
+    // Only an identity this controller recorded adding is removed: a binding refused by policy,
+    // deleted before its first reconcile, or that found the identity already assigned, removes
+    // nothing. Status is not evidence.
+    let Some(identity_id) = owned_identity(&obj, ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    let Some(target) = target_of(&obj, ctx.settings.default_subscription.as_deref()) else {
+        return Ok(Action::await_change());
+    };
+    match remove_identity(&obj, ctx, &target, &identity_id).await? {
+        Removal::Gone => Ok(Action::await_change()),
+        // The finalizer stays until the identity is off the VM; the writer reconciles this
+        // binding again when the removal is done.
+        Removal::Pending => Err(ReconcileError::Waiting {
+            step: "UnassignIdentity",
+            message: format!("removing the identity from {}", target.id()),
+            retry: Duration::from_secs(30),
+        }),
+    }
+}
+
+async fn write_status(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    status: IdentityBindingStatus,
+) -> Result<(), ReconcileError> {
+    status::write(&ctx.client, obj, &status, OWNED).await
+}

@@ -1,0 +1,424 @@
+//! The pure half of the `IdentityBinding` reconciler (VM and scale set targets): from what was
+//! observed (the spec, the policies, the identity in the store, the target writer's outcome and
+//! the target as ARM returned it) to what to do and the status to write. Nothing here reads or
+//! writes anything.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use super::super::error::backoff;
+use super::super::outcome::{Next, Note};
+use super::super::policy::{self, Decision, ResolvedTarget};
+use super::super::reasons;
+use super::super::status::{self, own_conditions, ready_reason_is};
+use super::recorded_identity;
+use crate::api::conditions::{self, NewCondition, types};
+use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
+use crate::azure::compute::{ComputeTarget, TargetKind};
+
+/// Conditions this controller writes on a binding (the agent writes `TokenAcquired`).
+const OWN: &[&str] = &[types::ASSIGNED, types::READY];
+
+/// The target of a binding, with the subscription resolved.
+pub fn target_of(
+    obj: &IdentityBinding,
+    default_subscription: Option<&str>,
+) -> Option<ComputeTarget> {
+    let t = &obj.spec.target;
+    let (kind, r) = match (&t.virtual_machine, &t.virtual_machine_scale_set) {
+        (Some(r), _) => (TargetKind::VirtualMachine, r),
+        (None, Some(r)) => (TargetKind::VirtualMachineScaleSet, r),
+        (None, None) => return None,
+    };
+    Some(ComputeTarget {
+        kind,
+        subscription: r
+            .subscription_id
+            .clone()
+            .or_else(|| default_subscription.map(str::to_string))?,
+        resource_group: r.resource_group.clone(),
+        name: r.name.clone(),
+    })
+}
+
+/// The target as the policy checks see it.
+pub fn resolved(target: &ComputeTarget) -> ResolvedTarget {
+    ResolvedTarget {
+        kind: match target.kind {
+            TargetKind::VirtualMachine => policy::TargetKind::VirtualMachine,
+            TargetKind::VirtualMachineScaleSet => policy::TargetKind::VirtualMachineScaleSet,
+        },
+        subscription_id: target.subscription.clone(),
+        resource_group: target.resource_group.clone(),
+        name: target.name.clone(),
+    }
+}
+
+/// What to do about a binding.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// Write `status` (when there is one), publish `note`, and look again `next`.
+    Report {
+        status: Option<IdentityBindingStatus>,
+        note: Option<Note>,
+        next: Next,
+    },
+    /// No policy allows the binding: take back the identity this controller recorded adding to
+    /// `target`, then report ([`revoked`]).
+    Revoke {
+        target: ComputeTarget,
+        message: String,
+    },
+    /// Make sure the identity is on the target.
+    Ensure(Ensure),
+}
+
+/// What ensuring the assignment needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ensure {
+    /// The VM or scale set.
+    pub target: ComputeTarget,
+    /// The identity's ARM id.
+    pub identity_id: String,
+    /// What the check is remembered under.
+    pub fingerprint: String,
+    /// Whether the binding was assigned before (a missing identity is drift).
+    pub assigned_before: bool,
+}
+
+/// Where removing an identity from a target stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The identity is not on the target (any more).
+    Gone,
+    /// The writer is removing it.
+    Pending,
+}
+
+/// What ensuring found, from the target writer and ARM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The identity is on the target: `ours` when this controller recorded adding it, `added`
+    /// when this controller's write just put it there.
+    Assigned { ours: bool, added: bool },
+    /// The VM or scale set does not exist.
+    TargetNotFound,
+    /// The writer is adding it.
+    Pending,
+    /// The writer failed to add it, for the `attempts`-th time in a row.
+    Failed {
+        code: String,
+        message: String,
+        retryable: bool,
+        retry_after: Option<Duration>,
+        attempts: u32,
+    },
+    /// It is missing: submit it to the writer (after the status is written); `drift` when it
+    /// was assigned before and removed outside the controller.
+    Submit { drift: bool },
+}
+
+/// Step 1 (pure): from the spec, the policies, the identity in the store and whether the target
+/// was checked moments ago with the same inputs, what to do.
+pub fn plan(
+    obj: &IdentityBinding,
+    default_subscription: Option<&str>,
+    policies: &[GrantPolicy],
+    identity: Option<&UserAssignedIdentity>,
+    recently_checked: impl Fn(&str) -> bool,
+) -> Plan {
+    let ns = obj.namespace().unwrap_or_default();
+    let Some(target) = target_of(obj, default_subscription) else {
+        return Plan::Report {
+            status: Some(not_ready(
+                obj,
+                types::READY,
+                reasons::NO_SUBSCRIPTION,
+                "the target has no subscriptionId and the controller has no default subscription",
+            )),
+            note: None,
+            next: Next::AwaitChange,
+        };
+    };
+    if let Decision::Denied(message) =
+        policy::check_binding(policies, &ns, &resolved(&target), default_subscription)
+    {
+        return Plan::Revoke { target, message };
+    }
+    let identity_name = &obj.spec.identity_ref.name;
+    // The identity's change wakes the binding; the resync covers a missed event.
+    let Some(identity) = identity else {
+        let message =
+            format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
+        return report(waiting(obj, &target, reasons::IDENTITY_NOT_FOUND, &message));
+    };
+    let identity_ready = identity
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, types::READY));
+    let Some(identity_id) = identity
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_id.clone())
+        .filter(|_| identity_ready)
+    else {
+        if identity.status.is_none() && obj.status.is_none() {
+            // The identity is being created right now and its change wakes this binding.
+            return Plan::Report {
+                status: None,
+                note: None,
+                next: Next::Resync,
+            };
+        }
+        let message = format!("UserAssignedIdentity {identity_name} is not ready yet");
+        return report(waiting(
+            obj,
+            &target,
+            reasons::WAITING_FOR_IDENTITY,
+            &message,
+        ));
+    };
+    let fingerprint = format!(
+        "{:?}/{}",
+        obj.metadata.generation,
+        identity_id.to_lowercase()
+    );
+    let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
+    if assigned_before && recently_checked(&fingerprint) {
+        // A pass caused by a status write (ours or the agent's): only the summary can change.
+        let adopted = obj.status.as_ref().and_then(|s| s.adopted).unwrap_or(false);
+        return report(assigned(obj, &target, adopted));
+    }
+    Plan::Ensure(Ensure {
+        target,
+        identity_id,
+        fingerprint,
+        assigned_before,
+    })
+}
+
+/// Step 2 (pure): the status, the Event and the next look after ensuring found `found`.
+pub fn settle(
+    obj: &IdentityBinding,
+    e: &Ensure,
+    found: &Found,
+) -> (IdentityBindingStatus, Option<Note>, Next) {
+    let target = &e.target;
+    let identity_name = &obj.spec.identity_ref.name;
+    match found {
+        Found::Assigned { ours, added } => {
+            let note = added.then(|| {
+                Note::normal(
+                    reasons::ASSIGNED,
+                    "AssignIdentity",
+                    format!("assigned {identity_name} to {}", target.id()),
+                )
+            });
+            // Assigned without a record of this controller adding it: someone else put it
+            // there, so it is never removed by this controller.
+            (assigned(obj, target, !ours), note, Next::Resync)
+        }
+        Found::TargetNotFound => {
+            let message = format!("{} does not exist", target.id());
+            let note = (!ready_reason_is(obj, reasons::TARGET_NOT_FOUND))
+                .then(|| Note::warning(reasons::TARGET_NOT_FOUND, "GetTarget", message.clone()));
+            let status = waiting(obj, target, reasons::TARGET_NOT_FOUND, &message);
+            (status, note, Next::Resync)
+        }
+        Found::Pending => (assigning(obj, target), None, Next::Resync),
+        Found::Failed {
+            code,
+            message,
+            retryable,
+            retry_after,
+            attempts,
+        } => {
+            let note = Note::warning(
+                "AssignFailed",
+                "AssignIdentity",
+                format!("{code}: {message}"),
+            );
+            let mut status = not_ready(obj, types::ASSIGNED, code, message);
+            set(obj, &mut status, types::READY, false, code, message);
+            status.target_resource_id = Some(target.id());
+            let next = if *retryable {
+                Next::After(backoff(attempts.saturating_sub(1), *retry_after))
+            } else {
+                Next::Resync
+            };
+            (status, Some(note), next)
+        }
+        Found::Submit { drift } => {
+            let note = drift.then(|| {
+                Note::warning(
+                    "DriftDetected",
+                    "AssignIdentity",
+                    format!(
+                        "{identity_name} was removed from {} outside the controller; assigning it again",
+                        target.id()
+                    ),
+                )
+            });
+            (assigning(obj, target), note, Next::Resync)
+        }
+    }
+}
+
+/// The status, the Event and the next look of a binding no policy allows, after the identity
+/// this controller added was taken back (`removal`), or when it had added none (`None`).
+pub fn revoked(
+    obj: &IdentityBinding,
+    target: &ComputeTarget,
+    message: &str,
+    removal: Option<Removal>,
+) -> (IdentityBindingStatus, Option<Note>, Next) {
+    let mut status = not_ready(obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, message);
+    status.target_resource_id = Some(target.id());
+    set(
+        obj,
+        &mut status,
+        types::READY,
+        false,
+        reasons::DENIED_BY_POLICY,
+        message,
+    );
+    match removal {
+        Some(Removal::Gone) => {
+            status.assigned = Some(false);
+            status.adopted = None;
+            let note = Note::warning(
+                reasons::DENIED_BY_POLICY,
+                "RevokeAssignment",
+                format!("{message}; removed the identity from {}", target.id()),
+            );
+            (status, Some(note), Next::AwaitChange)
+        }
+        Some(Removal::Pending) => (status, None, Next::After(Duration::from_secs(30))),
+        None => {
+            if recorded_identity(obj).is_none() {
+                status.assigned = None;
+                status.adopted = None;
+            }
+            let note = (!ready_reason_is(obj, reasons::DENIED_BY_POLICY))
+                .then(|| Note::warning(reasons::DENIED_BY_POLICY, "CheckPolicy", message));
+            // Policies are watched: a policy change reconciles again.
+            (status, note, Next::AwaitChange)
+        }
+    }
+}
+
+fn report(status: IdentityBindingStatus) -> Plan {
+    Plan::Report {
+        status: Some(status),
+        note: None,
+        next: Next::Resync,
+    }
+}
+
+/// A status that starts from the controller's fields of the current status: `own` conditions,
+/// the target, `assigned` and `adopted`.
+pub fn base_with(obj: &IdentityBinding, own: &[&str]) -> IdentityBindingStatus {
+    let current = obj.status.as_ref();
+    IdentityBindingStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: own_conditions(obj, own),
+        target_resource_id: current.and_then(|s| s.target_resource_id.clone()),
+        assigned: current.and_then(|s| s.assigned),
+        adopted: current.and_then(|s| s.adopted),
+        ..IdentityBindingStatus::default()
+    }
+}
+
+fn set(
+    obj: &IdentityBinding,
+    status: &mut IdentityBindingStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) {
+    status::set(
+        &mut status.conditions,
+        obj.metadata.generation,
+        NewCondition::new(type_, ok, reason, message),
+    );
+}
+
+/// The status with condition `type_` False for `reason`.
+pub fn not_ready(
+    obj: &IdentityBinding,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) -> IdentityBindingStatus {
+    let mut status = base_with(obj, OWN);
+    set(obj, &mut status, type_, false, reason, message);
+    status
+}
+
+fn waiting(
+    obj: &IdentityBinding,
+    target: &ComputeTarget,
+    reason: &str,
+    message: &str,
+) -> IdentityBindingStatus {
+    let mut status = base_with(obj, OWN);
+    status.target_resource_id = Some(target.id());
+    set(obj, &mut status, types::ASSIGNED, false, reason, message);
+    set(obj, &mut status, types::READY, false, reason, message);
+    status
+}
+
+fn assigning(obj: &IdentityBinding, target: &ComputeTarget) -> IdentityBindingStatus {
+    let message = format!("assigning the identity to {}", target.id());
+    waiting(obj, target, reasons::ASSIGNING, &message)
+}
+
+fn assigned(obj: &IdentityBinding, target: &ComputeTarget, adopted: bool) -> IdentityBindingStatus {
+    let mut status = base_with(obj, OWN);
+    status.assigned = Some(true);
+    status.adopted = Some(adopted);
+    status.target_resource_id = Some(target.id());
+    let message = if adopted {
+        format!(
+            "the identity was already assigned to {}; it will not be removed on deletion",
+            target.id()
+        )
+    } else {
+        format!("the identity is assigned to {}", target.id())
+    };
+    set(
+        obj,
+        &mut status,
+        types::ASSIGNED,
+        true,
+        reasons::ASSIGNED,
+        &message,
+    );
+    // `Ready` of an assigned binding follows the agent's `TokenAcquired`.
+    let token = obj
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, types::TOKEN_ACQUIRED).cloned());
+    let (ok, reason, message) = match token {
+        Some(c) if c.status == conditions::status::TRUE => (
+            true,
+            reasons::READY.to_string(),
+            "the identity is assigned and the agent on the VM obtained a token with it".to_string(),
+        ),
+        Some(c) => (
+            false,
+            c.reason.clone(),
+            format!("the agent could not obtain a token: {}", c.message),
+        ),
+        None => (
+            false,
+            reasons::AWAITING_TOKEN.to_string(),
+            "the identity is assigned; waiting for the agent on the VM to report a token"
+                .to_string(),
+        ),
+    };
+    set(obj, &mut status, types::READY, ok, &reason, &message);
+    status
+}

@@ -1,0 +1,299 @@
+//! Table tests of the binding plan: observed state in, actions and status out.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::ASSIGNED_ANNOTATION;
+use super::plan::*;
+use crate::api::conditions::{self, types};
+use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
+use crate::controller::outcome::Next;
+use crate::controller::reasons;
+
+const SUB: &str = "00000000-0000-0000-0000-000000000001";
+const ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id";
+
+fn condition(type_: &str, status: &str, reason: &str) -> serde_json::Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": "m",
+        "lastTransitionTime": "2026-01-01T00:00:00Z"})
+}
+
+fn binding(status: Option<serde_json::Value>, recorded: bool) -> IdentityBinding {
+    let mut b = json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
+        "metadata": {"name": "b", "namespace": "team", "generation": 3},
+        "spec": {"identityRef": {"name": "id"},
+            "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}},
+    });
+    if let Some(s) = status {
+        b["status"] = s;
+    }
+    if recorded {
+        b["metadata"]["annotations"] = json!({ ASSIGNED_ANNOTATION: ID });
+    }
+    serde_json::from_value(b).unwrap()
+}
+
+fn identity(ready: bool) -> UserAssignedIdentity {
+    serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
+        "metadata": {"name": "id", "namespace": "team"},
+        "spec": {"resourceGroup": "DevTest", "location": "eastus"},
+        "status": {"resourceId": ID, "conditions": [
+            condition("Ready", if ready { "True" } else { "False" }, "Ready")]},
+    }))
+    .unwrap()
+}
+
+fn allow_vm() -> Vec<GrantPolicy> {
+    vec![
+        serde_json::from_value(json!({
+            "apiVersion": "uami.dev/v1alpha1", "kind": "GrantPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"namespaces": ["team"], "identityBindings": [
+                {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}]},
+        }))
+        .unwrap(),
+    ]
+}
+
+fn get(status: &IdentityBindingStatus, type_: &str) -> Option<(String, String)> {
+    conditions::find(&status.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn ensure_of(b: &IdentityBinding) -> Ensure {
+    match plan(b, Some(SUB), &allow_vm(), Some(&identity(true)), |_| false) {
+        Plan::Ensure(e) => e,
+        other => panic!("not ensured: {other:?}"),
+    }
+}
+
+#[test]
+fn plans_from_target_policy_and_identity() {
+    let never = |_: &str| false;
+    let ready = identity(true);
+    let not_ready = identity(false);
+    let with_status = || binding(Some(json!({"observedGeneration": 1})), false);
+    // (binding, default subscription, policies, identity) -> (Ready reason, next look)
+    let cases: Vec<(
+        IdentityBinding,
+        Option<&str>,
+        Vec<GrantPolicy>,
+        Option<&UserAssignedIdentity>,
+        &str,
+        Next,
+    )> = vec![
+        (
+            binding(None, false),
+            None,
+            allow_vm(),
+            Some(&ready),
+            reasons::NO_SUBSCRIPTION,
+            Next::AwaitChange,
+        ),
+        (
+            binding(None, false),
+            Some(SUB),
+            allow_vm(),
+            None,
+            reasons::IDENTITY_NOT_FOUND,
+            Next::Resync,
+        ),
+        (
+            with_status(),
+            Some(SUB),
+            allow_vm(),
+            Some(&not_ready),
+            reasons::WAITING_FOR_IDENTITY,
+            Next::Resync,
+        ),
+    ];
+    for (b, sub, policies, id, reason, next) in cases {
+        match plan(&b, sub, &policies, id, never) {
+            Plan::Report {
+                status: Some(status),
+                note: None,
+                next: got,
+            } => {
+                assert_eq!(get(&status, types::READY).unwrap().1, reason);
+                assert_eq!(got, next, "{reason}");
+            }
+            other => panic!("{reason}: {other:?}"),
+        }
+    }
+    // Nothing allows it: revoke.
+    assert!(matches!(
+        plan(&binding(None, false), Some(SUB), &[], Some(&ready), never),
+        Plan::Revoke { .. }
+    ));
+    // A new binding of an identity being created: nothing to write yet.
+    let creating: UserAssignedIdentity = serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
+        "metadata": {"name": "id", "namespace": "team"},
+        "spec": {"resourceGroup": "DevTest", "location": "eastus"}}))
+    .unwrap();
+    assert_eq!(
+        plan(
+            &binding(None, false),
+            Some(SUB),
+            &allow_vm(),
+            Some(&creating),
+            never
+        ),
+        Plan::Report {
+            status: None,
+            note: None,
+            next: Next::Resync
+        }
+    );
+    // Allowed and ready: ensure, with drift noticed when it was assigned before.
+    let e = ensure_of(&binding(None, false));
+    assert_eq!(e.identity_id, ID);
+    assert!(!e.assigned_before);
+    assert!(e.target.id().ends_with("/virtualMachines/myVM"));
+    // Assigned and checked moments ago: status only; Ready follows the agent's token.
+    let assigned = binding(
+        Some(json!({"assigned": true, "adopted": false,
+            "conditions": [condition("TokenAcquired", "True", "TokenAcquired")]})),
+        true,
+    );
+    match plan(&assigned, Some(SUB), &allow_vm(), Some(&ready), |_| true) {
+        Plan::Report {
+            status: Some(status),
+            note: None,
+            next: Next::Resync,
+        } => {
+            assert_eq!(get(&status, types::ASSIGNED).unwrap().0, "True");
+            assert_eq!(
+                get(&status, types::READY).unwrap(),
+                ("True".into(), reasons::READY.into())
+            );
+            // The agent's condition stays the agent's.
+            assert_eq!(get(&status, types::TOKEN_ACQUIRED), None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn settles_what_the_writer_and_arm_found() {
+    let b = binding(None, false);
+    let e = ensure_of(&b);
+    // (found) -> (Assigned, Ready reason, adopted, Event action, next look)
+    let cases = [
+        (
+            Found::Assigned {
+                ours: true,
+                added: true,
+            },
+            (
+                "True",
+                reasons::AWAITING_TOKEN,
+                Some(false),
+                Some("AssignIdentity"),
+                Next::Resync,
+            ),
+        ),
+        (
+            Found::Assigned {
+                ours: false,
+                added: false,
+            },
+            (
+                "True",
+                reasons::AWAITING_TOKEN,
+                Some(true),
+                None,
+                Next::Resync,
+            ),
+        ),
+        (
+            Found::TargetNotFound,
+            (
+                "False",
+                reasons::TARGET_NOT_FOUND,
+                None,
+                Some("GetTarget"),
+                Next::Resync,
+            ),
+        ),
+        (
+            Found::Pending,
+            ("False", reasons::ASSIGNING, None, None, Next::Resync),
+        ),
+        (
+            Found::Submit { drift: true },
+            (
+                "False",
+                reasons::ASSIGNING,
+                None,
+                Some("AssignIdentity"),
+                Next::Resync,
+            ),
+        ),
+        (
+            Found::Failed {
+                code: "Conflict".into(),
+                message: "busy".into(),
+                retryable: false,
+                retry_after: None,
+                attempts: 1,
+            },
+            (
+                "False",
+                "Conflict",
+                None,
+                Some("AssignIdentity"),
+                Next::Resync,
+            ),
+        ),
+    ];
+    for (found, (assigned, reason, adopted, action, next)) in cases {
+        let (status, note, got) = settle(&b, &e, &found);
+        assert_eq!(
+            get(&status, types::ASSIGNED).unwrap().0,
+            assigned,
+            "{found:?}"
+        );
+        assert_eq!(get(&status, types::READY).unwrap().1, reason, "{found:?}");
+        assert_eq!(status.adopted, adopted, "{found:?}");
+        assert_eq!(note.map(|n| n.action), action, "{found:?}");
+        assert_eq!(got, next, "{found:?}");
+        assert!(status.target_resource_id.unwrap().ends_with("/myVM"));
+    }
+    let (_, _, next) = settle(
+        &b,
+        &e,
+        &Found::Failed {
+            code: "Throttled".into(),
+            message: "slow down".into(),
+            retryable: true,
+            retry_after: Some(Duration::from_secs(7)),
+            attempts: 1,
+        },
+    );
+    assert!(matches!(next, Next::After(d) if d >= Duration::from_secs(7)));
+}
+
+#[test]
+fn revocation_reports_what_was_taken_back() {
+    let b = binding(Some(json!({"assigned": true, "adopted": false})), true);
+    let target = ensure_of(&b).target;
+    let (status, note, next) = revoked(&b, &target, "denied", Some(Removal::Gone));
+    assert_eq!((status.assigned, status.adopted), (Some(false), None));
+    assert_eq!(note.unwrap().action, "RevokeAssignment");
+    assert_eq!(next, Next::AwaitChange);
+    let (status, note, next) = revoked(&b, &target, "denied", Some(Removal::Pending));
+    assert_eq!(status.assigned, Some(true));
+    assert_eq!((note, next), (None, Next::After(Duration::from_secs(30))));
+    // Nothing recorded: nothing was ours, and the old summary goes.
+    let unrecorded = binding(Some(json!({"assigned": true, "adopted": true})), false);
+    let (status, note, _) = revoked(&unrecorded, &target, "denied", None);
+    assert_eq!((status.assigned, status.adopted), (None, None));
+    assert_eq!(
+        get(&status, types::READY).unwrap().1,
+        reasons::DENIED_BY_POLICY
+    );
+    assert_eq!(note.unwrap().action, "CheckPolicy");
+}
