@@ -146,11 +146,7 @@ pub async fn reconcile(
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => ReconcileError::Finalizer(other.to_string()),
-    })
+    .map_err(ReconcileError::from_finalizer)
 }
 
 struct Coordinates {
@@ -229,14 +225,10 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
                 )
                 .await
                 .map_err(ReconcileError::arm("CreateIdentity"))?;
-            ctx.event(
-                &*obj,
-                false,
-                reasons::CREATED,
-                "CreateIdentity",
-                format!("created identity {}", created.id),
-            )
-            .await;
+            let note = format!("created identity {}", created.id);
+            Note::normal(reasons::CREATED, "CreateIdentity", note)
+                .publish(ctx, &*obj)
+                .await;
             created
         }
         Plan::UpdateTags { tags, adopting } => {
@@ -245,14 +237,10 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
                 .await
                 .map_err(ReconcileError::arm("UpdateIdentity"))?;
             if adopting {
-                ctx.event(
-                    &*obj,
-                    false,
-                    reasons::ADOPTED,
-                    "AdoptIdentity",
-                    format!("adopted existing identity {}", updated.id),
-                )
-                .await;
+                let note = format!("adopted existing identity {}", updated.id);
+                Note::normal(reasons::ADOPTED, "AdoptIdentity", note)
+                    .publish(ctx, &*obj)
+                    .await;
             }
             updated
         }

@@ -7,7 +7,8 @@ use kube::Resource;
 use kube::runtime::controller::Action;
 
 use super::context::Context;
-use super::status::{Reported, ready_reason_is};
+use super::error::ReconcileError;
+use super::status::{self, Reported, ready_reason_is};
 
 /// When to look at the object again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,4 +77,23 @@ impl Note {
         ctx.event(obj, self.warning, &self.reason, self.action, self.message)
             .await;
     }
+}
+
+/// The end of a planned pass: publish `note`, write `status` (the controller's `owned` fields,
+/// only when they change) and say when to look again.
+pub async fn conclude<K: Reported>(
+    ctx: &Context,
+    obj: &K,
+    note: Option<Note>,
+    status: Option<&K::Status>,
+    owned: &[&str],
+    next: Next,
+) -> Result<Action, ReconcileError> {
+    if let Some(note) = note {
+        note.publish(ctx, obj).await;
+    }
+    if let Some(status) = status {
+        status::write(&ctx.client, obj, status, owned).await?;
+    }
+    Ok(next.action(ctx))
 }

@@ -69,6 +69,16 @@ fn eq_ci(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
+/// Whether a rule's subscription (the configured default when it names none) is `subscription`.
+fn subscription_matches(
+    rule: Option<&str>,
+    default_subscription: Option<&str>,
+    subscription: &str,
+) -> bool {
+    rule.or(default_subscription)
+        .is_some_and(|s| eq_ci(s, subscription))
+}
+
 /// `scope` is `outer` or below it: both parsed as canonical ARM scopes and compared segment by
 /// segment, case-insensitively (`.../DevTest2` is not inside `.../DevTest`). A scope that does
 /// not parse is inside nothing.
@@ -140,12 +150,11 @@ fn compute_pattern_matches(
     target: &ResolvedTarget,
     default_subscription: Option<&str>,
 ) -> bool {
-    let sub_ok = match pattern.subscription_id.as_deref().or(default_subscription) {
-        Some(sub) => eq_ci(sub, &target.subscription_id),
-        None => false,
-    };
-    sub_ok
-        && eq_ci(&pattern.resource_group, &target.resource_group)
+    subscription_matches(
+        pattern.subscription_id.as_deref(),
+        default_subscription,
+        &target.subscription_id,
+    ) && eq_ci(&pattern.resource_group, &target.resource_group)
         && (pattern.name == "*" || eq_ci(&pattern.name, &target.name))
 }
 
@@ -198,11 +207,11 @@ pub fn check_adoption(
 ) -> Decision {
     for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
         let allowed = policy.spec.identity_adoption.iter().any(|rule| {
-            rule.subscription_id
-                .as_deref()
-                .or(default_subscription)
-                .is_some_and(|s| eq_ci(s, subscription))
-                && (rule.resource_group == "*" || eq_ci(&rule.resource_group, resource_group))
+            subscription_matches(
+                rule.subscription_id.as_deref(),
+                default_subscription,
+                subscription,
+            ) && (rule.resource_group == "*" || eq_ci(&rule.resource_group, resource_group))
         });
         if allowed {
             return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
@@ -230,12 +239,11 @@ fn service_account_pattern_matches(
     service_account: &str,
     default_subscription: Option<&str>,
 ) -> bool {
-    let sub_ok = match pattern.subscription_id.as_deref().or(default_subscription) {
-        Some(sub) => eq_ci(sub, &identity.subscription_id),
-        None => false,
-    };
-    sub_ok
-        && eq_ci(&pattern.resource_group, &identity.resource_group)
+    subscription_matches(
+        pattern.subscription_id.as_deref(),
+        default_subscription,
+        &identity.subscription_id,
+    ) && eq_ci(&pattern.resource_group, &identity.resource_group)
         && (pattern.identity_name == "*" || eq_ci(&pattern.identity_name, &identity.name))
         && pattern
             .service_accounts

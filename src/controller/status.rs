@@ -39,8 +39,24 @@ pub trait Reported:
     fn conditions(&self) -> &[Condition];
 }
 
+/// A status with a list of conditions.
+pub trait Conditioned {
+    /// The conditions.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    /// The generation the status describes, which its conditions carry too.
+    fn generation(&self) -> Option<i64>;
+}
+
 macro_rules! reported {
     ($kind:ty, $status:ty) => {
+        impl Conditioned for $status {
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+            fn generation(&self) -> Option<i64> {
+                self.observed_generation
+            }
+        }
         impl Reported for $kind {
             type Status = $status;
             fn reported(&self) -> Option<&$status> {
@@ -62,6 +78,24 @@ reported!(RoleGrant, RoleGrantStatus);
 /// Merge `c` into `conditions` for `generation` (the object's `metadata.generation`).
 pub fn set(conditions: &mut Vec<Condition>, generation: Option<i64>, c: NewCondition) {
     set_condition(conditions, c, generation, now());
+}
+
+/// Set condition `type_` of `status` (True when `ok`) for the generation the status describes.
+pub fn mark<S: Conditioned>(status: &mut S, type_: &str, ok: bool, reason: &str, message: &str) {
+    let generation = status.generation();
+    set(
+        status.conditions_mut(),
+        generation,
+        NewCondition::new(type_, ok, reason, message),
+    );
+}
+
+/// Set each condition of `types` of `status` False with `reason`: what an object waiting for
+/// something reports.
+pub fn mark_false<S: Conditioned>(status: &mut S, types: &[&str], reason: &str, message: &str) {
+    for type_ in types {
+        mark(status, type_, false, reason, message);
+    }
 }
 
 /// Whether `obj`'s `Ready` condition has `reason`: a Warning Event is sent only when a reason is

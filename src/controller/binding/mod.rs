@@ -22,21 +22,22 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
+use super::outcome::conclude;
 use super::status::{self, arm_reason};
 use super::target_writer::{Outcome, Want};
 use super::workload;
 use crate::api::conditions::types;
-use crate::api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
+use crate::api::{DeletionPolicy, IdentityBinding};
 pub use plan::target_of;
 use plan::{Ensure, Found, Plan, Removal};
 pub use removal::{ASSIGNED_ANNOTATION, recorded_identity};
-use removal::{owned_identity, record_identity, recorded, remove_identity};
+use removal::{owned_identity, read_target, record_identity, recorded, remove_identity};
 
 /// Finalizer of bindings.
 pub const FINALIZER: &str = "uami.dev/binding";
 
 /// The status fields the controller owns on a binding to a VM or scale set.
-const OWNED: &[&str] = &[
+pub(super) const OWNED: &[&str] = &[
     "targetResourceId",
     "assigned",
     "adopted",
@@ -68,7 +69,7 @@ pub async fn reconcile(
     if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
         let reason = arm_reason(source);
         let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());
-        let _ = write_status(&obj, &ctx, status).await;
+        let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
     }
     result
 }
@@ -111,7 +112,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             if matches!(found, Found::Assigned { .. }) {
                 ctx.mark_checked(&key, e.fingerprint.clone());
             }
-            write_status(&obj, ctx, status).await?;
+            status::write(&ctx.client, &*obj, &status, OWNED).await?;
             if let Found::Submit { .. } = found {
                 ctx.writer.submit(
                     &e.target,
@@ -123,13 +124,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             return Ok(next.action(ctx));
         }
     };
-    if let Some(note) = note {
-        note.publish(ctx, &*obj).await;
-    }
-    if let Some(status) = status {
-        write_status(&obj, ctx, status).await?;
-    }
-    Ok(next.action(ctx))
+    conclude(ctx, &*obj, note, status.as_ref(), OWNED, next).await
 }
 
 /// Where the identity stands on the target, from the writer and ARM; records that this
@@ -152,12 +147,7 @@ async fn ensure(obj: &IdentityBinding, ctx: &Context, e: &Ensure) -> Result<Foun
             added: true,
         });
     }
-    let current = ctx
-        .azure
-        .compute
-        .get_compute(target)
-        .await
-        .map_err(ReconcileError::arm("GetTarget"))?;
+    let current = read_target(ctx, target).await?;
     let Some(current) = current else {
         ctx.forget_checked(&key);
         return Ok(Found::TargetNotFound);
@@ -235,12 +225,4 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
             retry: Duration::from_secs(30),
         }),
     }
-}
-
-async fn write_status(
-    obj: &IdentityBinding,
-    ctx: &Context,
-    status: IdentityBindingStatus,
-) -> Result<(), ReconcileError> {
-    status::write(&ctx.client, obj, &status, OWNED).await
 }

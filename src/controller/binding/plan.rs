@@ -11,9 +11,9 @@ use super::super::error::backoff;
 use super::super::outcome::{Next, Note};
 use super::super::policy::{self, Decision, ResolvedTarget};
 use super::super::reasons;
-use super::super::status::{self, own_conditions, ready_reason_is};
+use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
 use super::recorded_identity;
-use crate::api::conditions::{self, NewCondition, types};
+use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
 use crate::azure::compute::{ComputeTarget, TargetKind};
 
@@ -240,7 +240,7 @@ pub fn settle(
                 format!("{code}: {message}"),
             );
             let mut status = not_ready(obj, types::ASSIGNED, code, message);
-            set(obj, &mut status, types::READY, false, code, message);
+            mark(&mut status, types::READY, false, code, message);
             status.target_resource_id = Some(target.id());
             let next = if *retryable {
                 Next::After(backoff(attempts.saturating_sub(1), *retry_after))
@@ -275,8 +275,7 @@ pub fn revoked(
 ) -> (IdentityBindingStatus, Option<Note>, Next) {
     let mut status = not_ready(obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, message);
     status.target_resource_id = Some(target.id());
-    set(
-        obj,
+    mark(
         &mut status,
         types::READY,
         false,
@@ -330,21 +329,6 @@ pub fn base_with(obj: &IdentityBinding, own: &[&str]) -> IdentityBindingStatus {
     }
 }
 
-fn set(
-    obj: &IdentityBinding,
-    status: &mut IdentityBindingStatus,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-) {
-    status::set(
-        &mut status.conditions,
-        obj.metadata.generation,
-        NewCondition::new(type_, ok, reason, message),
-    );
-}
-
 /// The status with condition `type_` False for `reason`.
 pub fn not_ready(
     obj: &IdentityBinding,
@@ -353,7 +337,7 @@ pub fn not_ready(
     message: &str,
 ) -> IdentityBindingStatus {
     let mut status = base_with(obj, OWN);
-    set(obj, &mut status, type_, false, reason, message);
+    mark(&mut status, type_, false, reason, message);
     status
 }
 
@@ -365,8 +349,12 @@ fn waiting(
 ) -> IdentityBindingStatus {
     let mut status = base_with(obj, OWN);
     status.target_resource_id = Some(target.id());
-    set(obj, &mut status, types::ASSIGNED, false, reason, message);
-    set(obj, &mut status, types::READY, false, reason, message);
+    mark_false(
+        &mut status,
+        &[types::ASSIGNED, types::READY],
+        reason,
+        message,
+    );
     status
 }
 
@@ -388,8 +376,7 @@ fn assigned(obj: &IdentityBinding, target: &ComputeTarget, adopted: bool) -> Ide
     } else {
         format!("the identity is assigned to {}", target.id())
     };
-    set(
-        obj,
+    mark(
         &mut status,
         types::ASSIGNED,
         true,
@@ -419,6 +406,6 @@ fn assigned(obj: &IdentityBinding, target: &ComputeTarget, adopted: bool) -> Ide
                 .to_string(),
         ),
     };
-    set(obj, &mut status, types::READY, ok, &reason, &message);
+    mark(&mut status, types::READY, ok, &reason, &message);
     status
 }

@@ -11,13 +11,13 @@ use kube::{Resource, ResourceExt};
 use super::super::context::{Context, object_key};
 use super::super::error::{ReconcileError, backoff};
 use super::super::policy;
-use super::super::status::FIELD_MANAGER;
+use super::super::status::{self, FIELD_MANAGER};
 use super::super::target_writer::{Outcome, Want};
+use super::OWNED;
 use super::plan::{Removal, not_ready, resolved, target_of};
-use super::write_status;
 use crate::api::IdentityBinding;
 use crate::api::conditions::types;
-use crate::azure::compute::ComputeTarget;
+use crate::azure::compute::{ComputeResource, ComputeTarget};
 
 /// Annotation on a binding recording the identity (ARM id) that this controller added to the
 /// binding's target. Only an identity recorded here is ever removed from a VM or scale set. It
@@ -126,12 +126,7 @@ pub(super) async fn remove_identity(
     if shared {
         return Ok(Removal::Gone);
     }
-    let current = ctx
-        .azure
-        .compute
-        .get_compute(target)
-        .await
-        .map_err(ReconcileError::arm("GetTarget"))?;
+    let current = read_target(ctx, target).await?;
     let Some(current) = current else {
         ctx.record_success(&format!("{key}/write"));
         ctx.writer.forget(target, identity_id);
@@ -168,7 +163,7 @@ pub(super) async fn remove_identity(
                 &code,
                 &format!("removing the identity failed: {message}"),
             );
-            write_status(obj, ctx, status).await?;
+            status::write(&ctx.client, obj, &status, OWNED).await?;
             return Err(ReconcileError::Waiting {
                 step: "UnassignIdentity",
                 message: format!(
@@ -183,6 +178,18 @@ pub(super) async fn remove_identity(
             .submit(target, identity_id, Want::Absent, ObjectRef::from_obj(obj)),
     }
     Ok(Removal::Pending)
+}
+
+/// The VM or scale set as ARM returns it.
+pub(super) async fn read_target(
+    ctx: &Context,
+    target: &ComputeTarget,
+) -> Result<Option<ComputeResource>, ReconcileError> {
+    ctx.azure
+        .compute
+        .get_compute(target)
+        .await
+        .map_err(ReconcileError::arm("GetTarget"))
 }
 
 /// Whether a provisioning state means an update is still running (terminal: `Succeeded`,

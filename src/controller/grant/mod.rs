@@ -21,10 +21,10 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::Next;
-use super::status::{self, arm_reason};
+use super::outcome::{Next, conclude};
+use super::status::{self, arm_reason, mark};
 use crate::api::conditions::types;
-use crate::api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
+use crate::api::{DeletionPolicy, RoleGrant};
 use plan::{Ensure, Found, Plan};
 pub use plan::{PRINCIPAL_NOT_FOUND_ATTEMPTS, ScopeProblem, assignment_id, scope_of};
 use revoke::{expected, find_matching, revoke};
@@ -57,15 +57,8 @@ pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action,
     if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
         let mut status = plan::base(&obj);
         let reason = arm_reason(source);
-        plan::set(
-            &obj,
-            &mut status,
-            types::READY,
-            false,
-            &reason,
-            &e.to_string(),
-        );
-        let _ = write_status(&obj, &ctx, status).await;
+        mark(&mut status, types::READY, false, &reason, &e.to_string());
+        let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
     }
     result
 }
@@ -132,13 +125,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             (Some(status), None, next)
         }
     };
-    if let Some(note) = note {
-        note.publish(ctx, &*obj).await;
-    }
-    if let Some(status) = status {
-        write_status(&obj, ctx, status).await?;
-    }
-    Ok(next.action(ctx))
+    conclude(ctx, &*obj, note, status.as_ref(), OWNED, next).await
 }
 
 /// Read the assignment and create it when missing: what ARM said.
@@ -222,12 +209,4 @@ async fn cleanup(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, Reconcile
         .await;
     }
     Ok(Action::await_change())
-}
-
-async fn write_status(
-    obj: &RoleGrant,
-    ctx: &Context,
-    status: RoleGrantStatus,
-) -> Result<(), ReconcileError> {
-    status::write(&ctx.client, obj, &status, OWNED).await
 }

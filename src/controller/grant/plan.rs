@@ -10,8 +10,8 @@ use super::super::error::backoff;
 use super::super::outcome::{Next, Note};
 use super::super::policy::{self, Decision, ResolvedRole};
 use super::super::reasons;
-use super::super::status::{self, own_conditions, ready_reason_is};
-use crate::api::conditions::{self, NewCondition, types};
+use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
+use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, RoleGrant, RoleGrantStatus, UserAssignedIdentity};
 use crate::azure::roles::{RoleAssignment, RoleDefinition, assignment_name, role_definition_guid};
 use crate::azure::scope::ArmScope;
@@ -448,26 +448,14 @@ pub fn base(obj: &RoleGrant) -> RoleGrantStatus {
     }
 }
 
-/// Set the condition `type_` of `status`.
-pub fn set(
-    obj: &RoleGrant,
-    status: &mut RoleGrantStatus,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-) {
-    status::set(
-        &mut status.conditions,
-        obj.metadata.generation,
-        NewCondition::new(type_, ok, reason, message),
-    );
-}
-
 fn waiting(obj: &RoleGrant, reason: &str, message: &str) -> RoleGrantStatus {
     let mut status = base(obj);
-    set(obj, &mut status, types::GRANTED, false, reason, message);
-    set(obj, &mut status, types::READY, false, reason, message);
+    mark_false(
+        &mut status,
+        &[types::GRANTED, types::READY],
+        reason,
+        message,
+    );
     status
 }
 
@@ -493,8 +481,7 @@ fn granted(
     } else {
         format!("{} is assigned at {scope}", role.role_name)
     };
-    set(
-        obj,
+    mark(
         &mut status,
         types::GRANTED,
         true,
@@ -510,6 +497,6 @@ fn granted(
             None => (false, reasons::AWAITING_ACCESS_CHECK.to_string(), "granted; waiting for an agent on a VM bound to this identity to verify access (or set verifyAccess: false)".to_string()),
         }
     };
-    set(obj, &mut status, types::READY, ok, &reason, &message);
+    mark(&mut status, types::READY, ok, &reason, &message);
     status
 }

@@ -34,15 +34,11 @@ fn set(obj: &IdentityBinding, status: &mut IdentityBindingStatus, c: NewConditio
 /// Not assigned (yet): `Assigned` and `Ready` False with `reason`.
 pub(super) fn waiting(obj: &IdentityBinding, reason: &str, message: &str) -> IdentityBindingStatus {
     let mut status = base(obj);
-    set(
-        obj,
+    status::mark_false(
         &mut status,
-        NewCondition::new(types::ASSIGNED, false, reason, message),
-    );
-    set(
-        obj,
-        &mut status,
-        NewCondition::new(types::READY, false, reason, message),
+        &[types::ASSIGNED, types::READY],
+        reason,
+        message,
     );
     status
 }
