@@ -32,6 +32,39 @@ impl Next {
     }
 }
 
+/// The end of a pass: the status to write (the controller's fields; `None`: nothing to write),
+/// the Event to publish, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report<S> {
+    /// The status.
+    pub status: Option<S>,
+    /// The Event.
+    pub note: Option<Note>,
+    /// When to look again.
+    pub next: Next,
+}
+
+impl<S> Report<S> {
+    /// Write `status`, publish `note`, look again `next`.
+    pub fn new(status: S, note: Option<Note>, next: Next) -> Self {
+        Self {
+            status: Some(status),
+            note,
+            next,
+        }
+    }
+
+    /// Write nothing, publish nothing: something this object watches wakes it, the resync
+    /// covers a missed event.
+    pub fn quiet() -> Self {
+        Self {
+            status: None,
+            note: None,
+            next: Next::Resync,
+        }
+    }
+}
+
 /// An Event to publish about the object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
@@ -79,21 +112,19 @@ impl Note {
     }
 }
 
-/// The end of a planned pass: publish `note`, write `status` (the controller's `owned` fields,
-/// only when they change) and say when to look again.
+/// The end of a planned pass: publish the Event, write the status (the controller's `owned`
+/// fields, only when they change) and say when to look again.
 pub async fn conclude<K: Reported>(
     ctx: &Context,
     obj: &K,
-    note: Option<Note>,
-    status: Option<&K::Status>,
+    report: Report<K::Status>,
     owned: &[&str],
-    next: Next,
 ) -> Result<Action, ReconcileError> {
-    if let Some(note) = note {
+    if let Some(note) = report.note {
         note.publish(ctx, obj).await;
     }
-    if let Some(status) = status {
+    if let Some(status) = &report.status {
         status::write(&ctx.client, obj, status, owned).await?;
     }
-    Ok(next.action(ctx))
+    Ok(report.next.action(ctx))
 }

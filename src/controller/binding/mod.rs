@@ -85,8 +85,8 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         ctx.identity(&ns, &obj.spec.identity_ref.name).as_deref(),
         |fingerprint| ctx.recently_checked(&key, fingerprint),
     );
-    let (status, note, next) = match planned {
-        Plan::Report { status, note, next } => (status, note, next),
+    let report = match planned {
+        Plan::Report(report) => report,
         Plan::Revoke { target, message } => {
             // A policy that stops allowing a binding revokes it: the identity this controller
             // added is removed from the target.
@@ -94,26 +94,23 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
                 Some(identity_id) => Some(remove_identity(&obj, ctx, &target, &identity_id).await?),
                 None => None,
             };
-            let (status, note, next) = plan::revoked(&obj, &target, &message, removal);
-            if let Some(note) = note {
+            let mut report = plan::revoked(&obj, &target, &message, removal);
+            if let Some(note) = report.note.take() {
                 note.publish(ctx, &*obj).await;
             }
             if removal == Some(Removal::Gone) {
                 record_identity(&obj, ctx, None).await?;
             }
-            (Some(status), None, next)
+            report
         }
         Plan::Ensure(e) => {
             let found = ensure(&obj, ctx, &e).await?;
-            let (status, note, next) = plan::settle(&obj, &e, &found);
-            if let Some(note) = note {
-                note.publish(ctx, &*obj).await;
-            }
             if matches!(found, Found::Assigned { .. }) {
                 ctx.mark_checked(&key, e.fingerprint.clone());
             }
-            status::write(&ctx.client, &*obj, &status, OWNED).await?;
+            let action = conclude(ctx, &*obj, plan::settle(&obj, &e, &found), OWNED).await?;
             if let Found::Submit { .. } = found {
+                // Submitted after the status says so: the writer's answer is reported next.
                 ctx.writer.submit(
                     &e.target,
                     &e.identity_id,
@@ -121,10 +118,10 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
                     ObjectRef::from_obj(&*obj),
                 );
             }
-            return Ok(next.action(ctx));
+            return Ok(action);
         }
     };
-    conclude(ctx, &*obj, note, status.as_ref(), OWNED, next).await
+    conclude(ctx, &*obj, report, OWNED).await
 }
 
 /// Where the identity stands on the target, from the writer and ARM; records that this

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::super::error::backoff;
-use super::super::outcome::{Next, Note};
+use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision, ResolvedTarget};
 use super::super::reasons;
 use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
@@ -58,12 +58,8 @@ pub fn resolved(target: &ComputeTarget) -> ResolvedTarget {
 /// What to do about a binding.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Plan {
-    /// Write `status` (when there is one), publish `note`, and look again `next`.
-    Report {
-        status: Option<IdentityBindingStatus>,
-        note: Option<Note>,
-        next: Next,
-    },
+    /// Nothing to do on the target: report.
+    Report(Report<IdentityBindingStatus>),
     /// No policy allows the binding: take back the identity this controller recorded adding to
     /// `target`, then report ([`revoked`]).
     Revoke {
@@ -130,16 +126,13 @@ pub fn plan(
 ) -> Plan {
     let ns = obj.namespace().unwrap_or_default();
     let Some(target) = target_of(obj, default_subscription) else {
-        return Plan::Report {
-            status: Some(not_ready(
-                obj,
-                types::READY,
-                reasons::NO_SUBSCRIPTION,
-                "the target has no subscriptionId and the controller has no default subscription",
-            )),
-            note: None,
-            next: Next::AwaitChange,
-        };
+        let status = not_ready(
+            obj,
+            types::READY,
+            reasons::NO_SUBSCRIPTION,
+            "the target has no subscriptionId and the controller has no default subscription",
+        );
+        return Plan::Report(Report::new(status, None, Next::AwaitChange));
     };
     if let Decision::Denied(message) =
         policy::check_binding(policies, &ns, &resolved(&target), default_subscription)
@@ -165,11 +158,7 @@ pub fn plan(
     else {
         if identity.status.is_none() && obj.status.is_none() {
             // The identity is being created right now and its change wakes this binding.
-            return Plan::Report {
-                status: None,
-                note: None,
-                next: Next::Resync,
-            };
+            return Plan::Report(Report::quiet());
         }
         let message = format!("UserAssignedIdentity {identity_name} is not ready yet");
         return report(waiting(
@@ -199,11 +188,7 @@ pub fn plan(
 }
 
 /// Step 2 (pure): the status, the Event and the next look after ensuring found `found`.
-pub fn settle(
-    obj: &IdentityBinding,
-    e: &Ensure,
-    found: &Found,
-) -> (IdentityBindingStatus, Option<Note>, Next) {
+pub fn settle(obj: &IdentityBinding, e: &Ensure, found: &Found) -> Report<IdentityBindingStatus> {
     let target = &e.target;
     let identity_name = &obj.spec.identity_ref.name;
     match found {
@@ -217,16 +202,16 @@ pub fn settle(
             });
             // Assigned without a record of this controller adding it: someone else put it
             // there, so it is never removed by this controller.
-            (assigned(obj, target, !ours), note, Next::Resync)
+            Report::new(assigned(obj, target, !ours), note, Next::Resync)
         }
         Found::TargetNotFound => {
             let message = format!("{} does not exist", target.id());
             let note = (!ready_reason_is(obj, reasons::TARGET_NOT_FOUND))
                 .then(|| Note::warning(reasons::TARGET_NOT_FOUND, "GetTarget", message.clone()));
             let status = waiting(obj, target, reasons::TARGET_NOT_FOUND, &message);
-            (status, note, Next::Resync)
+            Report::new(status, note, Next::Resync)
         }
-        Found::Pending => (assigning(obj, target), None, Next::Resync),
+        Found::Pending => Report::new(assigning(obj, target), None, Next::Resync),
         Found::Failed {
             code,
             message,
@@ -247,7 +232,7 @@ pub fn settle(
             } else {
                 Next::Resync
             };
-            (status, Some(note), next)
+            Report::new(status, Some(note), next)
         }
         Found::Submit { drift } => {
             let note = drift.then(|| {
@@ -260,7 +245,7 @@ pub fn settle(
                     ),
                 )
             });
-            (assigning(obj, target), note, Next::Resync)
+            Report::new(assigning(obj, target), note, Next::Resync)
         }
     }
 }
@@ -272,7 +257,7 @@ pub fn revoked(
     target: &ComputeTarget,
     message: &str,
     removal: Option<Removal>,
-) -> (IdentityBindingStatus, Option<Note>, Next) {
+) -> Report<IdentityBindingStatus> {
     let mut status = not_ready(obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, message);
     status.target_resource_id = Some(target.id());
     mark(
@@ -291,9 +276,9 @@ pub fn revoked(
                 "RevokeAssignment",
                 format!("{message}; removed the identity from {}", target.id()),
             );
-            (status, Some(note), Next::AwaitChange)
+            Report::new(status, Some(note), Next::AwaitChange)
         }
-        Some(Removal::Pending) => (status, None, Next::After(Duration::from_secs(30))),
+        Some(Removal::Pending) => Report::new(status, None, Next::After(Duration::from_secs(30))),
         None => {
             if recorded_identity(obj).is_none() {
                 status.assigned = None;
@@ -302,17 +287,13 @@ pub fn revoked(
             let note = (!ready_reason_is(obj, reasons::DENIED_BY_POLICY))
                 .then(|| Note::warning(reasons::DENIED_BY_POLICY, "CheckPolicy", message));
             // Policies are watched: a policy change reconciles again.
-            (status, note, Next::AwaitChange)
+            Report::new(status, note, Next::AwaitChange)
         }
     }
 }
 
 fn report(status: IdentityBindingStatus) -> Plan {
-    Plan::Report {
-        status: Some(status),
-        note: None,
-        next: Next::Resync,
-    }
+    Plan::Report(Report::new(status, None, Next::Resync))
 }
 
 /// A status that starts from the controller's fields of the current status: `own` conditions,

@@ -8,7 +8,7 @@ use super::ASSIGNED_ANNOTATION;
 use super::plan::*;
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
-use crate::controller::outcome::Next;
+use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
 
 const SUB: &str = "00000000-0000-0000-0000-000000000001";
@@ -111,11 +111,11 @@ fn plans_from_target_policy_and_identity() {
     ];
     for (b, sub, policies, id, reason, next) in cases {
         match plan(&b, sub, &policies, id, never) {
-            Plan::Report {
+            Plan::Report(Report {
                 status: Some(status),
                 note: None,
                 next: got,
-            } => {
+            }) => {
                 assert_eq!(get(&status, types::READY).unwrap().1, reason);
                 assert_eq!(got, next, "{reason}");
             }
@@ -141,11 +141,7 @@ fn plans_from_target_policy_and_identity() {
             Some(&creating),
             never
         ),
-        Plan::Report {
-            status: None,
-            note: None,
-            next: Next::Resync
-        }
+        Plan::Report(Report::quiet())
     );
     // Allowed and ready: ensure, with drift noticed when it was assigned before.
     let e = ensure_of(&binding(None, false));
@@ -159,11 +155,11 @@ fn plans_from_target_policy_and_identity() {
         true,
     );
     match plan(&assigned, Some(SUB), &allow_vm(), Some(&ready), |_| true) {
-        Plan::Report {
+        Plan::Report(Report {
             status: Some(status),
             note: None,
             next: Next::Resync,
-        } => {
+        }) => {
             assert_eq!(get(&status, types::ASSIGNED).unwrap().0, "True");
             assert_eq!(
                 get(&status, types::READY).unwrap(),
@@ -250,7 +246,12 @@ fn settles_what_the_writer_and_arm_found() {
         ),
     ];
     for (found, (assigned, reason, adopted, action, next)) in cases {
-        let (status, note, got) = settle(&b, &e, &found);
+        let Report {
+            status,
+            note,
+            next: got,
+        } = settle(&b, &e, &found);
+        let status = status.unwrap();
         assert_eq!(
             get(&status, types::ASSIGNED).unwrap().0,
             assigned,
@@ -262,7 +263,7 @@ fn settles_what_the_writer_and_arm_found() {
         assert_eq!(got, next, "{found:?}");
         assert!(status.target_resource_id.unwrap().ends_with("/myVM"));
     }
-    let (_, _, next) = settle(
+    let Report { next, .. } = settle(
         &b,
         &e,
         &Found::Failed {
@@ -280,16 +281,19 @@ fn settles_what_the_writer_and_arm_found() {
 fn revocation_reports_what_was_taken_back() {
     let b = binding(Some(json!({"assigned": true, "adopted": false})), true);
     let target = ensure_of(&b).target;
-    let (status, note, next) = revoked(&b, &target, "denied", Some(Removal::Gone));
+    let Report { status, note, next } = revoked(&b, &target, "denied", Some(Removal::Gone));
+    let status = status.unwrap();
     assert_eq!((status.assigned, status.adopted), (Some(false), None));
     assert_eq!(note.unwrap().action, "RevokeAssignment");
     assert_eq!(next, Next::AwaitChange);
-    let (status, note, next) = revoked(&b, &target, "denied", Some(Removal::Pending));
+    let Report { status, note, next } = revoked(&b, &target, "denied", Some(Removal::Pending));
+    let status = status.unwrap();
     assert_eq!(status.assigned, Some(true));
     assert_eq!((note, next), (None, Next::After(Duration::from_secs(30))));
     // Nothing recorded: nothing was ours, and the old summary goes.
     let unrecorded = binding(Some(json!({"assigned": true, "adopted": true})), false);
-    let (status, note, _) = revoked(&unrecorded, &target, "denied", None);
+    let Report { status, note, .. } = revoked(&unrecorded, &target, "denied", None);
+    let status = status.unwrap();
     assert_eq!((status.assigned, status.adopted), (None, None));
     assert_eq!(
         get(&status, types::READY).unwrap().1,

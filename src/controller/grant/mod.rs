@@ -21,7 +21,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::{Next, conclude};
+use super::outcome::{Next, Report, conclude};
 use super::status::{self, arm_reason, mark};
 use crate::api::conditions::types;
 use crate::api::{DeletionPolicy, RoleGrant};
@@ -86,8 +86,8 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             )
         }
     };
-    let (status, note, next) = match planned {
-        Plan::Report { status, note, next } => (status, note, next),
+    let report = match planned {
+        Plan::Report(report) => report,
         Plan::Revoke {
             expected,
             message,
@@ -110,22 +110,17 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
                     }
                 };
             let note = plan::denied_note(&obj, &message, &expected, revoked);
-            (Some(status), note, next)
+            Report::new(status, note, next)
         }
         Plan::Ensure(e) => {
             let found = ensure(&obj, ctx, &e).await?;
-            let settled = !matches!(found, Found::PrincipalNotFound { .. });
-            let (status, note, next) = plan::settle(&obj, &e, found);
-            if let Some(note) = note {
-                note.publish(ctx, &*obj).await;
-            }
-            if settled {
+            if !matches!(found, Found::PrincipalNotFound { .. }) {
                 ctx.mark_checked(&key, e.fingerprint.clone());
             }
-            (Some(status), None, next)
+            plan::settle(&obj, &e, found)
         }
     };
-    conclude(ctx, &*obj, note, status.as_ref(), OWNED, next).await
+    conclude(ctx, &*obj, report, OWNED).await
 }
 
 /// Read the assignment and create it when missing: what ARM said.

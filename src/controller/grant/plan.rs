@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::super::error::backoff;
-use super::super::outcome::{Next, Note};
+use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision, ResolvedRole};
 use super::super::reasons;
 use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
@@ -111,12 +111,8 @@ pub struct Resolved {
 /// What to do about a grant.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Plan {
-    /// Write `status` (when there is one), publish `note`, and look again `next`.
-    Report {
-        status: Option<RoleGrantStatus>,
-        note: Option<Note>,
-        next: Next,
-    },
+    /// Nothing to do in Azure: report.
+    Report(Report<RoleGrantStatus>),
     /// No policy allows the grant: revoke the assignment this grant made (unless that was
     /// checked moments ago, `recently`), then write `status`.
     Revoke {
@@ -214,11 +210,7 @@ pub fn resolve(
         if identity.status.is_none() && obj.status.is_none() {
             // The identity is being created right now and its change wakes this grant: a status
             // saying so would be stale before anyone reads it.
-            return Err(Plan::Report {
-                status: None,
-                note: None,
-                next: Next::Resync,
-            });
+            return Err(Plan::Report(Report::quiet()));
         }
         let message = format!("UserAssignedIdentity {identity_name} has no principalId yet");
         return Err(wait(
@@ -307,11 +299,8 @@ pub fn plan(
             _ => ours,
         };
         let adopted = current.and_then(|s| s.adopted).unwrap_or(false);
-        return Plan::Report {
-            status: Some(granted(obj, &scope, role, &principal_id, Some(id), adopted)),
-            note: None,
-            next: Next::Resync,
-        };
+        let status = granted(obj, &scope, role, &principal_id, Some(id), adopted);
+        return Plan::Report(Report::new(status, None, Next::Resync));
     }
     Plan::Ensure(Ensure {
         expected,
@@ -326,13 +315,13 @@ pub fn plan(
 }
 
 /// Step 3 (pure): the status, the Event and the next look after ARM answered `found`.
-pub fn settle(obj: &RoleGrant, e: &Ensure, found: Found) -> (RoleGrantStatus, Option<Note>, Next) {
+pub fn settle(obj: &RoleGrant, e: &Ensure, found: Found) -> Report<RoleGrantStatus> {
     let scope = e.expected.scope.to_string();
     let principal_id = &e.expected.principal_id;
     let role = &e.role;
     let status = |id: String, adopted| granted(obj, &scope, role, principal_id, Some(id), adopted);
     match found {
-        Found::Exists { id, adopted } => (status(id, adopted), None, Next::Resync),
+        Found::Exists { id, adopted } => Report::new(status(id, adopted), None, Next::Resync),
         Found::Created { id } => {
             let id = if id.is_empty() {
                 assignment_id(&scope, &e.expected.name)
@@ -344,7 +333,7 @@ pub fn settle(obj: &RoleGrant, e: &Ensure, found: Found) -> (RoleGrantStatus, Op
                 "CreateRoleAssignment",
                 format!("granted {} at {scope}", role.role_name),
             );
-            (status(id, false), Some(note), Next::Resync)
+            Report::new(status(id, false), Some(note), Next::Resync)
         }
         Found::Taken(found) => {
             let note = Note::normal(
@@ -355,7 +344,7 @@ pub fn settle(obj: &RoleGrant, e: &Ensure, found: Found) -> (RoleGrantStatus, Op
                     role.role_name, found.name
                 ),
             );
-            (status(found.id, true), Some(note), Next::Resync)
+            Report::new(status(found.id, true), Some(note), Next::Resync)
         }
         Found::PrincipalNotFound {
             attempts,
@@ -382,7 +371,7 @@ pub fn settle(obj: &RoleGrant, e: &Ensure, found: Found) -> (RoleGrantStatus, Op
             let mut status = waiting(obj, reasons::PRINCIPAL_NOT_FOUND, &message);
             status.scope = Some(scope);
             status.principal_id = Some(principal_id.clone());
-            (status, None, next)
+            Report::new(status, None, next)
         }
     }
 }
@@ -426,11 +415,7 @@ fn wait(
     let note = step
         .filter(|_| !ready_reason_is(obj, reason))
         .map(|step| Note::warning(reason, step, message.clone()));
-    Plan::Report {
-        status: Some(waiting(obj, reason, &message)),
-        note,
-        next,
-    }
+    Plan::Report(Report::new(waiting(obj, reason, &message), note, next))
 }
 
 /// A status that starts from the controller's own fields of the current status.

@@ -8,7 +8,7 @@ use super::plan::*;
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, RoleGrant, RoleGrantStatus, UserAssignedIdentity};
 use crate::azure::roles::{RoleAssignment, RoleDefinition};
-use crate::controller::outcome::Next;
+use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
 
 const SUB: &str = "00000000-0000-0000-0000-000000000001";
@@ -72,7 +72,9 @@ fn ready(status: &RoleGrantStatus) -> (String, String) {
 
 fn report(plan: Plan) -> (Option<RoleGrantStatus>, Option<String>, Next) {
     match plan {
-        Plan::Report { status, note, next } => (status, note.map(|n| n.action.to_string()), next),
+        Plan::Report(Report { status, note, next }) => {
+            (status, note.map(|n| n.action.to_string()), next)
+        }
         other => panic!("not a report: {other:?}"),
     }
 }
@@ -236,7 +238,8 @@ fn settles_what_arm_answered() {
     ) else {
         panic!("not ensured");
     };
-    let (status, note, _) = settle(&g, &e, Found::Created { id: String::new() });
+    let Report { status, note, .. } = settle(&g, &e, Found::Created { id: String::new() });
+    let status = status.unwrap();
     assert_eq!(status.adopted, Some(false));
     assert!(
         status
@@ -250,13 +253,14 @@ fn settles_what_arm_answered() {
         name: "other".into(),
         ..Default::default()
     };
-    let (status, note, _) = settle(&g, &e, Found::Taken(taken));
+    let Report { status, note, .. } = settle(&g, &e, Found::Taken(taken));
+    let status = status.unwrap();
     assert_eq!(
         (status.adopted, status.role_assignment_id.as_deref()),
         (Some(true), Some("/x/roleAssignments/other"))
     );
     assert_eq!(note.unwrap().action, "AdoptRoleAssignment");
-    let (status, note, next) = settle(
+    let Report { status, note, next } = settle(
         &g,
         &e,
         Found::PrincipalNotFound {
@@ -264,11 +268,12 @@ fn settles_what_arm_answered() {
             retry_after: Some(Duration::from_secs(3)),
         },
     );
+    let status = status.unwrap();
     assert_eq!(ready(&status).1, reasons::PRINCIPAL_NOT_FOUND);
     assert_eq!(status.principal_id.as_deref(), Some("p1"));
     assert!(note.is_none());
     assert!(matches!(next, Next::After(d) if d >= Duration::from_secs(3)));
-    let (_, _, next) = settle(
+    let Report { next, .. } = settle(
         &g,
         &e,
         Found::PrincipalNotFound {
