@@ -34,12 +34,7 @@ impl Agent {
                 }),
             ),
             Err(e) => (
-                NewCondition::new(
-                    types::TOKEN_ACQUIRED,
-                    false,
-                    &e.reason,
-                    format!("{checked_by}: {}", e.message),
-                ),
+                failed(types::TOKEN_ACQUIRED, &checked_by, &e.reason, &e.message),
                 None,
             ),
         };
@@ -88,13 +83,8 @@ impl Agent {
                     status::access_checked(&checked_by, checked_by.clone(), scope, code);
                 (cond, Some(access))
             }
-            Err(failure) => (
-                NewCondition::new(
-                    types::ACCESS_VERIFIED,
-                    false,
-                    &failure.reason,
-                    format!("{checked_by}: {}", failure.message),
-                ),
+            Err(e) => (
+                failed(types::ACCESS_VERIFIED, &checked_by, &e.reason, &e.message),
                 None,
             ),
         };
@@ -110,4 +100,9 @@ impl Agent {
         }
         status::report(&self.client, g, &report, &compare, FIELD_MANAGER).await
     }
+}
+
+/// Condition `type_` False with the reason of a check that could not run on `checked_by`.
+fn failed(type_: &str, checked_by: &str, reason: &str, message: &str) -> NewCondition {
+    NewCondition::new(type_, false, reason, format!("{checked_by}: {message}"))
 }

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::{Resource, ResourceExt};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::Note;
+use super::outcome::{Note, finalized};
 use super::policy::{self, Decision};
 use super::reasons;
 use super::status::{self, FIELD_MANAGER, Reported, ready_reason_is};
@@ -137,16 +137,13 @@ pub async fn reconcile(
     obj: Arc<UserAssignedIdentity>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<UserAssignedIdentity> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, obj, |event| async {
+    finalized(&ctx, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
             FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
         }
     })
     .await
-    .map_err(ReconcileError::from_finalizer)
 }
 
 struct Coordinates {

@@ -1,10 +1,15 @@
 //! What a reconcile pass does besides writing status: the Event it publishes and when it looks at
 //! the object again. Plans (pure) return these; the short execution after a plan carries them out.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Resource;
+use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
 
 use super::context::Context;
 use super::error::ReconcileError;
@@ -127,4 +132,23 @@ pub async fn conclude<K: Reported>(
         status::write(&ctx.client, obj, status, owned).await?;
     }
     Ok(report.next.action(ctx))
+}
+
+/// Run a pass under the kind's finalizer `name`: `pass` gets the Apply or the Cleanup, and the
+/// error of the step that failed comes out as itself.
+pub async fn finalized<K, F, Fut>(
+    ctx: &Context,
+    name: &str,
+    obj: Arc<K>,
+    pass: F,
+) -> Result<Action, ReconcileError>
+where
+    K: Reported + Serialize,
+    F: FnOnce(FinalizerEvent<K>) -> Fut,
+    Fut: Future<Output = Result<Action, ReconcileError>>,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    finalizer(&api, name, obj, pass)
+        .await
+        .map_err(ReconcileError::from_finalizer)
 }

@@ -197,11 +197,19 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or("-").to_string()
 }
 
-/// The token metadata of a binding's status.
-fn print_token(out: &mut (dyn Write + Send), token: &Value) -> std::io::Result<()> {
+/// The token metadata a binding reports and the access check its grant reports, each under its
+/// heading.
+fn print_checks(
+    out: &mut (dyn Write + Send),
+    token_heading: &str,
+    binding: &Value,
+    access_heading: &str,
+    grant: &Value,
+) -> std::io::Result<()> {
+    writeln!(out, "{token_heading}")?;
     print_fields(
         out,
-        token,
+        &binding["status"]["token"],
         &[
             ("audience:   ", "resource"),
             ("clientId:   ", "clientId"),
@@ -210,7 +218,12 @@ fn print_token(out: &mut (dyn Write + Send), token: &Value) -> std::io::Result<(
             ("expiresOn:  ", "expiresOn"),
             ("checkedBy:  ", "checkedBy"),
         ],
-    )
+    )?;
+    writeln!(out, "{access_heading}")?;
+    let access = &grant["status"]["access"];
+    writeln!(out, "  verified:   {}", access["verified"])?;
+    writeln!(out, "  httpStatus: {}", access["httpStatus"])?;
+    writeln!(out, "  checkedBy:  {}", s(&access["checkedBy"]))
 }
 
 /// One `label value` line for each (label, key) of `fields`, from the string fields of `v`.
@@ -223,13 +236,6 @@ fn print_fields(
         writeln!(out, "  {label}{}", s(&v[*key]))?;
     }
     Ok(())
-}
-
-/// The access check of a grant's status.
-fn print_access(out: &mut (dyn Write + Send), access: &Value) -> std::io::Result<()> {
-    writeln!(out, "  verified:   {}", access["verified"])?;
-    writeln!(out, "  httpStatus: {}", access["httpStatus"])?;
-    writeln!(out, "  checkedBy:  {}", s(&access["checkedBy"]))
 }
 
 /// Run the demo, writing to `out`.
@@ -301,16 +307,13 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
             ("principalId:       ", "principalId"),
         ],
     )?;
-    writeln!(
+    print_checks(
         out,
-        "Token from IMDS on myVM (step 4, metadata only; the token itself is never stored):"
+        "Token from IMDS on myVM (step 4, metadata only; the token itself is never stored):",
+        &binding,
+        "Verified access (step 4, GET resource group DevTest with the identity's token):",
+        &grant,
     )?;
-    print_token(out, &binding["status"]["token"])?;
-    writeln!(
-        out,
-        "Verified access (step 4, GET resource group DevTest with the identity's token):"
-    )?;
-    print_access(out, &grant["status"]["access"])?;
     let counts = stack.emulator.counts();
     writeln!(
         out,
@@ -399,15 +402,12 @@ async fn workload_part(
             writeln!(out, "  {k}: {v}")?;
         }
     }
-    writeln!(
+    print_checks(
         out,
-        "Token exchanged for the service account's token (TokenRequest, then Entra ID; metadata only):"
+        "Token exchanged for the service account's token (TokenRequest, then Entra ID; metadata only):",
+        &binding,
+        "Verified access (GET resource group DevTest with the exchanged token):",
+        &grant,
     )?;
-    print_token(out, &binding["status"]["token"])?;
-    writeln!(
-        out,
-        "Verified access (GET resource group DevTest with the exchanged token):"
-    )?;
-    print_access(out, &grant["status"]["access"])?;
     Ok(())
 }

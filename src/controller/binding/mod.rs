@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::runtime::reflector::ObjectRef;
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::conclude;
+use super::outcome::{conclude, finalized};
 use super::status::{self, arm_reason};
 use super::target_writer::{Outcome, Want};
 use super::workload;
@@ -49,9 +48,7 @@ pub async fn reconcile(
     obj: Arc<IdentityBinding>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<IdentityBinding> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+    let result = finalized(&ctx, FINALIZER, obj.clone(), |event| async {
         match event {
             // Service accounts (workload identity) have their own path.
             FinalizerEvent::Apply(obj) if workload::is_service_account(&obj) => {
@@ -64,8 +61,7 @@ pub async fn reconcile(
             FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
         }
     })
-    .await
-    .map_err(ReconcileError::from_finalizer);
+    .await;
     if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
         let reason = arm_reason(source);
         let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());

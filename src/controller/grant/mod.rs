@@ -15,13 +15,12 @@ mod tests;
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::finalizer::Event as FinalizerEvent;
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::{Next, Report, conclude};
+use super::outcome::{Next, Report, conclude, finalized};
 use super::status::{self, arm_reason, mark};
 use crate::api::conditions::types;
 use crate::api::{DeletionPolicy, RoleGrant};
@@ -44,16 +43,13 @@ const OWNED: &[&str] = &[
 
 /// Entry point: finalizer handling around apply and cleanup.
 pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<RoleGrant> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+    let result = finalized(&ctx, FINALIZER, obj.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
             FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
         }
     })
-    .await
-    .map_err(ReconcileError::from_finalizer);
+    .await;
     if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
         let mut status = plan::base(&obj);
         let reason = arm_reason(source);

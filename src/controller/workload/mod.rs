@@ -24,7 +24,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::Note;
+use super::outcome::{Next, Note};
 use super::policy::{self, Decision, ResolvedIdentity};
 use super::reasons;
 use crate::api::conditions::{self, types};
@@ -157,7 +157,7 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
             ctx,
             reasons::NO_OIDC_ISSUER,
             message,
-            Action::await_change(),
+            Next::AwaitChange,
         )
         .await;
     };
@@ -170,7 +170,7 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
             ctx,
             reasons::IDENTITY_NOT_FOUND,
             &message,
-            Action::requeue(WAIT),
+            Next::After(WAIT),
         )
         .await;
     };
@@ -181,7 +181,7 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
             ctx,
             reasons::WAITING_FOR_IDENTITY,
             &message,
-            Action::requeue(WAIT),
+            Next::After(WAIT),
         )
         .await;
     };
@@ -225,7 +225,14 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
             "service account {sa} is already bound to identity {} by IdentityBinding {other}; a service account carries one client id",
             other_identity(ctx, &ns, &other).unwrap_or_default()
         );
-        return wait(&obj, ctx, reasons::SERVICE_ACCOUNT_IN_USE, &message, resync).await;
+        return wait(
+            &obj,
+            ctx,
+            reasons::SERVICE_ACCOUNT_IN_USE,
+            &message,
+            Next::Resync,
+        )
+        .await;
     }
     let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(account) = sa_api
@@ -234,12 +241,13 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
         .map_err(ReconcileError::kube("GetServiceAccount"))?
     else {
         let message = format!("ServiceAccount {sa} does not exist in namespace {ns}");
+        let next = Next::After(WAIT_FOR_SERVICE_ACCOUNT);
         return wait(
             &obj,
             ctx,
             reasons::SERVICE_ACCOUNT_NOT_FOUND,
             &message,
-            Action::requeue(WAIT_FOR_SERVICE_ACCOUNT),
+            next,
         )
         .await;
     };
@@ -287,7 +295,7 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
                 ctx,
                 reasons::FEDERATED_CREDENTIAL_LIMIT,
                 &message,
-                resync,
+                Next::Resync,
             )
             .await;
         }

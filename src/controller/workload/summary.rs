@@ -6,6 +6,7 @@ use kube::runtime::controller::Action;
 use super::super::binding::plan::base_with;
 use super::super::context::Context;
 use super::super::error::ReconcileError;
+use super::super::outcome::Next;
 use super::super::reasons;
 use super::super::status;
 use super::token_check::TokenCheck;
@@ -115,10 +116,10 @@ pub(super) async fn wait(
     ctx: &Context,
     reason: &str,
     message: &str,
-    next: Action,
+    next: Next,
 ) -> Result<Action, ReconcileError> {
     write_status(obj, ctx, waiting(obj, reason, message)).await?;
-    Ok(next)
+    Ok(next.action(ctx))
 }
 
 pub(super) async fn write_status(
