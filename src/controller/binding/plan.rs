@@ -55,8 +55,9 @@ pub fn resolved(target: &ComputeTarget) -> ResolvedTarget {
     }
 }
 
-/// What to do about a binding.
+/// What to do about a binding. Made once a pass and moved once: its size does not matter.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Plan {
     /// Nothing to do on the target: report.
     Report(Report<IdentityBindingStatus>),

@@ -69,21 +69,23 @@ fn ensure_of(b: &IdentityBinding) -> Ensure {
     }
 }
 
+/// (binding, default subscription, policies, identity) -> (Ready reason, next look).
+type Case<'a> = (
+    IdentityBinding,
+    Option<&'a str>,
+    Vec<GrantPolicy>,
+    Option<&'a UserAssignedIdentity>,
+    &'a str,
+    Next,
+);
+
 #[test]
 fn plans_from_target_policy_and_identity() {
     let never = |_: &str| false;
     let ready = identity(true);
     let not_ready = identity(false);
     let with_status = || binding(Some(json!({"observedGeneration": 1})), false);
-    // (binding, default subscription, policies, identity) -> (Ready reason, next look)
-    let cases: Vec<(
-        IdentityBinding,
-        Option<&str>,
-        Vec<GrantPolicy>,
-        Option<&UserAssignedIdentity>,
-        &str,
-        Next,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             binding(None, false),
             None,
