@@ -5,6 +5,8 @@ pub mod binding;
 pub mod config;
 pub mod context;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod grant;
 pub mod identity;
 pub mod leader;

@@ -8,16 +8,12 @@ use super::ASSIGNED_ANNOTATION;
 use super::plan::*;
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
+use crate::controller::fixtures::{condition, policies};
 use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
 
 const SUB: &str = "00000000-0000-0000-0000-000000000001";
 const ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id";
-
-fn condition(type_: &str, status: &str, reason: &str) -> serde_json::Value {
-    json!({"type": type_, "status": status, "reason": reason, "message": "m",
-        "lastTransitionTime": "2026-01-01T00:00:00Z"})
-}
 
 fn binding(status: Option<serde_json::Value>, recorded: bool) -> IdentityBinding {
     let mut b = json!({
@@ -47,15 +43,8 @@ fn identity(ready: bool) -> UserAssignedIdentity {
 }
 
 fn allow_vm() -> Vec<GrantPolicy> {
-    vec![
-        serde_json::from_value(json!({
-            "apiVersion": "uami.dev/v1alpha1", "kind": "GrantPolicy",
-            "metadata": {"name": "p"},
-            "spec": {"namespaces": ["team"], "identityBindings": [
-                {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}]},
-        }))
-        .unwrap(),
-    ]
+    policies(json!({"identityBindings": [
+        {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}]}))
 }
 
 fn get(status: &IdentityBindingStatus, type_: &str) -> Option<(String, String)> {

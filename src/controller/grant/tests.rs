@@ -8,6 +8,7 @@ use super::plan::*;
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, RoleGrant, RoleGrantStatus, UserAssignedIdentity};
 use crate::azure::roles::{RoleAssignment, RoleDefinition};
+use crate::controller::fixtures::{condition, policies};
 use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
 
@@ -54,15 +55,8 @@ fn reader() -> RoleDefinition {
 }
 
 fn allow_reader() -> Vec<GrantPolicy> {
-    vec![
-        serde_json::from_value(json!({
-            "apiVersion": "uami.dev/v1alpha1", "kind": "GrantPolicy",
-            "metadata": {"name": "p"},
-            "spec": {"namespaces": ["team"], "roleGrants": [
-                {"roles": ["Reader"], "scopes": [{"resourceGroup": {"name": "DevTest"}}]}]},
-        }))
-        .unwrap(),
-    ]
+    policies(json!({"roleGrants": [
+        {"roles": ["Reader"], "scopes": [{"resourceGroup": {"name": "DevTest"}}]}]}))
 }
 
 fn ready(status: &RoleGrantStatus) -> (String, String) {
@@ -152,10 +146,7 @@ fn resolving_waits_for_scope_and_identity() {
 fn an_invalid_scope_warns_once() {
     let g = grant(
         json!({"resourceId": "/subscriptions/x/../y"}),
-        Some(
-            json!({"conditions": [{"type": "Ready", "status": "False", "reason": "InvalidScope",
-            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
-        ),
+        Some(json!({"conditions": [condition("Ready", "False", "InvalidScope")]})),
     );
     let (_, note, _) = report(resolve(&g, Some(SUB), None).unwrap_err());
     assert_eq!(note, None);
@@ -197,8 +188,7 @@ fn plans_from_role_policy_and_recent_checks() {
     let granted = grant(
         devtest(),
         Some(json!({"adopted": false, "roleAssignmentId": "/forged",
-            "conditions": [{"type": "Granted", "status": "True", "reason": "Granted",
-            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})),
+            "conditions": [condition("Granted", "True", "Granted")]})),
     );
     let always = |_: &str| true;
     let (status, note, next) = report(plan(

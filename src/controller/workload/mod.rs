@@ -162,28 +162,23 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
         .await;
     };
     let identity_name = &obj.spec.identity_ref.name;
-    let Some(identity) = ctx.identity(&ns, identity_name) else {
-        let message =
-            format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
-        return wait(
-            &obj,
-            ctx,
+    let id = match ctx.identity(&ns, identity_name) {
+        None => Err((
             reasons::IDENTITY_NOT_FOUND,
-            &message,
-            Next::After(WAIT),
-        )
-        .await;
+            format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}"),
+        )),
+        Some(identity) => ready_identity(&identity).ok_or_else(|| {
+            (
+                reasons::WAITING_FOR_IDENTITY,
+                format!("UserAssignedIdentity {identity_name} is not ready yet"),
+            )
+        }),
     };
-    let Some(id) = ready_identity(&identity) else {
-        let message = format!("UserAssignedIdentity {identity_name} is not ready yet");
-        return wait(
-            &obj,
-            ctx,
-            reasons::WAITING_FOR_IDENTITY,
-            &message,
-            Next::After(WAIT),
-        )
-        .await;
+    let id = match id {
+        Ok(id) => id,
+        Err((reason, message)) => {
+            return wait(&obj, ctx, reason, &message, Next::After(WAIT)).await;
+        }
     };
     let resolved = ResolvedIdentity {
         subscription_id: id.coordinates.subscription.clone(),
