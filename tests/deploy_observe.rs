@@ -10,16 +10,22 @@
 mod ksm;
 mod support;
 
+#[path = "deploy_observe/ksm_schema.rs"]
+mod ksm_schema;
+#[path = "deploy_observe/promql.rs"]
+mod promql;
+#[path = "deploy_observe/record.rs"]
+mod record;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use promql_parser::parser::{self, Expr, LabelModifier};
-use serde::{Deserialize, Serialize};
+use ksm_schema::*;
+use promql::*;
+use record::*;
 use serde_json::Value;
+use support::helm::{CHART, docs, helm_ok, template};
 
-const CHART: &str = "deploy/helm/uami-controller";
 const ALL_ON: [&str; 8] = [
     "--set",
     "metrics.kubeStateMetrics.enabled=true",
@@ -31,48 +37,10 @@ const ALL_ON: [&str; 8] = [
     "metrics.kubeStateMetrics.serviceAccount.name=kube-state-metrics",
 ];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn helm(args: &[&str]) -> String {
-    let bin = std::env::var_os("UAMI_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".tools/bin/helm"));
-    assert!(
-        bin.exists(),
-        "helm not found at {}: run scripts/install-tools.sh (or set UAMI_HELM)",
-        bin.display()
-    );
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn render(extra: &[&str]) -> Vec<Value> {
-    let mut args = vec![
-        "template",
-        "uami-controller",
-        CHART,
-        "--namespace",
-        "uami-system",
-        "--set",
-        "clusterName=my-cluster",
-    ];
+    let mut args = vec!["--set", "clusterName=my-cluster"];
     args.extend_from_slice(extra);
-    serde_yaml_ng::Deserializer::from_str(&helm(&args))
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    docs(&template(&args))
 }
 
 fn observe_objects(objects: &[Value]) -> Vec<&Value> {
@@ -118,313 +86,6 @@ fn rendered() -> Rendered {
         rule: find("PrometheusRule", "-alerts"),
     }
 }
-
-// ---- PrometheusRule, typed (monitoring.coreos.com/v1) -------------------------------------
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PrometheusRule {
-    api_version: String,
-    kind: String,
-    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    spec: RuleSpec,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleSpec {
-    groups: Vec<RuleGroup>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleGroup {
-    name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    interval: Option<String>,
-    rules: Vec<Rule>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Rule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    alert: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    record: Option<String>,
-    expr: String,
-    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
-    for_: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: BTreeMap<String, String>,
-}
-
-fn typed_rule(doc: &Value) -> PrometheusRule {
-    let typed: PrometheusRule = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("not a PrometheusRule: {e}\n{doc}"));
-    assert_eq!(typed.api_version, "monitoring.coreos.com/v1");
-    assert_eq!(typed.kind, "PrometheusRule");
-    typed
-}
-
-/// A Prometheus duration (`5m`, `1h30m`).
-fn is_duration(s: &str) -> bool {
-    let mut rest = s;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return false;
-        }
-        rest = &rest[digits..];
-        let unit = ["ms", "s", "m", "h", "d", "w", "y"]
-            .into_iter()
-            .find(|u| rest.starts_with(u));
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
-// ---- PromQL ---------------------------------------------------------------------------------
-
-/// Grafana's variables replaced by what Grafana would put there.
-fn grafana_expr(expr: &str) -> String {
-    expr.replace("$__rate_interval", "5m")
-        .replace("$__interval", "1m")
-        .replace("$__range", "1h")
-}
-
-fn parse(expr: &str) -> Expr {
-    parser::parse(expr).unwrap_or_else(|e| panic!("PromQL does not parse: {e}\n{expr}"))
-}
-
-/// A vector selector: metric name and label matchers (op, name, value).
-#[derive(Debug)]
-struct Selector {
-    name: String,
-    matchers: Vec<(String, String, String)>,
-}
-
-/// Metric families known to exist, with their label names and the values seen per label.
-#[derive(Default)]
-struct Known {
-    labels: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
-}
-
-impl Known {
-    fn add_declared(&mut self, name: &str, label_names: &BTreeSet<String>) {
-        let e = self.labels.entry(name.to_string()).or_default();
-        for l in label_names {
-            e.entry(l.clone()).or_default();
-        }
-    }
-    fn add_series(&mut self, s: &ksm::Series) {
-        let e = self.labels.entry(s.name.clone()).or_default();
-        for (k, v) in &s.labels {
-            e.entry(k.clone()).or_default().insert(v.clone());
-        }
-    }
-}
-
-/// Walk `expr`: check its selectors against `known` and return the labels of its result.
-fn check_expr(expr: &Expr, known: &Known, errors: &mut Vec<String>) -> BTreeSet<String> {
-    let labels_of = |l: &promql_parser::label::Labels| -> BTreeSet<String> {
-        l.labels.iter().cloned().collect()
-    };
-    match expr {
-        Expr::VectorSelector(vs) => check_selector(vs, known, errors),
-        Expr::MatrixSelector(ms) => check_selector(&ms.vs, known, errors),
-        Expr::Paren(p) => check_expr(&p.expr, known, errors),
-        Expr::Unary(u) => check_expr(&u.expr, known, errors),
-        Expr::Subquery(s) => check_expr(&s.expr, known, errors),
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => BTreeSet::new(),
-        Expr::Aggregate(a) => {
-            let inner = check_expr(&a.expr, known, errors);
-            if let Some(p) = &a.param {
-                check_expr(p, known, errors);
-            }
-            let keeps =
-                ["topk", "bottomk", "limitk", "limit_ratio"].contains(&a.op.to_string().as_str());
-            match &a.modifier {
-                Some(LabelModifier::Include(l)) => {
-                    let by = labels_of(l);
-                    for missing in by.difference(&inner) {
-                        errors.push(format!("`by ({missing})` but no series has it: {expr}"));
-                    }
-                    by
-                }
-                Some(LabelModifier::Exclude(l)) => {
-                    inner.difference(&labels_of(l)).cloned().collect()
-                }
-                None if keeps => inner,
-                None => BTreeSet::new(),
-            }
-        }
-        Expr::Binary(b) => {
-            let lhs = check_expr(&b.lhs, known, errors);
-            let rhs = check_expr(&b.rhs, known, errors);
-            let op = b.op.to_string();
-            if let Some(matching) = b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
-                let l = labels_of(matching.labels());
-                for missing in l.iter().filter(|x| !lhs.contains(*x) || !rhs.contains(*x)) {
-                    errors.push(format!("matching on `{missing}` missing on a side: {expr}"));
-                }
-            }
-            match op.as_str() {
-                "or" => lhs.union(&rhs).cloned().collect(),
-                _ if is_scalar(&b.lhs) => rhs,
-                _ => lhs,
-            }
-        }
-        Expr::Call(c) => {
-            let mut out = BTreeSet::new();
-            for (i, a) in c.args.args.iter().enumerate() {
-                let l = check_expr(a, known, errors);
-                if i == 0 {
-                    out = l;
-                }
-            }
-            match c.func.name {
-                "time" | "vector" | "scalar" | "absent" | "absent_over_time" => BTreeSet::new(),
-                _ => out,
-            }
-        }
-        Expr::Extension(_) => {
-            errors.push(format!("unexpected extension node: {expr}"));
-            BTreeSet::new()
-        }
-    }
-}
-
-fn is_scalar(e: &Expr) -> bool {
-    match e {
-        Expr::NumberLiteral(_) => true,
-        Expr::Paren(p) => is_scalar(&p.expr),
-        Expr::Call(c) => matches!(c.func.name, "time" | "scalar"),
-        _ => false,
-    }
-}
-
-fn check_selector(
-    vs: &promql_parser::parser::VectorSelector,
-    known: &Known,
-    errors: &mut Vec<String>,
-) -> BTreeSet<String> {
-    let sel = Selector {
-        name: vs.name.clone().unwrap_or_default(),
-        matchers: vs
-            .matchers
-            .matchers
-            .iter()
-            .filter(|m| m.name != "__name__")
-            .map(|m| (m.op.to_string(), m.name.clone(), m.value.clone()))
-            .collect(),
-    };
-    let Some(family) = known.labels.get(&sel.name) else {
-        errors.push(format!("metric `{}` does not exist", sel.name));
-        return BTreeSet::new();
-    };
-    for (op, label, value) in &sel.matchers {
-        let Some(seen) = family.get(label) else {
-            errors.push(format!("metric `{}` has no label `{label}`", sel.name));
-            continue;
-        };
-        // Equality matchers must name a value that occurs (or a condition status).
-        let plain = op == "=" || op == "!=";
-        let status_enum =
-            label == "status" && ["True", "False", "Unknown"].contains(&value.as_str());
-        if plain && !seen.is_empty() && !seen.contains(value) && !status_enum {
-            errors.push(format!(
-                "`{}{{{label}{op}\"{value}\"}}`: `{value}` never occurs (seen: {seen:?})",
-                sel.name
-            ));
-        }
-    }
-    family.keys().cloned().collect()
-}
-
-/// Label names an alert template (`$labels.kind`) or a Grafana legend (`{{kind}}`) uses.
-fn template_labels(text: &str, legend: bool) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("$labels.") {
-        rest = &rest[i + "$labels.".len()..];
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        out.insert(name);
-    }
-    let mut rest = if legend { text } else { "" };
-    while let Some(i) = rest.find("{{") {
-        rest = &rest[i + 2..];
-        let Some(end) = rest.find("}}") else { break };
-        let inner = rest[..end].trim();
-        if inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !inner.is_empty() {
-            out.insert(inner.to_string());
-        }
-        rest = &rest[end..];
-    }
-    out
-}
-
-/// Every query of the dashboard and the rules: (where, PromQL, the labels its legend or
-/// annotations use).
-fn queries(r: &Rendered) -> Vec<(String, String, BTreeSet<String>)> {
-    let mut out = Vec::new();
-    for p in r.dashboard["panels"].as_array().unwrap() {
-        for t in p["targets"].as_array().unwrap() {
-            out.push((
-                format!("panel {:?}", p["title"].as_str().unwrap()),
-                grafana_expr(t["expr"].as_str().unwrap()),
-                template_labels(t["legendFormat"].as_str().unwrap_or_default(), true),
-            ));
-        }
-    }
-    for g in typed_rule(&r.rule).spec.groups {
-        for rule in g.rules {
-            out.push((
-                format!("alert {}", rule.alert.clone().unwrap_or_default()),
-                rule.expr.clone(),
-                template_labels(
-                    &rule
-                        .annotations
-                        .values()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    false,
-                ),
-            ));
-        }
-    }
-    out
-}
-
-fn check_all(r: &Rendered, known: &Known) -> Vec<String> {
-    let mut errors = Vec::new();
-    for (place, q, used) in queries(r) {
-        let mut errs = Vec::new();
-        let out = check_expr(&parse(&q), known, &mut errs);
-        for l in used {
-            if !out.contains(&l) {
-                errs.push(format!(
-                    "template uses `{l}`, which the result does not carry ({out:?})"
-                ));
-            }
-        }
-        errors.extend(errs.into_iter().map(|e| format!("{place}: {e}")));
-    }
-    errors
-}
-
 // ---- The chart ------------------------------------------------------------------------------
 
 #[test]
@@ -447,7 +108,7 @@ fn every_piece_is_off_by_default_and_on_with_one_value() {
         got.sort();
         assert_eq!(got, kinds, "{value}");
     }
-    let out = helm(&[&["lint", CHART, "--strict"][..], &ALL_ON[..]].concat());
+    let out = helm_ok(&[&["lint", CHART, "--strict"][..], &ALL_ON[..]].concat());
     assert!(out.contains("0 chart(s) failed"), "{out}");
 }
 
@@ -671,141 +332,6 @@ fn a_query_naming_a_missing_metric_or_label_is_caught() {
         BTreeSet::from(["name".into(), "reason".into()])
     );
 }
-
-// ---- kube-state-metrics config, typed after its Go structs (pkg/customresourcestate) --------
-// kube-state-metrics ignores unknown fields, so a misspelt field would silently do nothing.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct KsmConfig {
-    kind: String,
-    spec: KsmSpec,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct KsmSpec {
-    resources: Vec<KsmResource>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[allow(dead_code)]
-struct KsmResource {
-    group_version_kind: BTreeMap<String, String>,
-    #[serde(default)]
-    metric_name_prefix: Option<String>,
-    #[serde(default)]
-    resource_plural: Option<String>,
-    #[serde(default)]
-    common_labels: BTreeMap<String, String>,
-    #[serde(default)]
-    labels_from_path: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    error_log_v: Option<u8>,
-    metrics: Vec<KsmMetric>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[allow(dead_code)]
-struct KsmMetric {
-    name: String,
-    help: String,
-    each: KsmEach,
-    #[serde(default)]
-    common_labels: BTreeMap<String, String>,
-    #[serde(default)]
-    labels_from_path: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    error_log_v: Option<u8>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct KsmEach {
-    #[serde(rename = "type")]
-    type_: String,
-    gauge: KsmGauge,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[allow(dead_code)]
-struct KsmGauge {
-    path: Vec<String>,
-    #[serde(default)]
-    labels_from_path: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    value_from: Vec<String>,
-    #[serde(default)]
-    nil_is_zero: bool,
-    #[serde(default)]
-    label_from_key: Option<String>,
-}
-
-/// The CRD schema of a kind, from crds/.
-fn crd_schema(group: &str, kind: &str) -> Value {
-    for entry in std::fs::read_dir(root().join("crds")).unwrap() {
-        let crd: Value =
-            serde_yaml_ng::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap())
-                .unwrap();
-        if crd["spec"]["group"] == group && crd["spec"]["names"]["kind"] == kind {
-            return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
-        }
-    }
-    panic!("no CRD for {group}/{kind}");
-}
-
-/// Walk a kube-state-metrics path through a schema; `metadata` is ObjectMeta.
-fn schema_at(schema: &Value, path: &[String]) -> Result<Value, String> {
-    const META: [&str; 6] = [
-        "name",
-        "namespace",
-        "creationTimestamp",
-        "labels",
-        "annotations",
-        "uid",
-    ];
-    let mut cur = schema.clone();
-    let mut in_meta = false;
-    for (i, part) in path.iter().enumerate() {
-        if in_meta {
-            return if i == path.len() - 1 && META.contains(&part.as_str()) {
-                Ok(serde_json::json!({"type": "string"}))
-            } else {
-                Err(format!("metadata.{part}"))
-            };
-        }
-        if let Some(inner) = part.strip_prefix('[').and_then(|p| p.strip_suffix(']')) {
-            let (k, _) = inner.split_once('=').ok_or(format!("bad lookup {part}"))?;
-            let items = cur["items"].clone();
-            if cur["type"] != "array" || items["properties"][k].is_null() {
-                return Err(format!("{part}: not a list of objects with {k}"));
-            }
-            cur = items;
-            continue;
-        }
-        if part.parse::<usize>().is_ok() && cur["type"] == "array" {
-            cur = cur["items"].clone();
-            continue;
-        }
-        if i == 0 && part == "metadata" {
-            in_meta = true;
-            continue;
-        }
-        let next = cur["properties"][part.as_str()].clone();
-        if next.is_null() {
-            return Err(format!("no field {part} in {}", path[..i].join(".")));
-        }
-        cur = next;
-    }
-    Ok(cur)
-}
-
 #[test]
 fn kube_state_metrics_paths_exist_in_the_crd_schemas() {
     let config = rendered().ksm_config;
@@ -879,113 +405,14 @@ fn kube_state_metrics_paths_exist_in_the_crd_schemas() {
         .is_err()
     );
 }
-
-// ---- End to end: the tutorial's metrics cover every query ----------------------------------
-
-/// The tutorial's objects as kube-state-metrics would read them.
-async fn objects(stack: &uami_controller::demo::stack::Stack) -> Vec<Value> {
-    use kube::api::{Api, ListParams};
-    use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
-    let mut out = Vec::new();
-    let lp = ListParams::default();
-    let c = stack.client();
-    for o in Api::<UserAssignedIdentity>::all(c.clone())
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        out.push(serde_json::to_value(o).unwrap());
-    }
-    for o in Api::<IdentityBinding>::all(c.clone())
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        out.push(serde_json::to_value(o).unwrap());
-    }
-    for o in Api::<RoleGrant>::all(c).list(&lp).await.unwrap() {
-        out.push(serde_json::to_value(o).unwrap());
-    }
-    out
-}
-
-fn controller_metrics(stack: &uami_controller::demo::stack::Stack) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &stack.registry.lock()).unwrap();
-    text
-}
-
-/// With `UAMI_OBSERVE_RECORD=<file>`, every second of the run is recorded there in the
-/// OpenMetrics text format with timestamps (the controller's metrics and the kube-state-metrics
-/// series), for `scripts/observe-screenshot.sh`.
-struct Recorder {
-    frames: std::sync::Arc<parking_lot::Mutex<Vec<(i64, String)>>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Recorder {
-    fn start(stack: std::sync::Arc<uami_controller::demo::stack::Stack>, config: Value) -> Self {
-        let frames = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let task = std::env::var_os("UAMI_OBSERVE_RECORD").map(|_| {
-            let frames = frames.clone();
-            tokio::spawn(async move {
-                loop {
-                    let now = jiff::Timestamp::now().as_millisecond();
-                    let mut text = String::new();
-                    for s in ksm::parse_exposition(&controller_metrics(&stack)) {
-                        text.push_str(&ksm::exposition(&[s], Some(now)));
-                    }
-                    text.push_str(&ksm::exposition(
-                        &ksm::evaluate(&config, &objects(&stack).await),
-                        Some(now),
-                    ));
-                    frames.lock().push((now, text));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            })
-        });
-        Self { frames, task }
-    }
-
-    async fn finish(self) {
-        let Some(task) = self.task else { return };
-        task.abort();
-        let _ = task.await;
-        let path = std::env::var_os("UAMI_OBSERVE_RECORD").unwrap();
-        // OpenMetrics wants each family's samples together, in time order.
-        let mut by_family: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (_, text) in self.frames.lock().iter() {
-            for line in text.lines() {
-                let name = line.split(['{', ' ']).next().unwrap().to_string();
-                by_family.entry(name).or_default().push(line.to_string());
-            }
-        }
-        let mut out = String::new();
-        for (name, lines) in by_family {
-            out.push_str(&format!("# TYPE {name} gauge\n"));
-            for l in lines {
-                // OpenMetrics timestamps are in seconds.
-                let (sample, ts) = l.rsplit_once(' ').unwrap();
-                let ms: i64 = ts.parse().unwrap();
-                out.push_str(&format!("{sample} {}.{:03}\n", ms / 1000, ms % 1000));
-            }
-        }
-        out.push_str("# EOF\n");
-        std::fs::write(&path, out).unwrap();
-        eprintln!("recorded {}", std::path::Path::new(&path).display());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_tutorial_every_metric_and_label_the_queries_use_exists() {
     use support::*;
-    use uami_controller::demo::stack::{Stack, StackOptions};
+    use uami_controller::demo::stack::Stack;
     use uami_controller::emulator::{Faults, faults::Throttling};
 
     let r = rendered();
-    let mut opts = StackOptions::tutorial(Duration::from_secs(2)).unwrap();
-    opts.world.rbac_propagation_seconds = 1.0;
-    opts.world.lro_retry_after_seconds = 0;
+    let opts = tutorial_options(Duration::from_secs(2), 1.0);
     let stack = std::sync::Arc::new(Stack::start(opts).await.unwrap());
     let recorder = Recorder::start(stack.clone(), r.ksm_config.clone());
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
@@ -996,16 +423,12 @@ async fn after_the_tutorial_every_metric_and_label_the_queries_use_exists() {
         )
         .await
         .unwrap();
-    ready(&identities(&stack, "tutorial"), "my-identity", 90).await;
-    ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 90).await;
-    ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 90).await;
-    eventually(60, "the Owner grant refused", || async {
-        let g = grants(&stack, "tutorial")
-            .get("my-identity-owns-devtest")
-            .await
-            .ok()?;
-        (condition(&g.status?.conditions, "Ready")?.1 == "DeniedByPolicy").then_some(())
-    })
+    tutorial_ready(&stack, 90).await;
+    refused(
+        &grants(&stack, TUTORIAL),
+        "my-identity-owns-devtest",
+        "DeniedByPolicy",
+    )
     .await;
     // ARM throttles for a while: the 429 counter gets its series.
     stack.emulator.set_faults(Faults {

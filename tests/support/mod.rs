@@ -1,13 +1,21 @@
-//! Shared helpers of the end-to-end tests.
+//! Shared helpers of the end-to-end tests: polls with a deadline, condition waits, the tutorial's
+//! stack and teardown, and the chart's manifests.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::time::Duration;
 
 use kube::Api;
+use kube::api::DeleteParams;
 use serde_json::Value;
 use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
-use uami_controller::demo::stack::Stack;
+use uami_controller::demo::stack::{Stack, StackOptions};
+
+pub mod arm;
+pub mod armspec;
+pub mod capture;
+pub mod helm;
+pub mod kubectl;
 
 /// Poll `f` until it returns `Some`, at most `secs` seconds (an upper bound, not a timing claim).
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
@@ -50,21 +58,107 @@ pub fn grants(stack: &Stack, ns: &str) -> Api<RoleGrant> {
     Api::namespaced(stack.client(), ns)
 }
 
+/// Wait until the object has the condition `type_` with `status` and, when given, `reason`.
+pub async fn condition_is<K>(
+    api: &Api<K>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    secs: u64,
+) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let what = format!("{name} {type_}={status} {}", reason.unwrap_or_default());
+    eventually(secs, &what, || async {
+        let o = api.get(name).await.ok()?;
+        let v = serde_json::to_value(&o).ok()?;
+        let ok = v["status"]["conditions"].as_array()?.iter().any(|c| {
+            c["type"] == type_ && c["status"] == status && reason.is_none_or(|r| c["reason"] == r)
+        });
+        ok.then_some(o)
+    })
+    .await
+}
+
 /// Wait until the object's `Ready` is `True`.
 pub async fn ready<K>(api: &Api<K>, name: &str, secs: u64) -> K
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
 {
-    eventually(secs, &format!("{name} Ready"), || async {
-        let o = api.get(name).await.ok()?;
-        let v = serde_json::to_value(&o).ok()?;
-        let ok = v["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        ok.then_some(o)
+    condition_is(api, name, "Ready", "True", None, secs).await
+}
+
+/// Wait until the binding's `Assigned` is `True`.
+pub async fn assigned(api: &Api<IdentityBinding>, name: &str, secs: u64) -> IdentityBinding {
+    condition_is(api, name, "Assigned", "True", None, secs).await
+}
+
+/// Wait (60 s at most) until the object's `Ready` is `False` with `reason`.
+pub async fn refused<K>(api: &Api<K>, name: &str, reason: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    condition_is(api, name, "Ready", "False", Some(reason), 60).await
+}
+
+/// Wait until the object no longer exists.
+pub async fn gone<K>(api: &Api<K>, name: &str, secs: u64)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(secs, &format!("{name} gone"), || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
     })
-    .await
+    .await;
+}
+
+/// Delete the object and wait (60 s at most) until it no longer exists.
+pub async fn delete_and_wait<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    gone(api, name, 60).await;
+}
+
+/// A controller started beside (or instead of) the stack's own, stopped on demand.
+pub struct Controller {
+    stop: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Controller {
+    /// Start a controller; with `holder` it runs under leader election.
+    pub fn start(stack: &Stack, holder: Option<&str>) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handle = stack.start_controller(holder, stop.clone()).unwrap();
+        Self { stop, handle }
+    }
+
+    /// Stop it and give it 20 s to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.handle).await;
+    }
+}
+
+/// PUT `body` to `url` (a run-time knob of the emulator or the sandbox); the answer's status.
+pub async fn put_json(url: &str, body: Value) -> u16 {
+    let resp = reqwest::Client::new()
+        .put(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+/// GET `url` (a run-time knob or a count of the emulator or the sandbox) as JSON.
+pub async fn get_json(url: &str) -> Value {
+    let resp = reqwest::get(url).await.unwrap();
+    resp.json().await.unwrap()
 }
 
 /// The computes of the emulator's state dump, by name.
@@ -78,6 +172,24 @@ pub fn compute(state: &Value, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The number of user-assigned identities a compute holds.
+pub fn user_assigned(state: &Value, name: &str) -> usize {
+    compute(state, name)["identity"]["userAssignedIdentities"]
+        .as_object()
+        .map_or(0, |m| m.len())
+}
+
+/// The role assignments of the emulator's state dump held by `principal`.
+pub fn assignments_of(state: &Value, principal: &str) -> Vec<Value> {
+    state["roleAssignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["properties"]["principalId"] == principal)
+        .cloned()
+        .collect()
+}
+
 /// The tutorial's objects.
 pub fn tutorial_yaml() -> String {
     std::fs::read_to_string(concat!(
@@ -86,27 +198,104 @@ pub fn tutorial_yaml() -> String {
     ))
     .unwrap()
 }
-pub mod armspec;
-pub mod kubectl;
+
+/// The tutorial's namespace and the names of its identity, binding and grant.
+pub const TUTORIAL: &str = "tutorial";
+pub const TUTORIAL_IDENTITY: &str = "my-identity";
+pub const TUTORIAL_BINDING: &str = "my-identity-on-myvm";
+pub const TUTORIAL_GRANT: &str = "my-identity-reads-devtest";
+
+/// The tutorial's world: resyncs every `resync`, role assignments visible after `rbac_seconds`,
+/// long-running operations that may be polled at once.
+pub fn tutorial_options(resync: Duration, rbac_seconds: f64) -> StackOptions {
+    let mut opts = StackOptions::tutorial(resync).unwrap();
+    opts.world.rbac_propagation_seconds = rbac_seconds;
+    opts.world.lro_retry_after_seconds = 0;
+    opts
+}
+
+/// A stack started with `opts` and the tutorial's objects applied.
+pub async fn tutorial_stack(opts: StackOptions) -> Stack {
+    let stack = Stack::start(opts).await.unwrap();
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    stack
+}
+
+/// Wait until the tutorial's identity, binding and grant are Ready.
+pub async fn tutorial_ready(stack: &Stack, secs: u64) {
+    ready(&identities(stack, TUTORIAL), TUTORIAL_IDENTITY, secs).await;
+    ready(&bindings(stack, TUTORIAL), TUTORIAL_BINDING, secs).await;
+    ready(&grants(stack, TUTORIAL), TUTORIAL_GRANT, secs).await;
+}
+
+/// Delete the tutorial's grant, binding and identity, in that order (without waiting).
+pub async fn delete_tutorial(stack: &Stack) {
+    let dp = DeleteParams::default();
+    grants(stack, TUTORIAL)
+        .delete(TUTORIAL_GRANT, &dp)
+        .await
+        .unwrap();
+    bindings(stack, TUTORIAL)
+        .delete(TUTORIAL_BINDING, &dp)
+        .await
+        .unwrap();
+    identities(stack, TUTORIAL)
+        .delete(TUTORIAL_IDENTITY, &dp)
+        .await
+        .unwrap();
+}
+
+/// The GrantPolicy and IdentityBinding that put the tutorial's identity on scale set `web` too.
+pub const TUTORIAL_ON_WEB: &str = r#"
+apiVersion: uami.dev/v1alpha1
+kind: GrantPolicy
+metadata:
+  name: tutorial-web
+spec:
+  namespaces: ["tutorial"]
+  identityBindings:
+    - virtualMachineScaleSet:
+        resourceGroup: DevTest
+        name: web
+---
+apiVersion: uami.dev/v1alpha1
+kind: IdentityBinding
+metadata:
+  name: my-identity-on-web
+  namespace: tutorial
+spec:
+  identityRef:
+    name: my-identity
+  target:
+    virtualMachineScaleSet:
+      resourceGroup: DevTest
+      name: web
+"#;
+
+/// A scale set `web` of one instance with a system-assigned identity.
+pub fn web_scale_set() -> uami_controller::emulator::world::ScaleSet {
+    uami_controller::emulator::world::ScaleSet {
+        name: "web".into(),
+        instances: 1,
+        system_assigned: true,
+    }
+}
 
 /// The chart rendered with default values (`deploy/manifests/uami-controller.yaml`).
 pub fn chart_manifests() -> Vec<Value> {
-    use serde::Deserialize;
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/manifests/uami-controller.yaml"
-    ))
-    .unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    helm::docs(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/manifests/uami-controller.yaml"
+        ))
+        .unwrap(),
+    )
 }
 
 /// A stack whose controller and agents run as the chart's service accounts of `uami-system`,
 /// with the chart's service accounts, roles, bindings and admission policies installed (and so
 /// enforced by the sandbox). The controller runs under leader election as `holder`.
-pub async fn enforced_stack(mut opts: uami_controller::demo::stack::StackOptions) -> Stack {
+pub async fn enforced_stack(mut opts: StackOptions) -> Stack {
     let controller = opts.controller;
     let agents = opts.agents;
     opts.controller = false;

@@ -1,0 +1,176 @@
+//! 2. An identity has exactly one owner.
+
+use std::process::Command;
+
+use crate::support::arm::{Admin, identity_path};
+use uami_controller::azure::{ArmClient, ArmClientOptions, IdentityApi};
+use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_controller::emulator::{self, World};
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_tag_names_the_cluster() {
+    let stack = stack(|_| {}).await;
+    let admin = Admin::of(&stack.emulator);
+    // Another cluster with the same namespace and names got there first: once under the
+    // namespace/name tag, once under its own cluster name.
+    let twin = json!({"uami.dev-owner": "apps/twin"});
+    let cousin = json!({"uami.dev-owner": "east/apps/cousin"});
+    admin.put_identity("twin", twin.clone()).await;
+    admin.put_identity("cousin", cousin.clone()).await;
+    stack
+        .apply_yaml(&format!(
+            "{}{}{}{}",
+            namespace(NS),
+            identity("mine", ""),
+            identity("twin", ""),
+            identity("cousin", ", adoptExisting: true"),
+        ))
+        .await
+        .unwrap();
+    ready_identity(&stack, NS, "mine").await;
+    assert_eq!(
+        admin.identity_tags("mine").await.unwrap()["uami.dev-owner"],
+        "sandbox/apps/mine"
+    );
+    for name in ["twin", "cousin"] {
+        refused(&identities(&stack, NS), name, "AlreadyExists").await;
+    }
+    // Deleting our objects never deletes the other cluster's identities.
+    for name in ["twin", "cousin"] {
+        delete_and_wait(&identities(&stack, NS), name).await;
+    }
+    assert_eq!(admin.identity_tags("twin").await, Some(twin));
+    assert_eq!(admin.identity_tags("cousin").await, Some(cousin));
+    let counts = stack.emulator.counts();
+    assert_eq!(counts.total("UserAssignedIdentities_Delete"), 0);
+    stack.stop().await;
+}
+
+#[test]
+fn the_controller_refuses_to_run_without_a_cluster_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+        .args(["run", "--credential", "client-secret"])
+        .env_remove("UAMI_CLUSTER_NAME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--cluster-name"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+        .args(["run", "--cluster-name", "a/b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a cluster name"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_needs_a_policy_rule_and_keeps_existing_tags() {
+    let stack = stack(|_| {}).await;
+    let admin = Admin::of(&stack.emulator);
+    let foreign = json!({"uami.dev-owner": "east/apps/foreign"});
+    admin
+        .put_identity("legacy", json!({"cost-center": "42"}))
+        .await;
+    admin.put_identity("foreign", foreign.clone()).await;
+    stack
+        .apply_yaml(&format!(
+            "{}{}{}{}",
+            namespace(NS),
+            policy(""),
+            identity("legacy", ", adoptExisting: true"),
+            identity("foreign", ", adoptExisting: true"),
+        ))
+        .await
+        .unwrap();
+    refused(&identities(&stack, NS), "legacy", "DeniedByPolicy").await;
+    refused(&identities(&stack, NS), "foreign", "AlreadyExists").await;
+    assert_eq!(
+        admin.identity_tags("legacy").await,
+        Some(json!({"cost-center": "42"}))
+    );
+    let counts = stack.emulator.counts();
+    assert_eq!(counts.total("UserAssignedIdentities_Update"), 0);
+    // A rule allows adopting identities from DevTest: the identity is adopted, keeps its tags.
+    stack
+        .apply_yaml(&policy("  identityAdoption:\n  - resourceGroup: DevTest\n"))
+        .await
+        .unwrap();
+    ready_identity(&stack, NS, "legacy").await;
+    assert_eq!(
+        admin.identity_tags("legacy").await,
+        Some(
+            json!({"cost-center": "42", "uami.dev-owner": "sandbox/apps/legacy", "uami.dev-adopted": "true"})
+        )
+    );
+    // Never an identity tagged for another owner, even with the rule.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    refused(&identities(&stack, NS), "foreign", "AlreadyExists").await;
+    assert_eq!(admin.identity_tags("foreign").await, Some(foreign));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_an_identity_never_overwrites_one_that_appeared() {
+    let world = World::tutorial().unwrap();
+    let emulator = emulator::start(world.clone()).await.unwrap();
+    let admin = Admin::of(&emulator);
+    let raced = json!({"uami.dev-owner": "east/apps/raced"});
+    admin.put_identity("raced", raced.clone()).await;
+    // The emulator answers If-None-Match: * on an existing identity as ARM does.
+    let (s, _, v) = admin
+        .send(
+            reqwest::Method::PUT,
+            &identity_path("raced"),
+            Some(json!({"location": "eastus", "tags": {"x": "y"}})),
+            &[("If-None-Match", "*")],
+        )
+        .await;
+    assert_eq!(s, 412, "{v}");
+    assert_eq!(v["error"]["code"], "PreconditionFailed");
+    // The controller's create sends it: the identity that appeared between its read and its
+    // create is not overwritten.
+    let opts = uami_controller::demo::stack::controller_options(
+        &world,
+        &emulator.arm_endpoint(),
+        &emulator.authority_host(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let credential = uami_controller::auth::build_credential(
+        opts.credential,
+        http.clone(),
+        Duration::from_secs(60),
+    );
+    let arm = ArmClient::new(
+        http,
+        ArmClientOptions {
+            endpoint: emulator.arm_endpoint(),
+            ..ArmClientOptions::default()
+        },
+        credential,
+        None,
+    );
+    let tags = [(
+        "uami.dev-owner".to_string(),
+        "sandbox/apps/raced".to_string(),
+    )]
+    .into_iter()
+    .collect();
+    let err = arm
+        .create_identity(SUB, "DevTest", "raced", "eastus", &tags)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "PreconditionFailed");
+    assert_eq!(admin.identity_tags("raced").await, Some(raced));
+    let created = arm
+        .create_identity(SUB, "DevTest", "fresh", "eastus", &tags)
+        .await
+        .unwrap();
+    assert_eq!(created.tags, tags);
+    emulator.shutdown().await;
+}
