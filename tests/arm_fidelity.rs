@@ -6,53 +6,26 @@
 
 mod support;
 
+#[path = "arm_fidelity/resources.rs"]
+mod resources;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use kube::api::{Api, DeleteParams, ListParams};
+use resources::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use support::arm::arm_client;
 use support::*;
-use uami_controller::auth::{AccessToken, AuthError, TokenCredential};
-use uami_controller::azure::{ArmClient, ArmClientOptions, RoleApi, api_versions, probe_access};
+use uami_controller::azure::{RoleApi, api_versions, probe_access};
 use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::knobs::INNER_ERROR_DUMP;
-use uami_controller::emulator::world::{InitialAssignment, ScaleSet, TUTORIAL_SUBSCRIPTION};
+use uami_controller::emulator::world::{InitialAssignment, TUTORIAL_SUBSCRIPTION};
 use uami_controller::emulator::{Emulator, Knobs, LroForm, World};
 
 const SUB: &str = TUTORIAL_SUBSCRIPTION;
 const CONTROLLER: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
-
-fn rg_scope() -> String {
-    format!("/subscriptions/{SUB}/resourceGroups/DevTest")
-}
-
-/// A fixed bearer token (the emulator's administrator's, or a principal's).
-struct Fixed(String);
-
-#[async_trait]
-impl TokenCredential for Fixed {
-    async fn get_token(&self, _: &str) -> Result<AccessToken, AuthError> {
-        Ok(AccessToken {
-            token: SecretString::from(self.0.clone()),
-            expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600),
-        })
-    }
-}
-
-fn arm_client(emulator: &Emulator, token: String) -> ArmClient {
-    ArmClient::new(
-        reqwest::Client::new(),
-        ArmClientOptions {
-            endpoint: emulator.arm_endpoint(),
-            ..Default::default()
-        },
-        Arc::new(Fixed(token)),
-        None,
-    )
-}
 
 /// The request bodies of `operation` in the journal, in order.
 fn requests(emulator: &Emulator, operation: &str) -> Vec<Value> {
@@ -64,57 +37,15 @@ fn requests(emulator: &Emulator, operation: &str) -> Vec<Value> {
         .collect()
 }
 
-fn user_assigned(state: &Value, name: &str) -> usize {
-    compute(state, name)["identity"]["userAssignedIdentities"]
-        .as_object()
-        .map_or(0, |m| m.len())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_last_user_identity_sends_the_type_alone() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
-    opts.world.lro_retry_after_seconds = 0;
-    opts.world.rbac_propagation_seconds = 0.2;
+    let mut opts = tutorial_options(Duration::from_secs(60), 0.2);
     // A scale set with a system-assigned identity beside the tutorial's VM without one.
     opts.world.subscriptions[0].resource_groups[0]
         .virtual_machine_scale_sets
-        .push(ScaleSet {
-            name: "web".into(),
-            instances: 1,
-            system_assigned: true,
-        });
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
-    stack
-        .apply_yaml(
-            r#"
-apiVersion: uami.dev/v1alpha1
-kind: GrantPolicy
-metadata:
-  name: tutorial-web
-spec:
-  namespaces: ["tutorial"]
-  identityBindings:
-    - virtualMachineScaleSet:
-        resourceGroup: DevTest
-        name: web
----
-apiVersion: uami.dev/v1alpha1
-kind: IdentityBinding
-metadata:
-  name: my-identity-on-web
-  namespace: tutorial
-spec:
-  identityRef:
-    name: my-identity
-  target:
-    virtualMachineScaleSet:
-      resourceGroup: DevTest
-      name: web
-"#,
-        )
-        .await
-        .unwrap();
+        .push(web_scale_set());
+    let stack = tutorial_stack(opts).await;
+    stack.apply_yaml(TUTORIAL_ON_WEB).await.unwrap();
     eventually(60, "the identity on myVM and web", || async {
         let s = stack.emulator.state();
         (user_assigned(&s, "myVM") == 1 && user_assigned(&s, "web") == 1).then_some(())
@@ -199,10 +130,8 @@ async fn compute_refuses_user_identities_next_to_none_or_system_assigned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_running_operations_in_the_location_form_are_polled_to_the_end() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
-    opts.world.lro_retry_after_seconds = 0;
+    let mut opts = tutorial_options(Duration::from_secs(60), 0.2);
     opts.world.lro_polls = 2;
-    opts.world.rbac_propagation_seconds = 0.2;
     opts.world.knobs = Knobs {
         lro_forms: BTreeMap::from([
             ("VirtualMachines_Update".to_string(), LroForm::Location),
@@ -213,9 +142,8 @@ async fn long_running_operations_in_the_location_form_are_polled_to_the_end() {
         ]),
         ..Default::default()
     };
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
-    ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
+    let stack = tutorial_stack(opts).await;
+    ready(&bindings(&stack, TUTORIAL), TUTORIAL_BINDING, 60).await;
     assert_eq!(user_assigned(&stack.emulator.state(), "myVM"), 1);
     let counts = eventually(30, "the operation polled to the end", || async {
         let c = stack.emulator.counts();
@@ -320,47 +248,6 @@ async fn every_list_is_followed_through_next_link() {
     emulator.shutdown().await;
 }
 
-/// Principals with Reader on one scope each, and one with nothing.
-const ON_SUB: &str = "11111111-0000-0000-0000-000000000001";
-const ON_RG: &str = "11111111-0000-0000-0000-000000000002";
-const ON_SA: &str = "11111111-0000-0000-0000-000000000003";
-const ON_KV: &str = "11111111-0000-0000-0000-000000000004";
-const NOBODY: &str = "11111111-0000-0000-0000-000000000005";
-
-fn storage_id() -> String {
-    format!(
-        "{}/providers/Microsoft.Storage/storageAccounts/devtestdata",
-        rg_scope()
-    )
-}
-
-fn vault_id() -> String {
-    format!(
-        "{}/providers/Microsoft.KeyVault/vaults/devtest-kv",
-        rg_scope()
-    )
-}
-
-fn world_with_resources() -> World {
-    let mut world = World::tutorial().unwrap();
-    let rg = &mut world.subscriptions[0].resource_groups[0];
-    rg.storage_accounts.push("devtestdata".into());
-    rg.key_vaults.push("devtest-kv".into());
-    for (principal, scope) in [
-        (ON_SUB, format!("/subscriptions/{SUB}")),
-        (ON_RG, rg_scope()),
-        (ON_SA, storage_id()),
-        (ON_KV, vault_id()),
-    ] {
-        world.role_assignments.push(InitialAssignment {
-            principal_id: principal.into(),
-            role: "Reader".into(),
-            scope,
-        });
-    }
-    world
-}
-
 #[tokio::test]
 async fn access_checks_read_each_scope_with_its_providers_api_version() {
     let emulator = uami_controller::emulator::start(world_with_resources())
@@ -460,16 +347,6 @@ async fn access_checks_read_each_scope_with_its_providers_api_version() {
     emulator.shutdown().await;
 }
 
-trait Expose {
-    fn expose(&self) -> String;
-}
-
-impl Expose for SecretString {
-    fn expose(&self) -> String {
-        secrecy::ExposeSecret::expose_secret(self).to_string()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_verifies_a_storage_account_and_names_a_scope_it_cannot_check() {
     let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
@@ -477,8 +354,7 @@ async fn the_agent_verifies_a_storage_account_and_names_a_scope_it_cannot_check(
     opts.world.lro_retry_after_seconds = 0;
     opts.world.rbac_propagation_seconds = 0.2;
     opts.agent_interval = Duration::from_millis(700);
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    let stack = tutorial_stack(opts).await;
     let grant = |name: &str, id: &str| {
         format!(
             r#"
@@ -586,65 +462,7 @@ async fn conditions_and_events_carry_arm_code_and_message_only() {
     // of Other: ARM answers 403 with its envelope, here with details and an inner exception
     // dump besides code and message.
     stack
-        .apply_yaml(
-            r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: errors
----
-apiVersion: uami.dev/v1alpha1
-kind: GrantPolicy
-metadata:
-  name: errors-elsewhere
-spec:
-  namespaces: ["errors"]
-  roleGrants:
-    - roles: ["Reader"]
-      scopes:
-        - resourceGroup:
-            name: Elsewhere
-  identityBindings:
-    - virtualMachine:
-        resourceGroup: DevTest
-        name: myVM
----
-apiVersion: uami.dev/v1alpha1
-kind: UserAssignedIdentity
-metadata:
-  name: errors-id
-  namespace: errors
-spec:
-  resourceGroup: Other
-  location: eastus
----
-apiVersion: uami.dev/v1alpha1
-kind: RoleGrant
-metadata:
-  name: reads-elsewhere
-  namespace: errors
-spec:
-  identityRef:
-    name: errors-id
-  role: Reader
-  scope:
-    resourceGroup:
-      name: Elsewhere
----
-apiVersion: uami.dev/v1alpha1
-kind: IdentityBinding
-metadata:
-  name: on-myvm
-  namespace: errors
-spec:
-  identityRef:
-    name: errors-id
-  target:
-    virtualMachine:
-      resourceGroup: DevTest
-      name: myVM
-"#,
-        )
+        .apply_yaml(include_str!("arm_fidelity/errors.yaml"))
         .await
         .unwrap();
     let refused = |v: Value| {

@@ -14,24 +14,16 @@ use std::collections::BTreeMap;
 
 use support::armspec::{Specs, validate_journal};
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::emulator::world::ScaleSet;
 use uami_controller::emulator::{Exchange, Knobs, LroForm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_requests_and_emulator_answers_follow_the_specs() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(3)).unwrap();
-    opts.world.rbac_propagation_seconds = 0.5;
-    opts.world.lro_retry_after_seconds = 0;
+    let mut opts = tutorial_options(Duration::from_secs(3), 0.5);
     // A scale set too, its PATCH answered in the Location form (the VM's in the
     // Azure-AsyncOperation form).
     opts.world.subscriptions[0].resource_groups[0]
         .virtual_machine_scale_sets
-        .push(ScaleSet {
-            name: "web".into(),
-            instances: 1,
-            system_assigned: true,
-        });
+        .push(web_scale_set());
     opts.world.knobs = Knobs {
         lro_forms: BTreeMap::from([(
             "VirtualMachineScaleSets_Update".to_string(),
@@ -39,65 +31,19 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
         )]),
         ..Default::default()
     };
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
-    stack
-        .apply_yaml(
-            r#"
-apiVersion: uami.dev/v1alpha1
-kind: GrantPolicy
-metadata:
-  name: tutorial-web
-spec:
-  namespaces: ["tutorial"]
-  identityBindings:
-    - virtualMachineScaleSet:
-        resourceGroup: DevTest
-        name: web
----
-apiVersion: uami.dev/v1alpha1
-kind: IdentityBinding
-metadata:
-  name: my-identity-on-web
-  namespace: tutorial
-spec:
-  identityRef:
-    name: my-identity
-  target:
-    virtualMachineScaleSet:
-      resourceGroup: DevTest
-      name: web
-"#,
-        )
-        .await
-        .unwrap();
+    let stack = tutorial_stack(opts).await;
+    stack.apply_yaml(TUTORIAL_ON_WEB).await.unwrap();
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
     eventually(60, "the identity on web", || async {
-        let s = stack.emulator.state();
-        compute(&s, "web")["identity"]["userAssignedIdentities"]
-            .as_object()
-            .is_some_and(|m| m.len() == 1)
-            .then_some(())
+        (user_assigned(&stack.emulator.state(), "web") == 1).then_some(())
     })
     .await;
-    let dp = DeleteParams::default();
-    bindings(&stack, "tutorial")
-        .delete("my-identity-on-web", &dp)
+    bindings(&stack, TUTORIAL)
+        .delete("my-identity-on-web", &DeleteParams::default())
         .await
         .unwrap();
-    grants(&stack, "tutorial")
-        .delete("my-identity-reads-devtest", &dp)
-        .await
-        .unwrap();
-    bindings(&stack, "tutorial")
-        .delete("my-identity-on-myvm", &dp)
-        .await
-        .unwrap();
-    identities(&stack, "tutorial")
-        .delete("my-identity", &dp)
-        .await
-        .unwrap();
+    delete_tutorial(&stack).await;
     eventually(60, "deletion", || async {
         stack.emulator.state()["identities"]
             .as_array()?

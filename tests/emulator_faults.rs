@@ -2,15 +2,20 @@
 //! identity PATCH semantics: add, remove, keep the system-assigned identity, 412 on a stale etag.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use serde_json::{Value, json};
+use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment};
+use support::{get_json, put_json};
 use uami_controller::emulator::faults::Throttling;
 use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 use uami_controller::emulator::{self, Emulator, Faults, World};
 
+/// An emulator of the tutorial's world (long-running operations polled at once), changed by
+/// `configure`, and its administrator.
 struct T {
     emu: Emulator,
-    http: reqwest::Client,
-    token: String,
+    admin: Admin,
 }
 
 impl T {
@@ -19,20 +24,11 @@ impl T {
         w.lro_retry_after_seconds = 0;
         configure(&mut w);
         let emu = emulator::start(w).await.unwrap();
-        let token = emu.admin_token();
-        T {
-            emu,
-            http: reqwest::Client::new(),
-            token,
-        }
+        let admin = Admin::of(&emu);
+        T { emu, admin }
     }
-    fn url(&self, path: &str) -> String {
-        format!(
-            "{}{}",
-            self.emu.arm_endpoint(),
-            path.trim_start_matches('/')
-        )
-    }
+
+    /// One ARM request with an optional `If-Match`.
     async fn send(
         &self,
         method: reqwest::Method,
@@ -40,28 +36,55 @@ impl T {
         body: Option<Value>,
         if_match: Option<&str>,
     ) -> reqwest::Result<(u16, reqwest::header::HeaderMap, Value)> {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        if let Some(m) = if_match {
-            req = req.header("If-Match", m);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await?;
-        Ok((
-            status,
-            headers,
-            serde_json::from_slice(&body).unwrap_or(Value::Null),
-        ))
+        let headers: Vec<(&str, &str)> = if_match.map(|m| ("If-Match", m)).into_iter().collect();
+        self.admin.try_send(method, path, body, &headers).await
     }
+
+    /// The status of a GET of `path`.
+    async fn status(&self, path: &str) -> u16 {
+        self.admin.get_status(path).await
+    }
+
+    /// The virtual machine as ARM returns it.
+    async fn vm(&self) -> Value {
+        self.admin.get(VM).await
+    }
+
+    /// PATCH the VM's identity with `identity`; the answer.
+    async fn patch_vm(
+        &self,
+        identity: Value,
+        if_match: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.send(
+            reqwest::Method::PATCH,
+            VM,
+            Some(json!({ "identity": identity })),
+            if_match,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A new identity in DevTest; its id.
+    async fn identity_id(&self, name: &str) -> String {
+        self.identity(name).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A new identity in DevTest, as ARM returns it.
     async fn identity(&self, name: &str) -> Value {
-        let (s, _, v) = self.send(reqwest::Method::PUT, &format!("/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}?api-version=2023-01-31"), Some(json!({"location": "eastus"})), None).await.unwrap();
+        let (s, _, v) = self
+            .admin
+            .send(
+                reqwest::Method::PUT,
+                &identity_path(name),
+                Some(json!({"location": "eastus"})),
+                &[],
+            )
+            .await;
         assert!(s == 201 || s == 200);
         v
     }
@@ -93,13 +116,7 @@ async fn throttling_answers_429_with_retry_after_until_switched_off() {
     assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     assert_eq!(h["x-ms-ratelimit-remaining-subscription-reads"], "0");
     t.emu.set_faults(Faults::default());
-    assert_eq!(
-        t.send(reqwest::Method::GET, RG, None, None)
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(t.status(RG).await, 200);
 }
 
 #[tokio::test]
@@ -109,20 +126,8 @@ async fn server_errors_dropped_connections_and_latency() {
         server_error_next: 1,
         ..Faults::default()
     });
-    assert_eq!(
-        t.send(reqwest::Method::GET, RG, None, None)
-            .await
-            .unwrap()
-            .0,
-        500
-    );
-    assert_eq!(
-        t.send(reqwest::Method::GET, RG, None, None)
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(t.status(RG).await, 500);
+    assert_eq!(t.status(RG).await, 200);
     t.emu.set_faults(Faults {
         drop_connection_next: 1,
         ..Faults::default()
@@ -131,13 +136,7 @@ async fn server_errors_dropped_connections_and_latency() {
         t.send(reqwest::Method::GET, RG, None, None).await.is_err(),
         "the connection was dropped"
     );
-    assert_eq!(
-        t.send(reqwest::Method::GET, RG, None, None)
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(t.status(RG).await, 200);
     assert_eq!(
         t.emu.counts().get("ResourceGroups_Get", 0),
         1,
@@ -147,119 +146,56 @@ async fn server_errors_dropped_connections_and_latency() {
         server_error_rate: 1.0,
         ..Faults::default()
     });
-    assert_eq!(
-        t.send(reqwest::Method::GET, RG, None, None)
-            .await
-            .unwrap()
-            .0,
-        500
-    );
+    assert_eq!(t.status(RG).await, 500);
     t.emu.set_faults(Faults {
         latency_ms: 300,
         ..Faults::default()
     });
     let started = std::time::Instant::now();
-    assert_eq!(
-        t.send(reqwest::Method::GET, RG, None, None)
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(t.status(RG).await, 200);
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(300),
         "the injected delay was applied"
     );
     t.emu.set_faults(Faults::default());
-    assert_eq!(
-        t.send(reqwest::Method::GET, RG, None, None)
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(t.status(RG).await, 200);
 }
 
 #[tokio::test]
 async fn principal_not_found_while_the_window_lasts() {
     let t = T::new(|w| w.faults.principal_not_found_seconds = 600.0).await;
     let id = t.identity("fresh").await;
-    let pid = id["properties"]["principalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let body = json!({"properties": {"roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"), "principalId": pid, "principalType": "ServicePrincipal"}});
-    let path = format!(
-        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments/{}?api-version=2022-04-01",
-        uuid::Uuid::new_v4()
-    );
-    let (s, _, v) = t
-        .send(reqwest::Method::PUT, &path, Some(body.clone()), None)
-        .await
-        .unwrap();
+    let body = reader_assignment(id["properties"]["principalId"].as_str().unwrap());
+    let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
+    let put = |path: String| {
+        let (t, body) = (&t, body.clone());
+        async move {
+            let (s, _, v) = t
+                .send(reqwest::Method::PUT, &path, Some(body), None)
+                .await
+                .unwrap();
+            (s, v["error"]["code"].as_str().map(str::to_string))
+        }
+    };
+    let path = new_assignment_path(&rg);
     assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("PrincipalNotFound"))
+        put(path.clone()).await,
+        (400, Some("PrincipalNotFound".into()))
     );
     t.emu.set_faults(Faults::default());
-    assert_eq!(
-        t.send(reqwest::Method::PUT, &path, Some(body.clone()), None)
-            .await
-            .unwrap()
-            .0,
-        201
-    );
+    assert_eq!(put(path).await.0, 201);
     // The same triple under another name: RoleAssignmentExists; a non-GUID name: InvalidRoleAssignmentId.
-    let other = format!(
-        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments/{}?api-version=2022-04-01",
-        uuid::Uuid::new_v4()
-    );
-    let (s, _, v) = t
-        .send(reqwest::Method::PUT, &other, Some(body.clone()), None)
-        .await
-        .unwrap();
     assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("RoleAssignmentExists"))
+        put(new_assignment_path(&rg)).await,
+        (409, Some("RoleAssignmentExists".into()))
     );
     let bad = format!(
-        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments/not-a-guid?api-version=2022-04-01"
+        "{rg}/providers/Microsoft.Authorization/roleAssignments/not-a-guid?api-version=2022-04-01"
     );
-    let (s, _, v) = t
-        .send(reqwest::Method::PUT, &bad, Some(body), None)
-        .await
-        .unwrap();
     assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("InvalidRoleAssignmentId"))
+        put(bad).await,
+        (400, Some("InvalidRoleAssignmentId".into()))
     );
-}
-
-async fn poll(t: &T, headers: &reqwest::header::HeaderMap) -> Value {
-    let url = headers["azure-asyncoperation"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the operation did not end within 30 s"
-        );
-        let v: Value = t
-            .http
-            .get(&url)
-            .bearer_auth(&t.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] != "InProgress" {
-            return v;
-        }
-    }
 }
 
 #[tokio::test]
@@ -273,16 +209,16 @@ async fn vm_patch_semantics() {
         }
     })
     .await;
-    let a = t.identity("ida").await["id"].as_str().unwrap().to_string();
-    let b = t.identity("idb").await["id"].as_str().unwrap().to_string();
-    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let a = t.identity_id("ida").await;
+    let b = t.identity_id("idb").await;
+    let vm = t.vm().await;
     assert_eq!(vm["identity"]["type"], "SystemAssigned");
     let etag = vm["etag"].as_str().unwrap().to_string();
     // Add two, keeping the system-assigned identity.
-    let (s, h, _) = t.send(reqwest::Method::PATCH, VM, Some(json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {a.clone(): {}, b.clone(): {}}}})), Some(&etag)).await.unwrap();
+    let (s, h, _) = t.patch_vm(json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {a.clone(): {}, b.clone(): {}}}), Some(&etag)).await;
     assert_eq!(s, 200);
-    assert_eq!(poll(&t, &h).await["status"], "Succeeded");
-    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    assert_eq!(t.admin.wait_operation(&h).await["status"], "Succeeded");
+    let vm = t.vm().await;
     assert_eq!(vm["identity"]["type"], "SystemAssigned, UserAssigned");
     assert_eq!(
         vm["identity"]["userAssignedIdentities"]
@@ -294,24 +230,18 @@ async fn vm_patch_semantics() {
     assert!(vm["identity"]["principalId"].is_string());
     // The old etag is stale now: 412.
     let (s, _, v) = t
-        .send(
-            reqwest::Method::PATCH,
-            VM,
-            Some(json!({"identity": {"type": "SystemAssigned"}})),
-            Some(&etag),
-        )
-        .await
-        .unwrap();
+        .patch_vm(json!({"type": "SystemAssigned"}), Some(&etag))
+        .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (412, Some("PreconditionFailed"))
     );
     // Remove one with null; the other and the system identity stay.
     let etag = vm["etag"].as_str().unwrap().to_string();
-    let (s, h, _) = t.send(reqwest::Method::PATCH, VM, Some(json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {a.clone(): null}}})), Some(&etag)).await.unwrap();
+    let (s, h, _) = t.patch_vm(json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {a.clone(): null}}), Some(&etag)).await;
     assert_eq!(s, 200);
-    poll(&t, &h).await;
-    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    t.admin.wait_operation(&h).await;
+    let vm = t.vm().await;
     let keys: Vec<String> = vm["identity"]["userAssignedIdentities"]
         .as_object()
         .unwrap()
@@ -321,9 +251,14 @@ async fn vm_patch_semantics() {
     assert_eq!(keys, vec![b.clone()]);
     assert_eq!(vm["identity"]["type"], "SystemAssigned, UserAssigned");
     // A type that leaves out SystemAssigned removes the system identity.
-    let (_, h, _) = t.send(reqwest::Method::PATCH, VM, Some(json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {b.clone(): {}}}})), None).await.unwrap();
-    poll(&t, &h).await;
-    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let (_, h, _) = t
+        .patch_vm(
+            json!({"type": "UserAssigned", "userAssignedIdentities": {b.clone(): {}}}),
+            None,
+        )
+        .await;
+    t.admin.wait_operation(&h).await;
+    let vm = t.vm().await;
     assert_eq!(vm["identity"]["type"], "UserAssigned");
     assert!(vm["identity"]["principalId"].is_null());
     // A failing long-running operation changes nothing.
@@ -331,68 +266,36 @@ async fn vm_patch_semantics() {
         lro_fail_next: 1,
         ..Faults::default()
     });
-    let (_, h, _) = t
-        .send(
-            reqwest::Method::PATCH,
-            VM,
-            Some(json!({"identity": {"type": "None"}})),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(poll(&t, &h).await["status"], "Failed");
-    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let (_, h, _) = t.patch_vm(json!({"type": "None"}), None).await;
+    assert_eq!(t.admin.wait_operation(&h).await["status"], "Failed");
+    let vm = t.vm().await;
     assert_eq!(vm["identity"]["type"], "UserAssigned");
     // Concurrent writes: AnotherOperationInProgress while one is pending, when switched on.
     t.emu.set_faults(Faults {
         another_operation_in_progress: true,
         ..Faults::default()
     });
-    let (s1, h1, _) = t
-        .send(
-            reqwest::Method::PATCH,
-            VM,
-            Some(json!({"identity": {"type": "None"}})),
-            None,
-        )
-        .await
-        .unwrap();
-    let (s2, _, v2) = t
-        .send(
-            reqwest::Method::PATCH,
-            VM,
-            Some(json!({"identity": {"type": "None"}})),
-            None,
-        )
-        .await
-        .unwrap();
+    let (s1, h1, _) = t.patch_vm(json!({"type": "None"}), None).await;
+    let (s2, _, v2) = t.patch_vm(json!({"type": "None"}), None).await;
     assert_eq!(s1, 200);
     assert_eq!(
         (s2, v2["error"]["code"].as_str()),
         (409, Some("AnotherOperationInProgress"))
     );
-    poll(&t, &h1).await;
+    t.admin.wait_operation(&h1).await;
     t.emu.set_faults(Faults::default());
-    let (s, h, _) = t
-        .send(
-            reqwest::Method::PATCH,
-            VM,
-            Some(json!({"identity": {"type": "None"}})),
-            None,
-        )
-        .await
-        .unwrap();
+    let (s, h, _) = t.patch_vm(json!({"type": "None"}), None).await;
     assert_eq!(s, 200);
-    poll(&t, &h).await;
+    t.admin.wait_operation(&h).await;
 }
 
 #[tokio::test]
 async fn imds_faults_and_rules() {
     let t = T::new(|_| {}).await;
     let imds = t.emu.imds_endpoint("myVM").unwrap();
+    let http = reqwest::Client::new();
     let get = |meta: bool, client: &str| {
-        let mut req = t
-            .http
+        let mut req = http
             .get(format!("{imds}metadata/identity/oauth2/token"))
             .query(&[
                 ("api-version", "2018-02-01"),
@@ -422,26 +325,11 @@ async fn imds_faults_and_rules() {
     assert_eq!(get(true, "x").await.0, 400, "faults used up");
     // The admin endpoint changes faults at run time.
     let url = format!("{}_emulator/faults", t.emu.arm_endpoint());
-    let resp = t
-        .http
-        .put(&url)
-        .json(&json!({"imdsServerErrorNext": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(put_json(&url, json!({"imdsServerErrorNext": 1})).await, 200);
     assert_eq!(get(true, "x").await.0, 500);
-    let f: Value = t.http.get(&url).send().await.unwrap().json().await.unwrap();
+    let f = get_json(&url).await;
     assert_eq!(f["imdsServerErrorNext"], 0);
-    let counts: Value = t
-        .http
-        .get(format!("{}_emulator/counts", t.emu.arm_endpoint()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counts = get_json(&format!("{}_emulator/counts", t.emu.arm_endpoint())).await;
     assert!(
         counts["counts"]
             .as_array()
@@ -450,12 +338,6 @@ async fn imds_faults_and_rules() {
             .any(|c| c["operation"] == "Imds_Token" && c["status"] == 429 && c["count"] == 1)
     );
 }
-fn identity_path(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}?api-version=2023-01-31"
-    )
-}
-
 /// The identity names the emulator holds.
 fn identity_names(t: &T) -> Vec<String> {
     t.emu.state()["identities"]
@@ -511,8 +393,8 @@ async fn writes_fail_after_they_were_applied() {
         .build()
         .unwrap();
     let r = impatient
-        .put(t.url(&identity_path("late")))
-        .bearer_auth(&t.token)
+        .put(t.admin.url(&identity_path("late")))
+        .bearer_auth(&t.admin.token)
         .json(&json!({"location": "eastus"}))
         .send()
         .await;
@@ -560,35 +442,30 @@ async fn writes_fail_after_they_were_applied() {
 #[tokio::test]
 async fn a_long_running_operation_succeeds_after_the_client_stopped_polling() {
     let t = T::new(|_| {}).await;
-    let id = t.identity("late-lro").await;
-    let id = id["id"].as_str().unwrap().to_string();
+    let id = t.identity_id("late-lro").await;
     t.emu.set_faults(Faults {
         lro_late_next: 1,
         ..Faults::default()
     });
     let (s, h, _) = t
-        .send(
-            reqwest::Method::PATCH,
-            VM,
-            Some(json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {id.clone(): {}}}})),
+        .patch_vm(
+            json!({"type": "UserAssigned", "userAssignedIdentities": {id.clone(): {}}}),
             None,
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(s, 200);
     let url = h["azure-asyncoperation"].to_str().unwrap().to_string();
-    let r = t.http.get(&url).bearer_auth(&t.token).send().await.unwrap();
+    let (status, _, _) = t.admin.send(reqwest::Method::GET, &url, None, &[]).await;
     assert_eq!(
-        r.status(),
-        500,
+        status, 500,
         "the status endpoint fails: the client gives up"
     );
-    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let vm = t.vm().await;
     assert_eq!(vm["properties"]["provisioningState"], "Updating");
     // The operation goes on without anyone polling and succeeds.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+        let vm = t.vm().await;
         if vm["properties"]["provisioningState"] == "Succeeded" {
             assert!(vm["identity"]["userAssignedIdentities"].get(&id).is_some());
             break;
@@ -602,15 +479,9 @@ async fn a_long_running_operation_succeeds_after_the_client_stopped_polling() {
 #[tokio::test]
 async fn an_update_accepted_while_another_runs_keeps_the_running_change() {
     let t = T::new(|w| w.lro_polls = 3).await;
-    let a = t.identity("first").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let b = t.identity("second").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (_, h0, _) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    let a = t.identity_id("first").await;
+    let b = t.identity_id("second").await;
+    let (_, h0, _) = t.admin.send(reqwest::Method::GET, VM, None, &[]).await;
     let etag = h0["etag"].to_str().unwrap().to_string();
     let patch = |id: &str, with_etag: bool| {
         let body =
@@ -629,9 +500,9 @@ async fn an_update_accepted_while_another_runs_keeps_the_running_change() {
     assert_eq!(s, 412);
     let (s2, h2, _) = patch(&b, false).await.unwrap();
     assert_eq!(s2, 200);
-    poll(&t, &h2).await;
-    poll(&t, &h1).await;
-    let (_, _, vm) = t.send(reqwest::Method::GET, VM, None, None).await.unwrap();
+    t.admin.wait_operation(&h2).await;
+    t.admin.wait_operation(&h1).await;
+    let vm = t.vm().await;
     let assigned = vm["identity"]["userAssignedIdentities"]
         .as_object()
         .unwrap();

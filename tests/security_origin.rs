@@ -11,13 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use secrecy::SecretString;
 use serde_json::json;
+use support::arm::arm_client;
 use support::*;
-use uami_controller::auth::{AccessToken, AuthError, TokenCredential};
 use uami_controller::azure::compute::{ComputeTarget, TargetKind};
-use uami_controller::azure::{ArmClient, ArmClientOptions, ComputeApi, RoleApi};
+use uami_controller::azure::{ComputeApi, RoleApi};
 use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION;
 use uami_controller::emulator::{Knobs, LroForm, World};
@@ -67,18 +65,6 @@ async fn foreign() -> Foreign {
     }
 }
 
-struct Fixed(String);
-
-#[async_trait]
-impl TokenCredential for Fixed {
-    async fn get_token(&self, _: &str) -> Result<AccessToken, AuthError> {
-        Ok(AccessToken {
-            token: SecretString::from(self.0.clone()),
-            expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600),
-        })
-    }
-}
-
 fn my_vm() -> ComputeTarget {
     ComputeTarget {
         kind: TargetKind::VirtualMachine,
@@ -100,15 +86,7 @@ async fn next_link_and_lro_urls_on_another_origin_are_refused_without_a_request(
     };
     let emulator = uami_controller::emulator::start(world).await.unwrap();
     let token = emulator.admin_token();
-    let client = ArmClient::new(
-        reqwest::Client::new(),
-        ArmClientOptions {
-            endpoint: emulator.arm_endpoint(),
-            ..Default::default()
-        },
-        Arc::new(Fixed(token.clone())),
-        None,
-    );
+    let client = arm_client(&emulator, token.clone());
     let foreign_origin = elsewhere.base.trim_end_matches('/').to_string();
 
     // nextLink
