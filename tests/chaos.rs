@@ -27,7 +27,6 @@ use harness::*;
 use run::{run, scenario};
 use serde_json::{Value, json};
 use support::*;
-use uami_controller::demo::stack::Stack;
 use uami_controller::emulator::Faults;
 use uami_controller::sandbox::WatchFaults;
 
@@ -49,19 +48,6 @@ async fn full_chaos_run() {
     let r = run(s, "full").await;
     assert_eq!(r.kills_converging, 10);
     assert_eq!(r.kills_deleting, 5);
-}
-
-/// The Lease holder, if any.
-async fn holder(stack: &Stack) -> Option<String> {
-    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-        kube::Api::namespaced(stack.client(), "default");
-    leases
-        .get_opt("uami-controller")
-        .await
-        .ok()??
-        .spec?
-        .holder_identity
-        .filter(|h| !h.is_empty())
 }
 
 /// Send a signal to a process (`STOP`, `CONT`).
@@ -115,10 +101,7 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
     let mut a = ControllerProcess::new(args("a"), log("a"));
     let mut b = ControllerProcess::new(args("b"), log("b"));
     a.start();
-    eventually(30, "a to lead", || async {
-        (holder(&stack).await.as_deref() == Some("a")).then_some(())
-    })
-    .await;
+    wait_leader(&stack, "default", "a", 30).await;
     b.start();
     stack.apply_yaml(&objects_yaml(&s)).await.unwrap();
     eventually(60, "a's first ARM writes", || async {
@@ -134,10 +117,7 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
     // The leader stalls (a long GC pause, a frozen node): its lease expires, b takes over; then
     // it resumes with timers due and writes queued, and must not send any of them.
     signal(a.child.as_ref().unwrap(), "STOP");
-    eventually(30, "b to lead", || async {
-        (holder(&stack).await.as_deref() == Some("b")).then_some(())
-    })
-    .await;
+    wait_leader(&stack, "default", "b", 30).await;
     let b_started = eventually(30, "b's first ARM request", || async {
         stack
             .emulator
@@ -160,7 +140,11 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
         late.is_empty(),
         "the old leader reached ARM after the new one started at {b_started} ms: {late:?}"
     );
-    assert_eq!(holder(&stack).await.as_deref(), Some("b"), "a stepped down");
+    assert_eq!(
+        lease_holder(&stack, "default").await.as_deref(),
+        Some("b"),
+        "a stepped down"
+    );
 
     // Now the new leader dies mid-convergence: a takes over once the lease expires.
     b.kill();
@@ -169,10 +153,7 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
     let last = leases.get("uami-controller").await.unwrap().spec.unwrap();
     assert_eq!(last.holder_identity.as_deref(), Some("b"));
     let b_renewed = last.renew_time.unwrap().0;
-    eventually(30, "a to lead again", || async {
-        (holder(&stack).await.as_deref() == Some("a")).then_some(())
-    })
-    .await;
+    wait_leader(&stack, "default", "a", 30).await;
     let taken = leases.get("uami-controller").await.unwrap().spec.unwrap();
     let expiry = b_renewed
         .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(

@@ -8,26 +8,28 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::arm::Admin;
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::Faults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_is_denied_until_the_grant_propagates_then_verified() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
     // Long enough that the first check falls inside it even on a loaded machine.
-    opts.world.rbac_propagation_seconds = 10.0;
-    opts.world.lro_retry_after_seconds = 0;
+    let mut opts = tutorial_options(Duration::from_secs(60), 10.0);
     opts.agent_interval = Duration::from_millis(700);
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
-    let api = grants(&stack, "tutorial");
-    let denied = eventually(30, "AccessVerified=False with the 403", || async {
-        let s = api.get("my-identity-reads-devtest").await.ok()?.status?;
-        let (status, reason) = condition(&s.conditions, "AccessVerified")?;
-        (status == "False" && reason == "AccessDenied").then_some(s)
-    })
-    .await;
+    let stack = tutorial_stack(opts).await;
+    let api = grants(&stack, TUTORIAL);
+    let denied = condition_is(
+        &api,
+        TUTORIAL_GRANT,
+        "AccessVerified",
+        "False",
+        Some("AccessDenied"),
+        30,
+    )
+    .await
+    .status
+    .unwrap();
     assert_eq!(denied.access.unwrap().http_status, Some(403));
     assert_eq!(
         condition(&denied.conditions, "Ready").unwrap(),
@@ -48,13 +50,10 @@ async fn access_is_denied_until_the_grant_propagates_then_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_renewed_and_an_unbound_identity_loses_its_token() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(120)).unwrap();
-    opts.world.rbac_propagation_seconds = 0.2;
-    opts.world.lro_retry_after_seconds = 0;
+    let mut opts = tutorial_options(Duration::from_secs(120), 0.2);
     opts.world.token_lifetime_seconds = 12;
     opts.agent_interval = Duration::from_secs(1);
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    let stack = tutorial_stack(opts).await;
     let api = bindings(&stack, "tutorial");
     let first = ready(&api, "my-identity-on-myvm", 60)
         .await
@@ -101,34 +100,25 @@ async fn tokens_are_renewed_and_an_unbound_identity_loses_its_token() {
     );
 
     // Someone removes the identity from the VM (the controller's resync is far away).
-    let http = reqwest::Client::new();
-    let vm_url = format!(
-        "{}subscriptions/{}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2024-11-01",
-        stack.emulator.arm_endpoint(),
-        uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION
-    );
-    let resp = http
-        .patch(&vm_url)
-        .bearer_auth(stack.emulator.admin_token())
-        .json(&json!({"identity": {"type": "None"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    eventually(30, "TokenAcquired=False", || async {
-        let s = api.get("my-identity-on-myvm").await.ok()?.status?;
-        let (status, reason) = condition(&s.conditions, "TokenAcquired")?;
-        (status == "False" && reason == "IdentityNotAssigned").then_some(())
-    })
+    let (status, _, _) = Admin::of(&stack.emulator)
+        .patch_vm("myVM", json!({"identity": {"type": "None"}}))
+        .await;
+    assert_eq!(status, 200);
+    condition_is(
+        &api,
+        TUTORIAL_BINDING,
+        "TokenAcquired",
+        "False",
+        Some("IdentityNotAssigned"),
+        30,
+    )
     .await;
     stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imds_faults_are_retried_within_imds_limits() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
-    opts.world.rbac_propagation_seconds = 0.2;
-    opts.world.lro_retry_after_seconds = 0;
+    let mut opts = tutorial_options(Duration::from_secs(60), 0.2);
     opts.agent_interval = Duration::from_millis(300);
     opts.world.faults = Faults {
         imds_throttle_next: 2,
@@ -136,10 +126,9 @@ async fn imds_faults_are_retried_within_imds_limits() {
         imds_server_error_next: 1,
         ..Faults::default()
     };
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
-    ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
-    ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
+    let stack = tutorial_stack(opts).await;
+    ready(&bindings(&stack, TUTORIAL), TUTORIAL_BINDING, 60).await;
+    ready(&grants(&stack, TUTORIAL), TUTORIAL_GRANT, 60).await;
     let counts = stack.emulator.counts();
     assert_eq!(counts.get("Imds_Token", 429), 2, "{counts:?}");
     assert_eq!(counts.get("Imds_Token", 410), 1, "{counts:?}");

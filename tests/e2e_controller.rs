@@ -8,13 +8,19 @@ mod support;
 use std::time::Duration;
 
 use kube::api::{DeleteParams, ListParams};
-use serde_json::json;
+use support::arm::Admin;
 use support::*;
 use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 use uami_controller::emulator::{Faults, faults::Throttling};
 
 const NS: &str = "apps";
+
+/// The principal id of identity `name`.
+async fn principal_of(stack: &Stack, name: &str) -> String {
+    let i = identities(stack, NS).get(name).await.unwrap();
+    i.status.unwrap().principal_id.unwrap()
+}
 
 fn policy(roles: &str) -> String {
     format!(
@@ -41,9 +47,7 @@ fn grant(name: &str, identity: &str, role: &str, scope: &str, extra: &str) -> St
 }
 
 async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(resync)).unwrap();
-    opts.world.rbac_propagation_seconds = 0.5;
-    opts.world.lro_retry_after_seconds = 0;
+    let mut opts = tutorial_options(Duration::from_secs(resync), 0.5);
     configure(&mut opts);
     Stack::start(opts).await.unwrap()
 }
@@ -71,11 +75,7 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
     stack.apply_yaml(&yaml).await.unwrap();
     let api = bindings(&stack, NS);
     for i in 0..5 {
-        eventually(60, "Assigned", || async {
-            let b = api.get(&format!("batch-{i}")).await.ok()?;
-            (condition(&b.status?.conditions, "Assigned")?.0 == "True").then_some(())
-        })
-        .await;
+        assigned(&api, &format!("batch-{i}"), 60).await;
     }
     let patches = stack.emulator.counts().total("VirtualMachines_Update");
     assert!(
@@ -111,28 +111,8 @@ async fn what_no_policy_allows_is_refused_without_an_arm_write() {
     );
     stack.apply_yaml(&yaml).await.unwrap();
     ready(&identities(&stack, NS), "denied-id", 60).await;
-    for (api_name, reason) in [("grant", "DeniedByPolicy"), ("binding", "DeniedByPolicy")] {
-        eventually(30, api_name, || async {
-            let conds = if api_name == "grant" {
-                grants(&stack, NS)
-                    .get("owner-of-everything")
-                    .await
-                    .ok()?
-                    .status?
-                    .conditions
-            } else {
-                bindings(&stack, NS)
-                    .get("elsewhere")
-                    .await
-                    .ok()?
-                    .status?
-                    .conditions
-            };
-            let (status, r) = condition(&conds, "Ready")?;
-            (status == "False" && r == reason).then_some(())
-        })
-        .await;
-    }
+    refused(&grants(&stack, NS), "owner-of-everything", "DeniedByPolicy").await;
+    refused(&bindings(&stack, NS), "elsewhere", "DeniedByPolicy").await;
     let counts = stack.emulator.counts();
     assert_eq!(counts.total("RoleAssignments_Create"), 0, "{counts:?}");
     assert_eq!(counts.total("VirtualMachines_Update"), 0, "{counts:?}");
@@ -181,11 +161,7 @@ async fn azure_failures_end_in_ready() {
     stack.apply_yaml(&yaml).await.unwrap();
     ready(&identities(&stack, NS), "faulty", 90).await;
     let g = ready(&grants(&stack, NS), "faulty", 90).await;
-    eventually(90, "binding Assigned", || async {
-        let b = bindings(&stack, NS).get("faulty").await.ok()?;
-        (condition(&b.status?.conditions, "Assigned")?.0 == "True").then_some(())
-    })
-    .await;
+    assigned(&bindings(&stack, NS), "faulty", 90).await;
     let counts = stack.emulator.counts();
     assert!(
         counts.get("RoleAssignments_Create", 400) >= 1,
@@ -210,23 +186,8 @@ async fn azure_failures_end_in_ready() {
     assert_eq!(g.status.unwrap().adopted, Some(false));
     // One assignment, one identity on the VM: retries created no duplicates.
     let state = stack.emulator.state();
-    let pid = identities(&stack, NS)
-        .get("faulty")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .principal_id
-        .unwrap();
-    assert_eq!(
-        state["roleAssignments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["properties"]["principalId"] == json!(pid))
-            .count(),
-        1
-    );
+    let pid = principal_of(&stack, "faulty").await;
+    assert_eq!(assignments_of(&state, &pid).len(), 1);
     stack.stop().await;
 }
 
@@ -238,8 +199,7 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
         o.world.faults.latency_ms = 150;
     })
     .await;
-    let first = tokio_util::sync::CancellationToken::new();
-    let h1 = stack.start_controller(None, first.clone()).unwrap();
+    let first = Controller::start(&stack, None);
     let yaml = format!(
         "{}{}{}{}",
         policy("Reader"),
@@ -259,10 +219,8 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
         (stack.emulator.counts().writes() >= 1).then_some(())
     })
     .await;
-    first.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), h1).await;
-    let second = tokio_util::sync::CancellationToken::new();
-    let h2 = stack.start_controller(None, second.clone()).unwrap();
+    first.stop().await;
+    let second = Controller::start(&stack, None);
     ready(&identities(&stack, NS), "restart", 90).await;
     let g = ready(&grants(&stack, NS), "restart", 90).await;
     assert_eq!(
@@ -270,30 +228,11 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
         Some(false),
         "its own assignment, found again by name, is not adopted"
     );
-    eventually(90, "binding Assigned", || async {
-        let b = bindings(&stack, NS).get("restart").await.ok()?;
-        (condition(&b.status?.conditions, "Assigned")?.0 == "True").then_some(())
-    })
-    .await;
+    assigned(&bindings(&stack, NS), "restart", 90).await;
     let state = stack.emulator.state();
     assert_eq!(state["identities"].as_array().unwrap().len(), 1);
-    let pid = identities(&stack, NS)
-        .get("restart")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .principal_id
-        .unwrap();
-    assert_eq!(
-        state["roleAssignments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["properties"]["principalId"] == json!(pid))
-            .count(),
-        1
-    );
+    let pid = principal_of(&stack, "restart").await;
+    assert_eq!(assignments_of(&state, &pid).len(), 1);
     assert_eq!(
         compute(&state, "myVM")["identity"]["userAssignedIdentities"]
             .as_object()
@@ -301,8 +240,7 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
             .len(),
         1
     );
-    second.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), h2).await;
+    second.stop().await;
     stack.stop().await;
 }
 
@@ -320,14 +258,9 @@ async fn orphan_and_adopted_resources_survive_deletion() {
     let shared = ready(&identities(&stack, NS), "shared", 60).await;
     let pid = shared.status.unwrap().principal_id.unwrap();
     // Someone else already granted Reader on DevTest to this identity, under another name.
-    let http = reqwest::Client::new();
-    let other = uuid::Uuid::new_v4();
-    let url = format!(
-        "{}subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments/{other}?api-version=2022-04-01",
-        stack.emulator.arm_endpoint()
-    );
-    let resp = http.put(&url).bearer_auth(stack.emulator.admin_token()).json(&json!({"properties": {"roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"), "principalId": pid, "principalType": "ServicePrincipal"}})).send().await.unwrap();
-    assert_eq!(resp.status(), 201);
+    let admin = Admin::of(&stack.emulator);
+    let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
+    let other = admin.create_assignment(&rg, &pid).await;
     stack
         .apply_yaml(&grant(
             "adopts",
@@ -341,7 +274,11 @@ async fn orphan_and_adopted_resources_survive_deletion() {
     let g = ready(&grants(&stack, NS), "adopts", 60).await;
     let gs = g.status.unwrap();
     assert_eq!(gs.adopted, Some(true));
-    assert!(gs.role_assignment_id.unwrap().ends_with(&other.to_string()));
+    assert!(
+        gs.role_assignment_id
+            .unwrap()
+            .ends_with(other.rsplit('/').next().unwrap())
+    );
     assert_eq!(
         stack.emulator.counts().get("RoleAssignments_Create", 409),
         1
@@ -361,15 +298,7 @@ async fn orphan_and_adopted_resources_survive_deletion() {
         (g.is_none() && i.is_none()).then_some(())
     })
     .await;
-    assert_eq!(
-        http.get(&url)
-            .bearer_auth(stack.emulator.admin_token())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert!(admin.assignment_exists(&other).await);
     let state = stack.emulator.state();
     assert!(
         state["identities"]

@@ -25,30 +25,14 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     let stop_b = CancellationToken::new();
     let a = stack.start_controller(Some("a"), stop_a.clone()).unwrap();
     let leases: kube::Api<Lease> = kube::Api::namespaced(stack.client(), "default");
-    eventually(20, "a leader", || async {
-        leases
-            .get("uami-controller")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-            .filter(|h| h == "a")
-    })
-    .await;
+    wait_leader(&stack, "default", "a", 20).await;
     let b = stack.start_controller(Some("b"), stop_b.clone()).unwrap();
     let mut yaml = tutorial_yaml();
     yaml = yaml.replace("verifyAccess: true", "verifyAccess: false");
     stack.apply_yaml(&yaml).await.unwrap();
     ready(&identities(&stack, "tutorial"), "my-identity", 60).await;
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
-    eventually(60, "binding Assigned", || async {
-        let b = bindings(&stack, "tutorial")
-            .get("my-identity-on-myvm")
-            .await
-            .ok()?;
-        (condition(&b.status?.conditions, "Assigned")?.0 == "True").then_some(())
-    })
-    .await;
+    assigned(&bindings(&stack, TUTORIAL), TUTORIAL_BINDING, 60).await;
 
     let audit = stack.sandbox.audit();
     let wrote = |user: &str| {
@@ -71,16 +55,7 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
         .await
         .unwrap()
         .unwrap();
-    eventually(10, "b to lead", || async {
-        leases
-            .get("uami-controller")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-            .filter(|h| h == "b")
-    })
-    .await;
+    wait_leader(&stack, "default", "b", 10).await;
     // b took over before a's lease could have expired: a released it on the way out.
     let taken = leases.get("uami-controller").await.unwrap().spec.unwrap();
     let expiry = held

@@ -5,53 +5,20 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::ApiResource;
+use support::capture::Capture;
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::world::TUTORIAL_CONTROLLER_SECRET;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_secret_appears_anywhere() {
-    let capture = Capture::default();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(capture.clone())
-        .init();
+    let capture = Capture::install();
 
-    let mut opts = StackOptions::tutorial(Duration::from_secs(2)).unwrap();
-    opts.world.rbac_propagation_seconds = 1.0;
-    opts.world.lro_retry_after_seconds = 0;
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
-    ready(&identities(&stack, "tutorial"), "my-identity", 60).await;
-    ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
-    ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
+    let stack = tutorial_stack(tutorial_options(Duration::from_secs(2), 1.0)).await;
+    tutorial_ready(&stack, 60).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut haystack = String::new();
@@ -92,7 +59,7 @@ async fn no_token_or_secret_appears_anywhere() {
     }
     let mut metrics = String::new();
     prometheus_client::encoding::text::encode(&mut metrics, &stack.registry.lock()).unwrap();
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
 
     assert!(haystack.contains("expiresOn"), "status was captured");
     assert!(

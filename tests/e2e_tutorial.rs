@@ -9,16 +9,12 @@ use std::time::Duration;
 
 use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
+use support::arm::Admin;
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_reaches_ready_holds_steady_repairs_drift_and_cleans_up() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(2)).unwrap();
-    opts.world.rbac_propagation_seconds = 1.0;
-    opts.world.lro_retry_after_seconds = 0;
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    let stack = tutorial_stack(tutorial_options(Duration::from_secs(2), 1.0)).await;
 
     let ids = identities(&stack, "tutorial");
     let identity = ready(&ids, "my-identity", 60).await;
@@ -115,52 +111,31 @@ async fn tutorial_reaches_ready_holds_steady_repairs_drift_and_cleans_up() {
     );
 
     // Drift 1: the role assignment is deleted behind the controller's back.
-    let http = reqwest::Client::new();
-    let admin = stack.emulator.admin_token();
-    let ra_url = format!(
-        "{}{}?api-version=2022-04-01",
-        stack.emulator.arm_endpoint(),
-        gs.role_assignment_id
-            .clone()
-            .unwrap()
-            .trim_start_matches('/')
+    let admin = Admin::of(&stack.emulator);
+    let ra_path = format!(
+        "{}?api-version=2022-04-01",
+        gs.role_assignment_id.clone().unwrap()
     );
-    assert_eq!(
-        http.delete(&ra_url)
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let (status, _, _) = admin
+        .send(reqwest::Method::DELETE, &ra_path, None, &[])
+        .await;
+    assert_eq!(status, 200);
     eventually(30, "the role assignment to be recreated", || async {
-        (http
-            .get(&ra_url)
-            .bearer_auth(&admin)
-            .send()
+        (admin
+            .try_send(reqwest::Method::GET, &ra_path, None, &[])
             .await
             .ok()?
-            .status()
+            .0
             == 200)
             .then_some(())
     })
     .await;
 
     // Drift 2: the identity is unassigned from the VM.
-    let vm_url = format!(
-        "{}subscriptions/{}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2024-11-01",
-        stack.emulator.arm_endpoint(),
-        uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION
-    );
-    let resp = http
-        .patch(&vm_url)
-        .bearer_auth(&admin)
-        .json(&json!({"identity": {"type": "None"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, _, _) = admin
+        .patch_vm("myVM", json!({"identity": {"type": "None"}}))
+        .await;
+    assert_eq!(status, 200);
     eventually(30, "the identity to be assigned again", || async {
         let v = compute(&stack.emulator.state(), "myVM");
         v["identity"]["userAssignedIdentities"]

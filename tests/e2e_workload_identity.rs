@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -16,6 +14,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
+use support::capture::Capture;
 use support::*;
 use uami_controller::demo::stack::{Stack, StackOptions, controller_options};
 use uami_controller::emulator::Faults;
@@ -68,34 +67,18 @@ async fn events(stack: &Stack, ns: &str) -> Vec<Event> {
         .items
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
+/// Whether service account `name` carries the client id annotation.
+async fn annotated(stack: &Stack, name: &str) -> bool {
+    let sa = sa_api(stack, NS).get(name).await.unwrap();
+    sa.metadata
+        .annotations
+        .unwrap_or_default()
+        .contains_key(CLIENT_ID)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_binding_is_proven_by_the_token_exchange() {
-    let capture = Capture::default();
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(capture.clone())
-        .try_init();
+    let capture = Capture::install();
     let stack = stack(3, |_| {}).await;
     stack.apply_yaml(EXAMPLE).await.unwrap();
     let id = ready(&identities(&stack, NS), "reporter-identity", 60).await;
@@ -285,7 +268,7 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
         haystack.push_str(&serde_json::to_string(&g.status).unwrap());
     }
     haystack.push_str(&serde_json::to_string(&events(&stack, NS).await).unwrap());
-    haystack.push_str(&String::from_utf8_lossy(&capture.0.lock().unwrap()));
+    haystack.push_str(&capture.text());
     for t in stack.emulator.issued_tokens() {
         assert!(!haystack.contains(&t), "an access token leaked");
     }
@@ -363,10 +346,11 @@ async fn writes_on_one_identity_are_serialized_and_the_21st_is_refused_without_a
         .apply_yaml(&binding_yaml("b21", "shared", "sa21"))
         .await
         .unwrap();
-    let b = eventually(30, "b21 refused", || async {
-        let b = bindings(&stack, NS).get("b21").await.ok()?;
-        (reason(&b)?.1 == "FederatedCredentialLimitReached").then_some(b)
-    })
+    let b = refused(
+        &bindings(&stack, NS),
+        "b21",
+        "FederatedCredentialLimitReached",
+    )
     .await;
     let ready_cond = b
         .status
@@ -387,26 +371,8 @@ async fn writes_on_one_identity_are_serialized_and_the_21st_is_refused_without_a
     assert_eq!(fics(&stack).len(), 20);
     // Deleting one binding frees a place: its credential goes, its annotation goes, and the
     // 21st gets its credential.
-    bindings(&stack, NS)
-        .delete("b0", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(60, "b0 gone", || async {
-        bindings(&stack, NS)
-            .get_opt("b0")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    let sa0 = sa_api(&stack, NS).get("sa0").await.unwrap();
-    assert!(
-        !sa0.metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(CLIENT_ID)
-    );
+    delete_and_wait(&bindings(&stack, NS), "b0").await;
+    assert!(!annotated(&stack, "sa0").await);
     assert!(
         !fics(&stack)
             .iter()
@@ -452,11 +418,7 @@ async fn policy_mismatch_and_deletion_order() {
         .await
         .unwrap();
     ready(&identities(&stack, NS), "other", 60).await;
-    let denied = eventually(30, "denied", || async {
-        let b = bindings(&stack, NS).get("denied").await.ok()?;
-        (reason(&b)?.1 == "DeniedByPolicy").then_some(b)
-    })
-    .await;
+    let denied = refused(&bindings(&stack, NS), "denied", "DeniedByPolicy").await;
     assert!(
         denied
             .status
@@ -500,15 +462,7 @@ async fn policy_mismatch_and_deletion_order() {
         .delete("mismatch", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(60, "identity gone", || async {
-        identities(&stack, NS)
-            .get_opt("shared")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&identities(&stack, NS), "shared", 60).await;
     let journal = stack.emulator.journal();
     let pos = |op: &str| {
         journal
@@ -518,13 +472,7 @@ async fn policy_mismatch_and_deletion_order() {
     let fic_delete = pos("FederatedIdentityCredentials_Delete").expect("credential deleted");
     let id_delete = pos("UserAssignedIdentities_Delete").expect("identity deleted");
     assert!(fic_delete < id_delete, "the credential goes first");
-    let sa = sa_api(&stack, NS).get("app").await.unwrap();
-    assert!(
-        !sa.metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(CLIENT_ID)
-    );
+    assert!(!annotated(&stack, "app").await);
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
     stack.stop().await;
@@ -552,12 +500,6 @@ async fn a_policy_that_stops_allowing_takes_the_trust_back() {
     .await;
     assert!(b.status.unwrap().token.is_none());
     assert!(fics(&stack).is_empty(), "{:?}", fics(&stack));
-    let sa = sa_api(&stack, NS).get("reporter").await.unwrap();
-    assert!(
-        !sa.metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(CLIENT_ID)
-    );
+    assert!(!annotated(&stack, "reporter").await);
     stack.stop().await;
 }

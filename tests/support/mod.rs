@@ -161,6 +161,27 @@ pub async fn get_json(url: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+/// The holder of the controller's Lease in `ns`, if any.
+pub async fn lease_holder(stack: &Stack, ns: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(stack.client(), ns);
+    leases
+        .get_opt("uami-controller")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+/// Wait until `who` holds the controller's Lease in `ns`.
+pub async fn wait_leader(stack: &Stack, ns: &str, who: &str, secs: u64) {
+    eventually(secs, &format!("{who} to lead"), || async {
+        (lease_holder(stack, ns).await.as_deref() == Some(who)).then_some(())
+    })
+    .await;
+}
+
 /// The computes of the emulator's state dump, by name.
 pub fn compute(state: &Value, name: &str) -> Value {
     state["computes"]
