@@ -4,72 +4,27 @@
 //! wildcards, the agent may patch only status).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use support::helm::{CHART, docs, helm_ok, template};
 
-const CHART: &str = "deploy/helm/uami-controller";
 const MANIFESTS: &str = "deploy/manifests/uami-controller.yaml";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The helm binary: `$UAMI_HELM` or `.tools/bin/helm` (installed by `scripts/install-tools.sh`).
-fn helm() -> PathBuf {
-    let path = std::env::var_os("UAMI_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".tools/bin/helm"));
-    assert!(
-        path.exists(),
-        "helm not found at {}: run scripts/install-tools.sh (or set UAMI_HELM)",
-        path.display()
-    );
-    path
-}
-
-fn run_helm(args: &[&str]) -> String {
-    let out = Command::new(helm())
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Rendered with the one required value, `clusterName`, and the chart's defaults otherwise.
 fn render(extra: &[&str]) -> String {
-    let mut args = vec![
-        "template",
-        "uami-controller",
-        CHART,
-        "--namespace",
-        "uami-system",
-        "--include-crds",
-        "--set",
-        "clusterName=my-cluster",
-    ];
+    let mut args = vec!["--include-crds", "--set", "clusterName=my-cluster"];
     args.extend_from_slice(extra);
-    run_helm(&args)
+    template(&args)
 }
-
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-use serde::Deserialize;
 
 /// Drop nulls and empty maps so that a typed round trip compares equal to the input.
 fn normalise(v: &Value) -> Value {
@@ -129,7 +84,7 @@ fn validate(doc: &Value) -> Result<(), String> {
 
 #[test]
 fn helm_lint_passes() {
-    let out = run_helm(&["lint", CHART, "--strict"]);
+    let out = helm_ok(&["lint", CHART, "--strict"]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
 }
 

@@ -11,10 +11,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kube::api::DeleteParams;
 use support::*;
-use tokio_util::sync::CancellationToken;
-use uami_controller::demo::stack::{Stack, StackOptions};
+use uami_controller::demo::stack::Stack;
 
 type Perm = (String, String, String);
 
@@ -65,14 +63,11 @@ fn used(stack: &Stack, user: &str) -> BTreeSet<Perm> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_grant_exactly_what_the_code_calls() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(2)).unwrap();
+    let mut opts = tutorial_options(Duration::from_secs(2), 0.5);
     opts.controller = false;
-    opts.world.rbac_propagation_seconds = 0.5;
-    opts.world.lro_retry_after_seconds = 0;
     opts.agents = true;
     let stack = enforced_stack(opts).await;
-    let stop = CancellationToken::new();
-    let controller = stack.start_controller(Some("rbac"), stop.clone()).unwrap();
+    let controller = Controller::start(&stack, Some("rbac"));
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
@@ -88,47 +83,15 @@ async fn roles_grant_exactly_what_the_code_calls() {
     )
     .await;
     ready(&grants(&stack, "workload"), "reporter-reads-devtest", 60).await;
-    let dp = DeleteParams::default();
-    bindings(&stack, "workload")
-        .delete("reporter-identity-for-reporter", &dp)
-        .await
-        .unwrap();
-    eventually(60, "service account binding deleted", || async {
-        bindings(&stack, "workload")
-            .get_opt("reporter-identity-for-reporter")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    delete_and_wait(
+        &bindings(&stack, "workload"),
+        "reporter-identity-for-reporter",
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    grants(&stack, "tutorial")
-        .delete("my-identity-reads-devtest", &dp)
-        .await
-        .unwrap();
-    bindings(&stack, "tutorial")
-        .delete("my-identity-on-myvm", &dp)
-        .await
-        .unwrap();
-    identities(&stack, "tutorial")
-        .delete("my-identity", &dp)
-        .await
-        .unwrap();
-    eventually(60, "deletion", || async {
-        identities(&stack, "tutorial")
-            .get_opt("my-identity")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), controller)
-        .await
-        .unwrap()
-        .unwrap();
+    delete_tutorial(&stack).await;
+    gone(&identities(&stack, TUTORIAL), TUTORIAL_IDENTITY, 60).await;
+    controller.stop_cleanly().await;
 
     for (component, user, role) in [
         (

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use support::*;
-use tokio_util::sync::CancellationToken;
 use uami_controller::demo::stack::{Stack, StackOptions};
 
 const WRITES: &[&str] = &["create", "update", "patch", "delete"];
@@ -21,12 +20,10 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     opts.agents = false;
     opts.world.lro_retry_after_seconds = 0;
     let stack = Stack::start(opts).await.unwrap();
-    let stop_a = CancellationToken::new();
-    let stop_b = CancellationToken::new();
-    let a = stack.start_controller(Some("a"), stop_a.clone()).unwrap();
+    let a = Controller::start(&stack, Some("a"));
     let leases: kube::Api<Lease> = kube::Api::namespaced(stack.client(), "default");
     wait_leader(&stack, "default", "a", 20).await;
-    let b = stack.start_controller(Some("b"), stop_b.clone()).unwrap();
+    let b = Controller::start(&stack, Some("b"));
     let mut yaml = tutorial_yaml();
     yaml = yaml.replace("verifyAccess: true", "verifyAccess: false");
     stack.apply_yaml(&yaml).await.unwrap();
@@ -50,11 +47,7 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     let writes_before = stack.emulator.counts().writes();
     let held = leases.get("uami-controller").await.unwrap().spec.unwrap();
     assert_eq!(held.holder_identity.as_deref(), Some("a"));
-    stop_a.cancel();
-    tokio::time::timeout(Duration::from_secs(20), a)
-        .await
-        .unwrap()
-        .unwrap();
+    a.stop_cleanly().await;
     wait_leader(&stack, "default", "b", 10).await;
     // b took over before a's lease could have expired: a released it on the way out.
     let taken = leases.get("uami-controller").await.unwrap().spec.unwrap();
@@ -96,7 +89,6 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
                 && r.group == "uami.dev"
                 && WRITES.contains(&r.verb.as_str()))
     );
-    stop_b.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), b).await;
+    b.stop().await;
     stack.stop().await;
 }

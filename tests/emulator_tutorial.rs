@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
+mod support;
+
 use serde_json::{Value, json};
+use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment, vm_path};
 use uami_controller::emulator::{self, World, world};
 
 const SUB: &str = world::TUTORIAL_SUBSCRIPTION;
@@ -42,23 +45,19 @@ async fn the_tutorial_over_http() {
     w.rbac_propagation_seconds = 1.5;
     let emu = emulator::start(w).await.unwrap();
     let http = reqwest::Client::new();
-    let arm = emu.arm_endpoint();
-    let token = sp_token(&http, &emu).await;
-    let rg = format!("{arm}subscriptions/{SUB}/resourceGroups/DevTest");
+    let az = Admin::with_token(&emu, sp_token(&http, &emu).await);
+    let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
 
     // Step 1: az identity create -g DevTest -n myUserAssignedIdentity
-    let identity_url = format!(
-        "{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/myUserAssignedIdentity?api-version=2023-01-31"
-    );
-    let resp = http
-        .put(&identity_url)
-        .bearer_auth(&token)
-        .json(&json!({"location": "eastus"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let identity: Value = resp.json().await.unwrap();
+    let (status, _, identity) = az
+        .send(
+            reqwest::Method::PUT,
+            &identity_path("myUserAssignedIdentity"),
+            Some(json!({"location": "eastus"})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201);
     let client_id = identity["properties"]["clientId"]
         .as_str()
         .unwrap()
@@ -71,59 +70,21 @@ async fn the_tutorial_over_http() {
     assert_eq!(identity["properties"]["tenantId"], emu.tenant_id());
 
     // Step 2: az vm identity assign (GET for the etag, PATCH with If-Match, poll the operation).
-    let vm_url =
-        format!("{rg}/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2024-11-01");
-    let vm: Value = http
-        .get(&vm_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let vm_url = vm_path("myVM");
+    let vm = az.get(&vm_url).await;
     let etag = vm["etag"].as_str().unwrap().to_string();
-    let resp = http
-        .patch(&vm_url)
-        .bearer_auth(&token)
-        .header("If-Match", &etag)
-        .json(&json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {identity_id.clone(): {}}}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let poll = resp.headers()["azure-asyncoperation"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let body: Value = resp.json().await.unwrap();
+    let (status, headers, body) = az
+        .send(
+            reqwest::Method::PATCH,
+            &vm_url,
+            Some(json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {identity_id.clone(): {}}}})),
+            &[("If-Match", &etag)],
+        )
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(body["properties"]["provisioningState"], "Updating");
-    let mut status = String::new();
-    for _ in 0..10 {
-        let op: Value = http
-            .get(&poll)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        status = op["status"].as_str().unwrap().to_string();
-        if status != "InProgress" {
-            break;
-        }
-    }
-    assert_eq!(status, "Succeeded");
-    let vm: Value = http
-        .get(&vm_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(az.poll_operation(&headers, 10).await["status"], "Succeeded");
+    let vm = az.get(&vm_url).await;
     assert_eq!(vm["identity"]["type"], "UserAssigned");
     assert_eq!(
         vm["identity"]["userAssignedIdentities"][&identity_id]["clientId"],
@@ -162,56 +123,33 @@ async fn the_tutorial_over_http() {
         }
     };
     let mi_token = imds_token(client_id.clone()).await;
+    let on_vm = Admin::with_token(&emu, mi_token);
     // ...reads DevTest: 403 AuthorizationFailed, no grant yet.
     let rg_url = format!("{rg}?api-version=2024-03-01");
-    let resp = http
-        .get(&rg_url)
-        .bearer_auth(&mi_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    let v: Value = resp.json().await.unwrap();
+    let (status, _, v) = on_vm.send(reqwest::Method::GET, &rg_url, None, &[]).await;
+    assert_eq!(status, 403);
     assert_eq!(v["error"]["code"], "AuthorizationFailed");
 
     // Step 3: az role assignment create --role Reader --scope .../resourceGroups/DevTest
-    let name = uuid::Uuid::new_v4();
-    let ra_url = format!(
-        "{rg}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version=2022-04-01"
-    );
-    let resp = http
-        .put(&ra_url)
-        .bearer_auth(&token)
-        .json(&json!({"properties": {
-            "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"),
-            "principalId": principal_id,
-            "principalType": "ServicePrincipal"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    let (status, _, _) = az
+        .send(
+            reqwest::Method::PUT,
+            &new_assignment_path(&rg),
+            Some(reader_assignment(&principal_id)),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201);
 
     // During the propagation delay: still 403.
-    let resp = http
-        .get(&rg_url)
-        .bearer_auth(&mi_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
+    assert_eq!(on_vm.get_status(&rg_url).await, 403);
     // After it: 200 with the resource group.
     let mut last = 0;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let resp = http
-            .get(&rg_url)
-            .bearer_auth(&mi_token)
-            .send()
-            .await
-            .unwrap();
-        last = resp.status().as_u16();
+        let (status, _, v) = on_vm.send(reqwest::Method::GET, &rg_url, None, &[]).await;
+        last = status;
         if last == 200 {
-            let v: Value = resp.json().await.unwrap();
             assert_eq!(v["name"], "DevTest");
             break;
         }

@@ -54,6 +54,11 @@ pub struct Admin {
 
 impl Admin {
     pub fn of(emulator: &Emulator) -> Self {
+        Self::with_token(emulator, emulator.admin_token())
+    }
+
+    /// ARM as the holder of `token`.
+    pub fn with_token(emulator: &Emulator, token: String) -> Self {
         Self {
             http: reqwest::Client::new(),
             base: emulator
@@ -61,7 +66,7 @@ impl Admin {
                 .to_string()
                 .trim_end_matches('/')
                 .to_string(),
-            token: emulator.admin_token(),
+            token,
         }
     }
 
@@ -187,6 +192,20 @@ impl Admin {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Poll the `Azure-AsyncOperation` of an answer at most `polls` times, without pause, until
+    /// the operation ends; its last status body.
+    pub async fn poll_operation(&self, headers: &HeaderMap, polls: usize) -> Value {
+        let url = headers["azure-asyncoperation"].to_str().unwrap();
+        let mut last = Value::Null;
+        for _ in 0..polls {
+            last = self.get(url).await;
+            if last["status"] != "InProgress" {
+                break;
+            }
+        }
+        last
     }
 
     /// Assign `identity_id` to virtual machine `vm` outside the controller, and wait for the

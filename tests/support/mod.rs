@@ -137,6 +137,15 @@ impl Controller {
         Self { stop, handle }
     }
 
+    /// Stop it: it must finish within 20 s.
+    pub async fn stop_cleanly(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     /// Stop it and give it 20 s to finish.
     pub async fn stop(self) {
         self.stop.cancel();
