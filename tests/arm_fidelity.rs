@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use resources::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::arm::arm_client;
+use support::arm::{Admin, arm_client};
 use support::*;
 use uami_controller::azure::{RoleApi, api_versions, probe_access};
 use uami_controller::demo::stack::{Stack, StackOptions};
@@ -221,22 +221,13 @@ async fn every_list_is_followed_through_next_link() {
         .unwrap();
     assert_eq!(reader.unwrap().name, "acdd72a7-3385-48ef-bd42-f606fba81ae7");
     // Unfiltered, the built-in roles come one per page, each page linking to the next.
-    let http = reqwest::Client::new();
+    let admin = Admin::of(&emulator);
     let mut next = Some(format!(
-        "{}subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions?api-version=2022-04-01",
-        emulator.arm_endpoint()
+        "/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions?api-version=2022-04-01"
     ));
     let mut names = Vec::new();
     while let Some(url) = next.take() {
-        let v: Value = http
-            .get(&url)
-            .bearer_auth(emulator.admin_token())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = admin.get(&url).await;
         assert_eq!(v["value"].as_array().unwrap().len(), 1, "{v}");
         names.push(v["value"][0]["properties"]["roleName"].clone());
         next = v["nextLink"].as_str().map(str::to_string);

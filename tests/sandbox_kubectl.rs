@@ -6,25 +6,11 @@
 
 mod support;
 
-use std::path::Path;
-
-use support::kubectl::Kubectl;
-use uami_controller::sandbox::{self, SandboxOptions};
-
-async fn setup() -> (sandbox::Sandbox, Kubectl, tempfile::TempDir) {
-    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sb.write_kubeconfig(&kubeconfig, "admin").unwrap();
-    (sb, Kubectl { kubeconfig }, dir)
-}
+use support::kubectl::sandbox_with_crds;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_gets_explains_and_deletes() {
-    let (sb, k, _dir) = setup().await;
+    let (sb, k, _dir) = sandbox_with_crds(false).await;
     let resources = k.ok(&["api-resources", "--api-group=uami.dev"]).await;
     for line in [
         "userassignedidentities",
@@ -85,13 +71,7 @@ async fn kubectl_applies_gets_explains_and_deletes() {
     assert!(ssa.contains("serverside-applied"), "{ssa}");
 
     let del = k
-        .ok(&[
-            "delete",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-        ])
+        .ok_line("delete rolegrant my-identity-reads-devtest -n tutorial")
         .await;
     assert!(del.contains("deleted"), "{del}");
     let (ok, _, err) = k
@@ -109,7 +89,7 @@ async fn kubectl_applies_gets_explains_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_shows_the_api_servers_refusals() {
-    let (sb, k, dir) = setup().await;
+    let (sb, k, dir) = sandbox_with_crds(false).await;
     let ns = dir.path().join("ns.yaml");
     std::fs::write(
         &ns,

@@ -9,36 +9,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::kubectl::Kubectl;
+use support::kubectl::{Kubectl, sandbox_with_crds, service_account_kubectl};
 use support::*;
 use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::sandbox::{self, Sandbox, SandboxOptions};
-
-/// A kubeconfig without credentials: kubectl on loopback as it comes.
-fn anonymous_kubeconfig(url: &url::Url, path: &Path) {
-    std::fs::write(
-        path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster:\n    server: {url}\ncontexts:\n- name: s\n  context:\n    cluster: s\n    user: u\n    namespace: default\ncurrent-context: s\nusers:\n- name: u\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
-}
-
-async fn sandbox_with_crds() -> (Sandbox, Kubectl, tempfile::TempDir) {
-    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    anonymous_kubeconfig(&sb.url(), &kubeconfig);
-    (sb, Kubectl { kubeconfig }, dir)
-}
 
 async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
     let mut opts = StackOptions::tutorial(Duration::from_secs(30)).unwrap();
@@ -61,13 +37,7 @@ async fn describe_and_get_events_show_the_controllers_events() {
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     // The controller records through events.k8s.io/v1; kubectl reads core v1.
     let describe = k
-        .ok(&[
-            "describe",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-        ])
+        .ok_line("describe rolegrant my-identity-reads-devtest -n tutorial")
         .await;
     let events = describe.split("Events:").nth(1).unwrap_or_default();
     assert!(
@@ -111,20 +81,14 @@ async fn describe_and_get_events_show_the_controllers_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_create_and_delete_commands_work() {
-    let (sb, k, _dir) = sandbox_with_crds().await;
+    let (sb, k, _dir) = sandbox_with_crds(true).await;
     assert_eq!(
         k.ok(&["create", "namespace", "team-a"]).await.trim(),
         "namespace/team-a created"
     );
-    k.ok(&[
-        "create",
-        "configmap",
-        "settings",
-        "-n",
-        "team-a",
-        "--from-literal=region=eastus",
-        "--from-literal=tier=dev",
-    ])
+    k.ok_line(
+        "create configmap settings -n team-a --from-literal=region=eastus --from-literal=tier=dev",
+    )
     .await;
     let cm = k
         .json(&["get", "configmap", "settings", "-n", "team-a"])
@@ -133,38 +97,16 @@ async fn typed_create_and_delete_commands_work() {
     assert_eq!(cm["data"]["tier"], "dev");
     k.ok(&["create", "serviceaccount", "robot", "-n", "team-a"])
         .await;
-    k.ok(&[
-        "create",
-        "secret",
-        "generic",
-        "sp",
-        "-n",
-        "team-a",
-        "--from-literal=clientSecret=not-a-real-secret",
-    ])
-    .await;
+    k.ok_line("create secret generic sp -n team-a --from-literal=clientSecret=not-a-real-secret")
+        .await;
     let secret = k.json(&["get", "secret", "sp", "-n", "team-a"]).await;
     assert_eq!(secret["type"], "Opaque");
     assert_eq!(secret["data"]["clientSecret"], "bm90LWEtcmVhbC1zZWNyZXQ=");
-    k.ok(&[
-        "create",
-        "role",
-        "reader",
-        "-n",
-        "team-a",
-        "--verb=get,list",
-        "--resource=configmaps",
-    ])
-    .await;
-    k.ok(&[
-        "create",
-        "rolebinding",
-        "robot-reads",
-        "-n",
-        "team-a",
-        "--role=reader",
-        "--serviceaccount=team-a:robot",
-    ])
+    k.ok_line("create role reader -n team-a --verb=get,list --resource=configmaps")
+        .await;
+    k.ok_line(
+        "create rolebinding robot-reads -n team-a --role=reader --serviceaccount=team-a:robot",
+    )
     .await;
     let rb = k
         .json(&["get", "rolebinding", "robot-reads", "-n", "team-a"])
@@ -237,7 +179,7 @@ async fn deleting_a_namespace_terminates_through_the_controllers_cleanup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_of_the_rendered_chart_succeeds() {
-    let (sb, k, _dir) = sandbox_with_crds().await;
+    let (sb, k, _dir) = sandbox_with_crds(true).await;
     k.ok(&["create", "namespace", "uami-system"]).await;
     let out = k.ok(&["apply", "-f", "deploy/manifests/"]).await;
     for line in [
@@ -266,16 +208,18 @@ async fn apply_of_the_rendered_chart_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
-    let (sb, admin, dir) = sandbox_with_crds().await;
+    let (sb, admin, dir) = sandbox_with_crds(true).await;
     admin.ok(&["create", "namespace", "uami-system"]).await;
     admin.ok(&["create", "namespace", "team-a"]).await;
     admin.ok(&["apply", "-f", "deploy/manifests/"]).await;
     admin.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
-    let agent = Kubectl {
-        kubeconfig: dir.path().join("agent"),
-    };
-    sb.write_service_account_kubeconfig(&agent.kubeconfig, "uami-system", "uami-agent", None)
-        .unwrap();
+    let agent = service_account_kubectl(
+        &sb,
+        dir.path().join("agent"),
+        "uami-system",
+        "uami-agent",
+        None,
+    );
     // Who it is, and what it may do, as kubectl asks.
     let who = agent.ok(&["auth", "whoami"]).await;
     assert!(
@@ -284,15 +228,7 @@ async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
         "{who}"
     );
     let yes = agent
-        .ok(&[
-            "auth",
-            "can-i",
-            "patch",
-            "rolegrants.uami.dev",
-            "--subresource=status",
-            "-n",
-            "tutorial",
-        ])
+        .ok_line("auth can-i patch rolegrants.uami.dev --subresource=status -n tutorial")
         .await;
     assert_eq!(yes.trim(), "yes");
     let (ok, no, _) = agent
@@ -311,13 +247,7 @@ async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
     assert!(list.contains("my-identity-on-myvm"), "{list}");
     // And nothing else, answered as the API server words it.
     let err = agent
-        .fails(&[
-            "delete",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-        ])
+        .fails_line("delete rolegrant my-identity-reads-devtest -n tutorial")
         .await;
     assert!(
         err.contains("Error from server (Forbidden): rolegrants.uami.dev \"my-identity-reads-devtest\" is forbidden: User \"system:serviceaccount:uami-system:uami-agent\" cannot delete resource \"rolegrants\" in API group \"uami.dev\" in the namespace \"tutorial\""),
@@ -334,45 +264,23 @@ async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
     assert!(err.contains("at the cluster scope"), "{err}");
     // A RoleBinding in one namespace grants there only.
     admin
-        .ok(&[
-            "create",
-            "role",
-            "cm-reader",
-            "-n",
-            "team-a",
-            "--verb=list",
-            "--resource=configmaps",
-        ])
+        .ok_line("create role cm-reader -n team-a --verb=list --resource=configmaps")
         .await;
     admin
-        .ok(&[
-            "create",
-            "rolebinding",
-            "agent-reads-cm",
-            "-n",
-            "team-a",
-            "--role=cm-reader",
-            "--serviceaccount=uami-system:uami-agent",
-        ])
+        .ok_line("create rolebinding agent-reads-cm -n team-a --role=cm-reader --serviceaccount=uami-system:uami-agent")
         .await;
     agent.ok(&["get", "configmaps", "-n", "team-a"]).await;
     agent.fails(&["get", "configmaps", "-n", "tutorial"]).await;
     // kubectl on loopback without a token stays an administrator.
     admin
-        .ok(&[
-            "delete",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-        ])
+        .ok_line("delete rolegrant my-identity-reads-devtest -n tutorial")
         .await;
     sb.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admission_policy_refuses_the_agents_forged_status() {
-    let (sb, admin, dir) = sandbox_with_crds().await;
+    let (sb, admin, dir) = sandbox_with_crds(true).await;
     admin.ok(&["create", "namespace", "uami-system"]).await;
     admin.ok(&["apply", "-f", "deploy/manifests/"]).await;
     admin.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
@@ -394,33 +302,18 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
     // kubectl patch reads the object first: let the agent read it, and more. The policy holds
     // whatever RBAC allows.
     admin
-        .ok(&[
-            "create",
-            "clusterrole",
-            "grant-status-editor",
-            "--verb=get,patch,update",
-            "--resource=rolegrants.uami.dev/status",
-        ])
+        .ok_line("create clusterrole grant-status-editor --verb=get,patch,update --resource=rolegrants.uami.dev/status")
         .await;
     admin
-        .ok(&[
-            "create",
-            "clusterrolebinding",
-            "agent-edits-grant-status",
-            "--clusterrole=grant-status-editor",
-            "--serviceaccount=uami-system:uami-agent",
-        ])
+        .ok_line("create clusterrolebinding agent-edits-grant-status --clusterrole=grant-status-editor --serviceaccount=uami-system:uami-agent")
         .await;
-    let agent = Kubectl {
-        kubeconfig: dir.path().join("agent"),
-    };
-    sb.write_service_account_kubeconfig(
-        &agent.kubeconfig,
+    let agent = service_account_kubectl(
+        &sb,
+        dir.path().join("agent"),
         "uami-system",
         "uami-agent",
         Some("myvm"),
-    )
-    .unwrap();
+    );
     let err = agent
         .fails(&[
             "patch",
@@ -453,13 +346,7 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
         ])
         .await;
     let g = admin
-        .json(&[
-            "get",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-        ])
+        .json_line("get rolegrant my-identity-reads-devtest -n tutorial")
         .await;
     assert_eq!(g["status"]["adopted"], false);
     assert_eq!(g["status"]["roleAssignmentId"], id);

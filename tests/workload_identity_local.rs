@@ -3,11 +3,15 @@
 //! Entra ID token endpoint validating federated assertions as Entra ID does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
+use support::arm::Admin;
+use support::get_json;
 use uami_controller::emulator::world::{
     TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_SUBSCRIPTION as SUB,
 };
@@ -61,14 +65,7 @@ async fn sandbox_serves_token_requests_and_oidc_discovery() {
     let token = sa_token(&sb, "team-a", "app", 600).await.unwrap();
     let http = reqwest::Client::new();
     let issuer = sb.oidc_issuer();
-    let config: Value = http
-        .get(format!("{issuer}/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = get_json(&format!("{issuer}/.well-known/openid-configuration")).await;
     assert_eq!(config["issuer"], issuer.as_str());
     let jwks: jsonwebtoken::jwk::JwkSet = http
         .get(config["jwks_uri"].as_str().unwrap())
@@ -120,7 +117,7 @@ async fn sandbox_serves_token_requests_and_oidc_discovery() {
 struct Azure {
     emu: Emulator,
     http: reqwest::Client,
-    admin: String,
+    arm: Admin,
 }
 
 const IDS: &str =
@@ -131,27 +128,21 @@ impl Azure {
         let mut w = World::tutorial().unwrap();
         configure(&mut w);
         let emu = emulator::start(w).await.unwrap();
-        let admin = emu.admin_token();
+        let arm = Admin::of(&emu);
         Self {
             emu,
             http: reqwest::Client::new(),
-            admin,
+            arm,
         }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!(
-            "{}subscriptions/{SUB}{path}{}api-version=2023-01-31",
-            self.emu.arm_endpoint(),
+        let path = format!(
+            "/subscriptions/{SUB}{path}{}api-version=2023-01-31",
             if path.contains('?') { "&" } else { "?" }
         );
-        let mut req = self.http.request(method, url).bearer_auth(&self.admin);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
+        let (s, _, v) = self.arm.send(method, &path, body, &[]).await;
+        (s, v)
     }
 
     /// Create an identity; its (clientId, principalId).
@@ -257,18 +248,10 @@ async fn federated_identity_credentials_follow_the_msi_document_and_azure_limits
     );
     assert_eq!(az.put_fic("ghost", "ok1", issuer, "s").await.0, 404);
     // Older api-versions have no federated credentials.
-    let url = format!(
-        "{}subscriptions/{SUB}{IDS}/wi-id/federatedIdentityCredentials?api-version=2018-11-30",
-        az.emu.arm_endpoint()
+    let old = format!(
+        "/subscriptions/{SUB}{IDS}/wi-id/federatedIdentityCredentials?api-version=2018-11-30"
     );
-    let r = az
-        .http
-        .get(url)
-        .bearer_auth(&az.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(az.arm.get_status(&old).await, 400);
     // At most 20 per identity: the 21st is refused.
     for i in 2..=20 {
         let (s, v) = az
