@@ -2,85 +2,75 @@
 //! access printed, and no access token (a JWT) anywhere in the output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod support;
 
-#[test]
-fn the_demo_runs_the_tutorial_and_exits_zero() {
-    let out = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
-        .args(["demo", "--timeout", "90s"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{stdout}\n{stderr}",
-        out.status
-    );
-    for needle in [
-        "Everything is Ready",
-        "clientId:",
-        "expiresOn:",
-        "audience:   https://management.azure.com/",
-        "httpStatus: 200",
-        "verified:   true",
-        "Reader",
-        "AccessVerified=True",
-    ] {
-        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
-    }
-    // A JWT starts with the base64 of '{"': never printed.
+use support::run_uami;
+
+/// The demo with `args`, which must exit 0 and print no access token (a JWT starts with the
+/// base64 of '{"'); its standard output.
+fn demo(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = run_uami(args, &[]);
+    assert!(ok, "exit failure\n{stdout}\n{stderr}");
     assert!(
         !stdout.contains("eyJ") && !stderr.contains("eyJ"),
         "a token was printed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// Every needle is in `text`.
+fn contains_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn the_demo_runs_the_tutorial_and_exits_zero() {
+    let stdout = demo(&["demo", "--timeout", "90s"]);
+    contains_all(
+        &stdout,
+        &[
+            "Everything is Ready",
+            "clientId:",
+            "expiresOn:",
+            "audience:   https://management.azure.com/",
+            "httpStatus: 200",
+            "verified:   true",
+            "Reader",
+            "AccessVerified=True",
+        ],
     );
 }
 
 #[test]
 fn the_demo_shows_the_service_account_path() {
-    let out = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
-        .args(["demo", "--workload-identity", "--timeout", "90s"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = demo(&["demo", "--workload-identity", "--timeout", "90s"]);
     let part = stdout
         .split("Workload identity:")
         .nth(1)
         .unwrap_or_else(|| panic!("no workload identity part in:\n{stdout}"));
-    for needle in [
-        "The service account binding is Ready",
-        "subject:   system:serviceaccount:workload:reporter",
-        "audiences: [\"api://AzureADTokenExchange\"]",
-        "azure.workload.identity/client-id: ",
-        "azure.workload.identity/tenant-id: ",
-        "checkedBy:  token-exchange",
-        "audience:   https://management.azure.com/",
-        "httpStatus: 200",
-        "verified:   true",
-        "TokenAcquired=True",
-    ] {
-        assert!(part.contains(needle), "missing {needle:?} in:\n{part}");
-    }
-    assert!(
-        !stdout.contains("eyJ") && !stderr.contains("eyJ"),
-        "a token was printed:\n{stdout}\n{stderr}"
+    contains_all(
+        part,
+        &[
+            "The service account binding is Ready",
+            "subject:   system:serviceaccount:workload:reporter",
+            "audiences: [\"api://AzureADTokenExchange\"]",
+            "azure.workload.identity/client-id: ",
+            "azure.workload.identity/tenant-id: ",
+            "checkedBy:  token-exchange",
+            "audience:   https://management.azure.com/",
+            "httpStatus: 200",
+            "verified:   true",
+            "TokenAcquired=True",
+        ],
     );
 }
 
 #[test]
 fn the_demo_fails_clearly_when_time_runs_out() {
-    let out = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
-        .args(["demo", "--timeout", "0s"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = run_uami(&["demo", "--timeout", "0s"], &[]);
+    assert!(!ok);
     assert!(
         stderr.contains("demo failed: not everything was Ready"),
         "{stderr}"

@@ -15,6 +15,19 @@ use serde_json::Value;
 use support::kubectl::{Kubectl, sandbox_with_crds, service_account_kubectl};
 use support::*;
 use uami_controller::demo::stack::{Stack, StackOptions};
+use uami_controller::sandbox::Sandbox;
+
+/// A sandbox with `namespaces`, the chart's manifests and the tutorial applied, and kubectl on
+/// loopback (an administrator).
+async fn chart_and_tutorial(namespaces: &[&str]) -> (Sandbox, Kubectl, tempfile::TempDir) {
+    let (sb, admin, dir) = sandbox_with_crds(true).await;
+    for ns in namespaces {
+        admin.ok(&["create", "namespace", ns]).await;
+    }
+    admin.ok_line("apply -f deploy/manifests/").await;
+    admin.ok_line("apply -f examples/tutorial.yaml").await;
+    (sb, admin, dir)
+}
 
 async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
     let mut opts = StackOptions::tutorial(Duration::from_secs(30)).unwrap();
@@ -208,11 +221,7 @@ async fn apply_of_the_rendered_chart_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
-    let (sb, admin, dir) = sandbox_with_crds(true).await;
-    admin.ok(&["create", "namespace", "uami-system"]).await;
-    admin.ok(&["create", "namespace", "team-a"]).await;
-    admin.ok(&["apply", "-f", "deploy/manifests/"]).await;
-    admin.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
+    let (sb, admin, dir) = chart_and_tutorial(&["uami-system", "team-a"]).await;
     let agent = service_account_kubectl(
         &sb,
         dir.path().join("agent"),
@@ -280,10 +289,7 @@ async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admission_policy_refuses_the_agents_forged_status() {
-    let (sb, admin, dir) = sandbox_with_crds(true).await;
-    admin.ok(&["create", "namespace", "uami-system"]).await;
-    admin.ok(&["apply", "-f", "deploy/manifests/"]).await;
-    admin.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
+    let (sb, admin, dir) = chart_and_tutorial(&["uami-system"]).await;
     // The controller's status (written here by the administrator).
     let id = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/providers/Microsoft.Authorization/roleAssignments/1b4a4d4e-0000-0000-0000-000000000001";
     admin

@@ -9,30 +9,29 @@ use crate::support::arm::{Admin, READER_GUID};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_grant_status_steers_no_delete() {
-    let stack = stack(|_| {}).await;
-    let admin = Admin::of(&stack.emulator);
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}{}{}",
+    let (stack, admin) = stack_and_admin().await;
+    apply(
+        &stack,
+        &[
             namespace(NS),
             policy(""),
             identity("g-id", ""),
             identity("g-id2", ""),
             identity("bystander", ""),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let (_, bystander) = ready_identity(&stack, NS, "bystander").await;
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
     let victim = admin.create_assignment(&rg, &bystander).await;
-    stack
-        .apply_yaml(&format!(
-            "{}{}",
+    apply(
+        &stack,
+        &[
             devtest_grant("g-main", "g-id"),
             devtest_grant("g-other", "g-id2"),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let api = grants(&stack, NS);
     let own = assignment_id(&api, "g-main").await;
     let other = assignment_id(&api, "g-other").await;
@@ -65,11 +64,10 @@ async fn forged_grant_status_steers_no_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
-    let stack = stack(|_| {}).await;
-    let admin = Admin::of(&stack.emulator);
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}{}{}",
+    let (stack, admin) = stack_and_admin().await;
+    apply(
+        &stack,
+        &[
             namespace(NS),
             policy(""),
             identity("dup", ""),
@@ -78,11 +76,11 @@ async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
                 "by-guid",
                 "dup",
                 READER_GUID,
-                "{resourceGroup: {name: devtest}}"
+                "{resourceGroup: {name: devtest}}",
             ),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let api = grants(&stack, NS);
     let a = assignment_id(&api, "by-name").await;
     let b = assignment_id(&api, "by-guid").await;
@@ -103,35 +101,34 @@ async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bindings_remove_only_identities_the_controller_added() {
-    let stack = stack(|_| {}).await;
-    let admin = Admin::of(&stack.emulator);
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}{}{}{}",
+    let (stack, admin) = stack_and_admin().await;
+    apply(
+        &stack,
+        &[
             namespace(NS),
             namespace("closed"),
             policy(""),
             identity("pre", ""),
             identity("own", ""),
             identity_in("closed", "d-id", ""),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let (pre, _) = ready_identity(&stack, NS, "pre").await;
     let (own, _) = ready_identity(&stack, NS, "own").await;
     let (denied, _) = ready_identity(&stack, "closed", "d-id").await;
     // Assigned to myVM by someone else before any binding.
     admin.assign_to_vm("myVM", &pre).await;
     admin.assign_to_vm("myVM", &denied).await;
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}",
+    apply(
+        &stack,
+        &[
             binding_in(NS, "b-pre", "pre"),
             binding_in(NS, "b-own", "own"),
             binding_in("closed", "b-denied", "d-id"),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let api = bindings(&stack, NS);
     let b_pre = condition_is(&api, "b-pre", "Assigned", "True", Some("Assigned"), 60).await;
     assert_eq!(b_pre.status.unwrap().adopted, Some(true));
@@ -170,15 +167,7 @@ async fn a_binding_deleted_before_its_first_reconcile_removes_nothing() {
     let stack = stack(|o| o.controller = false).await;
     let admin = Admin::of(&stack.emulator);
     let first = Controller::start(&stack, None);
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}",
-            namespace(NS),
-            policy(""),
-            identity("early", "")
-        ))
-        .await
-        .unwrap();
+    apply(&stack, &[namespace(NS), policy(""), identity("early", "")]).await;
     let (early, _) = ready_identity(&stack, NS, "early").await;
     admin.assign_to_vm("myVM", &early).await;
     first.stop().await;

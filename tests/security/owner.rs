@@ -1,7 +1,5 @@
 //! 2. An identity has exactly one owner.
 
-use std::process::Command;
-
 use crate::support::arm::{Admin, identity_path};
 use uami_controller::azure::{ArmClient, ArmClientOptions, IdentityApi};
 use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
@@ -11,24 +9,23 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_tag_names_the_cluster() {
-    let stack = stack(|_| {}).await;
-    let admin = Admin::of(&stack.emulator);
+    let (stack, admin) = stack_and_admin().await;
     // Another cluster with the same namespace and names got there first: once under the
     // namespace/name tag, once under its own cluster name.
     let twin = json!({"uami.dev-owner": "apps/twin"});
     let cousin = json!({"uami.dev-owner": "east/apps/cousin"});
     admin.put_identity("twin", twin.clone()).await;
     admin.put_identity("cousin", cousin.clone()).await;
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}{}",
+    apply(
+        &stack,
+        &[
             namespace(NS),
             identity("mine", ""),
             identity("twin", ""),
             identity("cousin", ", adoptExisting: true"),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     ready_identity(&stack, NS, "mine").await;
     assert_eq!(
         admin.identity_tags("mine").await.unwrap()["uami.dev-owner"],
@@ -50,42 +47,35 @@ async fn the_owner_tag_names_the_cluster() {
 
 #[test]
 fn the_controller_refuses_to_run_without_a_cluster_name() {
-    let out = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
-        .args(["run", "--credential", "client-secret"])
-        .env_remove("UAMI_CLUSTER_NAME")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = run_uami(
+        &["run", "--credential", "client-secret"],
+        &["UAMI_CLUSTER_NAME"],
+    );
+    assert!(!ok);
     assert!(stderr.contains("--cluster-name"), "{stderr}");
-    let out = Command::new(env!("CARGO_BIN_EXE_uami-controller"))
-        .args(["run", "--cluster-name", "a/b"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = run_uami(&["run", "--cluster-name", "a/b"], &[]);
+    assert!(!ok);
     assert!(stderr.contains("is not a cluster name"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adoption_needs_a_policy_rule_and_keeps_existing_tags() {
-    let stack = stack(|_| {}).await;
-    let admin = Admin::of(&stack.emulator);
+    let (stack, admin) = stack_and_admin().await;
     let foreign = json!({"uami.dev-owner": "east/apps/foreign"});
     admin
         .put_identity("legacy", json!({"cost-center": "42"}))
         .await;
     admin.put_identity("foreign", foreign.clone()).await;
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}{}",
+    apply(
+        &stack,
+        &[
             namespace(NS),
             policy(""),
             identity("legacy", ", adoptExisting: true"),
             identity("foreign", ", adoptExisting: true"),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     refused(&identities(&stack, NS), "legacy", "DeniedByPolicy").await;
     refused(&identities(&stack, NS), "foreign", "AlreadyExists").await;
     assert_eq!(

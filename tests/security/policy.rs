@@ -5,23 +5,21 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
 
 use super::*;
-use crate::support::arm::Admin;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_stops_allowing_revokes_in_azure() {
-    let stack = stack(|_| {}).await;
-    let admin = Admin::of(&stack.emulator);
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}{}{}",
+    let (stack, admin) = stack_and_admin().await;
+    apply(
+        &stack,
+        &[
             namespace(NS),
             policy(""),
             identity("rev", ""),
             devtest_grant("rev-g", "rev"),
             binding_in(NS, "rev-b", "rev"),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let (rev, _) = ready_identity(&stack, NS, "rev").await;
     let assignment = assignment_id(&grants(&stack, NS), "rev-g").await;
     let binding_api = bindings(&stack, NS);

@@ -59,10 +59,7 @@ async fn non_canonical_scopes_are_refused_at_apply_time() {
     let good = format!(
         "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Storage/storageAccounts/a.b-c_(1)"
     );
-    stack
-        .apply_yaml(&grant_json("good", "x", &good))
-        .await
-        .unwrap();
+    apply(&stack, &[grant_json("good", "x", &good)]).await;
     let listed = grants(&stack, NS).list(&ListParams::default()).await;
     assert_eq!(listed.unwrap().items.len(), 1);
     stack.stop().await;
@@ -96,15 +93,7 @@ async fn non_canonical_scopes_never_reach_arm_and_never_crash_the_controller() {
         .install(vec![relaxed_role_grant_crd()])
         .unwrap();
     let controller = Controller::start(&stack, None);
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}",
-            namespace(NS),
-            policy(""),
-            identity("scoped", "")
-        ))
-        .await
-        .unwrap();
+    apply(&stack, &[namespace(NS), policy(""), identity("scoped", "")]).await;
     ready_identity(&stack, NS, "scoped").await;
     stack.emulator.reset_counts();
     let api = grants(&stack, NS);
@@ -129,10 +118,7 @@ async fn non_canonical_scopes_never_reach_arm_and_never_crash_the_controller() {
     let scope = format!(
         "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Storage/storageAccounts/sa1"
     );
-    stack
-        .apply_yaml(&grant_json("good", "scoped", &scope))
-        .await
-        .unwrap();
+    apply(&stack, &[grant_json("good", "scoped", &scope)]).await;
     let id = assignment_id(&api, "good").await;
     let name = id.rsplit('/').next().unwrap().to_string();
     assert_eq!(
@@ -166,9 +152,9 @@ async fn policy_scopes_match_whole_segments() {
     let inside = format!(
         "{{resourceId: /subscriptions/{SUB}/resourceGroups/devtest/providers/Microsoft.Storage/storageAccounts/sa2}}"
     );
-    stack
-        .apply_yaml(&format!(
-            "{}{}{}{}{}",
+    apply(
+        &stack,
+        &[
             namespace(NS),
             policy(""),
             identity("seg", ""),
@@ -176,12 +162,12 @@ async fn policy_scopes_match_whole_segments() {
                 "next-door",
                 "seg",
                 "Reader",
-                "{resourceGroup: {name: DevTest2}}"
+                "{resourceGroup: {name: DevTest2}}",
             ),
             grant("inside", "seg", "Reader", &inside),
-        ))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     refused(&grants(&stack, NS), "next-door", "DeniedByPolicy").await;
     ready(&grants(&stack, NS), "inside", 60).await;
     stack.stop().await;

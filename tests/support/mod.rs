@@ -153,6 +153,22 @@ impl Controller {
     }
 }
 
+/// Run the built `uami-controller` with `args`, without the environment variables
+/// `env_remove`: (exit success, stdout, stderr).
+pub fn run_uami(args: &[&str], env_remove: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"));
+    cmd.args(args);
+    for var in env_remove {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// PUT `body` to `url` (a run-time knob of the emulator or the sandbox); the answer's status.
 pub async fn put_json(url: &str, body: Value) -> u16 {
     let resp = reqwest::Client::new()
