@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::run_uami;
+use support::{contains_all, run_uami};
 
 /// The demo with `args`, which must exit 0 and print no access token (a JWT starts with the
 /// base64 of '{"'); its standard output.
@@ -16,13 +16,6 @@ fn demo(args: &[&str]) -> String {
         "a token was printed:\n{stdout}\n{stderr}"
     );
     stdout
-}
-
-/// Every needle is in `text`.
-fn contains_all(text: &str, needles: &[&str]) {
-    for needle in needles {
-        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
-    }
 }
 
 #[test]

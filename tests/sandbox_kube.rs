@@ -33,6 +33,14 @@ fn identity(name: &str) -> UserAssignedIdentity {
     .unwrap()
 }
 
+/// The API server's refusal in a kube error.
+fn api_error(err: kube::Error) -> kube::core::Status {
+    match err {
+        kube::Error::Api(s) => *s,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn create_list_and_defaults() {
     let sb = sandbox().await;
@@ -83,9 +91,7 @@ async fn invalid_objects_get_422_naming_the_field() {
     let mut bad = identity("bad");
     bad.spec.subscription_id = Some("not-a-guid".into());
     let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
-    let kube::Error::Api(s) = err else {
-        panic!("{err:?}")
-    };
+    let s = api_error(err);
     assert_eq!(s.code, 422);
     assert_eq!(s.reason, "Invalid");
     assert!(
@@ -105,7 +111,7 @@ async fn invalid_objects_get_422_naming_the_field() {
         .replace("okay", &PostParams::default(), &moved)
         .await
         .unwrap_err();
-    let kube::Error::Api(s) = err else { panic!() };
+    let s = api_error(err);
     assert_eq!(s.code, 422, "{}", s.message);
     assert!(s.message.contains("spec.resourceGroup"), "{}", s.message);
 }
@@ -135,7 +141,7 @@ async fn stale_update_is_a_conflict() {
         .replace("xyz", &PostParams::default(), &b)
         .await
         .unwrap_err();
-    let kube::Error::Api(s) = err else { panic!() };
+    let s = api_error(err);
     assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
     assert!(
         s.message.contains("the object has been modified"),
@@ -217,7 +223,7 @@ async fn two_field_managers_keep_their_own_conditions() {
         .patch_status("b", &PatchParams::apply("intruder"), &Patch::Apply(&steal))
         .await
         .unwrap_err();
-    let kube::Error::Api(s) = err else { panic!() };
+    let s = api_error(err);
     assert_eq!(s.code, 409, "{}", s.message);
     assert!(s.message.contains("uami-agent"), "{}", s.message);
 }

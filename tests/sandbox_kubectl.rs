@@ -6,23 +6,25 @@
 
 mod support;
 
+use support::contains_all;
 use support::kubectl::sandbox_with_crds;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_gets_explains_and_deletes() {
     let (sb, k, _dir) = sandbox_with_crds(false).await;
     let resources = k.ok(&["api-resources", "--api-group=uami.dev"]).await;
-    for line in [
-        "userassignedidentities",
-        "uami",
-        "identitybindings",
-        "idb",
-        "rolegrants",
-        "grant",
-        "grantpolicies",
-    ] {
-        assert!(resources.contains(line), "{resources}");
-    }
+    contains_all(
+        &resources,
+        &[
+            "userassignedidentities",
+            "uami",
+            "identitybindings",
+            "idb",
+            "rolegrants",
+            "grant",
+            "grantpolicies",
+        ],
+    );
     let out = k.ok(&["apply", "-f", "examples/"]).await;
     assert!(
         out.contains("userassignedidentity.uami.dev/my-identity created"),

@@ -12,6 +12,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::contains_all;
 use support::kubectl::{Kubectl, sandbox_with_crds, service_account_kubectl};
 use support::*;
 use uami_controller::demo::stack::{Stack, StackOptions};
@@ -27,6 +28,21 @@ async fn chart_and_tutorial(namespaces: &[&str]) -> (Sandbox, Kubectl, tempfile:
     admin.ok_line("apply -f deploy/manifests/").await;
     admin.ok_line("apply -f examples/tutorial.yaml").await;
     (sb, admin, dir)
+}
+
+/// The arguments of a merge patch of the tutorial grant's status.
+fn grant_status_patch(patch: &str) -> [&str; 9] {
+    [
+        "patch",
+        "rolegrant",
+        "my-identity-reads-devtest",
+        "-n",
+        "tutorial",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        patch,
+    ]
 }
 
 async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
@@ -195,19 +211,20 @@ async fn apply_of_the_rendered_chart_succeeds() {
     let (sb, k, _dir) = sandbox_with_crds(true).await;
     k.ok(&["create", "namespace", "uami-system"]).await;
     let out = k.ok(&["apply", "-f", "deploy/manifests/"]).await;
-    for line in [
-        "serviceaccount/uami-agent created",
-        "clusterrole.rbac.authorization.k8s.io/uami-controller-controller created",
-        "clusterrolebinding.rbac.authorization.k8s.io/uami-controller-agent created",
-        "role.rbac.authorization.k8s.io/uami-controller-leader-election created",
-        "rolebinding.rbac.authorization.k8s.io/uami-controller-leader-election created",
-        "validatingadmissionpolicy.admissionregistration.k8s.io/uami-controller-agent-bindings created",
-        "validatingadmissionpolicybinding.admissionregistration.k8s.io/uami-controller-agent-grants created",
-        "deployment.apps/uami-controller-controller created",
-        "daemonset.apps/uami-controller-agent created",
-    ] {
-        assert!(out.contains(line), "{line}:\n{out}");
-    }
+    contains_all(
+        &out,
+        &[
+            "serviceaccount/uami-agent created",
+            "clusterrole.rbac.authorization.k8s.io/uami-controller-controller created",
+            "clusterrolebinding.rbac.authorization.k8s.io/uami-controller-agent created",
+            "role.rbac.authorization.k8s.io/uami-controller-leader-election created",
+            "rolebinding.rbac.authorization.k8s.io/uami-controller-leader-election created",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/uami-controller-agent-bindings created",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/uami-controller-agent-grants created",
+            "deployment.apps/uami-controller-controller created",
+            "daemonset.apps/uami-controller-agent created",
+        ],
+    );
     // Again: nothing changes.
     let again = k.ok(&["apply", "-f", "deploy/manifests/"]).await;
     assert!(
@@ -293,17 +310,9 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
     // The controller's status (written here by the administrator).
     let id = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/providers/Microsoft.Authorization/roleAssignments/1b4a4d4e-0000-0000-0000-000000000001";
     admin
-        .ok(&[
-            "patch",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &format!("{{\"status\":{{\"roleAssignmentId\":\"{id}\",\"adopted\":false}}}}"),
-        ])
+        .ok(&grant_status_patch(&format!(
+            "{{\"status\":{{\"roleAssignmentId\":\"{id}\",\"adopted\":false}}}}"
+        )))
         .await;
     // kubectl patch reads the object first: let the agent read it, and more. The policy holds
     // whatever RBAC allows.
@@ -321,17 +330,7 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
         Some("myvm"),
     );
     let err = agent
-        .fails(&[
-            "patch",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            "{\"status\":{\"adopted\":true}}",
-        ])
+        .fails(&grant_status_patch("{\"status\":{\"adopted\":true}}"))
         .await;
     assert!(
         err.contains("rolegrants.uami.dev \"my-identity-reads-devtest\" is forbidden: ValidatingAdmissionPolicy 'uami-controller-agent-grants' with binding 'uami-controller-agent-grants' denied request: status.adopted is written by the controller only"),
@@ -339,17 +338,7 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
     );
     // Its own field passes.
     agent
-        .ok(&[
-            "patch",
-            "rolegrant",
-            "my-identity-reads-devtest",
-            "-n",
-            "tutorial",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            "{\"status\":{\"access\":{\"verified\":true,\"httpStatus\":200,\"checkedBy\":\"myVM\"}}}",
-        ])
+        .ok(&grant_status_patch("{\"status\":{\"access\":{\"verified\":true,\"httpStatus\":200,\"checkedBy\":\"myVM\"}}}"))
         .await;
     let g = admin
         .json_line("get rolegrant my-identity-reads-devtest -n tutorial")

@@ -48,11 +48,11 @@ pub struct KsmMetric {
     pub help: String,
     pub each: KsmEach,
     #[serde(default)]
-    pub common_labels: BTreeMap<String, String>,
+    pub error_log_v: Option<u8>,
     #[serde(default)]
     pub labels_from_path: BTreeMap<String, Vec<String>>,
     #[serde(default)]
-    pub error_log_v: Option<u8>,
+    pub common_labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]

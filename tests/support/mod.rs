@@ -153,6 +153,13 @@ impl Controller {
     }
 }
 
+/// Every needle is in `text`.
+pub fn contains_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
 /// Run the built `uami-controller` with `args`, without the environment variables
 /// `env_remove`: (exit success, stdout, stderr).
 pub fn run_uami(args: &[&str], env_remove: &[&str]) -> (bool, String, String) {
