@@ -165,10 +165,7 @@ async fn long_running_operations_in_the_location_form_are_polled_to_the_end() {
         .unwrap();
     assert!(patch.query.contains("monitor=true"), "{patch:?}");
     // Removal goes the same way.
-    bindings(&stack, "tutorial")
-        .delete("my-identity-on-myvm", &DeleteParams::default())
-        .await
-        .unwrap();
+    delete(&bindings(&stack, "tutorial"), "my-identity-on-myvm").await;
     eventually(60, "unassigned", || async {
         (user_assigned(&stack.emulator.state(), "myVM") == 0).then_some(())
     })

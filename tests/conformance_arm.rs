@@ -8,7 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::DeleteParams;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -39,10 +38,7 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
         (user_assigned(&stack.emulator.state(), "web") == 1).then_some(())
     })
     .await;
-    bindings(&stack, TUTORIAL)
-        .delete("my-identity-on-web", &DeleteParams::default())
-        .await
-        .unwrap();
+    delete(&bindings(&stack, TUTORIAL), "my-identity-on-web").await;
     delete_tutorial(&stack).await;
     eventually(60, "deletion", || async {
         stack.emulator.state()["identities"]

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{DeleteParams, ListParams};
+use kube::api::ListParams;
 use support::arm::Admin;
 use support::*;
 use uami_controller::demo::stack::{Stack, StackOptions};
@@ -96,20 +96,22 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_no_policy_allows_is_refused_without_an_arm_write() {
     let stack = stack(60, |o| o.agents = false).await;
-    let yaml = format!(
-        "{}{}{}{}",
-        policy("Reader"),
-        identity("denied-id", ""),
-        grant(
-            "owner-of-everything",
-            "denied-id",
-            "Owner",
-            &format!("{{subscription: {{subscriptionId: {SUB}}}}}"),
-            ""
-        ),
-        binding("elsewhere", "denied-id", "otherVM"),
-    );
-    stack.apply_yaml(&yaml).await.unwrap();
+    apply_all(
+        &stack,
+        &[
+            policy("Reader"),
+            identity("denied-id", ""),
+            grant(
+                "owner-of-everything",
+                "denied-id",
+                "Owner",
+                &format!("{{subscription: {{subscriptionId: {SUB}}}}}"),
+                "",
+            ),
+            binding("elsewhere", "denied-id", "otherVM"),
+        ],
+    )
+    .await;
     ready(&identities(&stack, NS), "denied-id", 60).await;
     refused(&grants(&stack, NS), "owner-of-everything", "DeniedByPolicy").await;
     refused(&bindings(&stack, NS), "elsewhere", "DeniedByPolicy").await;
@@ -145,20 +147,22 @@ async fn azure_failures_end_in_ready() {
         };
     })
     .await;
-    let yaml = format!(
-        "{}{}{}{}",
-        policy("Reader"),
-        identity("faulty", ""),
-        binding("faulty", "faulty", "myVM"),
-        grant(
-            "faulty",
-            "faulty",
-            "Reader",
-            "{resourceGroup: {name: DevTest}}",
-            ""
-        )
-    );
-    stack.apply_yaml(&yaml).await.unwrap();
+    apply_all(
+        &stack,
+        &[
+            policy("Reader"),
+            identity("faulty", ""),
+            binding("faulty", "faulty", "myVM"),
+            grant(
+                "faulty",
+                "faulty",
+                "Reader",
+                "{resourceGroup: {name: DevTest}}",
+                "",
+            ),
+        ],
+    )
+    .await;
     ready(&identities(&stack, NS), "faulty", 90).await;
     let g = ready(&grants(&stack, NS), "faulty", 90).await;
     assigned(&bindings(&stack, NS), "faulty", 90).await;
@@ -200,20 +204,22 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
     })
     .await;
     let first = Controller::start(&stack, None);
-    let yaml = format!(
-        "{}{}{}{}",
-        policy("Reader"),
-        identity("restart", ""),
-        binding("restart", "restart", "myVM"),
-        grant(
-            "restart",
-            "restart",
-            "Reader",
-            "{resourceGroup: {name: DevTest}}",
-            ""
-        )
-    );
-    stack.apply_yaml(&yaml).await.unwrap();
+    apply_all(
+        &stack,
+        &[
+            policy("Reader"),
+            identity("restart", ""),
+            binding("restart", "restart", "myVM"),
+            grant(
+                "restart",
+                "restart",
+                "Reader",
+                "{resourceGroup: {name: DevTest}}",
+                "",
+            ),
+        ],
+    )
+    .await;
     // Stop the first controller as soon as it has written to Azure.
     eventually(60, "a first ARM write", || async {
         (stack.emulator.counts().writes() >= 1).then_some(())
@@ -247,13 +253,15 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_and_adopted_resources_survive_deletion() {
     let stack = stack(60, |o| o.agents = false).await;
-    let yaml = format!(
-        "{}{}{}",
-        policy("Reader"),
-        identity("kept", ", deletionPolicy: Orphan"),
-        identity("shared", "")
-    );
-    stack.apply_yaml(&yaml).await.unwrap();
+    apply_all(
+        &stack,
+        &[
+            policy("Reader"),
+            identity("kept", ", deletionPolicy: Orphan"),
+            identity("shared", ""),
+        ],
+    )
+    .await;
     ready(&identities(&stack, NS), "kept", 60).await;
     let shared = ready(&identities(&stack, NS), "shared", 60).await;
     let pid = shared.status.unwrap().principal_id.unwrap();
@@ -284,14 +292,8 @@ async fn orphan_and_adopted_resources_survive_deletion() {
         1
     );
     // Deleting the grant leaves the adopted assignment; deleting the Orphan identity leaves it in Azure.
-    grants(&stack, NS)
-        .delete("adopts", &DeleteParams::default())
-        .await
-        .unwrap();
-    identities(&stack, NS)
-        .delete("kept", &DeleteParams::default())
-        .await
-        .unwrap();
+    delete(&grants(&stack, NS), "adopts").await;
+    delete(&identities(&stack, NS), "kept").await;
     eventually(60, "both objects gone", || async {
         let g = grants(&stack, NS).get_opt("adopts").await.ok()?;
         let i = identities(&stack, NS).get_opt("kept").await.ok()?;

@@ -101,8 +101,7 @@ async fn tutorial_reaches_ready_holds_steady_repairs_drift_and_cleans_up() {
 
     // Steady state: several resyncs, not one ARM write.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.emulator.reset_counts();
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    quiet_for(&stack, 7).await;
     let counts = stack.emulator.counts();
     assert_eq!(counts.writes(), 0, "steady state wrote to ARM: {counts:?}");
     assert!(

@@ -182,8 +182,7 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
     );
 
     // Steady state: a few resyncs read, never write.
-    stack.emulator.reset_counts();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    quiet_for(&stack, 8).await;
     let c = stack.emulator.counts();
     assert_eq!(c.writes(), 0, "{c:?}");
     assert!(
@@ -454,14 +453,8 @@ async fn policy_mismatch_and_deletion_order() {
     assert!(s.token.is_none());
     // Deletion order: the identity waits for its binding; the credential goes before the
     // identity.
-    identities(&stack, NS)
-        .delete("shared", &DeleteParams::default())
-        .await
-        .unwrap();
-    bindings(&stack, NS)
-        .delete("mismatch", &DeleteParams::default())
-        .await
-        .unwrap();
+    delete(&identities(&stack, NS), "shared").await;
+    delete(&bindings(&stack, NS), "mismatch").await;
     gone(&identities(&stack, NS), "shared", 60).await;
     let journal = stack.emulator.journal();
     let pos = |op: &str| {

@@ -41,6 +41,13 @@ fn api_error(err: kube::Error) -> kube::core::Status {
     }
 }
 
+/// The API server refused with `code` and a message containing `needle`.
+fn refused_with(err: kube::Error, code: u16, needle: &str) {
+    let s = api_error(err);
+    assert_eq!(s.code, code, "{}", s.message);
+    assert!(s.message.contains(needle), "{}", s.message);
+}
+
 #[tokio::test]
 async fn create_list_and_defaults() {
     let sb = sandbox().await;
@@ -111,9 +118,7 @@ async fn invalid_objects_get_422_naming_the_field() {
         .replace("okay", &PostParams::default(), &moved)
         .await
         .unwrap_err();
-    let s = api_error(err);
-    assert_eq!(s.code, 422, "{}", s.message);
-    assert!(s.message.contains("spec.resourceGroup"), "{}", s.message);
+    refused_with(err, 422, "spec.resourceGroup");
 }
 
 #[tokio::test]
@@ -223,9 +228,7 @@ async fn two_field_managers_keep_their_own_conditions() {
         .patch_status("b", &PatchParams::apply("intruder"), &Patch::Apply(&steal))
         .await
         .unwrap_err();
-    let s = api_error(err);
-    assert_eq!(s.code, 409, "{}", s.message);
-    assert!(s.message.contains("uami-agent"), "{}", s.message);
+    refused_with(err, 409, "uami-agent");
 }
 
 #[tokio::test]

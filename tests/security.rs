@@ -100,11 +100,6 @@ async fn stack_and_admin() -> (Stack, support::arm::Admin) {
     (stack, admin)
 }
 
-/// Apply the objects of every document in `parts`.
-async fn apply(stack: &Stack, parts: &[String]) {
-    stack.apply_yaml(&parts.concat()).await.unwrap();
-}
-
 /// Status fields written by someone other than the controller (a compromised agent, a user with
 /// status rights): server-side apply with another field manager, forced.
 async fn forge_status<K>(api: &Api<K>, name: &str, status: Value)

@@ -7,10 +7,16 @@ use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 use super::*;
 use crate::support::arm::{Admin, READER_GUID};
 
+/// Delete grant `name` and wait until it is gone; whether role assignment `id` still exists.
+async fn exists_after_deleting(api: &Api<RoleGrant>, name: &str, admin: &Admin, id: &str) -> bool {
+    delete_and_wait(api, name).await;
+    admin.assignment_exists(id).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_grant_status_steers_no_delete() {
     let (stack, admin) = stack_and_admin().await;
-    apply(
+    apply_all(
         &stack,
         &[
             namespace(NS),
@@ -24,7 +30,7 @@ async fn forged_grant_status_steers_no_delete() {
     let (_, bystander) = ready_identity(&stack, NS, "bystander").await;
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
     let victim = admin.create_assignment(&rg, &bystander).await;
-    apply(
+    apply_all(
         &stack,
         &[
             devtest_grant("g-main", "g-id"),
@@ -43,9 +49,8 @@ async fn forged_grant_status_steers_no_delete() {
         json!({"roleAssignmentId": victim, "adopted": false}),
     )
     .await;
-    delete_and_wait(&api, "g-main").await;
     assert!(
-        admin.assignment_exists(&victim).await,
+        exists_after_deleting(&api, "g-main", &admin, &victim).await,
         "the forged id was deleted"
     );
     assert!(
@@ -54,9 +59,8 @@ async fn forged_grant_status_steers_no_delete() {
     );
     // A forged `adopted: true` does not keep the controller from deleting what it created.
     forge_status(&api, "g-other", json!({"adopted": true})).await;
-    delete_and_wait(&api, "g-other").await;
     assert!(
-        !admin.assignment_exists(&other).await,
+        !exists_after_deleting(&api, "g-other", &admin, &other).await,
         "forged adopted kept the assignment"
     );
     stack.stop().await;
@@ -65,7 +69,7 @@ async fn forged_grant_status_steers_no_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
     let (stack, admin) = stack_and_admin().await;
-    apply(
+    apply_all(
         &stack,
         &[
             namespace(NS),
@@ -85,15 +89,13 @@ async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
     let a = assignment_id(&api, "by-name").await;
     let b = assignment_id(&api, "by-guid").await;
     assert!(a.eq_ignore_ascii_case(&b), "{a} {b}");
-    delete_and_wait(&api, "by-name").await;
     assert!(
-        admin.assignment_exists(&a).await,
+        exists_after_deleting(&api, "by-name", &admin, &a).await,
         "deleting one grant revoked the other's access"
     );
     ready(&api, "by-guid", 5).await;
-    delete_and_wait(&api, "by-guid").await;
     assert!(
-        !admin.assignment_exists(&a).await,
+        !exists_after_deleting(&api, "by-guid", &admin, &a).await,
         "the last grant left its assignment"
     );
     stack.stop().await;
@@ -102,7 +104,7 @@ async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bindings_remove_only_identities_the_controller_added() {
     let (stack, admin) = stack_and_admin().await;
-    apply(
+    apply_all(
         &stack,
         &[
             namespace(NS),
@@ -120,7 +122,7 @@ async fn bindings_remove_only_identities_the_controller_added() {
     // Assigned to myVM by someone else before any binding.
     admin.assign_to_vm("myVM", &pre).await;
     admin.assign_to_vm("myVM", &denied).await;
-    apply(
+    apply_all(
         &stack,
         &[
             binding_in(NS, "b-pre", "pre"),
@@ -167,7 +169,7 @@ async fn a_binding_deleted_before_its_first_reconcile_removes_nothing() {
     let stack = stack(|o| o.controller = false).await;
     let admin = Admin::of(&stack.emulator);
     let first = Controller::start(&stack, None);
-    apply(&stack, &[namespace(NS), policy(""), identity("early", "")]).await;
+    apply_all(&stack, &[namespace(NS), policy(""), identity("early", "")]).await;
     let (early, _) = ready_identity(&stack, NS, "early").await;
     admin.assign_to_vm("myVM", &early).await;
     first.stop().await;

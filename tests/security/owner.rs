@@ -16,7 +16,7 @@ async fn the_owner_tag_names_the_cluster() {
     let cousin = json!({"uami.dev-owner": "east/apps/cousin"});
     admin.put_identity("twin", twin.clone()).await;
     admin.put_identity("cousin", cousin.clone()).await;
-    apply(
+    apply_all(
         &stack,
         &[
             namespace(NS),
@@ -66,7 +66,7 @@ async fn adoption_needs_a_policy_rule_and_keeps_existing_tags() {
         .put_identity("legacy", json!({"cost-center": "42"}))
         .await;
     admin.put_identity("foreign", foreign.clone()).await;
-    apply(
+    apply_all(
         &stack,
         &[
             namespace(NS),

@@ -9,7 +9,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_stops_allowing_revokes_in_azure() {
     let (stack, admin) = stack_and_admin().await;
-    apply(
+    apply_all(
         &stack,
         &[
             namespace(NS),

@@ -59,7 +59,7 @@ async fn non_canonical_scopes_are_refused_at_apply_time() {
     let good = format!(
         "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Storage/storageAccounts/a.b-c_(1)"
     );
-    apply(&stack, &[grant_json("good", "x", &good)]).await;
+    apply_all(&stack, &[grant_json("good", "x", &good)]).await;
     let listed = grants(&stack, NS).list(&ListParams::default()).await;
     assert_eq!(listed.unwrap().items.len(), 1);
     stack.stop().await;
@@ -93,7 +93,7 @@ async fn non_canonical_scopes_never_reach_arm_and_never_crash_the_controller() {
         .install(vec![relaxed_role_grant_crd()])
         .unwrap();
     let controller = Controller::start(&stack, None);
-    apply(&stack, &[namespace(NS), policy(""), identity("scoped", "")]).await;
+    apply_all(&stack, &[namespace(NS), policy(""), identity("scoped", "")]).await;
     ready_identity(&stack, NS, "scoped").await;
     stack.emulator.reset_counts();
     let api = grants(&stack, NS);
@@ -118,7 +118,7 @@ async fn non_canonical_scopes_never_reach_arm_and_never_crash_the_controller() {
     let scope = format!(
         "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Storage/storageAccounts/sa1"
     );
-    apply(&stack, &[grant_json("good", "scoped", &scope)]).await;
+    apply_all(&stack, &[grant_json("good", "scoped", &scope)]).await;
     let id = assignment_id(&api, "good").await;
     let name = id.rsplit('/').next().unwrap().to_string();
     assert_eq!(
@@ -152,7 +152,7 @@ async fn policy_scopes_match_whole_segments() {
     let inside = format!(
         "{{resourceId: /subscriptions/{SUB}/resourceGroups/devtest/providers/Microsoft.Storage/storageAccounts/sa2}}"
     );
-    apply(
+    apply_all(
         &stack,
         &[
             namespace(NS),

@@ -103,6 +103,25 @@ where
     condition_is(api, name, "Ready", "False", Some(reason), 60).await
 }
 
+/// Apply the objects of every document in `parts`.
+pub async fn apply_all(stack: &Stack, parts: &[String]) {
+    stack.apply_yaml(&parts.concat()).await.unwrap();
+}
+
+/// Delete the object (without waiting for its finalizers).
+pub async fn delete<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+}
+
+/// Reset the emulator's counts and let `secs` seconds of steady state pass.
+pub async fn quiet_for(stack: &Stack, secs: u64) {
+    stack.emulator.reset_counts();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
 /// Wait until the object no longer exists.
 pub async fn gone<K>(api: &Api<K>, name: &str, secs: u64)
 where
@@ -119,7 +138,7 @@ pub async fn delete_and_wait<K>(api: &Api<K>, name: &str)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.delete(name, &DeleteParams::default()).await.unwrap();
+    delete(api, name).await;
     gone(api, name, 60).await;
 }
 
