@@ -41,6 +41,23 @@ fn api_error(err: kube::Error) -> kube::core::Status {
     }
 }
 
+/// The first event of a watch from `rv` (within 10 s).
+async fn first_event_after(
+    api: &Api<UserAssignedIdentity>,
+    rv: &str,
+) -> WatchEvent<UserAssignedIdentity> {
+    let mut events = api
+        .watch(&WatchParams::default(), rv)
+        .await
+        .unwrap()
+        .boxed();
+    tokio::time::timeout(Duration::from_secs(10), events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
 /// The API server refused with `code` and a message containing `needle`.
 fn refused_with(err: kube::Error, code: u16, needle: &str) {
     let s = api_error(err);
@@ -312,33 +329,13 @@ async fn watch_in_order_and_resume_after_disconnect() {
     api.create(&PostParams::default(), &identity("wat2"))
         .await
         .unwrap();
-    let mut resumed = api
-        .watch(&WatchParams::default(), &last_rv)
-        .await
-        .unwrap()
-        .boxed();
-    match tokio::time::timeout(Duration::from_secs(10), resumed.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match first_event_after(&api, &last_rv).await {
         WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("wat2")),
         other => panic!("{other:?}"),
     }
     // An expired resourceVersion answers 410 Gone.
     sb.compact();
-    let mut expired = api
-        .watch(&WatchParams::default(), &last_rv)
-        .await
-        .unwrap()
-        .boxed();
-    match tokio::time::timeout(Duration::from_secs(10), expired.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match first_event_after(&api, &last_rv).await {
         WatchEvent::Error(e) => assert_eq!(e.code, 410),
         other => panic!("{other:?}"),
     }

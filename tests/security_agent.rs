@@ -15,7 +15,6 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
 use uami_controller::api::{IdentityBinding, RoleGrant};
-use uami_controller::demo::stack::StackOptions;
 
 const NS: &str = "tutorial";
 const GRANT: &str = "my-identity-reads-devtest";
@@ -51,6 +50,7 @@ fn refused(r: Result<(), kube::Error>, code: u16, needle: &str) {
     }
 }
 
+/// The condition `type_` of an object as JSON (`null` when it has none).
 fn cond(v: &Value, type_: &str) -> Value {
     v["status"]["conditions"]
         .as_array()
@@ -63,10 +63,7 @@ fn cond(v: &Value, type_: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_cannot_forge_controller_owned_status() {
-    let mut opts = StackOptions::tutorial(Duration::from_secs(30)).unwrap();
-    opts.world.rbac_propagation_seconds = 0.5;
-    opts.world.lro_retry_after_seconds = 0;
-    let stack = enforced_stack(opts).await;
+    let stack = enforced_stack(tutorial_options(Duration::from_secs(30), 0.5)).await;
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     // The agent's own writes pass under enforcement: the token and the verified access.
     let grant = ready(&grants(&stack, NS), GRANT, 60).await;
@@ -91,71 +88,45 @@ async fn the_agent_cannot_forge_controller_owned_status() {
     );
 
     // Forged controller-owned fields and conditions are refused.
-    refused(
-        apply_status(
-            &agent_grants,
-            GRANT,
-            "RoleGrant",
-            json!({"roleAssignmentId": other}),
-        )
-        .await,
-        403,
-        "status.roleAssignmentId is written by the controller only",
-    );
-    refused(
-        apply_status(&agent_grants, GRANT, "RoleGrant", json!({"adopted": true})).await,
-        403,
-        "status.adopted is written by the controller only",
-    );
     let mut granted = cond(&grant, "Granted");
     granted["status"] = json!("False");
     granted["reason"] = json!("Forged");
-    refused(
-        apply_status(
-            &agent_grants,
-            GRANT,
-            "RoleGrant",
-            json!({"conditions": [granted]}),
-        )
-        .await,
-        403,
-        "the Granted, Ready conditions are written by the controller only",
-    );
-    refused(
-        apply_status(
-            &agent_bindings,
-            BINDING,
-            "IdentityBinding",
-            json!({"assigned": false}),
-        )
-        .await,
-        403,
-        "status.assigned is written by the controller only",
-    );
-    refused(
-        apply_status(
-            &agent_bindings,
-            BINDING,
-            "IdentityBinding",
+    for (status, needle) in [
+        (
+            json!({"roleAssignmentId": other}),
+            "status.roleAssignmentId is written by the controller only",
+        ),
+        (
             json!({"adopted": true}),
-        )
-        .await,
-        403,
-        "status.adopted is written by the controller only",
-    );
+            "status.adopted is written by the controller only",
+        ),
+        (
+            json!({"conditions": [granted]}),
+            "the Granted, Ready conditions are written by the controller only",
+        ),
+    ] {
+        let forged = apply_status(&agent_grants, GRANT, "RoleGrant", status).await;
+        refused(forged, 403, needle);
+    }
     let mut assigned = cond(&binding, "Assigned");
     assigned["status"] = json!("False");
-    refused(
-        apply_status(
-            &agent_bindings,
-            BINDING,
-            "IdentityBinding",
+    for (status, needle) in [
+        (
+            json!({"assigned": false}),
+            "status.assigned is written by the controller only",
+        ),
+        (
+            json!({"adopted": true}),
+            "status.adopted is written by the controller only",
+        ),
+        (
             json!({"conditions": [assigned]}),
-        )
-        .await,
-        403,
-        "the Assigned, Ready conditions are written by the controller only",
-    );
+            "the Assigned, Ready conditions are written by the controller only",
+        ),
+    ] {
+        let forged = apply_status(&agent_bindings, BINDING, "IdentityBinding", status).await;
+        refused(forged, 403, needle);
+    }
     // A merge patch is held to the same rule.
     refused(
         agent_grants

@@ -145,6 +145,10 @@ impl Azure {
         (s, v)
     }
 
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
     /// Create an identity; its (clientId, principalId).
     async fn identity(&self, name: &str) -> (String, String) {
         let (s, v) = self
@@ -228,11 +232,7 @@ async fn federated_identity_credentials_follow_the_msi_document_and_azure_limits
         .await;
     assert_eq!(s, 200, "an unchanged PUT is an update");
     let (s, v) = az
-        .call(
-            reqwest::Method::GET,
-            &format!("{IDS}/wi-id/federatedIdentityCredentials/fic-one"),
-            None,
-        )
+        .get(&format!("{IDS}/wi-id/federatedIdentityCredentials/fic-one"))
         .await;
     assert_eq!(
         (s, v["properties"]["subject"].as_str()),
@@ -273,11 +273,7 @@ async fn federated_identity_credentials_follow_the_msi_document_and_azure_limits
         "{v}"
     );
     let (s, v) = az
-        .call(
-            reqwest::Method::GET,
-            &format!("{IDS}/wi-id/federatedIdentityCredentials"),
-            None,
-        )
+        .get(&format!("{IDS}/wi-id/federatedIdentityCredentials"))
         .await;
     assert_eq!((s, v["value"].as_array().unwrap().len()), (200, 20));
     // Delete: 200, then 204.
@@ -316,11 +312,7 @@ async fn federated_identity_credentials_follow_the_msi_document_and_azure_limits
     );
     az.identity("wi-id").await;
     let (_, v) = az
-        .call(
-            reqwest::Method::GET,
-            &format!("{IDS}/wi-id/federatedIdentityCredentials"),
-            None,
-        )
+        .get(&format!("{IDS}/wi-id/federatedIdentityCredentials"))
         .await;
     assert_eq!(v["value"], json!([]));
 }
