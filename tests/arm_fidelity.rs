@@ -41,9 +41,7 @@ fn requests(emulator: &Emulator, operation: &str) -> Vec<Value> {
 async fn removing_the_last_user_identity_sends_the_type_alone() {
     let mut opts = tutorial_options(Duration::from_secs(60), 0.2);
     // A scale set with a system-assigned identity beside the tutorial's VM without one.
-    opts.world.subscriptions[0].resource_groups[0]
-        .virtual_machine_scale_sets
-        .push(web_scale_set());
+    add_web_scale_set(&mut opts);
     let stack = tutorial_stack(opts).await;
     stack.apply_yaml(TUTORIAL_ON_WEB).await.unwrap();
     eventually(60, "the identity on myVM and web", || async {

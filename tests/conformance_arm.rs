@@ -20,9 +20,7 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
     let mut opts = tutorial_options(Duration::from_secs(3), 0.5);
     // A scale set too, its PATCH answered in the Location form (the VM's in the
     // Azure-AsyncOperation form).
-    opts.world.subscriptions[0].resource_groups[0]
-        .virtual_machine_scale_sets
-        .push(web_scale_set());
+    add_web_scale_set(&mut opts);
     opts.world.knobs = Knobs {
         lro_forms: BTreeMap::from([(
             "VirtualMachineScaleSets_Update".to_string(),

@@ -85,9 +85,7 @@ async fn describe_and_get_events_show_the_controllers_events() {
     // One store: the core view and the events.k8s.io view list the same events, each in its
     // own shape.
     let core = k.json(&["get", "events.v1.", "-n", "tutorial"]).await;
-    let new = k
-        .json(&["get", "events.v1.events.k8s.io", "-n", "tutorial"])
-        .await;
+    let new = k.json_line("get events.v1.events.k8s.io -n tutorial").await;
     let names = |v: &Value| -> Vec<String> {
         v["items"]
             .as_array()
@@ -119,9 +117,7 @@ async fn typed_create_and_delete_commands_work() {
         "create configmap settings -n team-a --from-literal=region=eastus --from-literal=tier=dev",
     )
     .await;
-    let cm = k
-        .json(&["get", "configmap", "settings", "-n", "team-a"])
-        .await;
+    let cm = k.json_line("get configmap settings -n team-a").await;
     assert_eq!(cm["data"]["region"], "eastus");
     assert_eq!(cm["data"]["tier"], "dev");
     k.ok(&["create", "serviceaccount", "robot", "-n", "team-a"])
@@ -137,9 +133,7 @@ async fn typed_create_and_delete_commands_work() {
         "create rolebinding robot-reads -n team-a --role=reader --serviceaccount=team-a:robot",
     )
     .await;
-    let rb = k
-        .json(&["get", "rolebinding", "robot-reads", "-n", "team-a"])
-        .await;
+    let rb = k.json_line("get rolebinding robot-reads -n team-a").await;
     assert_eq!(rb["roleRef"]["name"], "reader");
     assert_eq!(rb["subjects"][0]["name"], "robot");
     // kubectl waits until the namespace is gone.

@@ -91,40 +91,44 @@ async fn the_agent_cannot_forge_controller_owned_status() {
     let mut granted = cond(&grant, "Granted");
     granted["status"] = json!("False");
     granted["reason"] = json!("Forged");
-    for (status, needle) in [
+    let mut assigned = cond(&binding, "Assigned");
+    assigned["status"] = json!("False");
+    for (kind, status, needle) in [
         (
+            "RoleGrant",
             json!({"roleAssignmentId": other}),
             "status.roleAssignmentId is written by the controller only",
         ),
         (
+            "RoleGrant",
             json!({"adopted": true}),
             "status.adopted is written by the controller only",
         ),
         (
+            "RoleGrant",
             json!({"conditions": [granted]}),
             "the Granted, Ready conditions are written by the controller only",
         ),
-    ] {
-        let forged = apply_status(&agent_grants, GRANT, "RoleGrant", status).await;
-        refused(forged, 403, needle);
-    }
-    let mut assigned = cond(&binding, "Assigned");
-    assigned["status"] = json!("False");
-    for (status, needle) in [
         (
+            "IdentityBinding",
             json!({"assigned": false}),
             "status.assigned is written by the controller only",
         ),
         (
+            "IdentityBinding",
             json!({"adopted": true}),
             "status.adopted is written by the controller only",
         ),
         (
+            "IdentityBinding",
             json!({"conditions": [assigned]}),
             "the Assigned, Ready conditions are written by the controller only",
         ),
     ] {
-        let forged = apply_status(&agent_bindings, BINDING, "IdentityBinding", status).await;
+        let forged = match kind {
+            "RoleGrant" => apply_status(&agent_grants, GRANT, kind, status).await,
+            _ => apply_status(&agent_bindings, BINDING, kind, status).await,
+        };
         refused(forged, 403, needle);
     }
     // A merge patch is held to the same rule.

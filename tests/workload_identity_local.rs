@@ -180,14 +180,19 @@ impl Azure {
         .await
     }
 
+    /// Entra ID's token endpoint of the tutorial's tenant.
+    fn token_url(&self) -> String {
+        format!(
+            "{}{}/oauth2/v2.0/token",
+            self.emu.authority_host(),
+            self.emu.tenant_id()
+        )
+    }
+
     async fn exchange(&self, client_id: &str, assertion: &str) -> (u16, Value) {
         let r = self
             .http
-            .post(format!(
-                "{}{}/oauth2/v2.0/token",
-                self.emu.authority_host(),
-                self.emu.tenant_id()
-            ))
+            .post(self.token_url())
             .form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", client_id),
@@ -509,11 +514,7 @@ async fn the_controller_signs_in_with_its_own_service_account_token() {
     // A client secret that is wrong is refused; ARM refuses a missing or foreign token.
     let r = az
         .http
-        .post(format!(
-            "{}{}/oauth2/v2.0/token",
-            az.emu.authority_host(),
-            az.emu.tenant_id()
-        ))
+        .post(az.token_url())
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_id", TUTORIAL_CONTROLLER_CLIENT_ID),

@@ -344,13 +344,16 @@ spec:
       name: web
 "#;
 
-/// A scale set `web` of one instance with a system-assigned identity.
-pub fn web_scale_set() -> uami_controller::emulator::world::ScaleSet {
-    uami_controller::emulator::world::ScaleSet {
-        name: "web".into(),
-        instances: 1,
-        system_assigned: true,
-    }
+/// Add scale set `web` (one instance, with a system-assigned identity) to the tutorial's
+/// resource group.
+pub fn add_web_scale_set(opts: &mut StackOptions) {
+    opts.world.subscriptions[0].resource_groups[0]
+        .virtual_machine_scale_sets
+        .push(uami_controller::emulator::world::ScaleSet {
+            name: "web".into(),
+            instances: 1,
+            system_assigned: true,
+        });
 }
 
 /// The chart rendered with default values (`deploy/manifests/uami-controller.yaml`).
