@@ -137,13 +137,15 @@ fn rendered_pieces_are_valid_objects_of_their_kind() {
         assert_eq!(&back, o, "fields lost in a typed round trip");
     }
     // kube-state-metrics may list and watch the kinds and the CRDs, nothing more.
-    let role = objects
-        .iter()
-        .find(|o| {
-            o["kind"] == "ClusterRole"
-                && o["metadata"]["name"] == "uami-controller-kube-state-metrics"
-        })
-        .unwrap();
+    let ksm = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| {
+                o["kind"] == kind && o["metadata"]["name"] == "uami-controller-kube-state-metrics"
+            })
+            .unwrap()
+    };
+    let role = ksm("ClusterRole");
     for rule in role["rules"].as_array().unwrap() {
         assert_eq!(
             rule["verbs"],
@@ -151,13 +153,7 @@ fn rendered_pieces_are_valid_objects_of_their_kind() {
             "{rule}"
         );
     }
-    let binding = objects
-        .iter()
-        .find(|o| {
-            o["kind"] == "ClusterRoleBinding"
-                && o["metadata"]["name"] == "uami-controller-kube-state-metrics"
-        })
-        .unwrap();
+    let binding = ksm("ClusterRoleBinding");
     assert_eq!(binding["subjects"][0]["name"], "kube-state-metrics");
     assert_eq!(binding["subjects"][0]["namespace"], "uami-system");
 

@@ -18,7 +18,6 @@ use serde_json::json;
 use support::*;
 use uami_controller::api::UserAssignedIdentity;
 use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::sandbox::{self, SandboxOptions};
 
 fn identity(ns: &str, i: usize) -> UserAssignedIdentity {
     serde_json::from_value(json!({
@@ -48,14 +47,7 @@ fn rv_of(o: &UserAssignedIdentity) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_watcher_sees_every_change_in_order_under_concurrent_writes() {
-    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.install(
-        uami_controller::api::crds()
-            .into_iter()
-            .map(|c| serde_json::to_value(c).unwrap())
-            .collect(),
-    )
-    .unwrap();
+    let sb = sandbox_with_api_crds().await;
     let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
     // A first batch exists before the watchers list, so their first lists span several pages
     // while the writers change those objects.

@@ -356,6 +356,17 @@ pub fn add_web_scale_set(opts: &mut StackOptions) {
         });
 }
 
+/// A sandbox serving the project's CRDs (as the code generates them).
+pub async fn sandbox_with_api_crds() -> uami_controller::sandbox::Sandbox {
+    let sb = uami_controller::sandbox::start(uami_controller::sandbox::SandboxOptions::default())
+        .await
+        .unwrap();
+    let crds = uami_controller::api::crds().into_iter();
+    sb.install(crds.map(|c| serde_json::to_value(c).unwrap()).collect())
+        .unwrap();
+    sb
+}
+
 /// The chart rendered with default values (`deploy/manifests/uami-controller.yaml`).
 pub fn chart_manifests() -> Vec<Value> {
     helm::docs(
