@@ -24,6 +24,16 @@ async fn sandbox() -> sandbox::Sandbox {
     sb
 }
 
+/// A sandbox with the CRDs, and the API of kind `K` in namespace `default`.
+async fn sandbox_api<K>() -> (sandbox::Sandbox, Api<K>)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    let sb = sandbox().await;
+    let api = Api::namespaced(sb.client(), "default");
+    (sb, api)
+}
+
 fn identity(name: &str) -> UserAssignedIdentity {
     serde_json::from_value(json!({
         "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
@@ -67,8 +77,7 @@ fn refused_with(err: kube::Error, code: u16, needle: &str) {
 
 #[tokio::test]
 async fn create_list_and_defaults() {
-    let sb = sandbox().await;
-    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let (_sb, api) = sandbox_api::<UserAssignedIdentity>().await;
     let created = api
         .create(&PostParams::default(), &identity("one"))
         .await
@@ -110,8 +119,7 @@ async fn create_list_and_defaults() {
 
 #[tokio::test]
 async fn invalid_objects_get_422_naming_the_field() {
-    let sb = sandbox().await;
-    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let (_sb, api) = sandbox_api::<UserAssignedIdentity>().await;
     let mut bad = identity("bad");
     bad.spec.subscription_id = Some("not-a-guid".into());
     let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
@@ -140,8 +148,7 @@ async fn invalid_objects_get_422_naming_the_field() {
 
 #[tokio::test]
 async fn stale_update_is_a_conflict() {
-    let sb = sandbox().await;
-    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let (_sb, api) = sandbox_api::<UserAssignedIdentity>().await;
     let first = api
         .create(&PostParams::default(), &identity("xyz"))
         .await
@@ -174,8 +181,7 @@ async fn stale_update_is_a_conflict() {
 
 #[tokio::test]
 async fn two_field_managers_keep_their_own_conditions() {
-    let sb = sandbox().await;
-    let api: Api<IdentityBinding> = Api::namespaced(sb.client(), "default");
+    let (_sb, api) = sandbox_api::<IdentityBinding>().await;
     let b: IdentityBinding = serde_json::from_value(json!({
         "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "metadata": {"name": "b"},
         "spec": {"identityRef": {"name": "i"}, "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}}
@@ -250,8 +256,7 @@ async fn two_field_managers_keep_their_own_conditions() {
 
 #[tokio::test]
 async fn a_finalizer_holds_deletion() {
-    let sb = sandbox().await;
-    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let (_sb, api) = sandbox_api::<UserAssignedIdentity>().await;
     let mut i = identity("held");
     i.metadata.finalizers = Some(vec!["uami.dev/identity".into()]);
     api.create(&PostParams::default(), &i).await.unwrap();
@@ -274,8 +279,7 @@ async fn a_finalizer_holds_deletion() {
 
 #[tokio::test]
 async fn watch_in_order_and_resume_after_disconnect() {
-    let sb = sandbox().await;
-    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let (sb, api) = sandbox_api::<UserAssignedIdentity>().await;
     let rv = api
         .list(&ListParams::default())
         .await
@@ -343,8 +347,7 @@ async fn watch_in_order_and_resume_after_disconnect() {
 
 #[tokio::test]
 async fn the_runtime_watcher_relists_after_410() {
-    let sb = sandbox().await;
-    let api: Api<UserAssignedIdentity> = Api::namespaced(sb.client(), "default");
+    let (sb, api) = sandbox_api::<UserAssignedIdentity>().await;
     api.create(&PostParams::default(), &identity("rel1"))
         .await
         .unwrap();
