@@ -52,6 +52,18 @@ async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack 
     Stack::start(opts).await.unwrap()
 }
 
+/// A stack without agents, changed by `configure`, with the GrantPolicy of `apps` and the
+/// objects of `parts` applied.
+async fn apps_with(configure: impl FnOnce(&mut StackOptions), parts: &[String]) -> Stack {
+    let stack = stack(60, |o| {
+        o.agents = false;
+        configure(o);
+    })
+    .await;
+    apply_all(&stack, &[&[policy("Reader")], parts].concat()).await;
+    stack
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_identities_on_one_vm_cost_at_most_two_patches() {
     let stack = stack(60, |o| o.agents = false).await;
@@ -95,11 +107,9 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_no_policy_allows_is_refused_without_an_arm_write() {
-    let stack = stack(60, |o| o.agents = false).await;
-    apply_all(
-        &stack,
+    let stack = apps_with(
+        |_| {},
         &[
-            policy("Reader"),
             identity("denied-id", ""),
             grant(
                 "owner-of-everything",
@@ -136,21 +146,16 @@ async fn what_no_policy_allows_is_refused_without_an_arm_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_failures_end_in_ready() {
-    let stack = stack(60, |o| {
-        o.agents = false;
-        o.world.faults = Faults {
-            principal_not_found_seconds: 15.0,
-            lro_fail_next: 1,
-            throttling: Some(Throttling { scale: 0.04 }),
-            server_error_next: 1,
-            ..Faults::default()
-        };
-    })
-    .await;
-    apply_all(
-        &stack,
+    let faults = Faults {
+        principal_not_found_seconds: 15.0,
+        lro_fail_next: 1,
+        throttling: Some(Throttling { scale: 0.04 }),
+        server_error_next: 1,
+        ..Faults::default()
+    };
+    let stack = apps_with(
+        |o| o.world.faults = faults,
         &[
-            policy("Reader"),
             identity("faulty", ""),
             binding("faulty", "faulty", "myVM"),
             grant(
@@ -252,11 +257,9 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_and_adopted_resources_survive_deletion() {
-    let stack = stack(60, |o| o.agents = false).await;
-    apply_all(
-        &stack,
+    let stack = apps_with(
+        |_| {},
         &[
-            policy("Reader"),
             identity("kept", ", deletionPolicy: Orphan"),
             identity("shared", ""),
         ],

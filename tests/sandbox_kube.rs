@@ -69,8 +69,8 @@ async fn first_event_after(
 }
 
 /// The API server refused with `code` and a message containing `needle`.
-fn refused_with(err: kube::Error, code: u16, needle: &str) {
-    let s = api_error(err);
+fn refused_with<T: std::fmt::Debug>(answer: Result<T, kube::Error>, code: u16, needle: &str) {
+    let s = api_error(answer.unwrap_err());
     assert_eq!(s.code, code, "{}", s.message);
     assert!(s.message.contains(needle), "{}", s.message);
 }
@@ -139,11 +139,8 @@ async fn invalid_objects_get_422_naming_the_field() {
         .unwrap();
     let mut moved = ok.clone();
     moved.spec.resource_group = "Elsewhere".into();
-    let err = api
-        .replace("okay", &PostParams::default(), &moved)
-        .await
-        .unwrap_err();
-    refused_with(err, 422, "spec.resourceGroup");
+    let answer = api.replace("okay", &PostParams::default(), &moved).await;
+    refused_with(answer, 422, "spec.resourceGroup");
 }
 
 #[tokio::test]
@@ -247,11 +244,10 @@ async fn two_field_managers_keep_their_own_conditions() {
     );
     // Without force, changing a field another manager owns is a conflict.
     let steal = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"token": {"clientId": "other"}}});
-    let err = api
+    let answer = api
         .patch_status("b", &PatchParams::apply("intruder"), &Patch::Apply(&steal))
-        .await
-        .unwrap_err();
-    refused_with(err, 409, "uami-agent");
+        .await;
+    refused_with(answer, 409, "uami-agent");
 }
 
 #[tokio::test]

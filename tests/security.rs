@@ -100,6 +100,14 @@ async fn stack_and_admin() -> (Stack, support::arm::Admin) {
     (stack, admin)
 }
 
+/// A stack with namespace `apps`, its GrantPolicy and the objects of `parts`, and ARM as its
+/// administrator.
+async fn apps_with(parts: &[String]) -> (Stack, support::arm::Admin) {
+    let (stack, admin) = stack_and_admin().await;
+    apply_all(&stack, &[&[namespace(NS), policy("")], parts].concat()).await;
+    (stack, admin)
+}
+
 /// Status fields written by someone other than the controller (a compromised agent, a user with
 /// status rights): server-side apply with another field manager, forced.
 async fn forge_status<K>(api: &Api<K>, name: &str, status: Value)

@@ -93,38 +93,16 @@ async fn the_agent_cannot_forge_controller_owned_status() {
     granted["reason"] = json!("Forged");
     let mut assigned = cond(&binding, "Assigned");
     assigned["status"] = json!("False");
-    for (kind, status, needle) in [
-        (
-            "RoleGrant",
-            json!({"roleAssignmentId": other}),
-            "status.roleAssignmentId is written by the controller only",
-        ),
-        (
-            "RoleGrant",
-            json!({"adopted": true}),
-            "status.adopted is written by the controller only",
-        ),
-        (
-            "RoleGrant",
-            json!({"conditions": [granted]}),
-            "the Granted, Ready conditions are written by the controller only",
-        ),
-        (
-            "IdentityBinding",
-            json!({"assigned": false}),
-            "status.assigned is written by the controller only",
-        ),
-        (
-            "IdentityBinding",
-            json!({"adopted": true}),
-            "status.adopted is written by the controller only",
-        ),
-        (
-            "IdentityBinding",
-            json!({"conditions": [assigned]}),
-            "the Assigned, Ready conditions are written by the controller only",
-        ),
-    ] {
+    #[rustfmt::skip]
+    let forged_fields = [
+        ("RoleGrant", json!({"roleAssignmentId": other}), "status.roleAssignmentId is written by the controller only"),
+        ("RoleGrant", json!({"adopted": true}), "status.adopted is written by the controller only"),
+        ("RoleGrant", json!({"conditions": [granted]}), "the Granted, Ready conditions are written by the controller only"),
+        ("IdentityBinding", json!({"assigned": false}), "status.assigned is written by the controller only"),
+        ("IdentityBinding", json!({"adopted": true}), "status.adopted is written by the controller only"),
+        ("IdentityBinding", json!({"conditions": [assigned]}), "the Assigned, Ready conditions are written by the controller only"),
+    ];
+    for (kind, status, needle) in forged_fields {
         let forged = match kind {
             "RoleGrant" => apply_status(&agent_grants, GRANT, kind, status).await,
             _ => apply_status(&agent_bindings, BINDING, kind, status).await,

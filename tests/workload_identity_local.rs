@@ -189,25 +189,35 @@ impl Azure {
         )
     }
 
-    async fn exchange(&self, client_id: &str, assertion: &str) -> (u16, Value) {
+    /// A client-credentials token request for ARM as `client_id`, with its credential fields.
+    async fn token(&self, client_id: &str, credential: &[(&str, &str)]) -> (u16, Value) {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("scope", "https://management.azure.com/.default"),
+        ];
+        form.extend_from_slice(credential);
         let r = self
             .http
             .post(self.token_url())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("scope", "https://management.azure.com/.default"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
-                ("client_assertion", assertion),
-            ])
+            .form(&form)
             .send()
             .await
             .unwrap();
         let s = r.status().as_u16();
-        (s, r.json().await.unwrap())
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn exchange(&self, client_id: &str, assertion: &str) -> (u16, Value) {
+        let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+        self.token(
+            client_id,
+            &[
+                ("client_assertion_type", assertion_type),
+                ("client_assertion", assertion),
+            ],
+        )
+        .await
     }
 }
 
@@ -512,19 +522,10 @@ async fn the_controller_signs_in_with_its_own_service_account_token() {
     let (s, v) = az.exchange(TUTORIAL_CONTROLLER_CLIENT_ID, &forged).await;
     assert_eq!((s, aadsts(&v)), (401, 700027), "{v}");
     // A client secret that is wrong is refused; ARM refuses a missing or foreign token.
-    let r = az
-        .http
-        .post(az.token_url())
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", TUTORIAL_CONTROLLER_CLIENT_ID),
-            ("scope", "https://management.azure.com/.default"),
-            ("client_secret", "wrong"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let (status, _) = az
+        .token(TUTORIAL_CONTROLLER_CLIENT_ID, &[("client_secret", "wrong")])
+        .await;
+    assert_eq!(status, 401);
     let rg = format!(
         "{}subscriptions/{SUB}/resourceGroups/DevTest?api-version=2024-03-01",
         az.emu.arm_endpoint()

@@ -15,17 +15,11 @@ async fn exists_after_deleting(api: &Api<RoleGrant>, name: &str, admin: &Admin, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_grant_status_steers_no_delete() {
-    let (stack, admin) = stack_and_admin().await;
-    apply_all(
-        &stack,
-        &[
-            namespace(NS),
-            policy(""),
-            identity("g-id", ""),
-            identity("g-id2", ""),
-            identity("bystander", ""),
-        ],
-    )
+    let (stack, admin) = apps_with(&[
+        identity("g-id", ""),
+        identity("g-id2", ""),
+        identity("bystander", ""),
+    ])
     .await;
     let (_, bystander) = ready_identity(&stack, NS, "bystander").await;
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
@@ -68,22 +62,16 @@ async fn forged_grant_status_steers_no_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
-    let (stack, admin) = stack_and_admin().await;
-    apply_all(
-        &stack,
-        &[
-            namespace(NS),
-            policy(""),
-            identity("dup", ""),
-            devtest_grant("by-name", "dup"),
-            grant(
-                "by-guid",
-                "dup",
-                READER_GUID,
-                "{resourceGroup: {name: devtest}}",
-            ),
-        ],
-    )
+    let (stack, admin) = apps_with(&[
+        identity("dup", ""),
+        devtest_grant("by-name", "dup"),
+        grant(
+            "by-guid",
+            "dup",
+            READER_GUID,
+            "{resourceGroup: {name: devtest}}",
+        ),
+    ])
     .await;
     let api = grants(&stack, NS);
     let a = assignment_id(&api, "by-name").await;

@@ -8,17 +8,11 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_stops_allowing_revokes_in_azure() {
-    let (stack, admin) = stack_and_admin().await;
-    apply_all(
-        &stack,
-        &[
-            namespace(NS),
-            policy(""),
-            identity("rev", ""),
-            devtest_grant("rev-g", "rev"),
-            binding_in(NS, "rev-b", "rev"),
-        ],
-    )
+    let (stack, admin) = apps_with(&[
+        identity("rev", ""),
+        devtest_grant("rev-g", "rev"),
+        binding_in(NS, "rev-b", "rev"),
+    ])
     .await;
     let (rev, _) = ready_identity(&stack, NS, "rev").await;
     let assignment = assignment_id(&grants(&stack, NS), "rev-g").await;

@@ -116,10 +116,14 @@ where
     api.delete(name, &DeleteParams::default()).await.unwrap();
 }
 
-/// Reset the emulator's counts and let `secs` seconds of steady state pass.
-pub async fn quiet_for(stack: &Stack, secs: u64) {
+/// Reset the emulator's counts and let `secs` seconds of steady state pass: no ARM write may
+/// happen; how many `read` requests did.
+pub async fn steady_state_reads(stack: &Stack, secs: u64, read: &str) -> u64 {
     stack.emulator.reset_counts();
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    let counts = stack.emulator.counts();
+    assert_eq!(counts.writes(), 0, "steady state wrote to ARM: {counts:?}");
+    counts.total(read)
 }
 
 /// Wait until the object no longer exists.
