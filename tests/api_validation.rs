@@ -29,23 +29,20 @@ fn schemas() -> BTreeMap<String, Value> {
     out
 }
 
-/// OpenAPI v3 `nullable` expressed in JSON Schema terms.
-fn to_json_schema(schema: &Value) -> Value {
+/// OpenAPI v3 `nullable` expressed in JSON Schema terms, in place: `nullable: true` next to
+/// `type: T` becomes `type: [T, "null"]`.
+fn nullable_as_json_schema(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in map {
-                out.insert(k.clone(), to_json_schema(v));
-            }
-            if out.remove("nullable") == Some(Value::Bool(true))
-                && let Some(Value::String(t)) = out.get("type").cloned()
+            if map.remove("nullable") == Some(Value::Bool(true))
+                && let Some(Value::String(t)) = map.get("type").cloned()
             {
-                out.insert("type".into(), json!([t, "null"]));
+                map.insert("type".into(), json!([t, "null"]));
             }
-            Value::Object(out)
+            map.values_mut().for_each(nullable_as_json_schema);
         }
-        Value::Array(items) => Value::Array(items.iter().map(to_json_schema).collect()),
-        other => other.clone(),
+        Value::Array(items) => items.iter_mut().for_each(nullable_as_json_schema),
+        _ => {}
     }
 }
 
@@ -54,10 +51,12 @@ fn to_json_schema(schema: &Value) -> Value {
 fn validate(schemas: &BTreeMap<String, Value>, object: &Value, old: Option<&Value>) -> Vec<String> {
     let kind = object["kind"].as_str().unwrap();
     let schema = &schemas[kind];
+    let mut json_schema = schema.clone();
+    nullable_as_json_schema(&mut json_schema);
     let validator = jsonschema::options()
         .with_draft(jsonschema::Draft::Draft4)
         .should_validate_formats(true)
-        .build(&to_json_schema(schema))
+        .build(&json_schema)
         .unwrap();
     let mut errors: Vec<String> = validator
         .iter_errors(object)
