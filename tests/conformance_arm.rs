@@ -53,7 +53,7 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
         errors.len(),
         errors.join("\n")
     );
-    for op in [
+    let missing: Vec<&str> = [
         "UserAssignedIdentities_CreateOrUpdate",
         "UserAssignedIdentities_Get",
         "UserAssignedIdentities_Delete",
@@ -65,12 +65,11 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
         "VirtualMachines_Update",
         "VirtualMachineScaleSets_Get",
         "VirtualMachineScaleSets_Update",
-    ] {
-        assert!(
-            journal.iter().any(|e| e.operation == op),
-            "the suite exercised {op}"
-        );
-    }
+    ]
+    .into_iter()
+    .filter(|op| !journal.iter().any(|e| e.operation == *op))
+    .collect();
+    assert!(missing.is_empty(), "the suite did not exercise {missing:?}");
     assert!(checked >= 15, "only {checked} exchanges checked");
     assert!(
         journal

@@ -68,6 +68,13 @@ async fn first_event_after(
         .unwrap()
 }
 
+/// Create identity `name` in `default`.
+async fn create(api: &Api<UserAssignedIdentity>, name: &str) -> UserAssignedIdentity {
+    api.create(&PostParams::default(), &identity(name))
+        .await
+        .unwrap()
+}
+
 /// The API server refused with `code` and a message containing `needle`.
 fn refused_with<T: std::fmt::Debug>(answer: Result<T, kube::Error>, code: u16, needle: &str) {
     let s = api_error(answer.unwrap_err());
@@ -78,10 +85,7 @@ fn refused_with<T: std::fmt::Debug>(answer: Result<T, kube::Error>, code: u16, n
 #[tokio::test]
 async fn create_list_and_defaults() {
     let (_sb, api) = sandbox_api::<UserAssignedIdentity>().await;
-    let created = api
-        .create(&PostParams::default(), &identity("one"))
-        .await
-        .unwrap();
+    let created = create(&api, "one").await;
     assert_eq!(created.metadata.generation, Some(1));
     assert!(created.metadata.uid.is_some());
     assert_eq!(
@@ -89,9 +93,7 @@ async fn create_list_and_defaults() {
         uami_controller::api::DeletionPolicy::Delete,
         "schema default applied"
     );
-    api.create(&PostParams::default(), &identity("two"))
-        .await
-        .unwrap();
+    create(&api, "two").await;
     let list = api.list(&ListParams::default()).await.unwrap();
     let names: Vec<_> = list
         .items
@@ -133,10 +135,7 @@ async fn invalid_objects_get_422_naming_the_field() {
         s.message
     );
     // An immutable field, checked by a CEL transition rule.
-    let ok = api
-        .create(&PostParams::default(), &identity("okay"))
-        .await
-        .unwrap();
+    let ok = create(&api, "okay").await;
     let mut moved = ok.clone();
     moved.spec.resource_group = "Elsewhere".into();
     let answer = api.replace("okay", &PostParams::default(), &moved).await;
@@ -146,10 +145,7 @@ async fn invalid_objects_get_422_naming_the_field() {
 #[tokio::test]
 async fn stale_update_is_a_conflict() {
     let (_sb, api) = sandbox_api::<UserAssignedIdentity>().await;
-    let first = api
-        .create(&PostParams::default(), &identity("xyz"))
-        .await
-        .unwrap();
+    let first = create(&api, "xyz").await;
     let mut a = first.clone();
     a.spec.tags.insert("k".into(), "1".into());
     let updated = api
@@ -288,9 +284,7 @@ async fn watch_in_order_and_resume_after_disconnect() {
         .await
         .unwrap()
         .boxed();
-    api.create(&PostParams::default(), &identity("wat1"))
-        .await
-        .unwrap();
+    create(&api, "wat1").await;
     api.patch(
         "wat1",
         &PatchParams::default(),
@@ -326,9 +320,7 @@ async fn watch_in_order_and_resume_after_disconnect() {
     assert_eq!(seen, vec!["ADDED", "MODIFIED", "DELETED"]);
     sb.disconnect_watches();
     // Resume from the last resourceVersion: only what happened after it arrives.
-    api.create(&PostParams::default(), &identity("wat2"))
-        .await
-        .unwrap();
+    create(&api, "wat2").await;
     match first_event_after(&api, &last_rv).await {
         WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("wat2")),
         other => panic!("{other:?}"),
@@ -344,9 +336,7 @@ async fn watch_in_order_and_resume_after_disconnect() {
 #[tokio::test]
 async fn the_runtime_watcher_relists_after_410() {
     let (sb, api) = sandbox_api::<UserAssignedIdentity>().await;
-    api.create(&PostParams::default(), &identity("rel1"))
-        .await
-        .unwrap();
+    create(&api, "rel1").await;
     let mut objects = watcher(api.clone(), watcher::Config::default())
         .applied_objects()
         .boxed();
@@ -359,9 +349,7 @@ async fn the_runtime_watcher_relists_after_410() {
     // Expire the history and cut the watch: the watcher must relist and still see new objects.
     sb.compact();
     sb.disconnect_watches();
-    api.create(&PostParams::default(), &identity("rel2"))
-        .await
-        .unwrap();
+    create(&api, "rel2").await;
     let mut names = Vec::new();
     let mut saw_410 = false;
     while !names.contains(&"rel2".to_string()) {

@@ -26,13 +26,12 @@ async fn kubectl_applies_gets_explains_and_deletes() {
         ],
     );
     let out = k.ok(&["apply", "-f", "examples/"]).await;
-    assert!(
-        out.contains("userassignedidentity.uami.dev/my-identity created"),
-        "{out}"
-    );
-    assert!(
-        out.contains("grantpolicy.uami.dev/tutorial-devtest-reader created"),
-        "{out}"
+    contains_all(
+        &out,
+        &[
+            "userassignedidentity.uami.dev/my-identity created",
+            "grantpolicy.uami.dev/tutorial-devtest-reader created",
+        ],
     );
     // Applying again changes nothing.
     let again = k.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
