@@ -75,6 +75,21 @@ async fn create(api: &Api<UserAssignedIdentity>, name: &str) -> UserAssignedIden
         .unwrap()
 }
 
+/// Server-side apply of binding `b`'s status by field manager `manager`, forced.
+async fn apply_status_as(
+    api: &Api<IdentityBinding>,
+    manager: &str,
+    patch: &serde_json::Value,
+) -> IdentityBinding {
+    api.patch_status(
+        "b",
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .unwrap()
+}
+
 /// The API server refused with `code` and a message containing `needle`.
 fn refused_with<T: std::fmt::Debug>(answer: Result<T, kube::Error>, code: u16, needle: &str) {
     let s = api_error(answer.unwrap_err());
@@ -146,24 +161,20 @@ async fn invalid_objects_get_422_naming_the_field() {
 async fn stale_update_is_a_conflict() {
     let (_sb, api) = sandbox_api::<UserAssignedIdentity>().await;
     let first = create(&api, "xyz").await;
-    let mut a = first.clone();
-    a.spec.tags.insert("k".into(), "1".into());
-    let updated = api
-        .replace("xyz", &PostParams::default(), &a)
-        .await
-        .unwrap();
+    // Two writers, both starting from `first`.
+    let retagged = |value: &str| {
+        let mut o = first.clone();
+        o.spec.tags.insert("k".into(), value.into());
+        o
+    };
+    let pp = PostParams::default();
+    let updated = api.replace("xyz", &pp, &retagged("1")).await.unwrap();
     assert_eq!(
         updated.metadata.generation,
         Some(2),
         "spec change bumps generation"
     );
-    let mut b = first.clone();
-    b.spec.tags.insert("k".into(), "2".into());
-    let err = api
-        .replace("xyz", &PostParams::default(), &b)
-        .await
-        .unwrap_err();
-    let s = api_error(err);
+    let s = api_error(api.replace("xyz", &pp, &retagged("2")).await.unwrap_err());
     assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
     assert!(
         s.message.contains("the object has been modified"),
@@ -182,30 +193,11 @@ async fn two_field_managers_keep_their_own_conditions() {
     api.create(&PostParams::default(), &b).await.unwrap();
     let cond = |t: &str, s: &str| json!({"type": t, "status": s, "reason": "R", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"});
     let controller = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"conditions": [cond("Ready", "False"), cond("Assigned", "True")], "assigned": true}});
-    api.patch_status(
-        "b",
-        &PatchParams::apply("uami-controller").force(),
-        &Patch::Apply(&controller),
-    )
-    .await
-    .unwrap();
+    apply_status_as(&api, "uami-controller", &controller).await;
     let agent = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"conditions": [cond("TokenAcquired", "True")], "token": {"clientId": "c"}}});
-    api.patch_status(
-        "b",
-        &PatchParams::apply("uami-agent").force(),
-        &Patch::Apply(&agent),
-    )
-    .await
-    .unwrap();
+    apply_status_as(&api, "uami-agent", &agent).await;
     let controller2 = json!({"apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding", "status": {"conditions": [cond("Ready", "True"), cond("Assigned", "True")], "assigned": true}});
-    let after = api
-        .patch_status(
-            "b",
-            &PatchParams::apply("uami-controller").force(),
-            &Patch::Apply(&controller2),
-        )
-        .await
-        .unwrap();
+    let after = apply_status_as(&api, "uami-controller", &controller2).await;
     let status = after.status.unwrap();
     let types: Vec<_> = status
         .conditions

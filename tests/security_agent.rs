@@ -52,13 +52,7 @@ fn refused(r: Result<(), kube::Error>, code: u16, needle: &str) {
 
 /// The condition `type_` of an object as JSON (`null` when it has none).
 fn cond(v: &Value, type_: &str) -> Value {
-    v["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == type_)
-        .cloned()
-        .unwrap_or(Value::Null)
+    find_by(&v["status"]["conditions"], "type", type_)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

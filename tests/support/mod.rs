@@ -237,15 +237,19 @@ pub async fn wait_leader(stack: &Stack, ns: &str, who: &str, secs: u64) {
     .await;
 }
 
-/// The computes of the emulator's state dump, by name.
-pub fn compute(state: &Value, name: &str) -> Value {
-    state["computes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
+/// The element of JSON array `list` whose `key` is `value` (`null` when there is none).
+pub fn find_by(list: &Value, key: &str, value: &str) -> Value {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|item| item[key] == value)
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+/// The computes of the emulator's state dump, by name.
+pub fn compute(state: &Value, name: &str) -> Value {
+    find_by(&state["computes"], "name", name)
 }
 
 /// The number of user-assigned identities a compute holds.
