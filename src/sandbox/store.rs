@@ -49,7 +49,21 @@ pub struct Store {
     pub window: usize,
     /// Live feed.
     pub tx: broadcast::Sender<Arc<Event>>,
+    /// The collections that paged lists still read from, newest last: the pages after the first
+    /// are served from the collection as it was at the first page's resourceVersion, as the API
+    /// server serves them from its storage's snapshot at that revision.
+    snapshots: VecDeque<Snapshot>,
 }
+
+/// A collection as it was when a paged list read its first page.
+struct Snapshot {
+    rv: u64,
+    resource: (String, String),
+    objects: Arc<Objects>,
+}
+
+/// Paged lists in progress whose snapshot is kept; an older one answers 410 Expired.
+const SNAPSHOTS_KEPT: usize = 64;
 
 impl Store {
     /// A store with the built-in resources and the default namespaces.
@@ -63,6 +77,7 @@ impl Store {
             oldest: 1,
             window: window.max(1),
             tx,
+            snapshots: VecDeque::new(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let rv = s.next_rv();
@@ -170,8 +185,40 @@ impl Store {
         let _ = self.tx.send(ev);
     }
 
+    /// The collection of `def` as it is now, kept for the later pages of a list at `rv`.
+    pub fn snapshot(&mut self, def: &ResourceDef, rv: u64) -> Arc<Objects> {
+        let resource = def.key();
+        if let Some(s) = self
+            .snapshots
+            .iter()
+            .find(|s| s.rv == rv && s.resource == resource)
+        {
+            return s.objects.clone();
+        }
+        let objects = Arc::new(self.objects.get(&resource).cloned().unwrap_or_default());
+        self.snapshots.push_back(Snapshot {
+            rv,
+            resource,
+            objects: objects.clone(),
+        });
+        while self.snapshots.len() > SNAPSHOTS_KEPT {
+            self.snapshots.pop_front();
+        }
+        objects
+    }
+
+    /// The collection of `def` as it was at `rv`, if a list at `rv` kept it.
+    pub fn snapshot_at(&self, def: &ResourceDef, rv: u64) -> Option<Arc<Objects>> {
+        let resource = def.key();
+        self.snapshots
+            .iter()
+            .find(|s| s.rv == rv && s.resource == resource)
+            .map(|s| s.objects.clone())
+    }
+
     /// Forget the whole history: every older resourceVersion now answers 410 Gone.
     pub fn compact(&mut self) {
+        self.snapshots.clear();
         self.log.clear();
         self.rv += 1;
         self.oldest = self.rv;

@@ -27,7 +27,7 @@ pub(super) fn get(req: &Request) -> Result<Response, ApiError> {
 /// `GET` of a collection, one page at a time.
 pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
     let (t, q) = (req.target, req.query);
-    let store = req.shared.store.lock();
+    let mut store = req.shared.store.lock();
     let limit: usize = q
         .get("limit")
         .and_then(|l| l.parse().ok())
@@ -44,11 +44,7 @@ pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
                 return Err(ApiError::bad_request("continue key is not valid"));
             };
             if rv.parse::<u64>().unwrap_or(0) < store.oldest {
-                return Err(ApiError::new(
-                    410,
-                    "Expired",
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                ));
+                return Err(expired());
             }
             let (n, name) = key.split_once('/').unwrap_or(("", key));
             Some((
@@ -58,15 +54,32 @@ pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
             ))
         }
     };
-    // Every page of one list reports the resourceVersion of its first page, as kube-apiserver
-    // does. The pages are not a snapshot (there is no MVCC here), but a watch started from that
-    // resourceVersion replays every change made while the pages were read, so nothing is lost.
+    // Every page of one list reports the resourceVersion of its first page and shows the
+    // collection as it was then, as kube-apiserver serves later pages from its storage's snapshot
+    // at that revision: a watch started from that resourceVersion then replays exactly the
+    // changes made since, each newer than anything the list showed.
     let list_rv = after.as_ref().map_or(store.rv, |(_, _, rv)| *rv);
+    let paged = store
+        .objects
+        .get(&t.def.key())
+        .is_some_and(|o| o.len() > limit);
+    let snapshot = match &after {
+        None if !paged => None,
+        None => Some(store.snapshot(&t.def, list_rv)),
+        Some(_) => match store.snapshot_at(&t.def, list_rv) {
+            Some(objs) => Some(objs),
+            None => return Err(expired()),
+        },
+    };
+    let objs = match &snapshot {
+        Some(s) => Some(s.as_ref()),
+        None => store.objects.get(&t.def.key()),
+    };
     let after = after.map(|(n, name, _)| (n, name));
     let ns = t.namespace.clone();
     let mut items: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
-    if let Some(objs) = store.objects.get(&t.def.key()) {
+    if let Some(objs) = objs {
         let iter = objs
             .iter()
             .filter(|((n, _), _)| ns.as_ref().is_none_or(|x| x == n))
@@ -117,6 +130,15 @@ pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
         StatusCode::OK,
         &json!({"apiVersion": t.def.api_version(), "kind": format!("{}List", t.def.kind), "metadata": meta, "items": items}),
     ))
+}
+
+/// A continue token whose snapshot is gone.
+fn expired() -> ApiError {
+    ApiError::new(
+        410,
+        "Expired",
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+    )
 }
 
 /// The values of a set requirement: `(a, b)`.

@@ -92,3 +92,89 @@ async fn strict_validation_dry_run_and_warnings_apply_to_their_own_request() {
     assert!(resp.headers().get("warning").is_none());
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn later_pages_of_a_list_show_the_collection_as_of_the_first_page() {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.install(vec![crd()]).unwrap();
+    let http = reqwest::Client::new();
+    let collection = format!("{}apis/example.dev/v1/namespaces/default/widgets", sb.url());
+    let token = sb.token("alice");
+    for name in ["a", "b", "c", "d"] {
+        let resp = http
+            .post(&collection)
+            .bearer_auth(&token)
+            .json(&json!({"apiVersion": "example.dev/v1", "kind": "Widget",
+                          "metadata": {"name": name, "namespace": "default"}, "spec": {"size": 1}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let get = |query: String| {
+        http.get(format!("{collection}{query}"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let first: Value = get("?limit=2".into()).await.unwrap().json().await.unwrap();
+    let list_rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token_next = first["metadata"]["continue"].as_str().unwrap().to_string();
+
+    // Between the pages: "d" changes and "c" goes.
+    let patch = http
+        .patch(format!("{collection}/d"))
+        .bearer_auth(&token)
+        .header("Content-Type", "application/merge-patch+json")
+        .body(r#"{"spec":{"size":2}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), StatusCode::OK);
+    let del = http
+        .delete(format!("{collection}/c"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::OK);
+
+    let second: Value = get(format!("?limit=2&continue={token_next}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["metadata"]["resourceVersion"], list_rv.as_str());
+    let items = second["items"].as_array().unwrap();
+    let names: Vec<&str> = items
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["c", "d"],
+        "the second page is read at the first page's resourceVersion"
+    );
+    let rvs: Vec<u64> = items
+        .iter()
+        .filter_map(|i| i["metadata"]["resourceVersion"].as_str()?.parse().ok())
+        .collect();
+    assert!(
+        rvs.iter().all(|rv| *rv <= list_rv.parse::<u64>().unwrap()),
+        "{rvs:?} after {list_rv}"
+    );
+    assert_eq!(items[1]["spec"]["size"], 1);
+
+    // A new list sees the changes.
+    let fresh: Value = get(String::new()).await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = fresh["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "d"]);
+}
