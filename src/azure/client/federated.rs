@@ -3,19 +3,25 @@
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{Value, json};
+use url::Url;
 
 use super::ArmClient;
+use super::transport::{CREATED, Request};
 use crate::azure::federated::{FederatedCredential, FederatedCredentialApi, IdentityCoordinates};
 use crate::azure::{ArmError, api_versions};
 
-fn path(identity: &IdentityCoordinates, name: Option<&str>) -> String {
-    let base = format!(
-        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}/federatedIdentityCredentials",
-        identity.subscription, identity.resource_group, identity.name
-    );
-    match name {
-        Some(n) => format!("{base}/{n}"),
-        None => base,
+impl ArmClient {
+    /// The identity's federated credentials, or the one named `name`.
+    fn federated_url(&self, identity: &IdentityCoordinates, name: Option<&str>) -> Url {
+        let base = format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}/federatedIdentityCredentials",
+            identity.subscription, identity.resource_group, identity.name
+        );
+        let path = match name {
+            Some(n) => format!("{base}/{n}"),
+            None => base,
+        };
+        self.url(&path, api_versions::MANAGED_IDENTITY, &[])
     }
 }
 
@@ -44,27 +50,18 @@ impl FederatedCredentialApi for ArmClient {
         identity: &IdentityCoordinates,
         name: &str,
     ) -> Result<Option<FederatedCredential>, ArmError> {
-        const OP: &str = "FederatedIdentityCredentials_Get";
-        let url = self.url(
-            &path(identity, Some(name)),
-            api_versions::MANAGED_IDENTITY,
-            &[],
-        );
-        let r = self.send(OP, Method::GET, url, None, None).await?;
-        match r.status {
-            200 => Ok(Some(parse(&Self::json(OP, &r)?))),
-            404 => Ok(None),
-            _ => Err(Self::fail(OP, &r)),
-        }
+        let url = self.federated_url(identity, Some(name));
+        self.read("FederatedIdentityCredentials_Get", url, parse)
+            .await
     }
 
     async fn list_federated_credentials(
         &self,
         identity: &IdentityCoordinates,
     ) -> Result<Vec<FederatedCredential>, ArmError> {
-        const OP: &str = "FederatedIdentityCredentials_List";
-        let url = self.url(&path(identity, None), api_versions::MANAGED_IDENTITY, &[]);
-        Ok(self.list_all(OP, url).await?.iter().map(parse).collect())
+        let url = self.federated_url(identity, None);
+        self.list_all("FederatedIdentityCredentials_List", url, parse)
+            .await
     }
 
     async fn put_federated_credential(
@@ -73,21 +70,14 @@ impl FederatedCredentialApi for ArmClient {
         credential: &FederatedCredential,
     ) -> Result<FederatedCredential, ArmError> {
         const OP: &str = "FederatedIdentityCredentials_CreateOrUpdate";
-        let url = self.url(
-            &path(identity, Some(&credential.name)),
-            api_versions::MANAGED_IDENTITY,
-            &[],
-        );
+        let url = self.federated_url(identity, Some(&credential.name));
         let body = json!({"properties": {
             "issuer": credential.issuer,
             "subject": credential.subject,
             "audiences": credential.audiences,
         }});
-        let r = self.send(OP, Method::PUT, url, Some(&body), None).await?;
-        match r.status {
-            200 | 201 => Ok(parse(&Self::json(OP, &r)?)),
-            _ => Err(Self::fail(OP, &r)),
-        }
+        let req = Request::new(OP, Method::PUT, url).json(&body);
+        self.write(req, CREATED, parse).await
     }
 
     async fn delete_federated_credential(
@@ -95,16 +85,8 @@ impl FederatedCredentialApi for ArmClient {
         identity: &IdentityCoordinates,
         name: &str,
     ) -> Result<(), ArmError> {
-        const OP: &str = "FederatedIdentityCredentials_Delete";
-        let url = self.url(
-            &path(identity, Some(name)),
-            api_versions::MANAGED_IDENTITY,
-            &[],
-        );
-        let r = self.send(OP, Method::DELETE, url, None, None).await?;
-        match r.status {
-            200 | 204 | 404 => Ok(()),
-            _ => Err(Self::fail(OP, &r)),
-        }
+        let url = self.federated_url(identity, Some(name));
+        self.delete("FederatedIdentityCredentials_Delete", url)
+            .await
     }
 }

@@ -1,0 +1,101 @@
+//! [`IdentityApi`] over ARM (`Microsoft.ManagedIdentity/userAssignedIdentities`).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use reqwest::header::IF_NONE_MATCH;
+use serde_json::{Value, json};
+use url::Url;
+
+use super::ArmClient;
+use super::transport::{CREATED, OK, Request};
+use crate::azure::identity::Identity;
+use crate::azure::{ArmError, IdentityApi, api_versions};
+
+fn parse_identity(v: &Value) -> Identity {
+    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
+    Identity {
+        id: s(&v["id"]),
+        name: s(&v["name"]),
+        location: s(&v["location"]),
+        tags: v["tags"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        client_id: s(&v["properties"]["clientId"]),
+        principal_id: s(&v["properties"]["principalId"]),
+        tenant_id: s(&v["properties"]["tenantId"]),
+    }
+}
+
+impl ArmClient {
+    fn identity_url(&self, subscription: &str, rg: &str, name: &str) -> Url {
+        self.url(
+            &format!(
+                "/subscriptions/{subscription}/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+            ),
+            api_versions::MANAGED_IDENTITY,
+            &[],
+        )
+    }
+}
+
+#[async_trait]
+impl IdentityApi for ArmClient {
+    async fn get_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<Option<Identity>, ArmError> {
+        let url = self.identity_url(subscription, resource_group, name);
+        self.read("UserAssignedIdentities_Get", url, parse_identity)
+            .await
+    }
+
+    async fn create_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Identity, ArmError> {
+        const OP: &str = "UserAssignedIdentities_CreateOrUpdate";
+        let url = self.identity_url(subscription, resource_group, name);
+        let body = json!({"location": location, "tags": tags});
+        let req = Request::new(OP, Method::PUT, url)
+            .json(&body)
+            .precondition(IF_NONE_MATCH, Some("*"));
+        self.write(req, CREATED, parse_identity).await
+    }
+
+    async fn update_identity_tags(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Identity, ArmError> {
+        const OP: &str = "UserAssignedIdentities_Update";
+        let url = self.identity_url(subscription, resource_group, name);
+        let body = json!({"tags": tags});
+        let req = Request::new(OP, Method::PATCH, url).json(&body);
+        self.write(req, OK, parse_identity).await
+    }
+
+    async fn delete_identity(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<(), ArmError> {
+        let url = self.identity_url(subscription, resource_group, name);
+        self.delete("UserAssignedIdentities_Delete", url).await
+    }
+}
