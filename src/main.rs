@@ -35,7 +35,7 @@ enum Command {
     /// controller and the VM's agent in one process.
     Demo {
         /// Give up (exit 1) when not everything is Ready after this long.
-        #[arg(long, default_value = "120s", value_parser = uami_controller::controller::config::parse_duration)]
+        #[arg(long, default_value = "120s", value_parser = uami_controller::cli::parse_duration)]
         timeout: std::time::Duration,
         /// Leave everything running and write a kubeconfig for kubectl.
         #[arg(long)]
@@ -202,8 +202,8 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Clien
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     use uami_controller::auth::{CredentialConfig, IdentitySelector};
     use uami_controller::controller::{app, leader::LeaseConfig, target_writer::WriterConfig};
-    logging::init(args.log_format, "info");
-    let client = kube_client(args.kubeconfig.as_ref()).await?;
+    logging::init(args.shared.log_format, "info");
+    let client = kube_client(args.shared.kubeconfig.as_ref()).await?;
     let need = |v: &Option<String>, what: &str| {
         v.clone()
             .with_context(|| format!("{what} is required for --credential {:?}", args.credential))
@@ -226,7 +226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             token_file: args.federated_token_file.clone().context("--federated-token-file (AZURE_FEDERATED_TOKEN_FILE) is required for workload identity")?,
         },
         CredentialMode::ManagedIdentity => CredentialConfig::ManagedIdentity {
-            imds_endpoint: args.imds_endpoint.clone(),
+            imds_endpoint: args.shared.imds_endpoint.clone(),
             selector: match &args.client_id {
                 Some(id) => IdentitySelector::ClientId(id.clone()),
                 None => IdentitySelector::System,
@@ -238,7 +238,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("uami-controller-{}", uuid::Uuid::new_v4()));
     let opts = app::ControllerOptions {
-        arm_endpoint: args.arm_endpoint.clone(),
+        arm_endpoint: args.shared.arm_endpoint.clone(),
         arm_scope: format!("{}/.default", args.arm_audience.trim_end_matches('/')),
         credential,
         cluster_name: args.cluster_name.clone(),
@@ -276,8 +276,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     use uami_controller::agent::{self, AgentSettings};
-    logging::init(args.log_format, "info");
-    let client = kube_client(args.kubeconfig.as_ref()).await?;
+    logging::init(args.shared.log_format, "info");
+    let client = kube_client(args.shared.kubeconfig.as_ref()).await?;
     let stop = shutdown_token();
     let settings = AgentSettings {
         interval: args.interval,
@@ -286,8 +286,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     let (agent, handle) = agent::start(
         client,
-        args.imds_endpoint.clone(),
-        args.arm_endpoint.clone(),
+        args.shared.imds_endpoint.clone(),
+        args.shared.arm_endpoint.clone(),
         settings,
         Default::default(),
         stop.clone(),

@@ -6,7 +6,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::{AccessToken, AuthError};
+use super::{AccessToken, AuthError, JWT_BEARER, request_token, token_endpoint};
 
 /// The scope of a client-credentials request for `resource` (`https://management.azure.com/`
 /// gives `https://management.azure.com/.default`).
@@ -23,65 +23,14 @@ pub async fn exchange_assertion(
     assertion: &SecretString,
     scope: &str,
 ) -> Result<AccessToken, AuthError> {
-    #[derive(serde::Deserialize)]
-    struct Token {
-        access_token: String,
-        #[serde(default)]
-        expires_in: Option<serde_json::Value>,
-    }
-    #[derive(serde::Deserialize, Default)]
-    struct Refusal {
-        #[serde(default)]
-        error: String,
-        #[serde(default)]
-        error_codes: Vec<u32>,
-    }
-    let endpoint = format!(
-        "{}/{tenant_id}/oauth2/v2.0/token",
-        authority_host.as_str().trim_end_matches('/')
-    );
     let form = [
         ("grant_type", "client_credentials"),
         ("client_id", client_id),
         ("scope", scope),
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
+        ("client_assertion_type", JWT_BEARER),
         ("client_assertion", assertion.expose_secret()),
     ];
-    let resp = http
-        .post(&endpoint)
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| AuthError::Transport(e.without_url().to_string()))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| AuthError::Transport(e.without_url().to_string()))?;
-    if status != 200 {
-        let r: Refusal = serde_json::from_slice(&body).unwrap_or_default();
-        return Err(AuthError::Aad {
-            status,
-            error: r.error,
-            aadsts: r.error_codes.first().copied(),
-        });
-    }
-    let t: Token = serde_json::from_slice(&body)
-        .map_err(|_| AuthError::InvalidResponse("not a token response".into()))?;
-    let expires_in = t
-        .expires_in
-        .and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .unwrap_or(3600);
-    Ok(AccessToken {
-        token: SecretString::from(t.access_token),
-        expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in),
-    })
+    request_token(http, &token_endpoint(authority_host, tenant_id), &form).await
 }
 
 #[cfg(test)]

@@ -3,15 +3,15 @@
 //! other 4xx never) and IMDS's limits kept on this side (20 requests per second and 5 at once per
 //! VM).
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use backon::Retryable;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 use url::Url;
-
-use crate::azure::throttle::{Rate, TokenBucket};
 
 /// Which identity of the VM a token is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +141,23 @@ impl ImdsRetryPolicy {
         let factor = (1u64 << attempt.min(20)).saturating_sub(1) as u32;
         self.delta.saturating_mul(factor).min(self.max_delay)
     }
+
+    /// The waits before retries 1, 2, 3, ...: a backoff for `backon`, which stops it after
+    /// `max_retries` (or, for 410, after `gone_for`).
+    fn backoff(&self) -> impl backon::Backoff + use<> {
+        let policy = self.clone();
+        (1..=u32::MAX).map(move |attempt| policy.delay(attempt))
+    }
 }
+
+/// IMDS's limit of requests per second per VM, with a burst of as many.
+const IMDS_REQUESTS_PER_SECOND: NonZeroU32 = match NonZeroU32::new(20) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
+/// IMDS's limit of requests at once per VM.
+const IMDS_CONCURRENCY: usize = 5;
 
 /// IMDS of one VM.
 #[derive(Clone)]
@@ -150,7 +166,7 @@ pub struct ImdsClient {
     endpoint: Url,
     policy: ImdsRetryPolicy,
     concurrency: Arc<Semaphore>,
-    rate: Arc<Mutex<TokenBucket>>,
+    rate: Arc<DefaultDirectRateLimiter>,
 }
 
 impl ImdsClient {
@@ -160,92 +176,89 @@ impl ImdsClient {
             http,
             endpoint,
             policy,
-            concurrency: Arc::new(Semaphore::new(5)),
-            rate: Arc::new(Mutex::new(TokenBucket::new(
-                Rate {
-                    per_second: 20.0,
-                    burst: 20,
-                },
-                Instant::now(),
+            concurrency: Arc::new(Semaphore::new(IMDS_CONCURRENCY)),
+            rate: Arc::new(RateLimiter::direct(Quota::per_second(
+                IMDS_REQUESTS_PER_SECOND,
             ))),
         }
     }
 
-    async fn pace(&self) {
-        loop {
-            let wait = match self.rate.lock().try_take(Instant::now()) {
-                Ok(()) => return,
-                Err(w) => w,
-            };
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
-        }
-    }
-
+    /// `GET path?query` with IMDS's retry policy: the body of a 200.
     async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<bytes::Bytes, ImdsError> {
         let mut url = self.endpoint.clone();
         url.set_path(path);
         let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let result = {
-                let _permit = self
-                    .concurrency
-                    .acquire()
-                    .await
-                    .map_err(|_| ImdsError::Transport("closed".into()))?;
-                self.pace().await;
-                self.http
-                    .get(url.clone())
-                    .query(query)
-                    .header("Metadata", "true")
-                    .timeout(self.policy.timeout)
-                    .send()
-                    .await
-            };
-            let (retry, err) = match result {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| ImdsError::Transport(e.to_string()))?;
-                    if status == 200 {
-                        return Ok(body);
-                    }
-                    #[derive(serde::Deserialize, Default)]
-                    struct Body {
-                        #[serde(default)]
-                        error: String,
-                        #[serde(default)]
-                        error_description: String,
-                    }
-                    let b: Body = serde_json::from_slice(&body).unwrap_or_default();
-                    let retry = matches!(status, 404 | 410 | 429) || status >= 500;
-                    (
-                        retry,
-                        ImdsError::Status {
-                            status,
-                            error: b.error,
-                            description: b.error_description,
-                        },
-                    )
+        let mut retries = 0u32;
+        (|| self.get_once(&url, query))
+            .retry(self.policy.backoff())
+            .when(|e: &(bool, ImdsError)| e.0)
+            .adjust(|(_, err), wait| {
+                let gone = matches!(err, ImdsError::Status { status: 410, .. });
+                let keep_going = retries < self.policy.max_retries
+                    || (gone && started.elapsed() < self.policy.gone_for);
+                if !keep_going {
+                    return None;
                 }
-                Err(e) => (true, ImdsError::Transport(e.to_string())),
-            };
-            let gone = matches!(err, ImdsError::Status { status: 410, .. });
-            let keep_going = attempt < self.policy.max_retries
-                || (gone && started.elapsed() < self.policy.gone_for);
-            if !retry || !keep_going {
-                return Err(err);
-            }
-            attempt += 1;
-            let mut wait = self.policy.delay(attempt);
-            if matches!(err, ImdsError::Status { status, .. } if status >= 500) {
-                wait = wait.max(Duration::from_secs(1).min(self.policy.max_delay));
-            }
-            tracing::debug!(attempt, ?wait, error = %err, "retrying IMDS");
-            tokio::time::sleep(wait).await;
+                retries += 1;
+                let mut wait = wait?;
+                if matches!(err, ImdsError::Status { status, .. } if *status >= 500) {
+                    wait = wait.max(Duration::from_secs(1).min(self.policy.max_delay));
+                }
+                Some(wait)
+            })
+            .notify(|(_, err), wait| tracing::debug!(?wait, error = %err, "retrying IMDS"))
+            .await
+            .map_err(|(_, err)| err)
+    }
+
+    /// One request within IMDS's limits: the body of a 200, or the error and whether the
+    /// policy retries it.
+    async fn get_once(
+        &self,
+        url: &Url,
+        query: &[(&str, &str)],
+    ) -> Result<bytes::Bytes, (bool, ImdsError)> {
+        let result = {
+            let _permit = self
+                .concurrency
+                .acquire()
+                .await
+                .map_err(|_| (false, ImdsError::Transport("closed".into())))?;
+            self.rate.until_ready().await;
+            self.http
+                .get(url.clone())
+                .query(query)
+                .header("Metadata", "true")
+                .timeout(self.policy.timeout)
+                .send()
+                .await
+        };
+        let resp = result.map_err(|e| (true, ImdsError::Transport(e.to_string())))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| (false, ImdsError::Transport(e.to_string())))?;
+        if status == 200 {
+            return Ok(body);
         }
+        #[derive(serde::Deserialize, Default)]
+        struct Body {
+            #[serde(default)]
+            error: String,
+            #[serde(default)]
+            error_description: String,
+        }
+        let b: Body = serde_json::from_slice(&body).unwrap_or_default();
+        let retry = matches!(status, 404 | 410 | 429) || status >= 500;
+        Err((
+            retry,
+            ImdsError::Status {
+                status,
+                error: b.error,
+                description: b.error_description,
+            },
+        ))
     }
 
     /// A token for `resource` and the selected identity.

@@ -180,29 +180,37 @@ pub fn build_credential(
     http: reqwest::Client,
     refresh_margin: Duration,
 ) -> Arc<dyn TokenCredential> {
+    let aad = |authority_host: &Url, tenant_id: &str, client_id, proof| {
+        Arc::new(AadCredential {
+            http: http.clone(),
+            endpoint: token_endpoint(authority_host, tenant_id),
+            client_id,
+            proof,
+        })
+    };
     let inner: Arc<dyn TokenCredential> = match config {
         CredentialConfig::ClientSecret {
             authority_host,
             tenant_id,
             client_id,
             client_secret,
-        } => Arc::new(AadCredential {
-            http,
-            endpoint: token_endpoint(&authority_host, &tenant_id),
+        } => aad(
+            &authority_host,
+            &tenant_id,
             client_id,
-            proof: Proof::Secret(client_secret),
-        }),
+            Proof::Secret(client_secret),
+        ),
         CredentialConfig::WorkloadIdentity {
             authority_host,
             tenant_id,
             client_id,
             token_file,
-        } => Arc::new(AadCredential {
-            http,
-            endpoint: token_endpoint(&authority_host, &tenant_id),
+        } => aad(
+            &authority_host,
+            &tenant_id,
             client_id,
-            proof: Proof::AssertionFile(token_file),
-        }),
+            Proof::AssertionFile(token_file),
+        ),
         CredentialConfig::ManagedIdentity {
             imds_endpoint,
             selector,
@@ -214,6 +222,7 @@ pub fn build_credential(
     Arc::new(CachingCredential::new(inner, refresh_margin))
 }
 
+/// Entra ID's v2 token endpoint of `tenant_id`.
 fn token_endpoint(authority_host: &Url, tenant_id: &str) -> String {
     format!(
         "{}/{tenant_id}/oauth2/v2.0/token",
@@ -234,96 +243,98 @@ struct AadCredential {
     proof: Proof,
 }
 
-#[derive(serde::Deserialize)]
-struct AadToken {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct AadError {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_codes: Vec<u32>,
-    #[serde(default)]
-    error_description: String,
-}
-
 #[async_trait]
 impl TokenCredential for AadCredential {
     async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
-        let mut form: Vec<(&str, String)> = vec![
-            ("grant_type", "client_credentials".into()),
-            ("client_id", self.client_id.clone()),
-            ("scope", scope.to_string()),
+        let assertion;
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("scope", scope),
         ];
         match &self.proof {
-            Proof::Secret(s) => form.push(("client_secret", s.expose_secret().to_string())),
+            Proof::Secret(s) => form.push(("client_secret", s.expose_secret())),
             Proof::AssertionFile(path) => {
-                let assertion =
-                    tokio::fs::read_to_string(path)
-                        .await
-                        .map_err(|e| AuthError::TokenFile {
-                            path: path.clone(),
-                            reason: e.kind().to_string(),
-                        })?;
-                form.push((
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
-                ));
-                form.push(("client_assertion", assertion.trim().to_string()));
+                // Re-read on every exchange: kubelet rotates the projected token.
+                assertion = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| AuthError::TokenFile {
+                        path: path.clone(),
+                        reason: e.kind().to_string(),
+                    })?;
+                form.push(("client_assertion_type", JWT_BEARER));
+                form.push(("client_assertion", assertion.trim()));
             }
         }
-        let resp = self
-            .http
-            .post(&self.endpoint)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| AuthError::Transport(without_url(&e)))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| AuthError::Transport(without_url(&e)))?;
-        if status != 200 {
-            let err: AadError = serde_json::from_slice(&body).unwrap_or_default();
-            let aadsts = err.error_codes.first().copied().or_else(|| {
-                let d = &err.error_description;
-                let i = d.find("AADSTS")? + 6;
-                d[i..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse()
-                    .ok()
-            });
-            return Err(AuthError::Aad {
-                status,
-                error: err.error,
-                aadsts,
-            });
-        }
-        let t: AadToken = serde_json::from_slice(&body)
-            .map_err(|_| AuthError::InvalidResponse("not a token response".into()))?;
-        let expires_in = t
-            .expires_in
-            .and_then(|v| {
-                v.as_i64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            })
-            .unwrap_or(3600);
-        Ok(AccessToken {
-            token: SecretString::from(t.access_token),
-            expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in),
-        })
+        request_token(&self.http, &self.endpoint, &form).await
     }
 }
 
-fn without_url(e: &reqwest::Error) -> String {
-    e.to_string()
+/// The `client_assertion_type` of a federated assertion.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A client-credentials request at Entra ID's token `endpoint`: the access token, or Entra ID's
+/// error code and AADSTS number (never its description, which may quote the request).
+async fn request_token(
+    http: &reqwest::Client,
+    endpoint: &str,
+    form: &[(&str, &str)],
+) -> Result<AccessToken, AuthError> {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        access_token: String,
+        #[serde(default)]
+        expires_in: Option<serde_json::Value>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Refusal {
+        #[serde(default)]
+        error: String,
+        #[serde(default)]
+        error_codes: Vec<u32>,
+        #[serde(default)]
+        error_description: String,
+    }
+    let transport = |e: reqwest::Error| AuthError::Transport(e.without_url().to_string());
+    let resp = http
+        .post(endpoint)
+        .form(form)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(transport)?;
+    if status != 200 {
+        let err: Refusal = serde_json::from_slice(&body).unwrap_or_default();
+        let aadsts = err.error_codes.first().copied().or_else(|| {
+            let d = &err.error_description;
+            let i = d.find("AADSTS")? + 6;
+            d[i..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        });
+        return Err(AuthError::Aad {
+            status,
+            error: err.error,
+            aadsts,
+        });
+    }
+    let t: Token = serde_json::from_slice(&body)
+        .map_err(|_| AuthError::InvalidResponse("not a token response".into()))?;
+    let expires_in = t
+        .expires_in
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(3600);
+    Ok(AccessToken {
+        token: SecretString::from(t.access_token),
+        expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in),
+    })
 }
 
 /// The managed identity of this machine, through IMDS.

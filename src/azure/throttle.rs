@@ -5,68 +5,20 @@
 //! `x-ms-ratelimit-remaining-subscription-{reads,writes,deletes}`. The controller spends the
 //! budget at a ceiling rate while plenty remains, slows towards a floor rate as the reported
 //! budget runs low, and stops for `Retry-After` after a 429. The arithmetic takes the current
-//! instant as a parameter, so it is tested by counting, not by timing. [`TokenBucket`] also
-//! paces the IMDS client.
+//! instant as a parameter, so it is tested by counting, not by timing.
+//!
+//! This is not a `governor` rate limiter (the IMDS client uses one): a governor quota is a fixed
+//! rate and burst chosen when the limiter is built, and its state cannot be told what the server
+//! reports. Here the rate itself moves with the budget ARM reports in every answer (ceiling while
+//! plenty remains, down to the floor near empty), the estimate is reset to that report, and a
+//! 429 blocks the bucket until its `Retry-After`. Rebuilding a governor limiter on every answer
+//! would lose its state and still not express the report or the block.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-
-/// A token bucket: `capacity` tokens at most, refilled at `refill_per_sec`.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    capacity: f64,
-    refill_per_sec: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket as of `now`.
-    pub fn new(rate: Rate, now: Instant) -> Self {
-        let capacity = f64::from(rate.burst.max(1));
-        Self {
-            capacity,
-            refill_per_sec: rate.per_second.max(f64::MIN_POSITIVE),
-            tokens: capacity,
-            last: now,
-        }
-    }
-
-    /// Takes one token at `now`, or says how long to wait until one is available.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.refill_per_sec).min(self.capacity);
-        self.last = self.last.max(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            let missing = 1.0 - self.tokens;
-            Err(Duration::from_secs_f64(missing / self.refill_per_sec))
-        }
-    }
-
-    /// Tokens currently available (after refilling up to `now`), rounded down.
-    pub fn available(&mut self, now: Instant) -> u32 {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.refill_per_sec).min(self.capacity);
-        self.last = self.last.max(now);
-        // The value is bounded by `capacity`, which came from a u32.
-        self.tokens.floor().clamp(0.0, f64::from(u32::MAX)) as u32
-    }
-}
-
-/// A refill rate and a burst size.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    /// Tokens added per second.
-    pub per_second: f64,
-    /// Bucket capacity (requests that may go out at once after a quiet period).
-    pub burst: u32,
-}
 
 /// The three operation types ARM counts separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -295,43 +247,6 @@ impl SubscriptionThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn burst_then_empty_at_one_instant() {
-        let now = Instant::now();
-        let mut b = TokenBucket::new(
-            Rate {
-                per_second: 10.0,
-                burst: 5,
-            },
-            now,
-        );
-        let granted = (0..8).filter(|_| b.try_take(now).is_ok()).count();
-        assert_eq!(granted, 5);
-        let wait = b.try_take(now).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn refills_by_elapsed_time_up_to_capacity() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(
-            Rate {
-                per_second: 10.0,
-                burst: 5,
-            },
-            t0,
-        );
-        for _ in 0..5 {
-            b.try_take(t0).unwrap();
-        }
-        // 300 ms at 10/s refills three tokens.
-        let t1 = t0 + Duration::from_millis(300);
-        assert_eq!((0..10).filter(|_| b.try_take(t1).is_ok()).count(), 3);
-        // A long pause refills to capacity, never beyond.
-        let t2 = t1 + Duration::from_secs(60);
-        assert_eq!(b.available(t2), 5);
-    }
 
     fn pacing(floor: f64, ceiling: f64, budget: u32) -> Pacing {
         Pacing {

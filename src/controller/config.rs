@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::telemetry::logging::LogFormat;
+pub use crate::cli::parse_duration;
+use crate::cli::SharedArgs;
 
 /// How the controller authenticates to Azure Resource Manager.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -21,17 +22,9 @@ pub enum CredentialMode {
 /// `uami-controller run`: reconcile identities, bindings and grants against ARM.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
-    /// Kubeconfig to use; in-cluster configuration when unset.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// Azure Resource Manager endpoint.
-    #[arg(
-        long,
-        env = "UAMI_ARM_ENDPOINT",
-        default_value = "https://management.azure.com/"
-    )]
-    pub arm_endpoint: url::Url,
+    /// The endpoints and log format the agent takes too.
+    #[command(flatten)]
+    pub shared: SharedArgs,
 
     /// Audience of ARM tokens.
     #[arg(
@@ -48,14 +41,6 @@ pub struct RunArgs {
         default_value = "https://login.microsoftonline.com/"
     )]
     pub authority_host: url::Url,
-
-    /// IMDS endpoint (for the managed-identity credential mode).
-    #[arg(
-        long,
-        env = "UAMI_IMDS_ENDPOINT",
-        default_value = "http://169.254.169.254"
-    )]
-    pub imds_endpoint: url::Url,
 
     /// How to authenticate to ARM.
     #[arg(
@@ -135,10 +120,6 @@ pub struct RunArgs {
     #[arg(long, env = "UAMI_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
 
-    /// Log format.
-    #[arg(long, value_enum, env = "UAMI_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
-
     /// Elect a leader through a Lease so that only one replica reconciles.
     #[arg(long, env = "UAMI_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,
@@ -176,41 +157,9 @@ pub fn parse_cluster_name(s: &str) -> Result<String, String> {
     }
 }
 
-/// Parse `90s`, `10m`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30s, 10m or 1h"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn cluster_names() {
