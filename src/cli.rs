@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::imds::IMDS_ENDPOINT;
+use crate::azure::client::PUBLIC_ARM_ENDPOINT;
 use crate::telemetry::logging::LogFormat;
 
 /// Arguments of both `run` and `agent`.
@@ -14,20 +16,12 @@ pub struct SharedArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// Azure Resource Manager endpoint (the controller's calls, the agent's access checks).
-    #[arg(
-        long,
-        env = "UAMI_ARM_ENDPOINT",
-        default_value = "https://management.azure.com/"
-    )]
+    #[arg(long, env = "UAMI_ARM_ENDPOINT", default_value = PUBLIC_ARM_ENDPOINT)]
     pub arm_endpoint: url::Url,
 
     /// IMDS endpoint of this VM (the agent's tokens, and the controller's in the
     /// managed-identity credential mode).
-    #[arg(
-        long,
-        env = "UAMI_IMDS_ENDPOINT",
-        default_value = "http://169.254.169.254"
-    )]
+    #[arg(long, env = "UAMI_IMDS_ENDPOINT", default_value = IMDS_ENDPOINT)]
     pub imds_endpoint: url::Url,
 
     /// Log format.
@@ -68,6 +62,7 @@ mod tests {
             ("250ms", Duration::from_millis(250)),
             ("1.5", Duration::from_millis(1500)),
             (" 60s ", Duration::from_secs(60)),
+            ("PT10M", Duration::from_secs(600)),
         ] {
             assert_eq!(parse_duration(text), Ok(want), "{text:?}");
         }

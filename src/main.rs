@@ -411,10 +411,8 @@ async fn sandbox(
             path.display()
         );
     }
-    println!(
-        "Try: kubectl --kubeconfig {} api-resources",
-        kubeconfig.display()
-    );
+    let kubeconfig = kubeconfig.display();
+    println!("Try: kubectl --kubeconfig {kubeconfig} api-resources");
     shutdown_token().cancelled().await;
     sb.shutdown().await;
     Ok(())

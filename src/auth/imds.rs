@@ -13,6 +13,9 @@ use secrecy::SecretString;
 use tokio::sync::Semaphore;
 use url::Url;
 
+/// IMDS's address on every Azure VM.
+pub const IMDS_ENDPOINT: &str = "http://169.254.169.254";
+
 /// Which identity of the VM a token is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentitySelector {

@@ -256,12 +256,13 @@ impl TokenCredential for AadCredential {
             Proof::Secret(s) => form.push(("client_secret", s.expose_secret())),
             Proof::AssertionFile(path) => {
                 // Re-read on every exchange: kubelet rotates the projected token.
-                assertion = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| AuthError::TokenFile {
-                        path: path.clone(),
-                        reason: e.kind().to_string(),
-                    })?;
+                assertion =
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|e| AuthError::TokenFile {
+                            path: path.clone(),
+                            reason: e.kind().to_string(),
+                        })?;
                 form.push(("client_assertion_type", JWT_BEARER));
                 form.push(("client_assertion", assertion.trim()));
             }
@@ -411,24 +412,19 @@ pub fn scope_to_resource(scope: &str) -> String {
 /// Claims of a JWT that status may show, decoded without verifying the signature (the token was
 /// just received from IMDS or Entra ID over the channel that authenticates them).
 #[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default)]
 pub struct JwtClaims {
     /// Tenant.
-    #[serde(default)]
     pub tid: Option<String>,
     /// Object id of the principal.
-    #[serde(default)]
     pub oid: Option<String>,
     /// Audience.
-    #[serde(default)]
     pub aud: Option<String>,
     /// Application id.
-    #[serde(default)]
     pub appid: Option<String>,
     /// Expiry (epoch seconds).
-    #[serde(default)]
     pub exp: Option<i64>,
     /// Not before (epoch seconds).
-    #[serde(default)]
     pub nbf: Option<i64>,
 }
 

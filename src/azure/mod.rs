@@ -20,20 +20,13 @@ pub use error::ArmError;
 
 /// API versions used for each resource family.
 pub mod api_versions {
-    /// `Microsoft.ManagedIdentity`.
-    pub const MANAGED_IDENTITY: &str = "2023-01-31";
-    /// `Microsoft.Authorization` role assignments and definitions.
-    pub const AUTHORIZATION: &str = "2022-04-01";
-    /// `Microsoft.Compute` VMs and scale sets.
-    pub const COMPUTE: &str = "2024-11-01";
-    /// `Microsoft.Resources` resource groups.
-    pub const RESOURCES: &str = "2024-03-01";
-    /// `Microsoft.Resources` subscriptions (`Subscriptions_Get`).
-    pub const SUBSCRIPTIONS: &str = "2022-12-01";
-    /// `Microsoft.Storage` storage accounts.
-    pub const STORAGE: &str = "2023-05-01";
-    /// `Microsoft.KeyVault` vaults.
-    pub const KEY_VAULT: &str = "2023-07-01";
+    pub const MANAGED_IDENTITY: &str = "2023-01-31"; // Microsoft.ManagedIdentity
+    pub const AUTHORIZATION: &str = "2022-04-01"; // role assignments and definitions
+    pub const COMPUTE: &str = "2024-11-01"; // Microsoft.Compute VMs and scale sets
+    pub const RESOURCES: &str = "2024-03-01"; // Microsoft.Resources resource groups
+    pub const SUBSCRIPTIONS: &str = "2022-12-01"; // Microsoft.Resources Subscriptions_Get
+    pub const STORAGE: &str = "2023-05-01"; // Microsoft.Storage storage accounts
+    pub const KEY_VAULT: &str = "2023-07-01"; // Microsoft.KeyVault vaults
 }
 
 pub mod identity {

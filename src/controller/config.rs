@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::cli::parse_duration;
 use crate::cli::SharedArgs;
+pub use crate::cli::parse_duration;
 
 /// How the controller authenticates to Azure Resource Manager.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

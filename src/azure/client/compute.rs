@@ -176,6 +176,7 @@ impl ResourceGroupApi for ArmClient {
     ) -> Result<Option<Value>, ArmError> {
         let path = format!("/subscriptions/{subscription}/resourcegroups/{name}");
         let url = self.url(&path, api_versions::RESOURCES, &[]);
-        self.read("ResourceGroups_Get", url, Value::clone).await
+        self.read(Request::get("ResourceGroups_Get", url), Value::clone)
+            .await
     }
 }

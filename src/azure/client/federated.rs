@@ -28,10 +28,6 @@ impl ArmClient {
 fn parse(v: &Value) -> FederatedCredential {
     let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
     FederatedCredential {
-        name: s(&v["name"]),
-        id: s(&v["id"]),
-        issuer: s(&v["properties"]["issuer"]),
-        subject: s(&v["properties"]["subject"]),
         audiences: v["properties"]["audiences"]
             .as_array()
             .map(|a| {
@@ -40,6 +36,10 @@ fn parse(v: &Value) -> FederatedCredential {
                     .collect()
             })
             .unwrap_or_default(),
+        name: s(&v["name"]),
+        id: s(&v["id"]),
+        issuer: s(&v["properties"]["issuer"]),
+        subject: s(&v["properties"]["subject"]),
     }
 }
 
@@ -51,7 +51,7 @@ impl FederatedCredentialApi for ArmClient {
         name: &str,
     ) -> Result<Option<FederatedCredential>, ArmError> {
         let url = self.federated_url(identity, Some(name));
-        self.read("FederatedIdentityCredentials_Get", url, parse)
+        self.read(Request::get("FederatedIdentityCredentials_Get", url), parse)
             .await
     }
 

@@ -54,8 +54,11 @@ impl IdentityApi for ArmClient {
         name: &str,
     ) -> Result<Option<Identity>, ArmError> {
         let url = self.identity_url(subscription, resource_group, name);
-        self.read("UserAssignedIdentities_Get", url, parse_identity)
-            .await
+        self.read(
+            Request::get("UserAssignedIdentities_Get", url),
+            parse_identity,
+        )
+        .await
     }
 
     async fn create_identity(

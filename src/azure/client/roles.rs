@@ -67,7 +67,7 @@ impl RoleApi for ArmClient {
     ) -> Result<Option<RoleDefinition>, ArmError> {
         const OP: &str = "RoleDefinitions_Get";
         let url = self.authorization_url(OP, scope, "roleDefinitions", Some(guid), None)?;
-        self.read(OP, url, parse_definition).await
+        self.read(Request::get(OP, url), parse_definition).await
     }
 
     async fn find_role_definition(
@@ -97,7 +97,7 @@ impl RoleApi for ArmClient {
     ) -> Result<Option<RoleAssignment>, ArmError> {
         const OP: &str = "RoleAssignments_Get";
         let url = self.authorization_url(OP, scope, "roleAssignments", Some(name), None)?;
-        self.read(OP, url, parse_assignment).await
+        self.read(Request::get(OP, url), parse_assignment).await
     }
 
     async fn create_role_assignment(

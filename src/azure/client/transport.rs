@@ -211,14 +211,14 @@ impl ArmClient {
         }
     }
 
-    /// GET one resource: decoded on 200, `None` on 404.
+    /// A read of one resource: decoded on 200, `None` on 404.
     pub(super) async fn read<T>(
         &self,
-        op: &'static str,
-        url: Url,
+        req: Request<'_>,
         decode: impl FnOnce(&Value) -> T,
     ) -> Result<Option<T>, ArmError> {
-        let r = self.call(Request::get(op, url), FOUND).await?;
+        let op = req.op;
+        let r = self.call(req, FOUND).await?;
         if r.status == 404 {
             return Ok(None);
         }
