@@ -338,8 +338,8 @@ mod tests {
     #[test]
     fn backoff_follows_the_imds_guidance() {
         let p = ImdsRetryPolicy::default();
-        let d: Vec<u64> = (1..=5).map(|n| p.delay(n).as_secs()).collect();
-        assert_eq!(d, vec![2, 6, 14, 30, 60]);
+        let d: Vec<u64> = p.backoff().take(6).map(|d| d.as_secs()).collect();
+        assert_eq!(d, vec![2, 6, 14, 30, 60, 60]);
     }
 
     #[test]

@@ -44,23 +44,17 @@ pub struct ArmClientOptions {
     pub max_inline_retries: u32,
 }
 
-impl ArmClientOptions {
-    /// The defaults for the ARM endpoint `endpoint`.
-    pub fn for_endpoint(endpoint: Url) -> Self {
+impl Default for ArmClientOptions {
+    /// Azure's public ARM endpoint, ARM's pacing, and up to 3 inline retries of a 429 whose
+    /// `Retry-After` is at most 10 s.
+    fn default() -> Self {
         Self {
+            endpoint: public_arm_endpoint(),
             scope: format!("{PUBLIC_ARM_ENDPOINT}.default"),
-            endpoint,
             throttle: ThrottleConfig::default(),
             max_inline_retry_after: Duration::from_secs(10),
             max_inline_retries: 3,
         }
-    }
-}
-
-impl Default for ArmClientOptions {
-    /// The defaults for Azure's public ARM endpoint.
-    fn default() -> Self {
-        Self::for_endpoint(public_arm_endpoint())
     }
 }
 
