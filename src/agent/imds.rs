@@ -50,7 +50,7 @@ impl TokenSource for ImdsSource {
 
     async fn token(&self, client_id: &str, resource: &str) -> Result<Token, TokenFailure> {
         let selector = crate::auth::IdentitySelector::ClientId(client_id.to_string());
-        match self.imds.token(resource, &selector, false).await {
+        match self.imds.token(resource, &selector).await {
             Ok(t) => {
                 let claims = crate::auth::decode_claims(&t.access_token).unwrap_or_default();
                 Ok(Token {

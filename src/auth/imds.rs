@@ -269,7 +269,6 @@ impl ImdsClient {
         &self,
         resource: &str,
         selector: &IdentitySelector,
-        bypass_cache: bool,
     ) -> Result<ImdsToken, ImdsError> {
         let mut query = vec![("api-version", "2018-02-01"), ("resource", resource)];
         match selector {
@@ -277,9 +276,6 @@ impl ImdsClient {
             IdentitySelector::ClientId(id) => query.push(("client_id", id)),
             IdentitySelector::ObjectId(id) => query.push(("object_id", id)),
             IdentitySelector::ResourceId(id) => query.push(("msi_res_id", id)),
-        }
-        if bypass_cache {
-            query.push(("bypass_cache", "true"));
         }
         let body = self.get("/metadata/identity/oauth2/token", &query).await?;
         #[derive(serde::Deserialize)]

@@ -348,7 +348,7 @@ pub struct ManagedIdentityCredential {
 impl TokenCredential for ManagedIdentityCredential {
     async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
         let resource = scope_to_resource(scope);
-        let t = self.imds.token(&resource, &self.selector, false).await?;
+        let t = self.imds.token(&resource, &self.selector).await?;
         Ok(AccessToken {
             token: t.access_token,
             expires_on: t.expires_on,
@@ -361,7 +361,6 @@ pub struct CachingCredential {
     inner: Arc<dyn TokenCredential>,
     margin: Duration,
     cache: AsyncMutex<std::collections::HashMap<String, AccessToken>>,
-    refreshes: std::sync::atomic::AtomicU64,
 }
 
 impl CachingCredential {
@@ -371,13 +370,7 @@ impl CachingCredential {
             inner,
             margin,
             cache: AsyncMutex::new(std::collections::HashMap::new()),
-            refreshes: std::sync::atomic::AtomicU64::new(0),
         }
-    }
-
-    /// How many tokens were fetched (not served from the cache).
-    pub fn refreshes(&self) -> u64 {
-        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -394,8 +387,6 @@ impl TokenCredential for CachingCredential {
             }
         }
         let fresh = self.inner.get_token(scope).await?;
-        self.refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         cache.insert(scope.to_string(), fresh.clone());
         Ok(fresh)
     }

@@ -220,6 +220,7 @@ impl SubscriptionThrottle {
 
     /// Waits until a slot for (subscription, kind) is available, then takes it.
     pub async fn acquire(&self, subscription: &str, kind: OpKind) {
+        // Not a retry with backoff: each wait is the one the pacing computed for this bucket.
         loop {
             match self.try_take(subscription, kind, Instant::now()) {
                 Ok(()) => return,
