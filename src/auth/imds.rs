@@ -162,6 +162,22 @@ const IMDS_REQUESTS_PER_SECOND: NonZeroU32 = match NonZeroU32::new(20) {
 /// IMDS's limit of requests at once per VM.
 const IMDS_CONCURRENCY: usize = 5;
 
+/// A failed attempt, and whether IMDS's policy tries again.
+struct Failure {
+    retry: bool,
+    error: ImdsError,
+}
+
+impl Failure {
+    /// A failure no retry can fix.
+    fn last(error: ImdsError) -> Self {
+        Self {
+            retry: false,
+            error,
+        }
+    }
+}
+
 /// IMDS of one VM.
 #[derive(Clone)]
 pub struct ImdsClient {
@@ -194,8 +210,8 @@ impl ImdsClient {
         let mut retries = 0u32;
         (|| self.get_once(&url, query))
             .retry(self.policy.backoff())
-            .when(|e: &(bool, ImdsError)| e.0)
-            .adjust(|(_, err), wait| {
+            .when(|f: &Failure| f.retry)
+            .adjust(|Failure { error: err, .. }, wait| {
                 let gone = matches!(err, ImdsError::Status { status: 410, .. });
                 let keep_going = retries < self.policy.max_retries
                     || (gone && started.elapsed() < self.policy.gone_for);
@@ -209,24 +225,20 @@ impl ImdsClient {
                 }
                 Some(wait)
             })
-            .notify(|(_, err), wait| tracing::debug!(?wait, error = %err, "retrying IMDS"))
+            .notify(|f, wait| tracing::debug!(?wait, error = %f.error, "retrying IMDS"))
             .await
-            .map_err(|(_, err)| err)
+            .map_err(|f| f.error)
     }
 
     /// One request within IMDS's limits: the body of a 200, or the error and whether the
     /// policy retries it.
-    async fn get_once(
-        &self,
-        url: &Url,
-        query: &[(&str, &str)],
-    ) -> Result<bytes::Bytes, (bool, ImdsError)> {
+    async fn get_once(&self, url: &Url, query: &[(&str, &str)]) -> Result<bytes::Bytes, Failure> {
         let result = {
             let _permit = self
                 .concurrency
                 .acquire()
                 .await
-                .map_err(|_| (false, ImdsError::Transport("closed".into())))?;
+                .map_err(|_| Failure::last(ImdsError::Transport("closed".into())))?;
             self.rate.until_ready().await;
             self.http
                 .get(url.clone())
@@ -236,12 +248,15 @@ impl ImdsClient {
                 .send()
                 .await
         };
-        let resp = result.map_err(|e| (true, ImdsError::Transport(e.to_string())))?;
+        let resp = result.map_err(|e| Failure {
+            retry: true,
+            error: ImdsError::Transport(e.to_string()),
+        })?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| (false, ImdsError::Transport(e.to_string())))?;
+            .map_err(|e| Failure::last(ImdsError::Transport(e.to_string())))?;
         if status == 200 {
             return Ok(body);
         }
@@ -253,15 +268,14 @@ impl ImdsClient {
             error_description: String,
         }
         let b: Body = serde_json::from_slice(&body).unwrap_or_default();
-        let retry = matches!(status, 404 | 410 | 429) || status >= 500;
-        Err((
-            retry,
-            ImdsError::Status {
+        Err(Failure {
+            retry: matches!(status, 404 | 410 | 429) || status >= 500,
+            error: ImdsError::Status {
                 status,
                 error: b.error,
                 description: b.error_description,
             },
-        ))
+        })
     }
 
     /// A token for `resource` and the selected identity.
