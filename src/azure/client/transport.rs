@@ -65,7 +65,7 @@ impl<'a> Request<'a> {
 /// ARM's answer.
 pub(super) struct Response {
     pub(super) status: u16,
-    pub(super) headers: HeaderMap,
+    headers: HeaderMap,
     body: bytes::Bytes,
 }
 
