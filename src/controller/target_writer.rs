@@ -292,6 +292,7 @@ impl TargetWriter {
     }
 
     async fn poll(&self, url: &LroPoll, mut retry_after: Option<Duration>) -> Result<(), ArmError> {
+        // Not a backoff: ARM's `Retry-After` sets each wait (bounded by the configured poll).
         loop {
             let wait = retry_after
                 .unwrap_or(self.config.default_poll)
