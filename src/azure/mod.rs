@@ -1,6 +1,6 @@
 //! The Azure Resource Manager client: typed resources, small traits per resource family (what
 //! the reconcilers depend on), and [`ArmClient`], their implementation over one pooled reqwest
-//! client with a cached bearer token, client-side token buckets per subscription, `Retry-After`
+//! client with a cached bearer token, client-side pacing per subscription, `Retry-After`
 //! handling and metrics per operation and status code.
 
 pub mod client;
