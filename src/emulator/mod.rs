@@ -55,6 +55,15 @@ pub enum EmulatorError {
         #[source]
         source: std::io::Error,
     },
+    /// A bound address does not make a URL.
+    #[error("the address {addr} does not make a URL: {source}")]
+    Url {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: url::ParseError,
+    },
 }
 
 /// One request and its answer, as recorded by the emulator. Tokens, secrets and assertions are
@@ -251,7 +260,7 @@ impl Inner {
 /// A running emulator.
 pub struct Emulator {
     inner: Arc<Inner>,
-    arm_addr: SocketAddr,
+    arm_url: url::Url,
     imds: BTreeMap<String, SocketAddr>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -260,7 +269,7 @@ pub struct Emulator {
 impl Emulator {
     /// ARM base URL (paths such as `/subscriptions/...` are appended).
     pub fn arm_endpoint(&self) -> url::Url {
-        url::Url::parse(&format!("http://{}/", self.arm_addr)).unwrap_or_else(|_| unreachable!())
+        self.arm_url.clone()
     }
 
     /// AAD base: `POST {authority_host}{tenant}/oauth2/v2.0/token`.

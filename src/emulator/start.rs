@@ -42,7 +42,12 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     let (listener, arm_addr) = bind(inner.world.listen).await?;
-    *inner.arm_base.lock() = format!("http://{arm_addr}/");
+    let arm_url =
+        url::Url::parse(&format!("http://{arm_addr}/")).map_err(|source| EmulatorError::Url {
+            addr: arm_addr,
+            source,
+        })?;
+    *inner.arm_base.lock() = arm_url.to_string();
     tasks.push(serve(listener, admin::app(inner.clone()), stop.clone()));
 
     let mut imds = BTreeMap::new();
@@ -89,7 +94,7 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     }
     Ok(Emulator {
         inner,
-        arm_addr,
+        arm_url,
         imds,
         stop,
         tasks,
