@@ -391,7 +391,7 @@ async fn policy_mismatch_and_deletion_order() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut registry = prometheus_client::registry::Registry::default();
     let controller = uami_controller::controller::app::start(
-        stack.sandbox.client_as("controller"),
+        stack.sandbox.client_as("controller").unwrap(),
         opts,
         &mut registry,
         stop.clone(),

@@ -73,7 +73,8 @@ async fn the_agent_cannot_forge_controller_owned_status() {
 
     let agent = stack
         .sandbox
-        .client_for_service_account("uami-system", "uami-agent", Some("myvm"));
+        .client_for_service_account("uami-system", "uami-agent", Some("myvm"))
+        .unwrap();
     let agent_grants: Api<RoleGrant> = Api::namespaced(agent.clone(), NS);
     let agent_bindings: Api<IdentityBinding> = Api::namespaced(agent.clone(), NS);
     let sub = "6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c";
@@ -146,7 +147,8 @@ async fn the_agent_cannot_forge_controller_owned_status() {
     let elsewhere: Api<IdentityBinding> = Api::namespaced(
         stack
             .sandbox
-            .client_for_service_account("uami-system", "uami-agent", Some("othervm")),
+            .client_for_service_account("uami-system", "uami-agent", Some("othervm"))
+            .unwrap(),
         NS,
     );
     refused(

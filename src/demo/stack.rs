@@ -201,10 +201,10 @@ impl Stack {
         let client = match &self.opts.service_accounts {
             Some(ns) => self
                 .sandbox
-                .client_for_service_account(ns, "uami-controller", None),
+                .client_for_service_account(ns, "uami-controller", None)?,
             None => self
                 .sandbox
-                .client_as(&format!("controller-{}", holder.unwrap_or("main"))),
+                .client_as(&format!("controller-{}", holder.unwrap_or("main")))?,
         };
         let mut registry = self.registry.lock();
         Ok(app::start(client, opts, &mut registry, stop, |_| {}))
@@ -229,9 +229,9 @@ impl Stack {
         let client = match &self.opts.service_accounts {
             Some(ns) => {
                 self.sandbox
-                    .client_for_service_account(ns, "uami-agent", Some(&node_name(vm)))
+                    .client_for_service_account(ns, "uami-agent", Some(&node_name(vm)))?
             }
-            None => self.sandbox.client_as(&format!("agent-{vm}")),
+            None => self.sandbox.client_as(&format!("agent-{vm}"))?,
         };
         let (_, handle) = crate::agent::start(
             client,

@@ -64,6 +64,9 @@ pub enum SandboxError {
     /// A file could not be read or parsed.
     #[error("{0}")]
     Input(String),
+    /// A Kubernetes client of the sandbox could not be built.
+    #[error("cannot build a client of the sandbox: {0}")]
+    Client(String),
     /// The listen address does not make a URL.
     #[error("cannot serve at {url}: {source}")]
     Url {
@@ -170,6 +173,7 @@ pub struct Sandbox {
     url: url::Url,
     https_url: url::Url,
     https: tls::Https,
+    admin: kube::Client,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -262,6 +266,12 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     let url = parse(shared.base.clone())?;
     let https = tls::serve(opts.https_listen, router.clone(), stop.clone()).await?;
     let https_url = parse(format!("https://{}", https.addr)).inspect_err(|_| stop.cancel())?;
+    let admin_token = uuid::Uuid::new_v4().to_string();
+    shared
+        .users
+        .lock()
+        .insert(admin_token.clone(), UserInfo::admin("admin"));
+    let admin = client_with_token(&url, admin_token).inspect_err(|_| stop.cancel())?;
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { s.cancelled().await })
@@ -273,9 +283,22 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         url,
         https_url,
         https,
+        admin,
         stop,
         task,
     })
+}
+
+/// A client of the sandbox at `url` that sends `token`.
+fn client_with_token(url: &url::Url, token: String) -> Result<kube::Client, SandboxError> {
+    let uri = url
+        .as_str()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| SandboxError::Client(e.to_string()))?;
+    let mut config = kube::Config::new(uri);
+    config.auth_info.token = Some(secrecy::SecretString::from(token));
+    config.default_namespace = "default".into();
+    kube::Client::try_from(config).map_err(|e| SandboxError::Client(e.to_string()))
 }
 
 impl Sandbox {
@@ -327,15 +350,15 @@ impl Sandbox {
         self.token_for(UserInfo::service_account(namespace, name, node))
     }
 
-    /// A client as the admin user.
+    /// A client as the admin user (built when the sandbox starts).
     pub fn client(&self) -> kube::Client {
-        self.client_as("admin")
+        self.admin.clone()
     }
 
     /// A client as the administrator `user` (its own bearer token, so the audit log tells
     /// users apart).
-    pub fn client_as(&self, user: &str) -> kube::Client {
-        self.client_with_token(self.token(user))
+    pub fn client_as(&self, user: &str) -> Result<kube::Client, SandboxError> {
+        client_with_token(&self.url, self.token(user))
     }
 
     /// A client as a service account (see [`Sandbox::service_account_token`]).
@@ -344,16 +367,8 @@ impl Sandbox {
         namespace: &str,
         name: &str,
         node: Option<&str>,
-    ) -> kube::Client {
-        self.client_with_token(self.service_account_token(namespace, name, node))
-    }
-
-    fn client_with_token(&self, token: String) -> kube::Client {
-        let mut config = kube::Config::new(self.url().as_str().parse().unwrap_or_default());
-        config.auth_info.token = Some(secrecy::SecretString::from(token));
-        config.default_namespace = "default".into();
-        kube::Client::try_from(config)
-            .unwrap_or_else(|_| unreachable!("a plain-HTTP client over a valid URL always builds"))
+    ) -> Result<kube::Client, SandboxError> {
+        client_with_token(&self.url, self.service_account_token(namespace, name, node))
     }
 
     fn kubeconfig_with_token(&self, user: &str, namespace: &str, token: &str) -> String {
