@@ -44,26 +44,19 @@ pub struct ArmClientOptions {
     pub max_inline_retries: u32,
 }
 
-impl Default for ArmClientOptions {
-    /// Azure's public ARM endpoint, ARM's pacing, and up to 3 inline retries of a 429 whose
-    /// `Retry-After` is at most 10 s.
-    fn default() -> Self {
+impl ArmClientOptions {
+    /// The options for the ARM endpoint `endpoint`: the public cloud's token scope (ARM's
+    /// audience, whatever the endpoint's address), ARM's pacing, and up to 3 inline retries of a
+    /// 429 whose `Retry-After` is at most 10 s.
+    pub fn new(endpoint: Url) -> Self {
         Self {
-            endpoint: public_arm_endpoint(),
             scope: format!("{PUBLIC_ARM_ENDPOINT}.default"),
+            endpoint,
             throttle: ThrottleConfig::default(),
             max_inline_retry_after: Duration::from_secs(10),
             max_inline_retries: 3,
         }
     }
-}
-
-/// [`PUBLIC_ARM_ENDPOINT`] as a URL.
-fn public_arm_endpoint() -> Url {
-    // `Url` has no infallible constructor, and `Default` cannot fail: a constant that does not
-    // parse is a bug in this file, which `the_public_endpoint_is_a_url` below catches.
-    Url::parse(PUBLIC_ARM_ENDPOINT)
-        .unwrap_or_else(|e| panic!("{PUBLIC_ARM_ENDPOINT} is not a URL: {e}"))
 }
 
 /// The ARM REST client.
@@ -110,8 +103,9 @@ impl ArmClient {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_public_endpoint_is_a_url() {
-        let opts = super::ArmClientOptions::default();
+    fn the_public_endpoint_is_a_url_with_its_scope() {
+        let endpoint = url::Url::parse(super::PUBLIC_ARM_ENDPOINT).unwrap();
+        let opts = super::ArmClientOptions::new(endpoint);
         assert_eq!(opts.endpoint.as_str(), super::PUBLIC_ARM_ENDPOINT);
         assert_eq!(opts.scope, "https://management.azure.com/.default");
     }

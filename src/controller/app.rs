@@ -108,14 +108,13 @@ pub fn start(
     let arm = ArmClient::new(
         http,
         ArmClientOptions {
-            endpoint: opts.arm_endpoint.clone(),
             scope: opts.arm_scope.clone(),
             throttle: ThrottleConfig {
                 reads: pacing(opts.reads, defaults.reads),
                 writes: pacing(opts.writes, defaults.writes),
                 deletes: pacing(opts.writes, defaults.deletes),
             },
-            ..ArmClientOptions::default()
+            ..ArmClientOptions::new(opts.arm_endpoint.clone())
         },
         credential,
         Some(registry),

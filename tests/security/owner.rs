@@ -138,10 +138,7 @@ async fn creating_an_identity_never_overwrites_one_that_appeared() {
     );
     let arm = ArmClient::new(
         http,
-        ArmClientOptions {
-            endpoint: emulator.arm_endpoint(),
-            ..ArmClientOptions::default()
-        },
+        ArmClientOptions::new(emulator.arm_endpoint()),
         credential,
         None,
     );

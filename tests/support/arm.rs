@@ -239,10 +239,7 @@ impl TokenCredential for Fixed {
 pub fn arm_client(emulator: &Emulator, token: String) -> ArmClient {
     ArmClient::new(
         reqwest::Client::new(),
-        ArmClientOptions {
-            endpoint: emulator.arm_endpoint(),
-            ..Default::default()
-        },
+        ArmClientOptions::new(emulator.arm_endpoint()),
         Arc::new(Fixed(token)),
         None,
     )

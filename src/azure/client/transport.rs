@@ -411,10 +411,7 @@ mod tests {
     fn only_links_on_the_endpoints_origin_are_followed() {
         let client = ArmClient::new(
             reqwest::Client::new(),
-            ArmClientOptions {
-                endpoint: Url::parse("https://management.azure.com/").unwrap(),
-                ..Default::default()
-            },
+            ArmClientOptions::new(Url::parse("https://management.azure.com/").unwrap()),
             Arc::new(NoToken),
             None,
         );
