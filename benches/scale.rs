@@ -309,7 +309,20 @@ async fn run(s: &Scenario) -> Row {
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
     let log = std::fs::File::create(dir.join("controller.log")).unwrap();
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+    // `BENCH_WRAPPER` runs the controller under a command (a profiler that execs it, so that the
+    // process measured is still the controller).
+    let wrapper: Vec<String> = std::env::var("BENCH_WRAPPER")
+        .map(|w| w.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut command = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = tokio::process::Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_uami-controller"));
+            c
+        }
+        None => tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller")),
+    };
+    let mut child = command
         .arg("run")
         .args(["--cluster-name", "bench"])
         .arg("--kubeconfig")
@@ -504,7 +517,7 @@ async fn main() {
         Scenario {
             name: "a",
             sets: env_f64("BENCH_SETS", 1000.0) as usize,
-            vms: 100,
+            vms: env_f64("BENCH_VMS", 100.0) as usize,
             identities_only: false,
             bindings_later: false,
             scale,

@@ -80,13 +80,15 @@ pub struct Context {
     pub writer: Arc<TargetWriter>,
     /// Reconcile metrics.
     pub metrics: ReconcileMetrics,
-    /// Event recorder.
+    /// Event recorder (of warnings; see [`Context::event`]).
     pub recorder: Recorder,
+    reporter: Reporter,
     /// One federated identity credential writer at a time per identity.
     pub fic_locks: super::workload::IdentityLocks,
     failures: Mutex<HashMap<String, u32>>,
     roles: Mutex<HashMap<(String, String), (RoleDefinition, Instant)>>,
     checked: Mutex<HashMap<String, (String, Instant)>>,
+    superseded: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -99,13 +101,11 @@ impl Context {
         writer: Arc<TargetWriter>,
         metrics: ReconcileMetrics,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "uami-controller".into(),
-                instance: None,
-            },
-        );
+        let reporter = Reporter {
+            controller: "uami-controller".into(),
+            instance: None,
+        };
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         Self {
             client,
             azure,
@@ -114,10 +114,12 @@ impl Context {
             writer,
             metrics,
             recorder,
+            reporter,
             fic_locks: super::workload::IdentityLocks::default(),
             failures: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
         }
     }
 
@@ -150,7 +152,16 @@ impl Context {
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        // Warnings go through the shared recorder, which turns a repeated one into a series of
+        // one Event. A Normal event records a one-off transition (created, assigned, granted):
+        // it is published by a recorder of its own, so the shared one does not keep a copy of
+        // every Event for six minutes (at 10,000 objects that was most of the heap).
+        let recorder = if warning {
+            self.recorder.clone()
+        } else {
+            Recorder::new(self.client.clone(), self.reporter.clone())
+        };
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, "could not publish event");
         }
     }
@@ -201,6 +212,21 @@ impl Context {
     /// Forget the check of `key` (after a write, or when the object goes).
     pub fn forget_checked(&self, key: &str) {
         self.checked.lock().remove(key);
+    }
+
+    /// Record that the object `key` at `version` was just patched by its reconcile (its finalizer
+    /// added), so that copy is stale.
+    pub fn note_superseded(&self, key: &str, version: String) {
+        self.superseded.lock().insert(key.to_string(), version);
+    }
+
+    /// Whether the copy of `key` at `version` is one its last reconcile patched; the record is
+    /// used once.
+    pub fn take_superseded(&self, key: &str, version: Option<&str>) -> bool {
+        self.superseded
+            .lock()
+            .remove(key)
+            .is_some_and(|v| Some(v.as_str()) == version)
     }
 
     /// All GrantPolicies known to the cache.

@@ -15,9 +15,11 @@ use tokio::sync::mpsc;
 
 use super::context::{AzureApis, Context, Settings, Stores, object_key};
 use super::error::{ReconcileError, backoff};
-use super::target_writer::{TargetWriter, WriterConfig};
+use super::target_writer::{TargetWriter, WaitingSiblings, WriterConfig};
 use super::{binding, grant, identity};
+use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
+use crate::azure::compute::ComputeTarget;
 use crate::telemetry::metrics::ReconcileMetrics;
 
 /// Everything the controllers need besides the Kubernetes client.
@@ -76,11 +78,27 @@ where
 }
 
 macro_rules! timed {
-    ($kind:expr, $f:path) => {
+    ($kind:expr, $f:path, $finalizer:expr) => {
         |obj, ctx: Arc<Context>| async move {
             let started = Instant::now();
             let key = object_key(&*obj);
+            let version = obj.resource_version();
+            if ctx.take_superseded(&key, version.as_deref()) {
+                // The last pass added the finalizer to this very version: the newer version is
+                // on its way through the watch and triggers the next pass. Patching from this
+                // stale copy would only fail its test.
+                return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+            }
+            let adds_finalizer = $finalizer.is_some_and(|f: &str| {
+                obj.meta().deletion_timestamp.is_none() && !obj.finalizers().iter().any(|x| x == f)
+            });
             let result = $f(obj, ctx.clone()).await;
+            if adds_finalizer
+                && result.is_ok()
+                && let Some(v) = version
+            {
+                ctx.note_superseded(&key, v);
+            }
             let label = match &result {
                 Ok(_) => {
                     // A success ends the object's run of failures: the next failure starts the
@@ -102,6 +120,16 @@ macro_rules! timed {
 /// slowest controller has taken its triggers (nothing is dropped).
 const SHARED_BUFFER: usize = 4096;
 
+/// What the stores keep of an object: no reconciler reads managedFields or kubectl's copy of the
+/// last applied object, so they are dropped (an object applied with kubectl carries its whole
+/// spec a second time in that annotation).
+fn trim<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+    if let Some(a) = o.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// Keep `writer`'s store current from a watch of `api`; watch errors are logged and retried with
 /// backoff.
 fn drive<K>(
@@ -122,8 +150,7 @@ where
     tokio::spawn(
         watcher(api, wc)
             .default_backoff()
-            // No reconciler reads managedFields, so the store does not keep them.
-            .modify(|o| o.managed_fields_mut().clear())
+            .modify(trim)
             .reflect_shared(writer)
             .for_each(move |ev| {
                 if let Err(e) = ev {
@@ -182,6 +209,11 @@ pub async fn run_controllers(
         policies: policy_store,
     };
     let (writer, written) = TargetWriter::new(parts.azure.compute.clone(), parts.writer);
+    writer.hold_for(waiting_siblings(
+        stores.bindings.clone(),
+        stores.identities.clone(),
+        parts.settings.default_subscription.clone(),
+    ));
     let ctx = Arc::new(Context::new(
         client.clone(),
         parts.azure,
@@ -199,9 +231,7 @@ pub async fn run_controllers(
     let denied_store = stores.identities.clone();
     let policy_watch = reflector::reflector(
         policy_writer,
-        watcher(policies, wc.clone())
-            .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear()),
+        watcher(policies, wc.clone()).default_backoff().modify(trim),
     )
     .touched_objects()
     .for_each(move |ev| {
@@ -239,7 +269,7 @@ pub async fn run_controllers(
         .reconcile_on(unbounded(written))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
-            timed!("IdentityBinding", binding::reconcile),
+            timed!("IdentityBinding", binding::reconcile, None::<&str>),
             error_policy,
             ctx.clone(),
         )
@@ -254,7 +284,7 @@ pub async fn run_controllers(
         .reconcile_all_on(unbounded(g_all_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
-            timed!("RoleGrant", grant::reconcile),
+            timed!("RoleGrant", grant::reconcile, Some(grant::FINALIZER)),
             error_policy,
             ctx.clone(),
         )
@@ -265,7 +295,11 @@ pub async fn run_controllers(
         .reconcile_on(unbounded(id_denied_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
-            timed!("UserAssignedIdentity", identity::reconcile),
+            timed!(
+                "UserAssignedIdentity",
+                identity::reconcile,
+                Some(identity::FINALIZER)
+            ),
             error_policy,
             ctx.clone(),
         )
@@ -304,6 +338,44 @@ pub async fn run_controllers(
     for r in reflectors {
         r.abort();
     }
+}
+
+/// For the target writer: the bindings of a target, from the shared stores, that wait for their
+/// identity to be created (named by the identity's object), or whose identity is ready and that
+/// have not been reconciled to a status yet (named by the identity's ARM id).
+fn waiting_siblings(
+    bindings: reflector::Store<IdentityBinding>,
+    identities: reflector::Store<UserAssignedIdentity>,
+    default_subscription: Option<String>,
+) -> WaitingSiblings {
+    Arc::new(move |target: &ComputeTarget| {
+        let key = target.key();
+        bindings
+            .state()
+            .iter()
+            .filter(|b| b.meta().deletion_timestamp.is_none())
+            .filter(|b| {
+                binding::target_of(b, default_subscription.as_deref())
+                    .is_some_and(|t| t.key() == key)
+            })
+            .filter_map(|b| {
+                let ns = b.namespace()?;
+                let name = &b.spec.identity_ref.name;
+                let identity = identities.get(&ObjectRef::new(name).within(&ns))?;
+                if identity.meta().deletion_timestamp.is_some() {
+                    return None;
+                }
+                let status = identity.status.as_ref();
+                match status.and_then(|s| conditions::find(&s.conditions, types::READY)) {
+                    None => Some(format!("{ns}/{name}")),
+                    Some(c) if c.status == conditions::status::TRUE && b.status.is_none() => {
+                        status.and_then(|s| s.resource_id.as_ref().map(|r| r.to_lowercase()))
+                    }
+                    Some(_) => None,
+                }
+            })
+            .collect()
+    })
 }
 
 fn dependents<K>(

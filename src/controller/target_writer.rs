@@ -3,10 +3,17 @@
 //! change into one `identity` PATCH with `If-Match` on the etag, polls the long-running operation
 //! in its own task (no reconcile worker waits on it), and then asks the bindings involved to
 //! reconcile again. Five bindings to one VM cost one PATCH, not five racing ones.
+//!
+//! Bindings applied together with their identities become ready one by one, as ARM's write
+//! budget lets the identities be created. So that they still share one PATCH, the writer holds
+//! a target's additions while other bindings of that target wait for an identity that is being
+//! created ([`WaitingSiblings`]): until none waits, until no new change has arrived for
+//! [`WriterConfig::hold_idle`], or for [`WriterConfig::hold_max`] at most. A stuck identity
+//! therefore delays its siblings by `hold_idle` once, never for good. Removals are not held.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 use parking_lot::Mutex;
@@ -55,6 +62,12 @@ struct TargetState {
     running: bool,
 }
 
+/// The changes a target will soon be asked for: one entry per binding of the target that waits
+/// for its identity to be created, or whose identity is ready and that has not submitted yet.
+/// An entry is the identity's ARM id (lowercase) when known, else any key that names no ARM id.
+/// The writer holds the target's additions while an entry is not among them.
+pub type WaitingSiblings = Arc<dyn Fn(&ComputeTarget) -> Vec<String> + Send + Sync>;
+
 /// Tuning of the writer.
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
@@ -67,6 +80,11 @@ pub struct WriterConfig {
     pub default_poll: Duration,
     /// Upper bound on a poll interval.
     pub max_poll: Duration,
+    /// While other bindings of the target wait for their identities, the writer holds the
+    /// additions until no new change has arrived for this long...
+    pub hold_idle: Duration,
+    /// ... and for this long at most.
+    pub hold_max: Duration,
 }
 
 impl Default for WriterConfig {
@@ -76,6 +94,8 @@ impl Default for WriterConfig {
             max_precondition_retries: 5,
             default_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(30),
+            hold_idle: Duration::from_secs(30),
+            hold_max: Duration::from_secs(180),
         }
     }
 }
@@ -88,6 +108,7 @@ pub struct TargetWriter {
     outcomes: Mutex<HashMap<(String, String), Outcome>>,
     notify: mpsc::UnboundedSender<ObjectRef<IdentityBinding>>,
     stop: tokio_util::sync::CancellationToken,
+    waiting: OnceLock<WaitingSiblings>,
 }
 
 impl TargetWriter {
@@ -109,9 +130,36 @@ impl TargetWriter {
                 outcomes: Mutex::new(HashMap::new()),
                 notify,
                 stop: tokio_util::sync::CancellationToken::new(),
+                waiting: OnceLock::new(),
             }),
             rx,
         )
+    }
+
+    /// Tell the writer how to count the bindings of a target that wait for an identity being
+    /// created (set once; without it nothing is held).
+    pub fn hold_for(&self, waiting: WaitingSiblings) {
+        let _ = self.waiting.set(waiting);
+    }
+
+    /// Whether to go on holding `key`'s additions: some of them are queued, none is a removal,
+    /// and other bindings of the target will soon ask for a change that is not queued yet.
+    fn hold(&self, target: &ComputeTarget, key: &str) -> bool {
+        let Some(waiting) = self.waiting.get() else {
+            return false;
+        };
+        let additions_only = self.targets.lock().get(key).is_some_and(|s| {
+            !s.pending.is_empty() && s.pending.values().all(|(_, w, _)| *w == Want::Present)
+        });
+        if !additions_only {
+            return false;
+        }
+        let soon = waiting(target);
+        let targets = self.targets.lock();
+        let Some(state) = targets.get(key) else {
+            return false;
+        };
+        soon.iter().any(|id| !state.pending.contains_key(id))
     }
 
     /// The outcome of the last write that carried `identity_id` on `target`, if any.
@@ -198,6 +246,27 @@ impl TargetWriter {
                     break;
                 }
                 seen = queued;
+            }
+            // Hold for the siblings whose identities are being created, while their changes
+            // keep arriving.
+            let held = Instant::now();
+            let mut changed = held;
+            while self.hold(&target, &key)
+                && changed.elapsed() < self.config.hold_idle
+                && held.elapsed() < self.config.hold_max
+            {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.config.batch_window.max(Duration::from_millis(500))) => {}
+                }
+                let queued = self.targets.lock().get(&key).map_or(0, |s| s.pending.len());
+                if queued != seen {
+                    seen = queued;
+                    changed = Instant::now();
+                }
+            }
+            if held.elapsed() > self.config.batch_window {
+                tracing::debug!(target = %target.id(), held = ?held.elapsed(), queued = seen, "held the identity write for bindings waiting for their identities");
             }
             let batch = {
                 let mut targets = self.targets.lock();

@@ -14,10 +14,10 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
@@ -30,7 +30,9 @@ use crate::api::{DeletionPolicy, IdentityBinding};
 pub use plan::target_of;
 use plan::{Ensure, Found, Plan, Removal};
 pub use removal::{ASSIGNED_ANNOTATION, recorded_identity};
-use removal::{owned_identity, read_target, record_identity, recorded, remove_identity};
+use removal::{
+    owned_identity, read_target, record_identity, recorded, remove_finalizer, remove_identity,
+};
 
 /// Finalizer of bindings.
 pub const FINALIZER: &str = "uami.dev/binding";
@@ -48,26 +50,42 @@ pub async fn reconcile(
     obj: Arc<IdentityBinding>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let result = finalized(&ctx, FINALIZER, obj.clone(), |event| async {
-        match event {
-            // Service accounts (workload identity) have their own path.
-            FinalizerEvent::Apply(obj) if workload::is_service_account(&obj) => {
-                workload::apply(obj, &ctx).await
+    let result = if workload::is_service_account(&obj) {
+        // Service accounts (workload identity) have their own path; their finalizer comes first.
+        finalized(&ctx, FINALIZER, obj.clone(), |event| async {
+            match event {
+                FinalizerEvent::Apply(obj) => workload::apply(obj, &ctx).await,
+                FinalizerEvent::Cleanup(obj) => workload::cleanup(obj, &ctx).await,
             }
-            FinalizerEvent::Cleanup(obj) if workload::is_service_account(&obj) => {
-                workload::cleanup(obj, &ctx).await
-            }
-            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
-            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
-        }
-    })
-    .await;
+        })
+        .await
+    } else {
+        reconcile_target(obj.clone(), &ctx).await
+    };
     if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
         let reason = arm_reason(source);
         let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());
         let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
     }
     result
+}
+
+/// A binding to a VM or scale set: apply, or on deletion clean up and remove the finalizer. Its
+/// finalizer is added with its first record of an identity ([`record_identity`]), in the same
+/// patch and before the target is written: until then, deleting it has nothing to undo.
+async fn reconcile_target(
+    obj: Arc<IdentityBinding>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    if obj.meta().deletion_timestamp.is_none() {
+        return apply(obj, ctx).await;
+    }
+    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let action = cleanup(obj.clone(), ctx).await?;
+    remove_finalizer(ctx, &obj).await?;
+    Ok(action)
 }
 
 /// Plan, and carry the plan out.
@@ -139,6 +157,15 @@ async fn ensure(obj: &IdentityBinding, ctx: &Context, e: &Ensure) -> Result<Foun
             ours: true,
             added: true,
         });
+    }
+    if matches!(
+        ctx.writer.outcome(target, identity_id),
+        Some(Outcome::Pending)
+    ) && recorded(obj, identity_id)
+    {
+        // The writer has this change queued or in flight and reconciles this binding when it is
+        // done: reading the target now tells nothing new.
+        return Ok(Found::Pending);
     }
     let current = read_target(ctx, target).await?;
     let Some(current) = current else {

@@ -212,7 +212,7 @@ pub fn settle(obj: &IdentityBinding, e: &Ensure, found: &Found) -> Report<Identi
             let status = waiting(obj, target, reasons::TARGET_NOT_FOUND, &message);
             Report::new(status, note, Next::Resync)
         }
-        Found::Pending => Report::new(assigning(obj, target), None, Next::Resync),
+        Found::Pending => first_or(obj, Report::new(assigning(obj, target), None, Next::Resync)),
         Found::Failed {
             code,
             message,
@@ -246,8 +246,25 @@ pub fn settle(obj: &IdentityBinding, e: &Ensure, found: &Found) -> Report<Identi
                     ),
                 )
             });
-            Report::new(assigning(obj, target), note, Next::Resync)
+            first_or(obj, Report::new(assigning(obj, target), note, Next::Resync))
         }
+    }
+}
+
+/// A binding's first status is the result of its first write (the target writer may hold that
+/// write for sibling bindings whose identities are being created): a binding without a status
+/// writes no `Assigning` first. One that shows something else (a wait, a failure, a drift) says
+/// that it is being assigned.
+fn first_or(
+    obj: &IdentityBinding,
+    report: Report<IdentityBindingStatus>,
+) -> Report<IdentityBindingStatus> {
+    if obj.status.is_some() {
+        return report;
+    }
+    Report {
+        status: None,
+        ..report
     }
 }
 

@@ -40,6 +40,11 @@ pub(super) fn recorded(obj: &IdentityBinding, identity_id: &str) -> bool {
 }
 
 /// Record (or with `None` forget) that this controller added `identity_id` to the target.
+///
+/// A binding to a VM or scale set gets its finalizer in the same patch as its first record,
+/// before the target is written: until it records an identity, deleting it has nothing to undo.
+/// The patch tests the finalizers (and the annotations when there are none) it extends, so a
+/// stale cache fails it (retried shortly) instead of dropping someone else's.
 pub(super) async fn record_identity(
     obj: &IdentityBinding,
     ctx: &Context,
@@ -47,15 +52,83 @@ pub(super) async fn record_identity(
 ) -> Result<(), ReconcileError> {
     let api: Api<IdentityBinding> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch =
-        serde_json::json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: identity_id}}});
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()
     };
-    api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
+    let Some(identity_id) = identity_id else {
+        let patch = serde_json::json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: null}}});
+        api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
+            .await
+            .map_err(ReconcileError::kube("RecordAssignment"))?;
+        return Ok(());
+    };
+    let mut ops = Vec::new();
+    let finalizers = obj.finalizers();
+    if !finalizers.iter().any(|f| f == super::FINALIZER) {
+        if finalizers.is_empty() {
+            ops.push(
+                serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": null}),
+            );
+            ops.push(serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [super::FINALIZER]}));
+        } else {
+            ops.push(serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": finalizers}));
+            ops.push(serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": super::FINALIZER}));
+        }
+    }
+    if obj.metadata.annotations.is_some() {
+        let path = format!(
+            "/metadata/annotations/{}",
+            ASSIGNED_ANNOTATION.replace('~', "~0").replace('/', "~1")
+        );
+        ops.push(serde_json::json!({"op": "add", "path": path, "value": identity_id}));
+    } else {
+        ops.push(serde_json::json!({"op": "test", "path": "/metadata/annotations", "value": null}));
+        ops.push(serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": {ASSIGNED_ANNOTATION: identity_id}}));
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .map_err(|e| ReconcileError::Finalizer(format!("building the record patch: {e}")))?;
+    match api
+        .patch(&obj.name_any(), &params, &Patch::<()>::Json(patch))
         .await
-        .map_err(ReconcileError::kube("RecordAssignment"))?;
+    {
+        Ok(_) => Ok(()),
+        // A test failed: the cache is behind the object. Looked at again shortly.
+        Err(kube::Error::Api(e)) if e.code == 422 => Err(ReconcileError::Finalizer(format!(
+            "recording the assignment raced a change of the binding: {}",
+            e.message
+        ))),
+        Err(e) => Err(ReconcileError::Kube {
+            step: "RecordAssignment",
+            source: e,
+        }),
+    }
+}
+
+/// Remove this controller's finalizer after cleanup; the `test` keeps it from removing another
+/// finalizer that took its place.
+pub(super) async fn remove_finalizer(
+    ctx: &Context,
+    obj: &IdentityBinding,
+) -> Result<(), ReconcileError> {
+    let api: Api<IdentityBinding> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let Some(i) = obj.finalizers().iter().position(|f| f == super::FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{i}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": super::FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(|e| ReconcileError::Finalizer(format!("building the finalizer patch: {e}")))?;
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(|e| ReconcileError::Finalizer(format!("removing the finalizer: {e}")))?;
     Ok(())
 }
 

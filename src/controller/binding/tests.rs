@@ -165,8 +165,18 @@ fn plans_from_target_policy_and_identity() {
 
 #[test]
 fn settles_what_the_writer_and_arm_found() {
-    let b = binding(None, false);
+    // A binding that shows a wait: being assigned is news.
+    let waiting = condition("Ready", "False", reasons::WAITING_FOR_IDENTITY);
+    let b = binding(Some(json!({"conditions": [waiting]})), false);
     let e = ensure_of(&b);
+    // A binding without a status writes none while its first write is pending: its first
+    // status is the result.
+    let fresh = binding(None, false);
+    for found in [Found::Pending, Found::Submit { drift: false }] {
+        let report = settle(&fresh, &ensure_of(&fresh), &found);
+        assert_eq!(report.status, None, "{found:?}");
+        assert_eq!(report.next, Next::Resync, "{found:?}");
+    }
     // (found) -> (Assigned, Ready reason, adopted, Event action, next look)
     let cases = [
         (
