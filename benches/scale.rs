@@ -24,6 +24,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use uami_controller::api::conditions::is_true;
 use uami_controller::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
+use uami_controller::controller::status::Reported;
 use uami_controller::emulator::faults::Throttling;
 use uami_controller::emulator::world::{
     ResourceGroup, Subscription, TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_CONTROLLER_SECRET,
@@ -158,51 +159,30 @@ where
         .await;
 }
 
-fn converged_identities(items: &[UserAssignedIdentity]) -> usize {
+/// How many of `items` show `condition` True.
+fn with_true<K: Reported>(items: &[K], condition: &str) -> usize {
     items
         .iter()
-        .filter(|o| {
-            o.status
-                .as_ref()
-                .is_some_and(|s| is_true(&s.conditions, "Ready"))
-        })
+        .filter(|o| is_true(o.conditions(), condition))
         .count()
 }
 
+/// How many objects of `K` in the bench namespace show `condition` True.
+async fn count_true<K: Reported>(sb: &Sandbox, condition: &str) -> usize {
+    let api: Api<K> = Api::namespaced(sb.client(), NS);
+    with_true(
+        &api.list(&ListParams::default()).await.unwrap().items,
+        condition,
+    )
+}
+
 async fn converged(sb: &Sandbox, with_grants: bool, with_bindings: bool) -> usize {
-    let client = sb.client();
-    let lp = ListParams::default();
-    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
-    let mut n = converged_identities(&ids.list(&lp).await.unwrap().items);
+    let mut n = count_true::<UserAssignedIdentity>(sb, "Ready").await;
     if with_grants {
-        let api: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
-        n += api
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|o| {
-                o.status
-                    .as_ref()
-                    .is_some_and(|s| is_true(&s.conditions, "Ready"))
-            })
-            .count();
+        n += count_true::<RoleGrant>(sb, "Ready").await;
     }
     if with_bindings {
-        let api: Api<IdentityBinding> = Api::namespaced(client, NS);
-        n += api
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|o| {
-                o.status
-                    .as_ref()
-                    .is_some_and(|s| is_true(&s.conditions, "Assigned"))
-            })
-            .count();
+        n += count_true::<IdentityBinding>(sb, "Assigned").await;
     }
     n
 }
