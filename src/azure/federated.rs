@@ -41,6 +41,23 @@ pub struct IdentityCoordinates {
 }
 
 impl IdentityCoordinates {
+    /// The identity in `subscription`/`resource_group` named `name`.
+    pub fn new(subscription: &str, resource_group: &str, name: &str) -> Self {
+        Self {
+            subscription: subscription.to_string(),
+            resource_group: resource_group.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The identity's ARM resource path.
+    pub fn path(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            self.subscription, self.resource_group, self.name
+        )
+    }
+
     /// Parse `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}`.
     pub fn from_id(id: &str) -> Option<Self> {
         let segs: Vec<&str> = id.split('/').filter(|s| !s.is_empty()).collect();

@@ -213,40 +213,27 @@ pub mod compute {
 }
 
 use compute::{ComputeResource, ComputeTarget, LroPoll, OperationStatus, PatchOutcome};
+use federated::IdentityCoordinates;
 use identity::Identity;
 use roles::{RoleAssignment, RoleDefinition};
 
 #[async_trait]
 pub trait IdentityApi: Send + Sync {
-    async fn get_identity(
-        &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
-    ) -> Result<Option<Identity>, ArmError>;
+    async fn get_identity(&self, at: &IdentityCoordinates) -> Result<Option<Identity>, ArmError>;
     /// Create the identity; never overwrites one that exists (`If-None-Match: *`, ARM answers
     /// 412 `PreconditionFailed`).
     async fn create_identity(
         &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
+        at: &IdentityCoordinates,
         location: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<Identity, ArmError>;
     async fn update_identity_tags(
         &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
+        at: &IdentityCoordinates,
         tags: &BTreeMap<String, String>,
     ) -> Result<Identity, ArmError>;
-    async fn delete_identity(
-        &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
-    ) -> Result<(), ArmError>;
+    async fn delete_identity(&self, at: &IdentityCoordinates) -> Result<(), ArmError>;
 }
 
 #[async_trait]

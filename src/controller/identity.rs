@@ -28,6 +28,7 @@ use crate::api::conditions::{self, NewCondition, types};
 use crate::api::{
     DeletionPolicy, UserAssignedIdentity, UserAssignedIdentitySpec, UserAssignedIdentityStatus,
 };
+use crate::azure::federated::IdentityCoordinates;
 use crate::azure::identity::Identity;
 
 /// Finalizer of identities.
@@ -146,19 +147,13 @@ pub async fn reconcile(
     .await
 }
 
-struct Coordinates {
-    subscription: String,
-    resource_group: String,
-    name: String,
-}
-
-fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<Coordinates> {
+fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<IdentityCoordinates> {
     let subscription = obj
         .spec
         .subscription_id
         .clone()
         .or_else(|| ctx.settings.default_subscription.clone())?;
-    Some(Coordinates {
+    Some(IdentityCoordinates {
         subscription,
         resource_group: obj.spec.resource_group.clone(),
         name: obj.azure_name(),
@@ -197,7 +192,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
     }
     let ids = &ctx.azure.identities;
     let current = ids
-        .get_identity(&at.subscription, &at.resource_group, &at.name)
+        .get_identity(&at)
         .await
         .map_err(ReconcileError::arm("GetIdentity"))?;
     let may_adopt = match policy::check_adoption(
@@ -213,13 +208,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
     let identity = match plan(&obj.spec, &owner, current.as_ref(), may_adopt) {
         Plan::Create { tags } => {
             let created = ids
-                .create_identity(
-                    &at.subscription,
-                    &at.resource_group,
-                    &at.name,
-                    &obj.spec.location,
-                    &tags,
-                )
+                .create_identity(&at, &obj.spec.location, &tags)
                 .await
                 .map_err(ReconcileError::arm("CreateIdentity"))?;
             let note = format!("created identity {}", created.id);
@@ -230,7 +219,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         }
         Plan::UpdateTags { tags, adopting } => {
             let updated = ids
-                .update_identity_tags(&at.subscription, &at.resource_group, &at.name, &tags)
+                .update_identity_tags(&at, &tags)
                 .await
                 .map_err(ReconcileError::arm("UpdateIdentity"))?;
             if adopting {
@@ -321,7 +310,7 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
     };
     let ids = &ctx.azure.identities;
     let current = ids
-        .get_identity(&at.subscription, &at.resource_group, &at.name)
+        .get_identity(&at)
         .await
         .map_err(ReconcileError::arm("GetIdentity"))?;
     let Some(current) = current else {
@@ -330,7 +319,7 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
     let owner = owner_value(&ctx.settings.cluster_name, &ns, &name);
     let ours = current.tags.get(OWNER_TAG).map(String::as_str) == Some(owner.as_str());
     if ours && !current.tags.contains_key(ADOPTED_TAG) {
-        ids.delete_identity(&at.subscription, &at.resource_group, &at.name)
+        ids.delete_identity(&at)
             .await
             .map_err(ReconcileError::arm("DeleteIdentity"))?;
         ctx.event(

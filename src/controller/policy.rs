@@ -79,6 +79,19 @@ fn subscription_matches(
         .is_some_and(|s| eq_ci(s, subscription))
 }
 
+/// A rule's subscription (the default when it names none), resource group and name (`*` for any)
+/// against a resource's subscription, resource group and name, case-insensitively.
+fn resource_matches(
+    subscription: Option<&str>,
+    [resource_group, name]: [&String; 2],
+    default_subscription: Option<&str>,
+    [at_subscription, at_resource_group, at_name]: [&String; 3],
+) -> bool {
+    subscription_matches(subscription, default_subscription, at_subscription)
+        && eq_ci(resource_group, at_resource_group)
+        && (name == "*" || eq_ci(name, at_name))
+}
+
 /// `scope` is `outer` or below it: both parsed as canonical ARM scopes and compared segment by
 /// segment, case-insensitively (`.../DevTest2` is not inside `.../DevTest`). A scope that does
 /// not parse is inside nothing.
@@ -150,12 +163,18 @@ fn compute_pattern_matches(
     target: &ResolvedTarget,
     default_subscription: Option<&str>,
 ) -> bool {
-    subscription_matches(
-        pattern.subscription_id.as_deref(),
-        default_subscription,
+    let at = [
         &target.subscription_id,
-    ) && eq_ci(&pattern.resource_group, &target.resource_group)
-        && (pattern.name == "*" || eq_ci(&pattern.name, &target.name))
+        &target.resource_group,
+        &target.name,
+    ];
+    let rule = [&pattern.resource_group, &pattern.name];
+    resource_matches(
+        pattern.subscription_id.as_deref(),
+        rule,
+        default_subscription,
+        at,
+    )
 }
 
 fn binding_rule_matches(
@@ -239,16 +258,21 @@ fn service_account_pattern_matches(
     service_account: &str,
     default_subscription: Option<&str>,
 ) -> bool {
-    subscription_matches(
-        pattern.subscription_id.as_deref(),
-        default_subscription,
+    let at = [
         &identity.subscription_id,
-    ) && eq_ci(&pattern.resource_group, &identity.resource_group)
-        && (pattern.identity_name == "*" || eq_ci(&pattern.identity_name, &identity.name))
-        && pattern
-            .service_accounts
-            .iter()
-            .any(|s| s == "*" || s == service_account)
+        &identity.resource_group,
+        &identity.name,
+    ];
+    let rule = [&pattern.resource_group, &pattern.identity_name];
+    resource_matches(
+        pattern.subscription_id.as_deref(),
+        rule,
+        default_subscription,
+        at,
+    ) && pattern
+        .service_accounts
+        .iter()
+        .any(|s| s == "*" || s == service_account)
 }
 
 /// May `namespace` bind `identity` to its service account `service_account` (workload identity)?

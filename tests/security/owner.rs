@@ -1,6 +1,7 @@
 //! 2. An identity has exactly one owner.
 
 use crate::support::arm::{Admin, identity_path};
+use uami_controller::azure::federated::IdentityCoordinates;
 use uami_controller::azure::{ArmClient, ArmClientOptions, IdentityApi};
 use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 use uami_controller::emulator::{self, World};
@@ -148,16 +149,15 @@ async fn creating_an_identity_never_overwrites_one_that_appeared() {
     )]
     .into_iter()
     .collect();
-    let err = arm
-        .create_identity(SUB, "DevTest", "raced", "eastus", &tags)
-        .await
-        .unwrap_err();
+    let create = |name: &'static str| {
+        let at = IdentityCoordinates::new(SUB, "DevTest", name);
+        let (arm, tags) = (&arm, &tags);
+        async move { arm.create_identity(&at, "eastus", tags).await }
+    };
+    let err = create("raced").await.unwrap_err();
     assert_eq!(err.code, "PreconditionFailed");
     assert_eq!(admin.identity_tags("raced").await, Some(raced));
-    let created = arm
-        .create_identity(SUB, "DevTest", "fresh", "eastus", &tags)
-        .await
-        .unwrap();
+    let created = create("fresh").await.unwrap();
     assert_eq!(created.tags, tags);
     emulator.shutdown().await;
 }

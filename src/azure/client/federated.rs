@@ -13,10 +13,7 @@ use crate::azure::{ArmError, api_versions};
 impl ArmClient {
     /// The identity's federated credentials, or the one named `name`.
     fn federated_url(&self, identity: &IdentityCoordinates, name: Option<&str>) -> Url {
-        let base = format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}/federatedIdentityCredentials",
-            identity.subscription, identity.resource_group, identity.name
-        );
+        let base = format!("{}/federatedIdentityCredentials", identity.path());
         let path = match name {
             Some(n) => format!("{base}/{n}"),
             None => base,

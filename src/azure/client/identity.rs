@@ -10,6 +10,7 @@ use url::Url;
 
 use super::ArmClient;
 use super::transport::{CREATED, OK, Request};
+use crate::azure::federated::IdentityCoordinates;
 use crate::azure::identity::Identity;
 use crate::azure::{ArmError, IdentityApi, api_versions};
 
@@ -34,26 +35,15 @@ fn parse_identity(v: &Value) -> Identity {
 }
 
 impl ArmClient {
-    fn identity_url(&self, subscription: &str, rg: &str, name: &str) -> Url {
-        self.url(
-            &format!(
-                "/subscriptions/{subscription}/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
-            ),
-            api_versions::MANAGED_IDENTITY,
-            &[],
-        )
+    fn identity_url(&self, at: &IdentityCoordinates) -> Url {
+        self.url(&at.path(), api_versions::MANAGED_IDENTITY, &[])
     }
 }
 
 #[async_trait]
 impl IdentityApi for ArmClient {
-    async fn get_identity(
-        &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
-    ) -> Result<Option<Identity>, ArmError> {
-        let url = self.identity_url(subscription, resource_group, name);
+    async fn get_identity(&self, at: &IdentityCoordinates) -> Result<Option<Identity>, ArmError> {
+        let url = self.identity_url(at);
         self.read(
             Request::get("UserAssignedIdentities_Get", url),
             parse_identity,
@@ -63,14 +53,12 @@ impl IdentityApi for ArmClient {
 
     async fn create_identity(
         &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
+        at: &IdentityCoordinates,
         location: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<Identity, ArmError> {
         const OP: &str = "UserAssignedIdentities_CreateOrUpdate";
-        let url = self.identity_url(subscription, resource_group, name);
+        let url = self.identity_url(at);
         let body = json!({"location": location, "tags": tags});
         let req = Request::new(OP, Method::PUT, url)
             .json(&body)
@@ -80,25 +68,18 @@ impl IdentityApi for ArmClient {
 
     async fn update_identity_tags(
         &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
+        at: &IdentityCoordinates,
         tags: &BTreeMap<String, String>,
     ) -> Result<Identity, ArmError> {
         const OP: &str = "UserAssignedIdentities_Update";
-        let url = self.identity_url(subscription, resource_group, name);
+        let url = self.identity_url(at);
         let body = json!({"tags": tags});
         let req = Request::new(OP, Method::PATCH, url).json(&body);
         self.write(req, OK, parse_identity).await
     }
 
-    async fn delete_identity(
-        &self,
-        subscription: &str,
-        resource_group: &str,
-        name: &str,
-    ) -> Result<(), ArmError> {
-        let url = self.identity_url(subscription, resource_group, name);
+    async fn delete_identity(&self, at: &IdentityCoordinates) -> Result<(), ArmError> {
+        let url = self.identity_url(at);
         self.delete("UserAssignedIdentities_Delete", url).await
     }
 }

@@ -56,6 +56,19 @@ impl ArmClient {
         let query: Vec<(&str, &str)> = filter.map(|f| ("$filter", f)).into_iter().collect();
         Ok(self.url(&path, api_versions::AUTHORIZATION, &query))
     }
+
+    /// Read the `kind` resource `name` at `scope` (None when it does not exist).
+    async fn get_authorization<T>(
+        &self,
+        op: &'static str,
+        scope: &str,
+        kind: &str,
+        name: &str,
+        parse: fn(&Value) -> T,
+    ) -> Result<Option<T>, ArmError> {
+        let url = self.authorization_url(op, scope, kind, Some(name), None)?;
+        self.read(Request::get(op, url), parse).await
+    }
 }
 
 #[async_trait]
@@ -65,9 +78,14 @@ impl RoleApi for ArmClient {
         scope: &str,
         guid: &str,
     ) -> Result<Option<RoleDefinition>, ArmError> {
-        const OP: &str = "RoleDefinitions_Get";
-        let url = self.authorization_url(OP, scope, "roleDefinitions", Some(guid), None)?;
-        self.read(Request::get(OP, url), parse_definition).await
+        self.get_authorization(
+            "RoleDefinitions_Get",
+            scope,
+            "roleDefinitions",
+            guid,
+            parse_definition,
+        )
+        .await
     }
 
     async fn find_role_definition(
@@ -95,9 +113,14 @@ impl RoleApi for ArmClient {
         scope: &str,
         name: &str,
     ) -> Result<Option<RoleAssignment>, ArmError> {
-        const OP: &str = "RoleAssignments_Get";
-        let url = self.authorization_url(OP, scope, "roleAssignments", Some(name), None)?;
-        self.read(Request::get(OP, url), parse_assignment).await
+        self.get_authorization(
+            "RoleAssignments_Get",
+            scope,
+            "roleAssignments",
+            name,
+            parse_assignment,
+        )
+        .await
     }
 
     async fn create_role_assignment(

@@ -124,22 +124,16 @@ async fn later_pages_of_a_list_show_the_collection_as_of_the_first_page() {
     let token_next = first["metadata"]["continue"].as_str().unwrap().to_string();
 
     // Between the pages: "d" changes and "c" goes.
-    let patch = http
-        .patch(format!("{collection}/d"))
-        .bearer_auth(&token)
-        .header("Content-Type", "application/merge-patch+json")
-        .body(r#"{"spec":{"size":2}}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patch.status(), StatusCode::OK);
-    let del = http
-        .delete(format!("{collection}/c"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(del.status(), StatusCode::OK);
+    let changes = [
+        http.patch(format!("{collection}/d"))
+            .header("Content-Type", "application/merge-patch+json")
+            .body(r#"{"spec":{"size":2}}"#),
+        http.delete(format!("{collection}/c")),
+    ];
+    for change in changes {
+        let resp = change.bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
 
     let second: Value = get(format!("?limit=2&continue={token_next}"))
         .await
