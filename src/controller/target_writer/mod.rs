@@ -222,14 +222,6 @@ impl TargetWriter {
         self.stop.cancel();
     }
 
-    /// Whether a write for `target` is queued or in flight.
-    pub fn busy(&self, target: &ComputeTarget) -> bool {
-        self.targets
-            .lock()
-            .get(&target.key())
-            .is_some_and(|s| s.running)
-    }
-
     async fn drive(self: Arc<Self>, target: ComputeTarget) {
         let key = target.key();
         loop {
