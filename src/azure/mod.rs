@@ -60,6 +60,15 @@ pub mod roles {
         pub principal_id: String,
         pub principal_type: Option<String>,
     }
+    /// A role assignment to create: `name` at `scope`, granting `role_definition_id` to the
+    /// service principal `principal_id`.
+    #[derive(Clone, Copy, Debug)]
+    pub struct NewRoleAssignment<'a> {
+        pub scope: &'a str,
+        pub name: &'a str,
+        pub role_definition_id: &'a str,
+        pub principal_id: &'a str,
+    }
     /// The namespace of role assignment names (a fixed UUID of this project).
     pub const ASSIGNMENT_NAMESPACE: uuid::Uuid =
         uuid::Uuid::from_u128(0x5f1c_2a9e_7d3b_4c61_9a0e_b2d4_6e8f_1a37);
@@ -215,7 +224,7 @@ pub mod compute {
 use compute::{ComputeResource, ComputeTarget, LroPoll, OperationStatus, PatchOutcome};
 use federated::IdentityCoordinates;
 use identity::Identity;
-use roles::{RoleAssignment, RoleDefinition};
+use roles::{NewRoleAssignment, RoleAssignment, RoleDefinition};
 
 #[async_trait]
 pub trait IdentityApi: Send + Sync {
@@ -255,10 +264,7 @@ pub trait RoleApi: Send + Sync {
     ) -> Result<Option<RoleAssignment>, ArmError>;
     async fn create_role_assignment(
         &self,
-        scope: &str,
-        name: &str,
-        role_definition_id: &str,
-        principal_id: &str,
+        new: NewRoleAssignment<'_>,
     ) -> Result<RoleAssignment, ArmError>;
     async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<(), ArmError>;
     async fn list_role_assignments_for_principal(

@@ -5,9 +5,9 @@
 //! powerful). Roles are never matched by wildcard: a policy must name a role (by built-in name or
 //! role definition GUID) for it to be allowed.
 
-use crate::api::policy::{
-    BindingRule, ComputePattern, GrantPolicy, ScopeRule, ServiceAccountPattern,
-};
+use crate::api::policy::{BindingRule, GrantPolicy, ScopeRule};
+use crate::azure::compute::{ComputeTarget, TargetKind};
+use crate::azure::federated::IdentityCoordinates;
 use crate::azure::scope::ArmScope;
 
 /// A role as resolved from ARM: its definition GUID and its name.
@@ -16,28 +16,6 @@ pub struct ResolvedRole {
     /// Trailing GUID of the role definition id.
     pub guid: String,
     /// `roleName` of the definition, such as `Reader`.
-    pub name: String,
-}
-
-/// The kind of compute target of a binding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetKind {
-    /// `Microsoft.Compute/virtualMachines`.
-    VirtualMachine,
-    /// `Microsoft.Compute/virtualMachineScaleSets`.
-    VirtualMachineScaleSet,
-}
-
-/// A binding target with its subscription resolved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedTarget {
-    /// VM or scale set.
-    pub kind: TargetKind,
-    /// Subscription id.
-    pub subscription_id: String,
-    /// Resource group.
-    pub resource_group: String,
-    /// VM or scale set name.
     pub name: String,
 }
 
@@ -63,6 +41,18 @@ fn namespace_matches(policy: &GrantPolicy, namespace: &str) -> bool {
         .namespaces
         .iter()
         .any(|n| n == "*" || n == namespace)
+}
+
+/// `Allowed` by the first policy for `namespace` that `allows`; None when none does.
+fn allowed_by(
+    policies: &[GrantPolicy],
+    namespace: &str,
+    allows: impl Fn(&GrantPolicy) -> bool,
+) -> Option<Decision> {
+    policies
+        .iter()
+        .find(|p| namespace_matches(p, namespace) && allows(p))
+        .map(|p| Decision::Allowed(p.metadata.name.clone().unwrap_or_default()))
 }
 
 fn eq_ci(a: &str, b: &str) -> bool {
@@ -140,71 +130,54 @@ pub fn check_grant(
     scope: &ArmScope,
     default_subscription: Option<&str>,
 ) -> Decision {
-    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
-        for rule in &policy.spec.role_grants {
-            let role_ok = rule.roles.iter().any(|r| role_matches(r, role));
-            let scope_ok = rule
-                .scopes
-                .iter()
-                .any(|s| scope_rule_matches(s, scope, default_subscription));
-            if role_ok && scope_ok {
-                return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
-            }
-        }
-    }
-    Decision::Denied(format!(
-        "no GrantPolicy allows namespace {namespace} to grant role {} at {scope}",
-        role.name
-    ))
-}
-
-fn compute_pattern_matches(
-    pattern: &ComputePattern,
-    target: &ResolvedTarget,
-    default_subscription: Option<&str>,
-) -> bool {
-    let at = [
-        &target.subscription_id,
-        &target.resource_group,
-        &target.name,
-    ];
-    let rule = [&pattern.resource_group, &pattern.name];
-    resource_matches(
-        pattern.subscription_id.as_deref(),
-        rule,
-        default_subscription,
-        at,
-    )
+    allowed_by(policies, namespace, |policy| {
+        policy.spec.role_grants.iter().any(|rule| {
+            rule.roles.iter().any(|r| role_matches(r, role))
+                && rule
+                    .scopes
+                    .iter()
+                    .any(|s| scope_rule_matches(s, scope, default_subscription))
+        })
+    })
+    .unwrap_or_else(|| {
+        Decision::Denied(format!(
+            "no GrantPolicy allows namespace {namespace} to grant role {} at {scope}",
+            role.name
+        ))
+    })
 }
 
 fn binding_rule_matches(
     rule: &BindingRule,
-    target: &ResolvedTarget,
+    target: &ComputeTarget,
     default_subscription: Option<&str>,
 ) -> bool {
     let pattern = match target.kind {
         TargetKind::VirtualMachine => rule.virtual_machine.as_ref(),
         TargetKind::VirtualMachineScaleSet => rule.virtual_machine_scale_set.as_ref(),
     };
-    pattern.is_some_and(|p| compute_pattern_matches(p, target, default_subscription))
+    let at = [&target.subscription, &target.resource_group, &target.name];
+    pattern.is_some_and(|p| {
+        let rule = [&p.resource_group, &p.name];
+        resource_matches(p.subscription_id.as_deref(), rule, default_subscription, at)
+    })
 }
 
 /// May `namespace` bind identities to `target`?
 pub fn check_binding(
     policies: &[GrantPolicy],
     namespace: &str,
-    target: &ResolvedTarget,
+    target: &ComputeTarget,
     default_subscription: Option<&str>,
 ) -> Decision {
-    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
-        if policy
+    if let Some(allowed) = allowed_by(policies, namespace, |policy| {
+        policy
             .spec
             .identity_bindings
             .iter()
             .any(|r| binding_rule_matches(r, target, default_subscription))
-        {
-            return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
-        }
+    }) {
+        return allowed;
     }
     let kind = match target.kind {
         TargetKind::VirtualMachine => "virtual machine",
@@ -224,78 +197,50 @@ pub fn check_adoption(
     resource_group: &str,
     default_subscription: Option<&str>,
 ) -> Decision {
-    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
-        let allowed = policy.spec.identity_adoption.iter().any(|rule| {
+    allowed_by(policies, namespace, |policy| {
+        policy.spec.identity_adoption.iter().any(|rule| {
             subscription_matches(
                 rule.subscription_id.as_deref(),
                 default_subscription,
                 subscription,
             ) && (rule.resource_group == "*" || eq_ci(&rule.resource_group, resource_group))
-        });
-        if allowed {
-            return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
-        }
-    }
-    Decision::Denied(format!(
-        "no GrantPolicy allows namespace {namespace} to adopt identities from resource group {resource_group}"
-    ))
-}
-
-/// A user-assigned identity by its Azure coordinates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedIdentity {
-    /// Subscription id.
-    pub subscription_id: String,
-    /// Resource group.
-    pub resource_group: String,
-    /// Azure name.
-    pub name: String,
-}
-
-fn service_account_pattern_matches(
-    pattern: &ServiceAccountPattern,
-    identity: &ResolvedIdentity,
-    service_account: &str,
-    default_subscription: Option<&str>,
-) -> bool {
-    let at = [
-        &identity.subscription_id,
-        &identity.resource_group,
-        &identity.name,
-    ];
-    let rule = [&pattern.resource_group, &pattern.identity_name];
-    resource_matches(
-        pattern.subscription_id.as_deref(),
-        rule,
-        default_subscription,
-        at,
-    ) && pattern
-        .service_accounts
-        .iter()
-        .any(|s| s == "*" || s == service_account)
+        })
+    })
+    .unwrap_or_else(|| {
+        Decision::Denied(format!(
+            "no GrantPolicy allows namespace {namespace} to adopt identities from resource group {resource_group}"
+        ))
+    })
 }
 
 /// May `namespace` bind `identity` to its service account `service_account` (workload identity)?
 pub fn check_service_account_binding(
     policies: &[GrantPolicy],
     namespace: &str,
-    identity: &ResolvedIdentity,
+    identity: &IdentityCoordinates,
     service_account: &str,
     default_subscription: Option<&str>,
 ) -> Decision {
-    for policy in policies.iter().filter(|p| namespace_matches(p, namespace)) {
-        if policy.spec.identity_bindings.iter().any(|r| {
+    let at = [
+        &identity.subscription,
+        &identity.resource_group,
+        &identity.name,
+    ];
+    allowed_by(policies, namespace, |policy| {
+        policy.spec.identity_bindings.iter().any(|r| {
             r.service_account.as_ref().is_some_and(|p| {
-                service_account_pattern_matches(p, identity, service_account, default_subscription)
+                let rule = [&p.resource_group, &p.identity_name];
+                resource_matches(p.subscription_id.as_deref(), rule, default_subscription, at)
+                    && p.service_accounts.iter().any(|s| s == "*" || s == service_account)
             })
-        }) {
-            return Decision::Allowed(policy.metadata.name.clone().unwrap_or_default());
-        }
-    }
-    Decision::Denied(format!(
-        "no GrantPolicy allows namespace {namespace} to bind identity {}/{} to service account {service_account}",
-        identity.resource_group, identity.name
-    ))
+        })
+    })
+    .unwrap_or_else(|| {
+        Decision::Denied(format!(
+            "no GrantPolicy allows namespace {namespace} to bind identity {}/{} to service account {service_account}",
+            identity.resource_group, identity.name
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -409,22 +354,22 @@ mod tests {
             {"virtualMachineScaleSet": {"resourceGroup": "Pool"}}]}),
         );
         let ps = [p];
-        let vm = |name: &str| ResolvedTarget {
+        let vm = |name: &str| ComputeTarget {
             kind: TargetKind::VirtualMachine,
-            subscription_id: SUB.into(),
+            subscription: SUB.into(),
             resource_group: "DevTest".into(),
             name: name.into(),
         };
         assert!(check_binding(&ps, "team-a", &vm("myvm"), Some(SUB)).is_allowed());
         assert!(!check_binding(&ps, "team-a", &vm("otherVM"), Some(SUB)).is_allowed());
-        let vmss = ResolvedTarget {
+        let vmss = ComputeTarget {
             kind: TargetKind::VirtualMachineScaleSet,
-            subscription_id: SUB.into(),
+            subscription: SUB.into(),
             resource_group: "Pool".into(),
             name: "any".into(),
         };
         assert!(check_binding(&ps, "team-a", &vmss, Some(SUB)).is_allowed());
-        let vm_in_pool = ResolvedTarget {
+        let vm_in_pool = ComputeTarget {
             kind: TargetKind::VirtualMachine,
             ..vmss
         };
@@ -440,12 +385,8 @@ mod tests {
             {"virtualMachine": {"resourceGroup": "DevTest"}}]}),
         );
         let ps = [p];
-        let id = |rg: &str, name: &str| ResolvedIdentity {
-            subscription_id: SUB.into(),
-            resource_group: rg.into(),
-            name: name.into(),
-        };
-        let allowed = |ns: &str, i: &ResolvedIdentity, sa: &str| {
+        let id = |rg: &str, name: &str| IdentityCoordinates::new(SUB, rg, name);
+        let allowed = |ns: &str, i: &IdentityCoordinates, sa: &str| {
             check_service_account_binding(&ps, ns, i, sa, Some(SUB)).is_allowed()
         };
         assert!(allowed("team-a", &id("devtest", "APP-ID"), "app"));
@@ -454,8 +395,8 @@ mod tests {
         assert!(!allowed("team-b", &id("DevTest", "app-id"), "app"));
         assert!(allowed("team-a", &id("Shared", "anything"), "anyone"));
         // Another subscription, or no default: nothing matches.
-        let elsewhere = ResolvedIdentity {
-            subscription_id: "00000000-0000-0000-0000-000000000001".into(),
+        let elsewhere = IdentityCoordinates {
+            subscription: "00000000-0000-0000-0000-000000000001".into(),
             ..id("Shared", "x")
         };
         assert!(!allowed("team-a", &elsewhere, "app"));

@@ -7,7 +7,7 @@ use url::Url;
 
 use super::ArmClient;
 use super::transport::{CREATED, Request};
-use crate::azure::roles::{RoleAssignment, RoleDefinition};
+use crate::azure::roles::{NewRoleAssignment, RoleAssignment, RoleDefinition};
 use crate::azure::scope::ArmScope;
 use crate::azure::{ArmError, RoleApi, api_versions};
 
@@ -125,16 +125,14 @@ impl RoleApi for ArmClient {
 
     async fn create_role_assignment(
         &self,
-        scope: &str,
-        name: &str,
-        role_definition_id: &str,
-        principal_id: &str,
+        new: NewRoleAssignment<'_>,
     ) -> Result<RoleAssignment, ArmError> {
         const OP: &str = "RoleAssignments_Create";
-        let url = self.authorization_url(OP, scope, "roleAssignments", Some(name), None)?;
+        let name = Some(new.name);
+        let url = self.authorization_url(OP, new.scope, "roleAssignments", name, None)?;
         let body = json!({"properties": {
-            "roleDefinitionId": role_definition_id,
-            "principalId": principal_id,
+            "roleDefinitionId": new.role_definition_id,
+            "principalId": new.principal_id,
             "principalType": "ServicePrincipal",
             "description": "managed by uami-controller",
         }});

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 
 use super::super::error::backoff;
 use super::super::outcome::{Next, Note, Report};
-use super::super::policy::{self, Decision, ResolvedTarget};
+use super::super::policy::{self, Decision};
 use super::super::reasons;
 use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
 use super::recorded_identity;
@@ -40,19 +40,6 @@ pub fn target_of(
         resource_group: r.resource_group.clone(),
         name: r.name.clone(),
     })
-}
-
-/// The target as the policy checks see it.
-pub fn resolved(target: &ComputeTarget) -> ResolvedTarget {
-    ResolvedTarget {
-        kind: match target.kind {
-            TargetKind::VirtualMachine => policy::TargetKind::VirtualMachine,
-            TargetKind::VirtualMachineScaleSet => policy::TargetKind::VirtualMachineScaleSet,
-        },
-        subscription_id: target.subscription.clone(),
-        resource_group: target.resource_group.clone(),
-        name: target.name.clone(),
-    }
 }
 
 /// What to do about a binding. Made once a pass and moved once: its size does not matter.
@@ -136,7 +123,7 @@ pub fn plan(
         return Plan::Report(Report::new(status, None, Next::AwaitChange));
     };
     if let Decision::Denied(message) =
-        policy::check_binding(policies, &ns, &resolved(&target), default_subscription)
+        policy::check_binding(policies, &ns, &target, default_subscription)
     {
         return Plan::Revoke { target, message };
     }

@@ -14,7 +14,7 @@ use super::super::policy;
 use super::super::status::{self, FIELD_MANAGER};
 use super::super::target_writer::{Outcome, Want};
 use super::OWNED;
-use super::plan::{Removal, not_ready, resolved, target_of};
+use super::plan::{Removal, not_ready, target_of};
 use crate::api::IdentityBinding;
 use crate::api::conditions::types;
 use crate::azure::compute::{ComputeResource, ComputeTarget};
@@ -191,7 +191,7 @@ pub(super) async fn remove_identity(
             && policy::check_binding(
                 &ctx.policies(),
                 &ns,
-                &resolved(target),
+                target,
                 ctx.settings.default_subscription.as_deref(),
             )
             .is_allowed()

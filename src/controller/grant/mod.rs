@@ -24,6 +24,7 @@ use super::outcome::{Next, Report, conclude, finalized};
 use super::status::{self, arm_reason, mark};
 use crate::api::conditions::types;
 use crate::api::{DeletionPolicy, RoleGrant};
+use crate::azure::roles::NewRoleAssignment;
 use plan::{Ensure, Found, Plan};
 pub use plan::{PRINCIPAL_NOT_FOUND_ATTEMPTS, ScopeProblem, assignment_id, scope_of};
 use revoke::{expected, find_matching, revoke};
@@ -152,7 +153,12 @@ async fn ensure(obj: &RoleGrant, ctx: &Context, e: &Ensure) -> Result<Found, Rec
     }
     ctx.forget_checked(&key);
     match roles
-        .create_role_assignment(scope, &exp.name, &e.definition_id, &exp.principal_id)
+        .create_role_assignment(NewRoleAssignment {
+            scope,
+            name: &exp.name,
+            role_definition_id: &e.definition_id,
+            principal_id: &exp.principal_id,
+        })
         .await
     {
         Ok(created) => {

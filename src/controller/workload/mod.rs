@@ -25,7 +25,7 @@ use kube::{Resource, ResourceExt};
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Next, Note};
-use super::policy::{self, Decision, ResolvedIdentity};
+use super::policy::{self, Decision};
 use super::reasons;
 use crate::api::conditions::{self, types};
 use crate::api::{DeletionPolicy, IdentityBinding, UserAssignedIdentity};
@@ -180,15 +180,10 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
             return wait(&obj, ctx, reason, &message, Next::After(WAIT)).await;
         }
     };
-    let resolved = ResolvedIdentity {
-        subscription_id: id.coordinates.subscription.clone(),
-        resource_group: id.coordinates.resource_group.clone(),
-        name: id.coordinates.name.clone(),
-    };
     if let Decision::Denied(message) = policy::check_service_account_binding(
         &ctx.policies(),
         &ns,
-        &resolved,
+        &id.coordinates,
         &sa,
         ctx.settings.default_subscription.as_deref(),
     ) {
