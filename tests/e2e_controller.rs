@@ -64,6 +64,11 @@ async fn apps_with(configure: impl FnOnce(&mut StackOptions), parts: &[String]) 
     stack
 }
 
+/// A stack without agents, with the GrantPolicy of `apps` and the objects of `parts` applied.
+async fn apps(parts: &[String]) -> Stack {
+    apps_with(|_| {}, parts).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_identities_on_one_vm_cost_at_most_two_patches() {
     let stack = stack(60, |o| o.agents = false).await;
@@ -94,33 +99,23 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
         (1..=2).contains(&patches),
         "{patches} VM PATCHes for five identities"
     );
-    let vm = compute(&stack.emulator.state(), "myVM");
-    assert_eq!(
-        vm["identity"]["userAssignedIdentities"]
-            .as_object()
-            .unwrap()
-            .len(),
-        5
-    );
+    assert_eq!(user_assigned(&stack.emulator.state(), "myVM"), 5);
     stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_no_policy_allows_is_refused_without_an_arm_write() {
-    let stack = apps_with(
-        |_| {},
-        &[
-            identity("denied-id", ""),
-            grant(
-                "owner-of-everything",
-                "denied-id",
-                "Owner",
-                &format!("{{subscription: {{subscriptionId: {SUB}}}}}"),
-                "",
-            ),
-            binding("elsewhere", "denied-id", "otherVM"),
-        ],
-    )
+    let stack = apps(&[
+        identity("denied-id", ""),
+        grant(
+            "owner-of-everything",
+            "denied-id",
+            "Owner",
+            &format!("{{subscription: {{subscriptionId: {SUB}}}}}"),
+            "",
+        ),
+        binding("elsewhere", "denied-id", "otherVM"),
+    ])
     .await;
     ready(&identities(&stack, NS), "denied-id", 60).await;
     refused(&grants(&stack, NS), "owner-of-everything", "DeniedByPolicy").await;
@@ -244,26 +239,17 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
     assert_eq!(state["identities"].as_array().unwrap().len(), 1);
     let pid = principal_of(&stack, "restart").await;
     assert_eq!(assignments_of(&state, &pid).len(), 1);
-    assert_eq!(
-        compute(&state, "myVM")["identity"]["userAssignedIdentities"]
-            .as_object()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(user_assigned(&state, "myVM"), 1);
     second.stop().await;
     stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_and_adopted_resources_survive_deletion() {
-    let stack = apps_with(
-        |_| {},
-        &[
-            identity("kept", ", deletionPolicy: Orphan"),
-            identity("shared", ""),
-        ],
-    )
+    let stack = apps(&[
+        identity("kept", ", deletionPolicy: Orphan"),
+        identity("shared", ""),
+    ])
     .await;
     ready(&identities(&stack, NS), "kept", 60).await;
     let shared = ready(&identities(&stack, NS), "shared", 60).await;

@@ -124,34 +124,21 @@ mod tests {
     #[test]
     fn transition_time_kept_when_status_unchanged() {
         let mut c = vec![];
-        assert!(set_condition(
-            &mut c,
-            NewCondition::new(types::READY, false, "Waiting", "a"),
-            Some(1),
-            t(10)
-        ));
-        assert!(set_condition(
-            &mut c,
-            NewCondition::new(types::READY, false, "Waiting", "b"),
-            Some(1),
-            t(20)
-        ));
-        assert_eq!(c[0].last_transition_time, t(10));
-        assert_eq!(c[0].message, "b");
-        assert!(!set_condition(
-            &mut c,
-            NewCondition::new(types::READY, false, "Waiting", "b"),
-            Some(1),
-            t(30)
-        ));
-        assert!(set_condition(
-            &mut c,
-            NewCondition::new(types::READY, true, "Ready", "ok"),
-            Some(2),
-            t(40)
-        ));
-        assert_eq!(c[0].last_transition_time, t(40));
-        assert_eq!(c[0].observed_generation, Some(2));
+        // (ready, message, generation, at): whether the list changes, and the transition time.
+        let steps = [
+            ((false, "a", 1, 10), true, 10),
+            ((false, "b", 1, 20), true, 10),
+            ((false, "b", 1, 30), false, 10),
+            ((true, "ok", 2, 40), true, 40),
+        ];
+        for ((ready, message, generation, at), changed, transition) in steps {
+            let reason = if ready { "Ready" } else { "Waiting" };
+            let new = NewCondition::new(types::READY, ready, reason, message);
+            assert_eq!(set_condition(&mut c, new, Some(generation), t(at)), changed);
+            assert_eq!(c[0].last_transition_time, t(transition));
+            assert_eq!(c[0].message, message);
+            assert_eq!(c[0].observed_generation, Some(generation));
+        }
         assert_eq!(c.len(), 1);
         assert!(is_true(&c, types::READY));
     }

@@ -49,7 +49,6 @@ pub mod roles {
         pub id: String,
         pub name: String,
         pub role_name: String,
-        pub role_type: String,
     }
     #[derive(Clone, Debug, Default, PartialEq)]
     pub struct RoleAssignment {
@@ -58,7 +57,6 @@ pub mod roles {
         pub scope: String,
         pub role_definition_id: String,
         pub principal_id: String,
-        pub principal_type: Option<String>,
     }
     /// A role assignment to create: `name` at `scope`, granting `role_definition_id` to the
     /// service principal `principal_id`.

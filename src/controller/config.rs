@@ -52,19 +52,19 @@ pub struct RunArgs {
     pub credential: CredentialMode,
 
     /// Tenant id of the controller's identity.
-    #[arg(long, env = "AZURE_TENANT_ID")]
+    #[arg(long, env = "AZURE_TENANT_ID", value_name = "GUID")]
     pub tenant_id: Option<String>,
 
     /// Client id of the controller's identity.
-    #[arg(long, env = "AZURE_CLIENT_ID")]
+    #[arg(long, env = "AZURE_CLIENT_ID", value_name = "GUID")]
     pub client_id: Option<String>,
 
     /// File holding the client secret (client-secret mode).
-    #[arg(long, env = "AZURE_CLIENT_SECRET_FILE")]
+    #[arg(long, env = "AZURE_CLIENT_SECRET_FILE", value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
 
     /// Federated token file (workload-identity mode); re-read on every exchange.
-    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "FILE")]
     pub federated_token_file: Option<PathBuf>,
 
     /// Name of this cluster (required): identities are tagged
@@ -77,11 +77,11 @@ pub struct RunArgs {
     /// The cluster's OIDC issuer URL (`az aks show --query oidcIssuerProfile.issuerUrl`), exactly
     /// as its service account tokens carry it in `iss`. Needed for service account bindings
     /// (workload identity); without it they are refused with `NoOidcIssuer`.
-    #[arg(long, env = "UAMI_OIDC_ISSUER")]
+    #[arg(long, env = "UAMI_OIDC_ISSUER", value_name = "URL")]
     pub oidc_issuer: Option<String>,
 
     /// Subscription used where a spec names none.
-    #[arg(long, env = "UAMI_DEFAULT_SUBSCRIPTION")]
+    #[arg(long, env = "UAMI_DEFAULT_SUBSCRIPTION", value_name = "GUID")]
     pub default_subscription: Option<String>,
 
     /// Period of the drift check of each object (jittered by up to 10%).

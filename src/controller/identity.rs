@@ -20,7 +20,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::{Note, finalized};
+use super::outcome::{Note, finalized, warn_once};
 use super::policy::{self, Decision};
 use super::reasons;
 use super::status::{self, FIELD_MANAGER, Reported, ready_reason_is};
@@ -232,9 +232,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         }
         Plan::InSync => current.unwrap_or_default(),
         Plan::Refuse { reason, message } => {
-            Note::warning(reason, "ReconcileIdentity", message.clone())
-                .publish_once(ctx, &*obj)
-                .await;
+            warn_once(ctx, &*obj, reason, "ReconcileIdentity", &message).await;
             write_status(&obj, ctx, not_ready(&obj, reason, &message)).await?;
             // A foreign identity may be removed or re-tagged in Azure: look again now and then.
             return Ok(Action::requeue(ctx.settings.jittered_resync()));
@@ -257,12 +255,13 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
                 format!("identity {} exists", at.name),
             ),
             Export::Refused(message) => {
-                Note::warning(
+                warn_once(
+                    ctx,
+                    &*obj,
                     reasons::CONFIG_MAP_CONFLICT,
                     "ExportConfigMap",
-                    message.clone(),
+                    &message,
                 )
-                .publish_once(ctx, &*obj)
                 .await;
                 NewCondition::new(types::READY, false, reasons::CONFIG_MAP_CONFLICT, message)
             }

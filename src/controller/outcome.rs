@@ -102,17 +102,24 @@ impl Note {
         }
     }
 
-    /// Publish it about `obj` unless `obj`'s `Ready` condition already has this reason: a
-    /// condition that persists is reported once.
-    pub async fn publish_once<K: Reported>(self, ctx: &Context, obj: &K) {
-        if !ready_reason_is(obj, &self.reason) {
-            self.publish(ctx, obj).await;
-        }
-    }
-
     /// Publish it about `obj`.
     pub async fn publish<K: Resource<DynamicType = ()>>(self, ctx: &Context, obj: &K) {
         ctx.event(obj, self.warning, &self.reason, self.action, self.message)
+            .await;
+    }
+}
+
+/// Publish a Warning Event about `obj` unless `obj`'s `Ready` condition already has `reason`:
+/// a condition that persists is reported once.
+pub async fn warn_once<K: Reported>(
+    ctx: &Context,
+    obj: &K,
+    reason: &str,
+    action: &'static str,
+    message: &str,
+) {
+    if !ready_reason_is(obj, reason) {
+        ctx.event(obj, true, reason, action, message.to_string())
             .await;
     }
 }

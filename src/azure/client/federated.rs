@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, Request};
+use super::transport::{CREATED, Request, text};
 use crate::azure::federated::{FederatedCredential, FederatedCredentialApi, IdentityCoordinates};
 use crate::azure::{ArmError, api_versions};
 
@@ -23,20 +23,18 @@ impl ArmClient {
 }
 
 fn parse(v: &Value) -> FederatedCredential {
-    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
+    let audiences = v["properties"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten();
     FederatedCredential {
-        audiences: v["properties"]["audiences"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        name: s(&v["name"]),
-        id: s(&v["id"]),
-        issuer: s(&v["properties"]["issuer"]),
-        subject: s(&v["properties"]["subject"]),
+        audiences: audiences
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        name: text(v, "/name"),
+        id: text(v, "/id"),
+        issuer: text(v, "/properties/issuer"),
+        subject: text(v, "/properties/subject"),
     }
 }
 

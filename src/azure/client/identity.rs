@@ -9,28 +9,21 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, OK, Request};
+use super::transport::{CREATED, OK, Request, text};
 use crate::azure::federated::IdentityCoordinates;
 use crate::azure::identity::Identity;
 use crate::azure::{ArmError, IdentityApi, api_versions};
 
 fn parse_identity(v: &Value) -> Identity {
-    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
+    let tags = v["tags"].as_object().into_iter().flatten();
     Identity {
-        id: s(&v["id"]),
-        name: s(&v["name"]),
-        location: s(&v["location"]),
-        tags: v["tags"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        client_id: s(&v["properties"]["clientId"]),
-        principal_id: s(&v["properties"]["principalId"]),
-        tenant_id: s(&v["properties"]["tenantId"]),
+        id: text(v, "/id"),
+        name: text(v, "/name"),
+        location: text(v, "/location"),
+        tags: tags.map(|(k, v)| (k.clone(), text(v, ""))).collect(),
+        client_id: text(v, "/properties/clientId"),
+        principal_id: text(v, "/properties/principalId"),
+        tenant_id: text(v, "/properties/tenantId"),
     }
 }
 

@@ -6,32 +6,26 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, Request};
+use super::transport::{CREATED, Request, text};
 use crate::azure::roles::{NewRoleAssignment, RoleAssignment, RoleDefinition};
 use crate::azure::scope::ArmScope;
 use crate::azure::{ArmError, RoleApi, api_versions};
 
 fn parse_definition(v: &Value) -> RoleDefinition {
-    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
     RoleDefinition {
-        id: s(&v["id"]),
-        name: s(&v["name"]),
-        role_name: s(&v["properties"]["roleName"]),
-        role_type: s(&v["properties"]["type"]),
+        id: text(v, "/id"),
+        name: text(v, "/name"),
+        role_name: text(v, "/properties/roleName"),
     }
 }
 
 fn parse_assignment(v: &Value) -> RoleAssignment {
-    let s = |p: &Value| p.as_str().unwrap_or_default().to_string();
     RoleAssignment {
-        id: s(&v["id"]),
-        name: s(&v["name"]),
-        scope: s(&v["properties"]["scope"]),
-        role_definition_id: s(&v["properties"]["roleDefinitionId"]),
-        principal_id: s(&v["properties"]["principalId"]),
-        principal_type: v["properties"]["principalType"]
-            .as_str()
-            .map(str::to_string),
+        id: text(v, "/id"),
+        name: text(v, "/name"),
+        scope: text(v, "/properties/scope"),
+        role_definition_id: text(v, "/properties/roleDefinitionId"),
+        principal_id: text(v, "/properties/principalId"),
     }
 }
 
@@ -96,7 +90,7 @@ impl RoleApi for ArmClient {
         const OP: &str = "RoleDefinitions_List";
         let filter = format!("roleName eq '{}'", role_name.replace('\'', "''"));
         let url = self.authorization_url(OP, scope, "roleDefinitions", None, Some(&filter))?;
-        let mut matching: Vec<RoleDefinition> = self.list_all(OP, url, parse_definition).await?;
+        let mut matching = self.list_all(OP, url, parse_definition).await?;
         matching.retain(|d| d.role_name.eq_ignore_ascii_case(role_name));
         match matching.len() {
             0 | 1 => Ok(matching.pop()),
@@ -151,8 +145,8 @@ impl RoleApi for ArmClient {
         scope: &str,
         principal_id: &str,
     ) -> Result<Vec<RoleAssignment>, ArmError> {
-        const OP: &str = "RoleAssignments_ListForScope";
         let filter = format!("principalId eq '{principal_id}'");
+        const OP: &str = "RoleAssignments_ListForScope";
         let url = self.authorization_url(OP, scope, "roleAssignments", None, Some(&filter))?;
         self.list_all(OP, url, parse_assignment).await
     }

@@ -105,6 +105,15 @@ impl Response {
     }
 }
 
+/// The string at JSON `pointer` in `v` ("" when absent or not a string): the decoders' view of
+/// a resource's fields.
+pub(super) fn text(v: &Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The statuses of an operation's answer that carry its result; every other status is the
 /// operation's error (ARM's code and message).
 pub(super) type Expect = &'static [u16];

@@ -50,7 +50,6 @@ fn reader() -> RoleDefinition {
         ),
         name: READER.into(),
         role_name: "Reader".into(),
-        role_type: "BuiltInRole".into(),
     }
 }
 

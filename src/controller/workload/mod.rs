@@ -24,7 +24,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::outcome::{Next, Note};
+use super::outcome::{Next, warn_once};
 use super::policy::{self, Decision};
 use super::reasons;
 use crate::api::conditions::{self, types};
@@ -187,9 +187,14 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
         &sa,
         ctx.settings.default_subscription.as_deref(),
     ) {
-        Note::warning(reasons::DENIED_BY_POLICY, "CheckPolicy", message.clone())
-            .publish_once(ctx, &*obj)
-            .await;
+        warn_once(
+            ctx,
+            &*obj,
+            reasons::DENIED_BY_POLICY,
+            "CheckPolicy",
+            &message,
+        )
+        .await;
         let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
         if obj.status.as_ref().and_then(|s| s.assigned) == Some(true) {
             // A policy no longer allows what this binding made: take it back.
@@ -273,12 +278,13 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
                 "identity {} already has {count} federated identity credentials, Azure's limit is {MAX_CREDENTIALS_PER_IDENTITY}; bind another identity or remove a binding of this one",
                 id.coordinates.name
             );
-            Note::warning(
+            warn_once(
+                ctx,
+                &*obj,
                 reasons::FEDERATED_CREDENTIAL_LIMIT,
                 "CreateFederatedCredential",
-                message.clone(),
+                &message,
             )
-            .publish_once(ctx, &*obj)
             .await;
             return wait(
                 &obj,
