@@ -134,6 +134,12 @@ async fn bindings_remove_only_identities_the_controller_added() {
     // Forged status: `adopted: false` on the adopted binding, `adopted: true` on ours.
     forge_status(&api, "b-pre", json!({"adopted": false})).await;
     forge_status(&api, "b-own", json!({"adopted": true})).await;
+    // The controller corrects the claim from its record.
+    eventually(60, "b-own to show adopted: false again", || async {
+        let b = api.get("b-own").await.unwrap();
+        (b.status.and_then(|s| s.adopted) == Some(false)).then_some(())
+    })
+    .await;
     delete_and_wait(&api, "b-pre").await;
     delete_and_wait(&api, "b-own").await;
     delete_and_wait(&closed, "b-denied").await;

@@ -13,6 +13,7 @@ use super::super::policy::{self, Decision};
 use super::super::reasons;
 use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
 use super::recorded_identity;
+use super::removal::recorded;
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
 use crate::azure::compute::{ComputeTarget, TargetKind};
@@ -163,8 +164,10 @@ pub fn plan(
     );
     let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
     if assigned_before && recently_checked(&fingerprint) {
-        // A pass caused by a status write (ours or the agent's): only the summary can change.
-        let adopted = obj.status.as_ref().and_then(|s| s.adopted).unwrap_or(false);
+        // A pass caused by a status write (ours, the agent's or anyone's): only the summary can
+        // change. `adopted` is what the record says, never what the status claims: a status
+        // edited by someone else is corrected here.
+        let adopted = !recorded(obj, &identity_id);
         return report(assigned(obj, &target, adopted));
     }
     Plan::Ensure(Ensure {

@@ -161,6 +161,20 @@ fn plans_from_target_policy_and_identity() {
         }
         other => panic!("{other:?}"),
     }
+    // Status is not evidence: `adopted` follows the record, whatever the status claims.
+    for (claimed, recorded) in [(true, true), (false, false)] {
+        let forged = binding(
+            Some(json!({"assigned": true, "adopted": claimed})),
+            recorded,
+        );
+        match plan(&forged, Some(SUB), &allow_vm(), Some(&ready), |_| true) {
+            Plan::Report(Report {
+                status: Some(status),
+                ..
+            }) => assert_eq!(status.adopted, Some(!recorded), "recorded: {recorded}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]
