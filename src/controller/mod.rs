@@ -16,4 +16,5 @@ pub mod reasons;
 pub mod run;
 pub mod status;
 pub mod target_writer;
+pub mod watch;
 pub mod workload;

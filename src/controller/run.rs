@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::context::{AzureApis, Context, Settings, Stores, object_key};
 use super::error::{ReconcileError, backoff};
 use super::target_writer::{TargetWriter, WaitingSiblings, WriterConfig};
-use super::{binding, grant, identity};
+use super::{binding, grant, identity, watch};
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
 use crate::azure::compute::ComputeTarget;
@@ -116,51 +116,6 @@ macro_rules! timed {
     };
 }
 
-/// Capacity of each shared store's event fan-out. A full buffer holds the reflector back until the
-/// slowest controller has taken its triggers (nothing is dropped).
-const SHARED_BUFFER: usize = 4096;
-
-/// What the stores keep of an object: no reconciler reads managedFields or kubectl's copy of the
-/// last applied object, so they are dropped (an object applied with kubectl carries its whole
-/// spec a second time in that annotation).
-fn trim<K: Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
-    if let Some(a) = o.meta_mut().annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-/// Keep `writer`'s store current from a watch of `api`; watch errors are logged and retried with
-/// backoff.
-fn drive<K>(
-    api: Api<K>,
-    wc: watcher::Config,
-    writer: reflector::store::Writer<K>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let kind = K::kind(&()).to_string();
-    tokio::spawn(
-        watcher(api, wc)
-            .default_backoff()
-            .modify(trim)
-            .reflect_shared(writer)
-            .for_each(move |ev| {
-                if let Err(e) = ev {
-                    tracing::warn!(kind = %kind, error = %e, "watch error");
-                }
-                futures::future::ready(())
-            }),
-    )
-}
-
 /// Run the three controllers until `shutdown` resolves; in-flight reconciles finish first.
 ///
 /// Each kind has one watch and one store, shared by every controller that reads it: a binding or
@@ -179,28 +134,15 @@ pub async fn run_controllers(
     let grants: Api<RoleGrant> = Api::all(client.clone());
     let policies: Api<GrantPolicy> = Api::all(client.clone());
 
-    let (id_store, id_writer) = reflector::store_shared(SHARED_BUFFER);
-    let (b_store, b_writer) = reflector::store_shared(SHARED_BUFFER);
-    let (g_store, g_writer) = reflector::store_shared(SHARED_BUFFER);
+    let (id_store, id_writer) = reflector::store();
+    let (b_store, b_writer) = reflector::store();
+    let (g_store, g_writer) = reflector::store();
     let (policy_store, policy_writer) = reflector::store::<GrantPolicy>();
-    let (
-        Some(id_for_ids),
-        Some(id_for_bindings),
-        Some(id_for_grants),
-        Some(b_for_bindings),
-        Some(g_for_grants),
-    ) = (
-        id_writer.subscribe(),
-        id_writer.subscribe(),
-        id_writer.subscribe(),
-        b_writer.subscribe(),
-        g_writer.subscribe(),
-    )
-    else {
-        // Shared writers always hand out subscriptions.
-        tracing::error!("shared stores refused a subscription; controllers not started");
-        return;
-    };
+    let (id_to_ids, id_for_ids) = watch::reader();
+    let (id_to_bindings, id_for_bindings) = watch::reader();
+    let (id_to_grants, id_for_grants) = watch::reader();
+    let (b_to_bindings, b_for_bindings) = watch::reader();
+    let (g_to_grants, g_for_grants) = watch::reader();
 
     let stores = Stores {
         identities: id_store.clone(),
@@ -231,7 +173,9 @@ pub async fn run_controllers(
     let denied_store = stores.identities.clone();
     let policy_watch = reflector::reflector(
         policy_writer,
-        watcher(policies, wc.clone()).default_backoff().modify(trim),
+        watcher(policies, wc.clone())
+            .default_backoff()
+            .modify(watch::trim),
     )
     .touched_objects()
     .for_each(move |ev| {
@@ -306,9 +250,14 @@ pub async fn run_controllers(
         .for_each(|_| futures::future::ready(()));
 
     let reflectors = [
-        drive(identities, wc.clone(), id_writer),
-        drive(bindings, wc.clone(), b_writer),
-        drive(grants, wc, g_writer),
+        watch::drive(
+            identities,
+            wc.clone(),
+            id_writer,
+            vec![id_to_ids, id_to_bindings, id_to_grants],
+        ),
+        watch::drive(bindings, wc.clone(), b_writer, vec![b_to_bindings]),
+        watch::drive(grants, wc, g_writer, vec![g_to_grants]),
         tokio::spawn(policy_watch),
     ];
     let writers = ctx.writer.clone();

@@ -137,14 +137,13 @@ where
     .await;
 }
 
-/// Delete the object and wait (180 s at most: on a loaded machine a binding's cleanup has been
-/// seen to take two minutes) until it no longer exists.
+/// Delete the object and wait (60 s at most) until it no longer exists.
 pub async fn delete_and_wait<K>(api: &Api<K>, name: &str)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     delete(api, name).await;
-    gone(api, name, 180).await;
+    gone(api, name, 60).await;
 }
 
 /// A controller started beside (or instead of) the stack's own, stopped on demand.
