@@ -145,8 +145,8 @@ impl RoleApi for ArmClient {
         scope: &str,
         principal_id: &str,
     ) -> Result<Vec<RoleAssignment>, ArmError> {
-        let filter = format!("principalId eq '{principal_id}'");
         const OP: &str = "RoleAssignments_ListForScope";
+        let filter = format!("principalId eq '{principal_id}'");
         let url = self.authorization_url(OP, scope, "roleAssignments", None, Some(&filter))?;
         self.list_all(OP, url, parse_assignment).await
     }
