@@ -86,6 +86,7 @@ struct Row {
     kube: usize,
     rss_peak_kib: u64,
     rss_kib: u64,
+    cpu_seconds: f64,
     startup: Option<f64>,
     steady: Option<(u64, u64, usize)>,
     note: String,
@@ -215,6 +216,25 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user and system) the process has used, in seconds: fields 14 and 15 of
+/// `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's `USER_HZ`).
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces: count the fields after its closing parenthesis, where
+    // the state is the first.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 fn arm_counts(em: &Emulator) -> (u64, u64, u64, u64) {
     let c = em.counts();
     let throttled =
@@ -287,7 +307,15 @@ async fn run(s: &Scenario) -> Row {
     sb.write_kubeconfig(&kubeconfig, "controller").unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
-    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
+    // With `BENCH_DEBUG` the controller's log (`BENCH_RUST_LOG`, default warn) is kept in
+    // `target/bench-<scenario>.log`.
+    let debug = std::env::var("BENCH_DEBUG").is_ok();
+    let log_path = if debug {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("../bench-{}.log", s.name))
+    } else {
+        dir.join("controller.log")
+    };
+    let log = std::fs::File::create(&log_path).unwrap();
     let started = Instant::now();
     // `BENCH_WRAPPER` runs the controller under a command (a profiler that execs it, so that the
     // process measured is still the controller).
@@ -318,7 +346,14 @@ async fn run(s: &Scenario) -> Row {
         .args(["--resync-period", &format!("{}s", s.resync.as_secs())])
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(&s.flags)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            if debug {
+                "info,uami_controller=debug"
+            } else {
+                "warn"
+            },
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -381,6 +416,33 @@ async fn run(s: &Scenario) -> Row {
             .or_default() += 1;
         }
         eprintln!("{}: Kubernetes requests by the controller: {by:#?}", s.name);
+        // Objects whose status the controller wrote more than once, and how two of them ended.
+        let mut writes: std::collections::BTreeMap<(String, String), usize> = Default::default();
+        for a in sb.audit().iter() {
+            if a.user == "controller" && a.verb == "patch" && a.subresource == "status" {
+                *writes
+                    .entry((a.resource.clone(), a.name.clone()))
+                    .or_default() += 1;
+            }
+        }
+        let again: Vec<_> = writes.iter().filter(|(_, n)| **n > 1).collect();
+        eprintln!(
+            "{}: {} objects with more than one status write: {:?}",
+            s.name,
+            again.len(),
+            again.iter().take(5).collect::<Vec<_>>()
+        );
+        let bindings: Api<IdentityBinding> = Api::namespaced(sb.client(), NS);
+        for ((resource, name), n) in again.iter().take(2) {
+            if resource == "identitybindings"
+                && let Ok(b) = bindings.get(name).await
+            {
+                eprintln!(
+                    "{name}: {n} status writes; {}",
+                    serde_json::to_string(&b.status).unwrap_or_default()
+                );
+            }
+        }
         eprintln!("{}: ARM: {:?}", s.name, em.counts());
     }
     // Writes needed: every identity, every role assignment, one PATCH per VM.
@@ -392,6 +454,7 @@ async fn run(s: &Scenario) -> Row {
     row.bound = ((needed - WRITE_BURST * s.scale).max(0.0)) / (WRITE_REFILL * s.scale);
     row.rss_peak_kib = proc_status_kib(pid, "VmHWM:");
     row.rss_kib = proc_status_kib(pid, "VmRSS:");
+    row.cpu_seconds = proc_cpu_seconds(pid);
     if s.steady && row.ready.is_some() {
         em.reset_counts();
         let before = controller_requests(&sb);
@@ -414,10 +477,10 @@ async fn run(s: &Scenario) -> Row {
 fn print(rows: &[Row], scenarios: &[Scenario]) {
     println!();
     println!(
-        "| scenario | objects | time to Ready | lower bound | ratio | ARM reads/obj | ARM writes/obj | 429s | VM PATCHes/VM | Kubernetes requests/obj | controller RSS (peak) | start-up to first reconcile |"
+        "| scenario | objects | time to Ready | lower bound | ratio | ARM reads/obj | ARM writes/obj | 429s | VM PATCHes/VM | Kubernetes requests/obj | controller RSS (peak) | controller CPU to Ready | start-up to first reconcile |"
     );
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in rows {
         let o = r.objects as f64;
@@ -434,7 +497,7 @@ fn print(rows: &[Row], scenarios: &[Scenario]) {
             format!("{:.2}", r.patches as f64 / r.vms as f64)
         };
         println!(
-            "| {} | {} | {ready} | {:.1} s | {ratio} | {:.2} | {:.2} | {} | {patches} | {:.2} | {:.1} MiB ({:.1} MiB) | {} |",
+            "| {} | {} | {ready} | {:.1} s | {ratio} | {:.2} | {:.2} | {} | {patches} | {:.2} | {:.1} MiB ({:.1} MiB) | {:.1} s | {} |",
             r.name,
             r.objects,
             r.bound,
@@ -444,6 +507,7 @@ fn print(rows: &[Row], scenarios: &[Scenario]) {
             r.kube as f64 / o,
             r.rss_kib as f64 / 1024.0,
             r.rss_peak_kib as f64 / 1024.0,
+            r.cpu_seconds,
             r.startup
                 .map_or_else(|| "n/a".to_string(), |t| format!("{t:.2} s")),
         );

@@ -3,6 +3,7 @@
 //! identity changes, all of them when a GrantPolicy changes, a binding when its target's writer
 //! finishes), and graceful shutdown.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -269,12 +270,24 @@ pub async fn run_controllers(
         tracing::info!("shutting down: finishing in-flight reconciles");
         let _ = shutdown_tx.send(());
     };
-    // Policy decisions wait for the GrantPolicy cache: right after a start an empty cache would
-    // deny (and revoke) everything that a policy allows.
-    let policies = stores.policies.clone();
+    // Reconciles wait for every cache: right after a start an empty GrantPolicy cache would deny
+    // (and revoke) everything a policy allows, and an empty identity cache would report the
+    // identity of every binding and grant as missing.
+    let all_ready = {
+        let s = stores.clone();
+        async move {
+            let (p, i, b, g) = tokio::join!(
+                s.policies.wait_until_ready(),
+                s.identities.wait_until_ready(),
+                s.bindings.wait_until_ready(),
+                s.grants.wait_until_ready(),
+            );
+            p.and(i).and(b).and(g)
+        }
+    };
     let controllers = async move {
         tokio::select! {
-            ready = policies.wait_until_ready() => {
+            ready = all_ready => {
                 if ready.is_err() {
                     return;
                 }
@@ -289,42 +302,76 @@ pub async fn run_controllers(
     }
 }
 
+/// How long one scan of the stores answers the writers' questions about waiting siblings: each
+/// held VM asks every 500 ms, and one scan covers every VM.
+const SIBLINGS_FRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// For the target writer: the bindings of a target, from the shared stores, that wait for their
 /// identity to be created (named by the identity's object), or whose identity is ready and that
-/// have not been reconciled to a status yet (named by the identity's ARM id).
+/// have not been reconciled to a status yet (named by the identity's ARM id). One scan of the
+/// stores, grouped by target, serves every target for [`SIBLINGS_FRESH`].
 fn waiting_siblings(
     bindings: reflector::Store<IdentityBinding>,
     identities: reflector::Store<UserAssignedIdentity>,
     default_subscription: Option<String>,
 ) -> WaitingSiblings {
+    let scanned: parking_lot::Mutex<Option<(Instant, WaitingByTarget)>> =
+        parking_lot::Mutex::new(None);
     Arc::new(move |target: &ComputeTarget| {
-        let key = target.key();
-        bindings
-            .state()
-            .iter()
-            .filter(|b| b.meta().deletion_timestamp.is_none())
-            .filter(|b| {
-                binding::target_of(b, default_subscription.as_deref())
-                    .is_some_and(|t| t.key() == key)
-            })
-            .filter_map(|b| {
-                let ns = b.namespace()?;
-                let name = &b.spec.identity_ref.name;
-                let identity = identities.get(&ObjectRef::new(name).within(&ns))?;
-                if identity.meta().deletion_timestamp.is_some() {
-                    return None;
-                }
-                let status = identity.status.as_ref();
-                match status.and_then(|s| conditions::find(&s.conditions, types::READY)) {
-                    None => Some(format!("{ns}/{name}")),
-                    Some(c) if c.status == conditions::status::TRUE && b.status.is_none() => {
-                        status.and_then(|s| s.resource_id.as_ref().map(|r| r.to_lowercase()))
-                    }
-                    Some(_) => None,
-                }
-            })
-            .collect()
+        let mut scanned = scanned.lock();
+        if scanned
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > SIBLINGS_FRESH)
+        {
+            let by_target = scan_waiting(&bindings, &identities, default_subscription.as_deref());
+            *scanned = Some((Instant::now(), by_target));
+        }
+        scanned
+            .as_ref()
+            .and_then(|(_, by_target)| by_target.get(&target.key()).cloned())
+            .unwrap_or_default()
     })
+}
+
+/// The waiting bindings of each target, by target key.
+type WaitingByTarget = HashMap<String, Vec<String>>;
+
+/// The waiting bindings of every target.
+fn scan_waiting(
+    bindings: &reflector::Store<IdentityBinding>,
+    identities: &reflector::Store<UserAssignedIdentity>,
+    default_subscription: Option<&str>,
+) -> WaitingByTarget {
+    let mut by_target = WaitingByTarget::new();
+    for b in bindings.state() {
+        if b.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let (Some(target), Some(ns)) =
+            (binding::target_of(&b, default_subscription), b.namespace())
+        else {
+            continue;
+        };
+        let name = &b.spec.identity_ref.name;
+        let Some(identity) = identities.get(&ObjectRef::new(name).within(&ns)) else {
+            continue;
+        };
+        if identity.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let status = identity.status.as_ref();
+        let waiting = match status.and_then(|s| conditions::find(&s.conditions, types::READY)) {
+            None => Some(format!("{ns}/{name}")),
+            Some(c) if c.status == conditions::status::TRUE && b.status.is_none() => {
+                status.and_then(|s| s.resource_id.as_ref().map(|r| r.to_lowercase()))
+            }
+            Some(_) => None,
+        };
+        if let Some(w) = waiting {
+            by_target.entry(target.key()).or_default().push(w);
+        }
+    }
+    by_target
 }
 
 fn dependents<K>(
