@@ -348,11 +348,7 @@ async fn run(s: &Scenario) -> Row {
         .args(&s.flags)
         .env(
             "RUST_LOG",
-            if debug {
-                "info,uami_controller=debug"
-            } else {
-                "warn"
-            },
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::null())
         .stderr(log)

@@ -170,23 +170,23 @@ pub fn check_binding(
     target: &ComputeTarget,
     default_subscription: Option<&str>,
 ) -> Decision {
-    if let Some(allowed) = allowed_by(policies, namespace, |policy| {
+    allowed_by(policies, namespace, |policy| {
         policy
             .spec
             .identity_bindings
             .iter()
             .any(|r| binding_rule_matches(r, target, default_subscription))
-    }) {
-        return allowed;
-    }
-    let kind = match target.kind {
-        TargetKind::VirtualMachine => "virtual machine",
-        TargetKind::VirtualMachineScaleSet => "scale set",
-    };
-    Decision::Denied(format!(
-        "no GrantPolicy allows namespace {namespace} to bind identities to {kind} {}/{}",
-        target.resource_group, target.name
-    ))
+    })
+    .unwrap_or_else(|| {
+        let kind = match target.kind {
+            TargetKind::VirtualMachine => "virtual machine",
+            TargetKind::VirtualMachineScaleSet => "scale set",
+        };
+        Decision::Denied(format!(
+            "no GrantPolicy allows namespace {namespace} to bind identities to {kind} {}/{}",
+            target.resource_group, target.name
+        ))
+    })
 }
 
 /// May `namespace` adopt an existing identity in `resource_group` of `subscription`?

@@ -9,7 +9,7 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::{Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use tokio::sync::mpsc;
@@ -72,13 +72,7 @@ where
     let mut events = pin!(events);
     while let Some(event) = events.next().await {
         let objects = match event {
-            Ok(watcher::Event::Apply(o)) => {
-                vec![
-                    store
-                        .get(&ObjectRef::from_obj(&o))
-                        .unwrap_or_else(|| Arc::new(o)),
-                ]
-            }
+            Ok(watcher::Event::Apply(o)) => vec![Arc::new(o)],
             Ok(watcher::Event::InitDone) => store.state(),
             Ok(_) => continue,
             Err(e) => {
@@ -99,7 +93,7 @@ where
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::runtime::reflector;
+    use kube::runtime::reflector::{self, ObjectRef};
 
     fn cm(name: &str, version: &str) -> ConfigMap {
         let mut c = ConfigMap::default();
