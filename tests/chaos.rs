@@ -395,7 +395,7 @@ async fn watches_closed_at_random_and_resumes_answered_410() {
     use futures::TryStreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let stack = start_stack(1).await;
-    stack.sandbox.set_watch_faults(WatchFaults {
+    stack.sandbox().unwrap().set_watch_faults(WatchFaults {
         close_within: Duration::from_millis(400),
         gone_rate: 0.5,
         seed: 5,
@@ -428,11 +428,11 @@ async fn watches_closed_at_random_and_resumes_answered_410() {
             seen.insert(o.metadata.name.unwrap());
         }
     }
-    let (closed, gone) = stack.sandbox.watch_faults_injected();
+    let (closed, gone) = stack.sandbox().unwrap().watch_faults_injected();
     assert!(closed >= 1, "watches closed: {closed}");
     assert!(gone >= 1, "resumes answered 410: {gone}");
     // Switched off at run time over HTTP, as the emulator's faults are.
-    let url = format!("{}_sandbox/watch-faults", stack.sandbox.url());
+    let url = format!("{}_sandbox/watch-faults", stack.sandbox().unwrap().url());
     assert_eq!(put_json(&url, json!({"goneRate": 0.0})).await, 200);
     let now = get_json(&url).await;
     assert_eq!(

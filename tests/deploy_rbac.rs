@@ -46,7 +46,13 @@ fn granted(role_name_part: &str) -> BTreeSet<Perm> {
 
 fn used(stack: &Stack, user: &str) -> BTreeSet<Perm> {
     let mut out = BTreeSet::new();
-    for r in stack.sandbox.audit().into_iter().filter(|r| r.user == user) {
+    for r in stack
+        .sandbox()
+        .unwrap()
+        .audit()
+        .into_iter()
+        .filter(|r| r.user == user)
+    {
         let resource = if r.subresource.is_empty() {
             r.resource.clone()
         } else {
@@ -106,7 +112,8 @@ async fn roles_grant_exactly_what_the_code_calls() {
         ),
     ] {
         let refused: Vec<_> = stack
-            .sandbox
+            .sandbox()
+            .unwrap()
             .audit()
             .into_iter()
             .filter(|r| r.user == user && r.code == 403)

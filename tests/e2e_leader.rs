@@ -31,7 +31,7 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     assigned(&bindings(&stack, TUTORIAL), TUTORIAL_BINDING, 60).await;
 
-    let audit = stack.sandbox.audit();
+    let audit = stack.sandbox().unwrap().audit();
     let wrote = |user: &str| {
         audit
             .iter()
@@ -82,7 +82,8 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     );
     assert!(
         stack
-            .sandbox
+            .sandbox()
+            .unwrap()
             .audit()
             .iter()
             .any(|r| r.user == "controller-b"

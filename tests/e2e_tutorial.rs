@@ -1,4 +1,5 @@
-//! The tutorial end to end on the sandbox and the emulator: `examples/tutorial.yaml` reaches
+//! The tutorial end to end on the emulator, on the sandbox and on a real API server:
+//! `examples/tutorial.yaml` reaches
 //! Ready; Azure holds the identity, the VM carries it, Reader is granted on DevTest to its
 //! principal; steady state costs no ARM writes; drift is repaired; deletion undoes it all.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +15,20 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_reaches_ready_holds_steady_repairs_drift_and_cleans_up() {
-    let stack = tutorial_stack(tutorial_options(Duration::from_secs(2), 1.0)).await;
+    tutorial(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_the_tutorial_reaches_ready_and_cleans_up() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
+        return;
+    };
+    tutorial(opts).await;
+}
+
+async fn tutorial(opts: uami_controller::demo::stack::StackOptions) {
+    let stack = tutorial_stack(opts).await;
 
     let ids = identities(&stack, "tutorial");
     let identity = ready(&ids, "my-identity", 60).await;

@@ -114,7 +114,7 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
     assert_eq!(all[0]["name"], name.as_str());
     assert_eq!(
         all[0]["properties"]["issuer"],
-        stack.sandbox.oidc_issuer().as_str()
+        stack.cluster.oidc_issuer().as_str()
     );
     assert_eq!(
         all[0]["properties"]["subject"],
@@ -156,7 +156,7 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
                 .as_ref()
                 .is_some_and(|r| r["client_id"] == id_status.client_id.clone().unwrap().as_str())
     }));
-    let audit = stack.sandbox.audit();
+    let audit = stack.sandbox().unwrap().audit();
     assert!(audit.iter().any(|r| r.resource == "serviceaccounts"
         && r.subresource == "token"
         && r.verb == "create"
@@ -185,7 +185,8 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
     let reads = steady_state_reads(&stack, 8, "FederatedIdentityCredentials_Get").await;
     assert!(reads >= 1, "resyncs read the credential: {reads}");
     let sa_patches = stack
-        .sandbox
+        .sandbox()
+        .unwrap()
         .audit()
         .iter()
         .filter(|r| r.resource == "serviceaccounts" && r.verb == "patch")
@@ -230,7 +231,8 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
     );
     assert!(
         stack
-            .sandbox
+            .sandbox()
+            .unwrap()
             .audit()
             .iter()
             .filter(|r| r.resource == "serviceaccounts" && r.verb == "patch")
@@ -387,11 +389,11 @@ async fn policy_mismatch_and_deletion_order() {
         Duration::from_secs(30),
     )
     .unwrap();
-    opts.oidc_issuer = Some(format!("{}/", stack.sandbox.oidc_issuer()));
+    opts.oidc_issuer = Some(format!("{}/", stack.cluster.oidc_issuer()));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut registry = prometheus_client::registry::Registry::default();
     let controller = uami_controller::controller::app::start(
-        stack.sandbox.client_as("controller").unwrap(),
+        stack.sandbox().unwrap().client_as("controller").unwrap(),
         opts,
         &mut registry,
         stop.clone(),

@@ -53,7 +53,8 @@ async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     stack
-        .sandbox
+        .sandbox()
+        .unwrap()
         .write_kubeconfig(&kubeconfig, "admin")
         .unwrap();
     (stack, Kubectl { kubeconfig }, dir)

@@ -72,7 +72,8 @@ async fn the_agent_cannot_forge_controller_owned_status() {
         .to_string();
 
     let agent = stack
-        .sandbox
+        .sandbox()
+        .unwrap()
         .client_for_service_account("uami-system", "uami-agent", Some("myvm"))
         .unwrap();
     let agent_grants: Api<RoleGrant> = Api::namespaced(agent.clone(), NS);
@@ -146,7 +147,8 @@ async fn the_agent_cannot_forge_controller_owned_status() {
     // Another node's agent may not write this VM's binding, not even its own fields.
     let elsewhere: Api<IdentityBinding> = Api::namespaced(
         stack
-            .sandbox
+            .sandbox()
+            .unwrap()
             .client_for_service_account("uami-system", "uami-agent", Some("othervm"))
             .unwrap(),
         NS,

@@ -28,11 +28,13 @@ pub struct GrantPolicySpec {
 
     /// Role grants allowed: each rule pairs roles with scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub role_grants: Vec<RoleGrantRule>,
 
     /// Identity bindings allowed: VMs and scale sets the namespaces may bind identities to, and
     /// identities they may bind to their service accounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub identity_bindings: Vec<BindingRule>,
 
     /// Resource groups from which the namespaces may adopt existing identities
@@ -65,7 +67,7 @@ pub struct RoleGrantRule {
     #[schemars(inner(length(min = 1, max = 512)))]
     pub roles: Vec<String>,
     /// Scopes at which those roles may be granted.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 16))]
     pub scopes: Vec<ScopeRule>,
 }
 

@@ -245,7 +245,9 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         "Starting the embedded Kubernetes API, the Azure emulator (subscription, resource group DevTest, VM myVM), the controller and myVM's agent..."
     )?;
     let stack = Stack::start(StackOptions::tutorial(Duration::from_secs(30))?).await?;
-    writeln!(out, "  Kubernetes API: {}", stack.sandbox.url())?;
+    if let Some(sb) = stack.sandbox() {
+        writeln!(out, "  Kubernetes API: {}", sb.url())?;
+    }
     writeln!(out, "  Azure (ARM):    {}", stack.emulator.arm_endpoint())?;
     writeln!(
         out,
@@ -333,7 +335,9 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         return Err(e);
     }
     if opts.keep_running {
-        stack.sandbox.write_kubeconfig(&opts.kubeconfig, "admin")?;
+        if let Some(sb) = stack.sandbox() {
+            sb.write_kubeconfig(&opts.kubeconfig, "admin")?;
+        }
         writeln!(
             out,
             "\nEverything keeps running. Explore with:\n  kubectl --kubeconfig {} get azureidentity -A\nARM (emulator): {}  (admin counts: {}_emulator/counts)\nPress Ctrl-C to stop.",

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
+use kube::api::DynamicObject;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{Cluster, External};
 use crate::agent::AgentSettings;
 use crate::auth::{CredentialConfig, ImdsRetryPolicy};
 use crate::controller::app::{self, ControllerOptions};
@@ -64,6 +64,9 @@ pub struct StackOptions {
     pub service_accounts: Option<String>,
     /// The controller's cluster name (part of the identities' owner tag).
     pub cluster_name: String,
+    /// Run on this external API server instead of a sandbox of the stack's own. The stack
+    /// installs its CRDs there, and [`Stack::stop`] resets it (see [`External::reset`]).
+    pub external: Option<External>,
 }
 
 impl StackOptions {
@@ -77,6 +80,7 @@ impl StackOptions {
             agents: true,
             service_accounts: None,
             cluster_name: "sandbox".into(),
+            external: None,
         })
     }
 }
@@ -84,12 +88,15 @@ impl StackOptions {
 /// A running stack.
 pub struct Stack {
     /// The Kubernetes API.
-    pub sandbox: Sandbox,
+    pub cluster: Cluster,
     /// The Azure emulator.
     pub emulator: Emulator,
     /// The controller's metrics.
     pub registry: Arc<Mutex<Registry>>,
     opts: StackOptions,
+    admin: kube::Client,
+    /// The controller's client when it runs as the chart's service account.
+    controller_client: Option<kube::Client>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -139,21 +146,38 @@ pub fn controller_options(
 impl Stack {
     /// Start everything.
     pub async fn start(opts: StackOptions) -> Result<Self, StackError> {
-        let sandbox = sandbox::start(SandboxOptions::default()).await?;
+        let cluster = match &opts.external {
+            Some(x) => {
+                x.reset().await?;
+                Cluster::External(Box::new(x.clone()))
+            }
+            None => Cluster::Sandbox(Box::new(sandbox::start(SandboxOptions::default()).await?)),
+        };
         let crds: Vec<Value> = crate::api::crds()
             .into_iter()
             .map(|c| serde_json::to_value(c).unwrap_or_default())
             .collect();
-        sandbox.install(crds)?;
+        cluster.install(crds).await?;
         let emulator = emulator::start(opts.world.clone()).await?;
+        let admin = cluster.client()?;
         let mut stack = Self {
-            sandbox,
+            cluster,
             emulator,
             registry: Arc::new(Mutex::new(Registry::default())),
             opts,
+            admin,
+            controller_client: None,
             stop: CancellationToken::new(),
             tasks: Vec::new(),
         };
+        if let Some(ns) = stack.opts.service_accounts.clone() {
+            stack.controller_client = Some(
+                stack
+                    .cluster
+                    .client_for_service_account(&ns, "uami-controller", None)
+                    .await?,
+            );
+        }
         if stack.opts.controller {
             let h = stack.start_controller(None, stack.stop.child_token())?;
             stack.tasks.push(h);
@@ -196,14 +220,12 @@ impl Stack {
                 Duration::from_secs(4),
             )
         });
-        // The sandbox is the cluster: its service account tokens carry its issuer.
-        opts.oidc_issuer = Some(self.sandbox.oidc_issuer());
-        let client = match &self.opts.service_accounts {
-            Some(ns) => self
-                .sandbox
-                .client_for_service_account(ns, "uami-controller", None)?,
+        // The cluster's service account tokens carry its issuer.
+        opts.oidc_issuer = Some(self.cluster.oidc_issuer());
+        let client = match &self.controller_client {
+            Some(client) => client.clone(),
             None => self
-                .sandbox
+                .cluster
                 .client_as(&format!("controller-{}", holder.unwrap_or("main")))?,
         };
         let mut registry = self.registry.lock();
@@ -228,10 +250,11 @@ impl Stack {
         };
         let client = match &self.opts.service_accounts {
             Some(ns) => {
-                self.sandbox
-                    .client_for_service_account(ns, "uami-agent", Some(&node_name(vm)))?
+                self.cluster
+                    .client_for_service_account(ns, "uami-agent", Some(&node_name(vm)))
+                    .await?
             }
-            None => self.sandbox.client_as(&format!("agent-{vm}"))?,
+            None => self.cluster.client_as(&format!("agent-{vm}"))?,
         };
         let (_, handle) = crate::agent::start(
             client,
@@ -249,47 +272,25 @@ impl Stack {
 
     /// An admin client of the Kubernetes API.
     pub fn client(&self) -> kube::Client {
-        self.sandbox.client()
+        self.admin.clone()
+    }
+
+    /// The sandbox, when the stack runs on its own.
+    pub fn sandbox(&self) -> Option<&Sandbox> {
+        self.cluster.sandbox()
     }
 
     /// Server-side apply every object of a multi-document YAML, as `kubectl apply
     /// --server-side` does.
     pub async fn apply_yaml(&self, yaml: &str) -> Result<Vec<DynamicObject>, StackError> {
         use serde::Deserialize;
-        let client = self.client();
         let mut out = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
             let v = Value::deserialize(doc).map_err(|e| StackError::Input(e.to_string()))?;
             if v.is_null() {
                 continue;
             }
-            let obj: DynamicObject =
-                serde_json::from_value(v.clone()).map_err(|e| StackError::Input(e.to_string()))?;
-            let tm = obj
-                .types
-                .clone()
-                .ok_or_else(|| StackError::Input("an object without apiVersion/kind".into()))?;
-            let gvk =
-                GroupVersionKind::try_from(&tm).map_err(|e| StackError::Input(e.to_string()))?;
-            let (ar, caps) = kube::discovery::pinned_kind(&client, &gvk).await?;
-            let name = obj.metadata.name.clone().unwrap_or_default();
-            let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
-                (kube::discovery::Scope::Namespaced, Some(ns)) => {
-                    Api::namespaced_with(client.clone(), ns, &ar)
-                }
-                (kube::discovery::Scope::Namespaced, None) => {
-                    Api::default_namespaced_with(client.clone(), &ar)
-                }
-                (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
-            };
-            out.push(
-                api.patch(
-                    &name,
-                    &PatchParams::apply("uami-demo").force(),
-                    &Patch::Apply(&v),
-                )
-                .await?,
-            );
+            out.push(super::cluster::apply_value(&self.admin, &v).await?);
         }
         Ok(out)
     }
@@ -301,7 +302,12 @@ impl Stack {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         self.emulator.shutdown().await;
-        self.sandbox.shutdown().await;
+        if let Cluster::External(x) = &self.cluster
+            && let Err(e) = x.reset().await
+        {
+            tracing::warn!(error = %e, "could not reset the external API server");
+        }
+        self.cluster.shutdown().await;
     }
 }
 

@@ -22,7 +22,7 @@ pub mod serviceaccount;
 mod ssa;
 mod store;
 mod table;
-mod tls;
+pub mod tls;
 mod validate;
 
 use std::collections::HashMap;

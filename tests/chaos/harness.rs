@@ -180,7 +180,11 @@ impl Drop for ControllerProcess {
 /// The arguments of `uami-controller run` against the stack.
 pub fn controller_args(stack: &Stack, dir: &Path, user: &str, arm_timeout: &str) -> Vec<String> {
     let kubeconfig = dir.join(format!("{user}.kubeconfig"));
-    stack.sandbox.write_kubeconfig(&kubeconfig, user).unwrap();
+    stack
+        .sandbox()
+        .unwrap()
+        .write_kubeconfig(&kubeconfig, user)
+        .unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
     [

@@ -34,7 +34,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
         log.clone(),
     );
     stack.emulator.set_faults(s.faults.clone());
-    stack.sandbox.set_watch_faults(s.watch.clone());
+    stack.sandbox().unwrap().set_watch_faults(s.watch.clone());
     ctl.start();
     let started = Instant::now();
     if s.shared_azure_names {
@@ -367,7 +367,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
         );
     }
     report.injected = stack.emulator.injected();
-    let (closed, gone) = stack.sandbox.watch_faults_injected();
+    let (closed, gone) = stack.sandbox().unwrap().watch_faults_injected();
     report.watches_closed = closed;
     report.resumes_gone = gone;
     report.print(name);

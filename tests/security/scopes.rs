@@ -89,7 +89,8 @@ async fn non_canonical_scopes_never_reach_arm_and_never_crash_the_controller() {
         .await
         .unwrap();
     stack
-        .sandbox
+        .sandbox()
+        .unwrap()
         .install(vec![relaxed_role_grant_crd()])
         .unwrap();
     let controller = Controller::start(&stack, None);

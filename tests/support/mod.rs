@@ -14,6 +14,7 @@ use uami_controller::demo::stack::{Stack, StackOptions};
 pub mod arm;
 pub mod armspec;
 pub mod capture;
+pub mod envtest;
 pub mod helm;
 pub mod kubectl;
 
@@ -294,6 +295,15 @@ pub fn tutorial_options(resync: Duration, rbac_seconds: f64) -> StackOptions {
     opts
 }
 
+/// Point `opts` at the real API server of this test binary (see [`envtest`]); `None` when that
+/// layer is not turned on (the test then says so and ends). Keep the answer for the whole test:
+/// it holds the test's turn on the server.
+pub async fn on_real_apiserver(test: &str, opts: &mut StackOptions) -> Option<envtest::Real> {
+    let real = envtest::cluster(test).await?;
+    opts.external = Some(real.external.clone());
+    Some(real)
+}
+
 /// A stack started with `opts` and the tutorial's objects applied.
 pub async fn tutorial_stack(opts: StackOptions) -> Stack {
     let stack = Stack::start(opts).await.unwrap();
@@ -413,7 +423,7 @@ pub async fn enforced_stack(mut opts: StackOptions) -> Stack {
             )
         )
     }));
-    stack.sandbox.install(objects).unwrap();
+    stack.cluster.install(objects).await.unwrap();
     if agents {
         for name in stack.emulator.imds_names() {
             stack.start_agent(&name).await.unwrap();
