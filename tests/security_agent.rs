@@ -2,8 +2,10 @@
 //! account to forge the status the controller acts on (`roleAssignmentId`, `adopted`,
 //! `assigned`, the `Assigned` / `Granted` conditions) and so steer the controller's deletes, or
 //! to write the bindings of another node's VM. The chart's ValidatingAdmissionPolicies refuse
-//! it; the sandbox enforces them (and the chart's RBAC) as an API server would, with the
-//! controller and the agent running as the chart's service accounts.
+//! it, on the sandbox and on a real API server, with the controller and the agent running as the
+//! chart's service accounts (on the real server, with TokenRequest tokens, the agent's bound to
+//! a pod on its VM's node). An agent credential that names no node (a token bound to no pod, or
+//! a static or legacy token without extra fields) may write no binding.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -57,7 +59,23 @@ fn cond(v: &Value, type_: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_cannot_forge_controller_owned_status() {
-    let stack = enforced_stack(tutorial_options(Duration::from_secs(30), 0.5)).await;
+    forged_status_is_refused(tutorial_options(Duration::from_secs(30), 0.5), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_the_agent_cannot_forge_controller_owned_status() {
+    let mut opts = tutorial_options(Duration::from_secs(30), 0.5);
+    let Some(real) = on_real_apiserver("security_agent", &mut opts).await else {
+        return;
+    };
+    forged_status_is_refused(opts, Some(&real)).await;
+}
+
+async fn forged_status_is_refused(
+    opts: uami_controller::demo::stack::StackOptions,
+    real: Option<&envtest::Real>,
+) {
+    let stack = enforced_stack(opts).await;
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     // The agent's own writes pass under enforcement: the token and the verified access.
     let grant = ready(&grants(&stack, NS), GRANT, 60).await;
@@ -72,9 +90,9 @@ async fn the_agent_cannot_forge_controller_owned_status() {
         .to_string();
 
     let agent = stack
-        .sandbox()
-        .unwrap()
+        .cluster
         .client_for_service_account("uami-system", "uami-agent", Some("myvm"))
+        .await
         .unwrap();
     let agent_grants: Api<RoleGrant> = Api::namespaced(agent.clone(), NS);
     let agent_bindings: Api<IdentityBinding> = Api::namespaced(agent.clone(), NS);
@@ -103,7 +121,7 @@ async fn the_agent_cannot_forge_controller_owned_status() {
             "RoleGrant" => apply_status(&agent_grants, GRANT, kind, status).await,
             _ => apply_status(&agent_bindings, BINDING, kind, status).await,
         };
-        refused(forged, 403, needle);
+        refused(forged, 422, needle);
     }
     // A merge patch is held to the same rule.
     refused(
@@ -115,7 +133,7 @@ async fn the_agent_cannot_forge_controller_owned_status() {
             )
             .await
             .map(|_| ()),
-        403,
+        422,
         "denied request: status.roleAssignmentId is written by the controller only",
     );
     // RBAC: the agent may not write the spec at all.
@@ -139,7 +157,7 @@ async fn the_agent_cannot_forge_controller_owned_status() {
         &agent_grants,
         GRANT,
         "RoleGrant",
-        json!({"access": grant["status"]["access"], "conditions": [verified]}),
+        json!({"access": grant["status"]["access"], "conditions": [verified.clone()]}),
     )
     .await
     .unwrap();
@@ -147,9 +165,9 @@ async fn the_agent_cannot_forge_controller_owned_status() {
     // Another node's agent may not write this VM's binding, not even its own fields.
     let elsewhere: Api<IdentityBinding> = Api::namespaced(
         stack
-            .sandbox()
-            .unwrap()
+            .cluster
             .client_for_service_account("uami-system", "uami-agent", Some("othervm"))
+            .await
             .unwrap(),
         NS,
     );
@@ -161,9 +179,56 @@ async fn the_agent_cannot_forge_controller_owned_status() {
             json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "othervm"}}),
         )
         .await,
-        403,
+        422,
         "the agent on node othervm may write only the bindings of its own VM",
     );
+
+    // An agent credential that names no node writes no binding: a token bound to no pod, and a
+    // user without extra fields at all (a static or legacy token; on the real API server the
+    // policy must not fail to evaluate for want of `extra`). Its grant fields still pass.
+    let unbound = stack
+        .cluster
+        .client_for_service_account("uami-system", "uami-agent", None)
+        .await
+        .unwrap();
+    let legacy = match real {
+        Some(real) => real.static_client("legacy-agent"),
+        None => {
+            let sb = stack.sandbox().unwrap();
+            let user = uami_controller::sandbox::UserInfo::service_account(
+                "uami-system",
+                "uami-agent",
+                None,
+            );
+            assert!(user.extra.is_empty());
+            let mut config = kube::Config::new(sb.url().as_str().parse().unwrap());
+            config.auth_info.token = Some(secrecy::SecretString::from(sb.token_for(user)));
+            kube::Client::try_from(config).unwrap()
+        }
+    };
+    for client in [unbound, legacy] {
+        let nodeless: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+        refused(
+            apply_status(
+                &nodeless,
+                BINDING,
+                "IdentityBinding",
+                json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "nowhere"}}),
+            )
+            .await,
+            422,
+            "the agent's token names no node (use a token bound to the agent's pod), so it may write no binding",
+        );
+        let nodeless_grants: Api<RoleGrant> = Api::namespaced(client, NS);
+        apply_status(
+            &nodeless_grants,
+            GRANT,
+            "RoleGrant",
+            json!({"access": grant["status"]["access"], "conditions": [verified.clone()]}),
+        )
+        .await
+        .unwrap();
+    }
 
     // Nothing forged reached the objects.
     let after = serde_json::to_value(grants(&stack, NS).get(GRANT).await.unwrap()).unwrap();
@@ -174,5 +239,6 @@ async fn the_agent_cannot_forge_controller_owned_status() {
     assert_eq!(after["status"]["assigned"], true);
     assert_eq!(cond(&after, "Assigned")["status"], "True");
     assert_ne!(after["status"]["token"]["checkedBy"], "othervm");
+    assert_ne!(after["status"]["token"]["checkedBy"], "nowhere");
     stack.stop().await;
 }

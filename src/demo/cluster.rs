@@ -76,6 +76,12 @@ impl External {
     ) -> Result<String, StackError> {
         let admin = Self::client_of(self.config.clone())?;
         let pp = PatchParams::apply(MANAGER).force();
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+        if namespaces.get_opt(namespace).await?.is_none() {
+            let ns =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+            namespaces.patch(namespace, &pp, &Patch::Apply(&ns)).await?;
+        }
         let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
         let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
         sas.patch(name, &pp, &Patch::Apply(&sa)).await?;
@@ -179,6 +185,21 @@ impl External {
             let name = n.metadata.name.as_deref().unwrap_or_default();
             !KEPT_NAMESPACES.contains(&name)
         };
+        // Pods on nodes without a kubelet never finish a graceful deletion: remove them at once.
+        let pods: Api<Pod> = Api::all(client.clone());
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        for pod in pods.list(&ListParams::default()).await?.items {
+            let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
+                continue;
+            };
+            if !KEPT_NAMESPACES.contains(&ns.as_str()) {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                ignore_gone(api.delete(&name, &now).await.map(|_| ()))?;
+            }
+        }
         for ns in namespaces
             .list(&ListParams::default())
             .await?

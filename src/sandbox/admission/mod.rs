@@ -8,7 +8,8 @@
 //! evaluated with CEL (the Kubernetes CEL library from `kube-cel`) over `object`, `oldObject`,
 //! `request` (with `userInfo.extra`), and `namespaceObject`. A failed validation under
 //! `validationActions: [Deny]` refuses the request with its `message` or `messageExpression`
-//! and `reason` (403 Forbidden by default), and under `Warn` adds a `Warning` header; an
+//! and `reason` (422 Invalid by default, as the API server answers), and under `Warn` adds a
+//! `Warning` header; an
 //! expression that errors refuses it under
 //! `failurePolicy: Fail` (the default) and is skipped under `Ignore`. Parameters (`paramKind`)
 //! are not supported: a policy that declares them is treated as an error of that policy.
@@ -290,7 +291,8 @@ pub fn validate(
                     return Err(denial(
                         &r,
                         name,
-                        val["reason"].as_str().unwrap_or("Forbidden"),
+                        // Without a reason, the API server answers Invalid (422).
+                        val["reason"].as_str().unwrap_or("Invalid"),
                         format!("{prefix}: {message}"),
                     ));
                 }
