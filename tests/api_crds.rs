@@ -147,3 +147,60 @@ fn walk_descriptions(schema: &serde_json::Value, path: &str, missing: &mut Vec<S
         }
     }
 }
+
+/// Every list, string and map of every schema has a bound (`maxItems`; `maxLength`, an `enum` or a
+/// time format; `maxProperties`): kube-apiserver estimates the cost of each CEL rule from these
+/// bounds, and takes a value without one to fill a 3 MiB request.
+#[test]
+fn every_list_string_and_map_is_bounded() {
+    let mut unbounded = Vec::new();
+    for crd in api::crds() {
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        walk_bounds(&schema, &crd.spec.names.kind, &mut unbounded);
+    }
+    assert!(
+        unbounded.is_empty(),
+        "without maxItems, maxLength (or enum or format) or maxProperties: {unbounded:#?}"
+    );
+}
+
+fn walk_bounds(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    let has = |key: &str| schema.get(key).is_some();
+    match schema.get("type").and_then(|t| t.as_str()) {
+        Some("array") if !has("maxItems") => out.push(format!("{path} (list)")),
+        Some("string")
+            if !has("maxLength")
+                && !has("enum")
+                && !matches!(
+                    schema.get("format").and_then(|f| f.as_str()),
+                    Some("date-time" | "date" | "duration")
+                ) =>
+        {
+            out.push(format!("{path} (string)"))
+        }
+        Some("object") if has("additionalProperties") && !has("maxProperties") => {
+            out.push(format!("{path} (map)"))
+        }
+        _ => {}
+    }
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (name, sub) in props {
+            walk_bounds(sub, &format!("{path}.{name}"), out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        walk_bounds(items, &format!("{path}[]"), out);
+    }
+    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        walk_bounds(values, &format!("{path}{{}}"), out);
+    }
+}
