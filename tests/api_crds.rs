@@ -204,3 +204,47 @@ fn walk_bounds(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
         walk_bounds(values, &format!("{path}{{}}"), out);
     }
 }
+
+/// Every CEL rule's cost, estimated as kube-apiserver estimates it when the CRD is applied, stays
+/// under a tenth of the per-rule limit, and each CRD's total under a tenth of the per-CRD limit.
+/// `cargo test --test api_crds -- --nocapture` prints the table.
+#[test]
+fn every_rule_costs_under_a_tenth_of_the_api_server_budget() {
+    use uami_controller::sandbox::cel_cost::{self, PER_CRD_LIMIT, PER_RULE_LIMIT};
+    let percent = |cost: u64, limit: u64| cost as f64 * 100.0 / limit as f64;
+    let mut over = Vec::new();
+    println!(
+        "{:<22} {:>8} {:>6} {:>9} {:>7}  rule",
+        "kind", "per eval", "times", "cost", "% limit"
+    );
+    for crd in api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        let crd = serde_json::to_value(&crd).unwrap();
+        for (schema, costs) in cel_cost::crd_costs(&crd) {
+            for c in &costs {
+                let times = c.cardinality.map_or("unbounded".into(), |n| n.to_string());
+                let field = c.field.trim_start_matches(&schema);
+                println!(
+                    "{kind:<22} {:>8} {times:>6} {:>9} {:>6.2}%  {field}",
+                    c.per_evaluation,
+                    c.cost,
+                    percent(c.cost, PER_RULE_LIMIT)
+                );
+                if c.cost * 10 > PER_RULE_LIMIT {
+                    over.push(format!("{kind} {field}: {}", c.cost));
+                }
+            }
+            let total = cel_cost::total(&costs);
+            println!(
+                "{kind:<22} {:>8} {:>6} {total:>9} {:>6.2}%  (total, of the per-CRD limit)",
+                "",
+                "",
+                percent(total, PER_CRD_LIMIT)
+            );
+            if total * 10 > PER_CRD_LIMIT {
+                over.push(format!("{kind} total: {total}"));
+            }
+        }
+    }
+    assert!(over.is_empty(), "over a tenth of the budget: {over:#?}");
+}
