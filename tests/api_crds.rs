@@ -147,3 +147,104 @@ fn walk_descriptions(schema: &serde_json::Value, path: &str, missing: &mut Vec<S
         }
     }
 }
+
+/// Every list, string and map of every schema has a bound (`maxItems`; `maxLength`, an `enum` or a
+/// time format; `maxProperties`): kube-apiserver estimates the cost of each CEL rule from these
+/// bounds, and takes a value without one to fill a 3 MiB request.
+#[test]
+fn every_list_string_and_map_is_bounded() {
+    let mut unbounded = Vec::new();
+    for crd in api::crds() {
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        walk_bounds(&schema, &crd.spec.names.kind, &mut unbounded);
+    }
+    assert!(
+        unbounded.is_empty(),
+        "without maxItems, maxLength (or enum or format) or maxProperties: {unbounded:#?}"
+    );
+}
+
+fn walk_bounds(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    let has = |key: &str| schema.get(key).is_some();
+    match schema.get("type").and_then(|t| t.as_str()) {
+        Some("array") if !has("maxItems") => out.push(format!("{path} (list)")),
+        Some("string")
+            if !has("maxLength")
+                && !has("enum")
+                && !matches!(
+                    schema.get("format").and_then(|f| f.as_str()),
+                    Some("date-time" | "date" | "duration")
+                ) =>
+        {
+            out.push(format!("{path} (string)"))
+        }
+        Some("object") if has("additionalProperties") && !has("maxProperties") => {
+            out.push(format!("{path} (map)"))
+        }
+        _ => {}
+    }
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (name, sub) in props {
+            walk_bounds(sub, &format!("{path}.{name}"), out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        walk_bounds(items, &format!("{path}[]"), out);
+    }
+    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        walk_bounds(values, &format!("{path}{{}}"), out);
+    }
+}
+
+/// Every CEL rule's cost, estimated as kube-apiserver estimates it when the CRD is applied, stays
+/// under a tenth of the per-rule limit, and each CRD's total under a tenth of the per-CRD limit.
+/// `cargo test --test api_crds -- --nocapture` prints the table.
+#[test]
+fn every_rule_costs_under_a_tenth_of_the_api_server_budget() {
+    use uami_controller::sandbox::cel_cost::{self, PER_CRD_LIMIT, PER_RULE_LIMIT};
+    let percent = |cost: u64, limit: u64| cost as f64 * 100.0 / limit as f64;
+    let mut over = Vec::new();
+    println!(
+        "{:<22} {:>8} {:>6} {:>9} {:>7}  rule",
+        "kind", "per eval", "times", "cost", "% limit"
+    );
+    for crd in api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        let crd = serde_json::to_value(&crd).unwrap();
+        for (schema, costs) in cel_cost::crd_costs(&crd) {
+            for c in &costs {
+                let times = c.cardinality.map_or("unbounded".into(), |n| n.to_string());
+                let field = c.field.trim_start_matches(&schema);
+                println!(
+                    "{kind:<22} {:>8} {times:>6} {:>9} {:>6.2}%  {field}",
+                    c.per_evaluation,
+                    c.cost,
+                    percent(c.cost, PER_RULE_LIMIT)
+                );
+                if c.cost * 10 > PER_RULE_LIMIT {
+                    over.push(format!("{kind} {field}: {}", c.cost));
+                }
+            }
+            let total = cel_cost::total(&costs);
+            println!(
+                "{kind:<22} {:>8} {:>6} {total:>9} {:>6.2}%  (total, of the per-CRD limit)",
+                "",
+                "",
+                percent(total, PER_CRD_LIMIT)
+            );
+            if total * 10 > PER_CRD_LIMIT {
+                over.push(format!("{kind} total: {total}"));
+            }
+        }
+    }
+    assert!(over.is_empty(), "over a tenth of the budget: {over:#?}");
+}

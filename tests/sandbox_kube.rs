@@ -1,18 +1,21 @@
 //! The sandbox as kube-rs sees it: the project's CRDs installed from `crds/`; create, list,
 //! watch in order and resumed after a forced disconnect; server-side apply of status by two field
 //! managers that keep each other's conditions; a finalizer holding deletion; 409 on a stale
-//! update; 410 handled by `kube::runtime::watcher` relisting; 422 with a readable message.
+//! update; 410 handled by `kube::runtime::watcher` relisting; 422 with a readable message; CRDs
+//! whose CEL rules are over kube-apiserver's cost budget refused with the API server's causes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::json;
+use serde_json::{Value, json};
 use uami_controller::api::{IdentityBinding, UserAssignedIdentity};
 use uami_controller::sandbox::{self, SandboxOptions};
 
@@ -366,4 +369,104 @@ async fn the_runtime_watcher_relists_after_410() {
             >= 2,
         "relisted"
     );
+}
+
+/// A cause of a 422, as `(reason, field, message)`.
+type Cause = (String, String, String);
+
+/// The fixtures of `sandbox_kube/cel_cost/` are CRDs near and over kube-apiserver's CEL cost
+/// limits, and `expected.yaml` what kube-apiserver 1.36 answered to each: the sandbox accepts the
+/// same ones and refuses the others with the same causes (compared regardless of order: the API
+/// server walks properties in no fixed order).
+#[tokio::test]
+async fn crds_over_the_cel_cost_budget_are_refused_as_kube_apiserver_refuses_them() {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(sb.client());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sandbox_kube/cel_cost");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let expected: BTreeMap<String, Value> =
+        serde_yaml_ng::from_str(&read("expected.yaml")).unwrap();
+    assert!(expected.len() >= 10, "{expected:?}");
+    let mut wrong = Vec::new();
+    for (name, verdict) in &expected {
+        let crd: CustomResourceDefinition =
+            serde_yaml_ng::from_str(&read(&format!("{name}.yaml"))).unwrap();
+        let answer = crds.create(&PostParams::default(), &crd).await;
+        let mut want: Vec<Cause> = match verdict.as_array() {
+            Some(causes) => causes
+                .iter()
+                .map(|c| {
+                    let s = |k: &str| c[k].as_str().unwrap().to_string();
+                    (s("reason"), s("field"), s("message"))
+                })
+                .collect(),
+            None => {
+                assert_eq!(verdict, "accepted", "{name}");
+                Vec::new()
+            }
+        };
+        let mut got: Vec<Cause> = match answer {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                let status = api_error(e);
+                assert_eq!(
+                    (status.code, status.reason.as_str()),
+                    (422, "Invalid"),
+                    "{name}"
+                );
+                status
+                    .details
+                    .unwrap()
+                    .causes
+                    .into_iter()
+                    .map(|c| (c.reason, c.field, c.message))
+                    .collect()
+            }
+        };
+        want.sort();
+        got.sort();
+        if got != want {
+            wrong.push(format!(
+                "{name}:\n  kube-apiserver: {want:#?}\n  sandbox: {got:#?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Installing without HTTP refuses it the same way.
+    let before: Value = serde_yaml_ng::from_str(&read("grantpolicies-before-bounds.yaml")).unwrap();
+    let refused = sb.install(vec![before]).unwrap_err().to_string();
+    assert!(
+        refused.contains("estimated rule cost exceeds budget by factor of more than 100x"),
+        "{refused}"
+    );
+    sb.shutdown().await;
+}
+
+/// Updating a CRD to one over the budget is refused too; re-applying one that is unchanged is not.
+#[tokio::test]
+async fn a_crd_updated_over_the_cel_cost_budget_is_refused() {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(sb.client());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sandbox_kube/cel_cost");
+    let read = |name: &str| -> CustomResourceDefinition {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    let under = read("rule-just-under-the-limit.yaml");
+    let created = crds.create(&PostParams::default(), &under).await.unwrap();
+    let mut over = created.clone();
+    over.spec.versions[0].schema = read("rule-just-over-the-limit.yaml").spec.versions[0]
+        .schema
+        .clone();
+    let name = created.metadata.name.clone().unwrap();
+    refused_with(
+        crds.replace(&name, &PostParams::default(), &over).await,
+        422,
+        "estimated rule cost exceeds budget by factor of 1.001275x",
+    );
+    let again = crds.get(&name).await.unwrap();
+    crds.replace(&name, &PostParams::default(), &again)
+        .await
+        .unwrap();
+    sb.shutdown().await;
 }

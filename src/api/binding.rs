@@ -86,7 +86,7 @@ pub struct ServiceAccountRef {
 pub struct ComputeRef {
     /// Subscription id (a GUID); defaults to the controller's configured subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: Option<String>,
     /// Resource group of the VM or scale set.
     #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
@@ -129,13 +129,14 @@ pub struct IdentityBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Conditions: `Assigned` (controller), `TokenAcquired` (the agent, or the controller's token
-    /// exchange for a service account), `Ready`.
+    /// exchange for a service account), `Ready` (at most 16, keyed by type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
     /// ARM resource id of the VM or scale set; for a service account, of the federated identity
     /// credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub target_resource_id: Option<String>,
     /// Whether the identity is currently assigned to the target in Azure (for a service account:
     /// the federated identity credential exists and the service account is annotated).
@@ -147,18 +148,19 @@ pub struct IdentityBindingStatus {
     pub adopted: Option<bool>,
     /// Name of the federated identity credential on the identity (service account targets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub federated_credential_name: Option<String>,
     /// Metadata of the token the agent obtained through IMDS on a VM, or the controller obtained
     /// by exchanging a service account token (`checkedBy: token-exchange`); never the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenStatus>,
-    /// Per-instance token metadata for a scale set, keyed by instance id (bounded).
+    /// Per-instance token metadata for a scale set, keyed by instance id (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
     #[schemars(length(max = 100))]
     pub instances: Vec<InstanceTokenStatus>,
     /// Service account targets: each scope granted to the identity (by RoleGrants with
-    /// `verifyAccess`), read with the exchanged token.
+    /// `verifyAccess`), read with the exchanged token (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     #[schemars(length(max = 100))]
@@ -170,8 +172,10 @@ pub struct IdentityBindingStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ScopeAccess {
     /// The RoleGrant (same namespace) that granted the scope.
+    #[schemars(length(max = 253))]
     pub role_grant: String,
     /// The ARM scope read.
+    #[schemars(length(max = 2048))]
     pub scope: String,
     /// Whether the read succeeded (HTTP 200).
     pub verified: bool,
@@ -186,27 +190,35 @@ pub struct ScopeAccess {
 pub struct TokenStatus {
     /// Audience the token was issued for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub resource: Option<String>,
     /// Token type, normally `Bearer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub token_type: Option<String>,
     /// Client id the token was requested with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub client_id: Option<String>,
     /// Tenant (`tid` claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub tenant_id: Option<String>,
     /// Object id of the identity (`oid` claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub object_id: Option<String>,
     /// Expiry time of the token (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub expires_on: Option<String>,
     /// Start of the token's validity (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub not_before: Option<String>,
     /// The agent (VM or instance) that obtained the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub checked_by: Option<String>,
 }
 
@@ -215,11 +227,13 @@ pub struct TokenStatus {
 #[serde(rename_all = "camelCase")]
 pub struct InstanceTokenStatus {
     /// Scale set instance id.
+    #[schemars(length(max = 256))]
     pub instance_id: String,
     /// Whether the instance obtained a token.
     pub acquired: bool,
     /// Why not, when it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub reason: Option<String>,
     /// Token metadata (never the token).
     #[serde(default, skip_serializing_if = "Option::is_none")]

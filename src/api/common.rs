@@ -59,7 +59,14 @@ pub struct IdentityRef {
 /// controller and the agent can each own their own conditions under server-side apply.
 pub type Conditions = Vec<Condition>;
 
-/// Schema hook for `conditions` fields: a list-map keyed by `type`.
+/// The most conditions an object's status holds (each kind uses at most three types).
+pub const MAX_CONDITIONS: usize = 16;
+/// The longest condition message, as `metav1.Condition` bounds it; longer ones are cut.
+pub const MAX_CONDITION_MESSAGE: usize = 32768;
+
+/// Schema hook for `conditions` fields: a list-map keyed by `type`, at most [`MAX_CONDITIONS`]
+/// long, with the bounds `metav1.Condition` documents (type up to 316 characters, reason up to
+/// 1024, message up to 32768, status `True`, `False` or `Unknown`).
 pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<Vec<Condition>>();
     schema.insert("x-kubernetes-list-type".into(), "map".into());
@@ -67,11 +74,31 @@ pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
         "x-kubernetes-list-map-keys".into(),
         serde_json::json!(["type"]),
     );
+    schema.insert("maxItems".into(), MAX_CONDITIONS.into());
     schema.insert(
         "description".into(),
         "Conditions in the metav1.Condition shape, keyed by type. Ready summarises the object."
             .into(),
     );
+    if let Some(props) = schema
+        .get_mut("items")
+        .and_then(|i| i.get_mut("properties"))
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        let mut bound = |field: &str, key: &str, value: serde_json::Value| {
+            if let Some(f) = props.get_mut(field).and_then(|f| f.as_object_mut()) {
+                f.insert(key.into(), value);
+            }
+        };
+        bound("type", "maxLength", 316.into());
+        bound("reason", "maxLength", 1024.into());
+        bound("message", "maxLength", MAX_CONDITION_MESSAGE.into());
+        bound(
+            "status",
+            "enum",
+            serde_json::json!(["True", "False", "Unknown"]),
+        );
+    }
     schema
 }
 

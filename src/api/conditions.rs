@@ -5,6 +5,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::common::MAX_CONDITION_MESSAGE;
+
 /// Condition types.
 pub mod types {
     /// Summary condition of every kind.
@@ -65,14 +67,24 @@ impl NewCondition {
     }
 }
 
+/// `message` cut to the [`MAX_CONDITION_MESSAGE`] characters the CRD schemas allow.
+fn bounded(mut message: String) -> String {
+    if let Some((end, _)) = message.char_indices().nth(MAX_CONDITION_MESSAGE) {
+        message.truncate(end);
+    }
+    message
+}
+
 /// Merge `new` into `conditions` (keyed by type). `lastTransitionTime` is kept when the status
-/// did not change, otherwise set to `now`. Returns whether anything changed.
+/// did not change, otherwise set to `now`. Returns whether anything changed. A message longer
+/// than the schemas allow is cut.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
-    new: NewCondition,
+    mut new: NewCondition,
     generation: Option<i64>,
     now: Time,
 ) -> bool {
+    new.message = bounded(new.message);
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(existing) => {
             let transition = existing.status != new.status;
@@ -141,5 +153,14 @@ mod tests {
         }
         assert_eq!(c.len(), 1);
         assert!(is_true(&c, types::READY));
+    }
+
+    #[test]
+    fn a_message_longer_than_the_schema_allows_is_cut() {
+        let mut c = vec![];
+        let long = "é".repeat(MAX_CONDITION_MESSAGE + 5);
+        let new = NewCondition::new(types::READY, false, "Waiting", long);
+        set_condition(&mut c, new, None, t(1));
+        assert_eq!(c[0].message.chars().count(), MAX_CONDITION_MESSAGE);
     }
 }

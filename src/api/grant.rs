@@ -83,7 +83,7 @@ pub struct GrantScope {
 pub struct ResourceGroupScope {
     /// Subscription id (a GUID); defaults to the controller's configured subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: Option<String>,
     /// Resource group name.
     #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
@@ -95,7 +95,7 @@ pub struct ResourceGroupScope {
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionScope {
     /// Subscription id (a GUID).
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: String,
 }
 
@@ -106,21 +106,26 @@ pub struct RoleGrantStatus {
     /// The generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions: `Granted` (controller), `AccessVerified` (agent), `Ready`.
+    /// Conditions: `Granted` (controller), `AccessVerified` (agent), `Ready` (at most 16, keyed by
+    /// type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
     /// The ARM scope the role is assigned at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub scope: Option<String>,
     /// ARM id of the role assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub role_assignment_id: Option<String>,
     /// ARM id of the resolved role definition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub role_definition_id: Option<String>,
     /// Principal id the role is assigned to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub principal_id: Option<String>,
     /// True when the assignment already existed under another name and was adopted: the
     /// controller never deletes it.
@@ -142,5 +147,6 @@ pub struct AccessStatus {
     pub http_status: Option<i32>,
     /// The agent (VM or instance) that checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub checked_by: Option<String>,
 }

@@ -33,7 +33,7 @@ pub struct UserAssignedIdentitySpec {
     /// Azure subscription id (a GUID) that holds the identity. Defaults to the controller's
     /// configured subscription. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: Option<String>,
 
     /// Resource group that holds the identity (1-90 characters). Immutable.
@@ -61,6 +61,7 @@ pub struct UserAssignedIdentitySpec {
     #[x_kube(validation = Rule::new(r"self.all(k, !k.matches('[<>%&\\\\?/]'))").message("tag names may not contain <, >, %, &, \\, ? or /"))]
     #[x_kube(validation = Rule::new(r"self.all(k, !k.matches('^(?i)uami\\.dev-'))").message("tag names starting with uami.dev- are reserved for the controller"))]
     #[schemars(extend("maxProperties" = 48))]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 256}))]
     pub tags: BTreeMap<String, String>,
 
     /// Take over an identity that already exists in Azure under this name instead of refusing it.
@@ -94,21 +95,25 @@ pub struct UserAssignedIdentityStatus {
     /// The generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions: `Ready`.
+    /// Conditions: `Ready` (at most 16, keyed by type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
     /// ARM resource id of the identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub resource_id: Option<String>,
     /// Client (application) id: what IMDS takes as `client_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub client_id: Option<String>,
     /// Principal (object) id of the identity's service principal: what role assignments name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub principal_id: Option<String>,
     /// Tenant id of the identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub tenant_id: Option<String>,
 }
 

@@ -21,24 +21,26 @@ use super::common::*;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GrantPolicySpec {
-    /// Namespaces this policy applies to; `*` means every namespace.
+    /// Namespaces this policy applies to (at most 256); `*` means every namespace.
     #[schemars(length(min = 1, max = 256))]
-    #[schemars(inner(pattern(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")))]
+    #[schemars(inner(length(max = 63), pattern(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")))]
     pub namespaces: Vec<String>,
 
-    /// Role grants allowed: each rule pairs roles with scopes.
+    /// Role grants allowed: each rule pairs roles with scopes. At most 8 rules of at most 16
+    /// scopes each; a platform that needs more writes another GrantPolicy (what any policy allows
+    /// is allowed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 8))]
     pub role_grants: Vec<RoleGrantRule>,
 
     /// Identity bindings allowed: VMs and scale sets the namespaces may bind identities to, and
-    /// identities they may bind to their service accounts.
+    /// identities they may bind to their service accounts (at most 1024 rules).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 1024))]
     pub identity_bindings: Vec<BindingRule>,
 
     /// Resource groups from which the namespaces may adopt existing identities
-    /// (`adoptExisting: true`). Without a rule, adoption is refused.
+    /// (`adoptExisting: true`), at most 256. Without a rule, adoption is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub identity_adoption: Vec<AdoptionRule>,
@@ -50,7 +52,7 @@ pub struct GrantPolicySpec {
 pub struct AdoptionRule {
     /// Subscription id (a GUID); defaults to the controller's configured subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: Option<String>,
     /// Resource group name, or `*` for every group of the subscription.
     #[schemars(length(min = 1, max = 90), pattern(r"^(\*|[-\w.()]*[-\w()])$"))]
@@ -61,12 +63,12 @@ pub struct AdoptionRule {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleGrantRule {
-    /// Allowed roles: built-in role names (`Reader`) or role definition GUIDs. No wildcard: a
-    /// powerful role must be named to be allowed.
+    /// Allowed roles (at most 64): built-in role names (`Reader`) or role definition GUIDs. No
+    /// wildcard: a powerful role must be named to be allowed.
     #[schemars(length(min = 1, max = 64))]
     #[schemars(inner(length(min = 1, max = 512)))]
     pub roles: Vec<String>,
-    /// Scopes at which those roles may be granted.
+    /// Scopes at which those roles may be granted (at most 16).
     #[schemars(length(min = 1, max = 16))]
     pub scopes: Vec<ScopeRule>,
 }
@@ -83,9 +85,10 @@ pub struct ScopeRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<SubscriptionPattern>,
     /// This resource id and everything below it, compared segment by segment and
-    /// case-insensitively (`.../DevTest` does not cover `.../DevTest2`). Canonical form only.
+    /// case-insensitively (`.../DevTest` does not cover `.../DevTest2`). Canonical form only, at
+    /// most 400 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = 400))]
     #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
     pub resource_id_prefix: Option<String>,
 }
@@ -96,7 +99,7 @@ pub struct ScopeRule {
 pub struct ResourceGroupPattern {
     /// Subscription id (a GUID); defaults to the controller's configured subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: Option<String>,
     /// Resource group name, or `*` for every group of the subscription.
     #[schemars(length(min = 1, max = 90), pattern(r"^(\*|[-\w.()]*[-\w()])$"))]
@@ -108,7 +111,7 @@ pub struct ResourceGroupPattern {
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionPattern {
     /// Subscription id (a GUID).
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: String,
 }
 
@@ -136,7 +139,7 @@ pub struct ServiceAccountPattern {
     /// Subscription id of the identities (a GUID); defaults to the controller's configured
     /// subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: Option<String>,
     /// Resource group of the identities.
     #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
@@ -148,7 +151,8 @@ pub struct ServiceAccountPattern {
         pattern(r"^(\*|[a-zA-Z0-9][a-zA-Z0-9_-]{2,127})$")
     )]
     pub identity_name: String,
-    /// Service account names, or `*` (the default) for every service account of the namespace.
+    /// Service account names (at most 64), or `*` (the default) for every service account of the
+    /// namespace.
     #[serde(default = "stars")]
     #[schemars(length(min = 1, max = 64))]
     #[schemars(inner(
@@ -168,7 +172,7 @@ fn stars() -> Vec<String> {
 pub struct ComputePattern {
     /// Subscription id (a GUID); defaults to the controller's configured subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(GUID_PATTERN))]
+    #[schemars(length(max = 36), pattern(GUID_PATTERN))]
     pub subscription_id: Option<String>,
     /// Resource group name.
     #[schemars(length(min = 1, max = 90), pattern(RESOURCE_GROUP_PATTERN))]
@@ -193,7 +197,7 @@ pub struct GrantPolicyStatus {
     /// The generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions.
+    /// Conditions (at most 16, keyed by type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,

@@ -13,6 +13,7 @@
 
 mod admission;
 mod authz;
+pub mod cel_cost;
 mod events;
 mod namespace;
 mod protobuf;

@@ -1,7 +1,8 @@
 //! Writes with admission: `create` (generated names, namespaces that must exist and not be
 //! terminating, CRDs that start serving their kinds), `update`, and the commit every update,
 //! patch and apply ends in (status subresource rules, schema admission, ValidatingAdmissionPolicy,
-//! generation, no-op detection, finalization). Also the create-only reviews and TokenRequest.
+//! generation, no-op detection, finalization). A CRD whose CEL rules are over the cost budget is
+//! refused on create and update. Also the create-only reviews and TokenRequest.
 
 use std::sync::Arc;
 
@@ -16,7 +17,9 @@ use super::{
 use crate::sandbox::UserInfo;
 use crate::sandbox::registry::{ResourceDef, from_crd, normalize_secret};
 use crate::sandbox::store::Store;
-use crate::sandbox::{admission, authz, events, namespace, now, serviceaccount, ssa, validate};
+use crate::sandbox::{
+    admission, authz, cel_cost, events, namespace, now, serviceaccount, ssa, validate,
+};
 
 /// `POST` to a collection: the reviews answered about the caller, or a create.
 pub(super) fn create_request(req: &Request, opts: &WriteOptions) -> Result<Response, ApiError> {
@@ -192,6 +195,7 @@ fn establish_crd(
     name: &str,
     dry_run: bool,
 ) -> Result<(), ApiError> {
+    refuse_over_budget(def, obj, None, name)?;
     let defs = from_crd(obj)
         .map_err(|m| ApiError::invalid_field(def, name, "FieldValueInvalid", "spec", m))?;
     if dry_run {
@@ -211,6 +215,22 @@ fn establish_crd(
         .retain(|r| !(r.group == defs[0].group && r.plural == defs[0].plural));
     store.resources.extend(defs);
     Ok(())
+}
+
+/// A CRD whose validation rules exceed the CEL cost budget is refused, as kube-apiserver refuses
+/// it (`old` is the CRD an update replaces).
+fn refuse_over_budget(
+    def: &ResourceDef,
+    crd: &Value,
+    old: Option<&Value>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let causes = cel_cost::check_crd(crd, old);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(def, name, causes))
+    }
 }
 
 /// Create `obj` (in namespace `ns`, else the body's) with admission, and store it unless
@@ -352,6 +372,9 @@ pub(super) fn commit(
     let (def, ns, name, subresource) = (&t.def, t.ns(), t.name(), t.subresource.as_deref());
     keep_server_fields(def, old, &mut new, subresource);
     admit(def, &mut new, Some(old), name, opts.strict)?;
+    if def.plural == "customresourcedefinitions" && subresource.is_none() {
+        refuse_over_budget(def, &new, Some(old), name)?;
+    }
     if def.group.is_empty() && def.plural == "secrets" {
         normalize_secret(&mut new);
     }
