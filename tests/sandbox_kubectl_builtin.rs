@@ -328,7 +328,7 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
         .fails(&grant_status_patch("{\"status\":{\"adopted\":true}}"))
         .await;
     assert!(
-        err.contains("rolegrants.uami.dev \"my-identity-reads-devtest\" is forbidden: ValidatingAdmissionPolicy 'uami-controller-agent-grants' with binding 'uami-controller-agent-grants' denied request: status.adopted is written by the controller only"),
+        err.contains("The rolegrants \"my-identity-reads-devtest\" is invalid: : ValidatingAdmissionPolicy 'uami-controller-agent-grants' with binding 'uami-controller-agent-grants' denied request: status.adopted is written by the controller only"),
         "{err}"
     );
     // Its own field passes.

@@ -83,8 +83,11 @@ impl External {
             namespaces.patch(namespace, &pp, &Patch::Apply(&ns)).await?;
         }
         let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
-        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
-        sas.patch(name, &pp, &Patch::Apply(&sa)).await?;
+        if sas.get_opt(name).await?.is_none() {
+            let sa =
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+            sas.patch(name, &pp, &Patch::Apply(&sa)).await?;
+        }
         let bound = match node {
             None => None,
             Some(node) => {

@@ -171,12 +171,7 @@ impl Stack {
             tasks: Vec::new(),
         };
         if let Some(ns) = stack.opts.service_accounts.clone() {
-            stack.controller_client = Some(
-                stack
-                    .cluster
-                    .client_for_service_account(&ns, "uami-controller", None)
-                    .await?,
-            );
+            stack.run_as_service_accounts(&ns).await?;
         }
         if stack.opts.controller {
             let h = stack.start_controller(None, stack.stop.child_token())?;
@@ -188,6 +183,24 @@ impl Stack {
             }
         }
         Ok(stack)
+    }
+
+    /// From now on, run controllers and agents as the service accounts `uami-controller` and
+    /// `uami-agent` of `namespace` (as the chart installs them; with [`StackOptions`]'s
+    /// `service_accounts` set from the start, the stack does this itself).
+    pub async fn run_as_service_accounts(&mut self, namespace: &str) -> Result<(), StackError> {
+        self.controller_client = Some(
+            self.cluster
+                .client_for_service_account(namespace, "uami-controller", None)
+                .await?,
+        );
+        self.opts.service_accounts = Some(namespace.to_string());
+        Ok(())
+    }
+
+    /// The client the stack's controllers use, when they run as a service account.
+    pub fn controller_client(&self) -> Option<kube::Client> {
+        self.controller_client.clone()
     }
 
     /// Start a controller that stops with the stack; with `holder` set it runs under leader

@@ -160,6 +160,8 @@ pub fn builtins() -> Vec<ResourceDef> {
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
         builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
         builtin("", "v1", "secrets", "Secret", true, &[]),
+        in_all(with_status(builtin("", "v1", "pods", "Pod", true, &["po"]))),
+        with_status(builtin("", "v1", "nodes", "Node", false, &["no"])),
         in_all(with_status(builtin(
             "",
             "v1",

@@ -106,12 +106,17 @@ fn denial(r: &Request, name: &str, reason: &str, message: String) -> ApiError {
         _ => (403, "Forbidden"),
     };
     let qualified = r.def.qualified();
-    ApiError::new(
+    let mut e = ApiError::new(
         code,
         reason,
         format!("{qualified} \"{name}\" is forbidden: {message}"),
     )
-    .about(r.def, name)
+    .about(r.def, name);
+    // The API server names the denial once more as the one cause, with no field.
+    if let Some(details) = e.details.as_mut() {
+        details["causes"] = serde_json::json!([{"reason": "", "message": message, "field": ""}]);
+    }
+    e
 }
 
 /// Evaluate every bound policy for a create (`old` None), update, or delete (`object` None).
