@@ -251,6 +251,24 @@ async fn kills_while_converging_on_one_vm_lose_no_assignment() {
     run(s, "one-vm").await;
 }
 
+/// The same on a real API server: the controller process, killed 8 times, watches and writes
+/// through kube-apiserver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_kills_while_converging_on_one_vm_lose_no_assignment() {
+    let mut s = scenario(seed(30), 20, 1, (8, 0));
+    s.faults = Faults {
+        seed: s.seed,
+        ..Faults::default()
+    };
+    s.watch = WatchFaults::default();
+    s.kill_within = Duration::from_millis(1500);
+    let Some(real) = crate::support::envtest::cluster("chaos").await else {
+        return;
+    };
+    s.external = Some(real.external.clone());
+    run(s, "one-vm-real").await;
+}
+
 /// Known break: faults on (500s, dropped connections, PrincipalNotFound, another operation in
 /// progress, failed long-running operations) and 4 kills during deletion left deleted
 /// identities listed on the VM (a write whose answer was lost made the binding believe the

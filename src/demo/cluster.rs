@@ -367,6 +367,31 @@ impl Cluster {
         }
     }
 
+    /// A kubeconfig (YAML) for the administrator `user` (see [`Cluster::client_as`]), for a
+    /// process of its own.
+    pub fn admin_kubeconfig(&self, user: &str) -> Result<String, StackError> {
+        match self {
+            Self::Sandbox(sb) => Ok(sb.kubeconfig_yaml(user)),
+            Self::External(x) => {
+                use secrecy::ExposeSecret;
+                let token = x
+                    .config
+                    .auth_info
+                    .token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_string())
+                    .ok_or_else(|| {
+                        StackError::Input("the external server's administrator has no token".into())
+                    })?;
+                let mut yaml = kubeconfig_yaml(&x.config, "admin", "default", &token);
+                yaml.push_str(&format!(
+                    "    as: {user}\n    as-groups: [\"system:masters\", \"system:authenticated\"]\n"
+                ));
+                Ok(yaml)
+            }
+        }
+    }
+
     /// The issuer (`iss`) of the cluster's service account tokens.
     pub fn oidc_issuer(&self) -> String {
         match self {
@@ -409,17 +434,26 @@ impl Cluster {
 /// A kubeconfig for `config`'s server and CA with `token` as `user`.
 fn kubeconfig_yaml(config: &kube::Config, user: &str, namespace: &str, token: &str) -> String {
     let server = config.cluster_url.to_string();
-    let ca = config
-        .root_cert
-        .as_ref()
-        .and_then(|certs| certs.first())
-        .map(|der| {
-            let pem = format!(
-                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
-            );
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pem)
-        });
+    // Every certificate of the configured authority (a server's self-made chain names its own
+    // authority after the serving certificate), as PEM with lines of 64 characters.
+    let ca = config.root_cert.as_ref().map(|certs| {
+        let pem: String = certs
+            .iter()
+            .map(|der| {
+                let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+                let lines: Vec<&str> = body
+                    .as_bytes()
+                    .chunks(64)
+                    .filter_map(|c| std::str::from_utf8(c).ok())
+                    .collect();
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                )
+            })
+            .collect();
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pem)
+    });
     let ca_line = ca
         .map(|c| format!("    certificate-authority-data: {c}\n"))
         .unwrap_or_default();

@@ -10,6 +10,7 @@ use kube::api::ListParams;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
+use uami_controller::demo::cluster::External;
 use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::world::{
     TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_CONTROLLER_SECRET, TUTORIAL_SUBSCRIPTION as SUB,
@@ -47,6 +48,8 @@ pub struct Scenario {
     pub kill_within: Duration,
     /// Controller's ARM request timeout.
     pub arm_timeout: &'static str,
+    /// Run on this API server instead of the sandbox (watch faults are the sandbox's only).
+    pub external: Option<External>,
 }
 
 pub fn realistic_faults(seed: u64) -> Faults {
@@ -180,11 +183,7 @@ impl Drop for ControllerProcess {
 /// The arguments of `uami-controller run` against the stack.
 pub fn controller_args(stack: &Stack, dir: &Path, user: &str, arm_timeout: &str) -> Vec<String> {
     let kubeconfig = dir.join(format!("{user}.kubeconfig"));
-    stack
-        .sandbox()
-        .unwrap()
-        .write_kubeconfig(&kubeconfig, user)
-        .unwrap();
+    std::fs::write(&kubeconfig, stack.cluster.admin_kubeconfig(user).unwrap()).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
     [
@@ -220,7 +219,13 @@ pub fn controller_args(stack: &Stack, dir: &Path, user: &str, arm_timeout: &str)
 }
 
 pub async fn start_stack(vms: usize) -> Stack {
+    start_stack_on(vms, None).await
+}
+
+/// [`start_stack`] on the sandbox, or on `external`.
+pub async fn start_stack_on(vms: usize, external: Option<External>) -> Stack {
     let mut opts = StackOptions::tutorial(Duration::from_secs(600)).unwrap();
+    opts.external = external;
     opts.controller = false;
     opts.agents = true;
     opts.agent_interval = Duration::from_secs(2);

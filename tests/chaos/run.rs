@@ -18,7 +18,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
         ..Report::default()
     };
     let mut rng = StdRng::seed_from_u64(s.seed);
-    let stack = start_stack(s.vms).await;
+    let stack = start_stack_on(s.vms, s.external.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let oob = out_of_band_identity(&stack).await;
     let oob_id = oob["id"].as_str().unwrap().to_lowercase();
@@ -34,7 +34,9 @@ pub async fn run(s: Scenario, name: &str) -> Report {
         log.clone(),
     );
     stack.emulator.set_faults(s.faults.clone());
-    stack.sandbox().unwrap().set_watch_faults(s.watch.clone());
+    if let Some(sb) = stack.sandbox() {
+        sb.set_watch_faults(s.watch.clone());
+    }
     ctl.start();
     let started = Instant::now();
     if s.shared_azure_names {
@@ -367,7 +369,9 @@ pub async fn run(s: Scenario, name: &str) -> Report {
         );
     }
     report.injected = stack.emulator.injected();
-    let (closed, gone) = stack.sandbox().unwrap().watch_faults_injected();
+    let (closed, gone) = stack
+        .sandbox()
+        .map_or((0, 0), |sb| sb.watch_faults_injected());
     report.watches_closed = closed;
     report.resumes_gone = gone;
     report.print(name);
@@ -396,5 +400,6 @@ pub fn scenario(seed: u64, sets: usize, vms: usize, kills: (u32, u32)) -> Scenar
         deadline: Duration::from_secs(240),
         kill_within: Duration::from_secs(4),
         arm_timeout: "3s",
+        external: None,
     }
 }
