@@ -79,6 +79,11 @@ enum Command {
         /// ARM and AAD listen address (overrides the world file).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// A PEM file of certificate authorities that Entra ID trusts, besides the system's,
+        /// when it fetches an OIDC issuer's discovery document and keys (added to the world's
+        /// `oidcIssuerCaPems`). Repeatable.
+        #[arg(long, value_name = "FILE")]
+        oidc_issuer_ca: Vec<PathBuf>,
     },
 }
 
@@ -108,9 +113,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Crds { out_dir } => crds(out_dir).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Agent(args) => agent(*args).await.map(|()| ExitCode::SUCCESS),
-        Command::Emulator { world, listen } => {
-            emulator(world, listen).await.map(|()| ExitCode::SUCCESS)
-        }
+        Command::Emulator {
+            world,
+            listen,
+            oidc_issuer_ca,
+        } => emulator(world, listen, &oidc_issuer_ca)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Demo {
             timeout,
             keep_running,
@@ -303,12 +312,21 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn emulator(world: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+async fn emulator(
+    world: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    oidc_issuer_ca: &[PathBuf],
+) -> anyhow::Result<()> {
     use uami_controller::emulator;
     logging::init(logging::LogFormat::Text, "info");
     let mut w = emulator::World::from_file(&world)?;
     if let Some(l) = listen {
         w.listen = l;
+    }
+    for path in oidc_issuer_ca {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--oidc-issuer-ca {}", path.display()))?;
+        w.oidc_issuer_ca_pems.push(pem);
     }
     let emu = emulator::start(w).await?;
     println!("ARM:       {}", emu.arm_endpoint());

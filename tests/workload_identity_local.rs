@@ -543,3 +543,85 @@ async fn the_controller_signs_in_with_its_own_service_account_token() {
     );
     sb.shutdown().await;
 }
+
+/// An OIDC issuer over HTTPS on loopback with a self-signed certificate: its URL, the
+/// certificate (PEM) and the issuer, whose key the test holds.
+async fn https_issuer() -> (
+    std::sync::Arc<Issuer>,
+    String,
+    String,
+    tokio_util::sync::CancellationToken,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    // The port is known once the listener is bound, and the issuer URL must name it: serve a
+    // router that answers from a cell filled right after.
+    let cell: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<Issuer>>> = Default::default();
+    let (c1, c2) = (cell.clone(), cell.clone());
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let i = c1.get().unwrap().clone();
+                async move { axum::Json(i.openid_configuration()) }
+            }),
+        )
+        .route(
+            "/openid/v1/jwks",
+            axum::routing::get(move || {
+                let i = c2.get().unwrap().clone();
+                async move { axum::Json(i.jwks()) }
+            }),
+        );
+    let https = sandbox::tls::serve(([127, 0, 0, 1], 0).into(), app, stop.clone())
+        .await
+        .unwrap();
+    let url = format!("https://{}", https.addr);
+    let issuer = std::sync::Arc::new(Issuer::generate(&url).unwrap());
+    cell.set(issuer.clone()).ok().unwrap();
+    (issuer, url, https.ca_pem, stop)
+}
+
+#[tokio::test]
+async fn an_https_issuer_with_its_own_certificate_is_trusted_through_the_world() {
+    let (issuer, url, ca_pem, stop) = https_issuer().await;
+    let now = jiff::Timestamp::now().as_second();
+    let assertion = issuer
+        .sign(&json!({"iss": url, "sub": "ci:job", "aud": [EXCHANGE], "exp": now + 600, "nbf": now - 5, "iat": now - 5}))
+        .unwrap();
+    // Without the certificate: the issuer's keys cannot be fetched (TLS), as Entra ID answers
+    // for an unreachable issuer.
+    let az = Azure::start(|_| {}).await;
+    let (client_id, _) = az.identity("wi-id").await;
+    assert_eq!(az.put_fic("wi-id", "ci-job", &url, "ci:job").await.0, 201);
+    let (s, v) = az.exchange(&client_id, &assertion).await;
+    assert_eq!((s, aadsts(&v)), (401, 50166), "{v}");
+    // With it in the world's oidcIssuerCaPems: the exchange succeeds.
+    let pem = ca_pem.clone();
+    let az = Azure::start(move |w| w.oidc_issuer_ca_pems.push(pem)).await;
+    let (client_id, principal_id) = az.identity("wi-id").await;
+    assert_eq!(az.put_fic("wi-id", "ci-job", &url, "ci:job").await.0, 201);
+    let (s, v) = az.exchange(&client_id, &assertion).await;
+    assert_eq!(s, 200, "{v}");
+    let claims =
+        jsonwebtoken::dangerous::insecure_decode::<Value>(v["access_token"].as_str().unwrap())
+            .unwrap()
+            .claims;
+    assert_eq!(claims["oid"], principal_id.as_str());
+    // A world entry that holds no certificate is refused at start.
+    let mut w = World::tutorial().unwrap();
+    w.oidc_issuer_ca_pems.push("not a certificate".into());
+    let err = emulator::start(w).await.err().unwrap().to_string();
+    assert!(err.contains("oidcIssuerCaPems[0]"), "{err}");
+    // The world file spells it oidcIssuerCaPems.
+    let yaml = format!(
+        "tenantId: {}\nsubscriptions: []\noidcIssuerCaPems:\n- |\n{}",
+        uami_controller::emulator::world::TUTORIAL_TENANT,
+        ca_pem
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let w = World::from_yaml_str(&yaml).unwrap();
+    assert_eq!(w.oidc_issuer_ca_pems.len(), 1);
+    stop.cancel();
+}

@@ -205,22 +205,39 @@ const ASSERTION_ALGORITHMS: &[jsonwebtoken::Algorithm] = &[
     jsonwebtoken::Algorithm::ES384,
 ];
 
-fn http() -> &'static reqwest::Client {
-    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    HTTP.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap_or_default()
-    })
+/// The client Entra ID fetches issuers' discovery documents and keys with: the system's
+/// certificate authorities and the world's `oidcIssuerCaPems`.
+pub(crate) fn issuer_client(world: &super::World) -> Result<reqwest::Client, String> {
+    let mut extra = Vec::new();
+    for (i, pem) in world.oidc_issuer_ca_pems.iter().enumerate() {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| format!("oidcIssuerCaPems[{i}]: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "oidcIssuerCaPems[{i}]: no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            ));
+        }
+        extra.extend(certs);
+    }
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10));
+    if !extra.is_empty() {
+        builder = builder.tls_certs_merge(extra);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("the OIDC issuer client: {e}"))
 }
 
 /// The signing keys of `issuer`, from its OIDC discovery document.
-async fn issuer_keys(issuer: &str) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+async fn issuer_keys(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Result<jsonwebtoken::jwk::JwkSet, String> {
     let base = issuer.trim_end_matches('/');
     let get = |url: String| async move {
-        let r = http()
+        let r = http
             .get(&url)
             .send()
             .await
@@ -256,7 +273,11 @@ fn bad_signature() -> (StatusCode, Value) {
 }
 
 /// Validate a federated `assertion` against the client's `trusts`, as Entra ID does.
-async fn verify_assertion(trusts: &[Trust], assertion: &str) -> Result<(), (StatusCode, Value)> {
+async fn verify_assertion(
+    http: &reqwest::Client,
+    trusts: &[Trust],
+    assertion: &str,
+) -> Result<(), (StatusCode, Value)> {
     #[derive(serde::Deserialize)]
     struct Assertion {
         #[serde(default)]
@@ -304,7 +325,7 @@ async fn verify_assertion(trusts: &[Trust], assertion: &str) -> Result<(), (Stat
             ),
         ));
     };
-    let keys = issuer_keys(&trust.issuer).await.map_err(|reason| {
+    let keys = issuer_keys(http, &trust.issuer).await.map_err(|reason| {
         aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -405,7 +426,7 @@ async fn exchange(
                 "Invalid client_assertion_type.",
             );
         }
-        if let Err(refusal) = verify_assertion(&sp.trusts, assertion).await {
+        if let Err(refusal) = verify_assertion(&inner.http, &sp.trusts, assertion).await {
             return refusal;
         }
     } else {

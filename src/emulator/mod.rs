@@ -181,6 +181,8 @@ pub(crate) struct Inner {
     pub imds_stats: Mutex<BTreeMap<String, imds::Limiter>>,
     pub injected: Mutex<BTreeMap<String, u64>>,
     pub started: Instant,
+    /// Entra ID's client for OIDC issuers (see `aad::issuer_client`).
+    pub http: reqwest::Client,
 }
 
 impl Inner {

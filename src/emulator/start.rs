@@ -23,6 +23,7 @@ use super::{
 pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     let state = initial_state(&world)?;
     let seed = world.faults.seed;
+    let http = super::aad::issuer_client(&world).map_err(EmulatorError::World)?;
     let inner = Arc::new(Inner {
         faults: Mutex::new(world.faults.clone()),
         knobs: Mutex::new(world.knobs.clone()),
@@ -37,6 +38,7 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
         imds_stats: Mutex::new(BTreeMap::new()),
         injected: Mutex::new(BTreeMap::new()),
         started: Instant::now(),
+        http,
         world,
     });
     let stop = CancellationToken::new();

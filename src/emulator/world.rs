@@ -45,6 +45,11 @@ pub struct World {
     /// Behaviour knobs at start (changeable at run time).
     #[serde(default)]
     pub knobs: Knobs,
+    /// Certificate authorities (PEM, each entry one or more certificates) that Entra ID trusts,
+    /// besides the system's, when it fetches an OIDC issuer's discovery document and keys over
+    /// HTTPS: for an issuer served with a private or self-signed certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc_issuer_ca_pems: Vec<String>,
 }
 
 /// A service principal that signs in with a secret or a federated token.
