@@ -2,7 +2,10 @@
 //! federated identity credential and the annotations appear, the token exchange is proven and
 //! reported, the steady state writes nothing, drift is repaired, the 21st credential is never
 //! attempted, writes on one identity are serialized, a mismatch shows AADSTS70021, deletion goes
-//! in order, and no token appears anywhere.
+//! in order, and no token appears anywhere. The exchange and the policy revocation also run on a
+//! real API server: its TokenRequest tokens, signed by kube-apiserver, are verified by the
+//! emulator's Entra ID against the issuer's keys, published over HTTPS on loopback (its
+//! certificate given to the emulator through the world's `oidcIssuerCaPems`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -25,12 +28,27 @@ const NS: &str = "workload";
 const CLIENT_ID: &str = "azure.workload.identity/client-id";
 const TENANT_ID: &str = "azure.workload.identity/tenant-id";
 
-async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
+fn options(resync: u64) -> StackOptions {
     let mut opts = StackOptions::tutorial(Duration::from_secs(resync)).unwrap();
     opts.world.rbac_propagation_seconds = 1.0;
     opts.agents = false;
+    opts
+}
+
+async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
+    let mut opts = options(resync);
     configure(&mut opts);
     Stack::start(opts).await.unwrap()
+}
+
+/// `opts` on the real API server of this test binary, its issuer trusted by the emulator's
+/// Entra ID; `None` when that layer is off.
+async fn on_real(test: &str, opts: &mut StackOptions) -> Option<envtest::Real> {
+    let real = on_real_apiserver(test, opts).await?;
+    opts.world
+        .oidc_issuer_ca_pems
+        .push(real.plane.issuer_ca_pem.clone());
+    Some(real)
 }
 
 fn fics(stack: &Stack) -> Vec<Value> {
@@ -78,8 +96,21 @@ async fn annotated(stack: &Stack, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_binding_is_proven_by_the_token_exchange() {
+    proven_by_the_token_exchange(options(3), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_a_service_account_binding_is_proven_by_the_token_exchange() {
+    let mut opts = options(3);
+    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
+        return;
+    };
+    proven_by_the_token_exchange(opts, Some(&real)).await;
+}
+
+async fn proven_by_the_token_exchange(opts: StackOptions, real: Option<&envtest::Real>) {
     let capture = Capture::install();
-    let stack = stack(3, |_| {}).await;
+    let stack = Stack::start(opts).await.unwrap();
     stack.apply_yaml(EXAMPLE).await.unwrap();
     let id = ready(&identities(&stack, NS), "reporter-identity", 60).await;
     let id_status = id.status.clone().unwrap();
@@ -156,11 +187,30 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
                 .as_ref()
                 .is_some_and(|r| r["client_id"] == id_status.client_id.clone().unwrap().as_str())
     }));
-    let audit = stack.sandbox().unwrap().audit();
-    assert!(audit.iter().any(|r| r.resource == "serviceaccounts"
-        && r.subresource == "token"
-        && r.verb == "create"
-        && r.code == 201));
+    match (real, stack.sandbox()) {
+        // The sandbox saw the controller's TokenRequest.
+        (None, Some(sb)) => assert!(sb.audit().iter().any(|r| r.resource == "serviceaccounts"
+            && r.subresource == "token"
+            && r.verb == "create"
+            && r.code == 201)),
+        // The credential trusts the real API server's issuer, and Entra ID accepted the token
+        // kube-apiserver signed for the service account: it verified the signature with the
+        // keys it fetched from that issuer over HTTPS.
+        (Some(real), _) => {
+            assert_eq!(all[0]["properties"]["issuer"], real.plane.issuer.as_str());
+            assert!(real.plane.issuer.starts_with("https://"));
+            assert!(journal.iter().any(|e| {
+                e.operation == "Aad_Token"
+                    && e.status == 200
+                    && e.request.as_ref().is_some_and(|r| {
+                        r["client_id"] == id_status.client_id.clone().unwrap().as_str()
+                            && r["client_assertion_type"]
+                                == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                    })
+            }));
+        }
+        (None, None) => unreachable!("a stack runs on the sandbox or on a real API server"),
+    }
 
     // Every federated identity credential request and answer follows the MSI document.
     let (errors, checked, unchecked) = support::armspec::validate_journal(
@@ -184,13 +234,15 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
     // Steady state: a few resyncs read, never write.
     let reads = steady_state_reads(&stack, 8, "FederatedIdentityCredentials_Get").await;
     assert!(reads >= 1, "resyncs read the credential: {reads}");
-    let sa_patches = stack
-        .sandbox()
-        .unwrap()
-        .audit()
-        .iter()
-        .filter(|r| r.resource == "serviceaccounts" && r.verb == "patch")
-        .count();
+    let sa_patches = |stack: &Stack| {
+        stack.sandbox().map(|sb| {
+            sb.audit()
+                .iter()
+                .filter(|r| r.resource == "serviceaccounts" && r.verb == "patch")
+                .count()
+        })
+    };
+    let sa_patches_before = sa_patches(&stack);
 
     // Drift: the credential deleted in Azure comes back; a changed annotation is restored.
     assert_eq!(
@@ -229,16 +281,11 @@ async fn a_service_account_binding_is_proven_by_the_token_exchange() {
             .get("FederatedIdentityCredentials_CreateOrUpdate", 201)
             >= 1
     );
-    assert!(
-        stack
-            .sandbox()
-            .unwrap()
-            .audit()
-            .iter()
-            .filter(|r| r.resource == "serviceaccounts" && r.verb == "patch")
-            .count()
-            > sa_patches + 1
-    );
+    // On the sandbox, its audit shows the controller's patch of the service account (the
+    // test's own patch and the restoring one).
+    if let (Some(before), Some(after)) = (sa_patches_before, sa_patches(&stack)) {
+        assert!(after > before + 1, "{before} -> {after}");
+    }
     let evs = events(&stack, NS).await;
     assert!(
         evs.iter()
@@ -470,10 +517,33 @@ async fn policy_mismatch_and_deletion_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_stops_allowing_takes_the_trust_back() {
-    let stack = stack(3, |_| {}).await;
+    policy_takes_the_trust_back(options(3), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_a_policy_that_stops_allowing_takes_the_trust_back() {
+    let mut opts = options(3);
+    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
+        return;
+    };
+    policy_takes_the_trust_back(opts, Some(&real)).await;
+}
+
+async fn policy_takes_the_trust_back(opts: StackOptions, real: Option<&envtest::Real>) {
+    let stack = Stack::start(opts).await.unwrap();
     stack.apply_yaml(EXAMPLE).await.unwrap();
-    ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
+    let b = ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
     assert_eq!(fics(&stack).len(), 1);
+    // Ready: the service account's token was exchanged; on the real API server, a token that
+    // kube-apiserver signed, for the credential that trusts its issuer.
+    let token = b.status.unwrap().token.unwrap();
+    assert_eq!(token.checked_by.as_deref(), Some("token-exchange"));
+    if let Some(real) = real {
+        assert_eq!(
+            fics(&stack)[0]["properties"]["issuer"],
+            real.plane.issuer.as_str()
+        );
+    }
     Api::<uami_controller::api::GrantPolicy>::all(stack.client())
         .delete("workload-reporter", &DeleteParams::default())
         .await

@@ -8,15 +8,21 @@ use std::sync::{Arc, Mutex};
 pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
 
 impl Capture {
-    /// Install a JSON subscriber at DEBUG writing here; what it captures.
+    /// Install a JSON subscriber at DEBUG writing here, once per test binary; what it captures
+    /// (the logs of every test of the binary that runs meanwhile).
     pub fn install() -> Self {
-        let capture = Capture::default();
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(capture.clone())
-            .try_init();
-        capture
+        static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let capture = Capture::default();
+                let _ = tracing_subscriber::fmt()
+                    .json()
+                    .with_max_level(tracing::Level::DEBUG)
+                    .with_writer(capture.clone())
+                    .try_init();
+                capture
+            })
+            .clone()
     }
 
     /// What was written so far.
