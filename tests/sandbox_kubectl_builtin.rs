@@ -1,7 +1,8 @@
 //! What people type in their first minutes, with the real kubectl 1.33 against the sandbox:
 //! events from the controller in `kubectl describe` and `kubectl get events`; kubectl's typed
 //! commands (protobuf) for namespaces, ConfigMaps, service accounts and RBAC objects; namespace
-//! deletion through `Terminating` with the controller's cleanup; `kubectl apply -f
+//! deletion through `Terminating` with the controller's cleanup (also on a real API server, where
+//! kube-controller-manager's namespace controller finishes it); `kubectl apply -f
 //! deploy/manifests/`; a service account's kubeconfig authorized by RBAC; and the chart's
 //! admission policy refusing the agent's forged status. kubectl comes from
 //! `scripts/install-tools.sh` (`.tools/bin`) or `$UAMI_KUBECTL`.
@@ -11,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::contains_all;
 use support::kubectl::{Kubectl, sandbox_with_crds, service_account_kubectl};
 use support::*;
@@ -45,18 +46,37 @@ fn grant_status_patch(patch: &str) -> [&str; 9] {
     ]
 }
 
-async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
+fn stack_options() -> StackOptions {
     let mut opts = StackOptions::tutorial(Duration::from_secs(30)).unwrap();
     opts.world.rbac_propagation_seconds = 0.5;
     opts.world.lro_retry_after_seconds = 0;
+    opts
+}
+
+async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
+    stack_kubectl_on(stack_options(), None).await
+}
+
+/// The stack started with `opts` and kubectl as its administrator: on the sandbox, or with the
+/// real API server's administrator kubeconfig.
+async fn stack_kubectl_on(
+    opts: StackOptions,
+    real: Option<&envtest::Real>,
+) -> (Stack, Kubectl, tempfile::TempDir) {
     let stack = Stack::start(opts).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    stack
-        .sandbox()
-        .unwrap()
-        .write_kubeconfig(&kubeconfig, "admin")
-        .unwrap();
+    let kubeconfig = match real {
+        Some(real) => real.kubeconfig(),
+        None => {
+            let kubeconfig = dir.path().join("kubeconfig");
+            stack
+                .sandbox()
+                .unwrap()
+                .write_kubeconfig(&kubeconfig, "admin")
+                .unwrap();
+            kubeconfig
+        }
+    };
     (stack, Kubectl { kubeconfig }, dir)
 }
 
@@ -151,7 +171,24 @@ async fn typed_create_and_delete_commands_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_namespace_terminates_through_the_controllers_cleanup() {
-    let (stack, k, _dir) = stack_kubectl().await;
+    namespace_deletion(stack_options(), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_deleting_a_namespace_terminates_through_the_controllers_cleanup() {
+    let mut opts = stack_options();
+    let Some(real) = on_real_apiserver("sandbox_kubectl_builtin", &mut opts).await else {
+        return;
+    };
+    namespace_deletion(opts, Some(&real)).await;
+}
+
+/// `kubectl delete namespace` of the tutorial: the namespace is Terminating and refuses new
+/// content, its conditions name the controller's finalizers while the controller cleans Azure
+/// up, and it goes once they are removed (on a real API server, through kube-controller-manager's
+/// namespace controller), leaving nothing in Azure.
+async fn namespace_deletion(opts: StackOptions, real: Option<&envtest::Real>) {
+    let (stack, k, _dir) = stack_kubectl_on(opts, real).await;
     k.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
     let grant = ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
@@ -163,6 +200,14 @@ async fn deleting_a_namespace_terminates_through_the_controllers_cleanup() {
             .is_empty()
     );
 
+    // Azure answers slowly while the namespace goes, so the cleanup takes a few seconds and the
+    // namespace's conditions can be seen naming what holds it.
+    stack
+        .emulator
+        .set_faults(uami_controller::emulator::Faults {
+            latency_ms: 400,
+            ..Default::default()
+        });
     k.ok(&["delete", "namespace", "tutorial", "--wait=false"])
         .await;
     let ns = k.json(&["get", "namespace", "tutorial"]).await;
@@ -181,12 +226,63 @@ async fn deleting_a_namespace_terminates_through_the_controllers_cleanup() {
         ),
         "{err}"
     );
-    // The controller's finalizers run: Azure is cleaned up, then the namespace goes.
-    eventually(60, "the namespace to disappear", || async {
-        let (ok, _, err) = k.run(&["get", "namespace", "tutorial"]).await;
-        (!ok && err.contains("not found")).then_some(())
-    })
-    .await;
+    // The controller's finalizers run: Azure is cleaned up, then the namespace goes. Meanwhile
+    // its conditions say which finalizers hold its content.
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(stack.client());
+    let mut seen: Vec<Value> = Vec::new();
+    let secs = if real.is_some() { 120 } else { 60 };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while let Some(ns) = namespaces.get_opt("tutorial").await.unwrap() {
+        let conditions = serde_json::to_value(ns.status.and_then(|s| s.conditions)).unwrap();
+        if seen.last() != Some(&conditions) {
+            seen.push(conditions);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the namespace still exists after {secs} s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, _, err) = k.run(&["get", "namespace", "tutorial"]).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+    // While it terminated, its conditions named the content left and the controller's
+    // finalizers holding it.
+    let held = seen.iter().find(|conditions| {
+        let f = find_by(conditions, "type", "NamespaceFinalizersRemaining");
+        let c = find_by(conditions, "type", "NamespaceContentRemaining");
+        f["status"] == "True"
+            && f["reason"] == "SomeFinalizersRemain"
+            && f["message"].as_str().is_some_and(|m| {
+                m.starts_with("Some content in the namespace has finalizers remaining: ")
+                    && m.contains("uami.dev/identity in 1 resource instances")
+            })
+            && c["status"] == "True"
+            && c["reason"] == "SomeResourcesRemain"
+            && c["message"].as_str().is_some_and(|m| {
+                m.contains("userassignedidentities.uami.dev has 1 resource instances")
+            })
+    });
+    let held = held.unwrap_or_else(|| panic!("no condition named the finalizers: {seen:?}"));
+    // On the real API server those conditions come from kube-controller-manager's namespace
+    // controller, which also reports its own steps.
+    if real.is_some() {
+        for (type_, reason) in [
+            ("NamespaceDeletionDiscoveryFailure", "ResourcesDiscovered"),
+            (
+                "NamespaceDeletionGroupVersionParsingFailure",
+                "ParsedGroupVersions",
+            ),
+            ("NamespaceDeletionContentFailure", "ContentDeleted"),
+        ] {
+            let c = find_by(held, "type", type_);
+            assert_eq!(
+                (&c["status"], &c["reason"]),
+                (&json!("False"), &json!(reason)),
+                "{held}"
+            );
+        }
+    }
     let s = stack.emulator.state();
     assert!(s["identities"].as_array().unwrap().is_empty(), "{s}");
     assert!(
