@@ -69,3 +69,38 @@ fn the_demo_fails_clearly_when_time_runs_out() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_emulator_refuses_an_issuer_certificate_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let (ok, _, stderr) = run_uami(
+        &[
+            "emulator",
+            "--world",
+            "examples/emulator-world.yaml",
+            "--oidc-issuer-ca",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("--oidc-issuer-ca {}", missing.display())),
+        "{stderr}"
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let (ok, _, stderr) = run_uami(
+        &[
+            "emulator",
+            "--world",
+            "examples/emulator-world.yaml",
+            "--oidc-issuer-ca",
+            garbage.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("oidcIssuerCaPems[0]"), "{stderr}");
+}
