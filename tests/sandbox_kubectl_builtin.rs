@@ -398,21 +398,31 @@ async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admission_policy_refuses_the_agents_forged_status() {
     let (sb, admin, dir) = chart_and_tutorial(&["uami-system"]).await;
-    // The controller's status (written here by the administrator).
-    let id = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/providers/Microsoft.Authorization/roleAssignments/1b4a4d4e-0000-0000-0000-000000000001";
-    admin
-        .ok(&grant_status_patch(&format!(
-            "{{\"status\":{{\"roleAssignmentId\":\"{id}\",\"adopted\":false}}}}"
-        )))
-        .await;
-    // kubectl patch reads the object first: let the agent read it, and more. The policy holds
-    // whatever RBAC allows.
+    // kubectl patch reads the object first: let the agent and the controller read it, and more.
+    // The policies hold whatever RBAC allows.
     admin
         .ok_line("create clusterrole grant-status-editor --verb=get,patch,update --resource=rolegrants.uami.dev/status")
         .await;
     admin
-        .ok_line("create clusterrolebinding agent-edits-grant-status --clusterrole=grant-status-editor --serviceaccount=uami-system:uami-agent")
+        .ok_line("create clusterrolebinding agent-edits-grant-status --clusterrole=grant-status-editor --serviceaccount=uami-system:uami-agent --serviceaccount=uami-system:uami-controller")
         .await;
+    // The controller's status, written as the controller (the chart lets nobody else write it:
+    // not even an administrator).
+    let id = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/providers/Microsoft.Authorization/roleAssignments/1b4a4d4e-0000-0000-0000-000000000001";
+    let status = format!("{{\"status\":{{\"roleAssignmentId\":\"{id}\",\"adopted\":false}}}}");
+    let err = admin.fails(&grant_status_patch(&status)).await;
+    assert!(
+        err.contains("status of rolegrants is written by the controller and the agent only"),
+        "{err}"
+    );
+    let controller = service_account_kubectl(
+        &sb,
+        dir.path().join("controller"),
+        "uami-system",
+        "uami-controller",
+        None,
+    );
+    controller.ok(&grant_status_patch(&status)).await;
     let agent = service_account_kubectl(
         &sb,
         dir.path().join("agent"),

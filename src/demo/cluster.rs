@@ -328,6 +328,30 @@ impl Cluster {
         }
     }
 
+    /// A client as the user `user` in `groups` (and `system:authenticated`), authorized by RBAC
+    /// like any user of the cluster (on an external server, the administrator impersonating
+    /// them).
+    pub fn client_for_user(&self, user: &str, groups: &[&str]) -> Result<kube::Client, StackError> {
+        let mut all: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        all.push("system:authenticated".into());
+        match self {
+            Self::Sandbox(sb) => {
+                let info = crate::sandbox::UserInfo {
+                    username: user.to_string(),
+                    groups: all,
+                    ..crate::sandbox::UserInfo::default()
+                };
+                Ok(sb.client_with_token(sb.token_for(info))?)
+            }
+            Self::External(x) => {
+                let mut config = x.config.clone();
+                config.auth_info.impersonate = Some(user.to_string());
+                config.auth_info.impersonate_groups = Some(all);
+                External::client_of(config)
+            }
+        }
+    }
+
     /// A client as service account `namespace`/`name`, authorized by RBAC; with `node`, its
     /// token is bound to a pod on that node.
     pub async fn client_for_service_account(

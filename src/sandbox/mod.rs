@@ -362,6 +362,11 @@ impl Sandbox {
         client_with_token(&self.url, self.token(user))
     }
 
+    /// A client that sends `token` (one of [`Sandbox::token_for`]).
+    pub fn client_with_token(&self, token: String) -> Result<kube::Client, SandboxError> {
+        client_with_token(&self.url, token)
+    }
+
     /// A client as a service account (see [`Sandbox::service_account_token`]).
     pub fn client_for_service_account(
         &self,

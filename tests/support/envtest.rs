@@ -3,6 +3,9 @@
 //! deletion and garbage collection) `kube-controller-manager`. `scripts/test.sh` points it at
 //! `../shared/envtest/` (unpacked once into `.tools/envtest/`).
 //!
+//! kube-controller-manager runs the namespace, garbage-collector and ClusterRole aggregation
+//! controllers.
+//!
 //! One control plane per test binary, started by the first test that asks for it; the tests of
 //! the binary take turns on it ([`cluster`] holds the turn), each starting from a reset server
 //! (see `External::reset`). The processes are stopped when the test binary ends, however it ends
@@ -296,7 +299,7 @@ fn start(assets: &Path) -> Result<ControlPlane, String> {
                 format!("--kubeconfig={}", d("kubeconfig")),
                 "--authentication-skip-lookup=true".into(),
                 "--authorization-always-allow-paths=/healthz".into(),
-                "--controllers=namespace-controller,garbage-collector-controller".into(),
+                "--controllers=namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller".into(),
                 "--leader-elect=false".into(),
                 format!("--secure-port={kp}"),
                 "--bind-address=127.0.0.1".into(),
