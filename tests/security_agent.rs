@@ -115,6 +115,8 @@ async fn forged_status_is_refused(
         ("IdentityBinding", json!({"assigned": false}), "status.assigned is written by the controller only"),
         ("IdentityBinding", json!({"adopted": true}), "status.adopted is written by the controller only"),
         ("IdentityBinding", json!({"conditions": [assigned]}), "the Assigned, Ready conditions are written by the controller only"),
+        ("IdentityBinding", json!({"federatedCredentialName": "ci-pipeline"}), "status.federatedCredentialName is written by the controller only"),
+        ("IdentityBinding", json!({"access": [{"roleGrant": "x", "scope": "/subscriptions/x", "verified": true}]}), "status.access is written by the controller only"),
     ];
     for (kind, status, needle) in forged_fields {
         let forged = match kind {
