@@ -153,8 +153,7 @@ pub async fn run_controllers(
     };
     let (writer, written) = TargetWriter::new(parts.azure.compute.clone(), parts.writer);
     writer.hold_for(waiting_siblings(
-        stores.bindings.clone(),
-        stores.identities.clone(),
+        stores.clone(),
         parts.settings.default_subscription.clone(),
     ));
     let ctx = Arc::new(Context::new(
@@ -310,11 +309,7 @@ const SIBLINGS_FRESH: std::time::Duration = std::time::Duration::from_millis(250
 /// identity to be created (named by the identity's object), or whose identity is ready and that
 /// have not been reconciled to a status yet (named by the identity's ARM id). One scan of the
 /// stores, grouped by target, serves every target for [`SIBLINGS_FRESH`].
-fn waiting_siblings(
-    bindings: reflector::Store<IdentityBinding>,
-    identities: reflector::Store<UserAssignedIdentity>,
-    default_subscription: Option<String>,
-) -> WaitingSiblings {
+fn waiting_siblings(stores: Stores, default_subscription: Option<String>) -> WaitingSiblings {
     let scanned: parking_lot::Mutex<Option<(Instant, WaitingByTarget)>> =
         parking_lot::Mutex::new(None);
     Arc::new(move |target: &ComputeTarget| {
@@ -323,7 +318,7 @@ fn waiting_siblings(
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() > SIBLINGS_FRESH)
         {
-            let by_target = scan_waiting(&bindings, &identities, default_subscription.as_deref());
+            let by_target = scan_waiting(&stores, default_subscription.as_deref());
             *scanned = Some((Instant::now(), by_target));
         }
         scanned
@@ -336,14 +331,20 @@ fn waiting_siblings(
 /// The waiting bindings of each target, by target key.
 type WaitingByTarget = HashMap<String, Vec<String>>;
 
-/// The waiting bindings of every target.
-fn scan_waiting(
-    bindings: &reflector::Store<IdentityBinding>,
-    identities: &reflector::Store<UserAssignedIdentity>,
-    default_subscription: Option<&str>,
-) -> WaitingByTarget {
+/// The waiting bindings of every target. Only bindings a GrantPolicy allows count (another
+/// namespace's binding that no policy allows never reaches the writer, and must not delay the
+/// target's writes), and, of those whose identity has no Ready condition, only the ones whose
+/// identity the controller has not answered yet (its creation is in flight).
+fn scan_waiting(stores: &Stores, default_subscription: Option<&str>) -> WaitingByTarget {
+    let policies: Vec<GrantPolicy> = stores
+        .policies
+        .state()
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
+    let identities = &stores.identities;
     let mut by_target = WaitingByTarget::new();
-    for b in bindings.state() {
+    for b in stores.bindings.state() {
         if b.meta().deletion_timestamp.is_some() {
             continue;
         }
@@ -352,6 +353,12 @@ fn scan_waiting(
         else {
             continue;
         };
+        if !matches!(
+            super::policy::check_binding(&policies, &ns, &target, default_subscription),
+            super::policy::Decision::Allowed(_)
+        ) {
+            continue;
+        }
         let name = &b.spec.identity_ref.name;
         let Some(identity) = identities.get(&ObjectRef::new(name).within(&ns)) else {
             continue;
@@ -361,7 +368,8 @@ fn scan_waiting(
         }
         let status = identity.status.as_ref();
         let waiting = match status.and_then(|s| conditions::find(&s.conditions, types::READY)) {
-            None => Some(format!("{ns}/{name}")),
+            None if status.is_none() => Some(format!("{ns}/{name}")),
+            None => None,
             Some(c) if c.status == conditions::status::TRUE && b.status.is_none() => {
                 status.and_then(|s| s.resource_id.as_ref().map(|r| r.to_lowercase()))
             }
@@ -441,4 +449,71 @@ pub async fn run_with_leadership(
     }
     campaign_stop.cancel();
     let _ = campaign.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn store_of<K>(objects: Vec<serde_json::Value>) -> reflector::Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+    {
+        let (store, mut writer) = reflector::store::<K>();
+        writer.apply_watcher_event(&Event::Init);
+        for o in objects {
+            let obj: K = serde_json::from_value(o).expect("object");
+            writer.apply_watcher_event(&Event::InitApply(obj));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        store
+    }
+
+    fn identity(ns: &str, status: Option<serde_json::Value>) -> serde_json::Value {
+        let mut o = json!({
+            "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
+            "metadata": {"name": "id", "namespace": ns},
+            "spec": {"resourceGroup": "DevTest", "location": "eastus"},
+        });
+        if let Some(s) = status {
+            o["status"] = s;
+        }
+        o
+    }
+
+    fn binding(ns: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
+            "metadata": {"name": "b", "namespace": ns},
+            "spec": {"identityRef": {"name": "id"},
+                     "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}},
+        })
+    }
+
+    #[test]
+    fn only_allowed_bindings_whose_identity_is_being_created_hold_a_target() {
+        let policy = json!({
+            "apiVersion": "uami.dev/v1alpha1", "kind": "GrantPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"namespaces": ["team-a", "team-c"],
+                     "identityBindings": [{"virtualMachine": {"resourceGroup": "DevTest"}}]},
+        });
+        let stores = Stores {
+            // team-a: being created; team-b: being created but no policy allows the binding;
+            // team-c: answered (a status without Ready, as after a failed first attempt).
+            identities: store_of(vec![
+                identity("team-a", None),
+                identity("team-b", None),
+                identity("team-c", Some(json!({"conditions": []}))),
+            ]),
+            bindings: store_of(vec![binding("team-a"), binding("team-b"), binding("team-c")]),
+            grants: store_of(vec![]),
+            policies: store_of(vec![policy]),
+        };
+        let waiting = scan_waiting(&stores, Some("6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c"));
+        let all: Vec<&String> = waiting.values().flatten().collect();
+        assert_eq!(all, vec!["team-a/id"], "{waiting:?}");
+    }
 }

@@ -276,20 +276,35 @@ impl TargetWriter {
                 _ = self.stop.cancelled() => return,
                 r = self.write(&target, &batch) => r,
             };
-            let outcome = match written {
-                Ok(()) => Outcome::Done,
-                Err(WriteError::Arm(e)) => {
-                    tracing::warn!(target = %target.id(), code = e.code(), error = %e, "identity write failed");
-                    failed(&e)
+            let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+            match written {
+                // ARM refused the batch for what it holds (a 4xx other than a stale etag or
+                // throttling, retryable or not): one bad identity must not fail the others, so
+                // each change is written again on its own and fails alone.
+                Err(WriteError::Arm(e))
+                    if batch.len() > 1
+                        && e.status()
+                            .is_some_and(|s| (400..500).contains(&s) && s != 412 && s != 429) =>
+                {
+                    tracing::warn!(target = %target.id(), code = e.code(), error = %e, changes = batch.len(), "identity write refused; writing each change on its own");
+                    for (id_key, entry) in &batch {
+                        let single = BTreeMap::from([(id_key.clone(), entry.clone())]);
+                        let alone = tokio::select! {
+                            _ = self.stop.cancelled() => return,
+                            r = self.write(&target, &single) => r,
+                        };
+                        outcomes.insert(id_key.clone(), self.outcome_of(&target, alone));
+                    }
                 }
-                Err(WriteError::TargetGone) => Outcome::Failed {
-                    code: "ResourceNotFound".into(),
-                    message: format!("{} does not exist", target.id()),
-                    retryable: false,
-                    retry_after: None,
-                },
-            };
+                other => {
+                    let outcome = self.outcome_of(&target, other);
+                    for id_key in batch.keys() {
+                        outcomes.insert(id_key.clone(), outcome.clone());
+                    }
+                }
+            }
             for (id_key, (_, _, requesters)) in batch {
+                let outcome = outcomes.remove(&id_key).unwrap_or(Outcome::Done);
                 // A newer submission for the same identity keeps its Pending outcome.
                 let still_pending = self
                     .targets
@@ -305,6 +320,23 @@ impl TargetWriter {
                     let _ = self.notify.send(r);
                 }
             }
+        }
+    }
+
+    /// The outcome of one write, logged when it failed.
+    fn outcome_of(&self, target: &ComputeTarget, written: Result<(), WriteError>) -> Outcome {
+        match written {
+            Ok(()) => Outcome::Done,
+            Err(WriteError::Arm(e)) => {
+                tracing::warn!(target = %target.id(), code = e.code(), error = %e, "identity write failed");
+                failed(&e)
+            }
+            Err(WriteError::TargetGone) => Outcome::Failed {
+                code: "ResourceNotFound".into(),
+                message: format!("{} does not exist", target.id()),
+                retryable: false,
+                retry_after: None,
+            },
         }
     }
 

@@ -12,6 +12,8 @@ struct FakeVm {
     polls: AtomicU32,
     stale_once: Mutex<bool>,
     lro: bool,
+    /// An identity ARM refuses (400), as it does an identity that does not exist.
+    refuse: Mutex<Option<String>>,
 }
 
 impl FakeVm {
@@ -27,6 +29,7 @@ impl FakeVm {
             polls: AtomicU32::new(0),
             stale_once: Mutex::new(stale_once),
             lro,
+            refuse: Mutex::new(None),
         })
     }
 }
@@ -59,6 +62,19 @@ impl ComputeApi for FakeVm {
         let etag = self.etag.load(Ordering::SeqCst).to_string();
         if if_match.is_some_and(|m| m != etag) {
             return Err(precondition_failed());
+        }
+        if let Some(bad) = self.refuse.lock().clone()
+            && body["identity"]["userAssignedIdentities"]
+                .as_object()
+                .is_some_and(|m| m.contains_key(&bad))
+        {
+            return Err(ArmError {
+                operation: "VirtualMachines_Update",
+                status: Some(400),
+                code: "FailedIdentityOperation".into(),
+                message: format!("identity {bad} does not exist"),
+                retry_after: None,
+            });
         }
         let mut id = self.identity.lock();
         id.type_ = body["identity"]["type"]
@@ -210,5 +226,30 @@ async fn removal_touches_only_the_removed_identity_and_nothing_to_do_costs_no_pa
         vm.patches.load(Ordering::SeqCst),
         before,
         "already present: no write"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_written_change_by_change_so_a_bad_identity_fails_alone() {
+    let vm = FakeVm::new(false, false);
+    *vm.refuse.lock() = Some(id(2));
+    let (writer, mut rx) = TargetWriter::new(vm.clone(), config());
+    for n in 1..=3 {
+        writer.submit(&target(), &id(n), Want::Present, requester(n));
+    }
+    assert_eq!(drain(&mut rx, 3).await, vec!["b1", "b2", "b3"]);
+    assert_eq!(writer.outcome(&target(), &id(1)), Some(Outcome::Done));
+    assert_eq!(writer.outcome(&target(), &id(3)), Some(Outcome::Done));
+    assert!(matches!(
+        writer.outcome(&target(), &id(2)),
+        Some(Outcome::Failed { ref code, .. }) if code == "FailedIdentityOperation"
+    ));
+    let identity = vm.identity.lock().clone();
+    assert!(identity.has_user_assigned(&id(1)) && identity.has_user_assigned(&id(3)));
+    assert!(!identity.has_user_assigned(&id(2)));
+    assert_eq!(
+        vm.patches.load(Ordering::SeqCst),
+        4,
+        "the batch, then each of the three changes on its own"
     );
 }
