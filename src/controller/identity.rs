@@ -295,10 +295,11 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
             not_ready(&obj, reasons::WAITING_FOR_DEPENDENTS, &message),
         )
         .await?;
+        // A dependent's deletion wakes this identity (see run.rs); the retry is a safety net.
         return Err(ReconcileError::Waiting {
             step: "WaitingForDependents",
             message,
-            retry: std::time::Duration::from_secs(2),
+            retry: DEPENDENTS_RECHECK,
         });
     }
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
@@ -333,40 +334,41 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
     Ok(Action::await_change())
 }
 
-/// Bindings and grants in `namespace` that reference identity `name`, listed from the API
-/// server rather than the caches: right after a restart a cache may not be filled yet, and an
-/// identity deleted while a binding still holds it stays listed on the VM.
+/// How long an identity whose deletion waits for its dependents waits before it looks again,
+/// when no dependent's deletion woke it first.
+const DEPENDENTS_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bindings and grants in `namespace` that reference identity `name`, from the shared caches
+/// (reconciles start only once every cache is filled, and a dependent's deletion reaches the
+/// cache before it wakes the identity).
 async fn dependents(
     ctx: &Context,
     namespace: &str,
     name: &str,
 ) -> Result<Vec<String>, ReconcileError> {
-    let mut out =
-        using::<crate::api::IdentityBinding>(ctx, namespace, name, |b| &b.spec.identity_ref.name)
-            .await?;
-    out.extend(
-        using::<crate::api::RoleGrant>(ctx, namespace, name, |g| &g.spec.identity_ref.name).await?,
-    );
+    let mut out = using(&ctx.stores.bindings, namespace, name, |b| {
+        &b.spec.identity_ref.name
+    });
+    out.extend(using(&ctx.stores.grants, namespace, name, |g| {
+        &g.spec.identity_ref.name
+    }));
     out.sort();
     Ok(out)
 }
 
 /// `Kind name` of each object of kind `K` in `namespace` whose identity is `name`.
-async fn using<K: Reported>(
-    ctx: &Context,
+fn using<K: Reported>(
+    store: &kube::runtime::reflector::Store<K>,
     namespace: &str,
     name: &str,
     identity_of: fn(&K) -> &String,
-) -> Result<Vec<String>, ReconcileError> {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    Ok(api
-        .list(&kube::api::ListParams::default())
-        .await
-        .map_err(ReconcileError::kube("ListDependents"))?
-        .into_iter()
-        .filter(|o| identity_of(o) == name)
+) -> Vec<String> {
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace().as_deref() == Some(namespace) && identity_of(o) == name)
         .map(|o| format!("{} {}", K::kind(&()), o.name_any()))
-        .collect())
+        .collect()
 }
 
 /// What became of the export.

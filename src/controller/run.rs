@@ -144,6 +144,8 @@ pub async fn run_controllers(
     let (id_to_grants, id_for_grants) = watch::reader();
     let (b_to_bindings, b_for_bindings) = watch::reader();
     let (g_to_grants, g_for_grants) = watch::reader();
+    let (b_to_ids, b_for_ids) = watch::reader();
+    let (g_to_ids, g_for_ids) = watch::reader();
 
     let stores = Stores {
         identities: id_store.clone(),
@@ -234,8 +236,16 @@ pub async fn run_controllers(
         )
         .for_each(|_| futures::future::ready(()));
 
+    // An identity whose deletion waits for its dependents wakes when one of them changes or goes.
+    let (ids_b, ids_g) = (stores.identities.clone(), stores.identities.clone());
     let id_run = Controller::for_shared_stream(id_for_ids, id_store)
         .with_config(cfg)
+        .watches_shared_stream(b_for_ids, move |b: Arc<IdentityBinding>| {
+            deleting_identity(&ids_b, &*b, &b.spec.identity_ref.name)
+        })
+        .watches_shared_stream(g_for_ids, move |g: Arc<RoleGrant>| {
+            deleting_identity(&ids_g, &*g, &g.spec.identity_ref.name)
+        })
         .reconcile_on(unbounded(id_denied_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
@@ -256,8 +266,13 @@ pub async fn run_controllers(
             id_writer,
             vec![id_to_ids, id_to_bindings, id_to_grants],
         ),
-        watch::drive(bindings, wc.clone(), b_writer, vec![b_to_bindings]),
-        watch::drive(grants, wc, g_writer, vec![g_to_grants]),
+        watch::drive(
+            bindings,
+            wc.clone(),
+            b_writer,
+            vec![b_to_bindings, b_to_ids],
+        ),
+        watch::drive(grants, wc, g_writer, vec![g_to_grants, g_to_ids]),
         tokio::spawn(policy_watch),
     ];
     let writers = ctx.writer.clone();
@@ -380,6 +395,19 @@ fn scan_waiting(stores: &Stores, default_subscription: Option<&str>) -> WaitingB
         }
     }
     by_target
+}
+
+/// The identity `name` in `obj`'s namespace, when it is being deleted (so waits for `obj`).
+fn deleting_identity<K: Resource>(
+    identities: &reflector::Store<UserAssignedIdentity>,
+    obj: &K,
+    name: &str,
+) -> Option<ObjectRef<UserAssignedIdentity>> {
+    let at = ObjectRef::new(name).within(&obj.namespace()?);
+    identities
+        .get(&at)
+        .filter(|i| i.meta().deletion_timestamp.is_some())
+        .map(|_| at)
 }
 
 fn dependents<K>(
@@ -508,7 +536,11 @@ mod tests {
                 identity("team-b", None),
                 identity("team-c", Some(json!({"conditions": []}))),
             ]),
-            bindings: store_of(vec![binding("team-a"), binding("team-b"), binding("team-c")]),
+            bindings: store_of(vec![
+                binding("team-a"),
+                binding("team-b"),
+                binding("team-c"),
+            ]),
             grants: store_of(vec![]),
             policies: store_of(vec![policy]),
         };

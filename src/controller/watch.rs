@@ -61,8 +61,9 @@ where
     tokio::spawn(hand_on(events, store, readers))
 }
 
-/// Hand each object of `events` (already applied to `store`) to every reader: an applied object
-/// as the watch delivered it, and after a relist, every object the store then holds.
+/// Hand each object of `events` (already applied to `store`) to every reader: an applied or
+/// deleted object as the watch delivered it, and after a relist, every object the store then
+/// holds.
 pub async fn hand_on<K, S>(events: S, store: Store<K>, readers: Vec<mpsc::Sender<Arc<K>>>)
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
@@ -73,6 +74,9 @@ where
     while let Some(event) = events.next().await {
         let objects = match event {
             Ok(watcher::Event::Apply(o)) => vec![Arc::new(o)],
+            // A deletion is handed on too (the store no longer holds it): a reader may wake
+            // what waited for it, such as an identity whose deletion waits for its dependents.
+            Ok(watcher::Event::Delete(o)) => vec![Arc::new(o)],
             Ok(watcher::Event::InitDone) => store.state(),
             Ok(_) => continue,
             Err(e) => {
@@ -104,14 +108,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_applied_object_reaches_every_reader_even_when_deleted_since() {
+    async fn every_applied_and_deleted_object_reaches_every_reader() {
         let (store, mut writer) = reflector::store::<ConfigMap>();
         let events = vec![
             watcher::Event::Init,
             watcher::Event::InitApply(cm("a", "1")),
             watcher::Event::InitDone,
             watcher::Event::Apply(cm("a", "2")),
-            // Deleted before any reader looked: its update is still handed on.
+            // Deleted before any reader looked: its update is still handed on, and so is the
+            // deletion.
             watcher::Event::Delete(cm("a", "3")),
             watcher::Event::Apply(cm("b", "4")),
         ];
@@ -131,7 +136,7 @@ mod tests {
                 })
                 .collect()
                 .await;
-            let expected = [("a", "1"), ("a", "2"), ("b", "4")];
+            let expected = [("a", "1"), ("a", "2"), ("a", "3"), ("b", "4")];
             assert_eq!(seen, expected.map(|(n, v)| (n.to_string(), v.to_string())));
         }
         assert!(store.get(&ObjectRef::new("a").within("ns")).is_none());
