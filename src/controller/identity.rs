@@ -392,44 +392,69 @@ async fn export_config_map(
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = obj.uid().unwrap_or_default();
-    if let Some(existing) = api
+    let existing = api
         .get_opt(name)
         .await
-        .map_err(ReconcileError::kube("GetConfigMap"))?
-    {
+        .map_err(ReconcileError::kube("GetConfigMap"))?;
+    let foreign = || {
+        Export::Refused(format!(
+            "ConfigMap {name} exists and was not created for this identity; it is left untouched (choose another spec.exportTo.configMap)"
+        ))
+    };
+    if let Some(existing) = &existing {
         let ours = existing.owner_references().iter().any(|r| {
             r.controller == Some(true) && r.uid == uid && r.kind == UserAssignedIdentity::kind(&())
         });
         if !ours {
-            return Ok(Export::Refused(format!(
-                "ConfigMap {name} exists and was not created for this identity; it is left untouched (choose another spec.exportTo.configMap)"
-            )));
+            return Ok(foreign());
         }
     }
-    let owner = obj.controller_owner_ref(&());
-    let cm = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {"app.kubernetes.io/managed-by": "uami-controller"},
-            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.clone()),
+            labels: Some(std::collections::BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "uami-controller".to_string(),
+            )])),
+            owner_references: obj.controller_owner_ref(&()).map(|o| vec![o]),
+            // Ours: applied on the version just read, so one replaced since then is not written.
+            resource_version: existing.as_ref().and_then(|e| e.resource_version()),
+            ..Default::default()
         },
-        "data": {
-            "clientId": identity.client_id,
-            "principalId": identity.principal_id,
-            "tenantId": identity.tenant_id,
-            "resourceId": identity.id,
-        },
-    });
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&cm),
-    )
-    .await
-    .map_err(ReconcileError::kube("ExportConfigMap"))?;
+        data: Some(std::collections::BTreeMap::from([
+            ("clientId".to_string(), identity.client_id.clone()),
+            ("principalId".to_string(), identity.principal_id.clone()),
+            ("tenantId".to_string(), identity.tenant_id.clone()),
+            ("resourceId".to_string(), identity.id.clone()),
+        ])),
+        ..Default::default()
+    };
+    if existing.is_none() {
+        // A new ConfigMap is created, never applied: one that appeared since the read (someone
+        // else's) makes the create fail instead of being taken over with the owner reference.
+        let pp = kube::api::PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        match api.create(&pp, &cm).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(foreign()),
+            Err(e) => return Err(ReconcileError::kube("ExportConfigMap")(e)),
+        }
+    } else {
+        // A ConfigMap always serializes; were it not to, the API server would refuse the body.
+        let mut body = serde_json::to_value(&cm).unwrap_or_default();
+        body["apiVersion"] = "v1".into();
+        body["kind"] = "ConfigMap".into();
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(ReconcileError::kube("ExportConfigMap"))?;
+    }
     Ok(Export::Written)
 }
 
