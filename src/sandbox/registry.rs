@@ -63,15 +63,6 @@ impl ResourceDef {
         }
     }
 
-    /// `Kind.group` (as in 422 messages).
-    pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() {
-            self.kind.clone()
-        } else {
-            format!("{}.{}", self.kind, self.group)
-        }
-    }
-
     /// Discovery entries (the resource and its status subresource).
     pub fn discovery(&self) -> Vec<Value> {
         let mut out = vec![json!({
@@ -147,8 +138,9 @@ fn in_all(mut def: ResourceDef) -> ResourceDef {
     def
 }
 
-/// The built-in resources: those the controller and agent use, and every kind the chart
-/// installs (stored and served; nothing runs Deployments or DaemonSets).
+/// The built-in resources: those the controller and agent use, every kind the chart installs,
+/// and Pods and Nodes for tokens bound to a pod (stored and served; nothing runs Deployments,
+/// DaemonSets or Pods).
 pub fn builtins() -> Vec<ResourceDef> {
     let mut ns = builtin("", "v1", "namespaces", "Namespace", false, &["ns"]);
     ns.status_subresource = true;
@@ -250,6 +242,61 @@ pub fn builtins() -> Vec<ResourceDef> {
             crd
         },
     ]
+}
+
+/// The fields of an object's `metadata` (ObjectMeta).
+pub const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// The top-level fields (besides `apiVersion`, `kind` and `metadata`) of a built-in kind whose
+/// fields the sandbox checks (`None`: any field is kept).
+pub fn builtin_fields(def: &ResourceDef) -> Option<&'static [&'static str]> {
+    if def.crd.is_some() {
+        return None;
+    }
+    let fields: &'static [&'static str] = match (def.group.as_str(), def.kind.as_str()) {
+        ("", "ConfigMap") => &["data", "binaryData", "immutable"],
+        ("", "Secret") => &["data", "stringData", "type", "immutable"],
+        ("", "ServiceAccount") => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
+        ("", "Namespace" | "Node" | "Pod" | "Service") | ("apps", _) => &["spec", "status"],
+        ("coordination.k8s.io", "Lease") | ("networking.k8s.io", "NetworkPolicy") => &["spec"],
+        (RBAC, "Role") => &["rules"],
+        (RBAC, "ClusterRole") => &["rules", "aggregationRule"],
+        (RBAC, "RoleBinding" | "ClusterRoleBinding") => &["subjects", "roleRef"],
+        (ADMISSION, "ValidatingAdmissionPolicy") => &["spec", "status"],
+        (ADMISSION, "ValidatingAdmissionPolicyBinding") => &["spec"],
+        _ => return None,
+    };
+    Some(fields)
+}
+
+/// The top-level fields of a built-in kind that the API server leaves out when empty.
+pub fn builtin_empty_omitted(def: &ResourceDef) -> Option<&'static [&'static str]> {
+    match (def.crd.is_none(), def.group.as_str(), def.kind.as_str()) {
+        (true, "", "ConfigMap") => Some(&["data", "binaryData"]),
+        (true, "", "Secret") => Some(&["data", "stringData"]),
+        (true, "", "ServiceAccount") => Some(&["secrets", "imagePullSecrets"]),
+        _ => None,
+    }
 }
 
 /// What the API server does to a Secret on every write: `stringData` merged into `data`

@@ -19,7 +19,20 @@ pub(super) fn delete_request(req: &Request, opts: &WriteOptions) -> Result<Respo
     let t = req.target;
     let mut store = req.shared.store.lock();
     let out = delete(&mut store, &t.def, t.ns(), t.name(), &opts.caller)?;
-    Ok(json_response(StatusCode::OK, &with_type(&t.def, &out)))
+    if store.get(&t.def, t.ns(), t.name()).is_some() {
+        // Still there (held by finalizers, or a dry run): the object.
+        return Ok(json_response(StatusCode::OK, &with_type(&t.def, &out)));
+    }
+    // Gone: a Status that names it, as the API server answers.
+    let mut details =
+        json!({"name": t.name(), "kind": t.def.plural, "uid": out["metadata"]["uid"]});
+    if !t.def.group.is_empty() {
+        details["group"] = json!(t.def.group);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+    ))
 }
 
 /// `DELETE` of a collection: every object the selectors match.
