@@ -105,10 +105,9 @@ pub fn delete_namespace(
         let _ = delete(store, &d, name, &n, caller);
     }
     refresh(store, def, name);
-    Ok(store
-        .namespace(name)
-        .map(|o| o.as_ref().clone())
-        .unwrap_or(new))
+    // The answer is the namespace as the DELETE marked it: the namespace controller's work
+    // (conditions, the end) comes after.
+    Ok(new)
 }
 
 /// After an object of namespace `ns` went away: update the conditions of a terminating

@@ -289,6 +289,20 @@ pub fn builtin_fields(def: &ResourceDef) -> Option<&'static [&'static str]> {
     Some(fields)
 }
 
+/// Whether objects of the kind carry `metadata.generation` (custom resources and the built-in
+/// kinds whose spec a controller observes; not ConfigMaps, Secrets, Namespaces, ...).
+pub fn has_generation(def: &ResourceDef) -> bool {
+    def.crd.is_some()
+        || matches!(
+            (def.group.as_str(), def.plural.as_str()),
+            ("apiextensions.k8s.io", _)
+                | ("apps", _)
+                | (ADMISSION, _)
+                | ("networking.k8s.io", "networkpolicies")
+                | ("", "pods")
+        )
+}
+
 /// The top-level fields of a built-in kind that the API server leaves out when empty.
 pub fn builtin_empty_omitted(def: &ResourceDef) -> Option<&'static [&'static str]> {
     match (def.crd.is_none(), def.group.as_str(), def.kind.as_str()) {

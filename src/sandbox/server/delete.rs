@@ -103,8 +103,9 @@ pub(in crate::sandbox) fn delete(
         let mut new = old.as_ref().clone();
         new["metadata"]["deletionTimestamp"] = json!(now());
         new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        new["metadata"]["generation"] =
-            json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+        if let Some(g) = old["metadata"]["generation"].as_i64() {
+            new["metadata"]["generation"] = json!(g + 1);
+        }
         let rv = store.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
         store.put(rv, def, ns, name, "MODIFIED", Arc::new(new.clone()));

@@ -18,7 +18,7 @@ use super::{
 use crate::sandbox::UserInfo;
 use crate::sandbox::registry::{
     OBJECT_META_FIELDS, ResourceDef, builtin_empty_omitted, builtin_fields, from_crd,
-    normalize_secret,
+    has_generation, normalize_secret,
 };
 use crate::sandbox::store::Store;
 use crate::sandbox::{
@@ -475,7 +475,11 @@ pub(super) fn create(
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now()));
-    meta.insert("generation".into(), json!(1));
+    if has_generation(def) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
     meta.remove("deletionTimestamp");
     meta.remove("managedFields");
     admission::validate(store, def, "CREATE", None, Some(&obj), None, &opts.caller)?;
@@ -590,13 +594,17 @@ pub(super) fn commit(
             return Err(ApiError::invalid(def, name, vec![cause.clone(), cause]));
         }
     }
-    let old_gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
-    let generation = if spec_part(old) != spec_part(&new) {
-        old_gen + 1
-    } else {
-        old_gen
-    };
-    new["metadata"]["generation"] = json!(generation);
+    if has_generation(def) {
+        let old_gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        let generation = if spec_part(old) != spec_part(&new) {
+            old_gen + 1
+        } else {
+            old_gen
+        };
+        new["metadata"]["generation"] = json!(generation);
+    } else if let Some(m) = new["metadata"].as_object_mut() {
+        m.remove("generation");
+    }
     new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     // No-op: nothing but managedFields times changed.
     let strip = |v: &Value| {
