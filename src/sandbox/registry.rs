@@ -332,6 +332,27 @@ pub fn normalize_secret(obj: &mut Value) {
     }
 }
 
+/// What the API server fills in on a CustomResourceDefinition: the singular name and list kind
+/// from the kind, and the conversion strategy `None`.
+pub fn default_crd(crd: &mut Value) {
+    let kind = crd["spec"]["names"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !kind.is_empty() && crd["spec"]["names"].is_object() {
+        let names = &mut crd["spec"]["names"];
+        if names["singular"].as_str().is_none_or(str::is_empty) {
+            names["singular"] = json!(kind.to_lowercase());
+        }
+        if names["listKind"].as_str().is_none_or(str::is_empty) {
+            names["listKind"] = json!(format!("{kind}List"));
+        }
+    }
+    if crd["spec"].is_object() && crd["spec"]["conversion"].is_null() {
+        crd["spec"]["conversion"] = json!({"strategy": "None"});
+    }
+}
+
 /// The resources a CRD declares (its served versions), or an error message.
 pub fn from_crd(crd: &Value) -> Result<Vec<ResourceDef>, String> {
     let spec = &crd["spec"];

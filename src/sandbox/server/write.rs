@@ -17,7 +17,7 @@ use super::{
 };
 use crate::sandbox::UserInfo;
 use crate::sandbox::registry::{
-    OBJECT_META_FIELDS, ResourceDef, builtin_empty_omitted, builtin_fields, from_crd,
+    OBJECT_META_FIELDS, ResourceDef, builtin_empty_omitted, builtin_fields, default_crd, from_crd,
     has_generation, normalize_secret,
 };
 use crate::sandbox::store::Store;
@@ -300,6 +300,9 @@ fn admit(
         }
     }
     drop_unknown(def, obj);
+    if def.plural == "customresourcedefinitions" {
+        default_crd(obj);
+    }
     let Some(schema) = &def.schema else {
         return Ok(());
     };
