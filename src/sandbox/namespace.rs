@@ -2,9 +2,9 @@
 //! carries the `kubernetes` finalizer in `spec.finalizers`; deleting it sets
 //! `deletionTimestamp` and `status.phase: Terminating`, refuses new content, and deletes every
 //! object in it through the normal delete path (objects with finalizers wait for their
-//! controllers); the conditions `NamespaceContentRemaining` and `NamespaceFinalizersRemaining`
-//! say what is left; when nothing is left the `kubernetes` finalizer is removed and the
-//! namespace disappears.
+//! controllers); the namespace controller's five conditions report its work, and
+//! `NamespaceContentRemaining` and `NamespaceFinalizersRemaining` say what is left; when nothing
+//! is left the `kubernetes` finalizer is removed and the namespace disappears.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Service account tokens as kube-apiserver issues them: the `token` subresource of
 //! ServiceAccounts (`POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`, an
 //! `authentication.k8s.io/v1` TokenRequest) answers a JWT signed with the sandbox's own ES256 key,
-//! made at start; OIDC discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`) publishes
+//! made at start, bound to a Pod (with its Node), a Secret or a Node when it asks; OIDC discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`) publishes
 //! the public key so that a relying party (Entra ID, or the emulator standing in for it) can
 //! verify the token, exactly as it does with an AKS cluster's OIDC issuer.
 

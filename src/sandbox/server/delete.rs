@@ -1,5 +1,6 @@
-//! Deletes: one object (marked with `deletionTimestamp` while finalizers remain; a namespace
-//! goes through its own lifecycle) and `deletecollection` with selectors.
+//! Deletes: one object (marked with `deletionTimestamp` while finalizers remain, else answered
+//! with a `Success` Status; a namespace goes through its own lifecycle) and `deletecollection`
+//! with selectors.
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! Reads: `get` of one object (as JSON or as a Table for kubectl) and `list` with label and
-//! field selectors, `limit` and `continue` pages.
+//! field selectors, `limit` and `continue` pages (continue tokens in the API server's form,
+//! `remainingItemCount` when there is no selector).
 
 use std::collections::HashMap;
 
