@@ -508,7 +508,11 @@ mod tests {
                 identity("team-b", None),
                 identity("team-c", Some(json!({"conditions": []}))),
             ]),
-            bindings: store_of(vec![binding("team-a"), binding("team-b"), binding("team-c")]),
+            bindings: store_of(vec![
+                binding("team-a"),
+                binding("team-b"),
+                binding("team-c"),
+            ]),
             grants: store_of(vec![]),
             policies: store_of(vec![policy]),
         };

@@ -391,8 +391,42 @@ fn empty_fields() -> Case {
     )
 }
 
+fn create_existing() -> Case {
+    let mut bad = identity("id1");
+    bad["spec"]["location"] = json!(7);
+    Case::new(
+        "create: validation comes before the name's existence",
+        vec![
+            post(IDENTITIES, identity("id1"))
+                .what("an identity")
+                .expect(201),
+            post(IDENTITIES, bad)
+                .what("a bad object of the same name is refused as bad")
+                .expect(422)
+                .cmp(Cmp::Message),
+            post(IDENTITIES, identity("id1"))
+                .what("a good one of the same name already exists")
+                .expect(409)
+                .cmp(Cmp::Message)
+                .fields(&["/details"]),
+            post(CONFIGMAPS, cm("c", json!({"a": "1"})))
+                .what("a ConfigMap")
+                .expect(201),
+            post(format!("{CONFIGMAPS}?fieldValidation=Strict"), {
+                let mut o = cm("c", json!({"a": "1"}));
+                o["bogus"] = json!(1);
+                o
+            })
+            .what("a Strict create of the same name with an unknown field")
+            .expect(400)
+            .cmp(Cmp::Message),
+        ],
+    )
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        create_existing(),
         empty_fields(),
         server_side_apply(),
         patches(),

@@ -440,6 +440,10 @@ pub(super) fn create(
             }
         }
     }
+    obj["apiVersion"] = json!(def.api_version());
+    obj["kind"] = json!(def.kind);
+    admit(def, &mut obj, None, &name, opts)?;
+    // An object that is not valid is refused as such, whether or not its name is taken.
     if store.get(def, &ns, &name).is_some() {
         return Err(ApiError::new(
             409,
@@ -448,9 +452,6 @@ pub(super) fn create(
         )
         .about(def, &name));
     }
-    obj["apiVersion"] = json!(def.api_version());
-    obj["kind"] = json!(def.kind);
-    admit(def, &mut obj, None, &name, opts)?;
     if def.plural == "customresourcedefinitions" {
         establish_crd(store, def, &mut obj, &name, opts.caller.dry_run)?;
     }
