@@ -68,9 +68,21 @@ impl UserInfo {
         self.groups.iter().any(|g| g == MASTERS)
     }
 
-    /// `request.userInfo` as admission sees it.
+    /// `request.userInfo` as admission sees it: like the API server's UserInfo, a field that is
+    /// empty (uid, groups, extra) is absent, so `has(request.userInfo.extra)` is false and
+    /// `request.userInfo.extra[...]` fails for a user without extra fields.
     pub fn to_json(&self) -> Value {
-        json!({"username": self.username, "uid": self.uid, "groups": self.groups, "extra": self.extra})
+        let mut v = json!({"username": self.username});
+        if !self.uid.is_empty() {
+            v["uid"] = json!(self.uid);
+        }
+        if !self.groups.is_empty() {
+            v["groups"] = json!(self.groups);
+        }
+        if !self.extra.is_empty() {
+            v["extra"] = json!(self.extra);
+        }
+        v
     }
 }
 

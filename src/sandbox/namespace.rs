@@ -2,9 +2,9 @@
 //! carries the `kubernetes` finalizer in `spec.finalizers`; deleting it sets
 //! `deletionTimestamp` and `status.phase: Terminating`, refuses new content, and deletes every
 //! object in it through the normal delete path (objects with finalizers wait for their
-//! controllers); the conditions `NamespaceContentRemaining` and `NamespaceFinalizersRemaining`
-//! say what is left; when nothing is left the `kubernetes` finalizer is removed and the
-//! namespace disappears.
+//! controllers); the namespace controller's five conditions report its work, and
+//! `NamespaceContentRemaining` and `NamespaceFinalizersRemaining` say what is left; when nothing
+//! is left the `kubernetes` finalizer is removed and the namespace disappears.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,14 +37,20 @@ pub fn terminating(store: &Store, ns: &str) -> bool {
         .is_some_and(|n| n["metadata"]["deletionTimestamp"].is_string())
 }
 
-/// The refusal of new content in a terminating namespace.
-pub fn forbidden(ns: &str) -> ApiError {
-    let message =
-        format!("unable to create new content in namespace {ns} because it is being terminated");
-    let mut e = ApiError::new(403, "Forbidden", message.clone());
-    e.details = Some(
-        json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}]}),
-    );
+/// The refusal of a new object `name` of `def` in the terminating namespace `ns`.
+pub fn forbidden(def: &ResourceDef, name: &str, ns: &str) -> ApiError {
+    let mut e = ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            def.qualified()
+        ),
+    )
+    .about(def, name);
+    if let Some(d) = e.details.as_mut() {
+        d["causes"] = json!([{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]);
+    }
     e
 }
 
@@ -99,10 +105,9 @@ pub fn delete_namespace(
         let _ = delete(store, &d, name, &n, caller);
     }
     refresh(store, def, name);
-    Ok(store
-        .namespace(name)
-        .map(|o| o.as_ref().clone())
-        .unwrap_or(new))
+    // The answer is the namespace as the DELETE marked it: the namespace controller's work
+    // (conditions, the end) comes after.
+    Ok(new)
 }
 
 /// After an object of namespace `ns` went away: update the conditions of a terminating
@@ -140,7 +145,10 @@ fn refresh(store: &mut Store, def: &ResourceDef, name: &str) {
             if n != name {
                 continue;
             }
-            *remaining.entry(r.qualified()).or_default() += 1;
+            // `resource.group`, the core group's as `configmaps.`, as the controller writes it.
+            *remaining
+                .entry(format!("{}.{}", r.plural, r.group))
+                .or_default() += 1;
             for f in o["metadata"]["finalizers"].as_array().into_iter().flatten() {
                 if let Some(f) = f.as_str() {
                     *finalizers.entry(f.to_string()).or_default() += 1;
@@ -196,7 +204,24 @@ fn conditions(remaining: &BTreeMap<String, usize>, finalizers: &BTreeMap<String,
             .collect();
         json!({"type": kind, "status": "True", "reason": left[0], "message": format!("{}: {}", left[1], list.join(", ")), "lastTransitionTime": t})
     };
+    // What the namespace controller reports about its own work: it always succeeds here.
+    let ok = |kind: &str, reason: &str, message: &str| json!({"type": kind, "status": "False", "reason": reason, "message": message, "lastTransitionTime": t});
     json!([
+        ok(
+            "NamespaceDeletionDiscoveryFailure",
+            "ResourcesDiscovered",
+            "All resources successfully discovered"
+        ),
+        ok(
+            "NamespaceDeletionGroupVersionParsingFailure",
+            "ParsedGroupVersions",
+            "All legacy kube types successfully parsed"
+        ),
+        ok(
+            "NamespaceDeletionContentFailure",
+            "ContentDeleted",
+            "All content successfully deleted, may be waiting on finalization"
+        ),
         condition(
             "NamespaceContentRemaining",
             remaining,

@@ -63,15 +63,6 @@ impl ResourceDef {
         }
     }
 
-    /// `Kind.group` (as in 422 messages).
-    pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() {
-            self.kind.clone()
-        } else {
-            format!("{}.{}", self.kind, self.group)
-        }
-    }
-
     /// Discovery entries (the resource and its status subresource).
     pub fn discovery(&self) -> Vec<Value> {
         let mut out = vec![json!({
@@ -147,8 +138,9 @@ fn in_all(mut def: ResourceDef) -> ResourceDef {
     def
 }
 
-/// The built-in resources: those the controller and agent use, and every kind the chart
-/// installs (stored and served; nothing runs Deployments or DaemonSets).
+/// The built-in resources: those the controller and agent use, every kind the chart installs,
+/// and Pods and Nodes for tokens bound to a pod (stored and served; nothing runs Deployments,
+/// DaemonSets or Pods).
 pub fn builtins() -> Vec<ResourceDef> {
     let mut ns = builtin("", "v1", "namespaces", "Namespace", false, &["ns"]);
     ns.status_subresource = true;
@@ -252,6 +244,75 @@ pub fn builtins() -> Vec<ResourceDef> {
     ]
 }
 
+/// The fields of an object's `metadata` (ObjectMeta).
+pub const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// The top-level fields (besides `apiVersion`, `kind` and `metadata`) of a built-in kind whose
+/// fields the sandbox checks (`None`: any field is kept).
+pub fn builtin_fields(def: &ResourceDef) -> Option<&'static [&'static str]> {
+    if def.crd.is_some() {
+        return None;
+    }
+    let fields: &'static [&'static str] = match (def.group.as_str(), def.kind.as_str()) {
+        ("", "ConfigMap") => &["data", "binaryData", "immutable"],
+        ("", "Secret") => &["data", "stringData", "type", "immutable"],
+        ("", "ServiceAccount") => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
+        ("", "Namespace" | "Node" | "Pod" | "Service") | ("apps", _) => &["spec", "status"],
+        ("coordination.k8s.io", "Lease") | ("networking.k8s.io", "NetworkPolicy") => &["spec"],
+        (RBAC, "Role") => &["rules"],
+        (RBAC, "ClusterRole") => &["rules", "aggregationRule"],
+        (RBAC, "RoleBinding" | "ClusterRoleBinding") => &["subjects", "roleRef"],
+        (ADMISSION, "ValidatingAdmissionPolicy") => &["spec", "status"],
+        (ADMISSION, "ValidatingAdmissionPolicyBinding") => &["spec"],
+        _ => return None,
+    };
+    Some(fields)
+}
+
+/// Whether objects of the kind carry `metadata.generation` (custom resources and the built-in
+/// kinds whose spec a controller observes; not ConfigMaps, Secrets, Namespaces, ...).
+pub fn has_generation(def: &ResourceDef) -> bool {
+    def.crd.is_some()
+        || matches!(
+            (def.group.as_str(), def.plural.as_str()),
+            ("apiextensions.k8s.io", _)
+                | ("apps", _)
+                | (ADMISSION, _)
+                | ("networking.k8s.io", "networkpolicies")
+                | ("", "pods")
+        )
+}
+
+/// The top-level fields of a built-in kind that the API server leaves out when empty.
+pub fn builtin_empty_omitted(def: &ResourceDef) -> Option<&'static [&'static str]> {
+    match (def.crd.is_none(), def.group.as_str(), def.kind.as_str()) {
+        (true, "", "ConfigMap") => Some(&["data", "binaryData"]),
+        (true, "", "Secret") => Some(&["data", "stringData"]),
+        (true, "", "ServiceAccount") => Some(&["secrets", "imagePullSecrets"]),
+        _ => None,
+    }
+}
+
 /// What the API server does to a Secret on every write: `stringData` merged into `data`
 /// (base64), `type` defaulted to `Opaque`.
 pub fn normalize_secret(obj: &mut Value) {
@@ -268,6 +329,27 @@ pub fn normalize_secret(obj: &mut Value) {
     }
     if obj["type"].as_str().is_none_or(|t| t.is_empty()) {
         obj["type"] = json!("Opaque");
+    }
+}
+
+/// What the API server fills in on a CustomResourceDefinition: the singular name and list kind
+/// from the kind, and the conversion strategy `None`.
+pub fn default_crd(crd: &mut Value) {
+    let kind = crd["spec"]["names"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !kind.is_empty() && crd["spec"]["names"].is_object() {
+        let names = &mut crd["spec"]["names"];
+        if names["singular"].as_str().is_none_or(str::is_empty) {
+            names["singular"] = json!(kind.to_lowercase());
+        }
+        if names["listKind"].as_str().is_none_or(str::is_empty) {
+            names["listKind"] = json!(format!("{kind}List"));
+        }
+    }
+    if crd["spec"].is_object() && crd["spec"]["conversion"].is_null() {
+        crd["spec"]["conversion"] = json!({"strategy": "None"});
     }
 }
 

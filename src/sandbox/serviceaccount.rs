@@ -1,7 +1,7 @@
 //! Service account tokens as kube-apiserver issues them: the `token` subresource of
 //! ServiceAccounts (`POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`, an
 //! `authentication.k8s.io/v1` TokenRequest) answers a JWT signed with the sandbox's own ES256 key,
-//! made at start; OIDC discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`) publishes
+//! made at start, bound to a Pod (with its Node), a Secret or a Node when it asks; OIDC discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`) publishes
 //! the public key so that a relying party (Entra ID, or the emulator standing in for it) can
 //! verify the token, exactly as it does with an AKS cluster's OIDC issuer.
 
@@ -81,16 +81,31 @@ impl Issuer {
     }
 }
 
-/// A refused TokenRequest: (HTTP code, reason, message).
-pub type Refusal = (u16, &'static str, String);
+/// A refused TokenRequest.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A field of the request is not valid: the field and the cause's message.
+    Invalid(&'static str, String),
+    /// Anything else: HTTP code, reason, message.
+    Other(u16, &'static str, String),
+}
 
-/// Answer a TokenRequest for the ServiceAccount `sa` (as stored) with the request `body`: the
-/// TokenRequest with `status.token` and `status.expirationTimestamp`, as kube-apiserver does.
-pub fn token_request(issuer: &Issuer, sa: &Value, body: &Value) -> Result<Value, Refusal> {
+/// The object a token is bound to (its `boundObjectRef`, found), as its claims name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// `pod`, `secret` or `node`.
+    pub claim: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+    /// For a pod, the node it is on (name and uid).
+    pub node: Option<(String, String)>,
+}
+
+/// The audiences and lifetime a TokenRequest asks for (defaulted), or why it is not valid.
+pub fn check(issuer: &Issuer, body: &Value) -> Result<(Vec<String>, i64), Refusal> {
     let spec = &body["spec"];
-    let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = sa["metadata"]["name"].as_str().unwrap_or_default();
-    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default();
     let mut audiences: Vec<String> = spec["audiences"]
         .as_array()
         .map(|a| {
@@ -105,33 +120,46 @@ pub fn token_request(issuer: &Issuer, sa: &Value, body: &Value) -> Result<Value,
     }
     let seconds = match &spec["expirationSeconds"] {
         Value::Null => DEFAULT_EXPIRATION_SECONDS,
-        v => v.as_i64().ok_or((
+        v => v.as_i64().ok_or(Refusal::Other(
             400,
             "BadRequest",
             "spec.expirationSeconds must be an integer".to_string(),
         ))?,
     };
     if seconds < MIN_EXPIRATION_SECONDS {
-        return Err((
-            422,
-            "Invalid",
-            format!(
-                "TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {seconds}: may not specify a duration less than 10 minutes"
-            ),
+        return Err(Refusal::Invalid(
+            "spec.expirationSeconds",
+            format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
         ));
     }
     if seconds > MAX_EXPIRATION_SECONDS {
-        return Err((
-            422,
-            "Invalid",
+        return Err(Refusal::Invalid(
+            "spec.expirationSeconds",
             format!(
-                "TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {seconds}: may not specify a duration larger than 2^32 seconds"
+                "Invalid value: {seconds}: may not specify a duration larger than 2^32 seconds"
             ),
         ));
     }
+    Ok((audiences, seconds))
+}
+
+/// Answer a TokenRequest for the ServiceAccount `sa` (as stored) with the request `body`, bound
+/// to `bound`: the TokenRequest with `status.token` and `status.expirationTimestamp`, as
+/// kube-apiserver does.
+pub fn token_request(
+    issuer: &Issuer,
+    sa: &Value,
+    body: &Value,
+    bound: Option<&Bound>,
+) -> Result<Value, Refusal> {
+    let spec = &body["spec"];
+    let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = sa["metadata"]["name"].as_str().unwrap_or_default();
+    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default();
+    let (audiences, seconds) = check(issuer, body)?;
     let now = jiff::Timestamp::now().as_second();
     let exp = now + seconds;
-    let claims = json!({
+    let mut claims = json!({
         "aud": audiences,
         "exp": exp,
         "iat": now,
@@ -144,9 +172,15 @@ pub fn token_request(issuer: &Issuer, sa: &Value, body: &Value) -> Result<Value,
             "serviceaccount": {"name": name, "uid": uid},
         },
     });
+    if let Some(b) = bound {
+        claims["kubernetes.io"][b.claim] = json!({"name": b.name, "uid": b.uid});
+        if let Some((node, node_uid)) = &b.node {
+            claims["kubernetes.io"]["node"] = json!({"name": node, "uid": node_uid});
+        }
+    }
     let token = issuer
         .sign(&claims)
-        .map_err(|e| (500, "InternalError", e.to_string()))?;
+        .map_err(|e| Refusal::Other(500, "InternalError", e.to_string()))?;
     let expiration = jiff::Timestamp::from_second(exp)
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default();
@@ -180,6 +214,7 @@ mod tests {
             &issuer,
             &sa(),
             &json!({"spec": {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 600}}),
+            None,
         )
         .unwrap();
         let token = out["status"]["token"].as_str().unwrap();
@@ -224,11 +259,19 @@ mod tests {
     #[test]
     fn lifetimes_below_ten_minutes_are_refused_and_audiences_default_to_the_issuer() {
         let issuer = Issuer::generate("http://127.0.0.1:1").unwrap();
-        let e = token_request(&issuer, &sa(), &json!({"spec": {"expirationSeconds": 599}}))
-            .unwrap_err();
-        assert_eq!(e.0, 422);
-        assert!(e.2.contains("10 minutes"), "{}", e.2);
-        let out = token_request(&issuer, &sa(), &json!({"spec": {}})).unwrap();
+        let e = token_request(
+            &issuer,
+            &sa(),
+            &json!({"spec": {"expirationSeconds": 599}}),
+            None,
+        )
+        .unwrap_err();
+        let Refusal::Invalid(field, message) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(field, "spec.expirationSeconds");
+        assert!(message.contains("10 minutes"), "{message}");
+        let out = token_request(&issuer, &sa(), &json!({"spec": {}}), None).unwrap();
         assert_eq!(out["spec"]["audiences"], json!(["http://127.0.0.1:1"]));
         assert_eq!(out["spec"]["expirationSeconds"], 3600);
     }

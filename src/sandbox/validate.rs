@@ -200,7 +200,171 @@ pub fn compile(schema: &Value) -> Compiled {
     }
 }
 
-/// Validate `object` (and `old` for transition rules) against the compiled schema.
+/// The message of the cause the API server adds when schema errors stop it from evaluating the
+/// CEL rules.
+const RULES_NOT_CHECKED: &str = "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
+
+/// Causes after which the API server does not evaluate the CEL rules (a value of the wrong type,
+/// missing, too long, too many, or not one of the enum).
+fn blocks_rules(reason: &str) -> bool {
+    matches!(
+        reason,
+        "FieldValueNotSupported"
+            | "FieldValueRequired"
+            | "FieldValueTooLong"
+            | "FieldValueTooMany"
+            | "FieldValueTypeInvalid"
+    )
+}
+
+/// The field path of a schema error as the API server writes it (`spec.items[0].name`): the
+/// location's segments, an index in brackets where the value there is a list.
+fn field_path(object: &Value, location: &jsonschema::paths::Location) -> String {
+    use jsonschema::paths::LocationSegment;
+    let mut out = String::new();
+    let mut cur = Some(object);
+    for seg in location.iter() {
+        match seg {
+            LocationSegment::Index(i) if cur.is_some_and(Value::is_array) => {
+                out.push_str(&format!("[{i}]"));
+                cur = cur.and_then(|c| c.get(i));
+            }
+            LocationSegment::Index(i) => {
+                let key = i.to_string();
+                out = join_path(&out, &key);
+                cur = cur.and_then(|c| c.get(&key));
+            }
+            LocationSegment::Property(p) => {
+                out = join_path(&out, &p);
+                cur = cur.and_then(|c| c.get(p.as_ref()));
+            }
+        }
+    }
+    out
+}
+
+/// The JSON type name of a value, as the API server's schema errors name it.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Of a string's length and pattern checks the API server reports only the first that fails,
+/// in this order.
+fn string_check_rank(kind: &jsonschema::error::ValidationErrorKind) -> Option<u8> {
+    use jsonschema::error::ValidationErrorKind as K;
+    match kind {
+        K::MaxLength { .. } => Some(0),
+        K::MinLength { .. } => Some(1),
+        K::Pattern { .. } => Some(2),
+        _ => None,
+    }
+}
+
+/// One schema error as the API server reports it.
+fn schema_cause(e: &jsonschema::ValidationError, path: String) -> Cause {
+    use jsonschema::error::ValidationErrorKind as K;
+    let instance = e.instance().clone().into_owned();
+    let invalid = |message: String| Cause {
+        reason: "FieldValueInvalid".into(),
+        field: path.clone(),
+        message,
+    };
+    match e.kind() {
+        K::Required { property } => {
+            let prop = property.as_str().unwrap_or_default();
+            Cause {
+                reason: "FieldValueRequired".into(),
+                field: join_path(&path, prop),
+                message: "Required value".into(),
+            }
+        }
+        K::Enum { options } => {
+            let supported: Vec<String> = options
+                .as_array()
+                .map(|a| a.iter().map(quote).collect())
+                .unwrap_or_default();
+            Cause {
+                reason: "FieldValueNotSupported".into(),
+                field: path.clone(),
+                message: format!(
+                    "Unsupported value: {}: supported values: {}",
+                    quote(&instance),
+                    supported.join(", ")
+                ),
+            }
+        }
+        K::Pattern { pattern } => invalid(format!(
+            "Invalid value: {}: {path} in body should match '{pattern}'",
+            quote(&instance)
+        )),
+        K::MaxLength { limit } => Cause {
+            reason: "FieldValueTooLong".into(),
+            field: path.clone(),
+            message: format!("Too long: may not be more than {limit} bytes"),
+        },
+        K::MinLength { limit } => invalid(format!(
+            "Invalid value: {}: {path} in body should be at least {limit} chars long",
+            quote(&instance)
+        )),
+        K::MaxItems { limit } | K::MaxProperties { limit } => Cause {
+            reason: "FieldValueTooMany".into(),
+            field: path.clone(),
+            message: format!(
+                "Too many: {}: must have at most {limit} items",
+                instance
+                    .as_array()
+                    .map(Vec::len)
+                    .or_else(|| instance.as_object().map(Map::len))
+                    .unwrap_or(0)
+            ),
+        },
+        K::MinItems { limit } => invalid(format!(
+            "Invalid value: {}: {path} in body should have at least {limit} items",
+            instance.as_array().map(Vec::len).unwrap_or(0)
+        )),
+        K::Minimum { limit } => invalid(format!(
+            "Invalid value: {instance}: {path} in body should be greater than or equal to {limit}"
+        )),
+        K::Maximum { limit } => invalid(format!(
+            "Invalid value: {instance}: {path} in body should be less than or equal to {limit}"
+        )),
+        K::Type { kind } => {
+            use jsonschema::error::TypeKind;
+            let expected = match kind {
+                TypeKind::Single(t) => t.to_string(),
+                TypeKind::Multiple(set) => set
+                    .iter()
+                    .map(|t| t.to_string())
+                    .find(|t| t != "null")
+                    .unwrap_or_default(),
+            };
+            let actual = type_name(&instance);
+            Cause {
+                reason: "FieldValueTypeInvalid".into(),
+                field: path.clone(),
+                message: format!(
+                    "Invalid value: \"{actual}\": {path} in body must be of type {expected}: \"{actual}\""
+                ),
+            }
+        }
+        K::Format { format } => invalid(format!(
+            "Invalid value: {}: {path} in body must be of type {format}",
+            quote(&instance)
+        )),
+        _ => invalid(format!("Invalid value: {}: {e}", quote(&instance))),
+    }
+}
+
+/// Validate `object` (and `old` for transition rules) against the compiled schema, as the API
+/// server does: the schema errors, then the CEL rules unless a schema error blocks them.
 pub fn validate(object: &Value, old: Option<&Value>, compiled: &Compiled) -> Vec<Cause> {
     let mut causes = Vec::new();
     let mut for_schema = object.clone();
@@ -209,91 +373,21 @@ pub fn validate(object: &Value, old: Option<&Value>, compiled: &Compiled) -> Vec
     }
     match &compiled.json {
         Ok(validator) => {
+            // (path, rank) of the string checks reported so far: only the first per value.
+            let mut string_checks: Vec<(String, u8, usize)> = Vec::new();
             for e in validator.iter_errors(&for_schema) {
-                let path = e
-                    .instance_path()
-                    .to_string()
-                    .trim_start_matches('/')
-                    .replace('/', ".");
-                let instance = e.instance().clone().into_owned();
-                use jsonschema::error::ValidationErrorKind as K;
-                let cause = match e.kind() {
-                    K::Required { property } => {
-                        let prop = property.as_str().unwrap_or_default();
-                        Cause {
-                            reason: "FieldValueRequired".into(),
-                            field: join_path(&path, prop),
-                            message: "Required value".into(),
+                let path = field_path(&for_schema, e.instance_path());
+                if let Some(rank) = string_check_rank(e.kind()) {
+                    if let Some(seen) = string_checks.iter_mut().find(|(p, _, _)| *p == path) {
+                        if rank < seen.1 {
+                            causes[seen.2] = schema_cause(&e, path);
+                            seen.1 = rank;
                         }
+                        continue;
                     }
-                    K::Enum { options } => {
-                        let supported: Vec<String> = options
-                            .as_array()
-                            .map(|a| a.iter().map(quote).collect())
-                            .unwrap_or_default();
-                        Cause {
-                            reason: "FieldValueNotSupported".into(),
-                            field: path.clone(),
-                            message: format!(
-                                "Unsupported value: {}: supported values: {}",
-                                quote(&instance),
-                                supported.join(", ")
-                            ),
-                        }
-                    }
-                    K::Pattern { pattern } => Cause {
-                        reason: "FieldValueInvalid".into(),
-                        field: path.clone(),
-                        message: format!(
-                            "Invalid value: {}: {path} in body should match '{pattern}'",
-                            quote(&instance)
-                        ),
-                    },
-                    K::MaxLength { limit } => Cause {
-                        reason: "FieldValueTooLong".into(),
-                        field: path.clone(),
-                        message: format!("Too long: may not be more than {limit} bytes"),
-                    },
-                    K::MinLength { limit } => Cause {
-                        reason: "FieldValueInvalid".into(),
-                        field: path.clone(),
-                        message: format!(
-                            "Invalid value: {}: {path} in body should be at least {limit} chars long",
-                            quote(&instance)
-                        ),
-                    },
-                    K::MaxItems { limit } => Cause {
-                        reason: "FieldValueTooMany".into(),
-                        field: path.clone(),
-                        message: format!(
-                            "Too many: {}: must have at most {limit} items",
-                            instance.as_array().map(|a| a.len()).unwrap_or(0)
-                        ),
-                    },
-                    K::Type { .. } => Cause {
-                        reason: "FieldValueTypeInvalid".into(),
-                        field: path.clone(),
-                        message: format!(
-                            "Invalid value: {}: {path} in body must be of type {}",
-                            quote(&instance),
-                            e.to_string().rsplit(' ').next().unwrap_or("")
-                        ),
-                    },
-                    K::Format { format } => Cause {
-                        reason: "FieldValueInvalid".into(),
-                        field: path.clone(),
-                        message: format!(
-                            "Invalid value: {}: {path} in body must be of type {format}",
-                            quote(&instance)
-                        ),
-                    },
-                    _ => Cause {
-                        reason: "FieldValueInvalid".into(),
-                        field: path.clone(),
-                        message: format!("Invalid value: {}: {e}", quote(&instance)),
-                    },
-                };
-                causes.push(cause);
+                    string_checks.push((path.clone(), rank, causes.len()));
+                }
+                causes.push(schema_cause(&e, path));
             }
         }
         Err(e) => causes.push(Cause {
@@ -302,9 +396,15 @@ pub fn validate(object: &Value, old: Option<&Value>, compiled: &Compiled) -> Vec
             message: format!("schema could not be compiled: {e}"),
         }),
     }
-    if causes.is_empty()
-        && let Err(errors) = kube_cel::validate_compiled(&compiled.cel, object, old)
-    {
+    if causes.iter().any(|c| blocks_rules(&c.reason)) {
+        causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            field: "<nil>".into(),
+            message: RULES_NOT_CHECKED.into(),
+        });
+        return causes;
+    }
+    if let Err(errors) = kube_cel::validate_compiled(&compiled.cel, object, old) {
         for e in errors.into_vec() {
             let field = e.field_path.trim_start_matches('.').to_string();
             let reason = e
@@ -316,13 +416,11 @@ pub fn validate(object: &Value, old: Option<&Value>, compiled: &Compiled) -> Vec
                 "FieldValueForbidden" => format!("Forbidden: {}", e.message),
                 "FieldValueRequired" => format!("Required value: {}", e.message),
                 "FieldValueDuplicate" => format!("Duplicate value: {}", e.message),
-                _ => format!(
-                    "Invalid value: {}: {}",
-                    value
-                        .map(|v| quote(&v))
-                        .unwrap_or_else(|| "\"object\"".into()),
-                    e.message
-                ),
+                // The value of an object or a list is left out of the message.
+                _ => match value.filter(|v| !v.is_object() && !v.is_array()) {
+                    Some(v) => format!("Invalid value: {}: {}", quote(&v), e.message),
+                    None => format!("Invalid value: {}", e.message),
+                },
             };
             causes.push(Cause {
                 reason,
@@ -334,10 +432,23 @@ pub fn validate(object: &Value, old: Option<&Value>, compiled: &Compiled) -> Vec
     causes
 }
 
+/// The value at a field path such as `spec.items[0].name`.
 fn lookup(v: &Value, path: &str) -> Option<Value> {
     let mut cur = v;
-    for seg in path.split('.').filter(|s| !s.is_empty()) {
-        cur = cur.get(seg)?;
+    for part in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            cur = cur.get(name)?;
+        }
+        for index in indexes.split(']').filter_map(|s| s.strip_prefix('[')) {
+            cur = match index.parse::<usize>() {
+                Ok(i) if cur.is_array() => cur.get(i)?,
+                _ => cur.get(index.trim_matches('"'))?,
+            };
+        }
     }
     Some(cur.clone())
 }

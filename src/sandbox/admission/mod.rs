@@ -6,18 +6,19 @@
 //! and object label selectors) and the binding's `matchResources` pick the requests;
 //! `matchConditions`, then `variables` (in order, as `variables.NAME`), then `validations` are
 //! evaluated with CEL (the Kubernetes CEL library from `kube-cel`) over `object`, `oldObject`,
-//! `request` (with `userInfo.extra`), and `namespaceObject`. A failed validation under
-//! `validationActions: [Deny]` refuses the request with its `message` or `messageExpression`
-//! and `reason` (422 Invalid by default, as the API server answers), and under `Warn` adds a
-//! `Warning` header; an
-//! expression that errors refuses it under
-//! `failurePolicy: Fail` (the default) and is skipped under `Ignore`. Parameters (`paramKind`)
-//! are not supported: a policy that declares them is treated as an error of that policy.
+//! `request` (its `userInfo` without the fields that are empty, as the API server's), and
+//! `namespaceObject`. A failed validation under `validationActions: [Deny]` refuses the request
+//! with its `message` or `messageExpression` and `reason` (422 Invalid when it names none), and
+//! under `Warn` adds a `Warning` header; an expression that errors (or reads a variable that
+//! does) refuses it with 422 Invalid under `failurePolicy: Fail` (the default) and is skipped
+//! under `Ignore`. Parameters (`paramKind`) are not supported: a policy that declares them is
+//! treated as an error of that policy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kube_cel::KubeCelExt;
+use kube_cel::cel::extractors::This;
 use kube_cel::cel::objects::{Key, Map};
 use kube_cel::cel::{Context, Program, Value as Cel};
 use parking_lot::Mutex;
@@ -54,6 +55,11 @@ impl Caller {
         }
     }
 
+    /// Add a warning (a `Warning` header of the answer).
+    pub fn warn(&self, warning: String) {
+        self.warnings.lock().push(warning);
+    }
+
     /// The warnings (`Warning` headers) admission gave so far, taken.
     pub fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut *self.warnings.lock())
@@ -84,38 +90,98 @@ pub fn to_cel(v: &Value) -> Cel {
     }
 }
 
-fn eval(ctx: &Context, expr: &str) -> Result<Cel, String> {
-    let program = Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
-    program.execute(ctx).map_err(|e| e.to_string())
-}
-
-/// A CEL condition: its value, or why it has none (`what` names it in the message).
-fn eval_bool(ctx: &Context, expr: &str, what: &str) -> Result<bool, String> {
-    match eval(ctx, expr) {
-        Ok(Cel::Bool(b)) => Ok(b),
-        Ok(other) => Err(format!("{what} returned {other:?}, not a bool")),
-        Err(e) => Err(format!("{what} resulted in error: {e}")),
+/// `string(x)`, which also takes a bool (`"true"`, `"false"`) as the API server's CEL does.
+fn string_of(
+    ftx: &kube_cel::cel::FunctionContext,
+    This(this): This<Cel>,
+) -> Result<Cel, kube_cel::cel::ExecutionError> {
+    match this {
+        Cel::Bool(b) => Ok(Cel::String(Arc::new(b.to_string()))),
+        other => kube_cel::cel::functions::string(ftx, This(other)),
     }
 }
 
+/// Why an expression has no value, in the words of the API server's CEL.
+fn cel_error(e: &kube_cel::cel::ExecutionError) -> String {
+    use kube_cel::cel::ExecutionError as E;
+    match e {
+        E::NoSuchKey(k) => format!("no such key: {k}"),
+        E::NoSuchOverload => "no such overload".into(),
+        E::DivisionByZero(_) => "division by zero".into(),
+        E::RemainderByZero(_) => "modulus by zero".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Why an expression failed to evaluate.
+enum EvalError {
+    /// It does not compile.
+    Compile(String),
+    /// It read the variable `variables.NAME` that failed itself (named in `.0`).
+    Variable(String),
+    /// Another error, in the API server's words.
+    Other(String),
+}
+
+/// The value of `expr`; `failed` are the variables that failed to evaluate, which the context's
+/// `variables` map leaves out.
+fn eval(ctx: &Context, expr: &str, failed: &HashMap<String, String>) -> Result<Cel, EvalError> {
+    let program = Program::compile(expr)
+        .map_err(|e| EvalError::Compile(format!("compilation failed: {e}")))?;
+    program.execute(ctx).map_err(|e| match &e {
+        kube_cel::cel::ExecutionError::NoSuchKey(k) if failed.contains_key(k.as_str()) => {
+            EvalError::Variable(k.to_string())
+        }
+        other => EvalError::Other(cel_error(other)),
+    })
+}
+
+/// The message of an evaluation error: a failed variable is reported as the API server reports
+/// a composited variable, with its own error.
+fn eval_message(e: EvalError, failed: &HashMap<String, String>) -> String {
+    match e {
+        EvalError::Compile(m) | EvalError::Other(m) => m,
+        EvalError::Variable(name) => format!(
+            "composited variable \"{name}\" fails to evaluate: {}",
+            failed.get(&name).cloned().unwrap_or_default()
+        ),
+    }
+}
+
+/// A CEL condition: its value, or why it has none.
+fn eval_bool(ctx: &Context, expr: &str, failed: &HashMap<String, String>) -> Result<bool, String> {
+    match eval(ctx, expr, failed) {
+        Ok(Cel::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!(
+            "expression '{expr}' resulted in error: no such overload: {other:?} is not a bool"
+        )),
+        Err(e) => Err(format!(
+            "expression '{expr}' resulted in error: {}",
+            eval_message(e, failed)
+        )),
+    }
+}
+
+/// The refusal of a request: `reason` (of the validation, `Invalid` when it names none) picks the
+/// code, and the message is also the one cause, as the API server answers.
 fn denial(r: &Request, name: &str, reason: &str, message: String) -> ApiError {
     let (code, reason) = match reason {
         "Unauthorized" => (401, "Unauthorized"),
-        "Invalid" => (422, "Invalid"),
+        "Forbidden" => (403, "Forbidden"),
         "RequestEntityTooLarge" => (413, "RequestEntityTooLarge"),
-        _ => (403, "Forbidden"),
+        _ => (422, "Invalid"),
     };
     let qualified = r.def.qualified();
     let mut e = ApiError::new(
         code,
         reason,
         format!("{qualified} \"{name}\" is forbidden: {message}"),
-    )
-    .about(r.def, name);
-    // The API server names the denial once more as the one cause, with no field.
-    if let Some(details) = e.details.as_mut() {
-        details["causes"] = serde_json::json!([{"reason": "", "message": message, "field": ""}]);
+    );
+    let mut details = json!({"name": name, "kind": r.def.plural, "causes": [{"message": message}]});
+    if !r.def.group.is_empty() {
+        details["group"] = json!(r.def.group);
     }
+    e.details = Some(details);
     e
 }
 
@@ -190,6 +256,7 @@ pub fn validate(
         let ctx = ctx.get_or_insert_with(|| {
             let mut c = Context::default();
             c.register_all();
+            c.add_function("string", string_of);
             c.add_variable_from_value("object", object.map(to_cel).unwrap_or(Cel::Null));
             c.add_variable_from_value("oldObject", old.map(to_cel).unwrap_or(Cel::Null));
             c.add_variable_from_value("namespaceObject", to_cel(&ns_object));
@@ -211,12 +278,7 @@ pub fn validate(
         // An error under failurePolicy Fail refuses; under Ignore the policy is skipped.
         let failed = |message: String| -> Result<(), ApiError> {
             if fail_closed && deny {
-                Err(denial(
-                    &r,
-                    name,
-                    "Forbidden",
-                    format!("{prefix}: {message}"),
-                ))
+                Err(denial(&r, name, "Invalid", format!("{prefix}: {message}")))
             } else {
                 Ok(())
             }
@@ -226,13 +288,10 @@ pub fn validate(
             continue;
         }
         let mut applies = true;
+        let none = HashMap::new();
         for mc in spec["matchConditions"].as_array().into_iter().flatten() {
             let expr = mc["expression"].as_str().unwrap_or_default();
-            let what = format!(
-                "matchCondition '{}'",
-                mc["name"].as_str().unwrap_or_default()
-            );
-            match eval_bool(ctx, expr, &what) {
+            match eval_bool(ctx, expr, &none) {
                 Ok(true) => {}
                 Ok(false) => {
                     applies = false;
@@ -249,6 +308,9 @@ pub fn validate(
             continue;
         }
         let mut vars: HashMap<Key, Cel> = HashMap::new();
+        // The variables that failed, with their errors: an expression that reads one fails with
+        // that error (the API server evaluates variables when they are read).
+        let mut failed_vars: HashMap<String, String> = HashMap::new();
         let mut scoped = ctx.new_inner_scope();
         for v in spec["variables"].as_array().into_iter().flatten() {
             let vname = v["name"].as_str().unwrap_or_default().to_string();
@@ -258,9 +320,22 @@ pub fn validate(
                     map: Arc::new(vars.clone()),
                 }),
             );
-            // A variable that errors is left unset: a validation that uses it errors in turn.
-            if let Ok(val) = eval(&scoped, v["expression"].as_str().unwrap_or_default()) {
-                vars.insert(Key::String(Arc::new(vname)), val);
+            match eval(
+                &scoped,
+                v["expression"].as_str().unwrap_or_default(),
+                &failed_vars,
+            ) {
+                Ok(val) => {
+                    vars.insert(Key::String(Arc::new(vname)), val);
+                }
+                Err(EvalError::Variable(inner)) => {
+                    let m = failed_vars.get(&inner).cloned().unwrap_or_default();
+                    failed_vars.insert(vname, m);
+                }
+                Err(e) => {
+                    let m = eval_message(e, &failed_vars);
+                    failed_vars.insert(vname, m);
+                }
             }
         }
         scoped.add_variable_from_value(
@@ -271,7 +346,7 @@ pub fn validate(
         );
         for val in spec["validations"].as_array().into_iter().flatten() {
             let expr = val["expression"].as_str().unwrap_or_default();
-            match eval_bool(&scoped, expr, &format!("expression '{expr}'")) {
+            match eval_bool(&scoped, expr, &failed_vars) {
                 Ok(true) => {}
                 Ok(false) => {
                     if !deny && !warn {
@@ -279,7 +354,7 @@ pub fn validate(
                     }
                     let message = val["messageExpression"]
                         .as_str()
-                        .and_then(|me| match eval(&scoped, me) {
+                        .and_then(|me| match eval(&scoped, me, &failed_vars) {
                             Ok(Cel::String(s)) if !s.trim().is_empty() => Some(s.to_string()),
                             _ => None,
                         })
@@ -471,7 +546,7 @@ mod tests {
         // An expression that errors (no such key) refuses under Fail...
         let e = run(&s, &cm(json!({"a": "1"}), true)).unwrap_err();
         let (code, message) = (e.code, &e.message);
-        assert_eq!(code, 403);
+        assert_eq!(code, 422);
         let expected = "expression 'object.data.missing == 'x'' resulted in error";
         assert!(message.contains(expected), "{message}");
         // ...and is skipped under Ignore.

@@ -1,5 +1,6 @@
-//! Deletes: one object (marked with `deletionTimestamp` while finalizers remain; a namespace
-//! goes through its own lifecycle) and `deletecollection` with selectors.
+//! Deletes: one object (marked with `deletionTimestamp` while finalizers remain, else answered
+//! with a `Success` Status; a namespace goes through its own lifecycle) and `deletecollection`
+//! with selectors.
 
 use std::sync::Arc;
 
@@ -19,7 +20,20 @@ pub(super) fn delete_request(req: &Request, opts: &WriteOptions) -> Result<Respo
     let t = req.target;
     let mut store = req.shared.store.lock();
     let out = delete(&mut store, &t.def, t.ns(), t.name(), &opts.caller)?;
-    Ok(json_response(StatusCode::OK, &with_type(&t.def, &out)))
+    if store.get(&t.def, t.ns(), t.name()).is_some() {
+        // Still there (held by finalizers, or a dry run): the object.
+        return Ok(json_response(StatusCode::OK, &with_type(&t.def, &out)));
+    }
+    // Gone: a Status that names it, as the API server answers.
+    let mut details =
+        json!({"name": t.name(), "kind": t.def.plural, "uid": out["metadata"]["uid"]});
+    if !t.def.group.is_empty() {
+        details["group"] = json!(t.def.group);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+    ))
 }
 
 /// `DELETE` of a collection: every object the selectors match.
@@ -90,8 +104,9 @@ pub(in crate::sandbox) fn delete(
         let mut new = old.as_ref().clone();
         new["metadata"]["deletionTimestamp"] = json!(now());
         new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        new["metadata"]["generation"] =
-            json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+        if let Some(g) = old["metadata"]["generation"].as_i64() {
+            new["metadata"]["generation"] = json!(g + 1);
+        }
         let rv = store.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
         store.put(rv, def, ns, name, "MODIFIED", Arc::new(new.clone()));

@@ -53,7 +53,12 @@ impl ApiError {
 
     /// The `details` that name the object `name` of `def`.
     pub(in crate::sandbox) fn about(mut self, def: &ResourceDef, name: &str) -> Self {
-        self.details = Some(json!({"name": name, "group": def.group, "kind": def.plural}));
+        let mut d = json!({"name": name, "kind": def.plural});
+        // The core group is left out, as the API server does.
+        if !def.group.is_empty() {
+            d["group"] = json!(def.group);
+        }
+        self.details = Some(d);
         self
     }
 
@@ -84,21 +89,52 @@ impl ApiError {
         name: &str,
         causes: Vec<validate::Cause>,
     ) -> Self {
-        let lines: Vec<String> = causes.iter().map(|c| c.line()).collect();
+        Self::invalid_kind(&def.kind, &def.group, name, causes)
+    }
+
+    /// 422 Invalid with its causes, about the object `name` of `kind` in `group` (the name and
+    /// the group are left out of the details when empty).
+    pub(in crate::sandbox) fn invalid_kind(
+        kind: &str,
+        group: &str,
+        name: &str,
+        causes: Vec<validate::Cause>,
+    ) -> Self {
+        // The message names each distinct cause once.
+        let mut lines: Vec<String> = Vec::new();
+        for line in causes.iter().map(|c| c.line()) {
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
         let joined = if lines.len() == 1 {
             lines[0].clone()
         } else {
             format!("[{}]", lines.join(", "))
         };
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = Self::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {joined}", def.qualified_kind()),
+            format!("{qualified} \"{name}\" is invalid: {joined}"),
         );
-        e.details = Some(json!({
-            "name": name, "group": def.group, "kind": def.kind,
+        let mut details = json!({
             "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
-        }));
+        });
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        if !kind.is_empty() {
+            details["kind"] = json!(kind);
+        }
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        e.details = Some(details);
         e
     }
 
@@ -124,8 +160,11 @@ impl ApiError {
     fn body(&self) -> Value {
         let mut v = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
+            "status": "Failure", "message": self.message, "code": self.code,
         });
+        if !self.reason.is_empty() {
+            v["reason"] = json!(self.reason);
+        }
         if let Some(d) = &self.details {
             v["details"] = d.clone();
         }

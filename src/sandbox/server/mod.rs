@@ -221,12 +221,36 @@ struct Request<'a> {
     body: &'a Bytes,
 }
 
+/// What a write does with fields its kind does not declare (`fieldValidation`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FieldValidation {
+    /// Dropped silently.
+    Ignore,
+    /// Dropped with a warning each (the default).
+    Warn,
+    /// The request is refused.
+    Strict,
+    /// A value that is none of these: the request is refused.
+    Unknown(String),
+}
+
+impl FieldValidation {
+    fn of(q: &HashMap<String, String>) -> Self {
+        match q.get("fieldValidation").map(String::as_str) {
+            None | Some("") | Some("Warn") => Self::Warn,
+            Some("Ignore") => Self::Ignore,
+            Some("Strict") => Self::Strict,
+            Some(other) => Self::Unknown(other.to_string()),
+        }
+    }
+}
+
 /// Who writes and what the request asks for besides its body.
 struct WriteOptions {
     /// The field manager its changes are recorded under.
     manager: String,
-    /// `fieldValidation=Strict`: unknown fields are refused instead of pruned.
-    strict: bool,
+    /// What happens to unknown fields.
+    field_validation: FieldValidation,
     /// The user and `dryRun=All` (admit and answer, store nothing), as admission sees them.
     caller: admission::Caller,
 }
@@ -235,10 +259,7 @@ impl WriteOptions {
     fn of(req: &Request, user: &UserInfo) -> Self {
         Self {
             manager: manager(req.query, req.headers),
-            strict: req
-                .query
-                .get("fieldValidation")
-                .is_some_and(|f| f == "Strict"),
+            field_validation: FieldValidation::of(req.query),
             caller: admission::Caller::new(
                 user.clone(),
                 req.query.get("dryRun").is_some_and(|d| d == "All"),
@@ -263,6 +284,28 @@ fn dispatch(req: &Request, opts: &WriteOptions, verb: &str) -> Result<Response, 
         && !(sub == "status" && t.def.status_subresource)
     {
         return Err(ApiError::no_resource());
+    }
+    if let FieldValidation::Unknown(v) = &opts.field_validation {
+        let options = match verb {
+            "create" => "CreateOptions",
+            "update" => "UpdateOptions",
+            "patch" => "PatchOptions",
+            _ => "",
+        };
+        if !options.is_empty() {
+            return Err(ApiError::invalid_kind(
+                options,
+                "meta.k8s.io",
+                "",
+                vec![super::validate::Cause {
+                    reason: "FieldValueNotSupported".into(),
+                    field: "fieldValidation".into(),
+                    message: format!(
+                        "Unsupported value: {v:?}: supported values: \"\", \"Ignore\", \"Strict\", \"Warn\""
+                    ),
+                }],
+            ));
+        }
     }
     match verb {
         "get" => read::get(req),

@@ -10,10 +10,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::write::{commit, create};
-use super::{ApiError, Request, Target, WriteOptions, get_obj, json_response, with_type, writer};
+use super::write::{commit, create, unknown_fields};
+use super::{
+    ApiError, FieldValidation, Request, Target, WriteOptions, get_obj, json_response, with_type,
+    writer,
+};
 use crate::sandbox::store::Store;
-use crate::sandbox::{authz, events, ssa};
+use crate::sandbox::{authz, events, ssa, validate};
 
 /// `PATCH` of one object (or its status).
 pub(super) fn patch_request(req: &Request, opts: &WriteOptions) -> Result<Response, ApiError> {
@@ -47,8 +50,15 @@ fn apply(
     let existing = get_obj(store, def, ns, name).ok();
     // The field manager of the request is the one the query names (required here).
     if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
-        return Err(ApiError::bad_request(
-            "PATCH requests with apply content type require fieldManager",
+        return Err(ApiError::invalid_kind(
+            "PatchOptions",
+            "meta.k8s.io",
+            "",
+            vec![validate::Cause {
+                reason: "FieldValueRequired".into(),
+                field: "fieldManager".into(),
+                message: "Required value: is required for apply patch".into(),
+            }],
         ));
     }
     let mut intent: Value = serde_yaml_ng::from_slice(body)
@@ -62,8 +72,37 @@ fn apply(
         .as_str()
         .is_some_and(|n| n != name)
     {
-        return Err(ApiError::bad_request(
-            "the name of the object does not match the name on the URL",
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            intent["metadata"]["name"].as_str().unwrap_or_default()
+        )));
+    }
+    // The applied configuration must fit the schema: a field it does not declare fails to
+    // make the typed patch (500, as the API server answers).
+    let unknown: Vec<String> = unknown_fields(def, &intent)
+        .into_iter()
+        .filter(|u| !u.starts_with("metadata."))
+        .collect();
+    if !unknown.is_empty() {
+        let errors: Vec<String> = unknown
+            .iter()
+            .map(|u| format!(".{u}: field not declared in schema"))
+            .collect();
+        let errors = match errors.as_slice() {
+            [one] => one.clone(),
+            more => format!("errors:\n  {}", more.join("\n  ")),
+        };
+        return Err(ApiError::new(
+            500,
+            "",
+            format!(
+                "failed to create typed patch object ({}/{}; {}/{}, Kind={}): {errors}",
+                intent["metadata"]["namespace"].as_str().unwrap_or_default(),
+                intent["metadata"]["name"].as_str().unwrap_or_default(),
+                def.group,
+                def.version,
+                def.kind
+            ),
         ));
     }
     let force = q.get("force").is_some_and(|f| f == "true");
@@ -114,26 +153,76 @@ fn apply(
     Ok((StatusCode::OK, commit(store, t, &old, applied, opts)?))
 }
 
-/// 409 for an apply that would take fields other managers own.
+/// A manager as a conflict names it: with its subresource, and an updater with the API version
+/// it wrote.
+fn conflict_manager(c: &ssa::Conflict) -> String {
+    let mut s = format!("{:?}", c.manager);
+    if !c.subresource.is_empty() {
+        s.push_str(&format!(" with subresource {:?}", c.subresource));
+    }
+    if c.operation == "Update" {
+        s.push_str(&format!(" using {}", c.api_version));
+    }
+    s
+}
+
+/// 409 for an apply that would take fields other managers own: one cause per field, and a
+/// message that lists the fields by manager.
 fn conflict(conflicts: Vec<ssa::Conflict>) -> ApiError {
-    let lines: Vec<String> = conflicts
-        .iter()
-        .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
-        .collect();
-    let mut e = ApiError::new(
-        409,
-        "Conflict",
-        format!(
-            "Apply failed with {} conflict{}: {}",
-            conflicts.len(),
-            if conflicts.len() == 1 { "" } else { "s" },
-            lines.join("\n")
+    let message = match conflicts.as_slice() {
+        [c] => format!(
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            conflict_manager(c),
+            c.field
         ),
-    );
+        _ => {
+            let mut managers: Vec<(&str, &str, String)> = conflicts
+                .iter()
+                .map(|c| {
+                    (
+                        c.manager.as_str(),
+                        c.operation.as_str(),
+                        conflict_manager(c),
+                    )
+                })
+                .collect();
+            managers.sort();
+            managers.dedup();
+            let mut lines = Vec::new();
+            for (_, _, shown) in &managers {
+                lines.push(format!("conflicts with {shown}:"));
+                for c in conflicts.iter().filter(|c| conflict_manager(c) == *shown) {
+                    lines.push(format!("- {}", c.field));
+                }
+            }
+            format!(
+                "Apply failed with {} conflicts: {}",
+                conflicts.len(),
+                lines.join("\n")
+            )
+        }
+    };
+    let mut e = ApiError::new(409, "Conflict", message);
     e.details = Some(
-        json!({"causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field})).collect::<Vec<_>>()}),
+        json!({"causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {}", conflict_manager(c)), "field": c.field})).collect::<Vec<_>>()}),
     );
     e
+}
+
+/// 400 for a patch body of the wrong JSON type (`go_type` is what the API server decodes it
+/// into, as its message names it).
+fn undecodable_patch(body: &Value, go_type: &str) -> ApiError {
+    let found = match body {
+        Value::Object(_) => "object",
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+    };
+    ApiError::bad_request(format!(
+        "error decoding patch: json: cannot unmarshal {found} into Go value of type {go_type}"
+    ))
 }
 
 /// A JSON patch or a merge patch, applied to the object in the shape of the API it was sent to.
@@ -149,40 +238,75 @@ fn edit(
     let mut new = events::from_storage(def, &old);
     if ct.starts_with("application/json-patch+json") {
         let ops: Value = serde_json::from_slice(body).map_err(ApiError::unknown_format)?;
-        // A `test` for null on a missing path passes, as in the apiserver.
+        let Value::Array(ops) = ops else {
+            return Err(undecodable_patch(&ops, "[]handlers.jsonPatchOp"));
+        };
+        // A `test` for null of a missing key passes when the object holding it exists, as in
+        // the API server.
         let ops: Vec<Value> = ops
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
             .into_iter()
             .filter(|op| {
+                let path = op["path"].as_str().unwrap_or_default();
+                let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
                 !(op["op"] == "test"
                     && op["value"].is_null()
-                    && op["path"].as_str().and_then(|p| new.pointer(p)).is_none())
+                    && new.pointer(path).is_none()
+                    && new
+                        .pointer(parent)
+                        .is_some_and(|p| p.is_object() || p.is_array()))
             })
             .collect();
-        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-        json_patch::patch(&mut new, &patch).map_err(|e| {
-            ApiError::new(
+        // An operation that is not one or does not apply: the API server says no more.
+        let rejected = || {
+            let mut e = ApiError::new(
                 422,
                 "Invalid",
-                format!("the server rejected our request due to an error in our request: {e}"),
-            )
-        })?;
+                "the server rejected our request due to an error in our request",
+            );
+            e.details = Some(json!({}));
+            e
+        };
+        let patch: json_patch::Patch =
+            serde_json::from_value(Value::Array(ops)).map_err(|_| rejected())?;
+        json_patch::patch(&mut new, &patch).map_err(|_| rejected())?;
     } else if ct.starts_with("application/merge-patch+json")
         || (ct.starts_with("application/strategic-merge-patch+json") && def.schema.is_none())
     {
         let p: Value = serde_json::from_slice(body).map_err(ApiError::unknown_format)?;
+        if !p.is_object() {
+            return Err(undecodable_patch(&p, "map[string]interface {}"));
+        }
         json_patch::merge(&mut new, &p);
     } else {
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {ct:?})"
-            ),
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
         ));
+    }
+    if opts.field_validation == FieldValidation::Strict {
+        let unknown = unknown_fields(def, &new);
+        if !unknown.is_empty() {
+            // As the API server words it: the patched object, then the fields.
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|u| format!("unknown field \"{u}\""))
+                .collect();
+            return Err(ApiError::invalid_kind(
+                "",
+                "",
+                "",
+                vec![validate::Cause {
+                    reason: "FieldValueInvalid".into(),
+                    field: "patch".into(),
+                    message: format!(
+                        "Invalid value: {:?}: strict decoding error: {}",
+                        new.to_string(),
+                        list.join(", ")
+                    ),
+                }],
+            ));
+        }
     }
     let mut new = events::to_storage(def, new);
     if let Some(rv) = new["metadata"]["resourceVersion"].as_str()

@@ -1,5 +1,6 @@
 //! Reads: `get` of one object (as JSON or as a Table for kubectl) and `list` with label and
-//! field selectors, `limit` and `continue` pages.
+//! field selectors, `limit` and `continue` pages (continue tokens in the API server's form,
+//! `remainingItemCount` when there is no selector).
 
 use std::collections::HashMap;
 
@@ -36,22 +37,27 @@ pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
     let after: Option<(String, String, u64)> = match q.get("continue").filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => {
-            let decoded =
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok());
-            let Some((rv, key)) = decoded.as_deref().and_then(|d| d.split_once('|')) else {
-                return Err(ApiError::bad_request("continue key is not valid"));
-            };
-            if rv.parse::<u64>().unwrap_or(0) < store.oldest {
+            if q.get("resourceVersion").is_some_and(|r| !r.is_empty()) {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            let (rv, key) = decode_continue(c).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "invalid continue token: continue key is not valid: {e}"
+                ))
+            })?;
+            if rv < store.oldest {
                 return Err(expired());
             }
-            let (n, name) = key.split_once('/').unwrap_or(("", key));
-            Some((
-                n.to_string(),
-                name.to_string(),
-                rv.parse::<u64>().unwrap_or(0),
-            ))
+            // The key after which the page starts: `name`, or `namespace/name` in a list of
+            // every namespace.
+            let (n, name) = match (&t.namespace, t.def.namespaced) {
+                (None, true) => key.split_once('/').unwrap_or(("", key.as_str())),
+                (Some(ns), _) => (ns.as_str(), key.as_str()),
+                (None, false) => ("", key.as_str()),
+            };
+            Some((n.to_string(), name.to_string(), rv))
         }
     };
     // Every page of one list reports the resourceVersion of its first page and shows the
@@ -79,6 +85,7 @@ pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
     let ns = t.namespace.clone();
     let mut items: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
+    let mut remaining = 0usize;
     if let Some(objs) = objs {
         let iter = objs
             .iter()
@@ -98,18 +105,18 @@ pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
         if items.len() == limit {
             let last = next.clone().unwrap_or_default();
             let (ln, lname) = last.split_once('/').unwrap_or(("", ""));
-            let more = objs
+            remaining = objs
                 .iter()
                 .filter(|((n, _), _)| ns.as_ref().is_none_or(|x| x == n))
-                .any(|((n, name), obj)| {
+                .filter(|((n, name), obj)| {
                     (n.as_str(), name.as_str()) > (ln, lname) && selected(obj, q)
-                });
-            next = more.then(|| {
-                base64::Engine::encode(
-                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                    format!("{list_rv}|{last}"),
-                )
-            });
+                })
+                .count();
+            let key = match (&t.namespace, t.def.namespaced) {
+                (None, true) => last.clone(),
+                _ => lname.to_string(),
+            };
+            next = (remaining > 0).then(|| encode_continue(list_rv, &key));
         } else {
             next = None;
         }
@@ -125,11 +132,49 @@ pub(super) fn list(req: &Request) -> Result<Response, ApiError> {
     let mut meta = json!({"resourceVersion": rv});
     if let Some(c) = next {
         meta["continue"] = json!(c);
+        // How many items the later pages hold, known (as to the API server) only without
+        // selectors.
+        let selector = |k: &str| q.get(k).is_some_and(|s| !s.is_empty());
+        if !selector("labelSelector") && !selector("fieldSelector") {
+            meta["remainingItemCount"] = json!(remaining);
+        }
     }
     Ok(json_response(
         StatusCode::OK,
         &json!({"apiVersion": t.def.api_version(), "kind": format!("{}List", t.def.kind), "metadata": meta, "items": items}),
     ))
+}
+
+/// The continue token of a list at `rv` whose next page starts after `key`, in the API
+/// server's form: unpadded base64url of `{"v":"meta.k8s.io/v1","rv":RV,"start":"KEY\0"}`.
+fn encode_continue(rv: u64, key: &str) -> String {
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{key}\u{0}")});
+    base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        token.to_string(),
+    )
+}
+
+/// The resourceVersion and start key of a continue token, or why it is not one.
+fn decode_continue(token: &str) -> Result<(u64, String), String> {
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token)
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    match v["v"].as_str() {
+        Some("meta.k8s.io/v1") => {}
+        other => {
+            return Err(format!(
+                "server does not recognize this encoded version {}",
+                other.unwrap_or_default()
+            ));
+        }
+    }
+    let start = v["start"].as_str().unwrap_or_default();
+    if start.is_empty() {
+        return Err("encoded start key empty".into());
+    }
+    let rv = v["rv"].as_u64().unwrap_or(0);
+    Ok((rv, start.trim_end_matches('\u{0}').to_string()))
 }
 
 /// A continue token whose snapshot is gone.

@@ -19,7 +19,14 @@ fn crd() -> Value {
 fn widget(name: &str) -> Value {
     json!({"apiVersion": "example.dev/v1", "kind": "Widget",
            "metadata": {"name": name, "namespace": "default"},
-           "spec": {"size": 1, "colour": "red"}})
+           "spec": {"size": 1}})
+}
+
+/// A widget with a field its schema does not declare.
+fn coloured_widget(name: &str) -> Value {
+    let mut w = widget(name);
+    w["spec"]["colour"] = json!("red");
+    w
 }
 
 #[tokio::test]
@@ -46,19 +53,29 @@ async fn strict_validation_dry_run_and_warnings_apply_to_their_own_request() {
     };
 
     // Strict: the unknown field is refused, and nothing is stored.
-    let resp = post("?fieldValidation=Strict", widget("a")).await.unwrap();
+    let resp = post("?fieldValidation=Strict", coloured_widget("a"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let status: Value = resp.json().await.unwrap();
     assert_eq!(
         status["message"],
-        "Widget.example.dev in body: strict decoding error: unknown field \"spec.colour\""
+        "Widget in version \"v1\" cannot be handled as a Widget: strict decoding error: unknown field \"spec.colour\""
     );
-    // Without it the field is pruned; the next request is not strict, nor is the library API.
-    let resp = post("", widget("a")).await.unwrap();
+    // Without it the field is pruned with a warning (the default, Warn); the next request is
+    // not strict, nor is the library API.
+    let resp = post("", coloured_widget("a")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
+    let warnings: Vec<&str> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|h| h.to_str().unwrap())
+        .collect();
+    assert_eq!(warnings, ["299 - \"unknown field \\\"spec.colour\\\"\""]);
     let created: Value = resp.json().await.unwrap();
     assert_eq!(created["spec"], json!({"size": 1}));
-    sb.install(vec![widget("b")]).unwrap();
+    sb.install(vec![coloured_widget("b")]).unwrap();
 
     // A dry run is admitted and answered but not stored; the policy sees `request.dryRun`.
     let resp = post("?dryRun=All", widget("big")).await.unwrap();

@@ -12,16 +12,29 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::read::selected;
-use super::{Target, with_type};
+use super::{ApiError, Target, with_type};
 use crate::sandbox::Shared;
 use crate::sandbox::store::Event;
 
 /// `GET ...?watch=true`.
 pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Response {
-    let rv: Option<u64> = q
-        .get("resourceVersion")
-        .filter(|r| !r.is_empty())
-        .and_then(|r| r.parse().ok());
+    let rv: Option<u64> = match q.get("resourceVersion").filter(|r| !r.is_empty()) {
+        None => None,
+        Some(r) => match r.parse() {
+            Ok(rv) => Some(rv),
+            // As the API server answers: 500, without a reason.
+            Err(_) => {
+                return ApiError::new(
+                    500,
+                    "",
+                    format!(
+                        "resourceVersion: Invalid value: {r:?}: strconv.ParseUint: parsing {r:?}: invalid syntax"
+                    ),
+                )
+                .into_response();
+            }
+        },
+    };
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let initial = q.get("sendInitialEvents").is_some_and(|b| b == "true");
     let timeout = q

@@ -12,10 +12,14 @@ use serde_json::{Value, json};
 
 use super::delete::after_delete;
 use super::{
-    ApiError, Request, Target, WriteOptions, get_obj, json_response, parse_body, with_type, writer,
+    ApiError, FieldValidation, Request, Target, WriteOptions, get_obj, json_response, parse_body,
+    with_type, writer,
 };
 use crate::sandbox::UserInfo;
-use crate::sandbox::registry::{ResourceDef, from_crd, normalize_secret};
+use crate::sandbox::registry::{
+    OBJECT_META_FIELDS, ResourceDef, builtin_empty_omitted, builtin_fields, default_crd, from_crd,
+    has_generation, normalize_secret,
+};
 use crate::sandbox::store::Store;
 use crate::sandbox::{
     admission, authz, cel_cost, events, namespace, now, serviceaccount, ssa, validate,
@@ -56,18 +60,111 @@ pub(super) fn update_request(req: &Request, opts: &WriteOptions) -> Result<Respo
     ))
 }
 
-/// `POST .../serviceaccounts/{name}/token`: a TokenRequest answered with a signed token.
+/// `POST .../serviceaccounts/{name}/token`: a TokenRequest answered with a signed token, bound
+/// to the object its `boundObjectRef` names.
 pub(super) fn token_request(req: &Request) -> Result<Response, ApiError> {
     let t = req.target;
     let request = parse_body(req.body, req.headers)?;
-    let sa = {
-        let store = req.shared.store.lock();
-        get_obj(&store, &t.def, t.ns(), t.name())?
+    let refused = |r: serviceaccount::Refusal| match r {
+        serviceaccount::Refusal::Invalid(field, message) => ApiError::invalid_kind(
+            "TokenRequest",
+            "authentication.k8s.io",
+            request["metadata"]["name"].as_str().unwrap_or_default(),
+            vec![validate::Cause {
+                reason: "FieldValueInvalid".into(),
+                field: field.into(),
+                message,
+            }],
+        ),
+        serviceaccount::Refusal::Other(code, reason, message) => {
+            ApiError::new(code, reason, message)
+        }
     };
-    match serviceaccount::token_request(&req.shared.issuer, &sa, &request) {
-        Ok(out) => Ok(json_response(StatusCode::CREATED, &out)),
-        Err((code, reason, message)) => Err(ApiError::new(code, reason, message)),
+    serviceaccount::check(&req.shared.issuer, &request).map_err(refused)?;
+    let (sa, bound) = {
+        let store = req.shared.store.lock();
+        let sa = get_obj(&store, &t.def, t.ns(), t.name())?;
+        let bound = bound_object(&store, &sa, &request["spec"]["boundObjectRef"])?;
+        (sa, bound)
+    };
+    serviceaccount::token_request(&req.shared.issuer, &sa, &request, bound.as_ref())
+        .map(|out| json_response(StatusCode::CREATED, &out))
+        .map_err(refused)
+}
+
+/// The object a TokenRequest's `boundObjectRef` names (a Pod, with its Node, a Secret, or a
+/// Node), checked as the API server checks it: it exists, has the uid the reference names, and
+/// a pod runs as the service account `sa`.
+fn bound_object(
+    store: &Store,
+    sa: &Value,
+    reference: &Value,
+) -> Result<Option<serviceaccount::Bound>, ApiError> {
+    let Some(kind) = reference["kind"].as_str() else {
+        return Ok(None);
+    };
+    let (plural, claim) = match kind {
+        "Pod" => ("pods", "pod"),
+        "Secret" => ("secrets", "secret"),
+        "Node" => ("nodes", "node"),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {:?} to object of kind {other:?}",
+                sa["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+    };
+    let resource = |plural: &str| {
+        store
+            .resources
+            .iter()
+            .find(|r| r.group.is_empty() && r.plural == plural)
+            .cloned()
+            .ok_or_else(ApiError::no_resource)
+    };
+    let def = resource(plural)?;
+    let ns = if def.namespaced {
+        sa["metadata"]["namespace"].as_str().unwrap_or_default()
+    } else {
+        ""
+    };
+    let name = reference["name"].as_str().unwrap_or_default();
+    let obj = get_obj(store, &def, ns, name)?;
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
+    if let Some(want) = reference["uid"].as_str().filter(|u| !u.is_empty())
+        && want != uid
+    {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {kind} {name:?}: the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
+            ),
+        ));
     }
+    let mut bound = serviceaccount::Bound {
+        claim,
+        name: name.to_string(),
+        uid: uid.to_string(),
+        node: None,
+    };
+    if kind == "Pod" {
+        let sa_name = sa["metadata"]["name"].as_str().unwrap_or_default();
+        if obj["spec"]["serviceAccountName"].as_str() != Some(sa_name) {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {sa_name:?} to pod running with different serviceaccount name."
+            )));
+        }
+        if let Some(node) = obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            let nodes = resource("nodes")?;
+            let node_uid = store
+                .get(&nodes, "", node)
+                .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            bound.node = Some((node.to_string(), node_uid));
+        }
+    }
+    Ok(Some(bound))
 }
 
 /// Create or replace objects from outside HTTP (the library API).
@@ -86,7 +183,7 @@ pub fn create_object(store: &mut Store, obj: Value) -> Result<Value, String> {
     let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
     let opts = WriteOptions {
         manager: "sandbox".into(),
-        strict: false,
+        field_validation: FieldValidation::Ignore,
         caller: admission::Caller::new(UserInfo::admin("system:admin"), false),
     };
     create(store, &def, ns.as_deref(), obj, &opts)
@@ -103,33 +200,112 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Admission of a custom resource: prune (or, under `strict`, refuse unknown fields),
-/// default, validate.
+/// The fields of `obj` its kind does not declare, as `spec.foo` paths, sorted: in `metadata`,
+/// and those the schema of a custom resource (or the field list of a built-in kind) leaves out.
+pub(super) fn unknown_fields(def: &ResourceDef, obj: &Value) -> Vec<String> {
+    let mut unknown: Vec<String> = obj["metadata"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .filter(|k| !OBJECT_META_FIELDS.contains(&k.as_str()))
+        .map(|k| format!("metadata.{k}"))
+        .collect();
+    match (&def.schema, builtin_fields(def)) {
+        (Some(schema), _) => validate::unknown_fields(obj, schema, "", &mut unknown),
+        (None, Some(fields)) => unknown.extend(
+            obj.as_object()
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .filter(|k| {
+                    !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                        && !fields.contains(&k.as_str())
+                })
+                .cloned(),
+        ),
+        (None, None) => {}
+    }
+    unknown.sort();
+    unknown
+}
+
+/// Fields the API server leaves out when they are empty: in `metadata`, and in the built-in
+/// kinds that declare them so.
+const OMITTED_WHEN_EMPTY: &[&str] = &["labels", "annotations", "finalizers", "ownerReferences"];
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Drop what [`unknown_fields`] found (the schema's pruning does it for a custom resource), and
+/// the empty fields the API server does not keep.
+fn drop_unknown(def: &ResourceDef, obj: &mut Value) {
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        m.retain(|k, v| {
+            OBJECT_META_FIELDS.contains(&k.as_str())
+                && !(OMITTED_WHEN_EMPTY.contains(&k.as_str()) && is_empty(v))
+        });
+    }
+    if let (Some(fields), Some(m)) = (builtin_empty_omitted(def), obj.as_object_mut()) {
+        m.retain(|k, v| !(fields.contains(&k.as_str()) && is_empty(v)));
+    }
+    if def.schema.is_none()
+        && let (Some(fields), Some(m)) = (builtin_fields(def), obj.as_object_mut())
+    {
+        m.retain(|k, _| {
+            matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || fields.contains(&k.as_str())
+        });
+    }
+}
+
+/// Under `fieldValidation=Strict`, 400 for a body with unknown fields (as the API server's
+/// decoder answers, before anything else).
+fn refuse_unknown(def: &ResourceDef, obj: &Value, opts: &WriteOptions) -> Result<(), ApiError> {
+    if opts.field_validation != FieldValidation::Strict {
+        return Ok(());
+    }
+    let unknown = unknown_fields(def, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|u| format!("unknown field \"{u}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+        def.version,
+        list.join(", "),
+        kind = def.kind,
+    )))
+}
+
+/// Admission of an object: unknown fields refused (`Strict`) or dropped (with a warning each
+/// under `Warn`); for a custom resource then pruning, defaults and validation.
 fn admit(
     def: &ResourceDef,
     obj: &mut Value,
     old: Option<&Value>,
     name: &str,
-    strict: bool,
+    opts: &WriteOptions,
 ) -> Result<(), ApiError> {
+    refuse_unknown(def, obj, opts)?;
+    if opts.field_validation == FieldValidation::Warn {
+        for u in unknown_fields(def, obj) {
+            opts.caller.warn(format!("unknown field \"{u}\""));
+        }
+    }
+    drop_unknown(def, obj);
+    if def.plural == "customresourcedefinitions" {
+        default_crd(obj);
+    }
     let Some(schema) = &def.schema else {
         return Ok(());
     };
-    if strict {
-        let mut unknown = Vec::new();
-        validate::unknown_fields(obj, schema, "", &mut unknown);
-        if !unknown.is_empty() {
-            let list: Vec<String> = unknown
-                .iter()
-                .map(|u| format!("unknown field \"{u}\""))
-                .collect();
-            return Err(ApiError::bad_request(format!(
-                "{} in body: strict decoding error: {}",
-                def.qualified_kind(),
-                list.join(", ")
-            )));
-        }
-    }
     validate::prune(obj, schema, true);
     validate::default(obj, schema);
     let causes = match &def.compiled {
@@ -181,7 +357,8 @@ fn namespace_of(
         return Err(e);
     }
     if namespace::terminating(store, &ns) {
-        return Err(namespace::forbidden(&ns));
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        return Err(namespace::forbidden(def, name, &ns));
     }
     Ok(ns)
 }
@@ -242,6 +419,7 @@ pub(super) fn create(
     obj: Value,
     opts: &WriteOptions,
 ) -> Result<(StatusCode, Value), ApiError> {
+    refuse_unknown(def, &obj, opts)?;
     let mut obj = events::to_storage(def, obj);
     let ns = namespace_of(store, def, ns, &obj)?;
     let mut name = obj["metadata"]["name"]
@@ -262,6 +440,10 @@ pub(super) fn create(
             }
         }
     }
+    obj["apiVersion"] = json!(def.api_version());
+    obj["kind"] = json!(def.kind);
+    admit(def, &mut obj, None, &name, opts)?;
+    // An object that is not valid is refused as such, whether or not its name is taken.
     if store.get(def, &ns, &name).is_some() {
         return Err(ApiError::new(
             409,
@@ -270,9 +452,6 @@ pub(super) fn create(
         )
         .about(def, &name));
     }
-    obj["apiVersion"] = json!(def.api_version());
-    obj["kind"] = json!(def.kind);
-    admit(def, &mut obj, None, &name, opts.strict)?;
     if def.plural == "customresourcedefinitions" {
         establish_crd(store, def, &mut obj, &name, opts.caller.dry_run)?;
     }
@@ -300,7 +479,11 @@ pub(super) fn create(
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now()));
-    meta.insert("generation".into(), json!(1));
+    if has_generation(def) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
     meta.remove("deletionTimestamp");
     meta.remove("managedFields");
     admission::validate(store, def, "CREATE", None, Some(&obj), None, &opts.caller)?;
@@ -371,7 +554,7 @@ pub(super) fn commit(
 ) -> Result<Value, ApiError> {
     let (def, ns, name, subresource) = (&t.def, t.ns(), t.name(), t.subresource.as_deref());
     keep_server_fields(def, old, &mut new, subresource);
-    admit(def, &mut new, Some(old), name, opts.strict)?;
+    admit(def, &mut new, Some(old), name, opts)?;
     if def.plural == "customresourcedefinitions" && subresource.is_none() {
         refuse_over_budget(def, &new, Some(old), name)?;
     }
@@ -396,23 +579,36 @@ pub(super) fn commit(
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if new_f.iter().any(|f| !old_f.contains(f)) {
-            return Err(ApiError::invalid_field(
-                def,
-                name,
-                "FieldValueForbidden",
-                "metadata.finalizers",
-                "Forbidden: no new finalizers can be added if the object is being deleted",
-            ));
+        let added: Vec<String> = new_f
+            .iter()
+            .filter(|f| !old_f.contains(f))
+            .map(|f| format!("{:?}", f.as_str().unwrap_or_default()))
+            .collect();
+        if !added.is_empty() {
+            // The API server checks this twice (object metadata, then the kind's own update
+            // validation), so the cause comes twice.
+            let cause = validate::Cause {
+                reason: "FieldValueForbidden".into(),
+                field: "metadata.finalizers".into(),
+                message: format!(
+                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                    added.join(", ")
+                ),
+            };
+            return Err(ApiError::invalid(def, name, vec![cause.clone(), cause]));
         }
     }
-    let old_gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
-    let generation = if spec_part(old) != spec_part(&new) {
-        old_gen + 1
-    } else {
-        old_gen
-    };
-    new["metadata"]["generation"] = json!(generation);
+    if has_generation(def) {
+        let old_gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        let generation = if spec_part(old) != spec_part(&new) {
+            old_gen + 1
+        } else {
+            old_gen
+        };
+        new["metadata"]["generation"] = json!(generation);
+    } else if let Some(m) = new["metadata"].as_object_mut() {
+        m.remove("generation");
+    }
     new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     // No-op: nothing but managedFields times changed.
     let strip = |v: &Value| {
@@ -449,6 +645,24 @@ pub(super) fn commit(
     Ok(new)
 }
 
+/// 422 for an update without a resourceVersion of a kind that needs one.
+fn resource_version_required(def: &ResourceDef, name: &str) -> ApiError {
+    let message = "Invalid value: 0: must be specified for an update";
+    let mut e = ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            "{} \"{name}\" is invalid: metadata.resourceVersion: {message}",
+            def.qualified()
+        ),
+    )
+    .about(def, name);
+    if let Some(d) = e.details.as_mut() {
+        d["causes"] = json!([{"reason": "FieldValueInvalid", "message": message, "field": "metadata.resourceVersion"}]);
+    }
+    e
+}
+
 fn update(
     store: &mut Store,
     t: &Target,
@@ -456,16 +670,22 @@ fn update(
     opts: &WriteOptions,
 ) -> Result<Value, ApiError> {
     let (def, name) = (&t.def, t.name());
+    refuse_unknown(def, &obj, opts)?;
     let old = get_obj(store, def, t.ns(), name)?;
     let mut obj = events::to_storage(def, obj);
-    if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-        return Err(ApiError::bad_request(
-            "the name of the object does not match the name on the URL",
-        ));
+    if let Some(n) = obj["metadata"]["name"].as_str().filter(|n| *n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
     }
     match obj["metadata"]["resourceVersion"].as_str() {
         Some(rv) if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() => {
             return Err(ApiError::modified(def, name).about(def, name));
+        }
+        Some(rv) if !rv.is_empty() => {}
+        // Custom resources and CRDs are never updated unconditionally.
+        _ if def.crd.is_some() || def.plural == "customresourcedefinitions" => {
+            return Err(resource_version_required(def, name));
         }
         _ => {}
     }

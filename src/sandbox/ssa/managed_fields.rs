@@ -43,6 +43,23 @@ fn to_fields_v1(set: &FieldSet) -> Value {
             }
         }
     }
+    // A field owned itself as well as some of its children (a map an update added) says so
+    // with `.`.
+    for path in set.iter().filter(|p| matches!(p.last(), Some(Elem::F(_)))) {
+        let mut cur = Some(&mut root);
+        for e in path {
+            let k = match e {
+                Elem::F(f) => format!("f:{f}"),
+                Elem::K(key) => format!("k:{key}"),
+            };
+            cur = cur.and_then(|c| c.get_mut(&k));
+        }
+        if let Some(o) = cur.and_then(Value::as_object_mut)
+            && !o.is_empty()
+        {
+            o.insert(".".into(), json!({}));
+        }
+    }
     root
 }
 

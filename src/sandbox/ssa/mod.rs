@@ -113,6 +113,57 @@ pub fn fields(
     }
 }
 
+/// The maps (objects with fields) in `value` below its top level, but `metadata` itself: what
+/// an update that adds one owns as well as its fields.
+fn map_nodes(value: &Value, schema: Option<&Value>, path: &mut Path, out: &mut FieldSet) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            let top = path.is_empty();
+            let metadata = path.len() == 1 && path[0] == Elem::F("metadata".into());
+            if !top && !metadata {
+                out.insert(path.clone());
+            }
+            for (k, v) in map {
+                if top && matches!(k.as_str(), "apiVersion" | "kind") {
+                    continue;
+                }
+                if path.len() == 1
+                    && path[0] == Elem::F("metadata".into())
+                    && UNOWNED_META.contains(&k.as_str())
+                {
+                    continue;
+                }
+                path.push(Elem::F(k.clone()));
+                map_nodes(v, child_schema(schema, k), path, out);
+                path.pop();
+            }
+        }
+        Value::Array(items) => {
+            if let Some(keys) = map_keys(schema) {
+                let item_schema = schema.and_then(|s| s.get("items"));
+                for item in items {
+                    path.push(Elem::K(key_of(item, &keys)));
+                    // The entry itself is owned as an entry; only the maps inside it count.
+                    if let Some(m) = item.as_object() {
+                        for (k, v) in m {
+                            path.push(Elem::F(k.clone()));
+                            map_nodes(
+                                v,
+                                item_schema.and_then(|s| child_schema(Some(s), k)),
+                                path,
+                                out,
+                            );
+                            path.pop();
+                        }
+                    }
+                    path.pop();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The value at `path`, if present.
 pub fn get<'a>(value: &'a Value, path: &[Elem], schema: Option<&Value>) -> Option<&'a Value> {
     let Some((first, rest)) = path.split_first() else {
@@ -212,6 +263,12 @@ fn is_prefix(a: &[Elem], b: &[Elem]) -> bool {
 pub struct Conflict {
     /// The other manager.
     pub manager: String,
+    /// Its operation (`Apply` or `Update`).
+    pub operation: String,
+    /// The API version of its entry.
+    pub api_version: String,
+    /// The subresource of its entry (`status` or "").
+    pub subresource: String,
     /// The field, as `.status.conditions[type="Ready"].status`.
     pub field: String,
 }
@@ -303,6 +360,9 @@ pub fn apply(
             if (m.manager != manager || m.subresource != subresource) && m.fields.contains(path) {
                 conflicts.push(Conflict {
                     manager: m.manager.clone(),
+                    operation: m.operation.clone(),
+                    api_version: m.api_version.clone(),
+                    subresource: m.subresource.clone(),
                     field: render(path),
                 });
             }
@@ -316,9 +376,10 @@ pub fn apply(
             .iter_mut()
             .filter(|m| m.manager != manager || m.subresource != subresource)
         {
+            // They lose the values forced to change; a list-map entry stays shared.
             m.fields.retain(|p| {
-                let differs = get(&intent, p, schema).is_some()
-                    && get(&intent, p, schema) != get(&obj, p, schema);
+                let mine = get(&intent, p, schema);
+                let differs = mine.is_some_and(|v| !v.is_object()) && mine != get(&obj, p, schema);
                 !(intent_set.contains(p) && differs)
             });
         }
@@ -367,11 +428,19 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer) {
     let (schema, manager, subresource) = (writer.schema, writer.manager, writer.subresource);
     let mut new_set = FieldSet::new();
     fields(new, schema, &mut Vec::new(), &mut new_set, true);
+    let mut maps = FieldSet::new();
+    map_nodes(new, schema, &mut Vec::new(), &mut maps);
+    // What the write changed: the fields whose value differs, and the maps it added.
     let changed: FieldSet = new_set
         .iter()
         .filter(|p| old.is_none_or(|o| get(o, p, schema) != get(new, p, schema)))
+        .chain(
+            maps.iter()
+                .filter(|p| old.is_none_or(|o| get(o, p, schema).is_none_or(Value::is_null))),
+        )
         .cloned()
         .collect();
+    new_set.extend(maps);
     let mut all = old.map(managers).unwrap_or_default();
     for m in all.iter_mut() {
         m.fields.retain(|p| {
