@@ -93,16 +93,7 @@ fn kinds_share_a_category_and_have_printer_columns() {
 #[test]
 fn conditions_are_list_maps_keyed_by_type_and_every_field_is_described() {
     for crd in api::crds() {
-        let schema = serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .unwrap()
-                .open_api_v3_schema
-                .as_ref()
-                .unwrap(),
-        )
-        .unwrap();
+        let schema = schema_of(&crd);
         let conditions = &schema["properties"]["status"]["properties"]["conditions"];
         assert_eq!(
             conditions["x-kubernetes-list-type"], "map",
@@ -155,16 +146,7 @@ fn walk_descriptions(schema: &serde_json::Value, path: &str, missing: &mut Vec<S
 fn every_list_string_and_map_is_bounded() {
     let mut unbounded = Vec::new();
     for crd in api::crds() {
-        let schema = serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .unwrap()
-                .open_api_v3_schema
-                .as_ref()
-                .unwrap(),
-        )
-        .unwrap();
+        let schema = schema_of(&crd);
         walk_bounds(&schema, &crd.spec.names.kind, &mut unbounded);
     }
     assert!(
@@ -247,4 +229,12 @@ fn every_rule_costs_under_a_tenth_of_the_api_server_budget() {
         }
     }
     assert!(over.is_empty(), "over a tenth of the budget: {over:#?}");
+}
+
+/// The OpenAPI schema of a CRD's first version, as JSON.
+fn schema_of(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> serde_json::Value {
+    let schema = crd.spec.versions[0].schema.as_ref().unwrap();
+    serde_json::to_value(schema.open_api_v3_schema.as_ref().unwrap()).unwrap()
 }

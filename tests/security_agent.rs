@@ -42,16 +42,6 @@ where
     .map(|_| ())
 }
 
-fn refused(r: Result<(), kube::Error>, code: u16, needle: &str) {
-    match r {
-        Err(kube::Error::Api(s)) => {
-            assert_eq!(s.code, code, "{s:?}");
-            assert!(s.message.contains(needle), "{}", s.message);
-        }
-        other => panic!("expected {code} containing {needle:?}, got {other:?}"),
-    }
-}
-
 /// The condition `type_` of an object as JSON (`null` when it has none).
 fn cond(v: &Value, type_: &str) -> Value {
     find_by(&v["status"]["conditions"], "type", type_)
@@ -123,10 +113,10 @@ async fn forged_status_is_refused(
             "RoleGrant" => apply_status(&agent_grants, GRANT, kind, status).await,
             _ => apply_status(&agent_bindings, BINDING, kind, status).await,
         };
-        refused(forged, 422, needle);
+        denied(forged, 422, needle);
     }
     // A merge patch is held to the same rule.
-    refused(
+    denied(
         agent_grants
             .patch_status(
                 GRANT,
@@ -139,7 +129,7 @@ async fn forged_status_is_refused(
         "denied request: status.roleAssignmentId is written by the controller only",
     );
     // RBAC: the agent may not write the spec at all.
-    refused(
+    denied(
         agent_grants
             .patch(
                 GRANT,
@@ -173,7 +163,7 @@ async fn forged_status_is_refused(
             .unwrap(),
         NS,
     );
-    refused(
+    denied(
         apply_status(
             &elsewhere,
             BINDING,
@@ -210,7 +200,7 @@ async fn forged_status_is_refused(
     };
     for client in [unbound, legacy] {
         let nodeless: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
-        refused(
+        denied(
             apply_status(
                 &nodeless,
                 BINDING,

@@ -177,6 +177,17 @@ impl Controller {
     }
 }
 
+/// The request was refused by the API server with `code`, its message containing `needle`.
+pub fn denied(r: Result<(), kube::Error>, code: u16, needle: &str) {
+    match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, code, "{s:?}");
+            assert!(s.message.contains(needle), "{}", s.message);
+        }
+        other => panic!("expected {code} containing {needle:?}, got {other:?}"),
+    }
+}
+
 /// Every needle is in `text`.
 pub fn contains_all(text: &str, needles: &[&str]) {
     for needle in needles {
