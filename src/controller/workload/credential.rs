@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 use super::super::context::{Context, object_key};
 use super::super::error::ReconcileError;
 use super::{
-    CLIENT_ID_ANNOTATION, DRIFT_DETECTED, MAX_CREDENTIALS_PER_IDENTITY, ReadyIdentity,
+    AzureIdentity, CLIENT_ID_ANNOTATION, DRIFT_DETECTED, MAX_CREDENTIALS_PER_IDENTITY,
     TENANT_ID_ANNOTATION,
 };
 use crate::api::IdentityBinding;
@@ -66,7 +66,7 @@ pub(super) enum Ensured {
 pub(super) async fn ensure_credential(
     ctx: &Context,
     obj: &IdentityBinding,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
     desired: FederatedCredential,
     assigned_before: bool,
 ) -> Result<Ensured, ReconcileError> {
@@ -147,7 +147,7 @@ pub(super) async fn annotate(
     obj: &IdentityBinding,
     sa_api: &Api<ServiceAccount>,
     account: &ServiceAccount,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
     assigned_before: bool,
 ) -> Result<(), ReconcileError> {
     let current = account.annotations();
@@ -191,7 +191,7 @@ pub(super) async fn annotate(
 pub(super) async fn remove_trust(
     ctx: &Context,
     obj: &IdentityBinding,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
     ns: &str,
     sa: &str,
 ) -> Result<(), ReconcileError> {
