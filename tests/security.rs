@@ -12,7 +12,8 @@
 //!    assignment keep it until the last goes.
 //! 4. What an identity is comes from its spec and Azure, never its status (`trust`): a forged
 //!    `resourceId`, `principalId` or `clientId` steers no assignment, grant or federated
-//!    credential and is put back within a reconcile.
+//!    credential and is put back within a reconcile; a forged `federatedCredentialName` deletes
+//!    nothing but the binding's own credential.
 //! 5. Policy fails closed (`policy`, `chart`): the chart installs no GrantPolicy by default, and
 //!    a policy that stops allowing a grant or binding revokes it in Azure.
 //! 6. ConfigMaps the controller did not create are never written or adopted; the chart lets the

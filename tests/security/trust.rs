@@ -1,7 +1,11 @@
 //! 4. What Azure says an identity is, not its status: a tenant with status rights edits its own
 //!    identity's `resourceId`, `principalId` and `clientId` to name an identity the cluster never
-//!    managed. Nothing is assigned, granted or trusted by those names, and the identity's status
+//!    managed, or a binding's `federatedCredentialName` to name an administrator's credential.
+//!    Nothing is assigned, granted, trusted or deleted by those names, and the identity's status
 //!    is put back within a reconcile.
+
+use crate::support::arm::identity_path;
+use reqwest::Method;
 
 use super::*;
 
@@ -183,4 +187,54 @@ async fn a_forged_identity_status_makes_no_other_identity_trust_a_service_accoun
         "a credential was written on the outside identity"
     );
     f.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_credential_name_deletes_only_the_bindings_own_credential() {
+    let (stack, admin) = stack_and_admin().await;
+    apply_all(
+        &stack,
+        &[
+            namespace(NS),
+            policy(SA_RULE),
+            identity("mine", ""),
+            sa_binding(),
+        ],
+    )
+    .await;
+    let (mine_id, _) = ready_identity(&stack, NS, "mine").await;
+    let mine_id = mine_id.to_lowercase();
+    sa_credential(&stack).await;
+    eventually(60, "the binding to be assigned", || async {
+        let s = bindings(&stack, NS).get("sab").await.ok()?.status?;
+        (s.assigned == Some(true)).then_some(())
+    })
+    .await;
+    // An administrator's credential on the same identity, named in the binding's status.
+    let ci = format!(
+        "{}/federatedIdentityCredentials/ci-pipeline?api-version=2023-01-31",
+        identity_path("mine").split('?').next().unwrap()
+    );
+    let body = json!({"properties": {"issuer": "https://ci.example/", "subject": "repo:infra",
+                                     "audiences": ["api://AzureADTokenExchange"]}});
+    let (s, _, v) = admin.send(Method::PUT, &ci, Some(body), &[]).await;
+    assert!(s == 200 || s == 201, "{s} {v}");
+    forge_status(
+        &bindings(&stack, NS),
+        "sab",
+        json!({"federatedCredentialName": "ci-pipeline", "adopted": false}),
+    )
+    .await;
+    delete_and_wait(&bindings(&stack, NS), "sab").await;
+    let left = credentials(&stack);
+    assert!(
+        left.iter()
+            .any(|(id, name, _)| *id == mine_id && name == "ci-pipeline"),
+        "the administrator's credential was deleted: {left:?}"
+    );
+    assert!(
+        left.iter().all(|(_, _, subject)| subject != SUBJECT),
+        "the service account is still trusted: {left:?}"
+    );
+    stack.stop().await;
 }

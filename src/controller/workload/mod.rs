@@ -177,18 +177,25 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
         )
         .await;
         let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
+        let key = object_key(&*obj);
+        let denied = format!("denied/{}", id.coordinates.key());
+        if !ctx.recently_checked(&key, &denied) {
+            // A policy no longer allows what this binding made: take it back, whatever its
+            // status says (a status is not evidence that nothing was made).
+            let removed = remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+            ctx.mark_checked(&key, denied);
+            if removed {
+                ctx.event(
+                    &*obj,
+                    true,
+                    REVOKED,
+                    "DeleteFederatedCredential",
+                    format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
+                )
+                .await;
+            }
+        }
         if obj.status.as_ref().and_then(|s| s.assigned) == Some(true) {
-            // A policy no longer allows what this binding made: take it back.
-            remove_trust(ctx, &obj, &id, &ns, &sa).await?;
-            ctx.forget_checked(&object_key(&*obj));
-            ctx.event(
-                &*obj,
-                true,
-                REVOKED,
-                "DeleteFederatedCredential",
-                format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
-            )
-            .await;
             status.assigned = Some(false);
             status.token = None;
             status.access = Vec::new();
