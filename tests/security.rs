@@ -10,6 +10,10 @@
 //! 3. Deletion acts only on what the controller can prove it created (`deletion`): forged status
 //!    fields steer no delete, a binding refused by policy removes nothing, two grants of one
 //!    assignment keep it until the last goes.
+//! 4. What an identity is comes from its spec and Azure, never its status (`trust`): a forged
+//!    `resourceId`, `principalId` or `clientId` steers no assignment, grant or federated
+//!    credential and is put back within a reconcile; a forged `federatedCredentialName` deletes
+//!    nothing but the binding's own credential.
 //! 5. Policy fails closed (`policy`, `chart`): the chart installs no GrantPolicy by default, and
 //!    a policy that stops allowing a grant or binding revokes it in Azure.
 //! 6. ConfigMaps the controller did not create are never written or adopted; the chart lets the
@@ -28,6 +32,8 @@ mod owner;
 mod policy;
 #[path = "security/scopes.rs"]
 mod scopes;
+#[path = "security/trust.rs"]
+mod trust;
 
 use std::time::Duration;
 

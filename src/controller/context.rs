@@ -89,6 +89,7 @@ pub struct Context {
     roles: Mutex<HashMap<(String, String), (RoleDefinition, Instant)>>,
     checked: Mutex<HashMap<String, (String, Instant)>>,
     superseded: Mutex<HashMap<String, String>>,
+    azure_identities: Mutex<HashMap<String, super::azure_identity::AzureIdentity>>,
 }
 
 impl Context {
@@ -120,6 +121,7 @@ impl Context {
             roles: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),
+            azure_identities: Mutex::new(HashMap::new()),
         }
     }
 
@@ -227,6 +229,25 @@ impl Context {
             .lock()
             .remove(key)
             .is_some_and(|v| Some(v.as_str()) == version)
+    }
+
+    /// The identity recorded under `key` (see [`super::azure_identity`]).
+    pub fn azure_identity(&self, key: &str) -> Option<super::azure_identity::AzureIdentity> {
+        self.azure_identities.lock().get(key).cloned()
+    }
+
+    /// Record the identity `key` stands for, as ARM returned it.
+    pub fn remember_azure_identity(
+        &self,
+        key: String,
+        identity: super::azure_identity::AzureIdentity,
+    ) {
+        self.azure_identities.lock().insert(key, identity);
+    }
+
+    /// Forget the identity recorded under `key`.
+    pub fn forget_azure_identity(&self, key: &str) {
+        self.azure_identities.lock().remove(key);
     }
 
     /// All GrantPolicies known to the cache.

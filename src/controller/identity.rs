@@ -18,6 +18,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::{Resource, ResourceExt};
 
+use super::azure_identity::{self, AzureIdentity};
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Note, finalized, warn_once};
@@ -147,7 +148,9 @@ pub async fn reconcile(
     .await
 }
 
-fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<IdentityCoordinates> {
+/// Where the identity of `obj` lives in Azure, from its spec (the subscription defaults to the
+/// controller's); `None` without a subscription.
+pub fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<IdentityCoordinates> {
     let subscription = obj
         .spec
         .subscription_id
@@ -186,8 +189,14 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
             && s.resource_id.is_some()
             && conditions::is_true(&s.conditions, types::READY)
     });
-    if ready && obj.spec.export_to.is_none() && ctx.recently_checked(&key, &fingerprint) {
-        // A pass caused by our own status write: Azure was read moments ago.
+    let as_written = azure_identity::last_known(ctx, &obj).is_some_and(|k| shows(&obj, &k));
+    if ready
+        && as_written
+        && obj.spec.export_to.is_none()
+        && ctx.recently_checked(&key, &fingerprint)
+    {
+        // A pass caused by our own status write: Azure was read moments ago. A status that no
+        // longer shows what was read (edited by someone else) is written again below.
         return Ok(Action::requeue(ctx.settings.jittered_resync()));
     }
     let ids = &ctx.azure.identities;
@@ -232,12 +241,14 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         }
         Plan::InSync => current.unwrap_or_default(),
         Plan::Refuse { reason, message } => {
+            azure_identity::remember(ctx, &obj, None);
             warn_once(ctx, &*obj, reason, "ReconcileIdentity", &message).await;
             write_status(&obj, ctx, not_ready(&obj, reason, &message)).await?;
             // A foreign identity may be removed or re-tagged in Azure: look again now and then.
             return Ok(Action::requeue(ctx.settings.jittered_resync()));
         }
     };
+    azure_identity::remember(ctx, &obj, Some(&identity));
     let mut status = UserAssignedIdentityStatus {
         observed_generation: obj.metadata.generation,
         conditions: obj.conditions().to_vec(),
@@ -302,6 +313,8 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
             retry: DEPENDENTS_RECHECK,
         });
     }
+    // Its dependents are gone: nothing acts on this identity any more.
+    azure_identity::remember(ctx, &obj, None);
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }
@@ -456,6 +469,16 @@ async fn export_config_map(
         .map_err(ReconcileError::kube("ExportConfigMap"))?;
     }
     Ok(Export::Written)
+}
+
+/// Whether the status of `obj` shows the ids of `known`, as the controller wrote them.
+fn shows(obj: &UserAssignedIdentity, known: &AzureIdentity) -> bool {
+    obj.status.as_ref().is_some_and(|s| {
+        s.resource_id.as_deref() == Some(known.id.as_str())
+            && s.client_id.as_deref() == Some(known.client_id.as_str())
+            && s.principal_id.as_deref() == Some(known.principal_id.as_str())
+            && s.tenant_id.as_deref() == Some(known.tenant_id.as_str())
+    })
 }
 
 /// Whether a GrantPolicy refused this identity (adoption): a policy change looks at it again.

@@ -1,6 +1,7 @@
 //! The controller: reconciles identities, bindings and grants against Azure Resource Manager.
 
 pub mod app;
+pub mod azure_identity;
 pub mod binding;
 pub mod config;
 pub mod context;

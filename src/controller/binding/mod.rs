@@ -19,6 +19,7 @@ use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::azure_identity;
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{conclude, finalized};
@@ -92,11 +93,19 @@ async fn reconcile_target(
 async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let key = object_key(&*obj);
+    let identity = ctx.identity(&ns, &obj.spec.identity_ref.name);
+    // What is assigned is the identity as Azure has it (its spec's coordinates, its owner tag),
+    // never what its status names.
+    let azure = match identity.as_deref().filter(|i| plan::identity_ready(i)) {
+        Some(i) => azure_identity::resolve(ctx, i).await?,
+        None => None,
+    };
     let planned = plan::plan(
         &obj,
         ctx.settings.default_subscription.as_deref(),
         &ctx.policies(),
-        ctx.identity(&ns, &obj.spec.identity_ref.name).as_deref(),
+        identity.as_deref(),
+        azure.as_ref(),
         |fingerprint| ctx.recently_checked(&key, fingerprint),
     );
     let report = match planned {

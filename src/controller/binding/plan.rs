@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
+use super::super::azure_identity::AzureIdentity;
 use super::super::error::backoff;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision};
@@ -104,13 +105,16 @@ pub enum Found {
     Submit { drift: bool },
 }
 
-/// Step 1 (pure): from the spec, the policies, the identity in the store and whether the target
-/// was checked moments ago with the same inputs, what to do.
+/// Step 1 (pure): from the spec, the policies, the identity in the store, that identity as Azure
+/// has it (`azure`, `None` until it exists and carries this identity's owner tag) and whether the
+/// target was checked moments ago with the same inputs, what to do. The identity assigned is
+/// always `azure`'s, never what the identity's status names.
 pub fn plan(
     obj: &IdentityBinding,
     default_subscription: Option<&str>,
     policies: &[GrantPolicy],
     identity: Option<&UserAssignedIdentity>,
+    azure: Option<&AzureIdentity>,
     recently_checked: impl Fn(&str) -> bool,
 ) -> Plan {
     let ns = obj.namespace().unwrap_or_default();
@@ -135,15 +139,9 @@ pub fn plan(
             format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
         return report(waiting(obj, &target, reasons::IDENTITY_NOT_FOUND, &message));
     };
-    let identity_ready = identity
-        .status
-        .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, types::READY));
-    let Some(identity_id) = identity
-        .status
-        .as_ref()
-        .and_then(|s| s.resource_id.clone())
-        .filter(|_| identity_ready)
+    let Some(identity_id) = azure
+        .map(|a| a.id.clone())
+        .filter(|_| identity_ready(identity))
     else {
         if identity.status.is_none() && obj.status.is_none() {
             // The identity is being created right now and its change wakes this binding.
@@ -176,6 +174,15 @@ pub fn plan(
         fingerprint,
         assigned_before,
     })
+}
+
+/// Whether the identity's reconciler reports it Ready (a wait, not evidence: what is assigned
+/// comes from Azure).
+pub fn identity_ready(identity: &UserAssignedIdentity) -> bool {
+    identity
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, types::READY))
 }
 
 /// Step 2 (pure): the status, the Event and the next look after ensuring found `found`.

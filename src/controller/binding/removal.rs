@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 
 use super::super::context::{Context, object_key};
 use super::super::error::{ReconcileError, backoff};
+use super::super::identity::coordinates;
 use super::super::policy;
 use super::super::status::{self, FIELD_MANAGER};
 use super::super::target_writer::{Outcome, Want};
@@ -133,8 +134,8 @@ pub(super) async fn remove_finalizer(
 }
 
 /// The identity this controller recorded adding to the target, when it is still the binding's
-/// identity (the identity's status is written by this controller only). A record naming another
-/// identity is not evidence and removes nothing.
+/// identity: the ARM id its spec names (the status is not evidence). A record naming another
+/// identity removes nothing.
 ///
 /// The identity is read from the API server, not the cache: right after a restart the identity
 /// cache may not be filled yet, and an identity that looks absent would leave its assignment
@@ -158,7 +159,8 @@ pub(super) async fn owned_identity(
         .items
         .into_iter()
         .find(|i| i.name_any() == obj.spec.identity_ref.name)
-        .and_then(|i| i.status.and_then(|s| s.resource_id));
+        .and_then(|i| coordinates(&i, ctx))
+        .map(|at| at.path());
     Ok(current
         .filter(|c| c.eq_ignore_ascii_case(recorded))
         .map(|_| recorded.to_string()))

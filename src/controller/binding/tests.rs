@@ -8,6 +8,8 @@ use super::ASSIGNED_ANNOTATION;
 use super::plan::*;
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
+use crate::azure::federated::IdentityCoordinates;
+use crate::controller::azure_identity::AzureIdentity;
 use crate::controller::fixtures::{condition, policies};
 use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
@@ -42,6 +44,19 @@ fn identity(ready: bool) -> UserAssignedIdentity {
     .unwrap()
 }
 
+/// The identity as Azure has it, for an identity whose status shows it: the test's stand-in for
+/// what the controller read from ARM.
+fn azure(identity: Option<&UserAssignedIdentity>) -> Option<AzureIdentity> {
+    let id = identity?.status.as_ref()?.resource_id.clone()?;
+    Some(AzureIdentity {
+        coordinates: IdentityCoordinates::from_id(&id)?,
+        id,
+        client_id: "c".into(),
+        principal_id: "p".into(),
+        tenant_id: "t".into(),
+    })
+}
+
 fn allow_vm() -> Vec<GrantPolicy> {
     policies(json!({"identityBindings": [
         {"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}]}))
@@ -52,7 +67,14 @@ fn get(status: &IdentityBindingStatus, type_: &str) -> Option<(String, String)> 
 }
 
 fn ensure_of(b: &IdentityBinding) -> Ensure {
-    match plan(b, Some(SUB), &allow_vm(), Some(&identity(true)), |_| false) {
+    match plan(
+        b,
+        Some(SUB),
+        &allow_vm(),
+        Some(&identity(true)),
+        azure(Some(&identity(true))).as_ref(),
+        |_| false,
+    ) {
         Plan::Ensure(e) => e,
         other => panic!("not ensured: {other:?}"),
     }
@@ -101,7 +123,7 @@ fn plans_from_target_policy_and_identity() {
         ),
     ];
     for (b, sub, policies, id, reason, next) in cases {
-        match plan(&b, sub, &policies, id, never) {
+        match plan(&b, sub, &policies, id, azure(id).as_ref(), never) {
             Plan::Report(Report {
                 status: Some(status),
                 note: None,
@@ -115,7 +137,14 @@ fn plans_from_target_policy_and_identity() {
     }
     // Nothing allows it: revoke.
     assert!(matches!(
-        plan(&binding(None, false), Some(SUB), &[], Some(&ready), never),
+        plan(
+            &binding(None, false),
+            Some(SUB),
+            &[],
+            Some(&ready),
+            azure(Some(&ready)).as_ref(),
+            never
+        ),
         Plan::Revoke { .. }
     ));
     // A new binding of an identity being created: nothing to write yet.
@@ -130,6 +159,7 @@ fn plans_from_target_policy_and_identity() {
             Some(SUB),
             &allow_vm(),
             Some(&creating),
+            azure(Some(&creating)).as_ref(),
             never
         ),
         Plan::Report(Report::quiet())
@@ -145,7 +175,14 @@ fn plans_from_target_policy_and_identity() {
             "conditions": [condition("TokenAcquired", "True", "TokenAcquired")]})),
         true,
     );
-    match plan(&assigned, Some(SUB), &allow_vm(), Some(&ready), |_| true) {
+    match plan(
+        &assigned,
+        Some(SUB),
+        &allow_vm(),
+        Some(&ready),
+        azure(Some(&ready)).as_ref(),
+        |_| true,
+    ) {
         Plan::Report(Report {
             status: Some(status),
             note: None,
@@ -167,7 +204,14 @@ fn plans_from_target_policy_and_identity() {
             Some(json!({"assigned": true, "adopted": claimed})),
             recorded,
         );
-        match plan(&forged, Some(SUB), &allow_vm(), Some(&ready), |_| true) {
+        match plan(
+            &forged,
+            Some(SUB),
+            &allow_vm(),
+            Some(&ready),
+            azure(Some(&ready)).as_ref(),
+            |_| true,
+        ) {
             Plan::Report(Report {
                 status: Some(status),
                 ..
@@ -315,4 +359,34 @@ fn revocation_reports_what_was_taken_back() {
         reasons::DENIED_BY_POLICY
     );
     assert_eq!(note.unwrap().action, "CheckPolicy");
+}
+
+#[test]
+fn the_identity_assigned_is_azures_not_the_status() {
+    let forged: UserAssignedIdentity = serde_json::from_value(json!({
+        "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
+        "metadata": {"name": "id", "namespace": "team"},
+        "spec": {"resourceGroup": "DevTest", "location": "eastus"},
+        "status": {"resourceId": ID.replace("/id", "/someone-else"),
+            "conditions": [condition("Ready", "True", "Ready")]},
+    }))
+    .unwrap();
+    let azure = azure(Some(&identity(true)));
+    let b = binding(None, false);
+    match plan(
+        &b,
+        Some(SUB),
+        &allow_vm(),
+        Some(&forged),
+        azure.as_ref(),
+        |_| false,
+    ) {
+        Plan::Ensure(e) => assert_eq!(e.identity_id, ID),
+        other => panic!("not ensured: {other:?}"),
+    }
+    // Not (yet) known in Azure as this identity's: nothing is assigned.
+    assert!(matches!(
+        plan(&b, Some(SUB), &allow_vm(), Some(&forged), None, |_| false),
+        Plan::Report(_)
+    ));
 }

@@ -18,6 +18,8 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as FinalizerEvent;
 
+use super::azure_identity;
+use super::binding::plan::identity_ready;
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Next, Report, conclude, finalized};
@@ -66,7 +68,12 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
     let key = object_key(&*obj);
     let default_sub = ctx.settings.default_subscription.as_deref();
     let identity = ctx.identity(&ns, &obj.spec.identity_ref.name);
-    let planned = match plan::resolve(&obj, default_sub, identity.as_deref()) {
+    // The principal granted is the identity's as Azure has it, never what its status names.
+    let azure = match identity.as_deref().filter(|i| identity_ready(i)) {
+        Some(i) => azure_identity::resolve(ctx, i).await?,
+        None => None,
+    };
+    let planned = match plan::resolve(&obj, default_sub, identity.as_deref(), azure.as_ref()) {
         Err(plan) => plan,
         Ok(resolved) => {
             let role = ctx

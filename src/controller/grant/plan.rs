@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
+use super::super::azure_identity::AzureIdentity;
 use super::super::error::backoff;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision, ResolvedRole};
@@ -160,11 +161,14 @@ pub enum Found {
 }
 
 /// Step 1 (pure): the scope and the identity's principal, or the plan when either is missing.
+/// The principal is the identity's as Azure has it (`azure`, `None` until it exists and carries
+/// the identity's owner tag), never what the identity's status names.
 #[allow(clippy::result_large_err)]
 pub fn resolve(
     obj: &RoleGrant,
     default_subscription: Option<&str>,
     identity: Option<&UserAssignedIdentity>,
+    azure: Option<&AzureIdentity>,
 ) -> Result<Resolved, Plan> {
     // The scope is made canonical before anything compares it or sends it to ARM.
     let scope = match scope_of(obj, default_subscription) {
@@ -203,10 +207,8 @@ pub fn resolve(
             Next::Resync,
         ));
     };
-    let Some(principal_id) = identity
-        .status
-        .as_ref()
-        .and_then(|s| s.principal_id.clone())
+    let Some(principal_id) = azure
+        .map(|a| a.principal_id.clone())
         .filter(|p| !p.is_empty())
     else {
         if identity.status.is_none() && obj.status.is_none() {

@@ -1,8 +1,10 @@
-//! Revocation: the assignment a grant stands for, recomputed (never taken from status), deleted
-//! only when it really is that assignment and no other allowed grant still uses it.
+//! Revocation: the assignment a grant stands for, recomputed from the spec and the identity as
+//! Azure has it (never taken from status), deleted only when it really is that assignment and no
+//! other allowed grant still uses it.
 
 use kube::{Resource, ResourceExt};
 
+use super::super::azure_identity;
 use super::super::context::Context;
 use super::super::error::ReconcileError;
 use super::super::policy::{self, ResolvedRole};
@@ -44,11 +46,16 @@ pub(super) async fn expected(
         return Ok(None);
     };
     let ns = obj.namespace().unwrap_or_default();
-    let Some(principal_id) = ctx
+    let Some(identity) = ctx
         .identity_or_fetch(&ns, &obj.spec.identity_ref.name)
         .await
         .map_err(ReconcileError::kube("GetIdentity"))?
-        .and_then(|i| i.status.as_ref().and_then(|s| s.principal_id.clone()))
+    else {
+        return Ok(None);
+    };
+    let Some(principal_id) = azure_identity::resolve(ctx, &identity)
+        .await?
+        .map(|a| a.principal_id)
         .filter(|p| !p.is_empty())
     else {
         return Ok(None);
@@ -85,10 +92,12 @@ async fn shared_with(
             continue;
         }
         let ns = other.namespace().unwrap_or_default();
-        let same_principal = ctx
-            .identity(&ns, &other.spec.identity_ref.name)
-            .and_then(|i| i.status.as_ref().and_then(|s| s.principal_id.clone()))
-            .is_some_and(|p| p.eq_ignore_ascii_case(&exp.principal_id));
+        let Some(identity) = ctx.identity(&ns, &other.spec.identity_ref.name) else {
+            continue;
+        };
+        let same_principal = azure_identity::resolve(ctx, &identity)
+            .await?
+            .is_some_and(|a| a.principal_id.eq_ignore_ascii_case(&exp.principal_id));
         if !same_principal {
             continue;
         }

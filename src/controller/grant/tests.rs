@@ -7,7 +7,9 @@ use serde_json::json;
 use super::plan::*;
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, RoleGrant, RoleGrantStatus, UserAssignedIdentity};
+use crate::azure::federated::IdentityCoordinates;
 use crate::azure::roles::{RoleAssignment, RoleDefinition};
+use crate::controller::azure_identity::AzureIdentity;
 use crate::controller::fixtures::{condition, policies};
 use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
@@ -43,6 +45,19 @@ fn identity(principal: Option<&str>) -> UserAssignedIdentity {
     serde_json::from_value(i).unwrap()
 }
 
+/// The identity as Azure has it, for an identity whose status shows a principal: the test's
+/// stand-in for what the controller read from ARM.
+fn azure(identity: Option<&UserAssignedIdentity>) -> Option<AzureIdentity> {
+    let principal_id = identity?.status.as_ref()?.principal_id.clone()?;
+    Some(AzureIdentity {
+        coordinates: IdentityCoordinates::new(SUB, "DevTest", "id"),
+        id: String::new(),
+        client_id: "c".into(),
+        principal_id,
+        tenant_id: "t".into(),
+    })
+}
+
 fn reader() -> RoleDefinition {
     RoleDefinition {
         id: format!(
@@ -73,7 +88,13 @@ fn report(plan: Plan) -> (Option<RoleGrantStatus>, Option<String>, Next) {
 }
 
 fn resolved(g: &RoleGrant) -> Resolved {
-    resolve(g, Some(SUB), Some(&identity(Some("p1")))).unwrap()
+    resolve(
+        g,
+        Some(SUB),
+        Some(&identity(Some("p1"))),
+        azure(Some(&identity(Some("p1")))).as_ref(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -116,7 +137,7 @@ fn resolving_waits_for_scope_and_identity() {
         ),
     ];
     for (g, sub, id, want) in cases {
-        let got = resolve(&g, sub, id.as_ref());
+        let got = resolve(&g, sub, id.as_ref(), azure(id.as_ref()).as_ref());
         match want {
             None => assert_eq!(
                 got.unwrap().scope.as_str(),
@@ -136,8 +157,15 @@ fn resolving_waits_for_scope_and_identity() {
         }
     }
     // An identity being created right now wakes the grant itself: no status is written.
-    let (status, note, next) =
-        report(resolve(&grant(devtest(), None), Some(SUB), Some(&identity(None))).unwrap_err());
+    let (status, note, next) = report(
+        resolve(
+            &grant(devtest(), None),
+            Some(SUB),
+            Some(&identity(None)),
+            azure(Some(&identity(None))).as_ref(),
+        )
+        .unwrap_err(),
+    );
     assert_eq!((status, note, next), (None, None, Next::Resync));
 }
 
@@ -147,7 +175,7 @@ fn an_invalid_scope_warns_once() {
         json!({"resourceId": "/subscriptions/x/../y"}),
         Some(json!({"conditions": [condition("Ready", "False", "InvalidScope")]})),
     );
-    let (_, note, _) = report(resolve(&g, Some(SUB), None).unwrap_err());
+    let (_, note, _) = report(resolve(&g, Some(SUB), None, None).unwrap_err());
     assert_eq!(note, None);
 }
 

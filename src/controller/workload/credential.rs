@@ -1,8 +1,14 @@
 //! The federated identity credential and the service account's annotations: written only when
 //! they differ, one credential writer per identity at a time, never a 21st credential, and
 //! removed only when this binding made them.
+//!
+//! The credential always goes by its deterministic name ([`credential_name`] over the issuer,
+//! namespace and service account), never by a name read from status: only that name is ever
+//! written or deleted, and a delete first checks that the credential there trusts this
+//! cluster's issuer for this service account. One with the same trust under another name is
+//! someone else's (`adopted`) and is never deleted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -12,20 +18,17 @@ use kube::api::{Api, Patch, PatchParams};
 use super::super::context::{Context, object_key};
 use super::super::error::ReconcileError;
 use super::{
-    CLIENT_ID_ANNOTATION, DRIFT_DETECTED, MAX_CREDENTIALS_PER_IDENTITY, ReadyIdentity,
-    TENANT_ID_ANNOTATION,
+    AzureIdentity, CLIENT_ID_ANNOTATION, DRIFT_DETECTED, MAX_CREDENTIALS_PER_IDENTITY,
+    TENANT_ID_ANNOTATION, credential_name, subject,
 };
 use crate::api::IdentityBinding;
 use crate::azure::federated::FederatedCredential;
 
 /// One writer at a time per identity: Azure refuses concurrent federated identity credential
 /// writes on one identity (`ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity`).
-/// It also remembers which credentials this process wrote, so that one it created in a pass
-/// that failed later is never mistaken for someone else's.
 #[derive(Default)]
 pub struct IdentityLocks {
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    written: parking_lot::Mutex<HashSet<String>>,
 }
 
 impl IdentityLocks {
@@ -36,18 +39,6 @@ impl IdentityLocks {
             .entry(key.to_string())
             .or_default()
             .clone()
-    }
-
-    fn remember(&self, identity: &str, credential: &str) {
-        self.written
-            .lock()
-            .insert(format!("{identity}/{}", credential.to_lowercase()));
-    }
-
-    fn wrote(&self, identity: &str, credential: &str) -> bool {
-        self.written
-            .lock()
-            .contains(&format!("{identity}/{}", credential.to_lowercase()))
     }
 }
 
@@ -62,37 +53,29 @@ pub(super) enum Ensured {
     LimitReached(usize),
 }
 
-/// Make the credential exist as desired, writing only when it differs, under the identity's lock.
+/// Make the credential exist as desired (under its deterministic name, `desired.name`), writing
+/// only when it differs, under the identity's lock.
 pub(super) async fn ensure_credential(
     ctx: &Context,
     obj: &IdentityBinding,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
     desired: FederatedCredential,
     assigned_before: bool,
 ) -> Result<Ensured, ReconcileError> {
     let api = &ctx.azure.federated;
     let lock = ctx.fic_locks.of(&id.coordinates.key());
     let _writer = lock.lock().await;
-    let recorded = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.federated_credential_name.clone());
-    let name = recorded.clone().unwrap_or_else(|| desired.name.clone());
     let current = api
-        .get_federated_credential(&id.coordinates, &name)
+        .get_federated_credential(&id.coordinates, &desired.name)
         .await
         .map_err(ReconcileError::arm("GetFederatedCredential"))?;
-    let previously_adopted = obj.status.as_ref().and_then(|s| s.adopted);
     if let Some(c) = current.as_ref().filter(|c| c.same_trust(&desired)) {
-        // First sight of a credential this binding never wrote: someone else's, never deleted.
-        let ours = ctx.fic_locks.wrote(&id.coordinates.key(), &c.name);
-        let adopted = previously_adopted.unwrap_or(!assigned_before && !ours);
         return Ok(Ensured::Present {
             credential: c.clone(),
-            adopted,
+            adopted: false,
         });
     }
-    let mut to_write = FederatedCredential { name, ..desired };
+    let mut to_write = desired;
     if current.is_none() {
         let all = api
             .list_federated_credentials(&id.coordinates)
@@ -132,11 +115,9 @@ pub(super) async fn ensure_credential(
         .put_federated_credential(&id.coordinates, &to_write)
         .await
         .map_err(ReconcileError::arm("CreateFederatedCredential"))?;
-    ctx.fic_locks
-        .remember(&id.coordinates.key(), &to_write.name);
     Ok(Ensured::Present {
         credential: to_write,
-        adopted: previously_adopted.unwrap_or(false),
+        adopted: false,
     })
 }
 
@@ -147,7 +128,7 @@ pub(super) async fn annotate(
     obj: &IdentityBinding,
     sa_api: &Api<ServiceAccount>,
     account: &ServiceAccount,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
     assigned_before: bool,
 ) -> Result<(), ReconcileError> {
     let current = account.annotations();
@@ -186,28 +167,40 @@ pub(super) async fn annotate(
     Ok(())
 }
 
-/// Delete the credential this binding made (never an adopted one), then the service account's
-/// annotations when they still name this identity.
+/// Delete the credential this binding made: the one under its deterministic name on the
+/// identity as Azure has it, and only when it trusts this cluster's issuer for this service
+/// account (never one under another name, never one with another trust); then the service
+/// account's annotations when they still name this identity. Returns whether anything was
+/// removed.
 pub(super) async fn remove_trust(
     ctx: &Context,
     obj: &IdentityBinding,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
     ns: &str,
     sa: &str,
-) -> Result<(), ReconcileError> {
-    let adopted = obj.status.as_ref().and_then(|s| s.adopted) == Some(true);
-    let name = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.federated_credential_name.clone());
-    if let (false, Some(name)) = (adopted, name) {
+) -> Result<bool, ReconcileError> {
+    let mut removed = false;
+    if let Some(wl) = &ctx.settings.workload {
+        let name = credential_name(&wl.oidc_issuer, ns, sa);
         let lock = ctx.fic_locks.of(&id.coordinates.key());
         let _writer = lock.lock().await;
-        ctx.azure
-            .federated
-            .delete_federated_credential(&id.coordinates, &name)
+        let api = &ctx.azure.federated;
+        let found = api
+            .get_federated_credential(&id.coordinates, &name)
             .await
-            .map_err(ReconcileError::arm("DeleteFederatedCredential"))?;
+            .map_err(ReconcileError::arm("GetFederatedCredential"))?;
+        match found {
+            Some(c) if c.issuer == wl.oidc_issuer && c.subject == subject(ns, sa) => {
+                api.delete_federated_credential(&id.coordinates, &name)
+                    .await
+                    .map_err(ReconcileError::arm("DeleteFederatedCredential"))?;
+                removed = true;
+            }
+            Some(c) => {
+                tracing::warn!(binding = %object_key(obj), credential = %c.name, issuer = %c.issuer, subject = %c.subject, "the credential under this binding's name trusts something else; left alone");
+            }
+            None => {}
+        }
     }
     let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(account) = sa_api
@@ -227,6 +220,7 @@ pub(super) async fn remove_trust(
             )
             .await
             .map_err(ReconcileError::kube("AnnotateServiceAccount"))?;
+        removed = true;
     }
-    Ok(())
+    Ok(removed)
 }

@@ -22,14 +22,15 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use super::azure_identity::{self, AzureIdentity};
+use super::binding::plan::identity_ready;
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Next, warn_once};
 use super::policy::{self, Decision};
 use super::reasons;
-use crate::api::conditions::{self, types};
-use crate::api::{DeletionPolicy, IdentityBinding, UserAssignedIdentity};
-use crate::azure::federated::{FederatedCredential, IdentityCoordinates};
+use crate::api::{DeletionPolicy, IdentityBinding};
+use crate::azure::federated::FederatedCredential;
 pub use credential::IdentityLocks;
 use credential::{Ensured, annotate, ensure_credential, remove_trust};
 use summary::{summary, wait, waiting, write_status};
@@ -116,35 +117,6 @@ fn sa_name(obj: &IdentityBinding) -> String {
         .unwrap_or_default()
 }
 
-/// The identity's Azure side, from its status.
-struct ReadyIdentity {
-    id: String,
-    coordinates: IdentityCoordinates,
-    client_id: String,
-    tenant_id: String,
-}
-
-fn ready_identity(identity: &UserAssignedIdentity) -> Option<ReadyIdentity> {
-    let s = identity.status.as_ref()?;
-    if !conditions::is_true(&s.conditions, types::READY) {
-        return None;
-    }
-    known_identity(identity)
-}
-
-/// The identity's Azure side as its status last recorded it, ready or not (an identity being
-/// deleted is not Ready, but its credentials must still go first).
-fn known_identity(identity: &UserAssignedIdentity) -> Option<ReadyIdentity> {
-    let s = identity.status.as_ref()?;
-    let id = s.resource_id.clone()?;
-    Some(ReadyIdentity {
-        coordinates: IdentityCoordinates::from_id(&id)?,
-        id,
-        client_id: s.client_id.clone()?,
-        tenant_id: s.tenant_id.clone()?,
-    })
-}
-
 /// Apply a service account binding.
 pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
@@ -162,17 +134,26 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
         .await;
     };
     let identity_name = &obj.spec.identity_ref.name;
+    // The credential is written on the identity as Azure has it (its spec's coordinates, its
+    // owner tag), never on what its status names.
     let id = match ctx.identity(&ns, identity_name) {
         None => Err((
             reasons::IDENTITY_NOT_FOUND,
             format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}"),
         )),
-        Some(identity) => ready_identity(&identity).ok_or_else(|| {
-            (
-                reasons::WAITING_FOR_IDENTITY,
-                format!("UserAssignedIdentity {identity_name} is not ready yet"),
-            )
-        }),
+        Some(identity) => {
+            let azure = if identity_ready(&identity) {
+                azure_identity::resolve(ctx, &identity).await?
+            } else {
+                None
+            };
+            azure.ok_or_else(|| {
+                (
+                    reasons::WAITING_FOR_IDENTITY,
+                    format!("UserAssignedIdentity {identity_name} is not ready yet"),
+                )
+            })
+        }
     };
     let id = match id {
         Ok(id) => id,
@@ -196,18 +177,25 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
         )
         .await;
         let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
+        let key = object_key(&*obj);
+        let denied = format!("denied/{}", id.coordinates.key());
+        if !ctx.recently_checked(&key, &denied) {
+            // A policy no longer allows what this binding made: take it back, whatever its
+            // status says (a status is not evidence that nothing was made).
+            let removed = remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+            ctx.mark_checked(&key, denied);
+            if removed {
+                ctx.event(
+                    &*obj,
+                    true,
+                    REVOKED,
+                    "DeleteFederatedCredential",
+                    format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
+                )
+                .await;
+            }
+        }
         if obj.status.as_ref().and_then(|s| s.assigned) == Some(true) {
-            // A policy no longer allows what this binding made: take it back.
-            remove_trust(ctx, &obj, &id, &ns, &sa).await?;
-            ctx.forget_checked(&object_key(&*obj));
-            ctx.event(
-                &*obj,
-                true,
-                REVOKED,
-                "DeleteFederatedCredential",
-                format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
-            )
-            .await;
             status.assigned = Some(false);
             status.token = None;
             status.access = Vec::new();
@@ -394,10 +382,12 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
     if shared {
         return Ok(Action::await_change());
     }
-    let Some(id) = ctx
-        .identity(&ns, &obj.spec.identity_ref.name)
-        .and_then(|i| known_identity(&i))
-    else {
+    // The identity as Azure has it, ready or not (an identity being deleted is not Ready, but
+    // its credentials must still go first).
+    let Some(identity) = ctx.identity(&ns, &obj.spec.identity_ref.name) else {
+        return Ok(Action::await_change());
+    };
+    let Some(id) = azure_identity::resolve(ctx, &identity).await? else {
         return Ok(Action::await_change());
     };
     remove_trust(ctx, &obj, &id, &ns, &sa).await?;

@@ -10,7 +10,7 @@ use super::super::outcome::Next;
 use super::super::reasons;
 use super::super::status;
 use super::token_check::TokenCheck;
-use super::{ReadyIdentity, sa_name};
+use super::{AzureIdentity, sa_name};
 use crate::api::conditions::{NewCondition, types};
 use crate::api::{IdentityBinding, IdentityBindingStatus};
 use crate::azure::federated::FederatedCredential;
@@ -46,7 +46,7 @@ pub(super) fn waiting(obj: &IdentityBinding, reason: &str, message: &str) -> Ide
 
 pub(super) fn summary(
     obj: &IdentityBinding,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
     credential: &FederatedCredential,
     adopted: bool,
     check: &TokenCheck,

@@ -14,7 +14,7 @@ use super::super::context::Context;
 use super::super::reasons;
 use super::super::status;
 use super::{
-    CHECKED_BY, EXCHANGE_AUDIENCE, GRANT_FIELD_MANAGER, ReadyIdentity, TOKEN_REQUEST_SECONDS,
+    AzureIdentity, CHECKED_BY, EXCHANGE_AUDIENCE, GRANT_FIELD_MANAGER, TOKEN_REQUEST_SECONDS,
     WorkloadSettings,
 };
 use crate::api::binding::{ScopeAccess, TokenStatus};
@@ -45,7 +45,7 @@ pub(super) async fn check_token(
     obj: &IdentityBinding,
     ns: &str,
     sa: &str,
-    id: &ReadyIdentity,
+    id: &AzureIdentity,
 ) -> TokenCheck {
     let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     let request = TokenRequest {
