@@ -34,7 +34,7 @@ pub const RESERVED_TAG_PREFIX: &str = "uami.dev-";
 
 /// Tags the controller may add to an identity (owner and adopted): with at most
 /// `50 - CONTROLLER_TAGS` user tags an identity stays within Azure's 50.
-pub const CONTROLLER_TAGS: usize = 2;
+pub const CONTROLLER_TAGS: usize = 3;
 
 /// What happens in Azure when the Kubernetes object is deleted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

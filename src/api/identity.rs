@@ -52,15 +52,15 @@ pub struct UserAssignedIdentitySpec {
     #[schemars(length(min = 3, max = 128), pattern(IDENTITY_NAME_PATTERN))]
     pub azure_name: Option<String>,
 
-    /// Azure tags on the identity: at most 48, since the controller adds up to two of its own
-    /// (`uami.dev-owner`, `uami.dev-adopted`) and Azure allows 50. Names up to 512 characters
+    /// Azure tags on the identity: at most 47, since the controller adds up to three of its own
+    /// (`uami.dev-owner`, `uami.dev-owner-uid`, `uami.dev-adopted`) and Azure allows 50. Names up to 512 characters
     /// without `<`, `>`, `%`, `&`, `\`, `?`, `/` and not starting with `uami.dev-`; values up to
     /// 256 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) <= 512 && size(self[k]) <= 256)").message("tag names may have at most 512 characters and values at most 256"))]
     #[x_kube(validation = Rule::new(r"self.all(k, !k.matches('[<>%&\\\\?/]'))").message("tag names may not contain <, >, %, &, \\, ? or /"))]
     #[x_kube(validation = Rule::new(r"self.all(k, !k.matches('^(?i)uami\\.dev-'))").message("tag names starting with uami.dev- are reserved for the controller"))]
-    #[schemars(extend("maxProperties" = 48))]
+    #[schemars(extend("maxProperties" = 47))]
     #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 256}))]
     pub tags: BTreeMap<String, String>,
 

@@ -11,7 +11,7 @@
 
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
-use super::identity::{OWNER_TAG, coordinates, owner_value};
+use super::identity::{coordinates, owner_value};
 use crate::api::UserAssignedIdentity;
 use crate::azure::federated::IdentityCoordinates;
 use crate::azure::identity::Identity;
@@ -54,14 +54,14 @@ fn cache_key(obj: &UserAssignedIdentity, at: &IdentityCoordinates) -> String {
     format!("{}|{}", object_key(obj), at.key())
 }
 
-/// Whether `identity` carries the owner tag of `obj` in this cluster.
+/// Whether `identity` carries the owner tags of `obj` in this cluster (its name and uid).
 pub fn owned_by(ctx: &Context, obj: &UserAssignedIdentity, identity: &Identity) -> bool {
     let owner = owner_value(
         &ctx.settings.cluster_name,
         &obj.namespace().unwrap_or_default(),
         &obj.name_any(),
     );
-    identity.tags.get(OWNER_TAG).map(String::as_str) == Some(owner.as_str())
+    super::identity::owned(&identity.tags, &owner, &obj.uid().unwrap_or_default())
 }
 
 /// Record what the identity reconciler read or created for `obj` (`None`: it is not, or no

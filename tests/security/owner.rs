@@ -91,10 +91,17 @@ async fn adoption_needs_a_policy_rule_and_keeps_existing_tags() {
         .await
         .unwrap();
     ready_identity(&stack, NS, "legacy").await;
+    let uid = identities(&stack, NS)
+        .get("legacy")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
     assert_eq!(
         admin.identity_tags("legacy").await,
         Some(
-            json!({"cost-center": "42", "uami.dev-owner": "sandbox/apps/legacy", "uami.dev-adopted": "true"})
+            json!({"cost-center": "42", "uami.dev-owner": "sandbox/apps/legacy", "uami.dev-owner-uid": uid, "uami.dev-adopted": "true"})
         )
     );
     // Never an identity tagged for another owner, even with the rule.
@@ -160,4 +167,62 @@ async fn creating_an_identity_never_overwrites_one_that_appeared() {
     let created = create("fresh").await.unwrap();
     assert_eq!(created.tags, tags);
     emulator.shutdown().await;
+}
+
+/// An identity left in Azure by `deletionPolicy: Orphan` is not taken by the next object of the
+/// same namespace and name (the namespace deleted and given to another team, say): the owner tag
+/// carries the object's uid, and another uid is another owner, so taking the identity over is
+/// adoption, which needs `adoptExisting` and a GrantPolicy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_identity_is_not_taken_by_the_next_object_of_its_name() {
+    let (stack, admin) = apps_with(&[
+        identity("app-id", ", deletionPolicy: Orphan"),
+        grant(
+            "reads",
+            "app-id",
+            "Reader",
+            "{resourceGroup: {name: DevTest}}, deletionPolicy: Orphan",
+        ),
+    ])
+    .await;
+    let (_, principal) = ready_identity(&stack, NS, "app-id").await;
+    ready(&grants(&stack, NS), "reads", 60).await;
+    let first_uid = identities(&stack, NS)
+        .get("app-id")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    assert_eq!(
+        admin.identity_tags("app-id").await.unwrap()["uami.dev-owner-uid"],
+        first_uid.as_str()
+    );
+    // The team leaves: its objects go, Azure keeps the identity and its Reader assignment.
+    delete_and_wait(&grants(&stack, NS), "reads").await;
+    delete_and_wait(&identities(&stack, NS), "app-id").await;
+    let policies: Api<uami_controller::api::GrantPolicy> = Api::all(stack.client());
+    policies.delete("apps", &Default::default()).await.unwrap();
+    assert_eq!(assignments_of(&stack.emulator.state(), &principal).len(), 1);
+
+    // Another team's object of the same name is refused, and the identity is left as it was.
+    apply_all(&stack, &[identity("app-id", "")]).await;
+    let refused_identity = refused(&identities(&stack, NS), "app-id", "AlreadyExists").await;
+    let status = refused_identity.status.unwrap();
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(message.contains("earlier object"), "{message}");
+    assert_ne!(status.principal_id.as_deref(), Some(principal.as_str()));
+    assert_eq!(
+        admin.identity_tags("app-id").await.unwrap()["uami.dev-owner-uid"],
+        first_uid.as_str()
+    );
+    // Adopting it needs adoptExisting and a GrantPolicy's identityAdoption.
+    apply_all(&stack, &[identity("app-id", ", adoptExisting: true")]).await;
+    refused(&identities(&stack, NS), "app-id", "DeniedByPolicy").await;
+    stack.stop().await;
 }

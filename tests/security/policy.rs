@@ -131,10 +131,14 @@ async fn tags_are_bounded_by_the_schema() {
             .into()
     };
     stack
-        .apply_yaml(&with_tags("fits", many(48)))
+        .apply_yaml(&with_tags(
+            "fits",
+            many(50 - uami_controller::api::CONTROLLER_TAGS),
+        ))
         .await
         .unwrap();
-    let message = refused_at_apply(&stack, &with_tags("too-many", many(49))).await;
+    let too_many = many(51 - uami_controller::api::CONTROLLER_TAGS);
+    let message = refused_at_apply(&stack, &with_tags("too-many", too_many)).await;
     assert!(message.contains("spec.tags"), "{message}");
     for bad in ["a<b", "a>b", "100%", "a&b", "a\\b", "a?b", "a/b"] {
         let message = refused_at_apply(&stack, &with_tags("bad-name", json!({bad: "v"}))).await;
