@@ -91,3 +91,74 @@ async fn identities_waiting_for_their_dependents_cost_no_api_requests_and_go_wit
     assert_eq!(state["identities"].as_array().unwrap().len(), 0, "{state}");
     stack.stop().await;
 }
+
+/// A service account binding's token check runs off the reconcile, backs off while it has not
+/// settled, and counts a scope it cannot read as no failure: once settled, it costs neither
+/// token exchanges nor ARM reads before the resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_token_check_costs_nothing_and_an_unreadable_scope_is_no_failure() {
+    let mut opts = tutorial_options(Duration::from_secs(300), 0.5);
+    opts.agents = false;
+    let stack = uami_controller::demo::stack::Stack::start(opts)
+        .await
+        .unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/workload-identity.yaml"
+    ))
+    .unwrap();
+    let vnet = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest/providers/Microsoft.Network/virtualNetworks/vnet1";
+    let unreadable = format!(
+        r#"---
+apiVersion: uami.dev/v1alpha1
+kind: RoleGrant
+metadata: {{name: reads-vnet, namespace: workload}}
+spec:
+  identityRef: {{name: reporter-identity}}
+  role: Reader
+  scope: {{resourceId: {vnet}}}
+"#
+    );
+    stack
+        .apply_yaml(&format!("{example}\n{unreadable}"))
+        .await
+        .unwrap();
+    let binding = ready(
+        &bindings(&stack, "workload"),
+        "reporter-identity-for-reporter",
+        90,
+    )
+    .await;
+    assert!(binding.status.unwrap().token.is_some());
+    condition_is(
+        &grants(&stack, "workload"),
+        "reads-vnet",
+        "AccessVerified",
+        "False",
+        Some("UnsupportedScope"),
+        60,
+    )
+    .await;
+    let binding_api = bindings(&stack, "workload");
+    eventually(60, "the Reader access on DevTest verified", || async {
+        let b = binding_api
+            .get("reporter-identity-for-reporter")
+            .await
+            .ok()?;
+        b.status?
+            .access
+            .iter()
+            .any(|a| a.scope.ends_with("/resourceGroups/DevTest") && a.verified)
+            .then_some(())
+    })
+    .await;
+
+    // Settled: 8 s without a token exchange or an access read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.emulator.reset_counts();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let counts = stack.emulator.counts();
+    assert_eq!(counts.total("Aad_Token"), 0, "{counts:?}");
+    assert_eq!(counts.total("ResourceGroups_Get"), 0, "{counts:?}");
+    stack.stop().await;
+}

@@ -85,6 +85,8 @@ pub struct Context {
     reporter: Reporter,
     /// One federated identity credential writer at a time per identity.
     pub fic_locks: super::workload::IdentityLocks,
+    /// The token checks of service account bindings, run off the reconcile.
+    pub token_checks: super::workload::TokenChecks,
     failures: Mutex<HashMap<String, u32>>,
     roles: Mutex<HashMap<(String, String), (RoleDefinition, Instant)>>,
     checked: Mutex<HashMap<String, (String, Instant)>>,
@@ -117,6 +119,7 @@ impl Context {
             recorder,
             reporter,
             fic_locks: super::workload::IdentityLocks::default(),
+            token_checks: super::workload::TokenChecks::default(),
             failures: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),

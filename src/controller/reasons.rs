@@ -33,6 +33,8 @@ pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
 pub const AWAITING_TOKEN: &str = "AwaitingToken";
 /// Waiting for the agent on the VM to report the access check.
 pub const AWAITING_ACCESS_CHECK: &str = "AwaitingAccessCheck";
+/// The access check cannot read a scope of this resource type.
+pub const UNSUPPORTED_SCOPE: &str = "UnsupportedScope";
 /// The agent reported a failure (its own condition carries the detail).
 pub const AGENT_REPORTED_FAILURE: &str = "AgentReportedFailure";
 /// Deletion waits for bindings and grants that use this identity.

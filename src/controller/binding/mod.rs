@@ -55,7 +55,7 @@ pub async fn reconcile(
         // Service accounts (workload identity) have their own path; their finalizer comes first.
         finalized(&ctx, FINALIZER, obj.clone(), |event| async {
             match event {
-                FinalizerEvent::Apply(obj) => workload::apply(obj, &ctx).await,
+                FinalizerEvent::Apply(obj) => workload::apply(obj, ctx.clone()).await,
                 FinalizerEvent::Cleanup(obj) => workload::cleanup(obj, &ctx).await,
             }
         })

@@ -218,6 +218,11 @@ impl TargetWriter {
 
     /// Stop every writer and poller now, abandoning writes in flight (leadership lost); later
     /// submissions are dropped.
+    /// Wake `binding` as a finished write does (a result it waits for, made elsewhere, is in).
+    pub fn wake(&self, binding: ObjectRef<IdentityBinding>) {
+        let _ = self.notify.send(binding);
+    }
+
     pub fn stop(&self) {
         self.stop.cancel();
     }

@@ -34,6 +34,7 @@ use crate::azure::federated::FederatedCredential;
 pub use credential::IdentityLocks;
 use credential::{Ensured, annotate, ensure_credential, remove_trust};
 use summary::{summary, wait, waiting, write_status};
+pub use token_check::TokenChecks;
 use token_check::check_token;
 
 /// The audience Entra ID expects on a federated service account token.
@@ -55,11 +56,6 @@ pub const GRANT_FIELD_MANAGER: &str = "uami-token-exchange";
 const DRIFT_DETECTED: &str = "DriftDetected";
 /// Event reason when a policy stops allowing a binding and its trust is removed.
 const REVOKED: &str = "Revoked";
-/// How soon a binding whose token check did not fully pass looks again (a new role assignment
-/// takes a while to take effect).
-const RECHECK: Duration = Duration::from_secs(5);
-/// How soon a binding whose token exchange was refused tries again.
-const RETRY_EXCHANGE: Duration = Duration::from_secs(30);
 /// How soon a binding waiting for its identity looks again.
 const WAIT: Duration = Duration::from_secs(2);
 /// How soon a binding waiting for its service account looks again (service accounts are not
@@ -118,7 +114,11 @@ fn sa_name(obj: &IdentityBinding) -> String {
 }
 
 /// Apply a service account binding.
-pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
+pub async fn apply(
+    obj: Arc<IdentityBinding>,
+    shared: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let ctx: &Context = &shared;
     let ns = obj.namespace().unwrap_or_default();
     let sa = sa_name(&obj);
     let resync = Action::requeue(ctx.settings.jittered_resync());
@@ -287,9 +287,37 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
     let (credential, adopted) = ensured;
     annotate(ctx, &obj, &sa_api, &account, &id, assigned_before).await?;
 
-    let check = check_token(ctx, &wl, &obj, &ns, &sa, &id).await;
-    let exchanged = check.token.is_some();
-    let all_verified = exchanged && check.access.iter().all(|a| a.verified);
+    // The token check runs in a task of its own (see TokenChecks); this pass reports its last
+    // result, and the check's end wakes the binding.
+    let resync_period = ctx.settings.resync_period;
+    let check_fingerprint = format!(
+        "{:?}/{}/{}/{}",
+        obj.metadata.generation, id.client_id, credential.name, obj.spec.token_check.resource
+    );
+    let look = ctx
+        .token_checks
+        .look(&key, &check_fingerprint, resync_period);
+    if look.start {
+        let (task_ctx, task_obj, task_id) = (shared.clone(), obj.clone(), id.clone());
+        let (task_key, task_wl, task_ns, task_sa) =
+            (key.clone(), wl.clone(), ns.clone(), sa.clone());
+        let fingerprint = check_fingerprint.clone();
+        tokio::spawn(async move {
+            let check = check_token(&task_ctx, &task_wl, &task_obj, &task_ns, &task_sa, &task_id);
+            task_ctx
+                .token_checks
+                .run(task_key, fingerprint, resync_period, check)
+                .await;
+            task_ctx
+                .writer
+                .wake(kube::runtime::reflector::ObjectRef::from_obj(&*task_obj));
+        });
+    }
+    let check = look
+        .last
+        .clone()
+        .unwrap_or_else(|| token_check::checking(&obj));
+    let all_verified = look.last.as_ref().is_some_and(|c| c.settled());
     let status = summary(&obj, &id, &credential, adopted, &check);
     if !assigned_before {
         ctx.event(
@@ -307,15 +335,12 @@ pub async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, R
     write_status(&obj, ctx, status).await?;
     if all_verified {
         ctx.mark_checked(&key, fingerprint);
-        Ok(resync)
+        Ok(Action::requeue(look.again.min(resync_period)))
     } else {
         ctx.forget_checked(&key);
-        // A refused exchange needs a change somewhere; access only needs time to propagate.
-        Ok(Action::requeue(if exchanged {
-            RECHECK
-        } else {
-            RETRY_EXCHANGE
-        }))
+        // The next check is due then (with backoff while it does not settle); a running one
+        // wakes the binding when it ends.
+        Ok(Action::requeue(look.again))
     }
 }
 
@@ -363,6 +388,7 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
     let ns = obj.namespace().unwrap_or_default();
     let sa = sa_name(&obj);
     ctx.forget_checked(&object_key(&*obj));
+    ctx.token_checks.forget(&object_key(&*obj));
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }

@@ -87,6 +87,13 @@ pub(super) fn summary(
             reasons::READY,
             "the identity trusts the service account and its token was exchanged for the identity's token",
         )
+    } else if check.condition.reason == reasons::AWAITING_TOKEN {
+        NewCondition::new(
+            types::READY,
+            false,
+            reasons::AWAITING_TOKEN,
+            check.condition.message.clone(),
+        )
     } else {
         NewCondition::new(
             types::READY,
