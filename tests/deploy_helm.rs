@@ -30,26 +30,16 @@ fn helm_on(kubeconfig: &Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_sandbox_helm_install_runs_the_tutorial_as_the_charts_service_accounts() {
-    let opts = tutorial_options(Duration::from_secs(30), 0.5);
-    let stack = start(opts).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    stack
-        .sandbox()
-        .unwrap()
-        .write_kubeconfig(&kubeconfig, "admin")
-        .unwrap();
-    install_run_upgrade_uninstall(stack, &kubeconfig).await;
+    install_run_upgrade_uninstall(tutorial_options(Duration::from_secs(30), 0.5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_real_api_server_helm_install_runs_the_tutorial_as_the_charts_service_accounts() {
     let mut opts = tutorial_options(Duration::from_secs(30), 0.5);
-    let Some(real) = on_real_apiserver("deploy_helm", &mut opts).await else {
+    let Some(_turn) = on_real_apiserver("deploy_helm", &mut opts).await else {
         return;
     };
-    let stack = start(opts).await;
-    install_run_upgrade_uninstall(stack, &real.kubeconfig()).await;
+    install_run_upgrade_uninstall(opts).await;
 }
 
 /// The stack without a controller or agents: the chart is installed first.
@@ -60,7 +50,10 @@ async fn start(mut opts: StackOptions) -> Stack {
     Stack::start(opts).await.unwrap()
 }
 
-async fn install_run_upgrade_uninstall(mut stack: Stack, kubeconfig: &Path) {
+async fn install_run_upgrade_uninstall(opts: StackOptions) {
+    let mut stack = start(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = &admin_kubeconfig(&stack, dir.path());
     // Install as a user does: only the cluster name is set.
     let out = helm_on(
         kubeconfig,

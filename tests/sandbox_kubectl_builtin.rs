@@ -54,29 +54,15 @@ fn stack_options() -> StackOptions {
 }
 
 async fn stack_kubectl() -> (Stack, Kubectl, tempfile::TempDir) {
-    stack_kubectl_on(stack_options(), None).await
+    stack_kubectl_on(stack_options()).await
 }
 
-/// The stack started with `opts` and kubectl as its administrator: on the sandbox, or with the
-/// real API server's administrator kubeconfig.
-async fn stack_kubectl_on(
-    opts: StackOptions,
-    real: Option<&envtest::Real>,
-) -> (Stack, Kubectl, tempfile::TempDir) {
+/// The stack started with `opts` (on the sandbox, or on the real API server it names) and kubectl
+/// as its administrator.
+async fn stack_kubectl_on(opts: StackOptions) -> (Stack, Kubectl, tempfile::TempDir) {
     let stack = Stack::start(opts).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = match real {
-        Some(real) => real.kubeconfig(),
-        None => {
-            let kubeconfig = dir.path().join("kubeconfig");
-            stack
-                .sandbox()
-                .unwrap()
-                .write_kubeconfig(&kubeconfig, "admin")
-                .unwrap();
-            kubeconfig
-        }
-    };
+    let kubeconfig = admin_kubeconfig(&stack, dir.path());
     (stack, Kubectl { kubeconfig }, dir)
 }
 
@@ -188,7 +174,7 @@ async fn on_a_real_api_server_deleting_a_namespace_terminates_through_the_contro
 /// up, and it goes once they are removed (on a real API server, through kube-controller-manager's
 /// namespace controller), leaving nothing in Azure.
 async fn namespace_deletion(opts: StackOptions, real: Option<&envtest::Real>) {
-    let (stack, k, _dir) = stack_kubectl_on(opts, real).await;
+    let (stack, k, _dir) = stack_kubectl_on(opts).await;
     k.ok(&["apply", "-f", "examples/tutorial.yaml"]).await;
     let grant = ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;

@@ -146,6 +146,12 @@ async fn ready_identity(stack: &Stack, ns: &str, name: &str) -> (String, String)
     (s.resource_id.unwrap(), s.principal_id.unwrap())
 }
 
+/// The uid of identity `name` in `ns`.
+async fn uid_of(stack: &Stack, ns: &str, name: &str) -> String {
+    let identity = identities(stack, ns).get(name).await.unwrap();
+    identity.metadata.uid.unwrap()
+}
+
 /// Wait until the grant is Ready; its role assignment id.
 async fn assignment_id(api: &Api<RoleGrant>, name: &str) -> String {
     let s = ready(api, name, 60).await.status.unwrap();

@@ -91,13 +91,7 @@ async fn adoption_needs_a_policy_rule_and_keeps_existing_tags() {
         .await
         .unwrap();
     ready_identity(&stack, NS, "legacy").await;
-    let uid = identities(&stack, NS)
-        .get("legacy")
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let uid = uid_of(&stack, NS, "legacy").await;
     assert_eq!(
         admin.identity_tags("legacy").await,
         Some(
@@ -187,13 +181,7 @@ async fn an_orphaned_identity_is_not_taken_by_the_next_object_of_its_name() {
     .await;
     let (_, principal) = ready_identity(&stack, NS, "app-id").await;
     ready(&grants(&stack, NS), "reads", 60).await;
-    let first_uid = identities(&stack, NS)
-        .get("app-id")
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let first_uid = uid_of(&stack, NS, "app-id").await;
     assert_eq!(
         admin.identity_tags("app-id").await.unwrap()["uami.dev-owner-uid"],
         first_uid.as_str()

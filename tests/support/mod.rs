@@ -177,6 +177,14 @@ impl Controller {
     }
 }
 
+/// A kubeconfig for the stack's Kubernetes API as an administrator, written into `dir` (for
+/// kubectl and helm).
+pub fn admin_kubeconfig(stack: &Stack, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("admin.kubeconfig");
+    std::fs::write(&path, stack.cluster.admin_kubeconfig("admin").unwrap()).unwrap();
+    path
+}
+
 /// The request was refused by the API server with `code`, its message containing `needle`.
 pub fn denied(r: Result<(), kube::Error>, code: u16, needle: &str) {
     match r {
