@@ -145,6 +145,7 @@ pub async fn run_controllers(
     let (b_to_bindings, b_for_bindings) = watch::reader();
     let (g_to_grants, g_for_grants) = watch::reader();
     let (b_to_ids, b_for_ids) = watch::reader();
+    let (g_to_bindings, g_for_bindings) = watch::reader();
     let (g_to_ids, g_for_ids) = watch::reader();
 
     let stores = Stores {
@@ -204,12 +205,18 @@ pub async fn run_controllers(
     };
 
     let b_deps = stores.bindings.clone();
+    let sa_bindings = stores.bindings.clone();
     let b_run = Controller::for_shared_stream(b_for_bindings, b_store)
         .with_config(cfg.clone())
         .watches_shared_stream(id_for_bindings, move |id: Arc<UserAssignedIdentity>| {
             dependents(&b_deps, &id, |b: &IdentityBinding| {
                 &b.spec.identity_ref.name
             })
+        })
+        // A grant of an identity (granted, changed, gone) changes what the token check of the
+        // identity's service account bindings reads.
+        .watches_shared_stream(g_for_bindings, move |g: Arc<RoleGrant>| {
+            service_account_bindings_of(&sa_bindings, &g)
         })
         .reconcile_all_on(unbounded(b_all_rx))
         .reconcile_on(unbounded(written))
@@ -272,7 +279,12 @@ pub async fn run_controllers(
             b_writer,
             vec![b_to_bindings, b_to_ids],
         ),
-        watch::drive(grants, wc, g_writer, vec![g_to_grants, g_to_ids]),
+        watch::drive(
+            grants,
+            wc,
+            g_writer,
+            vec![g_to_grants, g_to_ids, g_to_bindings],
+        ),
         tokio::spawn(policy_watch),
     ];
     let writers = ctx.writer.clone();
@@ -395,6 +407,24 @@ fn scan_waiting(stores: &Stores, default_subscription: Option<&str>) -> WaitingB
         }
     }
     by_target
+}
+
+/// The service account bindings of `grant`'s identity.
+fn service_account_bindings_of(
+    bindings: &reflector::Store<IdentityBinding>,
+    grant: &RoleGrant,
+) -> Vec<ObjectRef<IdentityBinding>> {
+    let ns = grant.namespace();
+    bindings
+        .state()
+        .iter()
+        .filter(|b| {
+            b.spec.target.service_account.is_some()
+                && b.namespace() == ns
+                && b.spec.identity_ref.name == grant.spec.identity_ref.name
+        })
+        .map(|b| ObjectRef::from_obj(&**b))
+        .collect()
 }
 
 /// The identity `name` in `obj`'s namespace, when it is being deleted (so waits for `obj`).

@@ -291,8 +291,12 @@ pub async fn apply(
     // result, and the check's end wakes the binding.
     let resync_period = ctx.settings.resync_period;
     let check_fingerprint = format!(
-        "{:?}/{}/{}/{}",
-        obj.metadata.generation, id.client_id, credential.name, obj.spec.token_check.resource
+        "{:?}/{}/{}/{}/{}",
+        obj.metadata.generation,
+        id.client_id,
+        credential.name,
+        obj.spec.token_check.resource,
+        token_check::grants_covered(ctx, &ns, &obj.spec.identity_ref.name)
     );
     let look = ctx
         .token_checks

@@ -344,6 +344,24 @@ pub(super) async fn check_token(
     }
 }
 
+/// What the check covers of the grants: each granted grant of the identity that asks for an
+/// access check, with its scope. A grant granted, changed or gone changes it, and so starts a new
+/// check.
+pub(super) fn grants_covered(ctx: &Context, ns: &str, identity: &str) -> String {
+    granted(ctx, ns, identity)
+        .iter()
+        .map(|g| {
+            let scope = g
+                .status
+                .as_ref()
+                .and_then(|s| s.scope.as_deref())
+                .unwrap_or_default();
+            format!("{}={scope}", g.name_any())
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Granted RoleGrants of the identity `identity` in `ns` that ask for an access check.
 fn granted(ctx: &Context, ns: &str, identity: &str) -> Vec<Arc<RoleGrant>> {
     let mut out: Vec<Arc<RoleGrant>> = ctx
