@@ -55,7 +55,7 @@ impl External {
     }
 
     /// The same server with `token` as the only credential.
-    fn config_with_token(&self, token: String) -> kube::Config {
+    pub fn config_with_token(&self, token: String) -> kube::Config {
         let mut config = self.config.clone();
         config.auth_info = kube::config::AuthInfo {
             token: Some(secrecy::SecretString::from(token)),
@@ -318,13 +318,7 @@ impl Cluster {
     pub fn client_as(&self, user: &str) -> Result<kube::Client, StackError> {
         match self {
             Self::Sandbox(sb) => Ok(sb.client_as(user)?),
-            Self::External(x) => {
-                let mut config = x.config.clone();
-                config.auth_info.impersonate = Some(user.to_string());
-                config.auth_info.impersonate_groups =
-                    Some(vec!["system:masters".into(), "system:authenticated".into()]);
-                External::client_of(config)
-            }
+            Self::External(_) => self.client_for_user(user, &["system:masters"]),
         }
     }
 
@@ -365,28 +359,6 @@ impl Cluster {
             Self::External(x) => {
                 let token = x.service_account_token(namespace, name, node).await?;
                 External::client_of(x.config_with_token(token))
-            }
-        }
-    }
-
-    /// A kubeconfig (YAML) for service account `namespace`/`name`, as
-    /// [`Cluster::client_for_service_account`] authenticates it, for a process of its own.
-    pub async fn service_account_kubeconfig(
-        &self,
-        namespace: &str,
-        name: &str,
-        node: Option<&str>,
-    ) -> Result<String, StackError> {
-        match self {
-            Self::Sandbox(sb) => Ok(sb.service_account_kubeconfig_yaml(namespace, name, node)),
-            Self::External(x) => {
-                let token = x.service_account_token(namespace, name, node).await?;
-                Ok(kubeconfig_yaml(
-                    &x.config,
-                    &format!("system:serviceaccount:{namespace}:{name}"),
-                    namespace,
-                    &token,
-                ))
             }
         }
     }

@@ -70,16 +70,6 @@ pub struct Real {
 }
 
 impl Real {
-    /// A client configuration of the API server with `token` as the only credential.
-    pub fn config_with_token(&self, token: &str) -> kube::Config {
-        let mut config = self.external.config().clone();
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(secrecy::SecretString::from(token.to_string())),
-            ..kube::config::AuthInfo::default()
-        };
-        config
-    }
-
     /// A client of the static user `name` (see [`STATIC_USERS`]).
     pub fn static_client(&self, name: &str) -> kube::Client {
         let token = self
@@ -89,7 +79,7 @@ impl Real {
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.clone())
             .unwrap();
-        kube::Client::try_from(self.config_with_token(&token)).unwrap()
+        kube::Client::try_from(self.external.config_with_token(token)).unwrap()
     }
 
     /// The administrator's kubeconfig file (for kubectl and helm).

@@ -281,7 +281,8 @@ impl TargetWriter {
                 _ = self.stop.cancelled() => return,
                 r = self.write(&target, &batch) => r,
             };
-            let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+            // Each change of the batch, its requesters and what became of it.
+            let mut results = Vec::with_capacity(batch.len());
             match written {
                 // ARM refused the batch for what it holds (a 4xx other than a stale etag or
                 // throttling, retryable or not): one bad identity must not fail the others, so
@@ -292,24 +293,24 @@ impl TargetWriter {
                             .is_some_and(|s| (400..500).contains(&s) && s != 412 && s != 429) =>
                 {
                     tracing::warn!(target = %target.id(), code = e.code(), error = %e, changes = batch.len(), "identity write refused; writing each change on its own");
-                    for (id_key, entry) in &batch {
-                        let single = BTreeMap::from([(id_key.clone(), entry.clone())]);
+                    for (id_key, entry) in batch {
+                        let requesters = entry.2.clone();
+                        let single = BTreeMap::from([(id_key.clone(), entry)]);
                         let alone = tokio::select! {
                             _ = self.stop.cancelled() => return,
                             r = self.write(&target, &single) => r,
                         };
-                        outcomes.insert(id_key.clone(), self.outcome_of(&target, alone));
+                        results.push((id_key, requesters, self.outcome_of(&target, alone)));
                     }
                 }
                 other => {
                     let outcome = self.outcome_of(&target, other);
-                    for id_key in batch.keys() {
-                        outcomes.insert(id_key.clone(), outcome.clone());
+                    for (id_key, (_, _, requesters)) in batch {
+                        results.push((id_key, requesters, outcome.clone()));
                     }
                 }
             }
-            for (id_key, (_, _, requesters)) in batch {
-                let outcome = outcomes.remove(&id_key).unwrap_or(Outcome::Done);
+            for (id_key, requesters, outcome) in results {
                 // A newer submission for the same identity keeps its Pending outcome.
                 let still_pending = self
                     .targets
@@ -317,9 +318,7 @@ impl TargetWriter {
                     .get(&key)
                     .is_some_and(|s| s.pending.contains_key(&id_key));
                 if !still_pending {
-                    self.outcomes
-                        .lock()
-                        .insert((key.clone(), id_key), outcome.clone());
+                    self.outcomes.lock().insert((key.clone(), id_key), outcome);
                 }
                 for r in requesters {
                     let _ = self.notify.send(r);
