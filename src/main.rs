@@ -292,6 +292,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         interval: args.interval,
         refresh_margin: args.refresh_margin,
         recheck: args.interval.max(std::time::Duration::from_secs(60)),
+        assignment_propagation: args.assignment_propagation,
     };
     let (agent, handle) = agent::start(
         client,

@@ -16,14 +16,14 @@ use uami_controller::demo::stack::Stack;
 
 type Perm = (String, String, String);
 
-fn granted(role_name_part: &str) -> BTreeSet<Perm> {
+/// What the chart's roles named `uami-controller-<role>` (the release is `uami-controller`)
+/// grant.
+fn granted(role: &str) -> BTreeSet<Perm> {
     let mut out = BTreeSet::new();
+    let name = format!("uami-controller-{role}");
     for v in chart_manifests() {
         if !matches!(v["kind"].as_str(), Some("ClusterRole" | "Role"))
-            || !v["metadata"]["name"]
-                .as_str()
-                .unwrap()
-                .contains(role_name_part)
+            || v["metadata"]["name"].as_str() != Some(name.as_str())
         {
             continue;
         }
@@ -123,9 +123,9 @@ async fn roles_grant_exactly_what_the_code_calls() {
             "{component} was refused by RBAC or admission: {refused:?}"
         );
         let granted_all: BTreeSet<Perm> = if component == "controller" {
-            granted("controller")
-                .union(&granted("leader-election"))
-                .cloned()
+            ["controller", "leader-election", "controller-workload-identity"]
+                .iter()
+                .flat_map(|r| granted(r))
                 .collect()
         } else {
             granted(role)

@@ -21,6 +21,12 @@ pub struct AgentArgs {
     #[arg(long, env = "UAMI_AGENT_REFRESH_MARGIN", default_value = "5m", value_parser = parse_duration)]
     pub refresh_margin: Duration,
 
+    /// How long IMDS may not know an identity the controller reports assigned before the
+    /// binding says so (`IdentityNotAssigned`); until then it waits, as an assignment takes a
+    /// while to reach IMDS.
+    #[arg(long, env = "UAMI_AGENT_ASSIGNMENT_PROPAGATION", default_value = "2m", value_parser = parse_duration)]
+    pub assignment_propagation: Duration,
+
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "UAMI_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,

@@ -1,31 +1,39 @@
 //! The agent: runs on a VM (or a scale set instance), the only place IMDS answers. It learns which
-//! VM it is from IMDS instance metadata, watches the bindings that target that VM, obtains a
-//! token through IMDS for each bound identity, reads each granted scope with that token, and
-//! writes what it found (token metadata, never the token) into status with its own field manager.
+//! VM it is from IMDS instance metadata, lists and watches only the bindings labelled with its
+//! target (the controller labels them, and writes into their status the identity's client id and
+//! the scopes to verify), obtains a token through IMDS for each bound identity, reads each granted
+//! scope with that token, and writes what it found (token metadata, never the token) into status
+//! with its own field manager.
+//!
+//! Each binding is checked on its own: on its change, every `interval`, and after a passing
+//! failure with backoff; checks run side by side within IMDS's limits (the IMDS client holds 5
+//! requests at once and 20 per second). Tokens are cached until their renewal and access
+//! results until their recheck, so an unchanged binding with a fresh token costs no request. A
+//! passing failure keeps the last verified result and says so in `lastCheckError`.
 //!
 //! IMDS and ARM are behind the small traits [`TokenSource`] and [`AccessProbe`], so the loop is
 //! the same against a real VM and the emulator.
 
+mod check;
 pub mod config;
 mod imds;
 mod report;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use kube::Client;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use secrecy::SecretString;
 
-use crate::api::binding::TokenStatus;
-use crate::api::conditions::{self, types};
-use crate::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
+use crate::api::IdentityBinding;
+use crate::api::binding::{TARGET_LABEL, TokenStatus, target_label_value};
 pub use imds::{ArmProbe, ImdsSource};
 
 /// The agent's field manager prefix; a scale set instance appends its instance id so that
@@ -101,6 +109,17 @@ pub struct TokenFailure {
     pub message: String,
 }
 
+/// The reason IMDS gives for an identity it does not know on this VM.
+pub const IDENTITY_NOT_ASSIGNED: &str = "IdentityNotAssigned";
+
+impl TokenFailure {
+    /// IMDS does not know the identity on this VM: definitive once that has lasted longer than
+    /// an assignment takes to reach IMDS.
+    pub fn not_assigned(&self) -> bool {
+        self.reason == IDENTITY_NOT_ASSIGNED
+    }
+}
+
 /// IMDS, as the agent uses it.
 #[async_trait]
 pub trait TokenSource: Send + Sync {
@@ -121,6 +140,14 @@ pub struct CheckFailure {
     pub message: String,
 }
 
+impl CheckFailure {
+    /// A failure that says nothing about access (a dropped connection, a timeout): the next
+    /// check may answer. `UnsupportedScope` is definitive.
+    pub fn passing(&self) -> bool {
+        self.reason != "UnsupportedScope"
+    }
+}
+
 /// A GET of an ARM scope with a bearer token.
 #[async_trait]
 pub trait AccessProbe: Send + Sync {
@@ -136,8 +163,12 @@ pub struct AgentSettings {
     /// Renew a cached token this long before it expires (at most half its lifetime).
     pub refresh_margin: Duration,
     /// Ask IMDS again this often even with a cached token, to notice an identity that was
-    /// removed from the VM (the cached token is kept when IMDS still answers).
+    /// removed from the VM (the cached token is kept when IMDS still answers), and read a
+    /// verified scope again this often.
     pub recheck: Duration,
+    /// How long IMDS may not know an assigned identity before that is reported: an assignment
+    /// takes a while to reach IMDS, and until then the binding waits rather than fails.
+    pub assignment_propagation: Duration,
 }
 
 impl Default for AgentSettings {
@@ -146,6 +177,7 @@ impl Default for AgentSettings {
             interval: Duration::from_secs(30),
             refresh_margin: Duration::from_secs(300),
             recheck: Duration::from_secs(300),
+            assignment_propagation: Duration::from_secs(120),
         }
     }
 }
@@ -153,8 +185,27 @@ impl Default for AgentSettings {
 struct Cached {
     token: Token,
     renew_at: jiff::Timestamp,
-    checked: std::time::Instant,
+    checked: Instant,
 }
+
+/// The last answer of one grant's access check, as this agent last reported it.
+#[derive(Clone, Debug)]
+struct Reported {
+    /// The identity and the scope read.
+    client_id: String,
+    scope: String,
+    /// The HTTP status, or the definitive reason the check could not run.
+    answer: Result<u16, String>,
+    /// When the scope was read.
+    at: Instant,
+}
+
+/// Most binding checks running at once (their IMDS requests are bounded further, to IMDS's
+/// limits, by the IMDS client).
+const CHECKS_AT_ONCE: usize = 16;
+
+/// Most ARM reads of granted scopes at once.
+const PROBES_AT_ONCE: usize = 8;
 
 /// The agent's state.
 pub struct Agent {
@@ -163,7 +214,16 @@ pub struct Agent {
     probe: Arc<dyn AccessProbe>,
     settings: AgentSettings,
     me: Whoami,
+    label: String,
     cache: Mutex<HashMap<(String, String), Cached>>,
+    /// Per grant (`namespace/name`): the last access answer reported.
+    access: Mutex<HashMap<String, Reported>>,
+    /// Per binding: passing failures in a row, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Per client id: since when IMDS has not known the identity.
+    missing: Mutex<HashMap<String, Instant>>,
+    checks: tokio::sync::Semaphore,
+    probes: tokio::sync::Semaphore,
 }
 
 impl Agent {
@@ -175,19 +235,31 @@ impl Agent {
         settings: AgentSettings,
     ) -> Result<Arc<Self>, TokenFailure> {
         let me = imds.whoami().await?;
+        let label = target_label_value(&me.target_id());
         Ok(Arc::new(Self {
             client,
             imds,
             probe,
             settings,
             me,
+            label,
             cache: Mutex::new(HashMap::new()),
+            access: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
+            checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
+            probes: tokio::sync::Semaphore::new(PROBES_AT_ONCE),
         }))
     }
 
     /// Who the agent is.
     pub fn whoami(&self) -> &Whoami {
         &self.me
+    }
+
+    /// The label selector of this agent's bindings.
+    pub fn selector(&self) -> String {
+        format!("{TARGET_LABEL}={}", self.label)
     }
 
     fn field_manager(&self) -> String {
@@ -197,33 +269,71 @@ impl Agent {
         }
     }
 
-    /// Run until `shutdown` resolves: watch bindings, grants and identities, and check every
-    /// binding of this VM on each change and every `interval`.
+    /// Run until `shutdown` resolves: watch the bindings labelled with this agent's target, and
+    /// check each on its change, every `interval`, and when its backoff or its token's renewal
+    /// is due. A binding is checked by one task at a time; a change during its check runs it
+    /// again after.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let (b_store, b_writer) = reflector::store::<IdentityBinding>();
-        let (g_store, g_writer) = reflector::store::<RoleGrant>();
-        let (i_store, i_writer) = reflector::store::<UserAssignedIdentity>();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watches = tokio::spawn(futures::future::join3(
-            watch(&self.client, b_writer, tx.clone()),
-            watch(&self.client, g_writer, tx.clone()),
-            watch(&self.client, i_writer, tx),
-        ));
+        type Ref = ObjectRef<IdentityBinding>;
+        let (store, writer) = reflector::store::<IdentityBinding>();
+        let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Ref>();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Ref>();
+        let wc = watcher::Config::default()
+            .labels(&self.selector())
+            .any_semantic();
+        let changed = due_tx.clone();
+        let bindings = watcher(Api::<IdentityBinding>::all(self.client.clone()), wc);
+        let watch = tokio::spawn(
+            reflector::reflector(writer, bindings.default_backoff())
+                .touched_objects()
+                .for_each(move |ev| {
+                    match ev {
+                        Ok(b) => {
+                            let _ = changed.send(ObjectRef::from_obj(&b));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "binding watch error"),
+                    }
+                    futures::future::ready(())
+                }),
+        );
         let this = self.clone();
         let main = async move {
-            let _ = b_store.wait_until_ready().await;
-            let _ = g_store.wait_until_ready().await;
-            let _ = i_store.wait_until_ready().await;
+            let _ = store.wait_until_ready().await;
+            let mut running: HashSet<Ref> = HashSet::new();
+            let mut again: HashSet<Ref> = HashSet::new();
+            let mut tick = tokio::time::interval(this.settings.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                this.pass(&b_store, &g_store, &i_store).await;
-                let wake = this.next_wake();
-                tokio::select! {
-                    _ = rx.recv() => {
-                        // Let a burst of changes settle into one pass.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        while rx.try_recv().is_ok() {}
+                let due: Vec<Ref> = tokio::select! {
+                    _ = tick.tick() => store.state().iter().map(|b| ObjectRef::from_obj(&**b)).collect(),
+                    Some(r) = due_rx.recv() => vec![r],
+                    Some(r) = done_rx.recv() => {
+                        running.remove(&r);
+                        if again.remove(&r) { vec![r] } else { Vec::new() }
                     }
-                    _ = tokio::time::sleep(wake) => {}
+                };
+                for r in due {
+                    if running.contains(&r) {
+                        again.insert(r);
+                        continue;
+                    }
+                    let Some(b) = store.get(&r) else {
+                        this.failures.lock().remove(&r.to_string());
+                        continue;
+                    };
+                    running.insert(r.clone());
+                    let (agent, done, later) = (this.clone(), done_tx.clone(), due_tx.clone());
+                    tokio::spawn(async move {
+                        let next = match agent.checks.acquire().await {
+                            Ok(_permit) => agent.check(&b).await,
+                            Err(_) => None,
+                        };
+                        let _ = done.send(r.clone());
+                        if let Some(wait) = next.filter(|w| *w < agent.settings.interval) {
+                            tokio::time::sleep(wait).await;
+                            let _ = later.send(r);
+                        }
+                    });
                 }
             }
         };
@@ -231,110 +341,12 @@ impl Agent {
             _ = main => {}
             _ = shutdown => {}
         }
-        watches.abort();
+        watch.abort();
     }
 
-    /// Sleep until the next interval or the next token renewal, whichever comes first.
-    fn next_wake(&self) -> Duration {
-        let now = jiff::Timestamp::now();
-        self.cache
-            .lock()
-            .values()
-            .filter_map(|c| {
-                let secs = c.renew_at.as_second() - now.as_second();
-                (secs >= 0).then(|| Duration::from_secs(secs as u64 + 1))
-            })
-            .min()
-            .unwrap_or(self.settings.interval)
-            .min(self.settings.interval)
-    }
-
-    /// One pass over every binding of this VM.
-    pub async fn pass(
-        &self,
-        bindings: &Store<IdentityBinding>,
-        grants: &Store<RoleGrant>,
-        identities: &Store<UserAssignedIdentity>,
-    ) {
-        let target = self.me.target_id().to_lowercase();
-        for b in bindings.state() {
-            let ours = b
-                .status
-                .as_ref()
-                .and_then(|s| s.target_resource_id.as_deref())
-                .is_some_and(|t| t.to_lowercase() == target);
-            if !ours || b.meta().deletion_timestamp.is_some() {
-                continue;
-            }
-            let ns = b.namespace().unwrap_or_default();
-            let identity = identities.state().into_iter().find(|i| {
-                i.namespace().as_deref() == Some(&ns) && i.name_any() == b.spec.identity_ref.name
-            });
-            let Some(client_id) = identity
-                .as_ref()
-                .and_then(|i| i.status.as_ref())
-                .and_then(|s| s.client_id.clone())
-            else {
-                continue;
-            };
-            let assigned = b
-                .status
-                .as_ref()
-                .is_some_and(|s| conditions::is_true(&s.conditions, types::ASSIGNED));
-            let result = if assigned {
-                self.token(&client_id, &b.spec.token_check.resource).await
-            } else {
-                Err(TokenFailure {
-                    reason: "IdentityNotAssigned".into(),
-                    message: "the controller has not assigned the identity to this VM yet".into(),
-                })
-            };
-            if let Err(e) = self.write_binding(&b, &result).await {
-                tracing::warn!(binding = %b.name_any(), namespace = %ns, error = %e, "could not write binding status");
-            }
-            // Access checks use an ARM token of the identity.
-            let grants_of: Vec<_> = grants
-                .state()
-                .into_iter()
-                .filter(|g| {
-                    g.namespace().as_deref() == Some(&ns)
-                        && g.spec.identity_ref.name == b.spec.identity_ref.name
-                        && g.spec.verify_access
-                        && g.meta().deletion_timestamp.is_none()
-                })
-                .collect();
-            if grants_of.is_empty() || !assigned {
-                continue;
-            }
-            let arm_token = self
-                .token(&client_id, "https://management.azure.com/")
-                .await;
-            for g in grants_of {
-                let Some(scope) = g.status.as_ref().and_then(|s| s.scope.clone()) else {
-                    continue;
-                };
-                let granted = g
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| conditions::is_true(&s.conditions, types::GRANTED));
-                if !granted {
-                    continue;
-                }
-                let outcome = match &arm_token {
-                    Ok(t) => self.probe.probe(&scope, &t.secret).await,
-                    Err(e) => Err(CheckFailure {
-                        reason: "CheckFailed".into(),
-                        message: e.to_string(),
-                    }),
-                };
-                if let Err(e) = self.write_grant(&g, &scope, outcome).await {
-                    tracing::warn!(grant = %g.name_any(), namespace = %ns, error = %e, "could not write grant status");
-                }
-            }
-        }
-    }
-
-    /// A token for (client id, resource), from the cache while it is fresh.
+    /// A token for (client id, resource), from the cache while it is fresh; IMDS is asked again
+    /// at the token's renewal, and every `recheck` to learn whether the identity is still
+    /// assigned (keeping the cached token while it is).
     async fn token(&self, client_id: &str, resource: &str) -> Result<Token, TokenFailure> {
         let key = (client_id.to_lowercase(), resource.to_string());
         let now = jiff::Timestamp::now();
@@ -349,11 +361,12 @@ impl Agent {
         }
         match self.imds.token(client_id, resource).await {
             Ok(fetched) => {
+                self.missing.lock().remove(&key.0);
                 if let Some((t, _)) = cached {
                     // Still assigned: keep the token in use (no renewal, no status change);
                     // only note the check.
                     if let Some(c) = self.cache.lock().get_mut(&key) {
-                        c.checked = std::time::Instant::now();
+                        c.checked = Instant::now();
                     }
                     return Ok(t);
                 }
@@ -370,36 +383,44 @@ impl Agent {
                     Cached {
                         token: t.clone(),
                         renew_at,
-                        checked: std::time::Instant::now(),
+                        checked: Instant::now(),
                     },
                 );
                 Ok(t)
             }
             Err(e) => {
-                self.cache.lock().remove(&key);
+                if e.not_assigned() {
+                    self.cache.lock().remove(&key);
+                    self.missing
+                        .lock()
+                        .entry(key.0)
+                        .or_insert_with(Instant::now);
+                }
+                // A passing failure keeps the cached token (still valid); the status keeps the
+                // last verified result.
                 Err(e)
             }
         }
     }
-}
 
-/// Mirror every object of kind `K` into `writer`, and nudge `wake` on each change.
-fn watch<K>(
-    client: &Client,
-    writer: reflector::store::Writer<K>,
-    wake: tokio::sync::mpsc::Sender<()>,
-) -> impl std::future::Future<Output = ()> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: Send + Sync + 'static,
-{
-    let wc = watcher::Config::default().any_semantic();
-    reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), wc))
-        .touched_objects()
-        .for_each(move |_| {
-            let _ = wake.try_send(());
-            futures::future::ready(())
+    /// How long IMDS has not known `client_id` on this VM.
+    fn missing_for(&self, client_id: &str) -> Duration {
+        self.missing
+            .lock()
+            .get(&client_id.to_lowercase())
+            .map(Instant::elapsed)
+            .unwrap_or_default()
+    }
+
+    /// When the cached token of (client id, resource) is due for renewal, from now.
+    fn renewal_in(&self, client_id: &str, resource: &str) -> Option<Duration> {
+        let key = (client_id.to_lowercase(), resource.to_string());
+        let now = jiff::Timestamp::now();
+        self.cache.lock().get(&key).map(|c| {
+            let secs = (c.renew_at.as_second() - now.as_second()).max(0) as u64;
+            Duration::from_secs(secs + 1)
         })
+    }
 }
 
 /// Start an agent for the VM whose IMDS is at `imds_endpoint`; it runs until `stop` is

@@ -159,12 +159,41 @@ pub struct IdentityBindingStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
     #[schemars(length(max = 100))]
     pub instances: Vec<InstanceTokenStatus>,
+    /// VM and scale set targets: the client id of the identity as Azure has it, which the agent
+    /// on the target asks IMDS for (written by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub client_id: Option<String>,
+    /// VM and scale set targets: the scopes granted to the identity by RoleGrants with
+    /// `verifyAccess` that the agent on the target reads with the identity's token (written by
+    /// the controller, at most 64; sorted by grant name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    #[schemars(length(max = 64))]
+    pub access_checks: Vec<AccessCheck>,
+    /// The agent's last check that failed for a passing reason (IMDS unavailable or throttled,
+    /// an identity IMDS does not know yet): the last verified result stays, and this says why
+    /// it was not renewed. Cleared by the next check that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_error: Option<CheckError>,
     /// Service account targets: each scope granted to the identity (by RoleGrants with
     /// `verifyAccess`), read with the exchanged token (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     #[schemars(length(max = 100))]
     pub access: Vec<ScopeAccess>,
+}
+
+/// A scope the agent reads with the identity's token, and the grant that granted it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessCheck {
+    /// The RoleGrant (same namespace).
+    #[schemars(length(max = 253))]
+    pub role_grant: String,
+    /// The ARM scope the grant assigned its role at.
+    #[schemars(length(max = 2048))]
+    pub scope: String,
 }
 
 /// The result of reading one granted scope with the identity's token.
@@ -238,4 +267,41 @@ pub struct InstanceTokenStatus {
     /// Token metadata (never the token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenStatus>,
+}
+
+/// The label the controller puts on every binding to a VM or scale set: the agents on that
+/// target list and watch only the bindings that carry their value.
+pub const TARGET_LABEL: &str = "uami.dev/target";
+
+/// The value of [`TARGET_LABEL`] for the VM or scale set `target_id` (an ARM id, compared
+/// case-insensitively): the first 32 hex digits of the SHA-256 of the lowercased id, within
+/// the 63 characters of a label value.
+pub fn target_label_value(target_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(target_id.to_lowercase().as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn the_target_label_ignores_case_and_fits_a_label_value() {
+        let a = target_label_value(
+            "/subscriptions/S/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM",
+        );
+        let b = target_label_value(
+            "/subscriptions/s/resourcegroups/devtest/providers/microsoft.compute/virtualmachines/myvm",
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(
+            a,
+            target_label_value(
+                "/subscriptions/s/resourcegroups/devtest/providers/microsoft.compute/virtualmachines/myvm2"
+            )
+        );
+    }
 }

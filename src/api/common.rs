@@ -105,3 +105,23 @@ pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
 pub(crate) fn default_true() -> bool {
     true
 }
+
+/// A check that failed for a passing reason, reported beside the last definitive result.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckError {
+    /// Why, in CamelCase (`ImdsUnavailable`, `ImdsThrottled`, `IdentityNotAssigned`,
+    /// `CheckFailed`).
+    #[schemars(length(max = 128))]
+    pub reason: String,
+    /// What failed (never a token).
+    #[schemars(length(max = 1024))]
+    pub message: String,
+    /// When the failure was first seen (RFC 3339); unchanged while the same reason repeats.
+    #[schemars(length(max = 64))]
+    pub since: String,
+    /// The agent (VM or instance) that saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub checked_by: Option<String>,
+}

@@ -134,6 +134,11 @@ pub struct RoleGrantStatus {
     /// Result of the agent's access check (never the token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessStatus>,
+    /// The agent's last access check that failed for a passing reason (a server error, a
+    /// dropped connection, throttling): `AccessVerified` keeps the last definitive result, and
+    /// this says why it was not renewed. Cleared by the next check that gets an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_error: Option<CheckError>,
 }
 
 /// Result of reading the granted scope with the identity's token.

@@ -213,10 +213,10 @@ pub async fn run_controllers(
                 &b.spec.identity_ref.name
             })
         })
-        // A grant of an identity (granted, changed, gone) changes what the token check of the
-        // identity's service account bindings reads.
+        // A grant of an identity (granted, changed, gone) changes what the identity's bindings
+        // check: the scopes the agent on a VM reads, and the token check of a service account.
         .watches_shared_stream(g_for_bindings, move |g: Arc<RoleGrant>| {
-            service_account_bindings_of(&sa_bindings, &g)
+            bindings_of_grant(&sa_bindings, &g)
         })
         .reconcile_all_on(unbounded(b_all_rx))
         .reconcile_on(unbounded(written))
@@ -409,8 +409,8 @@ fn scan_waiting(stores: &Stores, default_subscription: Option<&str>) -> WaitingB
     by_target
 }
 
-/// The service account bindings of `grant`'s identity.
-fn service_account_bindings_of(
+/// The bindings of `grant`'s identity.
+fn bindings_of_grant(
     bindings: &reflector::Store<IdentityBinding>,
     grant: &RoleGrant,
 ) -> Vec<ObjectRef<IdentityBinding>> {
@@ -418,11 +418,7 @@ fn service_account_bindings_of(
     bindings
         .state()
         .iter()
-        .filter(|b| {
-            b.spec.target.service_account.is_some()
-                && b.namespace() == ns
-                && b.spec.identity_ref.name == grant.spec.identity_ref.name
-        })
+        .filter(|b| b.namespace() == ns && b.spec.identity_ref.name == grant.spec.identity_ref.name)
         .map(|b| ObjectRef::from_obj(&**b))
         .collect()
 }

@@ -291,6 +291,21 @@ pub fn own_conditions<K: Reported>(obj: &K, types: &[&str]) -> Vec<Condition> {
         .collect()
 }
 
+/// Whether a failed pass over `obj` should leave its status as it is: the failure is ARM's and
+/// passing (a server error, throttling, a dropped connection: [`ArmError::is_retryable`]) and
+/// `obj` is Ready at its current generation. Such a pass is retried with backoff; `Ready` turns
+/// False only on a definitive answer, so it does not flap with Azure's transient faults.
+///
+/// [`ArmError::is_retryable`]: crate::azure::ArmError::is_retryable
+pub fn keep_on_passing_failure<K: Reported>(obj: &K, e: &crate::azure::ArmError) -> bool {
+    e.is_retryable()
+        && obj.conditions().iter().any(|c| {
+            c.type_ == types::READY
+                && c.status == conditions::status::TRUE
+                && c.observed_generation == obj.meta().generation
+        })
+}
+
 /// A condition reason for an ARM error: `Throttled` for 429, `Forbidden` for 401/403, else the
 /// ARM error code (CamelCase already), else `AzureError`.
 pub fn arm_reason(e: &crate::azure::ArmError) -> String {

@@ -254,6 +254,8 @@ impl Stack {
             interval: self.opts.agent_interval,
             refresh_margin: Duration::from_secs(300),
             recheck: self.opts.agent_interval,
+            // The emulator's IMDS knows an assignment as soon as ARM answers it.
+            assignment_propagation: Duration::from_secs(3),
         };
         let policy = ImdsRetryPolicy {
             delta: Duration::from_millis(100),

@@ -32,7 +32,8 @@ pub use plan::target_of;
 use plan::{Ensure, Found, Plan, Removal};
 pub use removal::{ASSIGNED_ANNOTATION, recorded_identity};
 use removal::{
-    owned_identity, read_target, record_identity, recorded, remove_finalizer, remove_identity,
+    label_target, labelled, owned_identity, read_target, record_identity, recorded,
+    remove_finalizer, remove_identity,
 };
 
 /// Finalizer of bindings.
@@ -44,6 +45,8 @@ pub(super) const OWNED: &[&str] = &[
     "assigned",
     "adopted",
     "observedGeneration",
+    "clientId",
+    "accessChecks",
 ];
 
 /// Entry point: finalizer handling around apply and cleanup.
@@ -63,7 +66,9 @@ pub async fn reconcile(
     } else {
         reconcile_target(obj.clone(), &ctx).await
     };
-    if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
+    if let Err(e @ ReconcileError::Arm { source, .. }) = &result
+        && !status::keep_on_passing_failure(&*obj, source)
+    {
         let reason = arm_reason(source);
         let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());
         let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
@@ -108,8 +113,15 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         azure.as_ref(),
         |fingerprint| ctx.recently_checked(&key, fingerprint),
     );
+    let inputs = plan::agent_inputs(&obj, azure.as_ref(), &ctx.stores.grants.state());
+    let with_inputs = |mut report: super::outcome::Report<crate::api::IdentityBindingStatus>| {
+        if let Some(status) = report.status.as_mut() {
+            plan::with_agent_inputs(status, &inputs);
+        }
+        report
+    };
     let report = match planned {
-        Plan::Report(report) => report,
+        Plan::Report(report) => with_inputs(report),
         Plan::Revoke { target, message } => {
             // A policy that stops allowing a binding revokes it: the identity this controller
             // added is removed from the target.
@@ -127,11 +139,16 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             report
         }
         Plan::Ensure(e) => {
-            let found = ensure(&obj, ctx, &e).await?;
+            let mut labelled = labelled(&obj, &e.target);
+            let found = ensure(&obj, ctx, &e, &mut labelled).await?;
             if matches!(found, Found::Assigned { .. }) {
                 ctx.mark_checked(&key, e.fingerprint.clone());
             }
-            let action = conclude(ctx, &*obj, plan::settle(&obj, &e, &found), OWNED).await?;
+            if !labelled {
+                label_target(&obj, ctx, &e.target).await?;
+            }
+            let settled = with_inputs(plan::settle(&obj, &e, &found));
+            let action = conclude(ctx, &*obj, settled, OWNED).await?;
             if let Found::Submit { .. } = found {
                 // Submitted after the status says so: the writer's answer is reported next.
                 ctx.writer.submit(
@@ -150,7 +167,12 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
 /// Where the identity stands on the target, from the writer and ARM; records that this
 /// controller added it before the writer's outcome is forgotten, so that only an identity it
 /// added is ever removed.
-async fn ensure(obj: &IdentityBinding, ctx: &Context, e: &Ensure) -> Result<Found, ReconcileError> {
+async fn ensure(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    e: &Ensure,
+    labelled: &mut bool,
+) -> Result<Found, ReconcileError> {
     let key = object_key(obj);
     let write_key = format!("{key}/write");
     let (target, identity_id) = (&e.target, e.identity_id.as_str());
@@ -158,7 +180,8 @@ async fn ensure(obj: &IdentityBinding, ctx: &Context, e: &Ensure) -> Result<Foun
     if done(ctx.writer.outcome(target, identity_id)) {
         // The writer's PATCH carrying this identity just succeeded: no need to read the VM again.
         if !recorded(obj, identity_id) {
-            record_identity(obj, ctx, Some(identity_id)).await?;
+            record_identity(obj, ctx, Some((identity_id, target))).await?;
+            *labelled = true;
         }
         ctx.writer.forget(target, identity_id);
         ctx.record_success(&write_key);
@@ -188,7 +211,8 @@ async fn ensure(obj: &IdentityBinding, ctx: &Context, e: &Ensure) -> Result<Foun
         let mut ours = recorded(obj, identity_id);
         if added && !ours {
             // This controller's write put it there.
-            record_identity(obj, ctx, Some(identity_id)).await?;
+            record_identity(obj, ctx, Some((identity_id, target))).await?;
+            *labelled = true;
             ours = true;
         }
         ctx.writer.forget(target, identity_id);
@@ -222,7 +246,8 @@ async fn ensure(obj: &IdentityBinding, ctx: &Context, e: &Ensure) -> Result<Foun
             // identity found on the target is known as this controller's, not adopted, and is
             // removed on deletion.
             if !recorded(obj, identity_id) {
-                record_identity(obj, ctx, Some(identity_id)).await?;
+                record_identity(obj, ctx, Some((identity_id, target))).await?;
+                *labelled = true;
             }
             Ok(Found::Submit { drift })
         }

@@ -15,8 +15,11 @@ use super::super::reasons;
 use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
 use super::recorded_identity;
 use super::removal::recorded;
+use crate::api::binding::AccessCheck;
 use crate::api::conditions::{self, types};
-use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssignedIdentity};
+use crate::api::{
+    GrantPolicy, IdentityBinding, IdentityBindingStatus, RoleGrant, UserAssignedIdentity,
+};
 use crate::azure::compute::{ComputeTarget, TargetKind};
 
 /// Conditions this controller writes on a binding (the agent writes `TokenAcquired`).
@@ -307,6 +310,51 @@ pub fn revoked(
     }
 }
 
+/// What the agent on the target needs, from the controller: the identity's client id as Azure
+/// has it, and the scopes of the identity's `verifyAccess` grants that are granted (their
+/// `status.scope`, sorted by grant name, at most [`MAX_ACCESS_CHECKS`]).
+pub fn agent_inputs(
+    obj: &IdentityBinding,
+    azure: Option<&AzureIdentity>,
+    grants: &[std::sync::Arc<RoleGrant>],
+) -> (Option<String>, Vec<AccessCheck>) {
+    let ns = obj.namespace();
+    let mut checks: Vec<AccessCheck> = grants
+        .iter()
+        .filter(|g| {
+            g.namespace() == ns
+                && g.spec.identity_ref.name == obj.spec.identity_ref.name
+                && g.spec.verify_access
+                && g.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|g| {
+            let s = g.status.as_ref()?;
+            conditions::is_true(&s.conditions, types::GRANTED).then_some(AccessCheck {
+                role_grant: g.name_any(),
+                scope: s.scope.clone()?,
+            })
+        })
+        .collect();
+    checks.sort_by(|a, b| a.role_grant.cmp(&b.role_grant));
+    checks.truncate(MAX_ACCESS_CHECKS);
+    (azure.map(|a| a.client_id.clone()), checks)
+}
+
+/// Most scopes a binding lists for its agent.
+pub const MAX_ACCESS_CHECKS: usize = 64;
+
+/// `status` with the agent's inputs ([`agent_inputs`]); the client id stays when Azure's
+/// identity is not at hand this pass.
+pub fn with_agent_inputs(
+    status: &mut IdentityBindingStatus,
+    inputs: &(Option<String>, Vec<AccessCheck>),
+) {
+    if let Some(client_id) = &inputs.0 {
+        status.client_id = Some(client_id.clone());
+    }
+    status.access_checks = inputs.1.clone();
+}
+
 fn report(status: IdentityBindingStatus) -> Plan {
     Plan::Report(Report::new(status, None, Next::Resync))
 }
@@ -321,6 +369,8 @@ pub fn base_with(obj: &IdentityBinding, own: &[&str]) -> IdentityBindingStatus {
         target_resource_id: current.and_then(|s| s.target_resource_id.clone()),
         assigned: current.and_then(|s| s.assigned),
         adopted: current.and_then(|s| s.adopted),
+        client_id: current.and_then(|s| s.client_id.clone()),
+        access_checks: current.map(|s| s.access_checks.clone()).unwrap_or_default(),
         ..IdentityBindingStatus::default()
     }
 }

@@ -17,6 +17,7 @@ use super::super::target_writer::{Outcome, Want};
 use super::OWNED;
 use super::plan::{Removal, not_ready, target_of};
 use crate::api::IdentityBinding;
+use crate::api::binding::{TARGET_LABEL, target_label_value};
 use crate::api::conditions::types;
 use crate::azure::compute::{ComputeResource, ComputeTarget};
 
@@ -49,7 +50,7 @@ pub(super) fn recorded(obj: &IdentityBinding, identity_id: &str) -> bool {
 pub(super) async fn record_identity(
     obj: &IdentityBinding,
     ctx: &Context,
-    identity_id: Option<&str>,
+    identity_id: Option<(&str, &ComputeTarget)>,
 ) -> Result<(), ReconcileError> {
     let api: Api<IdentityBinding> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
@@ -57,7 +58,7 @@ pub(super) async fn record_identity(
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()
     };
-    let Some(identity_id) = identity_id else {
+    let Some((identity_id, target)) = identity_id else {
         let patch = serde_json::json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: null}}});
         api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
             .await
@@ -86,6 +87,17 @@ pub(super) async fn record_identity(
     } else {
         ops.push(serde_json::json!({"op": "test", "path": "/metadata/annotations", "value": null}));
         ops.push(serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": {ASSIGNED_ANNOTATION: identity_id}}));
+    }
+    // The target's label, for the agents on it, comes with the first record.
+    if !labelled(obj, target) {
+        let value = target_label_value(&target.id());
+        if obj.metadata.labels.is_some() {
+            let path = format!("/metadata/labels/{}", TARGET_LABEL.replace('/', "~1"));
+            ops.push(serde_json::json!({"op": "add", "path": path, "value": value}));
+        } else {
+            ops.push(serde_json::json!({"op": "test", "path": "/metadata/labels", "value": null}));
+            ops.push(serde_json::json!({"op": "add", "path": "/metadata/labels", "value": {TARGET_LABEL: value}}));
+        }
     }
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
         .map_err(|e| ReconcileError::Finalizer(format!("building the record patch: {e}")))?;
@@ -271,4 +283,29 @@ pub(super) async fn read_target(
 /// `Failed`, `Canceled`; absent means done).
 fn updating(state: Option<&str>) -> bool {
     state.is_some_and(|s| !["Succeeded", "Failed", "Canceled"].contains(&s))
+}
+
+/// Whether `obj` carries the label of `target` that its agents select on.
+pub(super) fn labelled(obj: &IdentityBinding, target: &ComputeTarget) -> bool {
+    obj.labels().get(TARGET_LABEL) == Some(&target_label_value(&target.id()))
+}
+
+/// Put the label of `target` on `obj` (a binding that found its identity assigned without
+/// recording it, or whose label someone removed or changed).
+pub(super) async fn label_target(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    target: &ComputeTarget,
+) -> Result<(), ReconcileError> {
+    let api: Api<IdentityBinding> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {TARGET_LABEL: target_label_value(&target.id())}}});
+    api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
+        .await
+        .map_err(ReconcileError::kube("LabelTarget"))?;
+    Ok(())
 }

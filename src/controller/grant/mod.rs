@@ -53,7 +53,9 @@ pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action,
         }
     })
     .await;
-    if let Err(e @ ReconcileError::Arm { source, .. }) = &result {
+    if let Err(e @ ReconcileError::Arm { source, .. }) = &result
+        && !status::keep_on_passing_failure(&*obj, source)
+    {
         let mut status = plan::base(&obj);
         let reason = arm_reason(source);
         mark(&mut status, types::READY, false, &reason, &e.to_string());

@@ -434,6 +434,7 @@ pub fn base(obj: &RoleGrant) -> RoleGrantStatus {
         principal_id: current.and_then(|s| s.principal_id.clone()),
         adopted: current.and_then(|s| s.adopted),
         access: None,
+        last_check_error: None,
     }
 }
 
