@@ -123,10 +123,14 @@ async fn roles_grant_exactly_what_the_code_calls() {
             "{component} was refused by RBAC or admission: {refused:?}"
         );
         let granted_all: BTreeSet<Perm> = if component == "controller" {
-            ["controller", "leader-election", "controller-workload-identity"]
-                .iter()
-                .flat_map(|r| granted(r))
-                .collect()
+            [
+                "controller",
+                "leader-election",
+                "controller-workload-identity",
+            ]
+            .iter()
+            .flat_map(|r| granted(r))
+            .collect()
         } else {
             granted(role)
         };

@@ -146,3 +146,67 @@ async fn imds_faults_are_retried_within_imds_limits() {
     );
     stack.stop().await;
 }
+
+/// Passing failures after everything is Ready: IMDS answering 500 past its retries, and ARM
+/// answering every access read with 500. The binding and the grant stay Ready, each says why
+/// its last check failed in `lastCheckError`, and once the faults end the next check removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_failures_keep_ready_and_show_last_check_error() {
+    let mut opts = tutorial_options(Duration::from_secs(120), 0.2);
+    opts.agent_interval = Duration::from_millis(700);
+    let stack = tutorial_stack(opts).await;
+    let (b_api, g_api) = (bindings(&stack, TUTORIAL), grants(&stack, TUTORIAL));
+    ready(&b_api, TUTORIAL_BINDING, 60).await;
+    ready(&g_api, TUTORIAL_GRANT, 60).await;
+    let mut flaps = flaps::Flaps::start(&stack.client(), &[TUTORIAL.to_string()]);
+
+    stack.emulator.set_faults(Faults {
+        imds_server_error_next: 1000,
+        server_error_rate: 1.0,
+        ..Faults::default()
+    });
+    let b = eventually(30, "the binding's lastCheckError", || async {
+        let s = b_api.get(TUTORIAL_BINDING).await.ok()?.status?;
+        s.last_check_error.clone().map(|e| (s, e))
+    })
+    .await;
+    assert_eq!(b.1.reason, "ImdsUnavailable", "{:?}", b.1);
+    assert_eq!(b.1.checked_by.as_deref(), Some("myVM"));
+    assert_eq!(
+        condition(&b.0.conditions, "TokenAcquired").unwrap().0,
+        "True"
+    );
+    assert_eq!(condition(&b.0.conditions, "Ready").unwrap().0, "True");
+    assert!(b.0.token.is_some(), "the last token's metadata stays");
+    let g = eventually(30, "the grant's lastCheckError", || async {
+        let s = g_api.get(TUTORIAL_GRANT).await.ok()?.status?;
+        s.last_check_error.clone().map(|e| (s, e))
+    })
+    .await;
+    assert_eq!(g.1.reason, "CheckFailed", "{:?}", g.1);
+    assert!(g.1.message.contains("500"), "{:?}", g.1);
+    assert_eq!(
+        condition(&g.0.conditions, "AccessVerified").unwrap().0,
+        "True"
+    );
+    assert_eq!(
+        g.0.access.unwrap().http_status,
+        Some(200),
+        "the last answer stays"
+    );
+    // A while of failing checks: Ready never leaves True, and nothing secret is written.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = serde_json::to_string(&b_api.get(TUTORIAL_BINDING).await.unwrap()).unwrap();
+    assert!(!text.contains("eyJ"), "no token in status: {text}");
+
+    stack.emulator.set_faults(Faults::default());
+    eventually(30, "lastCheckError removed from both", || async {
+        let b = b_api.get(TUTORIAL_BINDING).await.ok()?.status?;
+        let g = g_api.get(TUTORIAL_GRANT).await.ok()?.status?;
+        (b.last_check_error.is_none() && g.last_check_error.is_none()).then_some(())
+    })
+    .await;
+    flaps.stop();
+    assert_eq!(flaps.flaps(), Vec::<String>::new(), "Ready flapped");
+    stack.stop().await;
+}

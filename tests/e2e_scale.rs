@@ -1,7 +1,8 @@
 //! Scale correctness: the sandbox delivers every change to every watcher in resourceVersion order
-//! under concurrent writes, and 100 identity sets on one VM all become Ready, on the sandbox and on
-//! a real API server (a generous deadline, no timing claim; `cargo bench --bench scale` measures
-//! the speed).
+//! under concurrent writes, and 100 identity sets on one VM all become Ready with the agent on
+//! (every token obtained through IMDS, every grant's access verified), with no Ready flapping, on
+//! the sandbox and on a real API server (a generous deadline, no timing claim; `cargo bench
+//! --bench scale` measures the speed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -145,9 +146,11 @@ async fn every_watcher_sees_every_change_in_order_under_concurrent_writes() {
     sb.shutdown().await;
 }
 
-/// 100 identity sets (identity, Reader grant, binding) on one VM, applied at once: every
-/// identity and grant becomes Ready and every binding is assigned, the VM carries all 100
-/// identities, and Azure holds one role assignment per grant. A generous deadline, no timing claim.
+/// 100 identity sets (identity, Reader grant with `verifyAccess`, binding) on one VM, applied at
+/// once, the agent on: every identity, grant and binding becomes Ready (the agent obtained every
+/// token and verified every grant's access), none of them flaps, the VM carries all 100
+/// identities, and Azure holds one role assignment per grant. The agent lists and watches only
+/// its own bindings. A generous deadline, no timing claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_identity_sets_on_one_vm_all_become_ready() {
     a_hundred_identity_sets(scale_options(), None).await;
@@ -164,7 +167,8 @@ async fn on_a_real_api_server_a_hundred_identity_sets_on_one_vm_all_become_ready
 
 fn scale_options() -> StackOptions {
     let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
-    opts.agents = false;
+    opts.agents = true;
+    opts.agent_interval = Duration::from_secs(10);
     opts.world.lro_retry_after_seconds = 0;
     opts.world.rbac_propagation_seconds = 0.5;
     opts
@@ -197,9 +201,10 @@ async fn a_hundred_identity_sets(opts: StackOptions, real: Option<&envtest::Real
     );
     for i in 0..N {
         yaml.push_str(&format!(
-            "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: id-{i:03}, namespace: scale}}\nspec: {{resourceGroup: DevTest, location: eastus}}\n---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: g-{i:03}, namespace: scale}}\nspec: {{identityRef: {{name: id-{i:03}}}, role: Reader, scope: {{resourceGroup: {{name: DevTest}}}}, verifyAccess: false}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: b-{i:03}, namespace: scale}}\nspec: {{identityRef: {{name: id-{i:03}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: myVM}}}}}}\n"
+            "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: id-{i:03}, namespace: scale}}\nspec: {{resourceGroup: DevTest, location: eastus}}\n---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: g-{i:03}, namespace: scale}}\nspec: {{identityRef: {{name: id-{i:03}}}, role: Reader, scope: {{resourceGroup: {{name: DevTest}}}}, verifyAccess: true}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: b-{i:03}, namespace: scale}}\nspec: {{identityRef: {{name: id-{i:03}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: myVM}}}}}}\n"
         ));
     }
+    let mut flaps = flaps::Flaps::start(&stack.client(), &["scale".to_string()]);
     stack.apply_yaml(&yaml).await.unwrap();
     let (ids, grants, binds) = (
         identities(&stack, "scale"),
@@ -230,7 +235,11 @@ async fn a_hundred_identity_sets(opts: StackOptions, real: Option<&envtest::Real
             )
             .chain(
                 b.iter()
-                    .filter(|o| o.status.as_ref().is_none_or(|s| s.assigned != Some(true)))
+                    .filter(|o| {
+                        !o.status.as_ref().is_some_and(|s| {
+                            condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
+                        })
+                    })
                     .map(|o| format!("binding {:?}", o.metadata.name)),
             )
             .collect();
@@ -238,6 +247,52 @@ async fn a_hundred_identity_sets(opts: StackOptions, real: Option<&envtest::Real
     })
     .await;
     assert!(not_converged.is_empty());
+    // Every binding carries its token's metadata and the scope it verified, every grant the
+    // agent's answer.
+    for b in binds.list(&lp).await.unwrap().items {
+        let s = b.status.unwrap();
+        assert!(
+            s.token.is_some_and(|t| t.expires_on.is_some()),
+            "{:?}",
+            b.metadata.name
+        );
+        assert_eq!(s.access_checks.len(), 1, "{:?}", b.metadata.name);
+        assert!(s.client_id.is_some());
+        assert!(s.last_check_error.is_none());
+    }
+    for g in grants.list(&lp).await.unwrap().items {
+        let s = g.status.unwrap();
+        assert_eq!(
+            s.access.map(|a| a.http_status),
+            Some(Some(200)),
+            "{:?}",
+            g.metadata.name
+        );
+    }
+    // A few more agent intervals: nothing that was Ready stops being Ready.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    flaps.stop();
+    assert_eq!(flaps.flaps(), Vec::<String>::new(), "Ready flapped");
+    assert_eq!(flaps.ready_now(), 3 * N);
+    // The agent reads only its own bindings: no identity, no list or watch of grants.
+    if let Some(sb) = stack.sandbox() {
+        let agent: std::collections::BTreeSet<(String, String)> = sb
+            .audit()
+            .into_iter()
+            .filter(|r| r.user.starts_with("agent-"))
+            .map(|r| (r.verb.clone(), format!("{}/{}", r.resource, r.subresource)))
+            .collect();
+        let allowed = [
+            ("list", "identitybindings/"),
+            ("watch", "identitybindings/"),
+            ("patch", "identitybindings/status"),
+            ("get", "rolegrants/"),
+            ("patch", "rolegrants/status"),
+        ]
+        .map(|(v, r)| (v.to_string(), r.to_string()));
+        let extra: Vec<_> = agent.iter().filter(|p| !allowed.contains(p)).collect();
+        assert!(extra.is_empty(), "the agent called {extra:?}");
+    }
     // Azure agrees: the VM carries every identity, and each grant's assignment exists.
     let state = stack.emulator.state();
     let vm = compute(&state, "myVM");

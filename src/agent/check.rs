@@ -52,12 +52,17 @@ impl Agent {
         }
         let resource = &b.spec.token_check.resource;
         let mut next = match self.token(&client_id, resource).await {
-            Ok(t) => {
+            (Ok(_), Some(e)) => {
+                // The cached token still works; IMDS's failure is noted beside it.
+                self.write_token(b, TokenReport::passing(&e)).await;
+                Some(self.passing_failure(&key))
+            }
+            (Ok(t), None) => {
                 self.failures.lock().remove(&key);
                 self.write_token(b, TokenReport::acquired(&t)).await;
                 self.renewal_in(&client_id, resource)
             }
-            Err(e) => {
+            (Err(e), _) => {
                 let wait = self.passing_failure(&key);
                 let report = if e.not_assigned()
                     && self.missing_for(&client_id) >= self.settings.assignment_propagation
@@ -74,8 +79,8 @@ impl Agent {
             return next;
         }
         let token = match self.token(&client_id, ARM_RESOURCE).await {
-            Ok(t) => t,
-            Err(_) => return Some(self.passing_failure(&key)),
+            (Ok(t), _) => t,
+            (Err(_), _) => return Some(self.passing_failure(&key)),
         };
         let ns = b.namespace().unwrap_or_default();
         for check in &status.access_checks {
@@ -126,6 +131,8 @@ impl Agent {
         };
         let retry_key = format!("grant/{grant_key}");
         if passing {
+            // The grant now shows the failure: the next answer is written whatever it is.
+            self.access.lock().remove(&grant_key);
             let message = match &answer {
                 Ok(code) => format!("HTTP {code} reading {}", check.scope),
                 Err(e) => e.message.clone(),

@@ -346,8 +346,14 @@ impl Agent {
 
     /// A token for (client id, resource), from the cache while it is fresh; IMDS is asked again
     /// at the token's renewal, and every `recheck` to learn whether the identity is still
-    /// assigned (keeping the cached token while it is).
-    async fn token(&self, client_id: &str, resource: &str) -> Result<Token, TokenFailure> {
+    /// assigned (keeping the cached token while it is). When IMDS fails for a passing reason
+    /// and the cached token has not expired, that token is still the answer, with the failure
+    /// beside it.
+    async fn token(
+        &self,
+        client_id: &str,
+        resource: &str,
+    ) -> (Result<Token, TokenFailure>, Option<TokenFailure>) {
         let key = (client_id.to_lowercase(), resource.to_string());
         let now = jiff::Timestamp::now();
         let cached = self
@@ -357,7 +363,7 @@ impl Agent {
             .filter(|c| now < c.renew_at)
             .map(|c| (c.token.clone(), c.checked.elapsed() < self.settings.recheck));
         if let Some((t, true)) = &cached {
-            return Ok(t.clone());
+            return (Ok(t.clone()), None);
         }
         match self.imds.token(client_id, resource).await {
             Ok(fetched) => {
@@ -368,7 +374,7 @@ impl Agent {
                     if let Some(c) = self.cache.lock().get_mut(&key) {
                         c.checked = Instant::now();
                     }
-                    return Ok(t);
+                    return (Ok(t), None);
                 }
                 let t = fetched;
                 let lifetime = (t.expires_on.as_second() - now.as_second()).max(0) as u64;
@@ -386,19 +392,28 @@ impl Agent {
                         checked: Instant::now(),
                     },
                 );
-                Ok(t)
+                (Ok(t), None)
+            }
+            Err(e) if e.not_assigned() => {
+                self.cache.lock().remove(&key);
+                self.missing
+                    .lock()
+                    .entry(key.0)
+                    .or_insert_with(Instant::now);
+                (Err(e), None)
             }
             Err(e) => {
-                if e.not_assigned() {
-                    self.cache.lock().remove(&key);
-                    self.missing
-                        .lock()
-                        .entry(key.0)
-                        .or_insert_with(Instant::now);
+                // A passing failure: a token that has not expired is still good to use.
+                let valid = self
+                    .cache
+                    .lock()
+                    .get(&key)
+                    .filter(|c| now < c.token.expires_on)
+                    .map(|c| c.token.clone());
+                match valid {
+                    Some(t) => (Ok(t), Some(e)),
+                    None => (Err(e), None),
                 }
-                // A passing failure keeps the cached token (still valid); the status keeps the
-                // last verified result.
-                Err(e)
             }
         }
     }

@@ -103,12 +103,14 @@ pub struct Report {
     pub resumes_gone: u64,
     pub duplicates: Vec<String>,
     pub orphans: Vec<String>,
+    /// Ready transitions from True, as watched (none expected).
+    pub flaps: Vec<String>,
 }
 
 impl Report {
     pub fn print(&self, name: &str) {
         println!(
-            "chaos {name}: seed {} | {} objects Ready after {:.1}s with {} kills | deleted after {:.1}s with {} kills | faults injected {:?}, watches closed {}, resumes answered 410 {} | duplicates {} | orphans {}",
+            "chaos {name}: seed {} | {} objects Ready after {:.1}s with {} kills | deleted after {:.1}s with {} kills | faults injected {:?}, watches closed {}, resumes answered 410 {} | Ready flaps {} | duplicates {} | orphans {}",
             self.seed,
             self.objects,
             self.time_to_ready.as_secs_f64(),
@@ -118,6 +120,7 @@ impl Report {
             self.injected,
             self.watches_closed,
             self.resumes_gone,
+            self.flaps.len(),
             self.duplicates.len(),
             self.orphans.len()
         );

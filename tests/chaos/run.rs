@@ -54,6 +54,9 @@ pub async fn run(s: Scenario, name: &str) -> Report {
             .await;
         }
     }
+    // Ready as a dashboard sees it: once True, an object stays Ready through the kills and
+    // Azure's passing faults.
+    let mut flaps = crate::support::flaps::Flaps::start(&stack.client(), &s.namespaces);
     stack.apply_yaml(&objects_yaml(&s)).await.unwrap();
     let expected = s.namespaces.len() * s.sets * 3;
 
@@ -96,6 +99,17 @@ pub async fn run(s: Scenario, name: &str) -> Report {
     });
     report.time_to_ready = started.elapsed();
     report.objects = expected;
+    // A few agent intervals more with the faults still on: nothing that was Ready flaps.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    flaps.stop();
+    report.flaps = flaps.flaps();
+    assert!(
+        report.flaps.is_empty(),
+        "Ready flapped (seed {}; log {}): {:?}",
+        s.seed,
+        log.display(),
+        report.flaps
+    );
 
     // Invariants once Ready, from Azure's state.
     let _ = std::fs::write(

@@ -15,6 +15,7 @@ pub mod arm;
 pub mod armspec;
 pub mod capture;
 pub mod envtest;
+pub mod flaps;
 pub mod helm;
 pub mod kubectl;
 
