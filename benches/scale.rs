@@ -19,6 +19,10 @@
 
 #[path = "scale/agents.rs"]
 mod agents;
+#[path = "../tests/support/envtest.rs"]
+mod envtest;
+#[path = "scale/real.rs"]
+mod real;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -174,8 +178,8 @@ fn with_true<K: Reported>(items: &[K], condition: &str) -> usize {
 }
 
 /// How many objects of `K` in the bench namespace show `condition` True.
-async fn count_true<K: Reported>(sb: &Sandbox, condition: &str) -> usize {
-    let api: Api<K> = Api::namespaced(sb.client(), NS);
+async fn count_true<K: Reported>(client: &kube::Client, condition: &str) -> usize {
+    let api: Api<K> = Api::namespaced(client.clone(), NS);
     with_true(
         &api.list(&ListParams::default()).await.unwrap().items,
         condition,
@@ -183,12 +187,13 @@ async fn count_true<K: Reported>(sb: &Sandbox, condition: &str) -> usize {
 }
 
 async fn converged(sb: &Sandbox, with_grants: bool, with_bindings: bool) -> usize {
-    let mut n = count_true::<UserAssignedIdentity>(sb, "Ready").await;
+    let client = sb.client();
+    let mut n = count_true::<UserAssignedIdentity>(&client, "Ready").await;
     if with_grants {
-        n += count_true::<RoleGrant>(sb, "Ready").await;
+        n += count_true::<RoleGrant>(&client, "Ready").await;
     }
     if with_bindings {
-        n += count_true::<IdentityBinding>(sb, "Assigned").await;
+        n += count_true::<IdentityBinding>(&client, "Assigned").await;
     }
     n
 }
@@ -292,17 +297,18 @@ async fn setup(vms: usize, scale: f64) -> (Sandbox, Emulator) {
     (sb, em)
 }
 
-/// Start the controller as its own process against the sandbox and the emulator, its log in
+/// Start the controller as its own process against a Kubernetes API (`kubeconfig_yaml`) and the
+/// emulator, its log in
 /// `dir` (with `BENCH_DEBUG`, in `target/bench-<scenario>.log`, level `BENCH_RUST_LOG`, default
 /// warn).
 fn spawn_controller(
-    sb: &Sandbox,
+    kubeconfig_yaml: &str,
     em: &Emulator,
     s: &Scenario,
     dir: &std::path::Path,
 ) -> tokio::process::Child {
     let kubeconfig = dir.join("kubeconfig");
-    sb.write_kubeconfig(&kubeconfig, "controller").unwrap();
+    std::fs::write(&kubeconfig, kubeconfig_yaml).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
     let log_path = if std::env::var("BENCH_DEBUG").is_ok() {
@@ -376,7 +382,7 @@ async fn run(s: &Scenario) -> Row {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
     std::fs::create_dir_all(&dir).unwrap();
     let started = Instant::now();
-    let mut child = spawn_controller(&sb, &em, s, &dir);
+    let mut child = spawn_controller(&sb.kubeconfig_yaml("controller"), &em, s, &dir);
     let pid = child.id().unwrap_or(0);
 
     // Start-up: until the controller's first write to the API (its first reconcile).
@@ -642,5 +648,18 @@ async fn main() {
         let row = agents::run(&d).await;
         eprintln!("scale: scenario d done");
         agents::print(&row);
+    }
+    // On a real API server: only when asked for.
+    if which.iter().any(|w| w == "d-real") {
+        let d_real = Scenario {
+            name: "d-real",
+            sets: env_f64("BENCH_D_REAL_SETS", 100.0) as usize,
+            vms: env_f64("BENCH_D_REAL_VMS", 10.0) as usize,
+            ..d
+        };
+        if let Some(row) = real::run(&d_real).await {
+            eprintln!("scale: scenario d-real done");
+            real::print(&row);
+        }
     }
 }

@@ -175,9 +175,9 @@ fn agent_kubeconfig(sb: &Sandbox, vm: &str) -> String {
     )
 }
 
-/// Start the agent of `vm` as its own process.
-fn spawn_agent(
-    sb: &Sandbox,
+/// Start the agent of `vm` as its own process, with the Kubernetes API of `kubeconfig_yaml`.
+pub fn spawn_agent(
+    kubeconfig_yaml: &str,
     em: &Emulator,
     vm: &str,
     interval: Duration,
@@ -185,7 +185,7 @@ fn spawn_agent(
     logs: &Path,
 ) -> tokio::process::Child {
     let kubeconfig = dir.join(format!("agent-{vm}.kubeconfig"));
-    std::fs::write(&kubeconfig, agent_kubeconfig(sb, vm)).unwrap();
+    std::fs::write(&kubeconfig, kubeconfig_yaml).unwrap();
     let imds = em
         .imds_endpoint(vm)
         .unwrap_or_else(|| panic!("no IMDS for {vm}"));
@@ -210,10 +210,10 @@ fn spawn_agent(
 }
 
 /// Identities, grants and bindings Ready.
-async fn ready(sb: &Sandbox) -> usize {
-    count_true::<UserAssignedIdentity>(sb, "Ready").await
-        + count_true::<RoleGrant>(sb, "Ready").await
-        + count_true::<IdentityBinding>(sb, "Ready").await
+pub async fn ready(client: &kube::Client) -> usize {
+    count_true::<UserAssignedIdentity>(client, "Ready").await
+        + count_true::<RoleGrant>(client, "Ready").await
+        + count_true::<IdentityBinding>(client, "Ready").await
 }
 
 fn median<T: Copy + PartialOrd + Default>(values: &[T]) -> T {
@@ -320,10 +320,15 @@ pub async fn run(s: &Scenario) -> Row {
     // by watch events: count from here.
     let baseline = AgentEvents::of(&sb.watch_deliveries(), &targets);
     let started = Instant::now();
-    let mut controller = spawn_controller(&sb, &em, s, &dir);
+    let mut controller = spawn_controller(&sb.kubeconfig_yaml("controller"), &em, s, &dir);
     let mut agents: Vec<(String, tokio::process::Child)> = vms
         .iter()
-        .map(|vm| (vm.clone(), spawn_agent(&sb, &em, vm, interval, &dir, &logs)))
+        .map(|vm| {
+            (
+                vm.clone(),
+                spawn_agent(&agent_kubeconfig(&sb, vm), &em, vm, interval, &dir, &logs),
+            )
+        })
         .collect();
     let pids: Vec<u32> = agents.iter().map(|(_, c)| c.id().unwrap_or(0)).collect();
 
@@ -341,7 +346,7 @@ pub async fn run(s: &Scenario) -> Row {
                 );
             }
         }
-        row.converged = ready(&sb).await;
+        row.converged = ready(&client).await;
         if row.converged >= row.objects {
             row.ready = Some(started.elapsed().as_secs_f64());
             break;
