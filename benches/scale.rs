@@ -1,5 +1,6 @@
-//! The scale benchmark: `cargo bench --bench scale` prints one table (counts and ratios, no
-//! pass/fail timing). `cargo bench --bench scale -- a` (or `b`, `c`) runs one scenario.
+//! The scale benchmark: `cargo bench --bench scale` prints a table (counts and ratios, no
+//! pass/fail timing) for (a) to (c) and one for (d). `cargo bench --bench scale -- a` (or `b`,
+//! `c`, `d`) runs one scenario.
 //!
 //! - (a) 1000 identity sets (identity, Reader grant, binding) over 100 VMs in a generated
 //!   emulator world, ARM throttling on (`BENCH_SCALE` multiplies ARM's buckets, default 2).
@@ -7,13 +8,21 @@
 //!   (so one VM PATCH can carry them), then one resync period of steady state.
 //! - (c) 10,000 identities that exist before the controller starts: start-up to the first
 //!   reconcile and the controller's memory.
+//! - (d) the sets of (a) with access checks on and one agent process per VM (`agents.rs`).
 //!
 //! The sandbox and the emulator run in this process; the controller runs as its own process
 //! (`uami-controller run`, the binary cargo builds with the bench) against them, so its resident
-//! memory is read from `/proc/<pid>/status` apart from theirs. Agent checks are off: a binding
+//! memory is read from `/proc/<pid>/status` apart from theirs. In (a) to (c) agent checks are off: a binding
 //! counts as converged when `Assigned=True` (its `Ready` needs the agent's token), identities
 //! and grants when `Ready=True`. Every scenario is bounded by `BENCH_LIMIT` seconds (default 600).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "scale/agents.rs"]
+mod agents;
+#[path = "../tests/support/envtest.rs"]
+mod envtest;
+#[path = "scale/real.rs"]
+mod real;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -126,12 +135,12 @@ fn identity(i: usize) -> UserAssignedIdentity {
     .unwrap()
 }
 
-fn grant(i: usize) -> RoleGrant {
+fn grant(i: usize, verify_access: bool) -> RoleGrant {
     serde_json::from_value(json!({
         "apiVersion": "uami.dev/v1alpha1", "kind": "RoleGrant",
         "metadata": {"name": format!("g-{i:05}"), "namespace": NS},
         "spec": {"identityRef": {"name": format!("id-{i:05}")}, "role": "Reader",
-                 "scope": {"resourceGroup": {"name": "DevTest"}}, "verifyAccess": false}
+                 "scope": {"resourceGroup": {"name": "DevTest"}}, "verifyAccess": verify_access}
     }))
     .unwrap()
 }
@@ -169,8 +178,8 @@ fn with_true<K: Reported>(items: &[K], condition: &str) -> usize {
 }
 
 /// How many objects of `K` in the bench namespace show `condition` True.
-async fn count_true<K: Reported>(sb: &Sandbox, condition: &str) -> usize {
-    let api: Api<K> = Api::namespaced(sb.client(), NS);
+async fn count_true<K: Reported>(client: &kube::Client, condition: &str) -> usize {
+    let api: Api<K> = Api::namespaced(client.clone(), NS);
     with_true(
         &api.list(&ListParams::default()).await.unwrap().items,
         condition,
@@ -178,12 +187,13 @@ async fn count_true<K: Reported>(sb: &Sandbox, condition: &str) -> usize {
 }
 
 async fn converged(sb: &Sandbox, with_grants: bool, with_bindings: bool) -> usize {
-    let mut n = count_true::<UserAssignedIdentity>(sb, "Ready").await;
+    let client = sb.client();
+    let mut n = count_true::<UserAssignedIdentity>(&client, "Ready").await;
     if with_grants {
-        n += count_true::<RoleGrant>(sb, "Ready").await;
+        n += count_true::<RoleGrant>(&client, "Ready").await;
     }
     if with_bindings {
-        n += count_true::<IdentityBinding>(sb, "Assigned").await;
+        n += count_true::<IdentityBinding>(&client, "Assigned").await;
     }
     n
 }
@@ -254,11 +264,9 @@ fn controller_requests(sb: &Sandbox) -> usize {
     sb.audit().iter().filter(|a| a.user == "controller").count()
 }
 
-async fn run(s: &Scenario) -> Row {
-    let mut row = Row {
-        name: s.name.into(),
-        ..Row::default()
-    };
+/// The sandbox with the CRDs, the bench namespace and a GrantPolicy that allows Reader on
+/// `DevTest` and every VM; the emulator with `vms` VMs and ARM throttling at `scale`.
+async fn setup(vms: usize, scale: f64) -> (Sandbox, Emulator) {
     let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.install(
         uami_controller::api::crds()
@@ -267,7 +275,7 @@ async fn run(s: &Scenario) -> Row {
             .collect(),
     )
     .unwrap();
-    let em = emulator::start(world(s.vms, s.scale)).await.unwrap();
+    let em = emulator::start(world(vms, scale)).await.unwrap();
     let client = sb.client();
     let ns: Value = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}});
     let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
@@ -279,44 +287,36 @@ async fn run(s: &Scenario) -> Row {
         "apiVersion": "uami.dev/v1alpha1", "kind": "GrantPolicy", "metadata": {"name": "bench"},
         "spec": {"namespaces": [NS],
                  "roleGrants": [{"roles": ["Reader"], "scopes": [{"resourceGroup": {"name": "DevTest"}}]}],
-                 "identityBindings": (0..s.vms).map(|i| json!({"virtualMachine": {"resourceGroup": "DevTest", "name": format!("vm-{i:03}")}})).collect::<Vec<_>>()}
+                 "identityBindings": (0..vms).map(|i| json!({"virtualMachine": {"resourceGroup": "DevTest", "name": format!("vm-{i:03}")}})).collect::<Vec<_>>()}
     }))
     .unwrap();
     Api::<GrantPolicy>::all(client.clone())
         .create(&PostParams::default(), &policy)
         .await
         .unwrap();
-    let n = s.sets;
-    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
-    let grants: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
-    let bindings: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
-    create_all(&ids, (0..n).map(identity).collect()).await;
-    if !s.identities_only {
-        create_all(&grants, (0..n).map(grant).collect()).await;
-        if !s.bindings_later {
-            create_all(&bindings, (0..n).map(|i| binding(i, s.vms)).collect()).await;
-        }
-    }
-    row.objects = if s.identities_only { n } else { 3 * n };
-    em.reset_counts();
+    (sb, em)
+}
 
-    // The controller, as its own process.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Start the controller as its own process against a Kubernetes API (`kubeconfig_yaml`) and the
+/// emulator, its log in
+/// `dir` (with `BENCH_DEBUG`, in `target/bench-<scenario>.log`, level `BENCH_RUST_LOG`, default
+/// warn).
+fn spawn_controller(
+    kubeconfig_yaml: &str,
+    em: &Emulator,
+    s: &Scenario,
+    dir: &std::path::Path,
+) -> tokio::process::Child {
     let kubeconfig = dir.join("kubeconfig");
-    sb.write_kubeconfig(&kubeconfig, "controller").unwrap();
+    std::fs::write(&kubeconfig, kubeconfig_yaml).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
-    // With `BENCH_DEBUG` the controller's log (`BENCH_RUST_LOG`, default warn) is kept in
-    // `target/bench-<scenario>.log`.
-    let debug = std::env::var("BENCH_DEBUG").is_ok();
-    let log_path = if debug {
+    let log_path = if std::env::var("BENCH_DEBUG").is_ok() {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("../bench-{}.log", s.name))
     } else {
         dir.join("controller.log")
     };
     let log = std::fs::File::create(&log_path).unwrap();
-    let started = Instant::now();
     // `BENCH_WRAPPER` runs the controller under a command (a profiler that execs it, so that the
     // process measured is still the controller).
     let wrapper: Vec<String> = std::env::var("BENCH_WRAPPER")
@@ -330,7 +330,7 @@ async fn run(s: &Scenario) -> Row {
         }
         None => tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller")),
     };
-    let mut child = command
+    command
         .arg("run")
         .args(["--cluster-name", "bench"])
         .arg("--kubeconfig")
@@ -354,7 +354,35 @@ async fn run(s: &Scenario) -> Row {
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+async fn run(s: &Scenario) -> Row {
+    let mut row = Row {
+        name: s.name.into(),
+        ..Row::default()
+    };
+    let (sb, em) = setup(s.vms, s.scale).await;
+    let client = sb.client();
+    let n = s.sets;
+    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
+    let grants: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
+    let bindings: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+    create_all(&ids, (0..n).map(identity).collect()).await;
+    if !s.identities_only {
+        create_all(&grants, (0..n).map(|i| grant(i, false)).collect()).await;
+        if !s.bindings_later {
+            create_all(&bindings, (0..n).map(|i| binding(i, s.vms)).collect()).await;
+        }
+    }
+    row.objects = if s.identities_only { n } else { 3 * n };
+    em.reset_counts();
+
+    // The controller, as its own process.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = Instant::now();
+    let mut child = spawn_controller(&sb.kubeconfig_yaml("controller"), &em, s, &dir);
     let pid = child.id().unwrap_or(0);
 
     // Start-up: until the controller's first write to the API (its first reconcile).
@@ -597,6 +625,17 @@ async fn main() {
         .into_iter()
         .filter(|s| which.is_empty() || which.iter().any(|w| w == s.name))
         .collect();
+    let d = Scenario {
+        name: "d",
+        sets: env_f64("BENCH_D_SETS", 1000.0) as usize,
+        vms: env_f64("BENCH_D_VMS", 100.0) as usize,
+        identities_only: false,
+        bindings_later: false,
+        scale,
+        resync: Duration::from_secs(600),
+        steady: false,
+        flags: flags(&[]),
+    };
     let mut rows = Vec::new();
     for s in &scenarios {
         let row = run(s).await;
@@ -604,5 +643,23 @@ async fn main() {
         rows.push(row);
         // The table so far, so that an interrupted run still reports what it measured.
         print(&rows, &scenarios[..rows.len()]);
+    }
+    if which.is_empty() || which.iter().any(|w| w == "d") {
+        let row = agents::run(&d).await;
+        eprintln!("scale: scenario d done");
+        agents::print(&row);
+    }
+    // On a real API server: only when asked for.
+    if which.iter().any(|w| w == "d-real") {
+        let d_real = Scenario {
+            name: "d-real",
+            sets: env_f64("BENCH_D_REAL_SETS", 100.0) as usize,
+            vms: env_f64("BENCH_D_REAL_VMS", 10.0) as usize,
+            ..d
+        };
+        if let Some(row) = real::run(&d_real).await {
+            eprintln!("scale: scenario d-real done");
+            real::print(&row);
+        }
     }
 }

@@ -14,6 +14,7 @@
 mod admission;
 mod authz;
 pub mod cel_cost;
+mod deliveries;
 mod events;
 mod namespace;
 mod protobuf;
@@ -38,6 +39,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use authz::UserInfo;
+pub use deliveries::{StreamDeliveries, WatchDeliveries};
 use store::Store;
 
 /// The current time as the apiserver writes it.
@@ -164,6 +166,7 @@ pub(crate) struct Shared {
     pub base: String,
     pub disconnect: tokio::sync::watch::Sender<u64>,
     pub watch_chaos: Mutex<WatchChaos>,
+    pub deliveries: Mutex<deliveries::Tally>,
     pub issuer: serviceaccount::Issuer,
 }
 
@@ -184,6 +187,10 @@ fn app(shared: Arc<Shared>) -> Router {
         .route(
             "/_sandbox/watch-faults",
             axum::routing::get(get_watch_faults).put(put_watch_faults),
+        )
+        .route(
+            "/_sandbox/watch-deliveries",
+            axum::routing::get(get_watch_deliveries),
         )
         .fallback(server::handle)
         .with_state(shared)
@@ -233,6 +240,20 @@ async fn put_watch_faults(
     }
 }
 
+/// `GET /_sandbox/watch-deliveries`: [`Sandbox::watch_deliveries`] as JSON.
+async fn get_watch_deliveries(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> axum::Json<WatchDeliveries> {
+    axum::Json(shared.watch_deliveries())
+}
+
+impl Shared {
+    fn watch_deliveries(&self) -> WatchDeliveries {
+        let changes = self.store.lock().changes.clone();
+        self.deliveries.lock().snapshot(changes)
+    }
+}
+
 /// Start the sandbox.
 pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -258,6 +279,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         base,
         disconnect,
         watch_chaos: Mutex::new(WatchChaos::new(WatchFaults::default())),
+        deliveries: Mutex::new(deliveries::Tally::default()),
     });
     let stop = CancellationToken::new();
     let s = stop.clone();
@@ -500,6 +522,12 @@ impl Sandbox {
     pub fn watch_faults_injected(&self) -> (u64, u64) {
         let c = self.shared.watch_chaos.lock();
         (c.closed, c.gone)
+    }
+
+    /// The watch events sent so far, per user, resource and object, with the changes the store
+    /// published per resource.
+    pub fn watch_deliveries(&self) -> WatchDeliveries {
+        self.shared.watch_deliveries()
     }
 
     /// Forget the watch history: resuming from an older resourceVersion answers 410 Gone.

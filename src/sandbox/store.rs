@@ -49,6 +49,8 @@ pub struct Store {
     pub window: usize,
     /// Live feed.
     pub tx: broadcast::Sender<Arc<Event>>,
+    /// Changes published, by resource (`plural.group`).
+    pub changes: BTreeMap<String, u64>,
     /// The collections that paged lists still read from, newest last: the pages after the first
     /// are served from the collection as it was at the first page's resourceVersion, as the API
     /// server serves them from its storage's snapshot at that revision.
@@ -77,6 +79,7 @@ impl Store {
             oldest: 1,
             window: window.max(1),
             tx,
+            changes: BTreeMap::new(),
             snapshots: VecDeque::new(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
@@ -169,6 +172,7 @@ impl Store {
         kind: &'static str,
         object: Arc<Value>,
     ) {
+        *self.changes.entry(def.qualified()).or_insert(0) += 1;
         let ev = Arc::new(Event {
             rv,
             resource: def.key(),

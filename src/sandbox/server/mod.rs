@@ -176,7 +176,7 @@ pub async fn handle(
     };
     let resp = match (allowed, v) {
         (Err(e), _) => e.into_response(),
-        (Ok(()), "watch") => watch::watch(&shared, &target, &q),
+        (Ok(()), "watch") => watch::watch(&shared, &user.username, &target, &q),
         (Ok(()), _) => {
             let req = Request {
                 shared: &shared,

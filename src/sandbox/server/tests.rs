@@ -1,5 +1,6 @@
 //! Request options through HTTP: `fieldValidation=Strict`, `dryRun=All`, and the `Warning`
-//! headers of a `Warn` admission policy, each for the request that asks and no other.
+//! headers of a `Warn` admission policy, each for the request that asks and no other; the watch
+//! events counted per user and object.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -188,4 +189,57 @@ async fn later_pages_of_a_list_show_the_collection_as_of_the_first_page() {
         .filter_map(|i| i["metadata"]["name"].as_str())
         .collect();
     assert_eq!(names, ["a", "b", "d"]);
+}
+
+#[tokio::test]
+async fn watch_events_are_counted_per_user_and_object() {
+    let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
+    let mut labelled = widget("a");
+    labelled["metadata"]["labels"] = json!({"team": "blue"});
+    sb.install(vec![crd(), labelled, widget("b")]).unwrap();
+    let http = reqwest::Client::new();
+    let collection = format!("{}apis/example.dev/v1/namespaces/default/widgets", sb.url());
+    // Each watch replays what exists, sees one change, and ends after a second.
+    let watch = |user: &str, query: &str| {
+        http.get(format!(
+            "{collection}?watch=true&timeoutSeconds=1&allowWatchBookmarks=true{query}"
+        ))
+        .bearer_auth(sb.token(user))
+        .send()
+    };
+    let everything = watch("alice", "").await.unwrap();
+    let blue = watch("bob", "&labelSelector=team%3Dblue").await.unwrap();
+    let resp = http
+        .patch(format!("{collection}/a"))
+        .bearer_auth(sb.token("admin"))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"spec":{"size":2}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let lines = |body: String| body.lines().count();
+    assert_eq!(lines(everything.text().await.unwrap()), 3);
+    assert_eq!(lines(blue.text().await.unwrap()), 2);
+
+    let d = sb.watch_deliveries();
+    let resource = "widgets.example.dev";
+    assert_eq!(d.changes.get(resource), Some(&3), "two creates and a patch");
+    assert_eq!(d.events_to("alice", resource), 3);
+    assert_eq!(d.events_to("bob", resource), 2);
+    let bob = d.of(resource).find(|s| s.user == "bob").unwrap();
+    assert_eq!(
+        bob.objects.iter().collect::<Vec<_>>(),
+        [(&"default/a".to_string(), &2)]
+    );
+    assert_eq!(bob.bookmarks, 0, "no bookmark within a second");
+    let over_http: Value = http
+        .get(format!("{}_sandbox/watch-deliveries", sb.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(over_http, serde_json::to_value(&d).unwrap());
 }

@@ -14,10 +14,16 @@ use serde_json::{Value, json};
 use super::read::selected;
 use super::{ApiError, Target, with_type};
 use crate::sandbox::Shared;
+use crate::sandbox::deliveries::Stream;
 use crate::sandbox::store::Event;
 
-/// `GET ...?watch=true`.
-pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Response {
+/// `GET ...?watch=true` by `user`; what it sends is counted in the sandbox's watch deliveries.
+pub(super) fn watch(
+    shared: &Arc<Shared>,
+    user: &str,
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Response {
     let rv: Option<u64> = match q.get("resourceVersion").filter(|r| !r.is_empty()) {
         None => None,
         Some(r) => match r.parse() {
@@ -53,6 +59,7 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
         Ok(Bytes::from(s))
     };
     let key = def.key();
+    let stream = shared.deliveries.lock().stream(user, &def.qualified());
     let matches = {
         let ns = ns.clone();
         let name = name.clone();
@@ -70,7 +77,8 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
     let (mut live, replay, start_rv, gone) = {
         let store = shared.store.lock();
         let live = store.tx.subscribe();
-        let mut replay: Vec<Value> = Vec::new();
+        // Each event with the object it is about (none for a bookmark).
+        let mut replay: Vec<(Value, Option<(String, String)>)> = Vec::new();
         let mut gone = false;
         match rv {
             Some(rv) if rv != 0 && !initial => {
@@ -78,7 +86,10 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
                     gone = true;
                 } else {
                     for e in store.log.iter().filter(|e| e.rv > rv && matches(e)) {
-                        replay.push(json!({"type": e.kind, "object": with_type(&def, &e.object)}));
+                        replay.push((
+                            json!({"type": e.kind, "object": with_type(&def, &e.object)}),
+                            Some((e.namespace.clone(), object_name(&e.object).to_string())),
+                        ));
                     }
                 }
             }
@@ -89,12 +100,15 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
                             && name.as_ref().is_none_or(|x| x == nm)
                             && selected(obj, &q)
                         {
-                            replay.push(json!({"type": "ADDED", "object": with_type(&def, obj)}));
+                            replay.push((
+                                json!({"type": "ADDED", "object": with_type(&def, obj)}),
+                                Some((n.clone(), nm.clone())),
+                            ));
                         }
                     }
                 }
                 if initial {
-                    replay.push(json!({"type": "BOOKMARK", "object": {"apiVersion": def.api_version(), "kind": def.kind, "metadata": {"resourceVersion": store.rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}}));
+                    replay.push((json!({"type": "BOOKMARK", "object": {"apiVersion": def.api_version(), "kind": def.kind, "metadata": {"resourceVersion": store.rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}}), None));
                 }
             }
         }
@@ -110,10 +124,15 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
                 .await;
             return;
         }
-        for ev in replay {
+        for (ev, about) in replay {
             if tx.send(line(ev)).await.is_err() {
                 return;
             }
+            sent(
+                &shared,
+                stream,
+                about.as_ref().map(|(n, nm)| (n.as_str(), nm.as_str())),
+            );
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
@@ -135,6 +154,7 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
                     if bookmarks {
                         let b = json!({"type": "BOOKMARK", "object": {"apiVersion": def.api_version(), "kind": def.kind, "metadata": {"resourceVersion": current.to_string()}}});
                         if tx.send(line(b)).await.is_err() { return; }
+                        sent(&shared, stream, None);
                     }
                 }
                 ev = live.recv() => {
@@ -144,6 +164,7 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
                             if e.rv <= start_rv || !matches(&e) { continue; }
                             let v = json!({"type": e.kind, "object": with_type(&def, &e.object)});
                             if tx.send(line(v)).await.is_err() { return; }
+                            sent(&shared, stream, Some((&e.namespace, object_name(&e.object))));
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "watch fell behind", "reason": "Expired", "code": 410});
@@ -156,14 +177,28 @@ pub(super) fn watch(shared: &Arc<Shared>, t: &Target, q: &HashMap<String, String
             }
         }
     });
-    let stream =
+    let body =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
         .header("transfer-encoding", "chunked")
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The name of a stored object.
+fn object_name(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// Count an event sent on `stream`: about the object `(namespace, name)`, or a bookmark.
+fn sent(shared: &Shared, stream: Stream, about: Option<(&str, &str)>) {
+    let mut d = shared.deliveries.lock();
+    match about {
+        Some((namespace, name)) => d.event(stream, namespace, name),
+        None => d.bookmark(stream),
+    }
 }
 
 /// Roll the watch faults for a new watch: whether a resume is answered 410 Gone, and when the
