@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use sha2::Digest;
 use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 use uami_controller::emulator::Emulator;
 use uami_controller::sandbox::{Sandbox, UserInfo, WatchDeliveries};
@@ -34,6 +33,9 @@ const IDENTITIES: &str = "userassignedidentities.uami.dev";
 const AGENT_GROUP: &str = "uami:bench-agents";
 /// The namespace of the objects added once (d) has converged.
 const OTHER_NS: &str = "bench-other";
+/// Bindings of the second phase that target `vm-000` (which has 10 of (d)'s): its agent then
+/// holds 100 bindings of its VM among 10,000 objects.
+const ON_FIRST_VM: usize = 90;
 /// The label the controller puts on a binding to a VM or scale set.
 const TARGET_LABEL: &str = "uami.dev/target";
 
@@ -131,12 +133,9 @@ impl AgentEvents {
 /// The value of [`TARGET_LABEL`] for a VM: the first 32 hex digits of the SHA-256 of its ARM
 /// id in lower case.
 fn target_label(vm: &str) -> String {
-    let id = format!(
+    uami_controller::api::binding::target_label_value(&format!(
         "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/{vm}"
-    )
-    .to_lowercase();
-    let digest = sha2::Sha256::digest(id.as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    ))
 }
 
 /// The chart's agent ClusterRole from the rendered manifests, and a binding of it to
@@ -229,9 +228,10 @@ fn max<T: Copy + PartialOrd + Default>(values: &[T]) -> T {
         .fold(T::default(), |m, v| if v > m { v } else { m })
 }
 
-/// Objects of another namespace that no agent of (d) serves: identities, grants and bindings to
-/// VMs of other names, half of the bindings labelled for their target as the controller labels
-/// them, half unlabelled as a user applies them. `count` objects in all.
+/// Objects of another namespace: identities, grants and bindings. The first [`ON_FIRST_VM`]
+/// bindings target `vm-000` and carry its label as the controller would put it, so that its
+/// agent holds 100 bindings of its VM; the others target VMs of other names, half labelled for
+/// their target, half unlabelled as a user applies them. `count` objects in all.
 fn crowd(
     count: usize,
 ) -> (
@@ -264,9 +264,13 @@ fn crowd(
         .collect();
     let bindings = (0..extra_bindings)
         .map(|j| {
-            let vm = format!("other-{j:05}");
+            let vm = if j < ON_FIRST_VM {
+                "vm-000".to_string()
+            } else {
+                format!("other-{j:05}")
+            };
             let mut metadata = json!({"name": format!("x-b-{j:05}"), "namespace": OTHER_NS});
-            if j % 2 == 0 {
+            if j < ON_FIRST_VM || j % 2 == 0 {
                 metadata["labels"] = json!({TARGET_LABEL: target_label(&vm)});
             }
             serde_json::from_value(json!({
@@ -412,7 +416,11 @@ pub async fn run(s: &Scenario) -> Row {
         for b in &xb {
             let name = b.metadata.name.clone().unwrap_or_default();
             if let Some(vm) = name.strip_prefix("x-b-") {
-                targets.insert(format!("{OTHER_NS}/{name}"), format!("other-{vm}"));
+                let target = match vm.parse::<usize>() {
+                    Ok(j) if j < ON_FIRST_VM => "vm-000".to_string(),
+                    _ => format!("other-{vm}"),
+                };
+                targets.insert(format!("{OTHER_NS}/{name}"), target);
             }
         }
         let count = xi.len() + xg.len() + xb.len() + row.objects;
