@@ -52,12 +52,7 @@ pub(super) async fn record_identity(
     ctx: &Context,
     identity_id: Option<(&str, &ComputeTarget)>,
 ) -> Result<(), ReconcileError> {
-    let api: Api<IdentityBinding> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
+    let (api, params) = metadata_patcher(obj, ctx);
     let Some((identity_id, target)) = identity_id else {
         let patch = serde_json::json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: null}}});
         api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
@@ -297,15 +292,20 @@ pub(super) async fn label_target(
     ctx: &Context,
     target: &ComputeTarget,
 ) -> Result<(), ReconcileError> {
-    let api: Api<IdentityBinding> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
     let patch = serde_json::json!({"metadata": {"labels": {TARGET_LABEL: target_label_value(&target.id())}}});
+    let (api, params) = metadata_patcher(obj, ctx);
     api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
         .await
         .map_err(ReconcileError::kube("LabelTarget"))?;
     Ok(())
+}
+
+/// The bindings of `obj`'s namespace, and the parameters of the controller's metadata patches.
+fn metadata_patcher(obj: &IdentityBinding, ctx: &Context) -> (Api<IdentityBinding>, PatchParams) {
+    let api = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    (api, params)
 }
