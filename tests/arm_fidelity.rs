@@ -175,6 +175,108 @@ async fn long_running_operations_in_the_location_form_are_polled_to_the_end() {
     stack.stop().await;
 }
 
+/// The api-versions the newest published Azure SDKs for Python send by default, read from the
+/// wheels (`_configuration.py` and the operations' request builders): (package, a path it
+/// calls, its version).
+const SDK_DEFAULTS: &[(&str, &str, &str)] = &[
+    (
+        "azure-mgmt-compute 39.0.0",
+        "/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM",
+        "2026-04-01",
+    ),
+    (
+        "azure-mgmt-compute 39.0.0",
+        "/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachineScaleSets/absent",
+        "2026-04-01",
+    ),
+    (
+        "azure-mgmt-msi 7.1.0",
+        "/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities",
+        "2024-11-30",
+    ),
+    (
+        "azure-mgmt-authorization 4.0.0",
+        "/resourceGroups/DevTest/providers/Microsoft.Authorization/roleAssignments",
+        "2022-04-01",
+    ),
+    (
+        "azure-mgmt-authorization 4.0.0",
+        "/providers/Microsoft.Authorization/roleDefinitions",
+        "2022-04-01",
+    ),
+    (
+        "azure-mgmt-resource 26.0.0",
+        "/resourcegroups/DevTest",
+        "2025-04-01",
+    ),
+    ("azure-mgmt-resource-subscriptions 1.0.0", "", "2022-12-01"),
+];
+
+#[tokio::test]
+async fn current_sdk_api_versions_are_accepted_and_unknown_ones_refused_as_azure_does() {
+    let emulator = uami_controller::emulator::start(World::tutorial().unwrap())
+        .await
+        .unwrap();
+    let admin = Admin::of(&emulator);
+    for (package, path, version) in SDK_DEFAULTS {
+        let (status, _, v) = admin
+            .send(
+                reqwest::Method::GET,
+                &format!("/subscriptions/{SUB}{path}?api-version={version}"),
+                None,
+                &[],
+            )
+            .await;
+        assert!(
+            status == 200 || status == 404,
+            "{package} {path}: {status} {v}"
+        );
+    }
+    // A provider's type: NoRegisteredProviderFound, naming the type, its versions and locations.
+    let (status, _, v) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!(
+                "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2099-01-01"
+            ),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], "NoRegisteredProviderFound", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "No registered resource provider found for location 'eastus' and API version '2099-01-01' for type 'virtualMachines'. The supported api-versions are '"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(", 2026-04-01'. The supported locations are 'eastus'."),
+        "{message}"
+    );
+    // ARM's own types: InvalidApiVersionParameter, the versions newest first.
+    let (status, _, v) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!("/subscriptions/{SUB}/resourcegroups/DevTest?api-version=2099-01-01"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], "InvalidApiVersionParameter", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("The api-version '2099-01-01' is invalid. The supported versions are '2025-04-01,2025-03-01,"),
+        "{v}"
+    );
+    emulator.shutdown().await;
+}
+
 #[tokio::test]
 async fn every_list_is_followed_through_next_link() {
     let mut world = World::tutorial().unwrap();
@@ -306,7 +408,7 @@ async fn access_checks_read_each_scope_with_its_providers_api_version() {
             .unwrap();
         assert_eq!(r.status(), 400, "{scope}");
         let v: Value = r.json().await.unwrap();
-        assert_eq!(v["error"]["code"], "InvalidApiVersionParameter");
+        assert_eq!(v["error"]["code"], "NoRegisteredProviderFound", "{v}");
     }
     // A provider the check does not know: refused here, with no request sent.
     emulator.reset_counts();

@@ -17,6 +17,7 @@ mod lro;
 mod paging;
 mod resources;
 mod route;
+mod versions;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -298,6 +299,26 @@ fn injected(
     }
 }
 
+/// Where ARM routes a request (the body's `location`, else its resource group's, else
+/// `global`) and the locations of the world's resource groups: what a refused api-version names.
+fn routed_location(inner: &Inner, r: &Route, body: Option<&Value>) -> (String, Vec<String>) {
+    let st = inner.state.lock();
+    let mut locations: Vec<String> = st.rgs.values().map(|g| g.location.to_lowercase()).collect();
+    locations.sort();
+    locations.dedup();
+    let location = body
+        .and_then(|b| b["location"].as_str())
+        .map(str::to_string)
+        .or_else(|| {
+            let (sub, rg) = r.group()?;
+            st.rgs
+                .get(&(sub.to_lowercase(), rg.to_lowercase()))
+                .map(|g| g.location.clone())
+        })
+        .unwrap_or_else(|| "global".into());
+    (location, locations)
+}
+
 /// Check, run and answer one operation; `Err` (the fault's kind) when the connection drops.
 async fn run(
     inner: &Inner,
@@ -310,7 +331,8 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     // AsyncOperation URLs carry their own api-version; every other call needs a supported one.
-    let claims = match gate::api_version(call.query, d.versions)
+    let routed = || routed_location(inner, r, call.body);
+    let claims = match gate::api_version(call.query, d.versions, routed)
         .and_then(|()| gate::authenticate(inner, call.headers))
     {
         Ok(c) => c,
