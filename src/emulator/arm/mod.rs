@@ -9,6 +9,7 @@
 
 mod authorization;
 mod compute;
+mod compute_put;
 pub(super) mod fic;
 mod gate;
 mod groups;
@@ -427,6 +428,27 @@ fn dispatch(
         ("GET", Route::Compute { .. }) => compute::compute_get(inner, st, scope),
         ("PATCH", Route::Compute { .. }) => {
             compute::compute_patch(inner, st, claims, scope, call.headers, body, now)
+        }
+        (
+            "PUT",
+            Route::Compute {
+                kind,
+                sub,
+                rg,
+                name,
+            },
+        ) => {
+            let target = compute_put::Target {
+                kind: *kind,
+                sub,
+                rg,
+                name,
+                scope,
+            };
+            compute_put::compute_put(inner, st, claims, &target, call.headers, body, now)
+        }
+        ("POST", Route::ComputeRestart { .. }) => {
+            compute_put::compute_restart(inner, st, scope, now)
         }
         ("GET", Route::AsyncOp { id, .. })
             if call.query.get("monitor").is_some_and(|m| m == "true") =>
