@@ -111,11 +111,7 @@ fn world(vms: usize, scale: f64) -> World {
             name: "DevTest".into(),
             location: "eastus".into(),
             virtual_machines: (0..vms)
-                .map(|i| VirtualMachine {
-                    name: format!("vm-{i:03}"),
-                    system_assigned: false,
-                    imds_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                })
+                .map(|i| VirtualMachine::named(&format!("vm-{i:03}")))
                 .collect(),
             virtual_machine_scale_sets: Vec::new(),
             storage_accounts: Vec::new(),

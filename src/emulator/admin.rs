@@ -63,6 +63,11 @@ async fn knobs(AxState(inner): Inn) -> axum::Json<Knobs> {
 }
 
 async fn set_knobs(AxState(inner): Inn, body: axum::body::Bytes) -> Response {
+    if let Ok(k) = serde_json::from_slice::<Knobs>(&body)
+        && let Err(e) = k.check()
+    {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": e}))).into_response();
+    }
     replace(&body, |k: &Knobs| *inner.knobs.lock() = k.clone())
 }
 

@@ -19,12 +19,31 @@ pub enum LroForm {
     Location,
 }
 
+/// The long-running operations the emulator serves, and whether their specification
+/// (Compute 2024-11-01 `responses`) allows a 202 answer: only those may answer in the
+/// `Location` form. CreateOrUpdate answers 200/201 and Update only 200.
+pub const LRO_OPERATIONS: &[(&str, bool)] = &[
+    ("VirtualMachines_CreateOrUpdate", false),
+    ("VirtualMachines_Update", false),
+    ("VirtualMachines_Restart", true),
+    ("VirtualMachineScaleSets_CreateOrUpdate", false),
+    ("VirtualMachineScaleSets_Update", false),
+    ("VirtualMachineScaleSets_Restart", true),
+];
+
+/// Whether `operation`'s specification allows a 202 answer.
+fn allows_accepted(operation: &str) -> bool {
+    LRO_OPERATIONS
+        .iter()
+        .any(|(op, accepted)| *op == operation && *accepted)
+}
+
 /// The knobs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Knobs {
-    /// LRO form by operation id (`VirtualMachines_Update`, `VirtualMachineScaleSets_Update`);
-    /// `AzureAsyncOperation` when absent.
+    /// LRO form by operation id (of [`LRO_OPERATIONS`]); `AzureAsyncOperation` when absent.
+    /// `Location` only for an operation whose specification allows 202.
     pub lro_forms: BTreeMap<String, LroForm>,
     /// Items per page of every list (`nextLink` leads to the next); 0 means 100.
     pub page_size: usize,
@@ -57,9 +76,31 @@ pub fn add_inner_error(body: &mut serde_json::Value) {
 }
 
 impl Knobs {
-    /// The LRO form of `operation`.
+    /// The LRO form of `operation`: `Location` only where its specification allows 202.
     pub fn lro_form(&self, operation: &str) -> LroForm {
-        self.lro_forms.get(operation).copied().unwrap_or_default()
+        match self.lro_forms.get(operation).copied().unwrap_or_default() {
+            LroForm::Location if allows_accepted(operation) => LroForm::Location,
+            _ => LroForm::AzureAsyncOperation,
+        }
+    }
+
+    /// Refuse forms the emulator would not answer: an operation it does not serve as a
+    /// long-running one, or the `Location` form (202) where the specification allows only
+    /// 200/201.
+    pub fn check(&self) -> Result<(), String> {
+        for (op, form) in &self.lro_forms {
+            if !LRO_OPERATIONS.iter().any(|(o, _)| o == op) {
+                return Err(format!(
+                    "lroForms: {op} is not a long-running operation the emulator serves"
+                ));
+            }
+            if *form == LroForm::Location && !allows_accepted(op) {
+                return Err(format!(
+                    "lroForms: {op} answers only 200 or 201 in the Compute specification, so never in the Location form (202)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Items per page.

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Assignment, Compute, ComputeKind, Rg, State};
+use super::state::{Assignment, Compute, ComputeKind, ComputeModel, Rg, State};
 use super::{
     ADMIN_PRINCIPAL, Counts, Emulator, EmulatorError, Inner, World, admin, imds, rbac, world,
 };
@@ -157,21 +157,26 @@ fn initial_state(world: &World) -> Result<State, EmulatorError> {
                 pending: None,
                 applied_seq: 0,
                 instances,
+                model: ComputeModel::default(),
             };
-            let vms = rg
-                .virtual_machines
-                .iter()
-                .map(|vm| compute(ComputeKind::Vm, &vm.name, vm.system_assigned, Vec::new()));
+            let vm_model = |(top, properties)| ComputeModel::declared(top, properties);
+            let vms = rg.virtual_machines.iter().map(|vm| Compute {
+                model: vm_model(vm.arm_model(&sub.id, &rg.name)),
+                ..compute(ComputeKind::Vm, &vm.name, vm.system_assigned, Vec::new())
+            });
             let scale_sets = rg.virtual_machine_scale_sets.iter().map(|ss| {
                 let instances = (0..ss.instances)
                     .map(|i| format!("{}_{i}", ss.name))
                     .collect();
-                compute(
-                    ComputeKind::ScaleSet,
-                    &ss.name,
-                    ss.system_assigned,
-                    instances,
-                )
+                Compute {
+                    model: vm_model(ss.arm_model(&sub.id, &rg.name)),
+                    ..compute(
+                        ComputeKind::ScaleSet,
+                        &ss.name,
+                        ss.system_assigned,
+                        instances,
+                    )
+                }
             });
             for c in vms.chain(scale_sets) {
                 st.computes.insert(c.id().to_lowercase(), c);

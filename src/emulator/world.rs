@@ -1,6 +1,7 @@
 //! The world file: the tenant, subscriptions, resource groups, VMs and scale sets, the
 //! controller's service principal, the role assignments it starts with, and the faults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -129,6 +130,26 @@ pub struct VirtualMachine {
     /// Listen address of its IMDS.
     #[serde(default = "loopback")]
     pub imds_listen: SocketAddr,
+    /// Size (`hardwareProfile.vmSize`, or a scale set's `sku.name`); `Standard_D2s_v3`.
+    #[serde(default = "default_vm_size")]
+    pub vm_size: String,
+    /// Administrator user name (`osProfile.adminUsername`); `azureuser`. The emulator keeps no
+    /// password.
+    #[serde(default = "default_admin_username")]
+    pub admin_username: String,
+    /// Marketplace image (`storageProfile.imageReference`); Ubuntu 24.04 LTS.
+    #[serde(default)]
+    pub image: ImageReference,
+    /// Tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Availability zones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// Network interface ids (`networkProfile`); one named `{name}-nic` in its resource group
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<String>,
 }
 
 /// A VM scale set.
@@ -143,6 +164,217 @@ pub struct ScaleSet {
     /// Whether it has a system-assigned identity.
     #[serde(default)]
     pub system_assigned: bool,
+    /// Size (`hardwareProfile.vmSize`, or a scale set's `sku.name`); `Standard_D2s_v3`.
+    #[serde(default = "default_vm_size")]
+    pub vm_size: String,
+    /// Administrator user name (`osProfile.adminUsername`); `azureuser`. The emulator keeps no
+    /// password.
+    #[serde(default = "default_admin_username")]
+    pub admin_username: String,
+    /// Marketplace image (`storageProfile.imageReference`); Ubuntu 24.04 LTS.
+    #[serde(default)]
+    pub image: ImageReference,
+    /// Tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Availability zones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// The subnet of its instances' network interfaces; `{name}-vnet/subnets/default` in its
+    /// resource group when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+}
+
+fn default_vm_size() -> String {
+    "Standard_D2s_v3".into()
+}
+
+fn default_admin_username() -> String {
+    "azureuser".into()
+}
+
+/// A marketplace image.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ImageReference {
+    pub publisher: String,
+    pub offer: String,
+    pub sku: String,
+    pub version: String,
+}
+
+impl Default for ImageReference {
+    fn default() -> Self {
+        Self {
+            publisher: "Canonical".into(),
+            offer: "ubuntu-24_04-lts".into(),
+            sku: "server".into(),
+            version: "latest".into(),
+        }
+    }
+}
+
+/// The top-level fields ARM shows besides `properties`: `tags` and `zones`.
+fn top_level(
+    tags: &BTreeMap<String, String>,
+    zones: &[String],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut top = serde_json::Map::new();
+    if !tags.is_empty() {
+        top.insert("tags".into(), serde_json::json!(tags));
+    }
+    if !zones.is_empty() {
+        top.insert("zones".into(), serde_json::json!(zones));
+    }
+    top
+}
+
+impl VirtualMachine {
+    /// VM `name` with the defaults: no system-assigned identity, IMDS on a free loopback port.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            system_assigned: false,
+            imds_listen: loopback(),
+            vm_size: default_vm_size(),
+            admin_username: default_admin_username(),
+            image: ImageReference::default(),
+            tags: BTreeMap::new(),
+            zones: Vec::new(),
+            network_interfaces: Vec::new(),
+        }
+    }
+
+    /// Its model as ARM shows it: the top-level fields and `properties` (no read-only values).
+    pub fn arm_model(
+        &self,
+        sub: &str,
+        rg: &str,
+    ) -> (
+        serde_json::Map<String, serde_json::Value>,
+        serde_json::Value,
+    ) {
+        let nics: Vec<String> = if self.network_interfaces.is_empty() {
+            vec![format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/networkInterfaces/{}-nic",
+                self.name
+            )]
+        } else {
+            self.network_interfaces.clone()
+        };
+        let nics: Vec<serde_json::Value> = nics
+            .iter()
+            .enumerate()
+            .map(|(i, id)| serde_json::json!({"id": id, "properties": {"primary": i == 0}}))
+            .collect();
+        let m = self;
+        let properties = serde_json::json!({
+            "hardwareProfile": {"vmSize": m.vm_size},
+            "storageProfile": {
+                "imageReference": m.image,
+                "osDisk": {
+                    "osType": "Linux",
+                    "name": format!("{}_OsDisk_1", self.name),
+                    "createOption": "FromImage",
+                    "caching": "ReadWrite",
+                    "managedDisk": {
+                        "storageAccountType": "Premium_LRS",
+                        "id": format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{}_OsDisk_1", self.name),
+                    },
+                    "deleteOption": "Delete",
+                    "diskSizeGB": 30,
+                },
+                "dataDisks": [],
+            },
+            "osProfile": {
+                "computerName": self.name,
+                "adminUsername": m.admin_username,
+                "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true},
+                "secrets": [],
+                "allowExtensionOperations": true,
+            },
+            "networkProfile": {"networkInterfaces": nics},
+        });
+        (top_level(&self.tags, &self.zones), properties)
+    }
+}
+
+impl ScaleSet {
+    /// Scale set `name` of `instances` instances with the defaults: no system-assigned
+    /// identity.
+    pub fn named(name: &str, instances: u32) -> Self {
+        Self {
+            name: name.into(),
+            instances,
+            system_assigned: false,
+            vm_size: default_vm_size(),
+            admin_username: default_admin_username(),
+            image: ImageReference::default(),
+            tags: BTreeMap::new(),
+            zones: Vec::new(),
+            subnet: None,
+        }
+    }
+
+    /// Its model as ARM shows it: the top-level fields (`sku` among them) and `properties`.
+    pub fn arm_model(
+        &self,
+        sub: &str,
+        rg: &str,
+    ) -> (
+        serde_json::Map<String, serde_json::Value>,
+        serde_json::Value,
+    ) {
+        let m = self;
+        let subnet = self.subnet.clone().unwrap_or_else(|| {
+            format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{}-vnet/subnets/default",
+                self.name
+            )
+        });
+        let mut top = top_level(&self.tags, &self.zones);
+        top.insert(
+            "sku".into(),
+            serde_json::json!({"name": m.vm_size, "tier": "Standard", "capacity": self.instances}),
+        );
+        let properties = serde_json::json!({
+            "upgradePolicy": {"mode": "Manual"},
+            "overprovision": false,
+            "singlePlacementGroup": false,
+            "virtualMachineProfile": {
+                "storageProfile": {
+                    "imageReference": m.image,
+                    "osDisk": {
+                        "osType": "Linux",
+                        "createOption": "FromImage",
+                        "caching": "ReadWrite",
+                        "managedDisk": {"storageAccountType": "Premium_LRS"},
+                        "diskSizeGB": 30,
+                    },
+                    "dataDisks": [],
+                },
+                "osProfile": {
+                    "computerNamePrefix": self.name,
+                    "adminUsername": m.admin_username,
+                    "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true},
+                    "secrets": [],
+                    "allowExtensionOperations": true,
+                },
+                "networkProfile": {"networkInterfaceConfigurations": [{
+                    "name": format!("{}-nic", self.name),
+                    "properties": {
+                        "primary": true,
+                        "ipConfigurations": [{
+                            "name": "ipconfig1",
+                            "properties": {"primary": true, "subnet": {"id": subnet}},
+                        }],
+                    },
+                }]},
+            },
+        });
+        (top, properties)
+    }
 }
 
 /// A role assignment at start.
@@ -197,7 +429,10 @@ impl World {
         } else {
             v
         };
-        serde_json::from_value(inner).map_err(|e| EmulatorError::World(e.to_string()))
+        let world: Self =
+            serde_json::from_value(inner).map_err(|e| EmulatorError::World(e.to_string()))?;
+        world.knobs.check().map_err(EmulatorError::World)?;
+        Ok(world)
     }
 
     /// Read a world file.

@@ -237,9 +237,8 @@ pub async fn start_stack_on(vms: usize, external: Option<External>) -> Stack {
     let rg = &mut opts.world.subscriptions[0].resource_groups[0];
     rg.virtual_machines = (0..vms)
         .map(|i| VirtualMachine {
-            name: vm(i),
             system_assigned: i % 2 == 0,
-            imds_listen: "127.0.0.1:0".parse().unwrap(),
+            ..VirtualMachine::named(&vm(i))
         })
         .collect();
     Stack::start(opts).await.unwrap()

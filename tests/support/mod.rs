@@ -388,9 +388,8 @@ pub fn add_web_scale_set(opts: &mut StackOptions) {
     opts.world.subscriptions[0].resource_groups[0]
         .virtual_machine_scale_sets
         .push(uami_controller::emulator::world::ScaleSet {
-            name: "web".into(),
-            instances: 1,
             system_assigned: true,
+            ..uami_controller::emulator::world::ScaleSet::named("web", 1)
         });
 }
 

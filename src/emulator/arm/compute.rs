@@ -1,5 +1,7 @@
-//! VMs and scale sets (GET, PATCH of their identities) and the long-running operation a PATCH
-//! starts, in the `Azure-AsyncOperation` form (the `Location` form is in `lro.rs`).
+//! VMs and scale sets: GET of their model, PATCH (the model at once, identities checked as
+//! Compute checks them, applied by the long-running operation it starts, answered 200 with the
+//! new model and an `Azure-AsyncOperation` to poll), and that operation's status. PUT and
+//! restart are in `compute_put.rs`, the `Location` form of operations in `lro.rs`.
 
 use std::time::Instant;
 
@@ -12,9 +14,8 @@ use super::{Answer, arm_err, bad_request, lro};
 use crate::emulator::Inner;
 use crate::emulator::aad::Claims;
 use crate::emulator::faults::{kind as fk, take_next};
-use crate::emulator::knobs::LroForm;
 use crate::emulator::state::{
-    Compute, ComputeKind, IdentityChange, LRO_DEADLINE, Operation, Progress, State as Az,
+    Compute, IdentityChange, LRO_DEADLINE, Operation, Progress, State as Az,
 };
 
 /// `GET` of a VM or scale set, with its etag.
@@ -33,7 +34,7 @@ pub(super) fn compute_get(inner: &Inner, st: &Az, scope: &str) -> Answer {
     }
 }
 
-fn compute_missing(scope: &str) -> (StatusCode, Value) {
+pub(super) fn compute_missing(scope: &str) -> (StatusCode, Value) {
     let name = scope.rsplit('/').next().unwrap_or_default();
     arm_err(
         StatusCode::NOT_FOUND,
@@ -62,8 +63,8 @@ const IDENTITY_TYPES: &[&str] = &[
     "None",
 ];
 
-/// `PATCH` of the identities of a VM or scale set (with `If-Match`): changes the model at
-/// once and starts the operation that brings the VM to it.
+/// `PATCH` of a VM or scale set (with `If-Match`): changes the model at once (its tags,
+/// properties and identities) and starts the operation that brings the VM to it.
 pub(super) fn compute_patch(
     inner: &Inner,
     st: &mut Az,
@@ -111,21 +112,34 @@ pub(super) fn compute_patch(
         Ok(change) => change,
         Err(refused) => return refused.into(),
     };
-    let op_id = start_operation(inner, st, &key, &c, change, now);
-    let Some(cm) = st.computes.get(&key) else {
-        return compute_missing(scope).into();
-    };
-    let operation = match c.kind {
-        ComputeKind::Vm => "VirtualMachines_Update",
-        ComputeKind::ScaleSet => "VirtualMachineScaleSets_Update",
-    };
-    if inner.knobs.lock().lro_form(operation) == LroForm::Location {
-        return lro::accepted(inner, &c.subscription, &c.location, &op_id);
+    // The model changes at once (ARM's model); the identity when the operation applies it.
+    if let Some(cm) = st.computes.get_mut(&key) {
+        cm.model.patch(body);
+        cm.model.running_state = "Updating";
     }
-    let op_url = lro::operation_url(inner, &c.subscription, &c.location, &op_id, false);
+    let op_id = start_operation(inner, st, &key, &c, change.clone(), now);
+    // VirtualMachines_Update and VirtualMachineScaleSets_Update answer only 200 (Compute
+    // 2024-11-01): the updated model, `Updating`, and the operation to poll.
+    written(inner, st, &key, &op_id, &change, StatusCode::OK)
+}
+
+/// The answer to a write that started operation `op_id` on the VM or scale set at `key`: the
+/// model it asked for (`Creating` or `Updating`) with the `Azure-AsyncOperation` to poll.
+pub(super) fn written(
+    inner: &Inner,
+    st: &Az,
+    key: &str,
+    op_id: &str,
+    goal: &IdentityChange,
+    status: StatusCode,
+) -> Answer {
+    let Some(c) = st.computes.get(key) else {
+        return compute_missing(key).into();
+    };
+    let op_url = lro::operation_url(inner, &c.subscription, &c.location, op_id, false);
     let mut a: Answer = (
-        StatusCode::OK,
-        cm.json(&st.identities, &inner.world.tenant_id),
+        status,
+        c.json_with(&st.identities, &inner.world.tenant_id, Some(goal)),
     )
         .into();
     a.headers.push(("azure-asyncoperation", op_url));
@@ -138,7 +152,7 @@ pub(super) fn compute_patch(
 
 /// The identity state a PATCH asks for, checked as Compute checks it: the identity types, that
 /// each added identity exists, and that the caller may assign it (`assign/action`).
-fn requested_change(
+pub(super) fn requested_change(
     st: &Az,
     claims: &Claims,
     scope: &str,
@@ -149,16 +163,7 @@ fn requested_change(
     // As in ARM, a PATCH updates the model at once and the operation brings the VM to it: an
     // update accepted while another runs builds on that one's goal, not on the state the
     // running one has not applied yet (which would silently drop the running change).
-    let running = c
-        .pending
-        .as_ref()
-        .and_then(|p| st.operations.get(p))
-        .filter(|o| o.outcome.is_none())
-        .map(|o| o.change.clone());
-    let mut change = running.unwrap_or_else(|| IdentityChange {
-        system: c.system_principal.is_some(),
-        user_assigned: c.user_assigned.clone(),
-    });
+    let mut change = running_goal(st, c);
     if let Some(identity) = body.get("identity").filter(|v| !v.is_null()) {
         let Some(t) = identity["type"].as_str() else {
             return Err(bad_request(
@@ -238,9 +243,23 @@ fn requested_change(
     Ok(change)
 }
 
+/// The identity state a VM or scale set is going to: the goal of its running operation, or
+/// its state when none runs.
+pub(super) fn running_goal(st: &Az, c: &Compute) -> IdentityChange {
+    c.pending
+        .as_ref()
+        .and_then(|p| st.operations.get(p))
+        .filter(|o| o.outcome.is_none())
+        .map(|o| o.change.clone())
+        .unwrap_or_else(|| IdentityChange {
+            system: c.system_principal.is_some(),
+            user_assigned: c.user_assigned.clone(),
+        })
+}
+
 /// Start the operation that brings the VM or scale set at `key` to `change`: the model changes
 /// at once (a new etag), the operation finishes when polled or at its deadline. Its id.
-fn start_operation(
+pub(super) fn start_operation(
     inner: &Inner,
     st: &mut Az,
     key: &str,
@@ -282,7 +301,8 @@ fn start_operation(
     );
     if let Some(cm) = st.computes.get_mut(key) {
         cm.pending = Some(op_id.clone());
-        // The model changed: a writer holding the old etag gets 412.
+        // A new operation on the model (its order, `seq`, is the etag): a writer holding
+        // the old etag gets 412.
         cm.etag += 1;
     }
     op_id

@@ -9,28 +9,28 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
 use super::route::subscription_of;
+use super::versions::ApiVersions;
 use super::{Answer, Ran, arm_err, bad_request, eq};
 use crate::emulator::Inner;
 use crate::emulator::aad::{self, Claims};
 use crate::emulator::faults::{arm_limits, kind as fk, take_next};
 
-/// The api-version of the query, checked against the versions the operation accepts.
+/// The api-version of the query, checked against the versions the operation's type accepts;
+/// `routed` gives, for a refusal, where ARM routed the request and the world's locations.
 pub(super) fn api_version(
     query: &HashMap<String, String>,
-    versions: &[&str],
+    versions: &ApiVersions,
+    routed: impl FnOnce() -> (String, Vec<String>),
 ) -> Result<(), (StatusCode, Value)> {
     match query.get("api-version") {
         None => Err(bad_request(
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         )),
-        Some(v) if !versions.contains(&v.as_str()) => Err(bad_request(
-            "InvalidApiVersionParameter",
-            &format!(
-                "The api-version '{v}' is invalid. The supported versions are '{}'.",
-                versions.join(",")
-            ),
-        )),
+        Some(v) if !versions.accepts(v) => {
+            let (location, locations) = routed();
+            Err(versions.refusal(v, &location, &locations))
+        }
         Some(_) => Ok(()),
     }
 }

@@ -9,6 +9,7 @@
 
 mod authorization;
 mod compute;
+mod compute_put;
 pub(super) mod fic;
 mod gate;
 mod groups;
@@ -17,6 +18,7 @@ mod lro;
 mod paging;
 mod resources;
 mod route;
+mod versions;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -298,6 +300,26 @@ fn injected(
     }
 }
 
+/// Where ARM routes a request (the body's `location`, else its resource group's, else
+/// `global`) and the locations of the world's resource groups: what a refused api-version names.
+fn routed_location(inner: &Inner, r: &Route, body: Option<&Value>) -> (String, Vec<String>) {
+    let st = inner.state.lock();
+    let mut locations: Vec<String> = st.rgs.values().map(|g| g.location.to_lowercase()).collect();
+    locations.sort();
+    locations.dedup();
+    let location = body
+        .and_then(|b| b["location"].as_str())
+        .map(str::to_string)
+        .or_else(|| {
+            let (sub, rg) = r.group()?;
+            st.rgs
+                .get(&(sub.to_lowercase(), rg.to_lowercase()))
+                .map(|g| g.location.clone())
+        })
+        .unwrap_or_else(|| "global".into());
+    (location, locations)
+}
+
 /// Check, run and answer one operation; `Err` (the fault's kind) when the connection drops.
 async fn run(
     inner: &Inner,
@@ -310,7 +332,8 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     // AsyncOperation URLs carry their own api-version; every other call needs a supported one.
-    let claims = match gate::api_version(call.query, d.versions)
+    let routed = || routed_location(inner, r, call.body);
+    let claims = match gate::api_version(call.query, d.versions, routed)
         .and_then(|()| gate::authenticate(inner, call.headers))
     {
         Ok(c) => c,
@@ -405,6 +428,27 @@ fn dispatch(
         ("GET", Route::Compute { .. }) => compute::compute_get(inner, st, scope),
         ("PATCH", Route::Compute { .. }) => {
             compute::compute_patch(inner, st, claims, scope, call.headers, body, now)
+        }
+        (
+            "PUT",
+            Route::Compute {
+                kind,
+                sub,
+                rg,
+                name,
+            },
+        ) => {
+            let target = compute_put::Target {
+                kind: *kind,
+                sub,
+                rg,
+                name,
+                scope,
+            };
+            compute_put::compute_put(inner, st, claims, &target, call.headers, body, now)
+        }
+        ("POST", Route::ComputeRestart { .. }) => {
+            compute_put::compute_restart(inner, st, scope, now)
         }
         ("GET", Route::AsyncOp { id, .. })
             if call.query.get("monitor").is_some_and(|m| m == "true") =>

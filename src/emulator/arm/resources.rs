@@ -5,34 +5,20 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::arm_err;
+use super::versions::{self, ApiVersions};
 use crate::emulator::Inner;
 
 /// Resource types served here: (namespace/type, operation id, accepted api-versions).
-/// The api-version lists are those of the providers' stable releases; they are not checked
-/// against stored specifications (none are stored for these providers).
-pub(super) const TYPES: &[(&str, &str, &[&str])] = &[
+pub(super) const TYPES: &[(&str, &str, &ApiVersions)] = &[
     (
         "Microsoft.Storage/storageAccounts",
         "StorageAccounts_GetProperties",
-        &[
-            "2021-09-01",
-            "2022-09-01",
-            "2023-01-01",
-            "2023-04-01",
-            "2023-05-01",
-            "2024-01-01",
-        ],
+        &versions::STORAGE_ACCOUNTS,
     ),
     (
         "Microsoft.KeyVault/vaults",
         "Vaults_Get",
-        &[
-            "2021-10-01",
-            "2022-07-01",
-            "2023-02-01",
-            "2023-07-01",
-            "2024-11-01",
-        ],
+        &versions::KEY_VAULTS,
     ),
 ];
 
@@ -40,18 +26,18 @@ pub(super) const TYPES: &[(&str, &str, &[&str])] = &[
 pub(super) fn served(
     namespace: &str,
     type_: &str,
-) -> Option<&'static (&'static str, &'static str, &'static [&'static str])> {
+) -> Option<&'static (&'static str, &'static str, &'static ApiVersions)> {
     let t = format!("{namespace}/{type_}");
     TYPES.iter().find(|(k, _, _)| k.eq_ignore_ascii_case(&t))
 }
 
 /// The entry of a served type (`namespace/type` as in [`TYPES`]).
-pub(super) fn by_type(type_: &str) -> (&'static str, &'static str, &'static [&'static str]) {
+pub(super) fn by_type(type_: &str) -> (&'static str, &'static str, &'static ApiVersions) {
     TYPES
         .iter()
         .find(|(k, _, _)| *k == type_)
         .copied()
-        .unwrap_or(("", "Unknown", &[]))
+        .unwrap_or(("", "Unknown", &versions::STORAGE_ACCOUNTS))
 }
 
 /// GET of a storage account or key vault declared in the world.

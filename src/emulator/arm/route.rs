@@ -5,6 +5,7 @@ use axum::http::Method;
 
 use super::eq;
 use super::resources;
+use super::versions::{self, ApiVersions};
 use crate::emulator::state::ComputeKind;
 
 /// The resource a request path names.
@@ -43,6 +44,13 @@ pub(super) enum Route {
         rg: String,
         name: String,
     },
+    /// `POST .../{name}/restart` of a VM or scale set.
+    ComputeRestart {
+        kind: ComputeKind,
+        sub: String,
+        rg: String,
+        name: String,
+    },
     AsyncOp {
         sub: String,
         id: String,
@@ -69,64 +77,6 @@ pub(super) enum Route {
     },
     Unknown,
 }
-
-const MI_VERSIONS: &[&str] = &[
-    "2018-11-30",
-    "2021-09-30-preview",
-    "2022-01-31-preview",
-    "2023-01-31",
-    "2023-07-31-preview",
-    "2024-11-30",
-    "2025-01-31-preview",
-    "2026-04-30",
-    "2026-05-31",
-];
-/// Federated identity credentials arrived with 2022-01-31-preview, the third release.
-const FIC_VERSIONS: &[&str] = MI_VERSIONS.split_at(2).1;
-const AUTH_VERSIONS: &[&str] = &[
-    "2015-07-01",
-    "2018-01-01-preview",
-    "2018-09-01-preview",
-    "2020-04-01-preview",
-    "2020-10-01-preview",
-    "2022-04-01",
-    "2022-05-01-preview",
-];
-const COMPUTE_VERSIONS: &[&str] = &[
-    "2022-03-01",
-    "2022-08-01",
-    "2022-11-01",
-    "2023-03-01",
-    "2023-07-01",
-    "2023-09-01",
-    "2024-03-01",
-    "2024-07-01",
-    "2024-11-01",
-    "2025-02-01",
-    "2025-04-01",
-    "2025-11-01",
-];
-/// `Microsoft.Resources/subscriptions` (Subscriptions_Get) has releases of its own; not checked
-/// against a stored specification.
-const SUBSCRIPTION_VERSIONS: &[&str] = &[
-    "2016-06-01",
-    "2019-06-01",
-    "2019-11-01",
-    "2020-01-01",
-    "2021-01-01",
-    "2022-12-01",
-];
-const RESOURCES_VERSIONS: &[&str] = &[
-    "2021-04-01",
-    "2022-09-01",
-    "2022-12-01",
-    "2023-07-01",
-    "2024-03-01",
-    "2024-07-01",
-    "2024-11-01",
-    "2025-03-01",
-    "2025-04-01",
-];
 
 /// The resource `path` names.
 pub(super) fn route(path: &str) -> Route {
@@ -179,6 +129,23 @@ pub(super) fn route(path: &str) -> Route {
     }
 }
 
+fn compute_kind(type_: &str) -> Option<ComputeKind> {
+    if eq(type_, "virtualMachines") {
+        Some(ComputeKind::Vm)
+    } else if eq(type_, "virtualMachineScaleSets") {
+        Some(ComputeKind::ScaleSet)
+    } else {
+        None
+    }
+}
+
+fn compute_versions(kind: ComputeKind) -> &'static ApiVersions {
+    match kind {
+        ComputeKind::Vm => &versions::VIRTUAL_MACHINES,
+        ComputeKind::ScaleSet => &versions::SCALE_SETS,
+    }
+}
+
 fn managed_identity(namespace: &str, type_: &str) -> bool {
     eq(namespace, "Microsoft.ManagedIdentity") && eq(type_, "userAssignedIdentities")
 }
@@ -223,6 +190,15 @@ fn in_group(sub: String, rg: String, tail: &[&str]) -> Route {
             rg,
             name,
         },
+        [_, a] if eq(ns, "Microsoft.Compute") && eq(a, "restart") => match compute_kind(t) {
+            Some(kind) => Route::ComputeRestart {
+                kind,
+                sub,
+                rg,
+                name,
+            },
+            None => Route::Unknown,
+        },
         [_] => match resources::served(ns, t) {
             Some((ty, _, _)) => Route::Resource { sub, rg, ty, name },
             None => Route::Unknown,
@@ -240,7 +216,7 @@ pub(super) struct Described {
     /// The scope the action is checked at.
     pub scope: String,
     /// Accepted api-versions.
-    pub versions: &'static [&'static str],
+    pub versions: &'static ApiVersions,
 }
 
 /// The operation `method` on `r` is; `None` when ARM has no such operation.
@@ -249,123 +225,137 @@ pub(super) fn describe(method: &Method, r: &Route) -> Option<Described> {
     let resource_ops;
     // Per route: (method, operationId, verb of the RBAC action), the action's resource type,
     // the scope it is checked at, and the accepted api-versions.
-    let (ops, action, scope, versions): (&Ops, Option<String>, String, &'static [&str]) = match r {
-        Route::Subscription { sub } => (
-            &[("GET", "Subscriptions_Get", "read")],
-            Some("Microsoft.Resources/subscriptions".into()),
-            format!("/subscriptions/{sub}"),
-            SUBSCRIPTION_VERSIONS,
-        ),
-        Route::ResourceGroup { sub, rg } => (
-            &[
-                ("GET", "ResourceGroups_Get", "read"),
-                ("PUT", "ResourceGroups_CreateOrUpdate", "write"),
-            ],
-            Some("Microsoft.Resources/subscriptions/resourceGroups".into()),
-            format!("/subscriptions/{sub}/resourceGroups/{rg}"),
-            RESOURCES_VERSIONS,
-        ),
-        Route::Resource { ty, .. } => {
-            let (_, op, versions) = resources::by_type(ty);
-            resource_ops = [("GET", op, "read")];
-            (&resource_ops, Some(ty.to_string()), r.scope(), versions)
-        }
-        Route::Identity { .. } => (
-            &[
-                ("GET", "UserAssignedIdentities_Get", "read"),
-                ("PUT", "UserAssignedIdentities_CreateOrUpdate", "write"),
-                ("PATCH", "UserAssignedIdentities_Update", "write"),
-                ("DELETE", "UserAssignedIdentities_Delete", "delete"),
-            ],
-            Some(MI.into()),
-            r.scope(),
-            MI_VERSIONS,
-        ),
-        Route::IdentityList { sub, rg: Some(rg) } => (
-            &[("GET", "UserAssignedIdentities_ListByResourceGroup", "read")],
-            None,
-            format!("/subscriptions/{sub}/resourceGroups/{rg}"),
-            MI_VERSIONS,
-        ),
-        Route::IdentityList { sub, rg: None } => (
-            &[("GET", "UserAssignedIdentities_ListBySubscription", "read")],
-            None,
-            format!("/subscriptions/{sub}"),
-            MI_VERSIONS,
-        ),
-        Route::Fic { .. } => (
-            &[
-                ("GET", "FederatedIdentityCredentials_Get", "read"),
-                (
-                    "PUT",
-                    "FederatedIdentityCredentials_CreateOrUpdate",
-                    "write",
-                ),
-                ("DELETE", "FederatedIdentityCredentials_Delete", "delete"),
-            ],
-            Some(format!("{MI}/federatedIdentityCredentials")),
-            r.scope(),
-            FIC_VERSIONS,
-        ),
-        Route::FicList { .. } => (
-            &[("GET", "FederatedIdentityCredentials_List", "read")],
-            Some(format!("{MI}/federatedIdentityCredentials")),
-            r.scope(),
-            FIC_VERSIONS,
-        ),
-        Route::Compute { kind, .. } => (
-            match kind {
-                ComputeKind::Vm => &[
-                    ("GET", "VirtualMachines_Get", "read"),
-                    ("PATCH", "VirtualMachines_Update", "write"),
+    let (ops, action, scope, versions): (&Ops, Option<String>, String, &'static ApiVersions) =
+        match r {
+            Route::Subscription { sub } => (
+                &[("GET", "Subscriptions_Get", "read")],
+                Some("Microsoft.Resources/subscriptions".into()),
+                format!("/subscriptions/{sub}"),
+                &versions::SUBSCRIPTIONS,
+            ),
+            Route::ResourceGroup { sub, rg } => (
+                &[
+                    ("GET", "ResourceGroups_Get", "read"),
+                    ("PUT", "ResourceGroups_CreateOrUpdate", "write"),
                 ],
-                ComputeKind::ScaleSet => &[
-                    ("GET", "VirtualMachineScaleSets_Get", "read"),
-                    ("PATCH", "VirtualMachineScaleSets_Update", "write"),
+                Some("Microsoft.Resources/subscriptions/resourceGroups".into()),
+                format!("/subscriptions/{sub}/resourceGroups/{rg}"),
+                &versions::RESOURCE_GROUPS,
+            ),
+            Route::Resource { ty, .. } => {
+                let (_, op, versions) = resources::by_type(ty);
+                resource_ops = [("GET", op, "read")];
+                (&resource_ops, Some(ty.to_string()), r.scope(), versions)
+            }
+            Route::Identity { .. } => (
+                &[
+                    ("GET", "UserAssignedIdentities_Get", "read"),
+                    ("PUT", "UserAssignedIdentities_CreateOrUpdate", "write"),
+                    ("PATCH", "UserAssignedIdentities_Update", "write"),
+                    ("DELETE", "UserAssignedIdentities_Delete", "delete"),
                 ],
-            },
-            Some(format!("Microsoft.Compute/{}", kind.type_name())),
-            r.scope(),
-            COMPUTE_VERSIONS,
-        ),
-        // The caller that started an operation may poll it.
-        Route::AsyncOp { sub, .. } => (
-            &[("GET", "AsyncOperation_Get", "read")],
-            None,
-            format!("/subscriptions/{sub}"),
-            COMPUTE_VERSIONS,
-        ),
-        Route::Assignment { scope, .. } => (
-            &[
-                ("GET", "RoleAssignments_Get", "read"),
-                ("PUT", "RoleAssignments_Create", "write"),
-                ("DELETE", "RoleAssignments_Delete", "delete"),
-            ],
-            Some("Microsoft.Authorization/roleAssignments".into()),
-            scope.clone(),
-            AUTH_VERSIONS,
-        ),
-        Route::AssignmentList { scope } => (
-            &[("GET", "RoleAssignments_ListForScope", "read")],
-            Some("Microsoft.Authorization/roleAssignments".into()),
-            scope.clone(),
-            AUTH_VERSIONS,
-        ),
-        // Every principal of the tenant may read role definitions.
-        Route::Definition { .. } => (
-            &[("GET", "RoleDefinitions_Get", "read")],
-            None,
-            "/".into(),
-            AUTH_VERSIONS,
-        ),
-        Route::DefinitionList { scope } => (
-            &[("GET", "RoleDefinitions_List", "read")],
-            None,
-            scope.clone(),
-            AUTH_VERSIONS,
-        ),
-        Route::Unknown => return None,
-    };
+                Some(MI.into()),
+                r.scope(),
+                &versions::USER_ASSIGNED_IDENTITIES,
+            ),
+            Route::IdentityList { sub, rg: Some(rg) } => (
+                &[("GET", "UserAssignedIdentities_ListByResourceGroup", "read")],
+                None,
+                format!("/subscriptions/{sub}/resourceGroups/{rg}"),
+                &versions::USER_ASSIGNED_IDENTITIES,
+            ),
+            Route::IdentityList { sub, rg: None } => (
+                &[("GET", "UserAssignedIdentities_ListBySubscription", "read")],
+                None,
+                format!("/subscriptions/{sub}"),
+                &versions::USER_ASSIGNED_IDENTITIES,
+            ),
+            Route::Fic { .. } => (
+                &[
+                    ("GET", "FederatedIdentityCredentials_Get", "read"),
+                    (
+                        "PUT",
+                        "FederatedIdentityCredentials_CreateOrUpdate",
+                        "write",
+                    ),
+                    ("DELETE", "FederatedIdentityCredentials_Delete", "delete"),
+                ],
+                Some(format!("{MI}/federatedIdentityCredentials")),
+                r.scope(),
+                &versions::FEDERATED_CREDENTIALS,
+            ),
+            Route::FicList { .. } => (
+                &[("GET", "FederatedIdentityCredentials_List", "read")],
+                Some(format!("{MI}/federatedIdentityCredentials")),
+                r.scope(),
+                &versions::FEDERATED_CREDENTIALS,
+            ),
+            Route::Compute { kind, .. } => (
+                match kind {
+                    ComputeKind::Vm => &[
+                        ("GET", "VirtualMachines_Get", "read"),
+                        ("PUT", "VirtualMachines_CreateOrUpdate", "write"),
+                        ("PATCH", "VirtualMachines_Update", "write"),
+                    ],
+                    ComputeKind::ScaleSet => &[
+                        ("GET", "VirtualMachineScaleSets_Get", "read"),
+                        ("PUT", "VirtualMachineScaleSets_CreateOrUpdate", "write"),
+                        ("PATCH", "VirtualMachineScaleSets_Update", "write"),
+                    ],
+                },
+                Some(format!("Microsoft.Compute/{}", kind.type_name())),
+                r.scope(),
+                compute_versions(*kind),
+            ),
+            Route::ComputeRestart { kind, .. } => (
+                match kind {
+                    ComputeKind::Vm => &[("POST", "VirtualMachines_Restart", "restart/action")],
+                    ComputeKind::ScaleSet => {
+                        &[("POST", "VirtualMachineScaleSets_Restart", "restart/action")]
+                    }
+                },
+                Some(format!("Microsoft.Compute/{}", kind.type_name())),
+                r.scope(),
+                compute_versions(*kind),
+            ),
+            // The caller that started an operation may poll it.
+            Route::AsyncOp { sub, .. } => (
+                &[("GET", "AsyncOperation_Get", "read")],
+                None,
+                format!("/subscriptions/{sub}"),
+                &versions::COMPUTE_OPERATIONS,
+            ),
+            Route::Assignment { scope, .. } => (
+                &[
+                    ("GET", "RoleAssignments_Get", "read"),
+                    ("PUT", "RoleAssignments_Create", "write"),
+                    ("DELETE", "RoleAssignments_Delete", "delete"),
+                ],
+                Some("Microsoft.Authorization/roleAssignments".into()),
+                scope.clone(),
+                &versions::ROLE_ASSIGNMENTS,
+            ),
+            Route::AssignmentList { scope } => (
+                &[("GET", "RoleAssignments_ListForScope", "read")],
+                Some("Microsoft.Authorization/roleAssignments".into()),
+                scope.clone(),
+                &versions::ROLE_ASSIGNMENTS,
+            ),
+            // Every principal of the tenant may read role definitions.
+            Route::Definition { .. } => (
+                &[("GET", "RoleDefinitions_Get", "read")],
+                None,
+                "/".into(),
+                &versions::ROLE_DEFINITIONS,
+            ),
+            Route::DefinitionList { scope } => (
+                &[("GET", "RoleDefinitions_List", "read")],
+                None,
+                scope.clone(),
+                &versions::ROLE_DEFINITIONS,
+            ),
+            Route::Unknown => return None,
+        };
     let (_, op, verb) = ops.iter().find(|(m, _, _)| *m == method.as_str())?;
     Some(Described {
         op,
@@ -376,6 +366,23 @@ pub(super) fn describe(method: &Method, r: &Route) -> Option<Described> {
 }
 
 impl Route {
+    /// The subscription and resource group a route lies in, if any.
+    pub(super) fn group(&self) -> Option<(&str, &str)> {
+        match self {
+            Route::ResourceGroup { sub, rg }
+            | Route::Identity { sub, rg, .. }
+            | Route::IdentityList {
+                sub, rg: Some(rg), ..
+            }
+            | Route::Fic { sub, rg, .. }
+            | Route::FicList { sub, rg, .. }
+            | Route::Compute { sub, rg, .. }
+            | Route::ComputeRestart { sub, rg, .. }
+            | Route::Resource { sub, rg, .. } => Some((sub, rg)),
+            _ => None,
+        }
+    }
+
     /// The scope of the resource a route names: an identity (or its credentials), a VM or scale
     /// set, or another served resource; empty for other routes.
     fn scope(&self) -> String {
@@ -384,6 +391,12 @@ impl Route {
             | Route::Fic { sub, rg, name, .. }
             | Route::FicList { sub, rg, name } => (sub, rg, MI.to_string(), name),
             Route::Compute {
+                kind,
+                sub,
+                rg,
+                name,
+            }
+            | Route::ComputeRestart {
                 kind,
                 sub,
                 rg,
