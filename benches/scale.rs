@@ -307,6 +307,9 @@ async fn run(s: &Scenario) -> Row {
     sb.write_kubeconfig(&kubeconfig, "controller").unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
+    // The emulator's ARM and Entra ID are HTTPS with its own certificate authority.
+    let ca = dir.join("emulator-ca.pem");
+    std::fs::write(&ca, em.ca_pem().unwrap()).unwrap();
     // With `BENCH_DEBUG` the controller's log (`BENCH_RUST_LOG`, default warn) is kept in
     // `target/bench-<scenario>.log`.
     let debug = std::env::var("BENCH_DEBUG").is_ok();
@@ -337,6 +340,8 @@ async fn run(s: &Scenario) -> Row {
         .arg(&kubeconfig)
         .args(["--arm-endpoint", em.arm_endpoint().as_str()])
         .args(["--authority-host", em.authority_host().as_str()])
+        .arg("--azure-ca-file")
+        .arg(&ca)
         .args(["--credential", "client-secret"])
         .args(["--tenant-id", &World::tutorial().unwrap().tenant_id])
         .args(["--client-id", TUTORIAL_CONTROLLER_CLIENT_ID])
