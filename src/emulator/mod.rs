@@ -1,13 +1,14 @@
-//! A local stand-in for Azure: the ARM operations the controller uses and an Entra ID (AAD)
-//! token endpoint, both over HTTPS with a certificate authority made at start, and one
-//! plain-HTTP IMDS per emulated VM and scale set instance. RBAC is enforced on every ARM call
-//! with the built-in roles' real meaning; requests are counted exactly by operation and status;
-//! faults reproduce Azure's failure modes. Stand-alone: it knows nothing of Kubernetes or of the
-//! controller.
+//! A local stand-in for Azure: the ARM operations the controller uses, Entra ID (AAD: the token
+//! endpoint and the discovery documents MSAL reads), both over HTTPS with a certificate
+//! authority made at start, and one plain-HTTP IMDS per emulated VM and scale set instance. RBAC
+//! is enforced on every ARM call with the built-in roles' real meaning; requests are counted
+//! exactly by operation and status; faults reproduce Azure's failure modes. Stand-alone: it knows
+//! nothing of Kubernetes or of the controller.
 //!
 //! Tests start it in-process with [`start`] on port 0; users run `uami-controller emulator`.
 
 mod aad;
+mod aad_discovery;
 mod admin;
 mod arm;
 pub mod faults;
@@ -279,7 +280,8 @@ impl Emulator {
         self.arm_url.clone()
     }
 
-    /// Entra ID's authority host: `POST {authority_host}{tenant}/oauth2/v2.0/token`.
+    /// Entra ID's authority host: `POST {authority_host}{tenant}/oauth2/v2.0/token`, the
+    /// discovery documents under `{authority_host}{tenant}/`.
     pub fn authority_host(&self) -> url::Url {
         self.arm_endpoint()
     }
