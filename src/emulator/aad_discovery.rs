@@ -248,9 +248,11 @@ fn instance_answer(base: &str, authorization_endpoint: Option<&String>) -> (Stat
     };
     let ours = url::Url::parse(base).ok();
     let asked = url::Url::parse(endpoint).ok();
+    // MSAL Python writes the authorization endpoint with the authority's host name only (no
+    // port), so a missing port stands for the emulator's.
     let same_host = |a: &url::Url, b: &url::Url| {
         a.scheme() == b.scheme()
-            && a.port_or_known_default() == b.port_or_known_default()
+            && (b.port().is_none() || a.port_or_known_default() == b.port_or_known_default())
             && a.host_str()
                 .zip(b.host_str())
                 .is_some_and(|(x, y)| x.eq_ignore_ascii_case(y))
@@ -318,6 +320,12 @@ mod tests {
             "https://127.0.0.1:8443/t1/v2.0/.well-known/openid-configuration"
         );
         assert_eq!(v2["metadata"][0]["aliases"], json!(["127.0.0.1:8443"]));
+        let (status, no_port) = ask("https://127.0.0.1/t1/oauth2/v2.0/authorize");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            no_port["tenant_discovery_endpoint"],
+            v2["tenant_discovery_endpoint"]
+        );
         let (_, v1) = ask("https://127.0.0.1:8443/t1/oauth2/authorize");
         assert_eq!(
             v1["tenant_discovery_endpoint"],
