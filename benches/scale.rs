@@ -307,6 +307,9 @@ fn spawn_controller(
     std::fs::write(&kubeconfig, kubeconfig_yaml).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
+    // The emulator's ARM and Entra ID are HTTPS with its own certificate authority.
+    let ca = dir.join("emulator-ca.pem");
+    std::fs::write(&ca, em.ca_pem().unwrap()).unwrap();
     let log_path = if std::env::var("BENCH_DEBUG").is_ok() {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("../bench-{}.log", s.name))
     } else {
@@ -333,6 +336,8 @@ fn spawn_controller(
         .arg(&kubeconfig)
         .args(["--arm-endpoint", em.arm_endpoint().as_str()])
         .args(["--authority-host", em.authority_host().as_str()])
+        .arg("--azure-ca-file")
+        .arg(&ca)
         .args(["--credential", "client-secret"])
         .args(["--tenant-id", &World::tutorial().unwrap().tenant_id])
         .args(["--client-id", TUTORIAL_CONTROLLER_CLIENT_ID])

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::auth::imds::IMDS_ENDPOINT;
 use crate::azure::client::PUBLIC_ARM_ENDPOINT;
+use crate::controller::app::AzureCa;
 use crate::telemetry::logging::LogFormat;
 
 /// Arguments of both `run` and `agent`.
@@ -24,9 +25,25 @@ pub struct SharedArgs {
     #[arg(long, env = "UAMI_IMDS_ENDPOINT", default_value = IMDS_ENDPOINT)]
     pub imds_endpoint: url::Url,
 
+    /// A PEM file of certificate authorities trusted for ARM and Entra ID besides the system's:
+    /// for a private endpoint with a certificate of its own authority, such as the emulator's
+    /// (`uami-controller emulator --ca-out FILE`). Leave unset with Azure.
+    #[arg(long, env = "UAMI_AZURE_CA_FILE", value_name = "FILE")]
+    pub azure_ca_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, value_enum, env = "UAMI_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl SharedArgs {
+    /// The certificate authorities of `--azure-ca-file`, none when it is unset.
+    pub fn azure_ca(&self) -> Result<AzureCa, String> {
+        match &self.azure_ca_file {
+            Some(path) => AzureCa::from_file(path).map_err(|e| format!("--azure-ca-file {e}")),
+            None => Ok(AzureCa::default()),
+        }
+    }
 }
 
 /// Parse a duration such as `90s`, `10m`, `1h30m` or `250ms` (jiff's friendly format; ISO 8601

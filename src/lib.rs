@@ -9,5 +9,6 @@ pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod emulator;
+pub mod local_tls;
 pub mod sandbox;
 pub mod telemetry;

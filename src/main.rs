@@ -71,14 +71,23 @@ enum Command {
         #[arg(long, value_name = "NAMESPACE:NAME[@NODE]=PATH")]
         service_account_kubeconfig: Vec<String>,
     },
-    /// A local Azure (ARM, Entra ID token endpoint, IMDS per VM) described by a world file.
+    /// A local Azure (ARM and Entra ID over HTTPS, IMDS per VM) described by a world file.
     Emulator {
         /// The world file (see examples/emulator-world.yaml).
         #[arg(long, default_value = "examples/emulator-world.yaml")]
         world: PathBuf,
-        /// ARM and AAD listen address (overrides the world file).
+        /// ARM and Entra ID listen address (overrides the world file).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Write the certificate authority (PEM) of the ARM and Entra ID listener's certificate
+        /// to this file, for clients to trust (`--azure-ca-file`, curl's `--cacert`,
+        /// `REQUESTS_CA_BUNDLE`).
+        #[arg(long, value_name = "FILE")]
+        ca_out: Option<PathBuf>,
+        /// Serve ARM and Entra ID over plain HTTP (debugging only: Azure SDKs refuse to send
+        /// tokens over it).
+        #[arg(long)]
+        plain_http: bool,
         /// A PEM file of certificate authorities that Entra ID trusts, besides the system's,
         /// when it fetches an OIDC issuer's discovery document and keys (added to the world's
         /// `oidcIssuerCaPems`). Repeatable.
@@ -116,8 +125,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator {
             world,
             listen,
+            ca_out,
+            plain_http,
             oidc_issuer_ca,
-        } => emulator(world, listen, &oidc_issuer_ca)
+        } => emulator(world, listen, ca_out, plain_http, &oidc_issuer_ca)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Demo {
@@ -212,6 +223,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     use uami_controller::auth::{CredentialConfig, IdentitySelector};
     use uami_controller::controller::{app, leader::LeaseConfig, target_writer::WriterConfig};
     logging::init(args.shared.log_format, "info");
+    let azure_ca = args.shared.azure_ca().map_err(anyhow::Error::msg)?;
     let client = kube_client(args.shared.kubeconfig.as_ref()).await?;
     let need = |v: &Option<String>, what: &str| {
         v.clone()
@@ -269,6 +281,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         arm_timeout: args.arm_timeout,
         oidc_issuer: args.oidc_issuer.clone(),
         authority_host: args.authority_host.clone(),
+        azure_ca,
     };
     let stop = shutdown_token();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -286,6 +299,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     use uami_controller::agent::{self, AgentSettings};
     logging::init(args.shared.log_format, "info");
+    let azure_ca = args.shared.azure_ca().map_err(anyhow::Error::msg)?;
     let client = kube_client(args.shared.kubeconfig.as_ref()).await?;
     let stop = shutdown_token();
     let settings = AgentSettings {
@@ -298,6 +312,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         client,
         args.shared.imds_endpoint.clone(),
         args.shared.arm_endpoint.clone(),
+        &azure_ca,
         settings,
         Default::default(),
         stop.clone(),
@@ -316,6 +331,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 async fn emulator(
     world: PathBuf,
     listen: Option<std::net::SocketAddr>,
+    ca_out: Option<PathBuf>,
+    plain_http: bool,
     oidc_issuer_ca: &[PathBuf],
 ) -> anyhow::Result<()> {
     use uami_controller::emulator;
@@ -324,12 +341,20 @@ async fn emulator(
     if let Some(l) = listen {
         w.listen = l;
     }
+    w.plain_http |= plain_http;
     for path in oidc_issuer_ca {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("--oidc-issuer-ca {}", path.display()))?;
         w.oidc_issuer_ca_pems.push(pem);
     }
     let emu = emulator::start(w).await?;
+    match (&ca_out, emu.ca_pem()) {
+        (Some(path), Some(pem)) => {
+            std::fs::write(path, pem).with_context(|| format!("--ca-out {}", path.display()))?
+        }
+        (Some(_), None) => anyhow::bail!("--ca-out: plain HTTP has no certificate authority"),
+        _ => {}
+    }
     println!("ARM:       {}", emu.arm_endpoint());
     println!(
         "Entra ID:  {}{}/oauth2/v2.0/token",
@@ -345,6 +370,13 @@ async fn emulator(
         "Admin:     {}_emulator/counts, /_emulator/state, /_emulator/journal, /_emulator/faults",
         emu.arm_endpoint()
     );
+    match (&ca_out, emu.ca_pem()) {
+        (Some(path), Some(_)) => println!("CA:        {} (PEM)", path.display()),
+        (None, Some(_)) => {
+            println!("CA:        not written; --ca-out FILE writes it for clients to trust")
+        }
+        _ => println!("Plain HTTP: Azure SDKs will not send tokens to it"),
+    }
     shutdown_token().cancelled().await;
     emu.shutdown().await;
     Ok(())

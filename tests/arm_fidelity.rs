@@ -84,7 +84,7 @@ async fn compute_refuses_user_identities_next_to_none_or_system_assigned() {
     let emulator = uami_controller::emulator::start(World::tutorial().unwrap())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = emulator_http(&emulator);
     let vm = format!(
         "{}subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2024-11-01",
         emulator.arm_endpoint()
@@ -330,7 +330,7 @@ async fn access_checks_read_each_scope_with_its_providers_api_version() {
     let emulator = uami_controller::emulator::start(world_with_resources())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = emulator_http(&emulator);
     let arm = emulator.arm_endpoint();
     let token =
         |p: &str| SecretString::from(emulator.issue_token(p, "https://management.azure.com/"));

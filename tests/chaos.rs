@@ -472,12 +472,13 @@ async fn watches_closed_at_random_and_resumes_answered_410() {
     assert!(gone >= 1, "resumes answered 410: {gone}");
     // Switched off at run time over HTTP, as the emulator's faults are.
     let url = format!("{}_sandbox/watch-faults", stack.sandbox().unwrap().url());
-    assert_eq!(put_json(&url, json!({"goneRate": 0.0})).await, 200);
-    let now = get_json(&url).await;
+    let http = reqwest::Client::new();
+    assert_eq!(put_json(&http, &url, json!({"goneRate": 0.0})).await, 200);
+    let now = get_json(&http, &url).await;
     assert_eq!(
         (now["closeWithinMs"].as_u64(), now["gone"].as_u64()),
         (Some(0), Some(0))
     );
-    assert_eq!(put_json(&url, json!({"goneRates": 1})).await, 400);
+    assert_eq!(put_json(&http, &url, json!({"goneRates": 1})).await, 400);
     stack.stop().await;
 }

@@ -104,3 +104,63 @@ fn the_emulator_refuses_an_issuer_certificate_it_cannot_use() {
     assert!(!ok);
     assert!(stderr.contains("oidcIssuerCaPems[0]"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_emulator_writes_its_certificate_authority_for_clients_to_trust() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("emulator-ca.pem");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+        .args(["emulator", "--world", "examples/emulator-world.yaml"])
+        .args(["--listen", "127.0.0.1:0", "--ca-out"])
+        .arg(&ca)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let arm = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push_str(&line);
+            printed.push('\n');
+            if let Some(url) = line.strip_prefix("ARM:") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("the emulator exited:\n{printed}");
+    })
+    .await
+    .unwrap();
+    assert!(arm.starts_with("https://127.0.0.1:"), "{arm}");
+    let pem = std::fs::read(&ca).unwrap();
+    let trusting = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .build()
+        .unwrap();
+    let config = format!(
+        "{arm}{}/v2.0/.well-known/openid-configuration",
+        uami_controller::emulator::world::TUTORIAL_TENANT
+    );
+    let r = trusting.get(&config).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(reqwest::Client::new().get(&config).send().await.is_err());
+    child.kill().await.unwrap();
+}
+
+#[test]
+fn the_controller_refuses_an_azure_ca_file_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    for command in [&["run", "--cluster-name", "test"][..], &["agent"]] {
+        let mut args = command.to_vec();
+        args.extend(["--azure-ca-file", garbage.to_str().unwrap()]);
+        let (ok, _, stderr) = run_uami(&args, &["UAMI_AZURE_CA_FILE"]);
+        assert!(!ok);
+        assert!(
+            stderr.contains(&format!("--azure-ca-file {}", garbage.display())),
+            "{command:?}: {stderr}"
+        );
+    }
+}

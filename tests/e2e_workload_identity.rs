@@ -68,7 +68,7 @@ async fn arm(stack: &Stack, method: reqwest::Method, path: &str, body: Option<Va
         stack.emulator.arm_endpoint(),
         if path.contains('?') { "&" } else { "?" }
     );
-    let mut req = reqwest::Client::new()
+    let mut req = emulator_http(&stack.emulator)
         .request(method, url)
         .bearer_auth(stack.emulator.admin_token());
     if let Some(b) = body {
@@ -429,13 +429,7 @@ async fn writes_on_one_identity_are_serialized_and_the_21st_is_refused_without_a
 async fn policy_mismatch_and_deletion_order() {
     // The controller is told an issuer that is not the one its cluster's tokens carry.
     let stack = stack(30, |o| o.controller = false).await;
-    let mut opts = controller_options(
-        stack.emulator.world(),
-        &stack.emulator.arm_endpoint(),
-        &stack.emulator.authority_host(),
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let mut opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
     opts.oidc_issuer = Some(format!("{}/", stack.cluster.oidc_issuer()));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut registry = prometheus_client::registry::Registry::default();

@@ -325,11 +325,15 @@ async fn imds_faults_and_rules() {
     assert_eq!(get(true, "x").await.0, 400, "faults used up");
     // The admin endpoint changes faults at run time.
     let url = format!("{}_emulator/faults", t.emu.arm_endpoint());
-    assert_eq!(put_json(&url, json!({"imdsServerErrorNext": 1})).await, 200);
+    let admin = &t.admin.http;
+    assert_eq!(
+        put_json(admin, &url, json!({"imdsServerErrorNext": 1})).await,
+        200
+    );
     assert_eq!(get(true, "x").await.0, 500);
-    let f = get_json(&url).await;
+    let f = get_json(admin, &url).await;
     assert_eq!(f["imdsServerErrorNext"], 0);
-    let counts = get_json(&format!("{}_emulator/counts", t.emu.arm_endpoint())).await;
+    let counts = get_json(admin, &format!("{}_emulator/counts", t.emu.arm_endpoint())).await;
     assert!(
         counts["counts"]
             .as_array()
@@ -388,7 +392,7 @@ async fn writes_fail_after_they_were_applied() {
         slow_answer_ms: 3_000,
         ..Faults::default()
     });
-    let impatient = reqwest::Client::builder()
+    let impatient = support::emulator_http_builder(&t.emu)
         .timeout(std::time::Duration::from_millis(500))
         .build()
         .unwrap();

@@ -44,7 +44,7 @@ async fn the_tutorial_over_http() {
     let mut w = World::tutorial().unwrap();
     w.rbac_propagation_seconds = 1.5;
     let emu = emulator::start(w).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = support::emulator_http(&emu);
     let az = Admin::with_token(&emu, sp_token(&http, &emu).await);
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
 

@@ -65,7 +65,7 @@ async fn sandbox_serves_token_requests_and_oidc_discovery() {
     let token = sa_token(&sb, "team-a", "app", 600).await.unwrap();
     let http = reqwest::Client::new();
     let issuer = sb.oidc_issuer();
-    let config = get_json(&format!("{issuer}/.well-known/openid-configuration")).await;
+    let config = get_json(&http, &format!("{issuer}/.well-known/openid-configuration")).await;
     assert_eq!(config["issuer"], issuer.as_str());
     let jwks: jsonwebtoken::jwk::JwkSet = http
         .get(config["jwks_uri"].as_str().unwrap())
@@ -130,8 +130,8 @@ impl Azure {
         let emu = emulator::start(w).await.unwrap();
         let arm = Admin::of(&emu);
         Self {
+            http: support::emulator_http(&emu),
             emu,
-            http: reqwest::Client::new(),
             arm,
         }
     }

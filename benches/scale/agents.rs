@@ -189,8 +189,15 @@ pub fn spawn_agent(
         .imds_endpoint(vm)
         .unwrap_or_else(|| panic!("no IMDS for {vm}"));
     let log = std::fs::File::create(logs.join(format!("agent-{vm}.log"))).unwrap();
+    // The emulator's ARM is HTTPS with its own certificate authority.
+    let ca = dir.join("emulator-ca.pem");
+    if !ca.exists() {
+        std::fs::write(&ca, em.ca_pem().unwrap()).unwrap();
+    }
     tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"))
         .arg("agent")
+        .arg("--azure-ca-file")
+        .arg(&ca)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--imds-endpoint", imds.as_str()])

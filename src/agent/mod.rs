@@ -439,16 +439,17 @@ impl Agent {
 }
 
 /// Start an agent for the VM whose IMDS is at `imds_endpoint`; it runs until `stop` is
-/// cancelled.
+/// cancelled. Its access reads at `arm_endpoint` trust the system's roots and `azure_ca`.
 pub async fn start(
     client: Client,
     imds_endpoint: url::Url,
     arm_endpoint: url::Url,
+    azure_ca: &crate::controller::app::AzureCa,
     settings: AgentSettings,
     policy: crate::auth::ImdsRetryPolicy,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(Arc<Agent>, tokio::task::JoinHandle<()>), TokenFailure> {
-    let http = crate::controller::app::http_client();
+    let http = crate::controller::app::http_client(azure_ca);
     let imds = Arc::new(ImdsSource::new(http.clone(), imds_endpoint, policy));
     let probe = Arc::new(ArmProbe::new(http, arm_endpoint));
     let agent = Agent::new(client, imds, probe, settings).await?;

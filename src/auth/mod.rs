@@ -8,21 +8,22 @@
 //! by [`CachingCredential`] and never appear in `Debug`, `Display`, logs or error text.
 //!
 //! The token calls are written here rather than taken from the `azure_identity` crate (checked
-//! at 1.0.0, the current release), because it cannot talk to every endpoint this controller must
-//! be pointed at, and the controller keeps one code path for Azure and the emulator:
-//! - client secret and workload identity: `ClientSecretCredential` and `ClientAssertionCredential`
-//!   (which `WorkloadIdentityCredential` wraps) take a custom authority host through
-//!   `ClientOptions::cloud`, but `get_authority_host` refuses any host whose scheme is not
-//!   `https` ("authority host doesn't use HTTPS scheme"). The emulator's Entra ID endpoint, like
-//!   any local stand-in, is plain HTTP on loopback.
+//! at 1.0.0, the current release), because its managed-identity credential cannot talk to every
+//! endpoint this controller must be pointed at, and the controller keeps one code path for every
+//! credential, for Azure and the emulator alike:
 //! - managed identity: `VirtualMachineManagedIdentityCredential` sends to the constant
 //!   `http://169.254.169.254/metadata/identity/oauth2/token`; `IMDS_ENDPOINT` only selects the
 //!   Azure Arc flow. The `--imds-endpoint` this controller takes (and the emulator's per-VM IMDS)
 //!   cannot be used, and its retry policy, per-VM rate and concurrency limits and the token
 //!   metadata the agent reports are not exposed.
+//! - client secret and workload identity: `ClientSecretCredential` and
+//!   `ClientAssertionCredential` take a custom authority host (`https` only, which the emulator
+//!   serves), so they alone would not have been the obstacle.
 //!
-//! Its HTTP stack would not have been the obstacle: azure_core 1.0 sends through reqwest 0.13
-//! with rustls, the client this project uses.
+//! Every Entra ID call goes over the HTTP client the caller builds
+//! (`controller::app::http_client`), which trusts the system's roots and the certificate
+//! authorities of `--azure-ca-file`. `azure_identity`'s HTTP stack would not have been an obstacle:
+//! azure_core 1.0 sends through reqwest 0.13 with rustls, the client this project uses.
 
 pub mod exchange;
 pub mod imds;

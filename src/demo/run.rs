@@ -338,10 +338,16 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), 
         if let Some(sb) = stack.sandbox() {
             sb.write_kubeconfig(&opts.kubeconfig, "admin")?;
         }
+        // The emulator's certificate authority, for curl --cacert and --azure-ca-file.
+        let ca_file = opts.kubeconfig.with_extension("azure-ca.pem");
+        if let Some(pem) = stack.emulator.ca_pem() {
+            std::fs::write(&ca_file, pem)?;
+        }
         writeln!(
             out,
-            "\nEverything keeps running. Explore with:\n  kubectl --kubeconfig {} get azureidentity -A\nARM (emulator): {}  (admin counts: {}_emulator/counts)\nPress Ctrl-C to stop.",
+            "\nEverything keeps running. Explore with:\n  kubectl --kubeconfig {} get azureidentity -A\n  curl --cacert {} {}_emulator/counts\nARM and Entra ID (emulator): {}\nPress Ctrl-C to stop.",
             opts.kubeconfig.display(),
+            ca_file.display(),
             stack.emulator.arm_endpoint(),
             stack.emulator.arm_endpoint()
         )?;

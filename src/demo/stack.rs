@@ -1,7 +1,9 @@
 //! The whole world in one process: the embedded Kubernetes API, the Azure emulator, the
 //! controller and one agent per emulated VM, wired exactly as they would be on a cluster (the
 //! controller signs in to the emulator's Entra ID with a client secret, the agents use their VM's
-//! IMDS). The demo and the end-to-end tests start it through [`Stack::start`].
+//! IMDS; ARM and Entra ID are HTTPS, and the controller and the agents trust the emulator's
+//! certificate authority as `--azure-ca-file` would make them). The demo and the end-to-end tests
+//! start it through [`Stack::start`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::cluster::{Cluster, External};
 use crate::agent::AgentSettings;
 use crate::auth::{CredentialConfig, ImdsRetryPolicy};
-use crate::controller::app::{self, ControllerOptions};
+use crate::controller::app::{self, AzureCa, ControllerOptions};
 use crate::controller::leader::LeaseConfig;
 use crate::controller::target_writer::WriterConfig;
 use crate::emulator::{self, Emulator, World};
@@ -42,6 +44,9 @@ pub enum StackError {
     /// An agent could not start.
     #[error("agent: {0}")]
     Agent(String),
+    /// The emulator's certificate authority could not be read.
+    #[error("the emulator's certificate authority: {0}")]
+    Ca(String),
 }
 
 /// How to start the stack.
@@ -101,20 +106,33 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// The options the stack's controller runs with.
+/// The certificate authorities to trust for the emulator's ARM and Entra ID: its own, or none
+/// when it serves plain HTTP.
+pub fn emulator_ca(emulator: &Emulator) -> Result<AzureCa, StackError> {
+    emulator
+        .ca_pem()
+        .map(AzureCa::from_pem)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(StackError::Ca)
+}
+
+/// The options a controller of `emulator` runs with: its ARM and Entra ID, trusting its
+/// certificate authority, signed in as the world's first service principal with a secret.
 pub fn controller_options(
-    world: &World,
-    arm: &url::Url,
-    authority: &url::Url,
+    emulator: &Emulator,
     resync: Duration,
 ) -> Result<ControllerOptions, StackError> {
+    let world = emulator.world();
+    let arm = emulator.arm_endpoint();
+    let authority = emulator.authority_host();
     let sp = world
         .service_principals
         .iter()
         .find(|s| s.client_secret.is_some())
         .ok_or(StackError::NoControllerPrincipal)?;
     Ok(ControllerOptions {
-        arm_endpoint: arm.clone(),
+        arm_endpoint: arm,
         arm_scope: "https://management.azure.com/.default".into(),
         cluster_name: "sandbox".into(),
         credential: CredentialConfig::ClientSecret {
@@ -139,7 +157,8 @@ pub fn controller_options(
         instance: None,
         arm_timeout: Duration::from_secs(60),
         oidc_issuer: None,
-        authority_host: authority.clone(),
+        authority_host: authority,
+        azure_ca: emulator_ca(emulator)?,
     })
 }
 
@@ -217,12 +236,7 @@ impl Stack {
         holder: Option<&str>,
         stop: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, StackError> {
-        let mut opts = controller_options(
-            &self.opts.world,
-            &self.emulator.arm_endpoint(),
-            &self.emulator.authority_host(),
-            self.opts.resync_period,
-        )?;
+        let mut opts = controller_options(&self.emulator, self.opts.resync_period)?;
         opts.cluster_name = self.opts.cluster_name.clone();
         let lease_namespace = self.opts.service_accounts.as_deref().unwrap_or("default");
         opts.lease = holder.map(|h| {
@@ -275,6 +289,7 @@ impl Stack {
             client,
             imds,
             self.emulator.arm_endpoint(),
+            &emulator_ca(&self.emulator)?,
             settings,
             policy,
             self.stop.child_token(),

@@ -1,6 +1,6 @@
 //! The Entra ID (AAD) v2 token endpoint: client credentials with a client secret or a federated
 //! assertion, answering JWTs the emulator signs (HS256 with a key made at start). Failures answer
-//! the AADSTS error shapes.
+//! the AADSTS error shapes. The discovery documents MSAL reads first are in `aad_discovery.rs`.
 //!
 //! A federated assertion is validated as Entra ID does: it must be a JWT signed with an asymmetric
 //! algorithm; its issuer, subject and audience must match a federated identity credential of the
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -81,7 +81,12 @@ pub fn verify(inner: &Inner, token: &str) -> Result<Claims, (&'static str, Strin
     }
 }
 
-fn aad_error(
+/// An Entra ID error body before it is stamped (see [`stamp`]): `error`, `error_description`
+/// starting with the `AADSTS` number, `error_codes` and `error_uri`, as the token endpoint and
+/// the discovery endpoints write them
+/// (<https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow#error-response>,
+/// <https://learn.microsoft.com/entra/identity-platform/reference-error-codes>).
+pub(super) fn aad_error(
     status: StatusCode,
     error: &str,
     number: u32,
@@ -93,21 +98,50 @@ fn aad_error(
             "error": error,
             "error_description": format!("AADSTS{number}: {description}"),
             "error_codes": [number],
-            "timestamp": jiff::Timestamp::now().to_string(),
-            "trace_id": uuid::Uuid::new_v4().to_string(),
-            "correlation_id": uuid::Uuid::new_v4().to_string(),
+            "error_uri": format!("https://login.microsoftonline.com/error?code={number}"),
         }),
     )
+}
+
+/// Add what Entra ID adds to every error answer: `timestamp`, `trace_id` and `correlation_id`
+/// (the caller's `client-request-id` when it sent one, as MSAL does), each also at the end of
+/// `error_description`.
+pub(super) fn stamp(body: &mut Value, headers: &HeaderMap) {
+    let Some(obj) = body.as_object_mut() else {
+        return;
+    };
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M:%SZ")
+        .to_string();
+    let trace = uuid::Uuid::new_v4().to_string();
+    let correlation = headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        .unwrap_or_else(uuid::Uuid::new_v4)
+        .to_string();
+    if let Some(Value::String(d)) = obj.get_mut("error_description") {
+        d.push_str(&format!(
+            "\r\nTrace ID: {trace}\r\nCorrelation ID: {correlation}\r\nTimestamp: {now}"
+        ));
+    }
+    obj.insert("timestamp".into(), json!(now));
+    obj.insert("trace_id".into(), json!(trace));
+    obj.insert("correlation_id".into(), json!(correlation));
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token`.
 pub async fn token(
     State(inner): State<Arc<Inner>>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let (status, resp) = exchange(&inner, &tenant, &form).await;
+    let (status, mut resp) = exchange(&inner, &tenant, &form).await;
+    if status != StatusCode::OK {
+        stamp(&mut resp, &headers);
+    }
     let mut recorded = resp.clone();
     if recorded.get("access_token").is_some() {
         recorded["access_token"] = json!("<redacted>");
@@ -376,7 +410,9 @@ async fn exchange(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             90002,
-            &format!("Tenant '{tenant}' not found."),
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+            ),
         );
     }
     if get("grant_type") != "client_credentials" {
@@ -404,7 +440,9 @@ async fn exchange(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             700016,
-            &format!("Application with identifier '{client_id}' was not found in the directory."),
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
         );
     };
     if let Some(secret) = form.get("client_secret") {
@@ -413,7 +451,10 @@ async fn exchange(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000215,
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
+                    sp.client_id
+                ),
             );
         }
     } else if let Some(assertion) = form.get("client_assertion") {

@@ -1,5 +1,6 @@
-//! The router of the ARM listener: ARM itself, the AAD token endpoint, and the administration
-//! endpoints under `/_emulator/` (counts, journal, state, IMDS statistics, faults and knobs).
+//! The router of the ARM and Entra ID listener: ARM itself, Entra ID's token endpoint and
+//! discovery documents, and the administration endpoints under `/_emulator/` (counts, journal,
+//! state, IMDS statistics, faults and knobs).
 
 use std::sync::Arc;
 
@@ -12,9 +13,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{Faults, Inner, Knobs, aad, arm};
+use super::{Faults, Inner, Knobs, aad, aad_discovery, arm};
 
-/// The ARM + AAD + admin router.
+/// The ARM + Entra ID + admin router.
 pub(super) fn app(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/_emulator/counts", get(counts))
@@ -25,6 +26,17 @@ pub(super) fn app(inner: Arc<Inner>) -> Router {
         .route("/_emulator/faults", get(faults).put(set_faults))
         .route("/_emulator/knobs", get(knobs).put(set_knobs))
         .route("/{tenant}/oauth2/v2.0/token", post(aad::token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(aad_discovery::openid_configuration_v2),
+        )
+        .route(
+            "/{tenant}/.well-known/openid-configuration",
+            get(aad_discovery::openid_configuration_v1),
+        )
+        .route("/{tenant}/discovery/instance", get(aad_discovery::instance))
+        .route("/{tenant}/discovery/v2.0/keys", get(aad_discovery::keys))
+        .route("/{tenant}/discovery/keys", get(aad_discovery::keys))
         .fallback(arm::handle)
         .with_state(inner)
 }

@@ -1,12 +1,14 @@
-//! A local stand-in for Azure: the ARM operations the controller uses, an Entra ID (AAD) token
-//! endpoint, and one IMDS per emulated VM and scale set instance. RBAC is enforced on every ARM
-//! call with the built-in roles' real meaning; requests are counted exactly by operation and
-//! status; faults reproduce Azure's failure modes. Stand-alone: it knows nothing of Kubernetes or
-//! of the controller.
+//! A local stand-in for Azure: the ARM operations the controller uses, Entra ID (AAD: the token
+//! endpoint and the discovery documents MSAL reads), both over HTTPS with a certificate
+//! authority made at start, and one plain-HTTP IMDS per emulated VM and scale set instance. RBAC
+//! is enforced on every ARM call with the built-in roles' real meaning; requests are counted
+//! exactly by operation and status; faults reproduce Azure's failure modes. Stand-alone: it knows
+//! nothing of Kubernetes or of the controller.
 //!
 //! Tests start it in-process with [`start`] on port 0; users run `uami-controller emulator`.
 
 mod aad;
+mod aad_discovery;
 mod admin;
 mod arm;
 pub mod faults;
@@ -55,6 +57,9 @@ pub enum EmulatorError {
         #[source]
         source: std::io::Error,
     },
+    /// The certificate authority or the TLS configuration could not be made.
+    #[error("TLS: {0}")]
+    Tls(#[source] crate::local_tls::TlsError),
     /// A bound address does not make a URL.
     #[error("the address {addr} does not make a URL: {source}")]
     Url {
@@ -263,6 +268,7 @@ impl Inner {
 pub struct Emulator {
     inner: Arc<Inner>,
     arm_url: url::Url,
+    ca_pem: Option<String>,
     imds: BTreeMap<String, SocketAddr>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -274,9 +280,16 @@ impl Emulator {
         self.arm_url.clone()
     }
 
-    /// AAD base: `POST {authority_host}{tenant}/oauth2/v2.0/token`.
+    /// Entra ID's authority host: `POST {authority_host}{tenant}/oauth2/v2.0/token`, the
+    /// discovery documents under `{authority_host}{tenant}/`.
     pub fn authority_host(&self) -> url::Url {
         self.arm_endpoint()
+    }
+
+    /// The certificate authority (PEM) of the ARM and Entra ID listener's certificate, made at
+    /// start; `None` when the world asks for plain HTTP.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// IMDS base URL of a VM or scale set instance (`myVM`, `web_0`).

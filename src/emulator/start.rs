@@ -1,5 +1,7 @@
-//! Starting the emulator: the initial state from the world, the ARM listener, and one IMDS
-//! listener per VM and scale set instance.
+//! Starting the emulator: the initial state from the world, the ARM and Entra ID listener (HTTPS
+//! with a certificate authority made here, as Azure SDKs send tokens only over HTTPS; plain HTTP
+//! when the world asks for it), and one plain-HTTP IMDS listener per VM and scale set instance,
+//! as IMDS is in Azure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,13 +15,15 @@ use rand::rngs::StdRng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::local_tls::LocalCa;
+
 use super::state::{Assignment, Compute, ComputeKind, ComputeModel, Rg, State};
 use super::{
     ADMIN_PRINCIPAL, Counts, Emulator, EmulatorError, Inner, World, admin, imds, rbac, world,
 };
 
-/// Start the emulator: ARM and AAD on the world's listen address, one IMDS per VM and scale set
-/// instance.
+/// Start the emulator: ARM and Entra ID on the world's listen address (one listener, as their
+/// routes do not overlap), one IMDS per VM and scale set instance.
 pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     let state = initial_state(&world)?;
     let seed = world.faults.seed;
@@ -44,13 +48,24 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     let (listener, arm_addr) = bind(inner.world.listen).await?;
-    let arm_url =
-        url::Url::parse(&format!("http://{arm_addr}/")).map_err(|source| EmulatorError::Url {
+    let ca = if inner.world.plain_http {
+        None
+    } else {
+        Some(LocalCa::for_loopback("uami-controller emulator CA").map_err(EmulatorError::Tls)?)
+    };
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let arm_url = url::Url::parse(&format!("{scheme}://{arm_addr}/")).map_err(|source| {
+        EmulatorError::Url {
             addr: arm_addr,
             source,
-        })?;
+        }
+    })?;
     *inner.arm_base.lock() = arm_url.to_string();
-    tasks.push(serve(listener, admin::app(inner.clone()), stop.clone()));
+    let app = admin::app(inner.clone());
+    tasks.push(match &ca {
+        Some(ca) => ca.serve(listener, app, stop.clone()),
+        None => serve(listener, app, stop.clone()),
+    });
 
     let mut imds = BTreeMap::new();
     let mut endpoints: Vec<(String, String, SocketAddr)> = Vec::new();
@@ -97,6 +112,7 @@ pub async fn start(world: World) -> Result<Emulator, EmulatorError> {
     Ok(Emulator {
         inner,
         arm_url,
+        ca_pem: ca.map(|ca| ca.ca_pem().to_string()),
         imds,
         stop,
         tasks,

@@ -17,9 +17,14 @@ use super::knobs::Knobs;
 pub struct World {
     /// Tenant (directory) id.
     pub tenant_id: String,
-    /// ARM and AAD listen address (`127.0.0.1:0` picks a free port).
+    /// ARM and Entra ID listen address (`127.0.0.1:0` picks a free port).
     #[serde(default = "loopback")]
     pub listen: SocketAddr,
+    /// Serve ARM and Entra ID over plain HTTP instead of HTTPS, for debugging with tools that
+    /// cannot be given a certificate authority. Azure SDKs refuse to send bearer tokens over
+    /// plain HTTP, so they cannot use the emulator this way. IMDS is plain HTTP either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
     /// Lifetime of issued tokens, in seconds.
     #[serde(default = "default_lifetime")]
     pub token_lifetime_seconds: u64,

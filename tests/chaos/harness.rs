@@ -189,6 +189,7 @@ pub fn controller_args(stack: &Stack, dir: &Path, user: &str, arm_timeout: &str)
     std::fs::write(&kubeconfig, stack.cluster.admin_kubeconfig(user).unwrap()).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, TUTORIAL_CONTROLLER_SECRET).unwrap();
+    let ca = crate::support::write_emulator_ca(&stack.emulator, dir);
     [
         "run",
         "--kubeconfig",
@@ -205,6 +206,8 @@ pub fn controller_args(stack: &Stack, dir: &Path, user: &str, arm_timeout: &str)
         stack.emulator.arm_endpoint().as_str(),
         "--authority-host",
         stack.emulator.authority_host().as_str(),
+        "--azure-ca-file",
+        ca.to_str().unwrap(),
         "--default-subscription",
         SUB,
         "--admin-listen",

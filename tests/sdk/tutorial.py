@@ -22,7 +22,7 @@ from azure.identity import ClientSecretCredential, ManagedIdentityCredential
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
-from azure.mgmt.resource import ResourceManagementClient
+from azure.mgmt.resource.resources import ResourceManagementClient
 
 ARM = os.environ["UAMI_SDK_ARM"].rstrip("/")
 AUTHORITY = os.environ["UAMI_SDK_AUTHORITY"].rstrip("/")

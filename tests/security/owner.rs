@@ -125,14 +125,9 @@ async fn creating_an_identity_never_overwrites_one_that_appeared() {
     assert_eq!(v["error"]["code"], "PreconditionFailed");
     // The controller's create sends it: the identity that appeared between its read and its
     // create is not overwritten.
-    let opts = uami_controller::demo::stack::controller_options(
-        &world,
-        &emulator.arm_endpoint(),
-        &emulator.authority_host(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let http = reqwest::Client::new();
+    let opts = uami_controller::demo::stack::controller_options(&emulator, Duration::from_secs(60))
+        .unwrap();
+    let http = uami_controller::controller::app::http_client(&opts.azure_ca);
     let credential = uami_controller::auth::build_credential(
         opts.credential,
         http.clone(),

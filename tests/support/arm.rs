@@ -60,7 +60,7 @@ impl Admin {
     /// ARM as the holder of `token`.
     pub fn with_token(emulator: &Emulator, token: String) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: super::emulator_http(emulator),
             base: emulator
                 .arm_endpoint()
                 .to_string()
@@ -238,7 +238,7 @@ impl TokenCredential for Fixed {
 /// The controller's ARM client against the emulator, with a fixed token.
 pub fn arm_client(emulator: &Emulator, token: String) -> ArmClient {
     ArmClient::new(
-        reqwest::Client::new(),
+        super::emulator_http(emulator),
         ArmClientOptions::new(emulator.arm_endpoint()),
         Arc::new(Fixed(token)),
         None,

@@ -10,6 +10,7 @@ use kube::api::DeleteParams;
 use serde_json::Value;
 use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 use uami_controller::demo::stack::{Stack, StackOptions};
+use uami_controller::emulator::Emulator;
 
 pub mod arm;
 pub mod armspec;
@@ -220,21 +221,42 @@ pub fn run_uami(args: &[&str], env_remove: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// PUT `body` to `url` (a run-time knob of the emulator or the sandbox); the answer's status.
-pub async fn put_json(url: &str, body: Value) -> u16 {
-    let resp = reqwest::Client::new()
-        .put(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+/// PUT `body` to `url` (a run-time knob of the emulator or the sandbox) with `http`; the
+/// answer's status.
+pub async fn put_json(http: &reqwest::Client, url: &str, body: Value) -> u16 {
+    let resp = http.put(url).json(&body).send().await.unwrap();
     resp.status().as_u16()
 }
 
-/// GET `url` (a run-time knob or a count of the emulator or the sandbox) as JSON.
-pub async fn get_json(url: &str) -> Value {
-    let resp = reqwest::get(url).await.unwrap();
+/// GET `url` (a run-time knob or a count of the emulator or the sandbox) as JSON with `http`.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    let resp = http.get(url).send().await.unwrap();
     resp.json().await.unwrap()
+}
+
+/// A client builder that trusts the emulator's certificate authority besides the system's roots
+/// (its ARM and Entra ID are HTTPS), as the controller does with `--azure-ca-file`.
+pub fn emulator_http_builder(emulator: &Emulator) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder();
+    match emulator.ca_pem() {
+        Some(pem) => {
+            builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap())
+        }
+        None => builder,
+    }
+}
+
+/// An HTTP client of the emulator (see [`emulator_http_builder`]).
+pub fn emulator_http(emulator: &Emulator) -> reqwest::Client {
+    emulator_http_builder(emulator).build().unwrap()
+}
+
+/// The emulator's certificate authority written to `dir`, for `--azure-ca-file` of a controller
+/// run as its own process (what `uami-controller emulator --ca-out` writes).
+pub fn write_emulator_ca(emulator: &Emulator, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("emulator-ca.pem");
+    std::fs::write(&path, emulator.ca_pem().expect("the emulator serves HTTPS")).unwrap();
+    path
 }
 
 /// The holder of the controller's Lease in `ns`, if any.
