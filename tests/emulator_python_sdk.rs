@@ -22,7 +22,9 @@ async fn the_official_python_sdk_runs_the_tutorial_against_the_emulator() {
     let Some(python) = sdk_python() else {
         // The SDK is installed by the test command (scripts/test.sh); CI runs that.
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI needs the Azure SDK for Python in .tools/azure-sdk (scripts/install-tools.sh)");
+            panic!(
+                "CI needs the Azure SDK for Python in .tools/azure-sdk (scripts/install-tools.sh)"
+            );
         }
         eprintln!(
             "emulator_python_sdk did NOT run: no .tools/azure-sdk (run scripts/install-tools.sh, or scripts/test.sh)"
@@ -31,6 +33,8 @@ async fn the_official_python_sdk_runs_the_tutorial_against_the_emulator() {
     };
     let mut w = World::tutorial().unwrap();
     w.rbac_propagation_seconds = 2.0;
+    // Compute's operations say when to poll again (`Retry-After`); without it the SDK waits 30 s.
+    w.lro_retry_after_seconds = 1;
     let em = emulator::start(w).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -73,6 +77,9 @@ async fn the_official_python_sdk_runs_the_tutorial_against_the_emulator() {
         "the SDK failed: {failed:#?}\nstderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for s in steps.iter().filter(|s| s["op"].is_string()) {
+        println!("{} {}s", s["op"], s["seconds"]);
+    }
     let ops: Vec<&str> = steps.iter().filter_map(|s| s["op"].as_str()).collect();
     for op in [
         "ClientSecretCredential.get_token",
@@ -93,12 +100,17 @@ async fn the_official_python_sdk_runs_the_tutorial_against_the_emulator() {
         .find(|s| s["op"] == "ResourceGroups.Get (as the identity)")
         .unwrap();
     assert_eq!(read["detail"]["name"], "DevTest");
+    assert!(
+        read["detail"]["denied_first"].as_u64() >= Some(1),
+        "403 before the assignment propagated: {read}"
+    );
     // The SDK's calls reached the emulator with the SDK's own api-versions and user agent.
     let journal = em.journal();
     assert!(
-        journal
-            .iter()
-            .any(|e| e.client.as_deref().is_some_and(|c| c.contains("azsdk-python"))),
+        journal.iter().any(|e| e
+            .client
+            .as_deref()
+            .is_some_and(|c| c.contains("azsdk-python"))),
         "the journal names the Python SDK's user agent"
     );
     // Azure's state after the clean-up: the SDK's identity and assignment are gone, and the VM

@@ -38,9 +38,11 @@ failures = []
 
 def step(op, fn):
     """Run one operation and print its outcome."""
+    started = time.time()
     try:
         detail = fn()
-        print(json.dumps({"op": op, "ok": True, "detail": detail}), flush=True)
+        seconds = round(time.time() - started, 2)
+        print(json.dumps({"op": op, "ok": True, "seconds": seconds, "detail": detail}), flush=True)
         return detail
     except Exception as e:  # every failure is reported, then the next step runs
         failures.append(op)
@@ -88,7 +90,7 @@ client_id = identity.get("client_id", "")
 principal_id = identity.get("principal_id", "")
 
 # 2. Assign it to the VM: read the VM, then update it with the identity (a long-running
-# operation the SDK polls).
+# operation the SDK polls). The Compute SDK's models are sent as written: REST (camelCase) keys.
 vm = step("VirtualMachines.Get", lambda: compute.virtual_machines.get(RG, VM).as_dict())
 
 
@@ -98,7 +100,7 @@ def assign():
     kinds.add("UserAssigned")
     kind = ", ".join(sorted(kinds, key=lambda k: k != "SystemAssigned"))
     poller = compute.virtual_machines.begin_update(
-        RG, VM, {"identity": {"type": kind, "user_assigned_identities": {identity_id: {}}}}
+        RG, VM, {"identity": {"type": kind, "userAssignedIdentities": {identity_id: {}}}}
     )
     result = poller.result()
     ids = list(((result.identity and result.identity.user_assigned_identities) or {}).keys())
@@ -157,9 +159,9 @@ def unassign():
     # As the VM was before: other user-assigned identities stay (this one set to null), or
     # without any, the type goes back to what it was.
     before = (vm or {}).get("identity") or {}
-    others = before.get("user_assigned_identities") or {}
+    others = before.get("userAssignedIdentities") or {}
     if others:
-        patch = {"type": before["type"], "user_assigned_identities": {identity_id: None}}
+        patch = {"type": before["type"], "userAssignedIdentities": {identity_id: None}}
     else:
         system = "SystemAssigned" in (before.get("type") or "")
         patch = {"type": "SystemAssigned" if system else "None"}

@@ -308,17 +308,25 @@ pub(super) fn start_operation(
     op_id
 }
 
-/// A poll of the `Azure-AsyncOperation` URL.
-pub(super) fn async_op(st: &mut Az, id: &str) -> (StatusCode, Value) {
+/// A poll of the `Azure-AsyncOperation` URL. While the operation runs the answer says when to
+/// poll again (`Retry-After`), as ARM's asynchronous operations do; without it clients fall back
+/// to their own interval (the Azure SDKs wait 30 s).
+pub(super) fn async_op(inner: &Inner, st: &mut Az, id: &str) -> Answer {
     let (op, status) = match st.progress(id) {
-        Progress::Unknown => return lro::unknown(id),
+        Progress::Unknown => return lro::unknown(id).into(),
         // The status endpoint fails while the operation runs; it finishes on its own.
-        Progress::Late => return server_error(),
+        Progress::Late => return server_error().into(),
         Progress::Running(op) => {
-            return (
+            let mut a: Answer = (
                 StatusCode::OK,
                 json!({"name": id, "status": "InProgress", "startTime": op.started}),
-            );
+            )
+                .into();
+            a.headers.push((
+                "retry-after",
+                inner.world.lro_retry_after_seconds.to_string(),
+            ));
+            return a;
         }
         Progress::Done(op) => (op, "Succeeded"),
     };
@@ -327,5 +335,5 @@ pub(super) fn async_op(st: &mut Az, id: &str) -> (StatusCode, Value) {
         body["status"] = json!("Failed");
         body["error"] = json!({"code": code, "message": message});
     }
-    (StatusCode::OK, body)
+    (StatusCode::OK, body).into()
 }

@@ -455,7 +455,7 @@ fn dispatch(
         {
             lro::poll(inner, st, id)
         }
-        ("GET", Route::AsyncOp { id, .. }) => compute::async_op(st, id).into(),
+        ("GET", Route::AsyncOp { id, .. }) => compute::async_op(inner, st, id),
         ("GET", Route::Resource { sub, rg, ty, name }) => {
             resources::get(inner, sub, rg, ty, name).into()
         }
