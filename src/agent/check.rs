@@ -41,6 +41,20 @@ impl Agent {
         let client_id = status.client_id.clone()?;
         let key = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
         if !conditions::is_true(&status.conditions, types::ASSIGNED) {
+            // A token reported before stays until the controller has said "not assigned" for
+            // longer than an assignment takes to settle: a moment of `Assigning` (a drift being
+            // repaired) is no reason to withdraw it.
+            let since = conditions::find(&status.conditions, types::ASSIGNED)
+                .map(|c| c.last_transition_time.0)
+                .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+            let settled = k8s_openapi::jiff::Timestamp::now().duration_since(since)
+                >= k8s_openapi::jiff::SignedDuration::try_from(
+                    self.settings.assignment_propagation,
+                )
+                .unwrap_or_default();
+            if !settled {
+                return Some(self.settings.assignment_propagation);
+            }
             if conditions::is_true(&status.conditions, types::TOKEN_ACQUIRED) {
                 let report = TokenReport::failed(
                     super::IDENTITY_NOT_ASSIGNED,

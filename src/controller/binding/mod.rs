@@ -67,11 +67,14 @@ pub async fn reconcile(
         reconcile_target(obj.clone(), &ctx).await
     };
     if let Err(e @ ReconcileError::Arm { source, .. }) = &result
-        && !status::keep_on_passing_failure(&*obj, source)
+        && !status::keep_on_passing_failure(&ctx, &*obj, source)
     {
         let reason = arm_reason(source);
         let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());
         let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
+    }
+    if result.is_ok() {
+        status::passed(&ctx, &*obj);
     }
     result
 }

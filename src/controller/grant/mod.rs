@@ -54,12 +54,15 @@ pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action,
     })
     .await;
     if let Err(e @ ReconcileError::Arm { source, .. }) = &result
-        && !status::keep_on_passing_failure(&*obj, source)
+        && !status::keep_on_passing_failure(&ctx, &*obj, source)
     {
         let mut status = plan::base(&obj);
         let reason = arm_reason(source);
         mark(&mut status, types::READY, false, &reason, &e.to_string());
         let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
+    }
+    if result.is_ok() {
+        status::passed(&ctx, &*obj);
     }
     result
 }
