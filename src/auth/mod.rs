@@ -25,6 +25,7 @@
 //! authorities of `--azure-ca-file`. `azure_identity`'s HTTP stack would not have been an obstacle:
 //! azure_core 1.0 sends through reqwest 0.13 with rustls, the client this project uses.
 
+mod entra;
 pub mod exchange;
 pub mod imds;
 
@@ -100,6 +101,10 @@ pub enum AuthError {
     /// The response was not a token response.
     #[error("invalid token response: {0}")]
     InvalidResponse(String),
+    /// The credential's settings were refused before any request (an authority host that is
+    /// not `https`, an empty client id or secret, a malformed tenant id).
+    #[error("invalid credential settings: {0}")]
+    Configuration(String),
     /// IMDS failed.
     #[error("managed identity: {0}")]
     Imds(#[from] ImdsError),
@@ -175,168 +180,73 @@ impl fmt::Debug for CredentialConfig {
     }
 }
 
-/// Build the configured credential, cached per scope until `refresh_margin` before expiry.
+/// Build the configured credential. Entra ID's (client secret, workload identity) are
+/// `azure_identity`'s, which cache each scope's token until five minutes before it expires; the
+/// managed identity's is cached here until `refresh_margin` before expiry. A configuration
+/// `azure_identity` refuses (an authority host that is not `https`, say) is logged and gives a
+/// credential whose every request fails with that reason.
 pub fn build_credential(
     config: CredentialConfig,
     http: reqwest::Client,
     refresh_margin: Duration,
 ) -> Arc<dyn TokenCredential> {
-    let aad = |authority_host: &Url, tenant_id: &str, client_id, proof| {
-        Arc::new(AadCredential {
-            http: http.clone(),
-            endpoint: token_endpoint(authority_host, tenant_id),
-            client_id,
-            proof,
-        })
-    };
-    let inner: Arc<dyn TokenCredential> = match config {
+    let entra = match config {
         CredentialConfig::ClientSecret {
             authority_host,
             tenant_id,
             client_id,
             client_secret,
-        } => aad(
+        } => entra::EntraCredential::client_secret(
             &authority_host,
             &tenant_id,
             client_id,
-            Proof::Secret(client_secret),
+            &client_secret,
+            Arc::new(http),
         ),
         CredentialConfig::WorkloadIdentity {
             authority_host,
             tenant_id,
             client_id,
             token_file,
-        } => aad(
+        } => entra::EntraCredential::token_file(
             &authority_host,
             &tenant_id,
             client_id,
-            Proof::AssertionFile(token_file),
+            token_file,
+            Arc::new(http),
         ),
         CredentialConfig::ManagedIdentity {
             imds_endpoint,
             selector,
-        } => Arc::new(ManagedIdentityCredential {
-            imds: ImdsClient::new(http, imds_endpoint, ImdsRetryPolicy::default()),
-            selector,
-        }),
+        } => {
+            let inner = Arc::new(ManagedIdentityCredential {
+                imds: ImdsClient::new(http, imds_endpoint, ImdsRetryPolicy::default()),
+                selector,
+            });
+            return Arc::new(CachingCredential::new(inner, refresh_margin));
+        }
     };
-    Arc::new(CachingCredential::new(inner, refresh_margin))
+    match entra {
+        Ok(credential) => Arc::new(credential),
+        Err(e) => {
+            tracing::error!(error = %e, "the Entra ID credential cannot be used");
+            let reason = match e {
+                AuthError::Configuration(reason) => reason,
+                other => other.to_string(),
+            };
+            Arc::new(Unusable(reason))
+        }
+    }
 }
 
-/// Entra ID's v2 token endpoint of `tenant_id`.
-fn token_endpoint(authority_host: &Url, tenant_id: &str) -> String {
-    format!(
-        "{}/{tenant_id}/oauth2/v2.0/token",
-        authority_host.as_str().trim_end_matches('/')
-    )
-}
-
-enum Proof {
-    Secret(SecretString),
-    AssertionFile(PathBuf),
-}
-
-/// Client credentials at Entra ID's v2 token endpoint, with a secret or a federated assertion.
-struct AadCredential {
-    http: reqwest::Client,
-    endpoint: String,
-    client_id: String,
-    proof: Proof,
-}
+/// A credential whose configuration was refused; every request fails with the reason.
+struct Unusable(String);
 
 #[async_trait]
-impl TokenCredential for AadCredential {
-    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
-        let assertion;
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("scope", scope),
-        ];
-        match &self.proof {
-            Proof::Secret(s) => form.push(("client_secret", s.expose_secret())),
-            Proof::AssertionFile(path) => {
-                // Re-read on every exchange: kubelet rotates the projected token.
-                assertion =
-                    tokio::fs::read_to_string(path)
-                        .await
-                        .map_err(|e| AuthError::TokenFile {
-                            path: path.clone(),
-                            reason: e.kind().to_string(),
-                        })?;
-                form.push(("client_assertion_type", JWT_BEARER));
-                form.push(("client_assertion", assertion.trim()));
-            }
-        }
-        request_token(&self.http, &self.endpoint, &form).await
+impl TokenCredential for Unusable {
+    async fn get_token(&self, _: &str) -> Result<AccessToken, AuthError> {
+        Err(AuthError::Configuration(self.0.clone()))
     }
-}
-
-/// The `client_assertion_type` of a federated assertion.
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// A client-credentials request at Entra ID's token `endpoint`: the access token, or Entra ID's
-/// error code and AADSTS number (never its description, which may quote the request).
-async fn request_token(
-    http: &reqwest::Client,
-    endpoint: &str,
-    form: &[(&str, &str)],
-) -> Result<AccessToken, AuthError> {
-    #[derive(serde::Deserialize)]
-    struct Token {
-        access_token: String,
-        #[serde(default)]
-        expires_in: Option<serde_json::Value>,
-    }
-    #[derive(serde::Deserialize, Default)]
-    struct Refusal {
-        #[serde(default)]
-        error: String,
-        #[serde(default)]
-        error_codes: Vec<u32>,
-        #[serde(default)]
-        error_description: String,
-    }
-    let transport = |e: reqwest::Error| AuthError::Transport(e.without_url().to_string());
-    let resp = http
-        .post(endpoint)
-        .form(form)
-        .send()
-        .await
-        .map_err(transport)?;
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(transport)?;
-    if status != 200 {
-        let err: Refusal = serde_json::from_slice(&body).unwrap_or_default();
-        let aadsts = err.error_codes.first().copied().or_else(|| {
-            let d = &err.error_description;
-            let i = d.find("AADSTS")? + 6;
-            d[i..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        });
-        return Err(AuthError::Aad {
-            status,
-            error: err.error,
-            aadsts,
-        });
-    }
-    let t: Token = serde_json::from_slice(&body)
-        .map_err(|_| AuthError::InvalidResponse("not a token response".into()))?;
-    let expires_in = t
-        .expires_in
-        .and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .unwrap_or(3600);
-    Ok(AccessToken {
-        token: SecretString::from(t.access_token),
-        expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in),
-    })
 }
 
 /// The managed identity of this machine, through IMDS.
