@@ -5,25 +5,33 @@
 //! workload identity (a federated token file exchanged at Entra ID, re-read on every exchange
 //! because kubelet rotates it), or the managed identity of its node through IMDS. Every endpoint is
 //! configurable, so the same code talks to Azure or to the emulator. Tokens are cached per scope
-//! by [`CachingCredential`] and never appear in `Debug`, `Display`, logs or error text.
+//! and never appear in `Debug`, `Display`, logs or error text.
 //!
-//! The token calls are written here rather than taken from the `azure_identity` crate (checked
-//! at 1.0.0, the current release), because its managed-identity credential cannot talk to every
-//! endpoint this controller must be pointed at, and the controller keeps one code path for every
-//! credential, for Azure and the emulator alike:
-//! - managed identity: `VirtualMachineManagedIdentityCredential` sends to the constant
-//!   `http://169.254.169.254/metadata/identity/oauth2/token`; `IMDS_ENDPOINT` only selects the
-//!   Azure Arc flow. The `--imds-endpoint` this controller takes (and the emulator's per-VM IMDS)
-//!   cannot be used, and its retry policy, per-VM rate and concurrency limits and the token
-//!   metadata the agent reports are not exposed.
-//! - client secret and workload identity: `ClientSecretCredential` and
-//!   `ClientAssertionCredential` take a custom authority host (`https` only, which the emulator
-//!   serves), so they alone would not have been the obstacle.
+//! What the `azure_identity` crate (1.0) does here, in `entra.rs`:
+//! - client secret: `ClientSecretCredential`;
+//! - workload identity: `ClientAssertionCredential` with an assertion that reads the token file
+//!   on each call (`WorkloadIdentityCredential` reads it when built and then only every ten
+//!   minutes);
+//! - the token check's exchange of a service account token (`exchange.rs`): one
+//!   `ClientAssertionCredential` per exchange, the service account token its assertion.
 //!
-//! Every Entra ID call goes over the HTTP client the caller builds
-//! (`controller::app::http_client`), which trusts the system's roots and the certificate
-//! authorities of `--azure-ca-file`. `azure_identity`'s HTTP stack would not have been an obstacle:
-//! azure_core 1.0 sends through reqwest 0.13 with rustls, the client this project uses.
+//! Each is given the authority host as a custom cloud (`https` only, so the controller cannot
+//! sign in to an emulator started with `--plain-http`), and the caller's HTTP client
+//! (`controller::app::http_client`, which trusts the system's roots and the certificate
+//! authorities of `--azure-ca-file`) as its transport; `azure_identity` caches their tokens
+//! until five minutes before expiry. Entra ID's refusals are read by a pipeline policy before
+//! `azure_identity` parses them: it reads `error_description` as a borrowed string, which fails
+//! on the `\r\n` every Entra ID description contains, and the status and AADSTS number would be
+//! lost.
+//!
+//! Managed identity stays written here (`ImdsClient`, shared with the agent, cached by
+//! [`CachingCredential`]): `azure_identity`'s `VirtualMachineManagedIdentityCredential` sends to
+//! the constant `http://169.254.169.254/metadata/identity/oauth2/token` with no way to name
+//! another endpoint (`IMDS_ENDPOINT` selects the Azure Arc flow), so neither `--imds-endpoint` nor
+//! the emulator's per-VM IMDS can be used; it caches with no way to bypass the cache; it drops the
+//! response's `client_id` and `resource`, which the agent reports; it requires `expires_on` as a
+//! string; it has no per-VM rate or concurrency limits; and it replaces the retry options it is
+//! given with its own.
 
 mod entra;
 pub mod exchange;
