@@ -412,3 +412,95 @@ async fn token_errors_as_entra_writes_them() {
     );
     emu.shutdown().await;
 }
+
+/// The controller's own credentials (`azure_identity`'s, over the controller's HTTP client) meet
+/// the emulator's Entra ID: a client secret and a federated token file get tokens; a wrong secret
+/// is Entra ID's AADSTS7000215 in the error, and a client that does not trust the emulator's
+/// authority is told so; neither error shows the secret.
+#[tokio::test]
+async fn the_controllers_credentials_sign_in_and_report_refusals_without_secrets() {
+    use secrecy::{ExposeSecret, SecretString};
+    use std::time::Duration;
+    use uami_controller::auth::{CredentialConfig, build_credential, decode_claims};
+    use uami_controller::controller::app::{AzureCa, http_client};
+
+    let emu = start().await;
+    let trusted = http_client(&AzureCa::from_pem(emu.ca_pem().unwrap()).unwrap());
+    let scope = "https://management.azure.com/.default";
+    let secret = |s: &str| CredentialConfig::ClientSecret {
+        authority_host: emu.authority_host(),
+        tenant_id: TENANT.into(),
+        client_id: world::TUTORIAL_CONTROLLER_CLIENT_ID.into(),
+        client_secret: SecretString::from(s.to_string()),
+    };
+    let margin = Duration::from_secs(300);
+
+    let good = build_credential(
+        secret(world::TUTORIAL_CONTROLLER_SECRET),
+        trusted.clone(),
+        margin,
+    );
+    let token = good.get_token(scope).await.unwrap();
+    let claims = decode_claims(&token.token).unwrap();
+    assert_eq!(claims.tid.as_deref(), Some(TENANT));
+    assert_eq!(
+        claims.appid.as_deref(),
+        Some(world::TUTORIAL_CONTROLLER_CLIENT_ID)
+    );
+    assert!(token.expires_on > jiff::Timestamp::now());
+    assert!(!format!("{token:?} {token}").contains(token.token.expose_secret()));
+
+    let wrong_secret = "wrong-secret-7f3a";
+    let bad = build_credential(secret(wrong_secret), trusted.clone(), margin);
+    let e = bad.get_token(scope).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "token request rejected by Entra ID: HTTP 401, error invalid_client, AADSTS7000215"
+    );
+    assert!(!format!("{e:?}").contains(wrong_secret));
+
+    let untrusted = build_credential(
+        secret(world::TUTORIAL_CONTROLLER_SECRET),
+        reqwest::Client::new(),
+        margin,
+    );
+    let e = untrusted.get_token(scope).await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("token endpoint unreachable: ") && e.contains("certificate"),
+        "{e}"
+    );
+    assert!(!e.contains(world::TUTORIAL_CONTROLLER_SECRET), "{e}");
+
+    // Workload identity: a federated token that matches none of the client's credentials is
+    // refused with AADSTS70021; a missing file names the file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let now = jiff::Timestamp::now().as_second();
+    let assertion = unsigned_rs256(json!({
+        "iss": "https://issuer.example.test",
+        "sub": "system:serviceaccount:nobody:nothing",
+        "aud": "api://AzureADTokenExchange",
+        "iat": now, "nbf": now, "exp": now + 600,
+    }));
+    std::fs::write(&file, &assertion).unwrap();
+    let wi = build_credential(
+        CredentialConfig::WorkloadIdentity {
+            authority_host: emu.authority_host(),
+            tenant_id: TENANT.into(),
+            client_id: world::TUTORIAL_CONTROLLER_CLIENT_ID.into(),
+            token_file: file.clone(),
+        },
+        trusted.clone(),
+        margin,
+    );
+    let e = wi.get_token(scope).await.unwrap_err();
+    assert!(e.to_string().ends_with("AADSTS70021"), "{e}");
+    assert!(!format!("{e:?}").contains(&assertion));
+    std::fs::remove_file(&file).unwrap();
+    let e = wi.get_token(scope).await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("cannot read the federated token file") && e.contains("token"),
+        "{e}"
+    );
+    emu.shutdown().await;
+}

@@ -2,11 +2,18 @@
 //! federated assertion) is exchanged at Entra ID's v2 token endpoint for an access token of the
 //! identity whose client id is named. The controller uses it to prove a service account binding
 //! works; the assertion and the token never leave this call except as [`AccessToken`].
+//!
+//! The exchange is `azure_identity`'s `ClientAssertionCredential`, one per exchange, with the
+//! service account token as its assertion; the access token it returns is the JWT whose claims
+//! the check reports.
 
-use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+
+use secrecy::SecretString;
 use url::Url;
 
-use super::{AccessToken, AuthError, JWT_BEARER, request_token, token_endpoint};
+use super::entra::EntraCredential;
+use super::{AccessToken, AuthError, TokenCredential};
 
 /// The scope of a client-credentials request for `resource` (`https://management.azure.com/`
 /// gives `https://management.azure.com/.default`).
@@ -23,14 +30,15 @@ pub async fn exchange_assertion(
     assertion: &SecretString,
     scope: &str,
 ) -> Result<AccessToken, AuthError> {
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", client_id),
-        ("scope", scope),
-        ("client_assertion_type", JWT_BEARER),
-        ("client_assertion", assertion.expose_secret()),
-    ];
-    request_token(http, &token_endpoint(authority_host, tenant_id), &form).await
+    EntraCredential::assertion(
+        authority_host,
+        tenant_id,
+        client_id.to_string(),
+        assertion.clone(),
+        Arc::new(http.clone()),
+    )?
+    .get_token(scope)
+    .await
 }
 
 #[cfg(test)]

@@ -5,26 +5,35 @@
 //! workload identity (a federated token file exchanged at Entra ID, re-read on every exchange
 //! because kubelet rotates it), or the managed identity of its node through IMDS. Every endpoint is
 //! configurable, so the same code talks to Azure or to the emulator. Tokens are cached per scope
-//! by [`CachingCredential`] and never appear in `Debug`, `Display`, logs or error text.
+//! and never appear in `Debug`, `Display`, logs or error text.
 //!
-//! The token calls are written here rather than taken from the `azure_identity` crate (checked
-//! at 1.0.0, the current release), because its managed-identity credential cannot talk to every
-//! endpoint this controller must be pointed at, and the controller keeps one code path for every
-//! credential, for Azure and the emulator alike:
-//! - managed identity: `VirtualMachineManagedIdentityCredential` sends to the constant
-//!   `http://169.254.169.254/metadata/identity/oauth2/token`; `IMDS_ENDPOINT` only selects the
-//!   Azure Arc flow. The `--imds-endpoint` this controller takes (and the emulator's per-VM IMDS)
-//!   cannot be used, and its retry policy, per-VM rate and concurrency limits and the token
-//!   metadata the agent reports are not exposed.
-//! - client secret and workload identity: `ClientSecretCredential` and
-//!   `ClientAssertionCredential` take a custom authority host (`https` only, which the emulator
-//!   serves), so they alone would not have been the obstacle.
+//! What the `azure_identity` crate (1.0) does here, in `entra.rs`:
+//! - client secret: `ClientSecretCredential`;
+//! - workload identity: `ClientAssertionCredential` with an assertion that reads the token file
+//!   on each call (`WorkloadIdentityCredential` reads it when built and then only every ten
+//!   minutes);
+//! - the token check's exchange of a service account token (`exchange.rs`): one
+//!   `ClientAssertionCredential` per exchange, the service account token its assertion.
 //!
-//! Every Entra ID call goes over the HTTP client the caller builds
-//! (`controller::app::http_client`), which trusts the system's roots and the certificate
-//! authorities of `--azure-ca-file`. `azure_identity`'s HTTP stack would not have been an obstacle:
-//! azure_core 1.0 sends through reqwest 0.13 with rustls, the client this project uses.
+//! Each is given the authority host as a custom cloud (`https` only, so the controller cannot
+//! sign in to an emulator started with `--plain-http`), and the caller's HTTP client
+//! (`controller::app::http_client`, which trusts the system's roots and the certificate
+//! authorities of `--azure-ca-file`) as its transport; `azure_identity` caches their tokens
+//! until five minutes before expiry. Entra ID's refusals are read by a pipeline policy before
+//! `azure_identity` parses them: it reads `error_description` as a borrowed string, which fails
+//! on the `\r\n` every Entra ID description contains, and the status and AADSTS number would be
+//! lost.
+//!
+//! Managed identity stays written here (`ImdsClient`, shared with the agent, cached by
+//! [`CachingCredential`]): `azure_identity`'s `VirtualMachineManagedIdentityCredential` sends to
+//! the constant `http://169.254.169.254/metadata/identity/oauth2/token` with no way to name
+//! another endpoint (`IMDS_ENDPOINT` selects the Azure Arc flow), so neither `--imds-endpoint` nor
+//! the emulator's per-VM IMDS can be used; it caches with no way to bypass the cache; it drops the
+//! response's `client_id` and `resource`, which the agent reports; it requires `expires_on` as a
+//! string; it has no per-VM rate or concurrency limits; and it replaces the retry options it is
+//! given with its own.
 
+mod entra;
 pub mod exchange;
 pub mod imds;
 
@@ -100,6 +109,10 @@ pub enum AuthError {
     /// The response was not a token response.
     #[error("invalid token response: {0}")]
     InvalidResponse(String),
+    /// The credential's settings were refused before any request (an authority host that is
+    /// not `https`, an empty client id or secret, a malformed tenant id).
+    #[error("invalid credential settings: {0}")]
+    Configuration(String),
     /// IMDS failed.
     #[error("managed identity: {0}")]
     Imds(#[from] ImdsError),
@@ -175,168 +188,73 @@ impl fmt::Debug for CredentialConfig {
     }
 }
 
-/// Build the configured credential, cached per scope until `refresh_margin` before expiry.
+/// Build the configured credential. Entra ID's (client secret, workload identity) are
+/// `azure_identity`'s, which cache each scope's token until five minutes before it expires; the
+/// managed identity's is cached here until `refresh_margin` before expiry. A configuration
+/// `azure_identity` refuses (an authority host that is not `https`, say) is logged and gives a
+/// credential whose every request fails with that reason.
 pub fn build_credential(
     config: CredentialConfig,
     http: reqwest::Client,
     refresh_margin: Duration,
 ) -> Arc<dyn TokenCredential> {
-    let aad = |authority_host: &Url, tenant_id: &str, client_id, proof| {
-        Arc::new(AadCredential {
-            http: http.clone(),
-            endpoint: token_endpoint(authority_host, tenant_id),
-            client_id,
-            proof,
-        })
-    };
-    let inner: Arc<dyn TokenCredential> = match config {
+    let entra = match config {
         CredentialConfig::ClientSecret {
             authority_host,
             tenant_id,
             client_id,
             client_secret,
-        } => aad(
+        } => entra::EntraCredential::client_secret(
             &authority_host,
             &tenant_id,
             client_id,
-            Proof::Secret(client_secret),
+            &client_secret,
+            Arc::new(http),
         ),
         CredentialConfig::WorkloadIdentity {
             authority_host,
             tenant_id,
             client_id,
             token_file,
-        } => aad(
+        } => entra::EntraCredential::token_file(
             &authority_host,
             &tenant_id,
             client_id,
-            Proof::AssertionFile(token_file),
+            token_file,
+            Arc::new(http),
         ),
         CredentialConfig::ManagedIdentity {
             imds_endpoint,
             selector,
-        } => Arc::new(ManagedIdentityCredential {
-            imds: ImdsClient::new(http, imds_endpoint, ImdsRetryPolicy::default()),
-            selector,
-        }),
+        } => {
+            let inner = Arc::new(ManagedIdentityCredential {
+                imds: ImdsClient::new(http, imds_endpoint, ImdsRetryPolicy::default()),
+                selector,
+            });
+            return Arc::new(CachingCredential::new(inner, refresh_margin));
+        }
     };
-    Arc::new(CachingCredential::new(inner, refresh_margin))
+    match entra {
+        Ok(credential) => Arc::new(credential),
+        Err(e) => {
+            tracing::error!(error = %e, "the Entra ID credential cannot be used");
+            let reason = match e {
+                AuthError::Configuration(reason) => reason,
+                other => other.to_string(),
+            };
+            Arc::new(Unusable(reason))
+        }
+    }
 }
 
-/// Entra ID's v2 token endpoint of `tenant_id`.
-fn token_endpoint(authority_host: &Url, tenant_id: &str) -> String {
-    format!(
-        "{}/{tenant_id}/oauth2/v2.0/token",
-        authority_host.as_str().trim_end_matches('/')
-    )
-}
-
-enum Proof {
-    Secret(SecretString),
-    AssertionFile(PathBuf),
-}
-
-/// Client credentials at Entra ID's v2 token endpoint, with a secret or a federated assertion.
-struct AadCredential {
-    http: reqwest::Client,
-    endpoint: String,
-    client_id: String,
-    proof: Proof,
-}
+/// A credential whose configuration was refused; every request fails with the reason.
+struct Unusable(String);
 
 #[async_trait]
-impl TokenCredential for AadCredential {
-    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
-        let assertion;
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("scope", scope),
-        ];
-        match &self.proof {
-            Proof::Secret(s) => form.push(("client_secret", s.expose_secret())),
-            Proof::AssertionFile(path) => {
-                // Re-read on every exchange: kubelet rotates the projected token.
-                assertion =
-                    tokio::fs::read_to_string(path)
-                        .await
-                        .map_err(|e| AuthError::TokenFile {
-                            path: path.clone(),
-                            reason: e.kind().to_string(),
-                        })?;
-                form.push(("client_assertion_type", JWT_BEARER));
-                form.push(("client_assertion", assertion.trim()));
-            }
-        }
-        request_token(&self.http, &self.endpoint, &form).await
+impl TokenCredential for Unusable {
+    async fn get_token(&self, _: &str) -> Result<AccessToken, AuthError> {
+        Err(AuthError::Configuration(self.0.clone()))
     }
-}
-
-/// The `client_assertion_type` of a federated assertion.
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// A client-credentials request at Entra ID's token `endpoint`: the access token, or Entra ID's
-/// error code and AADSTS number (never its description, which may quote the request).
-async fn request_token(
-    http: &reqwest::Client,
-    endpoint: &str,
-    form: &[(&str, &str)],
-) -> Result<AccessToken, AuthError> {
-    #[derive(serde::Deserialize)]
-    struct Token {
-        access_token: String,
-        #[serde(default)]
-        expires_in: Option<serde_json::Value>,
-    }
-    #[derive(serde::Deserialize, Default)]
-    struct Refusal {
-        #[serde(default)]
-        error: String,
-        #[serde(default)]
-        error_codes: Vec<u32>,
-        #[serde(default)]
-        error_description: String,
-    }
-    let transport = |e: reqwest::Error| AuthError::Transport(e.without_url().to_string());
-    let resp = http
-        .post(endpoint)
-        .form(form)
-        .send()
-        .await
-        .map_err(transport)?;
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(transport)?;
-    if status != 200 {
-        let err: Refusal = serde_json::from_slice(&body).unwrap_or_default();
-        let aadsts = err.error_codes.first().copied().or_else(|| {
-            let d = &err.error_description;
-            let i = d.find("AADSTS")? + 6;
-            d[i..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        });
-        return Err(AuthError::Aad {
-            status,
-            error: err.error,
-            aadsts,
-        });
-    }
-    let t: Token = serde_json::from_slice(&body)
-        .map_err(|_| AuthError::InvalidResponse("not a token response".into()))?;
-    let expires_in = t
-        .expires_in
-        .and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .unwrap_or(3600);
-    Ok(AccessToken {
-        token: SecretString::from(t.access_token),
-        expires_on: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in),
-    })
 }
 
 /// The managed identity of this machine, through IMDS.
