@@ -311,7 +311,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let (agent, handle) = agent::start(
         client,
         args.shared.imds_endpoint.clone(),
-        args.shared.arm_endpoint.clone(),
+        agent::AccessEndpoints {
+            arm: args.shared.arm_endpoint.clone(),
+            data_planes: args.data_planes(),
+        },
         &azure_ca,
         settings,
         Default::default(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use support::arm::Admin;
 use support::*;
+use uami_controller::api::binding::AccessPlane;
 use uami_controller::emulator::Faults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,5 +209,277 @@ async fn passing_failures_keep_ready_and_show_last_check_error() {
     .await;
     flaps.stop();
     assert_eq!(flaps.flaps(), Vec::<String>::new(), "Ready flapped");
+    stack.stop().await;
+}
+
+/// Grants of the tutorial's identity on a storage account and a key vault: two data roles and
+/// `Reader` on the vault.
+const DATA_GRANTS: &str = r#"
+apiVersion: uami.dev/v1alpha1
+kind: GrantPolicy
+metadata:
+  name: tutorial-devtest-data
+spec:
+  namespaces: ["tutorial"]
+  roleGrants:
+    - roles: ["Storage Blob Data Reader", "Key Vault Secrets User", "Reader"]
+      scopes:
+        - resourceGroup:
+            name: DevTest
+---
+apiVersion: uami.dev/v1alpha1
+kind: RoleGrant
+metadata:
+  name: my-identity-reads-blobs
+  namespace: tutorial
+spec:
+  identityRef:
+    name: my-identity
+  role: Storage Blob Data Reader
+  scope:
+    resourceId: /subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest/providers/Microsoft.Storage/storageAccounts/devtestdata
+  verifyAccessOptions:
+    blobContainer: reports
+---
+apiVersion: uami.dev/v1alpha1
+kind: RoleGrant
+metadata:
+  name: my-identity-reads-secrets
+  namespace: tutorial
+spec:
+  identityRef:
+    name: my-identity
+  role: Key Vault Secrets User
+  scope:
+    resourceId: /subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest/providers/Microsoft.KeyVault/vaults/devtest-kv
+---
+apiVersion: uami.dev/v1alpha1
+kind: RoleGrant
+metadata:
+  name: my-identity-reads-vault
+  namespace: tutorial
+spec:
+  identityRef:
+    name: my-identity
+  role: Reader
+  scope:
+    resourceId: /subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest/providers/Microsoft.KeyVault/vaults/devtest-kv
+"#;
+
+/// A data role is verified where it acts: `Storage Blob Data Reader` by listing blobs (403
+/// while the assignment propagates, then 200), `Key Vault Secrets User` by listing secrets,
+/// `Reader` on the same vault through ARM. The emulator's data planes refuse `Reader` and a
+/// token for another audience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_roles_are_verified_on_their_data_plane() {
+    let mut opts = tutorial_options(Duration::from_secs(60), 8.0);
+    opts.agent_interval = Duration::from_millis(700);
+    let rg = &mut opts.world.subscriptions[0].resource_groups[0];
+    assert_eq!(rg.name, "DevTest");
+    rg.storage_accounts = vec!["devtestdata".into()];
+    rg.key_vaults = vec!["devtest-kv".into()];
+    let stack = tutorial_stack(opts).await;
+    stack.apply_yaml(DATA_GRANTS).await.unwrap();
+    let api = grants(&stack, TUTORIAL);
+
+    let denied = eventually(
+        40,
+        "the blob grant denied on the Blob plane while it propagates",
+        || async {
+            let s = api.get("my-identity-reads-blobs").await.ok()?.status?;
+            let (status, reason) = condition(&s.conditions, "AccessVerified")?;
+            (status == "False" && reason == "AccessDenied").then_some(s)
+        },
+    )
+    .await;
+    let access = denied.access.clone().unwrap();
+    assert_eq!(access.http_status, Some(403), "{denied:?}");
+    assert_eq!(access.plane, AccessPlane::Blob, "{denied:?}");
+    let counts = stack.emulator.counts();
+    assert!(counts.get("Blob_ListBlobs", 403) >= 1, "{counts:?}");
+
+    for (grant, plane) in [
+        ("my-identity-reads-blobs", AccessPlane::Blob),
+        ("my-identity-reads-secrets", AccessPlane::KeyVault),
+        ("my-identity-reads-vault", AccessPlane::Arm),
+    ] {
+        let s = ready(&api, grant, 60).await.status.unwrap();
+        let access = s.access.clone().unwrap();
+        assert_eq!(access.http_status, Some(200), "{grant}: {s:?}");
+        assert_eq!(access.plane, plane, "{grant}: {s:?}");
+        let (status, _) = condition(&s.conditions, "AccessVerified").unwrap();
+        assert_eq!(status, "True", "{grant}");
+        let message = &conditions_message(&s.conditions, "AccessVerified");
+        let named = match plane {
+            AccessPlane::Blob => "Blob Storage data plane",
+            AccessPlane::KeyVault => "Key Vault data plane",
+            AccessPlane::Arm => "through ARM",
+        };
+        assert!(message.contains(named), "{grant}: {message}");
+    }
+    let counts = stack.emulator.counts();
+    assert!(counts.get("Blob_ListBlobs", 200) >= 1, "{counts:?}");
+    assert!(counts.get("Secrets_GetSecrets", 200) >= 1, "{counts:?}");
+    // The binding told the agent where each grant acts.
+    let binding = bindings(&stack, TUTORIAL)
+        .get(TUTORIAL_BINDING)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let blob = binding
+        .access_checks
+        .iter()
+        .find(|c| c.role_grant == "my-identity-reads-blobs")
+        .unwrap();
+    assert_eq!(
+        (blob.plane, blob.container.as_deref()),
+        (AccessPlane::Blob, Some("reports"))
+    );
+
+    // The data planes as any caller sees them: the identity's Reader on the vault lists no
+    // secrets, and a token for ARM opens neither plane.
+    let principal = api
+        .get("my-identity-reads-vault")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .principal_id
+        .unwrap();
+    let base = stack.emulator.arm_endpoint().to_string();
+    let base = base.trim_end_matches('/');
+    let http = support::emulator_http(&stack.emulator);
+    let read = |url: String, audience: &str| {
+        let token = stack.emulator.issue_token(&principal, audience);
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(url)
+                .bearer_auth(token)
+                .header("x-ms-version", "2021-08-06")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let secrets = format!("{base}/_data/vault/devtest-kv/secrets?api-version=7.4");
+    let blobs = format!("{base}/_data/blob/devtestdata/reports?restype=container&comp=list");
+    let (status, body) = read(secrets.clone(), "https://vault.azure.net").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"value\""), "{body}");
+    let (status, body) = read(blobs.clone(), "https://storage.azure.com/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<EnumerationResults"), "{body}");
+    let (status, _) = read(secrets, "https://management.azure.com/").await;
+    assert_eq!(status, 401, "a token for ARM is refused by Key Vault");
+    let (status, _) = read(blobs, "https://management.azure.com/").await;
+    assert_eq!(status, 401, "a token for ARM is refused by Blob Storage");
+    stack.stop().await;
+}
+
+fn conditions_message(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> String {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// `Reader` grants nothing on the data planes: with only `Reader` on the account and the vault,
+/// the emulator's Blob Storage answers 403 `AuthorizationPermissionMismatch` and its Key Vault
+/// 403 `Forbidden` with inner error `ForbiddenByRbac`, while ARM reads both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_planes_refuse_reader() {
+    let mut opts = tutorial_options(Duration::from_secs(60), 0.0);
+    opts.controller = false;
+    opts.agents = false;
+    let rg = &mut opts.world.subscriptions[0].resource_groups[0];
+    rg.storage_accounts = vec!["devtestdata".into()];
+    rg.key_vaults = vec!["devtest-kv".into()];
+    let stack = uami_controller::demo::stack::Stack::start(opts)
+        .await
+        .unwrap();
+    let admin = Admin::of(&stack.emulator);
+    let identity = admin
+        .put_identity("reader-only", serde_json::json!({}))
+        .await;
+    let principal = identity["properties"]["principalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let principal = principal.as_str();
+    let rg_path = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest";
+    let (status, _, body) = admin
+        .send(
+            reqwest::Method::PUT,
+            &format!(
+                "{rg_path}/providers/Microsoft.Authorization/roleAssignments/0b6c1a52-3b38-4bd5-a5a3-1a3e0c7c2d11?api-version=2022-04-01"
+            ),
+            Some(support::arm::reader_assignment(principal)),
+            &[],
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let base = stack.emulator.arm_endpoint().to_string();
+    let base = base.trim_end_matches('/');
+    let http = support::emulator_http(&stack.emulator);
+    let get = |url: String, audience: &str| {
+        let token = stack.emulator.issue_token(principal, audience);
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(url)
+                .bearer_auth(token)
+                .header("x-ms-version", "2021-08-06")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = get(
+        format!("{base}/_data/blob/devtestdata/reports?restype=container&comp=list"),
+        "https://storage.azure.com/",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("<Code>AuthorizationPermissionMismatch</Code>"),
+        "{body}"
+    );
+    let (status, body) = get(
+        format!("{base}/_data/vault/devtest-kv/secrets?api-version=7.4"),
+        "https://vault.azure.net",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "Forbidden", "{body}");
+    assert_eq!(
+        error["error"]["innererror"]["code"], "ForbiddenByRbac",
+        "{body}"
+    );
+    // ARM reads both with the same principal's ARM token.
+    let arm = Admin::with_token(
+        &stack.emulator,
+        stack
+            .emulator
+            .issue_token(principal, "https://management.azure.com/"),
+    );
+    for path in [
+        "providers/Microsoft.Storage/storageAccounts/devtestdata?api-version=2023-05-01",
+        "providers/Microsoft.KeyVault/vaults/devtest-kv?api-version=2023-07-01",
+    ] {
+        assert_eq!(
+            arm.get_status(&format!("{rg_path}/{path}")).await,
+            200,
+            "{path}"
+        );
+    }
     stack.stop().await;
 }

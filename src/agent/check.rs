@@ -1,21 +1,21 @@
 //! One binding's check: its token through IMDS, then each scope the controller listed in its
-//! status read with the identity's ARM token. What the check found is sorted into definitive
+//! status read with the identity's token where the grant's role acts (ARM, or a data plane,
+//! each with a token for its audience). What the check found is sorted into definitive
 //! answers, which change `TokenAcquired` and `AccessVerified`, and passing failures, which keep
 //! the last verified result, are noted in `lastCheckError` and retried with backoff.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
+use secrecy::SecretString;
 
 use super::report::{AccessReport, TokenReport};
 use super::{Agent, CheckFailure, Reported};
 use crate::api::binding::AccessCheck;
 use crate::api::conditions::{self, types};
 use crate::api::{IdentityBinding, RoleGrant};
-
-/// The audience of the token that reads ARM scopes.
-const ARM_RESOURCE: &str = "https://management.azure.com/";
 
 /// The wait after the `n`-th passing failure in a row: 1 s doubling, up to the interval (the
 /// scheduler then leaves it to the interval's pass).
@@ -92,16 +92,26 @@ impl Agent {
         if status.access_checks.is_empty() {
             return next;
         }
-        let token = match self.token(&client_id, ARM_RESOURCE).await {
-            (Ok(t), _) => t,
-            (Err(_), _) => return Some(self.passing_failure(&key)),
-        };
         let ns = b.namespace().unwrap_or_default();
+        let mut tokens: HashMap<&'static str, Option<SecretString>> = HashMap::new();
         for check in &status.access_checks {
-            if let Some(wait) = self
-                .check_access(&ns, &client_id, check, &token.secret)
-                .await
-            {
+            let audience = super::audience(check.plane);
+            let mut wait = None;
+            if !tokens.contains_key(audience) {
+                let token = match self.token(&client_id, audience).await {
+                    (Ok(t), _) => Some(t.secret),
+                    // No token for this audience now: the last verified results stay.
+                    (Err(_), _) => {
+                        wait = Some(self.passing_failure(&key));
+                        None
+                    }
+                };
+                tokens.insert(audience, token);
+            }
+            if let Some(token) = tokens.get(audience).and_then(Option::as_ref) {
+                wait = self.check_access(&ns, &client_id, check, token).await;
+            }
+            if let Some(wait) = wait {
                 next = Some(next.map_or(wait, |n: Duration| n.min(wait)));
             }
         }
@@ -124,11 +134,13 @@ impl Agent {
         ns: &str,
         client_id: &str,
         check: &AccessCheck,
-        token: &secrecy::SecretString,
+        token: &SecretString,
     ) -> Option<Duration> {
         let grant_key = format!("{ns}/{}", check.role_grant);
         let last = self.access.lock().get(&grant_key).cloned();
-        let same = |r: &Reported| r.client_id == client_id && r.scope == check.scope;
+        let same = |r: &Reported| {
+            r.client_id == client_id && r.scope == check.scope && r.plane == check.plane
+        };
         if let Some(r) = last.as_ref().filter(|r| same(r))
             && r.answer == Ok(200)
             && r.at.elapsed() < self.settings.recheck
@@ -137,7 +149,7 @@ impl Agent {
         }
         let answer = {
             let _permit = self.probes.acquire().await.ok()?;
-            self.probe.probe(&check.scope, token).await
+            self.probe.probe(check, token).await
         };
         let passing = match &answer {
             Ok(code) => *code == 408 || *code == 429 || *code >= 500,
@@ -148,7 +160,11 @@ impl Agent {
             // The grant now shows the failure: the next answer is written whatever it is.
             self.access.lock().remove(&grant_key);
             let message = match &answer {
-                Ok(code) => format!("HTTP {code} reading {}", check.scope),
+                Ok(code) => format!(
+                    "HTTP {code} reading {} ({})",
+                    check.scope,
+                    check.plane.as_str()
+                ),
                 Err(e) => e.message.clone(),
             };
             self.write_access(
@@ -183,6 +199,7 @@ impl Agent {
                 Reported {
                     client_id: client_id.to_string(),
                     scope: check.scope.clone(),
+                    plane: check.plane,
                     answer: definitive.clone(),
                     at: Instant::now(),
                 },
@@ -216,7 +233,7 @@ impl Agent {
         if !grants_it {
             return false;
         }
-        match self.write_grant(&grant, &check.scope, report).await {
+        match self.write_grant(&grant, check, report).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(grant = %check.role_grant, namespace = %ns, error = %e, "could not write grant status");

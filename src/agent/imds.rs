@@ -1,11 +1,11 @@
 //! The agent's windows on the world: IMDS (who this VM is, tokens of its identities) and ARM
-//! (a GET of a granted scope with such a token).
+//! and the data planes (a read of a granted scope with such a token).
 
 use async_trait::async_trait;
 use secrecy::SecretString;
 
 use super::{AccessProbe, CheckFailure, Token, TokenFailure, TokenSource, Whoami};
-use crate::api::binding::TokenStatus;
+use crate::api::binding::{AccessCheck, AccessPlane, TokenStatus};
 
 /// [`TokenSource`] over the VM's IMDS.
 pub struct ImdsSource {
@@ -90,35 +90,60 @@ impl TokenSource for ImdsSource {
     }
 }
 
-/// [`AccessProbe`] over ARM.
-pub struct ArmProbe {
+/// [`AccessProbe`] over ARM and the data planes.
+pub struct AzureProbe {
     http: reqwest::Client,
     endpoint: url::Url,
+    data_planes: crate::azure::DataPlanes,
 }
 
-impl ArmProbe {
-    /// ARM at `endpoint`.
-    pub fn new(http: reqwest::Client, endpoint: url::Url) -> Self {
-        Self { http, endpoint }
+impl AzureProbe {
+    /// ARM at `endpoint`, the data planes at `data_planes`.
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: url::Url,
+        data_planes: crate::azure::DataPlanes,
+    ) -> Self {
+        Self {
+            http,
+            endpoint,
+            data_planes,
+        }
+    }
+
+    async fn read(
+        &self,
+        check: &AccessCheck,
+        token: &SecretString,
+    ) -> Result<u16, crate::azure::ArmError> {
+        let read = match check.plane {
+            AccessPlane::Arm => {
+                return crate::azure::probe_access(&self.http, &self.endpoint, &check.scope, token)
+                    .await;
+            }
+            AccessPlane::Blob => crate::azure::blob_read(&check.scope, check.container.as_deref())?,
+            AccessPlane::KeyVault => crate::azure::secrets_read(&check.scope)?,
+        };
+        let request = self.data_planes.request(&read)?;
+        crate::azure::probe_data_plane(&self.http, request, token).await
     }
 }
 
 #[async_trait]
-impl AccessProbe for ArmProbe {
-    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, CheckFailure> {
-        crate::azure::probe_access(&self.http, &self.endpoint, scope, token)
-            .await
-            .map_err(|e| CheckFailure {
-                reason: if e.code() == "UnsupportedScope" {
-                    "UnsupportedScope".into()
-                } else {
-                    "CheckFailed".into()
-                },
-                message: if e.code() == "UnsupportedScope" {
-                    e.message.clone()
-                } else {
-                    e.to_string()
-                },
-            })
+impl AccessProbe for AzureProbe {
+    async fn probe(&self, check: &AccessCheck, token: &SecretString) -> Result<u16, CheckFailure> {
+        self.read(check, token).await.map_err(|e| {
+            if e.code() == "UnsupportedScope" {
+                CheckFailure {
+                    reason: "UnsupportedScope".into(),
+                    message: e.message.clone(),
+                }
+            } else {
+                CheckFailure {
+                    reason: "CheckFailed".into(),
+                    message: e.to_string(),
+                }
+            }
+        })
     }
 }

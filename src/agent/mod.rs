@@ -33,8 +33,10 @@ use parking_lot::Mutex;
 use secrecy::SecretString;
 
 use crate::api::IdentityBinding;
-use crate::api::binding::{TARGET_LABEL, TokenStatus, target_label_value};
-pub use imds::{ArmProbe, ImdsSource};
+use crate::api::binding::{
+    AccessCheck, AccessPlane, TARGET_LABEL, TokenStatus, target_label_value,
+};
+pub use imds::{AzureProbe, ImdsSource};
 
 /// The agent's field manager prefix; a scale set instance appends its instance id so that
 /// instances never remove each other's entries.
@@ -148,11 +150,22 @@ impl CheckFailure {
     }
 }
 
-/// A GET of an ARM scope with a bearer token.
+/// A read of a granted scope with a bearer token, where the grant's role acts: a GET of the
+/// scope through ARM, or a list on the data plane the controller named (`check.plane`).
 #[async_trait]
 pub trait AccessProbe: Send + Sync {
-    /// The HTTP status of `GET {scope}` with `token`, or why it could not be sent.
-    async fn probe(&self, scope: &str, token: &SecretString) -> Result<u16, CheckFailure>;
+    /// The HTTP status of the read `check` asks for with `token` (for the audience of
+    /// [`audience`]), or why it could not be sent.
+    async fn probe(&self, check: &AccessCheck, token: &SecretString) -> Result<u16, CheckFailure>;
+}
+
+/// The audience of the token that reads on `plane`.
+pub fn audience(plane: AccessPlane) -> &'static str {
+    match plane {
+        AccessPlane::Arm => "https://management.azure.com/",
+        AccessPlane::Blob => crate::azure::STORAGE_AUDIENCE,
+        AccessPlane::KeyVault => crate::azure::KEY_VAULT_AUDIENCE,
+    }
 }
 
 /// Agent settings.
@@ -191,9 +204,10 @@ struct Cached {
 /// The last answer of one grant's access check, as this agent last reported it.
 #[derive(Clone, Debug)]
 struct Reported {
-    /// The identity and the scope read.
+    /// The identity, the scope and the plane read.
     client_id: String,
     scope: String,
+    plane: AccessPlane,
     /// The HTTP status, or the definitive reason the check could not run.
     answer: Result<u16, String>,
     /// When the scope was read.
@@ -438,12 +452,21 @@ impl Agent {
     }
 }
 
+/// Where the agent's access checks read.
+#[derive(Clone, Debug)]
+pub struct AccessEndpoints {
+    /// Azure Resource Manager.
+    pub arm: url::Url,
+    /// Blob Storage and Key Vault.
+    pub data_planes: crate::azure::DataPlanes,
+}
+
 /// Start an agent for the VM whose IMDS is at `imds_endpoint`; it runs until `stop` is
-/// cancelled. Its access reads at `arm_endpoint` trust the system's roots and `azure_ca`.
+/// cancelled. Its access reads at `endpoints` trust the system's roots and `azure_ca`.
 pub async fn start(
     client: Client,
     imds_endpoint: url::Url,
-    arm_endpoint: url::Url,
+    endpoints: AccessEndpoints,
     azure_ca: &crate::controller::app::AzureCa,
     settings: AgentSettings,
     policy: crate::auth::ImdsRetryPolicy,
@@ -451,7 +474,7 @@ pub async fn start(
 ) -> Result<(Arc<Agent>, tokio::task::JoinHandle<()>), TokenFailure> {
     let http = crate::controller::app::http_client(azure_ca);
     let imds = Arc::new(ImdsSource::new(http.clone(), imds_endpoint, policy));
-    let probe = Arc::new(ArmProbe::new(http, arm_endpoint));
+    let probe = Arc::new(AzureProbe::new(http, endpoints.arm, endpoints.data_planes));
     let agent = Agent::new(client, imds, probe, settings).await?;
     let run = agent.clone();
     let handle = tokio::spawn(async move { run.run(async move { stop.cancelled().await }).await });

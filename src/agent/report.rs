@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{Agent, CheckFailure, FIELD_MANAGER, MAX_INSTANCES, Token, TokenFailure};
 use crate::api::CheckError;
-use crate::api::binding::{InstanceTokenStatus, TokenStatus};
+use crate::api::binding::{AccessCheck, InstanceTokenStatus, TokenStatus};
 use crate::api::conditions::{self, NewCondition, types};
 use crate::api::{IdentityBinding, RoleGrant};
 use crate::controller::status::{self, Reported};
@@ -45,7 +45,7 @@ impl TokenReport {
 
 /// What an access check found.
 pub(super) enum AccessReport {
-    /// ARM answered with this HTTP status.
+    /// ARM or the data plane answered with this HTTP status.
     Answered(u16),
     /// The scope cannot be checked (definitive).
     Failed(CheckFailure),
@@ -140,11 +140,11 @@ impl Agent {
         status::report(&self.client, b, &report, &compare, &self.field_manager()).await
     }
 
-    /// Report the access check of grant `g` at `scope`.
+    /// Report the access check `check` of grant `g`.
     pub(super) async fn write_grant(
         &self,
         g: &RoleGrant,
-        scope: &str,
+        check: &AccessCheck,
         outcome: AccessReport,
     ) -> kube::Result<()> {
         let checked_by = self.me.checked_by();
@@ -152,8 +152,13 @@ impl Agent {
         let held = conditions::find(g.conditions(), types::ACCESS_VERIFIED);
         let (own, access, error) = match outcome {
             AccessReport::Answered(code) => {
-                let (cond, access) =
-                    status::access_checked(&checked_by, checked_by.clone(), scope, code);
+                let (cond, access) = status::access_checked(
+                    &checked_by,
+                    checked_by.clone(),
+                    &check.scope,
+                    check.plane,
+                    code,
+                );
                 let own = status::own_condition(g.conditions(), cond, g.metadata.generation);
                 (own, Some(access), None)
             }

@@ -194,6 +194,46 @@ pub struct AccessCheck {
     /// The ARM scope the grant assigned its role at.
     #[schemars(length(max = 2048))]
     pub scope: String,
+    /// Where the grant's role acts, so where the agent checks it: `ARM` (a GET of the scope),
+    /// `Blob` (listing the blobs of `container` in the storage account of the scope) or
+    /// `KeyVault` (listing the secrets of the vault of the scope). Absent means `ARM`.
+    #[serde(default, skip_serializing_if = "AccessPlane::is_arm")]
+    pub plane: AccessPlane,
+    /// `Blob` checks: the container whose blobs are listed (from the scope when it names a
+    /// container, else the grant's `verifyAccessOptions.blobContainer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub container: Option<String>,
+}
+
+/// The service an access check reads: Azure Resource Manager, or the data plane a role's data
+/// actions are authorized on.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AccessPlane {
+    /// Azure Resource Manager: `GET {scope}`.
+    #[default]
+    #[serde(rename = "ARM")]
+    Arm,
+    /// Azure Blob Storage: List Blobs on a container.
+    Blob,
+    /// Azure Key Vault: Get Secrets (the list) of a vault.
+    KeyVault,
+}
+
+impl AccessPlane {
+    /// Whether this is ARM (the default, left out of status).
+    pub fn is_arm(&self) -> bool {
+        *self == Self::Arm
+    }
+
+    /// The name written in status and messages.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Arm => "ARM",
+            Self::Blob => "Blob",
+            Self::KeyVault => "KeyVault",
+        }
+    }
 }
 
 /// The result of reading one granted scope with the identity's token.

@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::binding::AccessPlane;
 use super::common::*;
 
 /// Desired role assignment of a `UserAssignedIdentity` at an Azure scope.
@@ -51,10 +52,28 @@ pub struct RoleGrantSpec {
     #[serde(default = "default_true")]
     pub verify_access: bool,
 
+    /// What the access check needs for a role that acts on a data plane (see the README,
+    /// "The agent").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_access_options: Option<VerifyAccessOptions>,
+
     /// `Delete` (default) deletes the role assignment when this object is deleted (never an
     /// adopted one); `Orphan` leaves it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// What the access check of a data-plane role reads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAccessOptions {
+    /// For a Blob Storage data role granted on a storage account: the container whose blobs
+    /// the check lists (a scope that names a container,
+    /// `.../blobServices/default/containers/<name>`, needs none). Container names are 3-63
+    /// lowercase letters, digits and single hyphens, starting and ending with a letter or digit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9]([a-z0-9]|-[a-z0-9])+$"))]
+    pub blob_container: Option<String>,
 }
 
 /// Exactly one Azure scope.
@@ -154,4 +173,7 @@ pub struct AccessStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub checked_by: Option<String>,
+    /// Where the check read: `ARM`, `Blob` or `KeyVault` (absent: ARM).
+    #[serde(default, skip_serializing_if = "AccessPlane::is_arm")]
+    pub plane: AccessPlane,
 }

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 pub use client::{
-    ACCESS_CHECK_PROVIDERS, ArmClient, ArmClientOptions, ArmMetrics, access_check_api_version,
-    probe_access,
+    ACCESS_CHECK_PROVIDERS, ArmClient, ArmClientOptions, ArmMetrics, DataPlanes, DataRead,
+    DataRequest, KEY_VAULT_AUDIENCE, STORAGE_AUDIENCE, access_check_api_version, blob_read,
+    probe_access, probe_data_plane, secrets_read,
 };
 pub use error::ArmError;
 
@@ -49,6 +50,9 @@ pub mod roles {
         pub id: String,
         pub name: String,
         pub role_name: String,
+        /// The data actions of all its permissions, less none: what it allows on data planes
+        /// (Blob Storage, Key Vault), which ARM does not serve.
+        pub data_actions: Vec<String>,
     }
     #[derive(Clone, Debug, Default, PartialEq)]
     pub struct RoleAssignment {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::ReconcileError;
+use crate::api::binding::AccessPlane;
 use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::grant::AccessStatus;
 use crate::api::{
@@ -158,28 +159,34 @@ pub fn own_condition(
     own
 }
 
-/// `AccessVerified` and `access` of a grant whose scope `who` read with the identity's token and
-/// got HTTP `code`.
+/// `AccessVerified` and `access` of a grant whose scope `who` read with the identity's token on
+/// `plane` and got HTTP `code`.
 pub fn access_checked(
     who: &str,
     checked_by: String,
     scope: &str,
+    plane: AccessPlane,
     code: u16,
 ) -> (NewCondition, AccessStatus) {
+    let read = match plane {
+        AccessPlane::Arm => format!("read {scope} through ARM"),
+        AccessPlane::Blob => format!("listed blobs of {scope} on the Blob Storage data plane"),
+        AccessPlane::KeyVault => format!("listed secrets of {scope} on the Key Vault data plane"),
+    };
     let (reason, message) = match code {
         200 => (
             "AccessVerified",
-            format!("{who} read {scope} with the identity's token (HTTP 200)"),
+            format!("{who} {read} with the identity's token (HTTP 200)"),
         ),
         401 | 403 => (
             "AccessDenied",
             format!(
-                "{who} got HTTP {code} reading {scope}; a new role assignment can take minutes to take effect"
+                "{who} got HTTP {code}: it {read} with the identity's token; a new role assignment can take minutes to take effect"
             ),
         ),
         _ => (
             "UnexpectedStatus",
-            format!("{who} got HTTP {code} reading {scope}"),
+            format!("{who} got HTTP {code}: it {read} with the identity's token"),
         ),
     };
     (
@@ -188,6 +195,7 @@ pub fn access_checked(
             verified: code == 200,
             http_status: Some(code.into()),
             checked_by: Some(checked_by),
+            plane,
         },
     )
 }

@@ -288,7 +288,13 @@ impl Stack {
         let (_, handle) = crate::agent::start(
             client,
             imds,
-            self.emulator.arm_endpoint(),
+            crate::agent::AccessEndpoints {
+                arm: self.emulator.arm_endpoint(),
+                data_planes: crate::azure::DataPlanes {
+                    blob: self.emulator.blob_endpoint(),
+                    key_vault: self.emulator.keyvault_endpoint(),
+                },
+            },
             &emulator_ca(&self.emulator)?,
             settings,
             policy,

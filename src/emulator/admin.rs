@@ -1,5 +1,5 @@
 //! The router of the ARM and Entra ID listener: ARM itself, Entra ID's token endpoint and
-//! discovery documents, and the administration endpoints under `/_emulator/` (counts, journal,
+//! discovery documents, the data planes of storage accounts and key vaults (under `/_data/`), and the administration endpoints under `/_emulator/` (counts, journal,
 //! state, IMDS statistics, faults and knobs).
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{Faults, Inner, Knobs, aad, aad_discovery, arm};
+use super::{Faults, Inner, Knobs, aad, aad_discovery, arm, data_plane};
 
 /// The ARM + Entra ID + admin router.
 pub(super) fn app(inner: Arc<Inner>) -> Router {
@@ -37,6 +37,11 @@ pub(super) fn app(inner: Arc<Inner>) -> Router {
         .route("/{tenant}/discovery/instance", get(aad_discovery::instance))
         .route("/{tenant}/discovery/v2.0/keys", get(aad_discovery::keys))
         .route("/{tenant}/discovery/keys", get(aad_discovery::keys))
+        .route(
+            "/_data/blob/{account}/{container}",
+            get(data_plane::list_blobs),
+        )
+        .route("/_data/vault/{vault}/secrets", get(data_plane::get_secrets))
         .fallback(arm::handle)
         .with_state(inner)
 }

@@ -11,6 +11,7 @@ mod aad;
 mod aad_discovery;
 mod admin;
 mod arm;
+mod data_plane;
 pub mod faults;
 mod imds;
 pub mod knobs;
@@ -278,6 +279,24 @@ impl Emulator {
     /// ARM base URL (paths such as `/subscriptions/...` are appended).
     pub fn arm_endpoint(&self) -> url::Url {
         self.arm_url.clone()
+    }
+
+    /// Blob Storage of the world's storage accounts, on the ARM listener, as a URL template with
+    /// `{account}` (what the agent's `--blob-endpoint` takes).
+    pub fn blob_endpoint(&self) -> String {
+        format!(
+            "{}/_data/blob/{{account}}",
+            self.arm_url.as_str().trim_end_matches('/')
+        )
+    }
+
+    /// Key Vault of the world's vaults, on the ARM listener, as a URL template with `{vault}`
+    /// (what the agent's `--keyvault-endpoint` takes).
+    pub fn keyvault_endpoint(&self) -> String {
+        format!(
+            "{}/_data/vault/{{vault}}",
+            self.arm_url.as_str().trim_end_matches('/')
+        )
     }
 
     /// Entra ID's authority host: `POST {authority_host}{tenant}/oauth2/v2.0/token`, the

@@ -1,6 +1,7 @@
-//! Azure RBAC as the emulator enforces it: the built-in role definitions with their real actions
-//! and notActions, and the check "may this principal perform this action at this scope", from the
-//! effective role assignments at the scope or any parent scope.
+//! Azure RBAC as the emulator enforces it: the built-in role definitions with their real actions,
+//! notActions, dataActions and notDataActions, and the check "may this principal perform this
+//! action (on ARM) or data action (on a data plane) at this scope", from the effective role
+//! assignments at the scope or any parent scope.
 
 use std::sync::LazyLock;
 
@@ -20,6 +21,13 @@ pub struct Role {
     pub actions: Vec<String>,
     /// Excluded actions.
     pub not_actions: Vec<String>,
+    /// Allowed data actions: what the role may do on data planes (Blob Storage, Key Vault),
+    /// which ARM never authorizes.
+    #[serde(default)]
+    pub data_actions: Vec<String>,
+    /// Excluded data actions.
+    #[serde(default)]
+    pub not_data_actions: Vec<String>,
 }
 
 /// The built-in roles the emulator knows, with the actions Azure gives them
@@ -86,6 +94,15 @@ pub fn allows(role: &Role, action: &str) -> bool {
         && !role.not_actions.iter().any(|p| action_matches(p, action))
 }
 
+/// Whether `role` allows the data action `action`.
+pub fn allows_data(role: &Role, action: &str) -> bool {
+    role.data_actions.iter().any(|p| action_matches(p, action))
+        && !role
+            .not_data_actions
+            .iter()
+            .any(|p| action_matches(p, action))
+}
+
 /// `scope` is `parent` or below it (case-insensitive, whole segments).
 pub fn within(scope: &str, parent: &str) -> bool {
     let s = scope.trim_end_matches('/').to_lowercase();
@@ -117,8 +134,8 @@ pub fn definition_json(role: &Role, subscription: Option<&str>) -> Value {
             "permissions": [{
                 "actions": role.actions,
                 "notActions": role.not_actions,
-                "dataActions": [],
-                "notDataActions": []
+                "dataActions": role.data_actions,
+                "notDataActions": role.not_data_actions
             }]
         }
     })
@@ -141,7 +158,9 @@ mod tests {
                 "Role Based Access Control Administrator",
                 "Managed Identity Contributor",
                 "Managed Identity Operator",
-                "Virtual Machine Contributor"
+                "Virtual Machine Contributor",
+                "Storage Blob Data Reader",
+                "Key Vault Secrets User"
             ]
         );
     }
@@ -205,6 +224,21 @@ mod tests {
             find("acdd72a7-3385-48ef-bd42-f606fba81ae7").unwrap().name,
             "Reader"
         );
+        // Data actions are a role's own: `*/read` reads no blob and no secret.
+        let blobs = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read";
+        let secrets = "Microsoft.KeyVault/vaults/secrets/readMetadata/action";
+        assert!(allows_data(role("Storage Blob Data Reader"), blobs));
+        assert!(!allows_data(role("Storage Blob Data Reader"), secrets));
+        assert!(allows_data(role("Key Vault Secrets User"), secrets));
+        assert!(!allows_data(role("Key Vault Secrets User"), blobs));
+        for arm_role in ["Reader", "Contributor", "Owner"] {
+            assert!(!allows_data(role(arm_role), blobs), "{arm_role}");
+            assert!(!allows_data(role(arm_role), secrets), "{arm_role}");
+        }
+        assert!(!allows(
+            role("Storage Blob Data Reader"),
+            "Microsoft.Storage/storageAccounts/read"
+        ));
     }
 
     #[test]

@@ -16,6 +16,15 @@ fn parse_definition(v: &Value) -> RoleDefinition {
         id: text(v, "/id"),
         name: text(v, "/name"),
         role_name: text(v, "/properties/roleName"),
+        data_actions: v
+            .pointer("/properties/permissions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("dataActions").and_then(Value::as_array))
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
     }
 }
 

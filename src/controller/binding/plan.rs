@@ -15,7 +15,7 @@ use super::super::reasons;
 use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
 use super::recorded_identity;
 use super::removal::recorded;
-use crate::api::binding::AccessCheck;
+use crate::api::binding::{AccessCheck, AccessPlane};
 use crate::api::conditions::{self, types};
 use crate::api::{
     GrantPolicy, IdentityBinding, IdentityBindingStatus, RoleGrant, UserAssignedIdentity,
@@ -310,28 +310,119 @@ pub fn revoked(
     }
 }
 
-/// What the agent on the target needs, from the controller: the identity's client id as Azure
-/// has it, and the scopes of the identity's `verifyAccess` grants that are granted (their
-/// `status.scope`, sorted by grant name, at most [`MAX_ACCESS_CHECKS`]).
-pub fn agent_inputs(
+/// The grants of the binding's identity that the agent checks: same namespace, `verifyAccess`,
+/// not being deleted, `Granted` with a scope.
+pub fn checked_grants(
     obj: &IdentityBinding,
-    azure: Option<&AzureIdentity>,
     grants: &[std::sync::Arc<RoleGrant>],
-) -> (Option<String>, Vec<AccessCheck>) {
+) -> Vec<std::sync::Arc<RoleGrant>> {
     let ns = obj.namespace();
-    let mut checks: Vec<AccessCheck> = grants
+    grants
         .iter()
         .filter(|g| {
             g.namespace() == ns
                 && g.spec.identity_ref.name == obj.spec.identity_ref.name
                 && g.spec.verify_access
                 && g.metadata.deletion_timestamp.is_none()
+                && g.status.as_ref().is_some_and(|s| {
+                    s.scope.is_some() && conditions::is_true(&s.conditions, types::GRANTED)
+                })
         })
+        .cloned()
+        .collect()
+}
+
+/// The data action a Blob Storage check needs: List Blobs
+/// (<https://learn.microsoft.com/rest/api/storageservices/list-blobs>, authorized with
+/// `.../containers/blobs/read`).
+const LIST_BLOBS: &str = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read";
+
+/// The data action a Key Vault check needs: Get Secrets, the list
+/// (<https://learn.microsoft.com/rest/api/keyvault/secrets/get-secrets/get-secrets>), which
+/// `Key Vault Secrets User` allows through `.../secrets/readMetadata/action`
+/// (<https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/security>).
+const LIST_SECRETS: &str = "Microsoft.KeyVault/vaults/secrets/readMetadata/action";
+
+/// Where a role acts, so where its access is checked: a role with data actions that allow
+/// listing blobs acts on Blob Storage, one whose data actions allow listing secrets on Key
+/// Vault (data actions are authorized by those services, never by ARM:
+/// <https://learn.microsoft.com/azure/role-based-access-control/role-definitions>); any other
+/// role through ARM.
+pub fn plane_of(role: &crate::azure::roles::RoleDefinition) -> AccessPlane {
+    let allows = |action: &str| role.data_actions.iter().any(|p| wildcard(p, action));
+    if allows(LIST_BLOBS) {
+        AccessPlane::Blob
+    } else if allows(LIST_SECRETS) {
+        AccessPlane::KeyVault
+    } else {
+        AccessPlane::Arm
+    }
+}
+
+/// Whether the action pattern `pattern` (`*` for any characters) covers `action`,
+/// case-insensitively.
+fn wildcard(pattern: &str, action: &str) -> bool {
+    let (pattern, action) = (pattern.to_lowercase(), action.to_lowercase());
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = action.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// What the agent on the target needs, from the controller: the identity's client id as Azure
+/// has it, and for each of [`checked_grants`] its scope and the plane its role acts on
+/// (`planes`, by grant name; a grant whose role could not be resolved this pass keeps the entry
+/// it had), sorted by grant name, at most [`MAX_ACCESS_CHECKS`].
+pub fn agent_inputs(
+    obj: &IdentityBinding,
+    azure: Option<&AzureIdentity>,
+    grants: &[std::sync::Arc<RoleGrant>],
+    planes: &std::collections::HashMap<String, AccessPlane>,
+) -> (Option<String>, Vec<AccessCheck>) {
+    let current = obj
+        .status
+        .as_ref()
+        .map(|s| s.access_checks.as_slice())
+        .unwrap_or_default();
+    let mut checks: Vec<AccessCheck> = checked_grants(obj, grants)
+        .iter()
         .filter_map(|g| {
-            let s = g.status.as_ref()?;
-            conditions::is_true(&s.conditions, types::GRANTED).then_some(AccessCheck {
-                role_grant: g.name_any(),
-                scope: s.scope.clone()?,
+            let name = g.name_any();
+            let scope = g.status.as_ref()?.scope.clone()?;
+            let plane = match planes.get(&name) {
+                Some(p) => *p,
+                None => {
+                    return current
+                        .iter()
+                        .find(|c| c.role_grant == name && c.scope == scope)
+                        .cloned();
+                }
+            };
+            let container = (plane == AccessPlane::Blob)
+                .then(|| {
+                    g.spec
+                        .verify_access_options
+                        .as_ref()
+                        .and_then(|o| o.blob_container.clone())
+                })
+                .flatten();
+            Some(AccessCheck {
+                role_grant: name,
+                scope,
+                plane,
+                container,
             })
         })
         .collect();

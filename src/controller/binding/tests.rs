@@ -390,3 +390,44 @@ fn the_identity_assigned_is_azures_not_the_status() {
         Plan::Report(_)
     ));
 }
+
+#[test]
+fn a_role_is_checked_where_its_permissions_act() {
+    use crate::api::binding::AccessPlane;
+    use crate::azure::roles::RoleDefinition;
+    let role = |data: &[&str]| RoleDefinition {
+        data_actions: data.iter().map(|s| s.to_string()).collect(),
+        ..RoleDefinition::default()
+    };
+    assert_eq!(plane_of(&role(&[])), AccessPlane::Arm);
+    assert_eq!(
+        plane_of(&role(&[
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"
+        ])),
+        AccessPlane::Blob
+    );
+    assert_eq!(
+        plane_of(&role(&[
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/*"
+        ])),
+        AccessPlane::Blob
+    );
+    assert_eq!(
+        plane_of(&role(&[
+            "Microsoft.KeyVault/vaults/secrets/getSecret/action",
+            "Microsoft.KeyVault/vaults/secrets/readMetadata/action"
+        ])),
+        AccessPlane::KeyVault
+    );
+    assert_eq!(
+        plane_of(&role(&["Microsoft.KeyVault/vaults/*"])),
+        AccessPlane::KeyVault
+    );
+    // Data actions of a plane the check does not read leave the check on ARM.
+    assert_eq!(
+        plane_of(&role(&[
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/read"
+        ])),
+        AccessPlane::Arm
+    );
+}

@@ -65,6 +65,7 @@ fn reader() -> RoleDefinition {
         ),
         name: READER.into(),
         role_name: "Reader".into(),
+        data_actions: Vec::new(),
     }
 }
 

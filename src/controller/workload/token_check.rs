@@ -22,7 +22,7 @@ use super::{
     AzureIdentity, CHECKED_BY, EXCHANGE_AUDIENCE, GRANT_FIELD_MANAGER, TOKEN_REQUEST_SECONDS,
     WorkloadSettings,
 };
-use crate::api::binding::{ScopeAccess, TokenStatus};
+use crate::api::binding::{AccessPlane, ScopeAccess, TokenStatus};
 use crate::api::conditions::{self, NewCondition, types};
 use crate::api::{IdentityBinding, RoleGrant};
 use crate::auth::exchange::{exchange_assertion, scope_for};
@@ -415,8 +415,13 @@ async fn write_grant_access(
             None,
         ),
         (Some(c), None) => {
-            let (cond, access) =
-                status::access_checked("the token exchange", CHECKED_BY.into(), scope, c);
+            let (cond, access) = status::access_checked(
+                "the token exchange",
+                CHECKED_BY.into(),
+                scope,
+                AccessPlane::Arm,
+                c,
+            );
             (cond, Some(access))
         }
         (None, None) => (
