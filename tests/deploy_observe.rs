@@ -246,7 +246,7 @@ fn dashboard_is_sane_grafana_json_with_the_panels_operators_need() {
         "uami_arm_ratelimit_remaining",
         "sum(uami_leader)",
         "sum by (kind, ready) (uami_objects)",
-        "uami_time_to_ready_seconds_bucket",
+        "uami_time_to_ready_seconds_count",
         "uami_role_assignments",
         "uami_federated_credentials",
     ] {
