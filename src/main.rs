@@ -265,6 +265,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_name: args.cluster_name.clone(),
         default_subscription: args.default_subscription.clone(),
         resync_period: args.resync_period,
+        role_assignment_limit: args.role_assignment_limit,
         concurrency: args.concurrency,
         reads: (args.arm_reads_floor, args.arm_reads_ceiling),
         writes: (args.arm_writes_floor, args.arm_writes_ceiling),

@@ -245,6 +245,10 @@ fn dashboard_is_sane_grafana_json_with_the_panels_operators_need() {
         "uami_arm_throttled_total",
         "uami_arm_ratelimit_remaining",
         "sum(uami_leader)",
+        "sum by (kind, ready) (uami_objects)",
+        "uami_time_to_ready_seconds_count",
+        "uami_role_assignments",
+        "uami_federated_credentials",
     ] {
         assert!(all_exprs.contains(needle), "no panel queries {needle}");
     }
@@ -267,9 +271,11 @@ fn rules_are_prometheus_rules_with_runbooks() {
         names,
         BTreeSet::from([
             "UamiArmThrottlingSustained",
+            "UamiFederatedCredentialsNearLimit",
             "UamiNoLeader",
             "UamiObjectNotReady",
             "UamiReconcileErrorsRising",
+            "UamiRoleAssignmentsNearLimit",
             "UamiTokenNotRenewed",
         ])
     );
@@ -556,6 +562,56 @@ async fn after_the_tutorial_every_metric_and_label_the_queries_use_exists() {
             controller.iter().any(|s| s.name == family),
             "no {family} in /metrics"
         );
+    }
+    // The quota gauges: the tutorial's controller may not read the subscription's role
+    // assignments and binds no service account, so they have no series here
+    // (tests/e2e_budgets.rs has them); their labels are declared.
+    for (name, label) in [
+        ("uami_role_assignments", Some("subscription")),
+        ("uami_role_assignments_limit", None),
+        ("uami_federated_credentials", Some("identity")),
+        ("uami_federated_credentials_limit", None),
+    ] {
+        known.add_declared(name, &label.into_iter().map(str::to_string).collect());
+    }
+    // Object state from the controller's caches matches the objects.
+    let objects_series = |kind: &str, ready: &str, reason: &str| {
+        controller
+            .iter()
+            .find(|s| {
+                s.name == "uami_objects"
+                    && s.labels["kind"] == kind
+                    && s.labels["namespace"] == "tutorial"
+                    && s.labels["ready"] == ready
+                    && s.labels["reason"] == reason
+            })
+            .map(|s| s.value)
+    };
+    assert_eq!(
+        objects_series("UserAssignedIdentity", "True", "Ready"),
+        Some(1.0)
+    );
+    assert_eq!(
+        objects_series("IdentityBinding", "True", "Ready"),
+        Some(1.0)
+    );
+    assert_eq!(objects_series("RoleGrant", "True", "Ready"), Some(1.0));
+    assert_eq!(
+        objects_series("RoleGrant", "False", "DeniedByPolicy"),
+        Some(1.0)
+    );
+    // One time-to-Ready observation per kind (each object's first generation).
+    for kind in ["UserAssignedIdentity", "IdentityBinding", "RoleGrant"] {
+        let count = controller
+            .iter()
+            .find(|s| s.name == "uami_time_to_ready_seconds_count" && s.labels["kind"] == kind)
+            .unwrap_or_else(|| panic!("no time to Ready of {kind}"));
+        assert_eq!(count.value, 1.0, "{kind}");
+        let sum = controller
+            .iter()
+            .find(|s| s.name == "uami_time_to_ready_seconds_sum" && s.labels["kind"] == kind)
+            .unwrap();
+        assert!(sum.value >= 0.0 && sum.value < 120.0, "{kind}: {sum:?}");
     }
     let errors = check_all(&r, &known);
     assert!(errors.is_empty(), "{}", errors.join("\n"));

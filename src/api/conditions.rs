@@ -19,6 +19,9 @@ pub mod types {
     pub const GRANTED: &str = "Granted";
     /// The agent read the scope with the identity's token (agent).
     pub const ACCESS_VERIFIED: &str = "AccessVerified";
+    /// Present (False) only while the Azure quota the object uses is at 90% or more of its limit
+    /// (controller): role assignments per subscription, federated credentials per identity.
+    pub const BUDGET: &str = "Budget";
 }
 
 /// Condition status values.

@@ -274,6 +274,8 @@ pub trait RoleApi: Send + Sync {
         scope: &str,
         principal_id: &str,
     ) -> Result<Vec<RoleAssignment>, ArmError>;
+    /// Every role assignment at, above and below `scope`, all pages.
+    async fn list_role_assignments(&self, scope: &str) -> Result<Vec<RoleAssignment>, ArmError>;
 }
 
 #[async_trait]

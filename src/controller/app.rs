@@ -33,6 +33,8 @@ pub struct ControllerOptions {
     pub default_subscription: Option<String>,
     /// Drift check period (jittered).
     pub resync_period: Duration,
+    /// Role assignments per subscription before grants are refused.
+    pub role_assignment_limit: usize,
     /// Concurrent reconciles per kind.
     pub concurrency: u16,
     /// ARM reads per second per subscription: (floor, ceiling). The pace falls from the
@@ -180,6 +182,7 @@ pub fn start(
             cluster_name: opts.cluster_name.clone(),
             default_subscription: opts.default_subscription.clone(),
             resync_period: opts.resync_period,
+            role_assignment_limit: opts.role_assignment_limit,
             workload: opts
                 .oidc_issuer
                 .clone()

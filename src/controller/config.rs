@@ -88,6 +88,12 @@ pub struct RunArgs {
     #[arg(long, env = "UAMI_RESYNC_PERIOD", default_value = "10m", value_parser = parse_duration)]
     pub resync_period: Duration,
 
+    /// Role assignments per subscription from which RoleGrants are refused
+    /// (`RoleAssignmentLimitReached`) instead of asking Azure: Azure's fixed limit, 4000, or
+    /// lower to leave room for assignments made by others. Warnings start at 90% of it.
+    #[arg(long, env = "UAMI_ROLE_ASSIGNMENT_LIMIT", default_value_t = crate::controller::budget::ROLE_ASSIGNMENTS_PER_SUBSCRIPTION)]
+    pub role_assignment_limit: usize,
+
     /// Objects reconciled at once, per kind.
     #[arg(long, env = "UAMI_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,

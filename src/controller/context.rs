@@ -29,6 +29,9 @@ pub struct Settings {
     pub resync_period: Duration,
     /// Service account bindings (workload identity); `None` without `--oidc-issuer`.
     pub workload: Option<super::workload::WorkloadSettings>,
+    /// Role assignments allowed per subscription before grants are refused (Azure's fixed
+    /// limit, or lower to leave headroom for others).
+    pub role_assignment_limit: usize,
 }
 
 impl Settings {
@@ -87,6 +90,8 @@ pub struct Context {
     pub fic_locks: super::workload::IdentityLocks,
     /// The token checks of service account bindings, run off the reconcile.
     pub token_checks: super::workload::TokenChecks,
+    /// Azure's quotas as counted.
+    pub budgets: super::budget::Budgets,
     failures: Mutex<HashMap<String, u32>>,
     roles: Mutex<HashMap<(String, String), (RoleDefinition, Instant)>>,
     checked: Mutex<HashMap<String, (String, Instant)>>,
@@ -109,7 +114,10 @@ impl Context {
             instance: None,
         };
         let recorder = Recorder::new(client.clone(), reporter.clone());
+        let budgets =
+            super::budget::Budgets::new(settings.role_assignment_limit, metrics.quota.clone());
         Self {
+            budgets,
             client,
             azure,
             settings,

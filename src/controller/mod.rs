@@ -3,6 +3,7 @@
 pub mod app;
 pub mod azure_identity;
 pub mod binding;
+pub mod budget;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -11,6 +12,7 @@ mod fixtures;
 pub mod grant;
 pub mod identity;
 pub mod leader;
+pub mod objects;
 pub mod outcome;
 pub mod policy;
 pub mod reasons;

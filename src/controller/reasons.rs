@@ -59,6 +59,14 @@ pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
 pub const SERVICE_ACCOUNT_IN_USE: &str = "ServiceAccountInUse";
 /// The identity has Azure's maximum of federated identity credentials.
 pub const FEDERATED_CREDENTIAL_LIMIT: &str = "FederatedCredentialLimitReached";
+/// The subscription has Azure's maximum of role assignments; the grant's assignment was not
+/// asked for.
+pub const ROLE_ASSIGNMENT_LIMIT: &str = "RoleAssignmentLimitReached";
+/// The grant's assignment took its subscription to 90% or more of Azure's role assignment limit.
+pub const ROLE_ASSIGNMENTS_NEAR_LIMIT: &str = "RoleAssignmentsNearLimit";
+/// The binding's credential took its identity to 90% or more of Azure's federated identity
+/// credential limit.
+pub const FEDERATED_CREDENTIALS_NEAR_LIMIT: &str = "FederatedCredentialsNearLimit";
 /// A token of the service account was exchanged for a token of the identity.
 pub const TOKEN_ACQUIRED: &str = "TokenAcquired";
 /// The TokenRequest for the service account failed.

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::context::{AzureApis, Context, Settings, Stores, object_key};
 use super::error::{ReconcileError, backoff};
 use super::target_writer::{TargetWriter, WaitingSiblings, WriterConfig};
-use super::{binding, grant, identity, watch};
+use super::{binding, budget, grant, identity, objects, watch};
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
 use crate::azure::compute::ComputeTarget;
@@ -147,6 +147,10 @@ pub async fn run_controllers(
     let (b_to_ids, b_for_ids) = watch::reader();
     let (g_to_bindings, g_for_bindings) = watch::reader();
     let (g_to_ids, g_for_ids) = watch::reader();
+    // Time to Ready is read from the same watches.
+    let (id_to_clock, id_for_clock) = watch::reader();
+    let (b_to_clock, b_for_clock) = watch::reader();
+    let (g_to_clock, g_for_clock) = watch::reader();
 
     let stores = Stores {
         identities: id_store.clone(),
@@ -165,8 +169,26 @@ pub async fn run_controllers(
         parts.settings,
         stores.clone(),
         writer,
-        parts.metrics,
+        parts.metrics.clone(),
     ));
+    parts
+        .metrics
+        .objects
+        .set_source(Some(objects::source(stores.clone())));
+    let started = jiff::Timestamp::now();
+    let clocks = [
+        tokio::spawn(
+            objects::ReadyClock::new("UserAssignedIdentity", started)
+                .run(id_for_clock, parts.metrics.clone()),
+        ),
+        tokio::spawn(
+            objects::ReadyClock::new("IdentityBinding", started)
+                .run(b_for_clock, parts.metrics.clone()),
+        ),
+        tokio::spawn(
+            objects::ReadyClock::new("RoleGrant", started).run(g_for_clock, parts.metrics.clone()),
+        ),
+    ];
 
     // A GrantPolicy change re-evaluates every binding and grant.
     let (b_all_tx, b_all_rx) = mpsc::unbounded_channel::<()>();
@@ -271,22 +293,24 @@ pub async fn run_controllers(
             identities,
             wc.clone(),
             id_writer,
-            vec![id_to_ids, id_to_bindings, id_to_grants],
+            vec![id_to_ids, id_to_bindings, id_to_grants, id_to_clock],
         ),
         watch::drive(
             bindings,
             wc.clone(),
             b_writer,
-            vec![b_to_bindings, b_to_ids],
+            vec![b_to_bindings, b_to_ids, b_to_clock],
         ),
         watch::drive(
             grants,
             wc,
             g_writer,
-            vec![g_to_grants, g_to_ids, g_to_bindings],
+            vec![g_to_grants, g_to_ids, g_to_bindings, g_to_clock],
         ),
         tokio::spawn(policy_watch),
     ];
+    // Azure's quotas are counted at start (once the caches are ready) and at every resync.
+    let counting = budget::count_periodically(ctx.clone(), signal(&shutdown_tx));
     let writers = ctx.writer.clone();
     let mut stopped = shutdown_tx.subscribe();
     let stopper = async move {
@@ -320,12 +344,13 @@ pub async fn run_controllers(
             }
             _ = stopped.recv() => return,
         }
-        tokio::join!(id_run, b_run, g_run);
+        tokio::join!(id_run, b_run, g_run, counting);
     };
     tokio::join!(stopper, controllers);
-    for r in reflectors {
+    for r in reflectors.into_iter().chain(clocks) {
         r.abort();
     }
+    parts.metrics.objects.set_source(None);
 }
 
 /// How long one scan of the stores answers the writers' questions about waiting siblings: each

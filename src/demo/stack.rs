@@ -145,6 +145,8 @@ pub fn controller_options(
         },
         default_subscription: world.subscriptions.first().map(|s| s.id.clone()),
         resync_period: resync,
+        // The controller counts against the world's limit, as it would against Azure's.
+        role_assignment_limit: world.limits.role_assignments_per_subscription,
         concurrency: 4,
         reads: (20.0, 250.0),
         writes: (8.0, 100.0),

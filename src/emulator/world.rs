@@ -45,6 +45,9 @@ pub struct World {
     /// Role assignments present at start (effective at once).
     #[serde(default)]
     pub role_assignments: Vec<InitialAssignment>,
+    /// Azure's fixed quotas, lowerable so that a test can reach them.
+    #[serde(default)]
+    pub limits: Limits,
     /// Faults at start (changeable at run time).
     #[serde(default)]
     pub faults: Faults,
@@ -380,6 +383,31 @@ impl ScaleSet {
         });
         (top, properties)
     }
+}
+
+/// Azure's fixed quotas that the emulator enforces, as Azure does. Azure's values are the
+/// defaults (<https://learn.microsoft.com/azure/azure-resource-manager/management/azure-subscription-service-limits>);
+/// a world may lower them so that a test reaches them with a few objects.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Role assignments per subscription, counting those at the subscription, its resource
+    /// groups and its resources (not at management groups or the root). Azure: 4000, fixed
+    /// (<https://learn.microsoft.com/azure/role-based-access-control/troubleshoot-limits>).
+    #[serde(default = "role_assignments_per_subscription")]
+    pub role_assignments_per_subscription: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            role_assignments_per_subscription: role_assignments_per_subscription(),
+        }
+    }
+}
+
+fn role_assignments_per_subscription() -> usize {
+    4000
 }
 
 /// A role assignment at start.

@@ -1,7 +1,12 @@
 //! Reconcile metrics. Labels are bounded: the kind, the result and a static error category;
 //! never an object name or an error's text.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,8 +36,14 @@ pub struct ResultLabels {
 pub struct ReconcileMetrics {
     reconciles: Family<ResultLabels, Counter>,
     duration: Family<KindLabels, Histogram>,
+    time_to_ready: Family<KindLabels, Histogram>,
     /// Whether this replica holds the leader lease (1) or not (0).
     pub leader: Gauge,
+    /// Azure's quotas as counted.
+    pub quota: QuotaMetrics,
+    /// The objects by kind, namespace and Ready state, read from the controller's caches at
+    /// every scrape.
+    pub objects: ObjectCounts,
 }
 
 impl ReconcileMetrics {
@@ -43,6 +54,17 @@ impl ReconcileMetrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
         let leader = Gauge::default();
+        let time_to_ready = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 13))
+        });
+        registry.register(
+            "uami_time_to_ready_seconds",
+            "Time from an object's creation (or the change of its spec) to its first Ready, once per generation",
+            time_to_ready.clone(),
+        );
+        let objects = ObjectCounts::default();
+        registry.register_collector(Box::new(objects.clone()));
+        let quota = QuotaMetrics::register(registry);
         registry.register(
             "uami_reconciles",
             "Reconciles by kind and result (success or error category)",
@@ -61,8 +83,20 @@ impl ReconcileMetrics {
         Self {
             reconciles,
             duration,
+            time_to_ready,
             leader,
+            quota,
+            objects,
         }
+    }
+
+    /// One object of `kind` became Ready `seconds` after its creation or spec change.
+    pub fn observe_time_to_ready(&self, kind: &str, seconds: f64) {
+        self.time_to_ready
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .observe(seconds.max(0.0));
     }
 
     /// Count one reconcile of `kind` with `result` (`success` or a static error category).
@@ -79,6 +113,143 @@ impl ReconcileMetrics {
             })
             .observe(took.as_secs_f64());
     }
+}
+
+/// Labels of an object count: bounded by the kinds, the namespaces and the condition reasons
+/// (a fixed set), never an object's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// The kind.
+    pub kind: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The `Ready` condition's status (`True`, `False`, `Unknown`; `Unknown` without one).
+    pub ready: String,
+    /// The `Ready` condition's reason (empty without one).
+    pub reason: String,
+}
+
+/// What counts the objects at a scrape.
+pub type ObjectSource = Arc<dyn Fn() -> Vec<(ObjectLabels, i64)> + Send + Sync>;
+
+/// `uami_objects`, computed at every scrape from the source set while the controllers run (a
+/// replica that does not lead has none and exports no series).
+#[derive(Clone, Default)]
+pub struct ObjectCounts {
+    source: Arc<Mutex<Option<ObjectSource>>>,
+}
+
+impl ObjectCounts {
+    /// Count with `source` from now on (`None`: stop exporting).
+    pub fn set_source(&self, source: Option<ObjectSource>) {
+        *self.source.lock() = source;
+    }
+}
+
+impl std::fmt::Debug for ObjectCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectCounts")
+    }
+}
+
+impl Collector for ObjectCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let family = Family::<ObjectLabels, Gauge>::default();
+        let source = self.source.lock().clone();
+        if let Some(source) = source {
+            for (labels, n) in source() {
+                family.get_or_create(&labels).inc_by(n);
+            }
+        }
+        let metric = encoder.encode_descriptor(
+            "uami_objects",
+            "Objects by kind, namespace and Ready condition (status and reason), from the controller's caches",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
+/// Labels of a subscription's count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    /// The subscription (lower case).
+    pub subscription: String,
+}
+
+/// Labels of an identity's count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    /// The identity's ARM id (lower case).
+    pub identity: String,
+}
+
+/// Azure's fixed quotas as the controller counts them: role assignments per subscription and
+/// federated identity credentials per identity, with the limits they count against.
+#[derive(Clone, Default)]
+pub struct QuotaMetrics {
+    role_assignments: Family<SubscriptionLabels, Gauge>,
+    role_assignments_limit: Gauge,
+    federated_credentials: Family<IdentityLabels, Gauge>,
+    federated_credentials_limit: Gauge,
+}
+
+impl QuotaMetrics {
+    /// Create the gauges and register them under `uami_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "uami_role_assignments",
+            "Role assignments in the subscription (at it and below), from the controller's last count",
+            m.role_assignments.clone(),
+        );
+        registry.register(
+            "uami_role_assignments_limit",
+            "Role assignments the controller allows per subscription before it refuses (Azure's fixed limit is 4000)",
+            m.role_assignments_limit.clone(),
+        );
+        registry.register(
+            "uami_federated_credentials",
+            "Federated identity credentials of the identity, from the controller's last count",
+            m.federated_credentials.clone(),
+        );
+        registry.register(
+            "uami_federated_credentials_limit",
+            "Federated identity credentials Azure allows per identity",
+            m.federated_credentials_limit.clone(),
+        );
+        m
+    }
+
+    /// The limits counted against.
+    pub fn set_limits(&self, role_assignments: usize, federated_credentials: usize) {
+        self.role_assignments_limit.set(as_i64(role_assignments));
+        self.federated_credentials_limit
+            .set(as_i64(federated_credentials));
+    }
+
+    /// A count of a subscription's role assignments.
+    pub fn set_role_assignments(&self, subscription: &str, count: usize) {
+        self.role_assignments
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_string(),
+            })
+            .set(as_i64(count));
+    }
+
+    /// A count of an identity's federated identity credentials.
+    pub fn set_federated_credentials(&self, identity: &str, count: usize) {
+        self.federated_credentials
+            .get_or_create(&IdentityLabels {
+                identity: identity.to_string(),
+            })
+            .set(as_i64(count));
+    }
+}
+
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Labels of a remaining ARM request budget.

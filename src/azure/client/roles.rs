@@ -159,4 +159,10 @@ impl RoleApi for ArmClient {
         let url = self.authorization_url(OP, scope, "roleAssignments", None, Some(&filter))?;
         self.list_all(OP, url, parse_assignment).await
     }
+
+    async fn list_role_assignments(&self, scope: &str) -> Result<Vec<RoleAssignment>, ArmError> {
+        const OP: &str = "RoleAssignments_ListForScope";
+        let url = self.authorization_url(OP, scope, "roleAssignments", None, None)?;
+        self.list_all(OP, url, parse_assignment).await
+    }
 }

@@ -20,6 +20,7 @@ use kube::runtime::finalizer::Event as FinalizerEvent;
 
 use super::azure_identity;
 use super::binding::plan::identity_ready;
+use super::budget::{Room, count_role_assignments, room_for_one};
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Next, Report, conclude, finalized};
@@ -122,32 +123,55 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             Report::new(status, note, next)
         }
         Plan::Ensure(e) => {
-            let found = ensure(&obj, ctx, &e).await?;
-            if !matches!(found, Found::PrincipalNotFound { .. }) {
+            let (found, room) = ensure(&obj, ctx, &e).await?;
+            if !matches!(
+                found,
+                Found::PrincipalNotFound { .. } | Found::LimitReached { .. }
+            ) {
                 ctx.mark_checked(&key, e.fingerprint.clone());
             }
-            plan::settle(&obj, &e, found)
+            let created = matches!(found, Found::Created { .. });
+            let report = plan::settle(&obj, &e, found);
+            plan::budgeted(&obj, &e, report, room, created)
         }
     };
     conclude(ctx, &*obj, report, OWNED).await
 }
 
-/// Read the assignment and create it when missing: what ARM said.
-async fn ensure(obj: &RoleGrant, ctx: &Context, e: &Ensure) -> Result<Found, ReconcileError> {
+/// Read the assignment and create it when missing: what ARM said, and where the subscription's
+/// count of role assignments stands with this one (`None`: not counted).
+async fn ensure(
+    obj: &RoleGrant,
+    ctx: &Context,
+    e: &Ensure,
+) -> Result<(Found, Option<Room>), ReconcileError> {
     let key = object_key(obj);
     let principal_key = format!("{key}/principal");
     let exp = &e.expected;
     let scope_text = exp.scope.to_string();
     let scope = scope_text.as_str();
+    let subscription = exp.scope.subscription().to_string();
+    let limit = ctx.budgets.role_assignment_limit;
+    // With the assignment in place, the subscription holds `n` including it.
+    let standing = |n: Option<usize>| {
+        n.map(|n| match room_for_one(n.saturating_sub(1), limit) {
+            Room::Full { .. } => Room::Near {
+                used: n.saturating_sub(1),
+                limit,
+            },
+            room => room,
+        })
+    };
     let roles = &ctx.azure.roles;
     // An adopted assignment lives under someone else's name: look it up among the principal's.
     if e.adopted_before
         && let Some(found) = find_matching(ctx, scope, &exp.principal_id, &exp.guid).await?
     {
-        return Ok(Found::Exists {
+        let found = Found::Exists {
             id: found.id,
             adopted: true,
-        });
+        };
+        return Ok((found, standing(ctx.budgets.role_assignments(&subscription))));
     }
     if let Some(existing) = roles
         .get_role_assignment(scope, &exp.name)
@@ -155,16 +179,33 @@ async fn ensure(obj: &RoleGrant, ctx: &Context, e: &Ensure) -> Result<Found, Rec
         .map_err(ReconcileError::arm("GetRoleAssignment"))?
     {
         ctx.record_success(&principal_key);
-        return Ok(Found::Exists {
+        let found = Found::Exists {
             id: existing.id,
             adopted: false,
-        });
+        };
+        return Ok((found, standing(ctx.budgets.role_assignments(&subscription))));
+    }
+    // One more assignment: refused here, before ARM, when the subscription is full. A full
+    // count is read again first, so that assignments removed since the last count are seen.
+    let mut used = match ctx.budgets.role_assignments(&subscription) {
+        Some(n) => Some(n),
+        None if !ctx.budgets.unreadable(&subscription) => {
+            count_role_assignments(ctx, &subscription).await
+        }
+        None => None,
+    };
+    if used.is_some_and(|n| n >= limit) {
+        used = count_role_assignments(ctx, &subscription).await.or(used);
+    }
+    let room = used.map(|n| room_for_one(n, limit));
+    if let Some(Room::Full { used, limit }) = room {
+        return Ok((Found::LimitReached { used, limit }, room));
     }
     if e.granted_before {
         ctx.event(obj, true, "DriftDetected", "CreateRoleAssignment", format!("the role assignment at {scope} was removed outside the controller; creating it again")).await;
     }
     ctx.forget_checked(&key);
-    match roles
+    let found = match roles
         .create_role_assignment(NewRoleAssignment {
             scope,
             name: &exp.name,
@@ -175,26 +216,45 @@ async fn ensure(obj: &RoleGrant, ctx: &Context, e: &Ensure) -> Result<Found, Rec
     {
         Ok(created) => {
             ctx.record_success(&principal_key);
-            Ok(Found::Created { id: created.id })
+            ctx.budgets.role_assignment_written(&subscription, true);
+            Found::Created { id: created.id }
         }
         Err(err) if err.code() == "RoleAssignmentExists" => {
             match find_matching(ctx, scope, &exp.principal_id, &exp.guid).await? {
-                Some(found) => Ok(Found::Taken(found)),
-                None => Err(ReconcileError::Arm {
-                    step: "CreateRoleAssignment",
-                    source: err,
-                }),
+                Some(found) => Found::Taken(found),
+                None => {
+                    return Err(ReconcileError::Arm {
+                        step: "CreateRoleAssignment",
+                        source: err,
+                    });
+                }
             }
         }
-        Err(err) if err.code() == "PrincipalNotFound" => Ok(Found::PrincipalNotFound {
+        Err(err) if err.code() == "RoleAssignmentLimitExceeded" => {
+            // Azure counted more than this controller did (or the count was unknown).
+            ctx.budgets.set_role_assignments(&subscription, limit);
+            let used = used.map_or(limit, |n| n.max(limit));
+            return Ok((
+                Found::LimitReached { used, limit },
+                Some(Room::Full { used, limit }),
+            ));
+        }
+        Err(err) if err.code() == "PrincipalNotFound" => Found::PrincipalNotFound {
             attempts: ctx.record_failure(&principal_key),
             retry_after: err.retry_after(),
-        }),
-        Err(err) => Err(ReconcileError::Arm {
-            step: "CreateRoleAssignment",
-            source: err,
-        }),
-    }
+        },
+        Err(err) => {
+            return Err(ReconcileError::Arm {
+                step: "CreateRoleAssignment",
+                source: err,
+            });
+        }
+    };
+    let room = match found {
+        Found::Created { .. } => room,
+        _ => None,
+    };
+    Ok((found, room))
 }
 
 async fn cleanup(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {

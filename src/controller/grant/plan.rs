@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::super::azure_identity::AzureIdentity;
+use super::super::budget;
 use super::super::error::backoff;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision, ResolvedRole};
@@ -18,7 +19,7 @@ use crate::azure::roles::{RoleAssignment, RoleDefinition, assignment_name, role_
 use crate::azure::scope::ArmScope;
 
 /// Conditions this controller writes on a grant (the agent writes `AccessVerified`).
-const OWN: &[&str] = &[types::GRANTED, types::READY];
+const OWN: &[&str] = &[types::GRANTED, types::READY, types::BUDGET];
 
 /// Consecutive `PrincipalNotFound` answers retried with backoff before the grant waits for the
 /// next resync instead (Entra replication normally takes seconds, rarely minutes).
@@ -153,6 +154,9 @@ pub enum Found {
     Created { id: String },
     /// Creating it answered `RoleAssignmentExists`: this one, someone else's, is adopted.
     Taken(RoleAssignment),
+    /// The subscription has `used` of its `limit` role assignments: none was asked for (or ARM
+    /// refused it with `RoleAssignmentLimitExceeded`).
+    LimitReached { used: usize, limit: usize },
     /// Entra ID does not know the principal yet, for the `attempts`-th time in a row.
     PrincipalNotFound {
         attempts: u32,
@@ -350,6 +354,25 @@ pub fn settle(obj: &RoleGrant, e: &Ensure, found: Found) -> Report<RoleGrantStat
             );
             Report::new(status(found.id, true), Some(note), Next::Resync)
         }
+        Found::LimitReached { used, limit } => {
+            let subscription = e.expected.scope.subscription();
+            let message = format!(
+                "subscription {subscription} has {used} role assignments, the limit is {limit} (Azure's is fixed at 4000); not asking Azure for another. Remove assignments there or grant through groups"
+            );
+            let mut status = waiting(obj, reasons::ROLE_ASSIGNMENT_LIMIT, &message);
+            status.scope = Some(scope);
+            status.principal_id = Some(principal_id.clone());
+            let room = budget::Room::Full { used, limit };
+            budget::set_budget(&mut status, budget_condition(subscription, room).as_ref());
+            let note = (!ready_reason_is(obj, reasons::ROLE_ASSIGNMENT_LIMIT)).then(|| {
+                Note::warning(
+                    reasons::ROLE_ASSIGNMENT_LIMIT,
+                    "CreateRoleAssignment",
+                    message,
+                )
+            });
+            Report::new(status, note, Next::Resync)
+        }
         Found::PrincipalNotFound {
             attempts,
             retry_after,
@@ -378,6 +401,58 @@ pub fn settle(obj: &RoleGrant, e: &Ensure, found: Found) -> Report<RoleGrantStat
             Report::new(status, None, next)
         }
     }
+}
+
+/// The `Budget` condition of a grant whose subscription stands at `room`.
+fn budget_condition(subscription: &str, room: budget::Room) -> Option<(String, String)> {
+    budget::condition_for(
+        room,
+        &format!("subscription {subscription}"),
+        reasons::ROLE_ASSIGNMENTS_NEAR_LIMIT,
+        reasons::ROLE_ASSIGNMENT_LIMIT,
+    )
+}
+
+/// Step 4 (pure): the `Budget` condition after ARM answered, from the subscription's count
+/// (`room`: where it stands with this grant's assignment; `None`: not counted, left as it was).
+/// A grant whose new assignment takes the subscription to 90% of its limit or more is warned
+/// about with an Event.
+pub fn budgeted(
+    obj: &RoleGrant,
+    e: &Ensure,
+    mut report: Report<RoleGrantStatus>,
+    room: Option<budget::Room>,
+    created: bool,
+) -> Report<RoleGrantStatus> {
+    let (Some(room), Some(status)) = (room, report.status.as_mut()) else {
+        return report;
+    };
+    let subscription = e.expected.scope.subscription();
+    let condition = budget_condition(subscription, room);
+    let was_warned = budget::budget_reason_is(
+        obj.status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default(),
+        reasons::ROLE_ASSIGNMENTS_NEAR_LIMIT,
+    );
+    budget::set_budget(status, condition.as_ref());
+    if created
+        && !was_warned
+        && let Some((reason, message)) = condition
+    {
+        let granted = report
+            .note
+            .as_ref()
+            .map(|n| n.message.clone())
+            .unwrap_or_default();
+        report.note = Some(Note::warning(
+            &reason,
+            "CreateRoleAssignment",
+            format!("{granted}; {message}"),
+        ));
+    }
+    report
 }
 
 /// The Event of a grant denied by policy: the revocation, or the denial when it is new.

@@ -154,5 +154,7 @@ pub(super) async fn revoke(
         .delete_role_assignment(exp.scope.as_str(), &exp.name)
         .await
         .map_err(ReconcileError::arm("DeleteRoleAssignment"))?;
+    ctx.budgets
+        .role_assignment_written(exp.scope.subscription(), false);
     Ok(true)
 }

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 
+use super::super::budget::{Room, room_for_one};
 use super::super::context::{Context, object_key};
 use super::super::error::ReconcileError;
 use super::{
@@ -76,6 +77,7 @@ pub(super) async fn ensure_credential(
         });
     }
     let mut to_write = desired;
+    let mut listed = None;
     if current.is_none() {
         let all = api
             .list_federated_credentials(&id.coordinates)
@@ -88,9 +90,12 @@ pub(super) async fn ensure_credential(
                 adopted: true,
             });
         }
+        ctx.budgets
+            .set_federated_credentials(&id.coordinates, all.len());
         if all.len() >= MAX_CREDENTIALS_PER_IDENTITY {
             return Ok(Ensured::LimitReached(all.len()));
         }
+        listed = Some(all.len());
     }
     if assigned_before {
         tracing::info!(binding = %object_key(obj), credential = %to_write.name, "federated identity credential missing or changed; repairing drift");
@@ -115,6 +120,16 @@ pub(super) async fn ensure_credential(
         .put_federated_credential(&id.coordinates, &to_write)
         .await
         .map_err(ReconcileError::arm("CreateFederatedCredential"))?;
+    if let Some(before) = listed {
+        ctx.budgets
+            .set_federated_credentials(&id.coordinates, before + 1);
+        if let Room::Near { .. } = room_for_one(before, MAX_CREDENTIALS_PER_IDENTITY)
+            && let Some((reason, message)) = ctx.budgets.credential_condition(&id.coordinates)
+        {
+            ctx.event(obj, true, &reason, "CreateFederatedCredential", message)
+                .await;
+        }
+    }
     Ok(Ensured::Present {
         credential: to_write,
         adopted: false,

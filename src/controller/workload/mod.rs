@@ -322,7 +322,9 @@ pub async fn apply(
         .clone()
         .unwrap_or_else(|| token_check::checking(&obj));
     let all_verified = look.last.as_ref().is_some_and(|c| c.settled());
-    let status = summary(&obj, &id, &credential, adopted, &check);
+    let mut status = summary(&obj, &id, &credential, adopted, &check);
+    let budget = ctx.budgets.credential_condition(&id.coordinates);
+    super::budget::set_budget(&mut status, budget.as_ref());
     if !assigned_before {
         ctx.event(
             &*obj,

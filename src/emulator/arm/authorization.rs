@@ -147,6 +147,24 @@ pub(super) fn assignment_put(
             "The role assignment already exists.",
         );
     }
+    // Azure counts every assignment at the subscription and below it against a fixed limit and
+    // refuses the next one with RoleAssignmentLimitExceeded
+    // (https://learn.microsoft.com/azure/role-based-access-control/troubleshoot-limits).
+    let sub = subscription_of(&scope_norm);
+    if sub != "tenant" {
+        let prefix = format!("/subscriptions/{sub}");
+        let used = st
+            .assignments
+            .values()
+            .filter(|a| rbac::within(&a.scope, &prefix))
+            .count();
+        if used >= inner.world.limits.role_assignments_per_subscription {
+            return bad_request(
+                "RoleAssignmentLimitExceeded",
+                "No more role assignments can be created.",
+            );
+        }
+    }
     let delay = Duration::from_secs_f64(inner.world.rbac_propagation_seconds.max(0.0));
     let a = Assignment {
         name: name.to_lowercase(),
