@@ -163,19 +163,8 @@ pub async fn openid_configuration_v2(
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let base = origin(&inner, &headers);
-    let result = known_tenant(&inner, &tenant)
-        .map(|tid| (StatusCode::OK, v2_config(&base, &tenant, &tid)))
-        .unwrap_or_else(|refusal| refusal);
     let path = format!("/{tenant}/v2.0/.well-known/openid-configuration");
-    answer(
-        &inner,
-        "Aad_OpenIdConfiguration",
-        path,
-        String::new(),
-        &headers,
-        result,
-    )
+    openid_configuration(&inner, &tenant, path, &headers, v2_config)
 }
 
 /// `GET /{tenant}/.well-known/openid-configuration` (v1).
@@ -184,17 +173,28 @@ pub async fn openid_configuration_v1(
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let base = origin(&inner, &headers);
-    let result = known_tenant(&inner, &tenant)
-        .map(|tid| (StatusCode::OK, v1_config(&base, &tenant, &tid)))
-        .unwrap_or_else(|refusal| refusal);
     let path = format!("/{tenant}/.well-known/openid-configuration");
+    openid_configuration(&inner, &tenant, path, &headers, v1_config)
+}
+
+/// The OpenID configuration `document` builds for `tenant`, on the host the caller named.
+fn openid_configuration(
+    inner: &Inner,
+    tenant: &str,
+    path: String,
+    headers: &HeaderMap,
+    document: fn(&str, &str, &str) -> Value,
+) -> Response {
+    let base = origin(inner, headers);
+    let result = known_tenant(inner, tenant)
+        .map(|tid| (StatusCode::OK, document(&base, tenant, &tid)))
+        .unwrap_or_else(|refusal| refusal);
     answer(
-        &inner,
+        inner,
         "Aad_OpenIdConfiguration",
         path,
         String::new(),
-        &headers,
+        headers,
         result,
     )
 }
