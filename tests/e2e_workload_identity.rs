@@ -739,3 +739,62 @@ async fn several_identities(opts: StackOptions, real: Option<&envtest::Real>) {
     ready(&bindings(&stack, NS), "app-first", 30).await;
     stack.stop().await;
 }
+
+/// The bound identity deleted and created again out of band: its federated identity credential
+/// went with it; the controller writes it again on the new identity, annotates the service
+/// account with the new client id, and the exchange works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_identity_gets_its_credential_and_annotation_again() {
+    let stack = Stack::start(options(3)).await.unwrap();
+    stack.apply_yaml(EXAMPLE).await.unwrap();
+    let b = ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
+    let name = b.status.unwrap().federated_credential_name.unwrap();
+    let admin = support::arm::Admin::of(&stack.emulator);
+    let tags = admin.identity_tags("reporterIdentity").await.unwrap();
+    let (status, _, _) = admin
+        .send(
+            reqwest::Method::DELETE,
+            &support::arm::identity_path("reporterIdentity"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let created = admin.put_identity("reporterIdentity", tags).await;
+    let client = created["properties"]["clientId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let principal = created["properties"]["principalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        60,
+        "credential, annotation and token of the new identity",
+        || async {
+            let back = fics(&stack).iter().any(|f| f["name"] == name.as_str());
+            let sa = sa_api(&stack, NS).get("reporter").await.ok()?;
+            let annotated = sa.metadata.annotations?.get(CLIENT_ID) == Some(&client);
+            let b = bindings(&stack, NS)
+                .get("reporter-identity-for-reporter")
+                .await
+                .ok()?;
+            let s = b.status?;
+            let token = s.token?;
+            (back
+                && annotated
+                && token.object_id.as_deref() == Some(principal.as_str())
+                && condition(&s.conditions, "Ready")?.0 == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    let evs = events(&stack, NS).await;
+    assert!(
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("IdentityRecreated")),
+        "{evs:?}"
+    );
+    stack.stop().await;
+}

@@ -58,6 +58,8 @@ pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
 /// Several bindings of one service account say `default: true`: none of them names the
 /// account's client id, which is left as it was.
 pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
+/// The identity's principal changed under the same ARM id: it was deleted and created again.
+pub const IDENTITY_RECREATED: &str = "IdentityRecreated";
 /// The identity has Azure's maximum of federated identity credentials.
 pub const FEDERATED_CREDENTIAL_LIMIT: &str = "FederatedCredentialLimitReached";
 /// A token of the service account was exchanged for a token of the identity.

@@ -253,9 +253,11 @@ pub async fn apply(
 
     let key = object_key(&*obj);
     let fingerprint = format!(
-        "{:?}/{}/{}/{:?}",
+        "{:?}/{}/{}/{}/{}/{:?}",
         obj.metadata.generation,
         id.id.to_lowercase(),
+        id.principal_id,
+        id.client_id,
         wl.oidc_issuer,
         default_binding
     );
