@@ -264,6 +264,19 @@ fn good_objects_and_unchanged_updates_are_accepted() {
         Some(json!("Orphan")),
     );
     assert!(validate(&schemas, &retagged, Some(&id)).is_empty());
+    // A service account binding may become, or stop being, the account's default.
+    let sa = with(
+        binding(binding_spec()),
+        "spec.target",
+        Some(json!({"serviceAccount": {"name": "app"}})),
+    );
+    let marked = with(
+        sa.clone(),
+        "spec.target.serviceAccount.default",
+        Some(json!(true)),
+    );
+    assert!(validate(&schemas, &marked, Some(&sa)).is_empty());
+    assert!(validate(&schemas, &sa, Some(&marked)).is_empty());
 }
 
 #[test]

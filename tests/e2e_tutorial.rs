@@ -209,3 +209,162 @@ async fn tutorial(opts: uami_controller::demo::stack::StackOptions) {
     .await;
     stack.stop().await;
 }
+
+/// The tutorial's identity deleted and created again out of band (a new principal under the same
+/// ARM id): the controller notices, assigns it to the VM again (which still listed the old
+/// principal), grants Reader to the new principal and deletes its assignment to the old one, and
+/// the agent's token works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_deleted_and_created_again_is_assigned_and_granted_again() {
+    recreated_identity(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_an_identity_deleted_and_created_again_is_restored() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
+        return;
+    };
+    recreated_identity(opts).await;
+}
+
+async fn recreated_identity(opts: uami_controller::demo::stack::StackOptions) {
+    use k8s_openapi::api::events::v1::Event;
+    let stack = tutorial_stack(opts).await;
+    tutorial_ready(&stack, 60).await;
+    let before = identities(&stack, TUTORIAL)
+        .get(TUTORIAL_IDENTITY)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let old_principal = before.principal_id.clone().unwrap();
+    let old_assignment = grants(&stack, TUTORIAL)
+        .get(TUTORIAL_GRANT)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .role_assignment_id
+        .unwrap();
+
+    // Out of band: deleted, then created again with the same tags (a script restoring it).
+    let admin = Admin::of(&stack.emulator);
+    let azure_name = "myUserAssignedIdentity";
+    stack.emulator.reset_counts();
+    let tags = admin.identity_tags(azure_name).await.unwrap();
+    let (status, _, _) = admin
+        .send(
+            reqwest::Method::DELETE,
+            &support::arm::identity_path(azure_name),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let created = admin.put_identity(azure_name, tags).await;
+    let new_principal = created["properties"]["principalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new_client = created["properties"]["clientId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_principal, old_principal);
+
+    // As in Azure, the VM still lists the identity with the principal it was assigned with
+    // (unless the controller is already replacing it).
+    let vm_principal = |state: &serde_json::Value| {
+        compute(state, "myVM")["identity"]["userAssignedIdentities"]
+            .as_object()?
+            .values()
+            .next()
+            .map(|v| v["principalId"].as_str().unwrap_or_default().to_string())
+    };
+    let state = stack.emulator.state();
+    assert_ne!(
+        vm_principal(&state).as_deref(),
+        Some(new_principal.as_str()),
+        "{}",
+        compute(&state, "myVM")
+    );
+
+    // The identity's status shows the new principal, and an Event says what happened.
+    eventually(60, "the new principal in the identity's status", || async {
+        let i = identities(&stack, TUTORIAL)
+            .get(TUTORIAL_IDENTITY)
+            .await
+            .ok()?;
+        (i.status?.principal_id? == new_principal).then_some(())
+    })
+    .await;
+    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
+    let recreated = eventually(30, "an IdentityRecreated event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("IdentityRecreated")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(TUTORIAL_IDENTITY)
+        })
+    })
+    .await;
+    assert!(recreated.note.unwrap_or_default().contains(&new_principal));
+
+    // The VM lists it with the new principal (removed and assigned again).
+    eventually(60, "the VM lists the new principal", || async {
+        (vm_principal(&stack.emulator.state())? == new_principal).then_some(())
+    })
+    .await;
+    let patches = stack.emulator.counts().total("VirtualMachines_Update");
+    assert!(
+        patches >= 2,
+        "one PATCH removes it, one assigns it again: {patches}"
+    );
+
+    // Reader for the new principal; the old assignment, ours, is gone.
+    let reader_of = |state: &serde_json::Value, principal: &str| {
+        state["roleAssignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["properties"]["principalId"] == json!(principal))
+    };
+    eventually(60, "Reader granted to the new principal only", || async {
+        let state = stack.emulator.state();
+        (reader_of(&state, &new_principal) && !reader_of(&state, &old_principal)).then_some(())
+    })
+    .await;
+    assert!(!admin.assignment_exists(&old_assignment).await);
+
+    // The binding and the grant are Ready again: the agent's token is the new identity's.
+    let b = eventually(90, "the agent's token of the new identity", || async {
+        let b = bindings(&stack, TUTORIAL)
+            .get(TUTORIAL_BINDING)
+            .await
+            .ok()?;
+        let s = b.status.clone()?;
+        let token = s.token.clone()?;
+        (condition(&s.conditions, "TokenAcquired")?.0 == "True"
+            && condition(&s.conditions, "Ready")?.0 == "True"
+            && token.object_id.as_deref() == Some(new_principal.as_str()))
+        .then_some(b)
+    })
+    .await;
+    assert_eq!(
+        b.status.unwrap().token.unwrap().client_id.as_deref(),
+        Some(new_client.as_str())
+    );
+    eventually(60, "the grant Ready for the new principal", || async {
+        let s = grants(&stack, TUTORIAL)
+            .get(TUTORIAL_GRANT)
+            .await
+            .ok()?
+            .status?;
+        (s.principal_id.as_deref() == Some(new_principal.as_str())
+            && condition(&s.conditions, "AccessVerified")?.0 == "True"
+            && condition(&s.conditions, "Ready")?.0 == "True")
+            .then_some(())
+    })
+    .await;
+    stack.stop().await;
+}

@@ -38,8 +38,8 @@ pub struct IdentityBindingSpec {
     pub identity_ref: IdentityRef,
 
     /// What receives the identity: exactly one of `virtualMachine`, `virtualMachineScaleSet` and
-    /// `serviceAccount`. Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("target is immutable; create a new binding").reason(Reason::FieldValueForbidden))]
+    /// `serviceAccount`. Immutable, but for `serviceAccount.default`.
+    #[x_kube(validation = Rule::new("self == oldSelf || (has(self.serviceAccount) && has(oldSelf.serviceAccount) && self.serviceAccount.name == oldSelf.serviceAccount.name)").message("target is immutable (but for serviceAccount.default); create a new binding").reason(Reason::FieldValueForbidden))]
     pub target: BindingTarget,
 
     /// What the agent on the VM checks with the identity's token.
@@ -78,6 +78,14 @@ pub struct ServiceAccountRef {
     /// Name of the ServiceAccount.
     #[schemars(length(min = 1, max = 253), pattern(K8S_NAME_PATTERN))]
     pub name: String,
+    /// Whether this binding's identity is the service account's default: the one its
+    /// `azure.workload.identity/client-id` annotation names, when several bindings bind
+    /// identities to it (each identity gets its own federated identity credential; pods pick
+    /// another one by its client id). Without any binding marked, the oldest binding is the
+    /// default; two bindings of different identities marked are both refused
+    /// (`DefaultConflict`) and the annotation is left as it was. May be changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
 }
 
 /// Coordinates of a VM or scale set in Azure.

@@ -30,6 +30,10 @@ pub struct AzureIdentity {
     pub principal_id: String,
     /// Its tenant.
     pub tenant_id: String,
+    /// The principal id of the identity this one replaced under the same ARM id (deleted and
+    /// created again), as this controller read it from ARM earlier; what a grant's old role
+    /// assignment names.
+    pub replaced_principal_id: Option<String>,
 }
 
 impl AzureIdentity {
@@ -44,6 +48,7 @@ impl AzureIdentity {
             client_id: identity.client_id.clone(),
             principal_id: identity.principal_id.clone(),
             tenant_id: identity.tenant_id.clone(),
+            replaced_principal_id: None,
         }
     }
 }
@@ -72,9 +77,30 @@ pub fn remember(ctx: &Context, obj: &UserAssignedIdentity, identity: Option<&Ide
     };
     let key = cache_key(obj, &at);
     match identity.filter(|i| owned_by(ctx, obj, i)) {
-        Some(i) => ctx.remember_azure_identity(key, AzureIdentity::of(at, i)),
+        Some(i) => {
+            let mut now = AzureIdentity::of(at, i);
+            now.replaced_principal_id = ctx
+                .azure_identity(&key)
+                .and_then(|before| replaced(&before, &now));
+            ctx.remember_azure_identity(key, now)
+        }
         None => ctx.forget_azure_identity(&key),
     }
+}
+
+/// The principal `now` replaced: `before`'s when the principal changed under the same ARM id,
+/// else what `before` had replaced.
+fn replaced(before: &AzureIdentity, now: &AzureIdentity) -> Option<String> {
+    if !before.id.eq_ignore_ascii_case(&now.id) {
+        return None;
+    }
+    if !before.principal_id.is_empty()
+        && !now.principal_id.is_empty()
+        && !before.principal_id.eq_ignore_ascii_case(&now.principal_id)
+    {
+        return Some(before.principal_id.clone());
+    }
+    before.replaced_principal_id.clone()
 }
 
 /// What the identity reconciler last recorded for `obj`, without asking ARM.
@@ -109,4 +135,41 @@ pub async fn resolve(
     let resolved = AzureIdentity::of(at, &current);
     ctx.remember_azure_identity(key, resolved.clone());
     Ok(Some(resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(id: &str, principal: &str, replaced: Option<&str>) -> AzureIdentity {
+        AzureIdentity {
+            coordinates: IdentityCoordinates::new("s", "DevTest", "app"),
+            id: id.into(),
+            client_id: "c".into(),
+            principal_id: principal.into(),
+            tenant_id: "t".into(),
+            replaced_principal_id: replaced.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_new_principal_under_the_same_id_replaces_the_one_read_before() {
+        let id = "/subscriptions/s/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app";
+        assert_eq!(
+            replaced(&seen(id, "p1", None), &seen(id, "p2", None)).as_deref(),
+            Some("p1")
+        );
+        // Read again unchanged: what it replaced is kept.
+        assert_eq!(
+            replaced(&seen(id, "p2", Some("p1")), &seen(id, "P2", None)).as_deref(),
+            Some("p1")
+        );
+        assert_eq!(replaced(&seen(id, "p1", None), &seen(id, "p1", None)), None);
+        // Another id (the spec changed) replaces nothing; neither does a principal not known yet.
+        assert_eq!(
+            replaced(&seen(id, "p1", None), &seen("/other", "p2", None)),
+            None
+        );
+        assert_eq!(replaced(&seen(id, "", None), &seen(id, "p2", None)), None);
+    }
 }

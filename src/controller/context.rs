@@ -97,6 +97,7 @@ pub struct Context {
     checked: Mutex<HashMap<String, (String, Instant)>>,
     superseded: Mutex<HashMap<String, String>>,
     azure_identities: Mutex<HashMap<String, super::azure_identity::AzureIdentity>>,
+    notes: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -133,6 +134,7 @@ impl Context {
             checked: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),
             azure_identities: Mutex::new(HashMap::new()),
+            notes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -259,6 +261,22 @@ impl Context {
     /// Forget the identity recorded under `key`.
     pub fn forget_azure_identity(&self, key: &str) {
         self.azure_identities.lock().remove(key);
+    }
+
+    /// Keep `value` under `key` for the life of this process (a step in progress, a decision
+    /// last taken); returns what was kept before.
+    pub fn keep_note(&self, key: &str, value: String) -> Option<String> {
+        self.notes.lock().insert(key.to_string(), value)
+    }
+
+    /// What is kept under `key`.
+    pub fn note(&self, key: &str) -> Option<String> {
+        self.notes.lock().get(key).cloned()
+    }
+
+    /// Drop what is kept under `key`; returns it.
+    pub fn drop_note(&self, key: &str) -> Option<String> {
+        self.notes.lock().remove(key)
     }
 
     /// All GrantPolicies known to the cache.

@@ -277,7 +277,26 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
             return Ok(Action::requeue(ctx.settings.jittered_resync()));
         }
     };
+    // The principal this controller last read for the identity: a different one now means the
+    // identity was deleted and created again (out of band, or by this controller after it went).
+    let recreated = azure_identity::last_known(ctx, &obj)
+        .map(|before| before.principal_id)
+        .filter(|before| {
+            !before.is_empty()
+                && !identity.principal_id.is_empty()
+                && !before.eq_ignore_ascii_case(&identity.principal_id)
+        });
     azure_identity::remember(ctx, &obj, Some(&identity));
+    if let Some(before) = &recreated {
+        ctx.event(
+            &*obj,
+            true,
+            reasons::IDENTITY_RECREATED,
+            "GetIdentity",
+            recreated_message(&at.name, before, &identity.principal_id),
+        )
+        .await;
+    }
     let mut status = UserAssignedIdentityStatus {
         observed_generation: obj.metadata.generation,
         conditions: obj.conditions().to_vec(),
@@ -313,10 +332,26 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
             format!("identity {} exists", at.name),
         ),
     };
+    // The pass that notices a recreated identity says so (the next resync says Ready again).
+    let ready = match &recreated {
+        Some(before) if ready.status == conditions::status::TRUE => NewCondition::new(
+            types::READY,
+            true,
+            reasons::IDENTITY_RECREATED,
+            recreated_message(&at.name, before, &identity.principal_id),
+        ),
+        _ => ready,
+    };
     status::set(&mut status.conditions, obj.metadata.generation, ready);
     write_status(&obj, ctx, status).await?;
     ctx.mark_checked(&key, fingerprint);
     Ok(Action::requeue(ctx.settings.jittered_resync()))
+}
+
+fn recreated_message(name: &str, before: &str, now: &str) -> String {
+    format!(
+        "identity {name} was deleted and created again in Azure (principal {before} is now {now}): its VMs get it assigned again, its grants' role assignments are made for the new principal (the old one, ours, deleted) and its federated credentials are written again"
+    )
 }
 
 async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, ReconcileError> {

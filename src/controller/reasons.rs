@@ -55,8 +55,11 @@ pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
 pub const NO_OIDC_ISSUER: &str = "NoOidcIssuer";
 /// The bound service account does not exist.
 pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
-/// The service account is already bound to another identity by an earlier binding.
-pub const SERVICE_ACCOUNT_IN_USE: &str = "ServiceAccountInUse";
+/// Several bindings of one service account say `default: true`: none of them names the
+/// account's client id, which is left as it was.
+pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
+/// The identity's principal changed under the same ARM id: it was deleted and created again.
+pub const IDENTITY_RECREATED: &str = "IdentityRecreated";
 /// The identity has Azure's maximum of federated identity credentials.
 pub const FEDERATED_CREDENTIAL_LIMIT: &str = "FederatedCredentialLimitReached";
 /// The subscription has Azure's maximum of role assignments; the grant's assignment was not

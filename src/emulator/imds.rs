@@ -198,11 +198,8 @@ async fn token_answer(
         let Some(c) = st.computes.get(&imds.compute) else {
             return err(StatusCode::NOT_FOUND, "not_found", "The VM is not known");
         };
-        let assigned: Vec<&super::state::IdentityState> = c
-            .user_assigned
-            .keys()
-            .filter_map(|k| st.identities.get(k))
-            .collect();
+        // An identity deleted and created again since it was assigned is unknown here.
+        let assigned = st.working_identities(c);
         let found = if let Some(id) = q.get("client_id") {
             assigned
                 .iter()

@@ -169,6 +169,7 @@ fn initial_state(world: &World) -> Result<State, EmulatorError> {
                 vm_id: uuid::Uuid::new_v4().to_string(),
                 system_principal: system_assigned.then(|| uuid::Uuid::new_v4().to_string()),
                 user_assigned: BTreeMap::new(),
+                assigned_as: Default::default(),
                 etag: 1,
                 pending: None,
                 applied_seq: 0,

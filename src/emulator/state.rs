@@ -130,6 +130,11 @@ pub struct Compute {
     pub system_principal: Option<String>,
     /// Assigned user identities: lower-case id -> id as written.
     pub user_assigned: BTreeMap<String, String>,
+    /// What each assigned user identity was when it was assigned: lower-case id -> (principal
+    /// id, client id). Compute keeps these: an identity deleted and created again under the
+    /// same id (a new principal) is still listed with the old ids, and IMDS has no token for
+    /// it, until it is removed from the VM and assigned again.
+    pub assigned_as: BTreeMap<String, (String, String)>,
     pub etag: u64,
     /// Operation in progress, if any.
     pub pending: Option<String>,
@@ -363,9 +368,16 @@ impl Compute {
                 let map: serde_json::Map<String, Value> = user_assigned
                     .iter()
                     .map(|(key, id)| {
-                        let info = identities.get(key).map(
-                            |i| json!({"principalId": i.principal_id, "clientId": i.client_id}),
-                        );
+                        let info = self
+                            .assigned_as
+                            .get(key)
+                            .map(|(p, c)| (p.as_str(), c.as_str()))
+                            .or_else(|| {
+                                identities
+                                    .get(key)
+                                    .map(|i| (i.principal_id.as_str(), i.client_id.as_str()))
+                            })
+                            .map(|(p, c)| json!({"principalId": p, "clientId": c}));
                         (id.clone(), info.unwrap_or_else(|| json!({})))
                     })
                     .collect();
@@ -477,6 +489,25 @@ impl State {
                     (true, None) => Some(uuid::Uuid::new_v4().to_string()),
                     (false, _) => None,
                 };
+                // An identity that stays assigned keeps the ids it was assigned with; one
+                // added now is recorded as the directory has it now.
+                let identities = &self.identities;
+                c.assigned_as = change
+                    .user_assigned
+                    .keys()
+                    .filter_map(|k| {
+                        let kept = c
+                            .assigned_as
+                            .get(k)
+                            .filter(|_| c.user_assigned.contains_key(k));
+                        let ids = kept.cloned().or_else(|| {
+                            identities
+                                .get(k)
+                                .map(|i| (i.principal_id.clone(), i.client_id.clone()))
+                        })?;
+                        Some((k.clone(), ids))
+                    })
+                    .collect();
                 c.user_assigned = change.user_assigned;
                 c.etag += 1;
             }
@@ -529,6 +560,22 @@ impl State {
             .find(|(_, i)| i.client_id.eq_ignore_ascii_case(client_id))
     }
 
+    /// The user identities assigned to compute `c` that work there: those whose principal is
+    /// still the one they were assigned with.
+    pub fn working_identities(&self, c: &Compute) -> Vec<&IdentityState> {
+        c.user_assigned
+            .keys()
+            .filter_map(|k| {
+                let i = self.identities.get(k)?;
+                let same = c
+                    .assigned_as
+                    .get(k)
+                    .is_none_or(|(p, _)| p.eq_ignore_ascii_case(&i.principal_id));
+                same.then_some(i)
+            })
+            .collect()
+    }
+
     /// The identity with this principal id.
     pub fn identity_by_principal(&self, principal: &str) -> Option<&IdentityState> {
         self.identities
@@ -539,3 +586,96 @@ impl State {
 
 /// Default LRO completion when nobody polls.
 pub const LRO_DEADLINE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "/subscriptions/s/resourcegroups/devtest/providers/microsoft.managedidentity/userassignedidentities/app";
+
+    fn identity(principal: &str, client: &str) -> IdentityState {
+        IdentityState {
+            subscription: "s".into(),
+            resource_group: "DevTest".into(),
+            name: "app".into(),
+            location: "eastus".into(),
+            tags: json!({}),
+            client_id: client.into(),
+            principal_id: principal.into(),
+            tenant_id: "t".into(),
+            created: Instant::now(),
+        }
+    }
+
+    /// Run an operation on VM `vm` that leaves exactly `assigned` on it.
+    fn write(st: &mut State, seq: u64, assigned: &[&str]) {
+        let op = Operation {
+            compute: "vm".into(),
+            location: "eastus".into(),
+            subscription: "s".into(),
+            change: IdentityChange {
+                system: false,
+                user_assigned: assigned
+                    .iter()
+                    .map(|k| (k.to_string(), k.to_string()))
+                    .collect(),
+            },
+            polls_left: 0,
+            fail: false,
+            late: false,
+            seq,
+            due: Instant::now(),
+            started: String::new(),
+            outcome: None,
+        };
+        st.operations.insert(format!("op{seq}"), op);
+        st.finish(&format!("op{seq}"));
+    }
+
+    fn listed(st: &State) -> Value {
+        let vm = &st.computes["vm"];
+        vm.json(&st.identities, "t")["identity"]["userAssignedIdentities"][KEY].clone()
+    }
+
+    #[test]
+    fn a_vm_keeps_the_ids_of_an_identity_deleted_and_created_again_until_assigned_again() {
+        let mut st = State::default();
+        st.identities.insert(KEY.into(), identity("p1", "c1"));
+        st.computes.insert(
+            "vm".into(),
+            Compute {
+                kind: ComputeKind::Vm,
+                subscription: "s".into(),
+                resource_group: "DevTest".into(),
+                name: "vm".into(),
+                location: "eastus".into(),
+                vm_id: "v".into(),
+                system_principal: None,
+                user_assigned: BTreeMap::new(),
+                assigned_as: BTreeMap::new(),
+                etag: 0,
+                pending: None,
+                applied_seq: 0,
+                instances: Vec::new(),
+                model: ComputeModel::default(),
+            },
+        );
+        write(&mut st, 1, &[KEY]);
+        assert_eq!(listed(&st)["principalId"], "p1");
+        assert_eq!(st.working_identities(&st.computes["vm"]).len(), 1);
+        // Deleted and created again under the same id: a new principal and client id.
+        st.identities.insert(KEY.into(), identity("p2", "c2"));
+        assert_eq!(listed(&st)["principalId"], "p1");
+        assert_eq!(listed(&st)["clientId"], "c1");
+        assert!(st.working_identities(&st.computes["vm"]).is_empty());
+        // Assigning it again while it is listed changes nothing.
+        write(&mut st, 2, &[KEY]);
+        assert_eq!(listed(&st)["principalId"], "p1");
+        // Removed, then assigned again: the new ids, and IMDS knows it.
+        write(&mut st, 3, &[]);
+        assert!(listed(&st).is_null());
+        write(&mut st, 4, &[KEY]);
+        assert_eq!(listed(&st)["principalId"], "p2");
+        assert_eq!(st.working_identities(&st.computes["vm"]).len(), 1);
+    }
+}

@@ -154,14 +154,15 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             }
             let settled = with_inputs(plan::settle(&obj, &e, &found));
             let action = conclude(ctx, &*obj, settled, OWNED).await?;
-            if let Found::Submit { .. } = found {
+            let want = match found {
+                Found::Submit { .. } => Some(Want::Present),
+                Found::Replace => Some(Want::Absent),
+                _ => None,
+            };
+            if let Some(want) = want {
                 // Submitted after the status says so: the writer's answer is reported next.
-                ctx.writer.submit(
-                    &e.target,
-                    &e.identity_id,
-                    Want::Present,
-                    ObjectRef::from_obj(&*obj),
-                );
+                ctx.writer
+                    .submit(&e.target, &e.identity_id, want, ObjectRef::from_obj(&*obj));
             }
             return Ok(action);
         }
@@ -182,6 +183,22 @@ async fn ensure(
     let write_key = format!("{key}/write");
     let (target, identity_id) = (&e.target, e.identity_id.as_str());
     let done = |outcome: Option<Outcome>| matches!(outcome, Some(Outcome::Done));
+    // A stale entry (the identity deleted and created again) is being removed first.
+    let replace_key = format!("{key}/replacing");
+    let mut replaced = false;
+    if ctx.note(&replace_key).is_some() {
+        match ctx.writer.outcome(target, identity_id) {
+            Some(Outcome::Pending) => return Ok(Found::Pending),
+            Some(Outcome::Done) => {
+                ctx.writer.forget(target, identity_id);
+                ctx.drop_note(&replace_key);
+                replaced = true;
+            }
+            _ => {
+                ctx.drop_note(&replace_key);
+            }
+        }
+    }
     if done(ctx.writer.outcome(target, identity_id)) {
         // The writer's PATCH carrying this identity just succeeded: no need to read the VM again.
         if !recorded(obj, identity_id) {
@@ -209,6 +226,23 @@ async fn ensure(
         ctx.forget_checked(&key);
         return Ok(Found::TargetNotFound);
     };
+    let stale = current.identity.user_assigned.iter().any(|(k, info)| {
+        k.eq_ignore_ascii_case(identity_id)
+            && !e.principal_id.is_empty()
+            && info
+                .principal_id
+                .as_deref()
+                .is_some_and(|p| !p.eq_ignore_ascii_case(&e.principal_id))
+    });
+    if stale && recorded(obj, identity_id) {
+        // Assigned by this controller, to the identity that was deleted: IMDS has no token for
+        // the new one until the entry is removed and the identity assigned again. One someone
+        // else assigned is theirs to renew.
+        tracing::info!(binding = %key, target = %target.id(), "identity recreated since it was assigned; removing and assigning it again");
+        ctx.forget_checked(&key);
+        ctx.keep_note(&replace_key, identity_id.to_string());
+        return Ok(Found::Replace);
+    }
     if current.identity.has_user_assigned(identity_id) {
         // The write succeeded: a later failure starts its backoff from the beginning.
         ctx.record_success(&write_key);
@@ -242,7 +276,7 @@ async fn ensure(
             })
         }
         other => {
-            let drift = e.assigned_before && other.is_none();
+            let drift = e.assigned_before && other.is_none() && !replaced;
             if drift {
                 tracing::info!(binding = %key, target = %target.id(), "identity no longer assigned; repairing drift");
             }

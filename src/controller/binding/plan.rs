@@ -70,6 +70,9 @@ pub struct Ensure {
     pub target: ComputeTarget,
     /// The identity's ARM id.
     pub identity_id: String,
+    /// The identity's principal id as Azure has it: an entry on the target with another one is
+    /// left from an identity deleted and created again under the same id.
+    pub principal_id: String,
     /// What the check is remembered under.
     pub fingerprint: String,
     /// Whether the binding was assigned before (a missing identity is drift).
@@ -106,6 +109,9 @@ pub enum Found {
     /// It is missing: submit it to the writer (after the status is written); `drift` when it
     /// was assigned before and removed outside the controller.
     Submit { drift: bool },
+    /// The target lists it with the principal of the identity it replaced (deleted and created
+    /// again under the same id): submit its removal, then it is assigned again.
+    Replace,
 }
 
 /// Step 1 (pure): from the spec, the policies, the identity in the store, that identity as Azure
@@ -142,8 +148,8 @@ pub fn plan(
             format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
         return report(waiting(obj, &target, reasons::IDENTITY_NOT_FOUND, &message));
     };
-    let Some(identity_id) = azure
-        .map(|a| a.id.clone())
+    let Some((identity_id, principal_id)) = azure
+        .map(|a| (a.id.clone(), a.principal_id.clone()))
         .filter(|_| identity_ready(identity))
     else {
         if identity.status.is_none() && obj.status.is_none() {
@@ -159,9 +165,10 @@ pub fn plan(
         ));
     };
     let fingerprint = format!(
-        "{:?}/{}",
+        "{:?}/{}/{}",
         obj.metadata.generation,
-        identity_id.to_lowercase()
+        identity_id.to_lowercase(),
+        principal_id.to_lowercase()
     );
     let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
     if assigned_before && recently_checked(&fingerprint) {
@@ -174,6 +181,7 @@ pub fn plan(
     Plan::Ensure(Ensure {
         target,
         identity_id,
+        principal_id,
         fingerprint,
         assigned_before,
     })
@@ -234,6 +242,17 @@ pub fn settle(obj: &IdentityBinding, e: &Ensure, found: &Found) -> Report<Identi
                 Next::Resync
             };
             Report::new(status, Some(note), next)
+        }
+        Found::Replace => {
+            let note = Note::warning(
+                reasons::IDENTITY_RECREATED,
+                "AssignIdentity",
+                format!(
+                    "{} lists {identity_name} with the principal of the identity it replaced (deleted and created again); removing it and assigning it again",
+                    target.id()
+                ),
+            );
+            Report::new(assigning(obj, target), Some(note), Next::Resync)
         }
         Found::Submit { drift } => {
             let note = drift.then(|| {

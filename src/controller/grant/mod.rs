@@ -24,11 +24,12 @@ use super::budget::{Room, count_role_assignments, room_for_one};
 use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Next, Report, conclude, finalized};
+use super::reasons;
 use super::status::{self, arm_reason, mark};
 use crate::api::conditions::types;
 use crate::api::{DeletionPolicy, RoleGrant};
 use crate::azure::roles::NewRoleAssignment;
-use plan::{Ensure, Found, Plan};
+use plan::{Ensure, Expected, Found, Plan};
 pub use plan::{PRINCIPAL_NOT_FOUND_ATTEMPTS, ScopeProblem, assignment_id, scope_of};
 use revoke::{expected, find_matching, revoke};
 
@@ -123,11 +124,15 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             Report::new(status, note, next)
         }
         Plan::Ensure(e) => {
-            let (found, room) = ensure(&obj, ctx, &e).await?;
+            let replaced = azure.as_ref().and_then(|a| a.replaced_principal_id.clone());
+            let (found, room) = ensure(&obj, ctx, &e, replaced.is_some()).await?;
             if !matches!(
                 found,
                 Found::PrincipalNotFound { .. } | Found::LimitReached { .. }
             ) {
+                if let Some(old) = replaced {
+                    revoke_replaced(&obj, ctx, &e, old).await?;
+                }
                 ctx.mark_checked(&key, e.fingerprint.clone());
             }
             let created = matches!(found, Found::Created { .. });
@@ -138,12 +143,47 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
     conclude(ctx, &*obj, report, OWNED).await
 }
 
+/// The identity was deleted and created again: the assignment this grant made for the old
+/// principal (which no longer exists) is deleted, once the new one stands. The old principal is
+/// the one this controller read from ARM before, never a status field; the assignment goes only
+/// under its deterministic name, with its principal, role and scope checked ([`revoke`]).
+async fn revoke_replaced(
+    obj: &RoleGrant,
+    ctx: &Context,
+    e: &Ensure,
+    old: String,
+) -> Result<(), ReconcileError> {
+    let note_key = format!("{}/replaced", object_key(obj));
+    if ctx.note(&note_key).as_deref() == Some(old.as_str()) {
+        return Ok(());
+    }
+    let exp = &e.expected;
+    let stale = Expected::new(exp.scope.clone(), old.clone(), exp.guid.clone());
+    if revoke(obj, ctx, &stale).await? {
+        ctx.event(
+            obj,
+            true,
+            reasons::IDENTITY_RECREATED,
+            "DeleteRoleAssignment",
+            format!(
+                "the identity was deleted and created again: role {} at {} is assigned to its new principal {}, and the assignment {} to the old principal {old} was deleted",
+                obj.spec.role, exp.scope, exp.principal_id, stale.name
+            ),
+        )
+        .await;
+    }
+    ctx.keep_note(&note_key, old);
+    Ok(())
+}
+
 /// Read the assignment and create it when missing: what ARM said, and where the subscription's
-/// count of role assignments stands with this one (`None`: not counted).
+/// count of role assignments stands with this one (`None`: not counted). `recreated`: the
+/// identity was deleted and created again, so a missing assignment is no drift.
 async fn ensure(
     obj: &RoleGrant,
     ctx: &Context,
     e: &Ensure,
+    recreated: bool,
 ) -> Result<(Found, Option<Room>), ReconcileError> {
     let key = object_key(obj);
     let principal_key = format!("{key}/principal");
@@ -201,7 +241,7 @@ async fn ensure(
     if let Some(Room::Full { used, limit }) = room {
         return Ok((Found::LimitReached { used, limit }, room));
     }
-    if e.granted_before {
+    if e.granted_before && !recreated {
         ctx.event(obj, true, "DriftDetected", "CreateRoleAssignment", format!("the role assignment at {scope} was removed outside the controller; creating it again")).await;
     }
     ctx.forget_checked(&key);

@@ -55,6 +55,7 @@ fn azure(identity: Option<&UserAssignedIdentity>) -> Option<AzureIdentity> {
         client_id: "c".into(),
         principal_id,
         tenant_id: "t".into(),
+        replaced_principal_id: None,
     })
 }
 

@@ -203,20 +203,36 @@ pub async fn apply(
         write_status(&obj, ctx, status).await?;
         return Ok(Action::await_change());
     }
-    if let Some(other) = earlier_binding_of_service_account(ctx, &obj, &ns, &sa) {
-        let message = format!(
-            "service account {sa} is already bound to identity {} by IdentityBinding {other}; a service account carries one client id",
-            other_identity(ctx, &ns, &other).unwrap_or_default()
-        );
-        return wait(
-            &obj,
-            ctx,
-            reasons::SERVICE_ACCOUNT_IN_USE,
-            &message,
-            Next::Resync,
-        )
-        .await;
-    }
+    let choice = default_of(ctx, &ns, &sa);
+    wake_on_new_choice(ctx, &ns, &sa, &choice, &obj);
+    let default_binding = match &choice {
+        Some(DefaultChoice::Conflict(marked)) if marked.iter().any(|b| b.0 == obj.name_any()) => {
+            let message = format!(
+                "IdentityBindings {} of service account {sa} all say default: true for different identities; the service account's client id annotation is left as it was until one of them says false",
+                marked
+                    .iter()
+                    .map(|b| b.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            warn_once(
+                ctx,
+                &*obj,
+                reasons::DEFAULT_CONFLICT,
+                "AnnotateServiceAccount",
+                &message,
+            )
+            .await;
+            return wait(&obj, ctx, reasons::DEFAULT_CONFLICT, &message, Next::Resync).await;
+        }
+        Some(DefaultChoice::Default(name, identity)) if *identity != *identity_name => {
+            Some(name.clone())
+        }
+        // This binding's identity is the default (or, in a conflict it is not part of, the
+        // annotation is nobody's to change).
+        Some(DefaultChoice::Default(..)) | None => None,
+        Some(DefaultChoice::Conflict(_)) => Some(String::new()),
+    };
     let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(account) = sa_api
         .get_opt(&sa)
@@ -237,10 +253,13 @@ pub async fn apply(
 
     let key = object_key(&*obj);
     let fingerprint = format!(
-        "{:?}/{}/{}",
+        "{:?}/{}/{}/{}/{}/{:?}",
         obj.metadata.generation,
         id.id.to_lowercase(),
-        wl.oidc_issuer
+        id.principal_id,
+        id.client_id,
+        wl.oidc_issuer,
+        default_binding
     );
     let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
     if assigned_before && ctx.recently_checked(&key, &fingerprint) {
@@ -285,7 +304,9 @@ pub async fn apply(
         }
     };
     let (credential, adopted) = ensured;
-    annotate(ctx, &obj, &sa_api, &account, &id, assigned_before).await?;
+    if default_binding.is_none() {
+        annotate(ctx, &obj, &sa_api, &account, &id, assigned_before).await?;
+    }
 
     // The token check runs in a task of its own (see TokenChecks); this pass reports its last
     // result, and the check's end wakes the binding.
@@ -322,7 +343,14 @@ pub async fn apply(
         .clone()
         .unwrap_or_else(|| token_check::checking(&obj));
     let all_verified = look.last.as_ref().is_some_and(|c| c.settled());
-    let mut status = summary(&obj, &id, &credential, adopted, &check);
+    let mut status = summary(
+        &obj,
+        &id,
+        &credential,
+        adopted,
+        &check,
+        default_binding.as_deref(),
+    );
     let budget = ctx.budgets.credential_condition(&id.coordinates);
     super::budget::set_budget(&mut status, budget.as_ref());
     if !assigned_before {
@@ -350,42 +378,90 @@ pub async fn apply(
     }
 }
 
-/// The oldest other live binding of a different identity to the same service account.
-fn earlier_binding_of_service_account(
-    ctx: &Context,
-    obj: &IdentityBinding,
-    ns: &str,
-    sa: &str,
-) -> Option<String> {
-    let mine = (obj.meta().creation_timestamp.clone(), obj.name_any());
-    ctx.stores
+/// Which binding's identity the service account's client id annotation names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DefaultChoice {
+    /// This binding (name, identity): the one marked `default: true`, else the oldest.
+    Default(String, String),
+    /// Bindings (name, identity) of different identities all marked `default: true`.
+    Conflict(Vec<(String, String)>),
+}
+
+/// The live bindings of service account `sa` in `ns`, oldest first.
+fn bindings_of(ctx: &Context, ns: &str, sa: &str) -> Vec<Arc<IdentityBinding>> {
+    let mut found: Vec<Arc<IdentityBinding>> = ctx
+        .stores
         .bindings
         .state()
-        .iter()
+        .into_iter()
         .filter(|b| {
-            b.uid() != obj.uid()
-                && b.meta().deletion_timestamp.is_none()
+            b.meta().deletion_timestamp.is_none()
                 && b.namespace().as_deref() == Some(ns)
-                && b.spec.identity_ref.name != obj.spec.identity_ref.name
                 && b.spec
                     .target
                     .service_account
                     .as_ref()
-                    .map(|s| s.name.as_str())
-                    == Some(sa)
-                && (b.meta().creation_timestamp.clone(), b.name_any()) < mine
+                    .is_some_and(|s| s.name == sa)
         })
-        .map(|b| b.name_any())
-        .min()
+        .collect();
+    found.sort_by_key(|b| (b.meta().creation_timestamp.clone(), b.name_any()));
+    found
 }
 
-fn other_identity(ctx: &Context, ns: &str, binding: &str) -> Option<String> {
-    ctx.stores
-        .bindings
-        .state()
+/// The default of service account `sa` in `ns` (see [`choose_default`]); `None` without a
+/// live binding.
+fn default_of(ctx: &Context, ns: &str, sa: &str) -> Option<DefaultChoice> {
+    let bindings: Vec<(String, String, bool)> = bindings_of(ctx, ns, sa)
         .iter()
-        .find(|b| b.namespace().as_deref() == Some(ns) && b.name_any() == binding)
-        .map(|b| b.spec.identity_ref.name.clone())
+        .map(|b| {
+            let marked = b
+                .spec
+                .target
+                .service_account
+                .as_ref()
+                .is_some_and(|s| s.default);
+            (b.name_any(), b.spec.identity_ref.name.clone(), marked)
+        })
+        .collect();
+    choose_default(&bindings)
+}
+
+/// Pure: from the bindings of one service account, oldest first (name, identity, marked
+/// `default`), the default. The marked one wins; several marked for one identity agree; marked
+/// for different identities conflict; none marked, the oldest is the default (so a second
+/// binding never moves the annotation of the first).
+fn choose_default(bindings: &[(String, String, bool)]) -> Option<DefaultChoice> {
+    let marked: Vec<&(String, String, bool)> = bindings.iter().filter(|b| b.2).collect();
+    let first = marked.first().copied().or(bindings.first())?;
+    if marked.iter().any(|b| b.1 != first.1) {
+        return Some(DefaultChoice::Conflict(
+            marked.iter().map(|b| (b.0.clone(), b.1.clone())).collect(),
+        ));
+    }
+    Some(DefaultChoice::Default(first.0.clone(), first.1.clone()))
+}
+
+/// When the default of a service account changes (a binding marked, unmarked, added or
+/// deleted), its other bindings are reconciled: the new default annotates, a conflict is shown
+/// on each binding in it. Decided once per change, so the bindings do not wake each other in turn.
+fn wake_on_new_choice(
+    ctx: &Context,
+    ns: &str,
+    sa: &str,
+    choice: &Option<DefaultChoice>,
+    obj: &IdentityBinding,
+) {
+    let key = format!("service-account-default/{ns}/{sa}");
+    let now = format!("{choice:?}");
+    if ctx.keep_note(&key, now.clone()).as_deref() == Some(now.as_str()) {
+        return;
+    }
+    for b in bindings_of(ctx, ns, sa) {
+        if b.uid() != obj.uid() {
+            ctx.writer
+                .wake(kube::runtime::reflector::ObjectRef::from_obj(&*b));
+        }
+    }
 }
 
 /// Clean up a service account binding: the credential goes, then the annotations, then the
@@ -411,6 +487,9 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
                 .map(|s| s.name.as_str())
                 == Some(sa.as_str())
     });
+    // The default moves to the next binding of the service account (the one marked, else the
+    // oldest), which annotates when it is woken.
+    wake_on_new_choice(ctx, &ns, &sa, &default_of(ctx, &ns, &sa), &obj);
     if shared {
         return Ok(Action::await_change());
     }
@@ -461,6 +540,43 @@ mod tests {
         );
         let long = credential_name("i", &"n".repeat(63), &format!("{}.x", "s".repeat(250)));
         assert!(valid(&long), "{long} ({} chars)", long.len());
+    }
+
+    fn b(name: &str, identity: &str, marked: bool) -> (String, String, bool) {
+        (name.into(), identity.into(), marked)
+    }
+
+    #[test]
+    fn the_default_is_the_marked_binding_else_the_oldest() {
+        assert_eq!(choose_default(&[]), None);
+        let one = [b("a", "x", false)];
+        assert_eq!(
+            choose_default(&one),
+            Some(DefaultChoice::Default("a".into(), "x".into()))
+        );
+        let two = [b("a", "x", false), b("b", "y", false)];
+        assert_eq!(
+            choose_default(&two),
+            Some(DefaultChoice::Default("a".into(), "x".into()))
+        );
+        let marked = [b("a", "x", false), b("b", "y", true)];
+        assert_eq!(
+            choose_default(&marked),
+            Some(DefaultChoice::Default("b".into(), "y".into()))
+        );
+        let same = [b("a", "x", true), b("b", "x", true), b("c", "y", false)];
+        assert_eq!(
+            choose_default(&same),
+            Some(DefaultChoice::Default("a".into(), "x".into()))
+        );
+        let conflict = [b("a", "x", true), b("b", "y", true), b("c", "z", false)];
+        assert_eq!(
+            choose_default(&conflict),
+            Some(DefaultChoice::Conflict(vec![
+                ("a".into(), "x".into()),
+                ("b".into(), "y".into())
+            ]))
+        );
     }
 
     #[test]

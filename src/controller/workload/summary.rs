@@ -50,6 +50,7 @@ pub(super) fn summary(
     credential: &FederatedCredential,
     adopted: bool,
     check: &TokenCheck,
+    default_binding: Option<&str>,
 ) -> IdentityBindingStatus {
     let mut status = base(obj);
     status.assigned = Some(true);
@@ -63,14 +64,21 @@ pub(super) fn summary(
     status.token = check.token.clone();
     status.access = check.access.clone();
     let sa = sa_name(obj);
+    let annotated = match default_binding {
+        None => "the service account carries the identity's client id".to_string(),
+        Some("") => "the service account's client id annotation is left as it was while several of its bindings say default: true".to_string(),
+        Some(other) => format!(
+            "the service account's client id is the default identity's, of IdentityBinding {other} (pods choose this one by its client id)"
+        ),
+    };
     let message = if adopted {
         format!(
-            "federated identity credential {} already trusted service account {sa}; it will not be deleted with this binding",
+            "federated identity credential {} already trusted service account {sa}; it will not be deleted with this binding; {annotated}",
             credential.name
         )
     } else {
         format!(
-            "federated identity credential {} trusts service account {sa}; the service account carries the identity's client id",
+            "federated identity credential {} trusts service account {sa}; {annotated}",
             credential.name
         )
     };

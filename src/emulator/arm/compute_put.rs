@@ -221,6 +221,7 @@ pub(super) fn compute_put(
                 vm_id: uuid::Uuid::new_v4().to_string(),
                 system_principal: None,
                 user_assigned: Default::default(),
+                assigned_as: Default::default(),
                 etag: 0,
                 pending: None,
                 applied_seq: 0,

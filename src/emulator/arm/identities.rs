@@ -148,7 +148,12 @@ pub(super) fn patch(st: &mut Az, id: Ident<'_>, body: Option<&Value>) -> (Status
 pub(super) fn delete(st: &mut Az, id: Ident<'_>) -> (StatusCode, Value) {
     // Its federated identity credentials go with it.
     st.fics.remove(&id.key());
-    // As in Azure, VMs keep listing a deleted identity until they are updated.
+    // As in Azure, VMs keep listing a deleted identity until they are updated, with the
+    // principal and client ids it had when it was assigned: one created again under the same
+    // name is a new principal, which a VM has only once the identity is removed from it and
+    // assigned again (see `Compute::assigned_as`). Role assignments stay too, naming a principal
+    // that no longer exists ("Role assignments with identity not found", Understand Azure role
+    // assignments, learn.microsoft.com/azure/role-based-access-control/role-assignments).
     match st.identities.remove(&id.key()) {
         Some(_) => (StatusCode::OK, Value::Null),
         None => (StatusCode::NO_CONTENT, Value::Null),
