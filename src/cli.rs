@@ -31,12 +31,32 @@ pub struct SharedArgs {
     #[arg(long, env = "UAMI_AZURE_CA_FILE", value_name = "FILE")]
     pub azure_ca_file: Option<PathBuf>,
 
+    /// Blob Storage's endpoint for access checks of Blob data roles (the agent's of VM bindings,
+    /// the controller's token check of service account bindings), `{account}` standing for the
+    /// storage account (another cloud, or the emulator's `.../_data/blob/{account}`).
+    #[arg(long, env = "UAMI_BLOB_ENDPOINT", default_value = crate::azure::client::PUBLIC_BLOB_ENDPOINT)]
+    pub blob_endpoint: String,
+
+    /// Key Vault's endpoint for access checks of Key Vault data roles (by the agent and the
+    /// controller, as `--blob-endpoint`), `{vault}` standing for the vault (another cloud, or
+    /// the emulator's `.../_data/vault/{vault}`).
+    #[arg(long, env = "UAMI_KEYVAULT_ENDPOINT", default_value = crate::azure::client::PUBLIC_KEY_VAULT_ENDPOINT)]
+    pub keyvault_endpoint: String,
+
     /// Log format.
     #[arg(long, value_enum, env = "UAMI_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
 
 impl SharedArgs {
+    /// The data planes of `--blob-endpoint` and `--keyvault-endpoint`.
+    pub fn data_planes(&self) -> crate::azure::DataPlanes {
+        crate::azure::DataPlanes {
+            blob: self.blob_endpoint.clone(),
+            key_vault: self.keyvault_endpoint.clone(),
+        }
+    }
+
     /// The certificate authorities of `--azure-ca-file`, none when it is unset.
     pub fn azure_ca(&self) -> Result<AzureCa, String> {
         match &self.azure_ca_file {

@@ -282,6 +282,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         arm_timeout: args.arm_timeout,
         oidc_issuer: args.oidc_issuer.clone(),
         authority_host: args.authority_host.clone(),
+        data_planes: args.shared.data_planes(),
         azure_ca,
     };
     let stop = shutdown_token();
@@ -314,7 +315,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.shared.imds_endpoint.clone(),
         agent::AccessEndpoints {
             arm: args.shared.arm_endpoint.clone(),
-            data_planes: args.data_planes(),
+            data_planes: args.shared.data_planes(),
         },
         &azure_ca,
         settings,

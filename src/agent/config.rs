@@ -27,27 +27,7 @@ pub struct AgentArgs {
     #[arg(long, env = "UAMI_AGENT_ASSIGNMENT_PROPAGATION", default_value = "2m", value_parser = parse_duration)]
     pub assignment_propagation: Duration,
 
-    /// Blob Storage's endpoint for access checks of Blob data roles, `{account}` standing for
-    /// the storage account (another cloud, or the emulator's `.../_data/blob/{account}`).
-    #[arg(long, env = "UAMI_BLOB_ENDPOINT", default_value = crate::azure::client::PUBLIC_BLOB_ENDPOINT)]
-    pub blob_endpoint: String,
-
-    /// Key Vault's endpoint for access checks of Key Vault data roles, `{vault}` standing for
-    /// the vault (another cloud, or the emulator's `.../_data/vault/{vault}`).
-    #[arg(long, env = "UAMI_KEYVAULT_ENDPOINT", default_value = crate::azure::client::PUBLIC_KEY_VAULT_ENDPOINT)]
-    pub keyvault_endpoint: String,
-
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "UAMI_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
-}
-
-impl AgentArgs {
-    /// The data planes of `--blob-endpoint` and `--keyvault-endpoint`.
-    pub fn data_planes(&self) -> crate::azure::DataPlanes {
-        crate::azure::DataPlanes {
-            blob: self.blob_endpoint.clone(),
-            key_vault: self.keyvault_endpoint.clone(),
-        }
-    }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use super::{AccessProbe, CheckFailure, Token, TokenFailure, TokenSource, Whoami};
-use crate::api::binding::{AccessCheck, AccessPlane, TokenStatus};
+use crate::api::binding::{AccessCheck, TokenStatus};
 
 /// [`TokenSource`] over the VM's IMDS.
 pub struct ImdsSource {
@@ -116,13 +116,11 @@ impl AzureProbe {
         check: &AccessCheck,
         token: &SecretString,
     ) -> Result<u16, crate::azure::ArmError> {
-        let read = match check.plane {
-            AccessPlane::Arm => {
-                return crate::azure::probe_access(&self.http, &self.endpoint, &check.scope, token)
-                    .await;
-            }
-            AccessPlane::Blob => crate::azure::blob_read(&check.scope, check.container.as_deref())?,
-            AccessPlane::KeyVault => crate::azure::secrets_read(&check.scope)?,
+        let Some(read) =
+            crate::azure::data_read(check.plane, &check.scope, check.container.as_deref())?
+        else {
+            return crate::azure::probe_access(&self.http, &self.endpoint, &check.scope, token)
+                .await;
         };
         let request = self.data_planes.request(&read)?;
         crate::azure::probe_data_plane(&self.http, request, token).await

@@ -27,7 +27,7 @@ pub use metrics::ArmMetrics;
 pub use probe::{
     ACCESS_CHECK_PROVIDERS, DataPlanes, DataRead, DataRequest, KEY_VAULT_AUDIENCE,
     PUBLIC_BLOB_ENDPOINT, PUBLIC_KEY_VAULT_ENDPOINT, STORAGE_AUDIENCE, access_check_api_version,
-    blob_read, probe_access, probe_data_plane, secrets_read,
+    blob_read, data_read, probe_access, probe_data_plane, secrets_read,
 };
 
 /// Azure's public ARM endpoint.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 pub use client::{
     ACCESS_CHECK_PROVIDERS, ArmClient, ArmClientOptions, ArmMetrics, DataPlanes, DataRead,
     DataRequest, KEY_VAULT_AUDIENCE, STORAGE_AUDIENCE, access_check_api_version, blob_read,
-    probe_access, probe_data_plane, secrets_read,
+    data_read, probe_access, probe_data_plane, secrets_read,
 };
 pub use error::ArmError;
 

@@ -50,6 +50,9 @@ pub struct ControllerOptions {
     pub oidc_issuer: Option<String>,
     /// Entra ID's authority host, where service account tokens are exchanged.
     pub authority_host: url::Url,
+    /// Where the token check of service account bindings reads grants of data roles: Blob
+    /// Storage and Key Vault.
+    pub data_planes: crate::azure::DataPlanes,
     /// This replica's name (the pod name), sent in the `User-Agent` of every ARM request so
     /// that ARM's request logs tell replicas apart; defaults to the Lease holder.
     pub instance: Option<String>,
@@ -190,6 +193,7 @@ pub fn start(
                     oidc_issuer,
                     authority_host: opts.authority_host.clone(),
                     arm_endpoint: opts.arm_endpoint.clone(),
+                    data_planes: opts.data_planes.clone(),
                     http: http_client(&opts.azure_ca),
                 }),
         },

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod leader;
 pub mod objects;
 pub mod outcome;
+pub mod planes;
 pub mod policy;
 pub mod reasons;
 pub mod run;

@@ -160,6 +160,10 @@ pub fn controller_options(
         arm_timeout: Duration::from_secs(60),
         oidc_issuer: None,
         authority_host: authority,
+        data_planes: crate::azure::DataPlanes {
+            blob: emulator.blob_endpoint(),
+            key_vault: emulator.keyvault_endpoint(),
+        },
         azure_ca: emulator_ca(emulator)?,
     })
 }

@@ -212,6 +212,22 @@ pub fn secrets_read(scope: &str) -> Result<DataRead, ArmError> {
     }
 }
 
+/// What an access check on `plane` reads at `scope`: nothing but the scope itself through ARM
+/// (`None`), else the data-plane read of [`blob_read`] (with `container` when the scope names
+/// none) or [`secrets_read`].
+pub fn data_read(
+    plane: crate::api::binding::AccessPlane,
+    scope: &str,
+    container: Option<&str>,
+) -> Result<Option<DataRead>, ArmError> {
+    use crate::api::binding::AccessPlane;
+    match plane {
+        AccessPlane::Arm => Ok(None),
+        AccessPlane::Blob => blob_read(scope, container).map(Some),
+        AccessPlane::KeyVault => secrets_read(scope).map(Some),
+    }
+}
+
 /// A name put into a host or a path: letters, digits and hyphens only, 1 to 63 of them.
 fn plain_name(name: &str) -> bool {
     (1..=63).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')

@@ -117,7 +117,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         |fingerprint| ctx.recently_checked(&key, fingerprint),
     );
     let grants = plan::checked_grants(&obj, &ctx.stores.grants.state());
-    let planes = grant_planes(ctx, &grants).await;
+    let planes = super::planes::grant_planes(ctx, &grants).await;
     let inputs = plan::agent_inputs(&obj, azure.as_ref(), &grants, &planes);
     let with_inputs = |mut report: super::outcome::Report<crate::api::IdentityBindingStatus>| {
         if let Some(status) = report.status.as_mut() {
@@ -318,29 +318,4 @@ async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Rec
             retry: Duration::from_secs(30),
         }),
     }
-}
-
-/// The plane each grant's role acts on, by grant name, from its role definition (resolved by
-/// the grant's reconciler already, so cached); a role that cannot be resolved now is left out.
-async fn grant_planes(
-    ctx: &Context,
-    grants: &[Arc<crate::api::RoleGrant>],
-) -> std::collections::HashMap<String, crate::api::binding::AccessPlane> {
-    let mut planes = std::collections::HashMap::new();
-    for g in grants {
-        let scope = g.status.as_ref().and_then(|s| s.scope.as_deref());
-        let Some(subscription) = scope.and_then(|s| s.split('/').nth(2)) else {
-            continue;
-        };
-        match ctx.resolve_role(subscription, &g.spec.role).await {
-            Ok(Some(role)) => {
-                planes.insert(g.name_any(), plan::plane_of(&role));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(grant = %g.name_any(), error = %e, "could not resolve the grant's role");
-            }
-        }
-    }
-    planes
 }

@@ -351,55 +351,6 @@ pub fn checked_grants(
         .collect()
 }
 
-/// The data action a Blob Storage check needs: List Blobs
-/// (<https://learn.microsoft.com/rest/api/storageservices/list-blobs>, authorized with
-/// `.../containers/blobs/read`).
-const LIST_BLOBS: &str = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read";
-
-/// The data action a Key Vault check needs: Get Secrets, the list
-/// (<https://learn.microsoft.com/rest/api/keyvault/secrets/get-secrets/get-secrets>), which
-/// `Key Vault Secrets User` allows through `.../secrets/readMetadata/action`
-/// (<https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/security>).
-const LIST_SECRETS: &str = "Microsoft.KeyVault/vaults/secrets/readMetadata/action";
-
-/// Where a role acts, so where its access is checked: a role with data actions that allow
-/// listing blobs acts on Blob Storage, one whose data actions allow listing secrets on Key
-/// Vault (data actions are authorized by those services, never by ARM:
-/// <https://learn.microsoft.com/azure/role-based-access-control/role-definitions>); any other
-/// role through ARM.
-pub fn plane_of(role: &crate::azure::roles::RoleDefinition) -> AccessPlane {
-    let allows = |action: &str| role.data_actions.iter().any(|p| wildcard(p, action));
-    if allows(LIST_BLOBS) {
-        AccessPlane::Blob
-    } else if allows(LIST_SECRETS) {
-        AccessPlane::KeyVault
-    } else {
-        AccessPlane::Arm
-    }
-}
-
-/// Whether the action pattern `pattern` (`*` for any characters) covers `action`,
-/// case-insensitively.
-fn wildcard(pattern: &str, action: &str) -> bool {
-    let (pattern, action) = (pattern.to_lowercase(), action.to_lowercase());
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = action.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.ends_with(last)
-}
-
 /// What the agent on the target needs, from the controller: the identity's client id as Azure
 /// has it, and for each of [`checked_grants`] its scope and the plane its role acts on
 /// (`planes`, by grant name; a grant whose role could not be resolved this pass keeps the entry
@@ -429,14 +380,7 @@ pub fn agent_inputs(
                         .cloned();
                 }
             };
-            let container = (plane == AccessPlane::Blob)
-                .then(|| {
-                    g.spec
-                        .verify_access_options
-                        .as_ref()
-                        .and_then(|o| o.blob_container.clone())
-                })
-                .flatten();
+            let container = super::super::planes::blob_container(g, plane);
             Some(AccessCheck {
                 role_grant: name,
                 scope,

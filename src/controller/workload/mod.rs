@@ -71,6 +71,8 @@ pub struct WorkloadSettings {
     pub authority_host: url::Url,
     /// The ARM endpoint the granted scopes are read from.
     pub arm_endpoint: url::Url,
+    /// The data planes grants of data roles are read on.
+    pub data_planes: crate::azure::DataPlanes,
     /// HTTP client for the exchange and the reads.
     pub http: reqwest::Client,
 }

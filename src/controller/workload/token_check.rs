@@ -1,6 +1,8 @@
 //! The token check of a service account binding, done the way a pod would: a TokenRequest for the
 //! service account, exchanged at Entra ID for a token of the identity, and each granted scope
-//! read with it. Status gets the token's metadata and the access results, never the token.
+//! read with it where the grant's role acts: through ARM, or on the Blob Storage or Key Vault
+//! data plane with a token of that plane's audience (the service account token exchanged once
+//! more). Status gets the token's metadata and the access results, never a token.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::api::conditions::{self, NewCondition, types};
 use crate::api::{IdentityBinding, RoleGrant};
 use crate::auth::exchange::{exchange_assertion, scope_for};
 use crate::auth::{AuthError, decode_claims};
+use crate::controller::planes;
 
 /// The result of the token check.
 #[derive(Clone, Debug)]
@@ -214,7 +217,8 @@ pub(super) fn checking(obj: &IdentityBinding) -> TokenCheck {
     }
 }
 
-/// Request a service account token, exchange it, and read every granted scope with the result.
+/// Request a service account token, exchange it, and read every granted scope as the identity,
+/// each on the plane its grant's role acts on.
 pub(super) async fn check_token(
     ctx: &Context,
     wl: &WorkloadSettings,
@@ -301,30 +305,55 @@ pub(super) async fn check_token(
         not_before: rfc3339(claims.nbf),
         checked_by: Some(CHECKED_BY.into()),
     };
+    let grants = granted(ctx, ns, &obj.spec.identity_ref.name);
+    let plane_by_grant = planes::grant_planes(ctx, &grants).await;
+    // A token of each data plane's audience, exchanged once per check when a grant needs it.
+    let mut data_tokens: HashMap<&'static str, Result<SecretString, String>> = HashMap::new();
     let mut access = Vec::new();
     let mut pending = 0;
-    for grant in granted(ctx, ns, &obj.spec.identity_ref.name) {
+    for grant in grants {
         let Some(scope) = grant.status.as_ref().and_then(|s| s.scope.clone()) else {
             continue;
         };
-        let probed =
-            crate::azure::probe_access(&wl.http, &wl.arm_endpoint, &scope, &token.token).await;
-        // A scope the check cannot read is said so on the grant, and is no failure to retry.
-        let unsupported = match &probed {
-            Err(e) if e.code() == "UnsupportedScope" => Some(e.message.clone()),
+        let name = grant.name_any();
+        // A role that cannot be resolved now keeps the plane the grant last reported.
+        let plane = plane_by_grant.get(&name).copied().or_else(|| {
+            grant
+                .status
+                .as_ref()
+                .and_then(|s| s.access.as_ref())
+                .map(|a| a.plane)
+        });
+        let read = match plane {
+            Some(plane) => {
+                let container = planes::blob_container(&grant, plane);
+                let target = Target {
+                    scope: &scope,
+                    plane,
+                    container: container.as_deref(),
+                };
+                read_scope(wl, id, &assertion, &token.token, &mut data_tokens, target).await
+            }
+            None => Read::NoAnswer(format!(
+                "the token exchange could not resolve role {} to tell where to read {scope}",
+                grant.spec.role
+            )),
+        };
+        let code = match &read {
+            Read::Answered(c) => Some(*c),
             _ => None,
         };
-        let code = probed.ok();
-        if code != Some(200) && unsupported.is_none() {
+        // A scope the check cannot read is said so on the grant, and is no failure to retry.
+        if code != Some(200) && !matches!(read, Read::Unsupported(_)) {
             pending += 1;
         }
         let result = ScopeAccess {
-            role_grant: grant.name_any(),
+            role_grant: name,
             scope: scope.clone(),
             verified: code == Some(200),
             http_status: code.map(i32::from),
         };
-        if let Err(e) = write_grant_access(ctx, &grant, &scope, code, unsupported).await {
+        if let Err(e) = write_grant_access(ctx, &grant, &scope, plane, read).await {
             tracing::warn!(grant = %grant.name_any(), error = %e, "could not write the access check");
         }
         access.push(result);
@@ -344,9 +373,101 @@ pub(super) async fn check_token(
     }
 }
 
+/// What reading one granted scope came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Read {
+    /// An answer, with its HTTP status.
+    Answered(u16),
+    /// A scope the check cannot read on its plane: no retry changes that.
+    Unsupported(String),
+    /// No answer (the read, or the exchange for the plane's audience, failed): it says nothing
+    /// about access.
+    NoAnswer(String),
+}
+
+/// One granted scope and where its role acts.
+struct Target<'a> {
+    scope: &'a str,
+    plane: AccessPlane,
+    /// The container a `Blob` read lists when the scope names none.
+    container: Option<&'a str>,
+}
+
+/// Read `target` as the identity: through ARM with `arm_token`, or on its data plane with a
+/// token of that plane's audience, exchanged for `assertion` the first time this check needs it
+/// and kept in `data_tokens`.
+async fn read_scope(
+    wl: &WorkloadSettings,
+    id: &AzureIdentity,
+    assertion: &SecretString,
+    arm_token: &SecretString,
+    data_tokens: &mut HashMap<&'static str, Result<SecretString, String>>,
+    target: Target<'_>,
+) -> Read {
+    let unanswered = |detail: String| {
+        Read::NoAnswer(format!(
+            "the token exchange could not read {} {}: {detail}",
+            target.scope,
+            on_plane(target.plane)
+        ))
+    };
+    let classify = |probed: Result<u16, crate::azure::ArmError>| match probed {
+        Ok(code) => Read::Answered(code),
+        Err(e) if e.code() == "UnsupportedScope" => Read::Unsupported(e.message.clone()),
+        Err(e) => unanswered(e.to_string()),
+    };
+    let read = match crate::azure::data_read(target.plane, target.scope, target.container) {
+        Ok(Some(read)) => read,
+        Ok(None) => {
+            return classify(
+                crate::azure::probe_access(&wl.http, &wl.arm_endpoint, target.scope, arm_token)
+                    .await,
+            );
+        }
+        Err(e) => return classify(Err(e)),
+    };
+    let request = match wl.data_planes.request(&read) {
+        Ok(request) => request,
+        Err(e) => return classify(Err(e)),
+    };
+    if !data_tokens.contains_key(request.audience) {
+        let exchanged = exchange_assertion(
+            &wl.http,
+            &wl.authority_host,
+            &id.tenant_id,
+            &id.client_id,
+            assertion,
+            &scope_for(request.audience),
+        )
+        .await
+        .map(|t| t.token)
+        .map_err(|e| {
+            format!(
+                "exchanging the service account token for audience {} failed: {e}",
+                request.audience
+            )
+        });
+        data_tokens.insert(request.audience, exchanged);
+    }
+    match data_tokens.get(request.audience) {
+        Some(Ok(token)) => classify(crate::azure::probe_data_plane(&wl.http, request, token).await),
+        Some(Err(e)) => unanswered(e.clone()),
+        None => unanswered("no token for the data plane".into()),
+    }
+}
+
+/// How a read on `plane` is named in messages.
+fn on_plane(plane: AccessPlane) -> &'static str {
+    match plane {
+        AccessPlane::Arm => "through ARM",
+        AccessPlane::Blob => "on the Blob Storage data plane",
+        AccessPlane::KeyVault => "on the Key Vault data plane",
+    }
+}
+
 /// What the check covers of the grants: each granted grant of the identity that asks for an
-/// access check, with its scope. A grant granted, changed or gone changes it, and so starts a new
-/// check.
+/// access check, with its scope and the container a Blob read lists. A grant granted, changed or
+/// gone changes it, and so starts a new check.
 pub(super) fn grants_covered(ctx: &Context, ns: &str, identity: &str) -> String {
     granted(ctx, ns, identity)
         .iter()
@@ -356,7 +477,10 @@ pub(super) fn grants_covered(ctx: &Context, ns: &str, identity: &str) -> String 
                 .as_ref()
                 .and_then(|s| s.scope.as_deref())
                 .unwrap_or_default();
-            format!("{}={scope}", g.name_any())
+            match planes::blob_container(g, AccessPlane::Blob) {
+                Some(container) => format!("{}={scope}#{container}", g.name_any()),
+                None => format!("{}={scope}", g.name_any()),
+            }
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -385,17 +509,22 @@ fn granted(ctx: &Context, ns: &str, identity: &str) -> Vec<Arc<RoleGrant>> {
 }
 
 /// The grant's `AccessVerified` and `access`, under this check's own field manager; written only
-/// when they change.
+/// when they change. `plane` is where the scope was read (`None` when the grant's role could not
+/// be resolved, so nothing was read).
 async fn write_grant_access(
     ctx: &Context,
     grant: &RoleGrant,
     scope: &str,
-    code: Option<u16>,
-    unsupported: Option<String>,
+    plane: Option<AccessPlane>,
+    read: Read,
 ) -> kube::Result<()> {
     // A read that got no answer (a dropped connection, throttling, a server error) says nothing
     // about access: a verified grant stays verified, and the check is retried with backoff.
-    let passing = unsupported.is_none() && code.is_none_or(|c| c == 408 || c == 429 || c >= 500);
+    let passing = match &read {
+        Read::Answered(c) => *c == 408 || *c == 429 || *c >= 500,
+        Read::Unsupported(_) => false,
+        Read::NoAnswer(_) => true,
+    };
     if passing
         && crate::api::conditions::is_true(
             status::Reported::conditions(grant),
@@ -404,8 +533,8 @@ async fn write_grant_access(
     {
         return Ok(());
     }
-    let (cond, access) = match (code, unsupported) {
-        (_, Some(message)) => (
+    let (cond, access) = match read {
+        Read::Unsupported(message) => (
             NewCondition::new(
                 types::ACCESS_VERIFIED,
                 false,
@@ -414,23 +543,18 @@ async fn write_grant_access(
             ),
             None,
         ),
-        (Some(c), None) => {
+        Read::Answered(c) => {
             let (cond, access) = status::access_checked(
                 "the token exchange",
                 CHECKED_BY.into(),
                 scope,
-                AccessPlane::Arm,
+                plane.unwrap_or_default(),
                 c,
             );
             (cond, Some(access))
         }
-        (None, None) => (
-            NewCondition::new(
-                types::ACCESS_VERIFIED,
-                false,
-                "CheckFailed",
-                format!("the token exchange could not read {scope}"),
-            ),
+        Read::NoAnswer(message) => (
+            NewCondition::new(types::ACCESS_VERIFIED, false, "CheckFailed", message),
             None,
         ),
     };
