@@ -174,3 +174,123 @@ async fn the_emulator_refuses_a_role_assignment_past_the_worlds_limit_as_azure_d
     );
     stack.stop().await;
 }
+
+/// The same for federated identity credentials: an identity bound to service accounts holds
+/// credentials someone else made too. The binding whose credential takes the identity to 90% of
+/// Azure's 20 or beyond is warned about (`Budget` False, `FederatedCredentialsNearLimit`, a
+/// Warning Event), the count is exported per identity, and with 20 on the identity the next
+/// binding is refused with `FederatedCredentialLimitReached` without a credential written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_bindings_are_warned_near_the_credential_limit_and_refused_at_it() {
+    use uami_controller::emulator::world::TUTORIAL_TENANT;
+    let mut opts = tutorial_options(Duration::from_secs(300), 0.0);
+    opts.agents = false;
+    let stack = uami_controller::demo::stack::Stack::start(opts)
+        .await
+        .unwrap();
+    stack
+        .apply_yaml(include_str!("../examples/workload-identity.yaml"))
+        .await
+        .unwrap();
+    let b_api = bindings(&stack, "workload");
+    let first = ready(&b_api, "reporter-identity-for-reporter", 90).await;
+    assert_eq!(condition(&first.status.unwrap().conditions, "Budget"), None);
+    // Someone else's credentials on the same identity: 17 more, 18 of 20 in all.
+    let identity = format!(
+        "/subscriptions/{TUTORIAL_SUBSCRIPTION}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/reporterIdentity"
+    );
+    let admin = arm::Admin::of(&stack.emulator);
+    let put = |i: usize| {
+        let (admin, identity) = (&admin, identity.clone());
+        async move {
+            let (status, _, body) = admin
+                .send(
+                    reqwest::Method::PUT,
+                    &format!(
+                        "{identity}/federatedIdentityCredentials/other-{i}?api-version=2023-01-31"
+                    ),
+                    Some(serde_json::json!({"properties": {
+                        "issuer": format!("https://issuer-{i}.example.com/{TUTORIAL_TENANT}/"),
+                        "subject": format!("system:serviceaccount:elsewhere:sa-{i}"),
+                        "audiences": ["api://AzureADTokenExchange"]}})),
+                    &[],
+                )
+                .await;
+            assert!(status == 200 || status == 201, "{status} {body}");
+        }
+    };
+    for i in 0..17 {
+        put(i).await;
+    }
+    // Two more service accounts of the namespace may use the identity.
+    let more = |sa: &str| {
+        format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: workload}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: reporter-identity-for-{sa}, namespace: workload}}\nspec:\n  identityRef: {{name: reporter-identity}}\n  target: {{serviceAccount: {{name: {sa}}}}}\n"
+        )
+    };
+    stack
+        .apply_yaml("apiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {name: workload-more}\nspec:\n  namespaces: [workload]\n  identityBindings:\n    - serviceAccount: {resourceGroup: DevTest, identityName: reporterIdentity, serviceAccounts: [second, third]}\n")
+        .await
+        .unwrap();
+    // The 19th credential: written, with a warning.
+    stack.apply_yaml(&more("second")).await.unwrap();
+    let second = eventually(90, "the second binding warned", || async {
+        let s = b_api
+            .get("reporter-identity-for-second")
+            .await
+            .ok()?
+            .status?;
+        (condition(&s.conditions, "Budget")
+            == Some(("False".into(), "FederatedCredentialsNearLimit".into())))
+        .then_some(s)
+    })
+    .await;
+    assert!(second.federated_credential_name.is_some(), "{second:?}");
+    let metrics = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &stack.registry.lock()).unwrap();
+        text
+    };
+    let id_label = format!("identity=\"{}\"", identity.to_lowercase());
+    eventually(30, "19 credentials counted", || async {
+        (metric(&metrics(), "uami_federated_credentials", &id_label) == Some(19.0)).then_some(())
+    })
+    .await;
+    // Fill the identity to 20; the next binding is refused before ARM is asked.
+    put(17).await;
+    let writes = stack
+        .emulator
+        .counts()
+        .total("FederatedIdentityCredentials_CreateOrUpdate");
+    stack.apply_yaml(&more("third")).await.unwrap();
+    refused(
+        &b_api,
+        "reporter-identity-for-third",
+        "FederatedCredentialLimitReached",
+    )
+    .await;
+    assert_eq!(
+        stack
+            .emulator
+            .counts()
+            .total("FederatedIdentityCredentials_CreateOrUpdate"),
+        writes,
+        "no credential write ARM would refuse"
+    );
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(stack.client(), "workload");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "FederatedCredentialsNearLimit"),
+        "{reasons:?}"
+    );
+    stack.stop().await;
+}
