@@ -182,6 +182,21 @@ pub fn check_expr(expr: &Expr, known: &Known, errors: &mut Vec<String>) -> BTree
             }
             match c.func.name {
                 "time" | "vector" | "scalar" | "absent" | "absent_over_time" => BTreeSet::new(),
+                // histogram_quantile(φ, buckets): the buckets' labels but `le`, which it needs.
+                "histogram_quantile" => {
+                    let buckets = c
+                        .args
+                        .args
+                        .get(1)
+                        .map(|a| check_expr(a, known, &mut Vec::new()))
+                        .unwrap_or_default();
+                    if !buckets.contains("le") {
+                        errors.push(format!(
+                            "histogram_quantile over series without `le`: {expr}"
+                        ));
+                    }
+                    buckets.into_iter().filter(|l| l != "le").collect()
+                }
                 _ => out,
             }
         }
