@@ -82,19 +82,10 @@ pub(super) fn compute_patch(
         && m != "*"
         && m != c.etag()
     {
-        return arm_err(
-            StatusCode::PRECONDITION_FAILED,
-            "PreconditionFailed",
-            &format!("The specified precondition 'If-Match = {m}' failed."),
-        )
-        .into();
+        return super::precondition_failed(&format!("If-Match = {m}")).into();
     }
     let Some(body) = body.filter(|b| b.is_object()) else {
-        return bad_request(
-            "InvalidRequestContent",
-            "The request content was invalid and could not be deserialized.",
-        )
-        .into();
+        return super::invalid_content().into();
     };
     if c.pending.is_some() && inner.faults.lock().another_operation_in_progress {
         inner.inject(fk::ANOTHER_OPERATION);

@@ -154,19 +154,10 @@ pub(super) fn compute_put(
         _ => None,
     };
     if let Some(p) = precondition {
-        return arm_err(
-            StatusCode::PRECONDITION_FAILED,
-            "PreconditionFailed",
-            &format!("The specified precondition '{p}' failed."),
-        )
-        .into();
+        return super::precondition_failed(&p).into();
     }
     let Some(body) = body.filter(|b| b.is_object()) else {
-        return bad_request(
-            "InvalidRequestContent",
-            "The request content was invalid and could not be deserialized.",
-        )
-        .into();
+        return super::invalid_content().into();
     };
     let Some(location) = body["location"].as_str() else {
         return bad_request(

@@ -72,10 +72,7 @@ pub(super) fn put(
         Err(missing) => return missing,
     };
     let Some(body) = body.filter(|b| b.is_object()) else {
-        return bad_request(
-            "InvalidRequestContent",
-            "The request content was invalid and could not be deserialized.",
-        );
+        return super::invalid_content();
     };
     let Some(location) = body["location"].as_str() else {
         return bad_request(

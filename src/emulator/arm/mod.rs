@@ -57,6 +57,23 @@ pub fn bad_request(code: &str, message: &str) -> (StatusCode, Value) {
     arm_err(StatusCode::BAD_REQUEST, code, message)
 }
 
+/// 412 for a precondition (`If-Match = ...`, `If-None-Match = *`) the resource does not meet.
+pub fn precondition_failed(precondition: &str) -> (StatusCode, Value) {
+    arm_err(
+        StatusCode::PRECONDITION_FAILED,
+        "PreconditionFailed",
+        &format!("The specified precondition '{precondition}' failed."),
+    )
+}
+
+/// 400 for a body that is not a JSON object.
+pub fn invalid_content() -> (StatusCode, Value) {
+    bad_request(
+        "InvalidRequestContent",
+        "The request content was invalid and could not be deserialized.",
+    )
+}
+
 /// ARM's 400 `InvalidResourceName` with `message`.
 fn invalid_name(message: &str) -> (StatusCode, Value) {
     bad_request("InvalidResourceName", message)
