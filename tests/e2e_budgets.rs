@@ -30,6 +30,28 @@ fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The controller's metrics, as `/metrics` would serve them.
+fn scrape(stack: &uami_controller::demo::stack::Stack) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &stack.registry.lock()).unwrap();
+    text
+}
+
+/// The reasons of the Warning Events in `ns`.
+async fn warning_reasons(stack: &uami_controller::demo::stack::Stack, ns: &str) -> Vec<String> {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(stack.client(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm() {
     let mut opts = tutorial_options(Duration::from_secs(300), 0.0);
@@ -59,11 +81,7 @@ async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm
         .await
         .unwrap();
     let api = grants(&stack, NS);
-    let metrics = || {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &stack.registry.lock()).unwrap();
-        text
-    };
+    let metrics = || scrape(&stack);
     let sub_label = format!("subscription=\"{TUTORIAL_SUBSCRIPTION}\"");
     // The count at start, before any grant.
     eventually(30, "the subscription counted", || async {
@@ -111,17 +129,7 @@ async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm
     );
 
     // The Events: a warning for each grant at 90% or more, and the refusal.
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(stack.client(), NS);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.reason)
-        .collect();
+    let reasons = warning_reasons(&stack, NS).await;
     let near = (0..to_fill)
         .filter(|i| (initial + i + 1) * 100 >= LIMIT * 90)
         .count();
@@ -246,11 +254,7 @@ async fn service_account_bindings_are_warned_near_the_credential_limit_and_refus
     })
     .await;
     assert!(second.federated_credential_name.is_some(), "{second:?}");
-    let metrics = || {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &stack.registry.lock()).unwrap();
-        text
-    };
+    let metrics = || scrape(&stack);
     let id_label = format!("identity=\"{}\"", identity.to_lowercase());
     eventually(30, "19 credentials counted", || async {
         (metric(&metrics(), "uami_federated_credentials", &id_label) == Some(19.0)).then_some(())
@@ -277,17 +281,7 @@ async fn service_account_bindings_are_warned_near_the_credential_limit_and_refus
         writes,
         "no credential write ARM would refuse"
     );
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(stack.client(), "workload");
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.reason)
-        .collect();
+    let reasons = warning_reasons(&stack, "workload").await;
     assert!(
         reasons.iter().any(|r| r == "FederatedCredentialsNearLimit"),
         "{reasons:?}"
