@@ -3,7 +3,8 @@ FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev cmake make perl clang
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin uami-controller \
+# Without the `embedded` feature: the controller and the agent only, no emulator, sandbox or demo.
+RUN cargo build --release --locked -p uami --no-default-features --bin uami-controller \
  && strip target/release/uami-controller
 
 FROM gcr.io/distroless/static-debian12:nonroot

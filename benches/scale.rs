@@ -31,16 +31,16 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use uami_controller::api::conditions::is_true;
-use uami_controller::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
-use uami_controller::controller::status::Reported;
-use uami_controller::emulator::faults::Throttling;
-use uami_controller::emulator::world::{
+use uami_api::conditions::is_true;
+use uami_api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
+use uami_emulator::faults::Throttling;
+use uami_emulator::world::{
     ResourceGroup, Subscription, TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_CONTROLLER_SECRET,
     TUTORIAL_SUBSCRIPTION as SUB, VirtualMachine,
 };
-use uami_controller::emulator::{self, Emulator, World};
-use uami_controller::sandbox::{self, Sandbox, SandboxOptions};
+use uami_emulator::{self as emulator, Emulator, World};
+use uami_kube::status::Reported;
+use uami_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 const NS: &str = "bench";
 /// ARM's write bucket (ARM-NOTES §4): 200 burst, then 10 per second.
@@ -265,7 +265,7 @@ fn controller_requests(sb: &Sandbox) -> usize {
 async fn setup(vms: usize, scale: f64) -> (Sandbox, Emulator) {
     let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.install(
-        uami_controller::api::crds()
+        uami_api::crds()
             .into_iter()
             .map(|c| serde_json::to_value(c).unwrap())
             .collect(),

@@ -22,7 +22,7 @@ elif [ "${CI:-}" = true ]; then
   exit 1
 fi
 status=0
-cargo test --all-targets "$@" || status=$?
+cargo test --workspace --all-targets "$@" || status=$?
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   echo "NOTE: the real-API-server layer did NOT run (no KUBEBUILDER_ASSETS and no ../shared/envtest)."
   echo "      Turn it on with KUBEBUILDER_ASSETS=<folder with etcd, kube-apiserver, kube-controller-manager>."

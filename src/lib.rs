@@ -1,14 +1,5 @@
-//! uami-controller: declarative Azure user-assigned managed identities for Kubernetes.
-#![forbid(unsafe_code)]
+//! uami-controller's command-line binary and its embedded world: the `demo` that runs the
+//! tutorial in one process on the Azure emulator and the in-memory Kubernetes API.
 
-pub mod agent;
-pub mod api;
-pub mod auth;
-pub mod azure;
-pub mod cli;
-pub mod controller;
+#[cfg(feature = "embedded")]
 pub mod demo;
-pub mod emulator;
-pub mod local_tls;
-pub mod sandbox;
-pub mod telemetry;

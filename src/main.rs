@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use uami_controller::agent::config::AgentArgs;
-use uami_controller::controller::config::{CredentialMode, RunArgs};
-use uami_controller::telemetry::{admin, logging};
+use uami_agent::config::AgentArgs;
+use uami_controller::config::{CredentialMode, RunArgs};
+use uami_telemetry::{admin, logging};
 
 /// Declarative Azure user-assigned managed identities for Kubernetes.
 #[derive(Parser, Debug)]
@@ -31,11 +31,12 @@ enum Command {
     Run(Box<RunArgs>),
     /// On a VM: obtain tokens through IMDS for the identities bound to it and verify access.
     Agent(Box<AgentArgs>),
+    #[cfg(feature = "embedded")]
     /// The tutorial end to end on the embedded defaults: Kubernetes API, Azure emulator,
     /// controller and the VM's agent in one process.
     Demo {
         /// Give up (exit 1) when not everything is Ready after this long.
-        #[arg(long, default_value = "120s", value_parser = uami_controller::cli::parse_duration)]
+        #[arg(long, default_value = "120s", value_parser = uami_azure::cli::parse_duration)]
         timeout: std::time::Duration,
         /// Leave everything running and write a kubeconfig for kubectl.
         #[arg(long)]
@@ -51,6 +52,7 @@ enum Command {
         #[arg(long, default_value = "error")]
         log: String,
     },
+    #[cfg(feature = "embedded")]
     /// An in-memory Kubernetes API server for kubectl and kube-rs, with this project's CRDs.
     Sandbox {
         /// Listen address.
@@ -71,6 +73,7 @@ enum Command {
         #[arg(long, value_name = "NAMESPACE:NAME[@NODE]=PATH")]
         service_account_kubeconfig: Vec<String>,
     },
+    #[cfg(feature = "embedded")]
     /// A local Azure (ARM and Entra ID over HTTPS, IMDS per VM) described by a world file.
     Emulator {
         /// The world file (see examples/emulator-world.yaml).
@@ -122,6 +125,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Crds { out_dir } => crds(out_dir).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Agent(args) => agent(*args).await.map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "embedded")]
         Command::Emulator {
             world,
             listen,
@@ -131,6 +135,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => emulator(world, listen, ca_out, plain_http, &oidc_issuer_ca)
             .await
             .map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "embedded")]
         Command::Demo {
             timeout,
             keep_running,
@@ -138,6 +143,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             workload_identity,
             log,
         } => demo(timeout, keep_running, kubeconfig, workload_identity, &log).await,
+        #[cfg(feature = "embedded")]
         Command::Sandbox {
             listen,
             kubeconfig,
@@ -157,7 +163,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    use uami_controller::api;
+    use uami_api as api;
     match out_dir {
         None => print!("{}", api::crds_yaml()?),
         Some(dir) => {
@@ -220,8 +226,8 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Clien
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    use uami_controller::auth::{CredentialConfig, IdentitySelector};
-    use uami_controller::controller::{app, leader::LeaseConfig, target_writer::WriterConfig};
+    use uami_azure::auth::{CredentialConfig, IdentitySelector};
+    use uami_controller::{app, leader::LeaseConfig, target_writer::WriterConfig};
     logging::init(args.shared.log_format, "info");
     let azure_ca = args.shared.azure_ca().map_err(anyhow::Error::msg)?;
     let client = kube_client(args.shared.kubeconfig.as_ref()).await?;
@@ -299,7 +305,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    use uami_controller::agent::{self, AgentSettings};
+    use uami_agent::{self as agent, AgentSettings};
     logging::init(args.shared.log_format, "info");
     let azure_ca = args.shared.azure_ca().map_err(anyhow::Error::msg)?;
     let client = kube_client(args.shared.kubeconfig.as_ref()).await?;
@@ -333,6 +339,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "embedded")]
 async fn emulator(
     world: PathBuf,
     listen: Option<std::net::SocketAddr>,
@@ -340,7 +347,7 @@ async fn emulator(
     plain_http: bool,
     oidc_issuer_ca: &[PathBuf],
 ) -> anyhow::Result<()> {
-    use uami_controller::emulator;
+    use uami_emulator as emulator;
     logging::init(logging::LogFormat::Text, "info");
     let mut w = emulator::World::from_file(&world)?;
     if let Some(l) = listen {
@@ -387,6 +394,7 @@ async fn emulator(
     Ok(())
 }
 
+#[cfg(feature = "embedded")]
 async fn demo(
     timeout: std::time::Duration,
     keep_running: bool,
@@ -394,7 +402,7 @@ async fn demo(
     workload_identity: bool,
     log: &str,
 ) -> anyhow::Result<ExitCode> {
-    use uami_controller::demo::run::{DemoOptions, run};
+    use uami::demo::run::{DemoOptions, run};
     logging::init(logging::LogFormat::Text, log);
     let mut out = std::io::stdout();
     match run(
@@ -416,6 +424,7 @@ async fn demo(
     }
 }
 
+#[cfg(feature = "embedded")]
 async fn sandbox(
     listen: std::net::SocketAddr,
     https_listen: std::net::SocketAddr,
@@ -423,7 +432,7 @@ async fn sandbox(
     no_crds: bool,
     service_accounts: &[String],
 ) -> anyhow::Result<()> {
-    use uami_controller::sandbox::{self, SandboxOptions};
+    use uami_sandbox::{self as sandbox, SandboxOptions};
     logging::init(logging::LogFormat::Text, "info");
     // NAMESPACE:NAME[@NODE]=PATH
     let mut accounts = Vec::new();
@@ -451,7 +460,7 @@ async fn sandbox(
     })
     .await?;
     if !no_crds {
-        let crds = uami_controller::api::crds()
+        let crds = uami_api::crds()
             .into_iter()
             .map(serde_json::to_value)
             .collect::<Result<Vec<_>, _>>()?;

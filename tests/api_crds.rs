@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use uami_controller::api;
+use uami_api as api;
 
 #[test]
 fn committed_crds_match_generated() {
@@ -192,7 +192,7 @@ fn walk_bounds(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
 /// `cargo test --test api_crds -- --nocapture` prints the table.
 #[test]
 fn every_rule_costs_under_a_tenth_of_the_api_server_budget() {
-    use uami_controller::sandbox::cel_cost::{self, PER_CRD_LIMIT, PER_RULE_LIMIT};
+    use uami_sandbox::cel_cost::{self, PER_CRD_LIMIT, PER_RULE_LIMIT};
     let percent = |cost: u64, limit: u64| cost as f64 * 100.0 / limit as f64;
     let mut over = Vec::new();
     println!(

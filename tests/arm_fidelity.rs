@@ -18,11 +18,11 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::arm::{Admin, arm_client};
 use support::*;
-use uami_controller::azure::{RoleApi, api_versions, probe_access};
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::emulator::knobs::INNER_ERROR_DUMP;
-use uami_controller::emulator::world::{InitialAssignment, TUTORIAL_SUBSCRIPTION};
-use uami_controller::emulator::{Emulator, Knobs, LroForm, World};
+use uami::demo::stack::{Stack, StackOptions};
+use uami_azure::{RoleApi, api_versions, probe_access};
+use uami_emulator::knobs::INNER_ERROR_DUMP;
+use uami_emulator::world::{InitialAssignment, TUTORIAL_SUBSCRIPTION};
+use uami_emulator::{Emulator, Knobs, LroForm, World};
 
 const SUB: &str = TUTORIAL_SUBSCRIPTION;
 const CONTROLLER: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
@@ -81,7 +81,7 @@ async fn removing_the_last_user_identity_sends_the_type_alone() {
 
 #[tokio::test]
 async fn compute_refuses_user_identities_next_to_none_or_system_assigned() {
-    let emulator = uami_controller::emulator::start(World::tutorial().unwrap())
+    let emulator = uami_emulator::start(World::tutorial().unwrap())
         .await
         .unwrap();
     let http = emulator_http(&emulator);
@@ -203,7 +203,7 @@ const SDK_DEFAULTS: &[(&str, &str, &str)] = &[
 
 #[tokio::test]
 async fn current_sdk_api_versions_are_accepted_and_unknown_ones_refused_as_azure_does() {
-    let emulator = uami_controller::emulator::start(World::tutorial().unwrap())
+    let emulator = uami_emulator::start(World::tutorial().unwrap())
         .await
         .unwrap();
     let admin = Admin::of(&emulator);
@@ -270,7 +270,7 @@ async fn current_sdk_api_versions_are_accepted_and_unknown_ones_refused_as_azure
 async fn every_list_is_followed_through_next_link() {
     let mut world = World::tutorial().unwrap();
     world.knobs.page_size = 1;
-    let emulator = uami_controller::emulator::start(world).await.unwrap();
+    let emulator = uami_emulator::start(world).await.unwrap();
     let client = arm_client(&emulator, emulator.admin_token());
     // The controller's principal holds four role assignments on DevTest: four pages of one.
     let found = client
@@ -327,9 +327,7 @@ async fn every_list_is_followed_through_next_link() {
 
 #[tokio::test]
 async fn access_checks_read_each_scope_with_its_providers_api_version() {
-    let emulator = uami_controller::emulator::start(world_with_resources())
-        .await
-        .unwrap();
+    let emulator = uami_emulator::start(world_with_resources()).await.unwrap();
     let http = emulator_http(&emulator);
     let arm = emulator.arm_endpoint();
     let token =
@@ -512,16 +510,16 @@ async fn conditions_and_events_carry_arm_code_and_message_only() {
     let mut opts = StackOptions::tutorial(Duration::from_secs(60)).unwrap();
     opts.world.knobs.inner_errors = true;
     // Resource group Other, where the controller may create identities but not assign them.
-    opts.world.subscriptions[0].resource_groups.push(
-        uami_controller::emulator::world::ResourceGroup {
+    opts.world.subscriptions[0]
+        .resource_groups
+        .push(uami_emulator::world::ResourceGroup {
             name: "Other".into(),
             location: "eastus".into(),
             virtual_machines: Vec::new(),
             virtual_machine_scale_sets: Vec::new(),
             storage_accounts: Vec::new(),
             key_vaults: Vec::new(),
-        },
-    );
+        });
     opts.world.role_assignments.push(InitialAssignment {
         principal_id: CONTROLLER.into(),
         role: "Managed Identity Contributor".into(),

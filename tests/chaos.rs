@@ -27,8 +27,8 @@ use harness::*;
 use run::{run, scenario};
 use serde_json::{Value, json};
 use support::*;
-use uami_controller::emulator::Faults;
-use uami_controller::sandbox::WatchFaults;
+use uami_emulator::Faults;
+use uami_sandbox::WatchFaults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_chaos_run() {
@@ -61,7 +61,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// The replica a journal entry came from (`uami-controller/<version> (<replica>)`).
-fn replica(e: &uami_controller::emulator::Exchange) -> Option<String> {
+fn replica(e: &uami_emulator::Exchange) -> Option<String> {
     let ua = e.client.as_deref()?;
     let start = ua.rfind('(')?;
     Some(ua[start + 1..].trim_end_matches(')').to_string())

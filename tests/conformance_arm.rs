@@ -14,8 +14,8 @@ use reqwest::Method;
 use support::arm::Admin;
 use support::armspec::{Specs, validate_journal};
 use support::*;
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
-use uami_controller::emulator::{Exchange, Knobs, LroForm, World};
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_emulator::{Exchange, Knobs, LroForm, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_requests_and_emulator_answers_follow_the_specs() {
@@ -188,7 +188,7 @@ fn new_scale_set() -> serde_json::Value {
 async fn compute_put_get_patch_and_lro_forms_follow_the_specs() {
     let mut world = World::tutorial().unwrap();
     world.lro_polls = 1;
-    let emulator = uami_controller::emulator::start(world).await.unwrap();
+    let emulator = uami_emulator::start(world).await.unwrap();
     let admin = Admin::of(&emulator);
     let identity = admin.put_identity("id-compute", json!({})).await;
     let identity_id = identity["id"].as_str().unwrap().to_string();

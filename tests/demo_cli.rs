@@ -140,7 +140,7 @@ async fn the_emulator_writes_its_certificate_authority_for_clients_to_trust() {
         .unwrap();
     let config = format!(
         "{arm}{}/v2.0/.well-known/openid-configuration",
-        uami_controller::emulator::world::TUTORIAL_TENANT
+        uami_emulator::world::TUTORIAL_TENANT
     );
     let r = trusting.get(&config).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -75,7 +75,7 @@ fn validate(doc: &Value) -> Result<(), String> {
         "Role" => round_trip::<Role>(doc),
         "RoleBinding" => round_trip::<RoleBinding>(doc),
         "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(doc),
-        "GrantPolicy" => round_trip::<uami_controller::api::policy::GrantPolicy>(doc),
+        "GrantPolicy" => round_trip::<uami_api::policy::GrantPolicy>(doc),
         "ValidatingAdmissionPolicy" => round_trip::<ValidatingAdmissionPolicy>(doc),
         "ValidatingAdmissionPolicyBinding" => round_trip::<ValidatingAdmissionPolicyBinding>(doc),
         other => Err(format!("unexpected kind {other}")),

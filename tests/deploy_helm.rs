@@ -18,7 +18,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use support::helm::{CHART, helm_ok};
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
+use uami::demo::stack::{Stack, StackOptions};
 
 const NS: &str = "uami-system";
 
@@ -189,7 +189,7 @@ async fn install_run_upgrade_uninstall(opts: StackOptions) {
         .await
         .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in uami_controller::api::crds() {
+    for crd in uami_api::crds() {
         crds.delete(
             crd.metadata.name.as_deref().unwrap(),
             &DeleteParams::default(),
@@ -198,7 +198,7 @@ async fn install_run_upgrade_uninstall(opts: StackOptions) {
         .unwrap();
     }
     gone(&namespaces, NS, 90).await;
-    for crd in uami_controller::api::crds() {
+    for crd in uami_api::crds() {
         gone(&crds, crd.metadata.name.as_deref().unwrap(), 60).await;
     }
     let tutorial_ns = namespaces.get_opt(TUTORIAL).await.unwrap();

@@ -410,8 +410,8 @@ fn kube_state_metrics_paths_exist_in_the_crd_schemas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_tutorial_every_metric_and_label_the_queries_use_exists() {
     use support::*;
-    use uami_controller::demo::stack::Stack;
-    use uami_controller::emulator::{Faults, faults::Throttling};
+    use uami::demo::stack::Stack;
+    use uami_emulator::{Faults, faults::Throttling};
 
     let r = rendered();
     let opts = tutorial_options(Duration::from_secs(2), 1.0);
@@ -621,8 +621,7 @@ async fn after_the_tutorial_every_metric_and_label_the_queries_use_exists() {
             .iter()
             .any(|s| s.name == "uami_arm_ratelimit_remaining"
                 && s.labels["kind"] == "reads"
-                && s.labels["subscription"]
-                    == uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION)
+                && s.labels["subscription"] == uami_emulator::world::TUTORIAL_SUBSCRIPTION)
     );
 
     match std::sync::Arc::try_unwrap(stack) {

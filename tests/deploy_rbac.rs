@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::*;
-use uami_controller::demo::stack::Stack;
+use uami::demo::stack::Stack;
 
 type Perm = (String, String, String);
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::json;
 use support::arm::Admin;
 use support::*;
-use uami_controller::api::binding::AccessPlane;
-use uami_controller::emulator::Faults;
+use uami_api::binding::AccessPlane;
+use uami_emulator::Faults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_is_denied_until_the_grant_propagates_then_verified() {
@@ -401,9 +401,7 @@ async fn the_data_planes_refuse_reader() {
     let rg = &mut opts.world.subscriptions[0].resource_groups[0];
     rg.storage_accounts = vec!["devtestdata".into()];
     rg.key_vaults = vec!["devtest-kv".into()];
-    let stack = uami_controller::demo::stack::Stack::start(opts)
-        .await
-        .unwrap();
+    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
     let admin = Admin::of(&stack.emulator);
     let identity = admin
         .put_identity("reader-only", serde_json::json!({}))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kube::api::ListParams;
 use support::*;
-use uami_controller::emulator::world::{InitialAssignment, TUTORIAL_SUBSCRIPTION};
+use uami_emulator::world::{InitialAssignment, TUTORIAL_SUBSCRIPTION};
 
 const NS: &str = "budget";
 const LIMIT: usize = 10;
@@ -31,14 +31,14 @@ fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
 }
 
 /// The controller's metrics, as `/metrics` would serve them.
-fn scrape(stack: &uami_controller::demo::stack::Stack) -> String {
+fn scrape(stack: &uami::demo::stack::Stack) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &stack.registry.lock()).unwrap();
     text
 }
 
 /// The reasons of the Warning Events in `ns`.
-async fn warning_reasons(stack: &uami_controller::demo::stack::Stack, ns: &str) -> Vec<String> {
+async fn warning_reasons(stack: &uami::demo::stack::Stack, ns: &str) -> Vec<String> {
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(stack.client(), ns);
     events
@@ -71,9 +71,7 @@ async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm
         .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
         .count();
     assert!(initial + 3 <= LIMIT, "the world leaves room for the test");
-    let stack = uami_controller::demo::stack::Stack::start(opts)
-        .await
-        .unwrap();
+    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
     stack
         .apply_yaml(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {{name: budget-reader}}\nspec:\n  namespaces: [{NS}]\n  roleGrants:\n    - roles: [Reader]\n      scopes: [{{resourceGroup: {{name: DevTest}}}}]\n"
@@ -161,9 +159,7 @@ async fn the_emulator_refuses_a_role_assignment_past_the_worlds_limit_as_azure_d
         .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
         .count();
     opts.world.limits.role_assignments_per_subscription = initial;
-    let stack = uami_controller::demo::stack::Stack::start(opts)
-        .await
-        .unwrap();
+    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
     let arm = support::arm::Admin::of(&stack.emulator);
     let (status, _, body) = arm
         .send(
@@ -190,12 +186,10 @@ async fn the_emulator_refuses_a_role_assignment_past_the_worlds_limit_as_azure_d
 /// binding is refused with `FederatedCredentialLimitReached` without a credential written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_bindings_are_warned_near_the_credential_limit_and_refused_at_it() {
-    use uami_controller::emulator::world::TUTORIAL_TENANT;
+    use uami_emulator::world::TUTORIAL_TENANT;
     let mut opts = tutorial_options(Duration::from_secs(300), 0.0);
     opts.agents = false;
-    let stack = uami_controller::demo::stack::Stack::start(opts)
-        .await
-        .unwrap();
+    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
     stack
         .apply_yaml(include_str!("../examples/workload-identity.yaml"))
         .await

@@ -10,9 +10,9 @@ use std::time::Duration;
 use kube::api::ListParams;
 use support::arm::Admin;
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
-use uami_controller::emulator::{Faults, faults::Throttling};
+use uami::demo::stack::{Stack, StackOptions};
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_emulator::{Faults, faults::Throttling};
 
 const NS: &str = "apps";
 

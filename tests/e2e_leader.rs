@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
+use uami::demo::stack::{Stack, StackOptions};
 
 const WRITES: &[&str] = &["create", "update", "patch", "delete"];
 

@@ -18,8 +18,8 @@ use kube::runtime::watcher;
 use parking_lot::Mutex;
 use serde_json::json;
 use support::*;
-use uami_controller::api::UserAssignedIdentity;
-use uami_controller::demo::stack::{Stack, StackOptions};
+use uami::demo::stack::{Stack, StackOptions};
+use uami_api::UserAssignedIdentity;
 
 fn identity(ns: &str, i: usize) -> UserAssignedIdentity {
     serde_json::from_value(json!({

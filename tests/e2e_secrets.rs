@@ -11,7 +11,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::ApiResource;
 use support::capture::Capture;
 use support::*;
-use uami_controller::emulator::world::TUTORIAL_CONTROLLER_SECRET;
+use uami_emulator::world::TUTORIAL_CONTROLLER_SECRET;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_secret_appears_anywhere() {

@@ -27,7 +27,7 @@ async fn on_a_real_api_server_the_tutorial_reaches_ready_and_cleans_up() {
     tutorial(opts).await;
 }
 
-async fn tutorial(opts: uami_controller::demo::stack::StackOptions) {
+async fn tutorial(opts: uami::demo::stack::StackOptions) {
     let stack = tutorial_stack(opts).await;
 
     let ids = identities(&stack, "tutorial");
@@ -228,7 +228,7 @@ async fn on_a_real_api_server_an_identity_deleted_and_created_again_is_restored(
     recreated_identity(opts).await;
 }
 
-async fn recreated_identity(opts: uami_controller::demo::stack::StackOptions) {
+async fn recreated_identity(opts: uami::demo::stack::StackOptions) {
     use k8s_openapi::api::events::v1::Event;
     let stack = tutorial_stack(opts).await;
     tutorial_ready(&stack, 60).await;

@@ -19,10 +19,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::capture::Capture;
 use support::*;
-use uami_controller::api::binding::AccessPlane;
-use uami_controller::demo::stack::{Stack, StackOptions, controller_options};
-use uami_controller::emulator::Faults;
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami::demo::stack::{Stack, StackOptions, controller_options};
+use uami_api::binding::AccessPlane;
+use uami_emulator::Faults;
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 
 const EXAMPLE: &str = include_str!("../examples/workload-identity.yaml");
 const NS: &str = "workload";
@@ -425,7 +425,7 @@ fn base_yaml(identity_name: &str) -> String {
     )
 }
 
-fn reason(b: &uami_controller::api::IdentityBinding) -> Option<(String, String)> {
+fn reason(b: &uami_api::IdentityBinding) -> Option<(String, String)> {
     condition(&b.status.as_ref()?.conditions, "Ready")
 }
 
@@ -526,7 +526,7 @@ async fn policy_mismatch_and_deletion_order() {
     opts.oidc_issuer = Some(format!("{}/", stack.cluster.oidc_issuer()));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut registry = prometheus_client::registry::Registry::default();
-    let controller = uami_controller::controller::app::start(
+    let controller = uami_controller::app::start(
         stack.sandbox().unwrap().client_as("controller").unwrap(),
         opts,
         &mut registry,
@@ -631,7 +631,7 @@ async fn policy_takes_the_trust_back(opts: StackOptions, real: Option<&envtest::
             real.plane.issuer.as_str()
         );
     }
-    Api::<uami_controller::api::GrantPolicy>::all(stack.client())
+    Api::<uami_api::GrantPolicy>::all(stack.client())
         .delete("workload-reporter", &DeleteParams::default())
         .await
         .unwrap();

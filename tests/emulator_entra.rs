@@ -10,7 +10,7 @@ mod support;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::emulator_http;
-use uami_controller::emulator::{self, Emulator, World, world};
+use uami_emulator::{self as emulator, Emulator, World, world};
 
 const TENANT: &str = world::TUTORIAL_TENANT;
 
@@ -421,8 +421,8 @@ async fn token_errors_as_entra_writes_them() {
 async fn the_controllers_credentials_sign_in_and_report_refusals_without_secrets() {
     use secrecy::{ExposeSecret, SecretString};
     use std::time::Duration;
-    use uami_controller::auth::{CredentialConfig, build_credential, decode_claims};
-    use uami_controller::controller::app::{AzureCa, http_client};
+    use uami_azure::auth::{CredentialConfig, build_credential, decode_claims};
+    use uami_controller::app::{AzureCa, http_client};
 
     let emu = start().await;
     let trusted = http_client(&AzureCa::from_pem(emu.ca_pem().unwrap()).unwrap());

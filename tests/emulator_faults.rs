@@ -7,9 +7,9 @@ mod support;
 use serde_json::{Value, json};
 use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment};
 use support::{get_json, put_json};
-use uami_controller::emulator::faults::Throttling;
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
-use uami_controller::emulator::{self, Emulator, Faults, World};
+use uami_emulator::faults::Throttling;
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_emulator::{self as emulator, Emulator, Faults, World};
 
 /// An emulator of the tutorial's world (long-running operations polled at once), changed by
 /// `configure`, and its administrator.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use uami_controller::emulator::{self, World, world};
+use uami_emulator::{self as emulator, World, world};
 
 fn sdk_python() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/azure-sdk/bin/python");

@@ -11,7 +11,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment, vm_path};
-use uami_controller::emulator::{self, World, world};
+use uami_emulator::{self as emulator, World, world};
 
 const SUB: &str = world::TUTORIAL_SUBSCRIPTION;
 

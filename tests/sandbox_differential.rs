@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use harness::{Case, Outcome, Pair, Report, Side};
 use support::envtest;
-use uami_controller::sandbox::{self, SandboxOptions, UserInfo};
+use uami_sandbox::{self as sandbox, SandboxOptions, UserInfo};
 
 /// The CRDs of `crds/`, as (name, YAML), sorted by name.
 fn project_crds() -> Vec<(String, String)> {

@@ -16,8 +16,8 @@ use kube::api::{
 };
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use uami_controller::api::{IdentityBinding, UserAssignedIdentity};
-use uami_controller::sandbox::{self, SandboxOptions};
+use uami_api::{IdentityBinding, UserAssignedIdentity};
+use uami_sandbox::{self as sandbox, SandboxOptions};
 
 async fn sandbox() -> sandbox::Sandbox {
     let sb = sandbox::start(SandboxOptions::default()).await.unwrap();
@@ -108,7 +108,7 @@ async fn create_list_and_defaults() {
     assert!(created.metadata.uid.is_some());
     assert_eq!(
         created.spec.deletion_policy,
-        uami_controller::api::DeletionPolicy::Delete,
+        uami_api::DeletionPolicy::Delete,
         "schema default applied"
     );
     create(&api, "two").await;

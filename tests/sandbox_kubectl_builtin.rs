@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use support::contains_all;
 use support::kubectl::{Kubectl, sandbox_with_crds, service_account_kubectl};
 use support::*;
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::sandbox::Sandbox;
+use uami::demo::stack::{Stack, StackOptions};
+use uami_sandbox::Sandbox;
 
 /// A sandbox with `namespaces`, the chart's manifests and the tutorial applied, and kubectl on
 /// loopback (an administrator).
@@ -188,12 +188,10 @@ async fn namespace_deletion(opts: StackOptions, real: Option<&envtest::Real>) {
 
     // Azure answers slowly while the namespace goes, so the cleanup takes a few seconds and the
     // namespace's conditions can be seen naming what holds it.
-    stack
-        .emulator
-        .set_faults(uami_controller::emulator::Faults {
-            latency_ms: 400,
-            ..Default::default()
-        });
+    stack.emulator.set_faults(uami_emulator::Faults {
+        latency_ms: 400,
+        ..Default::default()
+    });
     k.ok(&["delete", "namespace", "tutorial", "--wait=false"])
         .await;
     let ns = k.json(&["get", "namespace", "tutorial"]).await;

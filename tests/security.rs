@@ -41,8 +41,8 @@ use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
-use uami_controller::api::RoleGrant;
-use uami_controller::demo::stack::{Stack, StackOptions};
+use uami::demo::stack::{Stack, StackOptions};
+use uami_api::RoleGrant;
 
 const NS: &str = "apps";
 
@@ -158,9 +158,9 @@ async fn assignment_id(api: &Api<RoleGrant>, name: &str) -> String {
     s.role_assignment_id.unwrap()
 }
 
-fn api_error(e: uami_controller::demo::stack::StackError) -> String {
+fn api_error(e: uami::demo::stack::StackError) -> String {
     match e {
-        uami_controller::demo::stack::StackError::Kube(kube::Error::Api(r)) => {
+        uami::demo::stack::StackError::Kube(kube::Error::Api(r)) => {
             assert_eq!(r.code, 422, "{r:?}");
             r.message
         }

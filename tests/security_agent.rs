@@ -16,7 +16,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
-use uami_controller::api::{IdentityBinding, RoleGrant};
+use uami_api::{IdentityBinding, RoleGrant};
 
 const NS: &str = "tutorial";
 const GRANT: &str = "my-identity-reads-devtest";
@@ -62,7 +62,7 @@ async fn on_a_real_api_server_the_agent_cannot_forge_controller_owned_status() {
 }
 
 async fn forged_status_is_refused(
-    opts: uami_controller::demo::stack::StackOptions,
+    opts: uami::demo::stack::StackOptions,
     real: Option<&envtest::Real>,
 ) {
     let stack = enforced_stack(opts).await;
@@ -187,11 +187,7 @@ async fn forged_status_is_refused(
         Some(real) => real.static_client("legacy-agent"),
         None => {
             let sb = stack.sandbox().unwrap();
-            let user = uami_controller::sandbox::UserInfo::service_account(
-                "uami-system",
-                "uami-agent",
-                None,
-            );
+            let user = uami_sandbox::UserInfo::service_account("uami-system", "uami-agent", None);
             assert!(user.extra.is_empty());
             let mut config = kube::Config::new(sb.url().as_str().parse().unwrap());
             config.auth_info.token = Some(secrecy::SecretString::from(sb.token_for(user)));

@@ -15,7 +15,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::*;
-use uami_controller::api::{IdentityBinding, RoleGrant};
+use uami_api::{IdentityBinding, RoleGrant};
 
 const NS: &str = TUTORIAL;
 
@@ -34,7 +34,7 @@ async fn on_a_real_api_server_tenants_write_their_objects_but_not_status_or_the_
     case(opts, true).await;
 }
 
-async fn case(opts: uami_controller::demo::stack::StackOptions, aggregation: bool) {
+async fn case(opts: uami::demo::stack::StackOptions, aggregation: bool) {
     let stack = enforced_stack(opts).await;
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     tutorial_ready(&stack, 90).await;

@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde_json::json;
 use support::arm::arm_client;
 use support::*;
-use uami_controller::azure::compute::{ComputeTarget, TargetKind};
-use uami_controller::azure::{ComputeApi, RoleApi};
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION;
-use uami_controller::emulator::{Knobs, World};
+use uami::demo::stack::{Stack, StackOptions};
+use uami_azure::compute::{ComputeTarget, TargetKind};
+use uami_azure::{ComputeApi, RoleApi};
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION;
+use uami_emulator::{Knobs, World};
 
 const SUB: &str = TUTORIAL_SUBSCRIPTION;
 const CONTROLLER: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
@@ -83,7 +83,7 @@ async fn next_link_and_lro_urls_on_another_origin_are_refused_without_a_request(
         link_base: Some(elsewhere.base.clone()),
         ..Default::default()
     };
-    let emulator = uami_controller::emulator::start(world).await.unwrap();
+    let emulator = uami_emulator::start(world).await.unwrap();
     let token = emulator.admin_token();
     let client = arm_client(&emulator, token.clone());
     let foreign_origin = elsewhere.base.trim_end_matches('/').to_string();

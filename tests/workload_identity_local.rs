@@ -12,12 +12,10 @@ use kube::api::PostParams;
 use serde_json::{Value, json};
 use support::arm::Admin;
 use support::get_json;
-use uami_controller::emulator::world::{
-    TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_SUBSCRIPTION as SUB,
-};
-use uami_controller::emulator::{self, Emulator, Faults, World};
-use uami_controller::sandbox::serviceaccount::Issuer;
-use uami_controller::sandbox::{self, Sandbox, SandboxOptions};
+use uami_emulator::world::{TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_SUBSCRIPTION as SUB};
+use uami_emulator::{self as emulator, Emulator, Faults, World};
+use uami_sandbox::serviceaccount::Issuer;
+use uami_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 const EXCHANGE: &str = "api://AzureADTokenExchange";
 
@@ -615,7 +613,7 @@ async fn an_https_issuer_with_its_own_certificate_is_trusted_through_the_world()
     // The world file spells it oidcIssuerCaPems.
     let yaml = format!(
         "tenantId: {}\nsubscriptions: []\noidcIssuerCaPems:\n- |\n{}",
-        uami_controller::emulator::world::TUTORIAL_TENANT,
+        uami_emulator::world::TUTORIAL_TENANT,
         ca_pem
             .lines()
             .map(|l| format!("  {l}\n"))

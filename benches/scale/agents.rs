@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
-use uami_controller::emulator::Emulator;
-use uami_controller::sandbox::{Sandbox, UserInfo, WatchDeliveries};
+use uami_api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
+use uami_emulator::Emulator;
+use uami_sandbox::{Sandbox, UserInfo, WatchDeliveries};
 
 use super::{
     NS, SUB, Scenario, WRITE_BURST, WRITE_REFILL, binding, count_true, create_all, env_f64, grant,
@@ -133,7 +133,7 @@ impl AgentEvents {
 /// The value of [`TARGET_LABEL`] for a VM: the first 32 hex digits of the SHA-256 of its ARM
 /// id in lower case.
 fn target_label(vm: &str) -> String {
-    uami_controller::api::binding::target_label_value(&format!(
+    uami_api::binding::target_label_value(&format!(
         "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/{vm}"
     ))
 }

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use serde_json::json;
-use uami_controller::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
-use uami_controller::demo::cluster::Cluster;
-use uami_controller::emulator;
+use uami::demo::cluster::Cluster;
+use uami_api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
+use uami_emulator as emulator;
 
 use super::agents::{ready, spawn_agent};
 use super::{NS, Scenario, binding, create_all, env_f64, envtest, grant, identity, limit, world};
@@ -124,7 +124,7 @@ pub async fn run(s: &Scenario) -> Option<Row> {
     real.external.reset().await.unwrap();
     cluster
         .install(
-            uami_controller::api::crds()
+            uami_api::crds()
                 .into_iter()
                 .map(|c| serde_json::to_value(c).unwrap())
                 .collect(),

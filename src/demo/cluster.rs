@@ -13,7 +13,7 @@ use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
 use super::stack::StackError;
-use crate::sandbox::Sandbox;
+use uami_sandbox::Sandbox;
 
 /// The field manager of what the stack installs.
 const MANAGER: &str = "uami-demo";
@@ -154,7 +154,6 @@ impl External {
     /// `default` is deleted and waited for (60 s at most). Run with no controller of a stack
     /// left running.
     pub async fn reset(&self) -> Result<(), StackError> {
-        use crate::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
         use k8s_openapi::api::admissionregistration::v1::{
             ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
         };
@@ -162,6 +161,7 @@ impl External {
         use k8s_openapi::api::core::v1::Namespace;
         use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
         use kube::api::{DeleteParams, ListParams};
+        use uami_api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
 
         let client = Self::client_of(self.config.clone())?;
         strip_and_delete::<IdentityBinding>(&client).await?;
@@ -330,10 +330,10 @@ impl Cluster {
         all.push("system:authenticated".into());
         match self {
             Self::Sandbox(sb) => {
-                let info = crate::sandbox::UserInfo {
+                let info = uami_sandbox::UserInfo {
                     username: user.to_string(),
                     groups: all,
-                    ..crate::sandbox::UserInfo::default()
+                    ..uami_sandbox::UserInfo::default()
                 };
                 Ok(sb.client_with_token(sb.token_for(info))?)
             }

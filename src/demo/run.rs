@@ -11,7 +11,7 @@ use kube::Api;
 use serde_json::Value;
 
 use super::stack::{Stack, StackError, StackOptions};
-use crate::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
+use uami_api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 
 /// The tutorial's objects (the same file as `examples/tutorial.yaml`).
 pub const TUTORIAL: &str = include_str!("../../examples/tutorial.yaml");

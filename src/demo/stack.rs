@@ -15,13 +15,13 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Cluster, External};
-use crate::agent::AgentSettings;
-use crate::auth::{CredentialConfig, ImdsRetryPolicy};
-use crate::controller::app::{self, AzureCa, ControllerOptions};
-use crate::controller::leader::LeaseConfig;
-use crate::controller::target_writer::WriterConfig;
-use crate::emulator::{self, Emulator, World};
-use crate::sandbox::{self, Sandbox, SandboxOptions};
+use uami_agent::AgentSettings;
+use uami_azure::auth::{CredentialConfig, ImdsRetryPolicy};
+use uami_controller::app::{self, AzureCa, ControllerOptions};
+use uami_controller::leader::LeaseConfig;
+use uami_controller::target_writer::WriterConfig;
+use uami_emulator::{self as emulator, Emulator, World};
+use uami_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 /// Why the stack could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ pub fn controller_options(
         arm_timeout: Duration::from_secs(60),
         oidc_issuer: None,
         authority_host: authority,
-        data_planes: crate::azure::DataPlanes {
+        data_planes: uami_azure::DataPlanes {
             blob: emulator.blob_endpoint(),
             key_vault: emulator.keyvault_endpoint(),
         },
@@ -178,7 +178,7 @@ impl Stack {
             }
             None => Cluster::Sandbox(Box::new(sandbox::start(SandboxOptions::default()).await?)),
         };
-        let crds: Vec<Value> = crate::api::crds()
+        let crds: Vec<Value> = uami_api::crds()
             .into_iter()
             .map(|c| serde_json::to_value(c).unwrap_or_default())
             .collect();
@@ -291,12 +291,12 @@ impl Stack {
             }
             None => self.cluster.client_as(&format!("agent-{vm}"))?,
         };
-        let (_, handle) = crate::agent::start(
+        let (_, handle) = uami_agent::start(
             client,
             imds,
-            crate::agent::AccessEndpoints {
+            uami_agent::AccessEndpoints {
                 arm: self.emulator.arm_endpoint(),
-                data_planes: crate::azure::DataPlanes {
+                data_planes: uami_azure::DataPlanes {
                     blob: self.emulator.blob_endpoint(),
                     key_vault: self.emulator.keyvault_endpoint(),
                 },

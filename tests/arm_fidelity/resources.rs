@@ -2,8 +2,8 @@
 //! holding Reader on one scope each.
 
 use secrecy::SecretString;
-use uami_controller::emulator::World;
-use uami_controller::emulator::world::InitialAssignment;
+use uami_emulator::World;
+use uami_emulator::world::InitialAssignment;
 
 use crate::SUB;
 

@@ -10,14 +10,14 @@ use kube::api::ListParams;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
-use uami_controller::demo::cluster::External;
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::emulator::world::{
+use uami::demo::cluster::External;
+use uami::demo::stack::{Stack, StackOptions};
+use uami_emulator::world::{
     TUTORIAL_CONTROLLER_CLIENT_ID, TUTORIAL_CONTROLLER_SECRET, TUTORIAL_SUBSCRIPTION as SUB,
     TUTORIAL_TENANT, VirtualMachine,
 };
-use uami_controller::emulator::{Faults, faults::Throttling};
-use uami_controller::sandbox::WatchFaults;
+use uami_emulator::{Faults, faults::Throttling};
+use uami_sandbox::WatchFaults;
 
 use crate::support::arm::Admin;
 use crate::support::*;

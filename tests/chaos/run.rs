@@ -338,7 +338,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
         log.with_extension("journal.json"),
         serde_json::to_string_pretty(&journal).unwrap(),
     );
-    let applied = |e: &uami_controller::emulator::Exchange| {
+    let applied = |e: &uami_emulator::Exchange| {
         matches!(e.status, 200 | 201 | 204)
             || e.fault
                 .as_deref()

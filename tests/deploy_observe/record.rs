@@ -9,9 +9,9 @@ use serde_json::Value;
 use crate::ksm;
 
 /// The tutorial's objects as kube-state-metrics would read them.
-pub async fn objects(stack: &uami_controller::demo::stack::Stack) -> Vec<Value> {
+pub async fn objects(stack: &uami::demo::stack::Stack) -> Vec<Value> {
     use kube::api::{Api, ListParams};
-    use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
+    use uami_api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
     let mut out = Vec::new();
     let lp = ListParams::default();
     let c = stack.client();
@@ -35,7 +35,7 @@ pub async fn objects(stack: &uami_controller::demo::stack::Stack) -> Vec<Value> 
     out
 }
 
-pub fn controller_metrics(stack: &uami_controller::demo::stack::Stack) -> String {
+pub fn controller_metrics(stack: &uami::demo::stack::Stack) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &stack.registry.lock()).unwrap();
     text
@@ -50,10 +50,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn start(
-        stack: std::sync::Arc<uami_controller::demo::stack::Stack>,
-        config: Value,
-    ) -> Self {
+    pub fn start(stack: std::sync::Arc<uami::demo::stack::Stack>, config: Value) -> Self {
         let frames = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let task = std::env::var_os("UAMI_OBSERVE_RECORD").map(|_| {
             let frames = frames.clone();

@@ -2,7 +2,7 @@
 
 use kube::ResourceExt;
 use kube::api::DeleteParams;
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 
 use super::*;
 use crate::support::arm::{Admin, READER_GUID};

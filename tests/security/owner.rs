@@ -1,10 +1,10 @@
 //! 2. An identity has exactly one owner.
 
 use crate::support::arm::{Admin, identity_path};
-use uami_controller::azure::federated::IdentityCoordinates;
-use uami_controller::azure::{ArmClient, ArmClientOptions, IdentityApi};
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
-use uami_controller::emulator::{self, World};
+use uami_azure::federated::IdentityCoordinates;
+use uami_azure::{ArmClient, ArmClientOptions, IdentityApi};
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_emulator::{self as emulator, World};
 
 use super::*;
 
@@ -125,14 +125,10 @@ async fn creating_an_identity_never_overwrites_one_that_appeared() {
     assert_eq!(v["error"]["code"], "PreconditionFailed");
     // The controller's create sends it: the identity that appeared between its read and its
     // create is not overwritten.
-    let opts = uami_controller::demo::stack::controller_options(&emulator, Duration::from_secs(60))
-        .unwrap();
-    let http = uami_controller::controller::app::http_client(&opts.azure_ca);
-    let credential = uami_controller::auth::build_credential(
-        opts.credential,
-        http.clone(),
-        Duration::from_secs(60),
-    );
+    let opts = uami::demo::stack::controller_options(&emulator, Duration::from_secs(60)).unwrap();
+    let http = uami_controller::app::http_client(&opts.azure_ca);
+    let credential =
+        uami_azure::auth::build_credential(opts.credential, http.clone(), Duration::from_secs(60));
     let arm = ArmClient::new(
         http,
         ArmClientOptions::new(emulator.arm_endpoint()),
@@ -184,7 +180,7 @@ async fn an_orphaned_identity_is_not_taken_by_the_next_object_of_its_name() {
     // The team leaves: its objects go, Azure keeps the identity and its Reader assignment.
     delete_and_wait(&grants(&stack, NS), "reads").await;
     delete_and_wait(&identities(&stack, NS), "app-id").await;
-    let policies: Api<uami_controller::api::GrantPolicy> = Api::all(stack.client());
+    let policies: Api<uami_api::GrantPolicy> = Api::all(stack.client());
     policies.delete("apps", &Default::default()).await.unwrap();
     assert_eq!(assignments_of(&stack.emulator.state(), &principal).len(), 1);
 

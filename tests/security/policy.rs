@@ -30,7 +30,7 @@ async fn a_policy_that_stops_allowing_revokes_in_azure() {
     assigned_again().await;
     assert!(vm_has(&stack, &rev));
 
-    let policies: Api<uami_controller::api::GrantPolicy> = Api::all(stack.client());
+    let policies: Api<uami_api::GrantPolicy> = Api::all(stack.client());
     policies
         .delete("apps", &DeleteParams::default())
         .await
@@ -131,13 +131,10 @@ async fn tags_are_bounded_by_the_schema() {
             .into()
     };
     stack
-        .apply_yaml(&with_tags(
-            "fits",
-            many(50 - uami_controller::api::CONTROLLER_TAGS),
-        ))
+        .apply_yaml(&with_tags("fits", many(50 - uami_api::CONTROLLER_TAGS)))
         .await
         .unwrap();
-    let too_many = many(51 - uami_controller::api::CONTROLLER_TAGS);
+    let too_many = many(51 - uami_api::CONTROLLER_TAGS);
     let message = refused_at_apply(&stack, &with_tags("too-many", too_many)).await;
     assert!(message.contains("spec.tags"), "{message}");
     for bad in ["a<b", "a>b", "100%", "a&b", "a\\b", "a?b", "a/b"] {

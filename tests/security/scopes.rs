@@ -2,7 +2,7 @@
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams};
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 
 use super::*;
 
@@ -68,7 +68,7 @@ async fn non_canonical_scopes_are_refused_at_apply_time() {
 /// The RoleGrant CRD without the canonical-id rule, as a cluster still serving an older CRD
 /// would: the controller is the last line of defence.
 fn relaxed_role_grant_crd() -> Value {
-    let crd = uami_controller::api::crds()
+    let crd = uami_api::crds()
         .into_iter()
         .find(|c| c.spec.names.kind == "RoleGrant")
         .unwrap();

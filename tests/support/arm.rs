@@ -8,10 +8,10 @@ use reqwest::Method;
 use reqwest::header::HeaderMap;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use uami_controller::auth::{AccessToken, AuthError, TokenCredential};
-use uami_controller::azure::{ArmClient, ArmClientOptions};
-use uami_controller::emulator::Emulator;
-use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
+use uami_azure::auth::{AccessToken, AuthError, TokenCredential};
+use uami_azure::{ArmClient, ArmClientOptions};
+use uami_emulator::Emulator;
+use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 
 pub const READER_GUID: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use uami_controller::emulator::Exchange;
+use uami_emulator::Exchange;
 
 const SPECS: &[&str] = &[
     "specification/msi/resource-manager/Microsoft.ManagedIdentity/ManagedIdentity/stable/2026-05-31/ManagedIdentity.json",

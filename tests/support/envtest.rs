@@ -23,7 +23,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
-use uami_controller::demo::cluster::External;
+use uami::demo::cluster::External;
 
 /// The variable that names the binaries' folder.
 pub const ASSETS: &str = "KUBEBUILDER_ASSETS";
@@ -356,7 +356,7 @@ fn publish_issuer(port: u16, server: &str, ca: &Path, token: &str) -> Result<Str
                 .route("/openid/v1/jwks", get(json(jwks)));
             let stop = tokio_util::sync::CancellationToken::new();
             let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-            match uami_controller::sandbox::tls::serve(addr, router, stop.clone()).await {
+            match uami_sandbox::tls::serve(addr, router, stop.clone()).await {
                 Ok(https) => {
                     let _ = tx.send(Ok(https.ca_pem.clone()));
                     let _ = https.task.await;

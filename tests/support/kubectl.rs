@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use uami_controller::sandbox::{self, Sandbox, SandboxOptions};
+use uami_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub fn kubectl_bin() -> PathBuf {
     let path = std::env::var_os("UAMI_KUBECTL")

@@ -8,9 +8,9 @@ use std::time::Duration;
 use kube::Api;
 use kube::api::DeleteParams;
 use serde_json::Value;
-use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
-use uami_controller::demo::stack::{Stack, StackOptions};
-use uami_controller::emulator::Emulator;
+use uami::demo::stack::{Stack, StackOptions};
+use uami_api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
+use uami_emulator::Emulator;
 
 pub mod arm;
 pub mod armspec;
@@ -409,18 +409,18 @@ spec:
 pub fn add_web_scale_set(opts: &mut StackOptions) {
     opts.world.subscriptions[0].resource_groups[0]
         .virtual_machine_scale_sets
-        .push(uami_controller::emulator::world::ScaleSet {
+        .push(uami_emulator::world::ScaleSet {
             system_assigned: true,
-            ..uami_controller::emulator::world::ScaleSet::named("web", 1)
+            ..uami_emulator::world::ScaleSet::named("web", 1)
         });
 }
 
 /// A sandbox serving the project's CRDs (as the code generates them).
-pub async fn sandbox_with_api_crds() -> uami_controller::sandbox::Sandbox {
-    let sb = uami_controller::sandbox::start(uami_controller::sandbox::SandboxOptions::default())
+pub async fn sandbox_with_api_crds() -> uami_sandbox::Sandbox {
+    let sb = uami_sandbox::start(uami_sandbox::SandboxOptions::default())
         .await
         .unwrap();
-    let crds = uami_controller::api::crds().into_iter();
+    let crds = uami_api::crds().into_iter();
     sb.install(crds.map(|c| serde_json::to_value(c).unwrap()).collect())
         .unwrap();
     sb

@@ -1,0 +1,700 @@
+//! Writes with admission: `create` (generated names, namespaces that must exist and not be
+//! terminating, CRDs that start serving their kinds), `update`, and the commit every update,
+//! patch and apply ends in (status subresource rules, schema admission, ValidatingAdmissionPolicy,
+//! generation, no-op detection, finalization). A CRD whose CEL rules are over the cost budget is
+//! refused on create and update. Also the create-only reviews and TokenRequest.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::delete::after_delete;
+use super::{
+    ApiError, FieldValidation, Request, Target, WriteOptions, get_obj, json_response, parse_body,
+    with_type, writer,
+};
+use crate::UserInfo;
+use crate::registry::{
+    OBJECT_META_FIELDS, ResourceDef, builtin_empty_omitted, builtin_fields, default_crd, from_crd,
+    has_generation, normalize_secret,
+};
+use crate::store::Store;
+use crate::{admission, authz, cel_cost, events, namespace, now, serviceaccount, ssa, validate};
+
+/// `POST` to a collection: the reviews answered about the caller, or a create.
+pub(super) fn create_request(req: &Request, opts: &WriteOptions) -> Result<Response, ApiError> {
+    let t = req.target;
+    match t.def.plural.as_str() {
+        "selfsubjectreviews" => {
+            let mut out = parse_body(req.body, req.headers)?;
+            out["status"] = json!({"userInfo": opts.caller.user.to_json()});
+            Ok(json_response(StatusCode::CREATED, &with_type(&t.def, &out)))
+        }
+        "selfsubjectaccessreviews" => {
+            let obj = parse_body(req.body, req.headers)?;
+            let store = req.shared.store.lock();
+            let out = authz::review(&store, &opts.caller.user, obj);
+            Ok(json_response(StatusCode::CREATED, &with_type(&t.def, &out)))
+        }
+        _ => {
+            let obj = parse_body(req.body, req.headers)?;
+            let mut store = req.shared.store.lock();
+            let (status, out) = create(&mut store, &t.def, t.namespace.as_deref(), obj, opts)?;
+            Ok(json_response(status, &with_type(&t.def, &out)))
+        }
+    }
+}
+
+/// `PUT` of one object (or its status).
+pub(super) fn update_request(req: &Request, opts: &WriteOptions) -> Result<Response, ApiError> {
+    let obj = parse_body(req.body, req.headers)?;
+    let mut store = req.shared.store.lock();
+    let out = update(&mut store, req.target, obj, opts)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &with_type(&req.target.def, &out),
+    ))
+}
+
+/// `POST .../serviceaccounts/{name}/token`: a TokenRequest answered with a signed token, bound
+/// to the object its `boundObjectRef` names.
+pub(super) fn token_request(req: &Request) -> Result<Response, ApiError> {
+    let t = req.target;
+    let request = parse_body(req.body, req.headers)?;
+    let refused = |r: serviceaccount::Refusal| match r {
+        serviceaccount::Refusal::Invalid(field, message) => ApiError::invalid_kind(
+            "TokenRequest",
+            "authentication.k8s.io",
+            request["metadata"]["name"].as_str().unwrap_or_default(),
+            vec![validate::Cause {
+                reason: "FieldValueInvalid".into(),
+                field: field.into(),
+                message,
+            }],
+        ),
+        serviceaccount::Refusal::Other(code, reason, message) => {
+            ApiError::new(code, reason, message)
+        }
+    };
+    serviceaccount::check(&req.shared.issuer, &request).map_err(refused)?;
+    let (sa, bound) = {
+        let store = req.shared.store.lock();
+        let sa = get_obj(&store, &t.def, t.ns(), t.name())?;
+        let bound = bound_object(&store, &sa, &request["spec"]["boundObjectRef"])?;
+        (sa, bound)
+    };
+    serviceaccount::token_request(&req.shared.issuer, &sa, &request, bound.as_ref())
+        .map(|out| json_response(StatusCode::CREATED, &out))
+        .map_err(refused)
+}
+
+/// The object a TokenRequest's `boundObjectRef` names (a Pod, with its Node, a Secret, or a
+/// Node), checked as the API server checks it: it exists, has the uid the reference names, and
+/// a pod runs as the service account `sa`.
+fn bound_object(
+    store: &Store,
+    sa: &Value,
+    reference: &Value,
+) -> Result<Option<serviceaccount::Bound>, ApiError> {
+    let Some(kind) = reference["kind"].as_str() else {
+        return Ok(None);
+    };
+    let (plural, claim) = match kind {
+        "Pod" => ("pods", "pod"),
+        "Secret" => ("secrets", "secret"),
+        "Node" => ("nodes", "node"),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {:?} to object of kind {other:?}",
+                sa["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+    };
+    let resource = |plural: &str| {
+        store
+            .resources
+            .iter()
+            .find(|r| r.group.is_empty() && r.plural == plural)
+            .cloned()
+            .ok_or_else(ApiError::no_resource)
+    };
+    let def = resource(plural)?;
+    let ns = if def.namespaced {
+        sa["metadata"]["namespace"].as_str().unwrap_or_default()
+    } else {
+        ""
+    };
+    let name = reference["name"].as_str().unwrap_or_default();
+    let obj = get_obj(store, &def, ns, name)?;
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
+    if let Some(want) = reference["uid"].as_str().filter(|u| !u.is_empty())
+        && want != uid
+    {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {kind} {name:?}: the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
+            ),
+        ));
+    }
+    let mut bound = serviceaccount::Bound {
+        claim,
+        name: name.to_string(),
+        uid: uid.to_string(),
+        node: None,
+    };
+    if kind == "Pod" {
+        let sa_name = sa["metadata"]["name"].as_str().unwrap_or_default();
+        if obj["spec"]["serviceAccountName"].as_str() != Some(sa_name) {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {sa_name:?} to pod running with different serviceaccount name."
+            )));
+        }
+        if let Some(node) = obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            let nodes = resource("nodes")?;
+            let node_uid = store
+                .get(&nodes, "", node)
+                .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            bound.node = Some((node.to_string(), node_uid));
+        }
+    }
+    Ok(Some(bound))
+}
+
+/// Create or replace objects from outside HTTP (the library API).
+pub fn create_object(store: &mut Store, obj: Value) -> Result<Value, String> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let def = store
+        .resources
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.kind == kind)
+        .cloned()
+        .ok_or_else(|| format!("no resource serves {api_version} {kind}"))?;
+    let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+    let opts = WriteOptions {
+        manager: "sandbox".into(),
+        field_validation: FieldValidation::Ignore,
+        caller: admission::Caller::new(UserInfo::admin("system:admin"), false),
+    };
+    create(store, &def, ns.as_deref(), obj, &opts)
+        .map(|(_, v)| v)
+        .map_err(|e| e.message)
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let chars = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| chars[rng.random_range(0..chars.len())] as char)
+        .collect()
+}
+
+/// The fields of `obj` its kind does not declare, as `spec.foo` paths, sorted: in `metadata`,
+/// and those the schema of a custom resource (or the field list of a built-in kind) leaves out.
+pub(super) fn unknown_fields(def: &ResourceDef, obj: &Value) -> Vec<String> {
+    let mut unknown: Vec<String> = obj["metadata"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .filter(|k| !OBJECT_META_FIELDS.contains(&k.as_str()))
+        .map(|k| format!("metadata.{k}"))
+        .collect();
+    match (&def.schema, builtin_fields(def)) {
+        (Some(schema), _) => validate::unknown_fields(obj, schema, "", &mut unknown),
+        (None, Some(fields)) => unknown.extend(
+            obj.as_object()
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .filter(|k| {
+                    !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                        && !fields.contains(&k.as_str())
+                })
+                .cloned(),
+        ),
+        (None, None) => {}
+    }
+    unknown.sort();
+    unknown
+}
+
+/// Fields the API server leaves out when they are empty: in `metadata`, and in the built-in
+/// kinds that declare them so.
+const OMITTED_WHEN_EMPTY: &[&str] = &["labels", "annotations", "finalizers", "ownerReferences"];
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Drop what [`unknown_fields`] found (the schema's pruning does it for a custom resource), and
+/// the empty fields the API server does not keep.
+fn drop_unknown(def: &ResourceDef, obj: &mut Value) {
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        m.retain(|k, v| {
+            OBJECT_META_FIELDS.contains(&k.as_str())
+                && !(OMITTED_WHEN_EMPTY.contains(&k.as_str()) && is_empty(v))
+        });
+    }
+    if let (Some(fields), Some(m)) = (builtin_empty_omitted(def), obj.as_object_mut()) {
+        m.retain(|k, v| !(fields.contains(&k.as_str()) && is_empty(v)));
+    }
+    if def.schema.is_none()
+        && let (Some(fields), Some(m)) = (builtin_fields(def), obj.as_object_mut())
+    {
+        m.retain(|k, _| {
+            matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || fields.contains(&k.as_str())
+        });
+    }
+}
+
+/// Under `fieldValidation=Strict`, 400 for a body with unknown fields (as the API server's
+/// decoder answers, before anything else).
+fn refuse_unknown(def: &ResourceDef, obj: &Value, opts: &WriteOptions) -> Result<(), ApiError> {
+    if opts.field_validation != FieldValidation::Strict {
+        return Ok(());
+    }
+    let unknown = unknown_fields(def, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|u| format!("unknown field \"{u}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+        def.version,
+        list.join(", "),
+        kind = def.kind,
+    )))
+}
+
+/// Admission of an object: unknown fields refused (`Strict`) or dropped (with a warning each
+/// under `Warn`); for a custom resource then pruning, defaults and validation.
+fn admit(
+    def: &ResourceDef,
+    obj: &mut Value,
+    old: Option<&Value>,
+    name: &str,
+    opts: &WriteOptions,
+) -> Result<(), ApiError> {
+    refuse_unknown(def, obj, opts)?;
+    if opts.field_validation == FieldValidation::Warn {
+        for u in unknown_fields(def, obj) {
+            opts.caller.warn(format!("unknown field \"{u}\""));
+        }
+    }
+    drop_unknown(def, obj);
+    if def.plural == "customresourcedefinitions" {
+        default_crd(obj);
+    }
+    let Some(schema) = &def.schema else {
+        return Ok(());
+    };
+    validate::prune(obj, schema, true);
+    validate::default(obj, schema);
+    let causes = match &def.compiled {
+        Some(c) => validate::validate(obj, old, c),
+        None => validate::validate(obj, old, &validate::compile(schema)),
+    };
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(def, name, causes))
+    }
+}
+
+fn spec_part(v: &Value) -> Value {
+    let mut c = v.clone();
+    if let Some(m) = c.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    c
+}
+
+/// The namespace a create lands in: the request's, else the body's, else `default`; it must
+/// exist and not be terminating ("" for a cluster-scoped kind).
+fn namespace_of(
+    store: &Store,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    obj: &Value,
+) -> Result<String, ApiError> {
+    if !def.namespaced {
+        return Ok(String::new());
+    }
+    let body_ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+    let ns = ns
+        .map(str::to_string)
+        .or(body_ns.clone())
+        .unwrap_or_else(|| "default".into());
+    if body_ns.is_some_and(|b| b != ns) {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    if !store.namespace_exists(&ns) {
+        let mut e = ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found"));
+        e.details = Some(json!({"name": ns, "kind": "namespaces"}));
+        return Err(e);
+    }
+    if namespace::terminating(store, &ns) {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        return Err(namespace::forbidden(def, name, &ns));
+    }
+    Ok(ns)
+}
+
+/// A new CustomResourceDefinition: the kinds it declares are served from now on (not on a
+/// dry run), and its status says its names are accepted.
+fn establish_crd(
+    store: &mut Store,
+    def: &ResourceDef,
+    obj: &mut Value,
+    name: &str,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    refuse_over_budget(def, obj, None, name)?;
+    let defs = from_crd(obj)
+        .map_err(|m| ApiError::invalid_field(def, name, "FieldValueInvalid", "spec", m))?;
+    if dry_run {
+        return Ok(());
+    }
+    let accepted = obj["spec"]["names"].clone();
+    obj["status"] = json!({
+        "acceptedNames": accepted,
+        "storedVersions": defs.iter().map(|d| d.version.clone()).collect::<Vec<_>>(),
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()},
+        ],
+    });
+    store
+        .resources
+        .retain(|r| !(r.group == defs[0].group && r.plural == defs[0].plural));
+    store.resources.extend(defs);
+    Ok(())
+}
+
+/// A CRD whose validation rules exceed the CEL cost budget is refused, as kube-apiserver refuses
+/// it (`old` is the CRD an update replaces).
+fn refuse_over_budget(
+    def: &ResourceDef,
+    crd: &Value,
+    old: Option<&Value>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let causes = cel_cost::check_crd(crd, old);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(def, name, causes))
+    }
+}
+
+/// Create `obj` (in namespace `ns`, else the body's) with admission, and store it unless
+/// `opts.caller.dry_run`.
+pub(super) fn create(
+    store: &mut Store,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    obj: Value,
+    opts: &WriteOptions,
+) -> Result<(StatusCode, Value), ApiError> {
+    refuse_unknown(def, &obj, opts)?;
+    let mut obj = events::to_storage(def, obj);
+    let ns = namespace_of(store, def, ns, &obj)?;
+    let mut name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if name.is_empty() {
+        match obj["metadata"]["generateName"].as_str() {
+            Some(prefix) => name = format!("{prefix}{}", random_suffix()),
+            None => {
+                return Err(ApiError::invalid_field(
+                    def,
+                    "",
+                    "FieldValueRequired",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ));
+            }
+        }
+    }
+    obj["apiVersion"] = json!(def.api_version());
+    obj["kind"] = json!(def.kind);
+    admit(def, &mut obj, None, &name, opts)?;
+    // An object that is not valid is refused as such, whether or not its name is taken.
+    if store.get(def, &ns, &name).is_some() {
+        return Err(ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", def.qualified()),
+        )
+        .about(def, &name));
+    }
+    if def.plural == "customresourcedefinitions" {
+        establish_crd(store, def, &mut obj, &name, opts.caller.dry_run)?;
+    }
+    if def.group.is_empty() && def.plural == "namespaces" {
+        namespace::on_create(&mut obj, &name);
+    }
+    if def.group.is_empty() && def.plural == "secrets" {
+        normalize_secret(&mut obj);
+    }
+    if def.status_subresource
+        && def.plural != "customresourcedefinitions"
+        && def.plural != "namespaces"
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
+    }
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    meta.insert("name".into(), json!(name));
+    if def.namespaced {
+        meta.insert("namespace".into(), json!(ns));
+    } else {
+        meta.remove("namespace");
+    }
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    if has_generation(def) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
+    meta.remove("deletionTimestamp");
+    meta.remove("managedFields");
+    admission::validate(store, def, "CREATE", None, Some(&obj), None, &opts.caller)?;
+    ssa::record_update(None, &mut obj, &writer(def, &opts.manager, None));
+    if opts.caller.dry_run {
+        return Ok((StatusCode::CREATED, obj));
+    }
+    let rv = store.next_rv();
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    store.put(rv, def, &ns, &name, "ADDED", Arc::new(obj.clone()));
+    Ok((StatusCode::CREATED, obj))
+}
+
+/// Set `key` of `obj` to `value`, or remove it when `value` is `None`.
+fn set_or_remove(obj: &mut Value, key: &str, value: Option<Value>) {
+    match value {
+        Some(v) => obj[key] = v,
+        None => {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove(key);
+            }
+        }
+    }
+}
+
+/// What a write cannot change: status through the main resource and everything else through
+/// `/status` (for kinds with the status subresource), identity and deletion metadata.
+fn keep_server_fields(def: &ResourceDef, old: &Value, new: &mut Value, subresource: Option<&str>) {
+    if def.status_subresource && def.plural != "customresourcedefinitions" {
+        if subresource == Some("status") {
+            // Only status changes through /status.
+            let status = new.get("status").cloned();
+            let mf = new["metadata"]["managedFields"].clone();
+            *new = old.clone();
+            set_or_remove(new, "status", status);
+            new["metadata"]["managedFields"] = mf;
+        } else {
+            set_or_remove(new, "status", old.get("status").cloned());
+        }
+    }
+    new["apiVersion"] = json!(def.api_version());
+    new["kind"] = json!(def.kind);
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "name",
+        "namespace",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        set_or_remove(&mut new["metadata"], k, old["metadata"].get(k).cloned());
+    }
+    if new["metadata"]["managedFields"].is_null()
+        && let Some(m) = new["metadata"].as_object_mut()
+    {
+        m.remove("managedFields");
+    }
+}
+
+/// Store `new` in place of `old` (the result of an update, patch or apply), with the status
+/// subresource rules, admission, generation, no-op detection and finalization.
+pub(super) fn commit(
+    store: &mut Store,
+    t: &Target,
+    old: &Value,
+    mut new: Value,
+    opts: &WriteOptions,
+) -> Result<Value, ApiError> {
+    let (def, ns, name, subresource) = (&t.def, t.ns(), t.name(), t.subresource.as_deref());
+    keep_server_fields(def, old, &mut new, subresource);
+    admit(def, &mut new, Some(old), name, opts)?;
+    if def.plural == "customresourcedefinitions" && subresource.is_none() {
+        refuse_over_budget(def, &new, Some(old), name)?;
+    }
+    if def.group.is_empty() && def.plural == "secrets" {
+        normalize_secret(&mut new);
+    }
+    admission::validate(
+        store,
+        def,
+        "UPDATE",
+        subresource,
+        Some(&new),
+        Some(old),
+        &opts.caller,
+    )?;
+    if old["metadata"]["deletionTimestamp"].is_string() {
+        let old_f: Vec<Value> = old["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let new_f: Vec<Value> = new["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let added: Vec<String> = new_f
+            .iter()
+            .filter(|f| !old_f.contains(f))
+            .map(|f| format!("{:?}", f.as_str().unwrap_or_default()))
+            .collect();
+        if !added.is_empty() {
+            // The API server checks this twice (object metadata, then the kind's own update
+            // validation), so the cause comes twice.
+            let cause = validate::Cause {
+                reason: "FieldValueForbidden".into(),
+                field: "metadata.finalizers".into(),
+                message: format!(
+                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                    added.join(", ")
+                ),
+            };
+            return Err(ApiError::invalid(def, name, vec![cause.clone(), cause]));
+        }
+    }
+    if has_generation(def) {
+        let old_gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        let generation = if spec_part(old) != spec_part(&new) {
+            old_gen + 1
+        } else {
+            old_gen
+        };
+        new["metadata"]["generation"] = json!(generation);
+    } else if let Some(m) = new["metadata"].as_object_mut() {
+        m.remove("generation");
+    }
+    new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    // No-op: nothing but managedFields times changed.
+    let strip = |v: &Value| {
+        let mut c = v.clone();
+        if let Some(mf) = c["metadata"]["managedFields"].as_array_mut() {
+            for m in mf {
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("time");
+                }
+            }
+        }
+        c
+    };
+    if strip(old) == strip(&new) {
+        return Ok(old.clone());
+    }
+    if opts.caller.dry_run {
+        return Ok(new);
+    }
+    let rv = store.next_rv();
+    new["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let finalized = new["metadata"]["deletionTimestamp"].is_string()
+        && new["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
+    let arc = Arc::new(new.clone());
+    if finalized {
+        store.take(rv, def, ns, name, arc);
+        after_delete(store, def, &new);
+        namespace::content_changed(store, ns);
+    } else {
+        store.put(rv, def, ns, name, "MODIFIED", arc);
+    }
+    Ok(new)
+}
+
+/// 422 for an update without a resourceVersion of a kind that needs one.
+fn resource_version_required(def: &ResourceDef, name: &str) -> ApiError {
+    let message = "Invalid value: 0: must be specified for an update";
+    let mut e = ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            "{} \"{name}\" is invalid: metadata.resourceVersion: {message}",
+            def.qualified()
+        ),
+    )
+    .about(def, name);
+    if let Some(d) = e.details.as_mut() {
+        d["causes"] = json!([{"reason": "FieldValueInvalid", "message": message, "field": "metadata.resourceVersion"}]);
+    }
+    e
+}
+
+fn update(
+    store: &mut Store,
+    t: &Target,
+    obj: Value,
+    opts: &WriteOptions,
+) -> Result<Value, ApiError> {
+    let (def, name) = (&t.def, t.name());
+    refuse_unknown(def, &obj, opts)?;
+    let old = get_obj(store, def, t.ns(), name)?;
+    let mut obj = events::to_storage(def, obj);
+    if let Some(n) = obj["metadata"]["name"].as_str().filter(|n| *n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
+    }
+    match obj["metadata"]["resourceVersion"].as_str() {
+        Some(rv) if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() => {
+            return Err(ApiError::modified(def, name).about(def, name));
+        }
+        Some(rv) if !rv.is_empty() => {}
+        // Custom resources and CRDs are never updated unconditionally.
+        _ if def.crd.is_some() || def.plural == "customresourcedefinitions" => {
+            return Err(resource_version_required(def, name));
+        }
+        _ => {}
+    }
+    if obj["metadata"]["managedFields"].is_null() {
+        obj["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+    }
+    let mut merged = obj;
+    ssa::record_update(
+        Some(&old),
+        &mut merged,
+        &writer(def, &opts.manager, t.subresource.as_deref()),
+    );
+    commit(store, t, &old, merged, opts)
+}
