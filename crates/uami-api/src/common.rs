@@ -23,7 +23,7 @@ pub const LOCATION_PATTERN: &str = r"^[a-zA-Z0-9][a-zA-Z0-9 ]{1,63}$";
 /// segments of ASCII letters, digits and `_.()~!$*+,;=:@-`, none of them `.` or `..`. No
 /// percent-encoding, empty segment, trailing `/`, `?`, `#`, whitespace, backslash or non-ASCII
 /// character: a URL builder or ARM would turn those into another id than the one a policy
-/// approved. Kept equal to [`uami_azure::scope::canonical_id_pattern`] by a test.
+/// approved. Kept equal to `uami_azure::scope::canonical_id_pattern` by a test.
 pub const RESOURCE_ID_PATTERN: &str = r"^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$";
 
 /// The message of the CRD rule that refuses a non-canonical resource id.

@@ -16,8 +16,8 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::aad::Claims;
-use super::{Exchange, Inner, aad, rbac};
+use super::tokens::Claims;
+use super::{Exchange, Inner, rbac};
 
 /// The data action List Blobs needs
 /// (<https://learn.microsoft.com/rest/api/storageservices/list-blobs>).
@@ -75,7 +75,7 @@ fn bearer(inner: &Inner, headers: &HeaderMap) -> Result<Claims, String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| "no bearer token".to_string())?;
-    aad::verify(inner, token).map_err(|(_, message)| message)
+    crate::tokens::verify(inner, token).map_err(|(_, message)| message)
 }
 
 fn same_audience(aud: &str, expected: &str) -> bool {

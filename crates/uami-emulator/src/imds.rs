@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::faults::take_next;
 use super::state::ComputeKind;
-use super::{Exchange, ImdsStats, Inner, aad};
+use super::{Exchange, ImdsStats, Inner, tokens};
 
 /// Rate and concurrency bookkeeping of one IMDS.
 #[derive(Default)]
@@ -239,7 +239,7 @@ async fn token_answer(
         };
         (oid, appid.clone(), appid)
     };
-    let token = aad::issue(&imds.inner, &oid, &appid, resource);
+    let token = tokens::issue(&imds.inner, &oid, &appid, resource);
     let now = jiff::Timestamp::now().as_second();
     let lifetime = imds.inner.world.token_lifetime_seconds as i64;
     let mut body = json!({

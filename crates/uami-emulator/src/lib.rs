@@ -18,6 +18,7 @@ pub mod knobs;
 pub mod rbac;
 mod start;
 pub mod state;
+mod tokens;
 pub mod world;
 
 use std::collections::{BTreeMap, HashMap};
@@ -385,7 +386,7 @@ impl Emulator {
 
     /// A token for any principal (RBAC still applies to it).
     pub fn issue_token(&self, principal_id: &str, audience: &str) -> String {
-        aad::issue(&self.inner, principal_id, principal_id, audience)
+        tokens::issue(&self.inner, principal_id, principal_id, audience)
     }
 
     /// A token of the emulator's administrator (Owner at `/`), for ARM.

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::route::subscription_of;
 use super::{arm_err, bad_request, eq};
-use crate::aad::Claims;
 use crate::faults::kind as fk;
 use crate::state::{Assignment, State as Az};
+use crate::tokens::Claims;
 use crate::{Inner, rbac};
 
 /// Whether `principal` may perform `action` at `scope`, from effective assignments.

@@ -12,9 +12,9 @@ use super::authorization::authorized;
 use super::gate::server_error;
 use super::{Answer, arm_err, bad_request, lro};
 use crate::Inner;
-use crate::aad::Claims;
 use crate::faults::{kind as fk, take_next};
 use crate::state::{Compute, IdentityChange, LRO_DEADLINE, Operation, Progress, State as Az};
+use crate::tokens::Claims;
 
 /// `GET` of a VM or scale set, with its etag.
 pub(super) fn compute_get(inner: &Inner, st: &Az, scope: &str) -> Answer {

@@ -13,10 +13,10 @@ use super::compute::{compute_missing, requested_change, running_goal, start_oper
 use super::groups::group;
 use super::{Answer, arm_err, bad_request, lro};
 use crate::Inner;
-use crate::aad::Claims;
 use crate::faults::kind as fk;
 use crate::knobs::LroForm;
 use crate::state::{Compute, ComputeKind, ComputeModel, State as Az};
+use crate::tokens::Claims;
 
 /// Where the specification requires a field: (path to an object or an array of objects below
 /// the model's root, the required field). The root is `properties` of a VM and

@@ -12,8 +12,8 @@ use super::route::subscription_of;
 use super::versions::ApiVersions;
 use super::{Answer, Ran, arm_err, bad_request, eq};
 use crate::Inner;
-use crate::aad::{self, Claims};
 use crate::faults::{arm_limits, kind as fk, take_next};
+use crate::tokens::{self, Claims};
 
 /// The api-version of the query, checked against the versions the operation's type accepts;
 /// `routed` gives, for a refusal, where ARM routed the request and the world's locations.
@@ -51,7 +51,7 @@ pub(super) fn authenticate(
             "Authentication failed. The 'Authorization' header is missing.",
         ));
     };
-    let claims = aad::verify(inner, token)
+    let claims = tokens::verify(inner, token)
         .map_err(|(code, message)| arm_err(StatusCode::UNAUTHORIZED, code, &message))?;
     let aud = claims.aud.trim_end_matches('/');
     if !(eq(aud, "https://management.azure.com") || eq(aud, "https://management.core.windows.net"))

@@ -11,8 +11,8 @@ use super::groups::group;
 use super::route::identity_scope;
 use super::{arm_err, bad_request, eq, invalid_name, valid_name};
 use crate::Inner;
-use crate::aad::Claims;
 use crate::state::{IdentityState, State as Az};
+use crate::tokens::Claims;
 
 /// A user-assigned identity as its path names it.
 #[derive(Clone, Copy, Debug)]

@@ -29,8 +29,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::aad::Claims;
 use super::faults::kind as fk;
+use super::tokens::Claims;
 use super::{Exchange, Inner};
 use gate::Injected;
 use identities::Ident;
