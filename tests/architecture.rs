@@ -3,6 +3,8 @@
 //! drift), the controller and the agent never reach the emulator or the sandbox, and the binary
 //! built without default features (the production image's) carries neither.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
