@@ -15,6 +15,7 @@ mod admission;
 mod authz;
 pub mod cel_cost;
 mod deliveries;
+mod error;
 mod events;
 mod namespace;
 mod protobuf;

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::admission::Caller;
+use super::error::ApiError;
 use super::now;
 use super::registry::ResourceDef;
-use super::server::{ApiError, delete};
 use super::store::Store;
 
 /// The finalizer the namespace controller owns.
@@ -54,12 +54,14 @@ pub fn forbidden(def: &ResourceDef, name: &str, ns: &str) -> ApiError {
     e
 }
 
-/// `DELETE` of a namespace: mark it Terminating, delete its content, and finish when empty.
+/// `DELETE` of a namespace: mark it Terminating, delete its content with `delete_one` (the
+/// server's delete path, so finalizers hold objects), and finish when empty.
 pub fn delete_namespace(
     store: &mut Store,
     def: &ResourceDef,
     name: &str,
     caller: &Caller,
+    mut delete_one: impl FnMut(&mut Store, &ResourceDef, &str),
 ) -> Result<Value, ApiError> {
     let old = store
         .namespace(name)
@@ -102,7 +104,7 @@ pub fn delete_namespace(
         })
         .collect();
     for (d, n) in content {
-        let _ = delete(store, &d, name, &n, caller);
+        delete_one(store, &d, &n);
     }
     refresh(store, def, name);
     // The answer is the namespace as the DELETE marked it: the namespace controller's work

@@ -29,8 +29,8 @@ mod matching;
 use matching::{Request, has, resources_match};
 
 use super::authz::UserInfo;
+use super::error::ApiError;
 use super::registry::ResourceDef;
-use super::server::ApiError;
 use super::store::Store;
 
 const GROUP: &str = "admissionregistration.k8s.io";

@@ -89,7 +89,9 @@ pub(crate) fn delete(
     caller: &Caller,
 ) -> Result<Value, ApiError> {
     if def.group.is_empty() && def.plural == "namespaces" {
-        return namespace::delete_namespace(store, def, name, caller);
+        return namespace::delete_namespace(store, def, name, caller, |store, d, n| {
+            let _ = delete(store, d, name, n, caller);
+        });
     }
     let old = get_obj(store, def, ns, name)?;
     admission::validate(store, def, "DELETE", None, None, Some(&old), caller)?;

@@ -5,11 +5,11 @@
 //! This module authenticates, resolves the path to a resource, authorizes, dispatches by verb
 //! and records the audit log; each verb lives in its own module: [`discovery`], [`read`] (get,
 //! list, selectors), [`write`] (create, update and the commit with admission), [`patch`],
-//! [`delete`] and [`watch`]; [`error`] holds the `Status` errors.
+//! [`delete`] and [`watch`]; `crate::error` holds the `Status` errors.
 
 mod delete;
 mod discovery;
-mod error;
+
 mod patch;
 mod read;
 #[cfg(test)]
@@ -26,8 +26,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-pub(super) use delete::delete;
-pub use error::ApiError;
+pub use crate::error::ApiError;
 pub use write::create_object;
 
 use super::registry::ResourceDef;
