@@ -5,8 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -14,6 +16,7 @@ use serde::Serialize;
 use super::context::Context;
 use super::error::ReconcileError;
 use super::status::{self, Reported, ready_reason_is};
+use crate::api::text::{Limit, truncate};
 
 /// When to look at the object again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +109,33 @@ impl Note {
     pub async fn publish<K: Resource<DynamicType = ()>>(self, ctx: &Context, obj: &K) {
         ctx.event(obj, self.warning, &self.reason, self.action, self.message)
             .await;
+    }
+}
+
+/// Send an Event about the object `reference` names through `recorder`: every Event of the
+/// controller is built here (its note cut to the 1 kB Kubernetes allows). A failure to publish
+/// is logged, never fatal.
+pub async fn send_event(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(truncate(note, Limit::Bytes(1000), "...")),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, "could not publish event");
     }
 }
 

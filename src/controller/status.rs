@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::ReconcileError;
+use super::reasons;
 use crate::api::binding::AccessPlane;
 use crate::api::conditions::{self, NewCondition, set_condition, types};
 use crate::api::grant::AccessStatus;
@@ -175,17 +176,17 @@ pub fn access_checked(
     };
     let (reason, message) = match code {
         200 => (
-            "AccessVerified",
+            reasons::ACCESS_VERIFIED,
             format!("{who} {read} with the identity's token (HTTP 200)"),
         ),
         401 | 403 => (
-            "AccessDenied",
+            reasons::ACCESS_DENIED,
             format!(
                 "{who} got HTTP {code}: it {read} with the identity's token; a new role assignment can take minutes to take effect"
             ),
         ),
         _ => (
-            "UnexpectedStatus",
+            reasons::UNEXPECTED_STATUS,
             format!("{who} got HTTP {code}: it {read} with the identity's token"),
         ),
     };
@@ -350,7 +351,7 @@ pub fn arm_reason(e: &crate::azure::ArmError) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();
     if code.is_empty() || !code.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        "AzureError".to_string()
+        reasons::AZURE_ERROR.to_string()
     } else {
         code
     }
