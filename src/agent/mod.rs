@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use kube::Client;
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::Mutex;
@@ -36,6 +37,7 @@ use crate::api::IdentityBinding;
 use crate::api::binding::{
     AccessCheck, AccessPlane, TARGET_LABEL, TokenStatus, target_label_value,
 };
+use crate::api::conditions::Reason;
 pub use imds::{AzureProbe, ImdsSource};
 
 /// The agent's field manager prefix; a scale set instance appends its instance id so that
@@ -111,14 +113,11 @@ pub struct TokenFailure {
     pub message: String,
 }
 
-/// The reason IMDS gives for an identity it does not know on this VM.
-pub const IDENTITY_NOT_ASSIGNED: &str = "IdentityNotAssigned";
-
 impl TokenFailure {
     /// IMDS does not know the identity on this VM: definitive once that has lasted longer than
     /// an assignment takes to reach IMDS.
     pub fn not_assigned(&self) -> bool {
-        self.reason == IDENTITY_NOT_ASSIGNED
+        self.reason == Reason::IdentityNotAssigned.as_str()
     }
 }
 
@@ -146,7 +145,7 @@ impl CheckFailure {
     /// A failure that says nothing about access (a dropped connection, a timeout): the next
     /// check may answer. `UnsupportedScope` is definitive.
     pub fn passing(&self) -> bool {
-        self.reason != "UnsupportedScope"
+        self.reason != Reason::UnsupportedScope.as_str()
     }
 }
 
@@ -238,6 +237,8 @@ pub struct Agent {
     missing: Mutex<HashMap<String, Instant>>,
     checks: tokio::sync::Semaphore,
     probes: tokio::sync::Semaphore,
+    /// `true` once the store of this agent's bindings has synced.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl Agent {
@@ -263,7 +264,13 @@ impl Agent {
             missing: Mutex::new(HashMap::new()),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
             probes: tokio::sync::Semaphore::new(PROBES_AT_ONCE),
+            synced: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// `true` once the agent's store of bindings has synced: what its readiness reports.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 
     /// Who the agent is.
@@ -296,9 +303,16 @@ impl Agent {
             .labels(&self.selector())
             .any_semantic();
         let changed = due_tx.clone();
-        let bindings = watcher(Api::<IdentityBinding>::all(self.client.clone()), wc);
+        // Each binding decodes on its own: one that does not is logged and left out (the
+        // controller's watch of it publishes the Event).
+        let bindings = crate::controller::watch::guarded(
+            Api::<DeserializeGuard<IdentityBinding>>::all(self.client.clone()),
+            wc,
+            writer.as_reader(),
+            crate::controller::watch::Rejects::logged(),
+        );
         let watch = tokio::spawn(
-            reflector::reflector(writer, bindings.default_backoff())
+            reflector::reflector(writer, bindings)
                 .touched_objects()
                 .for_each(move |ev| {
                     match ev {
@@ -313,6 +327,7 @@ impl Agent {
         let this = self.clone();
         let main = async move {
             let _ = store.wait_until_ready().await;
+            this.synced.send_replace(true);
             let mut running: HashSet<Ref> = HashSet::new();
             let mut again: HashSet<Ref> = HashSet::new();
             let mut tick = tokio::time::interval(this.settings.interval);
