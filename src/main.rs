@@ -292,10 +292,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         azure_ca,
     };
     let stop = shutdown_token();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let handle = app::start(client, opts, &mut registry, stop.clone(), |_| {});
-    let state = admin::AdminState::new(registry);
-    state.set_ready(true);
+    let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
+    // Ready once the caches have synced and leadership is settled (see run_with_leadership).
+    let readiness = state.clone();
+    let handle = app::start(
+        client,
+        opts,
+        &mut state.registry.lock(),
+        stop.clone(),
+        move |ready| readiness.set_ready(ready),
+    );
     let s = stop.clone();
     let addr = admin::serve(args.admin_listen, state, async move { s.cancelled().await }).await?;
     tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
@@ -332,7 +338,14 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot learn this VM from IMDS: {e}"))?;
     tracing::info!(vm = %agent.whoami().target_id(), "agent started");
     let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
-    state.set_ready(true);
+    // Ready once the store of this VM's bindings has synced.
+    let mut synced = agent.synced();
+    let readiness = state.clone();
+    tokio::spawn(async move {
+        if synced.wait_for(|s| *s).await.is_ok() {
+            readiness.set_ready(true);
+        }
+    });
     let s = stop.clone();
     admin::serve(args.admin_listen, state, async move { s.cancelled().await }).await?;
     handle.await?;

@@ -12,6 +12,7 @@ use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
 use support::arm::Admin;
 use support::*;
+use uami::demo::stack::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_reaches_ready_holds_steady_repairs_drift_and_cleans_up() {
@@ -366,5 +367,166 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions) {
             .then_some(())
     })
     .await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_the_controller_cannot_read_is_reported_and_the_others_reconcile() {
+    unreadable_object(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_an_object_the_controller_cannot_read_is_reported() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
+        return;
+    };
+    unreadable_object(opts).await;
+}
+
+/// A binding that the API server accepts and the controller's types cannot read is there before
+/// the controller and the agent start: it gets a Warning Event and is left alone, and the
+/// tutorial's objects (which need both the controller's and the agent's caches) reach Ready.
+async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+    use uami_api::IdentityBinding;
+    use uami_api::binding::{TARGET_LABEL, target_label_value};
+    use uami_emulator::world::TUTORIAL_SUBSCRIPTION;
+    opts.controller = false;
+    opts.agents = false;
+    let mut stack = Stack::start(opts).await.unwrap();
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    // Labelled with myVM's target, so the agent of myVM watches it too.
+    let target = format!(
+        "/subscriptions/{TUTORIAL_SUBSCRIPTION}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM"
+    );
+    let name = "unreadable";
+    stack
+        .apply_yaml(&format!(
+            "apiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {TUTORIAL}, labels: {{{TARGET_LABEL}: '{}'}}}}\nspec: {{identityRef: {{name: {TUTORIAL_IDENTITY}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: myVM}}}}}}\n",
+            target_label_value(&target)
+        ))
+        .await
+        .unwrap();
+    // `httpStatus` is `format: int32`, which the API server does not enforce on integers; the
+    // type is an i32.
+    let raw: kube::Api<DynamicObject> = kube::Api::namespaced_with(
+        stack.client(),
+        TUTORIAL,
+        &ApiResource::erase::<IdentityBinding>(&()),
+    );
+    let status = json!({"status": {"access": [{
+        "roleGrant": TUTORIAL_GRANT, "scope": "/subscriptions/x", "verified": false,
+        "httpStatus": 9_999_999_999_i64,
+    }]}});
+    raw.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    assert!(
+        bindings(&stack, TUTORIAL).get(name).await.is_err(),
+        "the typed client cannot read it"
+    );
+
+    let controller = Controller::start(&stack, None);
+    stack.start_agent("myVM").await.unwrap();
+    tutorial_ready(&stack, 90).await;
+
+    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
+    let reported = eventually(30, "an InvalidObject event on the binding", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("InvalidObject")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+    })
+    .await;
+    assert_eq!(reported.type_.as_deref(), Some("Warning"));
+    let note = reported.note.unwrap_or_default();
+    assert!(
+        note.contains("IdentityBinding") && note.contains("9999999999"),
+        "{note}"
+    );
+    // Left alone: no finalizer, no status of the controller.
+    let left = raw.get(name).await.unwrap();
+    assert!(
+        left.metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(left.data["status"].get("conditions").is_none(), "{left:?}");
+
+    raw.delete(name, &DeleteParams::default()).await.unwrap();
+    controller.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_is_ready_only_once_its_caches_have_synced() {
+    readiness_after_sync(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_the_controller_is_ready_only_once_its_caches_have_synced() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
+        return;
+    };
+    readiness_after_sync(opts).await;
+}
+
+/// A controller whose user may not list anything yet answers 503 on `/readyz`; once RBAC lets
+/// it list and its caches sync, 200.
+async fn readiness_after_sync(mut opts: uami::demo::stack::StackOptions) {
+    use uami::demo::stack::controller_options;
+    use uami_telemetry::admin;
+    opts.controller = false;
+    opts.agents = false;
+    let stack = Stack::start(opts).await.unwrap();
+    let user = "uami-late-controller";
+    let client = stack.cluster.client_for_user(user, &[]).unwrap();
+    let controller_opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
+    let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let readiness = state.clone();
+    let handle = uami_controller::app::start(
+        client,
+        controller_opts,
+        &mut state.registry.lock(),
+        stop.clone(),
+        move |ready| readiness.set_ready(ready),
+    );
+    let s = stop.clone();
+    let addr = admin::serve("127.0.0.1:0".parse().unwrap(), state, async move {
+        s.cancelled().await
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{addr}/readyz");
+    let probe = || async { reqwest::get(&url).await.unwrap().status().as_u16() };
+    // The caches cannot sync: every list is forbidden.
+    for _ in 0..6 {
+        assert_eq!(probe().await, 503);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stack
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {user}}}\nrules: [{{apiGroups: ['*'], resources: ['*'], verbs: ['*']}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {user}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {user}}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+        ))
+        .await
+        .unwrap();
+    eventually(60, "/readyz answering 200", || async {
+        (probe().await == 200).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+    let roles: kube::Api<k8s_openapi::api::rbac::v1::ClusterRole> = kube::Api::all(stack.client());
+    let role_bindings: kube::Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+        kube::Api::all(stack.client());
+    let _ = role_bindings.delete(user, &DeleteParams::default()).await;
+    let _ = roles.delete(user, &DeleteParams::default()).await;
     stack.stop().await;
 }

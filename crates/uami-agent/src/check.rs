@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use super::report::{AccessReport, TokenReport};
 use super::{Agent, CheckFailure, Reported};
 use uami_api::binding::AccessCheck;
-use uami_api::conditions::{self, types};
+use uami_api::conditions::{self, Reason, types};
 use uami_api::{IdentityBinding, RoleGrant};
 
 /// The wait after the `n`-th passing failure in a row: 1 s doubling, up to the interval (the
@@ -57,7 +57,7 @@ impl Agent {
             }
             if conditions::is_true(&status.conditions, types::TOKEN_ACQUIRED) {
                 let report = TokenReport::failed(
-                    super::IDENTITY_NOT_ASSIGNED,
+                    Reason::IdentityNotAssigned.as_str(),
                     "the controller reports the identity not assigned to this target",
                 );
                 self.write_token(b, report).await;
@@ -171,7 +171,7 @@ impl Agent {
                 ns,
                 check,
                 AccessReport::Passing(CheckFailure {
-                    reason: "CheckFailed".into(),
+                    reason: Reason::CheckFailed.as_str().into(),
                     message,
                 }),
             )

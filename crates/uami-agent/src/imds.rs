@@ -6,6 +6,7 @@ use secrecy::SecretString;
 
 use super::{AccessProbe, CheckFailure, Token, TokenFailure, TokenSource, Whoami};
 use uami_api::binding::{AccessCheck, TokenStatus};
+use uami_api::conditions::Reason;
 
 /// [`TokenSource`] over the VM's IMDS.
 pub struct ImdsSource {
@@ -37,7 +38,7 @@ impl TokenSource for ImdsSource {
             .instance_compute()
             .await
             .map_err(|e| TokenFailure {
-                reason: "ImdsUnavailable".into(),
+                reason: Reason::ImdsUnavailable.as_str().into(),
                 message: e.to_string(),
             })?;
         Ok(Whoami {
@@ -75,15 +76,15 @@ impl TokenSource for ImdsSource {
                 })
             }
             Err(e) if e.is_identity_not_found() => Err(TokenFailure {
-                reason: "IdentityNotAssigned".into(),
+                reason: Reason::IdentityNotAssigned.as_str().into(),
                 message: format!("IMDS does not know identity {client_id} on this VM: {e}"),
             }),
             Err(uami_azure::auth::ImdsError::Status { status: 429, .. }) => Err(TokenFailure {
-                reason: "ImdsThrottled".into(),
+                reason: Reason::ImdsThrottled.as_str().into(),
                 message: "IMDS kept answering 429 after retries".into(),
             }),
             Err(e) => Err(TokenFailure {
-                reason: "ImdsUnavailable".into(),
+                reason: Reason::ImdsUnavailable.as_str().into(),
                 message: e.to_string(),
             }),
         }
@@ -132,12 +133,12 @@ impl AccessProbe for AzureProbe {
         self.read(check, token).await.map_err(|e| {
             if e.code() == "UnsupportedScope" {
                 CheckFailure {
-                    reason: "UnsupportedScope".into(),
+                    reason: Reason::UnsupportedScope.as_str().into(),
                     message: e.message.clone(),
                 }
             } else {
                 CheckFailure {
-                    reason: "CheckFailed".into(),
+                    reason: Reason::CheckFailed.as_str().into(),
                     message: e.to_string(),
                 }
             }

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use kube::Client;
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::Mutex;
@@ -35,6 +36,7 @@ use secrecy::SecretString;
 pub use imds::{AzureProbe, ImdsSource};
 use uami_api::IdentityBinding;
 use uami_api::binding::{AccessCheck, AccessPlane, TARGET_LABEL, TokenStatus, target_label_value};
+use uami_api::conditions::Reason;
 
 /// The agent's field manager prefix; a scale set instance appends its instance id so that
 /// instances never remove each other's entries.
@@ -109,14 +111,11 @@ pub struct TokenFailure {
     pub message: String,
 }
 
-/// The reason IMDS gives for an identity it does not know on this VM.
-pub const IDENTITY_NOT_ASSIGNED: &str = "IdentityNotAssigned";
-
 impl TokenFailure {
     /// IMDS does not know the identity on this VM: definitive once that has lasted longer than
     /// an assignment takes to reach IMDS.
     pub fn not_assigned(&self) -> bool {
-        self.reason == IDENTITY_NOT_ASSIGNED
+        self.reason == Reason::IdentityNotAssigned.as_str()
     }
 }
 
@@ -144,7 +143,7 @@ impl CheckFailure {
     /// A failure that says nothing about access (a dropped connection, a timeout): the next
     /// check may answer. `UnsupportedScope` is definitive.
     pub fn passing(&self) -> bool {
-        self.reason != "UnsupportedScope"
+        self.reason != Reason::UnsupportedScope.as_str()
     }
 }
 
@@ -236,6 +235,8 @@ pub struct Agent {
     missing: Mutex<HashMap<String, Instant>>,
     checks: tokio::sync::Semaphore,
     probes: tokio::sync::Semaphore,
+    /// `true` once the store of this agent's bindings has synced.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl Agent {
@@ -261,7 +262,13 @@ impl Agent {
             missing: Mutex::new(HashMap::new()),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
             probes: tokio::sync::Semaphore::new(PROBES_AT_ONCE),
+            synced: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// `true` once the agent's store of bindings has synced: what its readiness reports.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 
     /// Who the agent is.
@@ -294,9 +301,16 @@ impl Agent {
             .labels(&self.selector())
             .any_semantic();
         let changed = due_tx.clone();
-        let bindings = watcher(Api::<IdentityBinding>::all(self.client.clone()), wc);
+        // Each binding decodes on its own: one that does not is logged and left out (the
+        // controller's watch of it publishes the Event).
+        let bindings = uami_kube::watch::guarded(
+            Api::<DeserializeGuard<IdentityBinding>>::all(self.client.clone()),
+            wc,
+            writer.as_reader(),
+            uami_kube::watch::Rejects::logged(),
+        );
         let watch = tokio::spawn(
-            reflector::reflector(writer, bindings.default_backoff())
+            reflector::reflector(writer, bindings)
                 .touched_objects()
                 .for_each(move |ev| {
                     match ev {
@@ -311,6 +325,7 @@ impl Agent {
         let this = self.clone();
         let main = async move {
             let _ = store.wait_until_ready().await;
+            this.synced.send_replace(true);
             let mut running: HashSet<Ref> = HashSet::new();
             let mut again: HashSet<Ref> = HashSet::new();
             let mut tick = tokio::time::interval(this.settings.interval);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{Agent, CheckFailure, FIELD_MANAGER, MAX_INSTANCES, Token, TokenFailure};
 use uami_api::CheckError;
 use uami_api::binding::{AccessCheck, InstanceTokenStatus, TokenStatus};
-use uami_api::conditions::{self, NewCondition, types};
+use uami_api::conditions::{self, NewCondition, Reason, types};
 use uami_api::{IdentityBinding, RoleGrant};
 use uami_kube::status::{self, Reported};
 
@@ -70,7 +70,7 @@ impl Agent {
                 let cond = NewCondition::new(
                     types::TOKEN_ACQUIRED,
                     true,
-                    "TokenAcquired",
+                    Reason::TokenAcquired.as_str(),
                     format!(
                         "{checked_by} obtained a token for {} through IMDS",
                         meta.resource.clone().unwrap_or_default()

@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod grant;
 pub mod identity;
 pub mod policy;
+pub mod text;
 
 pub use binding::{IdentityBinding, IdentityBindingSpec, IdentityBindingStatus};
 pub use common::*;

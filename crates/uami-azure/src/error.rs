@@ -56,17 +56,9 @@ pub const UNTRUSTED_ORIGIN: &str = "UntrustedOrigin";
 const LOCAL_TERMINAL: &[&str] = &["NoCredential", UNTRUSTED_ORIGIN, "UnsupportedScope"];
 
 /// ARM's messages are short; a longer one is cut (at a character boundary).
-fn bounded(mut message: String) -> String {
-    const MAX: usize = 1024;
-    if message.len() > MAX {
-        let mut end = MAX;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
-    message
+fn bounded(message: String) -> String {
+    use uami_api::text::{Limit, truncate};
+    truncate(message, Limit::Bytes(1024), "...")
 }
 
 const FATAL: &[&str] = &[

@@ -296,17 +296,6 @@ pub trait ComputeApi: Send + Sync {
     async fn poll_operation(&self, poll: &LroPoll) -> Result<OperationStatus, ArmError>;
 }
 
-/// Resource groups.
-#[async_trait]
-pub trait ResourceGroupApi: Send + Sync {
-    /// The resource group, `None` when absent.
-    async fn get_resource_group(
-        &self,
-        subscription: &str,
-        name: &str,
-    ) -> Result<Option<serde_json::Value>, ArmError>;
-}
-
 #[cfg(test)]
 mod tests {
     use super::compute::{ComputeIdentity, UserAssignedInfo, build_identity_patch};

@@ -53,7 +53,8 @@ impl ArmScope {
     /// Parse `scope`, refusing anything that is not canonical.
     pub fn parse(scope: &str) -> Result<Self, ScopeError> {
         let fail = |problem: &str| {
-            let shown: String = scope.chars().take(200).collect();
+            let shown =
+                uami_api::text::truncate(scope.to_string(), uami_api::text::Limit::Chars(200), "");
             Err(ScopeError {
                 scope: shown,
                 problem: problem.to_string(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use parking_lot::Mutex;
 
@@ -156,17 +156,6 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            note: Some(truncate(&note, 1000)),
-            action: action.to_string(),
-            secondary: None,
-        };
         // Warnings go through the shared recorder, which turns a repeated one into a series of
         // one Event. A Normal event records a one-off transition (created, assigned, granted):
         // it is published by a recorder of its own, so the shared one does not keep a copy of
@@ -176,9 +165,15 @@ impl Context {
         } else {
             Recorder::new(self.client.clone(), self.reporter.clone())
         };
-        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, "could not publish event");
-        }
+        super::outcome::send_event(
+            &recorder,
+            &obj.object_ref(&()),
+            warning,
+            reason,
+            action,
+            note,
+        )
+        .await;
     }
 
     /// Resolve `role` (a role name, a role definition GUID or id) in `subscription`. Role
@@ -328,15 +323,4 @@ pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
         obj.meta().namespace.as_deref().unwrap_or(""),
         obj.meta().name.as_deref().unwrap_or("")
     )
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }

@@ -402,7 +402,7 @@ async fn cleanup(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action
         ctx.event(
             &*obj,
             false,
-            "Deleted",
+            reasons::DELETED,
             "DeleteIdentity",
             format!("deleted identity {}", current.id),
         )

@@ -55,7 +55,7 @@ pub fn arm_reason(e: &uami_azure::ArmError) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();
     if code.is_empty() || !code.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        "AzureError".to_string()
+        crate::reasons::AZURE_ERROR.to_string()
     } else {
         code
     }

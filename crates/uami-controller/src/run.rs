@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::context::{AzureApis, Context, Settings, Stores, object_key};
 use super::error::{ReconcileError, backoff};
@@ -37,12 +39,6 @@ pub struct ControllerParts {
     pub concurrency: u16,
     /// Target writer tuning.
     pub writer: WriterConfig,
-}
-
-fn unbounded<T: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
 fn error_policy<K>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Context>) -> Action
@@ -119,6 +115,7 @@ macro_rules! timed {
 }
 
 /// Run the three controllers until `shutdown` resolves; in-flight reconciles finish first.
+/// `synced` is called once every cache has synced.
 ///
 /// Each kind has one watch and one store, shared by every controller that reads it: a binding or
 /// grant is triggered by its identity's change only after the identity store holds that change,
@@ -127,14 +124,16 @@ pub async fn run_controllers(
     client: Client,
     parts: ControllerParts,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    synced: impl FnOnce() + Send,
 ) {
     let wc = watcher::Config::default().any_semantic();
     let cfg = ControllerConfig::default().concurrency(parts.concurrency);
 
-    let identities: Api<UserAssignedIdentity> = Api::all(client.clone());
-    let bindings: Api<IdentityBinding> = Api::all(client.clone());
-    let grants: Api<RoleGrant> = Api::all(client.clone());
-    let policies: Api<GrantPolicy> = Api::all(client.clone());
+    // Each object decodes on its own: one that does not is reported and left out.
+    let identities: Api<DeserializeGuard<UserAssignedIdentity>> = Api::all(client.clone());
+    let bindings: Api<DeserializeGuard<IdentityBinding>> = Api::all(client.clone());
+    let grants: Api<DeserializeGuard<RoleGrant>> = Api::all(client.clone());
+    let policies: Api<DeserializeGuard<GrantPolicy>> = Api::all(client.clone());
 
     let (id_store, id_writer) = reflector::store();
     let (b_store, b_writer) = reflector::store();
@@ -197,11 +196,11 @@ pub async fn run_controllers(
     // ... and every identity whose adoption a policy refused.
     let (id_denied_tx, id_denied_rx) = mpsc::unbounded_channel::<ObjectRef<UserAssignedIdentity>>();
     let denied_store = stores.identities.clone();
+    let rejects = watch::Rejects::reported(ctx.recorder.clone());
+    let policy_store = policy_writer.as_reader();
     let policy_watch = reflector::reflector(
         policy_writer,
-        watcher(policies, wc.clone())
-            .default_backoff()
-            .modify(watch::trim),
+        watch::guarded(policies, wc.clone(), policy_store, rejects.clone()).modify(watch::trim),
     )
     .touched_objects()
     .for_each(move |ev| {
@@ -241,8 +240,8 @@ pub async fn run_controllers(
         .watches_shared_stream(g_for_bindings, move |g: Arc<RoleGrant>| {
             bindings_of_grant(&sa_bindings, &g)
         })
-        .reconcile_all_on(unbounded(b_all_rx))
-        .reconcile_on(unbounded(written))
+        .reconcile_all_on(UnboundedReceiverStream::new(b_all_rx))
+        .reconcile_on(UnboundedReceiverStream::new(written))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
             timed!("IdentityBinding", binding::reconcile, None::<&str>),
@@ -257,7 +256,7 @@ pub async fn run_controllers(
         .watches_shared_stream(id_for_grants, move |id: Arc<UserAssignedIdentity>| {
             dependents(&g_deps, &id, |g: &RoleGrant| &g.spec.identity_ref.name)
         })
-        .reconcile_all_on(unbounded(g_all_rx))
+        .reconcile_all_on(UnboundedReceiverStream::new(g_all_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
             timed!("RoleGrant", grant::reconcile, Some(grant::FINALIZER)),
@@ -276,7 +275,7 @@ pub async fn run_controllers(
         .watches_shared_stream(g_for_ids, move |g: Arc<RoleGrant>| {
             deleting_identity(&ids_g, &*g, &g.spec.identity_ref.name)
         })
-        .reconcile_on(unbounded(id_denied_rx))
+        .reconcile_on(UnboundedReceiverStream::new(id_denied_rx))
         .graceful_shutdown_on(signal(&shutdown_tx))
         .run(
             timed!(
@@ -295,18 +294,21 @@ pub async fn run_controllers(
             wc.clone(),
             id_writer,
             vec![id_to_ids, id_to_bindings, id_to_grants, id_to_clock],
+            rejects.clone(),
         ),
         watch::drive(
             bindings,
             wc.clone(),
             b_writer,
             vec![b_to_bindings, b_to_ids, b_to_clock],
+            rejects.clone(),
         ),
         watch::drive(
             grants,
             wc,
             g_writer,
             vec![g_to_grants, g_to_ids, g_to_bindings, g_to_clock],
+            rejects,
         ),
         tokio::spawn(policy_watch),
     ];
@@ -342,6 +344,7 @@ pub async fn run_controllers(
                 if ready.is_err() {
                     return;
                 }
+                synced();
             }
             _ = stopped.recv() => return,
         }
@@ -490,18 +493,30 @@ pub async fn run_with_leadership(
     stop: tokio_util::sync::CancellationToken,
     ready: impl Fn(bool) + Send + Sync + 'static,
 ) {
+    // Ready once leadership is settled and, on the leader, the caches have synced.
+    let ready = Arc::new(ready);
+    let synced = || {
+        let ready = ready.clone();
+        move || ready(true)
+    };
     let Some(lease) = lease else {
         parts.metrics.leader.set(1);
-        ready(true);
         let s = stop.clone();
-        run_controllers(client, parts, async move { s.cancelled().await }).await;
+        run_controllers(client, parts, async move { s.cancelled().await }, synced()).await;
         return;
     };
     let campaign_stop = stop.child_token();
     let (mut leading, campaign) =
         super::leader::campaign(client.clone(), lease, campaign_stop.clone());
-    // A follower is ready: it serves metrics and takes over when the leader goes.
-    ready(true);
+    // Leadership is settled at the campaign's first answer. A follower is then ready: it serves
+    // metrics and takes over when the leader goes; a leader is ready once its caches sync.
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = leading.changed() => {}
+    }
+    if !*leading.borrow() && !stop.is_cancelled() {
+        ready(true);
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -520,7 +535,7 @@ pub async fn run_with_leadership(
                 _ = watch.wait_for(|l| !*l) => {}
             }
         };
-        run_controllers(client.clone(), parts.clone(), lost).await;
+        run_controllers(client.clone(), parts.clone(), lost, synced()).await;
         parts.metrics.leader.set(0);
         if stop.is_cancelled() {
             break;

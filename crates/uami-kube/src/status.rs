@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use uami_api::binding::AccessPlane;
-use uami_api::conditions::{self, NewCondition, set_condition, types};
+use uami_api::conditions::{self, NewCondition, Reason, set_condition, types};
 use uami_api::grant::AccessStatus;
 use uami_api::{
     IdentityBinding, IdentityBindingStatus, RoleGrant, RoleGrantStatus, UserAssignedIdentity,
@@ -172,17 +172,17 @@ pub fn access_checked(
     };
     let (reason, message) = match code {
         200 => (
-            "AccessVerified",
+            Reason::AccessVerified.as_str(),
             format!("{who} {read} with the identity's token (HTTP 200)"),
         ),
         401 | 403 => (
-            "AccessDenied",
+            Reason::AccessDenied.as_str(),
             format!(
                 "{who} got HTTP {code}: it {read} with the identity's token; a new role assignment can take minutes to take effect"
             ),
         ),
         _ => (
-            "UnexpectedStatus",
+            Reason::UnexpectedStatus.as_str(),
             format!("{who} got HTTP {code}: it {read} with the identity's token"),
         ),
     };

@@ -1,49 +1,89 @@
-//! [`ComputeApi`] over ARM (VMs and scale sets, with their long-running operations) and
-//! [`ResourceGroupApi`].
+//! [`ComputeApi`] over ARM (VMs and scale sets, with their long-running operations).
 
 use async_trait::async_trait;
 use reqwest::Method;
 use reqwest::header::{ETAG, IF_MATCH};
+use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 use super::ArmClient;
-use super::transport::{ACCEPTED, FOUND, Request};
+use super::transport::{ACCEPTED, FOUND, Request, decoded};
 use crate::compute::{
     ComputeIdentity, ComputeResource, ComputeTarget, LroKind, LroPoll, OperationStatus,
     PatchOutcome, TargetKind, UserAssignedInfo,
 };
-use crate::{ArmError, ComputeApi, ResourceGroupApi, api_versions};
+use crate::{ArmError, ComputeApi, api_versions};
 
-fn parse_compute(v: &Value, headers_etag: Option<String>) -> ComputeResource {
-    let identity = &v["identity"];
-    let user_assigned = identity["userAssignedIdentities"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        UserAssignedInfo {
-                            principal_id: v["principalId"].as_str().map(str::to_string),
-                            client_id: v["clientId"].as_str().map(str::to_string),
-                        },
-                    )
-                })
-                .collect()
+/// A VM or scale set as ARM answers it: its id is required, the rest may be absent.
+#[derive(Deserialize)]
+struct WireCompute {
+    id: String,
+    #[serde(default)]
+    etag: Option<String>,
+    #[serde(default)]
+    identity: Option<WireComputeIdentity>,
+    #[serde(default)]
+    properties: Option<WireComputeProperties>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireComputeIdentity {
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    principal_id: Option<String>,
+    #[serde(default)]
+    user_assigned_identities: Option<BTreeMap<String, Option<WireUserAssigned>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireUserAssigned {
+    #[serde(default)]
+    principal_id: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireComputeProperties {
+    #[serde(default)]
+    provisioning_state: Option<String>,
+}
+
+/// `v` as a [`ComputeResource`].
+fn parse_compute(v: Value) -> Result<ComputeResource, serde_json::Error> {
+    let w: WireCompute = serde_json::from_value(v)?;
+    let identity = w.identity;
+    let (type_, principal_id, user_assigned) = match identity {
+        Some(i) => (i.type_, i.principal_id, i.user_assigned_identities),
+        None => (None, None, None),
+    };
+    let user_assigned = user_assigned
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = v.unwrap_or_default();
+            let info = UserAssignedInfo {
+                principal_id: v.principal_id,
+                client_id: v.client_id,
+            };
+            (k, info)
         })
-        .unwrap_or_default();
-    ComputeResource {
-        id: v["id"].as_str().unwrap_or_default().to_string(),
-        etag: v["etag"].as_str().map(str::to_string).or(headers_etag),
+        .collect();
+    Ok(ComputeResource {
+        id: w.id,
+        etag: w.etag,
         identity: ComputeIdentity {
-            type_: identity["type"].as_str().unwrap_or("None").to_string(),
-            principal_id: identity["principalId"].as_str().map(str::to_string),
+            type_: type_.unwrap_or_else(|| "None".to_string()),
+            principal_id,
             user_assigned,
         },
-        provisioning_state: v["properties"]["provisioningState"]
-            .as_str()
-            .map(str::to_string),
-    }
+        provisioning_state: w.properties.and_then(|p| p.provisioning_state),
+    })
 }
 
 /// The (get, update) operations of a target's resource type.
@@ -89,7 +129,13 @@ impl ComputeApi for ArmClient {
         if r.status == 404 {
             return Ok(None);
         }
-        Ok(Some(parse_compute(&r.json(op)?, r.header(ETAG))))
+        // The `ETag` header stands in for a body without `etag`.
+        let etag = r.header(ETAG);
+        let c = decoded(op, r.json(op)?, parse_compute)?;
+        Ok(Some(ComputeResource {
+            etag: c.etag.or(etag),
+            ..c
+        }))
     }
 
     async fn patch_identity(
@@ -131,7 +177,7 @@ impl ComputeApi for ArmClient {
                 "InvalidResponse",
                 "ARM accepted the request (202) without a Location or Azure-AsyncOperation to poll",
             )),
-            _ => Ok(PatchOutcome::Done(parse_compute(&v, None))),
+            _ => decoded(op, v, parse_compute).map(PatchOutcome::Done),
         }
     }
 
@@ -164,19 +210,5 @@ impl ComputeApi for ArmClient {
                 Ok(async_operation_status(&r.json_or_null(), r.retry_after()))
             }
         }
-    }
-}
-
-#[async_trait]
-impl ResourceGroupApi for ArmClient {
-    async fn get_resource_group(
-        &self,
-        subscription: &str,
-        name: &str,
-    ) -> Result<Option<Value>, ArmError> {
-        let path = format!("/subscriptions/{subscription}/resourcegroups/{name}");
-        let url = self.url(&path, api_versions::RESOURCES, &[]);
-        self.read(Request::get("ResourceGroups_Get", url), Value::clone)
-            .await
     }
 }

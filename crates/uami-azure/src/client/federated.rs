@@ -2,11 +2,12 @@
 
 use async_trait::async_trait;
 use reqwest::Method;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, Request, text};
+use super::transport::{CREATED, Request};
 use crate::federated::{FederatedCredential, FederatedCredentialApi, IdentityCoordinates};
 use crate::{ArmError, api_versions};
 
@@ -22,20 +23,31 @@ impl ArmClient {
     }
 }
 
-fn parse(v: &Value) -> FederatedCredential {
-    let audiences = v["properties"]["audiences"]
-        .as_array()
-        .into_iter()
-        .flatten();
-    FederatedCredential {
-        audiences: audiences
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect(),
-        name: text(v, "/name"),
-        id: text(v, "/id"),
-        issuer: text(v, "/properties/issuer"),
-        subject: text(v, "/properties/subject"),
-    }
+/// A federated identity credential as ARM answers it.
+#[derive(Deserialize)]
+struct WireCredential {
+    id: String,
+    name: String,
+    properties: WireCredentialProperties,
+}
+
+#[derive(Deserialize)]
+struct WireCredentialProperties {
+    issuer: String,
+    subject: String,
+    #[serde(default)]
+    audiences: Option<Vec<String>>,
+}
+
+fn parse(v: Value) -> Result<FederatedCredential, serde_json::Error> {
+    let w: WireCredential = serde_json::from_value(v)?;
+    Ok(FederatedCredential {
+        audiences: w.properties.audiences.unwrap_or_default(),
+        name: w.name,
+        id: w.id,
+        issuer: w.properties.issuer,
+        subject: w.properties.subject,
+    })
 }
 
 #[async_trait]

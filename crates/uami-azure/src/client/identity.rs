@@ -5,26 +5,46 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use reqwest::Method;
 use reqwest::header::IF_NONE_MATCH;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, OK, Request, text};
+use super::transport::{CREATED, OK, Request};
 use crate::federated::IdentityCoordinates;
 use crate::identity::Identity;
 use crate::{ArmError, IdentityApi, api_versions};
 
-fn parse_identity(v: &Value) -> Identity {
-    let tags = v["tags"].as_object().into_iter().flatten();
-    Identity {
-        id: text(v, "/id"),
-        name: text(v, "/name"),
-        location: text(v, "/location"),
-        tags: tags.map(|(k, v)| (k.clone(), text(v, ""))).collect(),
-        client_id: text(v, "/properties/clientId"),
-        principal_id: text(v, "/properties/principalId"),
-        tenant_id: text(v, "/properties/tenantId"),
-    }
+/// A user-assigned identity as ARM answers it: the ids the controller acts on are required.
+#[derive(Deserialize)]
+struct WireIdentity {
+    id: String,
+    name: String,
+    location: String,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
+    properties: WireIdentityProperties,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireIdentityProperties {
+    client_id: String,
+    principal_id: String,
+    tenant_id: String,
+}
+
+fn parse_identity(v: Value) -> Result<Identity, serde_json::Error> {
+    let w: WireIdentity = serde_json::from_value(v)?;
+    Ok(Identity {
+        id: w.id,
+        name: w.name,
+        location: w.location,
+        tags: w.tags.unwrap_or_default(),
+        client_id: w.properties.client_id,
+        principal_id: w.properties.principal_id,
+        tenant_id: w.properties.tenant_id,
+    })
 }
 
 impl ArmClient {
@@ -74,5 +94,50 @@ impl IdentityApi for ArmClient {
     async fn delete_identity(&self, at: &IdentityCoordinates) -> Result<(), ArmError> {
         let url = self.identity_url(at);
         self.delete("UserAssignedIdentities_Delete", url).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::transport::decoded;
+
+    fn answer() -> Value {
+        json!({
+            "id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i",
+            "name": "i", "location": "eastus", "tags": {"a": "b"},
+            "properties": {"clientId": "c", "principalId": "p", "tenantId": "t"},
+        })
+    }
+
+    #[test]
+    fn an_identity_decodes_into_its_ids() {
+        let i = decoded("UserAssignedIdentities_Get", answer(), parse_identity).unwrap();
+        assert_eq!(
+            (
+                i.principal_id.as_str(),
+                i.client_id.as_str(),
+                i.tenant_id.as_str()
+            ),
+            ("p", "c", "t")
+        );
+        assert_eq!(i.tags.get("a").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn an_identity_without_its_principal_id_is_an_error_that_names_it() {
+        let mut v = answer();
+        v["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("principalId");
+        let e = decoded("UserAssignedIdentities_Get", v, parse_identity).unwrap_err();
+        assert_eq!(e.code, "InvalidResponse");
+        assert!(
+            e.to_string()
+                .contains("UserAssignedIdentities_Get: InvalidResponse")
+                && e.to_string().contains("missing field `principalId`"),
+            "{e}"
+        );
     }
 }

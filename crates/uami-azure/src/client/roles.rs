@@ -2,40 +2,80 @@
 
 use async_trait::async_trait;
 use reqwest::Method;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, Request, text};
+use super::transport::{CREATED, Decode, Request};
 use crate::roles::{NewRoleAssignment, RoleAssignment, RoleDefinition};
 use crate::scope::ArmScope;
 use crate::{ArmError, RoleApi, api_versions};
 
-fn parse_definition(v: &Value) -> RoleDefinition {
-    RoleDefinition {
-        id: text(v, "/id"),
-        name: text(v, "/name"),
-        role_name: text(v, "/properties/roleName"),
-        data_actions: v
-            .pointer("/properties/permissions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.get("dataActions").and_then(Value::as_array))
-            .flatten()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect(),
-    }
+/// A role definition as ARM answers it.
+#[derive(Deserialize)]
+struct WireDefinition {
+    id: String,
+    name: String,
+    properties: WireDefinitionProperties,
 }
 
-fn parse_assignment(v: &Value) -> RoleAssignment {
-    RoleAssignment {
-        id: text(v, "/id"),
-        name: text(v, "/name"),
-        scope: text(v, "/properties/scope"),
-        role_definition_id: text(v, "/properties/roleDefinitionId"),
-        principal_id: text(v, "/properties/principalId"),
-    }
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireDefinitionProperties {
+    role_name: String,
+    #[serde(default)]
+    permissions: Option<Vec<WirePermission>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePermission {
+    #[serde(default)]
+    data_actions: Option<Vec<String>>,
+}
+
+fn parse_definition(v: Value) -> Result<RoleDefinition, serde_json::Error> {
+    let w: WireDefinition = serde_json::from_value(v)?;
+    Ok(RoleDefinition {
+        id: w.id,
+        name: w.name,
+        role_name: w.properties.role_name,
+        data_actions: w
+            .properties
+            .permissions
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p.data_actions.unwrap_or_default())
+            .collect(),
+    })
+}
+
+/// A role assignment as ARM answers it.
+#[derive(Deserialize)]
+struct WireAssignment {
+    id: String,
+    name: String,
+    properties: WireAssignmentProperties,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireAssignmentProperties {
+    scope: String,
+    role_definition_id: String,
+    principal_id: String,
+}
+
+fn parse_assignment(v: Value) -> Result<RoleAssignment, serde_json::Error> {
+    let w: WireAssignment = serde_json::from_value(v)?;
+    Ok(RoleAssignment {
+        id: w.id,
+        name: w.name,
+        scope: w.properties.scope,
+        role_definition_id: w.properties.role_definition_id,
+        principal_id: w.properties.principal_id,
+    })
 }
 
 impl ArmClient {
@@ -67,7 +107,7 @@ impl ArmClient {
         scope: &str,
         kind: &str,
         name: &str,
-        parse: fn(&Value) -> T,
+        parse: Decode<T>,
     ) -> Result<Option<T>, ArmError> {
         let url = self.authorization_url(op, scope, kind, Some(name), None)?;
         self.read(Request::get(op, url), parse).await

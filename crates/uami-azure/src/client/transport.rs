@@ -105,13 +105,24 @@ impl Response {
     }
 }
 
-/// The string at JSON `pointer` in `v` ("" when absent or not a string): the decoders' view of
-/// a resource's fields.
-pub(super) fn text(v: &Value, pointer: &str) -> String {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+/// How a resource family reads an answer: ARM's JSON into the typed shape it expects (a
+/// missing required field is an error).
+pub(super) type Decode<T> = fn(Value) -> Result<T, serde_json::Error>;
+
+/// `body` decoded by `decode`; an answer without a field the decoder requires is an
+/// `InvalidResponse` error of `operation` that names the field.
+pub(super) fn decoded<T>(
+    operation: &'static str,
+    body: Value,
+    decode: Decode<T>,
+) -> Result<T, ArmError> {
+    decode(body).map_err(|e| {
+        ArmError::local(
+            operation,
+            "InvalidResponse",
+            format!("the response does not have the expected shape: {e}"),
+        )
+    })
 }
 
 /// The statuses of an operation's answer that carry its result; every other status is the
@@ -224,14 +235,14 @@ impl ArmClient {
     pub(super) async fn read<T>(
         &self,
         req: Request<'_>,
-        decode: impl FnOnce(&Value) -> T,
+        decode: Decode<T>,
     ) -> Result<Option<T>, ArmError> {
         let op = req.op;
         let r = self.call(req, FOUND).await?;
         if r.status == 404 {
             return Ok(None);
         }
-        Ok(Some(decode(&r.json(op)?)))
+        decoded(op, r.json(op)?, decode).map(Some)
     }
 
     /// A write whose answer (one of `expect`) carries the resource.
@@ -239,11 +250,11 @@ impl ArmClient {
         &self,
         req: Request<'_>,
         expect: Expect,
-        decode: impl FnOnce(&Value) -> T,
+        decode: Decode<T>,
     ) -> Result<T, ArmError> {
         let op = req.op;
         let r = self.call(req, expect).await?;
-        Ok(decode(&r.json(op)?))
+        decoded(op, r.json(op)?, decode)
     }
 
     /// DELETE; an absent resource counts as deleted.
@@ -259,7 +270,7 @@ impl ArmClient {
         &self,
         operation: &'static str,
         first: Url,
-        decode: impl Fn(&Value) -> T,
+        decode: Decode<T>,
     ) -> Result<Vec<T>, ArmError> {
         const MAX_PAGES: usize = 1000;
         let mut out = Vec::new();
@@ -273,11 +284,15 @@ impl ArmClient {
                     format!("the list did not end after {MAX_PAGES} pages"),
                 ));
             }
-            let v = self
+            let mut v = self
                 .call(Request::get(operation, url), OK)
                 .await?
                 .json(operation)?;
-            out.extend(v["value"].as_array().into_iter().flatten().map(&decode));
+            if let Some(Value::Array(items)) = v.get_mut("value").map(Value::take) {
+                for item in items {
+                    out.push(decoded(operation, item, decode)?);
+                }
+            }
             pages += 1;
             next = match v["nextLink"].as_str().filter(|s| !s.trim().is_empty()) {
                 Some(link) => Some(self.follow(operation, "nextLink", link)?),

@@ -229,7 +229,7 @@ pub fn settle(obj: &IdentityBinding, e: &Ensure, found: &Found) -> Report<Identi
             attempts,
         } => {
             let note = Note::warning(
-                "AssignFailed",
+                reasons::ASSIGN_FAILED,
                 "AssignIdentity",
                 format!("{code}: {message}"),
             );
@@ -257,7 +257,7 @@ pub fn settle(obj: &IdentityBinding, e: &Ensure, found: &Found) -> Report<Identi
         Found::Submit { drift } => {
             let note = drift.then(|| {
                 Note::warning(
-                    "DriftDetected",
+                    reasons::DRIFT_DETECTED,
                     "AssignIdentity",
                     format!(
                         "{identity_name} was removed from {} outside the controller; assigning it again",

@@ -245,7 +245,7 @@ async fn ensure(
         return Ok((Found::LimitReached { used, limit }, room));
     }
     if e.granted_before && !recreated {
-        ctx.event(obj, true, "DriftDetected", "CreateRoleAssignment", format!("the role assignment at {scope} was removed outside the controller; creating it again")).await;
+        ctx.event(obj, true, reasons::DRIFT_DETECTED, "CreateRoleAssignment", format!("the role assignment at {scope} was removed outside the controller; creating it again")).await;
     }
     ctx.forget_checked(&key);
     let found = match roles

@@ -28,7 +28,7 @@ use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Next, warn_once};
 use super::policy::{self, Decision};
-use super::reasons;
+use super::reasons::{self, DRIFT_DETECTED, REVOKED};
 pub use credential::IdentityLocks;
 use credential::{Ensured, annotate, ensure_credential, remove_trust};
 use summary::{summary, wait, waiting, write_status};
@@ -52,10 +52,6 @@ pub const CHECKED_BY: &str = "token-exchange";
 /// The field manager of the access results the token check writes on RoleGrants.
 pub const GRANT_FIELD_MANAGER: &str = "uami-token-exchange";
 
-/// Event reason of a repair (the VM path uses the same).
-const DRIFT_DETECTED: &str = "DriftDetected";
-/// Event reason when a policy stops allowing a binding and its trust is removed.
-const REVOKED: &str = "Revoked";
 /// How soon a binding waiting for its identity looks again.
 const WAIT: Duration = Duration::from_secs(2);
 /// How soon a binding waiting for its service account looks again (service accounts are not

@@ -553,7 +553,12 @@ async fn write_grant_access(
             (cond, Some(access))
         }
         Read::NoAnswer(message) => (
-            NewCondition::new(types::ACCESS_VERIFIED, false, "CheckFailed", message),
+            NewCondition::new(
+                types::ACCESS_VERIFIED,
+                false,
+                reasons::CHECK_FAILED,
+                message,
+            ),
             None,
         ),
     };

@@ -177,8 +177,7 @@ pub(super) fn watch(
             }
         }
     });
-    let body =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx);
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
