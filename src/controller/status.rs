@@ -317,8 +317,8 @@ pub fn keep_on_passing_failure<K: Reported>(
     // The copy a pass starts from can be older than this controller's own last write (the
     // watch has not delivered it yet), so a Ready just written may not show: a passing failure
     // is also kept out of status until it repeats.
-    let key = format!("{}/passing", super::context::object_key(obj));
-    let in_a_row = ctx.record_failure(&key);
+    let key = super::memo::ObjectKey::of(obj);
+    let in_a_row = ctx.memo.failed(&key, super::memo::Run::Passing);
     in_a_row < PASSING_FAILURES_SHOWN
         || obj.conditions().iter().any(|c| {
             c.type_ == types::READY
@@ -333,7 +333,8 @@ pub const PASSING_FAILURES_SHOWN: u32 = 3;
 
 /// A pass of `obj` succeeded: its passing failures start again from none.
 pub fn passed<K: Reported>(ctx: &super::context::Context, obj: &K) {
-    ctx.record_success(&format!("{}/passing", super::context::object_key(obj)));
+    ctx.memo
+        .succeeded(&super::memo::ObjectKey::of(obj), super::memo::Run::Passing);
 }
 
 /// A condition reason for an ARM error: `Throttled` for 429, `Forbidden` for 401/403, else the

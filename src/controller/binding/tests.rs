@@ -11,6 +11,7 @@ use crate::api::{GrantPolicy, IdentityBinding, IdentityBindingStatus, UserAssign
 use crate::azure::federated::IdentityCoordinates;
 use crate::controller::azure_identity::AzureIdentity;
 use crate::controller::fixtures::{condition, policies};
+use crate::controller::memo::Fingerprint;
 use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
 
@@ -93,7 +94,7 @@ type Case<'a> = (
 
 #[test]
 fn plans_from_target_policy_and_identity() {
-    let never = |_: &str| false;
+    let never = |_: Fingerprint| false;
     let ready = identity(true);
     let not_ready = identity(false);
     let with_status = || binding(Some(json!({"observedGeneration": 1})), false);

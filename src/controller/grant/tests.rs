@@ -11,6 +11,7 @@ use crate::azure::federated::IdentityCoordinates;
 use crate::azure::roles::{RoleAssignment, RoleDefinition};
 use crate::controller::azure_identity::AzureIdentity;
 use crate::controller::fixtures::{condition, policies};
+use crate::controller::memo::Fingerprint;
 use crate::controller::outcome::{Next, Report};
 use crate::controller::reasons;
 
@@ -184,7 +185,7 @@ fn an_invalid_scope_warns_once() {
 #[test]
 fn plans_from_role_policy_and_recent_checks() {
     let g = grant(devtest(), None);
-    let never = |_: &str| false;
+    let never = |_: Fingerprint| false;
     // No such role: a warning and a look at the next resync.
     let (status, note, next) = report(plan(&g, resolved(&g), None, &[], Some(SUB), never));
     assert_eq!(ready(&status.unwrap()).1, reasons::ROLE_NOT_FOUND);
@@ -219,7 +220,7 @@ fn plans_from_role_policy_and_recent_checks() {
         Some(json!({"adopted": false, "roleAssignmentId": "/forged",
             "conditions": [condition("Granted", "True", "Granted")]})),
     );
-    let always = |_: &str| true;
+    let always = |_: Fingerprint| true;
     let (status, note, next) = report(plan(
         &granted,
         resolved(&granted),

@@ -14,6 +14,7 @@ mod credential;
 mod summary;
 mod token_check;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +25,9 @@ use kube::{Resource, ResourceExt};
 
 use super::azure_identity::{self, AzureIdentity};
 use super::binding::plan::identity_ready;
-use super::context::{Context, object_key};
+use super::context::Context;
 use super::error::ReconcileError;
+use super::memo::{Fingerprint, ObjectKey};
 use super::outcome::{Next, warn_once};
 use super::policy::{self, Decision};
 use super::reasons;
@@ -179,13 +181,13 @@ pub async fn apply(
         )
         .await;
         let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
-        let key = object_key(&*obj);
-        let denied = format!("denied/{}", id.coordinates.key());
-        if !ctx.recently_checked(&key, &denied) {
+        let key = ObjectKey::of(&*obj);
+        let denied = Fingerprint::of(&("denied", id.coordinates.key()));
+        if !ctx.recently_checked(&key, denied) {
             // A policy no longer allows what this binding made: take it back, whatever its
             // status says (a status is not evidence that nothing was made).
-            let removed = remove_trust(ctx, &obj, &id, &ns, &sa).await?;
-            ctx.mark_checked(&key, denied);
+            let removed = remove_trust(ctx, &id, &ns, &sa).await?;
+            ctx.memo.mark_checked(&key, denied);
             if removed {
                 ctx.event(
                     &*obj,
@@ -253,18 +255,17 @@ pub async fn apply(
         .await;
     };
 
-    let key = object_key(&*obj);
-    let fingerprint = format!(
-        "{:?}/{}/{}/{}/{}/{:?}",
+    let key = ObjectKey::of(&*obj);
+    let fingerprint = Fingerprint::of(&(
         obj.metadata.generation,
         id.id.to_lowercase(),
-        id.principal_id,
-        id.client_id,
-        wl.oidc_issuer,
-        default_binding
-    );
+        &id.principal_id,
+        &id.client_id,
+        &wl.oidc_issuer,
+        &default_binding,
+    ));
     let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
-    if assigned_before && ctx.recently_checked(&key, &fingerprint) {
+    if assigned_before && ctx.recently_checked(&key, fingerprint) {
         // A pass caused by a status write: nothing in Azure or on the service account to read.
         return Ok(resync);
     }
@@ -282,7 +283,7 @@ pub async fn apply(
             adopted,
         } => (credential, adopted),
         Ensured::LimitReached(count) => {
-            ctx.forget_checked(&key);
+            ctx.memo.forget_checked(&key);
             let message = format!(
                 "identity {} already has {count} federated identity credentials, Azure's limit is {MAX_CREDENTIALS_PER_IDENTITY}; bind another identity or remove a binding of this one",
                 id.coordinates.name
@@ -313,22 +314,21 @@ pub async fn apply(
     // The token check runs in a task of its own (see TokenChecks); this pass reports its last
     // result, and the check's end wakes the binding.
     let resync_period = ctx.settings.resync_period;
-    let check_fingerprint = format!(
-        "{:?}/{}/{}/{}/{}",
+    let check_fingerprint = Fingerprint::of(&(
         obj.metadata.generation,
-        id.client_id,
-        credential.name,
-        obj.spec.token_check.resource,
-        token_check::grants_covered(ctx, &ns, &obj.spec.identity_ref.name)
-    );
+        &id.client_id,
+        &credential.name,
+        &obj.spec.token_check.resource,
+        token_check::grants_covered(ctx, &ns, &obj.spec.identity_ref.name),
+    ));
     let look = ctx
         .token_checks
-        .look(&key, &check_fingerprint, resync_period);
+        .look(&key, check_fingerprint, resync_period);
     if look.start {
         let (task_ctx, task_obj, task_id) = (shared.clone(), obj.clone(), id.clone());
         let (task_key, task_wl, task_ns, task_sa) =
             (key.clone(), wl.clone(), ns.clone(), sa.clone());
-        let fingerprint = check_fingerprint.clone();
+        let fingerprint = check_fingerprint;
         tokio::spawn(async move {
             let check = check_token(&task_ctx, &task_wl, &task_obj, &task_ns, &task_sa, &task_id);
             task_ctx
@@ -370,13 +370,32 @@ pub async fn apply(
     }
     write_status(&obj, ctx, status).await?;
     if all_verified {
-        ctx.mark_checked(&key, fingerprint);
+        ctx.memo.mark_checked(&key, fingerprint);
         Ok(Action::requeue(look.again.min(resync_period)))
     } else {
-        ctx.forget_checked(&key);
+        ctx.memo.forget_checked(&key);
         // The next check is due then (with backoff while it does not settle); a running one
         // wakes the binding when it ends.
         Ok(Action::requeue(look.again))
+    }
+}
+
+/// The default last decided for each service account (namespace, name) that has live bindings.
+#[derive(Default)]
+pub struct Defaults {
+    decided: parking_lot::Mutex<HashMap<(String, String), DefaultChoice>>,
+}
+
+impl Defaults {
+    /// Record `choice` as the default of `sa` in `ns`; whether it differs from the last one.
+    fn changed(&self, ns: &str, sa: &str, choice: &Option<DefaultChoice>) -> bool {
+        let key = (ns.to_string(), sa.to_string());
+        let mut decided = self.decided.lock();
+        let before = match choice {
+            Some(c) => decided.insert(key, c.clone()),
+            None => decided.remove(&key),
+        };
+        before != *choice
     }
 }
 
@@ -453,9 +472,7 @@ fn wake_on_new_choice(
     choice: &Option<DefaultChoice>,
     obj: &IdentityBinding,
 ) {
-    let key = format!("service-account-default/{ns}/{sa}");
-    let now = format!("{choice:?}");
-    if ctx.keep_note(&key, now.clone()).as_deref() == Some(now.as_str()) {
+    if !ctx.sa_defaults.changed(ns, sa, choice) {
         return;
     }
     for b in bindings_of(ctx, ns, sa) {
@@ -471,8 +488,9 @@ fn wake_on_new_choice(
 pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let sa = sa_name(&obj);
-    ctx.forget_checked(&object_key(&*obj));
-    ctx.token_checks.forget(&object_key(&*obj));
+    let key = ObjectKey::of(&*obj);
+    ctx.memo.forget_checked(&key);
+    ctx.token_checks.forget(&key);
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }
@@ -503,7 +521,7 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
     let Some(id) = azure_identity::resolve(ctx, &identity).await? else {
         return Ok(Action::await_change());
     };
-    remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+    remove_trust(ctx, &id, &ns, &sa).await?;
     Ok(Action::await_change())
 }
 
