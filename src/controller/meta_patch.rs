@@ -122,6 +122,12 @@ impl<'a> MetaMerge<'a> {
         self
     }
 
+    /// Set annotation `key` to `value`.
+    pub fn annotate(mut self, key: &'a str, value: &'a str) -> Self {
+        self.metadata.annotations.insert(key, Some(value));
+        self
+    }
+
     /// Remove annotation `key`.
     pub fn remove_annotation(mut self, key: &'a str) -> Self {
         self.metadata.annotations.insert(key, None);
@@ -200,10 +206,14 @@ mod tests {
         );
         let merge = MetaMerge::default()
             .label("uami.dev/target", "t")
-            .remove_annotation("uami.dev/assigned-identity");
+            .remove_annotation("uami.dev/assigned-identity")
+            .annotate("azure.workload.identity/client-id", "c");
         assert_eq!(
             serde_json::to_value(&merge).expect("merge"),
-            json!({"metadata": {"labels": {"uami.dev/target": "t"}, "annotations": {"uami.dev/assigned-identity": null}}})
+            json!({"metadata": {
+                "labels": {"uami.dev/target": "t"},
+                "annotations": {"uami.dev/assigned-identity": null, "azure.workload.identity/client-id": "c"},
+            }})
         );
     }
 }

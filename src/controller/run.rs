@@ -4,6 +4,7 @@
 //! finishes), and graceful shutdown. Every controller runs its kind's reconciler through
 //! [`pass::run`], with [`pass::error_policy`].
 
+mod controllers;
 mod siblings;
 mod triggers;
 
@@ -17,12 +18,11 @@ use kube::{Api, Client};
 use tokio::sync::{broadcast, mpsc};
 
 use super::context::{AzureApis, Context, Settings, Stores};
-use super::pass::{self, error_policy};
+use super::pass;
 use super::target_writer::{TargetWriter, WriterConfig};
-use super::{binding, budget, grant, identity, objects, watch};
+use super::{budget, identity, objects, watch};
 use crate::api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
 use crate::telemetry::metrics::ReconcileMetrics;
-use triggers::{bindings_of_grant, deleting_identity, dependents};
 
 /// Everything the controllers need besides the Kubernetes client.
 #[derive(Clone)]
@@ -112,69 +112,31 @@ pub async fn run_controllers(
     let (shutdown_tx, _) = broadcast::channel::<()>(1);
     let policies = watch_policies(Api::all(client.clone()), wc.clone(), policy_writer, &stores);
 
-    let b_run = Controller::for_shared_stream(b_for_bindings, b_store)
-        .with_config(cfg.clone())
-        .watches_shared_stream(id_for_bindings, {
-            let bindings = stores.bindings.clone();
-            move |id| {
-                dependents(&bindings, &id, |b: &IdentityBinding| {
-                    &b.spec.identity_ref.name
-                })
-            }
-        })
-        // A grant of an identity (granted, changed, gone) changes what the identity's bindings
-        // check: the scopes the agent on a VM reads, and the token check of a service account.
-        .watches_shared_stream(g_for_bindings, {
-            let bindings = stores.bindings.clone();
-            move |g| bindings_of_grant(&bindings, &g)
-        })
-        .reconcile_all_on(unbounded(policies.bindings))
-        .reconcile_on(unbounded(written))
-        .graceful_shutdown_on(signal(&shutdown_tx))
-        .run(
-            |obj, ctx| pass::run(obj, ctx, binding::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-
-    let g_run = Controller::for_shared_stream(g_for_grants, g_store)
-        .with_config(cfg.clone())
-        .watches_shared_stream(id_for_grants, {
-            let grants = stores.grants.clone();
-            move |id| dependents(&grants, &id, |g: &RoleGrant| &g.spec.identity_ref.name)
-        })
-        .reconcile_all_on(unbounded(policies.grants))
-        .graceful_shutdown_on(signal(&shutdown_tx))
-        .run(
-            |obj, ctx| pass::run(obj, ctx, grant::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-
-    // An identity whose deletion waits for its dependents wakes when one of them changes or goes.
-    let id_run = Controller::for_shared_stream(id_for_ids, id_store)
-        .with_config(cfg)
-        .watches_shared_stream(b_for_ids, {
-            let identities = stores.identities.clone();
-            move |b: Arc<IdentityBinding>| {
-                deleting_identity(&identities, &*b, &b.spec.identity_ref.name)
-            }
-        })
-        .watches_shared_stream(g_for_ids, {
-            let identities = stores.identities.clone();
-            move |g: Arc<RoleGrant>| deleting_identity(&identities, &*g, &g.spec.identity_ref.name)
-        })
-        .reconcile_on(unbounded(policies.denied_identities))
-        .graceful_shutdown_on(signal(&shutdown_tx))
-        .run(
-            |obj, ctx| pass::run(obj, ctx, identity::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-
+    let stop = || signal(&shutdown_tx);
+    let b_run = controllers::bindings(
+        Controller::for_shared_stream(b_for_bindings, b_store).with_config(cfg.clone()),
+        stores.clone(),
+        (id_for_bindings, g_for_bindings),
+        (unbounded(policies.bindings), unbounded(written)),
+        stop(),
+        ctx.clone(),
+    );
+    let g_run = controllers::grants(
+        Controller::for_shared_stream(g_for_grants, g_store).with_config(cfg.clone()),
+        stores.clone(),
+        id_for_grants,
+        unbounded(policies.grants),
+        stop(),
+        ctx.clone(),
+    );
+    let id_run = controllers::identities(
+        Controller::for_shared_stream(id_for_ids, id_store).with_config(cfg),
+        stores.clone(),
+        (b_for_ids, g_for_ids),
+        unbounded(policies.denied_identities),
+        stop(),
+        ctx.clone(),
+    );
     // Time to Ready is read from the same watches.
     let clocks = ready_clocks(&parts.metrics, &mut ids, &mut bs, &mut gs, &stores);
     let reflectors = [
@@ -184,8 +146,8 @@ pub async fn run_controllers(
         tokio::spawn(policies.watch),
     ];
     // Azure's quotas are counted at start (once the caches are ready) and at every resync.
-    let counting = budget::count_periodically(ctx.clone(), signal(&shutdown_tx));
-    let sweeping = pass::sweep_periodically(ctx.clone(), signal(&shutdown_tx));
+    let counting = budget::count_periodically(ctx.clone(), stop());
+    let sweeping = pass::sweep_periodically(ctx.clone(), stop());
     let writers = ctx.writer.clone();
     let mut stopped = shutdown_tx.subscribe();
     let stopper = async move {

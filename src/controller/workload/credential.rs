@@ -8,7 +8,7 @@
 //! cluster's issuer for this service account. One with the same trust under another name is
 //! someone else's (`adopted`) and is never deleted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -18,6 +18,7 @@ use kube::api::{Api, Patch, PatchParams};
 use super::super::budget::{Room, room_for_one};
 use super::super::context::Context;
 use super::super::error::ReconcileError;
+use super::super::meta_patch::MetaMerge;
 use super::{
     AzureIdentity, CLIENT_ID_ANNOTATION, DRIFT_DETECTED, MAX_CREDENTIALS_PER_IDENTITY,
     TENANT_ID_ANNOTATION, credential_name, subject,
@@ -192,12 +193,14 @@ pub(super) async fn annotate(
         )
         .await;
     }
-    let annotations: BTreeMap<&str, &str> = want.into_iter().collect();
+    let patch = want
+        .into_iter()
+        .fold(MetaMerge::default(), |patch, (k, v)| patch.annotate(k, v));
     sa_api
         .patch(
             &account.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": annotations}})),
+            &Patch::Merge(&patch),
         )
         .await
         .map_err(ReconcileError::kube("AnnotateServiceAccount"))?;
@@ -249,10 +252,11 @@ pub(super) async fn remove_trust(
             .patch(
                 sa,
                 &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
-                    CLIENT_ID_ANNOTATION: null,
-                    TENANT_ID_ANNOTATION: null,
-                }}})),
+                &Patch::Merge(
+                    &MetaMerge::default()
+                        .remove_annotation(CLIENT_ID_ANNOTATION)
+                        .remove_annotation(TENANT_ID_ANNOTATION),
+                ),
             )
             .await
             .map_err(ReconcileError::kube("AnnotateServiceAccount"))?;
