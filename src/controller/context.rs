@@ -233,14 +233,20 @@ impl Context {
     /// (they had no finalizer), or whose cleanup this replica did not see.
     pub fn sweep(&self) {
         let stores = &self.stores;
-        let holds = |key: &ObjectKey| match key.kind.as_ref() {
-            "UserAssignedIdentity" => stores.identities.get(&ref_of(key)).is_some(),
-            "IdentityBinding" => stores.bindings.get(&ref_of(key)).is_some(),
-            "RoleGrant" => stores.grants.get(&ref_of(key)).is_some(),
-            _ => false,
+        let holds = |key: &ObjectKey| {
+            if key.kind == UserAssignedIdentity::kind(&()) {
+                stores.identities.get(&ref_of(key)).is_some()
+            } else if key.kind == IdentityBinding::kind(&()) {
+                stores.bindings.get(&ref_of(key)).is_some()
+            } else if key.kind == RoleGrant::kind(&()) {
+                stores.grants.get(&ref_of(key)).is_some()
+            } else {
+                false
+            }
         };
         self.memo.retain(holds);
         self.azure_identities.lock().retain(|k, _| holds(k));
+        self.token_checks.retain(holds);
     }
 
     /// Forget everything kept about the object `key` (it was cleaned up).

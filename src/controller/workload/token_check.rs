@@ -187,6 +187,12 @@ impl TokenChecks {
     pub(super) fn forget(&self, key: &ObjectKey) {
         self.state.lock().remove(key);
     }
+
+    /// Keep only the bindings `exists` says are still there (a running check is kept: it ends
+    /// on its own).
+    pub fn retain(&self, exists: impl Fn(&ObjectKey) -> bool) {
+        self.state.lock().retain(|k, c| c.running || exists(k));
+    }
 }
 
 /// What a binding reports before its first check has ended: the token and access it last had,
