@@ -9,9 +9,10 @@
 //!
 //! The identity reconciler hands over what it read or created ([`remember`]); a miss reads ARM.
 
-use super::context::{Context, object_key};
+use super::context::Context;
 use super::error::ReconcileError;
 use super::identity::{coordinates, owner_value};
+use super::memo::ObjectKey;
 use kube::ResourceExt;
 use uami_api::UserAssignedIdentity;
 use uami_azure::federated::IdentityCoordinates;
@@ -53,10 +54,15 @@ impl AzureIdentity {
     }
 }
 
-/// What the cache holds `obj`'s identity under: the object and its spec's coordinates, so a
-/// changed spec never reuses the answer for the old coordinates.
-fn cache_key(obj: &UserAssignedIdentity, at: &IdentityCoordinates) -> String {
-    format!("{}|{}", object_key(obj), at.key())
+/// What the cache holds for `obj` when it was recorded for the coordinates `at`: a changed spec
+/// never reuses the answer for the old coordinates.
+fn recorded(
+    ctx: &Context,
+    obj: &UserAssignedIdentity,
+    at: &IdentityCoordinates,
+) -> Option<AzureIdentity> {
+    ctx.azure_identity(&ObjectKey::of(obj))
+        .filter(|known| known.coordinates.key() == at.key())
 }
 
 /// Whether `identity` carries the owner tags of `obj` in this cluster (its name and uid).
@@ -75,13 +81,12 @@ pub fn remember(ctx: &Context, obj: &UserAssignedIdentity, identity: Option<&Ide
     let Some(at) = coordinates(obj, ctx) else {
         return;
     };
-    let key = cache_key(obj, &at);
+    let key = ObjectKey::of(obj);
     match identity.filter(|i| owned_by(ctx, obj, i)) {
         Some(i) => {
+            let before = recorded(ctx, obj, &at);
             let mut now = AzureIdentity::of(at, i);
-            now.replaced_principal_id = ctx
-                .azure_identity(&key)
-                .and_then(|before| replaced(&before, &now));
+            now.replaced_principal_id = before.and_then(|before| replaced(&before, &now));
             ctx.remember_azure_identity(key, now)
         }
         None => ctx.forget_azure_identity(&key),
@@ -106,7 +111,7 @@ fn replaced(before: &AzureIdentity, now: &AzureIdentity) -> Option<String> {
 /// What the identity reconciler last recorded for `obj`, without asking ARM.
 pub fn last_known(ctx: &Context, obj: &UserAssignedIdentity) -> Option<AzureIdentity> {
     let at = coordinates(obj, ctx)?;
-    ctx.azure_identity(&cache_key(obj, &at))
+    recorded(ctx, obj, &at)
 }
 
 /// `obj`'s identity as Azure has it: from the cache, else read from ARM. `None` when the spec
@@ -119,8 +124,7 @@ pub async fn resolve(
     let Some(at) = coordinates(obj, ctx) else {
         return Ok(None);
     };
-    let key = cache_key(obj, &at);
-    if let Some(known) = ctx.azure_identity(&key) {
+    if let Some(known) = recorded(ctx, obj, &at) {
         return Ok(Some(known));
     }
     let current = ctx
@@ -133,7 +137,7 @@ pub async fn resolve(
         return Ok(None);
     };
     let resolved = AzureIdentity::of(at, &current);
-    ctx.remember_azure_identity(key, resolved.clone());
+    ctx.remember_azure_identity(ObjectKey::of(obj), resolved.clone());
     Ok(Some(resolved))
 }
 

@@ -1,6 +1,6 @@
 //! The state shared by the reconcilers: the Kubernetes client, the Azure APIs behind traits, the
-//! reflector stores that let one kind look up another, metrics, the Event recorder and the
-//! per-object failure counts that drive backoff.
+//! reflector stores that let one kind look up another, metrics, the Event recorder and what is
+//! remembered of each object between its passes ([`Memo`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use parking_lot::Mutex;
 
+use super::memo::{Fingerprint, Memo, ObjectKey};
 use super::target_writer::TargetWriter;
 use uami_api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
 use uami_azure::roles::{RoleDefinition, role_definition_guid};
@@ -92,12 +93,19 @@ pub struct Context {
     pub token_checks: super::workload::TokenChecks,
     /// Azure's quotas as counted.
     pub budgets: super::budget::Budgets,
-    failures: Mutex<HashMap<String, u32>>,
-    roles: Mutex<HashMap<(String, String), (RoleDefinition, Instant)>>,
-    checked: Mutex<HashMap<String, (String, Instant)>>,
-    superseded: Mutex<HashMap<String, String>>,
-    azure_identities: Mutex<HashMap<String, super::azure_identity::AzureIdentity>>,
-    notes: Mutex<HashMap<String, String>>,
+    /// The service account defaults last decided (see [`super::workload`]).
+    pub sa_defaults: super::workload::Defaults,
+    /// What is remembered of each object between its passes.
+    pub memo: Memo,
+    roles: Mutex<HashMap<RoleKey, (RoleDefinition, Instant)>>,
+    azure_identities: Mutex<HashMap<ObjectKey, super::azure_identity::AzureIdentity>>,
+}
+
+/// A role as a grant names it, in one subscription (both lowercased).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RoleKey {
+    subscription: String,
+    role: String,
 }
 
 impl Context {
@@ -129,26 +137,11 @@ impl Context {
             reporter,
             fic_locks: super::workload::IdentityLocks::default(),
             token_checks: super::workload::TokenChecks::default(),
-            failures: Mutex::new(HashMap::new()),
+            sa_defaults: super::workload::Defaults::default(),
+            memo: Memo::default(),
             roles: Mutex::new(HashMap::new()),
-            checked: Mutex::new(HashMap::new()),
-            superseded: Mutex::new(HashMap::new()),
             azure_identities: Mutex::new(HashMap::new()),
-            notes: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Record a failure of the object with key `key`; returns the count of consecutive failures.
-    pub fn record_failure(&self, key: &str) -> u32 {
-        let mut failures = self.failures.lock();
-        let n = failures.entry(key.to_string()).or_insert(0);
-        *n += 1;
-        *n
-    }
-
-    /// Forget the failures of `key` after a success.
-    pub fn record_success(&self, key: &str) {
-        self.failures.lock().remove(key);
     }
 
     /// Publish an Event about `obj`; failures to publish are logged, never fatal.
@@ -185,7 +178,10 @@ impl Context {
         role: &str,
     ) -> Result<Option<RoleDefinition>, ArmError> {
         const TTL: Duration = Duration::from_secs(3600);
-        let key = (subscription.to_lowercase(), role.to_lowercase());
+        let key = RoleKey {
+            subscription: subscription.to_lowercase(),
+            role: role.to_lowercase(),
+        };
         if let Some((def, at)) = self.roles.lock().get(&key)
             && at.elapsed() < TTL
         {
@@ -204,74 +200,54 @@ impl Context {
 
     /// Whether the Azure side of `key` was checked, with the same `fingerprint` (generation and
     /// inputs), recently enough that a pass triggered by a status change need not read ARM again.
-    pub fn recently_checked(&self, key: &str, fingerprint: &str) -> bool {
+    pub fn recently_checked(&self, key: &ObjectKey, fingerprint: Fingerprint) -> bool {
         let window = self.settings.resync_period.mul_f64(0.8);
-        self.checked
-            .lock()
-            .get(key)
-            .is_some_and(|(f, at)| f == fingerprint && at.elapsed() < window)
+        self.memo.recently_checked(key, fingerprint, window)
     }
 
-    /// Record that the Azure side of `key` was just checked with `fingerprint`.
-    pub fn mark_checked(&self, key: &str, fingerprint: String) {
-        self.checked
-            .lock()
-            .insert(key.to_string(), (fingerprint, Instant::now()));
-    }
-
-    /// Forget the check of `key` (after a write, or when the object goes).
-    pub fn forget_checked(&self, key: &str) {
-        self.checked.lock().remove(key);
-    }
-
-    /// Record that the object `key` at `version` was just patched by its reconcile (its finalizer
-    /// added), so that copy is stale.
-    pub fn note_superseded(&self, key: &str, version: String) {
-        self.superseded.lock().insert(key.to_string(), version);
-    }
-
-    /// Whether the copy of `key` at `version` is one its last reconcile patched; the record is
-    /// used once.
-    pub fn take_superseded(&self, key: &str, version: Option<&str>) -> bool {
-        self.superseded
-            .lock()
-            .remove(key)
-            .is_some_and(|v| Some(v.as_str()) == version)
-    }
-
-    /// The identity recorded under `key` (see [`super::azure_identity`]).
-    pub fn azure_identity(&self, key: &str) -> Option<super::azure_identity::AzureIdentity> {
+    /// The identity recorded for the identity object `key` (see [`super::azure_identity`]).
+    pub fn azure_identity(&self, key: &ObjectKey) -> Option<super::azure_identity::AzureIdentity> {
         self.azure_identities.lock().get(key).cloned()
     }
 
-    /// Record the identity `key` stands for, as ARM returned it.
+    /// Record the identity the identity object `key` stands for, as ARM returned it.
     pub fn remember_azure_identity(
         &self,
-        key: String,
+        key: ObjectKey,
         identity: super::azure_identity::AzureIdentity,
     ) {
         self.azure_identities.lock().insert(key, identity);
     }
 
-    /// Forget the identity recorded under `key`.
-    pub fn forget_azure_identity(&self, key: &str) {
+    /// Forget the identity recorded for the identity object `key`.
+    pub fn forget_azure_identity(&self, key: &ObjectKey) {
         self.azure_identities.lock().remove(key);
     }
 
-    /// Keep `value` under `key` for the life of this process (a step in progress, a decision
-    /// last taken); returns what was kept before.
-    pub fn keep_note(&self, key: &str, value: String) -> Option<String> {
-        self.notes.lock().insert(key.to_string(), value)
+    /// Forget what is kept about objects no longer in their caches: deleted without a cleanup
+    /// (they had no finalizer), or whose cleanup this replica did not see.
+    pub fn sweep(&self) {
+        let stores = &self.stores;
+        let holds = |key: &ObjectKey| {
+            if key.kind == UserAssignedIdentity::kind(&()) {
+                stores.identities.get(&ref_of(key)).is_some()
+            } else if key.kind == IdentityBinding::kind(&()) {
+                stores.bindings.get(&ref_of(key)).is_some()
+            } else if key.kind == RoleGrant::kind(&()) {
+                stores.grants.get(&ref_of(key)).is_some()
+            } else {
+                false
+            }
+        };
+        self.memo.retain(holds);
+        self.azure_identities.lock().retain(|k, _| holds(k));
+        self.token_checks.retain(holds);
     }
 
-    /// What is kept under `key`.
-    pub fn note(&self, key: &str) -> Option<String> {
-        self.notes.lock().get(key).cloned()
-    }
-
-    /// Drop what is kept under `key`; returns it.
-    pub fn drop_note(&self, key: &str) -> Option<String> {
-        self.notes.lock().remove(key)
+    /// Forget everything kept about the object `key` (it was cleaned up).
+    pub fn forget_object(&self, key: &ObjectKey) {
+        self.memo.forget(key);
+        self.azure_identities.lock().remove(key);
     }
 
     /// All GrantPolicies known to the cache.
@@ -284,43 +260,18 @@ impl Context {
             .collect()
     }
 
-    /// The identity `name` in `namespace`, from the cache.
+    /// The identity `name` in `namespace`, from the shared cache. This is the one way the
+    /// reconcilers read identities: no reconcile starts before every cache has synced (see
+    /// [`super::run`]), and an identity's change reaches the cache before it wakes its
+    /// dependents, so the cache is never older than the event a pass answers.
     pub fn identity(&self, namespace: &str, name: &str) -> Option<Arc<UserAssignedIdentity>> {
         self.stores
             .identities
             .get(&ObjectRef::new(name).within(namespace))
     }
-
-    /// The identity from the cache, or from the API server when the cache does not have it
-    /// (right after a start the cache may not be filled yet). For deletions, which must not
-    /// take a cache miss for a missing identity.
-    pub async fn identity_or_fetch(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Arc<UserAssignedIdentity>>, kube::Error> {
-        if let Some(i) = self.identity(namespace, name) {
-            return Ok(Some(i));
-        }
-        let api: kube::Api<UserAssignedIdentity> =
-            kube::Api::namespaced(self.client.clone(), namespace);
-        let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
-        Ok(api
-            .list(&by_name)
-            .await?
-            .items
-            .into_iter()
-            .find(|i| i.metadata.name.as_deref() == Some(name))
-            .map(Arc::new))
-    }
 }
 
-/// A key that names one object of one kind.
-pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        obj.meta().namespace.as_deref().unwrap_or(""),
-        obj.meta().name.as_deref().unwrap_or("")
-    )
+/// The reference of the object `key` names, for a store lookup.
+fn ref_of<K: Resource<DynamicType = ()>>(key: &ObjectKey) -> ObjectRef<K> {
+    ObjectRef::new(&key.name).within(&key.namespace)
 }

@@ -37,10 +37,38 @@ pub enum ReconcileError {
         /// When to look again.
         retry: Duration,
     },
-    /// The finalizer helper failed.
+    /// A patch that adds or removes this controller's finalizer failed (`AddFinalizer`,
+    /// `RemoveFinalizer`, or `RecordAssignment`, which adds a binding's finalizer with its record).
+    #[error("{step}: {source}")]
+    Finalizer {
+        /// The step.
+        step: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// kube's finalizer helper refused the object (it has no name, or the finalizer's name is
+    /// not a valid JSON pointer token): a bug, not a condition of the cluster.
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    FinalizerHelper(#[source] kube::runtime::finalizer::Error<std::convert::Infallible>),
 }
+
+/// How the controller retries a failed reconcile (see [`ReconcileError::retry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Not a failure: look again after this long.
+    Waiting(Duration),
+    /// Retrying cannot help before something changes: look again at the resync.
+    Resync,
+    /// A write raced a cache that had not seen the object's last change: look again soon
+    /// ([`RACE_RETRY`]), without counting a failure.
+    Soon,
+    /// A failure: counted, and retried after an exponential [`backoff`].
+    Backoff,
+}
+
+/// How soon a write that raced the cache is tried again.
+pub const RACE_RETRY: Duration = Duration::from_millis(500);
 
 impl ReconcileError {
     /// A Kubernetes error at `step`.
@@ -58,7 +86,31 @@ impl ReconcileError {
         use kube::runtime::finalizer::Error;
         match e {
             Error::ApplyFailed(e) | Error::CleanupFailed(e) => e,
-            other => ReconcileError::Finalizer(other.to_string()),
+            Error::AddFinalizer(source) => ReconcileError::Finalizer {
+                step: "AddFinalizer",
+                source,
+            },
+            Error::RemoveFinalizer(source) => ReconcileError::Finalizer {
+                step: "RemoveFinalizer",
+                source,
+            },
+            Error::UnnamedObject => ReconcileError::FinalizerHelper(Error::UnnamedObject),
+            Error::InvalidFinalizer => ReconcileError::FinalizerHelper(Error::InvalidFinalizer),
+        }
+    }
+
+    /// How to retry after this error. A finalizer patch answered 409 Conflict or 422 (its
+    /// `test` failed) raced a cache behind the object, and is tried again soon without counting;
+    /// any other failure of it (403, 5xx, ...) counts and backs off like every other error.
+    pub fn retry(&self) -> Retry {
+        match self {
+            ReconcileError::Waiting { retry, .. } => Retry::Waiting(*retry),
+            e if e.is_terminal() => Retry::Resync,
+            ReconcileError::Finalizer {
+                source: kube::Error::Api(status),
+                ..
+            } if matches!(status.code, 409 | 422) => Retry::Soon,
+            _ => Retry::Backoff,
         }
     }
 
@@ -67,8 +119,9 @@ impl ReconcileError {
         match self {
             ReconcileError::Kube { step, .. }
             | ReconcileError::Arm { step, .. }
-            | ReconcileError::Waiting { step, .. } => step,
-            ReconcileError::Finalizer(_) => "Finalizer",
+            | ReconcileError::Waiting { step, .. }
+            | ReconcileError::Finalizer { step, .. } => step,
+            ReconcileError::FinalizerHelper(_) => "Finalizer",
         }
     }
 
@@ -111,5 +164,49 @@ mod tests {
         assert!(backoff(3, None) >= Duration::from_secs(8));
         assert!(backoff(30, None) <= Duration::from_secs(360));
         assert!(backoff(0, Some(Duration::from_secs(42))) >= Duration::from_secs(42));
+    }
+
+    fn finalizer_failure(step: &'static str, code: u16) -> ReconcileError {
+        let status = kube::core::Status::failure("refused", "Refused").with_code(code);
+        ReconcileError::Finalizer {
+            step,
+            source: kube::Error::Api(status.boxed()),
+        }
+    }
+
+    #[test]
+    fn finalizer_races_retry_soon_and_other_finalizer_failures_back_off() {
+        // A patch that raced the cache: its test failed (422) or the object changed (409).
+        for step in ["AddFinalizer", "RemoveFinalizer", "RecordAssignment"] {
+            assert_eq!(finalizer_failure(step, 409).retry(), Retry::Soon);
+            assert_eq!(finalizer_failure(step, 422).retry(), Retry::Soon);
+        }
+        // Anything else is a failure like any other: counted, with a growing wait.
+        for code in [400, 403, 404, 429, 500, 503] {
+            let e = finalizer_failure("AddFinalizer", code);
+            assert_eq!(e.retry(), Retry::Backoff, "{code}");
+            assert_eq!(e.category(), "AddFinalizer");
+        }
+        // The source is kept, not flattened into a string.
+        let e = finalizer_failure("RemoveFinalizer", 403);
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert!(source.is_some_and(|s| s.contains("refused")), "{e}");
+        // Races are never counted; a persistent 403 waits longer at every attempt.
+        assert!(backoff(5, None) >= Duration::from_secs(32));
+        let waiting = ReconcileError::Waiting {
+            step: "WaitingForDependents",
+            message: "x".into(),
+            retry: Duration::from_secs(7),
+        };
+        assert_eq!(waiting.retry(), Retry::Waiting(Duration::from_secs(7)));
+        let kube = ReconcileError::Kube {
+            step: "PatchStatus",
+            source: kube::Error::Api(
+                kube::core::Status::failure("conflict", "Conflict")
+                    .with_code(409)
+                    .boxed(),
+            ),
+        };
+        assert_eq!(kube.retry(), Retry::Backoff);
     }
 }

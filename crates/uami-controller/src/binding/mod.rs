@@ -20,12 +20,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::azure_identity;
-use super::context::{Context, object_key};
+use super::context::Context;
 use super::error::ReconcileError;
+use super::memo::{ObjectKey, Run};
 use super::outcome::{conclude, finalized};
+use super::pass::Kind;
 use super::target_writer::{Outcome, Want};
 use super::workload;
-use crate::passing::{self, arm_reason};
 pub use plan::target_of;
 use plan::{Ensure, Found, Plan, Removal};
 pub use removal::{ASSIGNED_ANNOTATION, recorded_identity};
@@ -34,8 +35,7 @@ use removal::{
     remove_finalizer, remove_identity,
 };
 use uami_api::conditions::types;
-use uami_api::{DeletionPolicy, IdentityBinding};
-use uami_kube::status;
+use uami_api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
 
 /// Finalizer of bindings.
 pub const FINALIZER: &str = "uami.dev/binding";
@@ -50,14 +50,26 @@ pub(super) const OWNED: &[&str] = &[
     "accessChecks",
 ];
 
-/// Entry point: finalizer handling around apply and cleanup.
+impl Kind for IdentityBinding {
+    // A binding to a VM or scale set adds its finalizer with its record (see
+    // [`reconcile_target`]); one to a service account through kube's helper, before anything
+    // else, and its next pass reads the object again.
+    const FINALIZER: Option<&'static str> = None;
+    const OWNED: &'static [&'static str] = OWNED;
+
+    fn failed_status(&self, reason: &str, message: &str) -> Option<IdentityBindingStatus> {
+        Some(plan::not_ready(self, types::READY, reason, message))
+    }
+}
+
+/// Entry point (see [`super::pass::run`]): finalizer handling around apply and cleanup.
 pub async fn reconcile(
     obj: Arc<IdentityBinding>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let result = if workload::is_service_account(&obj) {
+    if workload::is_service_account(&obj) {
         // Service accounts (workload identity) have their own path; their finalizer comes first.
-        finalized(&ctx, FINALIZER, obj.clone(), |event| async {
+        finalized(&ctx, FINALIZER, obj, |event| async {
             match event {
                 FinalizerEvent::Apply(obj) => workload::apply(obj, ctx.clone()).await,
                 FinalizerEvent::Cleanup(obj) => workload::cleanup(obj, &ctx).await,
@@ -65,21 +77,8 @@ pub async fn reconcile(
         })
         .await
     } else {
-        reconcile_target(obj.clone(), &ctx).await
-    };
-    if let Err(e @ ReconcileError::Arm { source, .. }) = &result
-        && !passing::keep_on_passing_failure(&ctx, &*obj, source)
-    {
-        let reason = arm_reason(source);
-        let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());
-        let _ = status::write(&ctx.client, &*obj, &status, OWNED)
-            .await
-            .map_err(crate::error::ReconcileError::kube("PatchStatus"));
+        reconcile_target(obj, &ctx).await
     }
-    if result.is_ok() {
-        passing::passed(&ctx, &*obj);
-    }
-    result
 }
 
 /// A binding to a VM or scale set: apply, or on deletion clean up and remove the finalizer. Its
@@ -103,7 +102,7 @@ async fn reconcile_target(
 /// Plan, and carry the plan out.
 async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
-    let key = object_key(&*obj);
+    let key = ObjectKey::of(&*obj);
     let identity = ctx.identity(&ns, &obj.spec.identity_ref.name);
     // What is assigned is the identity as Azure has it (its spec's coordinates, its owner tag),
     // never what its status names.
@@ -133,7 +132,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
         Plan::Revoke { target, message } => {
             // A policy that stops allowing a binding revokes it: the identity this controller
             // added is removed from the target.
-            let removal = match owned_identity(&obj, ctx).await? {
+            let removal = match owned_identity(&obj, ctx) {
                 Some(identity_id) => Some(remove_identity(&obj, ctx, &target, &identity_id).await?),
                 None => None,
             };
@@ -150,7 +149,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             let mut labelled = labelled(&obj, &e.target);
             let found = ensure(&obj, ctx, &e, &mut labelled).await?;
             if matches!(found, Found::Assigned { .. }) {
-                ctx.mark_checked(&key, e.fingerprint.clone());
+                ctx.memo.mark_checked(&key, e.fingerprint);
             }
             if !labelled {
                 label_target(&obj, ctx, &e.target).await?;
@@ -182,23 +181,21 @@ async fn ensure(
     e: &Ensure,
     labelled: &mut bool,
 ) -> Result<Found, ReconcileError> {
-    let key = object_key(obj);
-    let write_key = format!("{key}/write");
+    let key = ObjectKey::of(obj);
     let (target, identity_id) = (&e.target, e.identity_id.as_str());
     let done = |outcome: Option<Outcome>| matches!(outcome, Some(Outcome::Done));
     // A stale entry (the identity deleted and created again) is being removed first.
-    let replace_key = format!("{key}/replacing");
     let mut replaced = false;
-    if ctx.note(&replace_key).is_some() {
+    if ctx.memo.replacing(&key) {
         match ctx.writer.outcome(target, identity_id) {
             Some(Outcome::Pending) => return Ok(Found::Pending),
             Some(Outcome::Done) => {
                 ctx.writer.forget(target, identity_id);
-                ctx.drop_note(&replace_key);
+                ctx.memo.set_replacing(&key, false);
                 replaced = true;
             }
             _ => {
-                ctx.drop_note(&replace_key);
+                ctx.memo.set_replacing(&key, false);
             }
         }
     }
@@ -209,7 +206,7 @@ async fn ensure(
             *labelled = true;
         }
         ctx.writer.forget(target, identity_id);
-        ctx.record_success(&write_key);
+        ctx.memo.succeeded(&key, Run::TargetWrite);
         return Ok(Found::Assigned {
             ours: true,
             added: true,
@@ -226,7 +223,7 @@ async fn ensure(
     }
     let current = read_target(ctx, target).await?;
     let Some(current) = current else {
-        ctx.forget_checked(&key);
+        ctx.memo.forget_checked(&key);
         return Ok(Found::TargetNotFound);
     };
     let stale = current.identity.user_assigned.iter().any(|(k, info)| {
@@ -241,14 +238,14 @@ async fn ensure(
         // Assigned by this controller, to the identity that was deleted: IMDS has no token for
         // the new one until the entry is removed and the identity assigned again. One someone
         // else assigned is theirs to renew.
-        tracing::info!(binding = %key, target = %target.id(), "identity recreated since it was assigned; removing and assigning it again");
-        ctx.forget_checked(&key);
-        ctx.keep_note(&replace_key, identity_id.to_string());
+        tracing::info!(target = %target.id(), "identity recreated since it was assigned; removing and assigning it again");
+        ctx.memo.forget_checked(&key);
+        ctx.memo.set_replacing(&key, true);
         return Ok(Found::Replace);
     }
     if current.identity.has_user_assigned(identity_id) {
         // The write succeeded: a later failure starts its backoff from the beginning.
-        ctx.record_success(&write_key);
+        ctx.memo.succeeded(&key, Run::TargetWrite);
         let added = done(ctx.writer.outcome(target, identity_id));
         let mut ours = recorded(obj, identity_id);
         if added && !ours {
@@ -260,7 +257,7 @@ async fn ensure(
         ctx.writer.forget(target, identity_id);
         return Ok(Found::Assigned { ours, added });
     }
-    ctx.forget_checked(&key);
+    ctx.memo.forget_checked(&key);
     match ctx.writer.outcome(target, identity_id) {
         Some(Outcome::Pending) => Ok(Found::Pending),
         Some(Outcome::Failed {
@@ -275,13 +272,13 @@ async fn ensure(
                 message,
                 retryable,
                 retry_after,
-                attempts: ctx.record_failure(&write_key),
+                attempts: ctx.memo.failed(&key, Run::TargetWrite),
             })
         }
         other => {
             let drift = e.assigned_before && other.is_none() && !replaced;
             if drift {
-                tracing::info!(binding = %key, target = %target.id(), "identity no longer assigned; repairing drift");
+                tracing::info!(target = %target.id(), "identity no longer assigned; repairing drift");
             }
             // Record the assignment before asking for it: after a crash between the write and
             // its answer, or when the answer is lost (a timeout, a 500 after the fact), the
@@ -297,15 +294,14 @@ async fn ensure(
 }
 
 async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
-    let key = object_key(&*obj);
-    ctx.forget_checked(&key);
+    ctx.memo.forget_checked(&ObjectKey::of(&*obj));
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }
     // Only an identity this controller recorded adding is removed: a binding refused by policy,
     // deleted before its first reconcile, or that found the identity already assigned, removes
     // nothing. Status is not evidence.
-    let Some(identity_id) = owned_identity(&obj, ctx).await? else {
+    let Some(identity_id) = owned_identity(&obj, ctx) else {
         return Ok(Action::await_change());
     };
     let Some(target) = target_of(&obj, ctx.settings.default_subscription.as_deref()) else {

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 
 use super::super::azure_identity::AzureIdentity;
 use super::super::error::backoff;
+use super::super::memo::Fingerprint;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision};
 use super::super::reasons;
@@ -74,7 +75,7 @@ pub struct Ensure {
     /// left from an identity deleted and created again under the same id.
     pub principal_id: String,
     /// What the check is remembered under.
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// Whether the binding was assigned before (a missing identity is drift).
     pub assigned_before: bool,
 }
@@ -124,7 +125,7 @@ pub fn plan(
     policies: &[GrantPolicy],
     identity: Option<&UserAssignedIdentity>,
     azure: Option<&AzureIdentity>,
-    recently_checked: impl Fn(&str) -> bool,
+    recently_checked: impl Fn(Fingerprint) -> bool,
 ) -> Plan {
     let ns = obj.namespace().unwrap_or_default();
     let Some(target) = target_of(obj, default_subscription) else {
@@ -164,14 +165,13 @@ pub fn plan(
             &message,
         ));
     };
-    let fingerprint = format!(
-        "{:?}/{}/{}",
+    let fingerprint = Fingerprint::of(&(
         obj.metadata.generation,
         identity_id.to_lowercase(),
-        principal_id.to_lowercase()
-    );
+        principal_id.to_lowercase(),
+    ));
     let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
-    if assigned_before && recently_checked(&fingerprint) {
+    if assigned_before && recently_checked(fingerprint) {
         // A pass caused by a status write (ours, the agent's or anyone's): only the summary can
         // change. `adopted` is what the record says, never what the status claims: a status
         // edited by someone else is corrected here.

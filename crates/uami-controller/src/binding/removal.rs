@@ -8,9 +8,11 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::super::context::{Context, object_key};
+use super::super::context::Context;
 use super::super::error::{ReconcileError, backoff};
 use super::super::identity::coordinates;
+use super::super::memo::{ObjectKey, Run};
+use super::super::meta_patch::{MetaMerge, MetaPatch};
 use super::super::policy;
 use super::super::target_writer::{Outcome, Want};
 use super::OWNED;
@@ -54,63 +56,34 @@ pub(super) async fn record_identity(
 ) -> Result<(), ReconcileError> {
     let (api, params) = metadata_patcher(obj, ctx);
     let Some((identity_id, target)) = identity_id else {
-        let patch = serde_json::json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: null}}});
+        let patch = MetaMerge::default().remove_annotation(ASSIGNED_ANNOTATION);
         api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
             .await
             .map_err(ReconcileError::kube("RecordAssignment"))?;
         return Ok(());
     };
-    let mut ops = Vec::new();
-    let finalizers = obj.finalizers();
-    if !finalizers.iter().any(|f| f == super::FINALIZER) {
-        if finalizers.is_empty() {
-            ops.push(
-                serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": null}),
-            );
-            ops.push(serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [super::FINALIZER]}));
-        } else {
-            ops.push(serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": finalizers}));
-            ops.push(serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": super::FINALIZER}));
-        }
-    }
-    if obj.metadata.annotations.is_some() {
-        let path = format!(
-            "/metadata/annotations/{}",
-            ASSIGNED_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    let meta = obj.meta();
+    let mut patch = MetaPatch::default()
+        .add_finalizer(meta, super::FINALIZER)
+        .put(
+            "annotations",
+            meta.annotations.as_ref(),
+            ASSIGNED_ANNOTATION,
+            identity_id,
         );
-        ops.push(serde_json::json!({"op": "add", "path": path, "value": identity_id}));
-    } else {
-        ops.push(serde_json::json!({"op": "test", "path": "/metadata/annotations", "value": null}));
-        ops.push(serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": {ASSIGNED_ANNOTATION: identity_id}}));
-    }
     // The target's label, for the agents on it, comes with the first record.
     if !labelled(obj, target) {
         let value = target_label_value(&target.id());
-        if obj.metadata.labels.is_some() {
-            let path = format!("/metadata/labels/{}", TARGET_LABEL.replace('/', "~1"));
-            ops.push(serde_json::json!({"op": "add", "path": path, "value": value}));
-        } else {
-            ops.push(serde_json::json!({"op": "test", "path": "/metadata/labels", "value": null}));
-            ops.push(serde_json::json!({"op": "add", "path": "/metadata/labels", "value": {TARGET_LABEL: value}}));
-        }
+        patch = patch.put("labels", meta.labels.as_ref(), TARGET_LABEL, &value);
     }
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-        .map_err(|e| ReconcileError::Finalizer(format!("building the record patch: {e}")))?;
-    match api
-        .patch(&obj.name_any(), &params, &Patch::<()>::Json(patch))
+    // A failed test (422) means the cache is behind the object: a race, looked at again soon.
+    api.patch(&obj.name_any(), &params, &Patch::<()>::Json(patch.build()))
         .await
-    {
-        Ok(_) => Ok(()),
-        // A test failed: the cache is behind the object. Looked at again shortly.
-        Err(kube::Error::Api(e)) if e.code == 422 => Err(ReconcileError::Finalizer(format!(
-            "recording the assignment raced a change of the binding: {}",
-            e.message
-        ))),
-        Err(e) => Err(ReconcileError::Kube {
+        .map_err(|source| ReconcileError::Finalizer {
             step: "RecordAssignment",
-            source: e,
-        }),
-    }
+            source,
+        })?;
+    Ok(())
 }
 
 /// Remove this controller's finalizer after cleanup; the `test` keeps it from removing another
@@ -119,57 +92,36 @@ pub(super) async fn remove_finalizer(
     ctx: &Context,
     obj: &IdentityBinding,
 ) -> Result<(), ReconcileError> {
-    let api: Api<IdentityBinding> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let Some(i) = obj.finalizers().iter().position(|f| f == super::FINALIZER) else {
+    let Some(patch) = MetaPatch::remove_finalizer(obj.meta(), super::FINALIZER) else {
         return Ok(());
     };
-    let path = format!("/metadata/finalizers/{i}");
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        {"op": "test", "path": path, "value": super::FINALIZER},
-        {"op": "remove", "path": path},
-    ]))
-    .map_err(|e| ReconcileError::Finalizer(format!("building the finalizer patch: {e}")))?;
+    let api: Api<IdentityBinding> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     api.patch(
         &obj.name_any(),
         &PatchParams::default(),
-        &Patch::<()>::Json(patch),
+        &Patch::<()>::Json(patch.build()),
     )
     .await
-    .map_err(|e| ReconcileError::Finalizer(format!("removing the finalizer: {e}")))?;
+    .map_err(|source| ReconcileError::Finalizer {
+        step: "RemoveFinalizer",
+        source,
+    })?;
     Ok(())
 }
 
 /// The identity this controller recorded adding to the target, when it is still the binding's
 /// identity: the ARM id its spec names (the status is not evidence). A record naming another
-/// identity removes nothing.
-///
-/// The identity is read from the API server, not the cache: right after a restart the identity
-/// cache may not be filled yet, and an identity that looks absent would leave its assignment
-/// behind (and the identity then deleted while still listed on the VM).
-pub(super) async fn owned_identity(
-    obj: &IdentityBinding,
-    ctx: &Context,
-) -> Result<Option<String>, ReconcileError> {
-    let Some(recorded) = recorded_identity(obj) else {
-        return Ok(None);
-    };
+/// identity removes nothing. The identity is read from the shared cache, like every identity
+/// read (see [`Context::identity`]): it stays there while this binding, its dependent, exists.
+pub(super) fn owned_identity(obj: &IdentityBinding, ctx: &Context) -> Option<String> {
+    let recorded = recorded_identity(obj)?;
     let ns = obj.namespace().unwrap_or_default();
-    let identities: Api<uami_api::UserAssignedIdentity> = Api::namespaced(ctx.client.clone(), &ns);
-    let by_name = kube::api::ListParams::default()
-        .fields(&format!("metadata.name={}", obj.spec.identity_ref.name));
-    let current = identities
-        .list(&by_name)
-        .await
-        .map_err(ReconcileError::kube("GetIdentity"))?
-        .items
-        .into_iter()
-        .find(|i| i.name_any() == obj.spec.identity_ref.name)
+    ctx.identity(&ns, &obj.spec.identity_ref.name)
         .and_then(|i| coordinates(&i, ctx))
-        .map(|at| at.path());
-    Ok(current
+        .map(|at| at.path())
         .filter(|c| c.eq_ignore_ascii_case(recorded))
-        .map(|_| recorded.to_string()))
+        .map(|_| recorded.to_string())
 }
 
 /// Have the writer remove `identity_id` from `target`, unless another live binding of the same
@@ -181,7 +133,7 @@ pub(super) async fn remove_identity(
     identity_id: &str,
 ) -> Result<Removal, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
-    let key = object_key(obj);
+    let key = ObjectKey::of(obj);
     // Another live binding of the same identity to the same target keeps it assigned. Listed
     // from the API server: a cache can miss a binding, or hold one already gone.
     let live: Api<IdentityBinding> = Api::namespaced(ctx.client.clone(), &ns);
@@ -209,7 +161,7 @@ pub(super) async fn remove_identity(
     }
     let current = read_target(ctx, target).await?;
     let Some(current) = current else {
-        ctx.record_success(&format!("{key}/write"));
+        ctx.memo.succeeded(&key, Run::TargetWrite);
         ctx.writer.forget(target, identity_id);
         return Ok(Removal::Gone);
     };
@@ -224,7 +176,7 @@ pub(super) async fn remove_identity(
                 retry: Duration::from_secs(2),
             });
         }
-        ctx.record_success(&format!("{key}/write"));
+        ctx.memo.succeeded(&key, Run::TargetWrite);
         ctx.writer.forget(target, identity_id);
         return Ok(Removal::Gone);
     }
@@ -237,7 +189,7 @@ pub(super) async fn remove_identity(
             ..
         }) => {
             ctx.writer.forget(target, identity_id);
-            let attempts = ctx.record_failure(&format!("{key}/write"));
+            let attempts = ctx.memo.failed(&key, Run::TargetWrite);
             let status = not_ready(
                 obj,
                 types::READY,
@@ -293,7 +245,8 @@ pub(super) async fn label_target(
     ctx: &Context,
     target: &ComputeTarget,
 ) -> Result<(), ReconcileError> {
-    let patch = serde_json::json!({"metadata": {"labels": {TARGET_LABEL: target_label_value(&target.id())}}});
+    let value = target_label_value(&target.id());
+    let patch = MetaMerge::default().label(TARGET_LABEL, &value);
     let (api, params) = metadata_patcher(obj, ctx);
     api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
         .await

@@ -8,6 +8,7 @@ use super::ASSIGNED_ANNOTATION;
 use super::plan::*;
 use crate::azure_identity::AzureIdentity;
 use crate::fixtures::{condition, policies};
+use crate::memo::Fingerprint;
 use crate::outcome::{Next, Report};
 use crate::reasons;
 use uami_api::conditions::{self, types};
@@ -93,7 +94,7 @@ type Case<'a> = (
 
 #[test]
 fn plans_from_target_policy_and_identity() {
-    let never = |_: &str| false;
+    let never = |_: Fingerprint| false;
     let ready = identity(true);
     let not_ready = identity(false);
     let with_status = || binding(Some(json!({"observedGeneration": 1})), false);

@@ -21,18 +21,19 @@ use kube::runtime::finalizer::Event as FinalizerEvent;
 use super::azure_identity;
 use super::binding::plan::identity_ready;
 use super::budget::{Room, count_role_assignments, room_for_one};
-use super::context::{Context, object_key};
+use super::context::Context;
 use super::error::ReconcileError;
+use super::memo::{ObjectKey, Run};
 use super::outcome::{Next, Report, conclude, finalized};
+use super::pass::Kind;
 use super::reasons;
-use crate::passing::{self, arm_reason};
 use plan::{Ensure, Expected, Found, Plan};
 pub use plan::{PRINCIPAL_NOT_FOUND_ATTEMPTS, ScopeProblem, assignment_id, scope_of};
 use revoke::{expected, find_matching, revoke};
 use uami_api::conditions::types;
-use uami_api::{DeletionPolicy, RoleGrant};
+use uami_api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
 use uami_azure::roles::NewRoleAssignment;
-use uami_kube::status::{self, mark};
+use uami_kube::status::mark;
 
 /// Finalizer of grants.
 pub const FINALIZER: &str = "uami.dev/grant";
@@ -47,35 +48,32 @@ const OWNED: &[&str] = &[
     "observedGeneration",
 ];
 
-/// Entry point: finalizer handling around apply and cleanup.
+impl Kind for RoleGrant {
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+    const OWNED: &'static [&'static str] = OWNED;
+
+    fn failed_status(&self, reason: &str, message: &str) -> Option<RoleGrantStatus> {
+        let mut status = plan::base(self);
+        mark(&mut status, types::READY, false, reason, message);
+        Some(status)
+    }
+}
+
+/// Entry point (see [`super::pass::run`]): finalizer handling around apply and cleanup.
 pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let result = finalized(&ctx, FINALIZER, obj.clone(), |event| async {
+    finalized(&ctx, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
             FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
         }
     })
-    .await;
-    if let Err(e @ ReconcileError::Arm { source, .. }) = &result
-        && !passing::keep_on_passing_failure(&ctx, &*obj, source)
-    {
-        let mut status = plan::base(&obj);
-        let reason = arm_reason(source);
-        mark(&mut status, types::READY, false, &reason, &e.to_string());
-        let _ = status::write(&ctx.client, &*obj, &status, OWNED)
-            .await
-            .map_err(crate::error::ReconcileError::kube("PatchStatus"));
-    }
-    if result.is_ok() {
-        passing::passed(&ctx, &*obj);
-    }
-    result
+    .await
 }
 
 /// Resolve, plan, and carry the plan out.
 async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
-    let key = object_key(&*obj);
+    let key = ObjectKey::of(&*obj);
     let default_sub = ctx.settings.default_subscription.as_deref();
     let identity = ctx.identity(&ns, &obj.spec.identity_ref.name);
     // The principal granted is the identity's as Azure has it, never what its status names.
@@ -112,13 +110,13 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             let revoked = !recently
                 && match revoke(&obj, ctx, &expected).await {
                     Ok(revoked) => {
-                        ctx.mark_checked(&key, expected.denied_fingerprint());
+                        ctx.memo.mark_checked(&key, expected.denied_fingerprint());
                         revoked
                     }
                     Err(e) => {
                         // Denied either way; whether something must be revoked is looked at
                         // again at the next resync (the scope may not even be readable).
-                        tracing::warn!(grant = %key, error = %e, "could not check for an assignment to revoke");
+                        tracing::warn!(error = %e, "could not check for an assignment to revoke");
                         next = Next::Resync;
                         false
                     }
@@ -136,7 +134,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
                 if let Some(old) = replaced {
                     revoke_replaced(&obj, ctx, &e, old).await?;
                 }
-                ctx.mark_checked(&key, e.fingerprint.clone());
+                ctx.memo.mark_checked(&key, e.fingerprint);
             }
             let created = matches!(found, Found::Created { .. });
             let report = plan::settle(&obj, &e, found);
@@ -156,8 +154,8 @@ async fn revoke_replaced(
     e: &Ensure,
     old: String,
 ) -> Result<(), ReconcileError> {
-    let note_key = format!("{}/replaced", object_key(obj));
-    if ctx.note(&note_key).as_deref() == Some(old.as_str()) {
+    let key = ObjectKey::of(obj);
+    if ctx.memo.replaced_principal(&key).as_deref() == Some(old.as_str()) {
         return Ok(());
     }
     let exp = &e.expected;
@@ -175,7 +173,7 @@ async fn revoke_replaced(
         )
         .await;
     }
-    ctx.keep_note(&note_key, old);
+    ctx.memo.set_replaced_principal(&key, old);
     Ok(())
 }
 
@@ -188,8 +186,7 @@ async fn ensure(
     e: &Ensure,
     recreated: bool,
 ) -> Result<(Found, Option<Room>), ReconcileError> {
-    let key = object_key(obj);
-    let principal_key = format!("{key}/principal");
+    let key = ObjectKey::of(obj);
     let exp = &e.expected;
     let scope_text = exp.scope.to_string();
     let scope = scope_text.as_str();
@@ -221,7 +218,7 @@ async fn ensure(
         .await
         .map_err(ReconcileError::arm("GetRoleAssignment"))?
     {
-        ctx.record_success(&principal_key);
+        ctx.memo.succeeded(&key, Run::PrincipalNotFound);
         let found = Found::Exists {
             id: existing.id,
             adopted: false,
@@ -247,7 +244,7 @@ async fn ensure(
     if e.granted_before && !recreated {
         ctx.event(obj, true, reasons::DRIFT_DETECTED, "CreateRoleAssignment", format!("the role assignment at {scope} was removed outside the controller; creating it again")).await;
     }
-    ctx.forget_checked(&key);
+    ctx.memo.forget_checked(&key);
     let found = match roles
         .create_role_assignment(NewRoleAssignment {
             scope,
@@ -258,7 +255,7 @@ async fn ensure(
         .await
     {
         Ok(created) => {
-            ctx.record_success(&principal_key);
+            ctx.memo.succeeded(&key, Run::PrincipalNotFound);
             ctx.budgets.role_assignment_written(&subscription, true);
             Found::Created { id: created.id }
         }
@@ -283,7 +280,7 @@ async fn ensure(
             ));
         }
         Err(err) if err.code() == "PrincipalNotFound" => Found::PrincipalNotFound {
-            attempts: ctx.record_failure(&principal_key),
+            attempts: ctx.memo.failed(&key, Run::PrincipalNotFound),
             retry_after: err.retry_after(),
         },
         Err(err) => {
@@ -301,7 +298,7 @@ async fn ensure(
 }
 
 async fn cleanup(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileError> {
-    ctx.forget_checked(&object_key(&*obj));
+    ctx.memo.forget_checked(&ObjectKey::of(&*obj));
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }

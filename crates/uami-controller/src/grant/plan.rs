@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use super::super::azure_identity::AzureIdentity;
 use super::super::budget;
 use super::super::error::backoff;
+use super::super::memo::Fingerprint;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision, ResolvedRole};
 use super::super::reasons;
@@ -96,8 +97,8 @@ impl Expected {
     }
 
     /// What a revocation check of this assignment is remembered under.
-    pub fn denied_fingerprint(&self) -> String {
-        format!("denied/{}", self.name)
+    pub fn denied_fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&("denied", &self.name))
     }
 }
 
@@ -138,7 +139,7 @@ pub struct Ensure {
     /// The role definition id to create the assignment with.
     pub definition_id: String,
     /// What the check is remembered under.
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// Whether the grant was granted before (a missing assignment is drift).
     pub granted_before: bool,
     /// Whether the grant adopted an assignment under another name before.
@@ -243,7 +244,7 @@ pub fn plan(
     role: Option<&RoleDefinition>,
     policies: &[GrantPolicy],
     default_subscription: Option<&str>,
-    recently_checked: impl Fn(&str) -> bool,
+    recently_checked: impl Fn(Fingerprint) -> bool,
 ) -> Plan {
     let Resolved {
         scope,
@@ -280,24 +281,23 @@ pub fn plan(
         status.role_assignment_id = None;
         status.adopted = None;
         return Plan::Revoke {
-            recently: recently_checked(&expected.denied_fingerprint()),
+            recently: recently_checked(expected.denied_fingerprint()),
             expected,
             message,
             status,
         };
     }
-    let fingerprint = format!(
-        "{:?}/{}/{}/{}",
+    let fingerprint = Fingerprint::of(&(
         obj.metadata.generation,
-        principal_id,
-        guid,
-        scope.as_str().to_lowercase()
-    );
+        &principal_id,
+        &guid,
+        scope.as_str().to_lowercase(),
+    ));
     let current = obj.status.as_ref();
     let granted_before =
         current.is_some_and(|s| conditions::is_true(&s.conditions, types::GRANTED));
     let adopted_before = current.and_then(|s| s.adopted) == Some(true);
-    if granted_before && recently_checked(&fingerprint) {
+    if granted_before && recently_checked(fingerprint) {
         // A pass caused by a status write (ours or the agent's): only the summary can change.
         // Our own assignment's id is recomputed, not copied from status.
         let scope = scope.to_string();

@@ -46,11 +46,7 @@ pub(super) async fn expected(
         return Ok(None);
     };
     let ns = obj.namespace().unwrap_or_default();
-    let Some(identity) = ctx
-        .identity_or_fetch(&ns, &obj.spec.identity_ref.name)
-        .await
-        .map_err(ReconcileError::kube("GetIdentity"))?
-    else {
+    let Some(identity) = ctx.identity(&ns, &obj.spec.identity_ref.name) else {
         return Ok(None);
     };
     let Some(principal_id) = azure_identity::resolve(ctx, &identity)

@@ -7,6 +7,7 @@ use serde_json::json;
 use super::plan::*;
 use crate::azure_identity::AzureIdentity;
 use crate::fixtures::{condition, policies};
+use crate::memo::Fingerprint;
 use crate::outcome::{Next, Report};
 use crate::reasons;
 use uami_api::conditions::{self, types};
@@ -184,7 +185,7 @@ fn an_invalid_scope_warns_once() {
 #[test]
 fn plans_from_role_policy_and_recent_checks() {
     let g = grant(devtest(), None);
-    let never = |_: &str| false;
+    let never = |_: Fingerprint| false;
     // No such role: a warning and a look at the next resync.
     let (status, note, next) = report(plan(&g, resolved(&g), None, &[], Some(SUB), never));
     assert_eq!(ready(&status.unwrap()).1, reasons::ROLE_NOT_FOUND);
@@ -219,7 +220,7 @@ fn plans_from_role_policy_and_recent_checks() {
         Some(json!({"adopted": false, "roleAssignmentId": "/forged",
             "conditions": [condition("Granted", "True", "Granted")]})),
     );
-    let always = |_: &str| true;
+    let always = |_: Fingerprint| true;
     let (status, note, next) = report(plan(
         &granted,
         resolved(&granted),

@@ -8,38 +8,61 @@
 //! cluster's issuer for this service account. One with the same trust under another name is
 //! someone else's (`adopted`) and is never deleted.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::super::budget::{Room, room_for_one};
-use super::super::context::{Context, object_key};
+use super::super::context::Context;
 use super::super::error::ReconcileError;
+use super::super::meta_patch::MetaMerge;
 use super::{
     AzureIdentity, CLIENT_ID_ANNOTATION, DRIFT_DETECTED, MAX_CREDENTIALS_PER_IDENTITY,
     TENANT_ID_ANNOTATION, credential_name, subject,
 };
 use uami_api::IdentityBinding;
-use uami_azure::federated::FederatedCredential;
+use uami_azure::federated::{FederatedCredential, IdentityCoordinates};
 
 /// One writer at a time per identity: Azure refuses concurrent federated identity credential
 /// writes on one identity (`ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity`).
+/// A lock lives while someone holds or waits for it: the table keeps only weak references, and
+/// drops the dead ones whenever a lock is handed out.
 #[derive(Default)]
 pub struct IdentityLocks {
-    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: parking_lot::Mutex<HashMap<IdentityCoordinates, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl IdentityLocks {
-    /// The lock of the identity with key `key`.
-    pub fn of(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .entry(key.to_string())
-            .or_default()
-            .clone()
+    /// The lock of the identity at `at` (the same for any spelling of its coordinates).
+    pub fn of(&self, at: &IdentityCoordinates) -> Arc<tokio::sync::Mutex<()>> {
+        let key = IdentityCoordinates::new(
+            &at.subscription.to_lowercase(),
+            &at.resource_group.to_lowercase(),
+            &at.name.to_lowercase(),
+        );
+        let mut locks = self.locks.lock();
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        if let Some(lock) = locks.get(&key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&lock));
+        lock
+    }
+
+    /// How many identities have a lock in use.
+    pub fn len(&self) -> usize {
+        let mut locks = self.locks.lock();
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        locks.len()
+    }
+
+    /// Whether no lock is in use.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -64,7 +87,7 @@ pub(super) async fn ensure_credential(
     assigned_before: bool,
 ) -> Result<Ensured, ReconcileError> {
     let api = &ctx.azure.federated;
-    let lock = ctx.fic_locks.of(&id.coordinates.key());
+    let lock = ctx.fic_locks.of(&id.coordinates);
     let _writer = lock.lock().await;
     let current = api
         .get_federated_credential(&id.coordinates, &desired.name)
@@ -98,7 +121,7 @@ pub(super) async fn ensure_credential(
         listed = Some(all.len());
     }
     if assigned_before {
-        tracing::info!(binding = %object_key(obj), credential = %to_write.name, "federated identity credential missing or changed; repairing drift");
+        tracing::info!(credential = %to_write.name, "federated identity credential missing or changed; repairing drift");
         ctx.event(
             obj,
             true,
@@ -170,12 +193,14 @@ pub(super) async fn annotate(
         )
         .await;
     }
-    let annotations: BTreeMap<&str, &str> = want.into_iter().collect();
+    let patch = want
+        .into_iter()
+        .fold(MetaMerge::default(), |patch, (k, v)| patch.annotate(k, v));
     sa_api
         .patch(
             &account.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": annotations}})),
+            &Patch::Merge(&patch),
         )
         .await
         .map_err(ReconcileError::kube("AnnotateServiceAccount"))?;
@@ -189,7 +214,6 @@ pub(super) async fn annotate(
 /// removed.
 pub(super) async fn remove_trust(
     ctx: &Context,
-    obj: &IdentityBinding,
     id: &AzureIdentity,
     ns: &str,
     sa: &str,
@@ -197,7 +221,7 @@ pub(super) async fn remove_trust(
     let mut removed = false;
     if let Some(wl) = &ctx.settings.workload {
         let name = credential_name(&wl.oidc_issuer, ns, sa);
-        let lock = ctx.fic_locks.of(&id.coordinates.key());
+        let lock = ctx.fic_locks.of(&id.coordinates);
         let _writer = lock.lock().await;
         let api = &ctx.azure.federated;
         let found = api
@@ -212,7 +236,7 @@ pub(super) async fn remove_trust(
                 removed = true;
             }
             Some(c) => {
-                tracing::warn!(binding = %object_key(obj), credential = %c.name, issuer = %c.issuer, subject = %c.subject, "the credential under this binding's name trusts something else; left alone");
+                tracing::warn!(credential = %c.name, issuer = %c.issuer, subject = %c.subject, "the credential under this binding's name trusts something else; left alone");
             }
             None => {}
         }
@@ -228,10 +252,11 @@ pub(super) async fn remove_trust(
             .patch(
                 sa,
                 &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
-                    CLIENT_ID_ANNOTATION: null,
-                    TENANT_ID_ANNOTATION: null,
-                }}})),
+                &Patch::Merge(
+                    &MetaMerge::default()
+                        .remove_annotation(CLIENT_ID_ANNOTATION)
+                        .remove_annotation(TENANT_ID_ANNOTATION),
+                ),
             )
             .await
             .map_err(ReconcileError::kube("AnnotateServiceAccount"))?;

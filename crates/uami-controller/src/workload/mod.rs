@@ -11,6 +11,7 @@
 //! metadata and the access results, never the token or the assertion.
 
 mod credential;
+mod defaults;
 mod summary;
 mod token_check;
 
@@ -21,16 +22,20 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
+use tracing::Instrument;
 
 use super::azure_identity::{self, AzureIdentity};
 use super::binding::plan::identity_ready;
-use super::context::{Context, object_key};
+use super::context::Context;
 use super::error::ReconcileError;
+use super::memo::{Fingerprint, ObjectKey};
 use super::outcome::{Next, warn_once};
 use super::policy::{self, Decision};
 use super::reasons::{self, DRIFT_DETECTED, REVOKED};
 pub use credential::IdentityLocks;
 use credential::{Ensured, annotate, ensure_credential, remove_trust};
+pub use defaults::Defaults;
+use defaults::{default_of, wake_on_new_choice};
 use summary::{summary, wait, waiting, write_status};
 pub use token_check::TokenChecks;
 use token_check::check_token;
@@ -111,25 +116,94 @@ fn sa_name(obj: &IdentityBinding) -> String {
         .unwrap_or_default()
 }
 
-/// Apply a service account binding.
+/// What a service account binding acts on, once resolved.
+struct Resolved {
+    wl: WorkloadSettings,
+    id: AzureIdentity,
+    ns: String,
+    sa: String,
+    /// The binding whose identity the service account's client id annotation names, when it
+    /// is another's (`None`: this binding annotates).
+    default_binding: Option<String>,
+    sa_api: Api<ServiceAccount>,
+    account: ServiceAccount,
+}
+
+/// Apply a service account binding: resolve -> ensure the credential and the annotations ->
+/// settle (the token check's last result, the status).
 pub async fn apply(
     obj: Arc<IdentityBinding>,
     shared: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let ctx: &Context = &shared;
-    let ns = obj.namespace().unwrap_or_default();
-    let sa = sa_name(&obj);
-    let resync = Action::requeue(ctx.settings.jittered_resync());
-    let Some(wl) = ctx.settings.workload.clone() else {
-        let message = "the controller runs without --oidc-issuer: service account bindings need the cluster's OIDC issuer URL";
-        return wait(
-            &obj,
-            ctx,
-            reasons::NO_OIDC_ISSUER,
-            message,
-            Next::AwaitChange,
+    let r = match resolve(&obj, ctx).await? {
+        Ok(resolved) => resolved,
+        Err(action) => return Ok(action),
+    };
+    let key = ObjectKey::of(&*obj);
+    let fingerprint = Fingerprint::of(&(
+        obj.metadata.generation,
+        r.id.id.to_lowercase(),
+        &r.id.principal_id,
+        &r.id.client_id,
+        &r.wl.oidc_issuer,
+        &r.default_binding,
+    ));
+    let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
+    if assigned_before && ctx.recently_checked(&key, fingerprint) {
+        // A pass caused by a status write: nothing in Azure or on the service account to read.
+        return Ok(Action::requeue(ctx.settings.jittered_resync()));
+    }
+    let (credential, adopted) = match ensure(&obj, ctx, &r, assigned_before).await? {
+        Ok(made) => made,
+        Err(action) => {
+            ctx.memo.forget_checked(&key);
+            return Ok(action);
+        }
+    };
+    let settled = settle(&obj, &shared, &r, &credential, adopted).await;
+    if !assigned_before {
+        ctx.event(
+            &*obj,
+            false,
+            reasons::ASSIGNED,
+            "CreateFederatedCredential",
+            format!(
+                "identity {} trusts service account {} through federated identity credential {}",
+                obj.spec.identity_ref.name, r.sa, credential.name
+            ),
         )
         .await;
+    }
+    write_status(&obj, ctx, settled.status).await?;
+    if settled.verified {
+        ctx.memo.mark_checked(&key, fingerprint);
+        Ok(Action::requeue(
+            settled.again.min(ctx.settings.resync_period),
+        ))
+    } else {
+        ctx.memo.forget_checked(&key);
+        // The next check is due then (with backoff while it does not settle); a running one
+        // wakes the binding when it ends.
+        Ok(Action::requeue(settled.again))
+    }
+}
+
+/// Resolve what the binding acts on: the settings, the identity as Azure has it, the policy,
+/// the service account's default and the service account. `Err` carries the end of a pass that
+/// cannot go on (its status written).
+async fn resolve(
+    obj: &Arc<IdentityBinding>,
+    ctx: &Context,
+) -> Result<Result<Resolved, Action>, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let sa = sa_name(obj);
+    let Some(wl) = ctx.settings.workload.clone() else {
+        let message = "the controller runs without --oidc-issuer: service account bindings need the cluster's OIDC issuer URL";
+        let next = Next::AwaitChange;
+        return Ok(Err(
+            wait(obj, ctx, reasons::NO_OIDC_ISSUER, message, next).await?
+        ));
     };
     let identity_name = &obj.spec.identity_ref.name;
     // The credential is written on the identity as Azure has it (its spec's coordinates, its
@@ -156,7 +230,9 @@ pub async fn apply(
     let id = match id {
         Ok(id) => id,
         Err((reason, message)) => {
-            return wait(&obj, ctx, reason, &message, Next::After(WAIT)).await;
+            return Ok(Err(
+                wait(obj, ctx, reason, &message, Next::After(WAIT)).await?
+            ));
         }
     };
     if let Decision::Denied(message) = policy::check_service_account_binding(
@@ -166,70 +242,29 @@ pub async fn apply(
         &sa,
         ctx.settings.default_subscription.as_deref(),
     ) {
-        warn_once(
-            ctx,
-            &*obj,
-            reasons::DENIED_BY_POLICY,
-            "CheckPolicy",
-            &message,
-        )
-        .await;
-        let mut status = waiting(&obj, reasons::DENIED_BY_POLICY, &message);
-        let key = object_key(&*obj);
-        let denied = format!("denied/{}", id.coordinates.key());
-        if !ctx.recently_checked(&key, &denied) {
-            // A policy no longer allows what this binding made: take it back, whatever its
-            // status says (a status is not evidence that nothing was made).
-            let removed = remove_trust(ctx, &obj, &id, &ns, &sa).await?;
-            ctx.mark_checked(&key, denied);
-            if removed {
-                ctx.event(
-                    &*obj,
-                    true,
-                    REVOKED,
-                    "DeleteFederatedCredential",
-                    format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
-                )
-                .await;
-            }
-        }
-        if obj.status.as_ref().and_then(|s| s.assigned) == Some(true) {
-            status.assigned = Some(false);
-            status.token = None;
-            status.access = Vec::new();
-        }
-        write_status(&obj, ctx, status).await?;
-        return Ok(Action::await_change());
+        return Ok(Err(revoke_denied(obj, ctx, &id, &ns, &sa, &message).await?));
     }
-    let choice = default_of(ctx, &ns, &sa);
-    wake_on_new_choice(ctx, &ns, &sa, &choice, &obj);
-    let default_binding = match &choice {
-        Some(DefaultChoice::Conflict(marked)) if marked.iter().any(|b| b.0 == obj.name_any()) => {
-            let message = format!(
-                "IdentityBindings {} of service account {sa} all say default: true for different identities; the service account's client id annotation is left as it was until one of them says false",
-                marked
-                    .iter()
-                    .map(|b| b.0.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+    let default_binding = match defaults::default_binding(ctx, obj, &ns, &sa) {
+        Ok(default_binding) => default_binding,
+        Err(message) => {
             warn_once(
                 ctx,
-                &*obj,
+                &**obj,
                 reasons::DEFAULT_CONFLICT,
                 "AnnotateServiceAccount",
                 &message,
             )
             .await;
-            return wait(&obj, ctx, reasons::DEFAULT_CONFLICT, &message, Next::Resync).await;
+            let next = Next::Resync;
+            return Ok(Err(wait(
+                obj,
+                ctx,
+                reasons::DEFAULT_CONFLICT,
+                &message,
+                next,
+            )
+            .await?));
         }
-        Some(DefaultChoice::Default(name, identity)) if *identity != *identity_name => {
-            Some(name.clone())
-        }
-        // This binding's identity is the default (or, in a conflict it is not part of, the
-        // annotation is nobody's to change).
-        Some(DefaultChoice::Default(..)) | None => None,
-        Some(DefaultChoice::Conflict(_)) => Some(String::new()),
     };
     let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(account) = sa_api
@@ -239,226 +274,164 @@ pub async fn apply(
     else {
         let message = format!("ServiceAccount {sa} does not exist in namespace {ns}");
         let next = Next::After(WAIT_FOR_SERVICE_ACCOUNT);
-        return wait(
-            &obj,
-            ctx,
-            reasons::SERVICE_ACCOUNT_NOT_FOUND,
-            &message,
-            next,
-        )
-        .await;
+        let reason = reasons::SERVICE_ACCOUNT_NOT_FOUND;
+        return Ok(Err(wait(obj, ctx, reason, &message, next).await?));
     };
+    Ok(Ok(Resolved {
+        wl,
+        id,
+        ns,
+        sa,
+        default_binding,
+        sa_api,
+        account,
+    }))
+}
 
-    let key = object_key(&*obj);
-    let fingerprint = format!(
-        "{:?}/{}/{}/{}/{}/{:?}",
-        obj.metadata.generation,
-        id.id.to_lowercase(),
-        id.principal_id,
-        id.client_id,
-        wl.oidc_issuer,
-        default_binding
-    );
-    let assigned_before = obj.status.as_ref().and_then(|s| s.assigned) == Some(true);
-    if assigned_before && ctx.recently_checked(&key, &fingerprint) {
-        // A pass caused by a status write: nothing in Azure or on the service account to read.
-        return Ok(resync);
+/// A GrantPolicy does not allow the binding: take back what it made (once per check window),
+/// and report the denial.
+async fn revoke_denied(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    id: &AzureIdentity,
+    ns: &str,
+    sa: &str,
+    message: &str,
+) -> Result<Action, ReconcileError> {
+    warn_once(ctx, obj, reasons::DENIED_BY_POLICY, "CheckPolicy", message).await;
+    let mut status = waiting(obj, reasons::DENIED_BY_POLICY, message);
+    let key = ObjectKey::of(obj);
+    let denied = Fingerprint::of(&("denied", id.coordinates.key()));
+    if !ctx.recently_checked(&key, denied) {
+        // A policy no longer allows what this binding made: take it back, whatever its
+        // status says (a status is not evidence that nothing was made).
+        let removed = remove_trust(ctx, id, ns, sa).await?;
+        ctx.memo.mark_checked(&key, denied);
+        if removed {
+            ctx.event(
+                obj,
+                true,
+                REVOKED,
+                "DeleteFederatedCredential",
+                format!("no GrantPolicy allows this binding any more; removed the trust of service account {sa}"),
+            )
+            .await;
+        }
     }
+    if obj.status.as_ref().and_then(|s| s.assigned) == Some(true) {
+        status.assigned = Some(false);
+        status.token = None;
+        status.access = Vec::new();
+    }
+    write_status(obj, ctx, status).await?;
+    Ok(Action::await_change())
+}
 
+/// Make the credential exist and, when this binding is the service account's default, the
+/// annotations name its identity: the credential and whether someone else made it, or (`Err`)
+/// the end of a pass refused at Azure's limit of credentials.
+async fn ensure(
+    obj: &IdentityBinding,
+    ctx: &Context,
+    r: &Resolved,
+    assigned_before: bool,
+) -> Result<Result<(FederatedCredential, bool), Action>, ReconcileError> {
     let desired = FederatedCredential {
-        name: credential_name(&wl.oidc_issuer, &ns, &sa),
+        name: credential_name(&r.wl.oidc_issuer, &r.ns, &r.sa),
         id: String::new(),
-        issuer: wl.oidc_issuer.clone(),
-        subject: subject(&ns, &sa),
+        issuer: r.wl.oidc_issuer.clone(),
+        subject: subject(&r.ns, &r.sa),
         audiences: vec![EXCHANGE_AUDIENCE.to_string()],
     };
-    let ensured = match ensure_credential(ctx, &obj, &id, desired, assigned_before).await? {
+    let made = match ensure_credential(ctx, obj, &r.id, desired, assigned_before).await? {
         Ensured::Present {
             credential,
             adopted,
         } => (credential, adopted),
         Ensured::LimitReached(count) => {
-            ctx.forget_checked(&key);
             let message = format!(
                 "identity {} already has {count} federated identity credentials, Azure's limit is {MAX_CREDENTIALS_PER_IDENTITY}; bind another identity or remove a binding of this one",
-                id.coordinates.name
+                r.id.coordinates.name
             );
-            warn_once(
-                ctx,
-                &*obj,
-                reasons::FEDERATED_CREDENTIAL_LIMIT,
-                "CreateFederatedCredential",
-                &message,
-            )
-            .await;
-            return wait(
-                &obj,
-                ctx,
-                reasons::FEDERATED_CREDENTIAL_LIMIT,
-                &message,
-                Next::Resync,
-            )
-            .await;
+            let reason = reasons::FEDERATED_CREDENTIAL_LIMIT;
+            warn_once(ctx, obj, reason, "CreateFederatedCredential", &message).await;
+            return Ok(Err(wait(obj, ctx, reason, &message, Next::Resync).await?));
         }
     };
-    let (credential, adopted) = ensured;
-    if default_binding.is_none() {
-        annotate(ctx, &obj, &sa_api, &account, &id, assigned_before).await?;
+    if r.default_binding.is_none() {
+        annotate(ctx, obj, &r.sa_api, &r.account, &r.id, assigned_before).await?;
     }
+    Ok(Ok(made))
+}
 
-    // The token check runs in a task of its own (see TokenChecks); this pass reports its last
-    // result, and the check's end wakes the binding.
+/// The end of a pass that made the credential.
+struct Settled {
+    status: uami_api::IdentityBindingStatus,
+    /// The last token check settled (every scope verified or refused).
+    verified: bool,
+    /// When the next check is due.
+    again: Duration,
+}
+
+/// Report the token check's last result (starting the next one when due, in a task of its own
+/// that wakes the binding when it ends) and the budget of credentials.
+async fn settle(
+    obj: &Arc<IdentityBinding>,
+    shared: &Arc<Context>,
+    r: &Resolved,
+    credential: &FederatedCredential,
+    adopted: bool,
+) -> Settled {
+    let ctx: &Context = shared;
+    let key = ObjectKey::of(&**obj);
     let resync_period = ctx.settings.resync_period;
-    let check_fingerprint = format!(
-        "{:?}/{}/{}/{}/{}",
+    let check_fingerprint = Fingerprint::of(&(
         obj.metadata.generation,
-        id.client_id,
-        credential.name,
-        obj.spec.token_check.resource,
-        token_check::grants_covered(ctx, &ns, &obj.spec.identity_ref.name)
-    );
+        &r.id.client_id,
+        &credential.name,
+        &obj.spec.token_check.resource,
+        token_check::grants_covered(ctx, &r.ns, &obj.spec.identity_ref.name),
+    ));
     let look = ctx
         .token_checks
-        .look(&key, &check_fingerprint, resync_period);
+        .look(&key, check_fingerprint, resync_period);
     if look.start {
-        let (task_ctx, task_obj, task_id) = (shared.clone(), obj.clone(), id.clone());
-        let (task_key, task_wl, task_ns, task_sa) =
-            (key.clone(), wl.clone(), ns.clone(), sa.clone());
-        let fingerprint = check_fingerprint.clone();
-        tokio::spawn(async move {
-            let check = check_token(&task_ctx, &task_wl, &task_obj, &task_ns, &task_sa, &task_id);
-            task_ctx
-                .token_checks
-                .run(task_key, fingerprint, resync_period, check)
-                .await;
-            task_ctx
-                .writer
-                .wake(kube::runtime::reflector::ObjectRef::from_obj(&*task_obj));
-        });
+        let (task_ctx, task_obj, task_id) = (shared.clone(), obj.clone(), r.id.clone());
+        let (task_wl, task_ns, task_sa) = (r.wl.clone(), r.ns.clone(), r.sa.clone());
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let check =
+                    check_token(&task_ctx, &task_wl, &task_obj, &task_ns, &task_sa, &task_id);
+                task_ctx
+                    .token_checks
+                    .run(key, check_fingerprint, resync_period, check)
+                    .await;
+                task_ctx
+                    .writer
+                    .wake(kube::runtime::reflector::ObjectRef::from_obj(&*task_obj));
+            }
+            .instrument(span),
+        );
     }
     let check = look
         .last
         .clone()
-        .unwrap_or_else(|| token_check::checking(&obj));
-    let all_verified = look.last.as_ref().is_some_and(|c| c.settled());
+        .unwrap_or_else(|| token_check::checking(obj));
     let mut status = summary(
-        &obj,
-        &id,
-        &credential,
+        obj,
+        &r.id,
+        credential,
         adopted,
         &check,
-        default_binding.as_deref(),
+        r.default_binding.as_deref(),
     );
-    let budget = ctx.budgets.credential_condition(&id.coordinates);
+    let budget = ctx.budgets.credential_condition(&r.id.coordinates);
     super::budget::set_budget(&mut status, budget.as_ref());
-    if !assigned_before {
-        ctx.event(
-            &*obj,
-            false,
-            reasons::ASSIGNED,
-            "CreateFederatedCredential",
-            format!(
-                "identity {identity_name} trusts service account {sa} through federated identity credential {}",
-                credential.name
-            ),
-        )
-        .await;
-    }
-    write_status(&obj, ctx, status).await?;
-    if all_verified {
-        ctx.mark_checked(&key, fingerprint);
-        Ok(Action::requeue(look.again.min(resync_period)))
-    } else {
-        ctx.forget_checked(&key);
-        // The next check is due then (with backoff while it does not settle); a running one
-        // wakes the binding when it ends.
-        Ok(Action::requeue(look.again))
-    }
-}
-
-/// Which binding's identity the service account's client id annotation names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum DefaultChoice {
-    /// This binding (name, identity): the one marked `default: true`, else the oldest.
-    Default(String, String),
-    /// Bindings (name, identity) of different identities all marked `default: true`.
-    Conflict(Vec<(String, String)>),
-}
-
-/// The live bindings of service account `sa` in `ns`, oldest first.
-fn bindings_of(ctx: &Context, ns: &str, sa: &str) -> Vec<Arc<IdentityBinding>> {
-    let mut found: Vec<Arc<IdentityBinding>> = ctx
-        .stores
-        .bindings
-        .state()
-        .into_iter()
-        .filter(|b| {
-            b.meta().deletion_timestamp.is_none()
-                && b.namespace().as_deref() == Some(ns)
-                && b.spec
-                    .target
-                    .service_account
-                    .as_ref()
-                    .is_some_and(|s| s.name == sa)
-        })
-        .collect();
-    found.sort_by_key(|b| (b.meta().creation_timestamp.clone(), b.name_any()));
-    found
-}
-
-/// The default of service account `sa` in `ns` (see [`choose_default`]); `None` without a
-/// live binding.
-fn default_of(ctx: &Context, ns: &str, sa: &str) -> Option<DefaultChoice> {
-    let bindings: Vec<(String, String, bool)> = bindings_of(ctx, ns, sa)
-        .iter()
-        .map(|b| {
-            let marked = b
-                .spec
-                .target
-                .service_account
-                .as_ref()
-                .is_some_and(|s| s.default);
-            (b.name_any(), b.spec.identity_ref.name.clone(), marked)
-        })
-        .collect();
-    choose_default(&bindings)
-}
-
-/// Pure: from the bindings of one service account, oldest first (name, identity, marked
-/// `default`), the default. The marked one wins; several marked for one identity agree; marked
-/// for different identities conflict; none marked, the oldest is the default (so a second
-/// binding never moves the annotation of the first).
-fn choose_default(bindings: &[(String, String, bool)]) -> Option<DefaultChoice> {
-    let marked: Vec<&(String, String, bool)> = bindings.iter().filter(|b| b.2).collect();
-    let first = marked.first().copied().or(bindings.first())?;
-    if marked.iter().any(|b| b.1 != first.1) {
-        return Some(DefaultChoice::Conflict(
-            marked.iter().map(|b| (b.0.clone(), b.1.clone())).collect(),
-        ));
-    }
-    Some(DefaultChoice::Default(first.0.clone(), first.1.clone()))
-}
-
-/// When the default of a service account changes (a binding marked, unmarked, added or
-/// deleted), its other bindings are reconciled: the new default annotates, a conflict is shown
-/// on each binding in it. Decided once per change, so the bindings do not wake each other in turn.
-fn wake_on_new_choice(
-    ctx: &Context,
-    ns: &str,
-    sa: &str,
-    choice: &Option<DefaultChoice>,
-    obj: &IdentityBinding,
-) {
-    let key = format!("service-account-default/{ns}/{sa}");
-    let now = format!("{choice:?}");
-    if ctx.keep_note(&key, now.clone()).as_deref() == Some(now.as_str()) {
-        return;
-    }
-    for b in bindings_of(ctx, ns, sa) {
-        if b.uid() != obj.uid() {
-            ctx.writer
-                .wake(kube::runtime::reflector::ObjectRef::from_obj(&*b));
-        }
+    Settled {
+        status,
+        verified: look.last.as_ref().is_some_and(|c| c.settled()),
+        again: look.again,
     }
 }
 
@@ -467,8 +440,9 @@ fn wake_on_new_choice(
 pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let sa = sa_name(&obj);
-    ctx.forget_checked(&object_key(&*obj));
-    ctx.token_checks.forget(&object_key(&*obj));
+    let key = ObjectKey::of(&*obj);
+    ctx.memo.forget_checked(&key);
+    ctx.token_checks.forget(&key);
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }
@@ -499,7 +473,7 @@ pub async fn cleanup(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action,
     let Some(id) = azure_identity::resolve(ctx, &identity).await? else {
         return Ok(Action::await_change());
     };
-    remove_trust(ctx, &obj, &id, &ns, &sa).await?;
+    remove_trust(ctx, &id, &ns, &sa).await?;
     Ok(Action::await_change())
 }
 
@@ -538,43 +512,6 @@ mod tests {
         );
         let long = credential_name("i", &"n".repeat(63), &format!("{}.x", "s".repeat(250)));
         assert!(valid(&long), "{long} ({} chars)", long.len());
-    }
-
-    fn b(name: &str, identity: &str, marked: bool) -> (String, String, bool) {
-        (name.into(), identity.into(), marked)
-    }
-
-    #[test]
-    fn the_default_is_the_marked_binding_else_the_oldest() {
-        assert_eq!(choose_default(&[]), None);
-        let one = [b("a", "x", false)];
-        assert_eq!(
-            choose_default(&one),
-            Some(DefaultChoice::Default("a".into(), "x".into()))
-        );
-        let two = [b("a", "x", false), b("b", "y", false)];
-        assert_eq!(
-            choose_default(&two),
-            Some(DefaultChoice::Default("a".into(), "x".into()))
-        );
-        let marked = [b("a", "x", false), b("b", "y", true)];
-        assert_eq!(
-            choose_default(&marked),
-            Some(DefaultChoice::Default("b".into(), "y".into()))
-        );
-        let same = [b("a", "x", true), b("b", "x", true), b("c", "y", false)];
-        assert_eq!(
-            choose_default(&same),
-            Some(DefaultChoice::Default("a".into(), "x".into()))
-        );
-        let conflict = [b("a", "x", true), b("b", "y", true), b("c", "z", false)];
-        assert_eq!(
-            choose_default(&conflict),
-            Some(DefaultChoice::Conflict(vec![
-                ("a".into(), "x".into()),
-                ("b".into(), "y".into())
-            ]))
-        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use secrecy::SecretString;
 
 use super::super::context::Context;
+use super::super::memo::{Fingerprint, ObjectKey};
 use super::super::reasons;
 use super::{
     AzureIdentity, CHECKED_BY, EXCHANGE_AUDIENCE, GRANT_FIELD_MANAGER, TOKEN_REQUEST_SECONDS,
@@ -69,7 +70,7 @@ const FIRST_RECHECK: Duration = Duration::from_secs(5);
 /// with backoff while it has not settled and at the resync once it has.
 pub struct TokenChecks {
     limit: Arc<Semaphore>,
-    state: Mutex<HashMap<String, CheckState>>,
+    state: Mutex<HashMap<ObjectKey, CheckState>>,
 }
 
 impl Default for TokenChecks {
@@ -83,7 +84,7 @@ impl Default for TokenChecks {
 
 struct CheckState {
     /// What the check was for (identity, credential, resource, generation).
-    fingerprint: String,
+    fingerprint: Fingerprint,
     running: bool,
     last: Option<TokenCheck>,
     due: Instant,
@@ -102,11 +103,11 @@ pub(super) struct Look {
 
 impl TokenChecks {
     /// The state of `key`'s check at `fingerprint`: its last result, and whether one is due.
-    pub(super) fn look(&self, key: &str, fingerprint: &str, resync: Duration) -> Look {
+    pub(super) fn look(&self, key: &ObjectKey, fingerprint: Fingerprint, resync: Duration) -> Look {
         let mut state = self.state.lock();
         let now = Instant::now();
-        let entry = state.entry(key.to_string()).or_insert_with(|| CheckState {
-            fingerprint: fingerprint.to_string(),
+        let entry = state.entry(key.clone()).or_insert_with(|| CheckState {
+            fingerprint,
             running: false,
             last: None,
             due: now,
@@ -114,7 +115,7 @@ impl TokenChecks {
         });
         if entry.fingerprint != fingerprint && !entry.running {
             *entry = CheckState {
-                fingerprint: fingerprint.to_string(),
+                fingerprint,
                 running: false,
                 last: None,
                 due: now,
@@ -143,8 +144,13 @@ impl TokenChecks {
     }
 
     /// Run `check` for `key` when a place is free, keep its result, and wake the binding.
-    pub(super) async fn run<F>(&self, key: String, fingerprint: String, resync: Duration, check: F)
-    where
+    pub(super) async fn run<F>(
+        &self,
+        key: ObjectKey,
+        fingerprint: Fingerprint,
+        resync: Duration,
+        check: F,
+    ) where
         F: std::future::Future<Output = TokenCheck>,
     {
         let permit = self.limit.clone().acquire_owned().await;
@@ -178,8 +184,14 @@ impl TokenChecks {
     }
 
     /// Forget `key` (its binding is gone).
-    pub(super) fn forget(&self, key: &str) {
+    pub(super) fn forget(&self, key: &ObjectKey) {
         self.state.lock().remove(key);
+    }
+
+    /// Keep only the bindings `exists` says are still there (a running check is kept: it ends
+    /// on its own).
+    pub fn retain(&self, exists: impl Fn(&ObjectKey) -> bool) {
+        self.state.lock().retain(|k, c| c.running || exists(k));
     }
 }
 

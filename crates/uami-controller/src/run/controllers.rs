@@ -1,0 +1,108 @@
+//! The controller of each kind: what it watches besides its own kind, and its reconciler run
+//! through [`pass::run`] with [`error_policy`].
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+
+use super::super::context::{Context, Stores};
+use super::super::pass::{self, error_policy};
+use super::super::{binding, grant, identity};
+use super::triggers::{bindings_of_grant, deleting_identity, dependents};
+use uami_api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
+
+/// Bindings: woken by their identity's changes and its grants' (a grant changes what the
+/// identity's bindings check: the scopes the agent on a VM reads, and the token check of a
+/// service account), all of them by a policy change, one by its target writer's answer.
+pub(super) async fn bindings(
+    controller: Controller<IdentityBinding>,
+    stores: Stores,
+    (identities, grants): (
+        impl Stream<Item = Arc<UserAssignedIdentity>> + Send + 'static,
+        impl Stream<Item = Arc<RoleGrant>> + Send + 'static,
+    ),
+    (policy_changed, written): (
+        impl Stream<Item = ()> + Send + Sync + 'static,
+        impl Stream<Item = ObjectRef<IdentityBinding>> + Send + 'static,
+    ),
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+    ctx: Arc<Context>,
+) {
+    let (of_identity, of_grant) = (stores.bindings.clone(), stores.bindings.clone());
+    controller
+        .watches_shared_stream(identities, move |id| {
+            dependents(&of_identity, &id, |b: &IdentityBinding| {
+                &b.spec.identity_ref.name
+            })
+        })
+        .watches_shared_stream(grants, move |g| bindings_of_grant(&of_grant, &g))
+        .reconcile_all_on(policy_changed)
+        .reconcile_on(written)
+        .graceful_shutdown_on(stop)
+        .run(
+            |obj, ctx| pass::run(obj, ctx, binding::reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
+
+/// Grants: woken by their identity's changes, all of them by a policy change.
+pub(super) async fn grants(
+    controller: Controller<RoleGrant>,
+    stores: Stores,
+    identities: impl Stream<Item = Arc<UserAssignedIdentity>> + Send + 'static,
+    policy_changed: impl Stream<Item = ()> + Send + Sync + 'static,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+    ctx: Arc<Context>,
+) {
+    let of_identity = stores.grants.clone();
+    controller
+        .watches_shared_stream(identities, move |id| {
+            dependents(&of_identity, &id, |g: &RoleGrant| &g.spec.identity_ref.name)
+        })
+        .reconcile_all_on(policy_changed)
+        .graceful_shutdown_on(stop)
+        .run(
+            |obj, ctx| pass::run(obj, ctx, grant::reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
+
+/// Identities: one whose deletion waits for its dependents wakes when one of them changes or
+/// goes; one whose adoption a policy refused, when a policy changes.
+pub(super) async fn identities(
+    controller: Controller<UserAssignedIdentity>,
+    stores: Stores,
+    (bindings, grants): (
+        impl Stream<Item = Arc<IdentityBinding>> + Send + 'static,
+        impl Stream<Item = Arc<RoleGrant>> + Send + 'static,
+    ),
+    denied: impl Stream<Item = ObjectRef<UserAssignedIdentity>> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+    ctx: Arc<Context>,
+) {
+    let (of_binding, of_grant) = (stores.identities.clone(), stores.identities.clone());
+    controller
+        .watches_shared_stream(bindings, move |b: Arc<IdentityBinding>| {
+            deleting_identity(&of_binding, &*b, &b.spec.identity_ref.name)
+        })
+        .watches_shared_stream(grants, move |g: Arc<RoleGrant>| {
+            deleting_identity(&of_grant, &*g, &g.spec.identity_ref.name)
+        })
+        .reconcile_on(denied)
+        .graceful_shutdown_on(stop)
+        .run(
+            |obj, ctx| pass::run(obj, ctx, identity::reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
