@@ -389,6 +389,7 @@ async fn on_a_real_api_server_an_object_the_controller_cannot_read_is_reported()
 /// tutorial's objects (which need both the controller's and the agent's caches) reach Ready.
 async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
     use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
     use uami_api::IdentityBinding;
     use uami_api::binding::{TARGET_LABEL, target_label_value};
@@ -409,8 +410,8 @@ async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
         ))
         .await
         .unwrap();
-    // `httpStatus` is `format: int32`, which the API server does not enforce on integers; the
-    // type is an i32.
+    // `httpStatus` is an int32 in the schema as in the type, so the API server refuses a value
+    // beyond it...
     let raw: kube::Api<DynamicObject> = kube::Api::namespaced_with(
         stack.client(),
         TUTORIAL,
@@ -420,9 +421,41 @@ async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
         "roleGrant": TUTORIAL_GRANT, "scope": "/subscriptions/x", "verified": false,
         "httpStatus": 9_999_999_999_i64,
     }]}});
-    raw.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    let write = || async {
+        raw.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+    };
+    match write().await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(
+                e.message.contains(
+                    "Checked value must be of type integer with format int32 in access[0].httpStatus"
+                ),
+                "{e:?}"
+            );
+        }
+        other => panic!("an int32 beyond its range was taken: {other:?}"),
+    }
+    // ... but not while the schema says nothing of its format: the object stays as it was
+    // written when the format is back (an object written before a schema change).
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(stack.client());
+    let crd = "identitybindings.uami.dev";
+    let format = "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/access/items/properties/httpStatus/format";
+    let crds = &crds;
+    let schema_edit = |op: serde_json::Value| async move {
+        let patch: json_patch::Patch = serde_json::from_value(json!([op])).unwrap();
+        crds.patch(crd, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+            .unwrap();
+    };
+    schema_edit(json!({"op": "remove", "path": format})).await;
+    // The API server takes the new schema a moment later.
+    eventually(30, "the status written without the format", || async {
+        write().await.ok()
+    })
+    .await;
+    schema_edit(json!({"op": "add", "path": format, "value": "int32"})).await;
     assert!(
         bindings(&stack, TUTORIAL).get(name).await.is_err(),
         "the typed client cannot read it"

@@ -103,6 +103,57 @@ pub fn unknown_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<S
     }
 }
 
+/// Integers beyond the range of their `format` (`int32`, `uint32`, `uint64`, else `int64`), as
+/// the API server checks them: a cause on the top-level field that names the path below it.
+fn integer_ranges(value: &Value, schema: &Value, path: &str, out: &mut Vec<Cause>) {
+    match value {
+        Value::Number(n) if schema["type"] == json!("integer") => {
+            let format = schema["format"].as_str().unwrap_or_default();
+            let fits = match format {
+                "int32" => n.as_i64().is_some_and(|v| i32::try_from(v).is_ok()),
+                "uint32" => n.as_u64().is_some_and(|v| u32::try_from(v).is_ok()),
+                "uint64" => n.as_u64().is_some(),
+                _ => n.as_i64().is_some() || n.as_f64().is_some_and(|f| f.fract() != 0.0),
+            };
+            if fits {
+                return;
+            }
+            let (top, below) = path.split_once('.').unwrap_or((path, path));
+            let kind = match format {
+                "" => "integer (default format)".to_string(),
+                f => format!("integer with format {f}"),
+            };
+            out.push(Cause {
+                reason: "FieldValueInvalid".into(),
+                field: top.to_string(),
+                message: format!(
+                    "Invalid value: \"\": Checked value must be of type {kind} in {below}"
+                ),
+            });
+        }
+        Value::Object(map) => {
+            let props = schema["properties"].as_object();
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, v) in map {
+                if path.is_empty() && k == "metadata" {
+                    continue;
+                }
+                if let Some(s) = props.and_then(|p| p.get(k)).or(additional) {
+                    integer_ranges(v, s, &join_path(path, k), out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    integer_ranges(item, s, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Fill `default`s of missing properties, recursively into present objects.
 pub fn default(value: &mut Value, schema: &Value) {
     match value {
@@ -175,6 +226,8 @@ fn join_path(base: &str, prop: &str) -> String {
 pub struct Compiled {
     json: Result<jsonschema::Validator, String>,
     cel: kube_cel::CompiledSchema,
+    /// The schema as given, for the checks JSON Schema does not make (integer formats).
+    schema: Value,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -197,6 +250,7 @@ pub fn compile(schema: &Value) -> Compiled {
             .build(&js)
             .map_err(|e| e.to_string()),
         cel: kube_cel::compile_schema(schema),
+        schema: schema.clone(),
     }
 }
 
@@ -396,6 +450,7 @@ pub fn validate(object: &Value, old: Option<&Value>, compiled: &Compiled) -> Vec
             message: format!("schema could not be compiled: {e}"),
         }),
     }
+    integer_ranges(object, &compiled.schema, "", &mut causes);
     if causes.iter().any(|c| blocks_rules(&c.reason)) {
         causes.push(Cause {
             reason: "FieldValueInvalid".into(),
@@ -451,4 +506,27 @@ fn lookup(v: &Value, path: &str) -> Option<Value> {
         }
     }
     Some(cur.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_integer_beyond_its_format_is_refused_as_the_api_server_does() {
+        let schema = json!({"type": "object", "properties": {"status": {"type": "object",
+            "properties": {"access": {"type": "array", "items": {"type": "object",
+                "properties": {"httpStatus": {"type": "integer", "format": "int32"}}}}}}}});
+        let compiled = compile(&schema);
+        let object = |n: i64| json!({"status": {"access": [{"httpStatus": n}]}});
+        assert!(validate(&object(i64::from(i32::MAX)), None, &compiled).is_empty());
+        let causes = validate(&object(9_999_999_999), None, &compiled);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].reason, "FieldValueInvalid");
+        assert_eq!(causes[0].field, "status");
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: \"\": Checked value must be of type integer with format int32 in access[0].httpStatus"
+        );
+    }
 }

@@ -626,6 +626,19 @@ pub(super) fn commit(
     if opts.caller.dry_run {
         return Ok(new);
     }
+    // A CRD's new schema (or versions, names) is what its kind is served with from now on;
+    // objects already stored stay as they were written.
+    if def.plural == "customresourcedefinitions"
+        && subresource.is_none()
+        && new["metadata"]["deletionTimestamp"].is_null()
+    {
+        let defs = from_crd(&new)
+            .map_err(|m| ApiError::invalid_field(def, name, "FieldValueInvalid", "spec", m))?;
+        store
+            .resources
+            .retain(|r| !(r.group == defs[0].group && r.plural == defs[0].plural));
+        store.resources.extend(defs);
+    }
     let rv = store.next_rv();
     new["metadata"]["resourceVersion"] = json!(rv.to_string());
     let finalized = new["metadata"]["deletionTimestamp"].is_string()
