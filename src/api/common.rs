@@ -36,6 +36,42 @@ pub const RESERVED_TAG_PREFIX: &str = "uami.dev-";
 /// `50 - CONTROLLER_TAGS` user tags an identity stays within Azure's 50.
 pub const CONTROLLER_TAGS: usize = 3;
 
+/// Declares the spec of a namespaced kind with the `CustomResource` attributes all of them share:
+/// group, version, category, the `Ready` and `Reason` columns first and `Age` last. The kind's
+/// own columns go between them, its own root rules after.
+macro_rules! namespaced_kind {
+    (
+        kind = $kind:tt,
+        status = $status:tt,
+        shortname = $shortname:tt,
+        doc = $doc:tt,
+        columns = [$($column:tt),* $(,)?],
+        $(validation = [$($validation:tt)*],)?
+        $(#[$attr:meta])*
+        pub struct $spec:ident $body:tt
+    ) => {
+        #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+        #[kube(
+            group = "uami.dev",
+            version = "v1alpha1",
+            kind = $kind,
+            namespaced,
+            status = $status,
+            shortname = $shortname,
+            category = "azureidentity",
+            doc = $doc,
+            printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+            printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+            $(printcolumn = $column,)*
+            printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+            $(, validation = $($validation)*)?
+        )]
+        $(#[$attr])*
+        pub struct $spec $body
+    };
+}
+pub(crate) use namespaced_kind;
+
 /// What happens in Azure when the Kubernetes object is deleted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {

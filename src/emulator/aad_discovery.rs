@@ -157,24 +157,17 @@ fn answer(
     (status, axum::Json(body)).into_response()
 }
 
-/// `GET /{tenant}/v2.0/.well-known/openid-configuration`.
-pub async fn openid_configuration_v2(
-    State(inner): State<Arc<Inner>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let path = format!("/{tenant}/v2.0/.well-known/openid-configuration");
-    openid_configuration(&inner, &tenant, path, &headers, v2_config)
-}
-
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration` (`V2`), or
 /// `GET /{tenant}/.well-known/openid-configuration` (v1).
-pub async fn openid_configuration_v1(
+pub async fn openid_configuration_of<const V2: bool>(
     State(inner): State<Arc<Inner>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let path = format!("/{tenant}/.well-known/openid-configuration");
-    openid_configuration(&inner, &tenant, path, &headers, v1_config)
+    let version = if V2 { "v2.0/" } else { "" };
+    let document = if V2 { v2_config } else { v1_config };
+    let path = format!("/{tenant}/{version}.well-known/openid-configuration");
+    openid_configuration(&inner, &tenant, path, &headers, document)
 }
 
 /// The OpenID configuration `document` builds for `tenant`, on the host the caller named.

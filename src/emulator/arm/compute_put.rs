@@ -9,12 +9,13 @@ use std::time::Instant;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::compute::{compute_missing, requested_change, running_goal, start_operation, written};
+use super::compute::{
+    another_operation, compute_missing, requested_change, running_goal, start_operation, written,
+};
 use super::groups::group;
-use super::{Answer, arm_err, bad_request, lro};
+use super::{Answer, bad_request, lro};
 use crate::emulator::Inner;
 use crate::emulator::aad::Claims;
-use crate::emulator::faults::kind as fk;
 use crate::emulator::knobs::LroForm;
 use crate::emulator::state::{Compute, ComputeKind, ComputeModel, State as Az};
 
@@ -184,17 +185,8 @@ pub(super) fn compute_put(
     }
     let c = match existing {
         Some(c) => {
-            if c.pending.is_some() && inner.faults.lock().another_operation_in_progress {
-                inner.inject(fk::ANOTHER_OPERATION);
-                return arm_err(
-                    StatusCode::CONFLICT,
-                    "AnotherOperationInProgress",
-                    &format!(
-                        "Operation 'PUT' is not allowed on '{}' since another operation is in progress.",
-                        c.name
-                    ),
-                )
-                .into();
+            if let Some(busy) = another_operation(inner, &c, "PUT") {
+                return busy.into();
             }
             c
         }
