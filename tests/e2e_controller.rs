@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use kube::api::ListParams;
 use support::arm::Admin;
+use support::fixtures::{self, Fixture};
 use support::*;
+use uami_controller::api::DeletionPolicy;
+use uami_controller::api::grant::GrantScope;
 use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 use uami_controller::emulator::{Faults, faults::Throttling};
@@ -28,22 +31,16 @@ fn policy(roles: &str) -> String {
     )
 }
 
-fn identity(name: &str, extra: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{resourceGroup: DevTest, location: eastus{extra}}}\n"
-    )
+fn identity(name: &str) -> String {
+    fixtures::identity(NS, name).yaml()
 }
 
 fn binding(name: &str, identity: &str, vm: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: {vm}}}}}}}\n"
-    )
+    fixtures::binding(NS, name, identity, fixtures::vm(vm)).yaml()
 }
 
-fn grant(name: &str, identity: &str, role: &str, scope: &str, extra: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, role: {role}, scope: {scope}, verifyAccess: false{extra}}}\n"
-    )
+fn grant(name: &str, identity: &str, role: &str, scope: GrantScope) -> String {
+    fixtures::grant(NS, name, identity, role, scope).yaml()
 }
 
 async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
@@ -74,7 +71,7 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
     let stack = stack(60, |o| o.agents = false).await;
     let mut yaml = policy("Reader");
     for i in 0..5 {
-        yaml.push_str(&identity(&format!("batch-{i}"), ""));
+        yaml.push_str(&identity(&format!("batch-{i}")));
     }
     stack.apply_yaml(&yaml).await.unwrap();
     for i in 0..5 {
@@ -106,13 +103,12 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_no_policy_allows_is_refused_without_an_arm_write() {
     let stack = apps(&[
-        identity("denied-id", ""),
+        identity("denied-id"),
         grant(
             "owner-of-everything",
             "denied-id",
             "Owner",
-            &format!("{{subscription: {{subscriptionId: {SUB}}}}}"),
-            "",
+            fixtures::subscription(SUB),
         ),
         binding("elsewhere", "denied-id", "otherVM"),
     ])
@@ -151,14 +147,13 @@ async fn azure_failures_end_in_ready() {
     let stack = apps_with(
         |o| o.world.faults = faults,
         &[
-            identity("faulty", ""),
+            identity("faulty"),
             binding("faulty", "faulty", "myVM"),
             grant(
                 "faulty",
                 "faulty",
                 "Reader",
-                "{resourceGroup: {name: DevTest}}",
-                "",
+                fixtures::resource_group("DevTest"),
             ),
         ],
     )
@@ -208,14 +203,13 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
         &stack,
         &[
             policy("Reader"),
-            identity("restart", ""),
+            identity("restart"),
             binding("restart", "restart", "myVM"),
             grant(
                 "restart",
                 "restart",
                 "Reader",
-                "{resourceGroup: {name: DevTest}}",
-                "",
+                fixtures::resource_group("DevTest"),
             ),
         ],
     )
@@ -247,8 +241,10 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_and_adopted_resources_survive_deletion() {
     let stack = apps(&[
-        identity("kept", ", deletionPolicy: Orphan"),
-        identity("shared", ""),
+        fixtures::identity(NS, "kept")
+            .with(|i| i.spec.deletion_policy = DeletionPolicy::Orphan)
+            .yaml(),
+        identity("shared"),
     ])
     .await;
     ready(&identities(&stack, NS), "kept", 60).await;
@@ -263,8 +259,7 @@ async fn orphan_and_adopted_resources_survive_deletion() {
             "adopts",
             "shared",
             "Reader",
-            "{resourceGroup: {name: DevTest}}",
-            "",
+            fixtures::resource_group("DevTest"),
         ))
         .await
         .unwrap();

@@ -9,7 +9,7 @@ mod support;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::emulator_http;
+use support::{controller_sign_in, emulator_http};
 use uami_controller::emulator::{self, Emulator, World, world};
 
 const TENANT: &str = world::TUTORIAL_TENANT;
@@ -101,6 +101,23 @@ async fn plain_http_only_when_the_world_asks_for_it() {
     emu.shutdown().await;
 }
 
+/// The issuer, the token and authorization endpoints (`{oauth2}token`, `{oauth2}authorize`) and
+/// the key set an OpenID configuration names.
+fn assert_endpoints(config: &Value, issuer: &str, oauth2: &str, jwks_uri: &str) {
+    assert_eq!(config["issuer"], issuer, "{config}");
+    assert_eq!(
+        config["token_endpoint"],
+        format!("{oauth2}token"),
+        "{config}"
+    );
+    assert_eq!(
+        config["authorization_endpoint"],
+        format!("{oauth2}authorize"),
+        "{config}"
+    );
+    assert_eq!(config["jwks_uri"], jwks_uri, "{config}");
+}
+
 #[tokio::test]
 async fn openid_configuration_as_entra_publishes_it() {
     let emu = start().await;
@@ -114,18 +131,11 @@ async fn openid_configuration_as_entra_publishes_it() {
     )
     .await;
     assert_eq!(status, 200, "{v2}");
-    assert_eq!(v2["issuer"], format!("{base}/{TENANT}/v2.0"));
-    assert_eq!(
-        v2["token_endpoint"],
-        format!("{base}/{TENANT}/oauth2/v2.0/token")
-    );
-    assert_eq!(
-        v2["authorization_endpoint"],
-        format!("{base}/{TENANT}/oauth2/v2.0/authorize")
-    );
-    assert_eq!(
-        v2["jwks_uri"],
-        format!("{base}/{TENANT}/discovery/v2.0/keys")
+    assert_endpoints(
+        &v2,
+        &format!("{base}/{TENANT}/v2.0"),
+        &format!("{base}/{TENANT}/oauth2/v2.0/"),
+        &format!("{base}/{TENANT}/discovery/v2.0/keys"),
     );
     assert_eq!(
         v2["response_types_supported"],
@@ -148,17 +158,7 @@ async fn openid_configuration_as_entra_publishes_it() {
     assert_eq!(v2["cloud_instance_name"], "microsoftonline.com");
 
     // The token endpoint it names is the one that answers client credentials.
-    let r = http
-        .post(v2["token_endpoint"].as_str().unwrap())
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", world::TUTORIAL_CONTROLLER_CLIENT_ID),
-            ("client_secret", world::TUTORIAL_CONTROLLER_SECRET),
-            ("scope", "https://management.azure.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = controller_sign_in(&http, v2["token_endpoint"].as_str().unwrap()).await;
     assert_eq!(r.status(), 200);
     // Its key set is served (empty: the emulator's tokens are signed with a key only it holds).
     let (status, keys) = get(&http, v2["jwks_uri"].as_str().unwrap()).await;
@@ -170,16 +170,12 @@ async fn openid_configuration_as_entra_publishes_it() {
     )
     .await;
     assert_eq!(status, 200, "{v1}");
-    assert_eq!(v1["issuer"], format!("https://sts.windows.net/{TENANT}/"));
-    assert_eq!(
-        v1["token_endpoint"],
-        format!("{base}/{TENANT}/oauth2/token")
+    assert_endpoints(
+        &v1,
+        &format!("https://sts.windows.net/{TENANT}/"),
+        &format!("{base}/{TENANT}/oauth2/"),
+        &format!("{base}/common/discovery/keys"),
     );
-    assert_eq!(
-        v1["authorization_endpoint"],
-        format!("{base}/{TENANT}/oauth2/authorize")
-    );
-    assert_eq!(v1["jwks_uri"], format!("{base}/common/discovery/keys"));
     let (status, _) = get(&http, v1["jwks_uri"].as_str().unwrap()).await;
     assert_eq!(status, 200);
 

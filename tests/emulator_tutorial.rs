@@ -11,6 +11,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment, vm_path};
+use support::controller_sign_in;
 use uami_controller::emulator::{self, World, world};
 
 const SUB: &str = world::TUTORIAL_SUBSCRIPTION;
@@ -21,17 +22,7 @@ async fn sp_token(http: &reqwest::Client, emu: &emulator::Emulator) -> String {
         emu.authority_host(),
         emu.tenant_id()
     );
-    let resp = http
-        .post(url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", world::TUTORIAL_CONTROLLER_CLIENT_ID),
-            ("client_secret", world::TUTORIAL_CONTROLLER_SECRET),
-            ("scope", "https://management.azure.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = controller_sign_in(http, &url).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     let token = v["access_token"].as_str().unwrap().to_string();

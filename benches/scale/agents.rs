@@ -11,8 +11,7 @@
 //! holds it to what the chart grants.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
@@ -21,9 +20,11 @@ use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 use uami_controller::emulator::Emulator;
 use uami_controller::sandbox::{Sandbox, UserInfo, WatchDeliveries};
 
+use super::table::ready_and_ratio;
 use super::{
     NS, SUB, Scenario, WRITE_BURST, WRITE_REFILL, binding, count_true, create_all, env_f64, grant,
-    identity, limit, proc_cpu_seconds, proc_status_kib, setup, spawn_controller,
+    identity, limit, proc_cpu_seconds, proc_status_kib, setup, spawn_controller, spawn_logged,
+    work_and_log_dirs,
 };
 
 const BINDINGS: &str = "identitybindings.uami.dev";
@@ -194,7 +195,8 @@ pub fn spawn_agent(
     if !ca.exists() {
         std::fs::write(&ca, em.ca_pem().unwrap()).unwrap();
     }
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"));
+    command
         .arg("agent")
         .arg("--azure-ca-file")
         .arg(&ca)
@@ -203,16 +205,8 @@ pub fn spawn_agent(
         .args(["--imds-endpoint", imds.as_str()])
         .args(["--arm-endpoint", em.arm_endpoint().as_str()])
         .args(["--interval", &format!("{}ms", interval.as_millis())])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .args(["--admin-listen", "127.0.0.1:0"]);
+    spawn_logged(&mut command, log)
 }
 
 /// Identities, grants and bindings Ready.
@@ -318,15 +312,7 @@ pub async fn run(s: &Scenario) -> Row {
         .collect();
     em.reset_counts();
 
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    // With `BENCH_DEBUG` the agents' logs are kept in `target/bench-d-agents/`.
-    let logs = if std::env::var("BENCH_DEBUG").is_ok() {
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("../bench-{}-agents", s.name))
-    } else {
-        dir.clone()
-    };
-    std::fs::create_dir_all(&logs).unwrap();
+    let (dir, logs) = work_and_log_dirs(s);
     // Changes before the controller and the agents start reach them by their first list, not
     // by watch events: count from here.
     let baseline = AgentEvents::of(&sb.watch_deliveries(), &targets);
@@ -458,13 +444,7 @@ fn mib(kib: u64) -> f64 {
 
 pub fn print(r: &Row) {
     let e = &r.events;
-    let ready = r
-        .ready
-        .map_or_else(|| "not converged".to_string(), |t| format!("{t:.1} s"));
-    let ratio = match r.ready {
-        Some(t) if r.bound >= 1.0 => format!("{:.2}", t / r.bound),
-        _ => "n/a".into(),
-    };
+    let (ready, ratio) = ready_and_ratio(r.ready, r.bound);
     let crowded = match &r.crowded {
         Some((count, rss, hwm)) => format!(
             "{count}: {:.1} MiB max, {:.1} MiB median ({:.1} MiB peak)",

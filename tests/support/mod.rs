@@ -16,6 +16,7 @@ pub mod arm;
 pub mod armspec;
 pub mod capture;
 pub mod envtest;
+pub mod fixtures;
 pub mod flaps;
 pub mod helm;
 pub mod kubectl;
@@ -232,6 +233,22 @@ pub async fn put_json(http: &reqwest::Client, url: &str, body: Value) -> u16 {
 pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     let resp = http.get(url).send().await.unwrap();
     resp.json().await.unwrap()
+}
+
+/// The tutorial controller's client-credentials request for an ARM token, POSTed to
+/// `token_endpoint` with `http`.
+pub async fn controller_sign_in(http: &reqwest::Client, token_endpoint: &str) -> reqwest::Response {
+    use uami_controller::emulator::world;
+    http.post(token_endpoint)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", world::TUTORIAL_CONTROLLER_CLIENT_ID),
+            ("client_secret", world::TUTORIAL_CONTROLLER_SECRET),
+            ("scope", "https://management.azure.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A client builder that trusts the emulator's certificate authority besides the system's roots
