@@ -21,6 +21,8 @@
 mod agents;
 #[path = "../tests/support/envtest.rs"]
 mod envtest;
+#[path = "../tests/support/fixtures.rs"]
+mod fixtures;
 #[path = "scale/measure.rs"]
 mod measure;
 #[path = "scale/real.rs"]
@@ -32,6 +34,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use fixtures::Fixture;
 use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use measure::{
@@ -153,32 +156,36 @@ fn world(vms: usize, scale: f64) -> World {
 }
 
 fn identity(i: usize) -> UserAssignedIdentity {
-    serde_json::from_value(json!({
-        "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
-        "metadata": {"name": format!("id-{i:05}"), "namespace": NS},
-        "spec": {"resourceGroup": "DevTest", "location": "eastus"}
-    }))
-    .unwrap()
+    fixtures::identity(NS, &format!("id-{i:05}"))
 }
 
 fn grant(i: usize, verify_access: bool) -> RoleGrant {
-    serde_json::from_value(json!({
-        "apiVersion": "uami.dev/v1alpha1", "kind": "RoleGrant",
-        "metadata": {"name": format!("g-{i:05}"), "namespace": NS},
-        "spec": {"identityRef": {"name": format!("id-{i:05}")}, "role": "Reader",
-                 "scope": {"resourceGroup": {"name": "DevTest"}}, "verifyAccess": verify_access}
-    }))
-    .unwrap()
+    let (name, identity) = (format!("g-{i:05}"), format!("id-{i:05}"));
+    let scope = fixtures::resource_group("DevTest");
+    fixtures::grant(NS, &name, &identity, "Reader", scope)
+        .with(|g| g.spec.verify_access = verify_access)
 }
 
 fn binding(i: usize, vms: usize) -> IdentityBinding {
-    serde_json::from_value(json!({
-        "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
-        "metadata": {"name": format!("b-{i:05}"), "namespace": NS},
-        "spec": {"identityRef": {"name": format!("id-{i:05}")},
-                 "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": format!("vm-{:03}", i % vms)}}}
-    }))
-    .unwrap()
+    let (name, identity) = (format!("b-{i:05}"), format!("id-{i:05}"));
+    let vm = fixtures::vm(&format!("vm-{:03}", i % vms));
+    fixtures::binding(NS, &name, &identity, vm)
+}
+
+/// The identities, grants and bindings of the bench namespace.
+fn apis(
+    client: &kube::Client,
+) -> (
+    Api<UserAssignedIdentity>,
+    Api<RoleGrant>,
+    Api<IdentityBinding>,
+) {
+    let api = || client.clone();
+    (
+        Api::namespaced(api(), NS),
+        Api::namespaced(api(), NS),
+        Api::namespaced(api(), NS),
+    )
 }
 
 async fn create_all<K>(api: &Api<K>, objects: Vec<K>)
@@ -325,9 +332,7 @@ async fn run(s: &Scenario) -> Row {
     let (sb, em) = setup(s.vms, s.scale).await;
     let client = sb.client();
     let n = s.sets;
-    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
-    let grants: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
-    let bindings: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+    let (ids, grants, bindings) = apis(&client);
     create_all(&ids, (0..n).map(identity).collect()).await;
     if !s.identities_only {
         create_all(&grants, (0..n).map(|i| grant(i, false)).collect()).await;

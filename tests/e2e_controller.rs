@@ -43,6 +43,16 @@ fn grant(name: &str, identity: &str, role: &str, scope: GrantScope) -> String {
     fixtures::grant(NS, name, identity, role, scope).yaml()
 }
 
+/// A Reader grant of `identity` on resource group DevTest.
+fn devtest_reader(name: &str, identity: &str) -> String {
+    grant(
+        name,
+        identity,
+        "Reader",
+        fixtures::resource_group("DevTest"),
+    )
+}
+
 async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
     let mut opts = tutorial_options(Duration::from_secs(resync), 0.5);
     configure(&mut opts);
@@ -149,12 +159,7 @@ async fn azure_failures_end_in_ready() {
         &[
             identity("faulty"),
             binding("faulty", "faulty", "myVM"),
-            grant(
-                "faulty",
-                "faulty",
-                "Reader",
-                fixtures::resource_group("DevTest"),
-            ),
+            devtest_reader("faulty", "faulty"),
         ],
     )
     .await;
@@ -205,12 +210,7 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
             policy("Reader"),
             identity("restart"),
             binding("restart", "restart", "myVM"),
-            grant(
-                "restart",
-                "restart",
-                "Reader",
-                fixtures::resource_group("DevTest"),
-            ),
+            devtest_reader("restart", "restart"),
         ],
     )
     .await;
@@ -255,12 +255,7 @@ async fn orphan_and_adopted_resources_survive_deletion() {
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
     let other = admin.create_assignment(&rg, &pid).await;
     stack
-        .apply_yaml(&grant(
-            "adopts",
-            "shared",
-            "Reader",
-            fixtures::resource_group("DevTest"),
-        ))
+        .apply_yaml(&devtest_reader("adopts", "shared"))
         .await
         .unwrap();
     let g = ready(&grants(&stack, NS), "adopts", 60).await;

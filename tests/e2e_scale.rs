@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use support::*;
 use uami_controller::api::UserAssignedIdentity;
+use uami_controller::controller::status::Reported;
 use uami_controller::demo::stack::{Stack, StackOptions};
 
 fn identity(ns: &str, i: usize) -> UserAssignedIdentity {
@@ -216,32 +217,9 @@ async fn a_hundred_identity_sets(opts: StackOptions, real: Option<&envtest::Real
         let i = ids.list(&lp).await.ok()?.items;
         let g = grants.list(&lp).await.ok()?.items;
         let b = binds.list(&lp).await.ok()?.items;
-        let pending: Vec<String> = i
-            .iter()
-            .filter(|o| {
-                !o.status.as_ref().is_some_and(|s| {
-                    condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
-                })
-            })
-            .map(|o| format!("identity {:?}", o.metadata.name))
-            .chain(
-                g.iter()
-                    .filter(|o| {
-                        !o.status.as_ref().is_some_and(|s| {
-                            condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
-                        })
-                    })
-                    .map(|o| format!("grant {:?}", o.metadata.name)),
-            )
-            .chain(
-                b.iter()
-                    .filter(|o| {
-                        !o.status.as_ref().is_some_and(|s| {
-                            condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
-                        })
-                    })
-                    .map(|o| format!("binding {:?}", o.metadata.name)),
-            )
+        let pending: Vec<String> = not_ready("identity", &i)
+            .chain(not_ready("grant", &g))
+            .chain(not_ready("binding", &b))
             .collect();
         (i.len() == N && g.len() == N && b.len() == N && pending.is_empty()).then_some(pending)
     })
@@ -316,4 +294,15 @@ async fn a_hundred_identity_sets(opts: StackOptions, real: Option<&envtest::Real
         }
     }
     stack.stop().await;
+}
+
+/// `kind name` of each of `objects` whose `Ready` is not True.
+fn not_ready<'a, K: Reported>(
+    kind: &'a str,
+    objects: &'a [K],
+) -> impl Iterator<Item = String> + 'a {
+    objects
+        .iter()
+        .filter(|o| condition(o.conditions(), "Ready").is_none_or(|c| c.0 != "True"))
+        .map(move |o| format!("{kind} {:?}", o.meta().name))
 }

@@ -263,14 +263,7 @@ async fn recreated_identity(opts: uami_controller::demo::stack::StackOptions) {
         .await;
     assert_eq!(status, 200);
     let created = admin.put_identity(azure_name, tags).await;
-    let new_principal = created["properties"]["principalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let new_client = created["properties"]["clientId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (new_client, new_principal) = client_and_principal(&created);
     assert_ne!(new_principal, old_principal);
 
     // As in Azure, the VM still lists the identity with the principal it was assigned with

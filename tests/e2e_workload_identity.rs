@@ -10,6 +10,26 @@
 
 mod support;
 
+/// For each scenario, a test on the sandbox and one (`real`) on the real API server, its issuer
+/// trusted by the emulator; both with [`options`]`(3)`.
+macro_rules! on_sandbox_and_real {
+    ($($sandbox:ident, $real:ident, $scenario:path;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sandbox() {
+            $scenario(options(3), None).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $real() {
+            let mut opts = options(3);
+            let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
+                return;
+            };
+            $scenario(opts, Some(&real)).await;
+        }
+    )*};
+}
+
 #[path = "e2e_workload_identity/data_plane.rs"]
 mod data_plane;
 #[path = "e2e_workload_identity/several.rs"]
@@ -103,18 +123,10 @@ async fn annotated(stack: &Stack, name: &str) -> bool {
         .contains_key(CLIENT_ID)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_account_binding_is_proven_by_the_token_exchange() {
-    proven_by_the_token_exchange(options(3), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_a_service_account_binding_is_proven_by_the_token_exchange() {
-    let mut opts = options(3);
-    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
-        return;
-    };
-    proven_by_the_token_exchange(opts, Some(&real)).await;
+on_sandbox_and_real! {
+    a_service_account_binding_is_proven_by_the_token_exchange, on_a_real_api_server_a_service_account_binding_is_proven_by_the_token_exchange, proven_by_the_token_exchange;
+    a_policy_that_stops_allowing_takes_the_trust_back, on_a_real_api_server_a_policy_that_stops_allowing_takes_the_trust_back, policy_takes_the_trust_back;
+    several_identities_share_a_service_account_and_one_is_its_default, on_a_real_api_server_several_identities_share_a_service_account, several::several_identities;
 }
 
 async fn proven_by_the_token_exchange(opts: StackOptions, real: Option<&envtest::Real>) {
@@ -353,20 +365,6 @@ fn base_yaml(identity_name: &str) -> String {
 
 fn reason(b: &uami_controller::api::IdentityBinding) -> Option<(String, String)> {
     condition(&b.status.as_ref()?.conditions, "Ready")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_that_stops_allowing_takes_the_trust_back() {
-    policy_takes_the_trust_back(options(3), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_a_policy_that_stops_allowing_takes_the_trust_back() {
-    let mut opts = options(3);
-    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
-        return;
-    };
-    policy_takes_the_trust_back(opts, Some(&real)).await;
 }
 
 async fn policy_takes_the_trust_back(opts: StackOptions, real: Option<&envtest::Real>) {

@@ -101,42 +101,57 @@ async fn plain_http_only_when_the_world_asks_for_it() {
     emu.shutdown().await;
 }
 
-/// The issuer, the token and authorization endpoints (`{oauth2}token`, `{oauth2}authorize`) and
-/// the key set an OpenID configuration names.
-fn assert_endpoints(config: &Value, issuer: &str, oauth2: &str, jwks_uri: &str) {
+/// The OpenID configuration of `TENANT` at `{base}/{TENANT}/{version}.well-known/...`, which
+/// names `issuer`, the token and authorization endpoints (`{oauth2}token`, `{oauth2}authorize`)
+/// and the key set `jwks_uri`.
+async fn tenant_configuration(
+    http: &reqwest::Client,
+    base: &str,
+    [version, issuer, oauth2, jwks_uri]: [&str; 4],
+) -> Value {
+    let url = format!("{base}/{TENANT}/{version}.well-known/openid-configuration");
+    let (status, config) = get(http, &url).await;
+    assert_eq!(status, 200, "{config}");
     assert_eq!(config["issuer"], issuer, "{config}");
-    assert_eq!(
-        config["token_endpoint"],
-        format!("{oauth2}token"),
-        "{config}"
-    );
+    let endpoint = |name: &str| format!("{oauth2}{name}");
+    assert_eq!(config["token_endpoint"], endpoint("token"), "{config}");
     assert_eq!(
         config["authorization_endpoint"],
-        format!("{oauth2}authorize"),
+        endpoint("authorize"),
         "{config}"
     );
     assert_eq!(config["jwks_uri"], jwks_uri, "{config}");
+    config
+}
+
+/// The emulator, a client that trusts it, and its Entra ID's base URL (no trailing `/`).
+async fn started() -> (Emulator, reqwest::Client, String) {
+    let emu = start().await;
+    let http = emulator_http(&emu);
+    let base = emu
+        .authority_host()
+        .as_str()
+        .trim_end_matches('/')
+        .to_string();
+    (emu, http, base)
 }
 
 #[tokio::test]
 async fn openid_configuration_as_entra_publishes_it() {
-    let emu = start().await;
-    let http = emulator_http(&emu);
-    let base = emu.authority_host().to_string();
-    let base = base.trim_end_matches('/');
+    let (emu, http, base) = started().await;
+    let base = base.as_str();
 
-    let (status, v2) = get(
+    let v2 = tenant_configuration(
         &http,
-        &format!("{base}/{TENANT}/v2.0/.well-known/openid-configuration"),
+        base,
+        [
+            "v2.0/",
+            &format!("{base}/{TENANT}/v2.0"),
+            &format!("{base}/{TENANT}/oauth2/v2.0/"),
+            &format!("{base}/{TENANT}/discovery/v2.0/keys"),
+        ],
     )
     .await;
-    assert_eq!(status, 200, "{v2}");
-    assert_endpoints(
-        &v2,
-        &format!("{base}/{TENANT}/v2.0"),
-        &format!("{base}/{TENANT}/oauth2/v2.0/"),
-        &format!("{base}/{TENANT}/discovery/v2.0/keys"),
-    );
     assert_eq!(
         v2["response_types_supported"],
         json!(["code", "id_token", "code id_token", "id_token token"])
@@ -164,18 +179,10 @@ async fn openid_configuration_as_entra_publishes_it() {
     let (status, keys) = get(&http, v2["jwks_uri"].as_str().unwrap()).await;
     assert_eq!((status, keys), (200, json!({"keys": []})));
 
-    let (status, v1) = get(
-        &http,
-        &format!("{base}/{TENANT}/.well-known/openid-configuration"),
-    )
-    .await;
-    assert_eq!(status, 200, "{v1}");
-    assert_endpoints(
-        &v1,
-        &format!("https://sts.windows.net/{TENANT}/"),
-        &format!("{base}/{TENANT}/oauth2/"),
-        &format!("{base}/common/discovery/keys"),
-    );
+    let issuer = format!("https://sts.windows.net/{TENANT}/");
+    let oauth2 = format!("{base}/{TENANT}/oauth2/");
+    let jwks = format!("{base}/common/discovery/keys");
+    let v1 = tenant_configuration(&http, base, ["", &issuer, &oauth2, &jwks]).await;
     let (status, _) = get(&http, v1["jwks_uri"].as_str().unwrap()).await;
     assert_eq!(status, 200);
 
@@ -215,10 +222,8 @@ async fn openid_configuration_as_entra_publishes_it() {
 
 #[tokio::test]
 async fn instance_discovery_names_the_tenant_document_and_the_hosts_aliases() {
-    let emu = start().await;
-    let http = emulator_http(&emu);
-    let base = emu.authority_host().to_string();
-    let base = base.trim_end_matches('/');
+    let (emu, http, base) = started().await;
+    let base = base.as_str();
     let host = emu.arm_endpoint().authority().to_string();
     let discover = |authorize: String| {
         let http = http.clone();

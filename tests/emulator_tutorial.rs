@@ -11,7 +11,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment, vm_path};
-use support::controller_sign_in;
+use support::{client_and_principal, controller_sign_in};
 use uami_controller::emulator::{self, World, world};
 
 const SUB: &str = world::TUTORIAL_SUBSCRIPTION;
@@ -49,14 +49,7 @@ async fn the_tutorial_over_http() {
         )
         .await;
     assert_eq!(status, 201);
-    let client_id = identity["properties"]["clientId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let principal_id = identity["properties"]["principalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (client_id, principal_id) = client_and_principal(&identity);
     let identity_id = identity["id"].as_str().unwrap().to_string();
     assert_eq!(identity["properties"]["tenantId"], emu.tenant_id());
 

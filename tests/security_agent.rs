@@ -117,27 +117,25 @@ async fn forged_status_is_refused(
     }
     // A merge patch is held to the same rule.
     denied(
-        agent_grants
-            .patch_status(
-                GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"roleAssignmentId": other}})),
-            )
-            .await
-            .map(|_| ()),
+        merge_patch(
+            &agent_grants,
+            GRANT,
+            true,
+            json!({"status": {"roleAssignmentId": other}}),
+        )
+        .await,
         422,
         "denied request: status.roleAssignmentId is written by the controller only",
     );
     // RBAC: the agent may not write the spec at all.
     denied(
-        agent_grants
-            .patch(
-                GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"role": "Owner"}})),
-            )
-            .await
-            .map(|_| ()),
+        merge_patch(
+            &agent_grants,
+            GRANT,
+            false,
+            json!({"spec": {"role": "Owner"}}),
+        )
+        .await,
         403,
         "User \"system:serviceaccount:uami-system:uami-agent\" cannot patch resource \"rolegrants\" in API group \"uami.dev\" in the namespace \"tutorial\"",
     );

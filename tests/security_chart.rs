@@ -84,14 +84,13 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
     })
     .await;
     denied(
-        alice_grants
-            .patch_status(
-                TUTORIAL_GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"adopted": true}})),
-            )
-            .await
-            .map(|_| ()),
+        merge_patch(
+            &alice_grants,
+            TUTORIAL_GRANT,
+            true,
+            json!({"status": {"adopted": true}}),
+        )
+        .await,
         403,
         "User \"alice\" cannot patch resource \"rolegrants/status\"",
     );
@@ -104,26 +103,24 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
     })
     .await;
     denied(
-        bob_bindings
-            .patch_status(
-                TUTORIAL_BINDING,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"assigned": false}})),
-            )
-            .await
-            .map(|_| ()),
+        merge_patch(
+            &bob_bindings,
+            TUTORIAL_BINDING,
+            true,
+            json!({"status": {"assigned": false}}),
+        )
+        .await,
         403,
         "status of identitybindings is written by the controller and the agent only, not by bob",
     );
     denied(
-        bob_grants
-            .patch_status(
-                TUTORIAL_GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"roleAssignmentId": "/subscriptions/x"}})),
-            )
-            .await
-            .map(|_| ()),
+        merge_patch(
+            &bob_grants,
+            TUTORIAL_GRANT,
+            true,
+            json!({"status": {"roleAssignmentId": "/subscriptions/x"}}),
+        )
+        .await,
         403,
         "status of rolegrants is written by the controller and the agent only, not by bob",
     );
@@ -131,28 +128,21 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
     // The controller's records: its finalizer and the assigned-identity annotation.
     let records = "are the controller's record and only the controller may change them";
     denied(
-        bob_bindings
-            .patch(
-                TUTORIAL_BINDING,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-            )
-            .await
-            .map(|_| ()),
+        merge_patch(
+            &bob_bindings,
+            TUTORIAL_BINDING,
+            false,
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await,
         422,
         records,
     );
     denied(
-        bob_bindings
-            .patch(
-                TUTORIAL_BINDING,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {
+        merge_patch(&bob_bindings, TUTORIAL_BINDING, false, json!({"metadata": {"annotations": {
                     "uami.dev/assigned-identity": "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourcegroups/devtest/providers/microsoft.managedidentity/userassignedidentities/pre"
-                }}})),
-            )
-            .await
-            .map(|_| ()),
+                }}}))
+        .await,
         422,
         records,
     );

@@ -219,6 +219,14 @@ impl Azure {
     }
 }
 
+/// The claims of the access token of token response `v` (not verified).
+fn access_token_claims(v: &Value) -> Value {
+    let token = v["access_token"].as_str().unwrap();
+    jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+        .unwrap()
+        .claims
+}
+
 fn aadsts(v: &Value) -> u64 {
     v["error_codes"][0].as_u64().unwrap_or(0)
 }

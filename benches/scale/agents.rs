@@ -20,11 +20,12 @@ use uami_controller::api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 use uami_controller::emulator::Emulator;
 use uami_controller::sandbox::{Sandbox, UserInfo, WatchDeliveries};
 
+use super::fixtures::{self, Fixture};
 use super::table::ready_and_ratio;
 use super::{
-    NS, SUB, Scenario, WRITE_BURST, WRITE_REFILL, binding, count_true, create_all, env_f64, grant,
-    identity, limit, proc_cpu_seconds, proc_status_kib, setup, spawn_controller, spawn_logged,
-    work_and_log_dirs,
+    NS, SUB, Scenario, WRITE_BURST, WRITE_REFILL, apis, binding, count_true, create_all, env_f64,
+    grant, identity, limit, proc_cpu_seconds, proc_status_kib, setup, spawn_controller,
+    spawn_logged, work_and_log_dirs,
 };
 
 const BINDINGS: &str = "identitybindings.uami.dev";
@@ -243,24 +244,14 @@ fn crowd(
     let sets = count / 3;
     let extra_bindings = count - 2 * sets;
     let identities = (0..sets)
-        .map(|j| {
-            serde_json::from_value(json!({
-                "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
-                "metadata": {"name": format!("x-id-{j:05}"), "namespace": OTHER_NS},
-                "spec": {"resourceGroup": "DevTest", "location": "eastus"}
-            }))
-            .unwrap()
-        })
+        .map(|j| fixtures::identity(OTHER_NS, &format!("x-id-{j:05}")))
         .collect();
     let grants = (0..sets)
         .map(|j| {
-            serde_json::from_value(json!({
-                "apiVersion": "uami.dev/v1alpha1", "kind": "RoleGrant",
-                "metadata": {"name": format!("x-g-{j:05}"), "namespace": OTHER_NS},
-                "spec": {"identityRef": {"name": format!("x-id-{j:05}")}, "role": "Reader",
-                         "scope": {"resourceGroup": {"name": "DevTest"}}, "verifyAccess": true}
-            }))
-            .unwrap()
+            let (name, identity) = (format!("x-g-{j:05}"), format!("x-id-{j:05}"));
+            let scope = fixtures::resource_group("DevTest");
+            fixtures::grant(OTHER_NS, &name, &identity, "Reader", scope)
+                .with(|g| g.spec.verify_access = true)
         })
         .collect();
     let bindings = (0..extra_bindings)
@@ -270,17 +261,16 @@ fn crowd(
             } else {
                 format!("other-{j:05}")
             };
-            let mut metadata = json!({"name": format!("x-b-{j:05}"), "namespace": OTHER_NS});
-            if j < ON_FIRST_VM || j % 2 == 0 {
-                metadata["labels"] = json!({TARGET_LABEL: target_label(&vm)});
-            }
-            serde_json::from_value(json!({
-                "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
-                "metadata": metadata,
-                "spec": {"identityRef": {"name": format!("x-id-{:05}", j % sets.max(1))},
-                         "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": vm}}}
-            }))
-            .unwrap()
+            let identity = format!("x-id-{:05}", j % sets.max(1));
+            let labelled = j < ON_FIRST_VM || j % 2 == 0;
+            let label = BTreeMap::from([(TARGET_LABEL.to_string(), target_label(&vm))]);
+            fixtures::binding(
+                OTHER_NS,
+                &format!("x-b-{j:05}"),
+                &identity,
+                fixtures::vm(&vm),
+            )
+            .with(|b| b.metadata.labels = labelled.then_some(label))
         })
         .collect();
     (identities, grants, bindings)
@@ -298,9 +288,7 @@ pub async fn run(s: &Scenario) -> Row {
     sb.install(agent_rbac()).unwrap();
     let client = sb.client();
     let n = s.sets;
-    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
-    let grants: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
-    let bindings: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+    let (ids, grants, bindings) = apis(&client);
     create_all(&ids, (0..n).map(identity).collect()).await;
     create_all(&grants, (0..n).map(|i| grant(i, true)).collect()).await;
     create_all(&bindings, (0..n).map(|i| binding(i, s.vms)).collect()).await;

@@ -384,6 +384,19 @@ mod tests {
         EntraCredential::new(&host(), "t", "c".into(), proof, http).unwrap()
     }
 
+    /// Client `c` of tenant `t` signing in with [`SECRET`] at `authority`, over reqwest.
+    fn secret_credential_at(authority: &str) -> Result<EntraCredential, AuthError> {
+        let http: Arc<dyn HttpClient> = Arc::new(reqwest::Client::new());
+        let proof = ClientProof::Secret(SecretString::from(SECRET));
+        EntraCredential::new(
+            &Url::parse(authority).unwrap(),
+            "t",
+            "c".into(),
+            proof,
+            http,
+        )
+    }
+
     fn host() -> Url {
         Url::parse("https://login.example.test/").unwrap()
     }
@@ -513,15 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_endpoint_is_a_transport_error_without_secrets() {
-        let http: Arc<dyn HttpClient> = Arc::new(reqwest::Client::new());
-        let cred = EntraCredential::new(
-            &Url::parse("https://127.0.0.1:1/").unwrap(),
-            "t",
-            "c".into(),
-            ClientProof::Secret(SecretString::from(SECRET)),
-            http,
-        )
-        .unwrap();
+        let cred = secret_credential_at("https://127.0.0.1:1/").unwrap();
         let e = cred.get_token("api://x/.default").await.unwrap_err();
         assert!(matches!(e, AuthError::Transport(_)), "{e:?}");
         assert!(
@@ -534,15 +539,7 @@ mod tests {
 
     #[test]
     fn plain_http_authorities_are_refused_at_construction() {
-        let http: Arc<dyn HttpClient> = Arc::new(reqwest::Client::new());
-        let e = EntraCredential::new(
-            &Url::parse("http://127.0.0.1:8080/").unwrap(),
-            "t",
-            "c".into(),
-            ClientProof::Secret(SecretString::from(SECRET)),
-            http,
-        )
-        .unwrap_err();
+        let e = secret_credential_at("http://127.0.0.1:8080/").unwrap_err();
         assert!(matches!(e, AuthError::Configuration(_)), "{e:?}");
         assert!(e.to_string().contains("HTTPS"), "{e}");
         assert!(!e.to_string().contains("s3cr3t"));

@@ -40,21 +40,7 @@ async fn app_annotation(stack: &Stack) -> Option<String> {
     sa.metadata.annotations?.get(CLIENT_ID).cloned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_identities_share_a_service_account_and_one_is_its_default() {
-    several_identities(options(3), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_several_identities_share_a_service_account() {
-    let mut opts = options(3);
-    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
-        return;
-    };
-    several_identities(opts, Some(&real)).await;
-}
-
-async fn several_identities(opts: StackOptions, real: Option<&envtest::Real>) {
+pub(super) async fn several_identities(opts: StackOptions, real: Option<&envtest::Real>) {
     let stack = Stack::start(opts).await.unwrap();
     stack.apply_yaml(&several_identities_yaml()).await.unwrap();
     for name in ["first", "second", "third"] {
@@ -120,13 +106,7 @@ async fn several_identities(opts: StackOptions, real: Option<&envtest::Real>) {
         .unwrap();
     for name in ["app-second", "app-third"] {
         let b = refused(&bindings(&stack, NS), name, "DefaultConflict").await;
-        let ready = b
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready = ready_condition(&b.status.unwrap().conditions);
         assert_eq!(ready.status, "False");
         assert!(
             ready.message.contains("app-second") && ready.message.contains("app-third"),
@@ -206,14 +186,7 @@ async fn a_recreated_identity_gets_its_credential_and_annotation_again() {
         .await;
     assert_eq!(status, 200);
     let created = admin.put_identity("reporterIdentity", tags).await;
-    let client = created["properties"]["clientId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let principal = created["properties"]["principalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (client, principal) = client_and_principal(&created);
     eventually(
         60,
         "credential, annotation and token of the new identity",

@@ -62,13 +62,7 @@ async fn writes_on_one_identity_are_serialized_and_the_21st_is_refused_without_a
         "FederatedCredentialLimitReached",
     )
     .await;
-    let ready_cond = b
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready_cond = ready_condition(&b.status.unwrap().conditions);
     assert_eq!(ready_cond.status, "False");
     assert!(ready_cond.message.contains("20"), "{}", ready_cond.message);
     assert_eq!(

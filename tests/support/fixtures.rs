@@ -2,7 +2,9 @@
 //! binding to a VM or a service account and a role grant, with the values the tests share
 //! (resource group `DevTest` in `eastus`, no access check on a grant). [`Fixture::with`] changes
 //! one and [`Fixture::yaml`] renders it as one YAML document for `apply_all` or
-//! `Stack::apply_yaml`.
+//! `Stack::apply_yaml`. The scale bench builds its objects with them too.
+// Each test binary and the bench use part of them.
+#![allow(dead_code)]
 
 use serde::Serialize;
 use uami_controller::api::binding::{BindingTarget, ComputeRef, ServiceAccountRef, TokenCheck};

@@ -39,6 +39,14 @@ where
     }
 }
 
+/// The `Ready` condition of a status.
+pub fn ready_condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let ready = conditions.iter().find(|c| c.type_ == "Ready");
+    ready.cloned().unwrap()
+}
+
 /// The condition `type_` of a status, as (status, reason).
 pub fn condition(
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
@@ -233,6 +241,33 @@ pub async fn put_json(http: &reqwest::Client, url: &str, body: Value) -> u16 {
 pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     let resp = http.get(url).send().await.unwrap();
     resp.json().await.unwrap()
+}
+
+/// A JSON merge patch of object `name` (of its status with `status`), its answer dropped.
+pub async fn merge_patch<K>(
+    api: &Api<K>,
+    name: &str,
+    status: bool,
+    patch: Value,
+) -> kube::Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (pp, patch) = (
+        kube::api::PatchParams::default(),
+        kube::api::Patch::Merge(patch),
+    );
+    if status {
+        api.patch_status(name, &pp, &patch).await.map(|_| ())
+    } else {
+        api.patch(name, &pp, &patch).await.map(|_| ())
+    }
+}
+
+/// The client id and principal id of an identity as ARM shows it.
+pub fn client_and_principal(identity: &Value) -> (String, String) {
+    let id = |field: &str| identity["properties"][field].as_str().unwrap().to_string();
+    (id("clientId"), id("principalId"))
 }
 
 /// The tutorial controller's client-credentials request for an ARM token, POSTed to
