@@ -12,7 +12,6 @@ use support::arm::Admin;
 use support::fixtures::{self, Fixture};
 use support::*;
 use uami_controller::api::DeletionPolicy;
-use uami_controller::api::grant::GrantScope;
 use uami_controller::demo::stack::{Stack, StackOptions};
 use uami_controller::emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 use uami_controller::emulator::{Faults, faults::Throttling};
@@ -39,18 +38,10 @@ fn binding(name: &str, identity: &str, vm: &str) -> String {
     fixtures::binding(NS, name, identity, fixtures::vm(vm)).yaml()
 }
 
-fn grant(name: &str, identity: &str, role: &str, scope: GrantScope) -> String {
-    fixtures::grant(NS, name, identity, role, scope).yaml()
-}
-
 /// A Reader grant of `identity` on resource group DevTest.
 fn devtest_reader(name: &str, identity: &str) -> String {
-    grant(
-        name,
-        identity,
-        "Reader",
-        fixtures::resource_group("DevTest"),
-    )
+    let devtest = fixtures::resource_group("DevTest");
+    fixtures::grant(NS, name, identity, "Reader", devtest).yaml()
 }
 
 async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
@@ -114,12 +105,14 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
 async fn what_no_policy_allows_is_refused_without_an_arm_write() {
     let stack = apps(&[
         identity("denied-id"),
-        grant(
+        fixtures::grant(
+            NS,
             "owner-of-everything",
             "denied-id",
             "Owner",
             fixtures::subscription(SUB),
-        ),
+        )
+        .yaml(),
         binding("elsewhere", "denied-id", "otherVM"),
     ])
     .await;

@@ -147,23 +147,16 @@ async fn every_watcher_sees_every_change_in_order_under_concurrent_writes() {
     sb.shutdown().await;
 }
 
-/// 100 identity sets (identity, Reader grant with `verifyAccess`, binding) on one VM, applied at
-/// once, the agent on: every identity, grant and binding becomes Ready (the agent obtained every
-/// token and verified every grant's access), none of them flaps, the VM carries all 100
-/// identities, and Azure holds one role assignment per grant. The agent lists and watches only
-/// its own bindings. A generous deadline, no timing claim.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_identity_sets_on_one_vm_all_become_ready() {
-    a_hundred_identity_sets(scale_options(), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_a_hundred_identity_sets_on_one_vm_all_become_ready() {
-    let mut opts = scale_options();
-    let Some(real) = on_real_apiserver("e2e_scale", &mut opts).await else {
-        return;
-    };
-    a_hundred_identity_sets(opts, Some(&real)).await;
+on_sandbox_and_real! {
+    binary: "e2e_scale",
+    options: scale_options(),
+    join: on_real_apiserver;
+    /// 100 identity sets (identity, Reader grant with `verifyAccess`, binding) on one VM, applied at
+    /// once, the agent on: every identity, grant and binding becomes Ready (the agent obtained every
+    /// token and verified every grant's access), none of them flaps, the VM carries all 100
+    /// identities, and Azure holds one role assignment per grant. The agent lists and watches only
+    /// its own bindings. A generous deadline, no timing claim.
+    a_hundred_identity_sets_on_one_vm_all_become_ready on_a_real_api_server_a_hundred_identity_sets_on_one_vm_all_become_ready a_hundred_identity_sets;
 }
 
 fn scale_options() -> StackOptions {

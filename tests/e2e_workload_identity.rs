@@ -10,26 +10,6 @@
 
 mod support;
 
-/// For each scenario, a test on the sandbox and one (`real`) on the real API server, its issuer
-/// trusted by the emulator; both with [`options`]`(3)`.
-macro_rules! on_sandbox_and_real {
-    ($($sandbox:ident, $real:ident, $scenario:path;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sandbox() {
-            $scenario(options(3), None).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $real() {
-            let mut opts = options(3);
-            let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
-                return;
-            };
-            $scenario(opts, Some(&real)).await;
-        }
-    )*};
-}
-
 #[path = "e2e_workload_identity/data_plane.rs"]
 mod data_plane;
 #[path = "e2e_workload_identity/several.rs"]
@@ -124,9 +104,12 @@ async fn annotated(stack: &Stack, name: &str) -> bool {
 }
 
 on_sandbox_and_real! {
-    a_service_account_binding_is_proven_by_the_token_exchange, on_a_real_api_server_a_service_account_binding_is_proven_by_the_token_exchange, proven_by_the_token_exchange;
-    a_policy_that_stops_allowing_takes_the_trust_back, on_a_real_api_server_a_policy_that_stops_allowing_takes_the_trust_back, policy_takes_the_trust_back;
-    several_identities_share_a_service_account_and_one_is_its_default, on_a_real_api_server_several_identities_share_a_service_account, several::several_identities;
+    binary: "e2e_workload_identity",
+    options: options(3),
+    join: on_real;
+    a_service_account_binding_is_proven_by_the_token_exchange on_a_real_api_server_a_service_account_binding_is_proven_by_the_token_exchange proven_by_the_token_exchange;
+    a_policy_that_stops_allowing_takes_the_trust_back on_a_real_api_server_a_policy_that_stops_allowing_takes_the_trust_back policy_takes_the_trust_back;
+    several_identities_share_a_service_account_and_one_is_its_default on_a_real_api_server_several_identities_share_a_service_account several::several_identities;
 }
 
 async fn proven_by_the_token_exchange(opts: StackOptions, real: Option<&envtest::Real>) {

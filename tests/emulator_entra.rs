@@ -124,6 +124,17 @@ async fn tenant_configuration(
     config
 }
 
+/// A federated assertion, valid for ten minutes, that no credential trusts.
+fn unmatched_assertion() -> String {
+    let now = jiff::Timestamp::now().as_second();
+    unsigned_rs256(json!({
+        "iss": "https://issuer.example.test",
+        "sub": "system:serviceaccount:nobody:nothing",
+        "aud": "api://AzureADTokenExchange",
+        "iat": now, "nbf": now, "exp": now + 600,
+    }))
+}
+
 /// The emulator, a client that trusts it, and its Entra ID's base URL (no trailing `/`).
 async fn started() -> (Emulator, reqwest::Client, String) {
     let emu = start().await;
@@ -385,13 +396,7 @@ async fn token_errors_as_entra_writes_them() {
 
     // A federated assertion that matches none of the client's credentials: AADSTS70021, naming
     // what it presented.
-    let now = jiff::Timestamp::now().as_second();
-    let assertion = unsigned_rs256(json!({
-        "iss": "https://issuer.example.test",
-        "sub": "system:serviceaccount:nobody:nothing",
-        "aud": "api://AzureADTokenExchange",
-        "iat": now, "nbf": now, "exp": now + 600,
-    }));
+    let assertion = unmatched_assertion();
     let mut form = base(controller);
     form.push((
         "client_assertion_type",
@@ -476,13 +481,7 @@ async fn the_controllers_credentials_sign_in_and_report_refusals_without_secrets
     // refused with AADSTS70021; a missing file names the file.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
-    let now = jiff::Timestamp::now().as_second();
-    let assertion = unsigned_rs256(json!({
-        "iss": "https://issuer.example.test",
-        "sub": "system:serviceaccount:nobody:nothing",
-        "aud": "api://AzureADTokenExchange",
-        "iat": now, "nbf": now, "exp": now + 600,
-    }));
+    let assertion = unmatched_assertion();
     std::fs::write(&file, &assertion).unwrap();
     let wi = build_credential(
         CredentialConfig::WorkloadIdentity {

@@ -47,18 +47,11 @@ fn cond(v: &Value, type_: &str) -> Value {
     find_by(&v["status"]["conditions"], "type", type_)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_cannot_forge_controller_owned_status() {
-    forged_status_is_refused(tutorial_options(Duration::from_secs(30), 0.5), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_the_agent_cannot_forge_controller_owned_status() {
-    let mut opts = tutorial_options(Duration::from_secs(30), 0.5);
-    let Some(real) = on_real_apiserver("security_agent", &mut opts).await else {
-        return;
-    };
-    forged_status_is_refused(opts, Some(&real)).await;
+on_sandbox_and_real! {
+    binary: "security_agent",
+    options: tutorial_options(Duration::from_secs(30), 0.5),
+    join: on_real_apiserver;
+    the_agent_cannot_forge_controller_owned_status on_a_real_api_server_the_agent_cannot_forge_controller_owned_status forged_status_is_refused;
 }
 
 async fn forged_status_is_refused(

@@ -398,6 +398,51 @@ pub async fn on_real_apiserver(test: &str, opts: &mut StackOptions) -> Option<en
     Some(real)
 }
 
+/// For each `[doc] sandbox_test real_test scenario`, a test of `scenario` on the sandbox and one
+/// on the real API server of this test binary (`binary`; skipped when that layer is off), both
+/// with the options `options` gives. `join` puts the options on the real API server (as
+/// [`on_real_apiserver`] does). A scenario takes the options and the real API server, `None` on
+/// the sandbox. (Not every test binary has such a pair.)
+#[allow(unused_macros)]
+macro_rules! on_sandbox_and_real {
+    (
+        binary: $binary:literal,
+        options: $options:expr,
+        join: $join:path;
+        $($(#[$doc:meta])* $sandbox:ident $real:ident $scenario:path;)*
+    ) => {$(
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sandbox() {
+            $scenario($options, None).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $real() {
+            let mut opts = $options;
+            let Some(real) = $join($binary, &mut opts).await else {
+                return;
+            };
+            $scenario(opts, Some(&real)).await;
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_sandbox_and_real;
+
+/// The tutorial's stack without agents (resync `resync_secs`, RBAC propagation `rbac_seconds`),
+/// changed by `configure` before it starts.
+pub async fn agentless_stack(
+    resync_secs: u64,
+    rbac_seconds: f64,
+    configure: impl FnOnce(&mut StackOptions),
+) -> Stack {
+    let mut opts = tutorial_options(Duration::from_secs(resync_secs), rbac_seconds);
+    opts.agents = false;
+    configure(&mut opts);
+    Stack::start(opts).await.unwrap()
+}
+
 /// A stack started with `opts` and the tutorial's objects applied.
 pub async fn tutorial_stack(opts: StackOptions) -> Stack {
     let stack = Stack::start(opts).await.unwrap();
