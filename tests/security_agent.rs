@@ -109,26 +109,18 @@ async fn forged_status_is_refused(
         denied(forged, 422, needle);
     }
     // A merge patch is held to the same rule.
+    let body = json!({"status": {"roleAssignmentId": other}});
+    let write = merge_patch(&agent_grants, GRANT, true, body).await;
     denied(
-        merge_patch(
-            &agent_grants,
-            GRANT,
-            true,
-            json!({"status": {"roleAssignmentId": other}}),
-        )
-        .await,
+        write,
         422,
         "denied request: status.roleAssignmentId is written by the controller only",
     );
     // RBAC: the agent may not write the spec at all.
+    let body = json!({"spec": {"role": "Owner"}});
+    let write = merge_patch(&agent_grants, GRANT, false, body).await;
     denied(
-        merge_patch(
-            &agent_grants,
-            GRANT,
-            false,
-            json!({"spec": {"role": "Owner"}}),
-        )
-        .await,
+        write,
         403,
         "User \"system:serviceaccount:uami-system:uami-agent\" cannot patch resource \"rolegrants\" in API group \"uami.dev\" in the namespace \"tutorial\"",
     );
@@ -154,14 +146,11 @@ async fn forged_status_is_refused(
             .unwrap(),
         NS,
     );
+    let body =
+        json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "othervm"}});
+    let write = apply_status(&elsewhere, BINDING, "IdentityBinding", body).await;
     denied(
-        apply_status(
-            &elsewhere,
-            BINDING,
-            "IdentityBinding",
-            json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "othervm"}}),
-        )
-        .await,
+        write,
         422,
         "the agent on node othervm may write only the bindings of its own VM",
     );
@@ -191,14 +180,11 @@ async fn forged_status_is_refused(
     };
     for client in [unbound, legacy] {
         let nodeless: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+        let body =
+            json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "nowhere"}});
+        let write = apply_status(&nodeless, BINDING, "IdentityBinding", body).await;
         denied(
-            apply_status(
-                &nodeless,
-                BINDING,
-                "IdentityBinding",
-                json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "nowhere"}}),
-            )
-            .await,
+            write,
             422,
             "the agent's token names no node (use a token bound to the agent's pod), so it may write no binding",
         );
