@@ -46,23 +46,19 @@ namespaced_kind! {
     }
 }
 
-/// Exactly one VM, scale set or service account.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) == 1").message("exactly one of virtualMachine, virtualMachineScaleSet or serviceAccount must be set"))]
-pub struct BindingTarget {
-    /// A single virtual machine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machine: Option<ComputeRef>,
-    /// A virtual machine scale set (every instance gets the identity).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machine_scale_set: Option<ComputeRef>,
-    /// A service account in the binding's namespace (workload identity): the identity gets a
-    /// federated identity credential for the cluster's OIDC issuer and
-    /// `system:serviceaccount:<namespace>:<name>`, and the service account the
-    /// `azure.workload.identity/client-id` and `azure.workload.identity/tenant-id` annotations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<ServiceAccountRef>,
+exactly_one_of! {
+    /// Exactly one VM, scale set or service account.
+    pub struct BindingTarget {
+        /// A single virtual machine.
+        "virtualMachine" => pub virtual_machine: ComputeRef,
+        /// A virtual machine scale set (every instance gets the identity).
+        "virtualMachineScaleSet" => pub virtual_machine_scale_set: ComputeRef,
+        /// A service account in the binding's namespace (workload identity): the identity gets a
+        /// federated identity credential for the cluster's OIDC issuer and
+        /// `system:serviceaccount:<namespace>:<name>`, and the service account the
+        /// `azure.workload.identity/client-id` and `azure.workload.identity/tenant-id` annotations.
+        "serviceAccount" => pub service_account: ServiceAccountRef,
+    }
 }
 
 /// A service account in the binding's namespace.

@@ -1,6 +1,7 @@
 //! Types and validation patterns shared by the kinds.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Rule;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,46 @@ macro_rules! namespaced_kind {
     };
 }
 pub(crate) use namespaced_kind;
+
+/// Declares a struct of which exactly one field is set: each field optional and left out when
+/// unset, and the CRD rule ([`exactly_one_rule`]) that refuses none or several, naming the
+/// fields by their JSON names.
+macro_rules! exactly_one_of {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $($(#[$field_attr:meta])* $json:literal => pub $field:ident: $ty:ty,)+
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+        #[serde(rename_all = "camelCase")]
+        #[x_kube(validation = exactly_one_rule(&[$($json),+]))]
+        pub struct $name {
+            $(
+                $(#[$field_attr])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )+
+        }
+    };
+}
+pub(crate) use exactly_one_of;
+
+/// The CEL rule that exactly one of `fields` (JSON names) is set, and its message.
+pub fn exactly_one_rule(fields: &[&str]) -> Rule {
+    let count: Vec<String> = fields
+        .iter()
+        .map(|f| format!("(has(self.{f}) ? 1 : 0)"))
+        .collect();
+    let named = match fields.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Rule::new(format!("{} == 1", count.join(" + ")))
+        .message(format!("exactly one of {named} must be set").as_str())
+}
 
 /// What happens in Azure when the Kubernetes object is deleted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

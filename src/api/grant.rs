@@ -70,24 +70,20 @@ pub struct VerifyAccessOptions {
     pub blob_container: Option<String>,
 }
 
-/// Exactly one Azure scope.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.resourceGroup) ? 1 : 0) + (has(self.subscription) ? 1 : 0) + (has(self.resourceId) ? 1 : 0) == 1").message("exactly one of resourceGroup, subscription or resourceId must be set"))]
-pub struct GrantScope {
-    /// A resource group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_group: Option<ResourceGroupScope>,
-    /// A whole subscription.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subscription: Option<SubscriptionScope>,
-    /// Any ARM resource id below a subscription, such as a storage account, in canonical form:
-    /// no `.` or `..` segments, empty segments, trailing `/`, percent-encoding, `?`, `#`,
-    /// whitespace, backslash or non-ASCII characters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
-    #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
-    pub resource_id: Option<String>,
+exactly_one_of! {
+    /// Exactly one Azure scope.
+    pub struct GrantScope {
+        /// A resource group.
+        "resourceGroup" => pub resource_group: ResourceGroupScope,
+        /// A whole subscription.
+        "subscription" => pub subscription: SubscriptionScope,
+        /// Any ARM resource id below a subscription, such as a storage account, in canonical form:
+        /// no `.` or `..` segments, empty segments, trailing `/`, percent-encoding, `?`, `#`,
+        /// whitespace, backslash or non-ASCII characters.
+        #[schemars(length(max = 1024))]
+        #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
+        "resourceId" => pub resource_id: String,
+    }
 }
 
 /// A resource group scope.
