@@ -21,17 +21,26 @@
 mod agents;
 #[path = "../tests/support/envtest.rs"]
 mod envtest;
+#[path = "../tests/support/fixtures.rs"]
+mod fixtures;
+#[path = "scale/measure.rs"]
+mod measure;
 #[path = "scale/real.rs"]
 mod real;
+#[path = "scale/table.rs"]
+mod table;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use fixtures::Fixture;
 use futures::StreamExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
+use measure::{
+    arm_counts, controller_requests, count_true, proc_cpu_seconds, proc_status_kib, wait_converged,
+};
 use serde_json::{Value, json};
-use uami_api::conditions::is_true;
 use uami_api::{GrantPolicy, IdentityBinding, RoleGrant, UserAssignedIdentity};
 use uami_emulator::faults::Throttling;
 use uami_emulator::world::{
@@ -39,7 +48,6 @@ use uami_emulator::world::{
     TUTORIAL_SUBSCRIPTION as SUB, VirtualMachine,
 };
 use uami_emulator::{self as emulator, Emulator, World};
-use uami_kube::status::Reported;
 use uami_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 const NS: &str = "bench";
@@ -78,6 +86,31 @@ struct Scenario {
     steady: bool,
     /// Extra controller flags.
     flags: Vec<String>,
+}
+
+impl Scenario {
+    /// `sets` identity sets (identity, grant, binding at once) over `vms` VMs at throttling
+    /// `scale`, with a resync period of ten minutes and no steady state.
+    fn sets(name: &'static str, sets: usize, vms: usize, scale: f64) -> Self {
+        Scenario {
+            name,
+            sets,
+            vms,
+            identities_only: false,
+            bindings_later: false,
+            scale,
+            resync: Duration::from_secs(600),
+            steady: false,
+            flags: Self::flags(&[]),
+        }
+    }
+
+    /// The controller's flags: a concurrency of 16, then `extra`.
+    fn flags(extra: &[&str]) -> Vec<String> {
+        let mut f = vec!["--concurrency".to_string(), "16".to_string()];
+        f.extend(extra.iter().map(|s| s.to_string()));
+        f
+    }
 }
 
 #[derive(Default)]
@@ -123,32 +156,36 @@ fn world(vms: usize, scale: f64) -> World {
 }
 
 fn identity(i: usize) -> UserAssignedIdentity {
-    serde_json::from_value(json!({
-        "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
-        "metadata": {"name": format!("id-{i:05}"), "namespace": NS},
-        "spec": {"resourceGroup": "DevTest", "location": "eastus"}
-    }))
-    .unwrap()
+    fixtures::identity(NS, &format!("id-{i:05}"))
 }
 
 fn grant(i: usize, verify_access: bool) -> RoleGrant {
-    serde_json::from_value(json!({
-        "apiVersion": "uami.dev/v1alpha1", "kind": "RoleGrant",
-        "metadata": {"name": format!("g-{i:05}"), "namespace": NS},
-        "spec": {"identityRef": {"name": format!("id-{i:05}")}, "role": "Reader",
-                 "scope": {"resourceGroup": {"name": "DevTest"}}, "verifyAccess": verify_access}
-    }))
-    .unwrap()
+    let (name, identity) = (format!("g-{i:05}"), format!("id-{i:05}"));
+    let scope = fixtures::resource_group("DevTest");
+    fixtures::grant(NS, &name, &identity, "Reader", scope)
+        .with(|g| g.spec.verify_access = verify_access)
 }
 
 fn binding(i: usize, vms: usize) -> IdentityBinding {
-    serde_json::from_value(json!({
-        "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
-        "metadata": {"name": format!("b-{i:05}"), "namespace": NS},
-        "spec": {"identityRef": {"name": format!("id-{i:05}")},
-                 "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": format!("vm-{:03}", i % vms)}}}
-    }))
-    .unwrap()
+    let (name, identity) = (format!("b-{i:05}"), format!("id-{i:05}"));
+    let vm = fixtures::vm(&format!("vm-{:03}", i % vms));
+    fixtures::binding(NS, &name, &identity, vm)
+}
+
+/// The identities, grants and bindings of the bench namespace.
+fn apis(
+    client: &kube::Client,
+) -> (
+    Api<UserAssignedIdentity>,
+    Api<RoleGrant>,
+    Api<IdentityBinding>,
+) {
+    let api = || client.clone();
+    (
+        Api::namespaced(api(), NS),
+        Api::namespaced(api(), NS),
+        Api::namespaced(api(), NS),
+    )
 }
 
 async fn create_all<K>(api: &Api<K>, objects: Vec<K>)
@@ -163,101 +200,6 @@ where
             }
         })
         .await;
-}
-
-/// How many of `items` show `condition` True.
-fn with_true<K: Reported>(items: &[K], condition: &str) -> usize {
-    items
-        .iter()
-        .filter(|o| is_true(o.conditions(), condition))
-        .count()
-}
-
-/// How many objects of `K` in the bench namespace show `condition` True.
-async fn count_true<K: Reported>(client: &kube::Client, condition: &str) -> usize {
-    let api: Api<K> = Api::namespaced(client.clone(), NS);
-    with_true(
-        &api.list(&ListParams::default()).await.unwrap().items,
-        condition,
-    )
-}
-
-async fn converged(sb: &Sandbox, with_grants: bool, with_bindings: bool) -> usize {
-    let client = sb.client();
-    let mut n = count_true::<UserAssignedIdentity>(&client, "Ready").await;
-    if with_grants {
-        n += count_true::<RoleGrant>(&client, "Ready").await;
-    }
-    if with_bindings {
-        n += count_true::<IdentityBinding>(&client, "Assigned").await;
-    }
-    n
-}
-
-/// Wait until `want` objects have converged or the deadline passes; returns how many did.
-async fn wait_converged(
-    sb: &Sandbox,
-    grants: bool,
-    bindings: bool,
-    want: usize,
-    deadline: Instant,
-) -> usize {
-    loop {
-        let n = converged(sb, grants, bindings).await;
-        if n >= want || Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time (user and system) the process has used, in seconds: fields 14 and 15 of
-/// `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's `USER_HZ`).
-fn proc_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // The command name may hold spaces: count the fields after its closing parenthesis, where
-    // the state is the first.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-fn arm_counts(em: &Emulator) -> (u64, u64, u64, u64) {
-    let c = em.counts();
-    let throttled =
-        c.0.iter()
-            .filter(|((o, s), _)| !o.starts_with("Aad") && !o.starts_with("Imds") && *s == 429)
-            .map(|(_, n)| n)
-            .sum();
-    (
-        c.reads(),
-        c.writes(),
-        throttled,
-        c.total("VirtualMachines_Update"),
-    )
-}
-
-fn controller_requests(sb: &Sandbox) -> usize {
-    sb.audit().iter().filter(|a| a.user == "controller").count()
 }
 
 /// The sandbox with the CRDs, the bench namespace and a GrantPolicy that allows Reader on
@@ -346,7 +288,31 @@ fn spawn_controller(
         .args(["--default-subscription", SUB])
         .args(["--resync-period", &format!("{}s", s.resync.as_secs())])
         .args(["--admin-listen", "127.0.0.1:0"])
-        .args(&s.flags)
+        .args(&s.flags);
+    spawn_logged(&mut command, log)
+}
+
+/// The work directory of scenario `s` (`target/tmp/scale-<name>/`), and where its agents' logs
+/// go: there too, or with `BENCH_DEBUG` in `target/bench-<name>-agents/`; both created.
+fn work_and_log_dirs(s: &Scenario) -> (PathBuf, PathBuf) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let logs = if std::env::var("BENCH_DEBUG").is_ok() {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("../bench-{}-agents", s.name))
+    } else {
+        dir.clone()
+    };
+    std::fs::create_dir_all(&logs).unwrap();
+    (dir, logs)
+}
+
+/// Start `command` (the controller or an agent) with its log in `log`, at `BENCH_RUST_LOG`
+/// (default `warn`), killed when dropped.
+fn spawn_logged(
+    command: &mut tokio::process::Command,
+    log: std::fs::File,
+) -> tokio::process::Child {
+    command
         .env(
             "RUST_LOG",
             std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -366,9 +332,7 @@ async fn run(s: &Scenario) -> Row {
     let (sb, em) = setup(s.vms, s.scale).await;
     let client = sb.client();
     let n = s.sets;
-    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
-    let grants: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
-    let bindings: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+    let (ids, grants, bindings) = apis(&client);
     create_all(&ids, (0..n).map(identity).collect()).await;
     if !s.identities_only {
         create_all(&grants, (0..n).map(|i| grant(i, false)).collect()).await;
@@ -499,71 +463,6 @@ async fn run(s: &Scenario) -> Row {
     row
 }
 
-fn print(rows: &[Row], scenarios: &[Scenario]) {
-    println!();
-    println!(
-        "| scenario | objects | time to Ready | lower bound | ratio | ARM reads/obj | ARM writes/obj | 429s | VM PATCHes/VM | Kubernetes requests/obj | controller RSS (peak) | controller CPU to Ready | start-up to first reconcile |"
-    );
-    println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
-    for r in rows {
-        let o = r.objects as f64;
-        let ready = r
-            .ready
-            .map_or_else(|| "not converged".to_string(), |t| format!("{t:.1} s"));
-        let ratio = match r.ready {
-            Some(t) if r.bound >= 1.0 => format!("{:.2}", t / r.bound),
-            _ => "n/a".into(),
-        };
-        let patches = if r.vms == 0 {
-            "n/a".into()
-        } else {
-            format!("{:.2}", r.patches as f64 / r.vms as f64)
-        };
-        println!(
-            "| {} | {} | {ready} | {:.1} s | {ratio} | {:.2} | {:.2} | {} | {patches} | {:.2} | {:.1} MiB ({:.1} MiB) | {:.1} s | {} |",
-            r.name,
-            r.objects,
-            r.bound,
-            r.reads as f64 / o,
-            r.writes as f64 / o,
-            r.throttled,
-            r.kube as f64 / o,
-            r.rss_kib as f64 / 1024.0,
-            r.rss_peak_kib as f64 / 1024.0,
-            r.cpu_seconds,
-            r.startup
-                .map_or_else(|| "n/a".to_string(), |t| format!("{t:.2} s")),
-        );
-    }
-    println!();
-    for (r, s) in rows.iter().zip(scenarios) {
-        println!(
-            "{}: ARM throttling at {}x ARM's buckets (writes {} burst, {}/s); resync {} s; controller flags {:?}{}",
-            r.name,
-            s.scale,
-            WRITE_BURST * s.scale,
-            WRITE_REFILL * s.scale,
-            s.resync.as_secs(),
-            s.flags,
-            if r.note.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", r.note)
-            }
-        );
-        if let Some((reads, writes, kube)) = r.steady {
-            println!(
-                "{}: steady state over one resync: {writes} ARM writes, {:.2} ARM reads and {:.2} Kubernetes requests per object",
-                r.name,
-                reads as f64 / r.objects as f64,
-                kube as f64 / r.objects as f64
-            );
-        }
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo test --all-targets` runs bench targets too: only `cargo bench` (which passes
@@ -577,73 +476,47 @@ async fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let scale = env_f64("BENCH_SCALE", 2.0);
-    let flags = |extra: &[&str]| {
-        let mut f = vec!["--concurrency".to_string(), "16".to_string()];
-        f.extend(extra.iter().map(|s| s.to_string()));
-        f
-    };
     let all = vec![
-        Scenario {
-            name: "a",
-            sets: env_f64("BENCH_SETS", 1000.0) as usize,
-            vms: env_f64("BENCH_VMS", 100.0) as usize,
-            identities_only: false,
-            bindings_later: false,
+        Scenario::sets(
+            "a",
+            env_f64("BENCH_SETS", 1000.0) as usize,
+            env_f64("BENCH_VMS", 100.0) as usize,
             scale,
-            resync: Duration::from_secs(600),
-            steady: false,
-            flags: flags(&[]),
-        },
+        ),
         Scenario {
-            name: "b",
-            sets: 100,
-            vms: 1,
-            identities_only: false,
             bindings_later: true,
-            scale: 1.0,
             resync: Duration::from_secs(30),
             steady: true,
-            flags: flags(&[]),
+            ..Scenario::sets("b", 100, 1, 1.0)
         },
         Scenario {
-            name: "c",
-            sets: 10_000,
-            vms: 0,
             identities_only: true,
-            bindings_later: false,
-            scale: 100.0,
-            resync: Duration::from_secs(600),
-            steady: false,
-            flags: flags(&[
+            flags: Scenario::flags(&[
                 "--arm-writes-ceiling",
                 "2000",
                 "--arm-reads-ceiling",
                 "5000",
             ]),
+            ..Scenario::sets("c", 10_000, 0, 100.0)
         },
     ];
     let scenarios: Vec<Scenario> = all
         .into_iter()
         .filter(|s| which.is_empty() || which.iter().any(|w| w == s.name))
         .collect();
-    let d = Scenario {
-        name: "d",
-        sets: env_f64("BENCH_D_SETS", 1000.0) as usize,
-        vms: env_f64("BENCH_D_VMS", 100.0) as usize,
-        identities_only: false,
-        bindings_later: false,
+    let d = Scenario::sets(
+        "d",
+        env_f64("BENCH_D_SETS", 1000.0) as usize,
+        env_f64("BENCH_D_VMS", 100.0) as usize,
         scale,
-        resync: Duration::from_secs(600),
-        steady: false,
-        flags: flags(&[]),
-    };
+    );
     let mut rows = Vec::new();
     for s in &scenarios {
         let row = run(s).await;
         eprintln!("scale: scenario {} done", s.name);
         rows.push(row);
         // The table so far, so that an interrupted run still reports what it measured.
-        print(&rows, &scenarios[..rows.len()]);
+        table::print(&rows, &scenarios[..rows.len()]);
     }
     if which.is_empty() || which.iter().any(|w| w == "d") {
         let row = agents::run(&d).await;

@@ -7,9 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/bad_objects.rs"]
+mod bad_objects;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bad_objects::{edited, with};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -115,42 +119,8 @@ fn policy_spec() -> Value {
            "identityBindings": [{"virtualMachine": {"resourceGroup": "DevTest", "name": "myVM"}}]})
 }
 
-/// `base` with the JSON value at the dotted `path` replaced (or removed when `value` is None).
-fn with(mut base: Value, path: &str, value: Option<Value>) -> Value {
-    let parts: Vec<&str> = path.split('.').collect();
-    let mut cur = &mut base;
-    for part in &parts[..parts.len() - 1] {
-        cur = if let Ok(i) = part.parse::<usize>() {
-            &mut cur[i]
-        } else {
-            &mut cur[*part]
-        };
-    }
-    let last = parts[parts.len() - 1];
-    match value {
-        Some(v) => cur[last] = v,
-        None => {
-            cur.as_object_mut().unwrap().remove(last);
-        }
-    }
-    base
-}
-
-/// One entry of `api_validation/bad_objects.yaml`.
-#[derive(Deserialize)]
-struct BadObject {
-    name: String,
-    object: String,
-    #[serde(default)]
-    object_edits: Vec<Vec<Value>>,
-    old: Option<String>,
-    #[serde(default)]
-    old_edits: Vec<Vec<Value>>,
-    field: String,
-}
-
 /// The valid object of `kind` with `edits` applied in order.
-fn edited(kind: &str, edits: &[Vec<Value>]) -> Value {
+fn edited_kind(kind: &str, edits: &[Vec<Value>]) -> Value {
     let base = match kind {
         "identity" => identity(identity_spec()),
         "binding" => binding(binding_spec()),
@@ -158,20 +128,21 @@ fn edited(kind: &str, edits: &[Vec<Value>]) -> Value {
         "policy" => policy(policy_spec()),
         other => panic!("no kind {other}"),
     };
-    edits.iter().fold(base, |object, edit| {
-        with(object, edit[0].as_str().unwrap(), edit.get(1).cloned())
-    })
+    edited(base, edits)
 }
 
 /// The bad objects of `api_validation/bad_objects.yaml`.
 fn bad_objects() -> Vec<(String, Value, Option<Value>, String)> {
-    let table: Vec<BadObject> =
-        serde_yaml_ng::from_str(include_str!("api_validation/bad_objects.yaml")).unwrap();
-    table
+    bad_objects::table()
         .into_iter()
         .map(|b| {
-            let old = b.old.as_deref().map(|kind| edited(kind, &b.old_edits));
-            (b.name, edited(&b.object, &b.object_edits), old, b.field)
+            let old = b.old.as_deref().map(|kind| edited_kind(kind, &b.old_edits));
+            (
+                b.name,
+                edited_kind(&b.object, &b.object_edits),
+                old,
+                b.field,
+            )
         })
         .collect()
 }

@@ -17,6 +17,7 @@ use resources::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::arm::{Admin, arm_client};
+use support::fixtures::{self, Fixture};
 use support::*;
 use uami::demo::stack::{Stack, StackOptions};
 use uami_azure::{RoleApi, api_versions, probe_access};
@@ -424,21 +425,15 @@ async fn the_agent_verifies_a_storage_account_and_names_a_scope_it_cannot_check(
     opts.agent_interval = Duration::from_millis(700);
     let stack = tutorial_stack(opts).await;
     let grant = |name: &str, id: &str| {
-        format!(
-            r#"
-apiVersion: uami.dev/v1alpha1
-kind: RoleGrant
-metadata:
-  name: {name}
-  namespace: tutorial
-spec:
-  identityRef:
-    name: my-identity
-  role: Reader
-  scope:
-    resourceId: {id}
-"#
+        fixtures::grant(
+            TUTORIAL,
+            name,
+            TUTORIAL_IDENTITY,
+            "Reader",
+            fixtures::resource(id),
         )
+        .with(|g| g.spec.verify_access = true)
+        .yaml()
     };
     let vnet = format!(
         "{}/providers/Microsoft.Network/virtualNetworks/vnet1",

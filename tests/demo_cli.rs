@@ -73,35 +73,29 @@ fn the_demo_fails_clearly_when_time_runs_out() {
 #[test]
 fn the_emulator_refuses_an_issuer_certificate_it_cannot_use() {
     let dir = tempfile::tempdir().unwrap();
+    let with_issuer_ca = |path: &std::path::Path| {
+        let (ok, _, stderr) = run_uami(
+            &[
+                "emulator",
+                "--world",
+                "examples/emulator-world.yaml",
+                "--oidc-issuer-ca",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(!ok);
+        stderr
+    };
     let missing = dir.path().join("missing.pem");
-    let (ok, _, stderr) = run_uami(
-        &[
-            "emulator",
-            "--world",
-            "examples/emulator-world.yaml",
-            "--oidc-issuer-ca",
-            missing.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(!ok);
+    let stderr = with_issuer_ca(&missing);
     assert!(
         stderr.contains(&format!("--oidc-issuer-ca {}", missing.display())),
         "{stderr}"
     );
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
-    let (ok, _, stderr) = run_uami(
-        &[
-            "emulator",
-            "--world",
-            "examples/emulator-world.yaml",
-            "--oidc-issuer-ca",
-            garbage.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(!ok);
+    let stderr = with_issuer_ca(&garbage);
     assert!(stderr.contains("oidcIssuerCaPems[0]"), "{stderr}");
 }
 

@@ -28,18 +28,11 @@ fn helm_on(kubeconfig: &Path, args: &[&str]) -> String {
     helm_ok(&all)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_the_sandbox_helm_install_runs_the_tutorial_as_the_charts_service_accounts() {
-    install_run_upgrade_uninstall(tutorial_options(Duration::from_secs(30), 0.5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_helm_install_runs_the_tutorial_as_the_charts_service_accounts() {
-    let mut opts = tutorial_options(Duration::from_secs(30), 0.5);
-    let Some(_turn) = on_real_apiserver("deploy_helm", &mut opts).await else {
-        return;
-    };
-    install_run_upgrade_uninstall(opts).await;
+on_sandbox_and_real! {
+    binary: "deploy_helm",
+    options: tutorial_options(Duration::from_secs(30), 0.5),
+    join: on_real_apiserver;
+    on_the_sandbox_helm_install_runs_the_tutorial_as_the_charts_service_accounts on_a_real_api_server_helm_install_runs_the_tutorial_as_the_charts_service_accounts install_run_upgrade_uninstall;
 }
 
 /// The stack without a controller or agents: the chart is installed first.
@@ -50,7 +43,7 @@ async fn start(mut opts: StackOptions) -> Stack {
     Stack::start(opts).await.unwrap()
 }
 
-async fn install_run_upgrade_uninstall(opts: StackOptions) {
+async fn install_run_upgrade_uninstall(opts: StackOptions, _real: Option<&envtest::Real>) {
     let mut stack = start(opts).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = &admin_kubeconfig(&stack, dir.path());

@@ -349,21 +349,8 @@ async fn data_roles_are_verified_on_their_data_plane() {
         .unwrap();
     let base = stack.emulator.arm_endpoint().to_string();
     let base = base.trim_end_matches('/');
-    let http = support::emulator_http(&stack.emulator);
-    let read = |url: String, audience: &str| {
-        let token = stack.emulator.issue_token(&principal, audience);
-        let http = http.clone();
-        async move {
-            let r = http
-                .get(url)
-                .bearer_auth(token)
-                .header("x-ms-version", "2021-08-06")
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    };
+    let read =
+        |url: String, audience: &'static str| data_plane_get(&stack, &principal, url, audience);
     let secrets = format!("{base}/_data/vault/devtest-kv/secrets?api-version=7.4");
     let blobs = format!("{base}/_data/blob/devtestdata/reports?restype=container&comp=list");
     let (status, body) = read(secrets.clone(), "https://vault.azure.net").await;
@@ -425,21 +412,8 @@ async fn the_data_planes_refuse_reader() {
     assert!(status == 200 || status == 201, "{status} {body}");
     let base = stack.emulator.arm_endpoint().to_string();
     let base = base.trim_end_matches('/');
-    let http = support::emulator_http(&stack.emulator);
-    let get = |url: String, audience: &str| {
-        let token = stack.emulator.issue_token(principal, audience);
-        let http = http.clone();
-        async move {
-            let r = http
-                .get(url)
-                .bearer_auth(token)
-                .header("x-ms-version", "2021-08-06")
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    };
+    let get =
+        |url: String, audience: &'static str| data_plane_get(&stack, principal, url, audience);
     let (status, body) = get(
         format!("{base}/_data/blob/devtestdata/reports?restype=container&comp=list"),
         "https://storage.azure.com/",
@@ -480,4 +454,23 @@ async fn the_data_planes_refuse_reader() {
         );
     }
     stack.stop().await;
+}
+
+/// GET `url` of the emulator's data plane with a token of `principal` for `audience`: the status
+/// and the body.
+async fn data_plane_get(
+    stack: &uami::demo::stack::Stack,
+    principal: &str,
+    url: String,
+    audience: &str,
+) -> (u16, String) {
+    let token = stack.emulator.issue_token(principal, audience);
+    let r = support::emulator_http(&stack.emulator)
+        .get(url)
+        .bearer_auth(token)
+        .header("x-ms-version", "2021-08-06")
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use kube::api::ListParams;
 use support::*;
 use uami_emulator::world::{InitialAssignment, TUTORIAL_SUBSCRIPTION};
@@ -54,24 +52,25 @@ async fn warning_reasons(stack: &uami::demo::stack::Stack, ns: &str) -> Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm() {
-    let mut opts = tutorial_options(Duration::from_secs(300), 0.0);
-    opts.agents = false;
-    opts.world.limits.role_assignments_per_subscription = LIMIT;
-    // The controller may read the subscription's role assignments: it counts them.
-    opts.world.role_assignments.push(InitialAssignment {
-        principal_id: CONTROLLER.into(),
-        role: "Reader".into(),
-        scope: format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}"),
-    });
-    let prefix = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}").to_lowercase();
-    let initial = opts
-        .world
-        .role_assignments
-        .iter()
-        .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
-        .count();
+    let mut initial = 0;
+    let stack = agentless_stack(300, 0.0, |opts| {
+        opts.world.limits.role_assignments_per_subscription = LIMIT;
+        // The controller may read the subscription's role assignments: it counts them.
+        opts.world.role_assignments.push(InitialAssignment {
+            principal_id: CONTROLLER.into(),
+            role: "Reader".into(),
+            scope: format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}"),
+        });
+        let prefix = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}").to_lowercase();
+        initial = opts
+            .world
+            .role_assignments
+            .iter()
+            .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
+            .count();
+    })
+    .await;
     assert!(initial + 3 <= LIMIT, "the world leaves room for the test");
-    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
     stack
         .apply_yaml(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {{name: budget-reader}}\nspec:\n  namespaces: [{NS}]\n  roleGrants:\n    - roles: [Reader]\n      scopes: [{{resourceGroup: {{name: DevTest}}}}]\n"
@@ -148,18 +147,18 @@ async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_refuses_a_role_assignment_past_the_worlds_limit_as_azure_does() {
-    let mut opts = tutorial_options(Duration::from_secs(300), 0.0);
-    opts.agents = false;
-    opts.controller = false;
-    let prefix = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}").to_lowercase();
-    let initial = opts
-        .world
-        .role_assignments
-        .iter()
-        .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
-        .count();
-    opts.world.limits.role_assignments_per_subscription = initial;
-    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
+    let stack = agentless_stack(300, 0.0, |opts| {
+        opts.controller = false;
+        let prefix = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}").to_lowercase();
+        let initial = opts
+            .world
+            .role_assignments
+            .iter()
+            .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
+            .count();
+        opts.world.limits.role_assignments_per_subscription = initial;
+    })
+    .await;
     let arm = support::arm::Admin::of(&stack.emulator);
     let (status, _, body) = arm
         .send(
@@ -187,9 +186,7 @@ async fn the_emulator_refuses_a_role_assignment_past_the_worlds_limit_as_azure_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_bindings_are_warned_near_the_credential_limit_and_refused_at_it() {
     use uami_emulator::world::TUTORIAL_TENANT;
-    let mut opts = tutorial_options(Duration::from_secs(300), 0.0);
-    opts.agents = false;
-    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
+    let stack = agentless_stack(300, 0.0, |_| {}).await;
     stack
         .apply_yaml(include_str!("../examples/workload-identity.yaml"))
         .await

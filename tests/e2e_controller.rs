@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use kube::api::ListParams;
 use support::arm::Admin;
+use support::fixtures::{self, Fixture};
 use support::*;
 use uami::demo::stack::{Stack, StackOptions};
+use uami_api::DeletionPolicy;
 use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 use uami_emulator::{Faults, faults::Throttling};
 
@@ -28,22 +30,18 @@ fn policy(roles: &str) -> String {
     )
 }
 
-fn identity(name: &str, extra: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{resourceGroup: DevTest, location: eastus{extra}}}\n"
-    )
+fn identity(name: &str) -> String {
+    fixtures::identity(NS, name).yaml()
 }
 
 fn binding(name: &str, identity: &str, vm: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: {vm}}}}}}}\n"
-    )
+    fixtures::binding(NS, name, identity, fixtures::vm(vm)).yaml()
 }
 
-fn grant(name: &str, identity: &str, role: &str, scope: &str, extra: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, role: {role}, scope: {scope}, verifyAccess: false{extra}}}\n"
-    )
+/// A Reader grant of `identity` on resource group DevTest.
+fn devtest_reader(name: &str, identity: &str) -> String {
+    let devtest = fixtures::resource_group("DevTest");
+    fixtures::grant(NS, name, identity, "Reader", devtest).yaml()
 }
 
 async fn stack(resync: u64, configure: impl FnOnce(&mut StackOptions)) -> Stack {
@@ -74,7 +72,7 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
     let stack = stack(60, |o| o.agents = false).await;
     let mut yaml = policy("Reader");
     for i in 0..5 {
-        yaml.push_str(&identity(&format!("batch-{i}"), ""));
+        yaml.push_str(&identity(&format!("batch-{i}")));
     }
     stack.apply_yaml(&yaml).await.unwrap();
     for i in 0..5 {
@@ -106,14 +104,15 @@ async fn five_identities_on_one_vm_cost_at_most_two_patches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_no_policy_allows_is_refused_without_an_arm_write() {
     let stack = apps(&[
-        identity("denied-id", ""),
-        grant(
+        identity("denied-id"),
+        fixtures::grant(
+            NS,
             "owner-of-everything",
             "denied-id",
             "Owner",
-            &format!("{{subscription: {{subscriptionId: {SUB}}}}}"),
-            "",
-        ),
+            fixtures::subscription(SUB),
+        )
+        .yaml(),
         binding("elsewhere", "denied-id", "otherVM"),
     ])
     .await;
@@ -151,15 +150,9 @@ async fn azure_failures_end_in_ready() {
     let stack = apps_with(
         |o| o.world.faults = faults,
         &[
-            identity("faulty", ""),
+            identity("faulty"),
             binding("faulty", "faulty", "myVM"),
-            grant(
-                "faulty",
-                "faulty",
-                "Reader",
-                "{resourceGroup: {name: DevTest}}",
-                "",
-            ),
+            devtest_reader("faulty", "faulty"),
         ],
     )
     .await;
@@ -208,15 +201,9 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
         &stack,
         &[
             policy("Reader"),
-            identity("restart", ""),
+            identity("restart"),
             binding("restart", "restart", "myVM"),
-            grant(
-                "restart",
-                "restart",
-                "Reader",
-                "{resourceGroup: {name: DevTest}}",
-                "",
-            ),
+            devtest_reader("restart", "restart"),
         ],
     )
     .await;
@@ -247,8 +234,10 @@ async fn a_restart_mid_reconcile_creates_no_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_and_adopted_resources_survive_deletion() {
     let stack = apps(&[
-        identity("kept", ", deletionPolicy: Orphan"),
-        identity("shared", ""),
+        fixtures::identity(NS, "kept")
+            .with(|i| i.spec.deletion_policy = DeletionPolicy::Orphan)
+            .yaml(),
+        identity("shared"),
     ])
     .await;
     ready(&identities(&stack, NS), "kept", 60).await;
@@ -259,13 +248,7 @@ async fn orphan_and_adopted_resources_survive_deletion() {
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
     let other = admin.create_assignment(&rg, &pid).await;
     stack
-        .apply_yaml(&grant(
-            "adopts",
-            "shared",
-            "Reader",
-            "{resourceGroup: {name: DevTest}}",
-            "",
-        ))
+        .apply_yaml(&devtest_reader("adopts", "shared"))
         .await
         .unwrap();
     let g = ready(&grants(&stack, NS), "adopts", 60).await;

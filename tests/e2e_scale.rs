@@ -20,6 +20,7 @@ use serde_json::json;
 use support::*;
 use uami::demo::stack::{Stack, StackOptions};
 use uami_api::UserAssignedIdentity;
+use uami_kube::status::Reported;
 
 fn identity(ns: &str, i: usize) -> UserAssignedIdentity {
     serde_json::from_value(json!({
@@ -146,23 +147,16 @@ async fn every_watcher_sees_every_change_in_order_under_concurrent_writes() {
     sb.shutdown().await;
 }
 
-/// 100 identity sets (identity, Reader grant with `verifyAccess`, binding) on one VM, applied at
-/// once, the agent on: every identity, grant and binding becomes Ready (the agent obtained every
-/// token and verified every grant's access), none of them flaps, the VM carries all 100
-/// identities, and Azure holds one role assignment per grant. The agent lists and watches only
-/// its own bindings. A generous deadline, no timing claim.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_identity_sets_on_one_vm_all_become_ready() {
-    a_hundred_identity_sets(scale_options(), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_a_hundred_identity_sets_on_one_vm_all_become_ready() {
-    let mut opts = scale_options();
-    let Some(real) = on_real_apiserver("e2e_scale", &mut opts).await else {
-        return;
-    };
-    a_hundred_identity_sets(opts, Some(&real)).await;
+on_sandbox_and_real! {
+    binary: "e2e_scale",
+    options: scale_options(),
+    join: on_real_apiserver;
+    /// 100 identity sets (identity, Reader grant with `verifyAccess`, binding) on one VM, applied at
+    /// once, the agent on: every identity, grant and binding becomes Ready (the agent obtained every
+    /// token and verified every grant's access), none of them flaps, the VM carries all 100
+    /// identities, and Azure holds one role assignment per grant. The agent lists and watches only
+    /// its own bindings. A generous deadline, no timing claim.
+    a_hundred_identity_sets_on_one_vm_all_become_ready on_a_real_api_server_a_hundred_identity_sets_on_one_vm_all_become_ready a_hundred_identity_sets;
 }
 
 fn scale_options() -> StackOptions {
@@ -216,32 +210,9 @@ async fn a_hundred_identity_sets(opts: StackOptions, real: Option<&envtest::Real
         let i = ids.list(&lp).await.ok()?.items;
         let g = grants.list(&lp).await.ok()?.items;
         let b = binds.list(&lp).await.ok()?.items;
-        let pending: Vec<String> = i
-            .iter()
-            .filter(|o| {
-                !o.status.as_ref().is_some_and(|s| {
-                    condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
-                })
-            })
-            .map(|o| format!("identity {:?}", o.metadata.name))
-            .chain(
-                g.iter()
-                    .filter(|o| {
-                        !o.status.as_ref().is_some_and(|s| {
-                            condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
-                        })
-                    })
-                    .map(|o| format!("grant {:?}", o.metadata.name)),
-            )
-            .chain(
-                b.iter()
-                    .filter(|o| {
-                        !o.status.as_ref().is_some_and(|s| {
-                            condition(&s.conditions, "Ready").is_some_and(|c| c.0 == "True")
-                        })
-                    })
-                    .map(|o| format!("binding {:?}", o.metadata.name)),
-            )
+        let pending: Vec<String> = not_ready("identity", &i)
+            .chain(not_ready("grant", &g))
+            .chain(not_ready("binding", &b))
             .collect();
         (i.len() == N && g.len() == N && b.len() == N && pending.is_empty()).then_some(pending)
     })
@@ -316,4 +287,15 @@ async fn a_hundred_identity_sets(opts: StackOptions, real: Option<&envtest::Real
         }
     }
     stack.stop().await;
+}
+
+/// `kind name` of each of `objects` whose `Ready` is not True.
+fn not_ready<'a, K: Reported>(
+    kind: &'a str,
+    objects: &'a [K],
+) -> impl Iterator<Item = String> + 'a {
+    objects
+        .iter()
+        .filter(|o| condition(o.conditions(), "Ready").is_none_or(|c| c.0 != "True"))
+        .map(move |o| format!("{kind} {:?}", o.meta().name))
 }

@@ -14,21 +14,19 @@ use support::arm::Admin;
 use support::*;
 use uami::demo::stack::Stack;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tutorial_reaches_ready_holds_steady_repairs_drift_and_cleans_up() {
-    tutorial(tutorial_options(Duration::from_secs(2), 1.0)).await;
+on_sandbox_and_real! {
+    binary: "e2e_tutorial",
+    options: tutorial_options(Duration::from_secs(2), 1.0),
+    join: on_real_apiserver;
+    tutorial_reaches_ready_holds_steady_repairs_drift_and_cleans_up on_a_real_api_server_the_tutorial_reaches_ready_and_cleans_up tutorial;
+    /// The tutorial's identity deleted and created again out of band (a new principal under the same
+    /// ARM id): the controller notices, assigns it to the VM again (which still listed the old
+    /// principal), grants Reader to the new principal and deletes its assignment to the old one, and
+    /// the agent's token works again.
+    an_identity_deleted_and_created_again_is_assigned_and_granted_again on_a_real_api_server_an_identity_deleted_and_created_again_is_restored recreated_identity;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_the_tutorial_reaches_ready_and_cleans_up() {
-    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
-    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
-        return;
-    };
-    tutorial(opts).await;
-}
-
-async fn tutorial(opts: uami::demo::stack::StackOptions) {
+async fn tutorial(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
     let stack = tutorial_stack(opts).await;
 
     let ids = identities(&stack, "tutorial");
@@ -211,25 +209,7 @@ async fn tutorial(opts: uami::demo::stack::StackOptions) {
     stack.stop().await;
 }
 
-/// The tutorial's identity deleted and created again out of band (a new principal under the same
-/// ARM id): the controller notices, assigns it to the VM again (which still listed the old
-/// principal), grants Reader to the new principal and deletes its assignment to the old one, and
-/// the agent's token works again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_identity_deleted_and_created_again_is_assigned_and_granted_again() {
-    recreated_identity(tutorial_options(Duration::from_secs(2), 1.0)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_an_identity_deleted_and_created_again_is_restored() {
-    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
-    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
-        return;
-    };
-    recreated_identity(opts).await;
-}
-
-async fn recreated_identity(opts: uami::demo::stack::StackOptions) {
+async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
     use k8s_openapi::api::events::v1::Event;
     let stack = tutorial_stack(opts).await;
     tutorial_ready(&stack, 60).await;
@@ -264,14 +244,7 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions) {
         .await;
     assert_eq!(status, 200);
     let created = admin.put_identity(azure_name, tags).await;
-    let new_principal = created["properties"]["principalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let new_client = created["properties"]["clientId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (new_client, new_principal) = client_and_principal(&created);
     assert_ne!(new_principal, old_principal);
 
     // As in Azure, the VM still lists the identity with the principal it was assigned with

@@ -10,6 +10,13 @@
 
 mod support;
 
+#[path = "e2e_workload_identity/data_plane.rs"]
+mod data_plane;
+#[path = "e2e_workload_identity/several.rs"]
+mod several;
+#[path = "e2e_workload_identity/writes.rs"]
+mod writes;
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -18,6 +25,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::capture::Capture;
+use support::fixtures::{self, Fixture};
 use support::*;
 use uami::demo::stack::{Stack, StackOptions, controller_options};
 use uami_api::binding::AccessPlane;
@@ -95,18 +103,13 @@ async fn annotated(stack: &Stack, name: &str) -> bool {
         .contains_key(CLIENT_ID)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_account_binding_is_proven_by_the_token_exchange() {
-    proven_by_the_token_exchange(options(3), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_a_service_account_binding_is_proven_by_the_token_exchange() {
-    let mut opts = options(3);
-    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
-        return;
-    };
-    proven_by_the_token_exchange(opts, Some(&real)).await;
+on_sandbox_and_real! {
+    binary: "e2e_workload_identity",
+    options: options(3),
+    join: on_real;
+    a_service_account_binding_is_proven_by_the_token_exchange on_a_real_api_server_a_service_account_binding_is_proven_by_the_token_exchange proven_by_the_token_exchange;
+    a_policy_that_stops_allowing_takes_the_trust_back on_a_real_api_server_a_policy_that_stops_allowing_takes_the_trust_back policy_takes_the_trust_back;
+    several_identities_share_a_service_account_and_one_is_its_default on_a_real_api_server_several_identities_share_a_service_account several::several_identities;
 }
 
 async fn proven_by_the_token_exchange(opts: StackOptions, real: Option<&envtest::Real>) {
@@ -321,299 +324,30 @@ async fn proven_by_the_token_exchange(opts: StackOptions, real: Option<&envtest:
     stack.stop().await;
 }
 
-/// A data role granted to the identity of a service account: the policy that allows it, and the
-/// grant of `Storage Blob Data Reader` on a storage account, listing container `reports`.
-const BLOB_GRANT: &str = r#"
-apiVersion: uami.dev/v1alpha1
-kind: GrantPolicy
-metadata:
-  name: workload-reporter-blobs
-spec:
-  namespaces: ["workload"]
-  roleGrants:
-    - roles: ["Storage Blob Data Reader"]
-      scopes:
-        - resourceGroup:
-            name: DevTest
----
-apiVersion: uami.dev/v1alpha1
-kind: RoleGrant
-metadata:
-  name: reporter-reads-blobs
-  namespace: workload
-spec:
-  identityRef:
-    name: reporter-identity
-  role: Storage Blob Data Reader
-  scope:
-    resourceId: /subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourceGroups/DevTest/providers/Microsoft.Storage/storageAccounts/reportsdata
-  verifyAccessOptions:
-    blobContainer: reports
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_data_role_of_a_service_account_is_verified_on_its_data_plane() {
-    let stack = stack(3, |opts| {
-        let rg = &mut opts.world.subscriptions[0].resource_groups[0];
-        assert_eq!(rg.name, "DevTest");
-        rg.storage_accounts = vec!["reportsdata".into()];
-    })
-    .await;
-    assert!(BLOB_GRANT.contains(SUB));
-    // The example without its Reader grant on DevTest: the identity holds only the data role,
-    // which lets it read nothing through ARM.
-    let example: Vec<&str> = EXAMPLE
-        .split("\n---\n")
-        .filter(|doc| !doc.contains("name: reporter-reads-devtest"))
-        .collect();
-    assert_eq!(example.len(), EXAMPLE.split("\n---\n").count() - 1);
-    stack.apply_yaml(&example.join("\n---\n")).await.unwrap();
-    stack.apply_yaml(BLOB_GRANT).await.unwrap();
-    let api = grants(&stack, NS);
-    let s = eventually(60, "the blob grant verified on the Blob plane", || async {
-        let s = api.get("reporter-reads-blobs").await.ok()?.status?;
-        (condition(&s.conditions, "AccessVerified")?.0 == "True").then_some(s)
-    })
-    .await;
-    let access = s.access.clone().unwrap();
-    assert_eq!(access.plane, AccessPlane::Blob, "{s:?}");
-    assert_eq!(access.http_status, Some(200), "{s:?}");
-    assert_eq!(access.checked_by.as_deref(), Some("token-exchange"));
-    let message = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "AccessVerified")
-        .map(|c| c.message.clone())
-        .unwrap();
-    assert!(message.contains("Blob Storage data plane"), "{message}");
-    // Blob Storage listed the container for a token of its own audience, exchanged for the
-    // service account's token.
-    assert!(stack.emulator.counts().get("Blob_ListBlobs", 200) >= 1);
-    assert!(stack.emulator.journal().iter().any(|e| {
-        e.operation == "Aad_Token"
-            && e.status == 200
-            && e.request.as_ref().is_some_and(|r| {
-                r["scope"] == "https://storage.azure.com/.default"
-                    && r["client_assertion_type"]
-                        == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-            })
-    }));
-    // The binding lists the grant verified.
-    eventually(30, "binding access verified", || async {
-        let b = bindings(&stack, NS)
-            .get("reporter-identity-for-reporter")
-            .await
-            .ok()?;
-        let a = b.status?.access;
-        a.iter()
-            .any(|a| a.role_grant == "reporter-reads-blobs" && a.verified)
-            .then_some(())
-    })
-    .await;
-    stack.stop().await;
-}
-
+/// Service account `sa` and a binding `name` of identity `identity` to it.
 fn binding_yaml(name: &str, identity: &str, sa: &str) -> String {
     format!(
-        "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, target: {{serviceAccount: {{name: {sa}}}}}}}\n"
+        "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {NS}}}\n{}",
+        fixtures::binding(NS, name, identity, fixtures::service_account(sa)).yaml()
     )
+}
+
+/// Identity `name`, named `azure_name` in Azure.
+fn named_identity(name: &str, azure_name: &str) -> String {
+    fixtures::identity(NS, name)
+        .with(|i| i.spec.azure_name = Some(azure_name.into()))
+        .yaml()
 }
 
 fn base_yaml(identity_name: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {{name: wi}}\nspec:\n  namespaces: [{NS}]\n  identityBindings:\n  - serviceAccount: {{resourceGroup: DevTest, identityName: {identity_name}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: shared, namespace: {NS}}}\nspec: {{resourceGroup: DevTest, location: eastus, azureName: {identity_name}}}\n"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {{name: wi}}\nspec:\n  namespaces: [{NS}]\n  identityBindings:\n  - serviceAccount: {{resourceGroup: DevTest, identityName: {identity_name}}}\n\n{}",
+        named_identity("shared", identity_name)
     )
 }
 
 fn reason(b: &uami_api::IdentityBinding) -> Option<(String, String)> {
     condition(&b.status.as_ref()?.conditions, "Ready")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_on_one_identity_are_serialized_and_the_21st_is_refused_without_a_write() {
-    let stack = stack(30, |o| {
-        // Every credential write takes a while: concurrent ones would be refused by Azure.
-        o.world.faults = Faults {
-            fic_write_ms: 300,
-            ..Faults::default()
-        };
-    })
-    .await;
-    stack
-        .apply_yaml(&base_yaml("sharedIdentity"))
-        .await
-        .unwrap();
-    ready(&identities(&stack, NS), "shared", 60).await;
-    // 15 credentials exist already (someone else's).
-    stack.emulator.set_faults(Faults::default());
-    for i in 0..15 {
-        let s = arm(&stack, reqwest::Method::PUT, &format!("sharedIdentity/federatedIdentityCredentials/other-{i}"), Some(json!({"properties": {"issuer": "https://elsewhere.example/", "subject": format!("ci:{i}"), "audiences": ["api://AzureADTokenExchange"]}}))).await;
-        assert_eq!(s, 201);
-    }
-    stack.emulator.set_faults(Faults {
-        fic_write_ms: 300,
-        ..Faults::default()
-    });
-    stack.emulator.reset_counts();
-    // Five bindings at once: five writes, one after the other, none refused.
-    let mut yaml = String::new();
-    for i in 0..5 {
-        yaml.push_str(&binding_yaml(&format!("b{i}"), "shared", &format!("sa{i}")));
-    }
-    stack.apply_yaml(&yaml).await.unwrap();
-    for i in 0..5 {
-        ready(&bindings(&stack, NS), &format!("b{i}"), 90).await;
-    }
-    let c = stack.emulator.counts();
-    assert_eq!(
-        c.get("FederatedIdentityCredentials_CreateOrUpdate", 201),
-        5,
-        "{c:?}"
-    );
-    assert_eq!(
-        c.get("FederatedIdentityCredentials_CreateOrUpdate", 409),
-        0,
-        "{c:?}"
-    );
-    assert_eq!(fics(&stack).len(), 20);
-    // The 21st: refused with a clear reason, and never sent to Azure.
-    stack.emulator.reset_counts();
-    stack
-        .apply_yaml(&binding_yaml("b21", "shared", "sa21"))
-        .await
-        .unwrap();
-    let b = refused(
-        &bindings(&stack, NS),
-        "b21",
-        "FederatedCredentialLimitReached",
-    )
-    .await;
-    let ready_cond = b
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready_cond.status, "False");
-    assert!(ready_cond.message.contains("20"), "{}", ready_cond.message);
-    assert_eq!(
-        stack
-            .emulator
-            .counts()
-            .total("FederatedIdentityCredentials_CreateOrUpdate"),
-        0
-    );
-    assert_eq!(fics(&stack).len(), 20);
-    // Deleting one binding frees a place: its credential goes, its annotation goes, and the
-    // 21st gets its credential.
-    delete_and_wait(&bindings(&stack, NS), "b0").await;
-    assert!(!annotated(&stack, "sa0").await);
-    assert!(
-        !fics(&stack)
-            .iter()
-            .any(|f| f["properties"]["subject"] == "system:serviceaccount:workload:sa0")
-    );
-    ready(&bindings(&stack, NS), "b21", 90).await;
-    stack.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_mismatch_and_deletion_order() {
-    // The controller is told an issuer that is not the one its cluster's tokens carry.
-    let stack = stack(30, |o| o.controller = false).await;
-    let mut opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
-    opts.oidc_issuer = Some(format!("{}/", stack.cluster.oidc_issuer()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let controller = uami_controller::app::start(
-        stack.sandbox().unwrap().client_as("controller").unwrap(),
-        opts,
-        &mut registry,
-        stop.clone(),
-        |_| {},
-    );
-    stack
-        .apply_yaml(&base_yaml("mismatchIdentity"))
-        .await
-        .unwrap();
-    ready(&identities(&stack, NS), "shared", 60).await;
-    // No policy for this identity: refused before any write.
-    stack.emulator.reset_counts();
-    stack
-        .apply_yaml(&format!(
-            "apiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: other, namespace: {NS}}}\nspec: {{resourceGroup: DevTest, location: eastus, azureName: otherIdentity}}\n{}",
-            binding_yaml("denied", "other", "app2")
-        ))
-        .await
-        .unwrap();
-    ready(&identities(&stack, NS), "other", 60).await;
-    let denied = refused(&bindings(&stack, NS), "denied", "DeniedByPolicy").await;
-    assert!(
-        denied
-            .status
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.message.contains("service account app2"))
-    );
-    assert_eq!(
-        stack
-            .emulator
-            .counts()
-            .total("FederatedIdentityCredentials_CreateOrUpdate"),
-        0
-    );
-    // The exchange is refused with AADSTS70021, shown as the reason.
-    stack
-        .apply_yaml(&binding_yaml("mismatch", "shared", "app"))
-        .await
-        .unwrap();
-    let b = eventually(60, "AADSTS70021", || async {
-        let b = bindings(&stack, NS).get("mismatch").await.ok()?;
-        (condition(&b.status.as_ref()?.conditions, "TokenAcquired")?.1 == "AADSTS70021")
-            .then_some(b)
-    })
-    .await;
-    let s = b.status.unwrap();
-    assert_eq!(
-        reason(&bindings(&stack, NS).get("mismatch").await.unwrap()).unwrap(),
-        ("False".into(), "AADSTS70021".into())
-    );
-    assert_eq!(condition(&s.conditions, "Assigned").unwrap().0, "True");
-    assert!(s.token.is_none());
-    // Deletion order: the identity waits for its binding; the credential goes before the
-    // identity.
-    delete(&identities(&stack, NS), "shared").await;
-    delete(&bindings(&stack, NS), "mismatch").await;
-    gone(&identities(&stack, NS), "shared", 60).await;
-    let journal = stack.emulator.journal();
-    let pos = |op: &str| {
-        journal
-            .iter()
-            .position(|e| e.operation == op && e.status < 300)
-    };
-    let fic_delete = pos("FederatedIdentityCredentials_Delete").expect("credential deleted");
-    let id_delete = pos("UserAssignedIdentities_Delete").expect("identity deleted");
-    assert!(fic_delete < id_delete, "the credential goes first");
-    assert!(!annotated(&stack, "app").await);
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
-    stack.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_that_stops_allowing_takes_the_trust_back() {
-    policy_takes_the_trust_back(options(3), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_a_policy_that_stops_allowing_takes_the_trust_back() {
-    let mut opts = options(3);
-    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
-        return;
-    };
-    policy_takes_the_trust_back(opts, Some(&real)).await;
 }
 
 async fn policy_takes_the_trust_back(opts: StackOptions, real: Option<&envtest::Real>) {
@@ -648,246 +382,5 @@ async fn policy_takes_the_trust_back(opts: StackOptions, real: Option<&envtest::
     assert!(b.status.unwrap().token.is_none());
     assert!(fics(&stack).is_empty(), "{:?}", fics(&stack));
     assert!(!annotated(&stack, "reporter").await);
-    stack.stop().await;
-}
-
-/// Namespace, a policy that lets it bind any identity of DevTest to service account `app`, the
-/// service account and three identities (`first`, `second`, `third`).
-fn several_identities_yaml() -> String {
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: GrantPolicy\nmetadata: {{name: wi-several}}\nspec:\n  namespaces: [{NS}]\n  identityBindings:\n  - serviceAccount: {{resourceGroup: DevTest, serviceAccounts: [app]}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: app, namespace: {NS}}}\n"
-    );
-    for name in ["first", "second", "third"] {
-        yaml.push_str(&format!(
-            "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{resourceGroup: DevTest, location: eastus, azureName: {name}Identity}}\n"
-        ));
-    }
-    yaml
-}
-
-/// A binding of identity `identity` to service account `app`, marked `default` or not.
-fn app_binding(name: &str, identity: &str, default: bool) -> String {
-    format!(
-        "apiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, target: {{serviceAccount: {{name: app, default: {default}}}}}}}\n"
-    )
-}
-
-async fn client_id_of(stack: &Stack, identity: &str) -> String {
-    identities(stack, NS)
-        .get(identity)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .client_id
-        .unwrap()
-}
-
-async fn app_annotation(stack: &Stack) -> Option<String> {
-    let sa = sa_api(stack, NS).get("app").await.unwrap();
-    sa.metadata.annotations?.get(CLIENT_ID).cloned()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_identities_share_a_service_account_and_one_is_its_default() {
-    several_identities(options(3), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_several_identities_share_a_service_account() {
-    let mut opts = options(3);
-    let Some(real) = on_real("e2e_workload_identity", &mut opts).await else {
-        return;
-    };
-    several_identities(opts, Some(&real)).await;
-}
-
-async fn several_identities(opts: StackOptions, real: Option<&envtest::Real>) {
-    let stack = Stack::start(opts).await.unwrap();
-    stack.apply_yaml(&several_identities_yaml()).await.unwrap();
-    for name in ["first", "second", "third"] {
-        ready(&identities(&stack, NS), name, 60).await;
-    }
-    let (first, second, third) = (
-        client_id_of(&stack, "first").await,
-        client_id_of(&stack, "second").await,
-        client_id_of(&stack, "third").await,
-    );
-    // Two identities on one service account, the second marked default: both Ready, each
-    // through its own federated identity credential, each proven by its own exchange.
-    stack
-        .apply_yaml(&app_binding("app-first", "first", false))
-        .await
-        .unwrap();
-    ready(&bindings(&stack, NS), "app-first", 60).await;
-    stack
-        .apply_yaml(&app_binding("app-second", "second", true))
-        .await
-        .unwrap();
-    for (name, client) in [("app-first", &first), ("app-second", &second)] {
-        let s = ready(&bindings(&stack, NS), name, 60).await.status.unwrap();
-        assert_eq!(s.assigned, Some(true));
-        assert_eq!(s.token.unwrap().client_id.as_ref(), Some(client));
-    }
-    let all = fics(&stack);
-    assert_eq!(all.len(), 2, "{all:?}");
-    for azure_name in ["firstIdentity", "secondIdentity"] {
-        let of_identity: Vec<&Value> = all
-            .iter()
-            .filter(|f| {
-                f["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_lowercase()
-                    .contains(&format!("/{}/", azure_name.to_lowercase()))
-            })
-            .collect();
-        assert_eq!(of_identity.len(), 1, "{azure_name}: {all:?}");
-        assert_eq!(
-            of_identity[0]["properties"]["subject"],
-            "system:serviceaccount:workload:app"
-        );
-        if let Some(real) = real {
-            assert_eq!(
-                of_identity[0]["properties"]["issuer"],
-                real.plane.issuer.as_str()
-            );
-        }
-    }
-    // The annotation names the default.
-    eventually(30, "the annotation names the default", || async {
-        (app_annotation(&stack).await.as_ref() == Some(&second)).then_some(())
-    })
-    .await;
-
-    // A second binding marked default, for another identity: both refused, the annotation
-    // left as it was, the credentials kept.
-    stack
-        .apply_yaml(&app_binding("app-third", "third", true))
-        .await
-        .unwrap();
-    for name in ["app-second", "app-third"] {
-        let b = refused(&bindings(&stack, NS), name, "DefaultConflict").await;
-        let ready = b
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
-        assert_eq!(ready.status, "False");
-        assert!(
-            ready.message.contains("app-second") && ready.message.contains("app-third"),
-            "{}",
-            ready.message
-        );
-    }
-    assert_eq!(app_annotation(&stack).await.as_ref(), Some(&second));
-    assert_eq!(fics(&stack).len(), 2);
-    let evs = events(&stack, NS).await;
-    assert!(
-        evs.iter()
-            .any(|e| e.reason.as_deref() == Some("DefaultConflict")),
-        "{evs:?}"
-    );
-    // The first binding, not marked, is untouched by the conflict.
-    ready(&bindings(&stack, NS), "app-first", 10).await;
-
-    // The third says false: the conflict ends, all three Ready, the second stays the default.
-    stack
-        .apply_yaml(&app_binding("app-third", "third", false))
-        .await
-        .unwrap();
-    for name in ["app-first", "app-second", "app-third"] {
-        ready(&bindings(&stack, NS), name, 60).await;
-    }
-    assert_eq!(fics(&stack).len(), 3);
-    assert_eq!(app_annotation(&stack).await.as_ref(), Some(&second));
-
-    // The default binding deleted: its credential goes, and the annotation moves to the oldest
-    // remaining binding (none is marked).
-    delete_and_wait(&bindings(&stack, NS), "app-second").await;
-    eventually(30, "the annotation moves to the oldest binding", || async {
-        (app_annotation(&stack).await.as_ref() == Some(&first)).then_some(())
-    })
-    .await;
-    let left = fics(&stack);
-    assert_eq!(left.len(), 2, "{left:?}");
-    assert!(!left.iter().any(|f| {
-        f["id"]
-            .as_str()
-            .unwrap()
-            .to_lowercase()
-            .contains("/secondidentity/")
-    }));
-    // Marking the third moves it there.
-    stack
-        .apply_yaml(&app_binding("app-third", "third", true))
-        .await
-        .unwrap();
-    eventually(30, "the annotation follows the marked binding", || async {
-        (app_annotation(&stack).await.as_ref() == Some(&third)).then_some(())
-    })
-    .await;
-    ready(&bindings(&stack, NS), "app-first", 30).await;
-    stack.stop().await;
-}
-
-/// The bound identity deleted and created again out of band: its federated identity credential
-/// went with it; the controller writes it again on the new identity, annotates the service
-/// account with the new client id, and the exchange works again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recreated_identity_gets_its_credential_and_annotation_again() {
-    let stack = Stack::start(options(3)).await.unwrap();
-    stack.apply_yaml(EXAMPLE).await.unwrap();
-    let b = ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
-    let name = b.status.unwrap().federated_credential_name.unwrap();
-    let admin = support::arm::Admin::of(&stack.emulator);
-    let tags = admin.identity_tags("reporterIdentity").await.unwrap();
-    let (status, _, _) = admin
-        .send(
-            reqwest::Method::DELETE,
-            &support::arm::identity_path("reporterIdentity"),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(status, 200);
-    let created = admin.put_identity("reporterIdentity", tags).await;
-    let client = created["properties"]["clientId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let principal = created["properties"]["principalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    eventually(
-        60,
-        "credential, annotation and token of the new identity",
-        || async {
-            let back = fics(&stack).iter().any(|f| f["name"] == name.as_str());
-            let sa = sa_api(&stack, NS).get("reporter").await.ok()?;
-            let annotated = sa.metadata.annotations?.get(CLIENT_ID) == Some(&client);
-            let b = bindings(&stack, NS)
-                .get("reporter-identity-for-reporter")
-                .await
-                .ok()?;
-            let s = b.status?;
-            let token = s.token?;
-            (back
-                && annotated
-                && token.object_id.as_deref() == Some(principal.as_str())
-                && condition(&s.conditions, "Ready")?.0 == "True")
-                .then_some(())
-        },
-    )
-    .await;
-    let evs = events(&stack, NS).await;
-    assert!(
-        evs.iter()
-            .any(|e| e.reason.as_deref() == Some("IdentityRecreated")),
-        "{evs:?}"
-    );
     stack.stop().await;
 }

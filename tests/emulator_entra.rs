@@ -9,7 +9,7 @@ mod support;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::emulator_http;
+use support::{controller_sign_in, emulator_http};
 use uami_emulator::{self as emulator, Emulator, World, world};
 
 const TENANT: &str = world::TUTORIAL_TENANT;
@@ -101,32 +101,68 @@ async fn plain_http_only_when_the_world_asks_for_it() {
     emu.shutdown().await;
 }
 
-#[tokio::test]
-async fn openid_configuration_as_entra_publishes_it() {
+/// The OpenID configuration of `TENANT` at `{base}/{TENANT}/{version}.well-known/...`, which
+/// names `issuer`, the token and authorization endpoints (`{oauth2}token`, `{oauth2}authorize`)
+/// and the key set `jwks_uri`.
+async fn tenant_configuration(
+    http: &reqwest::Client,
+    base: &str,
+    [version, issuer, oauth2, jwks_uri]: [&str; 4],
+) -> Value {
+    let url = format!("{base}/{TENANT}/{version}.well-known/openid-configuration");
+    let (status, config) = get(http, &url).await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["issuer"], issuer, "{config}");
+    let endpoint = |name: &str| format!("{oauth2}{name}");
+    assert_eq!(config["token_endpoint"], endpoint("token"), "{config}");
+    assert_eq!(
+        config["authorization_endpoint"],
+        endpoint("authorize"),
+        "{config}"
+    );
+    assert_eq!(config["jwks_uri"], jwks_uri, "{config}");
+    config
+}
+
+/// A federated assertion, valid for ten minutes, that no credential trusts.
+fn unmatched_assertion() -> String {
+    let now = jiff::Timestamp::now().as_second();
+    unsigned_rs256(json!({
+        "iss": "https://issuer.example.test",
+        "sub": "system:serviceaccount:nobody:nothing",
+        "aud": "api://AzureADTokenExchange",
+        "iat": now, "nbf": now, "exp": now + 600,
+    }))
+}
+
+/// The emulator, a client that trusts it, and its Entra ID's base URL (no trailing `/`).
+async fn started() -> (Emulator, reqwest::Client, String) {
     let emu = start().await;
     let http = emulator_http(&emu);
-    let base = emu.authority_host().to_string();
-    let base = base.trim_end_matches('/');
+    let base = emu
+        .authority_host()
+        .as_str()
+        .trim_end_matches('/')
+        .to_string();
+    (emu, http, base)
+}
 
-    let (status, v2) = get(
+#[tokio::test]
+async fn openid_configuration_as_entra_publishes_it() {
+    let (emu, http, base) = started().await;
+    let base = base.as_str();
+
+    let v2 = tenant_configuration(
         &http,
-        &format!("{base}/{TENANT}/v2.0/.well-known/openid-configuration"),
+        base,
+        [
+            "v2.0/",
+            &format!("{base}/{TENANT}/v2.0"),
+            &format!("{base}/{TENANT}/oauth2/v2.0/"),
+            &format!("{base}/{TENANT}/discovery/v2.0/keys"),
+        ],
     )
     .await;
-    assert_eq!(status, 200, "{v2}");
-    assert_eq!(v2["issuer"], format!("{base}/{TENANT}/v2.0"));
-    assert_eq!(
-        v2["token_endpoint"],
-        format!("{base}/{TENANT}/oauth2/v2.0/token")
-    );
-    assert_eq!(
-        v2["authorization_endpoint"],
-        format!("{base}/{TENANT}/oauth2/v2.0/authorize")
-    );
-    assert_eq!(
-        v2["jwks_uri"],
-        format!("{base}/{TENANT}/discovery/v2.0/keys")
-    );
     assert_eq!(
         v2["response_types_supported"],
         json!(["code", "id_token", "code id_token", "id_token token"])
@@ -148,38 +184,16 @@ async fn openid_configuration_as_entra_publishes_it() {
     assert_eq!(v2["cloud_instance_name"], "microsoftonline.com");
 
     // The token endpoint it names is the one that answers client credentials.
-    let r = http
-        .post(v2["token_endpoint"].as_str().unwrap())
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", world::TUTORIAL_CONTROLLER_CLIENT_ID),
-            ("client_secret", world::TUTORIAL_CONTROLLER_SECRET),
-            ("scope", "https://management.azure.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = controller_sign_in(&http, v2["token_endpoint"].as_str().unwrap()).await;
     assert_eq!(r.status(), 200);
     // Its key set is served (empty: the emulator's tokens are signed with a key only it holds).
     let (status, keys) = get(&http, v2["jwks_uri"].as_str().unwrap()).await;
     assert_eq!((status, keys), (200, json!({"keys": []})));
 
-    let (status, v1) = get(
-        &http,
-        &format!("{base}/{TENANT}/.well-known/openid-configuration"),
-    )
-    .await;
-    assert_eq!(status, 200, "{v1}");
-    assert_eq!(v1["issuer"], format!("https://sts.windows.net/{TENANT}/"));
-    assert_eq!(
-        v1["token_endpoint"],
-        format!("{base}/{TENANT}/oauth2/token")
-    );
-    assert_eq!(
-        v1["authorization_endpoint"],
-        format!("{base}/{TENANT}/oauth2/authorize")
-    );
-    assert_eq!(v1["jwks_uri"], format!("{base}/common/discovery/keys"));
+    let issuer = format!("https://sts.windows.net/{TENANT}/");
+    let oauth2 = format!("{base}/{TENANT}/oauth2/");
+    let jwks = format!("{base}/common/discovery/keys");
+    let v1 = tenant_configuration(&http, base, ["", &issuer, &oauth2, &jwks]).await;
     let (status, _) = get(&http, v1["jwks_uri"].as_str().unwrap()).await;
     assert_eq!(status, 200);
 
@@ -219,10 +233,8 @@ async fn openid_configuration_as_entra_publishes_it() {
 
 #[tokio::test]
 async fn instance_discovery_names_the_tenant_document_and_the_hosts_aliases() {
-    let emu = start().await;
-    let http = emulator_http(&emu);
-    let base = emu.authority_host().to_string();
-    let base = base.trim_end_matches('/');
+    let (emu, http, base) = started().await;
+    let base = base.as_str();
     let host = emu.arm_endpoint().authority().to_string();
     let discover = |authorize: String| {
         let http = http.clone();
@@ -384,13 +396,7 @@ async fn token_errors_as_entra_writes_them() {
 
     // A federated assertion that matches none of the client's credentials: AADSTS70021, naming
     // what it presented.
-    let now = jiff::Timestamp::now().as_second();
-    let assertion = unsigned_rs256(json!({
-        "iss": "https://issuer.example.test",
-        "sub": "system:serviceaccount:nobody:nothing",
-        "aud": "api://AzureADTokenExchange",
-        "iat": now, "nbf": now, "exp": now + 600,
-    }));
+    let assertion = unmatched_assertion();
     let mut form = base(controller);
     form.push((
         "client_assertion_type",
@@ -475,13 +481,7 @@ async fn the_controllers_credentials_sign_in_and_report_refusals_without_secrets
     // refused with AADSTS70021; a missing file names the file.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
-    let now = jiff::Timestamp::now().as_second();
-    let assertion = unsigned_rs256(json!({
-        "iss": "https://issuer.example.test",
-        "sub": "system:serviceaccount:nobody:nothing",
-        "aud": "api://AzureADTokenExchange",
-        "iat": now, "nbf": now, "exp": now + 600,
-    }));
+    let assertion = unmatched_assertion();
     std::fs::write(&file, &assertion).unwrap();
     let wi = build_credential(
         CredentialConfig::WorkloadIdentity {

@@ -11,6 +11,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment, vm_path};
+use support::{client_and_principal, controller_sign_in};
 use uami_emulator::{self as emulator, World, world};
 
 const SUB: &str = world::TUTORIAL_SUBSCRIPTION;
@@ -21,17 +22,7 @@ async fn sp_token(http: &reqwest::Client, emu: &emulator::Emulator) -> String {
         emu.authority_host(),
         emu.tenant_id()
     );
-    let resp = http
-        .post(url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", world::TUTORIAL_CONTROLLER_CLIENT_ID),
-            ("client_secret", world::TUTORIAL_CONTROLLER_SECRET),
-            ("scope", "https://management.azure.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = controller_sign_in(http, &url).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     let token = v["access_token"].as_str().unwrap().to_string();
@@ -58,14 +49,7 @@ async fn the_tutorial_over_http() {
         )
         .await;
     assert_eq!(status, 201);
-    let client_id = identity["properties"]["clientId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let principal_id = identity["properties"]["principalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (client_id, principal_id) = client_and_principal(&identity);
     let identity_id = identity["id"].as_str().unwrap().to_string();
     assert_eq!(identity["properties"]["tenantId"], emu.tenant_id());
 

@@ -15,6 +15,8 @@ mod support;
 
 #[path = "sandbox_differential/admission.rs"]
 mod admission;
+#[path = "support/bad_objects.rs"]
+mod bad_objects;
 #[path = "sandbox_differential/crd.rs"]
 mod crd;
 #[path = "sandbox_differential/harness.rs"]

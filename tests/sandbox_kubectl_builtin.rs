@@ -155,18 +155,11 @@ async fn typed_create_and_delete_commands_work() {
     sb.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_namespace_terminates_through_the_controllers_cleanup() {
-    namespace_deletion(stack_options(), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_deleting_a_namespace_terminates_through_the_controllers_cleanup() {
-    let mut opts = stack_options();
-    let Some(real) = on_real_apiserver("sandbox_kubectl_builtin", &mut opts).await else {
-        return;
-    };
-    namespace_deletion(opts, Some(&real)).await;
+on_sandbox_and_real! {
+    binary: "sandbox_kubectl_builtin",
+    options: stack_options(),
+    join: on_real_apiserver;
+    deleting_a_namespace_terminates_through_the_controllers_cleanup on_a_real_api_server_deleting_a_namespace_terminates_through_the_controllers_cleanup namespace_deletion;
 }
 
 /// `kubectl delete namespace` of the tutorial: the namespace is Terminating and refuses new

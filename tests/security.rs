@@ -40,9 +40,12 @@ use std::time::Duration;
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
+use support::fixtures::{self, Fixture};
 use support::*;
 use uami::demo::stack::{Stack, StackOptions};
-use uami_api::RoleGrant;
+use uami_api::grant::GrantScope;
+use uami_api::identity::ExportTo;
+use uami_api::{DeletionPolicy, RoleGrant};
 
 const NS: &str = "apps";
 
@@ -57,31 +60,37 @@ fn policy(extra: &str) -> String {
     )
 }
 
-fn identity_in(ns: &str, name: &str, extra: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: UserAssignedIdentity\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{resourceGroup: DevTest, location: eastus{extra}}}\n"
-    )
+fn identity_in(ns: &str, name: &str) -> String {
+    fixtures::identity(ns, name).yaml()
 }
 
-fn identity(name: &str, extra: &str) -> String {
-    identity_in(NS, name, extra)
+fn identity(name: &str) -> String {
+    identity_in(NS, name)
+}
+
+/// Identity `name` that takes over the Azure identity of its name (`adoptExisting`).
+fn adopting(name: &str) -> String {
+    fixtures::identity(NS, name)
+        .with(|i| i.spec.adopt_existing = true)
+        .yaml()
 }
 
 fn binding_in(ns: &str, name: &str, identity: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{identityRef: {{name: {identity}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: myVM}}}}}}\n"
-    )
+    fixtures::binding(ns, name, identity, fixtures::vm("myVM")).yaml()
 }
 
-fn grant(name: &str, identity: &str, role: &str, scope: &str) -> String {
-    format!(
-        "---\napiVersion: uami.dev/v1alpha1\nkind: RoleGrant\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {{identityRef: {{name: {identity}}}, role: {role}, scope: {scope}, verifyAccess: false}}\n"
-    )
+fn grant(name: &str, identity: &str, role: &str, scope: GrantScope) -> String {
+    fixtures::grant(NS, name, identity, role, scope).yaml()
 }
 
 /// A Reader grant of `identity` on resource group DevTest.
 fn devtest_grant(name: &str, identity: &str) -> String {
-    grant(name, identity, "Reader", "{resourceGroup: {name: DevTest}}")
+    grant(
+        name,
+        identity,
+        "Reader",
+        fixtures::resource_group("DevTest"),
+    )
 }
 
 fn grant_json(name: &str, identity: &str, resource_id: &str) -> String {

@@ -47,18 +47,11 @@ fn cond(v: &Value, type_: &str) -> Value {
     find_by(&v["status"]["conditions"], "type", type_)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_cannot_forge_controller_owned_status() {
-    forged_status_is_refused(tutorial_options(Duration::from_secs(30), 0.5), None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_the_agent_cannot_forge_controller_owned_status() {
-    let mut opts = tutorial_options(Duration::from_secs(30), 0.5);
-    let Some(real) = on_real_apiserver("security_agent", &mut opts).await else {
-        return;
-    };
-    forged_status_is_refused(opts, Some(&real)).await;
+on_sandbox_and_real! {
+    binary: "security_agent",
+    options: tutorial_options(Duration::from_secs(30), 0.5),
+    join: on_real_apiserver;
+    the_agent_cannot_forge_controller_owned_status on_a_real_api_server_the_agent_cannot_forge_controller_owned_status forged_status_is_refused;
 }
 
 async fn forged_status_is_refused(
@@ -116,28 +109,18 @@ async fn forged_status_is_refused(
         denied(forged, 422, needle);
     }
     // A merge patch is held to the same rule.
+    let body = json!({"status": {"roleAssignmentId": other}});
+    let write = merge_patch(&agent_grants, GRANT, true, body).await;
     denied(
-        agent_grants
-            .patch_status(
-                GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"roleAssignmentId": other}})),
-            )
-            .await
-            .map(|_| ()),
+        write,
         422,
         "denied request: status.roleAssignmentId is written by the controller only",
     );
     // RBAC: the agent may not write the spec at all.
+    let body = json!({"spec": {"role": "Owner"}});
+    let write = merge_patch(&agent_grants, GRANT, false, body).await;
     denied(
-        agent_grants
-            .patch(
-                GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"role": "Owner"}})),
-            )
-            .await
-            .map(|_| ()),
+        write,
         403,
         "User \"system:serviceaccount:uami-system:uami-agent\" cannot patch resource \"rolegrants\" in API group \"uami.dev\" in the namespace \"tutorial\"",
     );
@@ -163,14 +146,11 @@ async fn forged_status_is_refused(
             .unwrap(),
         NS,
     );
+    let body =
+        json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "othervm"}});
+    let write = apply_status(&elsewhere, BINDING, "IdentityBinding", body).await;
     denied(
-        apply_status(
-            &elsewhere,
-            BINDING,
-            "IdentityBinding",
-            json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "othervm"}}),
-        )
-        .await,
+        write,
         422,
         "the agent on node othervm may write only the bindings of its own VM",
     );
@@ -196,14 +176,11 @@ async fn forged_status_is_refused(
     };
     for client in [unbound, legacy] {
         let nodeless: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+        let body =
+            json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "nowhere"}});
+        let write = apply_status(&nodeless, BINDING, "IdentityBinding", body).await;
         denied(
-            apply_status(
-                &nodeless,
-                BINDING,
-                "IdentityBinding",
-                json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "nowhere"}}),
-            )
-            .await,
+            write,
             422,
             "the agent's token names no node (use a token bound to the agent's pod), so it may write no binding",
         );

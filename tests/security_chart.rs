@@ -83,15 +83,10 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
             .map(|_| ())
     })
     .await;
+    let body = json!({"status": {"adopted": true}});
+    let write = merge_patch(&alice_grants, TUTORIAL_GRANT, true, body).await;
     denied(
-        alice_grants
-            .patch_status(
-                TUTORIAL_GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"adopted": true}})),
-            )
-            .await
-            .map(|_| ()),
+        write,
         403,
         "User \"alice\" cannot patch resource \"rolegrants/status\"",
     );
@@ -103,59 +98,34 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
         bob_bindings.get(TUTORIAL_BINDING).await.ok().map(|_| ())
     })
     .await;
-    denied(
-        bob_bindings
-            .patch_status(
-                TUTORIAL_BINDING,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"assigned": false}})),
-            )
-            .await
-            .map(|_| ()),
-        403,
-        "status of identitybindings is written by the controller and the agent only, not by bob",
-    );
-    denied(
-        bob_grants
-            .patch_status(
-                TUTORIAL_GRANT,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"roleAssignmentId": "/subscriptions/x"}})),
-            )
-            .await
-            .map(|_| ()),
-        403,
-        "status of rolegrants is written by the controller and the agent only, not by bob",
-    );
+    let assigned = json!({"status": {"assigned": false}});
+    let assignment = json!({"status": {"roleAssignmentId": "/subscriptions/x"}});
+    let status_writes = [
+        (
+            merge_patch(&bob_bindings, TUTORIAL_BINDING, true, assigned).await,
+            "identitybindings",
+        ),
+        (
+            merge_patch(&bob_grants, TUTORIAL_GRANT, true, assignment).await,
+            "rolegrants",
+        ),
+    ];
+    for (write, kind) in status_writes {
+        let needle =
+            format!("status of {kind} is written by the controller and the agent only, not by bob");
+        denied(write, 403, &needle);
+    }
 
     // The controller's records: its finalizer and the assigned-identity annotation.
     let records = "are the controller's record and only the controller may change them";
-    denied(
-        bob_bindings
-            .patch(
-                TUTORIAL_BINDING,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-            )
-            .await
-            .map(|_| ()),
-        422,
-        records,
-    );
-    denied(
-        bob_bindings
-            .patch(
-                TUTORIAL_BINDING,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {
-                    "uami.dev/assigned-identity": "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourcegroups/devtest/providers/microsoft.managedidentity/userassignedidentities/pre"
-                }}})),
-            )
-            .await
-            .map(|_| ()),
-        422,
-        records,
-    );
+    let pre = "/subscriptions/6a2bd3a4-59c6-4d4e-9e8b-5c5a2f0a1b2c/resourcegroups/devtest/providers/microsoft.managedidentity/userassignedidentities/pre";
+    for record in [
+        json!({"metadata": {"finalizers": null}}),
+        json!({"metadata": {"annotations": {"uami.dev/assigned-identity": pre}}}),
+    ] {
+        let write = merge_patch(&bob_bindings, TUTORIAL_BINDING, false, record).await;
+        denied(write, 422, records);
+    }
     let forged: IdentityBinding = serde_json::from_value(json!({
         "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
         "metadata": {"name": "forged-record", "namespace": NS,

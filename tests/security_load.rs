@@ -39,9 +39,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_waiting_for_their_dependents_cost_no_api_requests_and_go_with_them() {
     let n = 10;
-    let mut opts = tutorial_options(Duration::from_secs(300), 0.5);
-    opts.agents = false;
-    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
+    let stack = agentless_stack(300, 0.5, |_| {}).await;
     stack.apply_yaml(&objects(n)).await.unwrap();
     let ids = identities(&stack, NS);
     let gs = grants(&stack, NS);
@@ -95,9 +93,7 @@ async fn identities_waiting_for_their_dependents_cost_no_api_requests_and_go_wit
 /// token exchanges nor ARM reads before the resync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settled_token_check_costs_nothing_and_an_unreadable_scope_is_no_failure() {
-    let mut opts = tutorial_options(Duration::from_secs(300), 0.5);
-    opts.agents = false;
-    let stack = uami::demo::stack::Stack::start(opts).await.unwrap();
+    let stack = agentless_stack(300, 0.5, |_| {}).await;
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/workload-identity.yaml"

@@ -11,8 +11,7 @@
 //! holds it to what the chart grants.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
@@ -21,9 +20,12 @@ use uami_api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 use uami_emulator::Emulator;
 use uami_sandbox::{Sandbox, UserInfo, WatchDeliveries};
 
+use super::fixtures::{self, Fixture};
+use super::table::ready_and_ratio;
 use super::{
-    NS, SUB, Scenario, WRITE_BURST, WRITE_REFILL, binding, count_true, create_all, env_f64, grant,
-    identity, limit, proc_cpu_seconds, proc_status_kib, setup, spawn_controller,
+    NS, SUB, Scenario, WRITE_BURST, WRITE_REFILL, apis, binding, count_true, create_all, env_f64,
+    grant, identity, limit, proc_cpu_seconds, proc_status_kib, setup, spawn_controller,
+    spawn_logged, work_and_log_dirs,
 };
 
 const BINDINGS: &str = "identitybindings.uami.dev";
@@ -194,7 +196,8 @@ pub fn spawn_agent(
     if !ca.exists() {
         std::fs::write(&ca, em.ca_pem().unwrap()).unwrap();
     }
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_uami-controller"));
+    command
         .arg("agent")
         .arg("--azure-ca-file")
         .arg(&ca)
@@ -203,16 +206,8 @@ pub fn spawn_agent(
         .args(["--imds-endpoint", imds.as_str()])
         .args(["--arm-endpoint", em.arm_endpoint().as_str()])
         .args(["--interval", &format!("{}ms", interval.as_millis())])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .args(["--admin-listen", "127.0.0.1:0"]);
+    spawn_logged(&mut command, log)
 }
 
 /// Identities, grants and bindings Ready.
@@ -249,24 +244,14 @@ fn crowd(
     let sets = count / 3;
     let extra_bindings = count - 2 * sets;
     let identities = (0..sets)
-        .map(|j| {
-            serde_json::from_value(json!({
-                "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
-                "metadata": {"name": format!("x-id-{j:05}"), "namespace": OTHER_NS},
-                "spec": {"resourceGroup": "DevTest", "location": "eastus"}
-            }))
-            .unwrap()
-        })
+        .map(|j| fixtures::identity(OTHER_NS, &format!("x-id-{j:05}")))
         .collect();
     let grants = (0..sets)
         .map(|j| {
-            serde_json::from_value(json!({
-                "apiVersion": "uami.dev/v1alpha1", "kind": "RoleGrant",
-                "metadata": {"name": format!("x-g-{j:05}"), "namespace": OTHER_NS},
-                "spec": {"identityRef": {"name": format!("x-id-{j:05}")}, "role": "Reader",
-                         "scope": {"resourceGroup": {"name": "DevTest"}}, "verifyAccess": true}
-            }))
-            .unwrap()
+            let (name, identity) = (format!("x-g-{j:05}"), format!("x-id-{j:05}"));
+            let scope = fixtures::resource_group("DevTest");
+            fixtures::grant(OTHER_NS, &name, &identity, "Reader", scope)
+                .with(|g| g.spec.verify_access = true)
         })
         .collect();
     let bindings = (0..extra_bindings)
@@ -276,17 +261,16 @@ fn crowd(
             } else {
                 format!("other-{j:05}")
             };
-            let mut metadata = json!({"name": format!("x-b-{j:05}"), "namespace": OTHER_NS});
-            if j < ON_FIRST_VM || j % 2 == 0 {
-                metadata["labels"] = json!({TARGET_LABEL: target_label(&vm)});
-            }
-            serde_json::from_value(json!({
-                "apiVersion": "uami.dev/v1alpha1", "kind": "IdentityBinding",
-                "metadata": metadata,
-                "spec": {"identityRef": {"name": format!("x-id-{:05}", j % sets.max(1))},
-                         "target": {"virtualMachine": {"resourceGroup": "DevTest", "name": vm}}}
-            }))
-            .unwrap()
+            let identity = format!("x-id-{:05}", j % sets.max(1));
+            let labelled = j < ON_FIRST_VM || j % 2 == 0;
+            let label = BTreeMap::from([(TARGET_LABEL.to_string(), target_label(&vm))]);
+            fixtures::binding(
+                OTHER_NS,
+                &format!("x-b-{j:05}"),
+                &identity,
+                fixtures::vm(&vm),
+            )
+            .with(|b| b.metadata.labels = labelled.then_some(label))
         })
         .collect();
     (identities, grants, bindings)
@@ -304,9 +288,7 @@ pub async fn run(s: &Scenario) -> Row {
     sb.install(agent_rbac()).unwrap();
     let client = sb.client();
     let n = s.sets;
-    let ids: Api<UserAssignedIdentity> = Api::namespaced(client.clone(), NS);
-    let grants: Api<RoleGrant> = Api::namespaced(client.clone(), NS);
-    let bindings: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
+    let (ids, grants, bindings) = apis(&client);
     create_all(&ids, (0..n).map(identity).collect()).await;
     create_all(&grants, (0..n).map(|i| grant(i, true)).collect()).await;
     create_all(&bindings, (0..n).map(|i| binding(i, s.vms)).collect()).await;
@@ -318,15 +300,7 @@ pub async fn run(s: &Scenario) -> Row {
         .collect();
     em.reset_counts();
 
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    // With `BENCH_DEBUG` the agents' logs are kept in `target/bench-d-agents/`.
-    let logs = if std::env::var("BENCH_DEBUG").is_ok() {
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("../bench-{}-agents", s.name))
-    } else {
-        dir.clone()
-    };
-    std::fs::create_dir_all(&logs).unwrap();
+    let (dir, logs) = work_and_log_dirs(s);
     // Changes before the controller and the agents start reach them by their first list, not
     // by watch events: count from here.
     let baseline = AgentEvents::of(&sb.watch_deliveries(), &targets);
@@ -458,13 +432,7 @@ fn mib(kib: u64) -> f64 {
 
 pub fn print(r: &Row) {
     let e = &r.events;
-    let ready = r
-        .ready
-        .map_or_else(|| "not converged".to_string(), |t| format!("{t:.1} s"));
-    let ratio = match r.ready {
-        Some(t) if r.bound >= 1.0 => format!("{:.2}", t / r.bound),
-        _ => "n/a".into(),
-    };
+    let (ready, ratio) = ready_and_ratio(r.ready, r.bound);
     let crowded = match &r.crowded {
         Some((count, rss, hwm)) => format!(
             "{count}: {:.1} MiB max, {:.1} MiB median ({:.1} MiB peak)",

@@ -7,7 +7,6 @@
 //! (it watches the metadata of every resource) and the benchmark's own watch (without
 //! bookmarks), which also counts the changes.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -168,14 +167,7 @@ pub async fn run(s: &Scenario) -> Option<Row> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = watch_events(&client).await;
 
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-{}", s.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let logs = if std::env::var("BENCH_DEBUG").is_ok() {
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("../bench-{}-agents", s.name))
-    } else {
-        dir.clone()
-    };
-    std::fs::create_dir_all(&logs).unwrap();
+    let (dir, logs) = super::work_and_log_dirs(s);
     let started = Instant::now();
     let mut controller = super::spawn_controller(
         &cluster.admin_kubeconfig("controller").unwrap(),

@@ -170,19 +170,11 @@ impl External {
         strip_and_delete::<GrantPolicy>(&client).await?;
         strip_and_delete::<Lease>(&client).await?;
         let chart = ListParams::default().labels(CHART_LABEL);
+        delete_selected::<ClusterRole>(&client, &chart).await?;
+        delete_selected::<ClusterRoleBinding>(&client, &chart).await?;
+        delete_selected::<ValidatingAdmissionPolicyBinding>(&client, &chart).await?;
+        delete_selected::<ValidatingAdmissionPolicy>(&client, &chart).await?;
         let dp = DeleteParams::default();
-        Api::<ClusterRole>::all(client.clone())
-            .delete_collection(&dp, &chart)
-            .await?;
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .delete_collection(&dp, &chart)
-            .await?;
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-            .delete_collection(&dp, &chart)
-            .await?;
-        Api::<ValidatingAdmissionPolicy>::all(client.clone())
-            .delete_collection(&dp, &chart)
-            .await?;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let doomed = |n: &Namespace| {
             let name = n.metadata.name.as_deref().unwrap_or_default();
@@ -239,6 +231,21 @@ impl External {
 }
 
 /// Remove every object of kind `K`: finalizers first, so nothing waits for a controller.
+/// Delete every cluster-scoped `K` that `selected` selects.
+async fn delete_selected<K>(
+    client: &kube::Client,
+    selected: &kube::api::ListParams,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let dp = kube::api::DeleteParams::default();
+    Api::<K>::all(client.clone())
+        .delete_collection(&dp, selected)
+        .await?;
+    Ok(())
+}
+
 async fn strip_and_delete<K>(client: &kube::Client) -> Result<(), StackError>
 where
     K: kube::Resource<DynamicType = ()>,

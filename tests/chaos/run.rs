@@ -28,6 +28,8 @@ pub async fn run(s: Scenario, name: &str) -> Report {
         .to_string();
 
     let log = std::env::temp_dir().join(format!("chaos-{name}-{}.log", s.seed));
+    // What a failure names, to run the scenario again and read what the controller did.
+    let context = format!("seed {}; log {}", s.seed, log.display());
     let _ = std::fs::remove_file(&log);
     let mut ctl = ControllerProcess::new(
         controller_args(&stack, dir.path(), "controller", s.arm_timeout),
@@ -91,9 +93,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
             serde_json::to_string_pretty(&stack.emulator.journal()).unwrap_or_default(),
         );
         panic!(
-            "not converged (seed {}; log {}): {:?}",
-            s.seed,
-            log.display(),
+            "not converged ({context}): {:?}",
             not_ready(&s, &futures_block(all_objects(&stack, &s.namespaces)))
         )
     });
@@ -105,9 +105,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
     report.flaps = flaps.flaps();
     assert!(
         report.flaps.is_empty(),
-        "Ready flapped (seed {}; log {}): {:?}",
-        s.seed,
-        log.display(),
+        "Ready flapped ({context}): {:?}",
         report.flaps
     );
 
@@ -229,11 +227,8 @@ pub async fn run(s: Scenario, name: &str) -> Report {
     for (vm_name, want) in &want_on_vm {
         let have = vm_identities(&state, vm_name);
         assert_eq!(
-            &have,
-            want,
-            "{vm_name} must hold exactly its bound identities and the out-of-band one (seed {}; log {})",
-            s.seed,
-            log.display()
+            &have, want,
+            "{vm_name} must hold exactly its bound identities and the out-of-band one ({context})"
         );
     }
     assert!(
@@ -276,9 +271,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
     .await
     .unwrap_or_else(|| {
         panic!(
-            "not deleted (seed {}; log {}): {:?}",
-            s.seed,
-            log.display(),
+            "not deleted ({context}): {:?}",
             futures_block(all_objects(&stack, &s.namespaces))
                 .iter()
                 .map(|(k, o)| format!(
@@ -391,9 +384,7 @@ pub async fn run(s: Scenario, name: &str) -> Report {
     report.print(name);
     assert!(
         report.orphans.is_empty(),
-        "orphans (seed {}; log {}): {:?}",
-        s.seed,
-        log.display(),
+        "orphans ({context}): {:?}",
         report.orphans
     );
     stack.stop().await;

@@ -3,22 +3,10 @@
 //! `old`, the old object created and the bad one sent as its update), and both must refuse it the
 //! same way: 422 Invalid, the same causes (field and reason) and the same message.
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::bad_objects::{self, edited};
 use crate::harness::*;
-
-/// One entry of the table.
-#[derive(Deserialize)]
-struct BadObject {
-    name: String,
-    object: String,
-    #[serde(default)]
-    object_edits: Vec<Vec<Value>>,
-    old: Option<String>,
-    #[serde(default)]
-    old_edits: Vec<Vec<Value>>,
-}
 
 /// The valid object of a kind of the table, in the case's namespace (a GrantPolicy, cluster-wide,
 /// takes the namespace's name).
@@ -55,39 +43,15 @@ fn collection(kind: &str) -> &'static str {
     }
 }
 
-/// `base` with the value at the dotted `path` replaced (or removed without a value).
-fn with(mut base: Value, path: &str, value: Option<Value>) -> Value {
-    let parts: Vec<&str> = path.split('.').collect();
-    let mut cur = &mut base;
-    for part in &parts[..parts.len() - 1] {
-        cur = match part.parse::<usize>() {
-            Ok(i) => &mut cur[i],
-            Err(_) => &mut cur[*part],
-        };
-    }
-    let last = parts[parts.len() - 1];
-    match value {
-        Some(v) => cur[last] = v,
-        None => {
-            cur.as_object_mut().unwrap().remove(last);
-        }
-    }
-    base
-}
-
-fn edited(kind: &str, edits: &[Vec<Value>]) -> Value {
-    edits.iter().fold(base(kind), |object, edit| {
-        with(object, edit[0].as_str().unwrap(), edit.get(1).cloned())
-    })
+fn edited_kind(kind: &str, edits: &[Vec<Value>]) -> Value {
+    edited(base(kind), edits)
 }
 
 pub fn cases() -> Vec<Case> {
-    let table: Vec<BadObject> =
-        serde_yaml_ng::from_str(include_str!("../api_validation/bad_objects.yaml")).unwrap();
-    table
+    bad_objects::table()
         .into_iter()
         .map(|b| {
-            let object = edited(&b.object, &b.object_edits);
+            let object = edited_kind(&b.object, &b.object_edits);
             let coll = collection(&b.object);
             let name = object["metadata"]["name"].as_str().unwrap().to_string();
             let steps = match b.old.as_deref() {
@@ -102,7 +66,7 @@ pub fn cases() -> Vec<Case> {
                     let mut object = object;
                     object["metadata"]["resourceVersion"] = json!("{rv}");
                     vec![
-                        post(coll, edited(kind, &b.old_edits))
+                        post(coll, edited_kind(kind, &b.old_edits))
                             .what("create the valid object")
                             .expect(201)
                             .save("rv", "/metadata/resourceVersion"),

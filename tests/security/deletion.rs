@@ -15,12 +15,8 @@ async fn exists_after_deleting(api: &Api<RoleGrant>, name: &str, admin: &Admin, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_grant_status_steers_no_delete() {
-    let (stack, admin) = apps_with(&[
-        identity("g-id", ""),
-        identity("g-id2", ""),
-        identity("bystander", ""),
-    ])
-    .await;
+    let (stack, admin) =
+        apps_with(&[identity("g-id"), identity("g-id2"), identity("bystander")]).await;
     let (_, bystander) = ready_identity(&stack, NS, "bystander").await;
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");
     let victim = admin.create_assignment(&rg, &bystander).await;
@@ -63,13 +59,13 @@ async fn forged_grant_status_steers_no_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_grants_of_one_assignment_keep_it_until_the_last_goes() {
     let (stack, admin) = apps_with(&[
-        identity("dup", ""),
+        identity("dup"),
         devtest_grant("by-name", "dup"),
         grant(
             "by-guid",
             "dup",
             READER_GUID,
-            "{resourceGroup: {name: devtest}}",
+            fixtures::resource_group("devtest"),
         ),
     ])
     .await;
@@ -98,9 +94,9 @@ async fn bindings_remove_only_identities_the_controller_added() {
             namespace(NS),
             namespace("closed"),
             policy(""),
-            identity("pre", ""),
-            identity("own", ""),
-            identity_in("closed", "d-id", ""),
+            identity("pre"),
+            identity("own"),
+            identity_in("closed", "d-id"),
         ],
     )
     .await;
@@ -163,16 +159,15 @@ async fn a_binding_deleted_before_its_first_reconcile_removes_nothing() {
     let stack = stack(|o| o.controller = false).await;
     let admin = Admin::of(&stack.emulator);
     let first = Controller::start(&stack, None);
-    apply_all(&stack, &[namespace(NS), policy(""), identity("early", "")]).await;
+    apply_all(&stack, &[namespace(NS), policy(""), identity("early")]).await;
     let (early, _) = ready_identity(&stack, NS, "early").await;
     admin.assign_to_vm("myVM", &early).await;
     first.stop().await;
     // While no controller runs, a binding (finalizer already set) is created and deleted: the
     // controller's first look at it is its cleanup.
-    let yaml = binding_in(NS, "early-b", "early").replace(
-        "namespace: apps}",
-        "namespace: apps, finalizers: [uami.dev/binding]}",
-    );
+    let yaml = fixtures::binding(NS, "early-b", "early", fixtures::vm("myVM"))
+        .with(|b| b.metadata.finalizers = Some(vec!["uami.dev/binding".into()]))
+        .yaml();
     stack.apply_yaml(&yaml).await.unwrap();
     let api = bindings(&stack, NS);
     api.delete("early-b", &DeleteParams::default())

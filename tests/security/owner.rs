@@ -21,9 +21,9 @@ async fn the_owner_tag_names_the_cluster() {
         &stack,
         &[
             namespace(NS),
-            identity("mine", ""),
-            identity("twin", ""),
-            identity("cousin", ", adoptExisting: true"),
+            identity("mine"),
+            identity("twin"),
+            adopting("cousin"),
         ],
     )
     .await;
@@ -72,8 +72,8 @@ async fn adoption_needs_a_policy_rule_and_keeps_existing_tags() {
         &[
             namespace(NS),
             policy(""),
-            identity("legacy", ", adoptExisting: true"),
-            identity("foreign", ", adoptExisting: true"),
+            adopting("legacy"),
+            adopting("foreign"),
         ],
     )
     .await;
@@ -161,13 +161,18 @@ async fn creating_an_identity_never_overwrites_one_that_appeared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orphaned_identity_is_not_taken_by_the_next_object_of_its_name() {
     let (stack, admin) = apps_with(&[
-        identity("app-id", ", deletionPolicy: Orphan"),
-        grant(
+        fixtures::identity(NS, "app-id")
+            .with(|i| i.spec.deletion_policy = DeletionPolicy::Orphan)
+            .yaml(),
+        fixtures::grant(
+            NS,
             "reads",
             "app-id",
             "Reader",
-            "{resourceGroup: {name: DevTest}}, deletionPolicy: Orphan",
-        ),
+            fixtures::resource_group("DevTest"),
+        )
+        .with(|g| g.spec.deletion_policy = DeletionPolicy::Orphan)
+        .yaml(),
     ])
     .await;
     let (_, principal) = ready_identity(&stack, NS, "app-id").await;
@@ -185,7 +190,7 @@ async fn an_orphaned_identity_is_not_taken_by_the_next_object_of_its_name() {
     assert_eq!(assignments_of(&stack.emulator.state(), &principal).len(), 1);
 
     // Another team's object of the same name is refused, and the identity is left as it was.
-    apply_all(&stack, &[identity("app-id", "")]).await;
+    apply_all(&stack, &[identity("app-id")]).await;
     let refused_identity = refused(&identities(&stack, NS), "app-id", "AlreadyExists").await;
     let status = refused_identity.status.unwrap();
     let message = &status
@@ -201,7 +206,7 @@ async fn an_orphaned_identity_is_not_taken_by_the_next_object_of_its_name() {
         first_uid.as_str()
     );
     // Adopting it needs adoptExisting and a GrantPolicy's identityAdoption.
-    apply_all(&stack, &[identity("app-id", ", adoptExisting: true")]).await;
+    apply_all(&stack, &[adopting("app-id")]).await;
     refused(&identities(&stack, NS), "app-id", "DeniedByPolicy").await;
     stack.stop().await;
 }

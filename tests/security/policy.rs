@@ -9,7 +9,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_stops_allowing_revokes_in_azure() {
     let (stack, admin) = apps_with(&[
-        identity("rev", ""),
+        identity("rev"),
         devtest_grant("rev-g", "rev"),
         binding_in(NS, "rev-b", "rev"),
     ])
@@ -76,8 +76,12 @@ async fn an_existing_config_map_is_never_taken_over() {
         .apply_yaml(&format!(
             "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app-settings, namespace: {NS}}}\ndata: {{foo: bar}}\n{}{}",
             namespace(NS),
-            identity("exp", ", exportTo: {configMap: app-settings}"),
-            identity("exp2", ", exportTo: {configMap: exp2-ids}"),
+            fixtures::identity(NS, "exp")
+                .with(|i| i.spec.export_to = Some(ExportTo { config_map: "app-settings".into() }))
+                .yaml(),
+            fixtures::identity(NS, "exp2")
+                .with(|i| i.spec.export_to = Some(ExportTo { config_map: "exp2-ids".into() }))
+                .yaml(),
         ))
         .await
         .unwrap();

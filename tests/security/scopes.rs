@@ -94,7 +94,7 @@ async fn non_canonical_scopes_never_reach_arm_and_never_crash_the_controller() {
         .install(vec![relaxed_role_grant_crd()])
         .unwrap();
     let controller = Controller::start(&stack, None);
-    apply_all(&stack, &[namespace(NS), policy(""), identity("scoped", "")]).await;
+    apply_all(&stack, &[namespace(NS), policy(""), identity("scoped")]).await;
     ready_identity(&stack, NS, "scoped").await;
     stack.emulator.reset_counts();
     let api = grants(&stack, NS);
@@ -150,22 +150,22 @@ async fn non_canonical_scopes_never_reach_arm_and_never_crash_the_controller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_scopes_match_whole_segments() {
     let stack = stack(|_| {}).await;
-    let inside = format!(
-        "{{resourceId: /subscriptions/{SUB}/resourceGroups/devtest/providers/Microsoft.Storage/storageAccounts/sa2}}"
-    );
+    let inside = fixtures::resource(&format!(
+        "/subscriptions/{SUB}/resourceGroups/devtest/providers/Microsoft.Storage/storageAccounts/sa2"
+    ));
     apply_all(
         &stack,
         &[
             namespace(NS),
             policy(""),
-            identity("seg", ""),
+            identity("seg"),
             grant(
                 "next-door",
                 "seg",
                 "Reader",
-                "{resourceGroup: {name: DevTest2}}",
+                fixtures::resource_group("DevTest2"),
             ),
-            grant("inside", "seg", "Reader", &inside),
+            grant("inside", "seg", "Reader", inside),
         ],
     )
     .await;

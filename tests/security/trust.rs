@@ -65,11 +65,7 @@ struct Forged {
 impl Forged {
     async fn start(extra: &str) -> Self {
         let (stack, admin) = stack_and_admin().await;
-        apply_all(
-            &stack,
-            &[namespace(NS), policy(extra), identity("mine", "")],
-        )
-        .await;
+        apply_all(&stack, &[namespace(NS), policy(extra), identity("mine")]).await;
         let (mine_id, mine_principal) = ready_identity(&stack, NS, "mine").await;
         let outside = admin.put_identity("outside", json!({})).await;
         forge_identity_status(&stack, "mine", &outside).await;
@@ -153,7 +149,8 @@ const SA_RULE: &str = "  - serviceAccount: {resourceGroup: DevTest}\n";
 
 fn sa_binding() -> String {
     format!(
-        "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: app, namespace: {NS}}}\n---\napiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: sab, namespace: {NS}}}\nspec: {{identityRef: {{name: mine}}, target: {{serviceAccount: {{name: app}}}}}}\n"
+        "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: app, namespace: {NS}}}\n{}",
+        fixtures::binding(NS, "sab", "mine", fixtures::service_account("app")).yaml()
     )
 }
 
@@ -197,7 +194,7 @@ async fn a_forged_credential_name_deletes_only_the_bindings_own_credential() {
         &[
             namespace(NS),
             policy(SA_RULE),
-            identity("mine", ""),
+            identity("mine"),
             sa_binding(),
         ],
     )

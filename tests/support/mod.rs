@@ -16,6 +16,7 @@ pub mod arm;
 pub mod armspec;
 pub mod capture;
 pub mod envtest;
+pub mod fixtures;
 pub mod flaps;
 pub mod helm;
 pub mod kubectl;
@@ -36,6 +37,14 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The `Ready` condition of a status.
+pub fn ready_condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let ready = conditions.iter().find(|c| c.type_ == "Ready");
+    ready.cloned().unwrap()
 }
 
 /// The condition `type_` of a status, as (status, reason).
@@ -234,6 +243,49 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+/// A JSON merge patch of object `name` (of its status with `status`), its answer dropped.
+pub async fn merge_patch<K>(
+    api: &Api<K>,
+    name: &str,
+    status: bool,
+    patch: Value,
+) -> kube::Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (pp, patch) = (
+        kube::api::PatchParams::default(),
+        kube::api::Patch::Merge(patch),
+    );
+    if status {
+        api.patch_status(name, &pp, &patch).await.map(|_| ())
+    } else {
+        api.patch(name, &pp, &patch).await.map(|_| ())
+    }
+}
+
+/// The client id and principal id of an identity as ARM shows it.
+pub fn client_and_principal(identity: &Value) -> (String, String) {
+    let id = |field: &str| identity["properties"][field].as_str().unwrap().to_string();
+    (id("clientId"), id("principalId"))
+}
+
+/// The tutorial controller's client-credentials request for an ARM token, POSTed to
+/// `token_endpoint` with `http`.
+pub async fn controller_sign_in(http: &reqwest::Client, token_endpoint: &str) -> reqwest::Response {
+    use uami_emulator::world;
+    http.post(token_endpoint)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", world::TUTORIAL_CONTROLLER_CLIENT_ID),
+            ("client_secret", world::TUTORIAL_CONTROLLER_SECRET),
+            ("scope", "https://management.azure.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A client builder that trusts the emulator's certificate authority besides the system's roots
 /// (its ARM and Entra ID are HTTPS), as the controller does with `--azure-ca-file`.
 pub fn emulator_http_builder(emulator: &Emulator) -> reqwest::ClientBuilder {
@@ -344,6 +396,51 @@ pub async fn on_real_apiserver(test: &str, opts: &mut StackOptions) -> Option<en
     let real = envtest::cluster(test).await?;
     opts.external = Some(real.external.clone());
     Some(real)
+}
+
+/// For each `[doc] sandbox_test real_test scenario`, a test of `scenario` on the sandbox and one
+/// on the real API server of this test binary (`binary`; skipped when that layer is off), both
+/// with the options `options` gives. `join` puts the options on the real API server (as
+/// [`on_real_apiserver`] does). A scenario takes the options and the real API server, `None` on
+/// the sandbox. (Not every test binary has such a pair.)
+#[allow(unused_macros)]
+macro_rules! on_sandbox_and_real {
+    (
+        binary: $binary:literal,
+        options: $options:expr,
+        join: $join:path;
+        $($(#[$doc:meta])* $sandbox:ident $real:ident $scenario:path;)*
+    ) => {$(
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sandbox() {
+            $scenario($options, None).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $real() {
+            let mut opts = $options;
+            let Some(real) = $join($binary, &mut opts).await else {
+                return;
+            };
+            $scenario(opts, Some(&real)).await;
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_sandbox_and_real;
+
+/// The tutorial's stack without agents (resync `resync_secs`, RBAC propagation `rbac_seconds`),
+/// changed by `configure` before it starts.
+pub async fn agentless_stack(
+    resync_secs: u64,
+    rbac_seconds: f64,
+    configure: impl FnOnce(&mut StackOptions),
+) -> Stack {
+    let mut opts = tutorial_options(Duration::from_secs(resync_secs), rbac_seconds);
+    opts.agents = false;
+    configure(&mut opts);
+    Stack::start(opts).await.unwrap()
 }
 
 /// A stack started with `opts` and the tutorial's objects applied.

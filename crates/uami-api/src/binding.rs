@@ -10,65 +10,55 @@ use serde::{Deserialize, Serialize};
 
 use super::common::*;
 
-/// Desired binding of a `UserAssignedIdentity` to a VM or a VM scale set.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[kube(
-    group = "uami.dev",
-    version = "v1alpha1",
+namespaced_kind! {
     kind = "IdentityBinding",
-    namespaced,
     status = "IdentityBindingStatus",
     shortname = "idb",
-    category = "azureidentity",
     doc = "Assigns a user-assigned identity to a virtual machine or scale set, or binds it to a service account through a federated identity credential (workload identity), and reports the token obtained with it.",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,
-    printcolumn = r#"{"name":"VM","type":"string","jsonPath":".spec.target.virtualMachine.name"}"#,
-    printcolumn = r#"{"name":"Scale Set","type":"string","jsonPath":".spec.target.virtualMachineScaleSet.name"}"#,
-    printcolumn = r#"{"name":"Service Account","type":"string","jsonPath":".spec.target.serviceAccount.name"}"#,
-    printcolumn = r#"{"name":"Token Expires","type":"string","priority":1,"jsonPath":".status.token.expiresOn"}"#,
-    printcolumn = r#"{"name":"Target","type":"string","priority":1,"jsonPath":".status.targetResourceId"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
-#[serde(rename_all = "camelCase")]
-pub struct IdentityBindingSpec {
-    /// The `UserAssignedIdentity` (same namespace) to assign. Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("identityRef is immutable; create a new binding").reason(Reason::FieldValueForbidden))]
-    pub identity_ref: IdentityRef,
+    columns = [
+        r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,
+        r#"{"name":"VM","type":"string","jsonPath":".spec.target.virtualMachine.name"}"#,
+        r#"{"name":"Scale Set","type":"string","jsonPath":".spec.target.virtualMachineScaleSet.name"}"#,
+        r#"{"name":"Service Account","type":"string","jsonPath":".spec.target.serviceAccount.name"}"#,
+        r#"{"name":"Token Expires","type":"string","priority":1,"jsonPath":".status.token.expiresOn"}"#,
+        r#"{"name":"Target","type":"string","priority":1,"jsonPath":".status.targetResourceId"}"#,
+    ],
+    /// Desired binding of a `UserAssignedIdentity` to a VM or a VM scale set.
+    #[serde(rename_all = "camelCase")]
+    pub struct IdentityBindingSpec {
+        /// The `UserAssignedIdentity` (same namespace) to assign. Immutable.
+        #[x_kube(validation = Rule::new("self == oldSelf").message("identityRef is immutable; create a new binding").reason(Reason::FieldValueForbidden))]
+        pub identity_ref: IdentityRef,
 
-    /// What receives the identity: exactly one of `virtualMachine`, `virtualMachineScaleSet` and
-    /// `serviceAccount`. Immutable, but for `serviceAccount.default`.
-    #[x_kube(validation = Rule::new("self == oldSelf || (has(self.serviceAccount) && has(oldSelf.serviceAccount) && self.serviceAccount.name == oldSelf.serviceAccount.name)").message("target is immutable (but for serviceAccount.default); create a new binding").reason(Reason::FieldValueForbidden))]
-    pub target: BindingTarget,
+        /// What receives the identity: exactly one of `virtualMachine`, `virtualMachineScaleSet` and
+        /// `serviceAccount`. Immutable, but for `serviceAccount.default`.
+        #[x_kube(validation = Rule::new("self == oldSelf || (has(self.serviceAccount) && has(oldSelf.serviceAccount) && self.serviceAccount.name == oldSelf.serviceAccount.name)").message("target is immutable (but for serviceAccount.default); create a new binding").reason(Reason::FieldValueForbidden))]
+        pub target: BindingTarget,
 
-    /// What the agent on the VM checks with the identity's token.
-    #[serde(default)]
-    pub token_check: TokenCheck,
+        /// What the agent on the VM checks with the identity's token.
+        #[serde(default)]
+        pub token_check: TokenCheck,
 
-    /// `Delete` (default) removes the identity from the VM when this object is deleted; `Orphan`
-    /// leaves it assigned.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+        /// `Delete` (default) removes the identity from the VM when this object is deleted; `Orphan`
+        /// leaves it assigned.
+        #[serde(default)]
+        pub deletion_policy: DeletionPolicy,
+    }
 }
 
-/// Exactly one VM, scale set or service account.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) == 1").message("exactly one of virtualMachine, virtualMachineScaleSet or serviceAccount must be set"))]
-pub struct BindingTarget {
-    /// A single virtual machine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machine: Option<ComputeRef>,
-    /// A virtual machine scale set (every instance gets the identity).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machine_scale_set: Option<ComputeRef>,
-    /// A service account in the binding's namespace (workload identity): the identity gets a
-    /// federated identity credential for the cluster's OIDC issuer and
-    /// `system:serviceaccount:<namespace>:<name>`, and the service account the
-    /// `azure.workload.identity/client-id` and `azure.workload.identity/tenant-id` annotations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<ServiceAccountRef>,
+exactly_one_of! {
+    /// Exactly one VM, scale set or service account.
+    pub struct BindingTarget {
+        /// A single virtual machine.
+        "virtualMachine" => pub virtual_machine: ComputeRef,
+        /// A virtual machine scale set (every instance gets the identity).
+        "virtualMachineScaleSet" => pub virtual_machine_scale_set: ComputeRef,
+        /// A service account in the binding's namespace (workload identity): the identity gets a
+        /// federated identity credential for the cluster's OIDC issuer and
+        /// `system:serviceaccount:<namespace>:<name>`, and the service account the
+        /// `azure.workload.identity/client-id` and `azure.workload.identity/tenant-id` annotations.
+        "serviceAccount" => pub service_account: ServiceAccountRef,
+    }
 }
 
 /// A service account in the binding's namespace.

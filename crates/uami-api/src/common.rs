@@ -1,6 +1,7 @@
 //! Types and validation patterns shared by the kinds.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Rule;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,82 @@ pub const RESERVED_TAG_PREFIX: &str = "uami.dev-";
 /// Tags the controller may add to an identity (owner and adopted): with at most
 /// `50 - CONTROLLER_TAGS` user tags an identity stays within Azure's 50.
 pub const CONTROLLER_TAGS: usize = 3;
+
+/// Declares the spec of a namespaced kind with the `CustomResource` attributes all of them share:
+/// group, version, category, the `Ready` and `Reason` columns first and `Age` last. The kind's
+/// own columns go between them, its own root rules after.
+macro_rules! namespaced_kind {
+    (
+        kind = $kind:tt,
+        status = $status:tt,
+        shortname = $shortname:tt,
+        doc = $doc:tt,
+        columns = [$($column:tt),* $(,)?],
+        $(validation = [$($validation:tt)*],)?
+        $(#[$attr:meta])*
+        pub struct $spec:ident $body:tt
+    ) => {
+        #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+        #[kube(
+            group = "uami.dev",
+            version = "v1alpha1",
+            kind = $kind,
+            namespaced,
+            status = $status,
+            shortname = $shortname,
+            category = "azureidentity",
+            doc = $doc,
+            printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+            printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+            $(printcolumn = $column,)*
+            printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+            $(, validation = $($validation)*)?
+        )]
+        $(#[$attr])*
+        pub struct $spec $body
+    };
+}
+pub(crate) use namespaced_kind;
+
+/// Declares a struct of which exactly one field is set: each field optional and left out when
+/// unset, and the CRD rule ([`exactly_one_rule`]) that refuses none or several, naming the
+/// fields by their JSON names.
+macro_rules! exactly_one_of {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $($(#[$field_attr:meta])* $json:literal => pub $field:ident: $ty:ty,)+
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+        #[serde(rename_all = "camelCase")]
+        #[x_kube(validation = exactly_one_rule(&[$($json),+]))]
+        pub struct $name {
+            $(
+                $(#[$field_attr])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )+
+        }
+    };
+}
+pub(crate) use exactly_one_of;
+
+/// The CEL rule that exactly one of `fields` (JSON names) is set, and its message.
+pub fn exactly_one_rule(fields: &[&str]) -> Rule {
+    let count: Vec<String> = fields
+        .iter()
+        .map(|f| format!("(has(self.{f}) ? 1 : 0)"))
+        .collect();
+    let named = match fields.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Rule::new(format!("{} == 1", count.join(" + ")))
+        .message(format!("exactly one of {named} must be set").as_str())
+}
 
 /// What happens in Azure when the Kubernetes object is deleted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

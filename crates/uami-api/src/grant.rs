@@ -8,59 +8,53 @@ use serde::{Deserialize, Serialize};
 use super::binding::AccessPlane;
 use super::common::*;
 
-/// Desired role assignment of a `UserAssignedIdentity` at an Azure scope.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[kube(
-    group = "uami.dev",
-    version = "v1alpha1",
+namespaced_kind! {
     kind = "RoleGrant",
-    namespaced,
     status = "RoleGrantStatus",
     shortname = "grant",
-    category = "azureidentity",
     doc = "Grants an Azure role to a user-assigned identity at a scope, and reports whether the identity's token really has access.",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,
-    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
-    printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".status.scope"}"#,
-    printcolumn = r#"{"name":"Access","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"AccessVerified\")].status"}"#,
-    printcolumn = r#"{"name":"Assignment","type":"string","priority":1,"jsonPath":".status.roleAssignmentId"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
-#[serde(rename_all = "camelCase")]
-pub struct RoleGrantSpec {
-    /// The `UserAssignedIdentity` (same namespace) that receives the role. Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("identityRef is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
-    pub identity_ref: IdentityRef,
+    columns = [
+        r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,
+        r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
+        r#"{"name":"Scope","type":"string","jsonPath":".status.scope"}"#,
+        r#"{"name":"Access","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"AccessVerified\")].status"}"#,
+        r#"{"name":"Assignment","type":"string","priority":1,"jsonPath":".status.roleAssignmentId"}"#,
+    ],
+    /// Desired role assignment of a `UserAssignedIdentity` at an Azure scope.
+    #[serde(rename_all = "camelCase")]
+    pub struct RoleGrantSpec {
+        /// The `UserAssignedIdentity` (same namespace) that receives the role. Immutable.
+        #[x_kube(validation = Rule::new("self == oldSelf").message("identityRef is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
+        pub identity_ref: IdentityRef,
 
-    /// The role: a built-in role name such as `Reader`, a role definition GUID, or a full role
-    /// definition id (`/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}`
-    /// or `/providers/Microsoft.Authorization/roleDefinitions/{guid}`). Immutable.
-    #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("role is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
-    #[x_kube(validation = Rule::new(r"!self.startsWith('/') || self.matches('^(/subscriptions/[0-9a-fA-F-]{36})?/providers/Microsoft.Authorization/roleDefinitions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')").message("a role given as an id must be /subscriptions/{guid}/providers/Microsoft.Authorization/roleDefinitions/{guid} or /providers/Microsoft.Authorization/roleDefinitions/{guid}"))]
-    pub role: String,
+        /// The role: a built-in role name such as `Reader`, a role definition GUID, or a full role
+        /// definition id (`/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}`
+        /// or `/providers/Microsoft.Authorization/roleDefinitions/{guid}`). Immutable.
+        #[schemars(length(min = 1, max = 512))]
+        #[x_kube(validation = Rule::new("self == oldSelf").message("role is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
+        #[x_kube(validation = Rule::new(r"!self.startsWith('/') || self.matches('^(/subscriptions/[0-9a-fA-F-]{36})?/providers/Microsoft.Authorization/roleDefinitions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')").message("a role given as an id must be /subscriptions/{guid}/providers/Microsoft.Authorization/roleDefinitions/{guid} or /providers/Microsoft.Authorization/roleDefinitions/{guid}"))]
+        pub role: String,
 
-    /// Where the role applies: exactly one of `resourceGroup`, `subscription` and `resourceId`.
-    /// Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("scope is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
-    pub scope: GrantScope,
+        /// Where the role applies: exactly one of `resourceGroup`, `subscription` and `resourceId`.
+        /// Immutable.
+        #[x_kube(validation = Rule::new("self == oldSelf").message("scope is immutable; create a new grant").reason(Reason::FieldValueForbidden))]
+        pub scope: GrantScope,
 
-    /// Have the agent on the bound VMs read the scope with the identity's token and report the
-    /// result in `AccessVerified`.
-    #[serde(default = "default_true")]
-    pub verify_access: bool,
+        /// Have the agent on the bound VMs read the scope with the identity's token and report the
+        /// result in `AccessVerified`.
+        #[serde(default = "default_true")]
+        pub verify_access: bool,
 
-    /// What the access check needs for a role that acts on a data plane (see the README,
-    /// "The agent").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify_access_options: Option<VerifyAccessOptions>,
+        /// What the access check needs for a role that acts on a data plane (see the README,
+        /// "The agent").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub verify_access_options: Option<VerifyAccessOptions>,
 
-    /// `Delete` (default) deletes the role assignment when this object is deleted (never an
-    /// adopted one); `Orphan` leaves it.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+        /// `Delete` (default) deletes the role assignment when this object is deleted (never an
+        /// adopted one); `Orphan` leaves it.
+        #[serde(default)]
+        pub deletion_policy: DeletionPolicy,
+    }
 }
 
 /// What the access check of a data-plane role reads.
@@ -76,24 +70,20 @@ pub struct VerifyAccessOptions {
     pub blob_container: Option<String>,
 }
 
-/// Exactly one Azure scope.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.resourceGroup) ? 1 : 0) + (has(self.subscription) ? 1 : 0) + (has(self.resourceId) ? 1 : 0) == 1").message("exactly one of resourceGroup, subscription or resourceId must be set"))]
-pub struct GrantScope {
-    /// A resource group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_group: Option<ResourceGroupScope>,
-    /// A whole subscription.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subscription: Option<SubscriptionScope>,
-    /// Any ARM resource id below a subscription, such as a storage account, in canonical form:
-    /// no `.` or `..` segments, empty segments, trailing `/`, percent-encoding, `?`, `#`,
-    /// whitespace, backslash or non-ASCII characters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
-    #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
-    pub resource_id: Option<String>,
+exactly_one_of! {
+    /// Exactly one Azure scope.
+    pub struct GrantScope {
+        /// A resource group.
+        "resourceGroup" => pub resource_group: ResourceGroupScope,
+        /// A whole subscription.
+        "subscription" => pub subscription: SubscriptionScope,
+        /// Any ARM resource id below a subscription, such as a storage account, in canonical form:
+        /// no `.` or `..` segments, empty segments, trailing `/`, percent-encoding, `?`, `#`,
+        /// whitespace, backslash or non-ASCII characters.
+        #[schemars(length(max = 1024))]
+        #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
+        "resourceId" => pub resource_id: String,
+    }
 }
 
 /// A resource group scope.

@@ -73,24 +73,20 @@ pub struct RoleGrantRule {
     pub scopes: Vec<ScopeRule>,
 }
 
-/// A scope pattern: exactly one of `resourceGroup`, `subscription`, `resourceIdPrefix`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.resourceGroup) ? 1 : 0) + (has(self.subscription) ? 1 : 0) + (has(self.resourceIdPrefix) ? 1 : 0) == 1").message("exactly one of resourceGroup, subscription or resourceIdPrefix must be set"))]
-pub struct ScopeRule {
-    /// Resource groups: grants at the group and below it, not at the subscription.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_group: Option<ResourceGroupPattern>,
-    /// A subscription: grants at the subscription and anywhere below it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subscription: Option<SubscriptionPattern>,
-    /// This resource id and everything below it, compared segment by segment and
-    /// case-insensitively (`.../DevTest` does not cover `.../DevTest2`). Canonical form only, at
-    /// most 400 characters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 400))]
-    #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
-    pub resource_id_prefix: Option<String>,
+exactly_one_of! {
+    /// A scope pattern: exactly one of `resourceGroup`, `subscription`, `resourceIdPrefix`.
+    pub struct ScopeRule {
+        /// Resource groups: grants at the group and below it, not at the subscription.
+        "resourceGroup" => pub resource_group: ResourceGroupPattern,
+        /// A subscription: grants at the subscription and anywhere below it.
+        "subscription" => pub subscription: SubscriptionPattern,
+        /// This resource id and everything below it, compared segment by segment and
+        /// case-insensitively (`.../DevTest` does not cover `.../DevTest2`). Canonical form only, at
+        /// most 400 characters.
+        #[schemars(length(max = 400))]
+        #[x_kube(validation = Rule::new(r"self.matches('^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/[A-Za-z0-9_.()~!$*+,;=:@-]*[A-Za-z0-9_()~!$*+,;=:@-][A-Za-z0-9_.()~!$*+,;=:@-]*)*$')").message("must be a canonical ARM resource id /subscriptions/{guid}/...: no '.' or '..' segments, no empty segments or trailing '/', no percent-encoding, '?', '#', whitespace, backslash or non-ASCII characters"))]
+        "resourceIdPrefix" => pub resource_id_prefix: String,
+    }
 }
 
 /// Resource groups in a subscription.
@@ -115,21 +111,17 @@ pub struct SubscriptionPattern {
     pub subscription_id: String,
 }
 
-/// What identities may be bound to: exactly one of VMs, scale sets, or service accounts.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.virtualMachine) ? 1 : 0) + (has(self.virtualMachineScaleSet) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) == 1").message("exactly one of virtualMachine, virtualMachineScaleSet or serviceAccount must be set"))]
-pub struct BindingRule {
-    /// Virtual machines.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machine: Option<ComputePattern>,
-    /// Virtual machine scale sets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machine_scale_set: Option<ComputePattern>,
-    /// Service accounts (workload identity): which Azure identities may be bound to which
-    /// service accounts of the policy's namespaces.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<ServiceAccountPattern>,
+exactly_one_of! {
+    /// What identities may be bound to: exactly one of VMs, scale sets, or service accounts.
+    pub struct BindingRule {
+        /// Virtual machines.
+        "virtualMachine" => pub virtual_machine: ComputePattern,
+        /// Virtual machine scale sets.
+        "virtualMachineScaleSet" => pub virtual_machine_scale_set: ComputePattern,
+        /// Service accounts (workload identity): which Azure identities may be bound to which
+        /// service accounts of the policy's namespaces.
+        "serviceAccount" => pub service_account: ServiceAccountPattern,
+    }
 }
 
 /// Identities, by their Azure coordinates, that may be bound to service accounts.

@@ -62,13 +62,9 @@ fn known_tenant(inner: &Inner, tenant: &str) -> Result<String, (StatusCode, Valu
 /// The v2.0 OpenID configuration of `tenant` (named `path_tenant` in the request) at `base`.
 fn v2_config(base: &str, path_tenant: &str, tid: &str) -> Value {
     let at = |path: &str| format!("{base}/{path_tenant}/{path}");
-    json!({
+    let document = json!({
         "token_endpoint": at("oauth2/v2.0/token"),
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
         "jwks_uri": at("discovery/v2.0/keys"),
-        "response_modes_supported": ["query", "fragment", "form_post"],
-        "subject_types_supported": ["pairwise"],
-        "id_token_signing_alg_values_supported": ["RS256"],
         "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "issuer": format!("{base}/{tid}/v2.0"),
@@ -76,48 +72,52 @@ fn v2_config(base: &str, path_tenant: &str, tid: &str) -> Value {
         "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
         "authorization_endpoint": at("oauth2/v2.0/authorize"),
         "device_authorization_endpoint": at("oauth2/v2.0/devicecode"),
-        "http_logout_supported": true,
-        "frontchannel_logout_supported": true,
         "end_session_endpoint": at("oauth2/v2.0/logout"),
         "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
-        "kerberos_endpoint": at("kerberos"),
-        "tenant_region_scope": tenant_region_scope(tid),
-        "cloud_instance_name": "microsoftonline.com",
-        "cloud_graph_host_name": "graph.windows.net",
-        "msgraph_host": "graph.microsoft.com",
-        "rbac_url": "https://pas.windows.net",
-    })
+    });
+    with_common(document, base, path_tenant, tid)
 }
 
 /// The v1 OpenID configuration of `tenant` at `base`.
 fn v1_config(base: &str, path_tenant: &str, tid: &str) -> Value {
     let at = |path: &str| format!("{base}/{path_tenant}/{path}");
-    json!({
+    let document = json!({
         "token_endpoint": at("oauth2/token"),
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
         "jwks_uri": format!("{base}/common/discovery/keys"),
-        "response_modes_supported": ["query", "fragment", "form_post"],
-        "subject_types_supported": ["pairwise"],
-        "id_token_signing_alg_values_supported": ["RS256"],
         "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
         "scopes_supported": ["openid"],
         "issuer": format!("https://sts.windows.net/{tid}/"),
         "microsoft_multi_refresh_token": true,
         "authorization_endpoint": at("oauth2/authorize"),
         "device_authorization_endpoint": at("oauth2/devicecode"),
-        "http_logout_supported": true,
-        "frontchannel_logout_supported": true,
         "end_session_endpoint": at("oauth2/logout"),
         "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "amr", "nonce", "email", "given_name", "family_name", "nickname"],
         "check_session_iframe": at("oauth2/checksession"),
         "userinfo_endpoint": at("openid/userinfo"),
-        "kerberos_endpoint": at("kerberos"),
+    });
+    with_common(document, base, path_tenant, tid)
+}
+
+/// `document` with the fields both versions' configurations have.
+fn with_common(mut document: Value, base: &str, path_tenant: &str, tid: &str) -> Value {
+    let common = json!({
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "kerberos_endpoint": format!("{base}/{path_tenant}/kerberos"),
         "tenant_region_scope": tenant_region_scope(tid),
         "cloud_instance_name": "microsoftonline.com",
         "cloud_graph_host_name": "graph.windows.net",
         "msgraph_host": "graph.microsoft.com",
         "rbac_url": "https://pas.windows.net",
-    })
+    });
+    if let (Some(document), Value::Object(common)) = (document.as_object_mut(), common) {
+        document.extend(common);
+    }
+    document
 }
 
 /// A tenant's region scope (`NA` for the emulated tenant); multi-tenant documents have none.
@@ -157,24 +157,17 @@ fn answer(
     (status, axum::Json(body)).into_response()
 }
 
-/// `GET /{tenant}/v2.0/.well-known/openid-configuration`.
-pub async fn openid_configuration_v2(
-    State(inner): State<Arc<Inner>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let path = format!("/{tenant}/v2.0/.well-known/openid-configuration");
-    openid_configuration(&inner, &tenant, path, &headers, v2_config)
-}
-
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration` (`V2`), or
 /// `GET /{tenant}/.well-known/openid-configuration` (v1).
-pub async fn openid_configuration_v1(
+pub async fn openid_configuration_of<const V2: bool>(
     State(inner): State<Arc<Inner>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let path = format!("/{tenant}/.well-known/openid-configuration");
-    openid_configuration(&inner, &tenant, path, &headers, v1_config)
+    let version = if V2 { "v2.0/" } else { "" };
+    let document = if V2 { v2_config } else { v1_config };
+    let path = format!("/{tenant}/{version}.well-known/openid-configuration");
+    openid_configuration(&inner, &tenant, path, &headers, document)
 }
 
 /// The OpenID configuration `document` builds for `tenant`, on the host the caller named.

@@ -28,11 +28,11 @@ pub(super) fn app(inner: Arc<Inner>) -> Router {
         .route("/{tenant}/oauth2/v2.0/token", post(aad::token))
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
-            get(aad_discovery::openid_configuration_v2),
+            get(aad_discovery::openid_configuration_of::<true>),
         )
         .route(
             "/{tenant}/.well-known/openid-configuration",
-            get(aad_discovery::openid_configuration_v1),
+            get(aad_discovery::openid_configuration_of::<false>),
         )
         .route("/{tenant}/discovery/instance", get(aad_discovery::instance))
         .route("/{tenant}/discovery/v2.0/keys", get(aad_discovery::keys))

@@ -126,72 +126,101 @@ pub struct ResourceGroup {
     pub key_vaults: Vec<String>,
 }
 
-/// A VM.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VirtualMachine {
-    /// Name.
-    pub name: String,
-    /// Whether it has a system-assigned identity.
-    #[serde(default)]
-    pub system_assigned: bool,
-    /// Listen address of its IMDS.
-    #[serde(default = "loopback")]
-    pub imds_listen: SocketAddr,
-    /// Size (`hardwareProfile.vmSize`, or a scale set's `sku.name`); `Standard_D2s_v3`.
-    #[serde(default = "default_vm_size")]
-    pub vm_size: String,
-    /// Administrator user name (`osProfile.adminUsername`); `azureuser`. The emulator keeps no
-    /// password.
-    #[serde(default = "default_admin_username")]
-    pub admin_username: String,
-    /// Marketplace image (`storageProfile.imageReference`); Ubuntu 24.04 LTS.
-    #[serde(default)]
-    pub image: ImageReference,
-    /// Tags.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
-    /// Availability zones.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub zones: Vec<String>,
-    /// Network interface ids (`networkProfile`); one named `{name}-nic` in its resource group
-    /// when empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub network_interfaces: Vec<String>,
+/// Declares a VM or a scale set with the model fields both share (size, administrator user,
+/// image, tags, zones) written once, between the fields of its own, and `defaults(name)` with
+/// every field but the name at its default. (`#[serde(flatten)]` would share them as a struct,
+/// but it cannot be combined with `deny_unknown_fields`.)
+macro_rules! compute_with_model {
+    (
+        $(#[$attr:meta])*
+        pub struct $kind:ident {
+            $(#[$name_attr:meta])*
+            pub name: String,
+            $($(#[$before_attr:meta])* pub $before:ident: $before_ty:ty = $before_default:expr,)*
+            ..model,
+            $($(#[$after_attr:meta])* pub $after:ident: $after_ty:ty = $after_default:expr,)*
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        pub struct $kind {
+            $(#[$name_attr])*
+            pub name: String,
+            $($(#[$before_attr])* pub $before: $before_ty,)*
+            /// Size (`hardwareProfile.vmSize`, or a scale set's `sku.name`); `Standard_D2s_v3`.
+            #[serde(default = "default_vm_size")]
+            pub vm_size: String,
+            /// Administrator user name (`osProfile.adminUsername`); `azureuser`. The emulator
+            /// keeps no password.
+            #[serde(default = "default_admin_username")]
+            pub admin_username: String,
+            /// Marketplace image (`storageProfile.imageReference`); Ubuntu 24.04 LTS.
+            #[serde(default)]
+            pub image: ImageReference,
+            /// Tags.
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            pub tags: BTreeMap<String, String>,
+            /// Availability zones.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub zones: Vec<String>,
+            $($(#[$after_attr])* pub $after: $after_ty,)*
+        }
+
+        impl $kind {
+            /// `name` with every other field at its default.
+            fn defaults(name: &str) -> Self {
+                Self {
+                    name: name.into(),
+                    $($before: $before_default,)*
+                    vm_size: default_vm_size(),
+                    admin_username: default_admin_username(),
+                    image: ImageReference::default(),
+                    tags: BTreeMap::new(),
+                    zones: Vec::new(),
+                    $($after: $after_default,)*
+                }
+            }
+        }
+    };
 }
 
-/// A VM scale set.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScaleSet {
-    /// Name.
-    pub name: String,
-    /// Number of instances (each with its own IMDS on 127.0.0.1:0).
-    #[serde(default = "one")]
-    pub instances: u32,
-    /// Whether it has a system-assigned identity.
-    #[serde(default)]
-    pub system_assigned: bool,
-    /// Size (`hardwareProfile.vmSize`, or a scale set's `sku.name`); `Standard_D2s_v3`.
-    #[serde(default = "default_vm_size")]
-    pub vm_size: String,
-    /// Administrator user name (`osProfile.adminUsername`); `azureuser`. The emulator keeps no
-    /// password.
-    #[serde(default = "default_admin_username")]
-    pub admin_username: String,
-    /// Marketplace image (`storageProfile.imageReference`); Ubuntu 24.04 LTS.
-    #[serde(default)]
-    pub image: ImageReference,
-    /// Tags.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
-    /// Availability zones.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub zones: Vec<String>,
-    /// The subnet of its instances' network interfaces; `{name}-vnet/subnets/default` in its
-    /// resource group when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet: Option<String>,
+compute_with_model! {
+    /// A VM.
+    pub struct VirtualMachine {
+        /// Name.
+        pub name: String,
+        /// Whether it has a system-assigned identity.
+        #[serde(default)]
+        pub system_assigned: bool = false,
+        /// Listen address of its IMDS.
+        #[serde(default = "loopback")]
+        pub imds_listen: SocketAddr = loopback(),
+        ..model,
+        /// Network interface ids (`networkProfile`); one named `{name}-nic` in its resource
+        /// group when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub network_interfaces: Vec<String> = Vec::new(),
+    }
+}
+
+compute_with_model! {
+    /// A VM scale set.
+    pub struct ScaleSet {
+        /// Name.
+        pub name: String,
+        /// Number of instances (each with its own IMDS on 127.0.0.1:0).
+        #[serde(default = "one")]
+        pub instances: u32 = one(),
+        /// Whether it has a system-assigned identity.
+        #[serde(default)]
+        pub system_assigned: bool = false,
+        ..model,
+        /// The subnet of its instances' network interfaces; `{name}-vnet/subnets/default` in
+        /// its resource group when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub subnet: Option<String> = None,
+    }
 }
 
 fn default_vm_size() -> String {
@@ -223,6 +252,18 @@ impl Default for ImageReference {
     }
 }
 
+/// The `osProfile` of a Linux VM (`computer` is `computerName`) or of a scale set's instances
+/// (`computerNamePrefix`).
+fn os_profile(computer: &str, name: &str, admin_username: &str) -> serde_json::Value {
+    serde_json::json!({
+        computer: name,
+        "adminUsername": admin_username,
+        "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true},
+        "secrets": [],
+        "allowExtensionOperations": true,
+    })
+}
+
 /// The top-level fields ARM shows besides `properties`: `tags` and `zones`.
 fn top_level(
     tags: &BTreeMap<String, String>,
@@ -241,17 +282,7 @@ fn top_level(
 impl VirtualMachine {
     /// VM `name` with the defaults: no system-assigned identity, IMDS on a free loopback port.
     pub fn named(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            system_assigned: false,
-            imds_listen: loopback(),
-            vm_size: default_vm_size(),
-            admin_username: default_admin_username(),
-            image: ImageReference::default(),
-            tags: BTreeMap::new(),
-            zones: Vec::new(),
-            network_interfaces: Vec::new(),
-        }
+        Self::defaults(name)
     }
 
     /// Its model as ARM shows it: the top-level fields and `properties` (no read-only values).
@@ -295,13 +326,7 @@ impl VirtualMachine {
                 },
                 "dataDisks": [],
             },
-            "osProfile": {
-                "computerName": self.name,
-                "adminUsername": m.admin_username,
-                "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true},
-                "secrets": [],
-                "allowExtensionOperations": true,
-            },
+            "osProfile": os_profile("computerName", &self.name, &m.admin_username),
             "networkProfile": {"networkInterfaces": nics},
         });
         (top_level(&self.tags, &self.zones), properties)
@@ -313,15 +338,8 @@ impl ScaleSet {
     /// identity.
     pub fn named(name: &str, instances: u32) -> Self {
         Self {
-            name: name.into(),
             instances,
-            system_assigned: false,
-            vm_size: default_vm_size(),
-            admin_username: default_admin_username(),
-            image: ImageReference::default(),
-            tags: BTreeMap::new(),
-            zones: Vec::new(),
-            subnet: None,
+            ..Self::defaults(name)
         }
     }
 
@@ -362,13 +380,7 @@ impl ScaleSet {
                     },
                     "dataDisks": [],
                 },
-                "osProfile": {
-                    "computerNamePrefix": self.name,
-                    "adminUsername": m.admin_username,
-                    "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true},
-                    "secrets": [],
-                    "allowExtensionOperations": true,
-                },
+                "osProfile": os_profile("computerNamePrefix", &self.name, &m.admin_username),
                 "networkProfile": {"networkInterfaceConfigurations": [{
                     "name": format!("{}-nic", self.name),
                     "properties": {

@@ -58,6 +58,22 @@ impl ApiError {
         self
     }
 
+    /// The error [`about`](Self::about) `name` of `def`, with one cause.
+    pub(crate) fn about_field(
+        self,
+        def: &ResourceDef,
+        name: &str,
+        reason: &str,
+        message: &str,
+        field: &str,
+    ) -> Self {
+        let mut e = self.about(def, name);
+        if let Some(d) = e.details.as_mut() {
+            d["causes"] = json!([{"reason": reason, "message": message, "field": field}]);
+        }
+        e
+    }
+
     pub(crate) fn not_found(def: &ResourceDef, name: &str) -> Self {
         Self::new(
             404,

@@ -39,7 +39,7 @@ pub fn terminating(store: &Store, ns: &str) -> bool {
 
 /// The refusal of a new object `name` of `def` in the terminating namespace `ns`.
 pub fn forbidden(def: &ResourceDef, name: &str, ns: &str) -> ApiError {
-    let mut e = ApiError::new(
+    ApiError::new(
         403,
         "Forbidden",
         format!(
@@ -47,11 +47,13 @@ pub fn forbidden(def: &ResourceDef, name: &str, ns: &str) -> ApiError {
             def.qualified()
         ),
     )
-    .about(def, name);
-    if let Some(d) = e.details.as_mut() {
-        d["causes"] = json!([{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]);
-    }
-    e
+    .about_field(
+        def,
+        name,
+        "NamespaceTerminating",
+        &format!("namespace {ns} is being terminated"),
+        "metadata.namespace",
+    )
 }
 
 /// `DELETE` of a namespace: mark it Terminating, delete its content with `delete_one` (the

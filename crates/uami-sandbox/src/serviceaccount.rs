@@ -207,14 +207,17 @@ mod tests {
         json!({"metadata": {"name": "app", "namespace": "team-a", "uid": "u-1"}})
     }
 
+    /// A TokenRequest of `spec` for service account `team-a/app`, bound to nothing.
+    fn request(issuer: &Issuer, spec: Value) -> Result<Value, Refusal> {
+        token_request(issuer, &sa(), &json!({ "spec": spec }), None)
+    }
+
     #[test]
     fn tokens_carry_the_apiserver_claims_and_verify_against_the_jwks() {
         let issuer = Issuer::generate("http://127.0.0.1:1/").unwrap();
-        let out = token_request(
+        let out = request(
             &issuer,
-            &sa(),
-            &json!({"spec": {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 600}}),
-            None,
+            json!({"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 600}),
         )
         .unwrap();
         let token = out["status"]["token"].as_str().unwrap();
@@ -259,19 +262,13 @@ mod tests {
     #[test]
     fn lifetimes_below_ten_minutes_are_refused_and_audiences_default_to_the_issuer() {
         let issuer = Issuer::generate("http://127.0.0.1:1").unwrap();
-        let e = token_request(
-            &issuer,
-            &sa(),
-            &json!({"spec": {"expirationSeconds": 599}}),
-            None,
-        )
-        .unwrap_err();
+        let e = request(&issuer, json!({"expirationSeconds": 599})).unwrap_err();
         let Refusal::Invalid(field, message) = e else {
             panic!("{e:?}")
         };
         assert_eq!(field, "spec.expirationSeconds");
         assert!(message.contains("10 minutes"), "{message}");
-        let out = token_request(&issuer, &sa(), &json!({"spec": {}}), None).unwrap();
+        let out = request(&issuer, json!({})).unwrap();
         assert_eq!(out["spec"]["audiences"], json!(["http://127.0.0.1:1"]));
         assert_eq!(out["spec"]["expirationSeconds"], 3600);
     }

@@ -17,6 +17,15 @@ pub struct Cause {
 }
 
 impl Cause {
+    /// A cause of `reason` at `field`.
+    pub fn new(reason: &str, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     /// `field: message`.
     pub fn line(&self) -> String {
         format!("{}: {}", self.field, self.message)

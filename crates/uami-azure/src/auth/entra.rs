@@ -57,75 +57,55 @@ impl fmt::Debug for EntraCredential {
     }
 }
 
+/// What an app registration signs in to Entra ID with.
+pub(crate) enum ClientProof {
+    /// Its client secret.
+    Secret(SecretString),
+    /// Workload identity: the federated token in this file is the client assertion.
+    TokenFile(PathBuf),
+    /// A service account token, exchanged once (a token check).
+    Assertion(SecretString),
+}
+
 impl EntraCredential {
-    /// An app registration's client secret.
-    pub(crate) fn client_secret(
+    /// App registration `client_id` of `tenant_id`, signing in with `proof`.
+    pub(crate) fn new(
         authority_host: &Url,
         tenant_id: &str,
         client_id: String,
-        secret: &SecretString,
+        proof: ClientProof,
         http: Arc<dyn HttpClient>,
     ) -> Result<Self, AuthError> {
-        let options = ClientSecretCredentialOptions {
-            client_options: client_options(authority_host, http),
+        let client_options = client_options(authority_host, http);
+        let inner: Arc<dyn AzureTokenCredential> = match proof {
+            ClientProof::Secret(secret) => ClientSecretCredential::new(
+                tenant_id,
+                client_id,
+                Secret::new(secret.expose_secret().to_string()),
+                Some(ClientSecretCredentialOptions { client_options }),
+            )
+            .map_err(configuration_error)?,
+            ClientProof::TokenFile(path) => {
+                assertion_credential(tenant_id, client_id, TokenFile(path), client_options)?
+            }
+            ClientProof::Assertion(assertion) => assertion_credential(
+                tenant_id,
+                client_id,
+                FixedAssertion(assertion),
+                client_options,
+            )?,
         };
-        let inner = ClientSecretCredential::new(
-            tenant_id,
-            client_id,
-            Secret::new(secret.expose_secret().to_string()),
-            Some(options),
-        )
-        .map_err(configuration_error)?;
-        Ok(Self { inner })
-    }
-
-    /// Workload identity: the federated token in `token_file` is the client assertion.
-    pub(crate) fn token_file(
-        authority_host: &Url,
-        tenant_id: &str,
-        client_id: String,
-        token_file: PathBuf,
-        http: Arc<dyn HttpClient>,
-    ) -> Result<Self, AuthError> {
-        let inner = assertion_credential(
-            authority_host,
-            tenant_id,
-            client_id,
-            TokenFile(token_file),
-            http,
-        )?;
-        Ok(Self { inner })
-    }
-
-    /// The service account token `assertion`, exchanged once (a token check).
-    pub(crate) fn assertion(
-        authority_host: &Url,
-        tenant_id: &str,
-        client_id: String,
-        assertion: SecretString,
-        http: Arc<dyn HttpClient>,
-    ) -> Result<Self, AuthError> {
-        let inner = assertion_credential(
-            authority_host,
-            tenant_id,
-            client_id,
-            FixedAssertion(assertion),
-            http,
-        )?;
         Ok(Self { inner })
     }
 }
 
 fn assertion_credential<C: ClientAssertion + 'static>(
-    authority_host: &Url,
     tenant_id: &str,
     client_id: String,
     assertion: C,
-    http: Arc<dyn HttpClient>,
+    client_options: ClientOptions,
 ) -> Result<Arc<dyn AzureTokenCredential>, AuthError> {
-    let options = ClientAssertionCredentialOptions {
-        client_options: client_options(authority_host, http),
-    };
+    let options = ClientAssertionCredentialOptions { client_options };
     let credential =
         ClientAssertionCredential::new(tenant_id.to_string(), client_id, assertion, Some(options))
             .map_err(configuration_error)?;
@@ -399,6 +379,24 @@ mod tests {
         }
     }
 
+    /// Client `c` of tenant `t` signing in with `proof` at [`host`] through `http`.
+    fn credential(proof: ClientProof, http: Arc<dyn HttpClient>) -> EntraCredential {
+        EntraCredential::new(&host(), "t", "c".into(), proof, http).unwrap()
+    }
+
+    /// Client `c` of tenant `t` signing in with [`SECRET`] at `authority`, over reqwest.
+    fn secret_credential_at(authority: &str) -> Result<EntraCredential, AuthError> {
+        let http: Arc<dyn HttpClient> = Arc::new(reqwest::Client::new());
+        let proof = ClientProof::Secret(SecretString::from(SECRET));
+        EntraCredential::new(
+            &Url::parse(authority).unwrap(),
+            "t",
+            "c".into(),
+            proof,
+            http,
+        )
+    }
+
     fn host() -> Url {
         Url::parse("https://login.example.test/").unwrap()
     }
@@ -424,11 +422,11 @@ mod tests {
             200,
             serde_json::json!({"token_type": "Bearer", "expires_in": 3600, "access_token": TOKEN}),
         );
-        let cred = EntraCredential::client_secret(
+        let cred = EntraCredential::new(
             &host(),
             "tenant-1",
             "client-1".into(),
-            &SecretString::from(SECRET),
+            ClientProof::Secret(SecretString::from(SECRET)),
             entra.clone(),
         )
         .unwrap();
@@ -465,9 +463,7 @@ mod tests {
             200,
             serde_json::json!({"token_type": "Bearer", "expires_in": 60, "access_token": TOKEN}),
         );
-        let cred =
-            EntraCredential::token_file(&host(), "t", "c".into(), file.clone(), entra.clone())
-                .unwrap();
+        let cred = credential(ClientProof::TokenFile(file.clone()), entra.clone());
         cred.get_token("api://x/.default").await.unwrap();
         std::fs::write(&file, "second").unwrap();
         cred.get_token("api://x/.default").await.unwrap();
@@ -490,22 +486,14 @@ mod tests {
     #[tokio::test]
     async fn credentials_and_their_errors_never_show_secrets() {
         let entra = Entra::new(401, echoing_refusal());
-        let secret = EntraCredential::client_secret(
-            &host(),
-            "t",
-            "c".into(),
-            &SecretString::from(SECRET),
+        let secret = credential(
+            ClientProof::Secret(SecretString::from(SECRET)),
             entra.clone(),
-        )
-        .unwrap();
-        let assertion = EntraCredential::assertion(
-            &host(),
-            "t",
-            "c".into(),
-            SecretString::from(ASSERTION),
+        );
+        let assertion = credential(
+            ClientProof::Assertion(SecretString::from(ASSERTION)),
             entra.clone(),
-        )
-        .unwrap();
+        );
         for cred in [secret, assertion] {
             let e = cred.get_token("api://x/.default").await.unwrap_err();
             assert_eq!(
@@ -524,33 +512,21 @@ mod tests {
     #[tokio::test]
     async fn refusals_without_codes_and_odd_answers() {
         let entra = Entra::new(400, serde_json::json!({"error": "invalid_request"}));
-        let cred =
-            EntraCredential::assertion(&host(), "t", "c".into(), SecretString::from("a"), entra)
-                .unwrap();
+        let cred = credential(ClientProof::Assertion(SecretString::from("a")), entra);
         let e = cred.get_token("api://x/.default").await.unwrap_err();
         assert!(
             matches!(&e, AuthError::Aad { status: 400, error, aadsts: None } if error == "invalid_request"),
             "{e:?}"
         );
         let entra = Entra::new(200, serde_json::json!({"token_type": "Bearer"}));
-        let cred =
-            EntraCredential::assertion(&host(), "t", "c".into(), SecretString::from("a"), entra)
-                .unwrap();
+        let cred = credential(ClientProof::Assertion(SecretString::from("a")), entra);
         let e = cred.get_token("api://x/.default").await.unwrap_err();
         assert!(matches!(e, AuthError::InvalidResponse(_)), "{e:?}");
     }
 
     #[tokio::test]
     async fn an_unreachable_endpoint_is_a_transport_error_without_secrets() {
-        let http: Arc<dyn HttpClient> = Arc::new(reqwest::Client::new());
-        let cred = EntraCredential::client_secret(
-            &Url::parse("https://127.0.0.1:1/").unwrap(),
-            "t",
-            "c".into(),
-            &SecretString::from(SECRET),
-            http,
-        )
-        .unwrap();
+        let cred = secret_credential_at("https://127.0.0.1:1/").unwrap();
         let e = cred.get_token("api://x/.default").await.unwrap_err();
         assert!(matches!(e, AuthError::Transport(_)), "{e:?}");
         assert!(
@@ -563,15 +539,7 @@ mod tests {
 
     #[test]
     fn plain_http_authorities_are_refused_at_construction() {
-        let http: Arc<dyn HttpClient> = Arc::new(reqwest::Client::new());
-        let e = EntraCredential::client_secret(
-            &Url::parse("http://127.0.0.1:8080/").unwrap(),
-            "t",
-            "c".into(),
-            &SecretString::from(SECRET),
-            http,
-        )
-        .unwrap_err();
+        let e = secret_credential_at("http://127.0.0.1:8080/").unwrap_err();
         assert!(matches!(e, AuthError::Configuration(_)), "{e:?}");
         assert!(e.to_string().contains("HTTPS"), "{e}");
         assert!(!e.to_string().contains("s3cr3t"));

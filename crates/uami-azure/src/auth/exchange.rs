@@ -12,7 +12,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use url::Url;
 
-use super::entra::EntraCredential;
+use super::entra::{ClientProof, EntraCredential};
 use super::{AccessToken, AuthError, TokenCredential};
 
 /// The scope of a client-credentials request for `resource` (`https://management.azure.com/`
@@ -30,11 +30,11 @@ pub async fn exchange_assertion(
     assertion: &SecretString,
     scope: &str,
 ) -> Result<AccessToken, AuthError> {
-    EntraCredential::assertion(
+    EntraCredential::new(
         authority_host,
         tenant_id,
         client_id.to_string(),
-        assertion.clone(),
+        ClientProof::Assertion(assertion.clone()),
         Arc::new(http.clone()),
     )?
     .get_token(scope)

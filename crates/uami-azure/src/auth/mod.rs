@@ -204,11 +204,11 @@ pub fn build_credential(
             tenant_id,
             client_id,
             client_secret,
-        } => entra::EntraCredential::client_secret(
+        } => entra::EntraCredential::new(
             &authority_host,
             &tenant_id,
             client_id,
-            &client_secret,
+            entra::ClientProof::Secret(client_secret),
             Arc::new(http),
         ),
         CredentialConfig::WorkloadIdentity {
@@ -216,11 +216,11 @@ pub fn build_credential(
             tenant_id,
             client_id,
             token_file,
-        } => entra::EntraCredential::token_file(
+        } => entra::EntraCredential::new(
             &authority_host,
             &tenant_id,
             client_id,
-            token_file,
+            entra::ClientProof::TokenFile(token_file),
             Arc::new(http),
         ),
         CredentialConfig::ManagedIdentity {

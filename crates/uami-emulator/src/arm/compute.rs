@@ -32,6 +32,27 @@ pub(super) fn compute_get(inner: &Inner, st: &Az, scope: &str) -> Answer {
     }
 }
 
+/// 409 `AnotherOperationInProgress` for operation `op` on `c`, when the fault is on and one of
+/// its operations is pending.
+pub(super) fn another_operation(
+    inner: &Inner,
+    c: &Compute,
+    op: &str,
+) -> Option<(StatusCode, Value)> {
+    if c.pending.is_none() || !inner.faults.lock().another_operation_in_progress {
+        return None;
+    }
+    inner.inject(fk::ANOTHER_OPERATION);
+    Some(arm_err(
+        StatusCode::CONFLICT,
+        "AnotherOperationInProgress",
+        &format!(
+            "Operation '{op}' is not allowed on '{}' since another operation is in progress.",
+            c.name
+        ),
+    ))
+}
+
 pub(super) fn compute_missing(scope: &str) -> (StatusCode, Value) {
     let name = scope.rsplit('/').next().unwrap_or_default();
     arm_err(
@@ -85,17 +106,8 @@ pub(super) fn compute_patch(
     let Some(body) = body.filter(|b| b.is_object()) else {
         return super::invalid_content().into();
     };
-    if c.pending.is_some() && inner.faults.lock().another_operation_in_progress {
-        inner.inject(fk::ANOTHER_OPERATION);
-        return arm_err(
-            StatusCode::CONFLICT,
-            "AnotherOperationInProgress",
-            &format!(
-                "Operation 'Update' is not allowed on '{}' since another operation is in progress.",
-                c.name
-            ),
-        )
-        .into();
+    if let Some(busy) = another_operation(inner, &c, "Update") {
+        return busy.into();
     }
     let change = match requested_change(st, claims, scope, &c, body, now) {
         Ok(change) => change,

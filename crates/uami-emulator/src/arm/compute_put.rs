@@ -9,11 +9,12 @@ use std::time::Instant;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::compute::{compute_missing, requested_change, running_goal, start_operation, written};
+use super::compute::{
+    another_operation, compute_missing, requested_change, running_goal, start_operation, written,
+};
 use super::groups::group;
-use super::{Answer, arm_err, bad_request, lro};
+use super::{Answer, bad_request, lro};
 use crate::Inner;
-use crate::faults::kind as fk;
 use crate::knobs::LroForm;
 use crate::state::{Compute, ComputeKind, ComputeModel, State as Az};
 use crate::tokens::Claims;
@@ -184,17 +185,8 @@ pub(super) fn compute_put(
     }
     let c = match existing {
         Some(c) => {
-            if c.pending.is_some() && inner.faults.lock().another_operation_in_progress {
-                inner.inject(fk::ANOTHER_OPERATION);
-                return arm_err(
-                    StatusCode::CONFLICT,
-                    "AnotherOperationInProgress",
-                    &format!(
-                        "Operation 'PUT' is not allowed on '{}' since another operation is in progress.",
-                        c.name
-                    ),
-                )
-                .into();
+            if let Some(busy) = another_operation(inner, &c, "PUT") {
+                return busy.into();
             }
             c
         }

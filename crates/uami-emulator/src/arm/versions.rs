@@ -61,25 +61,15 @@ const COMPUTE: &[&str] = &[
 
 /// `Microsoft.Compute/virtualMachines`: the stored 2024-11-01 documents, the 2025-11-01
 /// `ComputeRP.json` (ARM-NOTES S4), `azure-mgmt-compute` 39.0.0's 2026-04-01.
-pub(super) const VIRTUAL_MACHINES: ApiVersions = ApiVersions {
-    type_name: "virtualMachines",
-    versions: COMPUTE,
-    answered: Answered::ByProvider { regional: true },
-};
+pub(super) const VIRTUAL_MACHINES: ApiVersions = ApiVersions::regional("virtualMachines", COMPUTE);
 
 /// `Microsoft.Compute/virtualMachineScaleSets`: the same releases as virtual machines.
-pub(super) const SCALE_SETS: ApiVersions = ApiVersions {
-    type_name: "virtualMachineScaleSets",
-    versions: COMPUTE,
-    answered: Answered::ByProvider { regional: true },
-};
+pub(super) const SCALE_SETS: ApiVersions =
+    ApiVersions::regional("virtualMachineScaleSets", COMPUTE);
 
 /// `Microsoft.Compute/locations/operations`: the status URLs of Compute's operations.
-pub(super) const COMPUTE_OPERATIONS: ApiVersions = ApiVersions {
-    type_name: "locations/operations",
-    versions: COMPUTE,
-    answered: Answered::ByProvider { regional: true },
-};
+pub(super) const COMPUTE_OPERATIONS: ApiVersions =
+    ApiVersions::regional("locations/operations", COMPUTE);
 
 const MANAGED_IDENTITY: &[&str] = &[
     "2018-11-30",
@@ -95,19 +85,15 @@ const MANAGED_IDENTITY: &[&str] = &[
 
 /// `Microsoft.ManagedIdentity/userAssignedIdentities`: the stored 2026-05-31 document, the
 /// stable releases of ARM-NOTES section 1, `azure-mgmt-msi` 7.1.0's 2024-11-30.
-pub(super) const USER_ASSIGNED_IDENTITIES: ApiVersions = ApiVersions {
-    type_name: "userAssignedIdentities",
-    versions: MANAGED_IDENTITY,
-    answered: Answered::ByProvider { regional: true },
-};
+pub(super) const USER_ASSIGNED_IDENTITIES: ApiVersions =
+    ApiVersions::regional("userAssignedIdentities", MANAGED_IDENTITY);
 
 /// `.../userAssignedIdentities/federatedIdentityCredentials`: from 2022-01-31-preview, the
 /// third release.
-pub(super) const FEDERATED_CREDENTIALS: ApiVersions = ApiVersions {
-    type_name: "userAssignedIdentities/federatedIdentityCredentials",
-    versions: MANAGED_IDENTITY.split_at(2).1,
-    answered: Answered::ByProvider { regional: true },
-};
+pub(super) const FEDERATED_CREDENTIALS: ApiVersions = ApiVersions::regional(
+    "userAssignedIdentities/federatedIdentityCredentials",
+    MANAGED_IDENTITY.split_at(2).1,
+);
 
 const AUTHORIZATION: &[&str] = &[
     "2015-07-01",
@@ -121,25 +107,19 @@ const AUTHORIZATION: &[&str] = &[
 
 /// `Microsoft.Authorization/roleAssignments`: the stored 2022-04-01 document,
 /// `azure-mgmt-authorization` 4.0.0's 2022-04-01 and its older releases. A global type.
-pub(super) const ROLE_ASSIGNMENTS: ApiVersions = ApiVersions {
-    type_name: "roleAssignments",
-    versions: AUTHORIZATION,
-    answered: Answered::ByProvider { regional: false },
-};
+pub(super) const ROLE_ASSIGNMENTS: ApiVersions =
+    ApiVersions::global("roleAssignments", AUTHORIZATION);
 
 /// `Microsoft.Authorization/roleDefinitions`: as role assignments.
-pub(super) const ROLE_DEFINITIONS: ApiVersions = ApiVersions {
-    type_name: "roleDefinitions",
-    versions: AUTHORIZATION,
-    answered: Answered::ByProvider { regional: false },
-};
+pub(super) const ROLE_DEFINITIONS: ApiVersions =
+    ApiVersions::global("roleDefinitions", AUTHORIZATION);
 
 /// `Microsoft.Resources/subscriptions` (Subscriptions_Get) has releases of its own, up to
 /// `azure-mgmt-resource-subscriptions` 1.0.0's 2022-12-01; not checked against a stored
 /// specification.
-pub(super) const SUBSCRIPTIONS: ApiVersions = ApiVersions {
-    type_name: "subscriptions",
-    versions: &[
+pub(super) const SUBSCRIPTIONS: ApiVersions = ApiVersions::by_arm(
+    "subscriptions",
+    &[
         "2016-06-01",
         "2019-06-01",
         "2019-11-01",
@@ -147,14 +127,13 @@ pub(super) const SUBSCRIPTIONS: ApiVersions = ApiVersions {
         "2021-01-01",
         "2022-12-01",
     ],
-    answered: Answered::ByArm,
-};
+);
 
 /// `Microsoft.Resources/resourceGroups`: the stored 2024-03-01 document, the 2025-04-01
 /// `resources.json` (ARM-NOTES S6) that `azure-mgmt-resource` 26.0.0 sends.
-pub(super) const RESOURCE_GROUPS: ApiVersions = ApiVersions {
-    type_name: "resourceGroups",
-    versions: &[
+pub(super) const RESOURCE_GROUPS: ApiVersions = ApiVersions::by_arm(
+    "resourceGroups",
+    &[
         "2021-04-01",
         "2022-09-01",
         "2022-12-01",
@@ -165,13 +144,12 @@ pub(super) const RESOURCE_GROUPS: ApiVersions = ApiVersions {
         "2025-03-01",
         "2025-04-01",
     ],
-    answered: Answered::ByArm,
-};
+);
 
 /// `Microsoft.Storage/storageAccounts`: stable releases; no stored specification.
-pub(super) const STORAGE_ACCOUNTS: ApiVersions = ApiVersions {
-    type_name: "storageAccounts",
-    versions: &[
+pub(super) const STORAGE_ACCOUNTS: ApiVersions = ApiVersions::regional(
+    "storageAccounts",
+    &[
         "2021-09-01",
         "2022-09-01",
         "2023-01-01",
@@ -179,23 +157,48 @@ pub(super) const STORAGE_ACCOUNTS: ApiVersions = ApiVersions {
         "2023-05-01",
         "2024-01-01",
     ],
-    answered: Answered::ByProvider { regional: true },
-};
+);
 
 /// `Microsoft.KeyVault/vaults`: stable releases; no stored specification.
-pub(super) const KEY_VAULTS: ApiVersions = ApiVersions {
-    type_name: "vaults",
-    versions: &[
+pub(super) const KEY_VAULTS: ApiVersions = ApiVersions::regional(
+    "vaults",
+    &[
         "2021-10-01",
         "2022-07-01",
         "2023-02-01",
         "2023-07-01",
         "2024-11-01",
     ],
-    answered: Answered::ByProvider { regional: true },
-};
+);
 
 impl ApiVersions {
+    /// The versions of a type its provider answers for in each region.
+    const fn regional(type_name: &'static str, versions: &'static [&'static str]) -> Self {
+        Self {
+            type_name,
+            versions,
+            answered: Answered::ByProvider { regional: true },
+        }
+    }
+
+    /// The versions of a type ARM itself answers for.
+    const fn by_arm(type_name: &'static str, versions: &'static [&'static str]) -> Self {
+        Self {
+            type_name,
+            versions,
+            answered: Answered::ByArm,
+        }
+    }
+
+    /// The versions of a type its provider answers for globally.
+    const fn global(type_name: &'static str, versions: &'static [&'static str]) -> Self {
+        Self {
+            type_name,
+            versions,
+            answered: Answered::ByProvider { regional: false },
+        }
+    }
+
     /// Whether `version` is accepted.
     pub(super) fn accepts(&self, version: &str) -> bool {
         self.versions.contains(&version)

@@ -7,6 +7,7 @@
 //! list, selectors), [`write`] (create, update and the commit with admission), [`patch`],
 //! [`delete`] and [`watch`]; `crate::error` holds the `Status` errors.
 
+mod admit;
 mod delete;
 mod discovery;
 
@@ -14,6 +15,7 @@ mod patch;
 mod read;
 #[cfg(test)]
 mod tests;
+mod token;
 mod watch;
 mod write;
 
@@ -277,7 +279,7 @@ fn dispatch(req: &Request, opts: &WriteOptions, verb: &str) -> Result<Response, 
         && t.def.plural == "serviceaccounts"
         && verb == "create"
     {
-        return write::token_request(req);
+        return token::token_request(req);
     }
     if let Some(sub) = &t.subresource
         && !(sub == "status" && t.def.status_subresource)

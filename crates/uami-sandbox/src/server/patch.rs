@@ -10,7 +10,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::write::{commit, create, unknown_fields};
+use super::admit::unknown_fields;
+use super::write::{commit, create};
 use super::{
     ApiError, FieldValidation, Request, Target, WriteOptions, get_obj, json_response, with_type,
     writer,
@@ -54,11 +55,11 @@ fn apply(
             "PatchOptions",
             "meta.k8s.io",
             "",
-            vec![validate::Cause {
-                reason: "FieldValueRequired".into(),
-                field: "fieldManager".into(),
-                message: "Required value: is required for apply patch".into(),
-            }],
+            vec![validate::Cause::new(
+                "FieldValueRequired",
+                "fieldManager",
+                "Required value: is required for apply patch",
+            )],
         ));
     }
     let mut intent: Value = serde_yaml_ng::from_slice(body)
@@ -296,15 +297,15 @@ fn edit(
                 "",
                 "",
                 "",
-                vec![validate::Cause {
-                    reason: "FieldValueInvalid".into(),
-                    field: "patch".into(),
-                    message: format!(
+                vec![validate::Cause::new(
+                    "FieldValueInvalid",
+                    "patch",
+                    format!(
                         "Invalid value: {:?}: strict decoding error: {}",
                         new.to_string(),
                         list.join(", ")
                     ),
-                }],
+                )],
             ));
         }
     }

@@ -67,12 +67,7 @@ async fn strict_validation_dry_run_and_warnings_apply_to_their_own_request() {
     // not strict, nor is the library API.
     let resp = post("", coloured_widget("a")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let warnings: Vec<&str> = resp
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|h| h.to_str().unwrap())
-        .collect();
+    let warnings = warning_headers(&resp);
     assert_eq!(warnings, ["299 - \"unknown field \\\"spec.colour\\\"\""]);
     let created: Value = resp.json().await.unwrap();
     assert_eq!(created["spec"], json!({"size": 1}));
@@ -93,12 +88,7 @@ async fn strict_validation_dry_run_and_warnings_apply_to_their_own_request() {
     // A Warn policy that fails adds a Warning header to that response only.
     let resp = post("", widget("big")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let warnings: Vec<&str> = resp
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|h| h.to_str().unwrap())
-        .collect();
+    let warnings = warning_headers(&resp);
     assert_eq!(
         warnings,
         [
@@ -242,4 +232,13 @@ async fn watch_events_are_counted_per_user_and_object() {
         .await
         .unwrap();
     assert_eq!(over_http, serde_json::to_value(&d).unwrap());
+}
+
+/// The `Warning` headers of `resp`.
+fn warning_headers(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .get_all("warning")
+        .iter()
+        .map(|h| h.to_str().unwrap().to_string())
+        .collect()
 }

@@ -2,7 +2,8 @@
 //! terminating, CRDs that start serving their kinds), `update`, and the commit every update,
 //! patch and apply ends in (status subresource rules, schema admission, ValidatingAdmissionPolicy,
 //! generation, no-op detection, finalization). A CRD whose CEL rules are over the cost budget is
-//! refused on create and update. Also the create-only reviews and TokenRequest.
+//! refused on create and update. Also the create-only reviews ([`super::token`] answers
+//! TokenRequest, [`super::admit`] holds schema admission).
 
 use std::sync::Arc;
 
@@ -10,18 +11,16 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::admit::{admit, refuse_unknown};
 use super::delete::after_delete;
 use super::{
     ApiError, FieldValidation, Request, Target, WriteOptions, get_obj, json_response, parse_body,
     with_type, writer,
 };
 use crate::UserInfo;
-use crate::registry::{
-    OBJECT_META_FIELDS, ResourceDef, builtin_empty_omitted, builtin_fields, default_crd, from_crd,
-    has_generation, normalize_secret,
-};
+use crate::registry::{ResourceDef, from_crd, has_generation, normalize_secret};
 use crate::store::Store;
-use crate::{admission, authz, cel_cost, events, namespace, now, serviceaccount, ssa, validate};
+use crate::{admission, authz, cel_cost, events, namespace, now, ssa, validate};
 
 /// `POST` to a collection: the reviews answered about the caller, or a create.
 pub(super) fn create_request(req: &Request, opts: &WriteOptions) -> Result<Response, ApiError> {
@@ -58,113 +57,6 @@ pub(super) fn update_request(req: &Request, opts: &WriteOptions) -> Result<Respo
     ))
 }
 
-/// `POST .../serviceaccounts/{name}/token`: a TokenRequest answered with a signed token, bound
-/// to the object its `boundObjectRef` names.
-pub(super) fn token_request(req: &Request) -> Result<Response, ApiError> {
-    let t = req.target;
-    let request = parse_body(req.body, req.headers)?;
-    let refused = |r: serviceaccount::Refusal| match r {
-        serviceaccount::Refusal::Invalid(field, message) => ApiError::invalid_kind(
-            "TokenRequest",
-            "authentication.k8s.io",
-            request["metadata"]["name"].as_str().unwrap_or_default(),
-            vec![validate::Cause {
-                reason: "FieldValueInvalid".into(),
-                field: field.into(),
-                message,
-            }],
-        ),
-        serviceaccount::Refusal::Other(code, reason, message) => {
-            ApiError::new(code, reason, message)
-        }
-    };
-    serviceaccount::check(&req.shared.issuer, &request).map_err(refused)?;
-    let (sa, bound) = {
-        let store = req.shared.store.lock();
-        let sa = get_obj(&store, &t.def, t.ns(), t.name())?;
-        let bound = bound_object(&store, &sa, &request["spec"]["boundObjectRef"])?;
-        (sa, bound)
-    };
-    serviceaccount::token_request(&req.shared.issuer, &sa, &request, bound.as_ref())
-        .map(|out| json_response(StatusCode::CREATED, &out))
-        .map_err(refused)
-}
-
-/// The object a TokenRequest's `boundObjectRef` names (a Pod, with its Node, a Secret, or a
-/// Node), checked as the API server checks it: it exists, has the uid the reference names, and
-/// a pod runs as the service account `sa`.
-fn bound_object(
-    store: &Store,
-    sa: &Value,
-    reference: &Value,
-) -> Result<Option<serviceaccount::Bound>, ApiError> {
-    let Some(kind) = reference["kind"].as_str() else {
-        return Ok(None);
-    };
-    let (plural, claim) = match kind {
-        "Pod" => ("pods", "pod"),
-        "Secret" => ("secrets", "secret"),
-        "Node" => ("nodes", "node"),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "cannot bind token for serviceaccount {:?} to object of kind {other:?}",
-                sa["metadata"]["name"].as_str().unwrap_or_default()
-            )));
-        }
-    };
-    let resource = |plural: &str| {
-        store
-            .resources
-            .iter()
-            .find(|r| r.group.is_empty() && r.plural == plural)
-            .cloned()
-            .ok_or_else(ApiError::no_resource)
-    };
-    let def = resource(plural)?;
-    let ns = if def.namespaced {
-        sa["metadata"]["namespace"].as_str().unwrap_or_default()
-    } else {
-        ""
-    };
-    let name = reference["name"].as_str().unwrap_or_default();
-    let obj = get_obj(store, &def, ns, name)?;
-    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
-    if let Some(want) = reference["uid"].as_str().filter(|u| !u.is_empty())
-        && want != uid
-    {
-        return Err(ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {kind} {name:?}: the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
-            ),
-        ));
-    }
-    let mut bound = serviceaccount::Bound {
-        claim,
-        name: name.to_string(),
-        uid: uid.to_string(),
-        node: None,
-    };
-    if kind == "Pod" {
-        let sa_name = sa["metadata"]["name"].as_str().unwrap_or_default();
-        if obj["spec"]["serviceAccountName"].as_str() != Some(sa_name) {
-            return Err(ApiError::bad_request(format!(
-                "cannot bind token for serviceaccount {sa_name:?} to pod running with different serviceaccount name."
-            )));
-        }
-        if let Some(node) = obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-            let nodes = resource("nodes")?;
-            let node_uid = store
-                .get(&nodes, "", node)
-                .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            bound.node = Some((node.to_string(), node_uid));
-        }
-    }
-    Ok(Some(bound))
-}
-
 /// Create or replace objects from outside HTTP (the library API).
 pub fn create_object(store: &mut Store, obj: Value) -> Result<Value, String> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
@@ -196,125 +88,6 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| chars[rng.random_range(0..chars.len())] as char)
         .collect()
-}
-
-/// The fields of `obj` its kind does not declare, as `spec.foo` paths, sorted: in `metadata`,
-/// and those the schema of a custom resource (or the field list of a built-in kind) leaves out.
-pub(super) fn unknown_fields(def: &ResourceDef, obj: &Value) -> Vec<String> {
-    let mut unknown: Vec<String> = obj["metadata"]
-        .as_object()
-        .into_iter()
-        .flat_map(|m| m.keys())
-        .filter(|k| !OBJECT_META_FIELDS.contains(&k.as_str()))
-        .map(|k| format!("metadata.{k}"))
-        .collect();
-    match (&def.schema, builtin_fields(def)) {
-        (Some(schema), _) => validate::unknown_fields(obj, schema, "", &mut unknown),
-        (None, Some(fields)) => unknown.extend(
-            obj.as_object()
-                .into_iter()
-                .flat_map(|m| m.keys())
-                .filter(|k| {
-                    !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
-                        && !fields.contains(&k.as_str())
-                })
-                .cloned(),
-        ),
-        (None, None) => {}
-    }
-    unknown.sort();
-    unknown
-}
-
-/// Fields the API server leaves out when they are empty: in `metadata`, and in the built-in
-/// kinds that declare them so.
-const OMITTED_WHEN_EMPTY: &[&str] = &["labels", "annotations", "finalizers", "ownerReferences"];
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(m) => m.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
-}
-
-/// Drop what [`unknown_fields`] found (the schema's pruning does it for a custom resource), and
-/// the empty fields the API server does not keep.
-fn drop_unknown(def: &ResourceDef, obj: &mut Value) {
-    if let Some(m) = obj["metadata"].as_object_mut() {
-        m.retain(|k, v| {
-            OBJECT_META_FIELDS.contains(&k.as_str())
-                && !(OMITTED_WHEN_EMPTY.contains(&k.as_str()) && is_empty(v))
-        });
-    }
-    if let (Some(fields), Some(m)) = (builtin_empty_omitted(def), obj.as_object_mut()) {
-        m.retain(|k, v| !(fields.contains(&k.as_str()) && is_empty(v)));
-    }
-    if def.schema.is_none()
-        && let (Some(fields), Some(m)) = (builtin_fields(def), obj.as_object_mut())
-    {
-        m.retain(|k, _| {
-            matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || fields.contains(&k.as_str())
-        });
-    }
-}
-
-/// Under `fieldValidation=Strict`, 400 for a body with unknown fields (as the API server's
-/// decoder answers, before anything else).
-fn refuse_unknown(def: &ResourceDef, obj: &Value, opts: &WriteOptions) -> Result<(), ApiError> {
-    if opts.field_validation != FieldValidation::Strict {
-        return Ok(());
-    }
-    let unknown = unknown_fields(def, obj);
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = unknown
-        .iter()
-        .map(|u| format!("unknown field \"{u}\""))
-        .collect();
-    Err(ApiError::bad_request(format!(
-        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
-        def.version,
-        list.join(", "),
-        kind = def.kind,
-    )))
-}
-
-/// Admission of an object: unknown fields refused (`Strict`) or dropped (with a warning each
-/// under `Warn`); for a custom resource then pruning, defaults and validation.
-fn admit(
-    def: &ResourceDef,
-    obj: &mut Value,
-    old: Option<&Value>,
-    name: &str,
-    opts: &WriteOptions,
-) -> Result<(), ApiError> {
-    refuse_unknown(def, obj, opts)?;
-    if opts.field_validation == FieldValidation::Warn {
-        for u in unknown_fields(def, obj) {
-            opts.caller.warn(format!("unknown field \"{u}\""));
-        }
-    }
-    drop_unknown(def, obj);
-    if def.plural == "customresourcedefinitions" {
-        default_crd(obj);
-    }
-    let Some(schema) = &def.schema else {
-        return Ok(());
-    };
-    validate::prune(obj, schema, true);
-    validate::default(obj, schema);
-    let causes = match &def.compiled {
-        Some(c) => validate::validate(obj, old, c),
-        None => validate::validate(obj, old, &validate::compile(schema)),
-    };
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(def, name, causes))
-    }
 }
 
 fn spec_part(v: &Value) -> Value {
@@ -659,7 +432,7 @@ pub(super) fn commit(
 /// 422 for an update without a resourceVersion of a kind that needs one.
 fn resource_version_required(def: &ResourceDef, name: &str) -> ApiError {
     let message = "Invalid value: 0: must be specified for an update";
-    let mut e = ApiError::new(
+    ApiError::new(
         422,
         "Invalid",
         format!(
@@ -667,11 +440,13 @@ fn resource_version_required(def: &ResourceDef, name: &str) -> ApiError {
             def.qualified()
         ),
     )
-    .about(def, name);
-    if let Some(d) = e.details.as_mut() {
-        d["causes"] = json!([{"reason": "FieldValueInvalid", "message": message, "field": "metadata.resourceVersion"}]);
-    }
-    e
+    .about_field(
+        def,
+        name,
+        "FieldValueInvalid",
+        message,
+        "metadata.resourceVersion",
+    )
 }
 
 fn update(

@@ -78,16 +78,8 @@ pub fn fields(
 ) {
     match value {
         Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                if top && matches!(k.as_str(), "apiVersion" | "kind") {
-                    continue;
-                }
-                if path.len() == 1
-                    && path[0] == Elem::F("metadata".into())
-                    && UNOWNED_META.contains(&k.as_str())
-                {
-                    continue;
-                }
+            let metadata = is_metadata(path);
+            for (k, v) in map.iter().filter(|(k, _)| is_owned(k, top, metadata)) {
                 path.push(Elem::F(k.clone()));
                 fields(v, child_schema(schema, k), path, out, false);
                 path.pop();
@@ -113,26 +105,28 @@ pub fn fields(
     }
 }
 
+/// Whether `path` is the object's `metadata`.
+fn is_metadata(path: &Path) -> bool {
+    path.len() == 1 && path[0] == Elem::F("metadata".into())
+}
+
+/// Whether field `k` of an object has an owner: not `apiVersion` and `kind` at the top, nor the
+/// fields of `metadata` nobody owns.
+fn is_owned(k: &str, top: bool, metadata: bool) -> bool {
+    !((top && matches!(k, "apiVersion" | "kind")) || (metadata && UNOWNED_META.contains(&k)))
+}
+
 /// The maps (objects with fields) in `value` below its top level, but `metadata` itself: what
 /// an update that adds one owns as well as its fields.
 fn map_nodes(value: &Value, schema: Option<&Value>, path: &mut Path, out: &mut FieldSet) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             let top = path.is_empty();
-            let metadata = path.len() == 1 && path[0] == Elem::F("metadata".into());
+            let metadata = is_metadata(path);
             if !top && !metadata {
                 out.insert(path.clone());
             }
-            for (k, v) in map {
-                if top && matches!(k.as_str(), "apiVersion" | "kind") {
-                    continue;
-                }
-                if path.len() == 1
-                    && path[0] == Elem::F("metadata".into())
-                    && UNOWNED_META.contains(&k.as_str())
-                {
-                    continue;
-                }
+            for (k, v) in map.iter().filter(|(k, _)| is_owned(k, top, metadata)) {
                 path.push(Elem::F(k.clone()));
                 map_nodes(v, child_schema(schema, k), path, out);
                 path.pop();
