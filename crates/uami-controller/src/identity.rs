@@ -403,3 +403,55 @@ async fn write_status(
         .await
         .map_err(crate::error::ReconcileError::kube("PatchStatus"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity_object() -> UserAssignedIdentity {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "uami.dev/v1alpha1", "kind": "UserAssignedIdentity",
+            "metadata": {"name": "app", "namespace": "team-a", "generation": 2},
+            "spec": {"resourceGroup": "DevTest", "location": "eastus"},
+        }))
+        .expect("identity")
+    }
+
+    fn ready_of(status: &UserAssignedIdentityStatus) -> (String, String) {
+        let c = conditions::find(&status.conditions, types::READY).expect("Ready");
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn settle_reports_the_ids_and_a_refused_export_before_a_recreation() {
+        let obj = identity_object();
+        let at = IdentityCoordinates::new("s", "DevTest", "app");
+        let found = Identity {
+            id: at.path(),
+            principal_id: "p2".into(),
+            client_id: "c".into(),
+            tenant_id: "t".into(),
+            ..Default::default()
+        };
+        let plain = settle(&obj, &at, &found, None, None);
+        assert_eq!(plain.principal_id.as_deref(), Some("p2"));
+        assert_eq!(plain.observed_generation, Some(2));
+        assert_eq!(ready_of(&plain), ("True".into(), reasons::READY.into()));
+        let recreated = settle(&obj, &at, &found, Some(Export::Written), Some("p1"));
+        assert_eq!(
+            ready_of(&recreated),
+            ("True".into(), reasons::IDENTITY_RECREATED.into())
+        );
+        let refused = settle(
+            &obj,
+            &at,
+            &found,
+            Some(Export::Refused("taken".into())),
+            Some("p1"),
+        );
+        assert_eq!(
+            ready_of(&refused),
+            ("False".into(), reasons::CONFIG_MAP_CONFLICT.into())
+        );
+    }
+}

@@ -55,10 +55,38 @@ pub enum Outcome {
     },
 }
 
+/// One change queued for a target.
+struct Change {
+    /// The identity's ARM id as the binding gave it.
+    identity_id: String,
+    /// Present or absent.
+    want: Want,
+    /// The bindings reconciled when the write that carries the change finishes.
+    requesters: Vec<ObjectRef<IdentityBinding>>,
+}
+
+/// The changes of one target, by identity id (lowercase).
+type Batch = BTreeMap<String, Change>;
+
+/// One identity on one target, as the outcomes are kept (both lowercase).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct OnTarget {
+    target: String,
+    identity: String,
+}
+
+impl OnTarget {
+    fn new(target: &ComputeTarget, identity_id: &str) -> Self {
+        Self {
+            target: target.key(),
+            identity: identity_id.to_lowercase(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct TargetState {
-    /// identity id (lowercase) -> (id as given, want, requesters).
-    pending: BTreeMap<String, (String, Want, Vec<ObjectRef<IdentityBinding>>)>,
+    pending: Batch,
     running: bool,
 }
 
@@ -105,7 +133,7 @@ pub struct TargetWriter {
     compute: Arc<dyn ComputeApi>,
     config: WriterConfig,
     targets: Mutex<HashMap<String, TargetState>>,
-    outcomes: Mutex<HashMap<(String, String), Outcome>>,
+    outcomes: Mutex<HashMap<OnTarget, Outcome>>,
     notify: mpsc::UnboundedSender<ObjectRef<IdentityBinding>>,
     stop: tokio_util::sync::CancellationToken,
     waiting: OnceLock<WaitingSiblings>,
@@ -149,7 +177,7 @@ impl TargetWriter {
             return false;
         };
         let additions_only = self.targets.lock().get(key).is_some_and(|s| {
-            !s.pending.is_empty() && s.pending.values().all(|(_, w, _)| *w == Want::Present)
+            !s.pending.is_empty() && s.pending.values().all(|c| c.want == Want::Present)
         });
         if !additions_only {
             return false;
@@ -166,7 +194,7 @@ impl TargetWriter {
     pub fn outcome(&self, target: &ComputeTarget, identity_id: &str) -> Option<Outcome> {
         self.outcomes
             .lock()
-            .get(&(target.key(), identity_id.to_lowercase()))
+            .get(&OnTarget::new(target, identity_id))
             .cloned()
     }
 
@@ -174,7 +202,7 @@ impl TargetWriter {
     pub fn forget(&self, target: &ComputeTarget, identity_id: &str) {
         self.outcomes
             .lock()
-            .remove(&(target.key(), identity_id.to_lowercase()));
+            .remove(&OnTarget::new(target, identity_id));
     }
 
     /// Ask for `identity_id` to be `want` on `target`; `requester` is reconciled when the write
@@ -190,17 +218,18 @@ impl TargetWriter {
         let id_key = identity_id.to_lowercase();
         self.outcomes
             .lock()
-            .insert((key.clone(), id_key.clone()), Outcome::Pending);
+            .insert(OnTarget::new(target, identity_id), Outcome::Pending);
         let start = {
             let mut targets = self.targets.lock();
             let state = targets.entry(key.clone()).or_default();
-            let entry = state
-                .pending
-                .entry(id_key)
-                .or_insert_with(|| (identity_id.to_string(), want, Vec::new()));
-            entry.1 = want;
-            if !entry.2.contains(&requester) {
-                entry.2.push(requester);
+            let entry = state.pending.entry(id_key).or_insert_with(|| Change {
+                identity_id: identity_id.to_string(),
+                want,
+                requesters: Vec::new(),
+            });
+            entry.want = want;
+            if !entry.requesters.contains(&requester) {
+                entry.requesters.push(requester);
             }
             if state.running {
                 false
@@ -294,7 +323,7 @@ impl TargetWriter {
                 {
                     tracing::warn!(target = %target.id(), code = e.code(), error = %e, changes = batch.len(), "identity write refused; writing each change on its own");
                     for (id_key, entry) in batch {
-                        let requesters = entry.2.clone();
+                        let requesters = entry.requesters.clone();
                         let single = BTreeMap::from([(id_key.clone(), entry)]);
                         let alone = tokio::select! {
                             _ = self.stop.cancelled() => return,
@@ -305,8 +334,8 @@ impl TargetWriter {
                 }
                 other => {
                     let outcome = self.outcome_of(&target, other);
-                    for (id_key, (_, _, requesters)) in batch {
-                        results.push((id_key, requesters, outcome.clone()));
+                    for (id_key, change) in batch {
+                        results.push((id_key, change.requesters, outcome.clone()));
                     }
                 }
             }
@@ -318,7 +347,11 @@ impl TargetWriter {
                     .get(&key)
                     .is_some_and(|s| s.pending.contains_key(&id_key));
                 if !still_pending {
-                    self.outcomes.lock().insert((key.clone(), id_key), outcome);
+                    let on = OnTarget {
+                        target: key.clone(),
+                        identity: id_key,
+                    };
+                    self.outcomes.lock().insert(on, outcome);
                 }
                 for r in requesters {
                     let _ = self.notify.send(r);
@@ -344,21 +377,15 @@ impl TargetWriter {
         }
     }
 
-    async fn write(
-        &self,
-        target: &ComputeTarget,
-        batch: &BTreeMap<String, (String, Want, Vec<ObjectRef<IdentityBinding>>)>,
-    ) -> Result<(), WriteError> {
-        let add: Vec<String> = batch
-            .values()
-            .filter(|(_, w, _)| *w == Want::Present)
-            .map(|(id, _, _)| id.clone())
-            .collect();
-        let remove: Vec<String> = batch
-            .values()
-            .filter(|(_, w, _)| *w == Want::Absent)
-            .map(|(id, _, _)| id.clone())
-            .collect();
+    async fn write(&self, target: &ComputeTarget, batch: &Batch) -> Result<(), WriteError> {
+        let ids = |want: Want| -> Vec<String> {
+            batch
+                .values()
+                .filter(|c| c.want == want)
+                .map(|c| c.identity_id.clone())
+                .collect()
+        };
+        let (add, remove) = (ids(Want::Present), ids(Want::Absent));
         let mut attempt = 0;
         loop {
             let Some(current) = self.compute.get_compute(target).await? else {
