@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use super::context::Context;
 use uami_api::conditions::{self, types};
 use uami_azure::federated::IdentityCoordinates;
-use uami_kube::status::{Conditioned, mark};
+use uami_kube::status::{Conditioned, set};
 use uami_telemetry::metrics::QuotaMetrics;
 
 /// Azure's role assignments per subscription.
@@ -267,7 +267,7 @@ pub fn condition_for(
 /// Set (or clear, `None`) the `Budget` condition of a status.
 pub fn set_budget<S: Conditioned>(status: &mut S, budget: Option<&(String, String)>) {
     match budget {
-        Some((reason, message)) => mark(status, types::BUDGET, false, reason, message),
+        Some((reason, message)) => set(status, types::BUDGET, false, reason, message),
         None => status.conditions_mut().retain(|c| c.type_ != types::BUDGET),
     }
 }

@@ -40,7 +40,7 @@ pub const FINALIZER: &str = "uami.dev/identity";
 
 impl Kind for UserAssignedIdentity {
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
-    const OWNED: &'static [&'static str] = OWNED;
+    const OWNED_FIELDS: &'static [&'static str] = OWNED_FIELDS;
 
     /// An identity's status is left as it is when an ARM step fails: its Ready condition
     /// changes only on an answer (created, refused, waiting for dependents).
@@ -250,7 +250,7 @@ fn settle(
             NewCondition::new(types::READY, true, reasons::READY, exists)
         }
     };
-    status::set(&mut status.conditions, obj.metadata.generation, ready);
+    status::set_in(&mut status.conditions, obj.metadata.generation, ready);
     status
 }
 
@@ -377,7 +377,7 @@ fn not_ready(
 ) -> UserAssignedIdentityStatus {
     let mut status = obj.status.clone().unwrap_or_default();
     status.observed_generation = obj.metadata.generation;
-    status::set(
+    status::set_in(
         &mut status.conditions,
         obj.metadata.generation,
         NewCondition::new(types::READY, false, reason, message),
@@ -386,7 +386,7 @@ fn not_ready(
 }
 
 /// The status fields the controller owns.
-const OWNED: &[&str] = &[
+const OWNED_FIELDS: &[&str] = &[
     "resourceId",
     "clientId",
     "principalId",
@@ -399,7 +399,7 @@ async fn write_status(
     ctx: &Context,
     status: UserAssignedIdentityStatus,
 ) -> Result<(), ReconcileError> {
-    status::write(&ctx.client, obj, &status, OWNED)
+    status::write(&ctx.client, obj, &status, OWNED_FIELDS)
         .await
         .map_err(crate::error::ReconcileError::kube("PatchStatus"))
 }

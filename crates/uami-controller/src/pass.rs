@@ -22,7 +22,7 @@ pub trait Kind: Reported {
     /// The finalizer kube's helper adds for the kind (`None`: the kind adds its own, or none).
     const FINALIZER: Option<&'static str>;
     /// The status fields the controller owns.
-    const OWNED: &'static [&'static str];
+    const OWNED_FIELDS: &'static [&'static str];
     /// The status that shows a failed ARM step (`reason`, `message`); `None` leaves the status
     /// as it is.
     fn failed_status(&self, reason: &str, message: &str) -> Option<Self::Status>;
@@ -73,7 +73,7 @@ where
             && let Some(failed) = obj.failed_status(&arm_reason(source), &e.to_string())
         {
             // Best effort: the error itself is what the controller acts on.
-            let _ = status::write(&ctx.client, &*obj, &failed, K::OWNED).await;
+            let _ = status::write(&ctx.client, &*obj, &failed, K::OWNED_FIELDS).await;
         }
         if result.is_ok() {
             passing::passed(&ctx, &*obj);

@@ -56,7 +56,7 @@ pub fn forbidden(def: &ResourceDef, name: &str, ns: &str) -> ApiError {
     )
 }
 
-/// `DELETE` of a namespace: mark it Terminating, delete its content with `delete_one` (the
+/// `DELETE` of a namespace: set it Terminating, delete its content with `delete_one` (the
 /// server's delete path, so finalizers hold objects), and finish when empty.
 pub fn delete_namespace(
     store: &mut Store,

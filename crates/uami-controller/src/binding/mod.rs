@@ -41,7 +41,7 @@ use uami_api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};
 pub const FINALIZER: &str = "uami.dev/binding";
 
 /// The status fields the controller owns on a binding to a VM or scale set.
-pub(super) const OWNED: &[&str] = &[
+pub(super) const OWNED_FIELDS: &[&str] = &[
     "targetResourceId",
     "assigned",
     "adopted",
@@ -55,7 +55,7 @@ impl Kind for IdentityBinding {
     // [`reconcile_target`]); one to a service account through kube's helper, before anything
     // else, and its next pass reads the object again.
     const FINALIZER: Option<&'static str> = None;
-    const OWNED: &'static [&'static str] = OWNED;
+    const OWNED_FIELDS: &'static [&'static str] = OWNED_FIELDS;
 
     fn failed_status(&self, reason: &str, message: &str) -> Option<IdentityBindingStatus> {
         Some(plan::not_ready(self, types::READY, reason, message))
@@ -155,7 +155,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
                 label_target(&obj, ctx, &e.target).await?;
             }
             let settled = with_inputs(plan::settle(&obj, &e, &found));
-            let action = conclude(ctx, &*obj, settled, OWNED).await?;
+            let action = conclude(ctx, &*obj, settled, OWNED_FIELDS).await?;
             let want = match found {
                 Found::Submit { .. } => Some(Want::Present),
                 Found::Replace => Some(Want::Absent),
@@ -169,7 +169,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             return Ok(action);
         }
     };
-    conclude(ctx, &*obj, report, OWNED).await
+    conclude(ctx, &*obj, report, OWNED_FIELDS).await
 }
 
 /// Where the identity stands on the target, from the writer and ARM; records that this

@@ -15,7 +15,7 @@ use super::super::memo::{ObjectKey, Run};
 use super::super::meta_patch::{MetaMerge, MetaPatch};
 use super::super::policy;
 use super::super::target_writer::{Outcome, Want};
-use super::OWNED;
+use super::OWNED_FIELDS;
 use super::plan::{Removal, not_ready, target_of};
 use uami_api::IdentityBinding;
 use uami_api::binding::{TARGET_LABEL, target_label_value};
@@ -196,7 +196,7 @@ pub(super) async fn remove_identity(
                 &code,
                 &format!("removing the identity failed: {message}"),
             );
-            status::write(&ctx.client, obj, &status, OWNED)
+            status::write(&ctx.client, obj, &status, OWNED_FIELDS)
                 .await
                 .map_err(crate::error::ReconcileError::kube("PatchStatus"))?;
             return Err(ReconcileError::Waiting {

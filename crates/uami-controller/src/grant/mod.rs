@@ -33,13 +33,13 @@ use revoke::{expected, find_matching, revoke};
 use uami_api::conditions::types;
 use uami_api::{DeletionPolicy, RoleGrant, RoleGrantStatus};
 use uami_azure::roles::NewRoleAssignment;
-use uami_kube::status::mark;
+use uami_kube::status::set;
 
 /// Finalizer of grants.
 pub const FINALIZER: &str = "uami.dev/grant";
 
 /// The status fields the controller owns.
-const OWNED: &[&str] = &[
+const OWNED_FIELDS: &[&str] = &[
     "scope",
     "roleAssignmentId",
     "roleDefinitionId",
@@ -50,11 +50,11 @@ const OWNED: &[&str] = &[
 
 impl Kind for RoleGrant {
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
-    const OWNED: &'static [&'static str] = OWNED;
+    const OWNED_FIELDS: &'static [&'static str] = OWNED_FIELDS;
 
     fn failed_status(&self, reason: &str, message: &str) -> Option<RoleGrantStatus> {
         let mut status = plan::base(self);
-        mark(&mut status, types::READY, false, reason, message);
+        set(&mut status, types::READY, false, reason, message);
         Some(status)
     }
 }
@@ -141,7 +141,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             plan::budgeted(&obj, &e, report, room, created)
         }
     };
-    conclude(ctx, &*obj, report, OWNED).await
+    conclude(ctx, &*obj, report, OWNED_FIELDS).await
 }
 
 /// The identity was deleted and created again: the assignment this grant made for the old

@@ -11,7 +11,7 @@ use uami_api::IdentityBinding;
 
 /// The binding whose identity `obj`'s service account `sa` in `ns` should name, when it is
 /// another binding's (`Ok(None)`: this binding annotates); `Err` with the message when
-/// bindings, `obj` among them, mark different identities as the default. Wakes the other
+/// bindings, `obj` among them, set different identities as the default. Wakes the other
 /// bindings when the default changed.
 pub(super) fn default_binding(
     ctx: &Context,

@@ -36,7 +36,7 @@ pub use credential::IdentityLocks;
 use credential::{Ensured, annotate, ensure_credential, remove_trust};
 pub use defaults::Defaults;
 use defaults::{default_of, wake_on_new_choice};
-use summary::{summary, wait, waiting, write_status};
+use summary::{summary, waiting, write_status, write_waiting};
 pub use token_check::TokenChecks;
 use token_check::check_token;
 use uami_api::{DeletionPolicy, IdentityBinding};
@@ -201,9 +201,14 @@ async fn resolve(
     let Some(wl) = ctx.settings.workload.clone() else {
         let message = "the controller runs without --oidc-issuer: service account bindings need the cluster's OIDC issuer URL";
         let next = Next::AwaitChange;
-        return Ok(Err(
-            wait(obj, ctx, reasons::NO_OIDC_ISSUER, message, next).await?
-        ));
+        return Ok(Err(write_waiting(
+            obj,
+            ctx,
+            reasons::NO_OIDC_ISSUER,
+            message,
+            next,
+        )
+        .await?));
     };
     let identity_name = &obj.spec.identity_ref.name;
     // The credential is written on the identity as Azure has it (its spec's coordinates, its
@@ -230,9 +235,14 @@ async fn resolve(
     let id = match id {
         Ok(id) => id,
         Err((reason, message)) => {
-            return Ok(Err(
-                wait(obj, ctx, reason, &message, Next::After(WAIT)).await?
-            ));
+            return Ok(Err(write_waiting(
+                obj,
+                ctx,
+                reason,
+                &message,
+                Next::After(WAIT),
+            )
+            .await?));
         }
     };
     if let Decision::Denied(message) = policy::check_service_account_binding(
@@ -256,7 +266,7 @@ async fn resolve(
             )
             .await;
             let next = Next::Resync;
-            return Ok(Err(wait(
+            return Ok(Err(write_waiting(
                 obj,
                 ctx,
                 reasons::DEFAULT_CONFLICT,
@@ -275,7 +285,7 @@ async fn resolve(
         let message = format!("ServiceAccount {sa} does not exist in namespace {ns}");
         let next = Next::After(WAIT_FOR_SERVICE_ACCOUNT);
         let reason = reasons::SERVICE_ACCOUNT_NOT_FOUND;
-        return Ok(Err(wait(obj, ctx, reason, &message, next).await?));
+        return Ok(Err(write_waiting(obj, ctx, reason, &message, next).await?));
     };
     Ok(Ok(Resolved {
         wl,
@@ -355,7 +365,9 @@ async fn ensure(
             );
             let reason = reasons::FEDERATED_CREDENTIAL_LIMIT;
             warn_once(ctx, obj, reason, "CreateFederatedCredential", &message).await;
-            return Ok(Err(wait(obj, ctx, reason, &message, Next::Resync).await?));
+            return Ok(Err(
+                write_waiting(obj, ctx, reason, &message, Next::Resync).await?
+            ));
         }
     };
     if r.default_binding.is_none() {

@@ -211,7 +211,7 @@ pub fn concurrent_write(identity: &str) -> (StatusCode, Value) {
     )
 }
 
-/// Marks a write on one identity in progress; the mark goes when this is dropped (also when the
+/// Marks a write on one identity in progress; the set goes when this is dropped (also when the
 /// request is abandoned).
 pub struct WriteGuard<'a> {
     inner: &'a Inner,
