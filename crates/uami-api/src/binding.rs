@@ -119,67 +119,62 @@ pub fn default_token_resource() -> String {
     "https://management.azure.com/".to_string()
 }
 
-/// Observed state of the binding.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IdentityBindingStatus {
-    /// The generation of the spec that this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Conditions: `Assigned` (controller), `TokenAcquired` (the agent, or the controller's token
-    /// exchange for a service account), `Ready` (at most 16, keyed by type).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "conditions_schema")]
-    pub conditions: Conditions,
-    /// ARM resource id of the VM or scale set; for a service account, of the federated identity
-    /// credential.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    pub target_resource_id: Option<String>,
-    /// Whether the identity is currently assigned to the target in Azure (for a service account:
-    /// the federated identity credential exists and the service account is annotated).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assigned: Option<bool>,
-    /// True when the identity was already assigned to the target before this binding assigned
-    /// it: the controller then never removes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adopted: Option<bool>,
-    /// Name of the federated identity credential on the identity (service account targets).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    pub federated_credential_name: Option<String>,
-    /// Metadata of the token the agent obtained through IMDS on a VM, or the controller obtained
-    /// by exchanging a service account token (`checkedBy: token-exchange`); never the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<TokenStatus>,
-    /// Per-instance token metadata for a scale set, keyed by instance id (at most 100).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
-    #[schemars(length(max = 100))]
-    pub instances: Vec<InstanceTokenStatus>,
-    /// VM and scale set targets: the client id of the identity as Azure has it, which the agent
-    /// on the target asks IMDS for (written by the controller).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    pub client_id: Option<String>,
-    /// VM and scale set targets: the scopes granted to the identity by RoleGrants with
-    /// `verifyAccess` that the agent on the target reads with the identity's token (written by
-    /// the controller, at most 64; sorted by grant name).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
-    #[schemars(length(max = 64))]
-    pub access_checks: Vec<AccessCheck>,
-    /// The agent's last check that failed for a passing reason (IMDS unavailable or throttled,
-    /// an identity IMDS does not know yet): the last verified result stays, and this says why
-    /// it was not renewed. Cleared by the next check that succeeds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_check_error: Option<CheckError>,
-    /// Service account targets: each scope granted to the identity (by RoleGrants with
-    /// `verifyAccess`), read with the exchanged token (at most 100).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
-    #[schemars(length(max = 100))]
-    pub access: Vec<ScopeAccess>,
+kind_status! {
+    /// Observed state of the binding.
+    pub struct IdentityBindingStatus {
+        /// Conditions: `Assigned` (controller), `TokenAcquired` (the agent, or the controller's token
+        /// exchange for a service account), `Ready` (at most 16, keyed by type).
+        conditions,
+        /// ARM resource id of the VM or scale set; for a service account, of the federated identity
+        /// credential.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 2048))]
+        pub target_resource_id: Option<String>,
+        /// Whether the identity is currently assigned to the target in Azure (for a service account:
+        /// the federated identity credential exists and the service account is annotated).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub assigned: Option<bool>,
+        /// True when the identity was already assigned to the target before this binding assigned
+        /// it: the controller then never removes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub adopted: Option<bool>,
+        /// Name of the federated identity credential on the identity (service account targets).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 128))]
+        pub federated_credential_name: Option<String>,
+        /// Metadata of the token the agent obtained through IMDS on a VM, or the controller obtained
+        /// by exchanging a service account token (`checkedBy: token-exchange`); never the token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub token: Option<TokenStatus>,
+        /// Per-instance token metadata for a scale set, keyed by instance id (at most 100).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
+        #[schemars(length(max = 100))]
+        pub instances: Vec<InstanceTokenStatus>,
+        /// VM and scale set targets: the client id of the identity as Azure has it, which the agent
+        /// on the target asks IMDS for (written by the controller).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 64))]
+        pub client_id: Option<String>,
+        /// VM and scale set targets: the scopes granted to the identity by RoleGrants with
+        /// `verifyAccess` that the agent on the target reads with the identity's token (written by
+        /// the controller, at most 64; sorted by grant name).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+        #[schemars(length(max = 64))]
+        pub access_checks: Vec<AccessCheck>,
+        /// The agent's last check that failed for a passing reason (IMDS unavailable or throttled,
+        /// an identity IMDS does not know yet): the last verified result stays, and this says why
+        /// it was not renewed. Cleared by the next check that succeeds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_check_error: Option<CheckError>,
+        /// Service account targets: each scope granted to the identity (by RoleGrants with
+        /// `verifyAccess`), read with the exchanged token (at most 100).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+        #[schemars(length(max = 100))]
+        pub access: Vec<ScopeAccess>,
+    }
 }
 
 /// A scope the agent reads with the identity's token, and the grant that granted it.

@@ -113,6 +113,34 @@ pub fn exactly_one_rule(fields: &[&str]) -> Rule {
         .message(format!("exactly one of {named} must be set").as_str())
 }
 
+/// Declares the status of a kind: `observedGeneration` and the conditions first (documented at
+/// the placeholder `conditions,`), then the kind's own fields.
+macro_rules! kind_status {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $(#[$conditions_doc:meta])*
+            conditions,
+            $($fields:tt)*
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            /// The generation of the spec that this status describes.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub observed_generation: Option<i64>,
+            $(#[$conditions_doc])*
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            #[schemars(schema_with = "conditions_schema")]
+            pub conditions: Conditions,
+            $($fields)*
+        }
+    };
+}
+pub(crate) use kind_status;
+
 /// What happens in Azure when the Kubernetes object is deleted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {

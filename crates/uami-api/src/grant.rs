@@ -108,46 +108,41 @@ pub struct SubscriptionScope {
     pub subscription_id: String,
 }
 
-/// Observed state of the role assignment.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RoleGrantStatus {
-    /// The generation of the spec that this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Conditions: `Granted` (controller), `AccessVerified` (agent), `Ready` (at most 16, keyed by
-    /// type).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "conditions_schema")]
-    pub conditions: Conditions,
-    /// The ARM scope the role is assigned at.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    pub scope: Option<String>,
-    /// ARM id of the role assignment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    pub role_assignment_id: Option<String>,
-    /// ARM id of the resolved role definition.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    pub role_definition_id: Option<String>,
-    /// Principal id the role is assigned to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    pub principal_id: Option<String>,
-    /// True when the assignment already existed under another name and was adopted: the
-    /// controller never deletes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adopted: Option<bool>,
-    /// Result of the agent's access check (never the token).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access: Option<AccessStatus>,
-    /// The agent's last access check that failed for a passing reason (a server error, a
-    /// dropped connection, throttling): `AccessVerified` keeps the last definitive result, and
-    /// this says why it was not renewed. Cleared by the next check that gets an answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_check_error: Option<CheckError>,
+kind_status! {
+    /// Observed state of the role assignment.
+    pub struct RoleGrantStatus {
+        /// Conditions: `Granted` (controller), `AccessVerified` (agent), `Ready` (at most 16, keyed by
+        /// type).
+        conditions,
+        /// The ARM scope the role is assigned at.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 2048))]
+        pub scope: Option<String>,
+        /// ARM id of the role assignment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 2048))]
+        pub role_assignment_id: Option<String>,
+        /// ARM id of the resolved role definition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 2048))]
+        pub role_definition_id: Option<String>,
+        /// Principal id the role is assigned to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 128))]
+        pub principal_id: Option<String>,
+        /// True when the assignment already existed under another name and was adopted: the
+        /// controller never deletes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub adopted: Option<bool>,
+        /// Result of the agent's access check (never the token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub access: Option<AccessStatus>,
+        /// The agent's last access check that failed for a passing reason (a server error, a
+        /// dropped connection, throttling): `AccessVerified` keeps the last definitive result, and
+        /// this says why it was not renewed. Cleared by the next check that gets an answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_check_error: Option<CheckError>,
+    }
 }
 
 /// Result of reading the granted scope with the identity's token.

@@ -82,33 +82,28 @@ pub struct ExportTo {
     pub config_map: String,
 }
 
-/// Observed state of the identity in Azure.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UserAssignedIdentityStatus {
-    /// The generation of the spec that this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Conditions: `Ready` (at most 16, keyed by type).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "conditions_schema")]
-    pub conditions: Conditions,
-    /// ARM resource id of the identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    pub resource_id: Option<String>,
-    /// Client (application) id: what IMDS takes as `client_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    pub client_id: Option<String>,
-    /// Principal (object) id of the identity's service principal: what role assignments name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    pub principal_id: Option<String>,
-    /// Tenant id of the identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    pub tenant_id: Option<String>,
+kind_status! {
+    /// Observed state of the identity in Azure.
+    pub struct UserAssignedIdentityStatus {
+        /// Conditions: `Ready` (at most 16, keyed by type).
+        conditions,
+        /// ARM resource id of the identity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 2048))]
+        pub resource_id: Option<String>,
+        /// Client (application) id: what IMDS takes as `client_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 128))]
+        pub client_id: Option<String>,
+        /// Principal (object) id of the identity's service principal: what role assignments name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 128))]
+        pub principal_id: Option<String>,
+        /// Tenant id of the identity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 128))]
+        pub tenant_id: Option<String>,
+    }
 }
 
 impl UserAssignedIdentity {
