@@ -172,3 +172,27 @@ fn the_production_image_builds_without_the_embedded_world() {
     let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
     assert!(manifest.contains("default = [\"embedded\"]"));
 }
+
+#[test]
+fn no_rust_file_is_over_600_lines() {
+    // One file, one responsibility a reader can hold: a file past 600 lines is split by what its
+    // parts do (the suite's own long files keep their parts in `tests/<name>/`).
+    fn walk(dir: &Path, out: &mut Vec<(String, usize)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+                out.push((path.display().to_string(), lines));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for dir in ["src", "crates", "tests", "benches"] {
+        walk(&Path::new(ROOT).join(dir), &mut files);
+    }
+    assert!(files.len() > 100, "the walk found {} files", files.len());
+    let long: Vec<_> = files.into_iter().filter(|(_, n)| *n > 600).collect();
+    assert!(long.is_empty(), "files over 600 lines: {long:?}");
+}

@@ -11,12 +11,27 @@
 
 use super::context::Context;
 use super::error::ReconcileError;
-use super::identity::{coordinates, owner_value};
+use super::identity::plan::{owned, owner_value};
 use super::memo::ObjectKey;
 use kube::ResourceExt;
 use uami_api::UserAssignedIdentity;
 use uami_azure::federated::IdentityCoordinates;
 use uami_azure::identity::Identity;
+
+/// Where the identity of `obj` lives in Azure, from its spec (the subscription defaults to the
+/// controller's); `None` without a subscription.
+pub fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<IdentityCoordinates> {
+    let subscription = obj
+        .spec
+        .subscription_id
+        .clone()
+        .or_else(|| ctx.settings.default_subscription.clone())?;
+    Some(IdentityCoordinates {
+        subscription,
+        resource_group: obj.spec.resource_group.clone(),
+        name: obj.azure_name(),
+    })
+}
 
 /// An identity as ARM returned it, proven to belong to its object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +87,7 @@ pub fn owned_by(ctx: &Context, obj: &UserAssignedIdentity, identity: &Identity) 
         &obj.namespace().unwrap_or_default(),
         &obj.name_any(),
     );
-    super::identity::owned(&identity.tags, &owner, &obj.uid().unwrap_or_default())
+    owned(&identity.tags, &owner, &obj.uid().unwrap_or_default())
 }
 
 /// Record what the identity reconciler read or created for `obj` (`None`: it is not, or no

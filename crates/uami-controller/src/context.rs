@@ -92,7 +92,7 @@ pub struct Context {
     /// The token checks of service account bindings, run off the reconcile.
     pub token_checks: super::workload::TokenChecks,
     /// Azure's quotas as counted.
-    pub budgets: super::budget::Budgets,
+    pub budgets: super::budget::ledger::Budgets,
     /// The service account defaults last decided (see [`super::workload`]).
     pub sa_defaults: super::workload::Defaults,
     /// What is remembered of each object between its passes.
@@ -123,8 +123,10 @@ impl Context {
             instance: None,
         };
         let recorder = Recorder::new(client.clone(), reporter.clone());
-        let budgets =
-            super::budget::Budgets::new(settings.role_assignment_limit, metrics.quota.clone());
+        let budgets = super::budget::ledger::Budgets::new(
+            settings.role_assignment_limit,
+            metrics.quota.clone(),
+        );
         Self {
             budgets,
             client,
@@ -158,7 +160,7 @@ impl Context {
         } else {
             Recorder::new(self.client.clone(), self.reporter.clone())
         };
-        super::outcome::send_event(
+        uami_kube::events::send_event(
             &recorder,
             &obj.object_ref(&()),
             warning,

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as FinalizerEvent;
 
-use super::azure_identity::{self, AzureIdentity};
+use super::azure_identity::{self, AzureIdentity, coordinates};
 use super::context::Context;
 use super::error::ReconcileError;
 use super::memo::{Fingerprint, ObjectKey};
@@ -30,7 +30,7 @@ use uami_azure::identity::Identity;
 use uami_kube::status::{self, Reported, ready_reason_is};
 
 mod export;
-mod plan;
+pub mod plan;
 
 use export::{Export, export_config_map};
 pub use plan::{ADOPTED_TAG, OWNER_TAG, OWNER_UID_TAG, Plan, owned, owner_value, plan};
@@ -61,21 +61,6 @@ pub async fn reconcile(
         }
     })
     .await
-}
-
-/// Where the identity of `obj` lives in Azure, from its spec (the subscription defaults to the
-/// controller's); `None` without a subscription.
-pub fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<IdentityCoordinates> {
-    let subscription = obj
-        .spec
-        .subscription_id
-        .clone()
-        .or_else(|| ctx.settings.default_subscription.clone())?;
-    Some(IdentityCoordinates {
-        subscription,
-        resource_group: obj.spec.resource_group.clone(),
-        name: obj.azure_name(),
-    })
 }
 
 /// Resolve, plan, ensure, settle: the apply side of a pass.

@@ -8,9 +8,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::super::azure_identity::coordinates;
 use super::super::context::Context;
 use super::super::error::{ReconcileError, backoff};
-use super::super::identity::coordinates;
 use super::super::memo::{ObjectKey, Run};
 use super::super::meta_patch::{MetaMerge, MetaPatch};
 use super::super::policy;
