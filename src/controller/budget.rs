@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::context::Context;
-use super::status::{Conditioned, mark};
+use super::status::{Conditioned, set};
 use crate::api::conditions::{self, types};
 use crate::azure::federated::IdentityCoordinates;
 use crate::telemetry::metrics::QuotaMetrics;
@@ -267,7 +267,7 @@ pub fn condition_for(
 /// Set (or clear, `None`) the `Budget` condition of a status.
 pub fn set_budget<S: Conditioned>(status: &mut S, budget: Option<&(String, String)>) {
     match budget {
-        Some((reason, message)) => mark(status, types::BUDGET, false, reason, message),
+        Some((reason, message)) => set(status, types::BUDGET, false, reason, message),
         None => status.conditions_mut().retain(|c| c.type_ != types::BUDGET),
     }
 }

@@ -342,7 +342,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         ),
         _ => ready,
     };
-    status::set(&mut status.conditions, obj.metadata.generation, ready);
+    status::set_in(&mut status.conditions, obj.metadata.generation, ready);
     write_status(&obj, ctx, status).await?;
     ctx.mark_checked(&key, fingerprint);
     Ok(Action::requeue(ctx.settings.jittered_resync()))
@@ -558,7 +558,7 @@ fn not_ready(
 ) -> UserAssignedIdentityStatus {
     let mut status = obj.status.clone().unwrap_or_default();
     status.observed_generation = obj.metadata.generation;
-    status::set(
+    status::set_in(
         &mut status.conditions,
         obj.metadata.generation,
         NewCondition::new(types::READY, false, reason, message),
@@ -567,7 +567,7 @@ fn not_ready(
 }
 
 /// The status fields the controller owns.
-const OWNED: &[&str] = &[
+const OWNED_FIELDS: &[&str] = &[
     "resourceId",
     "clientId",
     "principalId",
@@ -580,7 +580,7 @@ async fn write_status(
     ctx: &Context,
     status: UserAssignedIdentityStatus,
 ) -> Result<(), ReconcileError> {
-    status::write(&ctx.client, obj, &status, OWNED).await
+    status::write(&ctx.client, obj, &status, OWNED_FIELDS).await
 }
 
 #[cfg(test)]

@@ -77,15 +77,15 @@ reported!(UserAssignedIdentity, UserAssignedIdentityStatus);
 reported!(IdentityBinding, IdentityBindingStatus);
 reported!(RoleGrant, RoleGrantStatus);
 
-/// Merge `c` into `conditions` for `generation` (the object's `metadata.generation`).
-pub fn set(conditions: &mut Vec<Condition>, generation: Option<i64>, c: NewCondition) {
+/// Set `c` in `conditions` for `generation` (the object's `metadata.generation`).
+pub fn set_in(conditions: &mut Vec<Condition>, generation: Option<i64>, c: NewCondition) {
     set_condition(conditions, c, generation, now());
 }
 
 /// Set condition `type_` of `status` (True when `ok`) for the generation the status describes.
-pub fn mark<S: Conditioned>(status: &mut S, type_: &str, ok: bool, reason: &str, message: &str) {
+pub fn set<S: Conditioned>(status: &mut S, type_: &str, ok: bool, reason: &str, message: &str) {
     let generation = status.generation();
-    set(
+    set_in(
         status.conditions_mut(),
         generation,
         NewCondition::new(type_, ok, reason, message),
@@ -94,9 +94,9 @@ pub fn mark<S: Conditioned>(status: &mut S, type_: &str, ok: bool, reason: &str,
 
 /// Set each condition of `types` of `status` False with `reason`: what an object waiting for
 /// something reports.
-pub fn mark_false<S: Conditioned>(status: &mut S, types: &[&str], reason: &str, message: &str) {
+pub fn set_false<S: Conditioned>(status: &mut S, types: &[&str], reason: &str, message: &str) {
     for type_ in types {
-        mark(status, type_, false, reason, message);
+        set(status, type_, false, reason, message);
     }
 }
 
@@ -156,7 +156,7 @@ pub fn own_condition(
         .filter(|x| x.type_ == c.type_)
         .cloned()
         .collect();
-    set(&mut own, generation, c);
+    set_in(&mut own, generation, c);
     own
 }
 

@@ -40,7 +40,7 @@ use removal::{
 pub const FINALIZER: &str = "uami.dev/binding";
 
 /// The status fields the controller owns on a binding to a VM or scale set.
-pub(super) const OWNED: &[&str] = &[
+pub(super) const OWNED_FIELDS: &[&str] = &[
     "targetResourceId",
     "assigned",
     "adopted",
@@ -71,7 +71,7 @@ pub async fn reconcile(
     {
         let reason = arm_reason(source);
         let status = plan::not_ready(&obj, types::READY, &reason, &e.to_string());
-        let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
+        let _ = status::write(&ctx.client, &*obj, &status, OWNED_FIELDS).await;
     }
     if result.is_ok() {
         status::passed(&ctx, &*obj);
@@ -153,7 +153,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
                 label_target(&obj, ctx, &e.target).await?;
             }
             let settled = with_inputs(plan::settle(&obj, &e, &found));
-            let action = conclude(ctx, &*obj, settled, OWNED).await?;
+            let action = conclude(ctx, &*obj, settled, OWNED_FIELDS).await?;
             let want = match found {
                 Found::Submit { .. } => Some(Want::Present),
                 Found::Replace => Some(Want::Absent),
@@ -167,7 +167,7 @@ async fn apply(obj: Arc<IdentityBinding>, ctx: &Context) -> Result<Action, Recon
             return Ok(action);
         }
     };
-    conclude(ctx, &*obj, report, OWNED).await
+    conclude(ctx, &*obj, report, OWNED_FIELDS).await
 }
 
 /// Where the identity stands on the target, from the writer and ARM; records that this

@@ -12,7 +12,7 @@ use super::super::error::backoff;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision};
 use super::super::reasons;
-use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
+use super::super::status::{own_conditions, ready_reason_is, set, set_false};
 use super::recorded_identity;
 use super::removal::recorded;
 use crate::api::binding::{AccessCheck, AccessPlane};
@@ -23,7 +23,7 @@ use crate::api::{
 use crate::azure::compute::{ComputeTarget, TargetKind};
 
 /// Conditions this controller writes on a binding (the agent writes `TokenAcquired`).
-const OWN: &[&str] = &[types::ASSIGNED, types::READY];
+const OWNED_CONDITIONS: &[&str] = &[types::ASSIGNED, types::READY];
 
 /// The target of a binding, with the subscription resolved.
 pub fn target_of(
@@ -234,7 +234,7 @@ pub fn settle(obj: &IdentityBinding, e: &Ensure, found: &Found) -> Report<Identi
                 format!("{code}: {message}"),
             );
             let mut status = not_ready(obj, types::ASSIGNED, code, message);
-            mark(&mut status, types::READY, false, code, message);
+            set(&mut status, types::READY, false, code, message);
             status.target_resource_id = Some(target.id());
             let next = if *retryable {
                 Next::After(backoff(attempts.saturating_sub(1), *retry_after))
@@ -297,7 +297,7 @@ pub fn revoked(
 ) -> Report<IdentityBindingStatus> {
     let mut status = not_ready(obj, types::ASSIGNED, reasons::DENIED_BY_POLICY, message);
     status.target_resource_id = Some(target.id());
-    mark(
+    set(
         &mut status,
         types::READY,
         false,
@@ -436,8 +436,8 @@ pub fn not_ready(
     reason: &str,
     message: &str,
 ) -> IdentityBindingStatus {
-    let mut status = base_with(obj, OWN);
-    mark(&mut status, type_, false, reason, message);
+    let mut status = base_with(obj, OWNED_CONDITIONS);
+    set(&mut status, type_, false, reason, message);
     status
 }
 
@@ -447,9 +447,9 @@ fn waiting(
     reason: &str,
     message: &str,
 ) -> IdentityBindingStatus {
-    let mut status = base_with(obj, OWN);
+    let mut status = base_with(obj, OWNED_CONDITIONS);
     status.target_resource_id = Some(target.id());
-    mark_false(
+    set_false(
         &mut status,
         &[types::ASSIGNED, types::READY],
         reason,
@@ -464,7 +464,7 @@ fn assigning(obj: &IdentityBinding, target: &ComputeTarget) -> IdentityBindingSt
 }
 
 fn assigned(obj: &IdentityBinding, target: &ComputeTarget, adopted: bool) -> IdentityBindingStatus {
-    let mut status = base_with(obj, OWN);
+    let mut status = base_with(obj, OWNED_CONDITIONS);
     status.assigned = Some(true);
     status.adopted = Some(adopted);
     status.target_resource_id = Some(target.id());
@@ -476,7 +476,7 @@ fn assigned(obj: &IdentityBinding, target: &ComputeTarget, adopted: bool) -> Ide
     } else {
         format!("the identity is assigned to {}", target.id())
     };
-    mark(
+    set(
         &mut status,
         types::ASSIGNED,
         true,
@@ -506,6 +506,6 @@ fn assigned(obj: &IdentityBinding, target: &ComputeTarget, adopted: bool) -> Ide
                 .to_string(),
         ),
     };
-    mark(&mut status, types::READY, ok, &reason, &message);
+    set(&mut status, types::READY, ok, &reason, &message);
     status
 }

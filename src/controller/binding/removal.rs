@@ -14,7 +14,7 @@ use super::super::identity::coordinates;
 use super::super::policy;
 use super::super::status::{self, FIELD_MANAGER};
 use super::super::target_writer::{Outcome, Want};
-use super::OWNED;
+use super::OWNED_FIELDS;
 use super::plan::{Removal, not_ready, target_of};
 use crate::api::IdentityBinding;
 use crate::api::binding::{TARGET_LABEL, target_label_value};
@@ -245,7 +245,7 @@ pub(super) async fn remove_identity(
                 &code,
                 &format!("removing the identity failed: {message}"),
             );
-            status::write(&ctx.client, obj, &status, OWNED).await?;
+            status::write(&ctx.client, obj, &status, OWNED_FIELDS).await?;
             return Err(ReconcileError::Waiting {
                 step: "UnassignIdentity",
                 message: format!(

@@ -25,7 +25,7 @@ use super::context::{Context, object_key};
 use super::error::ReconcileError;
 use super::outcome::{Next, Report, conclude, finalized};
 use super::reasons;
-use super::status::{self, arm_reason, mark};
+use super::status::{self, arm_reason, set};
 use crate::api::conditions::types;
 use crate::api::{DeletionPolicy, RoleGrant};
 use crate::azure::roles::NewRoleAssignment;
@@ -37,7 +37,7 @@ use revoke::{expected, find_matching, revoke};
 pub const FINALIZER: &str = "uami.dev/grant";
 
 /// The status fields the controller owns.
-const OWNED: &[&str] = &[
+const OWNED_FIELDS: &[&str] = &[
     "scope",
     "roleAssignmentId",
     "roleDefinitionId",
@@ -60,8 +60,8 @@ pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action,
     {
         let mut status = plan::base(&obj);
         let reason = arm_reason(source);
-        mark(&mut status, types::READY, false, &reason, &e.to_string());
-        let _ = status::write(&ctx.client, &*obj, &status, OWNED).await;
+        set(&mut status, types::READY, false, &reason, &e.to_string());
+        let _ = status::write(&ctx.client, &*obj, &status, OWNED_FIELDS).await;
     }
     if result.is_ok() {
         status::passed(&ctx, &*obj);
@@ -140,7 +140,7 @@ async fn apply(obj: Arc<RoleGrant>, ctx: &Context) -> Result<Action, ReconcileEr
             plan::budgeted(&obj, &e, report, room, created)
         }
     };
-    conclude(ctx, &*obj, report, OWNED).await
+    conclude(ctx, &*obj, report, OWNED_FIELDS).await
 }
 
 /// The identity was deleted and created again: the assignment this grant made for the old

@@ -12,14 +12,14 @@ use super::super::error::backoff;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision, ResolvedRole};
 use super::super::reasons;
-use super::super::status::{mark, mark_false, own_conditions, ready_reason_is};
+use super::super::status::{own_conditions, ready_reason_is, set, set_false};
 use crate::api::conditions::{self, types};
 use crate::api::{GrantPolicy, RoleGrant, RoleGrantStatus, UserAssignedIdentity};
 use crate::azure::roles::{RoleAssignment, RoleDefinition, assignment_name, role_definition_guid};
 use crate::azure::scope::ArmScope;
 
 /// Conditions this controller writes on a grant (the agent writes `AccessVerified`).
-const OWN: &[&str] = &[types::GRANTED, types::READY, types::BUDGET];
+const OWNED_CONDITIONS: &[&str] = &[types::GRANTED, types::READY, types::BUDGET];
 
 /// Consecutive `PrincipalNotFound` answers retried with backoff before the grant waits for the
 /// next resync instead (Entra replication normally takes seconds, rarely minutes).
@@ -178,7 +178,7 @@ pub fn resolve(
     let scope = match scope_of(obj, default_subscription) {
         Ok(scope) => scope,
         Err(ScopeProblem::NoSubscription) => {
-            return Err(wait(
+            return Err(report_waiting(
                 obj,
                 reasons::NO_SUBSCRIPTION,
                 "the scope has no subscriptionId and the controller has no default subscription"
@@ -188,7 +188,7 @@ pub fn resolve(
             ));
         }
         Err(ScopeProblem::Invalid(message)) => {
-            return Err(wait(
+            return Err(report_waiting(
                 obj,
                 reasons::INVALID_SCOPE,
                 message,
@@ -203,7 +203,7 @@ pub fn resolve(
     let Some(identity) = identity else {
         let message =
             format!("UserAssignedIdentity {identity_name} does not exist in namespace {ns}");
-        return Err(wait(
+        return Err(report_waiting(
             obj,
             reasons::IDENTITY_NOT_FOUND,
             message,
@@ -221,7 +221,7 @@ pub fn resolve(
             return Err(Plan::Report(Report::quiet()));
         }
         let message = format!("UserAssignedIdentity {identity_name} has no principalId yet");
-        return Err(wait(
+        return Err(report_waiting(
             obj,
             reasons::WAITING_FOR_IDENTITY,
             message,
@@ -255,7 +255,7 @@ pub fn plan(
             "role {} is not a role definition in subscription {subscription}",
             obj.spec.role
         );
-        return wait(
+        return report_waiting(
             obj,
             reasons::ROLE_NOT_FOUND,
             message,
@@ -484,7 +484,7 @@ pub fn denied_note(
 
 /// Not granted: `Granted` and `Ready` False with `reason`; a Warning Event from `step` when the
 /// reason is new.
-fn wait(
+fn report_waiting(
     obj: &RoleGrant,
     reason: &str,
     message: String,
@@ -502,7 +502,7 @@ pub fn base(obj: &RoleGrant) -> RoleGrantStatus {
     let current = obj.status.as_ref();
     RoleGrantStatus {
         observed_generation: obj.metadata.generation,
-        conditions: own_conditions(obj, OWN),
+        conditions: own_conditions(obj, OWNED_CONDITIONS),
         scope: current.and_then(|s| s.scope.clone()),
         role_assignment_id: current.and_then(|s| s.role_assignment_id.clone()),
         role_definition_id: current.and_then(|s| s.role_definition_id.clone()),
@@ -515,7 +515,7 @@ pub fn base(obj: &RoleGrant) -> RoleGrantStatus {
 
 fn waiting(obj: &RoleGrant, reason: &str, message: &str) -> RoleGrantStatus {
     let mut status = base(obj);
-    mark_false(
+    set_false(
         &mut status,
         &[types::GRANTED, types::READY],
         reason,
@@ -546,7 +546,7 @@ fn granted(
     } else {
         format!("{} is assigned at {scope}", role.role_name)
     };
-    mark(
+    set(
         &mut status,
         types::GRANTED,
         true,
@@ -562,6 +562,6 @@ fn granted(
             None => (false, reasons::AWAITING_ACCESS_CHECK.to_string(), "granted; waiting for an agent on a VM bound to this identity to verify access (or set verifyAccess: false)".to_string()),
         }
     };
-    mark(&mut status, types::READY, ok, &reason, &message);
+    set(&mut status, types::READY, ok, &reason, &message);
     status
 }

@@ -33,7 +33,7 @@ use crate::api::{DeletionPolicy, IdentityBinding};
 use crate::azure::federated::FederatedCredential;
 pub use credential::IdentityLocks;
 use credential::{Ensured, annotate, ensure_credential, remove_trust};
-use summary::{summary, wait, waiting, write_status};
+use summary::{summary, waiting, write_status, write_waiting};
 pub use token_check::TokenChecks;
 use token_check::check_token;
 
@@ -122,7 +122,7 @@ pub async fn apply(
     let resync = Action::requeue(ctx.settings.jittered_resync());
     let Some(wl) = ctx.settings.workload.clone() else {
         let message = "the controller runs without --oidc-issuer: service account bindings need the cluster's OIDC issuer URL";
-        return wait(
+        return write_waiting(
             &obj,
             ctx,
             reasons::NO_OIDC_ISSUER,
@@ -156,7 +156,7 @@ pub async fn apply(
     let id = match id {
         Ok(id) => id,
         Err((reason, message)) => {
-            return wait(&obj, ctx, reason, &message, Next::After(WAIT)).await;
+            return write_waiting(&obj, ctx, reason, &message, Next::After(WAIT)).await;
         }
     };
     if let Decision::Denied(message) = policy::check_service_account_binding(
@@ -221,7 +221,8 @@ pub async fn apply(
                 &message,
             )
             .await;
-            return wait(&obj, ctx, reasons::DEFAULT_CONFLICT, &message, Next::Resync).await;
+            return write_waiting(&obj, ctx, reasons::DEFAULT_CONFLICT, &message, Next::Resync)
+                .await;
         }
         Some(DefaultChoice::Default(name, identity)) if *identity != *identity_name => {
             Some(name.clone())
@@ -239,7 +240,7 @@ pub async fn apply(
     else {
         let message = format!("ServiceAccount {sa} does not exist in namespace {ns}");
         let next = Next::After(WAIT_FOR_SERVICE_ACCOUNT);
-        return wait(
+        return write_waiting(
             &obj,
             ctx,
             reasons::SERVICE_ACCOUNT_NOT_FOUND,
@@ -291,7 +292,7 @@ pub async fn apply(
                 &message,
             )
             .await;
-            return wait(
+            return write_waiting(
                 &obj,
                 ctx,
                 reasons::FEDERATED_CREDENTIAL_LIMIT,

@@ -16,7 +16,7 @@ use crate::api::{IdentityBinding, IdentityBindingStatus};
 use crate::azure::federated::FederatedCredential;
 
 /// Conditions this controller writes on a service account binding.
-const OWN: &[&str] = &[types::ASSIGNED, types::TOKEN_ACQUIRED, types::READY];
+const OWNED_CONDITIONS: &[&str] = &[types::ASSIGNED, types::TOKEN_ACQUIRED, types::READY];
 
 pub(super) fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
     let current = obj.status.as_ref();
@@ -24,18 +24,18 @@ pub(super) fn base(obj: &IdentityBinding) -> IdentityBindingStatus {
         federated_credential_name: current.and_then(|s| s.federated_credential_name.clone()),
         token: current.and_then(|s| s.token.clone()),
         access: current.map(|s| s.access.clone()).unwrap_or_default(),
-        ..base_with(obj, OWN)
+        ..base_with(obj, OWNED_CONDITIONS)
     }
 }
 
 fn set(obj: &IdentityBinding, status: &mut IdentityBindingStatus, c: NewCondition) {
-    status::set(&mut status.conditions, obj.metadata.generation, c);
+    status::set_in(&mut status.conditions, obj.metadata.generation, c);
 }
 
 /// Not assigned (yet): `Assigned` and `Ready` False with `reason`.
 pub(super) fn waiting(obj: &IdentityBinding, reason: &str, message: &str) -> IdentityBindingStatus {
     let mut status = base(obj);
-    status::mark_false(
+    status::set_false(
         &mut status,
         &[types::ASSIGNED, types::READY],
         reason,
@@ -115,7 +115,7 @@ pub(super) fn summary(
 }
 
 /// The status fields the controller owns on a service account binding.
-const OWNED: &[&str] = &[
+const OWNED_FIELDS: &[&str] = &[
     "targetResourceId",
     "assigned",
     "adopted",
@@ -126,7 +126,7 @@ const OWNED: &[&str] = &[
 ];
 
 /// Write the status of a binding that waits for `reason`, and look again `next`.
-pub(super) async fn wait(
+pub(super) async fn write_waiting(
     obj: &IdentityBinding,
     ctx: &Context,
     reason: &str,
@@ -142,5 +142,5 @@ pub(super) async fn write_status(
     ctx: &Context,
     status: IdentityBindingStatus,
 ) -> Result<(), ReconcileError> {
-    status::write(&ctx.client, obj, &status, OWNED).await
+    status::write(&ctx.client, obj, &status, OWNED_FIELDS).await
 }
