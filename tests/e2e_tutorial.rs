@@ -510,17 +510,29 @@ async fn on_a_real_api_server_the_controller_is_ready_only_once_its_caches_have_
     readiness_after_sync(opts).await;
 }
 
-/// A controller whose user may not list anything yet answers 503 on `/readyz`; once RBAC lets
-/// it list and its caches sync, 200.
-async fn readiness_after_sync(mut opts: uami_controller::demo::stack::StackOptions) {
+/// A controller started with `client` (under leader election as `holder`, when given) whose
+/// admin endpoints serve its readiness: their base URL, its stop and its task.
+async fn served_controller(
+    stack: &Stack,
+    client: kube::Client,
+    holder: Option<&str>,
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    use uami_controller::controller::leader::LeaseConfig;
     use uami_controller::demo::stack::controller_options;
     use uami_controller::telemetry::admin;
-    opts.controller = false;
-    opts.agents = false;
-    let stack = Stack::start(opts).await.unwrap();
-    let user = "uami-late-controller";
-    let client = stack.cluster.client_for_user(user, &[]).unwrap();
-    let controller_opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
+    let mut controller_opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
+    controller_opts.lease = holder.map(|h| {
+        LeaseConfig::new(
+            "uami-controller-readiness",
+            "default",
+            h,
+            Duration::from_secs(4),
+        )
+    });
     let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let readiness = state.clone();
@@ -537,11 +549,27 @@ async fn readiness_after_sync(mut opts: uami_controller::demo::stack::StackOptio
     })
     .await
     .unwrap();
-    let url = format!("http://{addr}/readyz");
-    let probe = || async { reqwest::get(&url).await.unwrap().status().as_u16() };
+    (format!("http://{addr}"), stop, handle)
+}
+
+/// The status of `GET {base}{path}`, and its body.
+async fn get(base: &str, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A controller whose user may not list anything yet answers 503 on `/readyz`; once RBAC lets
+/// it list and its caches sync, 200.
+async fn readiness_after_sync(mut opts: uami_controller::demo::stack::StackOptions) {
+    opts.controller = false;
+    opts.agents = false;
+    let stack = Stack::start(opts).await.unwrap();
+    let user = "uami-late-controller";
+    let client = stack.cluster.client_for_user(user, &[]).unwrap();
+    let (base, stop, handle) = served_controller(&stack, client, None).await;
     // The caches cannot sync: every list is forbidden.
     for _ in 0..6 {
-        assert_eq!(probe().await, 503);
+        assert_eq!(get(&base, "/readyz").await.0, 503);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stack
@@ -551,7 +579,7 @@ async fn readiness_after_sync(mut opts: uami_controller::demo::stack::StackOptio
         .await
         .unwrap();
     eventually(60, "/readyz answering 200", || async {
-        (probe().await == 200).then_some(())
+        (get(&base, "/readyz").await.0 == 200).then_some(())
     })
     .await;
     stop.cancel();
@@ -561,5 +589,46 @@ async fn readiness_after_sync(mut opts: uami_controller::demo::stack::StackOptio
         kube::Api::all(stack.client());
     let _ = role_bindings.delete(user, &DeleteParams::default()).await;
     let _ = roles.delete(user, &DeleteParams::default()).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_ready_once_it_knows_another_replica_leads() {
+    standby_readiness(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_a_standby_is_ready_once_it_knows_another_replica_leads() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
+        return;
+    };
+    standby_readiness(opts).await;
+}
+
+/// Under leader election, the leader is ready once its caches have synced, and a second replica
+/// once the Lease tells it the first one leads: it does not lead, and is ready to take over.
+async fn standby_readiness(mut opts: uami_controller::demo::stack::StackOptions) {
+    opts.controller = false;
+    opts.agents = false;
+    let stack = Stack::start(opts).await.unwrap();
+    let leader = stack.cluster.client_as("controller-a").unwrap();
+    let (a, stop_a, handle_a) = served_controller(&stack, leader, Some("a")).await;
+    eventually(30, "the leader ready", || async {
+        (get(&a, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(get(&a, "/metrics").await.1.contains("uami_leader 1"));
+    let standby = stack.cluster.client_as("controller-b").unwrap();
+    let (b, stop_b, handle_b) = served_controller(&stack, standby, Some("b")).await;
+    eventually(30, "the standby ready", || async {
+        (get(&b, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(get(&b, "/metrics").await.1.contains("uami_leader 0"));
+    for (stop, handle) in [(stop_b, handle_b), (stop_a, handle_a)] {
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+    }
     stack.stop().await;
 }
