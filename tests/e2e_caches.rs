@@ -1,0 +1,276 @@
+//! The controller's caches, on the sandbox and on a real API server: an object the API server
+//! accepted and the controller cannot read is reported and left alone while everything else is
+//! reconciled; `/readyz` answers 200 only once the caches have synced and leadership is settled.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use kube::api::{DeleteParams, ListParams};
+use serde_json::json;
+use support::*;
+use uami::demo::stack::Stack;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_the_controller_cannot_read_is_reported_and_the_others_reconcile() {
+    unreadable_object(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_an_object_the_controller_cannot_read_is_reported() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_caches", &mut opts).await else {
+        return;
+    };
+    unreadable_object(opts).await;
+}
+
+/// A binding that the API server accepts and the controller's types cannot read is there before
+/// the controller and the agent start: it gets a Warning Event and is left alone, and the
+/// tutorial's objects (which need both the controller's and the agent's caches) reach Ready.
+async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+    use uami_api::IdentityBinding;
+    use uami_api::binding::{TARGET_LABEL, target_label_value};
+    use uami_emulator::world::TUTORIAL_SUBSCRIPTION;
+    opts.controller = false;
+    opts.agents = false;
+    let mut stack = Stack::start(opts).await.unwrap();
+    stack.apply_yaml(&tutorial_yaml()).await.unwrap();
+    // Labelled with myVM's target, so the agent of myVM watches it too.
+    let target = format!(
+        "/subscriptions/{TUTORIAL_SUBSCRIPTION}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM"
+    );
+    let name = "unreadable";
+    stack
+        .apply_yaml(&format!(
+            "apiVersion: uami.dev/v1alpha1\nkind: IdentityBinding\nmetadata: {{name: {name}, namespace: {TUTORIAL}, labels: {{{TARGET_LABEL}: '{}'}}}}\nspec: {{identityRef: {{name: {TUTORIAL_IDENTITY}}}, target: {{virtualMachine: {{resourceGroup: DevTest, name: myVM}}}}}}\n",
+            target_label_value(&target)
+        ))
+        .await
+        .unwrap();
+    // `httpStatus` is an int32 in the schema as in the type, so the API server refuses a value
+    // beyond it...
+    let raw: kube::Api<DynamicObject> = kube::Api::namespaced_with(
+        stack.client(),
+        TUTORIAL,
+        &ApiResource::erase::<IdentityBinding>(&()),
+    );
+    let status = json!({"status": {"access": [{
+        "roleGrant": TUTORIAL_GRANT, "scope": "/subscriptions/x", "verified": false,
+        "httpStatus": 9_999_999_999_i64,
+    }]}});
+    let write = || async {
+        raw.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+    };
+    match write().await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(
+                e.message.contains(
+                    "Checked value must be of type integer with format int32 in access[0].httpStatus"
+                ),
+                "{e:?}"
+            );
+        }
+        other => panic!("an int32 beyond its range was taken: {other:?}"),
+    }
+    // ... but not while the schema says nothing of its format: the object stays as it was
+    // written when the format is back (an object written before a schema change).
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(stack.client());
+    let crd = "identitybindings.uami.dev";
+    let format = "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/access/items/properties/httpStatus/format";
+    let crds = &crds;
+    let schema_edit = |op: serde_json::Value| async move {
+        let patch: json_patch::Patch = serde_json::from_value(json!([op])).unwrap();
+        crds.patch(crd, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+            .unwrap();
+    };
+    schema_edit(json!({"op": "remove", "path": format})).await;
+    // The API server takes the new schema a moment later.
+    eventually(30, "the status written without the format", || async {
+        write().await.ok()
+    })
+    .await;
+    schema_edit(json!({"op": "add", "path": format, "value": "int32"})).await;
+    assert!(
+        bindings(&stack, TUTORIAL).get(name).await.is_err(),
+        "the typed client cannot read it"
+    );
+
+    let controller = Controller::start(&stack, None);
+    stack.start_agent("myVM").await.unwrap();
+    tutorial_ready(&stack, 90).await;
+
+    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
+    let reported = eventually(30, "an InvalidObject event on the binding", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("InvalidObject")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+    })
+    .await;
+    assert_eq!(reported.type_.as_deref(), Some("Warning"));
+    let note = reported.note.unwrap_or_default();
+    assert!(
+        note.contains("IdentityBinding") && note.contains("9999999999"),
+        "{note}"
+    );
+    // Left alone: no finalizer, no status of the controller.
+    let left = raw.get(name).await.unwrap();
+    assert!(
+        left.metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(left.data["status"].get("conditions").is_none(), "{left:?}");
+
+    raw.delete(name, &DeleteParams::default()).await.unwrap();
+    controller.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_is_ready_only_once_its_caches_have_synced() {
+    readiness_after_sync(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_the_controller_is_ready_only_once_its_caches_have_synced() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_caches", &mut opts).await else {
+        return;
+    };
+    readiness_after_sync(opts).await;
+}
+
+/// A controller started with `client` (under leader election as `holder`, when given) whose
+/// admin endpoints serve its readiness: their base URL, its stop and its task.
+async fn served_controller(
+    stack: &Stack,
+    client: kube::Client,
+    holder: Option<&str>,
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    use uami::demo::stack::controller_options;
+    use uami_controller::leader::LeaseConfig;
+    use uami_telemetry::admin;
+    let mut controller_opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
+    controller_opts.lease = holder.map(|h| {
+        LeaseConfig::new(
+            "uami-controller-readiness",
+            "default",
+            h,
+            Duration::from_secs(4),
+        )
+    });
+    let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let readiness = state.clone();
+    let handle = uami_controller::app::start(
+        client,
+        controller_opts,
+        &mut state.registry.lock(),
+        stop.clone(),
+        move |ready| readiness.set_ready(ready),
+    );
+    let s = stop.clone();
+    let addr = admin::serve("127.0.0.1:0".parse().unwrap(), state, async move {
+        s.cancelled().await
+    })
+    .await
+    .unwrap();
+    (format!("http://{addr}"), stop, handle)
+}
+
+/// The status of `GET {base}{path}`, and its body.
+async fn get(base: &str, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A controller whose user may not list anything yet answers 503 on `/readyz`; once RBAC lets
+/// it list and its caches sync, 200.
+async fn readiness_after_sync(mut opts: uami::demo::stack::StackOptions) {
+    opts.controller = false;
+    opts.agents = false;
+    let stack = Stack::start(opts).await.unwrap();
+    let user = "uami-late-controller";
+    let client = stack.cluster.client_for_user(user, &[]).unwrap();
+    let (base, stop, handle) = served_controller(&stack, client, None).await;
+    // The caches cannot sync: every list is forbidden.
+    for _ in 0..6 {
+        assert_eq!(get(&base, "/readyz").await.0, 503);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stack
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {user}}}\nrules: [{{apiGroups: ['*'], resources: ['*'], verbs: ['*']}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {user}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {user}}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+        ))
+        .await
+        .unwrap();
+    eventually(60, "/readyz answering 200", || async {
+        (get(&base, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+    let roles: kube::Api<k8s_openapi::api::rbac::v1::ClusterRole> = kube::Api::all(stack.client());
+    let role_bindings: kube::Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+        kube::Api::all(stack.client());
+    let _ = role_bindings.delete(user, &DeleteParams::default()).await;
+    let _ = roles.delete(user, &DeleteParams::default()).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_ready_once_it_knows_another_replica_leads() {
+    standby_readiness(tutorial_options(Duration::from_secs(2), 1.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_a_standby_is_ready_once_it_knows_another_replica_leads() {
+    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
+    let Some(_turn) = on_real_apiserver("e2e_caches", &mut opts).await else {
+        return;
+    };
+    standby_readiness(opts).await;
+}
+
+/// Under leader election, the leader is ready once its caches have synced, and a second replica
+/// once the Lease tells it the first one leads: it does not lead, and is ready to take over.
+async fn standby_readiness(mut opts: uami::demo::stack::StackOptions) {
+    opts.controller = false;
+    opts.agents = false;
+    let stack = Stack::start(opts).await.unwrap();
+    let leader = stack.cluster.client_as("controller-a").unwrap();
+    let (a, stop_a, handle_a) = served_controller(&stack, leader, Some("a")).await;
+    eventually(30, "the leader ready", || async {
+        (get(&a, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(get(&a, "/metrics").await.1.contains("uami_leader 1"));
+    let standby = stack.cluster.client_as("controller-b").unwrap();
+    let (b, stop_b, handle_b) = served_controller(&stack, standby, Some("b")).await;
+    eventually(30, "the standby ready", || async {
+        (get(&b, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(get(&b, "/metrics").await.1.contains("uami_leader 0"));
+    for (stop, handle) in [(stop_b, handle_b), (stop_a, handle_a)] {
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+    }
+    stack.stop().await;
+}
