@@ -29,7 +29,7 @@ pub struct Settings {
     /// Period of the drift check, before jitter.
     pub resync_period: Duration,
     /// Service account bindings (workload identity); `None` without `--oidc-issuer`.
-    pub workload: Option<super::workload::WorkloadSettings>,
+    pub workload: Option<super::workload::state::WorkloadSettings>,
     /// Role assignments allowed per subscription before grants are refused (Azure's fixed
     /// limit, or lower to leave headroom for others).
     pub role_assignment_limit: usize,
@@ -88,13 +88,13 @@ pub struct Context {
     pub recorder: Recorder,
     reporter: Reporter,
     /// One federated identity credential writer at a time per identity.
-    pub fic_locks: super::workload::IdentityLocks,
+    pub fic_locks: super::workload::state::IdentityLocks,
     /// The token checks of service account bindings, run off the reconcile.
-    pub token_checks: super::workload::TokenChecks,
+    pub token_checks: super::workload::state::TokenChecks,
     /// Azure's quotas as counted.
     pub budgets: super::budget::ledger::Budgets,
     /// The service account defaults last decided (see [`super::workload`]).
-    pub sa_defaults: super::workload::Defaults,
+    pub sa_defaults: super::workload::state::Defaults,
     /// What is remembered of each object between its passes.
     pub memo: Memo,
     roles: Mutex<HashMap<RoleKey, (RoleDefinition, Instant)>>,
@@ -137,9 +137,9 @@ impl Context {
             metrics,
             recorder,
             reporter,
-            fic_locks: super::workload::IdentityLocks::default(),
-            token_checks: super::workload::TokenChecks::default(),
-            sa_defaults: super::workload::Defaults::default(),
+            fic_locks: super::workload::state::IdentityLocks::default(),
+            token_checks: super::workload::state::TokenChecks::default(),
+            sa_defaults: super::workload::state::Defaults::default(),
             memo: Memo::default(),
             roles: Mutex::new(HashMap::new()),
             azure_identities: Mutex::new(HashMap::new()),

@@ -27,12 +27,11 @@ use super::outcome::{conclude, finalized};
 use super::pass::Kind;
 use super::target_writer::{Outcome, Want};
 use super::workload;
-pub use plan::target_of;
-use plan::{Ensure, Found, Plan, Removal};
-pub use removal::{ASSIGNED_ANNOTATION, recorded_identity};
+pub use plan::{ASSIGNED_ANNOTATION, recorded_identity, target_of};
+use plan::{Ensure, Found, Plan, Removal, recorded};
 use removal::{
-    label_target, labelled, owned_identity, read_target, record_identity, recorded,
-    remove_finalizer, remove_identity,
+    label_target, labelled, owned_identity, read_target, record_identity, remove_finalizer,
+    remove_identity,
 };
 use uami_api::conditions::types;
 use uami_api::{DeletionPolicy, IdentityBinding, IdentityBindingStatus};

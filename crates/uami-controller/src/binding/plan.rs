@@ -3,6 +3,7 @@
 //! the target as ARM returned it) to what to do and the status to write. Nothing here reads or
 //! writes anything.
 
+use kube::Resource;
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -13,8 +14,6 @@ use super::super::memo::Fingerprint;
 use super::super::outcome::{Next, Note, Report};
 use super::super::policy::{self, Decision};
 use super::super::reasons;
-use super::recorded_identity;
-use super::removal::recorded;
 use uami_api::binding::{AccessCheck, AccessPlane};
 use uami_api::conditions::{self, types};
 use uami_api::{
@@ -508,4 +507,24 @@ fn assigned(obj: &IdentityBinding, target: &ComputeTarget, adopted: bool) -> Ide
     };
     set(&mut status, types::READY, ok, &reason, &message);
     status
+}
+
+/// Annotation on a binding recording the identity (ARM id) that this controller added to the
+/// binding's target. Only an identity recorded here is ever removed from a VM or scale set. It
+/// lives in the object's metadata, which the agent cannot write (it may patch only the status
+/// subresource, and writes through `/status` ignore metadata), unlike `status.adopted`.
+pub const ASSIGNED_ANNOTATION: &str = "uami.dev/assigned-identity";
+
+/// The identity this controller recorded adding to the target of `obj`, if any.
+pub fn recorded_identity(obj: &IdentityBinding) -> Option<&str> {
+    obj.meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ASSIGNED_ANNOTATION))
+        .map(String::as_str)
+}
+
+/// Whether the record names `identity_id`.
+pub(super) fn recorded(obj: &IdentityBinding, identity_id: &str) -> bool {
+    recorded_identity(obj).is_some_and(|r| r.eq_ignore_ascii_case(identity_id))
 }

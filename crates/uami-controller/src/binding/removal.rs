@@ -16,32 +16,12 @@ use super::super::meta_patch::{MetaMerge, MetaPatch};
 use super::super::policy;
 use super::super::target_writer::{Outcome, Want};
 use super::OWNED_FIELDS;
-use super::plan::{Removal, not_ready, target_of};
+use super::plan::{ASSIGNED_ANNOTATION, Removal, not_ready, recorded_identity, target_of};
 use uami_api::IdentityBinding;
 use uami_api::binding::{TARGET_LABEL, target_label_value};
 use uami_api::conditions::types;
 use uami_azure::compute::{ComputeResource, ComputeTarget};
 use uami_kube::status::{self, FIELD_MANAGER};
-
-/// Annotation on a binding recording the identity (ARM id) that this controller added to the
-/// binding's target. Only an identity recorded here is ever removed from a VM or scale set. It
-/// lives in the object's metadata, which the agent cannot write (it may patch only the status
-/// subresource, and writes through `/status` ignore metadata), unlike `status.adopted`.
-pub const ASSIGNED_ANNOTATION: &str = "uami.dev/assigned-identity";
-
-/// The identity this controller recorded adding to the target of `obj`, if any.
-pub fn recorded_identity(obj: &IdentityBinding) -> Option<&str> {
-    obj.meta()
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ASSIGNED_ANNOTATION))
-        .map(String::as_str)
-}
-
-/// Whether the record names `identity_id`.
-pub(super) fn recorded(obj: &IdentityBinding, identity_id: &str) -> bool {
-    recorded_identity(obj).is_some_and(|r| r.eq_ignore_ascii_case(identity_id))
-}
 
 /// Record (or with `None` forget) that this controller added `identity_id` to the target.
 ///

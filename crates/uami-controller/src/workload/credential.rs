@@ -8,9 +8,6 @@
 //! cluster's issuer for this service account. One with the same trust under another name is
 //! someone else's (`adopted`) and is never deleted.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
-
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -24,47 +21,7 @@ use super::{
     TENANT_ID_ANNOTATION, credential_name, subject,
 };
 use uami_api::IdentityBinding;
-use uami_azure::federated::{FederatedCredential, IdentityCoordinates};
-
-/// One writer at a time per identity: Azure refuses concurrent federated identity credential
-/// writes on one identity (`ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity`).
-/// A lock lives while someone holds or waits for it: the table keeps only weak references, and
-/// drops the dead ones whenever a lock is handed out.
-#[derive(Default)]
-pub struct IdentityLocks {
-    locks: parking_lot::Mutex<HashMap<IdentityCoordinates, Weak<tokio::sync::Mutex<()>>>>,
-}
-
-impl IdentityLocks {
-    /// The lock of the identity at `at` (the same for any spelling of its coordinates).
-    pub fn of(&self, at: &IdentityCoordinates) -> Arc<tokio::sync::Mutex<()>> {
-        let key = IdentityCoordinates::new(
-            &at.subscription.to_lowercase(),
-            &at.resource_group.to_lowercase(),
-            &at.name.to_lowercase(),
-        );
-        let mut locks = self.locks.lock();
-        locks.retain(|_, lock| lock.strong_count() > 0);
-        if let Some(lock) = locks.get(&key).and_then(Weak::upgrade) {
-            return lock;
-        }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        locks.insert(key, Arc::downgrade(&lock));
-        lock
-    }
-
-    /// How many identities have a lock in use.
-    pub fn len(&self) -> usize {
-        let mut locks = self.locks.lock();
-        locks.retain(|_, lock| lock.strong_count() > 0);
-        locks.len()
-    }
-
-    /// Whether no lock is in use.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use uami_azure::federated::FederatedCredential;
 
 /// Whether the credential is in place.
 pub(super) enum Ensured {

@@ -1,12 +1,12 @@
 //! Which binding of a service account names its identity in the service account's client id
 //! annotation (the default), and waking the others when that changes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use kube::{Resource, ResourceExt};
 
 use super::super::context::Context;
+use super::state::DefaultChoice;
 use uami_api::IdentityBinding;
 
 /// The binding whose identity `obj`'s service account `sa` in `ns` should name, when it is
@@ -41,34 +41,6 @@ pub(super) fn default_binding(
         Some(DefaultChoice::Default(..)) | None => Ok(None),
         Some(DefaultChoice::Conflict(_)) => Ok(Some(String::new())),
     }
-}
-
-/// The default last decided for each service account (namespace, name) that has live bindings.
-#[derive(Default)]
-pub struct Defaults {
-    decided: parking_lot::Mutex<HashMap<(String, String), DefaultChoice>>,
-}
-
-impl Defaults {
-    /// Record `choice` as the default of `sa` in `ns`; whether it differs from the last one.
-    fn changed(&self, ns: &str, sa: &str, choice: &Option<DefaultChoice>) -> bool {
-        let key = (ns.to_string(), sa.to_string());
-        let mut decided = self.decided.lock();
-        let before = match choice {
-            Some(c) => decided.insert(key, c.clone()),
-            None => decided.remove(&key),
-        };
-        before != *choice
-    }
-}
-
-/// Which binding's identity the service account's client id annotation names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum DefaultChoice {
-    /// This binding (name, identity): the one marked `default: true`, else the oldest.
-    Default(String, String),
-    /// Bindings (name, identity) of different identities all marked `default: true`.
-    Conflict(Vec<(String, String)>),
 }
 
 /// The live bindings of service account `sa` in `ns`, oldest first.

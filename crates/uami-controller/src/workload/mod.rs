@@ -12,6 +12,7 @@
 
 mod credential;
 mod defaults;
+pub mod state;
 mod summary;
 mod token_check;
 
@@ -32,12 +33,10 @@ use super::memo::{Fingerprint, ObjectKey};
 use super::outcome::{Next, warn_once};
 use super::policy::{self, Decision};
 use super::reasons::{self, DRIFT_DETECTED, REVOKED};
-pub use credential::IdentityLocks;
 use credential::{Ensured, annotate, ensure_credential, remove_trust};
-pub use defaults::Defaults;
 use defaults::{default_of, wake_on_new_choice};
+pub use state::{Defaults, IdentityLocks, TokenChecks, WorkloadSettings};
 use summary::{summary, waiting, write_status, write_waiting};
-pub use token_check::TokenChecks;
 use token_check::check_token;
 use uami_api::{DeletionPolicy, IdentityBinding};
 use uami_azure::federated::FederatedCredential;
@@ -62,21 +61,6 @@ const WAIT: Duration = Duration::from_secs(2);
 /// How soon a binding waiting for its service account looks again (service accounts are not
 /// watched).
 const WAIT_FOR_SERVICE_ACCOUNT: Duration = Duration::from_secs(5);
-
-/// What service account bindings need to know about the cluster and Entra ID.
-#[derive(Clone, Debug)]
-pub struct WorkloadSettings {
-    /// The cluster's OIDC issuer URL, exactly as its tokens carry it in `iss`.
-    pub oidc_issuer: String,
-    /// Entra ID's authority host (`https://login.microsoftonline.com/`).
-    pub authority_host: url::Url,
-    /// The ARM endpoint the granted scopes are read from.
-    pub arm_endpoint: url::Url,
-    /// The data planes grants of data roles are read on.
-    pub data_planes: uami_azure::DataPlanes,
-    /// HTTP client for the exchange and the reads.
-    pub http: reqwest::Client,
-}
 
 /// Whether the binding targets a service account.
 pub fn is_service_account(obj: &IdentityBinding) -> bool {

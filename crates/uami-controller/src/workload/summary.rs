@@ -8,7 +8,7 @@ use super::super::context::Context;
 use super::super::error::ReconcileError;
 use super::super::outcome::Next;
 use super::super::reasons;
-use super::token_check::TokenCheck;
+use super::state::TokenCheck;
 use super::{AzureIdentity, sa_name};
 use uami_api::conditions::{NewCondition, types};
 use uami_api::{IdentityBinding, IdentityBindingStatus};

@@ -6,10 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
-use tokio::sync::Semaphore;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -18,8 +14,8 @@ use kube::{Resource, ResourceExt};
 use secrecy::SecretString;
 
 use super::super::context::Context;
-use super::super::memo::{Fingerprint, ObjectKey};
 use super::super::reasons;
+use super::state::TokenCheck;
 use super::{
     AzureIdentity, CHECKED_BY, EXCHANGE_AUDIENCE, GRANT_FIELD_MANAGER, TOKEN_REQUEST_SECONDS,
     WorkloadSettings,
@@ -32,166 +28,12 @@ use uami_azure::auth::exchange::{exchange_assertion, scope_for};
 use uami_azure::auth::{AuthError, decode_claims};
 use uami_kube::status;
 
-/// The result of the token check.
-#[derive(Clone, Debug)]
-pub(super) struct TokenCheck {
-    pub token: Option<TokenStatus>,
-    pub condition: NewCondition,
-    pub access: Vec<ScopeAccess>,
-    /// Access checks that did not pass and may pass later (not those of scopes the check cannot
-    /// read, which no retry changes).
-    pub pending: usize,
-}
-
-impl TokenCheck {
-    /// Whether the exchange worked and every access that can be checked was verified.
-    pub fn settled(&self) -> bool {
-        self.token.is_some() && self.pending == 0
-    }
-}
-
 fn token_failed(reason: &str, message: String) -> TokenCheck {
     TokenCheck {
         token: None,
         condition: NewCondition::new(types::TOKEN_ACQUIRED, false, reason, message),
         access: Vec::new(),
         pending: 0,
-    }
-}
-
-/// How many token checks run at once: each requests a token, exchanges it and reads up to 100
-/// scopes, off the reconcile, so neither reconcile workers nor ARM's budget wait on them.
-const CONCURRENT_CHECKS: usize = 2;
-/// The first look again after a check that did not settle; it doubles up to the resync.
-const FIRST_RECHECK: Duration = Duration::from_secs(5);
-
-/// The token checks of service account bindings: run in tasks of their own, at most
-/// [`CONCURRENT_CHECKS`] at once, each binding's result kept until its next check, which comes
-/// with backoff while it has not settled and at the resync once it has.
-pub struct TokenChecks {
-    limit: Arc<Semaphore>,
-    state: Mutex<HashMap<ObjectKey, CheckState>>,
-}
-
-impl Default for TokenChecks {
-    fn default() -> Self {
-        Self {
-            limit: Arc::new(Semaphore::new(CONCURRENT_CHECKS)),
-            state: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-struct CheckState {
-    /// What the check was for (identity, credential, resource, generation).
-    fingerprint: Fingerprint,
-    running: bool,
-    last: Option<TokenCheck>,
-    due: Instant,
-    unsettled: u32,
-}
-
-/// What the reconcile of a binding learns from [`TokenChecks::look`].
-pub(super) struct Look {
-    /// The last finished check for the binding's current fingerprint.
-    pub last: Option<TokenCheck>,
-    /// Start a check now (the caller spawns it with [`TokenChecks::run`]).
-    pub start: bool,
-    /// When to look again: the next check is due then (a running one wakes the binding itself).
-    pub again: Duration,
-}
-
-impl TokenChecks {
-    /// The state of `key`'s check at `fingerprint`: its last result, and whether one is due.
-    pub(super) fn look(&self, key: &ObjectKey, fingerprint: Fingerprint, resync: Duration) -> Look {
-        let mut state = self.state.lock();
-        let now = Instant::now();
-        let entry = state.entry(key.clone()).or_insert_with(|| CheckState {
-            fingerprint,
-            running: false,
-            last: None,
-            due: now,
-            unsettled: 0,
-        });
-        if entry.fingerprint != fingerprint && !entry.running {
-            *entry = CheckState {
-                fingerprint,
-                running: false,
-                last: None,
-                due: now,
-                unsettled: 0,
-            };
-        }
-        let start = !entry.running && entry.due <= now;
-        if start {
-            entry.running = true;
-        }
-        Look {
-            last: entry
-                .last
-                .clone()
-                .filter(|_| entry.fingerprint == fingerprint),
-            start,
-            again: if entry.running {
-                resync
-            } else {
-                entry
-                    .due
-                    .saturating_duration_since(now)
-                    .max(Duration::from_secs(1))
-            },
-        }
-    }
-
-    /// Run `check` for `key` when a place is free, keep its result, and wake the binding.
-    pub(super) async fn run<F>(
-        &self,
-        key: ObjectKey,
-        fingerprint: Fingerprint,
-        resync: Duration,
-        check: F,
-    ) where
-        F: std::future::Future<Output = TokenCheck>,
-    {
-        let permit = self.limit.clone().acquire_owned().await;
-        let result = check.await;
-        drop(permit);
-        let mut state = self.state.lock();
-        let Some(entry) = state.get_mut(&key) else {
-            return;
-        };
-        entry.running = false;
-        if entry.fingerprint != fingerprint {
-            // The binding changed meanwhile: its next look checks again at once.
-            entry.due = Instant::now();
-            return;
-        }
-        entry.unsettled = if result.settled() {
-            0
-        } else {
-            entry.unsettled.saturating_add(1)
-        };
-        let backoff = FIRST_RECHECK
-            .saturating_mul(1u32 << entry.unsettled.saturating_sub(1).min(16))
-            .min(resync);
-        entry.due = Instant::now()
-            + if entry.unsettled == 0 {
-                resync
-            } else {
-                backoff
-            };
-        entry.last = Some(result);
-    }
-
-    /// Forget `key` (its binding is gone).
-    pub(super) fn forget(&self, key: &ObjectKey) {
-        self.state.lock().remove(key);
-    }
-
-    /// Keep only the bindings `exists` says are still there (a running check is kept: it ends
-    /// on its own).
-    pub fn retain(&self, exists: impl Fn(&ObjectKey) -> bool) {
-        self.state.lock().retain(|k, c| c.running || exists(k));
     }
 }
 
