@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
 use support::arm::Admin;
@@ -24,6 +25,8 @@ on_sandbox_and_real! {
     /// principal), grants Reader to the new principal and deletes its assignment to the old one, and
     /// the agent's token works again.
     an_identity_deleted_and_created_again_is_assigned_and_granted_again on_a_real_api_server_an_identity_deleted_and_created_again_is_restored recreated_identity;
+    an_object_the_controller_cannot_read_is_reported_and_the_others_reconcile on_a_real_api_server_an_object_the_controller_cannot_read_is_reported unreadable_object;
+    the_controller_is_ready_only_once_its_caches_have_synced on_a_real_api_server_the_controller_is_ready_only_once_its_caches_have_synced readiness_after_sync;
 }
 
 async fn tutorial(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
@@ -210,13 +213,10 @@ async fn tutorial(opts: uami::demo::stack::StackOptions, _real: Option<&envtest:
 }
 
 async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
-    use k8s_openapi::api::events::v1::Event;
     let stack = tutorial_stack(opts).await;
     tutorial_ready(&stack, 60).await;
-    let before = identities(&stack, TUTORIAL)
-        .get(TUTORIAL_IDENTITY)
+    let before = read(&identities(&stack, TUTORIAL), TUTORIAL_IDENTITY)
         .await
-        .unwrap()
         .status
         .unwrap();
     let old_principal = before.principal_id.clone().unwrap();
@@ -273,15 +273,7 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option
         (i.status?.principal_id? == new_principal).then_some(())
     })
     .await;
-    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
-    let recreated = eventually(30, "an IdentityRecreated event", || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("IdentityRecreated")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(TUTORIAL_IDENTITY)
-        })
-    })
-    .await;
+    let recreated = event_about(&stack, "IdentityRecreated", TUTORIAL_IDENTITY).await;
     assert!(recreated.note.unwrap_or_default().contains(&new_principal));
 
     // The VM lists it with the new principal (removed and assigned again).
@@ -343,33 +335,29 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_object_the_controller_cannot_read_is_reported_and_the_others_reconcile() {
-    unreadable_object(tutorial_options(Duration::from_secs(2), 1.0)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_an_object_the_controller_cannot_read_is_reported() {
-    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
-    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
-        return;
-    };
-    unreadable_object(opts).await;
+/// The first Event of the tutorial's namespace with `reason` about object `name` (30 s at most).
+async fn event_about(stack: &Stack, reason: &str, name: &str) -> Event {
+    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
+    eventually(30, &format!("an Event {reason} about {name}"), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+    })
+    .await
 }
 
 /// A binding that the API server accepts and the controller's types cannot read is there before
 /// the controller and the agent start: it gets a Warning Event and is left alone, and the
 /// tutorial's objects (which need both the controller's and the agent's caches) reach Ready.
-async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
-    use k8s_openapi::api::events::v1::Event;
+async fn unreadable_object(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
     use uami_api::IdentityBinding;
     use uami_api::binding::{TARGET_LABEL, target_label_value};
     use uami_emulator::world::TUTORIAL_SUBSCRIPTION;
-    opts.controller = false;
-    opts.agents = false;
-    let mut stack = Stack::start(opts).await.unwrap();
+    let mut stack = bare_stack(opts).await;
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     // Labelled with myVM's target, so the agent of myVM watches it too.
     let target = format!(
@@ -438,15 +426,7 @@ async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
     stack.start_agent("myVM").await.unwrap();
     tutorial_ready(&stack, 90).await;
 
-    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
-    let reported = eventually(30, "an InvalidObject event on the binding", || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("InvalidObject")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-    })
-    .await;
+    let reported = event_about(&stack, "InvalidObject", name).await;
     assert_eq!(reported.type_.as_deref(), Some("Warning"));
     let note = reported.note.unwrap_or_default();
     assert!(
@@ -469,28 +449,15 @@ async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_controller_is_ready_only_once_its_caches_have_synced() {
-    readiness_after_sync(tutorial_options(Duration::from_secs(2), 1.0)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_the_controller_is_ready_only_once_its_caches_have_synced() {
-    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
-    let Some(_turn) = on_real_apiserver("e2e_tutorial", &mut opts).await else {
-        return;
-    };
-    readiness_after_sync(opts).await;
-}
-
 /// A controller whose user may not list anything yet answers 503 on `/readyz`; once RBAC lets
 /// it list and its caches sync, 200.
-async fn readiness_after_sync(mut opts: uami::demo::stack::StackOptions) {
+async fn readiness_after_sync(
+    opts: uami::demo::stack::StackOptions,
+    _real: Option<&envtest::Real>,
+) {
     use uami::demo::stack::controller_options;
     use uami_telemetry::admin;
-    opts.controller = false;
-    opts.agents = false;
-    let stack = Stack::start(opts).await.unwrap();
+    let stack = bare_stack(opts).await;
     let user = "uami-late-controller";
     let client = stack.cluster.client_for_user(user, &[]).unwrap();
     let controller_opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
@@ -504,10 +471,11 @@ async fn readiness_after_sync(mut opts: uami::demo::stack::StackOptions) {
         stop.clone(),
         move |ready| readiness.set_ready(ready),
     );
-    let s = stop.clone();
-    let addr = admin::serve("127.0.0.1:0".parse().unwrap(), state, async move {
-        s.cancelled().await
-    })
+    let addr = admin::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        stop.clone().cancelled_owned(),
+    )
     .await
     .unwrap();
     let url = format!("http://{addr}/readyz");
