@@ -23,7 +23,7 @@ use uami::demo::stack::{Stack, StackOptions};
 use uami_azure::{RoleApi, api_versions, probe_access};
 use uami_emulator::knobs::INNER_ERROR_DUMP;
 use uami_emulator::world::{InitialAssignment, TUTORIAL_SUBSCRIPTION};
-use uami_emulator::{Emulator, Knobs, LroForm, World};
+use uami_emulator::{Emulator, Knobs, LroForm};
 
 const SUB: &str = TUTORIAL_SUBSCRIPTION;
 const CONTROLLER: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
@@ -40,11 +40,8 @@ fn requests(emulator: &Emulator, operation: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_last_user_identity_sends_the_type_alone() {
-    let mut opts = tutorial_options(Duration::from_secs(60), 0.2);
     // A scale set with a system-assigned identity beside the tutorial's VM without one.
-    add_web_scale_set(&mut opts);
-    let stack = tutorial_stack(opts).await;
-    stack.apply_yaml(TUTORIAL_ON_WEB).await.unwrap();
+    let stack = web_stack(tutorial_options(Duration::from_secs(60), 0.2)).await;
     eventually(60, "the identity on myVM and web", || async {
         let s = stack.emulator.state();
         (user_assigned(&s, "myVM") == 1 && user_assigned(&s, "web") == 1).then_some(())
@@ -82,14 +79,8 @@ async fn removing_the_last_user_identity_sends_the_type_alone() {
 
 #[tokio::test]
 async fn compute_refuses_user_identities_next_to_none_or_system_assigned() {
-    let emulator = uami_emulator::start(World::tutorial().unwrap())
-        .await
-        .unwrap();
-    let http = emulator_http(&emulator);
-    let vm = format!(
-        "{}subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2024-11-01",
-        emulator.arm_endpoint()
-    );
+    let emulator = support::arm::tutorial_emulator(|_| {}).await;
+    let admin = Admin::of(&emulator);
     let id = format!(
         "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.ManagedIdentity/userAssignedIdentities/gone"
     );
@@ -98,32 +89,16 @@ async fn compute_refuses_user_identities_next_to_none_or_system_assigned() {
         json!({"identity": {"type": "SystemAssigned", "userAssignedIdentities": {id.clone(): null}}}),
         json!({"identity": {"type": "None", "userAssignedIdentities": {}}}),
     ] {
-        let r = http
-            .patch(&vm)
-            .bearer_auth(emulator.admin_token())
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
-        let v: Value = r.json().await.unwrap();
+        let (status, _, v) = admin.patch_vm("myVM", body.clone()).await;
+        assert_eq!(status, 400, "{body}");
         assert_eq!(v["error"]["code"], "InvalidParameter", "{v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("should not be provided"),
-            "{v}"
-        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("should not be provided"), "{v}");
     }
-    let ok = http
-        .patch(&vm)
-        .bearer_auth(emulator.admin_token())
-        .json(&json!({"identity": {"type": "None"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+    let (status, _, v) = admin
+        .patch_vm("myVM", json!({"identity": {"type": "None"}}))
+        .await;
+    assert_eq!(status, 200, "{v}");
     emulator.shutdown().await;
 }
 
@@ -204,18 +179,11 @@ const SDK_DEFAULTS: &[(&str, &str, &str)] = &[
 
 #[tokio::test]
 async fn current_sdk_api_versions_are_accepted_and_unknown_ones_refused_as_azure_does() {
-    let emulator = uami_emulator::start(World::tutorial().unwrap())
-        .await
-        .unwrap();
+    let emulator = support::arm::tutorial_emulator(|_| {}).await;
     let admin = Admin::of(&emulator);
     for (package, path, version) in SDK_DEFAULTS {
-        let (status, _, v) = admin
-            .send(
-                reqwest::Method::GET,
-                &format!("/subscriptions/{SUB}{path}?api-version={version}"),
-                None,
-                &[],
-            )
+        let (status, v) = admin
+            .answer(&format!("/subscriptions/{SUB}{path}?api-version={version}"))
             .await;
         assert!(
             status == 200 || status == 404,
@@ -223,16 +191,9 @@ async fn current_sdk_api_versions_are_accepted_and_unknown_ones_refused_as_azure
         );
     }
     // A provider's type: NoRegisteredProviderFound, naming the type, its versions and locations.
-    let (status, _, v) = admin
-        .send(
-            reqwest::Method::GET,
-            &format!(
+    let (status, v) = admin.answer(&format!(
                 "/subscriptions/{SUB}/resourceGroups/DevTest/providers/Microsoft.Compute/virtualMachines/myVM?api-version=2099-01-01"
-            ),
-            None,
-            &[],
-        )
-        .await;
+            )).await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["code"], "NoRegisteredProviderFound", "{v}");
     let message = v["error"]["message"].as_str().unwrap();
@@ -247,13 +208,10 @@ async fn current_sdk_api_versions_are_accepted_and_unknown_ones_refused_as_azure
         "{message}"
     );
     // ARM's own types: InvalidApiVersionParameter, the versions newest first.
-    let (status, _, v) = admin
-        .send(
-            reqwest::Method::GET,
-            &format!("/subscriptions/{SUB}/resourcegroups/DevTest?api-version=2099-01-01"),
-            None,
-            &[],
-        )
+    let (status, v) = admin
+        .answer(&format!(
+            "/subscriptions/{SUB}/resourcegroups/DevTest?api-version=2099-01-01"
+        ))
         .await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["code"], "InvalidApiVersionParameter", "{v}");
@@ -269,9 +227,7 @@ async fn current_sdk_api_versions_are_accepted_and_unknown_ones_refused_as_azure
 
 #[tokio::test]
 async fn every_list_is_followed_through_next_link() {
-    let mut world = World::tutorial().unwrap();
-    world.knobs.page_size = 1;
-    let emulator = uami_emulator::start(world).await.unwrap();
+    let emulator = support::arm::tutorial_emulator(|w| w.knobs.page_size = 1).await;
     let client = arm_client(&emulator, emulator.admin_token());
     // The controller's principal holds four role assignments on DevTest: four pages of one.
     let found = client

@@ -251,10 +251,8 @@ async fn kills_while_converging_on_one_vm_lose_no_assignment() {
 async fn passing_faults_and_kills_never_turn_ready_false() {
     let mut s = scenario(seed(33), 30, 1, (8, 0));
     s.faults = Faults {
-        server_error_rate: 0.05,
-        drop_connection_rate: 0.03,
         seed: s.seed,
-        ..Faults::default()
+        ..server_errors_and_drops()
     };
     s.watch = WatchFaults::default();
     let r = run(s, "no-flap").await;
@@ -264,6 +262,15 @@ async fn passing_faults_and_kills_never_turn_ready_false() {
         "faults were injected: {:?}",
         r.injected
     );
+}
+
+/// ARM faults: 5% server errors, 3% dropped connections.
+fn server_errors_and_drops() -> Faults {
+    Faults {
+        server_error_rate: 0.05,
+        drop_connection_rate: 0.03,
+        ..Faults::default()
+    }
 }
 
 /// 20 sets on one VM, 8 kills while converging, no Azure or watch faults.
@@ -298,15 +305,13 @@ async fn on_a_real_api_server_kills_while_converging_on_one_vm_lose_no_assignmen
 async fn kills_while_deleting_under_faults_leave_no_identity_on_the_vm() {
     let mut s = scenario(seed(31), 15, 1, (0, 4));
     s.faults = Faults {
-        server_error_rate: 0.05,
-        drop_connection_rate: 0.03,
         applied_then_drop_rate: 0.03,
         applied_then_error_rate: 0.03,
         principal_not_found_seconds: 8.0,
         another_operation_in_progress: true,
         lro_fail_next: 2,
         seed: s.seed,
-        ..Faults::default()
+        ..server_errors_and_drops()
     };
     s.kill_within = Duration::from_secs(2);
     run(s, "deleting").await;

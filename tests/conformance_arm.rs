@@ -12,18 +12,15 @@ use serde_json::json;
 
 use reqwest::Method;
 use support::arm::Admin;
-use support::armspec::{Specs, validate_journal};
+use support::armspec::{Specs, assert_valid};
 use support::*;
 use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
-use uami_emulator::{Exchange, Knobs, LroForm, World};
+use uami_emulator::{Exchange, Knobs, LroForm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_requests_and_emulator_answers_follow_the_specs() {
-    let mut opts = tutorial_options(Duration::from_secs(3), 0.5);
     // A scale set too.
-    add_web_scale_set(&mut opts);
-    let stack = tutorial_stack(opts).await;
-    stack.apply_yaml(TUTORIAL_ON_WEB).await.unwrap();
+    let stack = web_stack(tutorial_options(Duration::from_secs(3), 0.5)).await;
     ready(&grants(&stack, "tutorial"), "my-identity-reads-devtest", 60).await;
     ready(&bindings(&stack, "tutorial"), "my-identity-on-myvm", 60).await;
     eventually(60, "the identity on web", || async {
@@ -40,13 +37,7 @@ async fn controller_requests_and_emulator_answers_follow_the_specs() {
     })
     .await;
     let journal = stack.emulator.journal();
-    let (errors, checked, unchecked) = validate_journal(&journal);
-    assert!(
-        errors.is_empty(),
-        "{} violations:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    let (checked, unchecked) = assert_valid(&journal);
     let missing: Vec<&str> = [
         "UserAssignedIdentities_CreateOrUpdate",
         "UserAssignedIdentities_Get",
@@ -186,9 +177,7 @@ fn new_scale_set() -> serde_json::Value {
 /// against them), and the `lroForms` knob applies only where an operation's document allows 202.
 #[tokio::test]
 async fn compute_put_get_patch_and_lro_forms_follow_the_specs() {
-    let mut world = World::tutorial().unwrap();
-    world.lro_polls = 1;
-    let emulator = uami_emulator::start(world).await.unwrap();
+    let emulator = support::arm::tutorial_emulator(|w| w.lro_polls = 1).await;
     let admin = Admin::of(&emulator);
     let identity = admin.put_identity("id-compute", json!({})).await;
     let identity_id = identity["id"].as_str().unwrap().to_string();
@@ -287,14 +276,7 @@ async fn compute_put_get_patch_and_lro_forms_follow_the_specs() {
     emulator.set_knobs(knobs);
     for (collection, name) in [(VM, "myVM"), (VMSS, "ss2")] {
         let body = json!({"tags": {"patched": "yes"}, "identity": {"type": "UserAssigned", "userAssignedIdentities": {identity_id.clone(): {}}}});
-        let (status, headers, patched) = admin
-            .send(
-                Method::PATCH,
-                &compute_path(collection, name),
-                Some(body),
-                &[],
-            )
-            .await;
+        let (status, headers, patched) = admin.patch(&compute_path(collection, name), body).await;
         assert_eq!(status, 200, "{patched}");
         assert_eq!(
             patched["properties"]["provisioningState"], "Updating",
@@ -336,13 +318,7 @@ async fn compute_put_get_patch_and_lro_forms_follow_the_specs() {
             e
         })
         .collect();
-    let (errors, checked, _) = validate_journal(&answers);
-    assert!(
-        errors.is_empty(),
-        "{} violations:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    let (checked, _) = assert_valid(&answers);
     for op in [
         "VirtualMachines_CreateOrUpdate",
         "VirtualMachines_Get",

@@ -321,10 +321,8 @@ async fn data_roles_are_verified_on_their_data_plane() {
     assert!(counts.get("Blob_ListBlobs", 200) >= 1, "{counts:?}");
     assert!(counts.get("Secrets_GetSecrets", 200) >= 1, "{counts:?}");
     // The binding told the agent where each grant acts.
-    let binding = bindings(&stack, TUTORIAL)
-        .get(TUTORIAL_BINDING)
+    let binding = read(&bindings(&stack, TUTORIAL), TUTORIAL_BINDING)
         .await
-        .unwrap()
         .status
         .unwrap();
     let blob = binding

@@ -160,14 +160,11 @@ async fn the_emulator_refuses_a_role_assignment_past_the_worlds_limit_as_azure_d
     })
     .await;
     let arm = support::arm::Admin::of(&stack.emulator);
+    let rg = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}/resourceGroups/DevTest");
     let (status, _, body) = arm
-        .send(
-            reqwest::Method::PUT,
-            &support::arm::new_assignment_path(&format!(
-                "/subscriptions/{TUTORIAL_SUBSCRIPTION}/resourceGroups/DevTest"
-            )),
-            Some(support::arm::reader_assignment(CONTROLLER)),
-            &[],
+        .put(
+            &support::arm::new_assignment_path(&rg),
+            support::arm::reader_assignment(CONTROLLER),
         )
         .await;
     assert_eq!(status, 400, "{body}");

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
 use support::arm::Admin;
@@ -209,13 +210,10 @@ async fn tutorial(opts: uami::demo::stack::StackOptions, _real: Option<&envtest:
 }
 
 async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
-    use k8s_openapi::api::events::v1::Event;
     let stack = tutorial_stack(opts).await;
     tutorial_ready(&stack, 60).await;
-    let before = identities(&stack, TUTORIAL)
-        .get(TUTORIAL_IDENTITY)
+    let before = read(&identities(&stack, TUTORIAL), TUTORIAL_IDENTITY)
         .await
-        .unwrap()
         .status
         .unwrap();
     let old_principal = before.principal_id.clone().unwrap();
@@ -272,15 +270,7 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option
         (i.status?.principal_id? == new_principal).then_some(())
     })
     .await;
-    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
-    let recreated = eventually(30, "an IdentityRecreated event", || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("IdentityRecreated")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(TUTORIAL_IDENTITY)
-        })
-    })
-    .await;
+    let recreated = event_about(&stack, "IdentityRecreated", TUTORIAL_IDENTITY).await;
     assert!(recreated.note.unwrap_or_default().contains(&new_principal));
 
     // The VM lists it with the new principal (removed and assigned again).
@@ -340,4 +330,17 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option
     })
     .await;
     stack.stop().await;
+}
+
+/// The first Event of the tutorial's namespace with `reason` about object `name` (30 s at most).
+async fn event_about(stack: &uami::demo::stack::Stack, reason: &str, name: &str) -> Event {
+    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
+    eventually(30, &format!("an Event {reason} about {name}"), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+    })
+    .await
 }

@@ -67,6 +67,14 @@ fn fics(stack: &Stack) -> Vec<Value> {
         .clone()
 }
 
+/// Whether Azure holds credential `name`, and the client id annotated on service account
+/// `reporter` (`None` while the account or its annotations cannot be read).
+async fn reporter_credential(stack: &Stack, name: &str) -> Option<(bool, Option<String>)> {
+    let back = fics(stack).iter().any(|f| f["name"] == name);
+    let sa = sa_api(stack, NS).get("reporter").await.ok()?;
+    Some((back, sa.metadata.annotations?.get(CLIENT_ID).cloned()))
+}
+
 fn sa_api(stack: &Stack, ns: &str) -> Api<ServiceAccount> {
     Api::namespaced(stack.client(), ns)
 }
@@ -271,9 +279,8 @@ async fn proven_by_the_token_exchange(opts: StackOptions, real: Option<&envtest:
         30,
         "credential recreated and annotation restored",
         || async {
-            let back = fics(&stack).iter().any(|f| f["name"] == name.as_str());
-            let sa = sa_api(&stack, NS).get("reporter").await.ok()?;
-            let restored = sa.metadata.annotations?.get(CLIENT_ID) == id_status.client_id.as_ref();
+            let (back, annotated) = reporter_credential(&stack, &name).await?;
+            let restored = annotated == id_status.client_id;
             (back && restored).then_some(())
         },
     )

@@ -12,7 +12,7 @@ mod support;
 use serde_json::{Value, json};
 use support::arm::{Admin, identity_path, new_assignment_path, reader_assignment, vm_path};
 use support::{client_and_principal, controller_sign_in};
-use uami_emulator::{self as emulator, World, world};
+use uami_emulator::{self as emulator, world};
 
 const SUB: &str = world::TUTORIAL_SUBSCRIPTION;
 
@@ -32,9 +32,7 @@ async fn sp_token(http: &reqwest::Client, emu: &emulator::Emulator) -> String {
 
 #[tokio::test]
 async fn the_tutorial_over_http() {
-    let mut w = World::tutorial().unwrap();
-    w.rbac_propagation_seconds = 1.5;
-    let emu = emulator::start(w).await.unwrap();
+    let emu = support::arm::tutorial_emulator(|w| w.rbac_propagation_seconds = 1.5).await;
     let http = support::emulator_http(&emu);
     let az = Admin::with_token(&emu, sp_token(&http, &emu).await);
     let rg = format!("/subscriptions/{SUB}/resourceGroups/DevTest");

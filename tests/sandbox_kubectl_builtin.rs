@@ -307,13 +307,7 @@ async fn apply_of_the_rendered_chart_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_kubeconfig_is_authorized_by_rbac() {
     let (sb, admin, dir) = chart_and_tutorial(&["uami-system", "team-a"]).await;
-    let agent = service_account_kubectl(
-        &sb,
-        dir.path().join("agent"),
-        "uami-system",
-        "uami-agent",
-        None,
-    );
+    let agent = system_kubectl(&sb, dir.path(), "agent", None);
     // Who it is, and what it may do, as kubectl asks.
     let who = agent.ok(&["auth", "whoami"]).await;
     assert!(
@@ -392,21 +386,9 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
         err.contains("status of rolegrants is written by the controller and the agent only"),
         "{err}"
     );
-    let controller = service_account_kubectl(
-        &sb,
-        dir.path().join("controller"),
-        "uami-system",
-        "uami-controller",
-        None,
-    );
+    let controller = system_kubectl(&sb, dir.path(), "controller", None);
     controller.ok(&grant_status_patch(&status)).await;
-    let agent = service_account_kubectl(
-        &sb,
-        dir.path().join("agent"),
-        "uami-system",
-        "uami-agent",
-        Some("myvm"),
-    );
+    let agent = system_kubectl(&sb, dir.path(), "agent", Some("myvm"));
     let err = agent
         .fails(&grant_status_patch("{\"status\":{\"adopted\":true}}"))
         .await;
@@ -425,4 +407,16 @@ async fn the_admission_policy_refuses_the_agents_forged_status() {
     assert_eq!(g["status"]["roleAssignmentId"], id);
     assert_eq!(g["status"]["access"]["verified"], true);
     sb.shutdown().await;
+}
+
+/// kubectl as service account `uami-{name}` of uami-system (bound to a pod on `node`, if any),
+/// its kubeconfig at `dir/{name}`.
+fn system_kubectl(sb: &Sandbox, dir: &std::path::Path, name: &str, node: Option<&str>) -> Kubectl {
+    service_account_kubectl(
+        sb,
+        dir.join(name),
+        "uami-system",
+        &format!("uami-{name}"),
+        node,
+    )
 }

@@ -110,17 +110,15 @@ async fn forged_status_is_refused(
     }
     // A merge patch is held to the same rule.
     let body = json!({"status": {"roleAssignmentId": other}});
-    let write = merge_patch(&agent_grants, GRANT, true, body).await;
     denied(
-        write,
+        merge_patch(&agent_grants, GRANT, true, body).await,
         422,
         "denied request: status.roleAssignmentId is written by the controller only",
     );
     // RBAC: the agent may not write the spec at all.
     let body = json!({"spec": {"role": "Owner"}});
-    let write = merge_patch(&agent_grants, GRANT, false, body).await;
     denied(
-        write,
+        merge_patch(&agent_grants, GRANT, false, body).await,
         403,
         "User \"system:serviceaccount:uami-system:uami-agent\" cannot patch resource \"rolegrants\" in API group \"uami.dev\" in the namespace \"tutorial\"",
     );
@@ -128,14 +126,10 @@ async fn forged_status_is_refused(
     // Its own fields still pass when written by hand: the access and AccessVerified.
     let mut verified = cond(&grant, "AccessVerified");
     verified["message"] = json!("checked again");
-    apply_status(
-        &agent_grants,
-        GRANT,
-        "RoleGrant",
-        json!({"access": grant["status"]["access"], "conditions": [verified.clone()]}),
-    )
-    .await
-    .unwrap();
+    let own = json!({"access": grant["status"]["access"], "conditions": [verified]});
+    apply_status(&agent_grants, GRANT, "RoleGrant", own.clone())
+        .await
+        .unwrap();
 
     // Another node's agent may not write this VM's binding, not even its own fields.
     let elsewhere: Api<IdentityBinding> = Api::namespaced(
@@ -146,9 +140,13 @@ async fn forged_status_is_refused(
             .unwrap(),
         NS,
     );
-    let body =
-        json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "othervm"}});
-    let write = apply_status(&elsewhere, BINDING, "IdentityBinding", body).await;
+    let write = apply_status(
+        &elsewhere,
+        BINDING,
+        "IdentityBinding",
+        checked_by("othervm"),
+    )
+    .await;
     denied(
         write,
         422,
@@ -176,23 +174,17 @@ async fn forged_status_is_refused(
     };
     for client in [unbound, legacy] {
         let nodeless: Api<IdentityBinding> = Api::namespaced(client.clone(), NS);
-        let body =
-            json!({"token": {"resource": "https://management.azure.com/", "checkedBy": "nowhere"}});
-        let write = apply_status(&nodeless, BINDING, "IdentityBinding", body).await;
+        let write =
+            apply_status(&nodeless, BINDING, "IdentityBinding", checked_by("nowhere")).await;
         denied(
             write,
             422,
             "the agent's token names no node (use a token bound to the agent's pod), so it may write no binding",
         );
         let nodeless_grants: Api<RoleGrant> = Api::namespaced(client, NS);
-        apply_status(
-            &nodeless_grants,
-            GRANT,
-            "RoleGrant",
-            json!({"access": grant["status"]["access"], "conditions": [verified.clone()]}),
-        )
-        .await
-        .unwrap();
+        apply_status(&nodeless_grants, GRANT, "RoleGrant", own.clone())
+            .await
+            .unwrap();
     }
 
     // Nothing forged reached the objects.
@@ -206,4 +198,9 @@ async fn forged_status_is_refused(
     assert_ne!(after["status"]["token"]["checkedBy"], "othervm");
     assert_ne!(after["status"]["token"]["checkedBy"], "nowhere");
     stack.stop().await;
+}
+
+/// A binding status naming the ARM token checked by `node`.
+fn checked_by(node: &str) -> Value {
+    json!({"token": {"resource": "https://management.azure.com/", "checkedBy": node}})
 }

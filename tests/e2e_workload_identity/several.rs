@@ -191,9 +191,8 @@ async fn a_recreated_identity_gets_its_credential_and_annotation_again() {
         60,
         "credential, annotation and token of the new identity",
         || async {
-            let back = fics(&stack).iter().any(|f| f["name"] == name.as_str());
-            let sa = sa_api(&stack, NS).get("reporter").await.ok()?;
-            let annotated = sa.metadata.annotations?.get(CLIENT_ID) == Some(&client);
+            let (back, annotation) = reporter_credential(&stack, &name).await?;
+            let annotated = annotation.as_ref() == Some(&client);
             let b = bindings(&stack, NS)
                 .get("reporter-identity-for-reporter")
                 .await

@@ -200,6 +200,22 @@ impl Step {
         self
     }
 
+    /// The real server answers a Status error with `code`: compare its message.
+    pub fn refused(self, code: u16) -> Self {
+        self.expect(code).cmp(Cmp::Message)
+    }
+
+    /// The real server answers a Status error with `code`: compare its message and details.
+    pub fn status_error(self, code: u16) -> Self {
+        self.refused(code).fields(&["/details"])
+    }
+
+    /// The real server answers `code` with the object: compare the field at `at` and the managed
+    /// fields.
+    pub fn managed(self, code: u16, at: &'static str) -> Self {
+        self.expect(code).fields(&[at]).cmp(Cmp::ManagedFields)
+    }
+
     pub fn save(mut self, var: &'static str, pointer: &'static str) -> Self {
         self.save.push((var, pointer));
         self

@@ -19,6 +19,33 @@ fn gone(a: &Answer) -> bool {
     a.code == 404
 }
 
+/// A merge patch that adds a finalizer to an object being deleted: refused.
+fn add_finalizer(path: &str, what: &str) -> Step {
+    merge_patch(
+        path,
+        json!({"metadata": {"finalizers": [HOLD, "example.com/more"]}}),
+    )
+    .what(what)
+    .expect(422)
+    .cmp(Cmp::Message)
+}
+
+/// DELETE of an object without finalizers: a Status naming it (and the `more` fields).
+fn delete_answers(path: String, what: &str, more: &[&'static str]) -> Step {
+    delete(path)
+        .what(what)
+        .expect(200)
+        .fields(&[
+            "/kind",
+            "/status",
+            "/details/name",
+            "/details/kind",
+            "/details/group",
+        ])
+        .fields(more)
+        .cmp(Cmp::Present("/details/uid"))
+}
+
 fn finalizers() -> Case {
     let c = format!("{CONFIGMAPS}/held");
     let id = format!("{IDENTITIES}/id1");
@@ -46,13 +73,7 @@ fn finalizers() -> Case {
                 .expect(200)
                 .fields(&["/metadata/finalizers", "/data"])
                 .cmp(Cmp::Present("/metadata/deletionTimestamp")),
-            merge_patch(
-                c.clone(),
-                json!({"metadata": {"finalizers": [HOLD, "example.com/more"]}}),
-            )
-            .what("no new finalizer on an object being deleted")
-            .expect(422)
-            .cmp(Cmp::Message),
+            add_finalizer(&c, "no new finalizer on an object being deleted"),
             merge_patch(c.clone(), json!({"data": {"b": "2"}}))
                 .what("other changes are allowed")
                 .expect(200)
@@ -69,17 +90,7 @@ fn finalizers() -> Case {
             post(CONFIGMAPS, json!({"metadata": {"name": "plain"}}))
                 .what("a ConfigMap without finalizers")
                 .expect(201),
-            delete(format!("{CONFIGMAPS}/plain"))
-                .what("DELETE answers")
-                .expect(200)
-                .fields(&[
-                    "/kind",
-                    "/status",
-                    "/details/name",
-                    "/details/kind",
-                    "/details/group",
-                ])
-                .cmp(Cmp::Present("/details/uid")),
+            delete_answers(format!("{CONFIGMAPS}/plain"), "DELETE answers", &[]),
             post(IDENTITIES, held(identity("id1")))
                 .what("an identity with a finalizer")
                 .expect(201),
@@ -88,14 +99,8 @@ fn finalizers() -> Case {
                 .expect(200)
                 .fields(&["/kind", "/metadata/finalizers", "/metadata/generation"])
                 .cmp(Cmp::Present("/metadata/deletionTimestamp")),
-            merge_patch(
-                id.clone(),
-                json!({"metadata": {"finalizers": [HOLD, "example.com/more"]}}),
-            )
-            .what("no new finalizer on a custom resource being deleted")
-            .expect(422)
-            .cmp(Cmp::Message)
-            .fields(&["/details"]),
+            add_finalizer(&id, "no new finalizer on a custom resource being deleted")
+                .fields(&["/details"]),
             json_patch(
                 id.clone(),
                 json!([{"op": "remove", "path": "/metadata/finalizers"}]),
@@ -107,23 +112,14 @@ fn finalizers() -> Case {
             post(IDENTITIES, identity("id2"))
                 .what("an identity")
                 .expect(201),
-            delete(format!("{IDENTITIES}/id2"))
-                .what("DELETE of a custom resource without finalizers answers")
-                .expect(200)
-                .fields(&[
-                    "/kind",
-                    "/status",
-                    "/details/name",
-                    "/details/kind",
-                    "/details/group",
-                    "/metadata/name",
-                ])
-                .cmp(Cmp::Present("/details/uid")),
+            delete_answers(
+                format!("{IDENTITIES}/id2"),
+                "DELETE of a custom resource without finalizers answers",
+                &["/metadata/name"],
+            ),
             delete(format!("{IDENTITIES}/id2"))
                 .what("DELETE of a missing object")
-                .expect(404)
-                .cmp(Cmp::Message)
-                .fields(&["/details"]),
+                .status_error(404),
         ],
     )
 }
@@ -170,9 +166,7 @@ fn namespace_termination() -> Case {
                 .cmp(Cmp::Conditions),
             post(CONFIGMAPS, json!({"metadata": {"name": "late"}}))
                 .what("new content is refused")
-                .expect(403)
-                .cmp(Cmp::Message)
-                .fields(&["/details"]),
+                .status_error(403),
             get(format!("{CONFIGMAPS}/plain"))
                 .what("content without finalizers is deleted")
                 .until(gone, 60)

@@ -61,6 +61,22 @@ fn watch() -> Case {
     )
 }
 
+/// A page of the ConfigMaps listed with `query`: its items' names, whether it goes on, and its
+/// remainingItemCount.
+fn page(query: &str, what: &str) -> Step {
+    get(format!("{CONFIGMAPS}?{query}"))
+        .what(what)
+        .expect(200)
+        .cmp(Cmp::ItemNames)
+        .cmp(Cmp::Present("/metadata/continue"))
+        .fields(&["/metadata/remainingItemCount"])
+}
+
+/// A continue token made of `json`.
+fn token(json: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, json)
+}
+
 fn paging() -> Case {
     let mut steps: Vec<Step> = ["a", "b", "c", "d", "e"]
         .iter()
@@ -79,55 +95,33 @@ fn paging() -> Case {
         })
         .collect();
     steps.extend([
-        get(format!("{CONFIGMAPS}?limit=2"))
-            .what("first page")
-            .expect(200)
-            .cmp(Cmp::ItemNames)
-            .cmp(Cmp::Present("/metadata/continue"))
-            .fields(&["/metadata/remainingItemCount", "/kind", "/apiVersion"])
+        page("limit=2", "first page")
+            .fields(&["/kind", "/apiVersion"])
             .save("c1", "/metadata/continue"),
         post(CONFIGMAPS, json!({"metadata": {"name": "bb"}}))
             .what("a ConfigMap created between pages")
             .expect(201),
-        get(format!("{CONFIGMAPS}?limit=2&continue={{c1}}"))
-            .what("second page, as of the first page")
-            .expect(200)
-            .cmp(Cmp::ItemNames)
-            .cmp(Cmp::Present("/metadata/continue"))
-            .fields(&["/metadata/remainingItemCount"])
+        page("limit=2&continue={c1}", "second page, as of the first page")
             .save("c2", "/metadata/continue"),
-        get(format!("{CONFIGMAPS}?limit=2&continue={{c2}}"))
-            .what("last page")
-            .expect(200)
-            .cmp(Cmp::ItemNames)
-            .cmp(Cmp::Present("/metadata/continue"))
-            .fields(&["/metadata/remainingItemCount"]),
-        get(format!("{CONFIGMAPS}?limit=2&labelSelector=page%3Dyes"))
-            .what("a page with a label selector has no remainingItemCount")
-            .expect(200)
-            .cmp(Cmp::ItemNames)
-            .cmp(Cmp::Present("/metadata/continue"))
-            .fields(&["/metadata/remainingItemCount"]),
+        page("limit=2&continue={c2}", "last page"),
+        page(
+            "limit=2&labelSelector=page%3Dyes",
+            "a page with a label selector has no remainingItemCount",
+        ),
         get(format!("{CONFIGMAPS}?limit=2&continue=not-a-token"))
             .what("a continue token that is not valid")
             .expect(400)
             .cmp(Cmp::MessageUntil("continue key is not valid")),
         get(format!(
             "{CONFIGMAPS}?limit=2&continue={}",
-            base64::Engine::encode(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                r#"{"v":"meta.k8s.io/v0","rv":5,"start":"a\u0000"}"#
-            )
+            token(r#"{"v":"meta.k8s.io/v0","rv":5,"start":"a\u0000"}"#)
         ))
         .what("a continue token of another version")
         .expect(400)
         .cmp(Cmp::Message),
         get(format!(
             "{CONFIGMAPS}?limit=2&continue={}",
-            base64::Engine::encode(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                r#"{"v":"meta.k8s.io/v1","rv":5,"start":"a\u0000"}"#
-            )
+            token(r#"{"v":"meta.k8s.io/v1","rv":5,"start":"a\u0000"}"#)
         ))
         .what("a continue token of a resourceVersion no list was served at")
         .expect(200)
@@ -143,12 +137,7 @@ fn paging() -> Case {
         .what("continue with a resourceVersion")
         .expect(400)
         .cmp(Cmp::Message),
-        get(format!("{CONFIGMAPS}?limit=10"))
-            .what("a limit above the count: one page")
-            .expect(200)
-            .cmp(Cmp::ItemNames)
-            .cmp(Cmp::Present("/metadata/continue"))
-            .fields(&["/metadata/remainingItemCount"]),
+        page("limit=10", "a limit above the count: one page"),
     ]);
     Case::new("paged lists: limit, continue, remainingItemCount", steps)
 }

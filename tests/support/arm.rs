@@ -15,6 +15,13 @@ use uami_emulator::world::TUTORIAL_SUBSCRIPTION as SUB;
 
 pub const READER_GUID: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 
+/// An emulator of the tutorial's world, edited by `edit`.
+pub async fn tutorial_emulator(edit: impl FnOnce(&mut uami_emulator::World)) -> Emulator {
+    let mut world = uami_emulator::World::tutorial().unwrap();
+    edit(&mut world);
+    uami_emulator::start(world).await.unwrap()
+}
+
 /// The path (with api-version) of identity `name` in DevTest.
 pub fn identity_path(name: &str) -> String {
     format!(
@@ -117,6 +124,22 @@ impl Admin {
         headers: &[(&str, &str)],
     ) -> (u16, HeaderMap, Value) {
         self.try_send(method, path, body, headers).await.unwrap()
+    }
+
+    /// A PUT of `body` that must get an answer.
+    pub async fn put(&self, path: &str, body: Value) -> (u16, HeaderMap, Value) {
+        self.send(Method::PUT, path, Some(body), &[]).await
+    }
+
+    /// A PATCH of `body` that must get an answer.
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, HeaderMap, Value) {
+        self.send(Method::PATCH, path, Some(body), &[]).await
+    }
+
+    /// A GET that must get an answer: its status and body.
+    pub async fn answer(&self, path: &str) -> (u16, Value) {
+        let (status, _, body) = self.send(Method::GET, path, None, &[]).await;
+        (status, body)
     }
 
     /// The status of a GET.

@@ -275,3 +275,16 @@ pub fn validate_journal(journal: &[Exchange]) -> (Vec<String>, usize, Vec<String
     }
     (errors, checked, unchecked)
 }
+
+/// Validate a journal and assert that it has no violations: (exchanges validated, operations
+/// without a stored document).
+pub fn assert_valid(journal: &[Exchange]) -> (usize, Vec<String>) {
+    let (errors, checked, unchecked) = validate_journal(journal);
+    assert!(
+        errors.is_empty(),
+        "{} violations:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    (checked, unchecked)
+}

@@ -120,6 +120,14 @@ pub async fn apply_all(stack: &Stack, parts: &[String]) {
     stack.apply_yaml(&parts.concat()).await.unwrap();
 }
 
+/// The object, which must be there.
+pub async fn read<K>(api: &Api<K>, name: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get(name).await.unwrap()
+}
+
 /// Delete the object (without waiting for its finalizers).
 pub async fn delete<K>(api: &Api<K>, name: &str)
 where
@@ -443,6 +451,14 @@ pub async fn agentless_stack(
     Stack::start(opts).await.unwrap()
 }
 
+/// A stack started with `opts` but without the controller and the agents (the test starts what
+/// it needs).
+pub async fn bare_stack(mut opts: StackOptions) -> Stack {
+    opts.controller = false;
+    opts.agents = false;
+    Stack::start(opts).await.unwrap()
+}
+
 /// A stack started with `opts` and the tutorial's objects applied.
 pub async fn tutorial_stack(opts: StackOptions) -> Stack {
     let stack = Stack::start(opts).await.unwrap();
@@ -501,15 +517,18 @@ spec:
       name: web
 "#;
 
-/// Add scale set `web` (one instance, with a system-assigned identity) to the tutorial's
-/// resource group.
-pub fn add_web_scale_set(opts: &mut StackOptions) {
+/// The tutorial's stack with scale set `web` (one instance, with a system-assigned identity)
+/// beside the tutorial's VM, and `TUTORIAL_ON_WEB` applied.
+pub async fn web_stack(mut opts: StackOptions) -> Stack {
     opts.world.subscriptions[0].resource_groups[0]
         .virtual_machine_scale_sets
         .push(uami_emulator::world::ScaleSet {
             system_assigned: true,
             ..uami_emulator::world::ScaleSet::named("web", 1)
         });
+    let stack = tutorial_stack(opts).await;
+    stack.apply_yaml(TUTORIAL_ON_WEB).await.unwrap();
+    stack
 }
 
 /// A sandbox serving the project's CRDs (as the code generates them).
