@@ -161,15 +161,12 @@ fn blob_answer(
             "Value for one of the query parameters specified in the request URI is invalid.",
         );
     }
-    let claims = match bearer(inner, headers) {
-        Ok(c) => c,
-        Err(_) => {
-            return fail(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationInfo",
-                "Authentication information is not given in the correct format. Check the value of Authorization header.",
-            );
-        }
+    let Ok(claims) = bearer(inner, headers) else {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationInfo",
+            "Authentication information is not given in the correct format. Check the value of Authorization header.",
+        );
     };
     if headers.get("x-ms-version").is_none() {
         return fail(
@@ -280,16 +277,13 @@ fn vault_answer(
             None,
         );
     }
-    let claims = match bearer(inner, headers) {
-        Ok(c) => c,
-        Err(_) => {
-            return fail(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "Request is missing a Bearer or PoP token.",
-                None,
-            );
-        }
+    let Ok(claims) = bearer(inner, headers) else {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Request is missing a Bearer or PoP token.",
+            None,
+        );
     };
     if !same_audience(&claims.aud, KEY_VAULT_AUDIENCE) {
         return fail(

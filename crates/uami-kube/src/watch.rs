@@ -9,6 +9,7 @@
 //! accepted but these types cannot read (a value its schema allows and the type does not, an
 //! object written before a schema change) is reported and left out, and the store still syncs.
 
+use std::fmt::Debug;
 use std::pin::pin;
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -97,6 +99,17 @@ impl Rejects {
     }
 }
 
+/// A kind a [`guarded`] watch can decode, keep in a store and hand on.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+}
+
 /// The events of a watch of `api`, each object decoded on its own: an object that does not
 /// decode is handed to `rejects` and left out (an update that does not decode leaves the last
 /// version that did in `store`; its deletion removes that version), so one bad object neither
@@ -108,13 +121,7 @@ pub fn guarded<K>(
     rejects: Rejects,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     watcher(api, wc).default_backoff().filter_map(move |event| {
         futures::future::ready(match event {
@@ -164,13 +171,7 @@ pub fn drive<K>(
     rejects: Rejects,
 ) -> tokio::task::JoinHandle<()>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let store = writer.as_reader();
     let events = guarded(api, wc, store.clone(), rejects)

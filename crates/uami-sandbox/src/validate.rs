@@ -101,14 +101,20 @@ pub fn unknown_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<S
                 }
             }
         }
-        Value::Array(items) => {
-            if let Some(s) = schema.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    unknown_fields(item, s, &format!("{path}[{i}]"), out);
-                }
-            }
-        }
+        Value::Array(items) => each_item(items, schema, path, |item, s, p| {
+            unknown_fields(item, s, p, out)
+        }),
         _ => {}
+    }
+}
+
+/// Call `f` with each of `items`, the `items` schema of `schema` and the item's path (nothing
+/// without an `items` schema).
+fn each_item(items: &[Value], schema: &Value, path: &str, mut f: impl FnMut(&Value, &Value, &str)) {
+    if let Some(s) = schema.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            f(item, s, &format!("{path}[{i}]"));
+        }
     }
 }
 
@@ -152,13 +158,9 @@ fn integer_ranges(value: &Value, schema: &Value, path: &str, out: &mut Vec<Cause
                 }
             }
         }
-        Value::Array(items) => {
-            if let Some(s) = schema.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    integer_ranges(item, s, &format!("{path}[{i}]"), out);
-                }
-            }
-        }
+        Value::Array(items) => each_item(items, schema, path, |item, s, p| {
+            integer_ranges(item, s, p, out)
+        }),
         _ => {}
     }
 }

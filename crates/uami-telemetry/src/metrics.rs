@@ -13,7 +13,69 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
+
+/// Every metric the processes export, by name, with its help text: the one list a dashboard
+/// author reads, and the text [`register`] gives each name.
+pub const METRICS: &[(&str, &str)] = &[
+    (
+        "uami_time_to_ready_seconds",
+        "Time from an object's creation (or the change of its spec) to its first Ready, once per generation",
+    ),
+    (
+        "uami_objects",
+        "Objects by kind, namespace and Ready condition (status and reason), from the controller's caches",
+    ),
+    (
+        "uami_role_assignments",
+        "Role assignments in the subscription (at it and below), from the controller's last count",
+    ),
+    (
+        "uami_role_assignments_limit",
+        "Role assignments the controller allows per subscription before it refuses (Azure's fixed limit is 4000)",
+    ),
+    (
+        "uami_federated_credentials",
+        "Federated identity credentials of the identity, from the controller's last count",
+    ),
+    (
+        "uami_federated_credentials_limit",
+        "Federated identity credentials Azure allows per identity",
+    ),
+    (
+        "uami_reconciles",
+        "Reconciles by kind and result (success or error category)",
+    ),
+    (
+        "uami_reconcile_duration_seconds",
+        "Reconcile duration by kind",
+    ),
+    ("uami_leader", "1 when this replica holds the leader lease"),
+    (
+        "uami_arm_ratelimit_remaining",
+        "Requests ARM still allows, from the x-ms-ratelimit-remaining-subscription-* headers of its last answer",
+    ),
+    (
+        "uami_arm_requests",
+        "ARM requests by operation and HTTP status",
+    ),
+    ("uami_arm_request_duration_seconds", "ARM request latency"),
+    ("uami_arm_throttled", "ARM answers 429 by operation"),
+];
+
+/// The help text of the metric `name` in [`METRICS`] (empty for a name not listed there).
+pub fn help(name: &str) -> &'static str {
+    METRICS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, h)| h)
+}
+
+/// Register `metric` as `name` with its help text from [`METRICS`], and hand it back.
+pub fn register<M: Metric + Clone>(registry: &mut Registry, name: &'static str, metric: M) -> M {
+    registry.register(name, help(name), metric.clone());
+    metric
+}
 
 /// Labels of a reconcile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,43 +110,22 @@ pub struct ReconcileMetrics {
 
 impl ReconcileMetrics {
     /// Create the metrics and register them under `uami_`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let reconciles = Family::<ResultLabels, Counter>::default();
+    pub fn register(r: &mut Registry) -> Self {
         let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
-        let leader = Gauge::default();
         let time_to_ready = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(1.0, 2.0, 13))
         });
-        registry.register(
-            "uami_time_to_ready_seconds",
-            "Time from an object's creation (or the change of its spec) to its first Ready, once per generation",
-            time_to_ready.clone(),
-        );
+        let time_to_ready = register(r, "uami_time_to_ready_seconds", time_to_ready);
         let objects = ObjectCounts::default();
-        registry.register_collector(Box::new(objects.clone()));
-        let quota = QuotaMetrics::register(registry);
-        registry.register(
-            "uami_reconciles",
-            "Reconciles by kind and result (success or error category)",
-            reconciles.clone(),
-        );
-        registry.register(
-            "uami_reconcile_duration_seconds",
-            "Reconcile duration by kind",
-            duration.clone(),
-        );
-        registry.register(
-            "uami_leader",
-            "1 when this replica holds the leader lease",
-            leader.clone(),
-        );
+        r.register_collector(Box::new(objects.clone()));
+        let quota = QuotaMetrics::register(r);
         Self {
-            reconciles,
-            duration,
+            reconciles: register(r, "uami_reconciles", Family::default()),
+            duration: register(r, "uami_reconcile_duration_seconds", duration),
             time_to_ready,
-            leader,
+            leader: register(r, "uami_leader", Gauge::default()),
             quota,
             objects,
         }
@@ -163,7 +204,7 @@ impl Collector for ObjectCounts {
         }
         let metric = encoder.encode_descriptor(
             "uami_objects",
-            "Objects by kind, namespace and Ready condition (status and reason), from the controller's caches",
+            help("uami_objects"),
             None,
             family.metric_type(),
         )?;
@@ -197,29 +238,17 @@ pub struct QuotaMetrics {
 
 impl QuotaMetrics {
     /// Create the gauges and register them under `uami_`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "uami_role_assignments",
-            "Role assignments in the subscription (at it and below), from the controller's last count",
-            m.role_assignments.clone(),
-        );
-        registry.register(
-            "uami_role_assignments_limit",
-            "Role assignments the controller allows per subscription before it refuses (Azure's fixed limit is 4000)",
-            m.role_assignments_limit.clone(),
-        );
-        registry.register(
-            "uami_federated_credentials",
-            "Federated identity credentials of the identity, from the controller's last count",
-            m.federated_credentials.clone(),
-        );
-        registry.register(
-            "uami_federated_credentials_limit",
-            "Federated identity credentials Azure allows per identity",
-            m.federated_credentials_limit.clone(),
-        );
-        m
+    pub fn register(r: &mut Registry) -> Self {
+        Self {
+            role_assignments: register(r, "uami_role_assignments", Family::default()),
+            role_assignments_limit: register(r, "uami_role_assignments_limit", Gauge::default()),
+            federated_credentials: register(r, "uami_federated_credentials", Family::default()),
+            federated_credentials_limit: register(
+                r,
+                "uami_federated_credentials_limit",
+                Gauge::default(),
+            ),
+        }
     }
 
     /// The limits counted against.
@@ -283,14 +312,10 @@ pub struct ArmBudgetMetrics {
 
 impl ArmBudgetMetrics {
     /// Create the gauge and register it as `uami_arm_ratelimit_remaining`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "uami_arm_ratelimit_remaining",
-            "Requests ARM still allows, from the x-ms-ratelimit-remaining-subscription-* headers of its last answer",
-            m.remaining.clone(),
-        );
-        m
+    pub fn register(r: &mut Registry) -> Self {
+        Self {
+            remaining: register(r, "uami_arm_ratelimit_remaining", Family::default()),
+        }
     }
 
     /// Record the budget headers of one ARM answer for `subscription`.
@@ -324,23 +349,50 @@ impl ArmBudgetMetrics {
 mod tests {
     use super::*;
 
+    /// Budget headers: `x-ms-ratelimit-remaining-subscription-{kind}: {value}`.
+    fn headers(budgets: &[(&str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (kind, value) in budgets {
+            if let Ok(name) =
+                http::HeaderName::try_from(format!("x-ms-ratelimit-remaining-subscription-{kind}"))
+            {
+                h.insert(name, http::HeaderValue::from_static(value));
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn every_registered_metric_has_its_help_text() {
+        let mut registry = Registry::default();
+        let m = ReconcileMetrics::register(&mut registry);
+        m.observe("Kind", "success", Duration::from_millis(5));
+        m.observe_time_to_ready("Kind", 1.0);
+        m.quota.set_role_assignments("sub-1", 1);
+        m.quota.set_federated_credentials("id-1", 1);
+        let budget = ArmBudgetMetrics::register(&mut registry);
+        budget.observe("sub-1", &headers(&[("reads", "1")]));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
+        // The other `uami_arm_` metrics are uami-azure's.
+        let here = |n: &str| n == "uami_arm_ratelimit_remaining" || !n.starts_with("uami_arm_");
+        for (name, help) in METRICS.iter().filter(|(n, _)| here(n)) {
+            assert!(
+                text.contains(&format!("# HELP {name} {help}")),
+                "{name}: {text}"
+            );
+        }
+    }
+
     #[test]
     fn budget_headers_become_gauges_and_other_headers_are_ignored() {
         let mut registry = Registry::default();
         let m = ArmBudgetMetrics::register(&mut registry);
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            "x-ms-ratelimit-remaining-subscription-reads",
-            http::HeaderValue::from_static("249"),
-        );
-        h.insert(
-            "x-ms-ratelimit-remaining-subscription-made-up",
-            http::HeaderValue::from_static("7"),
-        );
-        h.insert(
-            "x-ms-ratelimit-remaining-subscription-writes",
-            http::HeaderValue::from_static("not a number"),
-        );
+        let h = headers(&[
+            ("reads", "249"),
+            ("made-up", "7"),
+            ("writes", "not a number"),
+        ]);
         m.observe("sub-1", &h);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();

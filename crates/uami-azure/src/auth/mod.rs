@@ -198,30 +198,28 @@ pub fn build_credential(
     http: reqwest::Client,
     refresh_margin: Duration,
 ) -> Arc<dyn TokenCredential> {
-    let entra = match config {
+    let (host, tenant, client, proof) = match config {
         CredentialConfig::ClientSecret {
-            authority_host,
-            tenant_id,
-            client_id,
+            authority_host: host,
+            tenant_id: tenant,
+            client_id: client,
             client_secret,
-        } => entra::EntraCredential::new(
-            &authority_host,
-            &tenant_id,
-            client_id,
+        } => (
+            host,
+            tenant,
+            client,
             entra::ClientProof::Secret(client_secret),
-            Arc::new(http),
         ),
         CredentialConfig::WorkloadIdentity {
-            authority_host,
-            tenant_id,
-            client_id,
+            authority_host: host,
+            tenant_id: tenant,
+            client_id: client,
             token_file,
-        } => entra::EntraCredential::new(
-            &authority_host,
-            &tenant_id,
-            client_id,
+        } => (
+            host,
+            tenant,
+            client,
             entra::ClientProof::TokenFile(token_file),
-            Arc::new(http),
         ),
         CredentialConfig::ManagedIdentity {
             imds_endpoint,
@@ -234,7 +232,7 @@ pub fn build_credential(
             return Arc::new(CachingCredential::new(inner, refresh_margin));
         }
     };
-    match entra {
+    match entra::EntraCredential::new(&host, &tenant, client, proof, Arc::new(http)) {
         Ok(credential) => Arc::new(credential),
         Err(e) => {
             tracing::error!(error = %e, "the Entra ID credential cannot be used");

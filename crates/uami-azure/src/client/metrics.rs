@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use uami_telemetry::metrics::ArmBudgetMetrics;
+use uami_telemetry::metrics::{ArmBudgetMetrics, register};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -30,25 +30,14 @@ pub struct ArmMetrics {
 
 impl ArmMetrics {
     /// Create and register under `uami_arm_`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let mut m = Self::unregistered();
-        m.budget = ArmBudgetMetrics::register(registry);
-        registry.register(
-            "uami_arm_requests",
-            "ARM requests by operation and HTTP status",
-            m.requests.clone(),
-        );
-        registry.register(
-            "uami_arm_request_duration_seconds",
-            "ARM request latency",
-            m.latency.clone(),
-        );
-        registry.register(
-            "uami_arm_throttled",
-            "ARM answers 429 by operation",
-            m.throttled.clone(),
-        );
-        m
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self::unregistered();
+        Self {
+            budget: ArmBudgetMetrics::register(r),
+            requests: register(r, "uami_arm_requests", m.requests),
+            latency: register(r, "uami_arm_request_duration_seconds", m.latency),
+            throttled: register(r, "uami_arm_throttled", m.throttled),
+        }
     }
 
     pub(super) fn unregistered() -> Self {

@@ -293,20 +293,13 @@ fn edit(
                 .iter()
                 .map(|u| format!("unknown field \"{u}\""))
                 .collect();
-            return Err(ApiError::invalid_kind(
-                "",
-                "",
-                "",
-                vec![validate::Cause::new(
-                    "FieldValueInvalid",
-                    "patch",
-                    format!(
-                        "Invalid value: {:?}: strict decoding error: {}",
-                        new.to_string(),
-                        list.join(", ")
-                    ),
-                )],
-            ));
+            let message = format!(
+                "Invalid value: {:?}: strict decoding error: {}",
+                new.to_string(),
+                list.join(", ")
+            );
+            let cause = validate::Cause::new("FieldValueInvalid", "patch", message);
+            return Err(ApiError::invalid_kind("", "", "", vec![cause]));
         }
     }
     let mut new = events::to_storage(def, new);

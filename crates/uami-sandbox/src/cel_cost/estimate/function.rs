@@ -101,6 +101,17 @@ impl Coster {
         }
     }
 
+    /// The size of one item of the list `list` as the schema bounds it (unknown for a list
+    /// that is not a path into the schema).
+    fn item_size(&self, list: &Operand) -> Range {
+        if list.path.is_empty() {
+            return Range::UNKNOWN;
+        }
+        let mut path = list.path.clone();
+        path.push("@items".into());
+        self.schema_size(&path).unwrap_or(Range::UNKNOWN)
+    }
+
     /// The Kubernetes library's estimates (string, list, URL, IP, quantity and semver
     /// functions), which take precedence over CEL's own.
     fn library(
@@ -123,14 +134,7 @@ impl Coster {
                 if let Ty::List(elem) | Ty::Map(elem, _) = &t.ty {
                     let mut per_item = Range::fixed(1);
                     if matches!(**elem, Ty::String | Ty::Bytes) {
-                        let mut path = t.path.clone();
-                        let size = if path.is_empty() {
-                            Range::UNKNOWN
-                        } else {
-                            path.push("@items".into());
-                            self.schema_size(&path).unwrap_or(Range::UNKNOWN)
-                        };
-                        per_item = per_item.add(size.scale(STRING_TRAVERSAL));
+                        per_item = per_item.add(self.item_size(t).scale(STRING_TRAVERSAL));
                     }
                     Some(Call {
                         cost: t.size().mul(per_item),
@@ -190,14 +194,7 @@ impl Coster {
                 let list = t.size();
                 let mut sz = Range::ZERO;
                 if !matches!(t.ty, Ty::Dyn) {
-                    let mut path = t.path.clone();
-                    let elem = if path.is_empty() {
-                        Range::UNKNOWN
-                    } else {
-                        path.push("@items".into());
-                        self.schema_size(&path).unwrap_or(Range::UNKNOWN)
-                    };
-                    sz = list.mul(elem);
+                    sz = list.mul(self.item_size(t));
                 }
                 if let Some(sep) = args.first() {
                     let separators = Range {
