@@ -142,18 +142,25 @@ pub async fn resolve(
     if let Some(known) = recorded(ctx, obj, &at) {
         return Ok(Some(known));
     }
-    let current = ctx
-        .azure
-        .identities
-        .get_identity(&at)
-        .await
-        .map_err(ReconcileError::arm("GetIdentity"))?;
+    let current = get(ctx, &at).await?;
     let Some(current) = current.filter(|i| owned_by(ctx, obj, i)) else {
         return Ok(None);
     };
     let resolved = AzureIdentity::of(at, &current);
     ctx.remember_azure_identity(ObjectKey::of(obj), resolved.clone());
     Ok(Some(resolved))
+}
+
+/// The identity at `at` as ARM has it now (`None`: there is none).
+pub async fn get(
+    ctx: &Context,
+    at: &IdentityCoordinates,
+) -> Result<Option<Identity>, ReconcileError> {
+    ctx.azure
+        .identities
+        .get_identity(at)
+        .await
+        .map_err(ReconcileError::arm("GetIdentity"))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! `If-None-Match: *`, so an identity that appears between the read and the create is never
 //! overwritten.
 
+use crate::outcome::write_owned;
 use std::sync::Arc;
 
 use kube::ResourceExt;
@@ -92,12 +93,7 @@ async fn apply(obj: Arc<UserAssignedIdentity>, ctx: &Context) -> Result<Action, 
         // longer shows what was read (edited by someone else) is written again below.
         return Ok(Action::requeue(ctx.settings.jittered_resync()));
     }
-    let current = ctx
-        .azure
-        .identities
-        .get_identity(&at)
-        .await
-        .map_err(ReconcileError::arm("GetIdentity"))?;
+    let current = azure_identity::get(ctx, &at).await?;
     let may_adopt = match policy::check_adoption(
         &ctx.policies(),
         &ns,
@@ -384,9 +380,7 @@ async fn write_status(
     ctx: &Context,
     status: UserAssignedIdentityStatus,
 ) -> Result<(), ReconcileError> {
-    status::write(&ctx.client, obj, &status, OWNED_FIELDS)
-        .await
-        .map_err(crate::error::ReconcileError::kube("PatchStatus"))
+    write_owned(ctx, obj, &status, OWNED_FIELDS).await
 }
 
 #[cfg(test)]

@@ -138,9 +138,7 @@ pub async fn conclude<K: Reported>(
         note.publish(ctx, obj).await;
     }
     if let Some(status) = &report.status {
-        status::write(&ctx.client, obj, status, owned)
-            .await
-            .map_err(crate::error::ReconcileError::kube("PatchStatus"))?;
+        write_owned(ctx, obj, status, owned).await?;
     }
     Ok(report.next.action(ctx))
 }
@@ -162,4 +160,16 @@ where
     finalizer(&api, name, obj, pass)
         .await
         .map_err(ReconcileError::from_finalizer)
+}
+
+/// Write `status` (the controller's `owned` fields) of `obj`, unless `obj` already holds it.
+pub async fn write_owned<K: Reported>(
+    ctx: &Context,
+    obj: &K,
+    status: &K::Status,
+    owned: &[&str],
+) -> Result<(), ReconcileError> {
+    status::write(&ctx.client, obj, status, owned)
+        .await
+        .map_err(ReconcileError::kube("PatchStatus"))
 }

@@ -2,6 +2,7 @@
 //! identity this controller recorded adding (an annotation in the binding's metadata, which the
 //! agent cannot write) is ever removed, and only when no other live binding still wants it.
 
+use crate::outcome::write_owned;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
@@ -21,7 +22,7 @@ use uami_api::IdentityBinding;
 use uami_api::binding::{TARGET_LABEL, target_label_value};
 use uami_api::conditions::types;
 use uami_azure::compute::{ComputeResource, ComputeTarget};
-use uami_kube::status::{self, FIELD_MANAGER};
+use uami_kube::status::FIELD_MANAGER;
 
 /// Record (or with `None` forget) that this controller added `identity_id` to the target.
 ///
@@ -57,13 +58,7 @@ pub(super) async fn record_identity(
         patch = patch.put("labels", meta.labels.as_ref(), TARGET_LABEL, &value);
     }
     // A failed test (422) means the cache is behind the object: a race, looked at again soon.
-    api.patch(&obj.name_any(), &params, &Patch::<()>::Json(patch.build()))
-        .await
-        .map_err(|source| ReconcileError::Finalizer {
-            step: "RecordAssignment",
-            source,
-        })?;
-    Ok(())
+    send_finalizer_patch(&api, obj, &params, patch, "RecordAssignment").await
 }
 
 /// Remove this controller's finalizer after cleanup; the `test` keeps it from removing another
@@ -77,16 +72,21 @@ pub(super) async fn remove_finalizer(
     };
     let api: Api<IdentityBinding> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch.build()),
-    )
-    .await
-    .map_err(|source| ReconcileError::Finalizer {
-        step: "RemoveFinalizer",
-        source,
-    })?;
+    send_finalizer_patch(&api, obj, &PatchParams::default(), patch, "RemoveFinalizer").await
+}
+
+/// Send a JSON patch that changes the finalizers: a failure is the finalizer `step`'s, a race
+/// when it is 409 or 422 (see [`ReconcileError::Finalizer`]).
+async fn send_finalizer_patch(
+    api: &Api<IdentityBinding>,
+    obj: &IdentityBinding,
+    params: &PatchParams,
+    patch: MetaPatch,
+    step: &'static str,
+) -> Result<(), ReconcileError> {
+    api.patch(&obj.name_any(), params, &Patch::<()>::Json(patch.build()))
+        .await
+        .map_err(|source| ReconcileError::Finalizer { step, source })?;
     Ok(())
 }
 
@@ -176,9 +176,7 @@ pub(super) async fn remove_identity(
                 &code,
                 &format!("removing the identity failed: {message}"),
             );
-            status::write(&ctx.client, obj, &status, OWNED_FIELDS)
-                .await
-                .map_err(crate::error::ReconcileError::kube("PatchStatus"))?;
+            write_owned(ctx, obj, &status, OWNED_FIELDS).await?;
             return Err(ReconcileError::Waiting {
                 step: "UnassignIdentity",
                 message: format!(

@@ -177,14 +177,18 @@ fn plans_from_target_policy_and_identity() {
             "conditions": [condition("TokenAcquired", "True", "TokenAcquired")]})),
         true,
     );
-    match plan(
-        &assigned,
-        Some(SUB),
-        &allow_vm(),
-        Some(&ready),
-        azure(Some(&ready)).as_ref(),
-        |_| true,
-    ) {
+    // Planned with the identity ready and the target checked moments ago.
+    let checked = |b: &IdentityBinding| {
+        plan(
+            b,
+            Some(SUB),
+            &allow_vm(),
+            Some(&ready),
+            azure(Some(&ready)).as_ref(),
+            |_| true,
+        )
+    };
+    match checked(&assigned) {
         Plan::Report(Report {
             status: Some(status),
             note: None,
@@ -206,14 +210,7 @@ fn plans_from_target_policy_and_identity() {
             Some(json!({"assigned": true, "adopted": claimed})),
             recorded,
         );
-        match plan(
-            &forged,
-            Some(SUB),
-            &allow_vm(),
-            Some(&ready),
-            azure(Some(&ready)).as_ref(),
-            |_| true,
-        ) {
+        match checked(&forged) {
             Plan::Report(Report {
                 status: Some(status),
                 ..

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
+use serde::de::DeserializeOwned;
 
 use super::super::context::{Context, Stores};
+use super::super::error::ReconcileError;
 use super::super::pass::{self, error_policy};
 use super::super::{binding, grant, identity};
 use super::triggers::{bindings_of_grant, deleting_identity, dependents};
@@ -31,7 +33,7 @@ pub(super) async fn bindings(
     ctx: Arc<Context>,
 ) {
     let (of_identity, of_grant) = (stores.bindings.clone(), stores.bindings.clone());
-    controller
+    let controller = controller
         .watches_shared_stream(identities, move |id| {
             dependents(&of_identity, &id, |b: &IdentityBinding| {
                 &b.spec.identity_ref.name
@@ -40,14 +42,8 @@ pub(super) async fn bindings(
         .watches_shared_stream(grants, move |g| bindings_of_grant(&of_grant, &g))
         .reconcile_all_on(policy_changed)
         .reconcile_on(written)
-        .graceful_shutdown_on(stop)
-        .run(
-            |obj, ctx| pass::run(obj, ctx, binding::reconcile),
-            error_policy,
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await
+        .graceful_shutdown_on(stop);
+    drive(controller, binding::reconcile, ctx).await
 }
 
 /// Grants: woken by their identity's changes, all of them by a policy change.
@@ -60,19 +56,13 @@ pub(super) async fn grants(
     ctx: Arc<Context>,
 ) {
     let of_identity = stores.grants.clone();
-    controller
+    let controller = controller
         .watches_shared_stream(identities, move |id| {
             dependents(&of_identity, &id, |g: &RoleGrant| &g.spec.identity_ref.name)
         })
         .reconcile_all_on(policy_changed)
-        .graceful_shutdown_on(stop)
-        .run(
-            |obj, ctx| pass::run(obj, ctx, grant::reconcile),
-            error_policy,
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await
+        .graceful_shutdown_on(stop);
+    drive(controller, grant::reconcile, ctx).await
 }
 
 /// Identities: one whose deletion waits for its dependents wakes when one of them changes or
@@ -89,7 +79,7 @@ pub(super) async fn identities(
     ctx: Arc<Context>,
 ) {
     let (of_binding, of_grant) = (stores.identities.clone(), stores.identities.clone());
-    controller
+    let controller = controller
         .watches_shared_stream(bindings, move |b: Arc<IdentityBinding>| {
             deleting_identity(&of_binding, &*b, &b.spec.identity_ref.name)
         })
@@ -97,9 +87,21 @@ pub(super) async fn identities(
             deleting_identity(&of_grant, &*g, &g.spec.identity_ref.name)
         })
         .reconcile_on(denied)
-        .graceful_shutdown_on(stop)
+        .graceful_shutdown_on(stop);
+    drive(controller, identity::reconcile, ctx).await
+}
+
+/// Run `controller` until its shutdown signal, each pass of `reconcile` through [`pass::run`].
+async fn drive<K, R, Fut>(controller: Controller<K>, reconcile: R, ctx: Arc<Context>)
+where
+    K: pass::Kind + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::Status: Send + Sync,
+    R: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, ReconcileError>> + Send + 'static,
+{
+    controller
         .run(
-            |obj, ctx| pass::run(obj, ctx, identity::reconcile),
+            move |obj, ctx| pass::run(obj, ctx, reconcile),
             error_policy,
             ctx,
         )

@@ -1,6 +1,7 @@
 //! The status of a service account binding: what it waits for, or what was made and what the
 //! token check found.
 
+use crate::outcome::write_owned;
 use kube::runtime::controller::Action;
 
 use super::super::binding::plan::base_with;
@@ -142,7 +143,5 @@ pub(super) async fn write_status(
     ctx: &Context,
     status: IdentityBindingStatus,
 ) -> Result<(), ReconcileError> {
-    status::write(&ctx.client, obj, &status, OWNED_FIELDS)
-        .await
-        .map_err(crate::error::ReconcileError::kube("PatchStatus"))
+    write_owned(ctx, obj, &status, OWNED_FIELDS).await
 }
