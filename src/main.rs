@@ -292,18 +292,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         azure_ca,
     };
     let stop = shutdown_token();
-    let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
     // Ready once the caches have synced and leadership is settled (see run_with_leadership).
-    let readiness = state.clone();
-    let handle = app::start(
-        client,
-        opts,
-        &mut state.registry.lock(),
-        stop.clone(),
-        move |ready| readiness.set_ready(ready),
-    );
-    let s = stop.clone();
-    let addr = admin::serve(args.admin_listen, state, async move { s.cancelled().await }).await?;
+    let (addr, handle) = app::serve(client, opts, args.admin_listen, stop).await?;
     tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
     handle.await?;
     tracing::info!("stopped");

@@ -12,33 +12,26 @@ use serde_json::json;
 use support::*;
 use uami::demo::stack::Stack;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_object_the_controller_cannot_read_is_reported_and_the_others_reconcile() {
-    unreadable_object(tutorial_options(Duration::from_secs(2), 1.0)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_an_object_the_controller_cannot_read_is_reported() {
-    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
-    let Some(_turn) = on_real_apiserver("e2e_caches", &mut opts).await else {
-        return;
-    };
-    unreadable_object(opts).await;
+on_sandbox_and_real! {
+    binary: "e2e_caches",
+    options: tutorial_options(Duration::from_secs(2), 1.0),
+    join: on_real_apiserver;
+    an_object_the_controller_cannot_read_is_reported_and_the_others_reconcile on_a_real_api_server_an_object_the_controller_cannot_read_is_reported unreadable_object;
+    the_controller_is_ready_only_once_its_caches_have_synced on_a_real_api_server_the_controller_is_ready_only_once_its_caches_have_synced readiness_after_sync;
+    a_standby_is_ready_once_it_knows_another_replica_leads on_a_real_api_server_a_standby_is_ready_once_it_knows_another_replica_leads standby_readiness;
 }
 
 /// A binding that the API server accepts and the controller's types cannot read is there before
 /// the controller and the agent start: it gets a Warning Event and is left alone, and the
 /// tutorial's objects (which need both the controller's and the agent's caches) reach Ready.
-async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
+async fn unreadable_object(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
     use k8s_openapi::api::events::v1::Event;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
     use uami_api::IdentityBinding;
     use uami_api::binding::{TARGET_LABEL, target_label_value};
     use uami_emulator::world::TUTORIAL_SUBSCRIPTION;
-    opts.controller = false;
-    opts.agents = false;
-    let mut stack = Stack::start(opts).await.unwrap();
+    let mut stack = bare_stack(opts).await;
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     // Labelled with myVM's target, so the agent of myVM watches it too.
     let target = format!(
@@ -138,20 +131,6 @@ async fn unreadable_object(mut opts: uami::demo::stack::StackOptions) {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_controller_is_ready_only_once_its_caches_have_synced() {
-    readiness_after_sync(tutorial_options(Duration::from_secs(2), 1.0)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_the_controller_is_ready_only_once_its_caches_have_synced() {
-    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
-    let Some(_turn) = on_real_apiserver("e2e_caches", &mut opts).await else {
-        return;
-    };
-    readiness_after_sync(opts).await;
-}
-
 /// A controller started with `client` (under leader election as `holder`, when given) whose
 /// admin endpoints serve its readiness: their base URL, its stop and its task.
 async fn served_controller(
@@ -165,7 +144,6 @@ async fn served_controller(
 ) {
     use uami::demo::stack::controller_options;
     use uami_controller::leader::LeaseConfig;
-    use uami_telemetry::admin;
     let mut controller_opts = controller_options(&stack.emulator, Duration::from_secs(30)).unwrap();
     controller_opts.lease = holder.map(|h| {
         LeaseConfig::new(
@@ -175,20 +153,13 @@ async fn served_controller(
             Duration::from_secs(4),
         )
     });
-    let state = admin::AdminState::new(prometheus_client::registry::Registry::default());
     let stop = tokio_util::sync::CancellationToken::new();
-    let readiness = state.clone();
-    let handle = uami_controller::app::start(
+    let (addr, handle) = uami_controller::app::serve(
         client,
         controller_opts,
-        &mut state.registry.lock(),
+        "127.0.0.1:0".parse().unwrap(),
         stop.clone(),
-        move |ready| readiness.set_ready(ready),
-    );
-    let s = stop.clone();
-    let addr = admin::serve("127.0.0.1:0".parse().unwrap(), state, async move {
-        s.cancelled().await
-    })
+    )
     .await
     .unwrap();
     (format!("http://{addr}"), stop, handle)
@@ -202,10 +173,11 @@ async fn get(base: &str, path: &str) -> (u16, String) {
 
 /// A controller whose user may not list anything yet answers 503 on `/readyz`; once RBAC lets
 /// it list and its caches sync, 200.
-async fn readiness_after_sync(mut opts: uami::demo::stack::StackOptions) {
-    opts.controller = false;
-    opts.agents = false;
-    let stack = Stack::start(opts).await.unwrap();
+async fn readiness_after_sync(
+    opts: uami::demo::stack::StackOptions,
+    _real: Option<&envtest::Real>,
+) {
+    let stack = bare_stack(opts).await;
     let user = "uami-late-controller";
     let client = stack.cluster.client_for_user(user, &[]).unwrap();
     let (base, stop, handle) = served_controller(&stack, client, None).await;
@@ -234,26 +206,10 @@ async fn readiness_after_sync(mut opts: uami::demo::stack::StackOptions) {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_is_ready_once_it_knows_another_replica_leads() {
-    standby_readiness(tutorial_options(Duration::from_secs(2), 1.0)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_a_standby_is_ready_once_it_knows_another_replica_leads() {
-    let mut opts = tutorial_options(Duration::from_secs(2), 1.0);
-    let Some(_turn) = on_real_apiserver("e2e_caches", &mut opts).await else {
-        return;
-    };
-    standby_readiness(opts).await;
-}
-
 /// Under leader election, the leader is ready once its caches have synced, and a second replica
 /// once the Lease tells it the first one leads: it does not lead, and is ready to take over.
-async fn standby_readiness(mut opts: uami::demo::stack::StackOptions) {
-    opts.controller = false;
-    opts.agents = false;
-    let stack = Stack::start(opts).await.unwrap();
+async fn standby_readiness(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
+    let stack = bare_stack(opts).await;
     let leader = stack.cluster.client_as("controller-a").unwrap();
     let (a, stop_a, handle_a) = served_controller(&stack, leader, Some("a")).await;
     eventually(30, "the leader ready", || async {

@@ -65,6 +65,29 @@ pub struct ControllerOptions {
     pub azure_ca: AzureCa,
 }
 
+/// Start the controller with its admin endpoints (`/metrics`, `/healthz`, `/readyz`) on
+/// `listen`: `/readyz` answers 200 once the caches have synced and leadership is settled. Returns
+/// the admin address and the controller's task, which ends once `stop` is cancelled.
+pub async fn serve(
+    client: kube::Client,
+    opts: ControllerOptions,
+    listen: std::net::SocketAddr,
+    stop: CancellationToken,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let state = uami_telemetry::admin::AdminState::new(Registry::default());
+    let readiness = state.clone();
+    let handle = start(
+        client,
+        opts,
+        &mut state.registry.lock(),
+        stop.clone(),
+        move |ready| readiness.set_ready(ready),
+    );
+    let cancelled = stop.cancelled_owned();
+    let addr = uami_telemetry::admin::serve(listen, state, cancelled).await?;
+    Ok((addr, handle))
+}
+
 /// Start the controller; it runs until `stop` is cancelled (then finishes in-flight reconciles
 /// and releases its Lease). `ready` is told when it may serve.
 pub fn start(
