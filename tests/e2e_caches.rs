@@ -210,21 +210,22 @@ async fn readiness_after_sync(
 /// once the Lease tells it the first one leads: it does not lead, and is ready to take over.
 async fn standby_readiness(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
     let stack = bare_stack(opts).await;
-    let leader = stack.cluster.client_as("controller-a").unwrap();
-    let (a, stop_a, handle_a) = served_controller(&stack, leader, Some("a")).await;
-    eventually(30, "the leader ready", || async {
-        (get(&a, "/readyz").await.0 == 200).then_some(())
-    })
-    .await;
-    assert!(get(&a, "/metrics").await.1.contains("uami_leader 1"));
-    let standby = stack.cluster.client_as("controller-b").unwrap();
-    let (b, stop_b, handle_b) = served_controller(&stack, standby, Some("b")).await;
-    eventually(30, "the standby ready", || async {
-        (get(&b, "/readyz").await.0 == 200).then_some(())
-    })
-    .await;
-    assert!(get(&b, "/metrics").await.1.contains("uami_leader 0"));
-    for (stop, handle) in [(stop_b, handle_b), (stop_a, handle_a)] {
+    // The first replica leads (ready once its caches synced), the second stands by.
+    let mut served = Vec::new();
+    for (user, holder, role, leading) in [
+        ("controller-a", "a", "the leader", "uami_leader 1"),
+        ("controller-b", "b", "the standby", "uami_leader 0"),
+    ] {
+        let client = stack.cluster.client_as(user).unwrap();
+        let (base, stop, handle) = served_controller(&stack, client, Some(holder)).await;
+        eventually(30, &format!("{role} ready"), || async {
+            (get(&base, "/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+        assert!(get(&base, "/metrics").await.1.contains(leading), "{role}");
+        served.push((stop, handle));
+    }
+    for (stop, handle) in served.into_iter().rev() {
         stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
     }
