@@ -9,6 +9,10 @@
 //!
 //! The identity reconciler hands over what it read or created ([`remember`]); a miss reads ARM.
 
+pub mod record;
+
+pub use record::AzureIdentity;
+
 use super::context::Context;
 use super::error::ReconcileError;
 use super::identity::plan::{owned, owner_value};
@@ -31,42 +35,6 @@ pub fn coordinates(obj: &UserAssignedIdentity, ctx: &Context) -> Option<Identity
         resource_group: obj.spec.resource_group.clone(),
         name: obj.azure_name(),
     })
-}
-
-/// An identity as ARM returned it, proven to belong to its object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AzureIdentity {
-    /// Where it lives, from the spec.
-    pub coordinates: IdentityCoordinates,
-    /// Its ARM id.
-    pub id: String,
-    /// Its client (application) id.
-    pub client_id: String,
-    /// Its principal (object) id.
-    pub principal_id: String,
-    /// Its tenant.
-    pub tenant_id: String,
-    /// The principal id of the identity this one replaced under the same ARM id (deleted and
-    /// created again), as this controller read it from ARM earlier; what a grant's old role
-    /// assignment names.
-    pub replaced_principal_id: Option<String>,
-}
-
-impl AzureIdentity {
-    fn of(coordinates: IdentityCoordinates, identity: &Identity) -> Self {
-        Self {
-            id: if identity.id.is_empty() {
-                coordinates.path()
-            } else {
-                identity.id.clone()
-            },
-            coordinates,
-            client_id: identity.client_id.clone(),
-            principal_id: identity.principal_id.clone(),
-            tenant_id: identity.tenant_id.clone(),
-            replaced_principal_id: None,
-        }
-    }
 }
 
 /// What the cache holds for `obj` when it was recorded for the coordinates `at`: a changed spec

@@ -98,7 +98,7 @@ pub struct Context {
     /// What is remembered of each object between its passes.
     pub memo: Memo,
     roles: Mutex<HashMap<RoleKey, (RoleDefinition, Instant)>>,
-    azure_identities: Mutex<HashMap<ObjectKey, super::azure_identity::AzureIdentity>>,
+    azure_identities: Mutex<HashMap<ObjectKey, super::azure_identity::record::AzureIdentity>>,
 }
 
 /// A role as a grant names it, in one subscription (both lowercased).
@@ -208,7 +208,10 @@ impl Context {
     }
 
     /// The identity recorded for the identity object `key` (see [`super::azure_identity`]).
-    pub fn azure_identity(&self, key: &ObjectKey) -> Option<super::azure_identity::AzureIdentity> {
+    pub fn azure_identity(
+        &self,
+        key: &ObjectKey,
+    ) -> Option<super::azure_identity::record::AzureIdentity> {
         self.azure_identities.lock().get(key).cloned()
     }
 
@@ -216,7 +219,7 @@ impl Context {
     pub fn remember_azure_identity(
         &self,
         key: ObjectKey,
-        identity: super::azure_identity::AzureIdentity,
+        identity: super::azure_identity::record::AzureIdentity,
     ) {
         self.azure_identities.lock().insert(key, identity);
     }
