@@ -428,7 +428,7 @@ async fn the_controllers_credentials_sign_in_and_report_refusals_without_secrets
     use secrecy::{ExposeSecret, SecretString};
     use std::time::Duration;
     use uami_azure::auth::{CredentialConfig, build_credential, decode_claims};
-    use uami_controller::app::{AzureCa, http_client};
+    use uami_azure::http::{AzureCa, http_client};
 
     let emu = start().await;
     let trusted = http_client(&AzureCa::from_pem(emu.ca_pem().unwrap()).unwrap());

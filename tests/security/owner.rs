@@ -126,7 +126,7 @@ async fn creating_an_identity_never_overwrites_one_that_appeared() {
     // The controller's create sends it: the identity that appeared between its read and its
     // create is not overwritten.
     let opts = uami::demo::stack::controller_options(&emulator, Duration::from_secs(60)).unwrap();
-    let http = uami_controller::app::http_client(&opts.azure_ca);
+    let http = uami_azure::http::http_client(&opts.azure_ca);
     let credential =
         uami_azure::auth::build_credential(opts.credential, http.clone(), Duration::from_secs(60));
     let arm = ArmClient::new(

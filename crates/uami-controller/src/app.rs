@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use std::time::Duration;
-pub use uami_azure::http::{AzureCa, http_client, http_client_with, user_agent};
+use uami_azure::http::{AzureCa, http_client, http_client_with, user_agent};
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::Event as FinalizerEvent;
 
 use super::azure_identity::{self, AzureIdentity, coordinates};
 use super::context::Context;
@@ -55,12 +54,13 @@ pub async fn reconcile(
     obj: Arc<UserAssignedIdentity>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    finalized(&ctx, FINALIZER, obj, |event| async {
-        match event {
-            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
-            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
-        }
-    })
+    finalized(
+        &ctx,
+        FINALIZER,
+        obj,
+        |obj| apply(obj, &ctx),
+        |obj| cleanup(obj, &ctx),
+    )
     .await
 }
 

@@ -143,23 +143,32 @@ pub async fn conclude<K: Reported>(
     Ok(report.next.action(ctx))
 }
 
-/// Run a pass under the kind's finalizer `name`: `pass` gets the Apply or the Cleanup, and the
-/// error of the step that failed comes out as itself.
-pub async fn finalized<K, F, Fut>(
+/// Run a pass under the kind's finalizer `name`: `apply` while the object lives, `cleanup` once
+/// it is being deleted (the finalizer comes off after it succeeds); the error of the step that
+/// failed comes out as itself.
+pub async fn finalized<K, A, C, FA, FC>(
     ctx: &Context,
     name: &str,
     obj: Arc<K>,
-    pass: F,
+    apply: A,
+    cleanup: C,
 ) -> Result<Action, ReconcileError>
 where
     K: Reported + Serialize,
-    F: FnOnce(FinalizerEvent<K>) -> Fut,
-    Fut: Future<Output = Result<Action, ReconcileError>>,
+    A: FnOnce(Arc<K>) -> FA,
+    C: FnOnce(Arc<K>) -> FC,
+    FA: Future<Output = Result<Action, ReconcileError>>,
+    FC: Future<Output = Result<Action, ReconcileError>>,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    finalizer(&api, name, obj, pass)
-        .await
-        .map_err(ReconcileError::from_finalizer)
+    finalizer(&api, name, obj, |event| async move {
+        match event {
+            FinalizerEvent::Apply(obj) => apply(obj).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(obj).await,
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer)
 }
 
 /// Write `status` (the controller's `owned` fields) of `obj`, unless `obj` already holds it.

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
@@ -68,12 +67,13 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     if workload::is_service_account(&obj) {
         // Service accounts (workload identity) have their own path; their finalizer comes first.
-        finalized(&ctx, FINALIZER, obj, |event| async {
-            match event {
-                FinalizerEvent::Apply(obj) => workload::apply(obj, ctx.clone()).await,
-                FinalizerEvent::Cleanup(obj) => workload::cleanup(obj, &ctx).await,
-            }
-        })
+        finalized(
+            &ctx,
+            FINALIZER,
+            obj,
+            |obj| workload::apply(obj, ctx.clone()),
+            |obj| workload::cleanup(obj, &ctx),
+        )
         .await
     } else {
         reconcile_target(obj, &ctx).await

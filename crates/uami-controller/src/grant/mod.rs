@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::Event as FinalizerEvent;
 
 use super::azure_identity;
 use super::binding::plan::identity_ready;
@@ -61,12 +60,13 @@ impl Kind for RoleGrant {
 
 /// Entry point (see [`super::pass::run`]): finalizer handling around apply and cleanup.
 pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    finalized(&ctx, FINALIZER, obj, |event| async {
-        match event {
-            FinalizerEvent::Apply(obj) => apply(obj, &ctx).await,
-            FinalizerEvent::Cleanup(obj) => cleanup(obj, &ctx).await,
-        }
-    })
+    finalized(
+        &ctx,
+        FINALIZER,
+        obj,
+        |obj| apply(obj, &ctx),
+        |obj| cleanup(obj, &ctx),
+    )
     .await
 }
 
