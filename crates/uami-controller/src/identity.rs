@@ -54,14 +54,7 @@ pub async fn reconcile(
     obj: Arc<UserAssignedIdentity>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    finalized(
-        &ctx,
-        FINALIZER,
-        obj,
-        |obj| apply(obj, &ctx),
-        |obj| cleanup(obj, &ctx),
-    )
-    .await
+    finalized(&ctx, FINALIZER, obj, apply, cleanup).await
 }
 
 /// Resolve, plan, ensure, settle: the apply side of a pass.

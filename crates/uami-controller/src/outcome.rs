@@ -1,7 +1,6 @@
 //! What a reconcile pass does besides writing status: the Event it publishes and when it looks at
 //! the object again. Plans (pure) return these; the short execution after a plan carries them out.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,25 +145,21 @@ pub async fn conclude<K: Reported>(
 /// Run a pass under the kind's finalizer `name`: `apply` while the object lives, `cleanup` once
 /// it is being deleted (the finalizer comes off after it succeeds); the error of the step that
 /// failed comes out as itself.
-pub async fn finalized<K, A, C, FA, FC>(
+pub async fn finalized<K>(
     ctx: &Context,
     name: &str,
     obj: Arc<K>,
-    apply: A,
-    cleanup: C,
+    apply: impl AsyncFnOnce(Arc<K>, &Context) -> Result<Action, ReconcileError>,
+    cleanup: impl AsyncFnOnce(Arc<K>, &Context) -> Result<Action, ReconcileError>,
 ) -> Result<Action, ReconcileError>
 where
     K: Reported + Serialize,
-    A: FnOnce(Arc<K>) -> FA,
-    C: FnOnce(Arc<K>) -> FC,
-    FA: Future<Output = Result<Action, ReconcileError>>,
-    FC: Future<Output = Result<Action, ReconcileError>>,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     finalizer(&api, name, obj, |event| async move {
         match event {
-            FinalizerEvent::Apply(obj) => apply(obj).await,
-            FinalizerEvent::Cleanup(obj) => cleanup(obj).await,
+            FinalizerEvent::Apply(obj) => apply(obj, ctx).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(obj, ctx).await,
         }
     })
     .await

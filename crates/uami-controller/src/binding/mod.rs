@@ -67,14 +67,9 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     if workload::is_service_account(&obj) {
         // Service accounts (workload identity) have their own path; their finalizer comes first.
-        finalized(
-            &ctx,
-            FINALIZER,
-            obj,
-            |obj| workload::apply(obj, ctx.clone()),
-            |obj| workload::cleanup(obj, &ctx),
-        )
-        .await
+        let shared = ctx.clone();
+        let apply = async move |obj, _: &Context| workload::apply(obj, shared).await;
+        finalized(&ctx, FINALIZER, obj, apply, workload::cleanup).await
     } else {
         reconcile_target(obj, &ctx).await
     }

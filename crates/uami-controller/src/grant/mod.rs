@@ -60,14 +60,7 @@ impl Kind for RoleGrant {
 
 /// Entry point (see [`super::pass::run`]): finalizer handling around apply and cleanup.
 pub async fn reconcile(obj: Arc<RoleGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    finalized(
-        &ctx,
-        FINALIZER,
-        obj,
-        |obj| apply(obj, &ctx),
-        |obj| cleanup(obj, &ctx),
-    )
-    .await
+    finalized(&ctx, FINALIZER, obj, apply, cleanup).await
 }
 
 /// Resolve, plan, and carry the plan out.
