@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, Request};
+use super::transport::{CREATED, Request, Wire};
 use crate::federated::{FederatedCredential, FederatedCredentialApi, IdentityCoordinates};
 use crate::{ArmError, api_versions};
 
@@ -23,14 +23,7 @@ impl ArmClient {
     }
 }
 
-/// A federated identity credential as ARM answers it.
-#[derive(Deserialize)]
-struct WireCredential {
-    id: String,
-    name: String,
-    properties: WireCredentialProperties,
-}
-
+/// The properties of a federated identity credential as ARM answers it.
 #[derive(Deserialize)]
 struct WireCredentialProperties {
     issuer: String,
@@ -40,7 +33,7 @@ struct WireCredentialProperties {
 }
 
 fn parse(v: Value) -> Result<FederatedCredential, serde_json::Error> {
-    let w: WireCredential = serde_json::from_value(v)?;
+    let w = Wire::<WireCredentialProperties>::from_value(v)?;
     Ok(FederatedCredential {
         audiences: w.properties.audiences.unwrap_or_default(),
         name: w.name,

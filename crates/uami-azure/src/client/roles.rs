@@ -7,19 +7,12 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::ArmClient;
-use super::transport::{CREATED, Decode, Request};
+use super::transport::{CREATED, Decode, Request, Wire};
 use crate::roles::{NewRoleAssignment, RoleAssignment, RoleDefinition};
 use crate::scope::ArmScope;
 use crate::{ArmError, RoleApi, api_versions};
 
-/// A role definition as ARM answers it.
-#[derive(Deserialize)]
-struct WireDefinition {
-    id: String,
-    name: String,
-    properties: WireDefinitionProperties,
-}
-
+/// The properties of a role definition as ARM answers it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireDefinitionProperties {
@@ -36,29 +29,19 @@ struct WirePermission {
 }
 
 fn parse_definition(v: Value) -> Result<RoleDefinition, serde_json::Error> {
-    let w: WireDefinition = serde_json::from_value(v)?;
+    let w = Wire::<WireDefinitionProperties>::from_value(v)?;
+    let permissions = w.properties.permissions.into_iter().flatten();
     Ok(RoleDefinition {
-        id: w.id,
-        name: w.name,
-        role_name: w.properties.role_name,
-        data_actions: w
-            .properties
-            .permissions
-            .into_iter()
-            .flatten()
+        data_actions: permissions
             .flat_map(|p| p.data_actions.unwrap_or_default())
             .collect(),
+        role_name: w.properties.role_name,
+        id: w.id,
+        name: w.name,
     })
 }
 
-/// A role assignment as ARM answers it.
-#[derive(Deserialize)]
-struct WireAssignment {
-    id: String,
-    name: String,
-    properties: WireAssignmentProperties,
-}
-
+/// The properties of a role assignment as ARM answers it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireAssignmentProperties {
@@ -68,7 +51,7 @@ struct WireAssignmentProperties {
 }
 
 fn parse_assignment(v: Value) -> Result<RoleAssignment, serde_json::Error> {
-    let w: WireAssignment = serde_json::from_value(v)?;
+    let w = Wire::<WireAssignmentProperties>::from_value(v)?;
     Ok(RoleAssignment {
         id: w.id,
         name: w.name,
@@ -112,7 +95,23 @@ impl ArmClient {
         let url = self.authorization_url(op, scope, kind, Some(name), None)?;
         self.read(Request::get(op, url), parse).await
     }
+
+    /// Every `kind` resource at `scope` that `filter` selects, following the pages.
+    async fn list_authorization<T>(
+        &self,
+        op: &'static str,
+        scope: &str,
+        kind: &str,
+        filter: Option<&str>,
+        parse: Decode<T>,
+    ) -> Result<Vec<T>, ArmError> {
+        let url = self.authorization_url(op, scope, kind, None, filter)?;
+        self.list_all(op, url, parse).await
+    }
 }
+
+/// ARM's operation that lists role assignments, with or without a filter.
+const LIST_ASSIGNMENTS: &str = "RoleAssignments_ListForScope";
 
 #[async_trait]
 impl RoleApi for ArmClient {
@@ -138,8 +137,15 @@ impl RoleApi for ArmClient {
     ) -> Result<Option<RoleDefinition>, ArmError> {
         const OP: &str = "RoleDefinitions_List";
         let filter = format!("roleName eq '{}'", role_name.replace('\'', "''"));
-        let url = self.authorization_url(OP, scope, "roleDefinitions", None, Some(&filter))?;
-        let mut matching = self.list_all(OP, url, parse_definition).await?;
+        let mut matching = self
+            .list_authorization(
+                OP,
+                scope,
+                "roleDefinitions",
+                Some(&filter),
+                parse_definition,
+            )
+            .await?;
         matching.retain(|d| d.role_name.eq_ignore_ascii_case(role_name));
         match matching.len() {
             0 | 1 => Ok(matching.pop()),
@@ -194,15 +200,25 @@ impl RoleApi for ArmClient {
         scope: &str,
         principal_id: &str,
     ) -> Result<Vec<RoleAssignment>, ArmError> {
-        const OP: &str = "RoleAssignments_ListForScope";
         let filter = format!("principalId eq '{principal_id}'");
-        let url = self.authorization_url(OP, scope, "roleAssignments", None, Some(&filter))?;
-        self.list_all(OP, url, parse_assignment).await
+        self.list_authorization(
+            LIST_ASSIGNMENTS,
+            scope,
+            "roleAssignments",
+            Some(&filter),
+            parse_assignment,
+        )
+        .await
     }
 
     async fn list_role_assignments(&self, scope: &str) -> Result<Vec<RoleAssignment>, ArmError> {
-        const OP: &str = "RoleAssignments_ListForScope";
-        let url = self.authorization_url(OP, scope, "roleAssignments", None, None)?;
-        self.list_all(OP, url, parse_assignment).await
+        self.list_authorization(
+            LIST_ASSIGNMENTS,
+            scope,
+            "roleAssignments",
+            None,
+            parse_assignment,
+        )
+        .await
     }
 }

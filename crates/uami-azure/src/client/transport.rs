@@ -109,6 +109,22 @@ impl Response {
 /// missing required field is an error).
 pub(super) type Decode<T> = fn(Value) -> Result<T, serde_json::Error>;
 
+/// A resource as ARM answers it: its id, its name and the properties of its family, all
+/// required.
+#[derive(serde::Deserialize)]
+pub(super) struct Wire<P> {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) properties: P,
+}
+
+impl<P: serde::de::DeserializeOwned> Wire<P> {
+    /// `v` as a resource whose properties are `P`.
+    pub(super) fn from_value(v: Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+}
+
 /// `body` decoded by `decode`; an answer without a field the decoder requires is an
 /// `InvalidResponse` error of `operation` that names the field.
 pub(super) fn decoded<T>(
