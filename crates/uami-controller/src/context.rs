@@ -70,6 +70,22 @@ pub struct Stores {
     pub policies: Store<GrantPolicy>,
 }
 
+/// The objects of `store` in namespace `ns` that are not being deleted and that `keep` accepts.
+pub fn live_in<K>(store: &Store<K>, ns: &str, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|o| {
+            let meta = o.meta();
+            meta.deletion_timestamp.is_none() && meta.namespace.as_deref() == Some(ns) && keep(o)
+        })
+        .collect()
+}
+
 /// Shared reconciler state.
 pub struct Context {
     /// Kubernetes client.

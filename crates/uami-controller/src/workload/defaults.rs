@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kube::{Resource, ResourceExt};
 
-use super::super::context::Context;
+use super::super::context::{Context, live_in};
 use super::state::DefaultChoice;
 use uami_api::IdentityBinding;
 
@@ -45,21 +45,13 @@ pub(super) fn default_binding(
 
 /// The live bindings of service account `sa` in `ns`, oldest first.
 fn bindings_of(ctx: &Context, ns: &str, sa: &str) -> Vec<Arc<IdentityBinding>> {
-    let mut found: Vec<Arc<IdentityBinding>> = ctx
-        .stores
-        .bindings
-        .state()
-        .into_iter()
-        .filter(|b| {
-            b.meta().deletion_timestamp.is_none()
-                && b.namespace().as_deref() == Some(ns)
-                && b.spec
-                    .target
-                    .service_account
-                    .as_ref()
-                    .is_some_and(|s| s.name == sa)
-        })
-        .collect();
+    let mut found = live_in(&ctx.stores.bindings, ns, |b| {
+        b.spec
+            .target
+            .service_account
+            .as_ref()
+            .is_some_and(|s| s.name == sa)
+    });
     found.sort_by_key(|b| (b.meta().creation_timestamp.clone(), b.name_any()));
     found
 }

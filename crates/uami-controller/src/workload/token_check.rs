@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::{Resource, ResourceExt};
 use secrecy::SecretString;
 
-use super::super::context::Context;
+use super::super::context::{Context, live_in};
 use super::super::reasons;
 use super::state::TokenCheck;
 use super::{
@@ -341,21 +341,13 @@ pub(super) fn grants_covered(ctx: &Context, ns: &str, identity: &str) -> String 
 
 /// Granted RoleGrants of the identity `identity` in `ns` that ask for an access check.
 fn granted(ctx: &Context, ns: &str, identity: &str) -> Vec<Arc<RoleGrant>> {
-    let mut out: Vec<Arc<RoleGrant>> = ctx
-        .stores
-        .grants
-        .state()
-        .into_iter()
-        .filter(|g| {
-            g.namespace().as_deref() == Some(ns)
-                && g.spec.identity_ref.name == identity
-                && g.spec.verify_access
-                && g.meta().deletion_timestamp.is_none()
-                && g.status
-                    .as_ref()
-                    .is_some_and(|s| conditions::is_true(&s.conditions, types::GRANTED))
-        })
-        .collect();
+    let mut out = live_in(&ctx.stores.grants, ns, |g| {
+        g.spec.identity_ref.name == identity
+            && g.spec.verify_access
+            && g.status
+                .as_ref()
+                .is_some_and(|s| conditions::is_true(&s.conditions, types::GRANTED))
+    });
     out.sort_by_key(|g| g.name_any());
     out.truncate(100);
     out
