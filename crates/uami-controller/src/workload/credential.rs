@@ -25,11 +25,11 @@ use uami_azure::federated::FederatedCredential;
 
 /// Whether the credential is in place.
 pub(super) enum Ensured {
-    /// It trusts the service account (`adopted`: someone else made it).
-    Present {
-        credential: FederatedCredential,
-        adopted: bool,
-    },
+    /// It trusts the service account, under the controller's name for it.
+    Ours(FederatedCredential),
+    /// It trusts the service account under another name: someone else made it, and it is used
+    /// but never deleted.
+    Adopted(FederatedCredential),
     /// The identity has Azure's maximum of credentials already (how many).
     LimitReached(usize),
 }
@@ -51,10 +51,7 @@ pub(super) async fn ensure_credential(
         .await
         .map_err(ReconcileError::arm("GetFederatedCredential"))?;
     if let Some(c) = current.as_ref().filter(|c| c.same_trust(&desired)) {
-        return Ok(Ensured::Present {
-            credential: c.clone(),
-            adopted: false,
-        });
+        return Ok(Ensured::Ours(c.clone()));
     }
     let mut to_write = desired;
     let mut listed = None;
@@ -63,15 +60,11 @@ pub(super) async fn ensure_credential(
             .list_federated_credentials(&id.coordinates)
             .await
             .map_err(ReconcileError::arm("ListFederatedCredentials"))?;
-        if let Some(existing) = all.iter().find(|c| c.same_trust(&to_write)) {
-            // The same trust under another name: use it, and never delete it.
-            return Ok(Ensured::Present {
-                credential: existing.clone(),
-                adopted: true,
-            });
-        }
         ctx.budgets
             .set_federated_credentials(&id.coordinates, all.len());
+        if let Some(existing) = all.iter().find(|c| c.same_trust(&to_write)) {
+            return Ok(Ensured::Adopted(existing.clone()));
+        }
         if all.len() >= MAX_CREDENTIALS_PER_IDENTITY {
             return Ok(Ensured::LimitReached(all.len()));
         }
@@ -110,10 +103,7 @@ pub(super) async fn ensure_credential(
                 .await;
         }
     }
-    Ok(Ensured::Present {
-        credential: to_write,
-        adopted: false,
-    })
+    Ok(Ensured::Ours(to_write))
 }
 
 /// Put the client id and tenant id on the service account, as the workload identity webhook

@@ -338,10 +338,8 @@ async fn ensure(
         audiences: vec![EXCHANGE_AUDIENCE.to_string()],
     };
     let made = match ensure_credential(ctx, obj, &r.id, desired, assigned_before).await? {
-        Ensured::Present {
-            credential,
-            adopted,
-        } => (credential, adopted),
+        Ensured::Ours(credential) => (credential, false),
+        Ensured::Adopted(credential) => (credential, true),
         Ensured::LimitReached(count) => {
             let message = format!(
                 "identity {} already has {count} federated identity credentials, Azure's limit is {MAX_CREDENTIALS_PER_IDENTITY}; bind another identity or remove a binding of this one",
