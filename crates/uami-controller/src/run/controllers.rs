@@ -15,20 +15,29 @@ use super::super::{binding, grant, identity};
 use super::triggers::{bindings_of_grant, deleting_identity, dependents};
 use uami_api::{IdentityBinding, RoleGrant, UserAssignedIdentity};
 
+/// The shared watch stream of another kind that wakes a controller.
+pub(super) trait Objects<K>: Stream<Item = Arc<K>> + Send + 'static {}
+impl<K, S: Stream<Item = Arc<K>> + Send + 'static> Objects<K> for S {}
+
+/// A stream of signals that wakes every object of a controller (a policy change).
+pub(super) trait Signal: Stream<Item = ()> + Send + Sync + 'static {}
+impl<S: Stream<Item = ()> + Send + Sync + 'static> Signal for S {}
+
+/// A stream of the objects of a controller to reconcile again (one at a time).
+pub(super) trait Refs<K: kube::Resource>:
+    Stream<Item = ObjectRef<K>> + Send + 'static
+{
+}
+impl<K: kube::Resource, S: Stream<Item = ObjectRef<K>> + Send + 'static> Refs<K> for S {}
+
 /// Bindings: woken by their identity's changes and its grants' (a grant changes what the
 /// identity's bindings check: the scopes the agent on a VM reads, and the token check of a
 /// service account), all of them by a policy change, one by its target writer's answer.
 pub(super) async fn bindings(
     controller: Controller<IdentityBinding>,
     stores: Stores,
-    (identities, grants): (
-        impl Stream<Item = Arc<UserAssignedIdentity>> + Send + 'static,
-        impl Stream<Item = Arc<RoleGrant>> + Send + 'static,
-    ),
-    (policy_changed, written): (
-        impl Stream<Item = ()> + Send + Sync + 'static,
-        impl Stream<Item = ObjectRef<IdentityBinding>> + Send + 'static,
-    ),
+    (identities, grants): (impl Objects<UserAssignedIdentity>, impl Objects<RoleGrant>),
+    (policy_changed, written): (impl Signal, impl Refs<IdentityBinding>),
     stop: impl Future<Output = ()> + Send + Sync + 'static,
     ctx: Arc<Context>,
 ) {
@@ -50,8 +59,8 @@ pub(super) async fn bindings(
 pub(super) async fn grants(
     controller: Controller<RoleGrant>,
     stores: Stores,
-    identities: impl Stream<Item = Arc<UserAssignedIdentity>> + Send + 'static,
-    policy_changed: impl Stream<Item = ()> + Send + Sync + 'static,
+    identities: impl Objects<UserAssignedIdentity>,
+    policy_changed: impl Signal,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
     ctx: Arc<Context>,
 ) {
@@ -70,11 +79,8 @@ pub(super) async fn grants(
 pub(super) async fn identities(
     controller: Controller<UserAssignedIdentity>,
     stores: Stores,
-    (bindings, grants): (
-        impl Stream<Item = Arc<IdentityBinding>> + Send + 'static,
-        impl Stream<Item = Arc<RoleGrant>> + Send + 'static,
-    ),
-    denied: impl Stream<Item = ObjectRef<UserAssignedIdentity>> + Send + 'static,
+    (bindings, grants): (impl Objects<IdentityBinding>, impl Objects<RoleGrant>),
+    denied: impl Refs<UserAssignedIdentity>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
     ctx: Arc<Context>,
 ) {
