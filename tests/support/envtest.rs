@@ -204,13 +204,7 @@ fn start(assets: &Path) -> Result<ControlPlane, String> {
         let stdin = child.stdin.take().ok_or("no pipe")?;
         watchdogs.push((child, stdin));
     }
-    let (ep, pp, ap, ip, kp) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let (ep, pp, ap, ip) = (free_port(), free_port(), free_port(), free_port());
 
     // Service-account signing key.
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
@@ -283,19 +277,24 @@ fn start(assets: &Path) -> Result<ControlPlane, String> {
     let issuer_ca_pem = publish_issuer(ip, &server, &ca_path, &admin_token)?;
 
     if let Some(kcm) = kcm {
+        // No serving port (`--secure-port=0`): nothing reads its health, and a port picked here
+        // could be taken by another server before it binds. The tests start once its controllers
+        // have: the last one started is the ClusterRole aggregator, which a test waits on.
+        let kcm_log = dir.join("kube-controller-manager.log");
         watchdogs.push(spawn(
             &kcm,
             &[
                 format!("--kubeconfig={}", d("kubeconfig")),
-                "--authentication-skip-lookup=true".into(),
-                "--authorization-always-allow-paths=/healthz".into(),
                 "--controllers=namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller".into(),
                 "--leader-elect=false".into(),
-                format!("--secure-port={kp}"),
-                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
             ],
-            &dir.join("kube-controller-manager.log"),
+            &kcm_log,
         )?);
+        wait_for("kube-controller-manager", 60, &kcm_log, || {
+            std::fs::read_to_string(&kcm_log)
+                .is_ok_and(|l| l.contains("Starting ClusterRoleAggregator controller"))
+        })?;
     } else {
         eprintln!(
             "{ASSETS} has no kube-controller-manager: namespaces will not finish terminating"
