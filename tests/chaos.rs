@@ -117,6 +117,10 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
     // The leader stalls (a long GC pause, a frozen node): its lease expires, b takes over; then
     // it resumes with timers due and writes queued, and must not send any of them.
     signal(a.child.as_ref().unwrap(), "STOP");
+    // Azure slows down for b's term, so b is still converging when it dies below (at 200 ms a
+    // request, b could finish everything first and leave a nothing to take over).
+    faults.latency_ms = 1500;
+    stack.emulator.set_faults(faults.clone());
     wait_leader(&stack, "default", "b", 30).await;
     let b_started = eventually(30, "b's first ARM request", || async {
         stack
@@ -147,6 +151,11 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
     );
 
     // Now the new leader dies mid-convergence: a takes over once the lease expires.
+    let objs = all_objects(&stack, &s.namespaces).await;
+    assert!(
+        !objs.iter().all(|(_, o)| is_ready(o)),
+        "b is still converging when it is killed"
+    );
     b.kill();
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(stack.client(), "default");
@@ -176,8 +185,10 @@ async fn a_leader_that_lost_its_lease_never_writes_after_the_new_one_started() {
     })
     .await;
 
-    // Writes ordered by holder: a's term, b's term, a's term, never interleaved.
-    let journal = stack.emulator.journal();
+    // Writes ordered by holder: a's term, b's term, a's term, never interleaved. The journal
+    // holds each exchange once answered; the terms are read in the order the requests arrived.
+    let mut journal = stack.emulator.journal();
+    journal.sort_by_key(|e| e.at_ms);
     let mut terms: Vec<String> = Vec::new();
     for e in &journal {
         if let Some(r) = replica(e)
