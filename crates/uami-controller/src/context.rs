@@ -70,6 +70,17 @@ pub struct Stores {
     pub policies: Store<GrantPolicy>,
 }
 
+impl Stores {
+    /// All GrantPolicies known to the cache.
+    pub fn policies(&self) -> Vec<GrantPolicy> {
+        self.policies
+            .state()
+            .iter()
+            .map(|p| (**p).clone())
+            .collect()
+    }
+}
+
 /// The objects of `store` in namespace `ns` that are not being deleted and that `keep` accepts.
 pub fn live_in<K>(store: &Store<K>, ns: &str, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>>
 where
@@ -273,12 +284,7 @@ impl Context {
 
     /// All GrantPolicies known to the cache.
     pub fn policies(&self) -> Vec<GrantPolicy> {
-        self.stores
-            .policies
-            .state()
-            .iter()
-            .map(|p| (**p).clone())
-            .collect()
+        self.stores.policies()
     }
 
     /// The identity `name` in `namespace`, from the shared cache. This is the one way the

@@ -11,7 +11,6 @@ use kube::{Resource, ResourceExt};
 use super::super::context::Stores;
 use super::super::target_writer::WaitingSiblings;
 use super::super::{binding, policy};
-use uami_api::GrantPolicy;
 use uami_api::conditions::{self, types};
 use uami_azure::compute::ComputeTarget;
 
@@ -53,12 +52,7 @@ type WaitingByTarget = HashMap<String, Vec<String>>;
 /// target's writes), and, of those whose identity has no Ready condition, only the ones whose
 /// identity the controller has not answered yet (its creation is in flight).
 fn scan_waiting(stores: &Stores, default_subscription: Option<&str>) -> WaitingByTarget {
-    let policies: Vec<GrantPolicy> = stores
-        .policies
-        .state()
-        .iter()
-        .map(|p| (**p).clone())
-        .collect();
+    let policies = stores.policies();
     let identities = &stores.identities;
     let mut by_target = WaitingByTarget::new();
     for b in stores.bindings.state() {
