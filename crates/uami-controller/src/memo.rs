@@ -113,6 +113,18 @@ impl Memo {
         out
     }
 
+    /// `f` on the entry of `key` if it has one (dropped once it holds nothing); `None` without
+    /// one, so clearing what is not there creates no entry.
+    fn with_existing<T>(&self, key: &ObjectKey, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let mut entries = self.entries.lock();
+        let entry = entries.get_mut(key)?;
+        let out = f(entry);
+        if entry.is_empty() {
+            entries.remove(key);
+        }
+        Some(out)
+    }
+
     /// Count one more failure in `run` of `key`; returns the failures in a row.
     pub fn failed(&self, key: &ObjectKey, run: Run) -> u32 {
         self.with(key, |e| {
@@ -124,9 +136,7 @@ impl Memo {
 
     /// End `run` of `key`: the next failure starts from the beginning.
     pub fn succeeded(&self, key: &ObjectKey, run: Run) {
-        if self.entries.lock().contains_key(key) {
-            self.with(key, |e| e.runs[slot(run)] = 0);
-        }
+        self.with_existing(key, |e| e.runs[slot(run)] = 0);
     }
 
     /// Whether the Azure side of `key` was checked with `fingerprint` within `window`.
@@ -150,9 +160,7 @@ impl Memo {
 
     /// Forget the check of `key` (after a write, or a change found).
     pub fn forget_checked(&self, key: &ObjectKey) {
-        if self.entries.lock().contains_key(key) {
-            self.with(key, |e| e.checked = None);
-        }
+        self.with_existing(key, |e| e.checked = None);
     }
 
     /// Record that the copy of `key` at `version` was just patched by its reconcile (its
@@ -164,10 +172,8 @@ impl Memo {
     /// Whether the copy of `key` at `version` is one its last reconcile patched; the record is
     /// used once.
     pub fn take_superseded(&self, key: &ObjectKey, version: Option<&str>) -> bool {
-        if !self.entries.lock().contains_key(key) {
-            return false;
-        }
-        self.with(key, |e| e.superseded.take())
+        self.with_existing(key, |e| e.superseded.take())
+            .flatten()
             .is_some_and(|v| Some(v.as_str()) == version)
     }
 
@@ -178,8 +184,10 @@ impl Memo {
 
     /// Start or end the replacement of `key`'s stale entry.
     pub fn set_replacing(&self, key: &ObjectKey, replacing: bool) {
-        if replacing || self.entries.lock().contains_key(key) {
-            self.with(key, |e| e.replacing = replacing);
+        if replacing {
+            self.with(key, |e| e.replacing = true);
+        } else {
+            self.with_existing(key, |e| e.replacing = false);
         }
     }
 
