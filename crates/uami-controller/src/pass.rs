@@ -69,14 +69,11 @@ where
             K::FINALIZER.is_some_and(|f| !deleting && !obj.finalizers().iter().any(|x| x == f));
         let result = reconcile(obj.clone(), ctx.clone()).await;
         if let Err(e @ ReconcileError::Arm { source, .. }) = &result
-            && !passing::keep_on_passing_failure(&ctx, &*obj, source)
+            && !passing::keep_on_passing_failure(&ctx, &key, &*obj, source)
             && let Some(failed) = obj.failed_status(&arm_reason(source), &e.to_string())
         {
             // Best effort: the error itself is what the controller acts on.
             let _ = status::write(&ctx.client, &*obj, &failed, K::OWNED_FIELDS).await;
-        }
-        if result.is_ok() {
-            passing::passed(&ctx, &*obj);
         }
         let label = match &result {
             Ok(_) if deleting => {
@@ -85,9 +82,10 @@ where
                 "success"
             }
             Ok(_) => {
-                // A success ends the object's run of failures: the next failure starts the
-                // backoff from the beginning.
+                // A success ends the object's runs of failures: the next failure starts the
+                // backoff, and the count of passing ARM failures, from the beginning.
                 ctx.memo.succeeded(&key, Run::Reconcile);
+                ctx.memo.succeeded(&key, Run::Passing);
                 if adds_finalizer && let Some(v) = version {
                     ctx.memo.note_superseded(&key, v);
                 }

@@ -13,6 +13,7 @@ use uami_kube::status::Reported;
 /// [`ArmError::is_retryable`]: uami_azure::ArmError::is_retryable
 pub fn keep_on_passing_failure<K: Reported>(
     ctx: &crate::context::Context,
+    key: &crate::memo::ObjectKey,
     obj: &K,
     e: &uami_azure::ArmError,
 ) -> bool {
@@ -22,8 +23,7 @@ pub fn keep_on_passing_failure<K: Reported>(
     // The copy a pass starts from can be older than this controller's own last write (the
     // watch has not delivered it yet), so a Ready just written may not show: a passing failure
     // is also kept out of status until it repeats.
-    let key = crate::memo::ObjectKey::of(obj);
-    let in_a_row = ctx.memo.failed(&key, crate::memo::Run::Passing);
+    let in_a_row = ctx.memo.failed(key, crate::memo::Run::Passing);
     in_a_row < PASSING_FAILURES_SHOWN
         || obj.conditions().iter().any(|c| {
             c.type_ == types::READY
@@ -35,12 +35,6 @@ pub fn keep_on_passing_failure<K: Reported>(
 /// The passing failures in a row after which one is shown in the status of an object that is
 /// not Ready.
 pub const PASSING_FAILURES_SHOWN: u32 = 3;
-
-/// A pass of `obj` succeeded: its passing failures start again from none.
-pub fn passed<K: Reported>(ctx: &crate::context::Context, obj: &K) {
-    ctx.memo
-        .succeeded(&crate::memo::ObjectKey::of(obj), crate::memo::Run::Passing);
-}
 
 /// A condition reason for an ARM error: `Throttled` for 429, `Forbidden` for 401/403, else the
 /// ARM error code (CamelCase already), else `AzureError`.
