@@ -108,8 +108,6 @@ impl Note {
     }
 }
 
-pub use uami_kube::events::send_event;
-
 /// Publish a Warning Event about `obj` unless `obj`'s `Ready` condition already has `reason`:
 /// a condition that persists is reported once.
 pub async fn warn_once<K: Reported>(

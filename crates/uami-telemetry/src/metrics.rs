@@ -17,7 +17,7 @@ use prometheus_client::registry::{Metric, Registry};
 
 /// Every metric the processes export, by name, with its help text: the one list a dashboard
 /// author reads, and the text [`register`] gives each name.
-pub const METRICS: &[(&str, &str)] = &[
+const METRICS: &[(&str, &str)] = &[
     (
         "uami_time_to_ready_seconds",
         "Time from an object's creation (or the change of its spec) to its first Ready, once per generation",
@@ -64,7 +64,7 @@ pub const METRICS: &[(&str, &str)] = &[
 ];
 
 /// The help text of the metric `name` in [`METRICS`] (empty for a name not listed there).
-pub fn help(name: &str) -> &'static str {
+fn help(name: &str) -> &'static str {
     METRICS
         .iter()
         .find(|(n, _)| *n == name)

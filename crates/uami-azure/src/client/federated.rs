@@ -33,7 +33,7 @@ struct WireCredentialProperties {
 }
 
 fn parse(v: Value) -> Result<FederatedCredential, serde_json::Error> {
-    let w = Wire::<WireCredentialProperties>::from_value(v)?;
+    let w: Wire<WireCredentialProperties> = serde_json::from_value(v)?;
     Ok(FederatedCredential {
         audiences: w.properties.audiences.unwrap_or_default(),
         name: w.name,

@@ -29,7 +29,7 @@ struct WirePermission {
 }
 
 fn parse_definition(v: Value) -> Result<RoleDefinition, serde_json::Error> {
-    let w = Wire::<WireDefinitionProperties>::from_value(v)?;
+    let w: Wire<WireDefinitionProperties> = serde_json::from_value(v)?;
     let permissions = w.properties.permissions.into_iter().flatten();
     Ok(RoleDefinition {
         data_actions: permissions
@@ -51,7 +51,7 @@ struct WireAssignmentProperties {
 }
 
 fn parse_assignment(v: Value) -> Result<RoleAssignment, serde_json::Error> {
-    let w = Wire::<WireAssignmentProperties>::from_value(v)?;
+    let w: Wire<WireAssignmentProperties> = serde_json::from_value(v)?;
     Ok(RoleAssignment {
         id: w.id,
         name: w.name,

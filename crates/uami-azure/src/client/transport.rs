@@ -118,13 +118,6 @@ pub(super) struct Wire<P> {
     pub(super) properties: P,
 }
 
-impl<P: serde::de::DeserializeOwned> Wire<P> {
-    /// `v` as a resource whose properties are `P`.
-    pub(super) fn from_value(v: Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(v)
-    }
-}
-
 /// `body` decoded by `decode`; an answer without a field the decoder requires is an
 /// `InvalidResponse` error of `operation` that names the field.
 pub(super) fn decoded<T>(
