@@ -230,7 +230,6 @@ impl External {
     }
 }
 
-/// Remove every object of kind `K`: finalizers first, so nothing waits for a controller.
 /// Delete every cluster-scoped `K` that `selected` selects.
 async fn delete_selected<K>(
     client: &kube::Client,
@@ -246,6 +245,7 @@ where
     Ok(())
 }
 
+/// Remove every object of kind `K`: finalizers first, so nothing waits for a controller.
 async fn strip_and_delete<K>(client: &kube::Client) -> Result<(), StackError>
 where
     K: kube::Resource<DynamicType = ()>,

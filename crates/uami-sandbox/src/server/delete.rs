@@ -81,7 +81,7 @@ pub(super) fn after_delete(store: &mut Store, def: &ResourceDef, obj: &Value) {
 
 /// Delete `ns`/`name` of `def` (also the namespace controller's path for a namespace's
 /// content).
-pub(crate) fn delete(
+pub(super) fn delete(
     store: &mut Store,
     def: &ResourceDef,
     ns: &str,

@@ -10,7 +10,6 @@
 mod admit;
 mod delete;
 mod discovery;
-
 mod patch;
 mod read;
 #[cfg(test)]

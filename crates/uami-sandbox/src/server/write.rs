@@ -144,8 +144,7 @@ fn establish_crd(
     dry_run: bool,
 ) -> Result<(), ApiError> {
     refuse_over_budget(def, obj, None, name)?;
-    let defs = from_crd(obj)
-        .map_err(|m| ApiError::invalid_field(def, name, "FieldValueInvalid", "spec", m))?;
+    let defs = crd_defs(def, name, obj)?;
     if dry_run {
         return Ok(());
     }
@@ -158,11 +157,23 @@ fn establish_crd(
             {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()},
         ],
     });
+    serve(store, defs);
+    Ok(())
+}
+
+/// The kinds the CRD `obj` defines, or why it is invalid.
+fn crd_defs(def: &ResourceDef, name: &str, obj: &Value) -> Result<Vec<ResourceDef>, ApiError> {
+    from_crd(obj).map_err(|m| ApiError::invalid_field(def, name, "FieldValueInvalid", "spec", m))
+}
+
+/// Serve the kind that `defs` define from now on, in place of what it was served as before.
+fn serve(store: &mut Store, defs: Vec<ResourceDef>) {
+    let Some(first) = defs.first() else { return };
+    let (group, plural) = (first.group.clone(), first.plural.clone());
     store
         .resources
-        .retain(|r| !(r.group == defs[0].group && r.plural == defs[0].plural));
+        .retain(|r| !(r.group == group && r.plural == plural));
     store.resources.extend(defs);
-    Ok(())
 }
 
 /// A CRD whose validation rules exceed the CEL cost budget is refused, as kube-apiserver refuses
@@ -405,12 +416,8 @@ pub(super) fn commit(
         && subresource.is_none()
         && new["metadata"]["deletionTimestamp"].is_null()
     {
-        let defs = from_crd(&new)
-            .map_err(|m| ApiError::invalid_field(def, name, "FieldValueInvalid", "spec", m))?;
-        store
-            .resources
-            .retain(|r| !(r.group == defs[0].group && r.plural == defs[0].plural));
-        store.resources.extend(defs);
+        let defs = crd_defs(def, name, &new)?;
+        serve(store, defs);
     }
     let rv = store.next_rv();
     new["metadata"]["resourceVersion"] = json!(rv.to_string());
