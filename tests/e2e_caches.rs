@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use serde_json::json;
 use support::*;
 use uami::demo::stack::Stack;
@@ -25,7 +25,6 @@ on_sandbox_and_real! {
 /// the controller and the agent start: it gets a Warning Event and is left alone, and the
 /// tutorial's objects (which need both the controller's and the agent's caches) reach Ready.
 async fn unreadable_object(opts: uami::demo::stack::StackOptions, _real: Option<&envtest::Real>) {
-    use k8s_openapi::api::events::v1::Event;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
     use uami_api::IdentityBinding;
@@ -100,15 +99,7 @@ async fn unreadable_object(opts: uami::demo::stack::StackOptions, _real: Option<
     stack.start_agent("myVM").await.unwrap();
     tutorial_ready(&stack, 90).await;
 
-    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
-    let reported = eventually(30, "an InvalidObject event on the binding", || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("InvalidObject")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-    })
-    .await;
+    let reported = event_about(&stack, "InvalidObject", name).await;
     assert_eq!(reported.type_.as_deref(), Some("Warning"));
     let note = reported.note.unwrap_or_default();
     assert!(

@@ -8,7 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
 use support::arm::Admin;
@@ -330,17 +329,4 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option
     })
     .await;
     stack.stop().await;
-}
-
-/// The first Event of the tutorial's namespace with `reason` about object `name` (30 s at most).
-async fn event_about(stack: &uami::demo::stack::Stack, reason: &str, name: &str) -> Event {
-    let events: kube::Api<Event> = kube::Api::namespaced(stack.client(), TUTORIAL);
-    eventually(30, &format!("an Event {reason} about {name}"), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-    })
-    .await
 }

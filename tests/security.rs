@@ -101,11 +101,9 @@ fn grant_json(name: &str, identity: &str, resource_id: &str) -> String {
     .to_string()
 }
 
+/// A stack without agents, as `configure` adjusts it.
 async fn stack(configure: impl FnOnce(&mut StackOptions)) -> Stack {
-    let mut opts = tutorial_options(Duration::from_secs(120), 0.5);
-    opts.agents = false;
-    configure(&mut opts);
-    Stack::start(opts).await.unwrap()
+    agentless_stack(120, 0.5, configure).await
 }
 
 /// A stack (controller, no agents) and ARM as its administrator.
