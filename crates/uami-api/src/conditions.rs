@@ -34,222 +34,135 @@ pub mod status {
     pub const UNKNOWN: &str = "Unknown";
 }
 
-/// Every reason the controller and the agent give, in conditions and Events: static CamelCase
-/// strings that dashboards and alerts match on (an ARM error's own code is given as it is).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The object is reconciled and, where asked, verified.
-    Ready,
-    /// The identity was created by this controller.
-    Created,
-    /// An existing identity or role assignment was taken over.
-    Adopted,
-    /// An identity with this name exists in Azure and belongs to someone else.
-    AlreadyExists,
-    /// No subscription in the spec and no default configured.
-    NoSubscription,
-    /// The referenced `UserAssignedIdentity` does not exist.
-    IdentityNotFound,
-    /// The referenced identity exists but is not ready yet (no principal or client id).
-    WaitingForIdentity,
-    /// No GrantPolicy allows the request.
-    DeniedByPolicy,
-    /// The role name or id does not resolve to a role definition.
-    RoleNotFound,
-    /// Entra has not replicated the new principal yet; retried with a bound.
-    PrincipalNotFound,
-    /// The role assignment exists.
-    Granted,
-    /// The identity is assigned to the VM or scale set.
-    Assigned,
-    /// A change to the VM or scale set is being written or its operation polled.
-    Assigning,
-    /// The VM or scale set does not exist.
-    TargetNotFound,
-    /// Waiting for the agent on the VM to report a token.
-    AwaitingToken,
-    /// Waiting for the agent on the VM to report the access check.
-    AwaitingAccessCheck,
-    /// The access check cannot read a scope of this resource type.
-    UnsupportedScope,
-    /// The agent reported a failure (its own condition carries the detail).
-    AgentReportedFailure,
-    /// Deletion waits for bindings and grants that use this identity.
-    WaitingForDependents,
-    /// Azure throttled the request; retried after `Retry-After`.
-    Throttled,
-    /// The controller lacks an Azure permission.
-    Forbidden,
-    /// A Kubernetes API call failed.
-    KubernetesError,
-    /// The location in Azure differs from the spec (location is immutable in Azure).
-    LocationMismatch,
-    /// The scope is not a canonical ARM scope; nothing is sent to ARM.
-    InvalidScope,
-    /// The ConfigMap named in `exportTo` exists and was not created for this identity.
-    ConfigMapConflict,
-    /// The controller runs without `--oidc-issuer`, so service account bindings cannot be made.
-    NoOidcIssuer,
-    /// The bound service account does not exist.
-    ServiceAccountNotFound,
-    /// Several bindings of one service account say `default: true`: none of them names the
-    /// account's client id, which is left as it was.
-    DefaultConflict,
-    /// The identity's principal changed under the same ARM id: it was deleted and created again.
-    IdentityRecreated,
-    /// The identity has Azure's maximum of federated identity credentials.
-    FederatedCredentialLimit,
-    /// The subscription has Azure's maximum of role assignments; the grant's assignment was not
-    /// asked for.
-    RoleAssignmentLimit,
-    /// The grant's assignment took its subscription to 90% or more of Azure's role assignment limit.
-    RoleAssignmentsNearLimit,
-    /// The binding's credential took its identity to 90% or more of Azure's federated identity
-    /// credential limit.
-    FederatedCredentialsNearLimit,
-    /// A token of the service account was exchanged for a token of the identity.
-    TokenAcquired,
-    /// The TokenRequest for the service account failed.
-    TokenRequestFailed,
-    /// The exchange at Entra ID failed without an AADSTS code.
-    TokenExchangeFailed,
-    /// The object was accepted by the API server but cannot be read by the controller (a value its
-    /// schema allows and its type does not); it is left out until it is fixed.
-    InvalidObject,
-    /// IMDS on the VM does not know the identity (agent): it is not assigned, or not yet.
-    IdentityNotAssigned,
-    /// IMDS did not answer (agent); the last result stays.
-    ImdsUnavailable,
-    /// IMDS throttled the agent; the last result stays.
-    ImdsThrottled,
-    /// An access check could not be made (agent, token check).
-    CheckFailed,
-    /// Every granted scope was read with the identity's token.
-    AccessVerified,
-    /// A granted scope refused the identity's token.
-    AccessDenied,
-    /// A granted scope answered with a status that is neither allowed nor denied.
-    UnexpectedStatus,
-    /// Azure failed without an error code.
-    AzureError,
-    /// Something the controller made was changed or removed outside it; it is made again.
-    DriftDetected,
-    /// What a binding or grant gave was taken back.
-    Revoked,
-    /// Writing the identity to the VM or scale set failed.
-    AssignFailed,
-    /// The identity was deleted in Azure.
-    Deleted,
+/// Declares [`Reason`] from one list: each variant with its doc and the string users see, and
+/// from the same list `Reason::ALL` and `Reason::as_str`.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident => $text:literal,)*) => {
+        /// Every reason the controller and the agent give, in conditions and Events: static
+        /// CamelCase strings that dashboards and alerts match on (an ARM error's own code is
+        /// given as it is).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Reason {
+            /// Every reason.
+            pub const ALL: &[Reason] = &[$(Reason::$variant,)*];
+
+            /// The string users see.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $text,)*
+                }
+            }
+        }
+    };
 }
 
-impl Reason {
-    /// Every reason.
-    pub const ALL: &[Reason] = &[
-        Reason::Ready,
-        Reason::Created,
-        Reason::Adopted,
-        Reason::AlreadyExists,
-        Reason::NoSubscription,
-        Reason::IdentityNotFound,
-        Reason::WaitingForIdentity,
-        Reason::DeniedByPolicy,
-        Reason::RoleNotFound,
-        Reason::PrincipalNotFound,
-        Reason::Granted,
-        Reason::Assigned,
-        Reason::Assigning,
-        Reason::TargetNotFound,
-        Reason::AwaitingToken,
-        Reason::AwaitingAccessCheck,
-        Reason::UnsupportedScope,
-        Reason::AgentReportedFailure,
-        Reason::WaitingForDependents,
-        Reason::Throttled,
-        Reason::Forbidden,
-        Reason::KubernetesError,
-        Reason::LocationMismatch,
-        Reason::InvalidScope,
-        Reason::ConfigMapConflict,
-        Reason::NoOidcIssuer,
-        Reason::ServiceAccountNotFound,
-        Reason::DefaultConflict,
-        Reason::IdentityRecreated,
-        Reason::FederatedCredentialLimit,
-        Reason::RoleAssignmentLimit,
-        Reason::RoleAssignmentsNearLimit,
-        Reason::FederatedCredentialsNearLimit,
-        Reason::TokenAcquired,
-        Reason::TokenRequestFailed,
-        Reason::TokenExchangeFailed,
-        Reason::InvalidObject,
-        Reason::IdentityNotAssigned,
-        Reason::ImdsUnavailable,
-        Reason::ImdsThrottled,
-        Reason::CheckFailed,
-        Reason::AccessVerified,
-        Reason::AccessDenied,
-        Reason::UnexpectedStatus,
-        Reason::AzureError,
-        Reason::DriftDetected,
-        Reason::Revoked,
-        Reason::AssignFailed,
-        Reason::Deleted,
-    ];
-
-    /// The string users see.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::Ready => "Ready",
-            Reason::Created => "Created",
-            Reason::Adopted => "Adopted",
-            Reason::AlreadyExists => "AlreadyExists",
-            Reason::NoSubscription => "NoSubscription",
-            Reason::IdentityNotFound => "IdentityNotFound",
-            Reason::WaitingForIdentity => "WaitingForIdentity",
-            Reason::DeniedByPolicy => "DeniedByPolicy",
-            Reason::RoleNotFound => "RoleNotFound",
-            Reason::PrincipalNotFound => "PrincipalNotFound",
-            Reason::Granted => "Granted",
-            Reason::Assigned => "Assigned",
-            Reason::Assigning => "Assigning",
-            Reason::TargetNotFound => "TargetNotFound",
-            Reason::AwaitingToken => "AwaitingToken",
-            Reason::AwaitingAccessCheck => "AwaitingAccessCheck",
-            Reason::UnsupportedScope => "UnsupportedScope",
-            Reason::AgentReportedFailure => "AgentReportedFailure",
-            Reason::WaitingForDependents => "WaitingForDependents",
-            Reason::Throttled => "Throttled",
-            Reason::Forbidden => "Forbidden",
-            Reason::KubernetesError => "KubernetesError",
-            Reason::LocationMismatch => "LocationMismatch",
-            Reason::InvalidScope => "InvalidScope",
-            Reason::ConfigMapConflict => "ConfigMapConflict",
-            Reason::NoOidcIssuer => "NoOidcIssuer",
-            Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
-            Reason::DefaultConflict => "DefaultConflict",
-            Reason::IdentityRecreated => "IdentityRecreated",
-            Reason::FederatedCredentialLimit => "FederatedCredentialLimitReached",
-            Reason::RoleAssignmentLimit => "RoleAssignmentLimitReached",
-            Reason::RoleAssignmentsNearLimit => "RoleAssignmentsNearLimit",
-            Reason::FederatedCredentialsNearLimit => "FederatedCredentialsNearLimit",
-            Reason::TokenAcquired => "TokenAcquired",
-            Reason::TokenRequestFailed => "TokenRequestFailed",
-            Reason::TokenExchangeFailed => "TokenExchangeFailed",
-            Reason::InvalidObject => "InvalidObject",
-            Reason::IdentityNotAssigned => "IdentityNotAssigned",
-            Reason::ImdsUnavailable => "ImdsUnavailable",
-            Reason::ImdsThrottled => "ImdsThrottled",
-            Reason::CheckFailed => "CheckFailed",
-            Reason::AccessVerified => "AccessVerified",
-            Reason::AccessDenied => "AccessDenied",
-            Reason::UnexpectedStatus => "UnexpectedStatus",
-            Reason::AzureError => "AzureError",
-            Reason::DriftDetected => "DriftDetected",
-            Reason::Revoked => "Revoked",
-            Reason::AssignFailed => "AssignFailed",
-            Reason::Deleted => "Deleted",
-        }
-    }
+reasons! {
+    /// The object is reconciled and, where asked, verified.
+    Ready => "Ready",
+    /// The identity was created by this controller.
+    Created => "Created",
+    /// An existing identity or role assignment was taken over.
+    Adopted => "Adopted",
+    /// An identity with this name exists in Azure and belongs to someone else.
+    AlreadyExists => "AlreadyExists",
+    /// No subscription in the spec and no default configured.
+    NoSubscription => "NoSubscription",
+    /// The referenced `UserAssignedIdentity` does not exist.
+    IdentityNotFound => "IdentityNotFound",
+    /// The referenced identity exists but is not ready yet (no principal or client id).
+    WaitingForIdentity => "WaitingForIdentity",
+    /// No GrantPolicy allows the request.
+    DeniedByPolicy => "DeniedByPolicy",
+    /// The role name or id does not resolve to a role definition.
+    RoleNotFound => "RoleNotFound",
+    /// Entra has not replicated the new principal yet; retried with a bound.
+    PrincipalNotFound => "PrincipalNotFound",
+    /// The role assignment exists.
+    Granted => "Granted",
+    /// The identity is assigned to the VM or scale set.
+    Assigned => "Assigned",
+    /// A change to the VM or scale set is being written or its operation polled.
+    Assigning => "Assigning",
+    /// The VM or scale set does not exist.
+    TargetNotFound => "TargetNotFound",
+    /// Waiting for the agent on the VM to report a token.
+    AwaitingToken => "AwaitingToken",
+    /// Waiting for the agent on the VM to report the access check.
+    AwaitingAccessCheck => "AwaitingAccessCheck",
+    /// The access check cannot read a scope of this resource type.
+    UnsupportedScope => "UnsupportedScope",
+    /// The agent reported a failure (its own condition carries the detail).
+    AgentReportedFailure => "AgentReportedFailure",
+    /// Deletion waits for bindings and grants that use this identity.
+    WaitingForDependents => "WaitingForDependents",
+    /// Azure throttled the request; retried after `Retry-After`.
+    Throttled => "Throttled",
+    /// The controller lacks an Azure permission.
+    Forbidden => "Forbidden",
+    /// A Kubernetes API call failed.
+    KubernetesError => "KubernetesError",
+    /// The location in Azure differs from the spec (location is immutable in Azure).
+    LocationMismatch => "LocationMismatch",
+    /// The scope is not a canonical ARM scope; nothing is sent to ARM.
+    InvalidScope => "InvalidScope",
+    /// The ConfigMap named in `exportTo` exists and was not created for this identity.
+    ConfigMapConflict => "ConfigMapConflict",
+    /// The controller runs without `--oidc-issuer`, so service account bindings cannot be made.
+    NoOidcIssuer => "NoOidcIssuer",
+    /// The bound service account does not exist.
+    ServiceAccountNotFound => "ServiceAccountNotFound",
+    /// Several bindings of one service account say `default: true`: none of them names the
+    /// account's client id, which is left as it was.
+    DefaultConflict => "DefaultConflict",
+    /// The identity's principal changed under the same ARM id: it was deleted and created again.
+    IdentityRecreated => "IdentityRecreated",
+    /// The identity has Azure's maximum of federated identity credentials.
+    FederatedCredentialLimit => "FederatedCredentialLimitReached",
+    /// The subscription has Azure's maximum of role assignments; the grant's assignment was not
+    /// asked for.
+    RoleAssignmentLimit => "RoleAssignmentLimitReached",
+    /// The grant's assignment took its subscription to 90% or more of Azure's role assignment limit.
+    RoleAssignmentsNearLimit => "RoleAssignmentsNearLimit",
+    /// The binding's credential took its identity to 90% or more of Azure's federated identity
+    /// credential limit.
+    FederatedCredentialsNearLimit => "FederatedCredentialsNearLimit",
+    /// A token of the service account was exchanged for a token of the identity.
+    TokenAcquired => "TokenAcquired",
+    /// The TokenRequest for the service account failed.
+    TokenRequestFailed => "TokenRequestFailed",
+    /// The exchange at Entra ID failed without an AADSTS code.
+    TokenExchangeFailed => "TokenExchangeFailed",
+    /// The object was accepted by the API server but cannot be read by the controller (a value its
+    /// schema allows and its type does not); it is left out until it is fixed.
+    InvalidObject => "InvalidObject",
+    /// IMDS on the VM does not know the identity (agent): it is not assigned, or not yet.
+    IdentityNotAssigned => "IdentityNotAssigned",
+    /// IMDS did not answer (agent); the last result stays.
+    ImdsUnavailable => "ImdsUnavailable",
+    /// IMDS throttled the agent; the last result stays.
+    ImdsThrottled => "ImdsThrottled",
+    /// An access check could not be made (agent, token check).
+    CheckFailed => "CheckFailed",
+    /// Every granted scope was read with the identity's token.
+    AccessVerified => "AccessVerified",
+    /// A granted scope refused the identity's token.
+    AccessDenied => "AccessDenied",
+    /// A granted scope answered with a status that is neither allowed nor denied.
+    UnexpectedStatus => "UnexpectedStatus",
+    /// Azure failed without an error code.
+    AzureError => "AzureError",
+    /// Something the controller made was changed or removed outside it; it is made again.
+    DriftDetected => "DriftDetected",
+    /// What a binding or grant gave was taken back.
+    Revoked => "Revoked",
+    /// Writing the identity to the VM or scale set failed.
+    AssignFailed => "AssignFailed",
+    /// The identity was deleted in Azure.
+    Deleted => "Deleted",
 }
 
 impl std::fmt::Display for Reason {
