@@ -19,22 +19,16 @@ use uami_api::{IdentityBinding, RoleGrant};
 
 const NS: &str = TUTORIAL;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_write_their_objects_but_not_status_or_the_controllers_records() {
-    case(tutorial_options(Duration::from_secs(30), 0.5), false).await;
+on_sandbox_and_real! {
+    binary: "security_chart",
+    options: tutorial_options(Duration::from_secs(30), 0.5),
+    join: on_real_apiserver;
+    tenants_write_their_objects_but_not_status_or_the_controllers_records on_a_real_api_server_tenants_write_their_objects_but_not_status_or_the_controllers_records case;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_api_server_tenants_write_their_objects_but_not_status_or_the_controllers_records()
- {
-    let mut opts = tutorial_options(Duration::from_secs(30), 0.5);
-    let Some(_real) = on_real_apiserver("security_chart", &mut opts).await else {
-        return;
-    };
-    case(opts, true).await;
-}
-
-async fn case(opts: uami::demo::stack::StackOptions, aggregation: bool) {
+/// `real`: on a real API server, whose kube-controller-manager aggregates ClusterRoles.
+async fn case(opts: uami::demo::stack::StackOptions, real: Option<&envtest::Real>) {
+    let aggregation = real.is_some();
     let stack = enforced_stack(opts).await;
     stack.apply_yaml(&tutorial_yaml()).await.unwrap();
     tutorial_ready(&stack, 90).await;
