@@ -61,13 +61,7 @@ async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm
             role: "Reader".into(),
             scope: format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}"),
         });
-        let prefix = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}").to_lowercase();
-        initial = opts
-            .world
-            .role_assignments
-            .iter()
-            .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
-            .count();
+        initial = subscription_assignments(&opts.world);
     })
     .await;
     assert!(initial + 3 <= LIMIT, "the world leaves room for the test");
@@ -149,14 +143,7 @@ async fn grants_are_warned_at_ninety_percent_and_refused_at_the_limit_before_arm
 async fn the_emulator_refuses_a_role_assignment_past_the_worlds_limit_as_azure_does() {
     let stack = agentless_stack(300, 0.0, |opts| {
         opts.controller = false;
-        let prefix = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}").to_lowercase();
-        let initial = opts
-            .world
-            .role_assignments
-            .iter()
-            .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
-            .count();
-        opts.world.limits.role_assignments_per_subscription = initial;
+        opts.world.limits.role_assignments_per_subscription = subscription_assignments(&opts.world);
     })
     .await;
     let arm = support::arm::Admin::of(&stack.emulator);
@@ -275,4 +262,14 @@ async fn service_account_bindings_are_warned_near_the_credential_limit_and_refus
         "{reasons:?}"
     );
     stack.stop().await;
+}
+
+/// The role assignments the world starts with in the tutorial's subscription.
+fn subscription_assignments(world: &uami_emulator::World) -> usize {
+    let prefix = format!("/subscriptions/{TUTORIAL_SUBSCRIPTION}").to_lowercase();
+    world
+        .role_assignments
+        .iter()
+        .filter(|a| a.scope.to_lowercase().starts_with(&prefix))
+        .count()
 }
