@@ -229,17 +229,7 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option
     let admin = Admin::of(&stack.emulator);
     let azure_name = "myUserAssignedIdentity";
     stack.emulator.reset_counts();
-    let tags = admin.identity_tags(azure_name).await.unwrap();
-    let (status, _, _) = admin
-        .send(
-            reqwest::Method::DELETE,
-            &support::arm::identity_path(azure_name),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(status, 200);
-    let created = admin.put_identity(azure_name, tags).await;
+    let created = admin.recreate_identity(azure_name).await;
     let (new_client, new_principal) = client_and_principal(&created);
     assert_ne!(new_principal, old_principal);
 

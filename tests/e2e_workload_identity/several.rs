@@ -175,17 +175,7 @@ async fn a_recreated_identity_gets_its_credential_and_annotation_again() {
     let b = ready(&bindings(&stack, NS), "reporter-identity-for-reporter", 60).await;
     let name = b.status.unwrap().federated_credential_name.unwrap();
     let admin = support::arm::Admin::of(&stack.emulator);
-    let tags = admin.identity_tags("reporterIdentity").await.unwrap();
-    let (status, _, _) = admin
-        .send(
-            reqwest::Method::DELETE,
-            &support::arm::identity_path("reporterIdentity"),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(status, 200);
-    let created = admin.put_identity("reporterIdentity", tags).await;
+    let created = admin.recreate_identity("reporterIdentity").await;
     let (client, principal) = client_and_principal(&created);
     eventually(
         60,

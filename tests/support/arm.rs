@@ -166,6 +166,17 @@ impl Admin {
         v
     }
 
+    /// Delete identity `name` out of band and create it again with the same tags (a script
+    /// restoring it); the new identity as ARM answers it.
+    pub async fn recreate_identity(&self, name: &str) -> Value {
+        let tags = self.identity_tags(name).await.unwrap();
+        let (status, _, _) = self
+            .send(Method::DELETE, &identity_path(name), None, &[])
+            .await;
+        assert_eq!(status, 200);
+        self.put_identity(name, tags).await
+    }
+
     /// The identity's tags, `None` when it does not exist.
     pub async fn identity_tags(&self, name: &str) -> Option<Value> {
         let (s, _, v) = self
