@@ -58,14 +58,15 @@ impl ApiError {
         self
     }
 
-    /// The error [`about`](Self::about) `name` of `def`, with one cause.
+    /// The error [`about`](Self::about) `name` of `def`, with one cause (arguments in the
+    /// order of [`ApiError::invalid_field`]'s).
     pub(crate) fn about_field(
         self,
         def: &ResourceDef,
         name: &str,
         reason: &str,
-        message: &str,
         field: &str,
+        message: &str,
     ) -> Self {
         let mut e = self.about(def, name);
         if let Some(d) = e.details.as_mut() {

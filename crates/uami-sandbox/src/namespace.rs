@@ -51,8 +51,8 @@ pub fn forbidden(def: &ResourceDef, name: &str, ns: &str) -> ApiError {
         def,
         name,
         "NamespaceTerminating",
-        &format!("namespace {ns} is being terminated"),
         "metadata.namespace",
+        &format!("namespace {ns} is being terminated"),
     )
 }
 

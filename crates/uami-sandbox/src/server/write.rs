@@ -451,8 +451,8 @@ fn resource_version_required(def: &ResourceDef, name: &str) -> ApiError {
         def,
         name,
         "FieldValueInvalid",
-        message,
         "metadata.resourceVersion",
+        message,
     )
 }
 
