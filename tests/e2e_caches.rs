@@ -99,7 +99,7 @@ async fn unreadable_object(opts: uami::demo::stack::StackOptions, _real: Option<
     stack.start_agent("myVM").await.unwrap();
     tutorial_ready(&stack, 90).await;
 
-    let reported = event_about(&stack, "InvalidObject", name).await;
+    let reported = events::event_about(&stack, "InvalidObject", name).await;
     assert_eq!(reported.type_.as_deref(), Some("Warning"));
     let note = reported.note.unwrap_or_default();
     assert!(

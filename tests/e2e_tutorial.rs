@@ -259,7 +259,7 @@ async fn recreated_identity(opts: uami::demo::stack::StackOptions, _real: Option
         (i.status?.principal_id? == new_principal).then_some(())
     })
     .await;
-    let recreated = event_about(&stack, "IdentityRecreated", TUTORIAL_IDENTITY).await;
+    let recreated = events::event_about(&stack, "IdentityRecreated", TUTORIAL_IDENTITY).await;
     assert!(recreated.note.unwrap_or_default().contains(&new_principal));
 
     // The VM lists it with the new principal (removed and assigned again).

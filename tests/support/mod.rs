@@ -16,6 +16,7 @@ pub mod arm;
 pub mod armspec;
 pub mod capture;
 pub mod envtest;
+pub mod events;
 pub mod fixtures;
 pub mod flaps;
 pub mod helm;
@@ -590,22 +591,4 @@ pub async fn enforced_stack(mut opts: StackOptions) -> Stack {
         stack.spawn_controller(Some("main")).unwrap();
     }
     stack
-}
-
-/// The first Event of the tutorial's namespace with `reason` about object `name` (30 s at most).
-pub async fn event_about(
-    stack: &Stack,
-    reason: &str,
-    name: &str,
-) -> k8s_openapi::api::events::v1::Event {
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(stack.client(), TUTORIAL);
-    eventually(30, &format!("an Event {reason} about {name}"), || async {
-        let list = events.list(&kube::api::ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-    })
-    .await
 }
